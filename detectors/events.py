@@ -1,0 +1,187 @@
+"""Events the detectors read and findings they write: plain dataclasses, no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
+"""Ordered from least to most severe; index = rank."""
+
+
+def severity_rank(severity: str) -> int:
+    """Rank of a severity name; unknown names rank as ``info`` so they never outrank real ones."""
+    try:
+        return SEVERITIES.index(severity)
+    except ValueError:
+        return 0
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """One tool call, normalised from whatever span convention carried it.
+
+    Times are event times from the span (nanoseconds since the epoch), never arrival times, so
+    a replay of recorded traffic gives the same findings as live ingestion.
+    """
+
+    time_ns: int
+    agent_id: str
+    tool: str
+    server: str = ""
+    session_id: str = ""
+    duration_ns: int = 0
+    trace_id: str = ""
+    span_id: str = ""
+    request_id: str = ""
+    agent_name: str = ""
+    server_address: str = ""
+    error_type: str = ""
+    args_json: str = ""
+    """Redacted arguments (JSON text); never raw values."""
+    args_bytes: int = 0
+    result_bytes: int = 0
+    args_labels: tuple[str, ...] = ()
+    result_labels: tuple[str, ...] = ()
+    args_fingerprints: tuple[str, ...] = ()
+    result_fingerprints: tuple[str, ...] = ()
+    args_sketch: tuple[int, ...] = ()
+    result_sketch: tuple[int, ...] = ()
+    result_injection_score: float = 0.0
+    destinations: tuple[str, ...] = ()
+    definition_sha256: str = ""
+    source: str = ""
+    """Which convention the span used (toolwatch, genai, openllmetry, openinference, …)."""
+
+    @property
+    def token(self) -> str:
+        """``server/tool``: the unit of call-sequence models."""
+        return f"{self.server}/{self.tool}" if self.server else self.tool
+
+    @property
+    def is_error(self) -> bool:
+        return bool(self.error_type)
+
+
+@dataclass(slots=True, frozen=True)
+class ToolDefinition:
+    """A tool as a server lists it; what poisoning and rug-pulls change."""
+
+    name: str
+    description: str = ""
+    input_schema: Any = None
+    output_schema: Any = None
+    annotations: Any = None
+    title: str = ""
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "inputSchema": self.input_schema,
+            "outputSchema": self.output_schema,
+            "annotations": self.annotations,
+        }
+
+    def sha256(self) -> str:
+        """Hash of the whole canonical definition, so a change to any part shows."""
+        return canonical_sha256(self.canonical())
+
+
+def canonical_sha256(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(slots=True)
+class ToolListing:
+    """A ``tools/list`` result seen for one server in one session."""
+
+    time_ns: int
+    agent_id: str
+    server: str
+    tools: tuple[ToolDefinition, ...]
+    session_id: str = ""
+    server_version: str = ""
+    instructions_sha256: str = ""
+    trace_id: str = ""
+    span_id: str = ""
+    after_list_changed: bool = False
+    source: str = ""
+
+
+@dataclass(slots=True)
+class Batch:
+    """A micro-batch handed to every detector; ``watermark_ns`` is the event-time clock."""
+
+    calls: list[ToolCall] = field(default_factory=list)
+    listings: list[ToolListing] = field(default_factory=list)
+    watermark_ns: int = 0
+
+    def __len__(self) -> int:
+        return len(self.calls) + len(self.listings)
+
+
+@dataclass(slots=True)
+class Finding:
+    """What a detector concluded, with the evidence an operator needs to act; never a raw secret."""
+
+    detector: str
+    severity: str
+    agent_id: str
+    reason: str
+    time_ns: int
+    session_id: str = ""
+    server: str = ""
+    tool: str = ""
+    span_ids: tuple[str, ...] = ()
+    trace_ids: tuple[str, ...] = ()
+    score: float = 0.0
+    evidence: dict[str, Any] = field(default_factory=dict)
+    """JSON-safe details: fingerprint ids, diffs, rates, feature contributions."""
+    dedup_key: str = ""
+    """Findings with the same key within the grouping window are one incident."""
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES:
+            raise ValueError(f"severity {self.severity!r} is not one of {', '.join(SEVERITIES)}")
+        if not self.dedup_key:
+            self.dedup_key = f"{self.detector}:{self.agent_id}:{self.server}/{self.tool}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "severity": self.severity,
+            "agent_id": self.agent_id,
+            "session_id": self.session_id,
+            "server": self.server,
+            "tool": self.tool,
+            "reason": self.reason,
+            "time_ns": self.time_ns,
+            "span_ids": list(self.span_ids),
+            "trace_ids": list(self.trace_ids),
+            "score": self.score,
+            "evidence": self.evidence,
+            "dedup_key": self.dedup_key,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Finding":
+        return cls(
+            detector=str(data["detector"]),
+            severity=str(data["severity"]),
+            agent_id=str(data["agent_id"]),
+            reason=str(data["reason"]),
+            time_ns=int(data["time_ns"]),
+            session_id=str(data.get("session_id", "")),
+            server=str(data.get("server", "")),
+            tool=str(data.get("tool", "")),
+            span_ids=tuple(data.get("span_ids", ())),
+            trace_ids=tuple(data.get("trace_ids", ())),
+            score=float(data.get("score", 0.0)),
+            evidence=dict(data.get("evidence", {})),
+            dedup_key=str(data.get("dedup_key", "")),
+        )
