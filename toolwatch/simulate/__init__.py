@@ -1,0 +1,1 @@
+"""Labelled synthetic agent traffic, for the evaluation harness, tests and the demo."""
