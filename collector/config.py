@@ -1,0 +1,260 @@
+"""Typed daemon configuration: defaults < YAML file < ``TOOLWATCH_*`` environment < command line.
+
+Every error names the key that is wrong and what would be right, and is raised at start-up:
+the daemon never starts half-configured.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+import yaml
+
+from . import envvars
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the fix."""
+
+
+def parse_hostport(value: str, key: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:PORT`` for IPv6) -> (host, port)."""
+    text = str(value).strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port:
+        raise ConfigError(f"{key}: {value!r} is not HOST:PORT (e.g. 127.0.0.1:4318)")
+    try:
+        num = int(port)
+    except ValueError:
+        raise ConfigError(f"{key}: port {port!r} in {value!r} is not a number") from None
+    if not 0 <= num <= 65535:
+        raise ConfigError(f"{key}: port {num} in {value!r} is outside 0-65535")
+    return host, num
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass
+class WebhookConfig:
+    """One webhook receiver. Payloads are signed with ``secret`` (HMAC-SHA256)."""
+
+    url: str
+    name: str = ""
+    secret: str = ""
+    format: str = "toolwatch"
+    timeout_s: float = 5.0
+    min_severity: str = "info"
+
+    FORMATS = ("toolwatch",)
+
+    def validate(self, key: str) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{key}.url: {self.url!r} is not an http(s) URL")
+        if self.format not in self.FORMATS:
+            raise ConfigError(f"{key}.format: {self.format!r} is not one of {', '.join(self.FORMATS)}")
+        if not 0 < self.timeout_s <= 300:
+            raise ConfigError(f"{key}.timeout_s: must be in (0, 300], got {self.timeout_s}")
+        from toolwatch.detectors.events import SEVERITIES
+
+        if self.min_severity not in SEVERITIES:
+            raise ConfigError(f"{key}.min_severity: {self.min_severity!r} is not one of {', '.join(SEVERITIES)}")
+
+
+@dataclass
+class PipelineConfig:
+    batch_max_size: int = 512
+    batch_max_delay_ms: int = 200
+    queue_max_spans: int = 200_000
+    snapshot_interval_s: float = 30.0
+
+    def validate(self) -> None:
+        if self.batch_max_size < 1:
+            raise ConfigError("pipeline.batch_max_size must be at least 1")
+        if self.batch_max_delay_ms < 1:
+            raise ConfigError("pipeline.batch_max_delay_ms must be at least 1")
+        if self.queue_max_spans < self.batch_max_size:
+            raise ConfigError("pipeline.queue_max_spans must be greater or equal to pipeline.batch_max_size")
+        if self.snapshot_interval_s <= 0:
+            raise ConfigError("pipeline.snapshot_interval_s must be positive")
+
+
+@dataclass
+class AlertsConfig:
+    group_window_s: float = 600.0
+    """Findings with the same dedup key within this event-time window are one alert."""
+
+    def validate(self) -> None:
+        if self.group_window_s < 0:
+            raise ConfigError("alerts.group_window_s must not be negative")
+
+
+@dataclass
+class Config:
+    otlp_http: str = "127.0.0.1:4318"
+    otlp_grpc: str = "127.0.0.1:4317"
+    listen: str = "127.0.0.1:9464"
+    data_dir: str = "./toolwatch-data"
+    api_token: str = ""
+    webhook_secret: str = ""
+    log_level: str = "info"
+    max_body_bytes: int = 8 * 1024 * 1024
+    allow_remote: bool = False
+    """Binding a non-loopback address must be asked for explicitly."""
+    webhooks: list[WebhookConfig] = field(default_factory=list)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    detectors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    source: str = "defaults"
+
+    LOG_LEVELS = ("debug", "info", "warning", "error")
+
+    def validate(self) -> None:
+        for key in ("otlp_http", "otlp_grpc", "listen"):
+            value = getattr(self, key)
+            if key != "listen" and value in ("", "off", "none"):
+                continue
+            host, _ = parse_hostport(value, key)
+            if not is_loopback(host) and not self.allow_remote:
+                raise ConfigError(
+                    f"{key}: {value!r} is not a loopback address; set allow_remote: true "
+                    "(or --allow-remote) to listen beyond this host, ideally with api_token set"
+                )
+        if self.log_level not in self.LOG_LEVELS:
+            raise ConfigError(f"log_level: {self.log_level!r} is not one of {', '.join(self.LOG_LEVELS)}")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("max_body_bytes must be at least 1024")
+        if not self.data_dir:
+            raise ConfigError("data_dir must not be empty")
+        names = set()
+        for i, hook in enumerate(self.webhooks):
+            hook.validate(f"webhooks[{i}]")
+            if not hook.name:
+                hook.name = f"webhook{i + 1}" if len(self.webhooks) > 1 else "webhook"
+            if hook.name in names:
+                raise ConfigError(f"webhooks[{i}].name: {hook.name!r} is used twice; names must be unique")
+            names.add(hook.name)
+        self.pipeline.validate()
+        self.alerts.validate()
+        for name, conf in self.detectors.items():
+            if not isinstance(conf, dict):
+                raise ConfigError(f"detectors.{name}: must be a mapping of settings, got {type(conf).__name__}")
+
+    def enabled(self, key: str) -> bool:
+        return getattr(self, key) not in ("", "off", "none")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def _dataclass_from(cls: type, data: Any, key: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{key}: must be a mapping, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in data.items():
+        default = known[name].default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{key}.{name}: must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"{key}.{name}: must be a number, got {value!r}")
+            if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"{key}.{name}: must be a whole number, got {value!r}")
+            value = type(default)(value)
+        elif isinstance(default, str):
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise ConfigError(f"{key}.{name}: must be a string, got {value!r}")
+            value = str(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def config_from_mapping(data: Any, source: str = "config") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: the top level must be a mapping of settings, got {type(data).__name__}")
+    data = dict(data)
+    webhooks = data.pop("webhooks", []) or []
+    pipeline = data.pop("pipeline", {}) or {}
+    alerts = data.pop("alerts", {}) or {}
+    detectors = data.pop("detectors", {}) or {}
+    data.pop("source", None)
+    cfg = _dataclass_from(Config, data, source)
+    if not isinstance(webhooks, list):
+        raise ConfigError(f"{source}: webhooks must be a list of {{url: ..., name: ...}} entries")
+    for i, hook in enumerate(webhooks):
+        if isinstance(hook, str):
+            hook = {"url": hook}
+        if isinstance(hook, Mapping) and "url" not in hook:
+            raise ConfigError(f"webhooks[{i}].url: missing; every webhook needs a url")
+        cfg.webhooks.append(_dataclass_from(WebhookConfig, hook, f"webhooks[{i}]"))
+    cfg.pipeline = _dataclass_from(PipelineConfig, pipeline, "pipeline")
+    cfg.alerts = _dataclass_from(AlertsConfig, alerts, "alerts")
+    if not isinstance(detectors, Mapping):
+        raise ConfigError("detectors: must be a mapping of detector name -> settings")
+    cfg.detectors = {str(k): (dict(v) if isinstance(v, Mapping) else v) for k, v in detectors.items()}
+    cfg.source = source
+    return cfg
+
+
+def load_config(
+    path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective config. ``overrides`` are command-line values (None = not given)."""
+    env = os.environ if environ is None else environ
+    path = path or env.get(envvars.CONFIG) or None
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: cannot be read ({exc.strerror or exc})") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            raise ConfigError(f"config file {path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        cfg = config_from_mapping(data, source=str(path))
+    else:
+        cfg = Config()
+    for name, var in envvars.SCALAR_FIELDS.items():
+        if var in env and env[var] != "":
+            setattr(cfg, name, env[var])
+    if env.get(envvars.WEBHOOK):
+        cfg.webhooks.extend(WebhookConfig(url=u.strip()) for u in env[envvars.WEBHOOK].split(",") if u.strip())
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name == "webhooks":
+            cfg.webhooks.extend(WebhookConfig(url=u) for u in value)
+        else:
+            setattr(cfg, name, value)
+    if cfg.webhook_secret:
+        for hook in cfg.webhooks:
+            hook.secret = hook.secret or cfg.webhook_secret
+    cfg.validate()
+    return cfg

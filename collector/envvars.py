@@ -1,0 +1,28 @@
+"""Every ``TOOLWATCH_*`` environment variable the daemon reads, declared once."""
+
+from __future__ import annotations
+
+from typing import Final
+
+CONFIG: Final = "TOOLWATCH_CONFIG"
+OTLP_HTTP: Final = "TOOLWATCH_OTLP_HTTP"
+OTLP_GRPC: Final = "TOOLWATCH_OTLP_GRPC"
+LISTEN: Final = "TOOLWATCH_LISTEN"
+DATA_DIR: Final = "TOOLWATCH_DATA_DIR"
+WEBHOOK: Final = "TOOLWATCH_WEBHOOK"
+"""Comma-separated webhook URLs."""
+WEBHOOK_SECRET: Final = "TOOLWATCH_WEBHOOK_SECRET"
+API_TOKEN: Final = "TOOLWATCH_API_TOKEN"
+LOG_LEVEL: Final = "TOOLWATCH_LOG_LEVEL"
+FINGERPRINT_KEY: Final = "TOOLWATCH_FINGERPRINT_KEY"
+
+# Maps config field -> environment variable, for the simple scalar settings.
+SCALAR_FIELDS: Final = {
+    "otlp_http": OTLP_HTTP,
+    "otlp_grpc": OTLP_GRPC,
+    "listen": LISTEN,
+    "data_dir": DATA_DIR,
+    "webhook_secret": WEBHOOK_SECRET,
+    "api_token": API_TOKEN,
+    "log_level": LOG_LEVEL,
+}

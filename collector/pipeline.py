@@ -1,0 +1,197 @@
+"""Bounded queue -> micro-batches -> detectors -> alert router.
+
+Receivers call ``submit``; when the queue is full it refuses (the receiver answers 429 /
+RESOURCE_EXHAUSTED so exporters back off) rather than queueing without bound. Detectors run
+one batch at a time in a worker thread so the event loop keeps serving requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from toolwatch.detectors.base import Detector
+from toolwatch.detectors.events import Batch, Finding, ToolCall, ToolListing
+
+from .alerts import AlertRouter
+from .metrics import Metrics
+from .store import Store
+
+log = logging.getLogger("toolwatch.pipeline")
+
+
+@dataclass(slots=True)
+class _Item:
+    calls: list[ToolCall]
+    listings: list[ToolListing]
+    arrived: float
+
+
+class Pipeline:
+    def __init__(
+        self,
+        detectors: Sequence[Detector],
+        router: AlertRouter,
+        store: Store,
+        metrics: Metrics,
+        *,
+        batch_max_size: int = 512,
+        batch_max_delay_s: float = 0.2,
+        queue_max: int = 200_000,
+        snapshot_interval_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.detectors = list(detectors)
+        self.router = router
+        self.store = store
+        self.metrics = metrics
+        self.batch_max_size = batch_max_size
+        self.batch_max_delay_s = batch_max_delay_s
+        self.queue_max = queue_max
+        self.snapshot_interval_s = snapshot_interval_s
+        self.clock = clock
+        self._queue: deque[_Item] = deque()
+        self._depth = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._watermark_ns = 0
+        self._last_snapshot = clock()
+        self.processed = 0
+        self.listeners: list[Callable[[list[Finding]], None]] = []
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def restore_state(self) -> None:
+        for det in self.detectors:
+            state = self.store.load_state(det.name)
+            if state is not None:
+                try:
+                    det.restore(state)
+                except Exception:
+                    log.exception("detector %s: stored state could not be restored; starting fresh", det.name)
+
+    def save_state(self) -> None:
+        for det in self.detectors:
+            try:
+                self.store.save_state(det.name, det.snapshot())
+            except Exception:
+                log.exception("detector %s: state could not be saved", det.name)
+        self._last_snapshot = self.clock()
+
+    def submit(self, calls: list[ToolCall], listings: list[ToolListing]) -> bool:
+        n = len(calls) + len(listings)
+        if n == 0:
+            return True
+        if self._depth + n > self.queue_max:
+            return False
+        self._queue.append(_Item(calls, listings, self.clock()))
+        self._depth += n
+        self.metrics.queue_depth.set(self._depth)
+        self._idle.clear()
+        self._wake.set()
+        return True
+
+    async def start(self) -> None:
+        if self._task is None:
+            self.restore_state()
+            self._task = asyncio.create_task(self._run(), name="pipeline")
+
+    async def shutdown(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        await self._drain_all()
+        self.save_state()
+
+    async def drained(self, timeout: float = 10.0) -> None:
+        """Wait until everything submitted so far has been processed (tests, replay)."""
+        await asyncio.wait_for(self._idle.wait(), timeout)
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                self._idle.set()
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            # Give a partial batch a moment to fill, bounded by the max delay.
+            if self._depth < self.batch_max_size:
+                deadline = self._queue[0].arrived + self.batch_max_delay_s
+                while self._depth < self.batch_max_size:
+                    remaining = deadline - self.clock()
+                    if remaining <= 0:
+                        break
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        break
+                    self._wake.clear()
+            await self._process(self._take())
+            if self.clock() - self._last_snapshot >= self.snapshot_interval_s:
+                self.save_state()
+
+    def _take(self) -> list[_Item]:
+        items, n = [], 0
+        while self._queue and n < self.batch_max_size:
+            item = self._queue.popleft()
+            n += len(item.calls) + len(item.listings)
+            items.append(item)
+        self._depth -= n
+        self.metrics.queue_depth.set(self._depth)
+        return items
+
+    async def _drain_all(self) -> None:
+        while self._queue:
+            await self._process(self._take())
+        self._idle.set()
+
+    async def _process(self, items: list[_Item]) -> None:
+        batch = Batch()
+        for item in items:
+            batch.calls.extend(item.calls)
+            batch.listings.extend(item.listings)
+        batch.calls.sort(key=lambda c: c.time_ns)
+        batch.listings.sort(key=lambda t: t.time_ns)
+        for t in (batch.calls[-1].time_ns if batch.calls else 0, batch.listings[-1].time_ns if batch.listings else 0):
+            self._watermark_ns = max(self._watermark_ns, t)
+        batch.watermark_ns = self._watermark_ns
+        findings = await asyncio.to_thread(self._observe, batch)
+        self.metrics.batch_size.observe(len(batch))
+        self.metrics.count_calls((c.agent_id, c.server, c.tool) for c in batch.calls)
+        for listing in batch.listings:
+            self.metrics.tool_listings.labels(listing.server or "unknown").inc()
+        if findings:
+            self.router.route(findings)
+            for listener in self.listeners:
+                listener(findings)
+        now = self.clock()
+        for item in items:
+            self.metrics.lag.observe(max(0.0, now - item.arrived))
+        self.processed += len(batch)
+
+    def _observe(self, batch: Batch) -> list[Finding]:
+        findings: list[Finding] = []
+        for det in self.detectors:
+            try:
+                findings.extend(det.observe(batch))
+            except Exception:  # one broken detector never stops the others
+                self.metrics.detector_errors.labels(det.name).inc()
+                log.exception("detector %s failed on a batch of %d events", det.name, len(batch))
+        return findings

@@ -1,0 +1,105 @@
+"""OTLP/HTTP receiver: ``POST /v1/traces`` with protobuf or JSON bodies, gzip allowed.
+
+Answers per the OTLP specification: 200 with a (partial-success) ExportTraceServiceResponse,
+400/413/415 with a google.rpc.Status naming what is wrong, 429 + Retry-After under overload.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from google.protobuf import json_format
+from google.rpc import status_pb2
+
+from .. import otlp
+from ..metrics import Metrics
+from . import Ingest, Overloaded, Receiver
+
+log = logging.getLogger("toolwatch.receiver.otlp_http")
+NAME = "otlp_http"
+_HTTP_FOR = {"too_large": 413, "bad_content_type": 415}
+
+
+def _status_body(content_type: str, code: int, message: str) -> tuple[bytes, str]:
+    st = status_pb2.Status(code=code, message=message)
+    if otlp.media_type(content_type) == otlp.JSON:
+        return json_format.MessageToJson(st, indent=None).encode(), otlp.JSON
+    return st.SerializeToString(), otlp.PROTOBUF
+
+
+class OtlpHttpReceiver(Receiver):
+    name = NAME
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ingest: Ingest,
+        metrics: Metrics,
+        *,
+        max_body_bytes: int,
+        retry_after_s: int = 2,
+        bearer_token: str = "",
+    ) -> None:
+        self.host, self.port = host, port
+        self.ingest = ingest
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.retry_after_s = retry_after_s
+        self.bearer_token = bearer_token
+        self._runner: web.AppRunner | None = None
+        self.bound_port: int | None = None
+
+    def app(self) -> web.Application:
+        # Decompression is ours (bounded, zip-bomb safe), not aiohttp's.
+        app = web.Application(client_max_size=self.max_body_bytes, handler_args={"auto_decompress": False})
+        app.router.add_post("/v1/traces", self.handle)
+        return app
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
+        log.info("OTLP/HTTP receiver on http://%s:%s/v1/traces", self.host, self.bound_port)
+
+    async def shutdown(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    def _reject(self, request: web.Request, status: int, reason: str, message: str, **extra: Any) -> web.Response:
+        self.metrics.requests_rejected.labels(NAME, reason).inc()
+        body, ctype = _status_body(request.content_type, 3 if status < 500 else 14, message)
+        return web.Response(status=status, body=body, content_type=ctype, **extra)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if self.bearer_token and request.headers.get("Authorization", "") != f"Bearer {self.bearer_token}":
+            return self._reject(request, 401, "unauthorized", "missing or wrong bearer token")
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            return self._reject(
+                request, 413, "too_large", f"body of {request.content_length} bytes exceeds the limit of {self.max_body_bytes}"
+            )
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._reject(request, 413, "too_large", f"body exceeds the limit of {self.max_body_bytes} bytes")
+        try:
+            body = otlp.decompress(raw, request.headers.get("Content-Encoding"), self.max_body_bytes)
+            req = otlp.decode_request(body, request.headers.get("Content-Type"))
+        except otlp.DecodeError as exc:
+            return self._reject(request, _HTTP_FOR.get(exc.reason, 400), exc.reason, str(exc))
+        try:
+            result = self.ingest(NAME, req)
+        except Overloaded as exc:
+            return self._reject(request, 429, "queue_full", str(exc), headers={"Retry-After": str(self.retry_after_s)})
+        ctype = otlp.JSON if otlp.media_type(request.content_type) == otlp.JSON else otlp.PROTOBUF
+        return web.Response(
+            status=200, body=otlp.encode_response(ctype, result.rejected, result.message), content_type=ctype
+        )

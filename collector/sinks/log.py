@@ -1,0 +1,30 @@
+"""Alerts to the log: one structured line each, never a raw secret (findings carry none)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from ..store import StoredAlert
+from . import Sink
+
+
+class LogSink(Sink):
+    name = "log"
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("toolwatch.alerts")
+
+    def emit(self, alerts: list[StoredAlert]) -> None:
+        for a in alerts:
+            f = a.finding
+            self.log.warning(
+                "ALERT %s [%s] %s agent=%s session=%s %s",
+                a.id,
+                a.severity,
+                a.detector,
+                a.agent_id,
+                f.get("session_id", ""),
+                f.get("reason", ""),
+                extra={"alert": json.dumps(a.to_dict(), sort_keys=True)},
+            )
