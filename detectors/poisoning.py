@@ -93,6 +93,9 @@ _SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
         r"|\bas\s+an\s+ai\b|\byou\s+must\s+(?:always|never)\b", _F)),
 )
 
+MAX_SCANNED = 100_000
+"""Bound on remembered definition hashes (oldest forgotten first, then rescanned if seen again)."""
+
 _TOOL_VERBS = r"(?:call|use|invoke|run|trigger|execute|prefer|replace|instead\s+of|when(?:ever)?|after|before)"
 
 # Invisible / control / bidi characters: format (Cf) and control (Cc) categories, except the
@@ -243,6 +246,8 @@ class ToolPoisoningDetector(Detector):
                     continue
                 score = scan_definition(defn, tool_names=self._known_names())
                 self._scanned[sha] = score.score
+                if len(self._scanned) > MAX_SCANNED:
+                    del self._scanned[next(iter(self._scanned))]
                 if score.score >= self.config.threshold and sha not in self.config.allow_definitions:
                     findings.append(self._finding(listing, defn.name, sha, score))
         return findings

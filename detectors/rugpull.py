@@ -30,6 +30,9 @@ from .events import Batch, Finding, ToolCall, ToolDefinition, ToolListing, canon
 
 __all__ = ["RugPullConfig", "RugPullDetector", "definition_diff"]
 
+MAX_ALERTED = 50_000
+"""Bound on remembered dedup keys (oldest forgotten first)."""
+
 KIND_SEVERITY: dict[str, str] = {
     "changed": "high",
     "renamed": "high",
@@ -103,7 +106,7 @@ class RugPullDetector(Detector):
         self._servers: dict[str, dict[str, Any]] = {}
         self._pending: dict[str, dict[str, Any]] = {}
         self._rejected: dict[str, dict[str, Any]] = {}
-        self._alerted: set[str] = set()
+        self._alerted: dict[str, None] = {}  # ordered set of dedup keys already reported
 
     # ----------------------------------------------------------------- identity
     def identity(self, server: str) -> str:
@@ -197,7 +200,7 @@ class RugPullDetector(Detector):
             key = f"rugpull:rejected:{pid}:{listing.agent_id}"
             if key in self._alerted:
                 return []
-            self._alerted.add(key)
+            self._mark(key)
             return [self._finding(listing, "high", f"{reason}; this change was rejected by an operator but is still served",
                                   tool=tool, evidence={"pending_id": pid, "kind": kind, "old_sha256": old_sha,
                                                        "new_sha256": new_sha}, dedup=f"rugpull:rejected:{pid}")]
@@ -239,7 +242,7 @@ class RugPullDetector(Detector):
             if expected and addr != expected:
                 key = f"rugpull:address:{ident}:{addr}"
                 if key not in self._alerted:
-                    self._alerted.add(key)
+                    self._mark(key)
                     findings.append(self._call_finding(call, "high",
                         f"server {call.server!r} answered from {addr!r}, not its pinned address {expected!r}",
                         {"identity": ident, "expected_address": expected, "observed_address": addr}, key))
@@ -248,7 +251,7 @@ class RugPullDetector(Detector):
                 continue
             key = f"rugpull:pending-call:{item['id']}:{call.agent_id}"
             if key not in self._alerted:
-                self._alerted.add(key)
+                self._mark(key)
                 findings.append(self._call_finding(call, self.config.pending_call_severity,
                     f"call to tool {call.tool!r} whose {item['kind']} definition is pending approval",
                     {"pending_id": item["id"], "kind": item["kind"], "new_sha256": item["new_sha256"],
@@ -258,12 +261,17 @@ class RugPullDetector(Detector):
         if call.definition_sha256 and pinned is not None and call.definition_sha256 != canonical_sha256(pinned):
             key = f"rugpull:unpinned-call:{ident}:{call.tool}:{call.definition_sha256}"
             if key not in self._alerted:
-                self._alerted.add(key)
+                self._mark(key)
                 findings.append(self._call_finding(call, "medium",
                     f"call to tool {call.tool!r} used a definition that differs from the pinned one",
                     {"identity": ident, "pinned_sha256": canonical_sha256(pinned),
                      "call_definition_sha256": call.definition_sha256}, key))
         return findings
+
+    def _mark(self, key: str) -> None:
+        self._alerted[key] = None
+        if len(self._alerted) > MAX_ALERTED:
+            del self._alerted[next(iter(self._alerted))]
 
     # ----------------------------------------------------------------- approval API
     def pending(self) -> list[dict[str, Any]]:
@@ -300,7 +308,7 @@ class RugPullDetector(Detector):
             item = self._pending.pop(pending_id)
         except KeyError:
             raise KeyError(f"no pending change with id {pending_id!r}; list them with pending()") from None
-        self._alerted = {k for k in self._alerted if pending_id not in k}
+        self._alerted = {k: None for k in self._alerted if pending_id not in k}
         return item
 
     def pins(self) -> dict[str, dict[str, str]]:
@@ -311,13 +319,13 @@ class RugPullDetector(Detector):
     def snapshot(self) -> dict[str, Any]:
         return json.loads(json.dumps({
             "servers": self._servers, "pending": self._pending, "rejected": self._rejected,
-            "alerted": sorted(self._alerted)}, default=str))
+            "alerted": list(self._alerted)}, default=str))
 
     def restore(self, state: dict[str, Any]) -> None:
         self._servers = dict(state.get("servers", {}))
         self._pending = dict(state.get("pending", {}))
         self._rejected = dict(state.get("rejected", {}))
-        self._alerted = set(state.get("alerted", []))
+        self._alerted = dict.fromkeys(state.get("alerted", []))
 
     # ----------------------------------------------------------------- helpers
     def _finding(self, listing: ToolListing, severity: str, reason: str, *, evidence: dict[str, Any], dedup: str,
