@@ -88,6 +88,11 @@ _SIGNALS: tuple[tuple[str, float, re.Pattern[str]], ...] = (
         r"\b(?:otherwise|or\s+else)\b[^.]{0,40}?\b(?:will\s+(?:not\s+work|fail|crash|break)|data\s+loss|"
         r"stop\s+working)|\bthis\s+is\s+(?:very\s+|extremely\s+)?(?:important|critical|mandatory)\b"
         r"|\bvery\s+very\s+important\b", _F)),
+    ("cross_server", 0.4, re.compile(
+        r"\b(?:when|whenever|if|before|after|instead\s+of)\b[^.]{0,40}?\b(?:other|another|any|every)\s+"
+        r"(?:mcp\s+)?(?:servers?|tools?)\b"
+        r"|\b(?:override|overrides|replace|replaces|modify|modifies|change|changes)\s+(?:the\s+)?"
+        r"behaviou?r\s+of\b", _F)),
     ("model_address", 0.15, re.compile(
         r"\b(?:the\s+)?(?:assistant|ai|model|llm|agent)\s+(?:must|should|needs?\s+to|has\s+to)\b"
         r"|\bas\s+an\s+ai\b|\byou\s+must\s+(?:always|never)\b", _F)),
