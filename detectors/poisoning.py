@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 from .base import Detector
@@ -166,14 +166,13 @@ def scan_description(text: str, *, tool_names: Iterable[str] = (), own_name: str
         m = pattern.search(norm)
         if m:
             reasons.append(PoisonReason(signal, weight, where, _excerpt(norm, m)))
-    for name in sorted({n for n in tool_names if n and n != own_name}):
-        n = normalise(name)
-        if len(n) < 4:
-            continue
-        m = re.search(rf"\b{_TOOL_VERBS}\b[^.]{{0,30}}?(?<![\w-]){re.escape(n)}(?![\w-])", norm)
+    own = normalise(own_name)
+    names = sorted({n for n in map(normalise, tool_names) if len(n) >= 4 and n != own}, key=len, reverse=True)
+    if names:
+        alternation = "|".join(re.escape(n) for n in names)
+        m = re.search(rf"\b{_TOOL_VERBS}\b[^.]{{0,30}}?(?<![\w-])(?:{alternation})(?![\w-])", norm)
         if m:
             reasons.append(PoisonReason("cross_tool", 0.4, where, _excerpt(norm, m)))
-            break
     reasons = _strongest_per_signal(reasons)
     return PoisonScore(_noisy_or(r.weight for r in reasons), tuple(reasons))
 
