@@ -171,3 +171,11 @@ def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"volume\.min_history"):
         VolumeConfig.from_dict({"min_history": 100})
     assert VolumeConfig.from_dict({"window_s": 30, "k": 3}).k == 3.0
+
+
+def test_spike_is_clipped_to_the_band_before_it_is_learned():
+    det = VolumeSpikeDetector(VolumeConfig(per_tool=False, fleet=False))
+    feed(det, steady(range(10)))
+    [(_, f)] = feed(det, [calls_in_window(10, 300)], start=10)
+    [entry] = det.snapshot()["keys"].values()
+    assert entry["hist"]["calls"][-1] == pytest.approx(f.evidence["high"])
