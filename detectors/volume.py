@@ -1,0 +1,312 @@
+"""Volume spikes: call counts, bytes and error rates per agent, per agent×tool and fleet-wide.
+
+Why: a hijacked or looping agent shows up first as "far more calls/bytes/errors than usual". The
+baseline must survive the spikes it is meant to find, so it is robust: the median and MAD of the
+last ``history_windows`` closed windows (with a Poisson floor for counts, so a perfectly steady
+agent does not alert on one extra call). Spiky windows are clipped to the band's upper edge
+before they are learned, so one incident does not teach the baseline, but a lasting change of
+level still moves it.
+
+Event time only: windows are ``[k·W, (k+1)·W)`` over span timestamps; a window closes when the
+batch watermark passes its end plus ``allowed_lateness_s``. Calls for a still-open window count
+(late or not); calls for a closed window are counted as ``late_dropped``. A replay therefore
+gives the same findings as live traffic, and a spike is reported when its window closes: at most
+one window (plus the allowed lateness) after it started, inside the two-window budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from statistics import median
+from typing import Any
+
+from .base import Detector
+from .config_fields import load_flat, require
+from .events import Batch, Finding, ToolCall
+
+__all__ = ["VolumeConfig", "VolumeSpikeDetector", "robust_band"]
+
+FLEET = "*"
+"""``agent_id`` of fleet-wide findings and bands."""
+
+
+@dataclass(slots=True)
+class VolumeConfig:
+    """YAML key ``volume``."""
+
+    window_s: int = 60
+    history_windows: int = 30
+    min_history: int = 5
+    """Windows of history before anything is judged (explicit warm-up)."""
+    k: float = 4.0
+    """Band half-width in robust standard deviations (1.4826·MAD)."""
+    min_calls_agent: int = 20
+    min_calls_tool: int = 15
+    min_calls_fleet: int = 50
+    min_bytes: int = 1_000_000
+    min_errors: int = 5
+    min_error_rate_increase: float = 0.2
+    allowed_lateness_s: int = 0
+    per_tool: bool = True
+    fleet: bool = True
+    max_keys: int = 20_000
+    idle_windows: int = 1440
+    """Forget a key's baseline after this many windows without a call."""
+
+    def validate(self) -> None:
+        require(self.window_s >= 1, "window_s", "must be at least 1 second")
+        require(self.history_windows >= 3, "history_windows", "must be at least 3")
+        require(1 <= self.min_history <= self.history_windows, "min_history", "must be between 1 and history_windows")
+        require(self.k > 0, "k", "must be greater than 0")
+        for key in ("min_calls_agent", "min_calls_tool", "min_calls_fleet", "min_bytes", "min_errors"):
+            require(getattr(self, key) >= 0, key, "must not be negative")
+        require(0.0 <= self.min_error_rate_increase <= 1.0, "min_error_rate_increase", "must be in [0, 1]")
+        require(0 <= self.allowed_lateness_s <= self.window_s, "allowed_lateness_s",
+                "must be between 0 and window_s (detection delay stays within two windows)")
+        require(self.max_keys >= 10, "max_keys", "must be at least 10")
+        require(self.idle_windows >= self.history_windows, "idle_windows", "must be at least history_windows")
+
+    @classmethod
+    def from_dict(cls, data: Any, path: str = "volume") -> "VolumeConfig":
+        return load_flat(cls, data, path)
+
+
+def robust_band(history: list[float], k: float, floor: float) -> tuple[float, float, float, float]:
+    """(median, MAD, low, high) of a history; the scale never drops below ``floor``."""
+    med = median(history)
+    mad = median(abs(x - med) for x in history)
+    scale = max(1.4826 * mad, floor)
+    return med, mad, max(0.0, med - k * scale), med + k * scale
+
+
+_METRICS = ("calls", "bytes", "error_rate")
+
+
+class VolumeSpikeDetector(Detector):
+    """Per agent, agent×tool and fleet: tumbling event-time windows vs. a median/MAD band."""
+
+    name = "volume"
+
+    def __init__(self, config: VolumeConfig | None = None) -> None:
+        self.config = config or VolumeConfig()
+        self.config.validate()
+        self._w = self.config.window_s * 1_000_000_000
+        self._lateness = self.config.allowed_lateness_s * 1_000_000_000
+        self._next_open: int | None = None  # first window index not yet closed
+        self._watermark = 0
+        self._late_dropped = 0
+        # key -> {"scope", "agent", "tool", "next", "last_active", "hist": {metric: [...]}, "last": {...}}
+        self._keys: dict[str, dict[str, Any]] = {}
+        # key -> {window index: {"calls", "bytes", "errors", "spans": [...], "sessions": {s: n}}}
+        self._open: dict[str, dict[int, dict[str, Any]]] = {}
+
+    # ----------------------------------------------------------------- ingest
+    def observe(self, batch: Batch) -> list[Finding]:
+        calls = batch.calls
+        if self._next_open is None:
+            if not calls:
+                return []
+            self._next_open = min(c.time_ns for c in calls) // self._w
+        for call in calls:
+            idx = call.time_ns // self._w
+            if idx < self._next_open:
+                self._late_dropped += 1
+                continue
+            for key, scope, agent, tool in self._keys_for(call):
+                self._add(key, scope, agent, tool, idx, call)
+        watermark = batch.watermark_ns or max((c.time_ns for c in calls), default=0)
+        self._watermark = max(self._watermark, watermark)
+        return self._advance()
+
+    def _keys_for(self, call: ToolCall) -> list[tuple[str, str, str, str]]:
+        keys = [(json.dumps(["agent", call.agent_id]), "agent", call.agent_id, "")]
+        if self.config.per_tool:
+            keys.append((json.dumps(["agent_tool", call.agent_id, call.token]), "agent_tool", call.agent_id, call.token))
+        if self.config.fleet:
+            keys.append((json.dumps(["fleet"]), "fleet", FLEET, ""))
+        return keys
+
+    def _add(self, key: str, scope: str, agent: str, tool: str, idx: int, call: ToolCall) -> None:
+        entry = self._keys.get(key)
+        if entry is None:
+            self._evict_if_full()
+            entry = self._keys[key] = {"scope": scope, "agent": agent, "tool": tool, "next": idx, "last_active": idx,
+                                       "hist": {m: [] for m in _METRICS}, "last": None}
+        entry["next"] = min(entry["next"], idx)
+        entry["last_active"] = max(entry["last_active"], idx)
+        win = self._open.setdefault(key, {}).setdefault(idx, {"calls": 0, "bytes": 0, "errors": 0, "spans": [],
+                                                              "sessions": {}})
+        win["calls"] += 1
+        win["bytes"] += max(0, call.args_bytes) + max(0, call.result_bytes)
+        win["errors"] += 1 if call.is_error else 0
+        if call.span_id and len(win["spans"]) < 10:
+            win["spans"].append(call.span_id)
+        if call.session_id and (call.session_id in win["sessions"] or len(win["sessions"]) < 20):
+            win["sessions"][call.session_id] = win["sessions"].get(call.session_id, 0) + 1
+
+    def _evict_if_full(self) -> None:
+        if len(self._keys) < self.config.max_keys:
+            return
+        victim = min((k for k, e in self._keys.items() if e["scope"] != "fleet"),
+                     key=lambda k: self._keys[k]["last_active"])
+        self._keys.pop(victim)
+        self._open.pop(victim, None)
+
+    # ----------------------------------------------------------------- close windows
+    def _advance(self) -> list[Finding]:
+        assert self._next_open is not None
+        upto = (self._watermark - self._lateness) // self._w
+        if upto <= self._next_open:
+            return []
+        findings: list[Finding] = []
+        for key in list(self._keys):
+            entry = self._keys[key]
+            if entry["last_active"] < upto - self.config.idle_windows:
+                self._keys.pop(key)
+                self._open.pop(key, None)
+                continue
+            findings.extend(self._close_key(key, entry, upto))
+        self._next_open = upto
+        return findings
+
+    def _close_key(self, key: str, entry: dict[str, Any], upto: int) -> list[Finding]:
+        opens = self._open.get(key, {})
+        findings: list[Finding] = []
+        cur = entry["next"]
+        for idx in sorted(i for i in opens if i < upto) + [upto]:
+            for _ in range(min(idx - cur, self.config.history_windows)):
+                self._learn(entry, "calls", 0.0)
+                self._learn(entry, "bytes", 0.0)
+            if idx == upto:
+                break
+            findings.extend(self._judge(entry, idx, opens.pop(idx)))
+            cur = idx + 1
+        entry["next"] = upto
+        if not opens:
+            self._open.pop(key, None)
+        return findings
+
+    def _learn(self, entry: dict[str, Any], metric: str, value: float) -> None:
+        hist: list[float] = entry["hist"][metric]
+        hist.append(value)
+        del hist[:-self.config.history_windows]
+
+    def _floor(self, metric: str, med: float) -> float:
+        if metric == "calls":
+            return max(1.0, math.sqrt(med))
+        if metric == "bytes":
+            return max(1.0, 0.1 * med)
+        return 0.02
+
+    def _judge(self, entry: dict[str, Any], idx: int, win: dict[str, Any]) -> list[Finding]:
+        cfg = self.config
+        min_calls = {"agent": cfg.min_calls_agent, "agent_tool": cfg.min_calls_tool, "fleet": cfg.min_calls_fleet}[
+            entry["scope"]]
+        values = {"calls": float(win["calls"]), "bytes": float(win["bytes"])}
+        if win["calls"]:
+            values["error_rate"] = win["errors"] / win["calls"]
+        findings: list[Finding] = []
+        last: dict[str, Any] = {"window_start_ns": idx * self._w}
+        for metric, value in values.items():
+            hist = entry["hist"][metric]
+            band = None
+            if len(hist) >= cfg.min_history:
+                med, mad, low, high = band = robust_band(hist, cfg.k, self._floor(metric, median(hist)))
+                spike = value > high and {
+                    "calls": value >= min_calls,
+                    "bytes": value >= cfg.min_bytes,
+                    "error_rate": win["errors"] >= cfg.min_errors and win["calls"] >= min_calls / 2
+                    and value >= med + cfg.min_error_rate_increase,
+                }[metric]
+                if spike:
+                    findings.append(self._finding(entry, idx, win, metric, value, band))
+                value = min(value, high)  # clip before learning: one incident does not teach the baseline
+            last[metric] = {"value": values[metric], "band": list(band) if band else None}
+            self._learn(entry, metric, value)
+        entry["last"] = last
+        return findings
+
+    def _finding(self, entry: dict[str, Any], idx: int, win: dict[str, Any], metric: str, value: float,
+                 band: tuple[float, float, float, float]) -> Finding:
+        med, mad, low, high = band
+        scale = max(1.4826 * mad, self._floor(metric, med))
+        z = (value - med) / scale
+        who = {"agent": f"agent {entry['agent']!r}", "agent_tool": f"agent {entry['agent']!r} on {entry['tool']!r}",
+               "fleet": "the fleet"}[entry["scope"]]
+        shown = f"{value:.0%}" if metric == "error_rate" else f"{value:.0f}"
+        base = f"{med:.0%}" if metric == "error_rate" else f"{med:.0f}"
+        top = f"{high:.0%}" if metric == "error_rate" else f"{high:.0f}"
+        sessions = win["sessions"]
+        server, _, tool = entry["tool"].rpartition("/") if "/" in entry["tool"] else ("", "", entry["tool"])
+        return Finding(
+            detector=self.name, severity="high" if z >= 2 * self.config.k else "medium", agent_id=entry["agent"],
+            reason=f"{who}: {metric.replace('_', ' ')} {shown} in a {self.config.window_s}s window "
+                   f"(baseline {base}, band up to {top})",
+            time_ns=(idx + 1) * self._w, session_id=max(sessions, key=sessions.get) if sessions else "",
+            server=server, tool=tool, span_ids=tuple(win["spans"]), score=round(z, 3),
+            evidence={"scope": entry["scope"], "metric": metric, "window_start_ns": idx * self._w,
+                      "window_s": self.config.window_s, "value": value, "calls": win["calls"],
+                      "errors": win["errors"], "bytes": win["bytes"], "median": med, "mad": mad, "low": low,
+                      "high": high, "robust_z": round(z, 3)},
+            dedup_key=f"volume:{entry['scope']}:{entry['agent']}:{entry['tool']}:{metric}")
+
+    # ----------------------------------------------------------------- read-outs
+    def bands(self, scope: str = "agent", metric: str = "calls") -> dict[str, tuple[float, float, float]]:
+        """Last closed window per key: (value per second for counts, else value; low; high). NaN band in warm-up."""
+        per_s = metric in ("calls", "bytes")
+        out: dict[str, tuple[float, float, float]] = {}
+        for entry in self._keys.values():
+            if entry["scope"] != scope or not entry["last"] or metric not in entry["last"]:
+                continue
+            item = entry["last"][metric]
+            div = self.config.window_s if per_s else 1
+            low, high = (item["band"][2], item["band"][3]) if item["band"] else (math.nan, math.nan)
+            label = entry["agent"] if scope != "agent_tool" else f"{entry['agent']}\x1f{entry['tool']}"
+            out[label] = (item["value"] / div, low / div, high / div)
+        return out
+
+    def rate_bands(self) -> dict[str, tuple[float, float, float]]:
+        """Per agent: (calls/s, low, high) of the last closed window, for a "rate vs baseline" panel."""
+        return self.bands("agent", "calls")
+
+    @property
+    def late_dropped(self) -> int:
+        """Calls that arrived for an already closed window (for the collector's metrics)."""
+        return self._late_dropped
+
+    # ----------------------------------------------------------------- state
+    def snapshot(self) -> dict[str, Any]:
+        return {"next_open": self._next_open, "watermark": self._watermark, "late_dropped": self._late_dropped,
+                "keys": json.loads(json.dumps(self._keys)),
+                "open": {k: {str(i): json.loads(json.dumps(w)) for i, w in v.items()} for k, v in self._open.items()}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._next_open = state.get("next_open")
+        self._watermark = int(state.get("watermark", 0))
+        self._late_dropped = int(state.get("late_dropped", 0))
+        self._keys = json.loads(json.dumps(state.get("keys", {})))
+        self._open = {k: {int(i): dict(w) for i, w in v.items()} for k, v in state.get("open", {}).items()}
+
+    def agents(self) -> list[str]:
+        return sorted({e["agent"] for e in self._keys.values() if e["scope"] != "fleet"})
+
+    def snapshot_agent(self, agent_id: str) -> dict[str, Any] | None:
+        keys = [k for k, e in self._keys.items() if e["agent"] == agent_id]
+        if not keys:
+            return None
+        return {"keys": {k: json.loads(json.dumps(self._keys[k])) for k in keys},
+                "open": {k: {str(i): json.loads(json.dumps(w)) for i, w in self._open.get(k, {}).items()} for k in keys}}
+
+    def restore_agent(self, agent_id: str, state: dict[str, Any]) -> None:
+        self.drop_agent(agent_id)
+        for k, e in state.get("keys", {}).items():
+            self._keys[k] = json.loads(json.dumps(e))
+        for k, v in state.get("open", {}).items():
+            self._open[k] = {int(i): dict(w) for i, w in v.items()}
+
+    def drop_agent(self, agent_id: str) -> None:
+        for k in [k for k, e in self._keys.items() if e["agent"] == agent_id]:
+            self._keys.pop(k)
+            self._open.pop(k, None)
