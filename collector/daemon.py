@@ -14,7 +14,15 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry
 
 from toolwatch.detectors.base import Detector
+from toolwatch.detectors.config_fields import ConfigError as DetectorConfigError
+from toolwatch.detectors.config_fields import load_flat
 from toolwatch.detectors.new_tool import NewToolConfig, NewToolDetector
+from toolwatch.detectors.poisoning import PoisoningConfig, ToolPoisoningDetector
+from toolwatch.detectors.policy import PolicyDetector
+from toolwatch.detectors.policy_config import PolicyConfig
+from toolwatch.detectors.rugpull import RugPullConfig, RugPullDetector
+from toolwatch.detectors.shadowing import ShadowingConfig, ToolShadowingDetector
+from toolwatch.detectors.volume import VolumeConfig, VolumeSpikeDetector
 
 from .alerts import AlertRouter
 from .api import Api
@@ -33,31 +41,42 @@ from .store import Store
 log = logging.getLogger("toolwatch.daemon")
 
 
-def _detector_conf(cls: type, raw: dict[str, Any], name: str) -> Any:
-    try:
-        conf = cls(**{k: v for k, v in raw.items() if k != "enabled"})
-        conf.validate()
-    except TypeError as exc:
-        raise ConfigError(f"detectors.{name}: {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return conf
+def _new_tool(raw: dict[str, Any], path: str) -> Detector:
+    conf = load_flat(NewToolConfig, raw, path)
+    conf.validate()
+    return NewToolDetector(conf)
+
+
+# name -> factory(raw settings, key path). Order is the order detectors see each batch.
+DETECTOR_FACTORIES: dict[str, Callable[[dict[str, Any], str], Detector]] = {
+    "new_tool": _new_tool,
+    "rugpull": lambda raw, path: RugPullDetector(RugPullConfig.from_dict(raw, path)),
+    "poisoning": lambda raw, path: ToolPoisoningDetector(PoisoningConfig.from_dict(raw, path)),
+    "shadowing": lambda raw, path: ToolShadowingDetector(ShadowingConfig.from_dict(raw, path)),
+    "volume": lambda raw, path: VolumeSpikeDetector(VolumeConfig.from_dict(raw, path)),
+    "policy": lambda raw, path: PolicyDetector(PolicyConfig.from_dict(raw, source=path)),
+}
 
 
 def build_detectors(cfg: Config) -> list[Detector]:
     """Every built-in detector, configured from ``cfg.detectors``; ``enabled: false`` turns one off."""
-    known: dict[str, Callable[[dict[str, Any]], Detector]] = {
-        "new_tool": lambda raw: NewToolDetector(_detector_conf(NewToolConfig, raw, "new_tool")),
-    }
-    unknown = sorted(set(cfg.detectors) - set(known))
+    unknown = sorted(set(cfg.detectors) - set(DETECTOR_FACTORIES))
     if unknown:
-        raise ConfigError(f"detectors: unknown detector(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"detectors: unknown detector(s) {', '.join(unknown)}; known: {', '.join(DETECTOR_FACTORIES)}"
+        )
     out = []
-    for name, make in known.items():
+    for name, make in DETECTOR_FACTORIES.items():
         raw = dict(cfg.detectors.get(name, {}))
-        if raw.get("enabled", True) is False:
+        enabled = raw.pop("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(f"detectors.{name}.enabled: must be true or false, got {enabled!r}")
+        if not enabled:
             continue
-        out.append(make(raw))
+        try:
+            out.append(make(raw, f"detectors.{name}"))
+        except (DetectorConfigError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
     return out
 
 
