@@ -204,7 +204,7 @@ class _Parser:
     def next(self, what: str) -> Token:
         tok = self.peek()
         if tok is None:
-            raise ConditionError(f"unexpected end of condition, expected {what}", len(self.text))
+            raise ConditionError(f"unexpected end of condition, expected {what}", len(self.text.rstrip()))
         self.i += 1
         return tok
 

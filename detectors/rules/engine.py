@@ -11,6 +11,8 @@ from ..events import Batch, Finding, ToolCall
 from .context import ContextLimits, SessionContext
 from .correlate import CorrelationWindows, Fired
 from .fields import EvalContext
+from .errors import RuleError
+from .loader import load_rule_files
 from .model import Rule, RuleSet
 
 
@@ -64,6 +66,19 @@ class RuleEngine(Detector):
         self._rules = [r for r in ruleset.rules if r.enabled]
         self._correlations = [c for c in ruleset.correlations if c.enabled]
         self._windows.keep_only(tuple(self._correlations))
+
+    def reload(self, files: list[tuple[str, str]]) -> RuleError | None:
+        """Hot reload from ``(text, source)`` pairs: swap in the new rules, or keep the last good set.
+
+        Returns the error (every problem, with file, item and line) when the new files are broken,
+        so the collector can report it; the engine then goes on with the rules it had.
+        """
+        try:
+            ruleset = load_rule_files(files)
+        except RuleError as e:
+            return e
+        self.set_ruleset(ruleset)
+        return None
 
     def observe(self, batch: Batch) -> list[Finding]:
         self.capabilities.learn(batch.listings)

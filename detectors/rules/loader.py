@@ -289,7 +289,7 @@ class _MacroCompiler:
                 node = parse_condition(text, self.lists, self.resolve)
             except ConditionError as e:
                 self.broken.add(name)
-                self.ctx.add(item, f"condition: {e.detail}", _condition_line(item, text, e.offset))
+                _condition_problem(self.ctx, item, text, e)
                 raise ConditionError(f"macro {name!r} has errors (reported at line {item.line})", pos) from None
         finally:
             self.visiting.pop()
@@ -297,9 +297,13 @@ class _MacroCompiler:
         return node
 
 
-def _condition_line(item: _Item, text: str, offset: int) -> int:
+def _condition_problem(ctx: _Ctx, item: _Item, text: str, e: ConditionError) -> None:
+    """Report a condition error at its own line (block scalars start one line below the key)."""
     line, block = item.lines.get("condition", (item.line, False))
-    return line + (1 if block else 0) + text[:offset].count("\n")
+    offset = min(max(e.offset, 0), len(text))
+    line += (1 if block else 0) + text[:offset].count("\n")
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    ctx.add(item, f"condition: {e.detail} (column {column})", line)
 
 
 def _common(item: _Item, ctx: _Ctx) -> dict[str, Any] | None:
@@ -373,7 +377,7 @@ def _compile_rule(item: _Item, lists: dict[str, tuple[str, ...]], macros: _Macro
         try:
             node = parse_condition(text, lists, macros.resolve)
         except ConditionError as e:
-            ctx.add(item, f"condition: {e.detail}", _condition_line(item, text, e.offset))
+            _condition_problem(ctx, item, text, e)
     exceptions = _compile_exceptions(item, lists, macros, ctx)
     generate = item.data.get("generate", True)
     if node is None or common is None or exceptions is None:
