@@ -16,10 +16,11 @@ class Problem:
     """``rule 'name'``, ``macro 'name'``, … or empty for file-level problems."""
 
     def __str__(self) -> str:
-        where = self.source or "<rules>"
+        where = self.source or ("<rules>" if self.line else "")
         if self.line:
             where = f"{where}:{self.line}"
-        return f"{where}: {self.item}: {self.message}" if self.item else f"{where}: {self.message}"
+        text = f"{self.item}: {self.message}" if self.item else self.message
+        return f"{where}: {text}" if where else text
 
 
 class RuleError(ValueError):

@@ -89,12 +89,23 @@ def parse_timespan(value: Any) -> int:
 
 
 # --- reading YAML with lines -------------------------------------------------------------------
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads a bare ``=`` as text (YAML 1.1 tags it ``value``), as Falco's comps use it."""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+
+
 def _read_items(text: str, source: str, ctx: _Ctx) -> list[_Item]:
     if not isinstance(text, str):
         ctx.add(None, "rule file content must be text", source=source)
         return []
-    loader = yaml.SafeLoader(text)
     items: list[_Item] = []
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as e:  # the reader rejects control characters up front
+        ctx.add(None, f"invalid YAML: {e}", source=source)
+        return []
     try:
         root = loader.get_single_node()
         if root is None:
@@ -119,7 +130,7 @@ def _read_items(text: str, source: str, ctx: _Ctx) -> list[_Item]:
     return items
 
 
-def _read_item(loader: yaml.SafeLoader, node: yaml.Node, source: str, ctx: _Ctx) -> _Item | None:
+def _read_item(loader: _Loader, node: yaml.Node, source: str, ctx: _Ctx) -> _Item | None:
     line = node.start_mark.line + 1
     if not isinstance(node, yaml.MappingNode):
         ctx.add(None, "each item must be a mapping starting with list:, macro:, rule: or correlation:", line, source)
