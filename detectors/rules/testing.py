@@ -35,6 +35,8 @@ class RulesTestReport:
     """Findings per rule/correlation name over the traces."""
     findings: list[Finding] = field(default_factory=list)
     events: int = 0
+    names: set[str] = field(default_factory=set)
+    """Every rule and correlation in the tested set."""
 
     @property
     def ok(self) -> bool:
@@ -42,9 +44,7 @@ class RulesTestReport:
 
     @property
     def rules_without_samples(self) -> list[str]:
-        return sorted(self._names - {s.rule for s in self.samples})
-
-    _names: set[str] = field(default_factory=set)
+        return sorted(self.names - {s.rule for s in self.samples})
 
     def lines(self) -> list[str]:
         out = [str(s) for s in self.samples]
@@ -107,8 +107,7 @@ def test_rules(
     batch_size: int = 500,
 ) -> RulesTestReport:
     """Check every sample, then run the whole rule set over recorded events in time order."""
-    report = RulesTestReport(samples=check_samples(ruleset, capabilities))
-    report._names = set(ruleset.names())
+    report = RulesTestReport(samples=check_samples(ruleset, capabilities), names=set(ruleset.names()))
     engine = RuleEngine(ruleset, capabilities())
     calls = sorted(events, key=lambda c: c.time_ns)
     report.events = len(calls)

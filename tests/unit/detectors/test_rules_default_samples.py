@@ -36,3 +36,14 @@ def test_every_rule_carries_owasp_or_atlas_tags() -> None:
 @pytest.mark.parametrize("result", RESULTS, ids=[f"{r.rule}-{r.expectation}-{r.index}" for r in RESULTS])
 def test_sample(result) -> None:
     assert result.passed, str(result)
+
+
+def test_reference_doc_lists_every_field() -> None:
+    from pathlib import Path
+
+    from toolwatch.detectors.rules import FIELDS
+
+    doc = Path(__file__).resolve().parents[3] / "docs" / "rules.md"
+    text = doc.read_text(encoding="utf-8")
+    missing = [name for name in FIELDS if f"| `{name}` |" not in text]
+    assert missing == []
