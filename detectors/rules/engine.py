@@ -25,11 +25,29 @@ class RuleEngineConfig:
     session_ttl_s: int = 3_600
     max_groups: int = 10_000
     max_events: int = 1_000
+    files: tuple[str, ...] = ()
+    """Rule files in load order; read (and watched for hot reload) by the collector, not here."""
 
     def validate(self) -> None:
         for name in ("max_sessions", "max_destinations", "session_ttl_s", "max_groups", "max_events"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"rules.{name} must be at least 1")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"rules.{name} must be a whole number of at least 1")
+        if not all(isinstance(f, str) and f for f in self.files):
+            raise ValueError("rules.files must be a list of file paths")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "RuleEngineConfig":
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"rules: unknown key {', '.join(unknown)}; known: {', '.join(sorted(cls.__dataclass_fields__))}")
+        if "files" in data:
+            files = data["files"]
+            data["files"] = (files,) if isinstance(files, str) else tuple(files or ())
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
 
 
 class RuleEngine(Detector):

@@ -203,3 +203,15 @@ def test_prev_result_labels_follow_the_session() -> None:
                                    call("read_inbox", "gmail", 1, session_id="other"),
                                    call("send_email", "gmail", 2)]))
     assert [f.tool for f in out] == ["send_email"]
+
+
+def test_engine_config_errors_name_the_key() -> None:
+    import pytest
+
+    from toolwatch.detectors.rules import RuleEngineConfig
+
+    with pytest.raises(ValueError, match="rules.max_sessions"):
+        RuleEngineConfig.from_dict({"max_sessions": 0})
+    with pytest.raises(ValueError, match="rules: unknown key max_session"):
+        RuleEngineConfig.from_dict({"max_session": 5})
+    assert RuleEngineConfig.from_dict({"files": "local.yaml"}).files == ("local.yaml",)
