@@ -26,6 +26,7 @@ from .events import SEVERITIES, Batch, Finding, ToolCall
 from .taint import Match, SensitiveRead, SessionFlows
 
 NS = 1_000_000_000
+PAYLOAD_REFRESH = 16
 SECRET_LABELS = ("secret", "credential", "password", "private_key", "api_key", "token", "jwt")
 
 
@@ -95,6 +96,10 @@ class AgentFlows:
     destinations: OrderedDict[str, None] = field(default_factory=OrderedDict)
     destination_calls: int = 0
     payloads: list[int] = field(default_factory=list)
+    payload_stats: tuple[float, float] | None = None
+    """(median, MAD) of ``payloads`` as of the last refresh."""
+    payload_stale: int = 0
+    """Sizes added since the last refresh."""
 
 
 class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
@@ -116,6 +121,8 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             "destinations": list(state.destinations),
             "destination_calls": state.destination_calls,
             "payloads": list(state.payloads),
+            "payload_stats": None if state.payload_stats is None else list(state.payload_stats),
+            "payload_stale": state.payload_stale,
         }
 
     def state_from_dict(self, data: dict[str, Any]) -> AgentFlows:
@@ -124,6 +131,9 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             destinations=OrderedDict.fromkeys(data.get("destinations", [])),
             destination_calls=int(data.get("destination_calls", 0)),
             payloads=[int(b) for b in data.get("payloads", [])],
+            payload_stats=None if data.get("payload_stats") is None else (
+                float(data["payload_stats"][0]), float(data["payload_stats"][1])),
+            payload_stale=int(data.get("payload_stale", 0)),
         )
 
     # --- detection --------------------------------------------------------------------------
@@ -262,8 +272,13 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         hist = agent.payloads
         size = call.args_bytes
         if len(hist) >= cfg.payload_min_samples:
-            median = statistics.median(hist)
-            mad = statistics.median(abs(b - median) for b in hist)
+            if agent.payload_stats is None or agent.payload_stale >= PAYLOAD_REFRESH:
+                # Median/MAD over the history, refreshed every PAYLOAD_REFRESH new sizes: a robust
+                # baseline barely moves per sample, and this keeps the check O(1) per call.
+                med = statistics.median(hist)
+                agent.payload_stats = (float(med), float(statistics.median(abs(b - med) for b in hist)))
+                agent.payload_stale = 0
+            median, mad = agent.payload_stats
             limit = max(cfg.payload_min_bytes, median * cfg.payload_ratio, median + cfg.payload_mad_k * 1.4826 * mad)
             if size > limit:
                 # Kept out of the baseline, so one leak does not teach the agent that leaks are normal.
@@ -274,6 +289,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
                 return self._finding(call, "large_outbound_payload", "medium", reason, evidence)
         hist.append(size)
         del hist[:-cfg.payload_history]
+        agent.payload_stale += 1
         return None
 
     def _finding(

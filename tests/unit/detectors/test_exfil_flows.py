@@ -206,3 +206,15 @@ def test_findings_never_carry_argument_text() -> None:
 def test_config_errors_name_the_key(data: dict, key: str) -> None:
     with pytest.raises(ValueError, match=re.escape(key)):
         ExfiltrationConfig.from_dict(data)
+
+
+def test_snapshot_restore_keeps_the_payload_baseline() -> None:
+    cfg = ExfiltrationConfig(payload_min_samples=10, payload_min_bytes=100)
+    det = ExfiltrationDetector(cfg)
+    run(det, *[make_call("gmail", "send_email", i, args_bytes=500 + i) for i in range(27)])
+    clone = ExfiltrationDetector(cfg)
+    clone.restore(json.loads(json.dumps(det.snapshot())))
+    probe = [make_call("gmail", "send_email", 100 + i, args_bytes=b) for i, b in enumerate([600, 6000, 520, 90_000])]
+    a, b = run(det, *probe), run(clone, *probe)
+    assert [f.to_dict() for f in a] == [f.to_dict() for f in b]
+    assert [f.evidence["args_bytes"] for f in a] == [6000, 90_000]
