@@ -7,7 +7,7 @@ are new for the agent). Nothing here holds a raw argument value: ``args`` is the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Literal, Union
 
 from ..events import ToolCall
@@ -21,7 +21,8 @@ class EvalContext:
     """Everything a condition may look at for one call."""
 
     call: ToolCall
-    capabilities: frozenset[str] = frozenset()
+    capabilities: tuple[str, ...] | frozenset[str] = ()
+    """Capabilities of ``server/tool``; stored sorted, so outputs and evidence are stable."""
     prev_tool: str = ""
     prev_server: str = ""
     prev_result_labels: tuple[str, ...] = ()
@@ -31,7 +32,10 @@ class EvalContext:
     session_capabilities: tuple[str, ...] = ()
     session_servers: tuple[str, ...] = ()
     new_destinations: tuple[str, ...] = ()
-    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.capabilities, tuple):
+            self.capabilities = tuple(sorted(self.capabilities))
 
 
 @dataclass(slots=True, frozen=True)
@@ -74,7 +78,7 @@ FIELDS: dict[str, Field] = {
     "result.fingerprints": _l(lambda c: c.call.result_fingerprints, "keyed hashes of sensitive result values"),
     "destinations": _l(lambda c: c.call.destinations, "hosts, e-mail domains, URLs named in the arguments"),
     "destinations.new": _l(lambda c: c.new_destinations, "destinations never seen before for this agent"),
-    "capabilities": _l(lambda c: tuple(sorted(c.capabilities)), "capabilities of `server/tool` (CapabilityMap)"),
+    "capabilities": _l(lambda c: c.capabilities, "capabilities of `server/tool` (CapabilityMap)"),
     "prev.tool": _s(lambda c: c.prev_tool, "tool of the previous call in the session"),
     "prev.server": _s(lambda c: c.prev_server, "server of the previous call in the session"),
     "prev.result.labels": _l(lambda c: c.prev_result_labels, "result labels of the previous call in the session"),
