@@ -13,16 +13,22 @@ from pathlib import Path
 from typing import Iterable, TextIO
 
 from ..detectors.events import ToolCall
-from ..detectors.rules import RuleError, call_from_dict, load_rule_files, test_rules
+from ..detectors.rules import RuleError, call_from_dict, load_rule_files, load_samples, test_rules
 
 DEFAULT_RULES = "default_rules.yaml"
 
-__all__ = ["DEFAULT_RULES", "default_rules_text", "read_traces", "run_rules_test"]
+__all__ = ["DEFAULT_RULES", "default_rules_text", "read_traces", "run_rules_test", "samples_path"]
 
 
 def default_rules_text() -> str:
     """The rule file shipped in the package (``toolwatch/detectors/rules/default_rules.yaml``)."""
     return files("toolwatch.detectors.rules").joinpath(DEFAULT_RULES).read_text(encoding="utf-8")
+
+
+def samples_path(rule_path: str | Path) -> Path:
+    """Sibling samples file of a rule file: ``rules/x.yaml`` → ``rules/x.samples.yaml``."""
+    p = Path(rule_path)
+    return p.with_name(f"{p.stem}.samples{p.suffix or '.yaml'}")
 
 
 def read_traces(paths: Iterable[str | Path]) -> list[ToolCall]:
@@ -53,11 +59,16 @@ def run_rules_test(
     With no rule paths, the shipped default rules are tested.
     """
     out = out or sys.stdout
+    rule_paths = list(rule_paths)
     try:
         sources = [(Path(p).read_text(encoding="utf-8"), str(p)) for p in rule_paths]
         if not sources:
             sources = [(default_rules_text(), DEFAULT_RULES)]
         ruleset = load_rule_files(sources)
+        for path in rule_paths:
+            sibling = samples_path(path)
+            if sibling.exists():
+                ruleset = load_samples(sibling.read_text(encoding="utf-8"), str(sibling), ruleset)
         events = read_traces(trace_paths)
     except RuleError as e:
         print(f"rules test: {len(e.problems)} problem(s):", file=out)

@@ -84,3 +84,23 @@ def test_read_traces_defaults(tmp_path: Path) -> None:
     p.write_text('{"tool": "fetch", "t": 1.5}\n')
     (c,) = read_traces([p])
     assert c.agent_id == "agent-1" and c.time_ns == 1_500_000_000
+
+
+def test_sibling_samples_file_is_run(tmp_path: Path) -> None:
+    rules = tmp_path / "r.yaml"
+    rules.write_text(RULE)
+    (tmp_path / "r.samples.yaml").write_text(
+        "secret_out:\n  should_fire:\n    - {tool: http_post, server: web, args_labels: [secret]}\n"
+        "  should_not_fire:\n    - {tool: send_email, server: gmail, args_labels: [secret]}\n")
+    code, text = _run([rules])
+    assert code == 1
+    assert "ok   secret_out should_fire[1]" in text and "FAIL secret_out should_not_fire[1]" in text
+
+
+def test_sibling_samples_for_unknown_rule(tmp_path: Path) -> None:
+    rules = tmp_path / "r.yaml"
+    rules.write_text(RULE)
+    sibling = tmp_path / "r.samples.yaml"
+    sibling.write_text("secret_outt:\n  should_fire: []\n")
+    code, text = _run([rules])
+    assert code == 2 and f"{sibling}:1: samples for unknown rule 'secret_outt' (did you mean 'secret_out'?)" in text
