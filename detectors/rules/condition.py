@@ -291,10 +291,7 @@ class _Parser:
             return Compare(name.text, op, items, spec)
         operand = self.scalar(spec.type, op)
         if op == "regex":
-            try:
-                operand = re.compile(str(operand))
-            except re.error as e:
-                raise ConditionError(f"bad regex {operand!r}: {e}", op_tok.pos) from None
+            operand = compile_regex(str(operand), op_tok.pos)
         return Compare(name.text, op, operand, spec)
 
     def scalar(self, ftype: str, op: str) -> str | float:
@@ -352,6 +349,20 @@ class _Parser:
             raise ConditionError(f"the list for a number field must hold numbers: {list(items)!r}", tok.pos) from None
 
 
+MAX_REGEX = 1_000
+"""Longest regex accepted; longer ones are almost always a mistake and slow to compile."""
+
+
+def compile_regex(text: str, pos: int) -> "re.Pattern[str]":
+    """Compile a rule's regex, turning every way ``re`` can fail into a ConditionError."""
+    if len(text) > MAX_REGEX:
+        raise ConditionError(f"regex longer than {MAX_REGEX} characters", pos)
+    try:
+        return re.compile(text)
+    except (re.error, RecursionError, OverflowError, ValueError) as e:
+        raise ConditionError(f"bad regex {text[:60]!r}: {e or type(e).__name__}", pos) from None
+
+
 def _suggest(name: str, choices: Mapping[str, object] | None = None) -> str:
     pool = list(choices) if choices is not None else list(FIELDS)
     close = difflib.get_close_matches(name, pool, n=1)
@@ -384,10 +395,7 @@ def make_compare(
         return Compare(field, op, float(value), spec)
     text = str(value)
     if op == "regex":
-        try:
-            return Compare(field, op, re.compile(text), spec)
-        except re.error as e:
-            raise ConditionError(f"bad regex {text!r}: {e}", 0) from None
+        return Compare(field, op, compile_regex(text, 0), spec)
     return Compare(field, op, text, spec)
 
 

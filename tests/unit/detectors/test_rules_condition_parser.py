@@ -213,3 +213,22 @@ def test_loader_never_raises_anything_but_rule_error_on_any_yaml_shape(doc) -> N
         load_rules(yaml.safe_dump([doc] if not isinstance(doc, list) else doc), "fuzz.yaml")
     except RuleError:
         pass
+
+
+@given(st.text(max_size=60))
+@settings(max_examples=300, deadline=None)
+def test_any_regex_text_is_compiled_or_a_rule_error(pattern: str) -> None:
+    quoted = '"' + pattern.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    try:
+        node = parse_condition(f"tool regex {quoted}")
+    except RuleError:
+        return
+    node.eval(EvalContext(call=CALL))
+
+
+@pytest.mark.parametrize("depth", [450, 499, 2000])
+def test_pathological_regexes_are_rule_errors_not_crashes(depth: int) -> None:
+    try:
+        parse_condition('tool regex "' + "(" * depth + ")" * depth + '"')
+    except RuleError as e:
+        assert "regex" in str(e)
