@@ -4,7 +4,8 @@ from .condition import parse_condition
 from .engine import RuleEngine, RuleEngineConfig
 from .errors import Problem, RuleError
 from .fields import FIELDS
-from .loader import load_rule_files, load_rules, load_samples
+from .loader import load_rule_files, load_rules
+from .samples_file import load_samples
 from .model import Correlation, Rule, RuleSet
 from .samples import call_from_dict
 from .testing import RulesTestReport, SampleResult, check_samples, test_rules

@@ -2,176 +2,23 @@
 
 Pure: takes text, returns a ``RuleSet`` or raises ``RuleError``. The collector reads the files,
 calls ``load_rule_files`` on each change and keeps the last good set when this raises.
-YAML is composed into nodes first, so every key keeps the line it was written on.
 """
 
 from __future__ import annotations
 
-import difflib
-import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Iterable, Mapping
 
-import yaml
-
-from .condition import ConditionError, Node, Not, Or, And, make_compare, parse_condition
-from .errors import Problem, RuleError
+from .condition import And, ConditionError, Node, Not, Or, make_compare, parse_condition
+from .correlation_items import compile_correlation, parse_timespan
+from .errors import RuleError
 from .fields import FIELDS
-from .model import (
-    CORRELATION_TYPES,
-    PRIORITIES,
-    TEMPLATE_EXTRAS,
-    Correlation,
-    Rule,
-    RuleSet,
-    Template,
-)
-from .samples import Samples, samples_from_dict
+from .items import Item, Problems, compile_common, read_items
+from .model import Rule, RuleSet
 
-__all__ = ["load_rules", "load_rule_files", "load_samples", "parse_timespan"]
+__all__ = ["load_rules", "load_rule_files", "parse_timespan"]
 
-_META = {"id", "status", "falsepositives", "references", "author"}
-ITEM_KEYS: dict[str, frozenset[str]] = {
-    "list": frozenset({"list", "items", "append"}),
-    "macro": frozenset({"macro", "condition"}),
-    "rule": frozenset(
-        {"rule", "desc", "condition", "output", "priority", "tags", "exceptions", "enabled", "generate", "samples"}
-        | _META
-    ),
-    "correlation": frozenset(
-        {"correlation", "desc", "type", "rules", "group-by", "timespan", "condition", "output", "priority", "tags",
-         "enabled", "samples"}
-        | _META
-    ),
-}
 _OVERRIDE_KEYS = frozenset({"enabled"})
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
-_TIMESPAN = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
-_UNIT_NS = {"": 1_000_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000, "d": 86_400_000_000_000}
-
-
-@dataclass(slots=True)
-class _Item:
-    kind: str
-    name: str
-    data: dict[str, Any]
-    lines: dict[str, tuple[int, bool]]
-    line: int
-    source: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} {self.name!r}"
-
-    def line_of(self, key: str) -> int:
-        return self.lines.get(key, (self.line, False))[0]
-
-
-@dataclass(slots=True)
-class _Ctx:
-    problems: list[Problem] = field(default_factory=list)
-
-    def add(self, item: _Item | None, message: str, line: int = 0, source: str = "") -> None:
-        if item is None:
-            self.problems.append(Problem(message, source, line))
-        else:
-            self.problems.append(Problem(message, item.source, line or item.line, item.label))
-
-
-def parse_timespan(value: Any) -> int:
-    """``30s``, ``10m``, ``1h``, ``2d`` or a number of seconds → nanoseconds; ValueError if not."""
-    if isinstance(value, bool):
-        raise ValueError(f"timespan {value!r} is not a duration such as 30s, 10m, 1h, 2d")
-    m = _TIMESPAN.match(str(value))
-    if m is None or int(m.group(1)) <= 0:
-        raise ValueError(f"timespan {value!r} is not a positive duration such as 30s, 10m, 1h, 2d")
-    return int(m.group(1)) * _UNIT_NS[m.group(2)]
-
-
-# --- reading YAML with lines -------------------------------------------------------------------
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads a bare ``=`` as text (YAML 1.1 tags it ``value``), as Falco's comps use it."""
-
-
-_Loader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
-
-
-def _read_items(text: str, source: str, ctx: _Ctx) -> list[_Item]:
-    if not isinstance(text, str):
-        ctx.add(None, "rule file content must be text", source=source)
-        return []
-    items: list[_Item] = []
-    try:
-        loader = _Loader(text)
-    except yaml.YAMLError as e:  # the reader rejects control characters up front
-        ctx.add(None, f"invalid YAML: {e}", source=source)
-        return []
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            return []
-        if not isinstance(root, yaml.SequenceNode):
-            ctx.add(None, "a rule file is a YAML list of items (- list:, - macro:, - rule:, - correlation:)",
-                    root.start_mark.line + 1, source)
-            return []
-        for node in root.value:
-            item = _read_item(loader, node, source, ctx)
-            if item is not None:
-                items.append(item)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        ctx.add(None, f"invalid YAML: {e.problem or e.context}", (mark.line + 1) if mark else 0, source)
-    except yaml.YAMLError as e:
-        ctx.add(None, f"invalid YAML: {e}", source=source)
-    except RecursionError:
-        ctx.add(None, "invalid YAML: nested too deeply", source=source)
-    finally:
-        loader.dispose()
-    return items
-
-
-def _read_item(loader: _Loader, node: yaml.Node, source: str, ctx: _Ctx) -> _Item | None:
-    line = node.start_mark.line + 1
-    if not isinstance(node, yaml.MappingNode):
-        ctx.add(None, "each item must be a mapping starting with list:, macro:, rule: or correlation:", line, source)
-        return None
-    data: dict[str, Any] = {}
-    lines: dict[str, tuple[int, bool]] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        kline = key_node.start_mark.line + 1
-        if not isinstance(key, str):
-            ctx.add(None, f"item keys must be text, not {key!r}", kline, source)
-            continue
-        if key in data:
-            ctx.add(None, f"duplicate key {key!r}", kline, source)
-            continue
-        data[key] = loader.construct_object(value_node, deep=True)
-        block = isinstance(value_node, yaml.ScalarNode) and value_node.style in ("|", ">")
-        lines[key] = (value_node.start_mark.line + 1, block)
-    kinds = [k for k in ITEM_KEYS if k in data]
-    if len(kinds) != 1:
-        what = "none" if not kinds else " and ".join(kinds)
-        hint = _did_you_mean(next(iter(data), ""), list(ITEM_KEYS))
-        ctx.add(None, f"an item must have exactly one of list, macro, rule, correlation (found {what}){hint}",
-                line, source)
-        return None
-    kind = kinds[0]
-    name = data[kind]
-    if not isinstance(name, str) or not _NAME.match(name):
-        ctx.add(None, f"{kind} name {name!r} must be a word of letters, digits, _ . - (no spaces)", line, source)
-        return None
-    item = _Item(kind, name, data, lines, line, source)
-    for key in data:
-        if key not in ITEM_KEYS[kind]:
-            hint = _did_you_mean(key, sorted(ITEM_KEYS[kind]))
-            ctx.add(item, f"unknown key {key!r}{hint}", item.line_of(key))
-    return item
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 # --- compiling -----------------------------------------------------------------------------------
@@ -187,18 +34,18 @@ def load_rule_files(files: Iterable[tuple[str, str]]) -> RuleSet:
     macro, rule or correlation with the same name replaces it; a rule or correlation item that
     has only ``enabled`` switches an existing one on or off without repeating it.
     """
-    ctx = _Ctx()
+    ctx = Problems()
     sources: list[str] = []
-    items: list[_Item] = []
+    items: list[Item] = []
     for text, source in files:
         sources.append(source)
-        items.extend(_read_items(text, source, ctx))
+        items.extend(read_items(text, source, ctx))
 
     lists: dict[str, tuple[str, ...]] = {}
-    macro_items: dict[str, _Item] = {}
-    rule_items: dict[str, _Item] = {}
-    corr_items: dict[str, _Item] = {}
-    enabled_overrides: dict[str, tuple[_Item, bool]] = {}
+    macro_items: dict[str, Item] = {}
+    rule_items: dict[str, Item] = {}
+    corr_items: dict[str, Item] = {}
+    enabled_overrides: dict[str, tuple[Item, bool]] = {}
     for item in items:
         if item.kind == "list":
             _add_list(item, lists, ctx)
@@ -223,7 +70,7 @@ def load_rule_files(files: Iterable[tuple[str, str]]) -> RuleSet:
     rules = [r for r in (_compile_rule(i, lists, macros, ctx) for i in rule_items.values()) if r is not None]
     rule_names = {r.name for r in rules} | set(rule_items)
     correlations = [
-        c for c in (_compile_correlation(i, rule_names, ctx) for i in corr_items.values()) if c is not None
+        c for c in (compile_correlation(i, rule_names, ctx) for i in corr_items.values()) if c is not None
     ]
     for name in sorted(set(rule_items) & set(corr_items)):
         ctx.add(corr_items[name], f"the name is already used by a rule (line {rule_items[name].line})")
@@ -238,7 +85,7 @@ def load_rule_files(files: Iterable[tuple[str, str]]) -> RuleSet:
     return RuleSet(tuple(rules), tuple(correlations), lists, tuple(macro_items), tuple(sources))
 
 
-def _add_list(item: _Item, lists: dict[str, tuple[str, ...]], ctx: _Ctx) -> None:
+def _add_list(item: Item, lists: dict[str, tuple[str, ...]], ctx: Problems) -> None:
     raw = item.data.get("items")
     if not isinstance(raw, list) or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in raw):
         ctx.add(item, "items must be a list of text or numbers", item.line_of("items"))
@@ -263,7 +110,7 @@ def _add_list(item: _Item, lists: dict[str, tuple[str, ...]], ctx: _Ctx) -> None
 class _MacroCompiler:
     """Compiles macros on first use so they may appear in any order; reports cycles."""
 
-    def __init__(self, items: dict[str, _Item], lists: dict[str, tuple[str, ...]], ctx: _Ctx) -> None:
+    def __init__(self, items: dict[str, Item], lists: dict[str, tuple[str, ...]], ctx: Problems) -> None:
         self.items = items
         self.lists = lists
         self.ctx = ctx
@@ -308,7 +155,7 @@ class _MacroCompiler:
         return node
 
 
-def _condition_problem(ctx: _Ctx, item: _Item, text: str, e: ConditionError) -> None:
+def _condition_problem(ctx: Problems, item: Item, text: str, e: ConditionError) -> None:
     """Report a condition error at its own line (block scalars start one line below the key)."""
     line, block = item.lines.get("condition", (item.line, False))
     offset = min(max(e.offset, 0), len(text))
@@ -317,69 +164,10 @@ def _condition_problem(ctx: _Ctx, item: _Item, text: str, e: ConditionError) -> 
     ctx.add(item, f"condition: {e.detail} (column {column})", line)
 
 
-def _common(item: _Item, ctx: _Ctx) -> dict[str, Any] | None:
-    """Keys rules and correlations share: priority, desc, tags, enabled, output, samples, meta."""
-    d = item.data
-    ok = True
-    priority = d.get("priority")
-    severity = PRIORITIES.get(str(priority).lower()) if isinstance(priority, str) else None
-    if severity is None:
-        ok = False
-        msg = "missing priority" if priority is None else f"unknown priority {priority!r}"
-        ctx.add(item, f"{msg}; use one of {', '.join(PRIORITIES)}", item.line_of("priority"))
-    tags = d.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        ok = False
-        ctx.add(item, "tags must be a list of text (e.g. [owasp.asi02, atlas.AML.T0051])", item.line_of("tags"))
-    desc = d.get("desc", "")
-    if not isinstance(desc, str):
-        ok = False
-        ctx.add(item, "desc must be text", item.line_of("desc"))
-    flags: dict[str, bool] = {}
-    for key in ("enabled", "generate"):
-        value = d.get(key, True)
-        if not isinstance(value, bool):
-            ok = False
-            ctx.add(item, f"{key} must be true or false", item.line_of(key))
-        flags[key] = bool(value)
-    default_out = "%rule: %server/%tool by %agent_id" if item.kind == "rule" else "%rule: %count for %group"
-    output = d.get("output", default_out)
-    template = None
-    if not isinstance(output, str):
-        ok = False
-        ctx.add(item, "output must be text", item.line_of("output"))
-    else:
-        template = Template(output.strip())
-        for name in template.placeholders():
-            if name not in FIELDS and name not in TEMPLATE_EXTRAS:
-                ok = False
-                ctx.add(item, f"output names unknown field %{name}{_did_you_mean(name, list(FIELDS))}",
-                        item.line_of("output"))
-    samples = Samples()
-    if "samples" in d:
-        try:
-            samples = samples_from_dict(d["samples"], "samples")
-        except RuleError as e:
-            ok = False
-            for p in e.problems:
-                ctx.add(item, p.message, item.line_of("samples"))
-    if not ok:
-        return None
-    return {
-        "severity": severity,
-        "desc": desc.strip(),
-        "tags": tuple(tags),
-        "enabled": flags["enabled"],
-        "output": template,
-        "samples": samples,
-        "meta": {k: d[k] for k in _META if k in d},
-        "source": item.source,
-        "line": item.line,
-    }
 
 
-def _compile_rule(item: _Item, lists: dict[str, tuple[str, ...]], macros: _MacroCompiler, ctx: _Ctx) -> Rule | None:
-    common = _common(item, ctx)
+def _compile_rule(item: Item, lists: dict[str, tuple[str, ...]], macros: _MacroCompiler, ctx: Problems) -> Rule | None:
+    common = compile_common(item, ctx)
     text = item.data.get("condition")
     node: Node | None = None
     if not isinstance(text, str):
@@ -399,7 +187,7 @@ def _compile_rule(item: _Item, lists: dict[str, tuple[str, ...]], macros: _Macro
 
 
 def _compile_exceptions(
-    item: _Item, lists: dict[str, tuple[str, ...]], macros: _MacroCompiler, ctx: _Ctx
+    item: Item, lists: dict[str, tuple[str, ...]], macros: _MacroCompiler, ctx: Problems
 ) -> list[Node] | None:
     """Falco exceptions: ``{name, fields, comps, values}`` rows, or ``{name, condition}``."""
     raw = item.data.get("exceptions", [])
@@ -461,138 +249,5 @@ def _exception_rows(exc: Mapping[str, Any], lists: dict[str, tuple[str, ...]]) -
     return rows
 
 
-def _compile_correlation(item: _Item, rule_names: set[str], ctx: _Ctx) -> Correlation | None:
-    common = _common(item, ctx)
-    d = item.data
-    ok = common is not None
-    ctype = d.get("type")
-    if ctype not in CORRELATION_TYPES:
-        ctx.add(item, f"type must be one of {', '.join(CORRELATION_TYPES)}, not {ctype!r}", item.line_of("type"))
-        ok = False
-    rules = d.get("rules")
-    if isinstance(rules, str):
-        rules = [rules]
-    if not isinstance(rules, list) or not rules or not all(isinstance(r, str) for r in rules):
-        ctx.add(item, "rules must be a non-empty list of rule names", item.line_of("rules"))
-        ok, rules = False, []
-    for r in rules:
-        if r not in rule_names:
-            ctx.add(item, f"rules: unknown rule {r!r}{_did_you_mean(r, sorted(rule_names))}", item.line_of("rules"))
-            ok = False
-    if ctype == "temporal_ordered" and len(rules) < 2:
-        ctx.add(item, "temporal_ordered needs at least two rules, in the order they must happen", item.line_of("rules"))
-        ok = False
-    group_by = d.get("group-by", ["agent_id"])
-    if isinstance(group_by, str):
-        group_by = [group_by]
-    if not isinstance(group_by, list) or not all(isinstance(g, str) for g in group_by):
-        ctx.add(item, "group-by must be a list of field names", item.line_of("group-by"))
-        ok, group_by = False, []
-    for g in group_by:
-        if g not in FIELDS or FIELDS[g].type != "str":
-            ctx.add(item, f"group-by: {g!r} is not a text field{_did_you_mean(g, list(FIELDS))}", item.line_of("group-by"))
-            ok = False
-    timespan_ns = 0
-    try:
-        timespan_ns = parse_timespan(d.get("timespan"))
-    except ValueError as e:
-        ctx.add(item, str(e) if "timespan" in d else "missing timespan (e.g. 10m)", item.line_of("timespan"))
-        ok = False
-    threshold, strict, value_field = 1, False, ""
-    cond = d.get("condition", {})
-    cline = item.line_of("condition")
-    if ctype in ("event_count", "value_count"):
-        if not isinstance(cond, Mapping):
-            ctx.add(item, "condition must be a mapping such as {gte: 3}", cline)
-            ok = False
-            cond = {}
-        ops = [k for k in cond if k in ("gte", "gt")]
-        extra = sorted(str(k) for k in cond if k not in ("gte", "gt", "field"))
-        if len(ops) != 1 or extra:
-            ctx.add(item, "condition needs exactly one of gte or gt (counts that fall are not supported)"
-                    + (f"; unknown key {', '.join(extra)}" if extra else ""), cline)
-            ok = False
-        else:
-            n = cond[ops[0]]
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                ctx.add(item, f"condition.{ops[0]} must be a whole number of at least 1", cline)
-                ok = False
-            else:
-                threshold, strict = n, ops[0] == "gt"
-        if ctype == "value_count":
-            value_field = cond.get("field", "")
-            if value_field not in FIELDS:
-                ctx.add(item, f"value_count needs condition.field naming a field, not {value_field!r}"
-                              f"{_did_you_mean(str(value_field), list(FIELDS))}", cline)
-                ok = False
-        elif "field" in cond:
-            ctx.add(item, "condition.field only applies to value_count", cline)
-            ok = False
-    elif cond not in ({}, None):
-        ctx.add(item, "temporal_ordered takes no condition: it fires when the rules match in order", cline)
-        ok = False
-    if not ok or common is None:
-        return None
-    return Correlation(
-        name=item.name,
-        type=ctype,
-        rules=tuple(rules),
-        group_by=tuple(group_by),
-        timespan_ns=timespan_ns,
-        threshold=threshold,
-        strict=strict,
-        value_field=value_field,
-        **common,
-    )
 
 
-def load_samples(text: str, source: str, ruleset: RuleSet) -> RuleSet:
-    """Attach samples from a sibling file (``rules.samples.yaml``) to the rules of ``ruleset``.
-
-    The file maps rule or correlation names to ``{should_fire: [...], should_not_fire: [...]}``;
-    its samples are added to any inline ones. Raises RuleError naming the file, rule and line.
-    """
-    ctx = _Ctx()
-    try:
-        loader = _Loader(text)
-    except yaml.YAMLError as e:
-        raise RuleError(Problem(f"invalid YAML: {e}", source)) from None
-    try:
-        root = loader.get_single_node()
-        entries: list[tuple[str, int, Any]] = []
-        if root is not None and not isinstance(root, yaml.MappingNode):
-            ctx.add(None, "a samples file maps rule names to {should_fire, should_not_fire}",
-                    root.start_mark.line + 1, source)
-        elif root is not None:
-            for key_node, value_node in root.value:
-                name = loader.construct_object(key_node, deep=True)
-                entries.append((str(name), key_node.start_mark.line + 1, loader.construct_object(value_node, deep=True)))
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise RuleError(Problem(f"invalid YAML: {e.problem or e.context}", source, (mark.line + 1) if mark else 0)) from None
-    except (yaml.YAMLError, RecursionError) as e:
-        raise RuleError(Problem(f"invalid YAML: {e}", source)) from None
-    finally:
-        loader.dispose()
-    rules = {r.name: r for r in ruleset.rules}
-    corrs = {c.name: c for c in ruleset.correlations}
-    for name, line, data in entries:
-        target = rules.get(name) or corrs.get(name)
-        if target is None:
-            ctx.add(None, f"samples for unknown rule {name!r}{_did_you_mean(name, ruleset.names())}", line, source)
-            continue
-        try:
-            extra = samples_from_dict(data, "samples")
-        except RuleError as e:
-            for p in e.problems:
-                ctx.problems.append(Problem(p.message, source, line, f"rule {name!r}"))
-            continue
-        merged = Samples(target.samples.should_fire + extra.should_fire,
-                         target.samples.should_not_fire + extra.should_not_fire)
-        if name in rules:
-            rules[name] = replace(rules[name], samples=merged)
-        else:
-            corrs[name] = replace(corrs[name], samples=merged)
-    if ctx.problems:
-        raise RuleError(ctx.problems)
-    return replace(ruleset, rules=tuple(rules.values()), correlations=tuple(corrs.values()))
