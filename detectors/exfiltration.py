@@ -27,6 +27,7 @@ from .taint import Match, SensitiveRead, SessionFlows
 
 NS = 1_000_000_000
 PAYLOAD_REFRESH = 16
+SEVERITY_SCORE = {"info": 0.1, "low": 0.25, "medium": 0.5, "high": 0.8, "critical": 1.0}
 SECRET_LABELS = ("secret", "credential", "password", "private_key", "api_key", "token", "jwt")
 
 
@@ -307,6 +308,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             tool=call.tool,
             span_ids=tuple(s for s in (spans or (call.span_id,)) if s),
             trace_ids=(call.trace_id,) if call.trace_id else (),
+            score=SEVERITY_SCORE[severity],
             evidence={"kind": kind, **evidence},
             dedup_key=f"{self.name}:{kind}:{call.agent_id}:{call.session_id}:{call.token}",
         )

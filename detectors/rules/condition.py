@@ -20,6 +20,7 @@ import difflib
 import fnmatch
 import re
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from typing import Callable, Mapping, Protocol, Union
 
 from .errors import ConditionError
@@ -121,66 +122,63 @@ class Compare:
     op: str
     operand: Operand
     spec: Field
+    test: Callable[[object], bool] = dataclass_field(init=False, repr=False, compare=False)
+    """The comparison specialised once for this field type, operator and operand."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "test", _predicate(self.spec.type, self.op, self.operand))
 
     def eval(self, ctx: EvalContext) -> bool:
-        value = self.spec.get(ctx)
-        if isinstance(value, tuple):
-            return _eval_list(value, self.op, self.operand)
-        if isinstance(value, float):
-            return _eval_num(value, self.op, self.operand)
-        return _eval_str(value, self.op, self.operand)
+        return self.test(self.spec.get(ctx))
 
 
-def _eval_str(value: str, op: str, operand: Operand) -> bool:
-    if op == "=":
-        return value == operand
-    if op == "!=":
-        return value != operand
-    if op == "in":
-        return value in operand  # type: ignore[operator]
-    if op == "exists":
-        return bool(value)
-    return _match_one(value, op, operand)
-
-
-def _match_one(value: str, op: str, operand: Operand) -> bool:
+def _scalar_predicate(op: str, operand: Operand) -> Callable[[str], bool]:
+    """Text tests shared by text fields and by each element of list fields."""
+    text = "" if operand is None or isinstance(operand, (frozenset, re.Pattern)) else str(operand)
     if op == "contains":
-        return str(operand) in value
+        return lambda v: text in v
     if op == "icontains":
-        return str(operand).lower() in value.lower()
+        low = text.lower()
+        return lambda v: low in v.lower()
     if op == "startswith":
-        return value.startswith(str(operand))
+        return lambda v: v.startswith(text)
     if op == "endswith":
-        return value.endswith(str(operand))
+        return lambda v: v.endswith(text)
     if op == "glob":
-        return fnmatch.fnmatchcase(value, str(operand))
+        return lambda v: fnmatch.fnmatchcase(v, text)
     if op == "regex":
-        return operand.search(value) is not None  # type: ignore[union-attr]
-    return False
+        search = operand.search  # type: ignore[union-attr]
+        return lambda v: search(v) is not None
+    raise ValueError(f"no text test for operator {op!r}")
 
 
-def _eval_num(value: float, op: str, operand: Operand) -> bool:
+def _predicate(ftype: str, op: str, operand: Operand) -> Callable[[object], bool]:
+    if ftype == "list":
+        if op in ("in", "intersects"):
+            return lambda vs: any(v in operand for v in vs)  # type: ignore[operator,union-attr]
+        if op == "contains":
+            return lambda vs: operand in vs  # type: ignore[operator]
+        if op == "exists":
+            return bool
+        one = _scalar_predicate(op, operand)
+        return lambda vs: any(one(v) for v in vs)  # type: ignore[union-attr]
     if op == "in":
-        return value in operand  # type: ignore[operator]
-    x = float(operand)  # type: ignore[arg-type]
-    return {
-        "=": value == x,
-        "!=": value != x,
-        "<": value < x,
-        "<=": value <= x,
-        ">": value > x,
-        ">=": value >= x,
-    }[op]
-
-
-def _eval_list(values: tuple[str, ...], op: str, operand: Operand) -> bool:
-    if op in ("in", "intersects"):
-        return any(v in operand for v in values)  # type: ignore[operator]
-    if op == "contains":
-        return operand in values
+        return lambda v: v in operand  # type: ignore[operator]
     if op == "exists":
-        return bool(values)
-    return any(_match_one(v, op, operand) for v in values)
+        return bool
+    if op == "=":
+        return lambda v: v == operand
+    if op == "!=":
+        return lambda v: v != operand
+    if ftype == "num":
+        x = float(operand)  # type: ignore[arg-type]
+        return {
+            "<": lambda v: v < x,
+            "<=": lambda v: v <= x,
+            ">": lambda v: v > x,
+            ">=": lambda v: v >= x,
+        }[op]
+    return _scalar_predicate(op, operand)  # type: ignore[return-value]
 
 
 # --- parser ------------------------------------------------------------------------------------
