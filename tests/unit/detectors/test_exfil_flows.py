@@ -8,7 +8,10 @@ import re
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from toolwatch.detectors.capabilities import CapabilityMap
 from toolwatch.detectors.events import Batch, Finding, ToolCall
 from toolwatch.detectors.exfiltration import ExfiltrationConfig, ExfiltrationDetector
 
@@ -218,3 +221,59 @@ def test_snapshot_restore_keeps_the_payload_baseline() -> None:
     a, b = run(det, *probe), run(clone, *probe)
     assert [f.to_dict() for f in a] == [f.to_dict() for f in b]
     assert [f.evidence["args_bytes"] for f in a] == [6000, 90_000]
+
+
+SERVERS = [("web", "fetch"), ("filesystem", "read_file"), ("llm", "summarize"), ("gmail", "send_email")]
+
+
+@st.composite
+def sessions(draw):
+    """A session of calls drawing fingerprints from a small pool, so flows happen by chance."""
+    n = draw(st.integers(1, 12))
+    calls = []
+    for i in range(n):
+        server, tool = draw(st.sampled_from(SERVERS))
+        calls.append(make_call(server, tool, i,
+                               args_fingerprints=draw(st.lists(st.sampled_from("abcdef"), max_size=2)),
+                               result_fingerprints=draw(st.lists(st.sampled_from("abcdef"), max_size=2))))
+    return calls
+
+
+def _reference_flows(calls: list[ToolCall]) -> set[str]:
+    """An unbounded, dictionary-only model of the documented semantics: a value's origin is the
+    server whose result first carried it; a result inherits the origin of tainted arguments
+    (sensitive origins first, then the earliest); values the agent wrote first have no origin;
+    a call is a flow when an argument's origin is another server."""
+    caps = CapabilityMap()
+    origin: dict[str, tuple[str, bool, int]] = {}
+    authored: set[str] = set()
+    flagged = set()
+    for c in calls:
+        tainted = [origin[fp] for fp in c.args_fingerprints if fp in origin]
+        if any(o[0] != c.server for o in tainted):
+            flagged.add(c.span_id)
+        authored.update(fp for fp in c.args_fingerprints if fp not in origin)
+        own = (c.server, "reads_sensitive" in caps.of(c.server, c.tool), c.time_ns)
+        inherited = min(tainted, key=lambda o: (not o[1], o[2])) if tainted else own
+        for fp in c.result_fingerprints:
+            if fp not in authored and fp not in origin:
+                origin[fp] = inherited
+    return flagged
+
+
+@given(sessions())
+@settings(max_examples=100, deadline=None)
+def test_flows_match_a_simple_reference_model(calls: list[ToolCall]) -> None:
+    det = ExfiltrationDetector()
+    reported = {f.span_ids[-1] for f in run(det, *calls) if f.evidence["kind"] == "cross_server_flow"}
+    assert reported == _reference_flows(calls)
+
+
+@given(sessions())
+@settings(max_examples=100, deadline=None)
+def test_no_flow_without_a_value_from_another_servers_result(calls: list[ToolCall]) -> None:
+    # Rename every result value so nothing returned can ever reappear in arguments.
+    for c in calls:
+        c.result_fingerprints = tuple(f"r-{fp}" for fp in c.result_fingerprints)
+    det = ExfiltrationDetector()
+    assert [f for f in run(det, *calls) if f.evidence["kind"] == "cross_server_flow"] == []
