@@ -108,7 +108,7 @@ VOCAB = ["tool", "server", "args.labels", "args.bytes", "destinations", "and", "
 
 
 @given(st.text(max_size=80))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_parser_never_raises_anything_but_rule_error_on_any_text(text: str) -> None:
     try:
         parse_condition(text, {"lst": ("a",)})
@@ -117,7 +117,7 @@ def test_parser_never_raises_anything_but_rule_error_on_any_text(text: str) -> N
 
 
 @given(st.lists(st.sampled_from(VOCAB), max_size=14).map(" ".join))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_parser_never_raises_anything_but_rule_error_on_token_soup(text: str) -> None:
     try:
         parse_condition(text, {"lst": ("a",)}, lambda name, pos: parse_condition("true") if name == "m1" else None)
@@ -167,7 +167,7 @@ CALLS = st.builds(
 
 
 @given(EXPRS, CALLS)
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_parsed_expressions_agree_with_a_reference_evaluator(expr: Atom, call: ToolCall) -> None:
     text, reference = expr
     assert parse_condition(text).eval(EvalContext(call=call)) == reference(call)
@@ -178,7 +178,7 @@ def test_parsed_expressions_agree_with_a_reference_evaluator(expr: Atom, call: T
                        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5),
                                  st.lists(st.one_of(st.integers(), st.text(max_size=3)), max_size=3)),
                        max_size=6))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_event_reader_never_raises_anything_but_rule_error(data: dict) -> None:
     try:
         call = call_from_dict(data, "trace.jsonl:1")
@@ -205,7 +205,7 @@ def test_loader_never_raises_anything_but_rule_error_on_any_text(text: str) -> N
                                                                           "exceptions", "timespan"]), ch,
                                                          max_size=4)),
                     max_leaves=12))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_loader_never_raises_anything_but_rule_error_on_any_yaml_shape(doc) -> None:
     import yaml
 
@@ -216,7 +216,7 @@ def test_loader_never_raises_anything_but_rule_error_on_any_yaml_shape(doc) -> N
 
 
 @given(st.text(max_size=60))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_any_regex_text_is_compiled_or_a_rule_error(pattern: str) -> None:
     quoted = '"' + pattern.replace("\\", "\\\\").replace('"', '\\"') + '"'
     try:
