@@ -182,14 +182,11 @@ class RuleEngine(Detector):
         )
 
     def snapshot(self) -> dict[str, Any]:
-        return {
-            "context": self._context.snapshot(),
-            "windows": self._windows.snapshot(),
-            "capabilities": self.capabilities.snapshot(),
-        }
+        """Session context and correlation windows. The shared CapabilityMap is not included:
+        it has one owner (the collector), which snapshots it once for all detectors."""
+        return {"context": self._context.snapshot(), "windows": self._windows.snapshot()}
 
     def restore(self, state: dict[str, Any]) -> None:
         self._context.restore(state.get("context", {}))
         self._windows.restore(state.get("windows", {}))
-        self.capabilities.restore(state.get("capabilities", {}))
         self._windows.keep_only(tuple(self._correlations))
