@@ -52,11 +52,15 @@ def read_traces(paths: Iterable[str | Path]) -> list[ToolCall]:
 
 
 def run_rules_test(
-    rule_paths: Iterable[str | Path], trace_paths: Iterable[str | Path] = (), out: TextIO | None = None
+    rule_paths: Iterable[str | Path],
+    trace_paths: Iterable[str | Path] = (),
+    out: TextIO | None = None,
+    show_findings: int = 20,
 ) -> int:
     """Exit code: 0 all samples pass, 1 a sample failed, 2 a rule or trace file is broken.
 
-    With no rule paths, the shipped default rules are tested.
+    With no rule paths, the shipped default rules are tested. A rule file's sibling
+    ``NAME.samples.yaml`` adds samples. The first ``show_findings`` trace findings are listed.
     """
     out = out or sys.stdout
     rule_paths = list(rule_paths)
@@ -79,6 +83,6 @@ def run_rules_test(
         print(f"rules test: cannot read {e.filename}: {e.strerror}", file=out)
         return 2
     report = test_rules(ruleset, events)
-    for line in report.lines():
+    for line in report.lines(show_findings):
         print(line, file=out)
     return 0 if report.ok else 1

@@ -46,7 +46,8 @@ class RulesTestReport:
     def rules_without_samples(self) -> list[str]:
         return sorted(self.names - {s.rule for s in self.samples})
 
-    def lines(self) -> list[str]:
+    def lines(self, show_findings: int = 0) -> list[str]:
+        """The report as text; ``show_findings`` > 0 also lists that many findings from the traces."""
         out = [str(s) for s in self.samples]
         for name in self.rules_without_samples:
             out.append(f"warn {name}: no samples")
@@ -55,6 +56,9 @@ class RulesTestReport:
             out.append(f"traces: {self.events} events, {len(self.findings)} findings")
             for name, n in sorted(self.hits.items(), key=lambda kv: (-kv[1], kv[0])):
                 out.append(f"  {n:6d}  {name}")
+            for f in self.findings[:show_findings]:
+                out.append(f"  [{f.severity}] {f.evidence.get('rule')} agent={f.agent_id} session={f.session_id} "
+                           f"spans={','.join(f.span_ids) or '-'}: {f.reason}")
         return out
 
 

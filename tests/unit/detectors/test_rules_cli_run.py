@@ -104,3 +104,14 @@ def test_sibling_samples_for_unknown_rule(tmp_path: Path) -> None:
     sibling.write_text("secret_outt:\n  should_fire: []\n")
     code, text = _run([rules])
     assert code == 2 and f"{sibling}:1: samples for unknown rule 'secret_outt' (did you mean 'secret_out'?)" in text
+
+
+def test_trace_findings_are_listed_with_reason_and_spans(tmp_path: Path) -> None:
+    rules = tmp_path / "r.yaml"
+    rules.write_text(RULE)
+    traces = tmp_path / "t.jsonl"
+    traces.write_text(json.dumps({"time_ns": 5, "agent_id": "a", "session_id": "x", "span_id": "sp9",
+                                  "tool": "send_email", "server": "gmail", "args_labels": ["secret"]}) + "\n")
+    code, text = _run([rules], [traces])
+    assert code == 0
+    assert "[critical] secret_out agent=a session=x spans=sp9: secret_out: gmail/send_email by a" in text
