@@ -159,12 +159,16 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         flow = self._flow_finding(call, cross, sink) if cross else None
         if flow is not None:
             findings.append(flow)
+        secrets = sorted(labels.intersection(cfg.secret_labels))
+        if secrets and (sink or call.destinations):
+            # A secret in a call that names an external destination (a fetch URL, an image link)
+            # leaves too, even when the tool is not a sender.
+            where = "outbound tool" if sink else "a call to an external destination,"
+            findings.append(self._finding(
+                call, "secret_in_outbound_args", "critical" if sink else "high",
+                f"secret ({', '.join(secrets)}) in the arguments of {where} {call.token}",
+                {"labels": secrets, "sink": sink, "destinations": list(call.destinations[:10])}))
         if sink:
-            secrets = sorted(labels.intersection(cfg.secret_labels))
-            if secrets:
-                findings.append(self._finding(call, "secret_in_outbound_args", "critical",
-                                              f"secret ({', '.join(secrets)}) in the arguments of outbound tool "
-                                              f"{call.token}", {"labels": secrets}))
             encoded = sorted(labels.intersection(cfg.encoded_labels))
             if encoded:
                 findings.append(self._finding(call, "encoded_blob_outbound", "medium",

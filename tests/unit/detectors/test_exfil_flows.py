@@ -113,6 +113,14 @@ def test_secret_and_encoded_labels_only_matter_on_outbound_tools() -> None:
     assert run(det, make_call("filesystem", "write_file", 1, args_labels=["api_key", "high_entropy"])) == []
 
 
+def test_secret_in_a_fetch_url_to_an_external_host_is_high() -> None:
+    det = ExfiltrationDetector()
+    out = run(det, make_call("web", "fetch", 0, args_labels=["url", "api_key", "high_entropy"],
+                             destinations=["collect.evil.example"]))
+    assert kinds(out) == ["secret_in_outbound_args"]
+    assert out[0].severity == "high" and out[0].evidence["destinations"] == ["collect.evil.example"]
+
+
 def test_sensitive_read_then_send_within_window() -> None:
     det = ExfiltrationDetector()
     out = run(det, make_call("vault", "read_secret", 0, result_labels=["secret"]),
