@@ -37,6 +37,7 @@ __all__ = [
     "CapabilityConfig",
     "CapabilityMap",
     "CapabilityOverride",
+    "annotation_capabilities",
     "heuristic_capabilities",
 ]
 

@@ -25,6 +25,8 @@ from .capabilities import READS_SENSITIVE, SENDS_OUT, CapabilityMap
 from .events import SEVERITIES, Batch, Finding, ToolCall
 from .taint import Match, SensitiveRead, SessionFlows
 
+__all__ = ["AgentFlows", "ExfiltrationConfig", "ExfiltrationDetector"]
+
 NS = 1_000_000_000
 PAYLOAD_REFRESH = 16
 SEVERITY_SCORE = {"info": 0.1, "low": 0.25, "medium": 0.5, "high": 0.8, "critical": 1.0}

@@ -18,6 +18,8 @@ from .base import PerAgentDetector
 from .capabilities import DESTRUCTIVE, SENDS_OUT, CapabilityMap
 from .events import Batch, Finding, ToolCall
 
+__all__ = ["HijackConfig", "HijackDetector"]
+
 NS = 1_000_000_000
 SESSION_KINDS = ("first_tool", "agent")
 

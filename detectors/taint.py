@@ -15,6 +15,8 @@ from typing import Any, Iterable
 
 from .events import ToolCall
 
+__all__ = ["Match", "Origin", "SensitiveRead", "SessionFlows", "sketch_similarity"]
+
 MAX_HOPS = 5
 
 
