@@ -1,0 +1,260 @@
+"""Hijacked sessions: what an agent does right after a tool result that carried instructions.
+
+An indirect prompt injection arrives in a tool result (a web page, a mail, an issue) and the
+instrumentation labels that result ``instructions``. If the next calls of the session send data
+out, or use a tool, server or destination this *kind* of session never used, the injection has
+likely taken over. A session's kind is its first ``server/tool`` (``session_kind: first_tool``)
+or simply the agent (``session_kind: agent``); what is familiar is learned per kind, and only
+judged after ``warmup_sessions`` sessions of that kind.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import PerAgentDetector
+from .capabilities import DESTRUCTIVE, SENDS_OUT, CapabilityMap
+from .events import Batch, Finding, ToolCall
+
+__all__ = ["HijackConfig", "HijackDetector"]
+
+NS = 1_000_000_000
+SESSION_KINDS = ("first_tool", "agent")
+
+
+@dataclass(slots=True)
+class HijackConfig:
+    """The ``hijack:`` section of the config."""
+
+    window_calls: int = 2
+    """How many calls after the instruction-bearing result are judged."""
+    window_s: int = 120
+    instruction_labels: tuple[str, ...] = ("instructions",)
+    injection_score_threshold: float = 0.8
+    """A result with at least this injection score counts as carrying instructions even unlabelled."""
+    session_kind: str = "first_tool"
+    warmup_sessions: int = 3
+    max_kinds_per_agent: int = 100
+    max_items_per_kind: int = 500
+    max_sessions_per_agent: int = 1_000
+    session_ttl_s: int = 3_600
+
+    def validate(self) -> None:
+        for key in ("window_calls", "window_s", "max_kinds_per_agent", "max_items_per_kind",
+                    "max_sessions_per_agent", "session_ttl_s"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"hijack.{key} must be at least 1")
+        if self.warmup_sessions < 0:
+            raise ValueError("hijack.warmup_sessions must not be negative")
+        if self.session_kind not in SESSION_KINDS:
+            raise ValueError(f"hijack.session_kind must be one of {', '.join(SESSION_KINDS)}")
+        if not 0.0 < self.injection_score_threshold <= 1.0:
+            raise ValueError("hijack.injection_score_threshold must be in (0, 1]")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "HijackConfig":
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"hijack: unknown key {', '.join(unknown)}; known: {', '.join(sorted(cls.__dataclass_fields__))}")
+        if "instruction_labels" in data:
+            if not isinstance(data["instruction_labels"], (list, tuple)):
+                raise ValueError("hijack.instruction_labels must be a list of labels")
+            data["instruction_labels"] = tuple(str(v) for v in data["instruction_labels"])
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+
+@dataclass(slots=True)
+class KindProfile:
+    """What sessions of one kind have used: tokens, servers, destinations (bounded, LRU)."""
+
+    sessions: int = 0
+    tokens: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    servers: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    destinations: OrderedDict[str, None] = field(default_factory=OrderedDict)
+
+    def learn(self, call: ToolCall, cap: int) -> None:
+        for table, values in ((self.tokens, (call.token,)), (self.servers, (call.server,)),
+                              (self.destinations, tuple(d.lower() for d in call.destinations))):
+            for v in values:
+                table[v] = None
+                table.move_to_end(v)
+            while len(table) > cap:
+                table.popitem(last=False)
+
+
+@dataclass(slots=True)
+class Armed:
+    """An instruction-bearing result and how many following calls are still judged."""
+
+    span_id: str
+    token: str
+    time_ns: int
+    remaining: int
+
+
+@dataclass(slots=True)
+class HijackSession:
+    kind: str
+    last_ns: int
+    judged: bool
+    """Whether the kind had finished warm-up when this session began."""
+    armed: Armed | None = None
+
+
+@dataclass(slots=True)
+class AgentHijack:
+    kinds: OrderedDict[str, KindProfile] = field(default_factory=OrderedDict)
+    sessions: OrderedDict[str, HijackSession] = field(default_factory=OrderedDict)
+
+
+class HijackDetector(PerAgentDetector[AgentHijack]):
+    name = "hijack"
+
+    def __init__(self, config: HijackConfig | None = None, capabilities: CapabilityMap | None = None) -> None:
+        super().__init__()
+        self.config = config or HijackConfig()
+        self.config.validate()
+        self.capabilities = capabilities or CapabilityMap()
+
+    # --- state ------------------------------------------------------------------------------
+    def new_state(self) -> AgentHijack:
+        return AgentHijack()
+
+    def state_to_dict(self, state: AgentHijack) -> dict[str, Any]:
+        return {
+            "kinds": [[k, p.sessions, list(p.tokens), list(p.servers), list(p.destinations)]
+                      for k, p in state.kinds.items()],
+            "sessions": [[sid, s.kind, s.last_ns, s.judged,
+                          None if s.armed is None else [s.armed.span_id, s.armed.token, s.armed.time_ns,
+                                                        s.armed.remaining]]
+                         for sid, s in state.sessions.items()],
+        }
+
+    def state_from_dict(self, data: dict[str, Any]) -> AgentHijack:
+        kinds = OrderedDict(
+            (k, KindProfile(n, OrderedDict.fromkeys(t), OrderedDict.fromkeys(sv), OrderedDict.fromkeys(d)))
+            for k, n, t, sv, d in data.get("kinds", [])
+        )
+        sessions = OrderedDict(
+            (sid, HijackSession(kind, last, judged, None if a is None else Armed(a[0], a[1], int(a[2]), int(a[3]))))
+            for sid, kind, last, judged, a in data.get("sessions", [])
+        )
+        return AgentHijack(kinds, sessions)
+
+    # --- detection --------------------------------------------------------------------------
+    def observe(self, batch: Batch) -> list[Finding]:
+        self.capabilities.learn(batch.listings)
+        findings: list[Finding] = []
+        for call in sorted(batch.calls, key=lambda c: c.time_ns):
+            finding = self.observe_call(call)
+            if finding is not None:
+                findings.append(finding)
+        return findings
+
+    def observe_call(self, call: ToolCall) -> Finding | None:
+        agent = self.state_for(call.agent_id)
+        session = self._session(agent, call)
+        profile = agent.kinds[session.kind]
+        agent.kinds.move_to_end(session.kind)
+        finding = None
+        unfamiliar = False
+        armed = session.armed
+        if armed is not None and call.time_ns - armed.time_ns <= self.config.window_s * NS and armed.remaining > 0:
+            armed.remaining -= 1
+            finding, unfamiliar = self._judge(call, session, profile, armed)
+        if not unfamiliar:
+            # Calls flagged as unfamiliar stay out of the profile, so a takeover is not learned as normal.
+            profile.learn(call, self.config.max_items_per_kind)
+        if self._carries_instructions(call):
+            session.armed = Armed(call.span_id, call.token, call.time_ns, self.config.window_calls)
+        return finding
+
+    def _carries_instructions(self, call: ToolCall) -> bool:
+        return bool(set(call.result_labels) & set(self.config.instruction_labels)) or (
+            call.result_injection_score >= self.config.injection_score_threshold
+        )
+
+    def _session(self, agent: AgentHijack, call: ToolCall) -> HijackSession:
+        cutoff = call.time_ns - self.config.session_ttl_s * NS
+        s = agent.sessions.get(call.session_id)
+        if s is None or s.last_ns < cutoff:
+            kind = call.token if self.config.session_kind == "first_tool" else "*"
+            profile = agent.kinds.get(kind)
+            if profile is None:
+                profile = agent.kinds[kind] = KindProfile()
+                while len(agent.kinds) > self.config.max_kinds_per_agent:
+                    agent.kinds.popitem(last=False)
+            s = HijackSession(kind, call.time_ns, profile.sessions >= self.config.warmup_sessions)
+            profile.sessions += 1
+        s.last_ns = max(s.last_ns, call.time_ns)
+        agent.sessions[call.session_id] = s
+        agent.sessions.move_to_end(call.session_id)
+        while len(agent.sessions) > self.config.max_sessions_per_agent:
+            agent.sessions.popitem(last=False)
+        return s
+
+    def _judge(
+        self, call: ToolCall, session: HijackSession, profile: KindProfile, armed: Armed
+    ) -> tuple[Finding | None, bool]:
+        caps = self.capabilities.of(call.server, call.tool)
+        outbound = SENDS_OUT in caps
+        new: dict[str, Any] = {}
+        if session.judged:
+            if call.token not in profile.tokens:
+                new["tool"] = call.token
+            if call.server and call.server not in profile.servers:
+                new["server"] = call.server
+            dests = [d for d in dict.fromkeys(x.lower() for x in call.destinations) if d not in profile.destinations]
+            if dests:
+                new["destinations"] = dests[:20]
+        if not outbound and not new:
+            return None, False
+        if outbound and new:
+            severity = "critical"
+        elif outbound or DESTRUCTIVE in caps:
+            severity = "high"
+        else:
+            severity = "medium"
+        what = []
+        if outbound:
+            what.append("an outbound tool")
+        if new:
+            what.append("never used in this kind of session: " + ", ".join(
+                f"{k} {', '.join(v) if isinstance(v, list) else v}" for k, v in new.items()))
+        seconds = (call.time_ns - armed.time_ns) / NS
+        reason = (f"right after {armed.token} returned instructions aimed at the model, the agent called "
+                  f"{call.token} ({'; '.join(what)})")
+        calls_since = self.config.window_calls - armed.remaining
+        evidence = {
+            "kind": "instructions_then_" + ("outbound" if outbound else "unfamiliar"),
+            "instructions_span_id": armed.span_id,
+            "instructions_tool": armed.token,
+            "calls_since_instructions": calls_since,
+            "seconds_since_instructions": round(seconds, 3),
+            "outbound": outbound,
+            "capabilities": sorted(caps),
+            "unfamiliar": new,
+            "session_kind": session.kind,
+            "baseline_sessions": profile.sessions,
+        }
+        finding = Finding(
+            detector=self.name,
+            severity=severity,
+            agent_id=call.agent_id,
+            reason=reason,
+            time_ns=call.time_ns,
+            session_id=call.session_id,
+            server=call.server,
+            tool=call.tool,
+            span_ids=tuple(s for s in dict.fromkeys((armed.span_id, call.span_id)) if s),
+            trace_ids=(call.trace_id,) if call.trace_id else (),
+            score={"medium": 0.5, "high": 0.8, "critical": 1.0}[severity],
+            evidence=evidence,
+            dedup_key=f"{self.name}:{call.agent_id}:{call.session_id}",
+        )
+        return finding, bool(new)

@@ -1,0 +1,192 @@
+"""``RuleEngine``: the Detector that evaluates a loaded ``RuleSet`` over micro-batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..base import Detector
+from ..capabilities import CapabilityMap
+from ..events import Batch, Finding, ToolCall
+from .context import ContextLimits, SessionContext
+from .correlate import CorrelationWindows, Fired
+from .fields import EvalContext
+from .errors import RuleError
+from .loader import load_rule_files
+from .model import Rule, RuleSet
+
+
+@dataclass(slots=True)
+class RuleEngineConfig:
+    """The ``rules:`` section of the config (files are read by the collector, not here)."""
+
+    max_sessions: int = 10_000
+    max_destinations: int = 5_000
+    session_ttl_s: int = 3_600
+    max_groups: int = 10_000
+    max_events: int = 1_000
+    files: tuple[str, ...] = ()
+    """Rule files in load order; read (and watched for hot reload) by the collector, not here."""
+
+    def validate(self) -> None:
+        for name in ("max_sessions", "max_destinations", "session_ttl_s", "max_groups", "max_events"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"rules.{name} must be a whole number of at least 1")
+        if not all(isinstance(f, str) and f for f in self.files):
+            raise ValueError("rules.files must be a list of file paths")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "RuleEngineConfig":
+        data = dict(data or {})
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"rules: unknown key {', '.join(unknown)}; known: {', '.join(sorted(cls.__dataclass_fields__))}")
+        if "files" in data:
+            files = data["files"]
+            data["files"] = (files,) if isinstance(files, str) else tuple(files or ())
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+
+class RuleEngine(Detector):
+    """Evaluates every enabled rule on every call, then feeds matches to the correlations.
+
+    ``set_ruleset`` swaps rules at run time (hot reload); session context survives the swap, and
+    correlation windows survive for correlations whose definition did not change.
+    """
+
+    name = "rules"
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        capabilities: CapabilityMap | None = None,
+        config: RuleEngineConfig | None = None,
+    ) -> None:
+        self.config = config or RuleEngineConfig()
+        self.config.validate()
+        self.capabilities = capabilities or CapabilityMap()
+        self._context = SessionContext(
+            ContextLimits(
+                max_sessions=self.config.max_sessions,
+                max_destinations=self.config.max_destinations,
+                session_ttl_ns=self.config.session_ttl_s * 1_000_000_000,
+            )
+        )
+        self._windows = CorrelationWindows(self.config.max_groups, self.config.max_events)
+        self.ruleset = ruleset
+        self.set_ruleset(ruleset)
+
+    def set_ruleset(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+        self._rules = [r for r in ruleset.rules if r.enabled]
+        self._correlations = [c for c in ruleset.correlations if c.enabled]
+        self._windows.keep_only(tuple(self._correlations))
+
+    def reload(self, files: list[tuple[str, str]]) -> RuleError | None:
+        """Hot reload from ``(text, source)`` pairs: swap in the new rules, or keep the last good set.
+
+        Returns the error (every problem, with file, item and line) when the new files are broken,
+        so the collector can report it; the engine then goes on with the rules it had.
+        """
+        try:
+            ruleset = load_rule_files(files)
+        except RuleError as e:
+            return e
+        self.set_ruleset(ruleset)
+        return None
+
+    def observe(self, batch: Batch) -> list[Finding]:
+        self.capabilities.learn(batch.listings)
+        findings: list[Finding] = []
+        for call in sorted(batch.calls, key=lambda c: c.time_ns):
+            findings.extend(self.observe_call(call))
+        if batch.watermark_ns:
+            self._context.expire(batch.watermark_ns)
+        return findings
+
+    def observe_call(self, call: ToolCall) -> list[Finding]:
+        """Evaluate one call (in event-time order) and learn from it."""
+        caps = self.capabilities.of(call.server, call.tool)
+        ctx = self._context.context(call, caps)
+        findings: list[Finding] = []
+        matched: set[str] = set()
+        for rule in self._rules:
+            if rule.matches(ctx):
+                matched.add(rule.name)
+                if rule.generate:
+                    findings.append(self._rule_finding(rule, ctx))
+        if matched:
+            for corr in self._correlations:
+                fired = self._windows.observe(corr, matched, ctx)
+                if fired is not None:
+                    findings.append(self._correlation_finding(fired, ctx))
+        self._context.learn(call, caps)
+        return findings
+
+    def matching_rules(self, call: ToolCall) -> list[str]:
+        """Names of the single-call rules a call matches, without learning from it."""
+        ctx = self._context.context(call, self.capabilities.of(call.server, call.tool))
+        return [r.name for r in self._rules if r.matches(ctx)]
+
+    def _rule_finding(self, rule: Rule, ctx: EvalContext) -> Finding:
+        call = ctx.call
+        return Finding(
+            detector=self.name,
+            severity=rule.severity,
+            agent_id=call.agent_id,
+            reason=rule.output.render(ctx, {"rule": rule.name, "priority": rule.severity}),
+            time_ns=call.time_ns,
+            session_id=call.session_id,
+            server=call.server,
+            tool=call.tool,
+            span_ids=(call.span_id,) if call.span_id else (),
+            trace_ids=(call.trace_id,) if call.trace_id else (),
+            evidence={"rule": rule.name, "kind": "rule", "tags": list(rule.tags), "source": f"{rule.source}:{rule.line}"},
+            dedup_key=f"rules:{rule.name}:{call.agent_id}:{call.session_id}",
+        )
+
+    def _correlation_finding(self, fired: Fired, ctx: EvalContext) -> Finding:
+        corr, call = fired.correlation, ctx.call
+        extras = {
+            "rule": corr.name,
+            "priority": corr.severity,
+            "count": str(fired.count),
+            "values": ",".join(fired.values) or "-",
+            "group": ",".join(f"{k}={v}" for k, v in zip(corr.group_by, fired.group)) or "-",
+        }
+        return Finding(
+            detector=self.name,
+            severity=corr.severity,
+            agent_id=call.agent_id,
+            reason=corr.output.render(ctx, extras),
+            time_ns=call.time_ns,
+            session_id=call.session_id,
+            server=call.server,
+            tool=call.tool,
+            span_ids=fired.span_ids,
+            trace_ids=(call.trace_id,) if call.trace_id else (),
+            evidence={
+                "rule": corr.name,
+                "kind": corr.type,
+                "tags": list(corr.tags),
+                "count": fired.count,
+                "values": list(fired.values),
+                "group": dict(zip(corr.group_by, fired.group)),
+                "timespan_s": corr.timespan_ns // 1_000_000_000,
+                "source": f"{corr.source}:{corr.line}",
+            },
+            dedup_key=f"rules:{corr.name}:{':'.join(fired.group)}",
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        """Session context and correlation windows. The shared CapabilityMap is not included:
+        it has one owner (the collector), which snapshots it once for all detectors."""
+        return {"context": self._context.snapshot(), "windows": self._windows.snapshot()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._context.restore(state.get("context", {}))
+        self._windows.restore(state.get("windows", {}))
+        self._windows.keep_only(tuple(self._correlations))

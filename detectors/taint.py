@@ -1,0 +1,149 @@
+"""Where a session's data came from: fingerprints and sketches tagged with their origin.
+
+A value's *origin* is the server whose result first carried it. Derived data keeps its origin:
+when a call's arguments carry tainted values, that call's result values inherit the taint, so a
+secret read from server A, summarised by server B and mailed by server C still points at A.
+Values the agent itself wrote first (seen in arguments before any result) are *authored*: a
+server echoing them back does not become their origin. Everything is bounded and JSON-safe.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .events import ToolCall
+
+__all__ = ["Match", "Origin", "SensitiveRead", "SessionFlows", "sketch_similarity"]
+
+MAX_HOPS = 5
+
+
+@dataclass(slots=True, frozen=True)
+class Origin:
+    """The call whose result first carried a value, and the calls it passed through since."""
+
+    server: str
+    tool: str
+    span_id: str
+    time_ns: int
+    sensitive: bool
+    via: tuple[str, ...] = ()
+
+    def derived(self, call: ToolCall) -> "Origin":
+        hops = (self.via + (call.token,))[-MAX_HOPS:]
+        return Origin(self.server, self.tool, self.span_id, self.time_ns, self.sensitive, hops)
+
+    def to_list(self) -> list[Any]:
+        return [self.server, self.tool, self.span_id, self.time_ns, self.sensitive, list(self.via)]
+
+    @classmethod
+    def from_list(cls, v: list[Any]) -> "Origin":
+        return cls(str(v[0]), str(v[1]), str(v[2]), int(v[3]), bool(v[4]), tuple(v[5]))
+
+    def describe(self) -> dict[str, Any]:
+        return {"server": self.server, "tool": self.tool, "span_id": self.span_id, "via": list(self.via)}
+
+
+def sketch_similarity(a: tuple[int, ...] | list[int], b: tuple[int, ...] | list[int]) -> float:
+    """Fraction of equal slots of two same-length sketches (MinHash estimate of Jaccard)."""
+    if not a or len(a) != len(b):
+        return 0.0
+    return sum(1 for x, y in zip(a, b) if x == y) / len(a)
+
+
+@dataclass(slots=True, frozen=True)
+class Match:
+    """A value in a call's arguments that has an origin; ``fingerprint`` is empty for sketches."""
+
+    origin: Origin
+    fingerprint: str = ""
+    similarity: float = 1.0
+
+
+@dataclass(slots=True)
+class SensitiveRead:
+    time_ns: int
+    span_id: str
+    token: str
+    labels: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class SessionFlows:
+    """Per-session taint. Caps: ``max_fingerprints`` values and ``max_sketches`` sketches (LRU)."""
+
+    last_ns: int = 0
+    taint: OrderedDict[str, Origin] = field(default_factory=OrderedDict)
+    authored: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    sketches: list[tuple[tuple[int, ...], Origin]] = field(default_factory=list)
+    authored_sketches: list[tuple[int, ...]] = field(default_factory=list)
+    sensitive: list[SensitiveRead] = field(default_factory=list)
+
+    def matches(self, call: ToolCall, similarity: float) -> list[Match]:
+        """Values in ``call``'s arguments that came out of some earlier result."""
+        found = [Match(o, fp) for fp in dict.fromkeys(call.args_fingerprints) if (o := self.taint.get(fp))]
+        if call.args_sketch:
+            best: dict[str, Match] = {}
+            for sketch, origin in self.sketches:
+                sim = sketch_similarity(sketch, call.args_sketch)
+                if sim >= similarity and (origin.span_id not in best or best[origin.span_id].similarity < sim):
+                    best[origin.span_id] = Match(origin, "", round(sim, 3))
+            found.extend(best.values())
+        return found
+
+    def learn(
+        self,
+        call: ToolCall,
+        matches: Iterable[Match],
+        sensitive: bool,
+        similarity: float,
+        max_fingerprints: int,
+        max_sketches: int,
+    ) -> None:
+        """Record the call's results with their origin (inherited from its arguments, or itself)."""
+        self.last_ns = max(self.last_ns, call.time_ns)
+        for fp in call.args_fingerprints:
+            if fp not in self.taint and fp not in self.authored:
+                self.authored[fp] = None
+        inherited = sorted(matches, key=lambda m: (not m.origin.sensitive, m.origin.time_ns))
+        if inherited:
+            origin = inherited[0].origin.derived(call)
+        else:
+            origin = Origin(call.server, call.tool, call.span_id, call.time_ns, sensitive)
+        for fp in call.result_fingerprints:
+            if fp in self.authored or fp in self.taint:
+                continue
+            self.taint[fp] = origin
+        if call.args_sketch and not any(m.fingerprint == "" for m in inherited):
+            self.authored_sketches = (self.authored_sketches + [tuple(call.args_sketch)])[-max_sketches:]
+        if call.result_sketch and not any(
+            sketch_similarity(a, call.result_sketch) >= similarity for a in self.authored_sketches
+        ):
+            self.sketches = (self.sketches + [(tuple(call.result_sketch), origin)])[-max_sketches:]
+        while len(self.taint) > max_fingerprints:
+            self.taint.popitem(last=False)
+        while len(self.authored) > max_fingerprints:
+            self.authored.popitem(last=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "last_ns": self.last_ns,
+            "taint": [[fp, o.to_list()] for fp, o in self.taint.items()],
+            "authored": list(self.authored),
+            "sketches": [[list(s), o.to_list()] for s, o in self.sketches],
+            "authored_sketches": [list(s) for s in self.authored_sketches],
+            "sensitive": [[r.time_ns, r.span_id, r.token, list(r.labels)] for r in self.sensitive],
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SessionFlows":
+        return cls(
+            last_ns=int(d.get("last_ns", 0)),
+            taint=OrderedDict((fp, Origin.from_list(o)) for fp, o in d.get("taint", [])),
+            authored=OrderedDict.fromkeys(d.get("authored", [])),
+            sketches=[(tuple(s), Origin.from_list(o)) for s, o in d.get("sketches", [])],
+            authored_sketches=[tuple(s) for s in d.get("authored_sketches", [])],
+            sensitive=[SensitiveRead(int(t), str(s), str(k), tuple(lb)) for t, s, k, lb in d.get("sensitive", [])],
+        )
