@@ -14,70 +14,25 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry
 
 from toolwatch.detectors.base import Detector
-from toolwatch.detectors.config_fields import ConfigError as DetectorConfigError
-from toolwatch.detectors.config_fields import load_flat
-from toolwatch.detectors.new_tool import NewToolConfig, NewToolDetector
-from toolwatch.detectors.poisoning import PoisoningConfig, ToolPoisoningDetector
-from toolwatch.detectors.policy import PolicyDetector
-from toolwatch.detectors.policy_config import PolicyConfig
-from toolwatch.detectors.rugpull import RugPullConfig, RugPullDetector
-from toolwatch.detectors.shadowing import ShadowingConfig, ToolShadowingDetector
-from toolwatch.detectors.volume import VolumeConfig, VolumeSpikeDetector
+from toolwatch.detectors.rules import RuleEngine
 
 from .alerts import AlertRouter
 from .api import Api
-from .config import Config, ConfigError, parse_hostport
+from .config import Config, parse_hostport
+from .detector_registry import build_detectors
 from .metrics import Metrics
 from .normalize import ArgsRedactor, Normalizer, drop_raw_args
 from .pipeline import Pipeline
 from .receivers import Ingest, Receiver
 from .receivers.otlp_grpc import OtlpGrpcReceiver
 from .receivers.otlp_http import OtlpHttpReceiver
+from .rules_watch import RuleFileWatcher
 from .sinks import Sink
 from .sinks.log import LogSink
 from .sinks.webhook import WebhookSink
 from .store import Store
 
 log = logging.getLogger("toolwatch.daemon")
-
-
-def _new_tool(raw: dict[str, Any], path: str) -> Detector:
-    conf = load_flat(NewToolConfig, raw, path)
-    conf.validate()
-    return NewToolDetector(conf)
-
-
-# name -> factory(raw settings, key path). Order is the order detectors see each batch.
-DETECTOR_FACTORIES: dict[str, Callable[[dict[str, Any], str], Detector]] = {
-    "new_tool": _new_tool,
-    "rugpull": lambda raw, path: RugPullDetector(RugPullConfig.from_dict(raw, path)),
-    "poisoning": lambda raw, path: ToolPoisoningDetector(PoisoningConfig.from_dict(raw, path)),
-    "shadowing": lambda raw, path: ToolShadowingDetector(ShadowingConfig.from_dict(raw, path)),
-    "volume": lambda raw, path: VolumeSpikeDetector(VolumeConfig.from_dict(raw, path)),
-    "policy": lambda raw, path: PolicyDetector(PolicyConfig.from_dict(raw, source=path)),
-}
-
-
-def build_detectors(cfg: Config) -> list[Detector]:
-    """Every built-in detector, configured from ``cfg.detectors``; ``enabled: false`` turns one off."""
-    unknown = sorted(set(cfg.detectors) - set(DETECTOR_FACTORIES))
-    if unknown:
-        raise ConfigError(
-            f"detectors: unknown detector(s) {', '.join(unknown)}; known: {', '.join(DETECTOR_FACTORIES)}"
-        )
-    out = []
-    for name, make in DETECTOR_FACTORIES.items():
-        raw = dict(cfg.detectors.get(name, {}))
-        enabled = raw.pop("enabled", True)
-        if not isinstance(enabled, bool):
-            raise ConfigError(f"detectors.{name}.enabled: must be true or false, got {enabled!r}")
-        if not enabled:
-            continue
-        try:
-            out.append(make(raw, f"detectors.{name}"))
-        except (DetectorConfigError, ValueError) as exc:
-            raise ConfigError(str(exc)) from None
-    return out
 
 
 def webhook_secret(cfg: Config) -> bytes:
@@ -139,6 +94,8 @@ class Daemon:
             self.receivers.append(OtlpGrpcReceiver(host, port, self.ingest, self.metrics, max_body_bytes=cfg.max_body_bytes))
         host, port = parse_hostport(cfg.listen, "listen")
         self.api = Api(host, port, self.store, self.metrics, ready=self.ready, api_token=cfg.api_token)
+        engine = next((d for d in self.detectors if isinstance(d, RuleEngine)), None)
+        self.rules_watcher = RuleFileWatcher(engine, self.pipeline, self.metrics) if engine else None
         self._started = False
         self._stop = asyncio.Event()
 
@@ -166,6 +123,8 @@ class Daemon:
         for sink in self.sinks:
             await sink.start()
         await self.api.start()
+        if self.rules_watcher:
+            await self.rules_watcher.start()
         for r in self.receivers:
             await r.start()
         self.pipeline.listeners.append(lambda _f: self._update_agent_gauge())
@@ -176,6 +135,8 @@ class Daemon:
         self._started = False
         for r in self.receivers:
             await r.shutdown()
+        if self.rules_watcher:
+            await self.rules_watcher.shutdown()
         await self.pipeline.shutdown()
         for sink in self.sinks:
             await sink.shutdown()

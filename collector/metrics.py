@@ -96,6 +96,10 @@ class Metrics:
             "toolwatch_webhook_outbox_depth", "Undelivered webhook messages, by receiver.", ["receiver"], registry=r
         )
         self.agents = Gauge("toolwatch_agents", "Agents known to the daemon, by baseline state.", ["state"], registry=r)
+        self.rules_reloads = Counter(
+            "toolwatch_rules_reloads_total", "Rule file reloads, by outcome (ok, error).", ["outcome"], registry=r
+        )
+        self.rules_loaded = Gauge("toolwatch_rules_loaded", "Rules and correlations in the active rule set.", registry=r)
         self._tool_guard = LabelGuard(tool_label_cap)
 
     def count_calls(self, keys: Iterable[tuple[str, str, str]]) -> None:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from toolwatch.detectors.base import Detector
 from toolwatch.detectors.events import Batch, Finding, ToolCall, ToolListing
@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .store import Store
 
 log = logging.getLogger("toolwatch.pipeline")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -64,6 +65,13 @@ class Pipeline:
         self.listeners: list[Callable[[list[Finding]], None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
+        self._lock = asyncio.Lock()
+
+    async def exclusive(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` while no batch is being observed: for approvals and rule reloads, which
+        change detector state that the worker thread would otherwise be reading."""
+        async with self._lock:
+            return fn()
 
     @property
     def depth(self) -> int:
@@ -172,7 +180,8 @@ class Pipeline:
         for t in (batch.calls[-1].time_ns if batch.calls else 0, batch.listings[-1].time_ns if batch.listings else 0):
             self._watermark_ns = max(self._watermark_ns, t)
         batch.watermark_ns = self._watermark_ns
-        findings = await asyncio.to_thread(self._observe, batch)
+        async with self._lock:
+            findings = await asyncio.to_thread(self._observe, batch)
         self.metrics.batch_size.observe(len(batch))
         self.metrics.count_calls((c.agent_id, c.server, c.tool) for c in batch.calls)
         for listing in batch.listings:

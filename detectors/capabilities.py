@@ -20,7 +20,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .events import ToolDefinition, ToolListing
+from .base import Detector
+from .events import Batch, Finding, ToolDefinition, ToolListing
 
 READS_UNTRUSTED = "reads_untrusted"
 READS_SENSITIVE = "reads_sensitive"
@@ -262,3 +263,26 @@ class CapabilityMap:
 
 def _token(server: str, tool: str) -> str:
     return f"{server}/{tool}"
+
+
+class CapabilityLearner(Detector):
+    """Carries a shared ``CapabilityMap`` through the pipeline so its learned state is persisted.
+
+    The map is shared by the flow detectors (each also feeds it listings; learning is idempotent);
+    this adapter gives it a name, a snapshot and a restore like every other detector.
+    """
+
+    name = "capabilities"
+
+    def __init__(self, capabilities: CapabilityMap) -> None:
+        self.capabilities = capabilities
+
+    def observe(self, batch: Batch) -> list[Finding]:
+        self.capabilities.learn(batch.listings)
+        return []
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.capabilities.snapshot()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.capabilities.restore(state)

@@ -90,9 +90,33 @@ def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] =
     return parser
 
 
+def add_rules_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rules", help="work with rule files", description="Work with toolwatch rule files.")
+    rsub = p.add_subparsers(dest="rules_command", metavar="ACTION", required=True)
+    t = rsub.add_parser(
+        "test",
+        help="check rule files against their samples and recorded traces",
+        description=(
+            "Load rule files (the shipped defaults when none are given), run each rule's positive and "
+            "negative samples (inline, or in a sibling NAME.samples.yaml), and optionally run the rules over "
+            "recorded traces (JSON lines of tool calls). Exit 0: all samples pass; 1: a sample failed; "
+            "2: a rule or trace file is broken."
+        ),
+    )
+    t.add_argument("files", nargs="*", metavar="FILE", help="rule files, in load order")
+    t.add_argument("--traces", nargs="+", default=[], metavar="FILE", help="JSON-lines traces to evaluate")
+    t.set_defaults(func=cmd_rules_test)
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from toolwatch.collector.rules_cli import run_rules_test
+
+    return run_rules_test(args.files, args.traces)
+
+
 def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Optional subcommands live next to their code; each module adds its own parser."""
-    adders: list[Callable[[argparse._SubParsersAction], None]] = []
+    adders: list[Callable[[argparse._SubParsersAction], None]] = [add_rules_parser]
     return adders
 
 

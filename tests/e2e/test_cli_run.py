@@ -50,6 +50,6 @@ def test_state_and_alerts_survive_restart(tmp_path):
         deadline = time.time() + 10
         alerts = []
         while time.time() < deadline and not alerts:
-            alerts = requests.get(tw.api_url + "/api/v1/alerts", timeout=5).json()["alerts"]
+            alerts = requests.get(tw.api_url + "/api/v1/alerts?detector=new_tool", timeout=5).json()["alerts"]
             time.sleep(0.1)
         assert [a["finding"]["tool"] for a in alerts] == ["send"]

@@ -40,16 +40,18 @@ def test_sdk_exporter_to_daemon_raises_metric_and_signed_webhook(tmp_path):
             assert d.metric("toolwatch_spans_received_total", {"receiver": "otlp_http"}) == 7
             assert d.metric("toolwatch_tool_calls_total", {"agent": "coder", "server": "files", "tool": "read_file"}) == 6
             assert d.metric("toolwatch_findings_total", {"detector": "new_tool", "severity": "medium"}) == 1
-            got = hook.wait_for(1)
-            body = got[0].body
-            assert verify(b"s3cret", got[0].headers[TIMESTAMP_HEADER], body, got[0].headers[SIGNATURE_HEADER], now=time.time())
-            alert = json.loads(body)["alert"]
-            assert alert["detector"] == "new_tool" and alert["finding"]["tool"] == "send_mail"
-            assert got[0].headers["Idempotency-Key"] == alert["id"]
+            n_alerts = d.daemon.store.count_alerts()
+            got = hook.wait_for(n_alerts)
+            for rec in got:
+                assert verify(b"s3cret", rec.headers[TIMESTAMP_HEADER], rec.body, rec.headers[SIGNATURE_HEADER], now=time.time())
+            (mine,) = [r for r in got if json.loads(r.body)["alert"]["detector"] == "new_tool"]
+            alert = json.loads(mine.body)["alert"]
+            assert alert["finding"]["tool"] == "send_mail"
+            assert mine.headers["Idempotency-Key"] == alert["id"]
             # The metric is exposed over HTTP too, as Prometheus would scrape it.
             text = requests.get(d.api_url + "/metrics", timeout=5).text
             assert 'toolwatch_alerts_total{detector="new_tool",severity="medium"} 1.0' in text
-            api = requests.get(d.api_url + "/api/v1/alerts", timeout=5).json()
+            api = requests.get(d.api_url + "/api/v1/alerts?detector=new_tool", timeout=5).json()
             assert [a["id"] for a in api["alerts"]] == [alert["id"]]
             assert _wait(lambda: d.daemon.store.delivery_status(alert["id"])[0]["delivered_at"] is not None)
 
