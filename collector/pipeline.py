@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -64,6 +65,8 @@ class Pipeline:
         self.listeners: list[Callable[[list[Finding]], None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
+        self.detector_lock = threading.Lock()
+        """Held while detectors observe a batch; hold it to call into a detector from elsewhere (approvals)."""
 
     @property
     def depth(self) -> int:
@@ -178,6 +181,7 @@ class Pipeline:
         for listing in batch.listings:
             self.metrics.tool_listings.labels(listing.server or "unknown").inc()
         if findings:
+            self.metrics.observe_scores(findings)
             self.router.route(findings)
             for listener in self.listeners:
                 listener(findings)
@@ -187,6 +191,10 @@ class Pipeline:
         self.processed += len(batch)
 
     def _observe(self, batch: Batch) -> list[Finding]:
+        with self.detector_lock:
+            return self._observe_locked(batch)
+
+    def _observe_locked(self, batch: Batch) -> list[Finding]:
         findings: list[Finding] = []
         for det in self.detectors:
             try:
