@@ -93,6 +93,9 @@ def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] =
 def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Optional subcommands live next to their code; each module adds its own parser."""
     adders: list[Callable[[argparse._SubParsersAction], None]] = []
+    from toolwatch.collector import admin_cli
+
+    adders.append(admin_cli.add_parsers)
     return adders
 
 
