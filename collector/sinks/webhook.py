@@ -206,7 +206,8 @@ class WebhookSink(Sink):
         return delivered
 
     async def _post(self, alerts: list[StoredAlert]) -> tuple[bool, str, float]:
-        assert self._session is not None
+        if self._session is None:  # deliver_due called without start() (tests, one-shot tools)
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.conf.timeout_s))
         body = render(self.conf.format, alerts, self.name)
         ts = int(self.clock())
         headers = {
