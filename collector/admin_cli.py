@@ -95,7 +95,8 @@ def _print_pending(data: dict[str, Any], out: TextIO) -> None:
         print(f"{p.get('id', '?')}  {p.get('kind', ''):<12}  {where:<32}  {p.get('reason', '')}", file=out)
 
 
-def cmd_alerts(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def cmd_alerts(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     client = ApiClient(args.url, args.token)
     try:
         if args.alerts_command == "list":
@@ -120,7 +121,8 @@ def cmd_alerts(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def cmd_approvals(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def cmd_approvals(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     client = ApiClient(args.url, args.token)
     try:
         if args.approvals_command == "list":
