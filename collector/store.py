@@ -213,7 +213,7 @@ class Store:
         rows = self.db.execute(
             "SELECT o.seq, o.attempts, a.* FROM outbox o JOIN alerts a ON a.id=o.alert_id"
             " WHERE o.sink=? AND o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_at<=?"
-            " ORDER BY o.seq LIMIT ?",
+            " ORDER BY o.next_at, o.seq LIMIT ?",  # longest-waiting first: a failing message never starves the rest
             (sink, self.clock(), limit),
         ).fetchall()
         return [(r["seq"], _row_alert(r), r["attempts"]) for r in rows]

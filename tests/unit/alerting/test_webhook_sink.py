@@ -140,3 +140,17 @@ async def test_timeout_counts_as_failure(tmp_path, receiver):
         assert store.delivery_status(a.id)[0]["last_error"].startswith("timeout")
     finally:
         await sink.shutdown()
+
+
+async def test_a_failing_message_does_not_starve_the_rest_of_the_backlog(tmp_path, receiver):
+    clock = Clock()
+    store, metrics, sink = make(tmp_path, receiver, clock, backoff_base_s=1.0, backoff_cap_s=1.0)
+    try:
+        alerts = queue(store, sink, 3)
+        receiver.set_mode("fail")
+        for _ in range(3):
+            await sink.deliver_due()
+            clock.t += 1.0
+        assert [store.delivery_status(a.id)[0]["attempts"] for a in alerts] == [1, 1, 1]
+    finally:
+        await sink.shutdown()
