@@ -52,12 +52,12 @@ class Approvals:
         source: ApprovalSource,
         lock: threading.Lock,
         *,
-        on_change: Callable[[], None] = lambda: None,
+        save_state: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.source = source
         self.lock = lock
-        self.on_change = on_change
-        """Called on the event loop after a decision (the daemon saves detector state there)."""
+        self.save_state = save_state
+        """Called on the event loop after a decision with (detector name, snapshot taken under the lock)."""
 
     @property
     def detector(self) -> str:
@@ -67,18 +67,24 @@ class Approvals:
         with self.lock:
             return fn(*args)
 
+    def _decide_locked(self, method: str, pending_id: str) -> tuple[Any, dict[str, Any] | None]:
+        with self.lock:
+            result = getattr(self.source, method)(pending_id)
+            snapshot = getattr(self.source, "snapshot", None)
+            return result, (snapshot() if self.save_state is not None and callable(snapshot) else None)
+
     async def pending(self) -> list[dict[str, Any]]:
         return _json_safe(await asyncio.to_thread(self._locked, self.source.pending))
 
     async def _decide(self, method: str, pending_id: str) -> dict[str, Any]:
-        fn = getattr(self.source, method)
         try:
-            result = await asyncio.to_thread(self._locked, fn, pending_id)
+            result, state = await asyncio.to_thread(self._decide_locked, method, pending_id)
         except KeyError:
             raise UnknownApproval(pending_id) from None
         if result is False:
             raise UnknownApproval(pending_id)
-        self.on_change()
+        if state is not None and self.save_state is not None:
+            self.save_state(self.detector, state)  # on the loop, like every other store write
         return {"id": pending_id, "decision": "approved" if method == "approve" else "rejected",
                 "detector": self.detector, "result": _json_safe(result)}
 

@@ -126,7 +126,7 @@ class Daemon:
         source = find_approval_source(self.detectors)
         if source is not None:
             self.metrics.watch_pending_approvals(source.pending)
-            approvals = Approvals(source, self.pipeline.detector_lock, on_change=self.pipeline.save_state)
+            approvals = Approvals(source, self.pipeline.detector_lock, save_state=self.store.save_state)
         host, port = parse_hostport(cfg.listen, "listen")
         self.api = Api(
             host, port, self.store, self.metrics, ready=self.ready, api_token=cfg.api_token, approvals=approvals
