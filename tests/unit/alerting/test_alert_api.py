@@ -130,7 +130,7 @@ def test_ack_is_idempotent_and_alert_shows_routed_deliveries(daemon):
     assert post(daemon, "/api/v1/alerts/nope/ack").status_code == 404
     detail = get(daemon, f"/api/v1/alerts/{a.id}").json()
     (delivery,) = detail["deliveries"]
-    assert delivery["sink"] == "ops" and delivery["state"] in ("pending", "delivered", "dead")
+    assert delivery["sink"] == "ops" and delivery["state"] == "pending"  # nothing listens on port 9
     assert [x["id"] for x in get(daemon, "/api/v1/alerts", status="acked").json()["alerts"]] == [a.id]
 
 
