@@ -122,6 +122,13 @@ class Metrics:
             ["receiver"],
             registry=r,
         )
+        self.webhook_delivery_latency = Histogram(
+            "toolwatch_webhook_delivery_latency_seconds",
+            "Time from an alert being stored to its webhook delivery, by receiver.",
+            ["receiver"],
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600, 21600, 86400),
+            registry=r,
+        )
         self._detector_guard = LabelGuard(64)
         self._pending_last = 0.0
 
@@ -138,6 +145,7 @@ class Metrics:
             for outcome in ("success", "failure", "dead"):
                 self.webhook_deliveries.labels(hook, outcome)
             self.webhook_rate_limited.labels(hook)
+            self.webhook_delivery_latency.labels(hook)
             self.outbox_depth.labels(hook)
             self.outbox_dead.labels(hook)
 

@@ -189,8 +189,10 @@ class WebhookSink(Sink):
                 break
             ok, error, retry_after = await self._post([a for _, a, _ in chunk])
             if ok:
-                for seq, _, _ in chunk:
+                now = self.clock()
+                for seq, alert, _ in chunk:
                     self.store.mark_delivered(seq)
+                    self.metrics.webhook_delivery_latency.labels(self.name).observe(max(0.0, now - alert.created_at))
                 delivered += len(chunk)
                 self.metrics.webhook_deliveries.labels(self.name, "success").inc(len(chunk))
                 continue

@@ -88,6 +88,7 @@ def test_live_metrics_endpoint_is_promtool_clean(tmp_path):
     for name in (
         "toolwatch_build_info", "toolwatch_anomaly_score_bucket", "toolwatch_pending_approvals",
         "toolwatch_webhook_outbox_depth", "toolwatch_webhook_outbox_dead", "toolwatch_webhook_rate_limited_total",
+        "toolwatch_webhook_delivery_latency_seconds_bucket",
         "toolwatch_pipeline_queue_depth", "toolwatch_pipeline_lag_seconds_bucket", "toolwatch_agents",
     ):
         assert f"\n{name}" in text, name

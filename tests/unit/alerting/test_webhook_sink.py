@@ -66,6 +66,9 @@ async def test_failure_backs_off_then_recovers_without_loss(tmp_path, receiver):
         got = receiver.received
         assert sorted(r.headers[IDEMPOTENCY_HEADER] for r in got) == sorted(a.id for a in alerts)
         assert store.outbox_depth("ops") == 0 and deliveries(metrics, "success") == 3
+        latency = {"receiver": "ops"}
+        assert metrics.registry.get_sample_value("toolwatch_webhook_delivery_latency_seconds_count", latency) == 3
+        assert metrics.registry.get_sample_value("toolwatch_webhook_delivery_latency_seconds_sum", latency) == pytest.approx(6.0)
     finally:
         await sink.shutdown()
 
