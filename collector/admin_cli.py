@@ -115,6 +115,9 @@ def cmd_alerts(args: argparse.Namespace, out: TextIO | None = None) -> int:
         elif args.alerts_command == "ack":
             alert = client.request("POST", f"/api/v1/alerts/{urllib.parse.quote(args.id, safe='')}/ack")
             print(f"acknowledged {alert['id']}", file=out)
+        elif args.alerts_command == "redeliver":
+            res = client.request("POST", f"/api/v1/alerts/{urllib.parse.quote(args.id, safe='')}/redeliver")
+            print(f"requeued {res['requeued']} dead webhook message(s) of {res['id']}", file=out)
     except ApiError as exc:
         print(f"toolwatch: {exc}", file=sys.stderr)
         return 1
@@ -173,6 +176,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     _client_args(p)
     p.add_argument("id", help="alert id")
     p = asub.add_parser("ack", help="acknowledge an alert", description="Acknowledge an alert (idempotent).")
+    _client_args(p)
+    p.add_argument("id", help="alert id")
+    p = asub.add_parser("redeliver", help="retry webhook messages that were given up on",
+                        description="Requeue an alert's dead webhook messages (older than max_age_s) for delivery.")
     _client_args(p)
     p.add_argument("id", help="alert id")
     alerts.set_defaults(func=cmd_alerts)

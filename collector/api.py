@@ -56,6 +56,7 @@ class Api:
         app.router.add_get("/api/v1/alerts", self.list_alerts)
         app.router.add_get("/api/v1/alerts/{id}", self.get_alert)
         app.router.add_post("/api/v1/alerts/{id}/ack", self.ack_alert)
+        app.router.add_post("/api/v1/alerts/{id}/redeliver", self.redeliver_alert)
         app.router.add_get("/api/v1/approvals", self.list_approvals)
         app.router.add_post("/api/v1/approvals/{id}/approve", self.approve)
         app.router.add_post("/api/v1/approvals/{id}/reject", self.reject)
@@ -144,6 +145,13 @@ class Api:
         alert = self.store.get_alert(alert_id)
         assert alert is not None
         return web.json_response(alert.to_dict())
+
+    async def redeliver_alert(self, request: web.Request) -> web.Response:
+        """Requeue the alert's dead webhook messages (given up after max_age_s) with a fresh start."""
+        alert_id = request.match_info["id"]
+        if self.store.get_alert(alert_id) is None:
+            return _error(404, f"no alert with id {alert_id!r}")
+        return web.json_response({"id": alert_id, "requeued": self.store.requeue_dead(alert_id)})
 
     def _no_approvals(self) -> web.Response:
         return _error(

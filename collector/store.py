@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivered_at REAL,
     last_error TEXT NOT NULL DEFAULT '',
     dead_at REAL,
+    queued_at REAL,
     UNIQUE(sink, alert_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(delivered_at, next_at);
@@ -109,7 +110,9 @@ class Store:
 
     def _add_missing_columns(self) -> None:
         """Stores written by an older version get the columns added since (additive only)."""
-        for table, column, decl in (("outbox", "dead_at", "REAL"), ("alerts", "acked_at", "REAL")):
+        for table, column, decl in (
+            ("outbox", "dead_at", "REAL"), ("outbox", "queued_at", "REAL"), ("alerts", "acked_at", "REAL")
+        ):
             have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
@@ -159,8 +162,8 @@ class Store:
                 )
                 if cur.rowcount:
                     self.db.executemany(
-                        "INSERT OR IGNORE INTO outbox(sink, alert_id, next_at) VALUES (?,?,?)",
-                        [(s, a.id, now) for s in route(a)],
+                        "INSERT OR IGNORE INTO outbox(sink, alert_id, next_at, queued_at) VALUES (?,?,?,?)",
+                        [(s, a.id, now, now) for s in route(a)],
                     )
             for alert_id, last_ns in bumps:
                 self.db.execute(
@@ -218,9 +221,36 @@ class Store:
         ).fetchall()
         return [(r["seq"], _row_alert(r), r["attempts"]) for r in rows]
 
-    def mark_dead(self, seq: int, error: str) -> None:
-        """Give up on a message (too old): kept and visible in the API, never retried."""
-        self.db.execute("UPDATE outbox SET dead_at=?, last_error=? WHERE seq=?", (self.clock(), error[:500], seq))
+    def expire_undelivered(self, sink: str, max_age_s: float) -> list[tuple[str, int]]:
+        """Mark dead every pending message of ``sink`` queued more than ``max_age_s`` ago.
+
+        Returns (alert_id, attempts) of each; one transaction.
+        """
+        now = self.clock()
+        with self.db:
+            self.db.execute("BEGIN")
+            rows = self.db.execute(
+                "SELECT o.seq, o.alert_id, o.attempts FROM outbox o JOIN alerts a ON a.id=o.alert_id"
+                " WHERE o.sink=? AND o.delivered_at IS NULL AND o.dead_at IS NULL"
+                " AND COALESCE(o.queued_at, a.created_at) < ?",
+                (sink, now - max_age_s),
+            ).fetchall()
+            for r in rows:
+                self.db.execute(
+                    "UPDATE outbox SET dead_at=?, last_error=? WHERE seq=?",
+                    (now, f"undelivered after {r['attempts']} attempts and {max_age_s:g}s (max_age_s)", r["seq"]),
+                )
+        return [(r["alert_id"], r["attempts"]) for r in rows]
+
+    def requeue_dead(self, alert_id: str) -> int:
+        """Give dead messages of an alert a fresh start (attempts and age reset); returns how many."""
+        now = self.clock()
+        cur = self.db.execute(
+            "UPDATE outbox SET dead_at=NULL, attempts=0, last_error='', next_at=?, queued_at=?"
+            " WHERE alert_id=? AND dead_at IS NOT NULL AND delivered_at IS NULL",
+            (now, now, alert_id),
+        )
+        return cur.rowcount
 
     def dead_count(self, sink: str) -> int:
         return self.db.execute("SELECT COUNT(*) FROM outbox WHERE sink=? AND dead_at IS NOT NULL", (sink,)).fetchone()[0]

@@ -163,20 +163,18 @@ class WebhookSink(Sink):
                 pass
             self._wake.clear()
 
-    def _expire(self, due: list[tuple[int, StoredAlert, int]]) -> list[tuple[int, StoredAlert, int]]:
-        now, live = self.clock(), []
-        for seq, alert, attempts in due:
-            if now - alert.created_at > self.conf.max_age_s:
-                self.store.mark_dead(seq, f"undelivered after {attempts} attempts and {self.conf.max_age_s:g}s (max_age_s)")
-                self.metrics.webhook_deliveries.labels(self.name, "dead").inc()
-                log.error("webhook %s: alert %s is dead after %d attempts", self.name, alert.id, attempts)
-            else:
-                live.append((seq, alert, attempts))
-        return live
+    def _expire(self) -> None:
+        for alert_id, attempts in self.store.expire_undelivered(self.name, self.conf.max_age_s):
+            self.metrics.webhook_deliveries.labels(self.name, "dead").inc()
+            log.error(
+                "webhook %s: alert %s is dead after %d attempts (older than max_age_s); "
+                "POST /api/v1/alerts/%s/redeliver to try again", self.name, alert_id, attempts, alert_id,
+            )
 
     async def deliver_due(self) -> int:
         """Send what is due, in outbox order, as the rate limit allows; returns alerts delivered."""
-        live = self._expire(self.store.due_deliveries(self.name, limit=200))
+        self._expire()
+        live = self.store.due_deliveries(self.name, limit=200)
         size = MAX_BATCH[self.conf.format]
         delivered = 0
         for i in range(0, len(live), size):

@@ -132,6 +132,8 @@ def test_ack_is_idempotent_and_alert_shows_routed_deliveries(daemon):
     (delivery,) = detail["deliveries"]
     assert delivery["sink"] == "ops" and delivery["state"] == "pending"  # nothing listens on port 9
     assert [x["id"] for x in get(daemon, "/api/v1/alerts", status="acked").json()["alerts"]] == [a.id]
+    assert post(daemon, f"/api/v1/alerts/{a.id}/redeliver").json() == {"id": a.id, "requeued": 0}  # not dead
+    assert post(daemon, "/api/v1/alerts/nope/redeliver").status_code == 404
 
 
 def test_approvals_list_approve_reject_and_unknown(daemon):
@@ -163,6 +165,8 @@ def test_cli_alerts_and_approvals(daemon, capsys, monkeypatch):
     assert a.id in out and "called send for the first time" in out and "open" in out
     assert main(["alerts", "ack", a.id, *url]) == 0
     assert capsys.readouterr().out.strip() == f"acknowledged {a.id}"
+    assert main(["alerts", "redeliver", a.id, *url]) == 0
+    assert capsys.readouterr().out.strip() == f"requeued 0 dead webhook message(s) of {a.id}"
     assert main(["alerts", "list", "--status", "acked", "--json", *url]) == 0
     assert [x["id"] for x in json.loads(capsys.readouterr().out)] == [a.id]
     assert main(["approvals", "list", *url]) == 0

@@ -79,19 +79,26 @@ def test_backoff_is_exponential_capped_and_jittered():
     assert backoff(10_000, base=1, cap=300, rng=lambda: 1.0) == 300
 
 
-async def test_old_undelivered_message_goes_dead_and_stays_visible(tmp_path, receiver):
+async def test_old_undelivered_message_goes_dead_stays_visible_and_can_be_requeued(tmp_path, receiver):
     clock = Clock()
-    store, metrics, sink = make(tmp_path, receiver, clock, max_age_s=60)
-    # deliver_due is driven by the test; start() would add a competing background loop.
+    store, metrics, sink = make(tmp_path, receiver, clock, max_age_s=60, backoff_base_s=1, backoff_cap_s=1)
     try:
-        (old,) = queue(store, sink, 1, created_at=900.0)  # 100 s old at t=1000
+        (old,) = queue(store, sink, 1)
+        receiver.set_mode("fail")
+        await sink.deliver_due()
+        clock.t += 61.0  # older than max_age_s, still undelivered
+        receiver.set_mode("ok")
         assert await sink.deliver_due() == 0
-        assert receiver.state.attempts == 0
+        assert receiver.state.attempts == 1
         (status,) = store.delivery_status(old.id)
-        assert status["state"] == "dead" and "max_age_s" in status["last_error"]
+        assert status["state"] == "dead" and "max_age_s" in status["last_error"] and status["attempts"] == 1
         sink.refresh_gauges()
         assert metrics.registry.get_sample_value("toolwatch_webhook_outbox_dead", {"receiver": "ops"}) == 1
         assert store.outbox_depth("ops") == 0 and deliveries(metrics, "dead") == 1
+        # An operator gives it another chance: fresh age and attempts, then it is delivered.
+        assert store.requeue_dead(old.id) == 1 and store.requeue_dead(old.id) == 0
+        assert await sink.deliver_due() == 1
+        assert store.delivery_status(old.id)[0]["state"] == "delivered"
     finally:
         await sink.shutdown()
 
