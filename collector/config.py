@@ -71,6 +71,8 @@ class WebhookConfig:
     backoff_cap_s: float = 300.0
     max_age_s: float = 86400.0
     """An undelivered message older than this is marked dead (kept, visible, no longer retried)."""
+    group_by: list[str] = field(default_factory=list)
+    """Digest formats (slack, alertmanager): one message per distinct value of these alert fields."""
 
     FORMATS = ("toolwatch", "slack", "alertmanager")
 

@@ -27,6 +27,12 @@ def validate_webhook_extras(hook: "WebhookConfig", key: str) -> None:
 
     hook.detectors = _string_list(hook.detectors, f"{key}.detectors")
     hook.agents = _string_list(hook.agents, f"{key}.agents")
+    from .sinks.formats import GROUP_KEYS
+
+    hook.group_by = _string_list(hook.group_by, f"{key}.group_by")
+    bad = [g for g in hook.group_by if g not in GROUP_KEYS]
+    if bad:
+        raise ConfigError(f"{key}.group_by: {', '.join(map(repr, bad))} not groupable; use any of {', '.join(GROUP_KEYS)}")
     if hook.rate_limit_per_min < 0:
         raise ConfigError(f"{key}.rate_limit_per_min: must be 0 (unlimited) or positive, got {hook.rate_limit_per_min}")
     if hook.rate_limit_burst < 1:

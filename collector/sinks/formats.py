@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from ..store import StoredAlert
 
@@ -21,6 +21,8 @@ ZERO_TIME = "0001-01-01T00:00:00Z"
 """Alertmanager's 'no end time' for a firing alert."""
 
 MAX_BATCH: dict[str, int] = {"toolwatch": 1, "slack": 20, "alertmanager": 50}
+GROUP_KEYS: tuple[str, ...] = ("detector", "severity", "agent", "server", "tool")
+"""Alert fields a receiver's ``group_by`` may split digests by."""
 SLACK_EMOJI = {"info": ":information_source:", "low": ":large_blue_circle:", "medium": ":warning:",
                "high": ":rotating_light:", "critical": ":fire:"}
 
@@ -129,6 +131,27 @@ def alertmanager_body(alerts: Sequence[StoredAlert], receiver: str) -> bytes:
             "alerts": items,
         }
     )
+
+
+def group_value(alert: StoredAlert, key: str) -> str:
+    if key == "agent":
+        return alert.agent_id
+    if key in ("detector", "severity"):
+        return str(getattr(alert, key))
+    return str(alert.finding.get(key, ""))
+
+
+T = TypeVar("T")
+
+
+def digest_chunks(items: Sequence[T], alert_of: Callable[[T], StoredAlert], size: int, group_by: Sequence[str]) -> list[list[T]]:
+    """Split due items into messages: one group per distinct ``group_by`` value (first-seen order), each
+    cut into chunks of at most ``size``. Order within a group is kept."""
+    groups: dict[tuple[str, ...], list[T]] = {}
+    for item in items:
+        a = alert_of(item)
+        groups.setdefault(tuple(group_value(a, k) for k in group_by), []).append(item)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
 RENDERERS: dict[str, Callable[[Sequence[StoredAlert], str], bytes]] = {

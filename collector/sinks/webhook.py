@@ -26,7 +26,7 @@ from ..config import WebhookConfig
 from ..metrics import Metrics
 from ..store import Store, StoredAlert
 from . import Sink
-from .formats import MAX_BATCH, SCHEMA_VERSION, idempotency_key, render
+from .formats import MAX_BATCH, SCHEMA_VERSION, digest_chunks, idempotency_key, render
 from .ratelimit import TokenBucket
 from .route import Route
 
@@ -175,12 +175,11 @@ class WebhookSink(Sink):
         """Send what is due, in outbox order, as the rate limit allows; returns alerts delivered."""
         self._expire()
         live = self.store.due_deliveries(self.name, limit=200)
-        size = MAX_BATCH[self.conf.format]
+        chunks = digest_chunks(live, lambda row: row[1], MAX_BATCH[self.conf.format], self.conf.group_by)
         delivered = 0
-        for i in range(0, len(live), size):
-            chunk = live[i : i + size]
+        for i, chunk in enumerate(chunks):
             if self.bucket is not None and not self.bucket.take(self.clock()):
-                held = len(live) - i
+                held = sum(len(c) for c in chunks[i:])
                 self.metrics.webhook_rate_limited.labels(self.name).inc(held)
                 self._hold_until = self.clock() + self.bucket.wait_s(self.clock())
                 log.info("webhook %s: rate limit reached; %d message(s) wait in the outbox", self.name, held)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from helpers.alert_builders import finding, stored
-from toolwatch.collector.sinks.formats import MAX_BATCH, SCHEMA_VERSION, idempotency_key, render
+from toolwatch.collector.sinks.formats import MAX_BATCH, SCHEMA_VERSION, digest_chunks, idempotency_key, render
 
 
 def test_toolwatch_format_is_versioned_and_carries_the_whole_alert():
@@ -62,3 +62,15 @@ def test_any_text_renders_to_valid_json(reason, agent, tool, n, fmt):
         assert all("<" not in b["text"]["text"] and ">" not in b["text"]["text"] for b in body["blocks"] if b["type"] == "section")
     if fmt == "alertmanager":
         assert all(a["labels"]["agent"] == agent for a in body["alerts"])
+
+
+def test_digest_chunks_split_by_group_then_size_keeping_order():
+    alerts = [stored(finding(i, agent=f"a{i % 2}", detector="volume" if i < 3 else "exfiltration")) for i in range(7)]
+    by_agent = digest_chunks(alerts, lambda a: a, 2, ["agent"])
+    assert [[a.agent_id for a in c] for c in by_agent] == [["a0", "a0"], ["a0", "a0"], ["a1", "a1"], ["a1"]]
+    assert [a for c in by_agent for a in c if a.agent_id == "a0"] == [a for a in alerts if a.agent_id == "a0"]
+    both = digest_chunks(alerts, lambda a: a, 50, ["detector", "agent"])
+    assert [(c[0].detector, c[0].agent_id, len(c)) for c in both] == [
+        ("volume", "a0", 2), ("volume", "a1", 1), ("exfiltration", "a1", 2), ("exfiltration", "a0", 2)
+    ]
+    assert digest_chunks(alerts, lambda a: a, 50, []) == [alerts]

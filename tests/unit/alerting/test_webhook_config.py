@@ -26,6 +26,7 @@ webhooks:
     agents: ["prod-*"]
     rate_limit_per_min: 30
     rate_limit_burst: 5
+    group_by: [agent]
     backoff_base_s: 0.5
     backoff_cap_s: 60
     max_age_s: 3600
@@ -38,6 +39,7 @@ webhooks:
     sec, chat = cfg.webhooks
     assert (sec.name, sec.format, sec.detectors, sec.agents) == ("secops", "alertmanager", ["exfiltration", "rugpull"], ["prod-*"])
     assert (sec.rate_limit_per_min, sec.rate_limit_burst, sec.backoff_base_s, sec.backoff_cap_s, sec.max_age_s) == (30, 5, 0.5, 60, 3600)
+    assert sec.group_by == ["agent"] and chat.group_by == []
     assert chat.format == "slack" and chat.agents == ["billing"] and chat.detectors == []
 
 
@@ -56,6 +58,7 @@ webhooks:
         ("max_age_s: 0", "webhooks[0].max_age_s"),
         ("min_severity: urgent", "webhooks[0].min_severity"),
         ("retries: 3", "retries"),
+        ("group_by: [agent, colour]", "webhooks[0].group_by"),
     ],
 )
 def test_bad_webhook_setting_names_the_field(tmp_path, entry, needle):

@@ -164,3 +164,17 @@ async def test_a_failing_message_does_not_starve_the_rest_of_the_backlog(tmp_pat
         assert [store.delivery_status(a.id)[0]["attempts"] for a in alerts] == [1, 1, 1]
     finally:
         await sink.shutdown()
+
+
+async def test_group_by_sends_one_digest_per_agent(tmp_path, receiver):
+    clock = Clock()
+    store, metrics, sink = make(tmp_path, receiver, clock, format="slack", group_by=["agent"])
+    try:
+        alerts = [stored(finding(i, agent=f"agent{i % 2}")) for i in range(5)]
+        store.record_alerts(alerts, [], ["ops"])
+        assert await sink.deliver_due() == 5
+        bodies = [json.loads(r.body) for r in receiver.received]
+        assert [b["text"].splitlines()[0] for b in bodies] == ["toolwatch: 3 alerts", "toolwatch: 2 alerts"]
+        assert all("agent agent0" in line for line in bodies[0]["text"].splitlines()[1:])
+    finally:
+        await sink.shutdown()
