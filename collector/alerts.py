@@ -68,7 +68,8 @@ class AlertRouter:
             new.append(alert)
         if not new and not bumps:
             return []
-        self.store.record_alerts(new, bumps, [s.name for s in self.sinks if s.durable])
+        durable = [s for s in self.sinks if s.durable]
+        self.store.record_alerts(new, bumps, lambda a: [s.name for s in durable if s.wants(a)])
         for a in new:
             self.metrics.alerts.labels(a.detector, a.severity).inc()
         if new:

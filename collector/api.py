@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import json
 import logging
 from typing import Callable
 
@@ -11,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from toolwatch.detectors.events import SEVERITIES
 
+from .approvals import Approvals, UnknownApproval
 from .metrics import Metrics
 from .store import Store
 
@@ -32,7 +36,9 @@ class Api:
         ready: Callable[[], bool],
         api_token: str = "",
         extra_routes: Callable[[web.Application], None] | None = None,
+        approvals: Approvals | None = None,
     ) -> None:
+        self.approvals = approvals
         self.host, self.port = host, port
         self.store = store
         self.metrics = metrics
@@ -50,6 +56,10 @@ class Api:
         app.router.add_get("/api/v1/alerts", self.list_alerts)
         app.router.add_get("/api/v1/alerts/{id}", self.get_alert)
         app.router.add_post("/api/v1/alerts/{id}/ack", self.ack_alert)
+        app.router.add_post("/api/v1/alerts/{id}/redeliver", self.redeliver_alert)
+        app.router.add_get("/api/v1/approvals", self.list_approvals)
+        app.router.add_post("/api/v1/approvals/{id}/approve", self.approve)
+        app.router.add_post("/api/v1/approvals/{id}/reject", self.reject)
         if self.extra_routes:
             self.extra_routes(app)
         return app
@@ -91,7 +101,11 @@ class Api:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def list_alerts(self, request: web.Request) -> web.Response:
+        """Newest first, filtered; ``next_cursor`` (when not null) fetches the following page."""
         q = request.query
+        unknown = sorted(set(q) - ALERT_QUERY_KEYS)
+        if unknown:
+            return _error(400, f"unknown query parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(ALERT_QUERY_KEYS))}")
         severity = q.get("severity")
         if severity and severity not in SEVERITIES:
             return _error(400, f"severity must be one of {', '.join(SEVERITIES)}")
@@ -101,11 +115,19 @@ class Api:
         try:
             limit = int(q.get("limit", "100"))
         except ValueError:
-            return _error(400, "limit must be a whole number")
+            return _error(400, "limit must be a whole number from 1 to 1000")
+        if not 1 <= limit <= 1000:
+            return _error(400, "limit must be a whole number from 1 to 1000")
+        before = None
+        if q.get("cursor"):
+            before = decode_cursor(q["cursor"])
+            if before is None:
+                return _error(400, "cursor is not one this API returned; use next_cursor from the previous page")
         alerts = self.store.list_alerts(
-            detector=q.get("detector"), severity=severity, agent_id=q.get("agent"), status=status, limit=limit
+            detector=q.get("detector"), severity=severity, agent_id=q.get("agent"), status=status, limit=limit, before=before
         )
-        return web.json_response({"alerts": [a.to_dict() for a in alerts]})
+        next_cursor = encode_cursor(alerts[-1].created_at, alerts[-1].id) if len(alerts) == limit else None
+        return web.json_response({"alerts": [a.to_dict() for a in alerts], "next_cursor": next_cursor})
 
     async def get_alert(self, request: web.Request) -> web.Response:
         alert = self.store.get_alert(request.match_info["id"])
@@ -116,6 +138,64 @@ class Api:
         return web.json_response(data)
 
     async def ack_alert(self, request: web.Request) -> web.Response:
-        if not self.store.ack_alert(request.match_info["id"]):
-            return _error(404, f"no alert with id {request.match_info['id']!r}")
-        return web.json_response({"id": request.match_info["id"], "status": "acked"})
+        """Idempotent; answers with the alert as stored after the ack."""
+        alert_id = request.match_info["id"]
+        if not self.store.ack_alert(alert_id):
+            return _error(404, f"no alert with id {alert_id!r}")
+        alert = self.store.get_alert(alert_id)
+        assert alert is not None
+        return web.json_response(alert.to_dict())
+
+    async def redeliver_alert(self, request: web.Request) -> web.Response:
+        """Requeue the alert's dead webhook messages (given up after max_age_s) with a fresh start."""
+        alert_id = request.match_info["id"]
+        if self.store.get_alert(alert_id) is None:
+            return _error(404, f"no alert with id {alert_id!r}")
+        return web.json_response({"id": alert_id, "requeued": self.store.requeue_dead(alert_id)})
+
+    def _no_approvals(self) -> web.Response:
+        return _error(
+            404, "no detector offering approvals is running (enable the rug-pull detector: detectors.rugpull)"
+        )
+
+    async def list_approvals(self, request: web.Request) -> web.Response:
+        if self.approvals is None:
+            return self._no_approvals()
+        return web.json_response({"detector": self.approvals.detector, "pending": await self.approvals.pending()})
+
+    async def _decide(self, request: web.Request, decision: str) -> web.Response:
+        if self.approvals is None:
+            return self._no_approvals()
+        pending_id = request.match_info["id"]
+        try:
+            result = await (self.approvals.approve if decision == "approve" else self.approvals.reject)(pending_id)
+        except UnknownApproval:
+            return _error(404, f"no pending change with id {pending_id!r}; list them with GET /api/v1/approvals")
+        log.info("approval %s: %s via API", pending_id, result["decision"])
+        return web.json_response(result)
+
+    async def approve(self, request: web.Request) -> web.Response:
+        return await self._decide(request, "approve")
+
+    async def reject(self, request: web.Request) -> web.Response:
+        return await self._decide(request, "reject")
+
+
+ALERT_QUERY_KEYS = frozenset({"detector", "severity", "agent", "status", "limit", "cursor"})
+
+
+def encode_cursor(created_at: float, alert_id: str) -> str:
+    """Opaque page cursor: the sort key of the last alert on a page."""
+    raw = json.dumps([created_at, alert_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[float, str] | None:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, alert_id = json.loads(raw)
+        if isinstance(created_at, bool) or not isinstance(created_at, (int, float)) or not isinstance(alert_id, str):
+            return None
+        return float(created_at), alert_id
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        return None

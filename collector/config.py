@@ -59,8 +59,22 @@ class WebhookConfig:
     format: str = "toolwatch"
     timeout_s: float = 5.0
     min_severity: str = "info"
+    detectors: list[str] = field(default_factory=list)
+    """Route: only alerts from these detectors (empty = all)."""
+    agents: list[str] = field(default_factory=list)
+    """Route: only alerts for agents matching these shell-style patterns, e.g. ``prod-*`` (empty = all)."""
+    rate_limit_per_min: float = 0.0
+    """Token bucket: at most this many requests per minute (0 = unlimited); excess waits in the outbox."""
+    rate_limit_burst: int = 10
+    backoff_base_s: float = 1.0
+    """Retry delay: full jitter over ``min(backoff_cap_s, backoff_base_s * 2**attempts)``."""
+    backoff_cap_s: float = 300.0
+    max_age_s: float = 86400.0
+    """An undelivered message older than this is marked dead (kept, visible, no longer retried)."""
+    group_by: list[str] = field(default_factory=list)
+    """Digest formats (slack, alertmanager): one message per distinct value of these alert fields."""
 
-    FORMATS = ("toolwatch",)
+    FORMATS = ("toolwatch", "slack", "alertmanager")
 
     def validate(self, key: str) -> None:
         parts = urlsplit(self.url)
@@ -74,6 +88,9 @@ class WebhookConfig:
 
         if self.min_severity not in SEVERITIES:
             raise ConfigError(f"{key}.min_severity: {self.min_severity!r} is not one of {', '.join(SEVERITIES)}")
+        from .webhook_config import validate_webhook_extras
+
+        validate_webhook_extras(self, key)
 
 
 @dataclass

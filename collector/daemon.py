@@ -17,6 +17,7 @@ from toolwatch.detectors.base import Detector
 from toolwatch.detectors.rules import RuleEngine
 
 from .alerts import AlertRouter
+from .approvals import Approvals, find_approval_source
 from .api import Api
 from .config import Config, parse_hostport
 from .detector_registry import build_detectors
@@ -92,8 +93,18 @@ class Daemon:
         if cfg.enabled("otlp_grpc"):
             host, port = parse_hostport(cfg.otlp_grpc, "otlp_grpc")
             self.receivers.append(OtlpGrpcReceiver(host, port, self.ingest, self.metrics, max_body_bytes=cfg.max_body_bytes))
+        self.metrics.init_labels(
+            [d.name for d in self.detectors], [r.name for r in self.receivers], [h.name for h in cfg.webhooks]
+        )
+        approvals = None
+        source = find_approval_source(self.detectors)
+        if source is not None:
+            self.metrics.watch_pending_approvals(source.pending)
+            approvals = Approvals(source, self.pipeline.detector_lock, save_state=self.store.save_state)
         host, port = parse_hostport(cfg.listen, "listen")
-        self.api = Api(host, port, self.store, self.metrics, ready=self.ready, api_token=cfg.api_token)
+        self.api = Api(
+            host, port, self.store, self.metrics, ready=self.ready, api_token=cfg.api_token, approvals=approvals
+        )
         engine = next((d for d in self.detectors if isinstance(d, RuleEngine)), None)
         self.rules_watcher = RuleFileWatcher(engine, self.pipeline, self.metrics) if engine else None
         self._started = False

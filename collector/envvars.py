@@ -26,3 +26,5 @@ SCALAR_FIELDS: Final = {
     "api_token": API_TOKEN,
     "log_level": LOG_LEVEL,
 }
+API_URL: Final = "TOOLWATCH_API_URL"
+"""Base URL of a running daemon's API, for the ``alerts`` / ``approvals`` commands."""

@@ -6,11 +6,12 @@ Counts are aggregated per batch before touching prometheus_client (~1 µs per la
 from __future__ import annotations
 
 from collections import Counter as Tally
-from typing import Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from toolwatch import __version__
+from toolwatch.detectors.events import SEVERITIES, Finding
 
 OTHER = "other"
 
@@ -101,6 +102,77 @@ class Metrics:
         )
         self.rules_loaded = Gauge("toolwatch_rules_loaded", "Rules and correlations in the active rule set.", registry=r)
         self._tool_guard = LabelGuard(tool_label_cap)
+        self.anomaly_score = Histogram(
+            "toolwatch_anomaly_score",
+            "Scores of detector findings (higher = more anomalous), by detector.",
+            ["detector"],
+            buckets=(0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0, 2.0, 5.0, 10.0),
+            registry=r,
+        )
+        self.pending_approvals = Gauge(
+            "toolwatch_pending_approvals",
+            "Tool-definition changes waiting for an operator to approve or reject them.",
+            registry=r,
+        )
+        self.outbox_dead = Gauge(
+            "toolwatch_webhook_outbox_dead",
+            "Webhook messages given up on after max_age_s (kept in the store), by receiver.",
+            ["receiver"],
+            registry=r,
+        )
+        self.webhook_rate_limited = Counter(
+            "toolwatch_webhook_rate_limited_total",
+            "Due webhook messages held back in the outbox by the receiver's rate limit, by receiver.",
+            ["receiver"],
+            registry=r,
+        )
+        self.webhook_delivery_latency = Histogram(
+            "toolwatch_webhook_delivery_latency_seconds",
+            "Time from an alert being stored to its webhook delivery, by receiver.",
+            ["receiver"],
+            buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600, 21600, 86400),
+            registry=r,
+        )
+        self._detector_guard = LabelGuard(64)
+        self._pending_last = 0.0
+
+    def init_labels(self, detectors: Sequence[str], receivers: Sequence[str], webhooks: Sequence[str]) -> None:
+        """Export known series at 0 from the start, so rules using ``increase()`` see the first event."""
+        for det in detectors:
+            for sev in SEVERITIES:
+                self.findings.labels(det, sev)
+                self.alerts.labels(det, sev)
+            self.anomaly_score.labels(det)
+        for rec in receivers:
+            self.spans_received.labels(rec)
+        for hook in webhooks:
+            for outcome in ("success", "failure", "dead"):
+                self.webhook_deliveries.labels(hook, outcome)
+            self.webhook_rate_limited.labels(hook)
+            self.webhook_delivery_latency.labels(hook)
+            self.outbox_depth.labels(hook)
+            self.outbox_dead.labels(hook)
+
+    def observe_scores(self, findings: Iterable[Finding]) -> None:
+        """Called by the pipeline with each batch's findings; detector names are capped like tool labels."""
+        for f in findings:
+            (det,) = self._detector_guard((f.detector,))
+            self.anomaly_score.labels(det).observe(f.score)
+
+    def watch_pending_approvals(self, source: Callable[[], Sequence[Any]]) -> None:
+        """Feed the pending-approvals gauge from ``source()`` at scrape time (e.g. a detector's ``pending``).
+
+        A source that fails (say, read while a batch changes it) reports its last good value.
+        """
+
+        def value() -> float:
+            try:
+                self._pending_last = float(len(source()))
+            except Exception:
+                pass
+            return self._pending_last
+
+        self.pending_approvals.set_function(value)
 
     def count_calls(self, keys: Iterable[tuple[str, str, str]]) -> None:
         for labels, n in Tally(self._tool_guard(k) for k in keys).items():

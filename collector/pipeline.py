@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -65,13 +66,18 @@ class Pipeline:
         self.listeners: list[Callable[[list[Finding]], None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
-        self._lock = asyncio.Lock()
+        self.detector_lock = threading.Lock()
+        """Held while detectors observe a batch; hold it to call into a detector from elsewhere (approvals)."""
 
     async def exclusive(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` while no batch is being observed: for approvals and rule reloads, which
         change detector state that the worker thread would otherwise be reading."""
-        async with self._lock:
-            return fn()
+
+        def locked() -> T:
+            with self.detector_lock:
+                return fn()
+
+        return await asyncio.to_thread(locked)
 
     @property
     def depth(self) -> int:
@@ -180,13 +186,13 @@ class Pipeline:
         for t in (batch.calls[-1].time_ns if batch.calls else 0, batch.listings[-1].time_ns if batch.listings else 0):
             self._watermark_ns = max(self._watermark_ns, t)
         batch.watermark_ns = self._watermark_ns
-        async with self._lock:
-            findings = await asyncio.to_thread(self._observe, batch)
+        findings = await asyncio.to_thread(self._observe, batch)
         self.metrics.batch_size.observe(len(batch))
         self.metrics.count_calls((c.agent_id, c.server, c.tool) for c in batch.calls)
         for listing in batch.listings:
             self.metrics.tool_listings.labels(listing.server or "unknown").inc()
         if findings:
+            self.metrics.observe_scores(findings)
             self.router.route(findings)
             for listener in self.listeners:
                 listener(findings)
@@ -196,6 +202,10 @@ class Pipeline:
         self.processed += len(batch)
 
     def _observe(self, batch: Batch) -> list[Finding]:
+        with self.detector_lock:
+            return self._observe_locked(batch)
+
+    def _observe_locked(self, batch: Batch) -> list[Finding]:
         findings: list[Finding] = []
         for det in self.detectors:
             try:

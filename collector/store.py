@@ -7,7 +7,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_at REAL NOT NULL,
     delivered_at REAL,
     last_error TEXT NOT NULL DEFAULT '',
+    dead_at REAL,
+    queued_at REAL,
     UNIQUE(sink, alert_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(delivered_at, next_at);
@@ -56,6 +58,7 @@ class StoredAlert:
     status: str
     finding: dict[str, Any]
     created_at: float
+    acked_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,7 @@ class StoredAlert:
             "count": self.count,
             "status": self.status,
             "created_at": self.created_at,
+            "acked_at": self.acked_at,
             "finding": self.finding,
         }
 
@@ -84,6 +88,7 @@ def _row_alert(row: sqlite3.Row) -> StoredAlert:
         status=row["status"],
         finding=json.loads(row["finding"]),
         created_at=row["created_at"],
+        acked_at=row["acked_at"] if "acked_at" in row.keys() else None,
     )
 
 
@@ -101,6 +106,16 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Stores written by an older version get the columns added since (additive only)."""
+        for table, column, decl in (
+            ("outbox", "dead_at", "REAL"), ("outbox", "queued_at", "REAL"), ("alerts", "acked_at", "REAL")
+        ):
+            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         self.db.close()
@@ -113,9 +128,17 @@ class Store:
         ).fetchone()
         return None if row is None else _row_alert(row)
 
-    def record_alerts(self, new: list[StoredAlert], bumps: list[tuple[str, int]], sinks: Iterable[str]) -> None:
-        """Insert new alerts, bump grouped ones, and queue each new alert for every sink: one transaction."""
-        sinks = list(sinks)
+    def record_alerts(
+        self,
+        new: list[StoredAlert],
+        bumps: list[tuple[str, int]],
+        sinks: Iterable[str] | Callable[[StoredAlert], Iterable[str]],
+    ) -> None:
+        """Insert new alerts, bump grouped ones, and queue each new alert for its sinks: one transaction.
+
+        ``sinks`` is a list of sink names, or a function giving the names an alert is routed to.
+        """
+        route = sinks if callable(sinks) else (lambda _a, names=list(sinks): names)
         now = self.clock()
         with self.db:
             self.db.execute("BEGIN")
@@ -139,8 +162,8 @@ class Store:
                 )
                 if cur.rowcount:
                     self.db.executemany(
-                        "INSERT OR IGNORE INTO outbox(sink, alert_id, next_at) VALUES (?,?,?)",
-                        [(s, a.id, now) for s in sinks],
+                        "INSERT OR IGNORE INTO outbox(sink, alert_id, next_at, queued_at) VALUES (?,?,?,?)",
+                        [(s, a.id, now, now) for s in route(a)],
                     )
             for alert_id, last_ns in bumps:
                 self.db.execute(
@@ -159,12 +182,18 @@ class Store:
         agent_id: str | None = None,
         status: str | None = None,
         limit: int = 100,
+        before: tuple[float, str] | None = None,
     ) -> list[StoredAlert]:
-        where, params = [], []
+        """Newest first. ``before`` = (created_at, id) of the last alert of the previous page (keyset paging)."""
+        where: list[str] = []
+        params: list[Any] = []
         for col, val in (("detector", detector), ("severity", severity), ("agent_id", agent_id), ("status", status)):
             if val:
                 where.append(f"{col}=?")
                 params.append(val)
+        if before is not None:
+            where.append("(created_at < ? OR (created_at = ? AND id > ?))")
+            params += [before[0], before[0], before[1]]
         sql = "SELECT * FROM alerts"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -173,7 +202,10 @@ class Store:
         return [_row_alert(r) for r in self.db.execute(sql, params)]
 
     def ack_alert(self, alert_id: str) -> bool:
-        cur = self.db.execute("UPDATE alerts SET status='acked' WHERE id=?", (alert_id,))
+        """Idempotent: acking an acked alert keeps its first ack time. False if there is no such alert."""
+        cur = self.db.execute(
+            "UPDATE alerts SET status='acked', acked_at=COALESCE(acked_at, ?) WHERE id=?", (self.clock(), alert_id)
+        )
         return cur.rowcount > 0
 
     def count_alerts(self) -> int:
@@ -183,10 +215,52 @@ class Store:
     def due_deliveries(self, sink: str, limit: int = 50) -> list[tuple[int, StoredAlert, int]]:
         rows = self.db.execute(
             "SELECT o.seq, o.attempts, a.* FROM outbox o JOIN alerts a ON a.id=o.alert_id"
-            " WHERE o.sink=? AND o.delivered_at IS NULL AND o.next_at<=? ORDER BY o.seq LIMIT ?",
+            " WHERE o.sink=? AND o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_at<=?"
+            " ORDER BY o.next_at, o.seq LIMIT ?",  # longest-waiting first: a failing message never starves the rest
             (sink, self.clock(), limit),
         ).fetchall()
         return [(r["seq"], _row_alert(r), r["attempts"]) for r in rows]
+
+    def expire_undelivered(self, sink: str, max_age_s: float) -> list[tuple[str, int]]:
+        """Mark dead every pending message of ``sink`` queued more than ``max_age_s`` ago.
+
+        Returns (alert_id, attempts) of each; one transaction.
+        """
+        now = self.clock()
+        with self.db:
+            self.db.execute("BEGIN")
+            rows = self.db.execute(
+                "SELECT o.seq, o.alert_id, o.attempts FROM outbox o JOIN alerts a ON a.id=o.alert_id"
+                " WHERE o.sink=? AND o.delivered_at IS NULL AND o.dead_at IS NULL"
+                " AND COALESCE(o.queued_at, a.created_at) < ?",
+                (sink, now - max_age_s),
+            ).fetchall()
+            for r in rows:
+                self.db.execute(
+                    "UPDATE outbox SET dead_at=?, last_error=? WHERE seq=?",
+                    (now, f"undelivered after {r['attempts']} attempts and {max_age_s:g}s (max_age_s)", r["seq"]),
+                )
+        return [(r["alert_id"], r["attempts"]) for r in rows]
+
+    def requeue_dead(self, alert_id: str) -> int:
+        """Give dead messages of an alert a fresh start (attempts and age reset); returns how many."""
+        now = self.clock()
+        cur = self.db.execute(
+            "UPDATE outbox SET dead_at=NULL, attempts=0, last_error='', next_at=?, queued_at=?"
+            " WHERE alert_id=? AND dead_at IS NOT NULL AND delivered_at IS NULL",
+            (now, now, alert_id),
+        )
+        return cur.rowcount
+
+    def dead_count(self, sink: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM outbox WHERE sink=? AND dead_at IS NOT NULL", (sink,)).fetchone()[0]
+
+    def next_due_at(self, sink: str) -> float | None:
+        """When the earliest pending message of ``sink`` is due (None when nothing is pending)."""
+        row = self.db.execute(
+            "SELECT MIN(next_at) FROM outbox WHERE sink=? AND delivered_at IS NULL AND dead_at IS NULL", (sink,)
+        ).fetchone()
+        return row[0]
 
     def mark_delivered(self, seq: int) -> None:
         self.db.execute("UPDATE outbox SET delivered_at=?, attempts=attempts+1, last_error='' WHERE seq=?", (self.clock(), seq))
@@ -197,14 +271,21 @@ class Store:
         )
 
     def outbox_depth(self, sink: str) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM outbox WHERE sink=? AND delivered_at IS NULL", (sink,)).fetchone()[0]
+        return self.db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE sink=? AND delivered_at IS NULL AND dead_at IS NULL", (sink,)
+        ).fetchone()[0]
 
     def delivery_status(self, alert_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute(
-            "SELECT sink, attempts, delivered_at, last_error, next_at FROM outbox WHERE alert_id=? ORDER BY sink",
+            "SELECT sink, attempts, delivered_at, dead_at, last_error, next_at FROM outbox WHERE alert_id=? ORDER BY sink",
             (alert_id,),
         )
-        return [dict(r) for r in rows]
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["state"] = "delivered" if d["delivered_at"] is not None else "dead" if d["dead_at"] is not None else "pending"
+            out.append(d)
+        return out
 
     # --- detector state ---------------------------------------------------------------------
     def save_state(self, name: str, state: dict[str, Any]) -> None:

@@ -116,7 +116,9 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Optional subcommands live next to their code; each module adds its own parser."""
-    adders: list[Callable[[argparse._SubParsersAction], None]] = [add_rules_parser]
+    from toolwatch.collector import admin_cli
+
+    adders: list[Callable[[argparse._SubParsersAction], None]] = [add_rules_parser, admin_cli.add_parsers]
     return adders
 
 

@@ -21,5 +21,9 @@ class Sink(ABC):
         """Safe without start and safe twice."""
         return None
 
+    def wants(self, alert: StoredAlert) -> bool:
+        """The sink's route: a durable sink gets an outbox row only for alerts it wants."""
+        return True
+
     @abstractmethod
     def emit(self, alerts: list[StoredAlert]) -> None: ...

@@ -1,8 +1,13 @@
-"""Signed webhooks delivered from the store's durable outbox, with retries and backoff.
+"""Signed webhooks delivered from the store's durable outbox: routes, formats, rate limit, retries.
 
 Signature (documented in docs/webhooks.md): ``X-Toolwatch-Signature: v1=<hex>`` where hex is
 HMAC-SHA256(secret, f"{timestamp}.{body}") and ``X-Toolwatch-Timestamp`` is Unix seconds; the
-receiver recomputes it and rejects stale timestamps (replays). ``Idempotency-Key`` is the alert id.
+receiver recomputes it and rejects stale timestamps (replays). ``Idempotency-Key`` is the alert id
+(for a digest of several alerts: a hash of their ids).
+
+A message leaves the outbox only after a 2xx (delivered) or when it is older than ``max_age_s``
+(dead: kept and visible, no longer retried). A rate-limited or failing receiver just makes
+messages wait; nothing is dropped.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import random
 import time
@@ -22,12 +26,19 @@ from ..config import WebhookConfig
 from ..metrics import Metrics
 from ..store import Store, StoredAlert
 from . import Sink
-from toolwatch.detectors.events import severity_rank
+from .formats import MAX_BATCH, SCHEMA_VERSION, digest_chunks, idempotency_key, render
+from .ratelimit import TokenBucket
+from .route import Route
 
-SCHEMA_VERSION = "toolwatch.alert/v1"
 SIGNATURE_HEADER = "X-Toolwatch-Signature"
 TIMESTAMP_HEADER = "X-Toolwatch-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+ALERT_IDS_HEADER = "X-Toolwatch-Alert-Ids"
+
+__all__ = [
+    "SCHEMA_VERSION", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "IDEMPOTENCY_HEADER", "ALERT_IDS_HEADER",
+    "sign", "verify", "payload", "backoff", "WebhookSink",
+]
 
 log = logging.getLogger("toolwatch.webhook")
 
@@ -49,12 +60,20 @@ def verify(secret: bytes, timestamp: str, body: bytes, signature: str, *, now: f
 
 
 def payload(alert: StoredAlert) -> dict[str, Any]:
+    """The ``toolwatch`` format's body as data (the sink sends its canonical JSON)."""
     return {"schema": SCHEMA_VERSION, "alert": alert.to_dict()}
 
 
 def backoff(attempts: int, *, base: float = 1.0, cap: float = 300.0, rng: Callable[[], float] = random.random) -> float:
     """Exponential backoff with full jitter."""
     return rng() * min(cap, base * (2 ** min(attempts, 20)))
+
+
+def _retry_after(resp: aiohttp.ClientResponse) -> float:
+    try:
+        return max(0.0, float(resp.headers.get("Retry-After", "0")))
+    except ValueError:
+        return 0.0
 
 
 class WebhookSink(Sink):
@@ -69,7 +88,8 @@ class WebhookSink(Sink):
         *,
         clock: Callable[[], float] = time.time,
         poll_s: float = 1.0,
-        backoff_base_s: float = 1.0,
+        backoff_base_s: float | None = None,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.conf = conf
         self.name = conf.name
@@ -78,7 +98,13 @@ class WebhookSink(Sink):
         self.secret = secret
         self.clock = clock
         self.poll_s = poll_s
-        self.backoff_base_s = backoff_base_s
+        self.backoff_base_s = conf.backoff_base_s if backoff_base_s is None else backoff_base_s
+        self.rng = rng
+        self.route = Route.of(conf.min_severity, conf.detectors, conf.agents)
+        self.bucket = (
+            TokenBucket(conf.rate_limit_per_min / 60.0, conf.rate_limit_burst, clock()) if conf.rate_limit_per_min > 0 else None
+        )
+        self._hold_until = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -104,60 +130,100 @@ class WebhookSink(Sink):
         self._wake.set()
 
     def wants(self, alert: StoredAlert) -> bool:
-        return severity_rank(alert.severity) >= severity_rank(self.conf.min_severity)
+        """The route: the router queues an alert for this receiver only when this is true."""
+        return self.route.matches(alert)
+
+    def refresh_gauges(self) -> None:
+        self.metrics.outbox_depth.labels(self.name).set(self.store.outbox_depth(self.name))
+        self.metrics.outbox_dead.labels(self.name).set(self.store.dead_count(self.name))
+
+    def _sleep_s(self) -> float:
+        """Until the next due message or the end of a hold, bounded by ``poll_s``."""
+        now = self.clock()
+        if self._hold_until > now:
+            return min(self.poll_s, self._hold_until - now)
+        due = self.store.next_due_at(self.name)
+        if due is None:
+            return self.poll_s
+        return min(self.poll_s, max(0.005, due - now))
 
     async def _run(self) -> None:
         while True:
             try:
-                await self.deliver_due()
+                if self.clock() >= self._hold_until:
+                    await self.deliver_due()
+                self.refresh_gauges()
             except asyncio.CancelledError:
                 raise
             except Exception:  # never let one bad cycle stop delivery for good
                 log.exception("webhook %s: delivery cycle failed; will retry", self.name)
-            self.metrics.outbox_depth.labels(self.name).set(self.store.outbox_depth(self.name))
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=self._sleep_s())
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
 
+    def _expire(self) -> None:
+        for alert_id, attempts in self.store.expire_undelivered(self.name, self.conf.max_age_s):
+            self.metrics.webhook_deliveries.labels(self.name, "dead").inc()
+            log.error(
+                "webhook %s: alert %s is dead after %d attempts (older than max_age_s); "
+                "POST /api/v1/alerts/%s/redeliver to try again", self.name, alert_id, attempts, alert_id,
+            )
+
     async def deliver_due(self) -> int:
+        """Send what is due, in outbox order, as the rate limit allows; returns alerts delivered."""
+        self._expire()
+        live = self.store.due_deliveries(self.name, limit=200)
+        chunks = digest_chunks(live, lambda row: row[1], MAX_BATCH[self.conf.format], self.conf.group_by)
         delivered = 0
-        for seq, alert, attempts in self.store.due_deliveries(self.name):
-            if not self.wants(alert):
-                self.store.mark_delivered(seq)
-                self.metrics.webhook_deliveries.labels(self.name, "filtered").inc()
-                continue
-            ok, error = await self._post(alert)
+        for i, chunk in enumerate(chunks):
+            if self.bucket is not None and not self.bucket.take(self.clock()):
+                held = sum(len(c) for c in chunks[i:])
+                self.metrics.webhook_rate_limited.labels(self.name).inc(held)
+                self._hold_until = self.clock() + self.bucket.wait_s(self.clock())
+                log.info("webhook %s: rate limit reached; %d message(s) wait in the outbox", self.name, held)
+                break
+            ok, error, retry_after = await self._post([a for _, a, _ in chunk])
             if ok:
-                self.store.mark_delivered(seq)
-                delivered += 1
-                self.metrics.webhook_deliveries.labels(self.name, "success").inc()
-            else:
-                delay = backoff(attempts, base=self.backoff_base_s)
+                now = self.clock()
+                for seq, alert, _ in chunk:
+                    self.store.mark_delivered(seq)
+                    self.metrics.webhook_delivery_latency.labels(self.name).observe(max(0.0, now - alert.created_at))
+                delivered += len(chunk)
+                self.metrics.webhook_deliveries.labels(self.name, "success").inc(len(chunk))
+                continue
+            attempts = max(n for _, _, n in chunk)
+            delay = max(min(retry_after, self.conf.backoff_cap_s), backoff(attempts, base=self.backoff_base_s, cap=self.conf.backoff_cap_s, rng=self.rng))
+            for seq, _, _ in chunk:
                 self.store.mark_failed(seq, error, self.clock() + delay)
-                self.metrics.webhook_deliveries.labels(self.name, "failure").inc()
-                log.warning("webhook %s: alert %s not delivered (%s); retry in %.1fs", self.name, alert.id, error, delay)
+            self.metrics.webhook_deliveries.labels(self.name, "failure").inc(len(chunk))
+            # The receiver is failing: pause it rather than hammer it with the rest of the backlog.
+            self._hold_until = self.clock() + delay
+            log.warning("webhook %s: %d alert(s) not delivered (%s); retry in %.2fs", self.name, len(chunk), error, delay)
+            break
         return delivered
 
-    async def _post(self, alert: StoredAlert) -> tuple[bool, str]:
-        assert self._session is not None
-        body = json.dumps(payload(alert), sort_keys=True, separators=(",", ":")).encode()
+    async def _post(self, alerts: list[StoredAlert]) -> tuple[bool, str, float]:
+        if self._session is None:  # deliver_due called without start() (tests, one-shot tools)
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.conf.timeout_s))
+        body = render(self.conf.format, alerts, self.name)
         ts = int(self.clock())
         headers = {
             "Content-Type": "application/json",
             TIMESTAMP_HEADER: str(ts),
             SIGNATURE_HEADER: sign(self.secret, ts, body),
-            IDEMPOTENCY_HEADER: alert.id,
+            IDEMPOTENCY_HEADER: idempotency_key(alerts),
+            ALERT_IDS_HEADER: ",".join(a.id for a in alerts),
             "User-Agent": "toolwatch-webhook/1",
         }
         try:
             async with self._session.post(self.conf.url, data=body, headers=headers) as resp:
                 await resp.read()
                 if 200 <= resp.status < 300:
-                    return True, ""
-                return False, f"HTTP {resp.status}"
+                    return True, "", 0.0
+                return False, f"HTTP {resp.status}", _retry_after(resp) if resp.status in (429, 503) else 0.0
         except asyncio.TimeoutError:
-            return False, f"timeout after {self.conf.timeout_s}s"
+            return False, f"timeout after {self.conf.timeout_s}s", 0.0
         except aiohttp.ClientError as exc:
-            return False, f"{type(exc).__name__}: {exc}"
+            return False, f"{type(exc).__name__}: {exc}", 0.0

@@ -1,0 +1,95 @@
+"""Metrics: cardinality guard, score histogram, pending-approvals callback, and promtool-clean /metrics."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import requests
+
+from helpers.alert_builders import finding
+from helpers.daemon import DaemonThread, make_config
+from helpers.spans import emit_call, provider
+from toolwatch.collector.config import WebhookConfig
+from toolwatch.collector.metrics import OTHER, LabelGuard, Metrics
+
+
+def value(m: Metrics, name: str, labels: dict | None = None) -> float | None:
+    return m.registry.get_sample_value(name, labels or {})
+
+
+def test_label_guard_caps_distinct_values_and_folds_the_rest():
+    g = LabelGuard(2)
+    assert g(("a", "s", "t")) == ("a", "s", "t")
+    assert g(("b", "s", "t")) == ("b", "s", "t")
+    assert g(("c", "s", "t")) == (OTHER, OTHER, OTHER)
+    assert g(("a", "s", "t")) == ("a", "s", "t")  # known values keep their label
+
+
+def test_tool_call_counter_never_exceeds_its_cap():
+    m = Metrics(tool_label_cap=3)
+    m.count_calls((f"agent{i}", "srv", "tool") for i in range(10))
+    samples = [s for s in m.tool_calls.collect()[0].samples if s.name.endswith("_total")]
+    assert len(samples) == 4  # 3 kept + "other"
+    assert value(m, "toolwatch_tool_calls_total", {"agent": OTHER, "server": OTHER, "tool": OTHER}) == 7
+
+
+def test_anomaly_scores_by_detector():
+    m = Metrics()
+    m.observe_scores([finding(0, score=0.3), finding(1, score=0.97), finding(2, detector="volume", score=4.0)])
+    assert value(m, "toolwatch_anomaly_score_count", {"detector": "new_tool"}) == 2
+    assert value(m, "toolwatch_anomaly_score_bucket", {"detector": "new_tool", "le": "0.5"}) == 1
+    assert value(m, "toolwatch_anomaly_score_sum", {"detector": "volume"}) == 4.0
+
+
+def test_pending_approvals_gauge_reads_the_callback_and_survives_its_failures():
+    m = Metrics()
+    assert value(m, "toolwatch_pending_approvals") == 0
+    items = [{"id": "p1"}, {"id": "p2"}]
+    state = {"fail": False}
+
+    def pending():
+        if state["fail"]:
+            raise RuntimeError("dictionary changed size during iteration")
+        return items
+
+    m.watch_pending_approvals(pending)
+    assert value(m, "toolwatch_pending_approvals") == 2
+    items.pop()
+    assert value(m, "toolwatch_pending_approvals") == 1
+    state["fail"] = True
+    assert value(m, "toolwatch_pending_approvals") == 1  # last good value
+
+
+def test_known_series_start_at_zero():
+    m = Metrics()
+    m.init_labels(["exfiltration"], ["otlp_http"], ["ops"])
+    assert value(m, "toolwatch_findings_total", {"detector": "exfiltration", "severity": "critical"}) == 0
+    assert value(m, "toolwatch_spans_received_total", {"receiver": "otlp_http"}) == 0
+    assert value(m, "toolwatch_webhook_deliveries_total", {"receiver": "ops", "outcome": "dead"}) == 0
+
+
+def test_live_metrics_endpoint_is_promtool_clean(tmp_path):
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool not found: run 'make services'"
+    cfg = make_config(tmp_path, webhooks=[WebhookConfig(url="http://127.0.0.1:9/hook", name="ops", secret="k")])
+    cfg.detectors = {"new_tool": {"min_calls": 1, "severity": "high"}}
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    with DaemonThread(cfg) as d:
+        tp = provider(OTLPSpanExporter(endpoint=d.otlp_http_url))
+        emit_call(tp, agent="coder", server="fs", tool="read")
+        emit_call(tp, agent="coder", server="mail", tool="send")
+        tp.shutdown()
+        d.drain()
+        text = requests.get(d.api_url + "/metrics", timeout=5).text
+    out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for name in (
+        "toolwatch_build_info", "toolwatch_anomaly_score_bucket", "toolwatch_pending_approvals",
+        "toolwatch_webhook_outbox_depth", "toolwatch_webhook_outbox_dead", "toolwatch_webhook_rate_limited_total",
+        "toolwatch_webhook_delivery_latency_seconds_bucket",
+        "toolwatch_pipeline_queue_depth", "toolwatch_pipeline_lag_seconds_bucket", "toolwatch_agents",
+    ):
+        assert f"\n{name}" in text, name
+    assert 'toolwatch_anomaly_score_count{detector="new_tool"} 1.0' in text

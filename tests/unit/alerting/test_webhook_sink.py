@@ -1,0 +1,180 @@
+"""WebhookSink against a real local HTTP receiver: retries, backoff, dead state, rate limit, digests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpers.alert_builders import finding, stored
+from helpers.webhook_receiver import WebhookReceiver
+from toolwatch.collector.config import WebhookConfig
+from toolwatch.collector.metrics import Metrics
+from toolwatch.collector.sinks.webhook import ALERT_IDS_HEADER, IDEMPOTENCY_HEADER, WebhookSink, backoff
+from toolwatch.collector.store import Store
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def receiver():
+    with WebhookReceiver() as r:
+        yield r
+
+
+def make(tmp_path, receiver, clock, **conf):
+    store = Store(tmp_path / "tw.db", clock=clock)
+    metrics = Metrics()
+    hook = WebhookConfig(url=receiver.url, name="ops", **conf)
+    hook.validate("webhooks[0]")
+    sink = WebhookSink(hook, store, metrics, b"k", clock=clock, rng=lambda: 1.0)
+    return store, metrics, sink
+
+
+def queue(store, sink, n, created_at=1000.0):
+    alerts = [stored(finding(i), created_at) for i in range(n)]
+    store.record_alerts(alerts, [], [sink.name])
+    return alerts
+
+
+def deliveries(metrics, outcome):
+    return metrics.registry.get_sample_value("toolwatch_webhook_deliveries_total", {"receiver": "ops", "outcome": outcome}) or 0
+
+
+async def test_failure_backs_off_then_recovers_without_loss(tmp_path, receiver):
+    clock = Clock()
+    store, metrics, sink = make(tmp_path, receiver, clock, backoff_base_s=2.0, backoff_cap_s=10.0)
+    # deliver_due is driven by the test; start() would add a competing background loop.
+    try:
+        alerts = queue(store, sink, 3)
+        receiver.set_mode("fail")
+        assert await sink.deliver_due() == 0
+        # One failure pauses the receiver; the failed message waits base * 2**0 (rng=1.0: the full jitter range).
+        status = store.delivery_status(alerts[0].id)[0]
+        assert status["attempts"] == 1 and status["next_at"] == pytest.approx(1002.0) and status["last_error"] == "HTTP 503"
+        assert store.outbox_depth("ops") == 3 and deliveries(metrics, "failure") == 1
+        assert sink._sleep_s() == pytest.approx(1.0)  # poll_s bounds the hold of 2 s
+        receiver.set_mode("ok")
+        clock.t += 2.0
+        assert await sink.deliver_due() == 3
+        got = receiver.received
+        assert sorted(r.headers[IDEMPOTENCY_HEADER] for r in got) == sorted(a.id for a in alerts)
+        assert store.outbox_depth("ops") == 0 and deliveries(metrics, "success") == 3
+        latency = {"receiver": "ops"}
+        assert metrics.registry.get_sample_value("toolwatch_webhook_delivery_latency_seconds_count", latency) == 3
+        assert metrics.registry.get_sample_value("toolwatch_webhook_delivery_latency_seconds_sum", latency) == pytest.approx(6.0)
+    finally:
+        await sink.shutdown()
+
+
+def test_backoff_is_exponential_capped_and_jittered():
+    assert [backoff(n, base=1, cap=10, rng=lambda: 1.0) for n in range(6)] == [1, 2, 4, 8, 10, 10]
+    assert backoff(3, base=1, cap=10, rng=lambda: 0.5) == 4
+    assert backoff(10_000, base=1, cap=300, rng=lambda: 1.0) == 300
+
+
+async def test_old_undelivered_message_goes_dead_stays_visible_and_can_be_requeued(tmp_path, receiver):
+    clock = Clock()
+    store, metrics, sink = make(tmp_path, receiver, clock, max_age_s=60, backoff_base_s=1, backoff_cap_s=1)
+    try:
+        (old,) = queue(store, sink, 1)
+        receiver.set_mode("fail")
+        await sink.deliver_due()
+        clock.t += 61.0  # older than max_age_s, still undelivered
+        receiver.set_mode("ok")
+        assert await sink.deliver_due() == 0
+        assert receiver.state.attempts == 1
+        (status,) = store.delivery_status(old.id)
+        assert status["state"] == "dead" and "max_age_s" in status["last_error"] and status["attempts"] == 1
+        sink.refresh_gauges()
+        assert metrics.registry.get_sample_value("toolwatch_webhook_outbox_dead", {"receiver": "ops"}) == 1
+        assert store.outbox_depth("ops") == 0 and deliveries(metrics, "dead") == 1
+        # An operator gives it another chance: fresh age and attempts, then it is delivered.
+        assert store.requeue_dead(old.id) == 1 and store.requeue_dead(old.id) == 0
+        assert await sink.deliver_due() == 1
+        assert store.delivery_status(old.id)[0]["state"] == "delivered"
+    finally:
+        await sink.shutdown()
+
+
+async def test_rate_limit_holds_excess_in_outbox_and_drops_nothing(tmp_path, receiver):
+    clock = Clock()
+    store, metrics, sink = make(tmp_path, receiver, clock, rate_limit_per_min=60, rate_limit_burst=2)
+    # deliver_due is driven by the test; start() would add a competing background loop.
+    try:
+        alerts = queue(store, sink, 5)
+        assert await sink.deliver_due() == 2
+        assert store.outbox_depth("ops") == 3
+        assert metrics.registry.get_sample_value("toolwatch_webhook_rate_limited_total", {"receiver": "ops"}) == 3
+        assert sink._sleep_s() == pytest.approx(1.0)  # one token per second
+        clock.t += 1.0
+        assert await sink.deliver_due() == 1
+        clock.t += 10.0  # refills to the burst of 2, not 10
+        assert await sink.deliver_due() == 2
+        assert [r.headers[IDEMPOTENCY_HEADER] for r in receiver.received] == [a.id for a in alerts]
+    finally:
+        await sink.shutdown()
+
+
+async def test_digest_formats_send_a_burst_as_one_message(tmp_path, receiver):
+    clock = Clock()
+    store, metrics, sink = make(tmp_path, receiver, clock, format="alertmanager")
+    # deliver_due is driven by the test; start() would add a competing background loop.
+    try:
+        alerts = queue(store, sink, 4)
+        assert await sink.deliver_due() == 4
+        (got,) = receiver.received
+        body = json.loads(got.body)
+        assert [a["labels"]["alert_id"] for a in body["alerts"]] == [a.id for a in alerts]
+        assert got.headers[ALERT_IDS_HEADER].split(",") == [a.id for a in alerts]
+        assert got.headers[IDEMPOTENCY_HEADER].startswith("digest-")
+    finally:
+        await sink.shutdown()
+
+
+async def test_timeout_counts_as_failure(tmp_path, receiver):
+    clock = Clock()
+    store, metrics, sink = make(tmp_path, receiver, clock, timeout_s=0.2)
+    receiver.state.hang_s = 0.6
+    # deliver_due is driven by the test; start() would add a competing background loop.
+    try:
+        (a,) = queue(store, sink, 1)
+        receiver.set_mode("hang")
+        assert await sink.deliver_due() == 0
+        assert store.delivery_status(a.id)[0]["last_error"].startswith("timeout")
+    finally:
+        await sink.shutdown()
+
+
+async def test_a_failing_message_does_not_starve_the_rest_of_the_backlog(tmp_path, receiver):
+    clock = Clock()
+    store, metrics, sink = make(tmp_path, receiver, clock, backoff_base_s=1.0, backoff_cap_s=1.0)
+    try:
+        alerts = queue(store, sink, 3)
+        receiver.set_mode("fail")
+        for _ in range(3):
+            await sink.deliver_due()
+            clock.t += 1.0
+        assert [store.delivery_status(a.id)[0]["attempts"] for a in alerts] == [1, 1, 1]
+    finally:
+        await sink.shutdown()
+
+
+async def test_group_by_sends_one_digest_per_agent(tmp_path, receiver):
+    clock = Clock()
+    store, metrics, sink = make(tmp_path, receiver, clock, format="slack", group_by=["agent"])
+    try:
+        alerts = [stored(finding(i, agent=f"agent{i % 2}")) for i in range(5)]
+        store.record_alerts(alerts, [], ["ops"])
+        assert await sink.deliver_due() == 5
+        bodies = [json.loads(r.body) for r in receiver.received]
+        assert [b["text"].splitlines()[0] for b in bodies] == ["toolwatch: 3 alerts", "toolwatch: 2 alerts"]
+        assert all("agent agent0" in line for line in bodies[0]["text"].splitlines()[1:])
+    finally:
+        await sink.shutdown()
