@@ -255,7 +255,10 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         evidence = {"reads": [{"tool": r.token, "span_id": r.span_id, "labels": list(r.labels)} for r in recent],
                     "seconds_since_read": round(age, 3), "window_s": self.config.sensitive_window_s}
         spans = tuple(dict.fromkeys([r.span_id for r in recent] + [call.span_id]))
-        return self._finding(call, "sensitive_then_send", "medium", reason, evidence, spans)
+        # A read whose result carried sensitive labels is evidence; a read from a tool that merely
+        # *can* read sensitive data (any file reader) is a weak hint, or coding agents would page.
+        severity = "medium" if any(r.labels for r in recent) else "low"
+        return self._finding(call, "sensitive_then_send", severity, reason, evidence, spans)
 
     def _new_destinations(self, call: ToolCall, agent: AgentFlows, sink: bool) -> Finding | None:
         cfg = self.config

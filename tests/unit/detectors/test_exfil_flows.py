@@ -285,3 +285,13 @@ def test_no_flow_without_a_value_from_another_servers_result(calls: list[ToolCal
         c.result_fingerprints = tuple(f"r-{fp}" for fp in c.result_fingerprints)
     det = ExfiltrationDetector()
     assert [f for f in run(det, *calls) if f.evidence["kind"] == "cross_server_flow"] == []
+
+
+def test_capability_only_sensitive_read_is_low_and_labelled_read_is_medium() -> None:
+    det = ExfiltrationDetector()
+    (weak,) = run(det, make_call("filesystem", "read_file", 0), make_call("gmail", "send_email", 10))
+    assert weak.severity == "low"
+    det = ExfiltrationDetector()
+    (strong,) = run(det, make_call("filesystem", "read_file", 0, result_labels=["secret"]),
+                    make_call("gmail", "send_email", 10))
+    assert strong.severity == "medium" and strong.evidence["reads"][0]["labels"] == ["secret"]
