@@ -64,7 +64,7 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise DecodeError("bad_encoding", f"{enc} body cannot be decompressed: {exc}") from None
 
 
-_BAD_ID = "!"  # not base64: the span carrying it fails to parse and is rejected on its own
+_BAD_ID: dict[str, str] = {}  # not a bytes value: the span carrying it fails to parse, alone
 
 
 def _fix_ids(node: Any, strict: bool = True) -> None:
@@ -82,7 +82,7 @@ def _fix_ids(node: Any, strict: bool = True) -> None:
                         cur[key] = base64.b64encode(bytes.fromhex(val)).decode()
                     except ValueError:
                         if not strict:
-                            cur[key] = _BAD_ID
+                            cur[key] = _BAD_ID.copy()
                             continue
                         raise DecodeError("bad_json", f"{key} {val[:40]!r} is not a hex id") from None
                 elif isinstance(val, (dict, list)):
