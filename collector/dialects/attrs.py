@@ -43,8 +43,9 @@ def text(attrs: Attrs, key: str, limit: int = MAX_NAME) -> str:
     av = attrs.get(key)
     if av is None:
         return ""
-    if av.WhichOneof("value") == "string_value":
-        return av.string_value[:limit]
+    val = av.string_value  # the common case, without asking which value is set
+    if val:
+        return val if len(val) <= limit else val[:limit]
     val = any_value(av)
     if val is None:
         return ""
@@ -72,6 +73,9 @@ def count(attrs: Attrs, key: str) -> int:
     av = attrs.get(key)
     if av is None:
         return 0
+    val = av.int_value  # the common case
+    if val > 0:
+        return val
     val = any_value(av)
     if isinstance(val, (list, dict)):
         return 0
