@@ -172,11 +172,19 @@ class Normalizer:
     ) -> ToolCall:
         agent, agent_name = self._agent(span, attrs, service, parents)
         args_text = shape.args_text
-        args_labels = a.strings(attrs, sc.TW_ARGS_LABELS)
-        args_fps = a.strings(attrs, sc.TW_ARGS_FINGERPRINTS)
-        dests = a.strings(attrs, sc.TW_ARGS_DESTINATIONS)
-        args_sketch = a.ints(attrs, sc.TW_ARGS_SKETCH)
-        args_bytes = a.count(attrs, sc.TW_ARGS_BYTES)
+        # toolwatch's edge enrichments; other dialects never carry them, so skip nine lookups.
+        edge = (
+            sc.TW_ARGS_BYTES in attrs
+            or sc.TW_REDACTED in attrs
+            or sc.TW_RESULT_BYTES in attrs
+            or sc.TW_RESULT_LABELS in attrs
+            or sc.TW_SERVER_NAME in attrs
+        )
+        args_labels = a.strings(attrs, sc.TW_ARGS_LABELS) if edge else ()
+        args_fps = a.strings(attrs, sc.TW_ARGS_FINGERPRINTS) if edge else ()
+        dests = a.strings(attrs, sc.TW_ARGS_DESTINATIONS) if edge else ()
+        args_sketch = a.ints(attrs, sc.TW_ARGS_SKETCH) if edge else ()
+        args_bytes = a.count(attrs, sc.TW_ARGS_BYTES) if edge else 0
         if args_text and not shape.args_redacted:
             red = self.redact_args(args_text)
             args_bytes = args_bytes or len(args_text.encode("utf-8", "surrogatepass"))
@@ -205,16 +213,16 @@ class Normalizer:
             error_type=error,
             args_json=args_text,
             args_bytes=args_bytes,
-            result_bytes=a.count(attrs, sc.TW_RESULT_BYTES),
+            result_bytes=a.count(attrs, sc.TW_RESULT_BYTES) if edge else 0,
             args_labels=args_labels,
-            result_labels=a.strings(attrs, sc.TW_RESULT_LABELS),
+            result_labels=a.strings(attrs, sc.TW_RESULT_LABELS) if edge else (),
             args_fingerprints=args_fps,
-            result_fingerprints=a.strings(attrs, sc.TW_RESULT_FINGERPRINTS),
+            result_fingerprints=a.strings(attrs, sc.TW_RESULT_FINGERPRINTS) if edge else (),
             args_sketch=args_sketch,
-            result_sketch=a.ints(attrs, sc.TW_RESULT_SKETCH),
-            result_injection_score=a.unit_float(attrs, sc.TW_RESULT_INJECTION_SCORE),
+            result_sketch=a.ints(attrs, sc.TW_RESULT_SKETCH) if edge else (),
+            result_injection_score=a.unit_float(attrs, sc.TW_RESULT_INJECTION_SCORE) if edge else 0.0,
             destinations=dests,
-            definition_sha256=a.text(attrs, sc.TW_TOOL_DEFINITION_SHA256, 64),
+            definition_sha256=a.text(attrs, sc.TW_TOOL_DEFINITION_SHA256, 64) if edge else "",
             source="toolwatch" if sc.TW_ARGS_BYTES in attrs else source,
         )
 

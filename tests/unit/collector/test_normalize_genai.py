@@ -85,3 +85,10 @@ def test_error_status_without_error_type_reads_as_error():
     req = request()
     add_span(req, {sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.GEN_AI_TOOL_NAME: "t"}, status_code=2)
     assert Normalizer().normalize(req).calls[0].error_type == "error"
+
+
+def test_result_enrichments_are_read_even_without_argument_keys():
+    req = request()
+    add_span(req, {sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.GEN_AI_TOOL_NAME: "t", sc.TW_RESULT_LABELS: ["instructions"], sc.TW_RESULT_INJECTION_SCORE: 0.9})
+    (call,) = Normalizer().normalize(req).calls
+    assert call.result_labels == ("instructions",) and call.result_injection_score == 0.9
