@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import cProfile
 import http.client
+import itertools
 import multiprocessing as mp
 import os
 import pstats
@@ -228,8 +229,8 @@ def run_load(runner: DaemonRunner, proto: str, bodies: list[bytes], spans_per_bo
 # --- naive baseline ------------------------------------------------------------------------------------
 def naive(bodies: list[bytes], n_spans: int) -> dict[str, float]:
     """One span at a time: its own request, MessageToDict, every attribute walked, detectors per span."""
-    singles = []
-    for body in bodies:
+    singles: list[bytes] = []
+    for body in itertools.cycle(bodies):
         req = ExportTraceServiceRequest.FromString(body)
         for span in req.resource_spans[0].scope_spans[0].spans:
             one = ExportTraceServiceRequest()
@@ -272,6 +273,15 @@ def naive(bodies: list[bytes], n_spans: int) -> dict[str, float]:
             "lag_p50_ms": 1000 * lags[len(lags) // 2], "lag_p99_ms": 1000 * lags[int(len(lags) * 0.99)], "retries": 0}
 
 
+def calibrate(bodies: list[bytes]) -> float:
+    """Bare protobuf parse rate right now, to compare this machine's state with the issue's ~2 M spans/s."""
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:
+        for body in bodies:
+            n += len(ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans)
+    return n / (time.perf_counter() - t0)
+
+
 def fmt(name: str, r: dict[str, float]) -> str:
     return (f"{name:<34} {r['spans']:>9,.0f} spans {r['seconds']:>6.2f} s {r['spans_per_s']:>10,.0f} spans/s"
             f"   lag p50 {r['lag_p50_ms']:>7.1f} ms  p99 {r['lag_p99_ms']:>7.1f} ms  retries {r['retries']:.0f}")
@@ -289,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     only = set(args.only or ["http", "grpc", "paced", "naive"])
     bodies = [make_body(args.batch, seed) for seed in range(8)]
     print(f"toolwatch ingest bench: {os.cpu_count()} CPUs, {args.batch} spans/request, {args.clients} load processes, "
-          f"13 attributes/span, detectors: {[d.name for d in build_detectors(Config())]}")
+          f"13 attributes/span, detectors: {[d.name for d in build_detectors(Config())]}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"calibration: bare protobuf parse {calibrate(bodies):,.0f} spans/s (issue's reference machine, idle: ~2,000,000)",
+          flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         runner = DaemonRunner(str(Path(tmp) / "data"))
         try:
@@ -298,14 +311,17 @@ def main(argv: list[str] | None = None) -> int:
                 prof = cProfile.Profile() if args.profile else None
                 if prof:
                     runner.call(_enable(prof))
-                print(fmt("OTLP/HTTP protobuf, max rate", run_load(runner, "http", bodies, args.batch, args.clients, args.seconds, None)))
+                print(fmt("OTLP/HTTP protobuf, max rate", run_load(runner, "http", bodies, args.batch, args.clients, args.seconds, None)),
+                      flush=True)
                 if prof:
                     runner.call(_disable(prof))
                     pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
             if "grpc" in only:
-                print(fmt("OTLP/gRPC, max rate", run_load(runner, "grpc", bodies, args.batch, args.clients, args.seconds, None)))
+                print(fmt("OTLP/gRPC, max rate", run_load(runner, "grpc", bodies, args.batch, args.clients, args.seconds, None)),
+                      flush=True)
             if "paced" in only:
-                r = run_load(runner, "http", [make_body(100, s) for s in range(8)], 100, 1, args.seconds, args.paced_rate)
+                paced = [make_body(250, s) for s in range(8)]
+                r = run_load(runner, "http", paced, 250, args.clients, args.seconds, args.paced_rate)
                 print(fmt(f"OTLP/HTTP paced at {args.paced_rate:,.0f}/s", r))
         finally:
             runner.close()
