@@ -131,7 +131,8 @@ class Normalizer:
                     attrs = {kv.key: kv.value for kv in span.attributes}
                     if markers.isdisjoint(attrs):
                         continue  # not a tool span in any dialect: the cheap, common case
-                    if a.string_is(attrs, sc.GEN_AI_OPERATION_NAME, sc.OP_INVOKE_AGENT):
+                    op = attrs.get(sc.GEN_AI_OPERATION_NAME)
+                    if op is not None and op.string_value == sc.OP_INVOKE_AGENT:
                         agent = a.text(attrs, sc.GEN_AI_AGENT_ID) or a.text(attrs, sc.GEN_AI_AGENT_NAME)
                         if agent:
                             parents[span.span_id] = agent
@@ -194,7 +195,7 @@ class Normalizer:
             dests = tuple(sorted(set(dests) | set(red.destinations)))
             args_sketch = args_sketch or tuple(red.sketch)
         error = shape.error_type
-        if not error and span.status.code == STATUS_CODE_ERROR:
+        if not error and span.HasField("status") and span.status.code == STATUS_CODE_ERROR:
             error = "error"
         trace_id = span.trace_id.hex()
         start = span.start_time_unix_nano

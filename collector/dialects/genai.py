@@ -22,11 +22,11 @@ class GenAiDialect(Dialect):
     marker_keys = (sc.GEN_AI_OPERATION_NAME, sc.MCP_METHOD_NAME)
 
     def call(self, span: Any, attrs: a.Attrs) -> CallShape | None:
-        if not (
-            a.string_is(attrs, sc.GEN_AI_OPERATION_NAME, sc.OP_EXECUTE_TOOL)
-            or a.string_is(attrs, sc.MCP_METHOD_NAME, sc.METHOD_TOOLS_CALL)
-        ):
-            return None
+        op = attrs.get(sc.GEN_AI_OPERATION_NAME)
+        if op is None or op.string_value != sc.OP_EXECUTE_TOOL:
+            method = attrs.get(sc.MCP_METHOD_NAME)
+            if method is None or method.string_value != sc.METHOD_TOOLS_CALL:
+                return None
         tool = a.text(attrs, sc.GEN_AI_TOOL_NAME)
         if not tool:
             # The conventions' span name is "{method} {tool}"; used only when the key is missing.
