@@ -35,9 +35,11 @@ _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_
 class DecodeError(ValueError):
     """Input that is not a valid OTLP request. ``reason`` is a short metric label."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, salvageable: bool = True) -> None:
         super().__init__(message)
         self.reason = reason
+        self.salvageable = salvageable
+        """False when the body is not an OTLP request at all, so no span in it can be kept."""
 
 
 def media_type(content_type: str | None) -> str:
@@ -101,7 +103,9 @@ def decode_request(body: bytes, content_type: str | None) -> ExportTraceServiceR
             raise DecodeError("bad_protobuf", f"body is not a valid OTLP ExportTraceServiceRequest protobuf: {exc}") from None
         if body and not req.resource_spans and len(UnknownFieldSet(req)):
             # Parses only as unknown fields: some other message or random bytes, not OTLP traces.
-            raise DecodeError("bad_protobuf", "body is not an OTLP ExportTraceServiceRequest (no resourceSpans field)")
+            raise DecodeError(
+                "bad_protobuf", "body is not an OTLP ExportTraceServiceRequest (no resourceSpans field)", salvageable=False
+            )
         return req
     if mtype == JSON:
         try:
@@ -258,7 +262,7 @@ def decode_export(body: bytes, content_type: str | None) -> Decoded:
         try:
             return Decoded(decode_request(body, content_type))
         except DecodeError as exc:
-            if "no resourceSpans" in str(exc):
+            if not exc.salvageable:
                 raise
             out = _salvage_protobuf(body)
             if not out.request.resource_spans and not out.rejected:

@@ -201,3 +201,33 @@ def test_json_partial_success_is_json(tmp_path):
         body = json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]})
         r = requests.post(d.otlp_http_url, data=body, headers={"Content-Type": "application/json"}, timeout=5)
         assert r.status_code == 200 and r.json()["partialSuccess"]["rejectedSpans"] == "1"
+
+
+def test_fuzzed_bodies_never_take_the_daemon_down_and_good_input_still_counts(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    with DaemonThread(make_config(tmp_path)) as d:
+        good = _calls_body(3, agent="fz")
+
+        @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.data())
+        def post_mutant(data):
+            body = bytearray(good)
+            for _ in range(data.draw(st.integers(1, 6))):
+                body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+            ctype = data.draw(st.sampled_from(["application/x-protobuf", "application/json"]))
+            r = requests.post(d.otlp_http_url, data=bytes(body), headers={"Content-Type": ctype}, timeout=5)
+            assert r.status_code in (200, 400), r.text
+            try:
+                _grpc_export(d.otlp_grpc_target, bytes(body))
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+        post_mutant()
+        d.drain()
+        before = _calls(d, "fz")
+        assert requests.post(d.otlp_http_url, data=good, headers=PB, timeout=5).status_code == 200
+        d.drain()
+        assert _calls(d, "fz") == before + 3
+        assert requests.get(d.api_url + "/healthz", timeout=5).status_code == 200
