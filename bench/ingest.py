@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import pstats
 import random
+import socket
 import statistics
 import sys
 import tempfile
@@ -100,6 +101,8 @@ def make_body(n: int, seed: int) -> bytes:
 # --- load generators (separate processes) ----------------------------------------------------------
 def http_client(port: int, bodies: list[bytes], n_requests: int, interval_s: float, out: Any) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # headers and body go in two writes
     sent = retries = 0
     next_at = time.perf_counter()
     for i in range(n_requests):
