@@ -27,3 +27,15 @@ test: $(STAMP) services
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# OpenLLMetry's MCP instrumentation (0.62) patches only mcp<2: its integration test runs a client
+# in this separate environment. Cached by the stamp; `make test` builds it once.
+OLLM_VENV := .venv-openllmetry
+$(OLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(OLLM_VENV)
+	$(OLLM_VENV)/bin/python -m pip install --quiet 'mcp<2' 'opentelemetry-instrumentation-mcp>=0.62,<0.63' opentelemetry-sdk opentelemetry-exporter-otlp-proto-http
+	@touch $@
+
+.PHONY: openllmetry-venv
+openllmetry-venv: $(OLLM_VENV)/.installed
+test: $(OLLM_VENV)/.installed

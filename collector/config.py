@@ -10,12 +10,15 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 from urllib.parse import urlsplit
 
 import yaml
 
 from . import envvars
+
+if TYPE_CHECKING:
+    from .event_time import EventTimeRule
 
 
 class ConfigError(ValueError):
@@ -99,8 +102,24 @@ class PipelineConfig:
     batch_max_delay_ms: int = 200
     queue_max_spans: int = 200_000
     snapshot_interval_s: float = 30.0
+    max_future_skew_s: float = 300.0
+    """Spans stamped further ahead of the wall clock are clamped to now or rejected (future_policy)."""
+    future_policy: str = "clamp"
+    allowed_lateness_s: float = 3600.0
+    """Spans further behind the latest admitted event time are rejected as too_late."""
+    max_age_s: float = 0.0
+    """If > 0, spans older than this (wall clock) are rejected as too_old; 0 allows replays."""
+
+    def event_time_rule(self) -> "EventTimeRule":
+        from .event_time import EventTimeRule
+
+        return EventTimeRule(self.max_future_skew_s, self.future_policy, self.allowed_lateness_s, self.max_age_s)
 
     def validate(self) -> None:
+        try:
+            self.event_time_rule().validate("pipeline")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.batch_max_size < 1:
             raise ConfigError("pipeline.batch_max_size must be at least 1")
         if self.batch_max_delay_ms < 1:
@@ -131,6 +150,13 @@ class Config:
     webhook_secret: str = ""
     log_level: str = "info"
     max_body_bytes: int = 8 * 1024 * 1024
+    receiver_token: str = ""
+    """If set, OTLP receivers require ``Authorization: Bearer <token>``."""
+    tls_cert_file: str = ""
+    """PEM certificate chain; with tls_key_file, OTLP receivers speak TLS (https, secure gRPC)."""
+    tls_key_file: str = ""
+    retry_after_s: int = 2
+    """Seconds clients are told to wait (Retry-After, gRPC RetryInfo) when the daemon is overloaded."""
     allow_remote: bool = False
     """Binding a non-loopback address must be asked for explicitly."""
     webhooks: list[WebhookConfig] = field(default_factory=list)
@@ -158,6 +184,14 @@ class Config:
             raise ConfigError("max_body_bytes must be at least 1024")
         if not self.data_dir:
             raise ConfigError("data_dir must not be empty")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("tls_cert_file and tls_key_file: set both (PEM files) to enable TLS, or neither")
+        for key in ("tls_cert_file", "tls_key_file"):
+            path = getattr(self, key)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{key}: {path!r} is not a readable file")
+        if not 1 <= self.retry_after_s <= 3600:
+            raise ConfigError(f"retry_after_s: must be between 1 and 3600 seconds, got {self.retry_after_s}")
         names = set()
         for i, hook in enumerate(self.webhooks):
             hook.validate(f"webhooks[{i}]")

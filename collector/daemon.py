@@ -25,6 +25,7 @@ from .metrics import Metrics
 from .normalize import ArgsRedactor, Normalizer, drop_raw_args
 from .pipeline import Pipeline
 from .receivers import Ingest, Receiver
+from .receivers.tls import tls_files
 from .receivers.otlp_grpc import OtlpGrpcReceiver
 from .receivers.otlp_http import OtlpHttpReceiver
 from .rules_watch import RuleFileWatcher
@@ -82,17 +83,38 @@ class Daemon:
             batch_max_delay_s=p.batch_max_delay_ms / 1000,
             queue_max=p.queue_max_spans,
             snapshot_interval_s=p.snapshot_interval_s,
+            event_time=p.event_time_rule(),
         )
         self.ingest = Ingest(Normalizer(redact_args or drop_raw_args), self.pipeline, self.metrics)
         self.receivers: list[Receiver] = []
         if cfg.enabled("otlp_http"):
             host, port = parse_hostport(cfg.otlp_http, "otlp_http")
             self.receivers.append(
-                OtlpHttpReceiver(host, port, self.ingest, self.metrics, max_body_bytes=cfg.max_body_bytes)
+                OtlpHttpReceiver(
+                    host,
+                    port,
+                    self.ingest,
+                    self.metrics,
+                    max_body_bytes=cfg.max_body_bytes,
+                    retry_after_s=cfg.retry_after_s,
+                    bearer_token=cfg.receiver_token,
+                    tls=tls_files(cfg),
+                )
             )
         if cfg.enabled("otlp_grpc"):
             host, port = parse_hostport(cfg.otlp_grpc, "otlp_grpc")
-            self.receivers.append(OtlpGrpcReceiver(host, port, self.ingest, self.metrics, max_body_bytes=cfg.max_body_bytes))
+            self.receivers.append(
+                OtlpGrpcReceiver(
+                    host,
+                    port,
+                    self.ingest,
+                    self.metrics,
+                    max_body_bytes=cfg.max_body_bytes,
+                    retry_after_s=cfg.retry_after_s,
+                    bearer_token=cfg.receiver_token,
+                    tls=tls_files(cfg),
+                )
+            )
         self.metrics.init_labels(
             [d.name for d in self.detectors], [r.name for r in self.receivers], [h.name for h in cfg.webhooks]
         )

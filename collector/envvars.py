@@ -15,6 +15,10 @@ WEBHOOK_SECRET: Final = "TOOLWATCH_WEBHOOK_SECRET"
 API_TOKEN: Final = "TOOLWATCH_API_TOKEN"
 LOG_LEVEL: Final = "TOOLWATCH_LOG_LEVEL"
 FINGERPRINT_KEY: Final = "TOOLWATCH_FINGERPRINT_KEY"
+RECEIVER_TOKEN: Final = "TOOLWATCH_RECEIVER_TOKEN"
+"""Bearer token OTLP clients must send (config ``receiver_token``)."""
+TLS_CERT_FILE: Final = "TOOLWATCH_TLS_CERT_FILE"
+TLS_KEY_FILE: Final = "TOOLWATCH_TLS_KEY_FILE"
 
 # Maps config field -> environment variable, for the simple scalar settings.
 SCALAR_FIELDS: Final = {
@@ -25,6 +29,9 @@ SCALAR_FIELDS: Final = {
     "webhook_secret": WEBHOOK_SECRET,
     "api_token": API_TOKEN,
     "log_level": LOG_LEVEL,
+    "receiver_token": RECEIVER_TOKEN,
+    "tls_cert_file": TLS_CERT_FILE,
+    "tls_key_file": TLS_KEY_FILE,
 }
 API_URL: Final = "TOOLWATCH_API_URL"
 """Base URL of a running daemon's API, for the ``alerts`` / ``approvals`` commands."""

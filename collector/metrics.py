@@ -71,6 +71,12 @@ class Metrics:
             ["detector", "severity"],
             registry=r,
         )
+        self.event_time = Counter(
+            "toolwatch_spans_event_time_total",
+            "Spans whose timestamp broke the event-time rule, by action (clamped, rejected) and reason.",
+            ["action", "reason"],
+            registry=r,
+        )
         self.queue_depth = Gauge("toolwatch_pipeline_queue_depth", "Events waiting for the detectors.", registry=r)
         self.batch_size = Histogram(
             "toolwatch_pipeline_batch_size",

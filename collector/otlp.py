@@ -13,13 +13,19 @@ import json
 import zlib
 from typing import Any
 
+from dataclasses import dataclass, field
+
 from google.protobuf import json_format
+from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -29,9 +35,11 @@ _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_
 class DecodeError(ValueError):
     """Input that is not a valid OTLP request. ``reason`` is a short metric label."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, salvageable: bool = True) -> None:
         super().__init__(message)
         self.reason = reason
+        self.salvageable = salvageable
+        """False when the body is not an OTLP request at all, so no span in it can be kept."""
 
 
 def media_type(content_type: str | None) -> str:
@@ -58,8 +66,14 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise DecodeError("bad_encoding", f"{enc} body cannot be decompressed: {exc}") from None
 
 
-def _fix_ids(node: Any) -> None:
-    """Rewrite OTLP/JSON hex ids to base64 in place so protobuf's JSON parser accepts them."""
+_BAD_ID: dict[str, str] = {}  # not a bytes value: the span carrying it fails to parse, alone
+
+
+def _fix_ids(node: Any, strict: bool = True) -> None:
+    """Rewrite OTLP/JSON hex ids to base64 in place so protobuf's JSON parser accepts them.
+
+    ``strict``: a bad id rejects the whole request; otherwise it marks only its own span bad.
+    """
     stack = [node]
     while stack:
         cur = stack.pop()
@@ -69,6 +83,9 @@ def _fix_ids(node: Any) -> None:
                     try:
                         cur[key] = base64.b64encode(bytes.fromhex(val)).decode()
                     except ValueError:
+                        if not strict:
+                            cur[key] = _BAD_ID.copy()
+                            continue
                         raise DecodeError("bad_json", f"{key} {val[:40]!r} is not a hex id") from None
                 elif isinstance(val, (dict, list)):
                     stack.append(val)
@@ -86,7 +103,9 @@ def decode_request(body: bytes, content_type: str | None) -> ExportTraceServiceR
             raise DecodeError("bad_protobuf", f"body is not a valid OTLP ExportTraceServiceRequest protobuf: {exc}") from None
         if body and not req.resource_spans and len(UnknownFieldSet(req)):
             # Parses only as unknown fields: some other message or random bytes, not OTLP traces.
-            raise DecodeError("bad_protobuf", "body is not an OTLP ExportTraceServiceRequest (no resourceSpans field)")
+            raise DecodeError(
+                "bad_protobuf", "body is not an OTLP ExportTraceServiceRequest (no resourceSpans field)", salvageable=False
+            )
         return req
     if mtype == JSON:
         try:
@@ -107,6 +126,167 @@ def decode_request(body: bytes, content_type: str | None) -> ExportTraceServiceR
         "bad_content_type",
         f"Content-Type {content_type or '(none)'!r} is not supported; use {PROTOBUF} or {JSON}",
     )
+
+
+@dataclass
+class Decoded:
+    """A request with every span that could be decoded; ``rejected`` spans could not be."""
+
+    request: ExportTraceServiceRequest
+    rejected: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def lost(self, n: int, message: str) -> None:
+        self.rejected += n
+        if len(self.errors) < 5:
+            self.errors.append(message)
+
+
+_PARSE_ERRORS = (ProtobufDecodeError, RuntimeError, ValueError)
+_LEN = 2  # protobuf wire type: length-delimited
+
+
+def _fields(blob: bytes) -> list[tuple[int, int, object]]:
+    """(number, wire type, data) of each field of a message, read by protobuf as unknown fields."""
+    holder = Empty()
+    holder.ParseFromString(blob)
+    return [(f.field_number, f.wire_type, f.data) for f in UnknownFieldSet(holder)]
+
+
+def _salvage_protobuf(body: bytes) -> Decoded:
+    """Keep every span that parses when the request as a whole does not (e.g. one non-UTF-8 string).
+
+    Walks ResourceSpans -> ScopeSpans -> Span with protobuf's own parser, field numbers from
+    trace.proto (1 resource_spans; 1 resource, 2 scope_spans; 1 scope, 2 spans).
+    """
+    out = Decoded(ExportTraceServiceRequest())
+    try:
+        top = _fields(body)
+    except _PARSE_ERRORS as exc:
+        raise DecodeError("bad_protobuf", f"body is not a valid OTLP ExportTraceServiceRequest protobuf: {exc}") from None
+    for num, wt, blob in top:
+        if num != 1 or wt != _LEN:
+            continue
+        rs = out.request.resource_spans.add()
+        try:
+            rs.ParseFromString(blob)  # type: ignore[arg-type]
+            continue
+        except _PARSE_ERRORS:
+            rs.Clear()
+        try:
+            rs_fields = _fields(blob)  # type: ignore[arg-type]
+        except _PARSE_ERRORS:
+            out.lost(1, "a resourceSpans entry is not valid protobuf; its spans are lost")
+            continue
+        for rnum, rwt, rblob in rs_fields:
+            if rwt != _LEN:
+                continue
+            if rnum == 1:
+                try:
+                    rs.resource.CopyFrom(Resource.FromString(rblob))  # type: ignore[arg-type]
+                except _PARSE_ERRORS:
+                    out.errors.append("a resource could not be decoded; its spans fall back to other agent hints")
+            elif rnum == 2:
+                _salvage_scope(rblob, rs, out)  # type: ignore[arg-type]
+    return out
+
+
+def _salvage_scope(blob: bytes, rs: ResourceSpans, out: Decoded) -> None:
+    ss = rs.scope_spans.add()
+    try:
+        ss.ParseFromString(blob)
+        return
+    except _PARSE_ERRORS:
+        ss.Clear()
+    try:
+        ss_fields = _fields(blob)
+    except _PARSE_ERRORS:
+        out.lost(1, "a scopeSpans entry is not valid protobuf; its spans are lost")
+        return
+    for num, wt, data in ss_fields:
+        if wt != _LEN:
+            continue
+        if num == 1:
+            try:
+                ss.scope.CopyFrom(InstrumentationScope.FromString(data))  # type: ignore[arg-type]
+            except _PARSE_ERRORS:
+                pass
+        elif num == 2:
+            try:
+                ss.spans.append(Span.FromString(data))  # type: ignore[arg-type]
+            except _PARSE_ERRORS as exc:
+                out.lost(1, f"a span is not valid protobuf (e.g. a string that is not UTF-8): {exc}"[:200])
+
+
+def _salvage_json(data: dict[str, Any]) -> Decoded:
+    """Keep every span that parses when the request as a whole does not (a wrong type somewhere)."""
+    out = Decoded(ExportTraceServiceRequest())
+    rss = data.get("resourceSpans", data.get("resource_spans"))
+    if not isinstance(rss, list):
+        raise DecodeError("bad_json", "resourceSpans must be a list")
+    for rs_data in rss:
+        rs = out.request.resource_spans.add()
+        try:
+            json_format.ParseDict(rs_data, rs, ignore_unknown_fields=True)
+            continue
+        except (json_format.ParseError, ValueError, TypeError, RecursionError, AttributeError):
+            rs.Clear()
+        if not isinstance(rs_data, dict):
+            out.lost(1, "a resourceSpans entry is not a JSON object")
+            continue
+        try:
+            json_format.ParseDict(rs_data.get("resource") or {}, rs.resource, ignore_unknown_fields=True)
+        except (json_format.ParseError, ValueError, TypeError, RecursionError, AttributeError):
+            rs.resource.Clear()
+            out.errors.append("a resource could not be decoded; its spans fall back to other agent hints")
+        sss = rs_data.get("scopeSpans", rs_data.get("scope_spans")) or []
+        for ss_data in sss if isinstance(sss, list) else [sss]:
+            ss = rs.scope_spans.add()
+            spans = ss_data.get("spans") if isinstance(ss_data, dict) else None
+            if not isinstance(spans, list):
+                out.lost(1, "a scopeSpans entry has no spans list")
+                continue
+            for span_data in spans:
+                try:
+                    json_format.ParseDict(span_data, ss.spans.add(), ignore_unknown_fields=True)
+                except (json_format.ParseError, ValueError, TypeError, RecursionError, AttributeError) as exc:
+                    del ss.spans[-1]
+                    out.lost(1, f"a span is not valid OTLP JSON: {exc}"[:200])
+    return out
+
+
+def decode_export(body: bytes, content_type: str | None) -> Decoded:
+    """Like ``decode_request``, but one bad span costs only itself: the rest are kept and counted."""
+    mtype = media_type(content_type)
+    if mtype == PROTOBUF:
+        try:
+            return Decoded(decode_request(body, content_type))
+        except DecodeError as exc:
+            if not exc.salvageable:
+                raise
+            out = _salvage_protobuf(body)
+            if not out.request.resource_spans and not out.rejected:
+                raise
+            return out
+    if mtype == JSON:
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise DecodeError("bad_json", f"body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise DecodeError("bad_json", "body must be a JSON object with resourceSpans")
+        try:
+            _fix_ids(data, strict=False)
+        except RecursionError:
+            raise DecodeError("bad_json", "JSON is nested too deeply") from None
+        req = ExportTraceServiceRequest()
+        try:
+            json_format.ParseDict(data, req, ignore_unknown_fields=True)
+            return Decoded(req)
+        except (json_format.ParseError, ValueError, TypeError, RecursionError, AttributeError, binascii.Error):
+            pass
+        return _salvage_json(data)
+    return Decoded(decode_request(body, content_type))
 
 
 def encode_response(content_type: str, rejected: int = 0, message: str = "") -> bytes:

@@ -19,6 +19,7 @@ from toolwatch.detectors.base import Detector
 from toolwatch.detectors.events import Batch, Finding, ToolCall, ToolListing
 
 from .alerts import AlertRouter
+from .event_time import EventTimeRule, Verdict, judge
 from .metrics import Metrics
 from .store import Store
 
@@ -31,6 +32,14 @@ class _Item:
     calls: list[ToolCall]
     listings: list[ToolListing]
     arrived: float
+
+
+@dataclass(slots=True)
+class Admission:
+    """``accepted`` False: the queue was full and nothing was queued (answer "retry later")."""
+
+    accepted: bool
+    verdict: Verdict
 
 
 class Pipeline:
@@ -46,6 +55,8 @@ class Pipeline:
         queue_max: int = 200_000,
         snapshot_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        event_time: EventTimeRule | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.detectors = list(detectors)
         self.router = router
@@ -61,6 +72,9 @@ class Pipeline:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watermark_ns = 0
+        self.event_time = event_time or EventTimeRule()
+        self.wall_clock = wall_clock
+        self._admit_watermark_ns = 0
         self._last_snapshot = clock()
         self.processed = 0
         self.listeners: list[Callable[[list[Finding]], None]] = []
@@ -104,7 +118,23 @@ class Pipeline:
                 log.exception("detector %s: state could not be saved", det.name)
         self._last_snapshot = self.clock()
 
+    def admit(self, calls: list[ToolCall], listings: list[ToolListing]) -> "Admission":
+        """Apply the event-time rule, then queue what it kept; refuse all of it if the queue is full.
+
+        Nothing is counted or changed when the queue refuses: the client will send it again.
+        """
+        verdict = judge(self.event_time, calls, listings, int(self.wall_clock() * 1e9), self._admit_watermark_ns)
+        if not self.submit(verdict.calls, verdict.listings):
+            return Admission(False, verdict)
+        self._admit_watermark_ns = verdict.watermark_ns
+        for reason, n in verdict.rejected.items():
+            self.metrics.event_time.labels("rejected", reason).inc(n)
+        for reason, n in verdict.clamped.items():
+            self.metrics.event_time.labels("clamped", reason).inc(n)
+        return Admission(True, verdict)
+
     def submit(self, calls: list[ToolCall], listings: list[ToolListing]) -> bool:
+        """Queue events as they are (no event-time rule: use ``admit``); False when the queue is full."""
         n = len(calls) + len(listings)
         if n == 0:
             return True

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from ..metrics import Metrics
-from ..normalize import Normalizer
+from ..normalize import Normalized, Normalizer
 from ..pipeline import Pipeline
 
 
@@ -24,7 +24,11 @@ class Receiver(ABC):
 
 
 class Overloaded(Exception):
-    """The pipeline queue is full: tell the client to retry later."""
+    """The pipeline queue is full: tell the client to retry later (HTTP 429, RESOURCE_EXHAUSTED)."""
+
+
+class Unavailable(Exception):
+    """The pipeline is not running (starting up or draining): retry later (HTTP 503, UNAVAILABLE)."""
 
 
 @dataclass
@@ -42,12 +46,30 @@ class Ingest:
         self.pipeline = pipeline
         self.metrics = metrics
 
-    def __call__(self, receiver: str, req: ExportTraceServiceRequest) -> IngestResult:
-        norm = self.normalizer.normalize(req)
-        if not self.pipeline.submit(norm.calls, norm.listings):
+    def __call__(
+        self, receiver: str, req: ExportTraceServiceRequest, decode_rejected: int = 0, decode_errors: tuple[str, ...] = ()
+    ) -> IngestResult:
+        """Normalise, count and admit one decoded request; raises ``Overloaded`` or ``Unavailable``."""
+        return self.consume(receiver, self.normalizer.normalize(req), decode_rejected, decode_errors)
+
+    def consume(self, receiver: str, norm: Normalized, decode_rejected: int = 0, decode_errors: tuple[str, ...] = ()) -> IngestResult:
+        """Admit normalised events; ``decode_rejected`` spans were already lost to decoding."""
+        if not self.pipeline.running:
+            self.metrics.requests_rejected.labels(receiver, "unavailable").inc()
+            raise Unavailable("the daemon is starting or shutting down; retry later")
+        adm = self.pipeline.admit(norm.calls, norm.listings)
+        if not adm.accepted:
             self.metrics.requests_rejected.labels(receiver, "queue_full").inc()
             raise Overloaded(f"pipeline queue is full ({self.pipeline.depth} events waiting); retry later")
-        self.metrics.spans_received.labels(receiver).inc(norm.spans)
+        spans = norm.spans + decode_rejected
+        self.metrics.spans_received.labels(receiver).inc(spans)
+        errors = [*decode_errors, *norm.errors]
+        if decode_rejected:
+            self.metrics.spans_rejected.labels(receiver, "undecodable").inc(decode_rejected)
         if norm.rejected:
             self.metrics.spans_rejected.labels(receiver, "invalid_span").inc(norm.rejected)
-        return IngestResult(norm.spans, norm.rejected, "; ".join(norm.errors))
+        for reason, n in adm.verdict.rejected.items():
+            self.metrics.spans_rejected.labels(receiver, f"event_time_{reason}").inc(n)
+            errors.append(f"{n} span(s) rejected by the event-time rule: {reason} (see docs/ingestion.md)")
+        rejected = decode_rejected + norm.rejected + adm.verdict.rejected_total
+        return IngestResult(spans, rejected, "; ".join(errors[:8]))

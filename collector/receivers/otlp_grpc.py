@@ -1,65 +1,118 @@
-"""OTLP/gRPC receiver: ``opentelemetry.proto.collector.trace.v1.TraceService/Export``."""
+"""OTLP/gRPC receiver: ``opentelemetry.proto.collector.trace.v1.TraceService/Export``.
+
+The request arrives as bytes (no deserializer) so it goes through the same salvaging decoder as
+OTLP/HTTP: one span with a non-UTF-8 string costs only itself and is reported as partial
+success. Overload answers RESOURCE_EXHAUSTED and start/drain answers UNAVAILABLE, both with a
+``google.rpc.RetryInfo`` detail, which the OTLP specification makes retryable.
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
+from typing import Any
 
 import grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from .. import otlp
 from ..metrics import Metrics
-from . import Ingest, Overloaded, Receiver
+from . import Ingest, Overloaded, Receiver, Unavailable
+from .tls import TlsFiles
 
 log = logging.getLogger("toolwatch.receiver.otlp_grpc")
 NAME = "otlp_grpc"
+SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 
-class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, receiver: "OtlpGrpcReceiver") -> None:
-        self.r = receiver
+def retry_status(code: grpc.StatusCode, message: str, retry_after_s: int) -> bytes:
+    """A serialized google.rpc.Status carrying RetryInfo, for the ``grpc-status-details-bin`` trailer."""
+    info = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_after_s))
+    st = status_pb2.Status(code=code.value[0], message=message)
+    st.details.add().Pack(info)
+    return st.SerializeToString()
 
-    async def Export(self, request, context):  # type: ignore[override]
-        r = self.r
-        if r.bearer_token:
+
+class OtlpGrpcReceiver(Receiver):
+    name = NAME
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ingest: Ingest,
+        metrics: Metrics,
+        *,
+        max_body_bytes: int,
+        retry_after_s: int = 2,
+        bearer_token: str = "",
+        tls: TlsFiles | None = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.ingest = ingest
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.retry_after_s = retry_after_s
+        self.bearer_token = bearer_token
+        self._auth = f"Bearer {bearer_token}"
+        self.tls = tls
+        self._server: grpc.aio.Server | None = None
+        self.bound_port: int | None = None
+
+    async def _abort_retryable(self, context: Any, code: grpc.StatusCode, message: str) -> None:
+        context.set_trailing_metadata(((STATUS_DETAILS_KEY, retry_status(code, message, self.retry_after_s)),))
+        await context.abort(code, message)
+
+    async def export(self, body: bytes, context: Any) -> trace_service_pb2.ExportTraceServiceResponse:
+        if self.bearer_token:
             meta = dict(context.invocation_metadata() or ())
-            if meta.get("authorization", "") != f"Bearer {r.bearer_token}":
-                r.metrics.requests_rejected.labels(NAME, "unauthorized").inc()
+            if not hmac.compare_digest(str(meta.get("authorization", "")), self._auth):
+                self.metrics.requests_rejected.labels(NAME, "unauthorized").inc()
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
-            result = r.ingest(NAME, request)
+            decoded = otlp.decode_export(body, otlp.PROTOBUF)
+        except otlp.DecodeError as exc:
+            self.metrics.requests_rejected.labels(NAME, exc.reason).inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            result = self.ingest(NAME, decoded.request, decoded.rejected, tuple(decoded.errors))
         except Overloaded as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            await self._abort_retryable(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except Unavailable as exc:
+            await self._abort_retryable(context, grpc.StatusCode.UNAVAILABLE, str(exc))
         resp = trace_service_pb2.ExportTraceServiceResponse()
         if result.rejected:
             resp.partial_success.rejected_spans = result.rejected
             resp.partial_success.error_message = result.message
         return resp
 
-
-class OtlpGrpcReceiver(Receiver):
-    name = NAME
-
-    def __init__(self, host: str, port: int, ingest: Ingest, metrics: Metrics, *, max_body_bytes: int, bearer_token: str = "") -> None:
-        self.host, self.port = host, port
-        self.ingest = ingest
-        self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
-        self.bearer_token = bearer_token
-        self._server: grpc.aio.Server | None = None
-        self.bound_port: int | None = None
+    def _handler(self) -> grpc.GenericRpcHandler:
+        method = grpc.unary_unary_rpc_method_handler(
+            self.export,
+            request_deserializer=None,  # raw bytes: decoded by otlp.decode_export
+            response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
+        )
+        return grpc.method_handlers_generic_handler(SERVICE, {"Export": method})
 
     async def start(self) -> None:
         if self._server is not None:
             return
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_body_bytes)])
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(self), server)
+        server.add_generic_rpc_handlers((self._handler(),))
         addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        self.bound_port = server.add_insecure_port(addr)
+        if self.tls:
+            creds = grpc.ssl_server_credentials([self.tls.pem_pair()])
+            self.bound_port = server.add_secure_port(addr, creds)
+        else:
+            self.bound_port = server.add_insecure_port(addr)
         if not self.bound_port:
             raise OSError(f"otlp_grpc: cannot listen on {addr}")
         await server.start()
         self._server = server
-        log.info("OTLP/gRPC receiver on %s:%s", self.host, self.bound_port)
+        log.info("OTLP/gRPC receiver on %s:%s%s", self.host, self.bound_port, " (TLS)" if self.tls else "")
 
     async def shutdown(self) -> None:
         server, self._server = self._server, None

@@ -1,11 +1,14 @@
 """OTLP/HTTP receiver: ``POST /v1/traces`` with protobuf or JSON bodies, gzip allowed.
 
 Answers per the OTLP specification: 200 with a (partial-success) ExportTraceServiceResponse,
-400/413/415 with a google.rpc.Status naming what is wrong, 429 + Retry-After under overload.
+400/413/415 with a google.rpc.Status naming what is wrong, 401 without the bearer token,
+429 + Retry-After when the pipeline queue is full, 503 + Retry-After while starting or draining
+(both retryable, so exporters back off). Optional TLS (``tls``).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any
 
@@ -15,7 +18,8 @@ from google.rpc import status_pb2
 
 from .. import otlp
 from ..metrics import Metrics
-from . import Ingest, Overloaded, Receiver
+from . import Ingest, Overloaded, Receiver, Unavailable
+from .tls import TlsFiles
 
 log = logging.getLogger("toolwatch.receiver.otlp_http")
 NAME = "otlp_http"
@@ -42,6 +46,7 @@ class OtlpHttpReceiver(Receiver):
         max_body_bytes: int,
         retry_after_s: int = 2,
         bearer_token: str = "",
+        tls: TlsFiles | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.ingest = ingest
@@ -49,6 +54,8 @@ class OtlpHttpReceiver(Receiver):
         self.max_body_bytes = max_body_bytes
         self.retry_after_s = retry_after_s
         self.bearer_token = bearer_token
+        self._auth = f"Bearer {bearer_token}"
+        self.tls = tls
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
 
@@ -63,11 +70,12 @@ class OtlpHttpReceiver(Receiver):
             return
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        ssl_context = self.tls.ssl_context() if self.tls else None
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=ssl_context)
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
-        log.info("OTLP/HTTP receiver on http://%s:%s/v1/traces", self.host, self.bound_port)
+        log.info("OTLP/HTTP receiver on %s://%s:%s/v1/traces", "https" if self.tls else "http", self.host, self.bound_port)
 
     async def shutdown(self) -> None:
         runner, self._runner = self._runner, None
@@ -79,8 +87,13 @@ class OtlpHttpReceiver(Receiver):
         body, ctype = _status_body(request.content_type, 3 if status < 500 else 14, message)
         return web.Response(status=status, body=body, content_type=ctype, **extra)
 
+    def _status(self, request: web.Request, status: int, message: str, **extra: Any) -> web.Response:
+        """A retryable answer; the request was counted by ``Ingest`` already."""
+        body, ctype = _status_body(request.content_type, 8 if status == 429 else 14, message)
+        return web.Response(status=status, body=body, content_type=ctype, **extra)
+
     async def handle(self, request: web.Request) -> web.Response:
-        if self.bearer_token and request.headers.get("Authorization", "") != f"Bearer {self.bearer_token}":
+        if self.bearer_token and not hmac.compare_digest(request.headers.get("Authorization", ""), self._auth):
             return self._reject(request, 401, "unauthorized", "missing or wrong bearer token")
         if request.content_length is not None and request.content_length > self.max_body_bytes:
             return self._reject(
@@ -92,13 +105,16 @@ class OtlpHttpReceiver(Receiver):
             return self._reject(request, 413, "too_large", f"body exceeds the limit of {self.max_body_bytes} bytes")
         try:
             body = otlp.decompress(raw, request.headers.get("Content-Encoding"), self.max_body_bytes)
-            req = otlp.decode_request(body, request.headers.get("Content-Type"))
+            decoded = otlp.decode_export(body, request.headers.get("Content-Type"))
         except otlp.DecodeError as exc:
             return self._reject(request, _HTTP_FOR.get(exc.reason, 400), exc.reason, str(exc))
+        retry = {"Retry-After": str(self.retry_after_s)}
         try:
-            result = self.ingest(NAME, req)
+            result = self.ingest(NAME, decoded.request, decoded.rejected, tuple(decoded.errors))
         except Overloaded as exc:
-            return self._reject(request, 429, "queue_full", str(exc), headers={"Retry-After": str(self.retry_after_s)})
+            return self._status(request, 429, str(exc), headers=retry)
+        except Unavailable as exc:
+            return self._status(request, 503, str(exc), headers=retry)
         ctype = otlp.JSON if otlp.media_type(request.content_type) == otlp.JSON else otlp.PROTOBUF
         return web.Response(
             status=200, body=otlp.encode_response(ctype, result.rejected, result.message), content_type=ctype
