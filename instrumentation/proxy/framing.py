@@ -57,6 +57,8 @@ class LineSplitter:
             return
         if self._oversized:
             self._size += len(piece)
+            if len(self._head) < HEAD_BYTES:
+                self._head += piece[: HEAD_BYTES - len(self._head)]
             return
         self._buf += piece
         if len(self._buf) > self.max_bytes:

@@ -22,6 +22,7 @@ from .. import semconv as sc
 from ..spans import RedactorLike, SessionInfo, record_span, span_name, tool_call_attributes, tool_list_attributes
 from .framing import Oversized
 
+_MISSING = object()
 Direction = Literal["c2s", "s2c"]
 """``c2s``: client to server; ``s2c``: server to client."""
 
@@ -54,6 +55,17 @@ class _Pending:
     method: str
     params: Any
     start_ns: int
+
+
+def request_ids(raw: bytes) -> list[Any]:
+    """Ids of the JSON-RPC requests in a message or batch (empty when it does not parse)."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    messages = value if isinstance(value, list) else [value]
+    return [m["id"] for m in messages
+            if isinstance(m, dict) and isinstance(m.get("method"), str) and m.get("id") is not None]
 
 
 def id_key(request_id: Any) -> str:
@@ -169,13 +181,21 @@ class CallTracker:
 
     def fail_inflight(self, error_type: str) -> list[Any]:
         """Close every in-flight request (their spans get ``error_type``); return their ids."""
-        ids = self.inflight_ids()
+        return self.fail_requests(self.inflight_ids(), error_type)
+
+    def fail_requests(self, request_ids: list[Any], error_type: str) -> list[Any]:
+        """Close those of ``request_ids`` still unanswered; return them (the caller answers the client)."""
         now = self._clock()
-        for key, pending in list(self._pending.items()):
-            self._finish(pending, json.loads(key), now, error_type=error_type)
-        self._pending.clear()
-        self._inflight.clear()
-        return ids
+        failed = []
+        for request_id in request_ids:
+            key = id_key(request_id)
+            if self._inflight.pop(key, _MISSING) is _MISSING:
+                continue
+            failed.append(request_id)
+            pending = self._pending.pop(key, None)
+            if pending is not None:
+                self._finish(pending, request_id, now, error_type=error_type)
+        return failed
 
     def _finish(
         self,

@@ -4,6 +4,7 @@ Usage: python proxy_with_double.py <proxy args...>; used by tests while the real
 absent, so proxy behaviour is tested independently of redaction quality.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -13,4 +14,4 @@ from redactor_double import RedactorDouble  # noqa: E402
 
 from toolwatch.instrumentation.proxy.cli import main  # noqa: E402
 
-sys.exit(main(sys.argv[1:], redactor=RedactorDouble()))
+sys.exit(main(sys.argv[1:], redactor=RedactorDouble(os.environ.get("TOOLWATCH_FINGERPRINT_KEY", "test-key").encode())))
