@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 __all__ = [
     "SECRET_AWS_KEY",
@@ -83,7 +84,7 @@ def build_notes_server() -> MCPServer:
     @server.tool(description="Read one note by name.")
     def read_note(name: str) -> str:
         if name not in notes:
-            raise ValueError(f"no note named {name!r}")
+            raise ToolError(f"no note named {name!r}")
         return notes[name]
 
     @server.tool(description="Create or replace a note.")
