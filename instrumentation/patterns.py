@@ -86,7 +86,7 @@ def shannon_entropy(text: str) -> float:
 
 def _is_card(text: str) -> bool:
     digits = _digits(text)
-    return 13 <= len(digits) <= 19 and len(set(digits)) > 2 and _luhn.is_valid(digits)
+    return 13 <= len(digits) <= 19 and len(set(digits)) > 1 and _luhn.is_valid(digits)
 
 
 def _is_iban(text: str) -> bool:
@@ -210,7 +210,7 @@ DETECTORS: tuple[Detector, ...] = (
         "jwt", "secret", "J", r"(?<=eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
         back=2, not_after=_WORD, validate=_is_jwt,
     ),
-    Detector("url_password", "secret", ":", r"""//[^\s:/@"'<>]{1,128}:(?P<v>[^\s/@"'<>]{1,256})@"""),
+    Detector("url_password", "secret", ":", r"""//[^\s:/@"'<>]{1,128}:(?P<v>[^\s/@"'<>]{1,256})@(?P<host>[A-Za-z0-9.-]{0,253})"""),
     Detector("bearer", "secret", "[Bb]", r"(?i:earer)\s+" + _TOKEN, validate=_is_bearer_token),
     Detector(
         "basic_auth", "secret", "[Bb]", r"(?i:asic)\s+(?P<v>[A-Za-z0-9+/]{6,}={0,2})" + _END,
@@ -377,6 +377,8 @@ def _accept(det: Detector, index: int, match: re.Match[str], text: str, floor: i
     elif det.name == "url":
         if start == anchor or not text[start].isalpha():
             return None
+        host = match.group(f"host{index}").lower()
+    elif det.name == "url_password":
         host = match.group(f"host{index}").lower()
     value_group = f"v{index}"
     if value_group in match.re.groupindex and match.group(value_group) is not None:
