@@ -86,7 +86,13 @@ def shannon_entropy(text: str) -> float:
 
 def _is_card(text: str) -> bool:
     digits = _digits(text)
-    return 13 <= len(digits) <= 19 and len(set(digits)) > 1 and _luhn.is_valid(digits)
+    if not (13 <= len(digits) <= 19 and digits[0] in "23456" and len(set(digits)) > 1):
+        return False
+    groups = [len(g) for g in re.split(r"[ -]", text)]
+    # Printed cards group digits in fours (Amex: 4-6-5); other groupings are other numbers.
+    if len(groups) > 1 and groups != [4, 6, 5] and not (all(g == 4 for g in groups[:-1]) and groups[-1] <= 4):
+        return False
+    return _luhn.is_valid(digits)
 
 
 def _is_iban(text: str) -> bool:
@@ -113,8 +119,12 @@ def _is_phone(text: str) -> bool:
     digits = _digits(text)
     if not 7 <= len(digits) <= 15 or len(set(digits)) < 3:
         return False
-    # A run of separators-and-digits that is really a date or a version is not a phone.
-    return text.startswith("+") or "(" in text or len(digits) >= 10
+    if text.startswith("+") or "(" in text:
+        return True
+    # Without a country code or area-code brackets: one kind of separator, 10-11 digits
+    # (a national number), so dates, versions and ID numbers are not taken for phones.
+    separators = {ch for ch in text if not ch.isdigit()}
+    return len(separators) == 1 and 10 <= len(digits) <= 11
 
 
 def _is_jwt(text: str) -> bool:
@@ -237,7 +247,7 @@ DETECTORS: tuple[Detector, ...] = (
              validate=_is_national_id(_us_ssn.is_valid), normalise=_digits),
     Detector("br_cpf", "national_id", "[0-9]", r"\d{2}\.\d{3}\.\d{3}-\d{2}" + _END, not_after=_WORD,
              validate=_is_national_id(_br_cpf.is_valid), normalise=_digits),
-    Detector("in_aadhaar", "national_id", "[0-9]", r"\d{3} \d{4} \d{4}" + _END, not_after=_WORD,
+    Detector("in_aadhaar", "national_id", "[0-9]", r"\d{3} \d{4} \d{4}(?![A-Za-z0-9_]|[ -]\d)", not_after=_WORD,
              validate=_is_national_id(_in_aadhaar.is_valid), normalise=_digits),
     Detector("es_dni", "national_id", "[0-9]", r"\d{7}-?[A-HJ-NP-TV-Z]" + _END, not_after=_WORD,
              validate=_is_national_id(_es_dni.is_valid), normalise=_compact_upper),
