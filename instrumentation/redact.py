@@ -26,6 +26,7 @@ __all__ = ["Redactor", "Redaction", "ResultScan", "sketch_similarity"]
 
 TRUNCATED = "<truncated>"
 _NUMBER_DIGITS = 7  # integers this long may be phone numbers, cards or IDs: scan them as text
+_KEY_CHARS = 256
 _BINARY_FIELDS = {"image": "data", "audio": "data"}
 
 
@@ -185,22 +186,24 @@ class Redactor:
 
     def _walk(self, value: Any, walk: _Walk, depth: int, *, binary_ok: bool) -> Any:
         if value is None or isinstance(value, bool):
-            walk.size += 4
+            walk.size += 5 if value is False else 4
             return value
         if isinstance(value, str):
             return self._text(value, walk)
         if isinstance(value, int):
             return self._number(value, walk)
         if isinstance(value, float):
-            walk.size += 8
-            return value if math.isfinite(value) else str(value)
+            if not math.isfinite(value):
+                return self._text(str(value), walk)
+            walk.size += len(repr(value))
+            return value
         if depth >= self.max_depth:
             walk.truncated = True
             return TRUNCATED
         if isinstance(value, dict):
             return self._object(value, walk, depth, binary_ok)
         if isinstance(value, list | tuple | set | frozenset):
-            walk.size += 2
+            walk.size += 1 + max(len(value), 1)  # brackets and commas
             items = value if isinstance(value, list | tuple) else sorted(value, key=repr)
             return [self._walk(item, walk, depth + 1, binary_ok=binary_ok) for item in items]
         if isinstance(value, bytes | bytearray | memoryview):
@@ -212,7 +215,7 @@ class Redactor:
         return self._text(text, walk)
 
     def _object(self, value: dict[Any, Any], walk: _Walk, depth: int, binary_ok: bool) -> dict[str, Any]:
-        walk.size += 2
+        walk.size += 1 + max(len(value), 1) + len(value)  # braces, commas and colons
         out: dict[str, Any] = {}
         binary_field = _BINARY_FIELDS.get(value.get("type")) if binary_ok else None  # type: ignore[arg-type]
         for raw_key, item in value.items():
@@ -222,7 +225,7 @@ class Redactor:
                 walk.size += len(item) if isinstance(item, str) else 0
                 out[key] = "<binary>"
                 continue
-            new_key = self._text(key, walk)
+            new_key = self._key(key, walk)
             if isinstance(item, str) and KEY_NAME_RE.match(key) and item:
                 new_item: Any = self._keyed_secret(item, walk)
             else:
@@ -231,6 +234,14 @@ class Redactor:
                 new_key += "'"
             out[new_key] = new_item
         return out
+
+    def _key(self, key: str, walk: _Walk) -> str:
+        """Object keys are short and always scanned (outside the budget), up to ``_KEY_CHARS``."""
+        walk.size += len(key.encode("utf-8", "surrogatepass")) + 2
+        head = key[:_KEY_CHARS]
+        hits = find_hits(head)
+        out = self._replace(head, hits, len(head), walk) if hits else head
+        return out if len(key) <= _KEY_CHARS else out + TRUNCATED
 
     def _number(self, value: int, walk: _Walk) -> Any:
         text = str(value) if abs(value) < 10**40 else "<large-int>"
