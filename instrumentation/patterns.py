@@ -316,7 +316,7 @@ _SCANNERS: tuple[_Scanner, ...] = tuple(_Scanner(first) for first in range(len(D
 """``_SCANNERS[i]`` tries detectors i, i+1, …: after detector i rejects a candidate (a checksum
 fails), the later detectors still get their chance at the same anchor."""
 _EXTEND_RE: dict[str, re.Pattern[str]] = {
-    det.extend: re.compile(f"[{det.extend}]*$") for det in DETECTORS if det.extend
+    det.extend: re.compile(f"[{det.extend}]*\\Z") for det in DETECTORS if det.extend
 }
 _NOT_AFTER_RE: dict[str, re.Pattern[str]] = {
     det.not_after: re.compile(f"[{det.not_after}]") for det in DETECTORS if det.not_after
