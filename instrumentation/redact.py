@@ -217,7 +217,8 @@ class Redactor:
     def _object(self, value: dict[Any, Any], walk: _Walk, depth: int, binary_ok: bool) -> dict[str, Any]:
         walk.size += 1 + max(len(value), 1) + len(value)  # braces, commas and colons
         out: dict[str, Any] = {}
-        binary_field = _BINARY_FIELDS.get(value.get("type")) if binary_ok else None  # type: ignore[arg-type]
+        kind = value.get("type") if binary_ok else None
+        binary_field = _BINARY_FIELDS.get(kind) if isinstance(kind, str) else None
         for raw_key, item in value.items():
             key = raw_key if isinstance(raw_key, str) else str(raw_key)
             if binary_ok and (key == binary_field or (key == "blob" and "uri" in value)):

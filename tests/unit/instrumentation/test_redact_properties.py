@@ -32,11 +32,14 @@ def test_redaction_never_raises_and_stays_json(value: Any) -> None:
     assert result.labels == tuple(sorted(result.counts))
 
 
-@settings(max_examples=100, deadline=None)
-@given(any_text)
-def test_scan_result_never_raises(text: str) -> None:
-    scan = REDACTOR.scan_result([{"type": "text", "text": text}])
-    assert 0.0 <= scan.injection_score <= 1.0
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(any_text, json_like, st.sampled_from(["text", "image", "audio", "resource", None]))
+def test_scan_result_never_raises(text: str, other: Any, kind: str | None) -> None:
+    for value in ([{"type": "text", "text": text}], {"type": kind, "data": other, "uri": text, "blob": other}, other):
+        scan = REDACTOR.scan_result(value)
+        assert 0.0 <= scan.injection_score <= 1.0
+        assert scan.labels == tuple(sorted(scan.counts))
+    assert REDACTOR.scan_result({"type": [1], "data": "x"}).bytes > 0  # unhashable "type"
 
 
 @st.composite
