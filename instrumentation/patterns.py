@@ -1,0 +1,406 @@
+"""What counts as sensitive text: one table of detectors, compiled into ONE regular expression.
+
+Every detector is a regex branch plus an optional validator (checksum, entropy, structure) that
+rejects look-alikes, and a normaliser that makes equal values fingerprint equally (``4111 1111
+…`` and ``4111-1111-…`` are the same card). The combined regex is scanned once per string, so
+the cost does not grow with the number of detectors the way one-regex-per-detector does.
+
+Branch order matters: at one position the first branch that matches wins, so specific shapes
+(private-key blocks, provider key prefixes, JWTs) come before generic ones (high-entropy blobs).
+Checksums come from python-stdnum (IBAN mod-97 and country formats, Luhn, national IDs).
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import math
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from stdnum import iban as _iban
+from stdnum import luhn as _luhn
+from stdnum.br import cpf as _br_cpf
+from stdnum.es import dni as _es_dni
+from stdnum.in_ import aadhaar as _in_aadhaar
+from stdnum.it import codicefiscale as _it_cf
+from stdnum.us import ssn as _us_ssn
+
+__all__ = ["Detector", "DETECTORS", "Hit", "find_hits", "KEY_NAME_RE"]
+
+Validator = Callable[[str], bool]
+Normaliser = Callable[[str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Detector:
+    """One kind of sensitive value, written so the scanner only wakes up on rare characters.
+
+    A match is found at an *anchor*: one character of ``anchor`` (a regex character class), then
+    ``rest``. Most text is lower-case letters and spaces, which are not anchors, so the C scanner
+    skips them without trying any branch. A token that begins before its anchor says so:
+    ``back`` fixed characters (``ghp_`` is anchored at ``_`` with ``back=3``, checked by a
+    look-behind in ``rest``), or ``extend`` — a character class the token start is extended
+    backwards over (an e-mail's local part before ``@``, a URL's scheme before ``://``).
+    ``rest`` may hold a group ``(?P<v>…)``: then only that part is the sensitive value
+    (``password=<secret:password>`` keeps the word). ``redact=False`` labels without replacing.
+    """
+
+    name: str
+    label: str
+    anchor: str
+    rest: str
+    back: int = 0
+    extend: str = ""
+    extend_max: int = 0
+    min_len: int = 0
+    """Minimum token length after extension (blobs)."""
+    not_after: str = ""
+    """Characters that must not come right before the token (a word boundary, usually)."""
+    validate: Validator | None = None
+    normalise: Normaliser | None = None
+    redact: bool = True
+
+    @property
+    def placeholder(self) -> str:
+        return f"<secret:{self.name}>" if self.label == "secret" else f"<{self.label}>"
+
+
+def _digits(text: str) -> str:
+    return "".join(ch for ch in text if ch.isdigit())
+
+
+def _compact_upper(text: str) -> str:
+    return "".join(text.split()).replace("-", "").replace(".", "").upper()
+
+
+def shannon_entropy(text: str) -> float:
+    """Bits per character; random base64 is ~5.5-6, hex ~3.7-4, English words ~3-4."""
+    n = len(text)
+    if not n:
+        return 0.0
+    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
+
+
+def _is_card(text: str) -> bool:
+    digits = _digits(text)
+    if not (13 <= len(digits) <= 19 and digits[0] in "23456" and len(set(digits)) > 1):
+        return False
+    groups = [len(g) for g in re.split(r"[ -]", text)]
+    # Printed cards group digits in fours (Amex: 4-6-5); other groupings are other numbers.
+    if len(groups) > 1 and groups != [4, 6, 5] and not (all(g == 4 for g in groups[:-1]) and groups[-1] <= 4):
+        return False
+    return _luhn.is_valid(digits)
+
+
+def _is_iban(text: str) -> bool:
+    return _iban.is_valid(text)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return text.count(":") >= 2 and len(text) >= 6
+
+
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_phone(text: str) -> bool:
+    digits = _digits(text)
+    if not 7 <= len(digits) <= 15 or len(set(digits)) < 3:
+        return False
+    if text.startswith("+") or "(" in text:
+        return True
+    # Without a country code or area-code brackets: one kind of separator, 10-11 digits
+    # (a national number), so dates, versions and ID numbers are not taken for phones.
+    separators = {ch for ch in text if not ch.isdigit()}
+    return len(separators) == 1 and 10 <= len(digits) <= 11
+
+
+def _is_jwt(text: str) -> bool:
+    head = text.split(".", 1)[0]
+    try:
+        decoded = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
+    except (ValueError, TypeError):
+        return False
+    return decoded.lstrip().startswith(b"{")
+
+
+def _is_basic_credential(text: str) -> bool:
+    try:
+        decoded = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
+    except (ValueError, TypeError):
+        return False
+    return b":" in decoded and len(decoded) >= 3
+
+
+def _is_bearer_token(text: str) -> bool:
+    return len(text) >= 16 or any(ch.isdigit() for ch in text)
+
+
+def _is_assigned_secret(text: str) -> bool:
+    # `password=${PASSWORD}`, `token: <redacted>`, `password: null` are references, not values.
+    lowered = text.lower()
+    return not (text[0] in "$<{%*" or lowered in _NOT_VALUES)
+
+
+_NOT_VALUES = frozenset(
+    {"null", "none", "true", "false", "undefined", "required", "optional", "string", "xxx",
+     "xxxx", "****", "changeme", "redacted", "is", "was", "the", "and", "or", "for"}
+)
+
+
+def _is_b64_blob(text: str) -> bool:
+    core = text.rstrip("=")
+    if len(core) < 32:
+        return False
+    has_digit = any(ch.isdigit() for ch in core)
+    has_upper = any(ch.isupper() for ch in core)
+    has_lower = any(ch.islower() for ch in core)
+    if not (has_digit and has_upper and has_lower):
+        return False
+    return shannon_entropy(core[:256]) >= 4.0
+
+
+def _is_hex_blob(text: str) -> bool:
+    return (
+        any(ch.isdigit() for ch in text)
+        and any(ch.isalpha() for ch in text)
+        and shannon_entropy(text[:256]) >= 3.0
+    )
+
+
+def _is_national_id(validator: Callable[[str], bool]) -> Validator:
+    def check(text: str) -> bool:
+        try:
+            return bool(validator(text))
+        except Exception:  # noqa: BLE001 - a checksum library must never break redaction
+            return False
+
+    return check
+
+
+def _lower(text: str) -> str:
+    return text.lower()
+
+
+_WORD = "A-Za-z0-9_"
+_END = r"(?![A-Za-z0-9_])"
+_SEP = r"""["']?[ \t]{0,3}[:=]{1,2}[ \t]{0,3}["']?(?P<v>[^\s"',;&}<>]{3,256})"""
+_TOKEN = r"(?P<v>[A-Za-z0-9._~+/-]{8,}=*)"
+_PHONE_TAIL = r"(?:[ .-]\d{2,4}){1,4}" + _END
+
+DETECTORS: tuple[Detector, ...] = (
+    Detector(
+        "private_key", "secret", "-",
+        r"----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
+        r"(?:[A-Za-z0-9+/=\s\\:,.-]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
+        r"|[A-Za-z0-9+/=\s\\:,.]*)",
+    ),
+    Detector("aws_access_key", "secret", "A", r"(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z0-9]{16}" + _END, not_after=_WORD),
+    Detector("google_api_key", "secret", "A", r"Iza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])", not_after=_WORD),
+    Detector("github_token", "secret", "_", r"(?<=gh[pousr]_)[A-Za-z0-9]{36,251}" + _END, back=3, not_after=_WORD),
+    Detector("github_token", "secret", "_", r"(?<=github_)pat_[A-Za-z0-9_]{22,255}", back=6, not_after=_WORD),
+    Detector("stripe_key", "secret", "_", r"(?<=[rsp]k_)(?:live|test)_[0-9A-Za-z]{16,}", back=2, not_after=_WORD),
+    Detector("slack_webhook", "secret", ":", r"(?<=https:)//hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/-]{20,}", back=5),
+    Detector("slack_token", "secret", "-", r"(?<=xox[abposre]-)[0-9A-Za-z-]{10,}", back=4, not_after=_WORD),
+    Detector("anthropic_key", "secret", "-", r"(?<=sk-)ant-[a-z]{3,8}\d{0,3}-[A-Za-z0-9_-]{20,}", back=2, not_after=_WORD),
+    Detector("openai_key", "secret", "-", r"(?<=sk-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", back=2, not_after=_WORD),
+    Detector(
+        "jwt", "secret", "J", r"(?<=eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
+        back=2, not_after=_WORD, validate=_is_jwt,
+    ),
+    Detector("url_password", "secret", ":", r"""//[^\s:/@"'<>]{1,128}:(?P<v>[^\s/@"'<>]{1,256})@(?P<host>[A-Za-z0-9.-]{0,253})"""),
+    Detector("bearer", "secret", "[Bb]", r"(?i:earer)\s+" + _TOKEN, validate=_is_bearer_token),
+    Detector(
+        "basic_auth", "secret", "[Bb]", r"(?i:asic)\s+(?P<v>[A-Za-z0-9+/]{6,}={0,2})" + _END,
+        validate=_is_basic_credential,
+    ),
+    Detector("bearer", "secret", "[kK]", r"(?i:(?<=tok)en)\s+" + _TOKEN, validate=_is_bearer_token),
+    # Keyword assignments: `password=…`, `"api_key": "…"`, `TOKEN: …` (the value only is secret).
+    Detector("password", "secret", "[wW]", r"(?i:(?<=passw)(?:ord|d)|(?<=pw)d)" + _SEP, validate=_is_assigned_secret),
+    Detector("password", "secret", "[cC]", r"(?i:(?<=sec)ret(?:[_-]?key)?)" + _SEP, validate=_is_assigned_secret),
+    Detector(
+        "password", "secret", "[kK]",
+        r"(?i:(?<=tok)en|(?:(?<=apik)|(?<=api_k)|(?<=api-k)|(?<=access_k)|(?<=private_k)|(?<=secret_k))ey)" + _SEP,
+        validate=_is_assigned_secret,
+    ),
+    Detector(
+        "email", "email", "@", r"(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}" + _END,
+        extend="A-Za-z0-9._%+-", extend_max=64, normalise=_lower,
+    ),
+    Detector(
+        "url", "url", ":", r"//(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(?::\d{1,5})?",
+        extend="A-Za-z0-9+.-", extend_max=16, redact=False,
+    ),
+    Detector("us_ssn", "national_id", "[0-9]", r"\d{2}-\d{2}-\d{4}" + _END, not_after=_WORD + "-",
+             validate=_is_national_id(_us_ssn.is_valid), normalise=_digits),
+    Detector("br_cpf", "national_id", "[0-9]", r"\d{2}\.\d{3}\.\d{3}-\d{2}" + _END, not_after=_WORD,
+             validate=_is_national_id(_br_cpf.is_valid), normalise=_digits),
+    Detector("in_aadhaar", "national_id", "[0-9]", r"\d{3} \d{4} \d{4}(?![A-Za-z0-9_]|[ -]\d)", not_after=_WORD,
+             validate=_is_national_id(_in_aadhaar.is_valid), normalise=_digits),
+    Detector("es_dni", "national_id", "[0-9]", r"\d{7}-?[A-HJ-NP-TV-Z]" + _END, not_after=_WORD,
+             validate=_is_national_id(_es_dni.is_valid), normalise=_compact_upper),
+    Detector("it_codice_fiscale", "national_id", "[A-Z]", r"[A-Z]{5}\d{2}[A-EHLMPRST]\d{2}[A-Z]\d{3}[A-Z]" + _END,
+             not_after=_WORD, validate=_is_national_id(_it_cf.is_valid)),
+    Detector("iban", "iban", "[A-Z]", r"[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + _END,
+             not_after=_WORD, validate=_is_iban, normalise=_compact_upper),
+    Detector("card", "card", "[0-9]", r"(?:[ -]?\d){12,18}" + _END, not_after=_WORD,
+             validate=_is_card, normalise=_digits),
+    Detector(
+        "ipv4", "ip", "[0-9]",
+        r"\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![0-9]|\.\d)", not_after=_WORD + ".", validate=_is_ipv4,
+    ),
+    Detector(
+        "ipv6", "ip", ":", r"(?::?[0-9A-Fa-f]{1,4}){1,7}:?(?![0-9A-Za-z:])|:",
+        extend="0-9A-Fa-f:", extend_max=40, not_after=_WORD + ":", validate=_is_ipv6, normalise=_lower,
+    ),
+    Detector("phone", "phone", r"\+", r"\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}" + _PHONE_TAIL,
+             not_after=_WORD, validate=_is_phone, normalise=_digits),
+    Detector("phone", "phone", r"\(", r"\d{1,4}\)[ .-]?\d{2,4}" + _PHONE_TAIL,
+             not_after=_WORD, validate=_is_phone, normalise=_digits),
+    Detector("phone", "phone", "[0-9]", r"\d{1,3}" + _PHONE_TAIL,
+             not_after=_WORD + "+", validate=_is_phone, normalise=_digits),
+    Detector(
+        "hex_blob", "high_entropy", "[0-9]", r"[0-9a-fA-F]{15,}+" + _END,
+        extend="0-9a-fA-F", extend_max=4096, min_len=32, not_after=_WORD, validate=_is_hex_blob, normalise=_lower,
+    ),
+    Detector(
+        "base64_blob", "high_entropy", "[A-Z0-9+/]", r"[A-Za-z0-9+/_-]{20,}+={0,2}(?!@)",
+        extend="A-Za-z0-9+/_-", extend_max=4096, min_len=32, validate=_is_b64_blob,
+    ),
+    Detector("path", "path", "[~.]", r"\.?/(?:[\w.@+-]{1,255}/){0,64}[\w.@+-]{0,255}", not_after=_WORD + "/.~", redact=False),
+    Detector("path", "path", "/", r"(?:[\w.@+-]{1,255}/){0,64}[\w.@+-]{1,255}", not_after=_WORD + "/.~:", redact=False),
+    Detector("path", "path", ":", r"(?<=[A-Za-z]:)\\(?:[\w .@+-]{1,255}\\){0,64}[\w.@+-]{1,255}",
+             back=1, not_after=_WORD, redact=False),
+)
+
+
+def _class_body(anchor: str) -> str:
+    """``[0-9]`` → ``0-9``; ``\\+`` → ``\\+``; ``-`` → ``\\-``: the inside of a character class."""
+    if anchor.startswith("[") and anchor.endswith("]"):
+        return anchor[1:-1]
+    return anchor if anchor.startswith("\\") else re.escape(anchor)
+
+
+class _Scanner:
+    """A slice of DETECTORS compiled into one regex: a class of anchor characters, then branches."""
+
+    def __init__(self, first: int) -> None:
+        self.indices = tuple(range(first, len(DETECTORS)))
+        # One character class up front lets the regex engine skip non-anchor text in C.
+        anchors = "".join(sorted({_class_body(DETECTORS[i].anchor) for i in self.indices}))
+        # Branches with the same anchor share one look-behind, so a non-matching anchor costs a
+        # handful of checks, not one per detector; order within and across groups is table order.
+        groups: dict[str, list[str]] = {}
+        for i in self.indices:
+            det = DETECTORS[i]
+            body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i: f"(?P<{m.group(1)}{i}>", det.rest)
+            groups.setdefault(det.anchor, []).append(f"(?P<d{i}>{body})")
+        branches = [f"(?<={anchor})(?:" + "|".join(members) + ")" for anchor, members in groups.items()]
+        self.pattern = re.compile(f"[{anchors}](?:" + "|".join(branches) + ")")
+        self.detector_of_group = {self.pattern.groupindex[f"d{i}"]: i for i in self.indices}
+
+
+_SCANNERS: tuple[_Scanner, ...] = tuple(_Scanner(first) for first in range(len(DETECTORS)))
+"""``_SCANNERS[i]`` tries detectors i, i+1, …: after detector i rejects a candidate (a checksum
+fails), the later detectors still get their chance at the same anchor."""
+_EXTEND_RE: dict[str, re.Pattern[str]] = {
+    det.extend: re.compile(f"[{det.extend}]*\\Z") for det in DETECTORS if det.extend
+}
+_NOT_AFTER_RE: dict[str, re.Pattern[str]] = {
+    det.not_after: re.compile(f"[{det.not_after}]") for det in DETECTORS if det.not_after
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A validated sensitive span ``text[start:end]``."""
+
+    detector: Detector
+    start: int
+    end: int
+    host: str = ""
+    """For URLs and e-mails: the host or domain named (a destination)."""
+
+
+def find_hits(text: str, limit: int | None = None) -> list[Hit]:
+    """Every validated sensitive span in ``text[:limit]``, left to right, non-overlapping."""
+    end_pos = len(text) if limit is None else min(limit, len(text))
+    hits: list[Hit] = []
+    pos = 0
+    floor = 0  # tokens may not extend back over an earlier hit
+    first_scanner = _SCANNERS[0]
+    while pos < end_pos:
+        match = first_scanner.pattern.search(text, pos, end_pos)
+        if match is None:
+            break
+        anchor = match.start()
+        hit = None
+        scanner = first_scanner
+        while match is not None:
+            index = scanner.detector_of_group[match.lastindex or 0]
+            hit = _accept(DETECTORS[index], index, match, text, floor)
+            if hit is not None or index + 1 >= len(DETECTORS):
+                break
+            scanner = _SCANNERS[index + 1]
+            match = scanner.pattern.match(text, anchor, end_pos)
+        if hit is None:
+            pos = anchor + 1
+            continue
+        hits.append(hit)
+        pos = max(match.end() if match is not None else anchor + 1, anchor + 1)
+        floor = max(hit.end, pos) if hit.detector.redact else floor
+    return hits
+
+
+def _accept(det: Detector, index: int, match: re.Match[str], text: str, floor: int) -> Hit | None:
+    """Apply the detector's extension, boundary and validator to one candidate match."""
+    anchor = match.start()
+    start = anchor - det.back
+    if det.extend:
+        lo = max(floor, anchor - det.extend_max, 0)
+        ext = _EXTEND_RE[det.extend].search(text, lo, anchor)
+        start = ext.start() if ext is not None else anchor
+    if start < floor:
+        return None
+    end = match.end()
+    if det.not_after and start > 0 and _NOT_AFTER_RE[det.not_after].match(text, start - 1):
+        return None
+    if det.min_len and end - start < det.min_len:
+        return None
+    host = ""
+    if det.name == "email":
+        if start == anchor:
+            return None
+        host = text[anchor + 1 : end].lower()
+    elif det.name == "url":
+        if start == anchor or not text[start].isalpha():
+            return None
+        host = match.group(f"host{index}").lower()
+    elif det.name == "url_password":
+        host = match.group(f"host{index}").lower()
+    value_group = f"v{index}"
+    if value_group in match.re.groupindex and match.group(value_group) is not None:
+        start, end = match.span(value_group)
+    if det.validate is not None and not det.validate(text[start:end]):
+        return None
+    return Hit(det, start, end, host)
+
+
+KEY_NAME_RE: re.Pattern[str] = re.compile(
+    r"(?i)^(?:.*[_.-])?(?:password|passwd|passphrase|pwd|secret|client_?secret|api_?key|apikey|"
+    r"access_?key|secret_?key|private_?key|token|auth_?token|access_?token|refresh_?token|"
+    r"authorization|cookie|set-cookie|session_?id|credentials?|x-api-key)$"
+)
+"""Object keys whose string value is a secret whatever it looks like (``{"password": "hunter2"}``)."""
