@@ -83,36 +83,49 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    from ..mcp_client import TRACER_NAME, default_redactor, setup_tracing
     from ..spans import SessionInfo
     from .tracker import CallTracker, ProxyStats
 
-    provider = setup_tracing(args.service_name, endpoint=args.otlp_endpoint)
-    tracer = provider.get_tracer(TRACER_NAME)
-    redactor = redactor if redactor is not None else default_redactor()
     stats = ProxyStats()
+    built: dict[str, Any] = {}
+
+    def build() -> tuple[Any, Any]:
+        """Exporter and redactor, built once (after the stdio server is already spawning)."""
+        if not built:
+            from ..mcp_client import TRACER_NAME, default_redactor, setup_tracing
+
+            built["provider"] = setup_tracing(args.service_name, endpoint=args.otlp_endpoint)
+            built["tracer"] = built["provider"].get_tracer(TRACER_NAME)
+            built["redactor"] = redactor if redactor is not None else default_redactor()
+        return built["tracer"], built["redactor"]
+
     try:
         if args.listen:
             from .http import serve_http_proxy
 
+            tracer, red = build()
             host, port = args.listen
             return asyncio.run(serve_http_proxy(
-                host, port, args.upstream, tracer=tracer, redactor=redactor, stats=stats,
+                host, port, args.upstream, tracer=tracer, redactor=red, stats=stats,
                 agent_id=args.agent_id, agent_name=args.agent_name or "", server_name=args.server_name or "",
                 max_message_bytes=args.max_message_bytes,
             ))
         from .stdio import report, run_stdio_proxy
 
-        info = SessionInfo(agent_id=args.agent_id, agent_name=args.agent_name or "",
-                           server_name=args.server_name or "", transport="pipe", emitter="proxy")
-        tracker = CallTracker(info, tracer, redactor, stats)
-        outcome = asyncio.run(run_stdio_proxy(args.command, tracker, max_message_bytes=args.max_message_bytes))
+        def make_tracker() -> CallTracker:
+            tracer, red = build()
+            info = SessionInfo(agent_id=args.agent_id, agent_name=args.agent_name or "",
+                               server_name=args.server_name or "", transport="pipe", emitter="proxy")
+            return CallTracker(info, tracer, red, stats)
+
+        outcome = asyncio.run(run_stdio_proxy(args.command, make_tracker, max_message_bytes=args.max_message_bytes))
         report(outcome, stats.summary())
         return outcome.exit_code if outcome.exit_code >= 0 else 1
     except KeyboardInterrupt:
         return 130
     finally:
-        provider.shutdown()
+        if "provider" in built:
+            built["provider"].shutdown()
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -14,6 +14,7 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,13 +75,17 @@ async def _pump(
 
 async def run_stdio_proxy(
     command: list[str],
-    tracker: CallTracker,
+    tracker: CallTracker | Callable[[], CallTracker],
     *,
     max_message_bytes: int,
     exit_grace: float = 5.0,
     streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None,
 ) -> StdioOutcome:
-    """Run ``command`` behind the proxy until the client or the server goes away."""
+    """Run ``command`` behind the proxy until the client or the server goes away.
+
+    ``tracker`` may be a factory: it is then called once the server is spawning, so the proxy's
+    own start-up (exporter, redactor) overlaps the server's instead of adding to it.
+    """
     display = shlex.join(command)
     try:
         child = await asyncio.create_subprocess_exec(
@@ -89,6 +94,8 @@ async def run_stdio_proxy(
     except OSError as exc:
         return StdioOutcome(127, f"toolwatch proxy: cannot start the MCP server `{display}`: {exc}")
     assert child.stdin is not None and child.stdout is not None
+    if not isinstance(tracker, CallTracker):
+        tracker = tracker()
     client_in, client_out = streams if streams is not None else await _stdio_streams()
     recorder = Recorder()
     c2s_split, s2c_split = LineSplitter(max_message_bytes), LineSplitter(max_message_bytes)

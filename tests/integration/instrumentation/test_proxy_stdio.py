@@ -8,10 +8,10 @@ import os
 import sys
 
 import pytest
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 from mcp_test_support import demo_server, proxy_command
 
-from toolwatch.demo.servers import SECRET_AWS_KEY, SECRET_NOTE
+from toolwatch.demo.servers import SECRET_AWS_KEY, SECRET_NOTE, build_notes_server
 from toolwatch.instrumentation import semconv as sc
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,9 +54,11 @@ async def raw_exchange(argv: list[str], env: dict[str, str]) -> tuple[list[bytes
 
 async def test_raw_bytes_through_the_proxy_equal_direct(sink):
     env = proxy_env(sink.url)
-    direct, _ = await raw_exchange(demo_server("notes"), env)
-    proxied, stderr = await raw_exchange(proxy_command("--agent-id", "raw-agent", "--otlp-endpoint", sink.url,
-                                                       "--", *demo_server("notes")), env)
+    (direct, _), (proxied, stderr) = await asyncio.gather(
+        raw_exchange(demo_server("notes"), env),
+        raw_exchange(proxy_command("--agent-id", "raw-agent", "--otlp-endpoint", sink.url,
+                                   "--", *demo_server("notes")), env),
+    )
     assert proxied == direct
     assert len(direct) == EXPECTED_ANSWERS and json.loads(direct[3]) == {"jsonrpc": "2.0", "id": 3, "result": {}}
     assert b"invalid JSON c2s=1" in stderr
@@ -71,25 +73,31 @@ async def test_raw_bytes_through_the_proxy_equal_direct(sink):
         assert span.end_ns >= span.start_ns
 
 
-async def call_all(params: StdioServerParameters) -> list[str]:
-    async with stdio_client(params) as (r, w):
-        async with ClientSession(r, w) as session:
-            out = [(await session.initialize()).model_dump_json(), (await session.list_tools()).model_dump_json()]
-            for name, args in [("read_note", {"name": SECRET_NOTE}), ("list_notes", {}),
-                               ("write_note", {"name": "n", "text": "t"}), ("search_notes", {"query": "pr"})]:
-                out.append((await session.call_tool(name, args)).model_dump_json())
-            return out
+CALLS = [("read_note", {"name": SECRET_NOTE}), ("list_notes", {}), ("write_note", {"name": "n", "text": "t"}),
+         ("search_notes", {"query": "pr"}), ("read_note", {"name": "missing"})]
+
+
+async def call_all(session) -> list[str]:
+    out = [(await session.list_tools()).model_dump_json()]
+    for name, args in CALLS:
+        out.append((await session.call_tool(name, args)).model_dump_json())
+    return out
 
 
 async def test_mcp_client_sees_identical_results_through_the_proxy(sink):
-    env = proxy_env(sink.url)
-    notes = demo_server("notes")
-    direct = await call_all(StdioServerParameters(command=notes[0], args=notes[1:], env=env))
-    argv = proxy_command("--agent-id", "coder-1", "--agent-name", "Coder", "--otlp-endpoint", sink.url, "--", *notes)
-    proxied = await call_all(StdioServerParameters(command=argv[0], args=argv[1:], env=env))
+    # direct: the same server in-process (the raw-bytes test above compares two subprocesses)
+    async with Client(build_notes_server(), mode="legacy") as client:
+        direct = await call_all(client.session)
+    argv = proxy_command("--agent-id", "coder-1", "--agent-name", "Coder", "--otlp-endpoint", sink.url,
+                         "--", *demo_server("notes"))
+    async with stdio_client(StdioServerParameters(command=argv[0], args=argv[1:], env=proxy_env(sink.url))) as (r, w):
+        async with ClientSession(r, w) as session:
+            await session.initialize()
+            proxied = await call_all(session)
     assert proxied == direct
-    spans = await sink.wait_for(lambda s: len(s) >= 5)
-    (read,) = sink.named("tools/call read_note")
+    spans = await sink.wait_for(lambda s: len(s) >= 6)
+    read, missing = sink.named("tools/call read_note")
+    assert missing.attributes[sc.ERROR_TYPE] == "tool_error"
     assert read.attributes[sc.GEN_AI_AGENT_NAME] == "Coder"
     assert "secret" in read.attributes[sc.TW_RESULT_LABELS] and read.attributes[sc.TW_RESULT_FINGERPRINTS]
     assert all(SECRET_AWS_KEY.encode() not in body for body in sink.raw_bodies)
