@@ -236,11 +236,17 @@ class CallTracker:
 
 
 class Recorder:
-    """Bounded queue between the forwarding path and the tracker; drains on the event loop."""
+    """Bounded queue between the forwarding path and the tracker; drains on the event loop.
 
-    def __init__(self, max_queue: int = 10_000) -> None:
+    Draining starts ``delay`` seconds after the first queued message, so the exchange being
+    forwarded completes (and the peer gets its bytes) before any parsing, redaction or span
+    building competes with it for the CPU.
+    """
+
+    def __init__(self, max_queue: int = 10_000, delay: float = 0.002) -> None:
         self._queue: deque[tuple[CallTracker, Direction, bytes | Oversized, int]] = deque()
         self._max_queue = max_queue
+        self._delay = delay
         self._scheduled = False
 
     def submit(self, tracker: CallTracker, direction: Direction, raw: bytes | Oversized, t_ns: int) -> None:
@@ -251,7 +257,14 @@ class Recorder:
         self._queue.append((tracker, direction, raw, t_ns))
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._drain_some)
+            self._schedule(self._delay)
+
+    def _schedule(self, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        if delay > 0:
+            loop.call_later(delay, self._drain_some)
+        else:
+            loop.call_soon(self._drain_some)
 
     def _drain_some(self, budget: int = 64) -> None:
         self._scheduled = False
@@ -259,7 +272,7 @@ class Recorder:
             self._observe_one()
         if self._queue and not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._drain_some)
+            self._schedule(0)
 
     def _observe_one(self) -> None:
         tracker, direction, raw, t_ns = self._queue.popleft()

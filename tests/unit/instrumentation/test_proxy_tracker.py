@@ -117,10 +117,20 @@ def test_request_ids_of_messages_and_batches():
 
 async def test_recorder_observes_after_forwarding_and_drops_when_full(setup):
     tracker, exporter, stats = setup
-    recorder = Recorder(max_queue=2)
+    recorder = Recorder(max_queue=2, delay=0)
     recorder.submit(tracker, "c2s", msg(id=1, method="tools/call", params={"name": "a"}), 1)
     recorder.submit(tracker, "s2c", msg(id=1, result={"content": []}), 2)
     recorder.submit(tracker, "s2c", msg(method="n"), 3)
     assert stats.dropped_observations == 1 and stats.messages["c2s"] == 0  # nothing parsed yet
     await asyncio.sleep(0)  # let the loop run the scheduled drain
+    assert stats.messages == {"c2s": 1, "s2c": 1} and len(exporter.get_finished_spans()) == 1
+
+
+async def test_recorder_flush_observes_everything_queued(setup):
+    tracker, exporter, stats = setup
+    recorder = Recorder(delay=60)  # the scheduled drain would come far too late: flush is what counts
+    recorder.submit(tracker, "c2s", msg(id=1, method="tools/call", params={"name": "a"}), 1)
+    recorder.submit(tracker, "s2c", msg(id=1, result={"content": []}), 2)
+    assert stats.messages == {"c2s": 0, "s2c": 0}
+    recorder.flush()
     assert stats.messages == {"c2s": 1, "s2c": 1} and len(exporter.get_finished_spans()) == 1
