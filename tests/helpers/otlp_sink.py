@@ -47,6 +47,7 @@ class ReceivedSpan:
 class OtlpSink:
     spans: list[ReceivedSpan] = field(default_factory=list)
     raw_bodies: list[bytes] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
     url: str = ""
     _cond: asyncio.Condition = field(default_factory=asyncio.Condition)
     _runner: web.AppRunner | None = None
@@ -71,6 +72,7 @@ class OtlpSink:
         if request.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
         self.raw_bodies.append(body)
+        self.headers.append({k.lower(): v for k, v in request.headers.items()})
         export = ExportTraceServiceRequest.FromString(body)
         received = []
         for rs in export.resource_spans:

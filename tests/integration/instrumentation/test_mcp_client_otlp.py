@@ -100,3 +100,23 @@ async def test_uninstrument_restores_the_session(sink, provider, redactor):
     await sink.wait_for(lambda s: len(s) >= 1)
     await asyncio.sleep(0)
     assert len(sink.named("tools/call")) == 1
+
+
+async def test_setup_tracing_honours_standard_otel_environment(sink, monkeypatch, redactor):
+    from mcp import Client
+
+    from toolwatch.instrumentation.mcp_client import setup_tracing
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20s3cret,x-tenant=blue")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "env-named-agent")
+    provider = setup_tracing("ignored-default")
+    async with Client(build_notes_server(), mode="legacy") as client:
+        instrument_session(client, agent_id="a", tracer_provider=provider, redactor=redactor)
+        await client.call_tool("list_notes", {})
+    await flush(provider)
+    await sink.wait_for(lambda s: any(x.name == "tools/call list_notes" for x in s))
+    await asyncio.to_thread(provider.shutdown)
+    (span,) = sink.named("tools/call list_notes")
+    assert span.resource["service.name"] == "env-named-agent" and span.name == "tools/call list_notes"
+    assert sink.headers[0]["authorization"] == "Bearer s3cret" and sink.headers[0]["x-tenant"] == "blue"
