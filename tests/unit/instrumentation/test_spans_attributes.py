@@ -29,7 +29,7 @@ json_value = st.recursive(json_leaf, lambda c: st.lists(c, max_size=3) | st.dict
 maybe_text = st.one_of(st.none(), st.text(max_size=30))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(name=st.text(min_size=1, max_size=20), title=maybe_text, description=maybe_text,
        input_schema=json_value, output_schema=json_value, annotations=json_value)
 def test_definition_hash_matches_detectors_tool_definition(name, title, description, input_schema, output_schema, annotations):
