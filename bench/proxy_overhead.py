@@ -27,7 +27,6 @@ from mcp import ClientSession, StdioServerParameters, stdio_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 from otlp_sink import OtlpSink  # noqa: E402
 
-
 ARGS = {"name": "todo"}
 
 
@@ -59,7 +58,7 @@ async def throughput(session: ClientSession, seconds: float = 2.0) -> float:
 
 
 def report(name: str, d: list[float], p: list[float], d_rate: float, p_rate: float) -> None:
-    added = [b - a for a, b in zip(d, p)]
+    added = [b - a for a, b in zip(d, p, strict=True)]
     print(f"\n[{name}] {len(d)} calls each, alternating")
     print(f"  direct  p50 {pct(d, .5):7.3f} ms  p99 {pct(d, .99):7.3f} ms  {d_rate:8.1f} calls/s")
     print(f"  proxied p50 {pct(p, .5):7.3f} ms  p99 {pct(p, .99):7.3f} ms  {p_rate:8.1f} calls/s")

@@ -259,7 +259,7 @@ def tool_list_attributes(
         )
         hashes = [definition_sha256(t) for t in listed]
         attrs[sc.TW_TOOLS_DEFINITION_SHA256] = hashes
-        info.tool_hashes.update({_text(t.get("name")): h for t, h in zip(listed, hashes)})
+        info.tool_hashes.update({_text(t.get("name")): h for t, h in zip(listed, hashes, strict=True)})
     return attrs, status
 
 

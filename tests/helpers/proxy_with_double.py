@@ -11,7 +11,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from redactor_double import RedactorDouble  # noqa: E402
-
 from toolwatch.instrumentation.proxy.cli import main  # noqa: E402
 
 sys.exit(main(sys.argv[1:], redactor=RedactorDouble(os.environ.get("TOOLWATCH_FINGERPRINT_KEY", "test-key").encode())))

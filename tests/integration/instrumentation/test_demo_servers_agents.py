@@ -6,6 +6,7 @@ import json
 
 import pytest
 from mcp import Client
+from toolwatch.instrumentation import semconv as sc
 
 from toolwatch.demo.agents import AGENTS, run_agents
 from toolwatch.demo.servers import (
@@ -18,7 +19,6 @@ from toolwatch.demo.servers import (
     build_web_server,
     serve_http,
 )
-from toolwatch.instrumentation import semconv as sc
 
 pytestmark = pytest.mark.timeout(60)
 

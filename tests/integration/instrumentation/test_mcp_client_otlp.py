@@ -8,13 +8,13 @@ import json
 import sys
 
 import pytest
-from mcp_test_support import flush
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
-
-from toolwatch.demo.servers import SECRET_AWS_KEY, SECRET_NOTE, build_notes_server, serve_http
+from mcp_test_support import flush
 from toolwatch.instrumentation import semconv as sc
 from toolwatch.instrumentation.mcp_client import instrument_session
+
+from toolwatch.demo.servers import SECRET_AWS_KEY, SECRET_NOTE, build_notes_server, serve_http
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -104,7 +104,6 @@ async def test_uninstrument_restores_the_session(sink, provider, redactor):
 
 async def test_setup_tracing_honours_standard_otel_environment(sink, monkeypatch, redactor):
     from mcp import Client
-
     from toolwatch.instrumentation.mcp_client import setup_tracing
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", sink.url)

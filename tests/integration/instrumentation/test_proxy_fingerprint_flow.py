@@ -7,6 +7,10 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp_test_support import flush, make_redactor
+from toolwatch.instrumentation import semconv as sc
+from toolwatch.instrumentation.mcp_client import TRACER_NAME, instrument_session
+from toolwatch.instrumentation.proxy.http import HttpProxy
+from toolwatch.instrumentation.proxy.tracker import ProxyStats
 
 from toolwatch.demo.servers import (
     EXFIL_ADDRESS,
@@ -16,10 +20,6 @@ from toolwatch.demo.servers import (
     build_notes_server,
     serve_http,
 )
-from toolwatch.instrumentation import semconv as sc
-from toolwatch.instrumentation.mcp_client import TRACER_NAME, instrument_session
-from toolwatch.instrumentation.proxy.http import HttpProxy
-from toolwatch.instrumentation.proxy.tracker import ProxyStats
 
 pytestmark = pytest.mark.timeout(60)
 

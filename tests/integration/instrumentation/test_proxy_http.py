@@ -10,12 +10,12 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp_test_support import flush
-
-from toolwatch.demo.servers import SECRET_AWS_KEY, SECRET_NOTE, build_notes_server, build_web_server, serve_http
 from toolwatch.instrumentation import semconv as sc
 from toolwatch.instrumentation.mcp_client import TRACER_NAME
 from toolwatch.instrumentation.proxy.http import HttpProxy
 from toolwatch.instrumentation.proxy.tracker import ProxyStats
+
+from toolwatch.demo.servers import SECRET_AWS_KEY, SECRET_NOTE, build_notes_server, build_web_server, serve_http
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,7 +12,6 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 from mcp_test_support import HELPERS, proxy_command
-
 from toolwatch.instrumentation import semconv as sc
 
 pytestmark = pytest.mark.timeout(60)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 
 import pytest
 from mcp import Client, ClientSession, StdioServerParameters, stdio_client
 from mcp_test_support import demo_server, proxy_command
+from toolwatch.instrumentation import semconv as sc
 
 from toolwatch.demo.servers import SECRET_AWS_KEY, SECRET_NOTE, build_notes_server
-from toolwatch.instrumentation import semconv as sc
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redactor_double import RedactorDouble
-
 from toolwatch.instrumentation import semconv as sc
 from toolwatch.instrumentation.mcp_client import instrument_session, setup_tracing
 

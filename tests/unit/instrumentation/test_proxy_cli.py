@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 import pytest
+from toolwatch.instrumentation.proxy.cli import parse_args, run_proxy
 
 from toolwatch.cli import build_parser
-from toolwatch.instrumentation.proxy.cli import parse_args, run_proxy
 
 
 def problem(capsys, argv: list[str]) -> tuple[int, str]:

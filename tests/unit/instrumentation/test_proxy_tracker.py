@@ -10,7 +10,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redactor_double import RedactorDouble
-
 from toolwatch.instrumentation import semconv as sc
 from toolwatch.instrumentation.proxy.framing import Oversized
 from toolwatch.instrumentation.proxy.tracker import CallTracker, ProxyStats, Recorder, request_ids

@@ -11,7 +11,6 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from redactor_double import RedactorDouble
-
 from toolwatch.detectors.events import ToolDefinition
 from toolwatch.instrumentation import semconv as sc
 from toolwatch.instrumentation.spans import (
