@@ -120,3 +120,40 @@ async def test_request_body_over_the_limit_is_refused_clearly(provider, redactor
         finally:
             await proxy.close()
     assert proxy.stats.oversized["c2s"] == 1
+
+
+async def test_upstream_dying_mid_stream_answers_open_requests_on_the_sse_stream(sink, provider, redactor):
+    from aiohttp import web
+
+    async def dying(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b": keep-alive comment\n\n")
+        request.transport.close()  # the server process "crashes" before answering
+        return response
+
+    app = web.Application()
+    app.router.add_post("/mcp", dying)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    proxy = make_proxy(f"http://127.0.0.1:{port}/mcp", provider, redactor)
+    local = await proxy.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            body = {"jsonrpc": "2.0", "id": 11, "method": "tools/call", "params": {"name": "slow", "arguments": {}}}
+            async with http.post(local, json=body, timeout=aiohttp.ClientTimeout(total=15)) as resp:
+                stream = await resp.read()
+    finally:
+        await proxy.close()
+        await runner.cleanup()
+    events = [line[len(b"data: "):] for line in stream.split(b"\n") if line.startswith(b"data: ")]
+    (answer,) = [json.loads(e) for e in events]
+    assert answer["id"] == 11 and "broke off the response" in answer["error"]["message"]
+    await flush(provider)
+    await sink.wait_for(lambda s: len(s) >= 1)
+    (span,) = sink.named("tools/call slow")
+    assert span.attributes[sc.ERROR_TYPE] == "server_exited"
