@@ -31,6 +31,10 @@ __all__ = [
 ]
 
 _INT64_MASK = (1 << 63) - 1
+SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
+"""Where a 2026-07-28 ``server/discover`` result names the server (``_meta``)."""
+PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
+"""Where a 2026-07-28 request names its protocol version (``params._meta``)."""
 
 
 class RedactorLike(Protocol):
@@ -79,6 +83,21 @@ class SessionInfo:
         instructions = result.get("instructions")
         if isinstance(instructions, str) and instructions:
             self.instructions_sha256 = hashlib.sha256(instructions.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def adopt_discover_result(self, result: Mapping[str, Any]) -> None:
+        """Take server identity and instructions from a 2026-era ``server/discover`` result."""
+        meta = result.get("_meta")
+        info = meta.get(SERVER_INFO_META_KEY) if isinstance(meta, Mapping) else None
+        self.adopt_initialize_result({"serverInfo": info, "instructions": result.get("instructions")})
+
+    def adopt_request_meta(self, params: Any) -> None:
+        """2026-era requests carry the protocol version in ``params._meta``; take the first seen."""
+        if self.protocol_version or not isinstance(params, Mapping):
+            return
+        meta = params.get("_meta")
+        version = meta.get(PROTOCOL_VERSION_META_KEY) if isinstance(meta, Mapping) else None
+        if isinstance(version, str):
+            self.protocol_version = version
 
     def attributes(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {

@@ -26,7 +26,8 @@ _MISSING = object()
 Direction = Literal["c2s", "s2c"]
 """``c2s``: client to server; ``s2c``: server to client."""
 
-_TRACKED = frozenset({sc.METHOD_TOOLS_CALL, sc.METHOD_TOOLS_LIST, sc.METHOD_INITIALIZE})
+METHOD_DISCOVER = "server/discover"
+_TRACKED = frozenset({sc.METHOD_TOOLS_CALL, sc.METHOD_TOOLS_LIST, sc.METHOD_INITIALIZE, METHOD_DISCOVER})
 _ID_IN_HEAD = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
 
 
@@ -122,6 +123,7 @@ class CallTracker:
         has_id = "id" in msg and msg["id"] is not None
         if isinstance(method, str) and has_id:
             if direction == "c2s":
+                self.info.adopt_request_meta(msg.get("params"))
                 self._remember(self._inflight, id_key(msg["id"]), msg["id"])
                 if method in _TRACKED:
                     self._remember(self._pending, id_key(msg["id"]), _Pending(method, msg.get("params"), t_ns))
@@ -212,6 +214,10 @@ class CallTracker:
         if pending.method == sc.METHOD_INITIALIZE:
             if result is not None:
                 self.info.adopt_initialize_result(result)
+            return
+        if pending.method == METHOD_DISCOVER:
+            if result is not None:
+                self.info.adopt_discover_result(result)
             return
         if pending.method == sc.METHOD_TOOLS_LIST:
             tools = result.get("tools") if result is not None else None

@@ -157,3 +157,29 @@ async def test_upstream_dying_mid_stream_answers_open_requests_on_the_sse_stream
     await sink.wait_for(lambda s: len(s) >= 1)
     (span,) = sink.named("tools/call slow")
     assert span.attributes[sc.ERROR_TYPE] == "server_exited"
+
+
+async def test_2026_protocol_client_through_the_proxy(sink, provider, redactor):
+    """``mcp.Client`` in its default mode speaks 2026-07-28 (server/discover, no initialize)."""
+    from mcp import Client
+
+    async def results(url: str) -> list[str]:
+        async with Client(url) as client:
+            assert client.protocol_version == "2026-07-28"
+            return [(await client.call_tool(n, a)).model_dump_json()
+                    for n, a in [("read_note", {"name": "todo"}), ("search_notes", {"query": "pr"})]]
+
+    async with serve_http(build_notes_server()) as upstream:
+        direct = await results(upstream)
+        proxy = make_proxy(upstream, provider, redactor)
+        local = await proxy.start()
+        try:
+            proxied = await results(local)
+        finally:
+            await proxy.close()
+    assert proxied == direct
+    await flush(provider)
+    await sink.wait_for(lambda s: len([x for x in s if x.name.startswith("tools/call")]) >= 2)
+    for span in sink.named("tools/call"):
+        assert span.attributes[sc.TW_SERVER_NAME] == "demo-notes"
+        assert span.attributes[sc.MCP_PROTOCOL_VERSION] == "2026-07-28"

@@ -133,3 +133,17 @@ async def test_recorder_flush_observes_everything_queued(setup):
     assert stats.messages == {"c2s": 0, "s2c": 0}
     recorder.flush()
     assert stats.messages == {"c2s": 1, "s2c": 1} and len(exporter.get_finished_spans()) == 1
+
+
+def test_2026_discover_and_request_meta_fill_session_info(setup):
+    tracker, exporter, _ = setup
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}
+    tracker.observe("c2s", msg(id=1, method="server/discover", params={"_meta": meta}), 1)
+    tracker.observe("s2c", msg(id=1, result={"_meta": {"io.modelcontextprotocol/serverInfo": {
+        "name": "modern", "version": "9"}}, "instructions": "hi", "supportedVersions": ["2026-07-28"]}), 2)
+    tracker.observe("c2s", msg(id=2, method="tools/call", params={"name": "t", "_meta": meta}), 3)
+    tracker.observe("s2c", msg(id=2, result={"content": []}), 4)
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes[sc.TW_SERVER_NAME] == "modern" and span.attributes[sc.TW_SERVER_VERSION] == "9"
+    assert span.attributes[sc.MCP_PROTOCOL_VERSION] == "2026-07-28"
+    assert len(span.attributes[sc.TW_SERVER_INSTRUCTIONS_SHA256]) == 64
