@@ -113,6 +113,7 @@ async def run_stdio_proxy(
         done, _ = await asyncio.wait({c2s, s2c, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if stopper in done:
             await _stop_child(child, exit_grace=0.5)
+            recorder.flush()
             return StdioOutcome(0, "")
         if c2s in done and s2c not in done:
             # The client closed its side: let the server finish and exit, as a direct client would.
