@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import itertools
 import math
 import re
 from collections import Counter
@@ -286,30 +287,55 @@ DETECTORS: tuple[Detector, ...] = (
 )
 
 
-def _class_body(anchor: str) -> str:
-    """``[0-9]`` → ``0-9``; ``\\+`` → ``\\+``; ``-`` → ``\\-``: the inside of a character class."""
-    if anchor.startswith("[") and anchor.endswith("]"):
-        return anchor[1:-1]
-    return anchor if anchor.startswith("\\") else re.escape(anchor)
-
-
 class _Scanner:
-    """A slice of DETECTORS compiled into one regex: a class of anchor characters, then branches."""
+    """Detectors ``first``, ``first+1``, … compiled into one regex.
+
+    The regex is one alternation with one alternative per anchor character, each starting with
+    that literal character. Python's regex engine turns such an alternation into a character-set
+    prefix (it skips non-anchor text in C) and, at an anchor, skips every alternative whose first
+    literal differs at the cost of one comparison: the anchor character dispatches straight to
+    the few detectors it can start.
+    """
 
     def __init__(self, first: int) -> None:
-        self.indices = tuple(range(first, len(DETECTORS)))
-        # One character class up front lets the regex engine skip non-anchor text in C.
-        anchors = "".join(sorted({_class_body(DETECTORS[i].anchor) for i in self.indices}))
-        # Branches with the same anchor share one look-behind, so a non-matching anchor costs a
-        # handful of checks, not one per detector; order within and across groups is table order.
-        groups: dict[str, list[str]] = {}
-        for i in self.indices:
-            det = DETECTORS[i]
-            body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i: f"(?P<{m.group(1)}{i}>", det.rest)
-            groups.setdefault(det.anchor, []).append(f"(?P<d{i}>{body})")
-        branches = [f"(?<={anchor})(?:" + "|".join(members) + ")" for anchor, members in groups.items()]
-        self.pattern = re.compile(f"[{anchors}](?:" + "|".join(branches) + ")")
-        self.detector_of_group = {self.pattern.groupindex[f"d{i}"]: i for i in self.indices}
+        by_char: dict[str, list[int]] = {}
+        for i in range(first, len(DETECTORS)):
+            for ch in _anchor_chars(DETECTORS[i].anchor):
+                by_char.setdefault(ch, []).append(i)
+        alternatives = []
+        self.group_info: dict[str, tuple[int, str | None, str | None]] = {}
+        for ch, members in by_char.items():
+            tag = f"x{ord(ch)}"
+            parts: list[tuple[bool, str]] = []
+            for i in members:
+                det = DETECTORS[i]
+                body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i: f"(?P<{m.group(1)}{i}{tag}>", det.rest)
+                # A token that starts at its anchor checks the word boundary here, so digits inside
+                # a number and letters inside a word do not wake the detector.
+                at_start = bool(det.not_after) and not det.back and not det.extend
+                parts.append((at_start, f"(?P<d{i}{tag}>{body})"))
+                self.group_info[f"d{i}{tag}"] = (
+                    i,
+                    f"v{i}{tag}" if "(?P<v>" in det.rest else None,
+                    f"host{i}{tag}" if "(?P<host>" in det.rest else None,
+                )
+            guard = f"(?<![A-Za-z0-9_]{re.escape(ch)})"
+            runs = []  # consecutive boundary-checked members share one look-behind
+            for at_start, group in itertools.groupby(parts, key=lambda part: part[0]):
+                joined = "|".join(branch for _, branch in group)
+                runs.append(f"{guard}(?:{joined})" if at_start else joined)
+            body_all = "|".join(runs)
+            alternatives.append(re.escape(ch) + "(?:" + body_all + ")")
+        self.pattern = re.compile("|".join(alternatives))
+        self.detector_of_group = {
+            self.pattern.groupindex[name]: info for name, info in self.group_info.items()
+        }
+
+
+def _anchor_chars(anchor: str) -> list[str]:
+    """The ASCII characters an anchor class matches, e.g. ``[0-9]`` → ``0`` … ``9``."""
+    compiled = re.compile(anchor)
+    return [chr(c) for c in range(32, 127) if compiled.fullmatch(chr(c))]
 
 
 _SCANNERS: tuple[_Scanner, ...] = tuple(_Scanner(first) for first in range(len(DETECTORS)))
@@ -349,8 +375,8 @@ def find_hits(text: str, limit: int | None = None) -> list[Hit]:
         hit = None
         scanner = first_scanner
         while match is not None:
-            index = scanner.detector_of_group[match.lastindex or 0]
-            hit = _accept(DETECTORS[index], index, match, text, floor)
+            index, value_group, host_group = scanner.detector_of_group[match.lastindex or 0]
+            hit = _accept(DETECTORS[index], value_group, host_group, match, text, floor)
             if hit is not None or index + 1 >= len(DETECTORS):
                 break
             scanner = _SCANNERS[index + 1]
@@ -364,7 +390,9 @@ def find_hits(text: str, limit: int | None = None) -> list[Hit]:
     return hits
 
 
-def _accept(det: Detector, index: int, match: re.Match[str], text: str, floor: int) -> Hit | None:
+def _accept(
+    det: Detector, value_group: str | None, host_group: str | None, match: re.Match[str], text: str, floor: int
+) -> Hit | None:
     """Apply the detector's extension, boundary and validator to one candidate match."""
     anchor = match.start()
     start = anchor - det.back
@@ -387,11 +415,10 @@ def _accept(det: Detector, index: int, match: re.Match[str], text: str, floor: i
     elif det.name == "url":
         if start == anchor or not text[start].isalpha():
             return None
-        host = match.group(f"host{index}").lower()
+        host = (match.group(host_group) or "").lower() if host_group else ""
     elif det.name == "url_password":
-        host = match.group(f"host{index}").lower()
-    value_group = f"v{index}"
-    if value_group in match.re.groupindex and match.group(value_group) is not None:
+        host = (match.group(host_group) or "").lower() if host_group else ""
+    if value_group is not None and match.group(value_group) is not None:
         start, end = match.span(value_group)
     if det.validate is not None and not det.validate(text[start:end]):
         return None
