@@ -289,12 +289,9 @@ class Redactor:
             walk.labels[det.label] += 1
             if det.label == "email":
                 self._destination(hit.host, walk)
-            if det.name == "url_password":
-                walk.labels["url"] += 1
-                self._destination(hit.host, walk)
             if det.name == "url":
                 self._destination(hit.host, walk)
-                self._destination(text[hit.start : hit.end].lower(), walk)
+                self._destination(hit.url, walk)
             if not det.redact:
                 continue
             raw = text[hit.start : hit.end]
