@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import itertools
 import math
 import re
 from collections import Counter
@@ -36,22 +37,27 @@ Normaliser = Callable[[str], str]
 
 @dataclass(frozen=True, slots=True)
 class Detector:
-    """One kind of sensitive value, written so the scanner only wakes up on rare characters.
+    """One kind of sensitive value, written so that scanning costs little where it is absent.
 
-    A match is found at an *anchor*: one character of ``anchor`` (a regex character class), then
-    ``rest``. Most text is lower-case letters and spaces, which are not anchors, so the C scanner
-    skips them without trying any branch. A token that begins before its anchor says so:
-    ``back`` fixed characters (``ghp_`` is anchored at ``_`` with ``back=3``, checked by a
-    look-behind in ``rest``), or ``extend`` — a character class the token start is extended
-    backwards over (an e-mail's local part before ``@``, a URL's scheme before ``://``).
-    ``rest`` may hold a group ``(?P<v>…)``: then only that part is the sensitive value
-    (``password=<secret:password>`` keeps the word). ``redact=False`` labels without replacing.
+    Two tiers. A *gated* detector (``gates`` non-empty) runs only on strings that contain one of
+    its gate substrings (``"@"``, ``"://"``, ``"AKIA"``, ``"password"`` …; checked with ``in``,
+    which is C-speed), and its regex starts with a literal so the engine's fast literal search
+    finds candidates. With ``lower=True`` it runs on the lower-cased text (keywords in any case).
+    The other detectors (numbers: cards, phones, IDs, IBANs, IPs, blobs) are compiled together
+    into one regex anchored on digits, ``+`` and ``(``: a match starts at one ``anchor`` character
+    followed by ``rest``. A token may start before where its regex starts: ``back`` fixed
+    characters (checked by a look-behind in the regex), or ``extend``, a character class the start
+    is extended backwards over (an e-mail's local part before ``@``, a URL's scheme before
+    ``://``). A group ``(?P<v>…)`` marks the sensitive part (``password=<secret:password>``
+    keeps the word); ``redact=False`` labels without replacing (URLs, paths).
     """
 
     name: str
     label: str
     anchor: str
     rest: str
+    gates: tuple[str, ...] = ()
+    lower: bool = False
     back: int = 0
     extend: str = ""
     extend_max: int = 0
@@ -200,49 +206,53 @@ _SEP = r"""["']?[ \t]{0,3}[:=]{1,2}[ \t]{0,3}["']?(?P<v>[^\s"',;&}<>]{3,256})"""
 _TOKEN = r"(?P<v>[A-Za-z0-9._~+/-]{8,}=*)"
 _PHONE_TAIL = r"(?:[ .-]\d{2,4}){1,4}" + _END
 
+_KEYWORD = (
+    r"(?:passw(?:or)?d|pwd|secret(?:[_-]?key)?|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key)"
+)
+_KEYWORD_GATES = ("passw", "pwd", "secret", "token", "key")
+_B64 = "A-Za-z0-9+/_-"
+
 DETECTORS: tuple[Detector, ...] = (
+    # --- gated: found by a literal -------------------------------------------------------------
     Detector(
         "private_key", "secret", "-",
         r"----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
         r"(?:[A-Za-z0-9+/=\s\\:,.-]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
         r"|[A-Za-z0-9+/=\s\\:,.]*)",
+        gates=("-----BEGIN",),
     ),
-    Detector("aws_access_key", "secret", "A", r"(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z0-9]{16}" + _END, not_after=_WORD),
-    Detector("google_api_key", "secret", "A", r"Iza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])", not_after=_WORD),
-    Detector("github_token", "secret", "_", r"(?<=gh[pousr]_)[A-Za-z0-9]{36,251}" + _END, back=3, not_after=_WORD),
-    Detector("github_token", "secret", "_", r"(?<=github_)pat_[A-Za-z0-9_]{22,255}", back=6, not_after=_WORD),
-    Detector("stripe_key", "secret", "_", r"(?<=[rsp]k_)(?:live|test)_[0-9A-Za-z]{16,}", back=2, not_after=_WORD),
-    Detector("slack_webhook", "secret", ":", r"(?<=https:)//hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/-]{20,}", back=5),
-    Detector("slack_token", "secret", "-", r"(?<=xox[abposre]-)[0-9A-Za-z-]{10,}", back=4, not_after=_WORD),
-    Detector("anthropic_key", "secret", "-", r"(?<=sk-)ant-[a-z]{3,8}\d{0,3}-[A-Za-z0-9_-]{20,}", back=2, not_after=_WORD),
-    Detector("openai_key", "secret", "-", r"(?<=sk-)(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", back=2, not_after=_WORD),
-    Detector(
-        "jwt", "secret", "J", r"(?<=eyJ)[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
-        back=2, not_after=_WORD, validate=_is_jwt,
-    ),
-    Detector("url_password", "secret", ":", r"""//[^\s:/@"'<>]{1,128}:(?P<v>[^\s/@"'<>]{1,256})@(?P<host>[A-Za-z0-9.-]{0,253})"""),
-    Detector("bearer", "secret", "[Bb]", r"(?i:earer)\s+" + _TOKEN, validate=_is_bearer_token),
-    Detector(
-        "basic_auth", "secret", "[Bb]", r"(?i:asic)\s+(?P<v>[A-Za-z0-9+/]{6,}={0,2})" + _END,
-        validate=_is_basic_credential,
-    ),
-    Detector("bearer", "secret", "[kK]", r"(?i:(?<=tok)en)\s+" + _TOKEN, validate=_is_bearer_token),
+    Detector("aws_access_key", "secret", "A", r"(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z0-9]{16}" + _END,
+             gates=("AKIA", "ASIA", "ABIA", "ACCA", "A3T"), not_after=_WORD),
+    Detector("google_api_key", "secret", "A", r"Iza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])", gates=("AIza",), not_after=_WORD),
+    Detector("github_token", "secret", "g", r"h[pousr]_[A-Za-z0-9]{36,251}" + _END,
+             gates=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), not_after=_WORD),
+    Detector("github_token", "secret", "g", r"ithub_pat_[A-Za-z0-9_]{22,255}", gates=("github_pat_",), not_after=_WORD),
+    Detector("stripe_key", "secret", "[rsp]", r"k_(?:live|test)_[0-9A-Za-z]{16,}", gates=("k_live_", "k_test_"), not_after=_WORD),
+    Detector("slack_webhook", "secret", "h", r"ttps://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/-]{20,}",
+             gates=("hooks.slack.com",)),
+    Detector("slack_token", "secret", "x", r"ox[abposre]-[0-9A-Za-z-]{10,}", gates=("xox",), not_after=_WORD),
+    Detector("anthropic_key", "secret", "s", r"k-ant-[a-z]{3,8}\d{0,3}-[A-Za-z0-9_-]{20,}", gates=("sk-ant-",), not_after=_WORD),
+    Detector("openai_key", "secret", "s", r"k-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", gates=("sk-",), not_after=_WORD),
+    Detector("jwt", "secret", "e", r"yJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
+             gates=("eyJ",), not_after=_WORD, validate=_is_jwt),
+    Detector("url_password", "secret", ":", r"""//[^\s:/@"'<>]{1,128}:(?P<v>[^\s/@"'<>]{1,256})@""", gates=("://",)),
+    Detector("bearer", "secret", "b", r"earer\s+" + _TOKEN, gates=("bearer",), lower=True, validate=_is_bearer_token),
+    Detector("basic_auth", "secret", "b", r"asic\s+(?P<v>[A-Za-z0-9+/]{6,}={0,2})" + _END,
+             gates=("basic",), lower=True, validate=_is_basic_credential),
+    Detector("bearer", "secret", "t", r"oken\s+" + _TOKEN, gates=("token",), lower=True, validate=_is_bearer_token),
     # Keyword assignments: `password=…`, `"api_key": "…"`, `TOKEN: …` (the value only is secret).
-    Detector("password", "secret", "[wW]", r"(?i:(?<=passw)(?:ord|d)|(?<=pw)d)" + _SEP, validate=_is_assigned_secret),
-    Detector("password", "secret", "[cC]", r"(?i:(?<=sec)ret(?:[_-]?key)?)" + _SEP, validate=_is_assigned_secret),
+    Detector("password", "secret", "", _KEYWORD + _SEP, gates=_KEYWORD_GATES, lower=True, validate=_is_assigned_secret),
+    Detector("email", "email", "@", r"(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}" + _END,
+             gates=("@",), extend="A-Za-z0-9._%+-", extend_max=64, normalise=_lower),
     Detector(
-        "password", "secret", "[kK]",
-        r"(?i:(?<=tok)en|(?:(?<=apik)|(?<=api_k)|(?<=api-k)|(?<=access_k)|(?<=private_k)|(?<=secret_k))ey)" + _SEP,
-        validate=_is_assigned_secret,
+        "url", "url", ":", r"""//(?:[^\s/@"'<>]{1,256}@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(?::\d{1,5})?""",
+        gates=("://",), extend="A-Za-z0-9+.-", extend_max=16, redact=False,
     ),
-    Detector(
-        "email", "email", "@", r"(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}" + _END,
-        extend="A-Za-z0-9._%+-", extend_max=64, normalise=_lower,
-    ),
-    Detector(
-        "url", "url", ":", r"//(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(?::\d{1,5})?",
-        extend="A-Za-z0-9+.-", extend_max=16, redact=False,
-    ),
+    Detector("path", "path", "/", r"(?:[\w.@+-]{1,255}/){0,64}[\w.@+-]{1,255}", gates=("/",),
+             extend="~.", extend_max=2, not_after=_WORD + "/.~:", redact=False),
+    Detector("path", "path", "[A-Za-z]", r":\\(?:[\w .@+-]{1,255}\\){0,64}[\w.@+-]{1,255}", gates=(":\\",),
+             not_after=_WORD, redact=False),
+    # --- numbers: one regex anchored on digits, "+" and "(" ------------------------------------
     Detector("us_ssn", "national_id", "[0-9]", r"\d{2}-\d{2}-\d{4}" + _END, not_after=_WORD + "-",
              validate=_is_national_id(_us_ssn.is_valid), normalise=_digits),
     Detector("br_cpf", "national_id", "[0-9]", r"\d{2}\.\d{3}\.\d{3}-\d{2}" + _END, not_after=_WORD,
@@ -251,19 +261,15 @@ DETECTORS: tuple[Detector, ...] = (
              validate=_is_national_id(_in_aadhaar.is_valid), normalise=_digits),
     Detector("es_dni", "national_id", "[0-9]", r"\d{7}-?[A-HJ-NP-TV-Z]" + _END, not_after=_WORD,
              validate=_is_national_id(_es_dni.is_valid), normalise=_compact_upper),
-    Detector("it_codice_fiscale", "national_id", "[A-Z]", r"[A-Z]{5}\d{2}[A-EHLMPRST]\d{2}[A-Z]\d{3}[A-Z]" + _END,
-             not_after=_WORD, validate=_is_national_id(_it_cf.is_valid)),
-    Detector("iban", "iban", "[A-Z]", r"[A-Z]\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + _END,
-             not_after=_WORD, validate=_is_iban, normalise=_compact_upper),
+    Detector("it_codice_fiscale", "national_id", "[0-9]", r"(?<=[A-Z]{6}[0-9])\d[A-EHLMPRST]\d{2}[A-Z]\d{3}[A-Z]" + _END,
+             back=6, not_after=_WORD, validate=_is_national_id(_it_cf.is_valid)),
+    Detector("iban", "iban", "[0-9]", r"(?<=[A-Z]{2}[0-9])\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + _END,
+             back=2, not_after=_WORD, validate=_is_iban, normalise=_compact_upper),
     Detector("card", "card", "[0-9]", r"(?:[ -]?\d){12,18}" + _END, not_after=_WORD,
              validate=_is_card, normalise=_digits),
     Detector(
         "ipv4", "ip", "[0-9]",
         r"\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![0-9]|\.\d)", not_after=_WORD + ".", validate=_is_ipv4,
-    ),
-    Detector(
-        "ipv6", "ip", ":", r"(?::?[0-9A-Fa-f]{1,4}){1,7}:?(?![0-9A-Za-z:])|:",
-        extend="0-9A-Fa-f:", extend_max=40, not_after=_WORD + ":", validate=_is_ipv6, normalise=_lower,
     ),
     Detector("phone", "phone", r"\+", r"\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}" + _PHONE_TAIL,
              not_after=_WORD, validate=_is_phone, normalise=_digits),
@@ -272,51 +278,88 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("phone", "phone", "[0-9]", r"\d{1,3}" + _PHONE_TAIL,
              not_after=_WORD + "+", validate=_is_phone, normalise=_digits),
     Detector(
+        # Needs "::" or a hex letter, so clock times (12:30:45) are not candidates at all.
+        "ipv6", "ip", "[0-9]", r"(?:(?<=[A-Fa-f][0-9])|(?<=[A-Fa-f:]:[0-9])|(?=[0-9A-Fa-f:]*(?:::|[A-Fa-f])))[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){1,7}(?![0-9A-Za-z_:])",
+        extend="0-9A-Fa-f:", extend_max=40, not_after=_WORD + ":", validate=_is_ipv6, normalise=_lower,
+    ),
+    Detector(
         "hex_blob", "high_entropy", "[0-9]", r"[0-9a-fA-F]{15,}+" + _END,
         extend="0-9a-fA-F", extend_max=4096, min_len=32, not_after=_WORD, validate=_is_hex_blob, normalise=_lower,
     ),
     Detector(
-        "base64_blob", "high_entropy", "[A-Z0-9+/]", r"[A-Za-z0-9+/_-]{20,}+={0,2}(?!@)",
-        extend="A-Za-z0-9+/_-", extend_max=4096, min_len=32, validate=_is_b64_blob,
+        # Anchored on the first upper-case letter or digit: a random blob has one within its first
+        # few characters, and a blob must hold both (see _is_b64_blob).
+        "base64_blob", "high_entropy", "[A-Z0-9]", f"[{_B64}]{{19,}}+={{0,2}}(?!@)",
+        extend=_B64, extend_max=4096, min_len=32, validate=_is_b64_blob,
     ),
-    Detector("path", "path", "[~.]", r"\.?/(?:[\w.@+-]{1,255}/){0,64}[\w.@+-]{0,255}", not_after=_WORD + "/.~", redact=False),
-    Detector("path", "path", "/", r"(?:[\w.@+-]{1,255}/){0,64}[\w.@+-]{1,255}", not_after=_WORD + "/.~:", redact=False),
-    Detector("path", "path", ":", r"(?<=[A-Za-z]:)\\(?:[\w .@+-]{1,255}\\){0,64}[\w.@+-]{1,255}",
-             back=1, not_after=_WORD, redact=False),
 )
 
+GATED: tuple[int, ...] = tuple(i for i, det in enumerate(DETECTORS) if det.gates)
+NUMERIC: tuple[int, ...] = tuple(i for i, det in enumerate(DETECTORS) if not det.gates)
 
-def _class_body(anchor: str) -> str:
-    """``[0-9]`` → ``0-9``; ``\\+`` → ``\\+``; ``-`` → ``\\-``: the inside of a character class."""
-    if anchor.startswith("[") and anchor.endswith("]"):
-        return anchor[1:-1]
-    return anchor if anchor.startswith("\\") else re.escape(anchor)
+
+def _escape_anchor(anchor: str) -> str:
+    return anchor if not anchor or anchor.startswith(("[", "\\")) else re.escape(anchor)
 
 
 class _Scanner:
-    """A slice of DETECTORS compiled into one regex: a class of anchor characters, then branches."""
+    """Detectors ``first``, ``first+1``, … compiled into one regex.
+
+    The regex is one alternation with one alternative per anchor character, each starting with
+    that literal character. Python's regex engine turns such an alternation into a character-set
+    prefix (it skips non-anchor text in C) and, at an anchor, skips every alternative whose first
+    literal differs at the cost of one comparison: the anchor character dispatches straight to
+    the few detectors it can start.
+    """
 
     def __init__(self, first: int) -> None:
-        self.indices = tuple(range(first, len(DETECTORS)))
-        # One character class up front lets the regex engine skip non-anchor text in C.
-        anchors = "".join(sorted({_class_body(DETECTORS[i].anchor) for i in self.indices}))
-        # Branches with the same anchor share one look-behind, so a non-matching anchor costs a
-        # handful of checks, not one per detector; order within and across groups is table order.
-        groups: dict[str, list[str]] = {}
-        for i in self.indices:
-            det = DETECTORS[i]
-            body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i: f"(?P<{m.group(1)}{i}>", det.rest)
-            groups.setdefault(det.anchor, []).append(f"(?P<d{i}>{body})")
-        branches = [f"(?<={anchor})(?:" + "|".join(members) + ")" for anchor, members in groups.items()]
-        self.pattern = re.compile(f"[{anchors}](?:" + "|".join(branches) + ")")
-        self.detector_of_group = {self.pattern.groupindex[f"d{i}"]: i for i in self.indices}
+        by_char: dict[str, list[int]] = {}
+        for i in NUMERIC[first:]:
+            for ch in _anchor_chars(DETECTORS[i].anchor):
+                by_char.setdefault(ch, []).append(i)
+        alternatives = []
+        self.group_info: dict[str, tuple[int, str | None, str | None]] = {}
+        for ch, members in by_char.items():
+            tag = f"x{ord(ch)}"
+            parts: list[tuple[bool, str]] = []
+            for i in members:
+                det = DETECTORS[i]
+                body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i: f"(?P<{m.group(1)}{i}{tag}>", det.rest)
+                # A token that starts at its anchor checks the word boundary here, so digits inside
+                # a number and letters inside a word do not wake the detector.
+                at_start = bool(det.not_after) and not det.back and not det.extend
+                parts.append((at_start, f"(?P<d{i}{tag}>{body})"))
+                self.group_info[f"d{i}{tag}"] = (
+                    i,
+                    f"v{i}{tag}" if "(?P<v>" in det.rest else None,
+                    f"host{i}{tag}" if "(?P<host>" in det.rest else None,
+                )
+            guard = f"(?<![A-Za-z0-9_]{re.escape(ch)})"
+            runs = []  # consecutive boundary-checked members share one look-behind
+            for at_start, group in itertools.groupby(parts, key=lambda part: part[0]):
+                joined = "|".join(branch for _, branch in group)
+                runs.append(f"{guard}(?:{joined})" if at_start else joined)
+            body_all = "|".join(runs)
+            alternatives.append(re.escape(ch) + "(?:" + body_all + ")")
+        self.pattern = re.compile("|".join(alternatives))
+        self.detector_of_group = {
+            self.pattern.groupindex[name]: info for name, info in self.group_info.items()
+        }
 
 
-_SCANNERS: tuple[_Scanner, ...] = tuple(_Scanner(first) for first in range(len(DETECTORS)))
+def _anchor_chars(anchor: str) -> list[str]:
+    """The ASCII characters an anchor class matches, e.g. ``[0-9]`` → ``0`` … ``9``."""
+    compiled = re.compile(anchor)
+    return [chr(c) for c in range(32, 127) if compiled.fullmatch(chr(c))]
+
+
+_SCANNERS: tuple[_Scanner, ...] = tuple(_Scanner(first) for first in range(len(NUMERIC)))
 """``_SCANNERS[i]`` tries detectors i, i+1, …: after detector i rejects a candidate (a checksum
 fails), the later detectors still get their chance at the same anchor."""
-_EXTEND_RE: dict[str, re.Pattern[str]] = {
-    det.extend: re.compile(f"[{det.extend}]*\\Z") for det in DETECTORS if det.extend
+_EXTEND_CHARS: dict[str, frozenset[str]] = {
+    det.extend: frozenset(ch for ch in map(chr, range(128)) if re.fullmatch(f"[{det.extend}]", ch))
+    for det in DETECTORS
+    if det.extend
 }
 _NOT_AFTER_RE: dict[str, re.Pattern[str]] = {
     det.not_after: re.compile(f"[{det.not_after}]") for det in DETECTORS if det.not_after
@@ -332,11 +375,69 @@ class Hit:
     end: int
     host: str = ""
     """For URLs and e-mails: the host or domain named (a destination)."""
+    url: str = ""
+    """For URLs: ``scheme://host`` (never the user-info, path or query)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _GatedRegex:
+    index: int
+    pattern: re.Pattern[str]
+    ignorecase: re.Pattern[str]
+    value_group: str | None
+    host_group: str | None
+
+
+_GATED_REGEXES: tuple[_GatedRegex, ...] = tuple(
+    _GatedRegex(
+        i,
+        re.compile(_escape_anchor(DETECTORS[i].anchor) + DETECTORS[i].rest),
+        re.compile(_escape_anchor(DETECTORS[i].anchor) + DETECTORS[i].rest, re.IGNORECASE),
+        "v" if "(?P<v>" in DETECTORS[i].rest else None,
+        "host" if "(?P<host>" in DETECTORS[i].rest else None,
+    )
+    for i in GATED
+)
+_NUMERIC_POSITION: dict[int, int] = {index: pos for pos, index in enumerate(NUMERIC)}
 
 
 def find_hits(text: str, limit: int | None = None) -> list[Hit]:
-    """Every validated sensitive span in ``text[:limit]``, left to right, non-overlapping."""
+    """Validated sensitive spans in ``text[:limit]``, by start; redacted spans never overlap."""
     end_pos = len(text) if limit is None else min(limit, len(text))
+    hits = _numeric_hits(text, end_pos)
+    gated = _gated_hits(text, end_pos)
+    return _merge(hits + gated) if gated else hits
+
+
+def _gated_hits(text: str, end_pos: int) -> list[Hit]:
+    hits: list[Hit] = []
+    lowered: str | None = None
+    ascii_text = text.isascii()
+    for gated in _GATED_REGEXES:
+        det = DETECTORS[gated.index]
+        if det.lower:
+            if lowered is None:
+                lowered = text.lower()
+            subject = lowered
+        else:
+            subject = text
+        if not any(subject.find(gate, 0, end_pos) >= 0 for gate in det.gates):
+            continue
+        # Lower-casing keeps offsets only for ASCII text; other text is matched case-insensitively.
+        if det.lower and ascii_text:
+            matches = gated.pattern.finditer(subject, 0, end_pos)
+        elif det.lower:
+            matches = gated.ignorecase.finditer(text, 0, end_pos)
+        else:
+            matches = gated.pattern.finditer(text, 0, end_pos)
+        for match in matches:
+            hit = _accept(det, gated.value_group, gated.host_group, match, text, 0)
+            if hit is not None:
+                hits.append(hit)
+    return hits
+
+
+def _numeric_hits(text: str, end_pos: int) -> list[Hit]:
     hits: list[Hit] = []
     pos = 0
     floor = 0  # tokens may not extend back over an earlier hit
@@ -349,29 +450,49 @@ def find_hits(text: str, limit: int | None = None) -> list[Hit]:
         hit = None
         scanner = first_scanner
         while match is not None:
-            index = scanner.detector_of_group[match.lastindex or 0]
-            hit = _accept(DETECTORS[index], index, match, text, floor)
-            if hit is not None or index + 1 >= len(DETECTORS):
+            index, value_group, host_group = scanner.detector_of_group[match.lastindex or 0]
+            hit = _accept(DETECTORS[index], value_group, host_group, match, text, floor)
+            position = _NUMERIC_POSITION[index] + 1
+            if hit is not None or position >= len(NUMERIC):
                 break
-            scanner = _SCANNERS[index + 1]
+            # Rejected (a checksum failed): the later detectors get their chance at this anchor.
+            scanner = _SCANNERS[position]
             match = scanner.pattern.match(text, anchor, end_pos)
         if hit is None:
             pos = anchor + 1
             continue
         hits.append(hit)
         pos = max(match.end() if match is not None else anchor + 1, anchor + 1)
-        floor = max(hit.end, pos) if hit.detector.redact else floor
+        floor = max(hit.end, pos)
     return hits
 
 
-def _accept(det: Detector, index: int, match: re.Match[str], text: str, floor: int) -> Hit | None:
+def _merge(hits: list[Hit]) -> list[Hit]:
+    """Sort by start; of overlapping redacted spans keep the earliest (then the table's order)."""
+    order = {id(det): i for i, det in enumerate(DETECTORS)}
+    hits.sort(key=lambda h: (h.start, order[id(h.detector)]))
+    kept: list[Hit] = []
+    redacted_until = 0
+    for hit in hits:
+        if not hit.detector.redact:
+            kept.append(hit)
+        elif hit.start >= redacted_until:
+            kept.append(hit)
+            redacted_until = hit.end
+    return kept
+
+
+def _accept(
+    det: Detector, value_group: str | None, host_group: str | None, match: re.Match[str], text: str, floor: int
+) -> Hit | None:
     """Apply the detector's extension, boundary and validator to one candidate match."""
     anchor = match.start()
     start = anchor - det.back
     if det.extend:
         lo = max(floor, anchor - det.extend_max, 0)
-        ext = _EXTEND_RE[det.extend].search(text, lo, anchor)
-        start = ext.start() if ext is not None else anchor
+        chars = _EXTEND_CHARS[det.extend]
+        while start > lo and text[start - 1] in chars:
+            start -= 1
     if start < floor:
         return None
     end = match.end()
@@ -379,7 +500,7 @@ def _accept(det: Detector, index: int, match: re.Match[str], text: str, floor: i
         return None
     if det.min_len and end - start < det.min_len:
         return None
-    host = ""
+    host = url = ""
     if det.name == "email":
         if start == anchor:
             return None
@@ -387,15 +508,13 @@ def _accept(det: Detector, index: int, match: re.Match[str], text: str, floor: i
     elif det.name == "url":
         if start == anchor or not text[start].isalpha():
             return None
-        host = match.group(f"host{index}").lower()
-    elif det.name == "url_password":
-        host = match.group(f"host{index}").lower()
-    value_group = f"v{index}"
-    if value_group in match.re.groupindex and match.group(value_group) is not None:
+        host = (match.group(host_group) or "").lower() if host_group else ""
+        url = f"{text[start:anchor].lower()}://{host}"
+    if value_group is not None and match.group(value_group) is not None:
         start, end = match.span(value_group)
     if det.validate is not None and not det.validate(text[start:end]):
         return None
-    return Hit(det, start, end, host)
+    return Hit(det, start, end, host, url)
 
 
 KEY_NAME_RE: re.Pattern[str] = re.compile(

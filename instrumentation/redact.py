@@ -114,7 +114,7 @@ class Redactor:
         max_bytes: int = 4 * 1024 * 1024,
         max_depth: int = 64,
         sketch_min_chars: int = 1024,
-        sketch_max_bytes: int = 256 * 1024,
+        sketch_max_bytes: int = 64 * 1024,
         max_destinations: int = 64,
     ) -> None:
         if max_bytes < 1 or max_depth < 1:
@@ -289,12 +289,9 @@ class Redactor:
             walk.labels[det.label] += 1
             if det.label == "email":
                 self._destination(hit.host, walk)
-            if det.name == "url_password":
-                walk.labels["url"] += 1
-                self._destination(hit.host, walk)
             if det.name == "url":
                 self._destination(hit.host, walk)
-                self._destination(text[hit.start : hit.end].lower(), walk)
+                self._destination(hit.url, walk)
             if not det.redact:
                 continue
             raw = text[hit.start : hit.end]

@@ -13,9 +13,15 @@ WORDS = (
 ).split()
 
 
-def _document(seed: int, words: int = 600) -> str:
+OTHER_WORDS = (
+    "photosynthesis chlorophyll mitochondria enzyme membrane protein molecule nucleus osmosis "
+    "glucose respiration organism species habitat ecosystem predator"
+).split()
+
+
+def _document(seed: int, words: int = 600, vocabulary: list[str] = WORDS) -> str:
     rng = random.Random(seed)
-    return " ".join(rng.choice(WORDS) + str(rng.randrange(100)) for _ in range(words))
+    return " ".join(rng.choice(vocabulary) + str(rng.randrange(100)) for _ in range(words))
 
 
 def _edit(text: str, fraction: float, seed: int) -> str:
@@ -43,7 +49,17 @@ def test_reformatted_copy_is_near_identical() -> None:
 def test_unrelated_texts_are_not_similar() -> None:
     sketch = Sketcher(b"k")
     for seed in range(5):
-        assert sketch_similarity(sketch(_document(10 + seed)), sketch(_document(100 + seed))) <= 0.2
+        other = _document(100 + seed, vocabulary=OTHER_WORDS)
+        assert sketch_similarity(sketch(_document(10 + seed)), sketch(other)) <= 0.1
+
+
+def test_different_documents_on_one_topic_stay_well_below_a_copy() -> None:
+    # Same 22-word vocabulary: the shingle sets overlap a little, an edited copy overlaps a lot.
+    sketch = Sketcher(b"k")
+    for seed in range(5):
+        original = sketch(_document(10 + seed))
+        assert sketch_similarity(original, sketch(_document(100 + seed))) <= 0.3
+        assert sketch_similarity(original, sketch(_edit(_document(10 + seed), 0.03, seed))) >= 0.6
 
 
 def test_similarity_degrades_with_more_editing() -> None:
