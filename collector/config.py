@@ -148,6 +148,8 @@ class Config:
     data_dir: str = "./toolwatch-data"
     api_token: str = ""
     webhook_secret: str = ""
+    fingerprint_key: str = ""
+    """Key of the keyed fingerprints (hex or text); the same on every agent, proxy and daemon."""
     log_level: str = "info"
     max_body_bytes: int = 8 * 1024 * 1024
     receiver_token: str = ""

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from toolwatch.detectors.base import Detector
 from toolwatch.detectors.rules import RuleEngine
+from toolwatch.instrumentation.fingerprint import key_from_text
+from toolwatch.instrumentation.redact import Redactor
 
 from .alerts import AlertRouter
 from .approvals import Approvals, find_approval_source
@@ -22,7 +24,7 @@ from .api import Api
 from .config import Config, parse_hostport
 from .detector_registry import build_detectors
 from .metrics import Metrics
-from .normalize import ArgsRedactor, Normalizer, drop_raw_args
+from .normalize import ArgsRedactor, Normalizer
 from .pipeline import Pipeline
 from .receivers import Ingest, Receiver
 from .receivers.tls import tls_files
@@ -37,19 +39,31 @@ from .store import Store
 log = logging.getLogger("toolwatch.daemon")
 
 
-def webhook_secret(cfg: Config) -> bytes:
-    """The configured secret, else one generated once and kept (0600) in the data directory."""
-    if cfg.webhook_secret:
-        return cfg.webhook_secret.encode()
-    path = cfg.data_path / "webhook.secret"
+def _kept_secret(path: Path, what: str) -> str:
+    """A random secret generated once and kept (mode 0600) so restarts agree with themselves."""
     if path.exists():
-        return path.read_text().strip().encode()
+        return path.read_text().strip()
     value = secrets.token_hex(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(value + "\n")
-    log.warning("no webhook_secret configured: generated one in %s; give it to your webhook receivers", path)
-    return value.encode()
+    log.warning("no %s configured: generated one in %s", what, path)
+    return value
+
+
+def ingest_redactor(cfg: Config) -> ArgsRedactor:
+    """The edge's redaction, applied on ingest to arguments that arrive unredacted.
+
+    Fingerprints only line up with the agents' when every emitter uses the same key
+    (TOOLWATCH_FINGERPRINT_KEY); without one, a key is generated and kept in the data directory.
+    """
+    text = cfg.fingerprint_key or _kept_secret(cfg.data_path / "fingerprint.key", "fingerprint_key")
+    return Redactor(key_from_text(text)).redact_json_text
+
+
+def webhook_secret(cfg: Config) -> bytes:
+    """The configured secret, else one generated once and kept in the data directory."""
+    return (cfg.webhook_secret or _kept_secret(cfg.data_path / "webhook.secret", "webhook_secret")).encode()
 
 
 class Daemon:
@@ -85,7 +99,7 @@ class Daemon:
             snapshot_interval_s=p.snapshot_interval_s,
             event_time=p.event_time_rule(),
         )
-        self.ingest = Ingest(Normalizer(redact_args or drop_raw_args), self.pipeline, self.metrics)
+        self.ingest = Ingest(Normalizer(redact_args or ingest_redactor(cfg)), self.pipeline, self.metrics)
         self.receivers: list[Receiver] = []
         if cfg.enabled("otlp_http"):
             host, port = parse_hostport(cfg.otlp_http, "otlp_http")

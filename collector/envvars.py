@@ -27,6 +27,7 @@ SCALAR_FIELDS: Final = {
     "listen": LISTEN,
     "data_dir": DATA_DIR,
     "webhook_secret": WEBHOOK_SECRET,
+    "fingerprint_key": FINGERPRINT_KEY,
     "api_token": API_TOKEN,
     "log_level": LOG_LEVEL,
     "receiver_token": RECEIVER_TOKEN,

@@ -78,14 +78,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
+def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="toolwatch", description="Runtime observability and anomaly detection for AI agents' tool calls."
     )
     parser.add_argument("--version", action="version", version=f"toolwatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_run_parser(sub)
-    for add in extra:
+    for add in _subcommands() if extra is None else extra:
         add(sub)
     return parser
 
@@ -118,12 +118,18 @@ def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Optional subcommands live next to their code; each module adds its own parser."""
     from toolwatch.collector import admin_cli
 
-    adders: list[Callable[[argparse._SubParsersAction], None]] = [add_rules_parser, admin_cli.add_parsers]
+    from toolwatch.instrumentation.proxy.cli import add_proxy_parser
+
+    adders: list[Callable[[argparse._SubParsersAction], None]] = [
+        add_proxy_parser,
+        add_rules_parser,
+        admin_cli.add_parsers,
+    ]
     return adders
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(_subcommands())
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -1,0 +1,107 @@
+"""Scanning tool results for text that addresses the model: the marks of an indirect prompt injection.
+
+A tool result is data for the model to read; text in it that gives the model orders is the
+channel of an indirect prompt injection. Each signal below is one such mark; a result's score is
+``1 - prod(1 - weight)`` over the distinct signals found, so one weak mark (documentation saying
+"use the search tool") stays low and several together (an order, a concealment request and a
+tool call) score high. ``instructions`` is labelled at ``INSTRUCTIONS_THRESHOLD``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["INSTRUCTIONS_THRESHOLD", "SIGNALS", "InjectionScan", "scan_injection"]
+
+INSTRUCTIONS_THRESHOLD = 0.5
+
+_WS = r"[\s*_`\"']{1,4}"  # separators, also through markdown emphasis and quotes
+
+SIGNALS: dict[str, tuple[float, str]] = {
+    # "ignore all previous instructions", "disregard the above", "forget your rules"
+    "override": (
+        0.7,
+        r"\b(?:ignore|disregard|forget|override|bypass)(?:\s+(?:all|any|the|your|my|every|of|these|those|previous|prior|above|earlier|preceding|system|safety)){1,4}\s+"
+        r"(?:instructions?|prompts?|rules|guidelines|directions|messages?|context|guardrails|policies)\b"
+        r"|\bnew\s+(?:instructions|system\s+prompt|rules)\s*:"
+        r"|\byour\s+(?:new|real|actual|updated)\s+(?:instructions|task|goal|objective)\b",
+    ),
+    # "You are now…", "<system>", "[SYSTEM]", "SYSTEM:", "<IMPORTANT>", "admin override"
+    "role_claim": (
+        0.4,
+        r"\byou\s+are\s+now\b|\bact\s+as\s+(?:an?\s+)?(?:admin|root|system|developer|unrestricted)"
+        r"|</?(?:system|important|admin|instructions?)>|\[(?:system|admin|inst)\]"
+        r"|(?:^|\n)\s*#{0,3}\s*(?:system|assistant)\s*(?:message|prompt)?\s*:"
+        r"|\b(?:developer|god|jailbreak|dan)\s+mode\b"
+        r"|\b(?:high|highest|top|critical|maximum)[\s-]priority\s+(?:instruction|override|task|message)"
+        r"|\b(?:admin(?:istrator)?|system|security)\s+(?:override|instruction|notice\s+to\s+(?:the\s+)?(?:ai|assistant|model|agent))",
+    ),
+    # "do not tell the user", "without informing the user", "keep this secret from the user"
+    "concealment": (
+        0.6,
+        r"\b(?:do\s+not|don'?t|never|must\s+not|should\s+not)\s+(?:tell|inform|mention|reveal|show|notify|alert|let)\s+(?:this\s+|it\s+|anything\s+)?(?:to\s+)?(?:the\s+)?(?:user|human|operator)\b"
+        r"|\bwithout\s+(?:telling|informing|notifying|alerting|asking)\s+(?:the\s+)?(?:user|human|operator)\b"
+        r"|\b(?:keep|hide)\s+(?:this|it|these\s+\w+)\s+(?:secret|hidden|confidential|private)\s+from\s+(?:the\s+)?(?:user|human)"
+        r"|\bthe\s+(?:user|human)\s+(?:must|should)\s+(?:not|never)\s+(?:know|see|find\s+out|be\s+told)"
+        r"|\b(?:silently|secretly|covertly|quietly)\s+(?:call|send|forward|upload|run|execute|read|copy|include|add)\b",
+    ),
+    # "call the send_email tool", "send the contents of ~/.ssh/id_rsa to …", "curl … | sh"
+    "tool_request": (
+        0.35,
+        r"\b(?:call|use|invoke|run|execute|trigger)\s+(?:the\s+)?`?[\w.-]+`?\s+(?:tool|function)\b"
+        r"|\b(?:send|forward|email|upload|post|exfiltrate|transmit|leak|copy)\s+(?:all\s+|the\s+|your\s+|any\s+|this\s+|these\s+|its\s+)?(?:[\w-]+\s+){0,4}?(?:to\s+(?:https?://|[\w.+-]+@)|contents?\s+of\b)"
+        r"|~/\.ssh|\bid_rsa\b|/etc/passwd|\.aws/credentials|\.env\b"
+        r"|\bcurl\s+[^\n|]{0,200}\|\s*(?:ba|z)?sh\b",
+    ),
+    # "AI assistant, …", "If you are an AI/LLM reading this", "Note to the agent:"
+    "addresses_model": (
+        0.3,
+        r"\b(?:if\s+you\s+are\s+an?\s+(?:ai|llm|language\s+model|assistant|agent))"
+        r"|\b(?:dear|attention|hey|note\s+(?:to|for))\s+(?:the\s+)?(?:ai|llm|assistant|agent|model|claude|chatgpt|gpt)\b"
+        r"|(?:^|\n)\s*(?:ai|llm|assistant|agent|claude|chatgpt)\s*[,:]\s"
+        r"|\b(?:ai|llm)\s+(?:assistants?|agents?|models?)\s+(?:reading|processing|must|should)\b",
+    ),
+}
+
+_SCANNER = re.compile(
+    "|".join(f"(?P<{name}>{regex})" for name, (_, regex) in SIGNALS.items()), re.IGNORECASE
+)
+_HIDDEN = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]|[\U000e0000-\U000e007f]")
+_TAGS = re.compile("[\U000e0000-\U000e007f]+")
+HIDDEN_WEIGHT = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class InjectionScan:
+    """Signals found and the combined score; no text of the result is kept."""
+
+    score: float
+    signals: tuple[str, ...]
+
+    @property
+    def instructions(self) -> bool:
+        return self.score >= INSTRUCTIONS_THRESHOLD
+
+
+def scan_injection(texts: list[str]) -> InjectionScan:
+    """Score the strings of one tool result (already bounded by the caller's size budget)."""
+    found: set[str] = set()
+    for text in texts:
+        if _HIDDEN.search(text):
+            found.add("hidden_text")
+            # Unicode tag characters smuggle ASCII invisibly: read what they say too.
+            text = text + "\n" + _TAGS.sub(_untag, text)
+        for match in _SCANNER.finditer(text):
+            found.add(match.lastgroup or "")
+            if len(found) > len(SIGNALS):
+                break
+    found.discard("")
+    keep = 1.0
+    for name in found:
+        keep *= 1.0 - (HIDDEN_WEIGHT if name == "hidden_text" else SIGNALS[name][0])
+    return InjectionScan(round(1.0 - keep, 4), tuple(sorted(found)))
+
+
+def _untag(match: re.Match[str]) -> str:
+    return "".join(chr(ord(ch) - 0xE0000) for ch in match.group(0))

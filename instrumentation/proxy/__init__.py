@@ -1,0 +1,1 @@
+"""Transparent MCP proxy (stdio and streamable HTTP) that emits a span per tool call."""

@@ -1,0 +1,272 @@
+"""The streamable HTTP proxy (aiohttp): forward each HTTP exchange unchanged, record on the side.
+
+Request bodies are read (bounded by ``max_message_bytes``: larger ones get a 413 naming the
+flag), responses — JSON or SSE — are streamed back chunk by chunk as they arrive, with
+compression left untouched. Each chunk is written to the client before it is framed for the
+tracker. One ``CallTracker`` per ``Mcp-Session-Id`` (LRU-bounded) keeps ids and server identity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+import uuid
+from collections import OrderedDict
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+from aiohttp import web
+from opentelemetry.trace import Tracer
+
+from ..spans import RedactorLike, SessionInfo
+from .framing import Oversized, SseSplitter
+from .stdio import SERVER_EXITED
+from .tracker import CallTracker, ProxyStats, Recorder, request_ids
+
+SESSION_HEADER = "mcp-session-id"
+_HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "transfer-encoding", "upgrade", "host", "content-length",
+})
+_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+
+def _forwardable(headers: Any) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in headers.items() if k.lower() not in _HOP_BY_HOP]
+
+
+def jsonrpc_errors(ids: list[Any], message: str, reason: str) -> bytes:
+    """A JSON-RPC error per request id (a batch when there are several)."""
+    errors = [{"jsonrpc": "2.0", "id": i, "error": {"code": SERVER_EXITED, "message": message,
+                                                     "data": {"toolwatch": reason}}} for i in ids]
+    return json.dumps(errors[0] if len(errors) == 1 else errors, separators=(",", ":")).encode()
+
+
+class HttpProxy:
+    """An aiohttp application that forwards MCP streamable HTTP to one upstream URL.
+
+    The upstream URL's path is the MCP endpoint: requests to ``/`` or to that path go to it;
+    any other path (e.g. ``/.well-known/...``) goes to the same path on the upstream origin.
+    """
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        tracer: Tracer,
+        redactor: RedactorLike,
+        stats: ProxyStats,
+        agent_id: str,
+        agent_name: str = "",
+        server_name: str = "",
+        max_message_bytes: int = 16 * 1024 * 1024,
+        max_sessions: int = 1024,
+    ) -> None:
+        self.upstream = upstream
+        parts = urlsplit(upstream)
+        self._origin = (parts.scheme, parts.netloc)
+        self._endpoint_path = parts.path or "/"
+        self._address = parts.hostname or ""
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._tracer, self._redactor, self.stats = tracer, redactor, stats
+        self._agent = (agent_id, agent_name, server_name)
+        self.max_message_bytes = max_message_bytes
+        self._max_sessions = max_sessions
+        self._trackers: OrderedDict[str, CallTracker] = OrderedDict()
+        self._recorder = Recorder()
+        self._client: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self.max_message_bytes, handler_args={"max_field_size": 65536})
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Listen; return the local base URL (with the upstream's MCP path)."""
+        self._client = aiohttp.ClientSession(
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        )
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
+        return f"http://{host}:{bound[1]}{self._endpoint_path}"
+
+    async def close(self) -> None:
+        """Stop listening and record what is still queued. Safe twice, safe without start."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        self._recorder.flush()
+
+    # -- sessions -------------------------------------------------------------------------------
+    def _tracker(self, session_id: str) -> CallTracker:
+        tracker = self._trackers.get(session_id)
+        if tracker is not None:
+            self._trackers.move_to_end(session_id)
+            return tracker
+        agent_id, agent_name, server_name = self._agent
+        info = SessionInfo(
+            agent_id=agent_id, agent_name=agent_name, server_name=server_name,
+            session_id=session_id or uuid.uuid4().hex, transport="tcp",
+            server_address=self._address, server_port=self._port, emitter="proxy",
+        )
+        tracker = CallTracker(info, self._tracer, self._redactor, self.stats)
+        self._trackers[session_id] = tracker
+        while len(self._trackers) > self._max_sessions:
+            self._trackers.popitem(last=False)
+        return tracker
+
+    def _target(self, request: web.Request) -> str:
+        path = request.path
+        if path in ("/", self._endpoint_path):
+            path = self._endpoint_path
+        return urlunsplit((*self._origin, path, request.query_string, ""))
+
+    # -- forwarding -----------------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        t_request = time.time_ns()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            self.stats.oversized["c2s"] += 1
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": (
+                    f"toolwatch proxy: request body larger than --max-message-bytes "
+                    f"({self.max_message_bytes}); raise it to forward larger messages")}},
+                status=413,
+            )
+        assert self._client is not None, "HttpProxy.start() was not called"
+        try:
+            upstream = await self._client.request(
+                request.method, self._target(request), headers=_forwardable(request.headers),
+                data=body if body else None, allow_redirects=False, skip_auto_headers=_NO_AUTO_HEADERS,
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            return self._unreachable(body, exc)
+        async with upstream:
+            session_id = request.headers.get(SESSION_HEADER) or upstream.headers.get(SESSION_HEADER) or ""
+            tracker = self._tracker(session_id)
+            if body:
+                self._recorder.submit(tracker, "c2s", body, t_request)
+            response = await self._relay(request, upstream, tracker, body)
+        if request.method == "DELETE" and session_id:
+            self._trackers.pop(session_id, None)
+        return response
+
+    def _unreachable(self, body: bytes, exc: BaseException) -> web.Response:
+        message = f"toolwatch proxy: upstream MCP server {self.upstream} is unreachable: {exc or type(exc).__name__}"
+        print(message, file=sys.stderr)
+        ids = request_ids(body) if body else []
+        if ids:
+            return web.Response(status=502, body=jsonrpc_errors(ids, message, "upstream_unreachable"),
+                                content_type="application/json")
+        return web.Response(status=502, text=message)
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, tracker: CallTracker, body: bytes
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for key, value in _forwardable(upstream.headers):
+            response.headers.add(key, value)
+        is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+        if not is_sse and upstream.content_length is not None:
+            response.content_length = upstream.content_length
+        encoded = bool(upstream.headers.get("Content-Encoding"))
+        await response.prepare(request)
+        sse = SseSplitter(self.max_message_bytes) if is_sse and not encoded else None
+        collected = bytearray()
+        size = 0
+        t_last = time.time_ns()
+        try:
+            async for chunk in upstream.content.iter_any():
+                t_last = time.time_ns()
+                await response.write(chunk)
+                if sse is not None:
+                    for event in sse.feed(chunk):
+                        self._recorder.submit(tracker, "s2c", event, t_last)
+                elif not is_sse and not encoded:
+                    size += len(chunk)
+                    if size <= self.max_message_bytes:
+                        collected += chunk
+                    elif len(collected) < 4096:
+                        collected += chunk[: 4096 - len(collected)]
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            await self._answer_broken_stream(response, tracker, body, is_sse, exc)
+            return response
+        except (ConnectionResetError, ConnectionError):
+            return response  # the client went away; nothing to answer
+        if not is_sse and not encoded and size:
+            observed: bytes | Oversized = bytes(collected) if size <= self.max_message_bytes else Oversized(
+                bytes(collected[:4096]), size)
+            self._recorder.submit(tracker, "s2c", observed, t_last)
+        try:
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            pass
+        return response
+
+    async def _answer_broken_stream(
+        self, response: web.StreamResponse, tracker: CallTracker, body: bytes, is_sse: bool, exc: BaseException
+    ) -> None:
+        """The upstream died mid-response: answer this exchange's open requests on the SSE stream."""
+        self._recorder.flush()
+        ids = tracker.fail_requests(request_ids(body), "server_exited") if body else []
+        message = f"toolwatch proxy: upstream MCP server {self.upstream} broke off the response: {exc!r}"
+        print(message, file=sys.stderr)
+        if is_sse and ids:
+            events = b"".join(
+                b"event: message\ndata: " + jsonrpc_errors([i], message, "server_exited") + b"\n\n" for i in ids
+            )
+            try:
+                await response.write(events)
+                await response.write_eof()
+            except (ConnectionResetError, ConnectionError):
+                pass
+
+
+async def serve_http_proxy(
+    host: str,
+    port: int,
+    upstream: str,
+    *,
+    tracer: Tracer,
+    redactor: RedactorLike,
+    stats: ProxyStats,
+    agent_id: str,
+    agent_name: str = "",
+    server_name: str = "",
+    max_message_bytes: int = 16 * 1024 * 1024,
+) -> int:
+    """Run the HTTP proxy until SIGINT/SIGTERM; return the exit code."""
+    proxy = HttpProxy(upstream, tracer=tracer, redactor=redactor, stats=stats, agent_id=agent_id,
+                      agent_name=agent_name, server_name=server_name, max_message_bytes=max_message_bytes)
+    try:
+        url = await proxy.start(host, port)
+    except OSError as exc:
+        print(f"toolwatch proxy: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 2
+    print(f"toolwatch proxy: listening on {url} -> {upstream}", file=sys.stderr)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    try:
+        await stop.wait()
+    finally:
+        await proxy.close()
+    return 0

@@ -1,0 +1,64 @@
+"""Near-copy sketches: a MinHash of a large text, so an edited copy is found, not only an exact one.
+
+Format (what detectors compare, without importing this module): a tuple of ``SKETCH_SLOTS`` ints,
+each in ``0 .. 2**32-1``. It is a one-permutation MinHash: every shingle gets one keyed 64-bit
+hash; its top 6 bits pick a slot and the slot keeps the smallest low 32 bits seen
+(``EMPTY_SLOT`` if no shingle fell in it, which for the >= 1 KiB texts toolwatch sketches has
+odds below one in a million). The fraction of equal slots of two sketches estimates the Jaccard
+similarity of their shingle sets. Shingles are the 8-byte windows of the lower-cased,
+whitespace-collapsed UTF-8 text (its first ``max_bytes``). The hash key comes from the deployment
+key, so sketches compare only within one deployment and cannot be used to test guesses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+__all__ = ["SKETCH_SLOTS", "SHINGLE_BYTES", "Sketcher", "sketch_similarity"]
+
+SKETCH_SLOTS = 64
+SHINGLE_BYTES = 8
+EMPTY_SLOT = 0xFFFFFFFF
+_MASK32 = np.uint64(0xFFFFFFFF)
+_SLOT_BITS = 6  # 2**6 == SKETCH_SLOTS
+
+
+def sketch_similarity(a: tuple[int, ...] | list[int], b: tuple[int, ...] | list[int]) -> float:
+    """Fraction of equal slots (≈ Jaccard similarity of the texts' shingles); 0.0 if not comparable."""
+    if not a or len(a) != len(b):
+        return 0.0
+    return sum(1 for x, y in zip(a, b) if x == y) / len(a)
+
+
+class Sketcher:
+    """One-permutation MinHash with ``SKETCH_SLOTS`` slots over keyed hashes of 8-byte shingles."""
+
+    def __init__(self, seed_key: bytes, *, max_bytes: int = 64 * 1024) -> None:
+        digest = hashlib.shake_256(b"toolwatch-sketch" + seed_key).digest(8)
+        self._key = np.frombuffer(digest, dtype="<u8")[0]
+        self._max_bytes = max_bytes
+
+    def __call__(self, text: str) -> tuple[int, ...]:
+        normal = " ".join(text[: self._max_bytes].split()).lower()
+        data = normal.encode("utf-8", "surrogatepass")[: self._max_bytes]
+        if len(data) < SHINGLE_BYTES:
+            data = data.ljust(SHINGLE_BYTES, b"\0")
+        raw = np.frombuffer(data, dtype=np.uint8)
+        windows = np.lib.stride_tricks.sliding_window_view(raw, SHINGLE_BYTES)
+        shingles = np.ascontiguousarray(windows).view("<u8").ravel()
+        hashed = _splitmix(shingles ^ self._key)
+        slots = (hashed >> np.uint64(64 - _SLOT_BITS)).astype(np.intp)
+        mins = np.full(SKETCH_SLOTS, EMPTY_SLOT, dtype=np.uint64)
+        np.minimum.at(mins, slots, hashed & _MASK32)
+        return tuple(int(v) for v in mins)
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """A strong 64-bit mix so that near-equal shingles hash far apart."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
