@@ -24,6 +24,7 @@ from toolwatch.detectors.rugpull import RugPullConfig, RugPullDetector
 from toolwatch.detectors.shadowing import ShadowingConfig, ToolShadowingDetector
 from toolwatch.detectors.volume import VolumeConfig, VolumeSpikeDetector
 
+from .agent_metrics import AgentMetrics
 from .alerts import AlertRouter
 from .api import Api
 from .config import Config, ConfigError, parse_hostport
@@ -127,6 +128,8 @@ class Daemon:
             queue_max=p.queue_max_spans,
             snapshot_interval_s=p.snapshot_interval_s,
         )
+        self.agent_metrics = AgentMetrics(self.metrics.registry, self.detectors, clock=clock)
+        self.pipeline.batch_listeners.append(self.agent_metrics.after_batch)
         self.ingest = Ingest(Normalizer(redact_args or drop_raw_args), self.pipeline, self.metrics)
         self.receivers: list[Receiver] = []
         if cfg.enabled("otlp_http"):

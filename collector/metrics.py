@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from typing import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from toolwatch import __version__
 
@@ -97,6 +97,7 @@ class Metrics:
         )
         self.agents = Gauge("toolwatch_agents", "Agents known to the daemon, by baseline state.", ["state"], registry=r)
         self._tool_guard = LabelGuard(tool_label_cap)
+        self.process = ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU, open fds
 
     def count_calls(self, keys: Iterable[tuple[str, str, str]]) -> None:
         for labels, n in Tally(self._tool_guard(k) for k in keys).items():

@@ -62,6 +62,8 @@ class Pipeline:
         self._last_snapshot = clock()
         self.processed = 0
         self.listeners: list[Callable[[list[Finding]], None]] = []
+        self.batch_listeners: list[Callable[[Batch, list[Finding]], None]] = []
+        """Called after every batch, findings or not (per-agent metrics read detector state here)."""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -185,6 +187,8 @@ class Pipeline:
         for item in items:
             self.metrics.lag.observe(max(0.0, now - item.arrived))
         self.processed += len(batch)
+        for batch_listener in self.batch_listeners:
+            batch_listener(batch, findings)
 
     def _observe(self, batch: Batch) -> list[Finding]:
         findings: list[Finding] = []
