@@ -87,12 +87,17 @@ FLEET = DashboardSpec(
         Row("Traffic and findings", (
             PanelSpec("Tool calls per second", "timeseries", (
                 Q("sum by (server) (rate(toolwatch_tool_calls_total[$__rate_interval]))", "{{server}}"),
-            ), "Tool calls the daemon ingested per second, stacked by MCP server.", unit="reqps", stacked=True),
+            ), "Tool calls the daemon ingested per second, stacked by MCP server.", width=8, unit="reqps",
+                stacked=True),
             PanelSpec("Findings by detector and severity", "timeseries", (
                 Q("sum by (detector, severity) (rate(toolwatch_findings_total[$__rate_interval])) * 60",
                   "{{detector}} {{severity}}"),
             ), "Detector findings per minute, by detector and severity (before alert grouping).",
-                unit="short", stacked=True),
+                width=8, unit="short", stacked=True),
+            PanelSpec("Finding scores by detector", "timeseries", (
+                Q("histogram_quantile(0.9, sum by (le, detector) (rate(toolwatch_anomaly_score_bucket[$__rate_interval])))",
+                  "p90 {{detector}}"),
+            ), "90th percentile of finding scores per detector (volume: robust z; others 0..1).", width=8),
         )),
         Row("Agents", (
             PanelSpec("Top agents by anomaly score", "bargauge", (

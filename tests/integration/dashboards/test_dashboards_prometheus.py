@@ -36,6 +36,7 @@ WINDOW_NS = 1_000_000_000
 # once the metric appears on /metrics, its panel is held to its expect_data flag like any other.
 PENDING_METRICS = {
     "toolwatch_pending_approvals": "alerting branch (Metrics.pending_approvals)",
+    "toolwatch_anomaly_score_bucket": "alerting branch (Metrics.anomaly_score)",
     "toolwatch_webhook_outbox_dead": "alerting branch (Metrics.outbox_dead)",
     "toolwatch_kafka_records_total": "kafka branch (Metrics.kafka_records)",
     "toolwatch_kafka_paused": "kafka branch (Metrics.kafka_paused)",
