@@ -37,6 +37,7 @@ class Metrics:
         r = self.registry
         self.build_info = Info("toolwatch_build", "toolwatch build information.", registry=r)
         self.build_info.info({"version": __version__})
+        self.process = ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU, open fds
         self.spans_received = Counter(
             "toolwatch_spans_received_total", "Spans received, by receiver.", ["receiver"], registry=r
         )
@@ -97,7 +98,6 @@ class Metrics:
         )
         self.agents = Gauge("toolwatch_agents", "Agents known to the daemon, by baseline state.", ["state"], registry=r)
         self._tool_guard = LabelGuard(tool_label_cap)
-        self.process = ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU, open fds
 
     def count_calls(self, keys: Iterable[tuple[str, str, str]]) -> None:
         for labels, n in Tally(self._tool_guard(k) for k in keys).items():
