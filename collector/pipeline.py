@@ -183,12 +183,12 @@ class Pipeline:
             self.router.route(findings)
             for listener in self.listeners:
                 listener(findings)
+        for batch_listener in self.batch_listeners:
+            batch_listener(batch, findings)
         now = self.clock()
         for item in items:
             self.metrics.lag.observe(max(0.0, now - item.arrived))
         self.processed += len(batch)
-        for batch_listener in self.batch_listeners:
-            batch_listener(batch, findings)
 
     def _observe(self, batch: Batch) -> list[Finding]:
         findings: list[Finding] = []
