@@ -119,11 +119,16 @@ FLEET = DashboardSpec(
                 Q("sum by (receiver, outcome) (rate(toolwatch_webhook_deliveries_total[$__rate_interval]))",
                   "{{receiver}} {{outcome}}"),
             ), "Delivery attempts per second per webhook receiver: success, failure, filtered, dead.",
-                unit="reqps"),
+                width=8, unit="reqps"),
+            PanelSpec("Webhook delivery latency", "timeseries", (
+                Q("histogram_quantile(0.9, sum by (le, receiver) "
+                  "(rate(toolwatch_webhook_delivery_latency_seconds_bucket[$__rate_interval])))", "p90 {{receiver}}"),
+            ), "Time from an alert being stored to its delivery (90th percentile), per receiver.", width=8, unit="s"),
             PanelSpec("Webhook outbox", "timeseries", (
                 Q("sum by (receiver) (toolwatch_webhook_outbox_depth)", "{{receiver}} waiting"),
                 Q("sum by (receiver) (toolwatch_webhook_outbox_dead)", "{{receiver}} dead", expect_data=False),
-            ), "Messages waiting for delivery, and those given up on (kept in the store).", unit="short"),
+            ), "Messages waiting for delivery, and those given up on (kept in the store).", width=8,
+                unit="short"),
             PanelSpec("Alerts raised by detector", "timeseries", (
                 Q("sum by (detector, severity) (increase(toolwatch_alerts_total[$__rate_interval]))",
                   "{{detector}} {{severity}}"),
@@ -192,8 +197,10 @@ DAEMON = DashboardSpec(
                   "request {{receiver}} {{reason}}"),
                 Q("sum by (receiver, reason) (rate(toolwatch_spans_rejected_total[$__rate_interval]))",
                   "span {{receiver}} {{reason}}", expect_data=False),
+                Q("sum by (action, reason) (rate(toolwatch_spans_event_time_total[$__rate_interval]))",
+                  "event time {{action}} {{reason}}", expect_data=False),
             ), "Requests and single spans refused, by receiver and reason (too_large, bad_protobuf, "
-               "queue_full, …).", unit="reqps"),
+               "queue_full, …), and spans whose timestamps broke the event-time rule (clamped or rejected).", unit="reqps"),
         )),
         Row("Pipeline", (
             PanelSpec("Pipeline lag", "timeseries", (

@@ -38,6 +38,8 @@ PENDING_METRICS = {
     "toolwatch_pending_approvals": "alerting branch (Metrics.pending_approvals)",
     "toolwatch_anomaly_score_bucket": "alerting branch (Metrics.anomaly_score)",
     "toolwatch_webhook_outbox_dead": "alerting branch (Metrics.outbox_dead)",
+    "toolwatch_webhook_delivery_latency_seconds_bucket": "alerting branch (Metrics.webhook_delivery_latency)",
+    "toolwatch_spans_event_time_total": "ingest branch (Metrics.event_time)",
     "toolwatch_kafka_records_total": "kafka branch (Metrics.kafka_records)",
     "toolwatch_kafka_paused": "kafka branch (Metrics.kafka_paused)",
     "toolwatch_kafka_consumer_lag": "not yet exported by the Kafka receiver (proposed name)",
