@@ -237,10 +237,16 @@ DAEMON = DashboardSpec(
         Row("Process", (
             PanelSpec("Memory", "timeseries", (
                 Q(f"process_resident_memory_bytes {TOOLWATCH_TARGETS}", "{{instance}} resident"),
-            ), "Resident memory of each daemon.", unit="bytes"),
+            ), "Resident memory of each daemon.", width=8, unit="bytes"),
             PanelSpec("CPU", "timeseries", (
                 Q(f"rate(process_cpu_seconds_total[$__rate_interval]) {TOOLWATCH_TARGETS}", "{{instance}}"),
-            ), "CPU seconds per second of each daemon.", unit="percentunit"),
+            ), "CPU seconds per second of each daemon.", width=8, unit="percentunit"),
+            PanelSpec("Rule set", "timeseries", (
+                Q("sum(toolwatch_rules_loaded)", "rules loaded"),
+                Q("sum by (outcome) (increase(toolwatch_rules_reloads_total[$__rate_interval]))", "reloads {{outcome}}",
+                  expect_data=False),
+            ), "Rules and correlations in the active rule set, and rule-file reloads by outcome.", width=8,
+                unit="short"),
         )),
     ),
 )

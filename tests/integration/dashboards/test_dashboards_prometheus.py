@@ -40,6 +40,8 @@ PENDING_METRICS = {
     "toolwatch_webhook_outbox_dead": "alerting branch (Metrics.outbox_dead)",
     "toolwatch_webhook_delivery_latency_seconds_bucket": "alerting branch (Metrics.webhook_delivery_latency)",
     "toolwatch_spans_event_time_total": "ingest branch (Metrics.event_time)",
+    "toolwatch_rules_loaded": "rules-flow branch, on main (Metrics.rules_loaded)",
+    "toolwatch_rules_reloads_total": "rules-flow branch, on main (Metrics.rules_reloads)",
     "toolwatch_kafka_records_total": "kafka branch (Metrics.kafka_records)",
     "toolwatch_kafka_paused": "kafka branch (Metrics.kafka_paused)",
     "toolwatch_kafka_consumer_lag": "not yet exported by the Kafka receiver (proposed name)",
