@@ -18,6 +18,7 @@ from toolwatch.detectors.rules import RuleEngine
 from toolwatch.instrumentation.fingerprint import key_from_text
 from toolwatch.instrumentation.redact import Redactor
 
+from .agent_metrics import AgentMetrics
 from .alerts import AlertRouter
 from .approvals import Approvals, find_approval_source
 from .api import Api
@@ -99,6 +100,9 @@ class Daemon:
             snapshot_interval_s=p.snapshot_interval_s,
             event_time=p.event_time_rule(),
         )
+        self.agent_metrics = AgentMetrics(self.metrics.registry, self.detectors, clock=clock)
+        self.pipeline.batch_listeners.append(self.agent_metrics.after_batch)
+        self.pipeline.batch_listeners.append(lambda _batch, _findings: self._update_agent_gauge())
         self.ingest = Ingest(Normalizer(redact_args or ingest_redactor(cfg)), self.pipeline, self.metrics)
         self.receivers: list[Receiver] = []
         if cfg.enabled("otlp_http"):
@@ -174,7 +178,6 @@ class Daemon:
             await self.rules_watcher.start()
         for r in self.receivers:
             await r.start()
-        self.pipeline.listeners.append(lambda _f: self._update_agent_gauge())
         self._started = True
 
     async def shutdown(self) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter as Tally
 from typing import Any, Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
 from toolwatch import __version__
 from toolwatch.detectors.events import SEVERITIES, Finding
@@ -38,6 +38,7 @@ class Metrics:
         r = self.registry
         self.build_info = Info("toolwatch_build", "toolwatch build information.", registry=r)
         self.build_info.info({"version": __version__})
+        self.process = ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU, open fds
         self.spans_received = Counter(
             "toolwatch_spans_received_total", "Spans received, by receiver.", ["receiver"], registry=r
         )

@@ -78,6 +78,8 @@ class Pipeline:
         self._last_snapshot = clock()
         self.processed = 0
         self.listeners: list[Callable[[list[Finding]], None]] = []
+        self.batch_listeners: list[Callable[[Batch, list[Finding]], None]] = []
+        """Called after every batch, findings or not (per-agent metrics read detector state here)."""
         self._idle = asyncio.Event()
         self._idle.set()
         self.detector_lock = threading.Lock()
@@ -226,6 +228,8 @@ class Pipeline:
             self.router.route(findings)
             for listener in self.listeners:
                 listener(findings)
+        for batch_listener in self.batch_listeners:
+            batch_listener(batch, findings)
         now = self.clock()
         for item in items:
             self.metrics.lag.observe(max(0.0, now - item.arrived))
