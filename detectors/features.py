@@ -29,7 +29,7 @@ plus at most ``max_destinations`` remembered destinations.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -85,24 +85,29 @@ class AgentContext:
         self.destinations = OrderedDict((str(x), None) for x in d.get("destinations", []))
 
 
-def extract(ctx: AgentContext, calls: Sequence[ToolCall], surprisal: Sequence[float],
-            sessions: Sequence[Session] | None = None) -> np.ndarray:
-    """Feature rows (``len(calls) x N_FEATURES``) for one agent's calls, in time order.
+def extract(ctx: AgentContext, calls: Sequence[ToolCall], surprise: Callable[[str, str], float],
+            closed: list[tuple[str, Session]] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Feature rows (``len(calls) x N_FEATURES``) for one agent's calls in time order, and the
+    token before each call (``START`` for a session's first call). Sessions that close on the
+    way are appended to ``closed`` when given.
 
-    ``surprisal[i]`` comes from the sequence model, scored against the session context *before*
-    call ``i``. This advances each session's context past the call; it does not learn baselines.
-    When ``sessions`` is given (one per call, already fetched) the tracker lookup is skipped.
+    ``surprise(prev, token)`` is the sequence model's surprisal in bits. This advances each
+    session's context past the call; it learns no baseline (that is the caller's decision, made
+    after scoring, so that anomalous calls stay out of the baseline).
     """
     n = len(calls)
     raw = np.zeros((n, N_FEATURES), dtype=np.float64)
-    if n == 0:
-        return raw
-    raw[:, 0] = surprisal
+    prevs: list[str] = []
     tracker = ctx.sessions
     known = ctx.destinations
     for i, c in enumerate(calls):
-        s = sessions[i] if sessions is not None else tracker.get(c.session_id, c.time_ns)[0]
+        s, done = tracker.get(c.session_id, c.time_ns)
+        if done and closed is not None:
+            closed.extend(done)
+        token = c.token
+        prevs.append(s.prev)
         row = raw[i]
+        row[0] = surprise(s.prev, token)
         row[1] = c.args_bytes
         row[2] = c.result_bytes
         row[3] = len(c.args_labels)
@@ -115,11 +120,11 @@ def extract(ctx: AgentContext, calls: Sequence[ToolCall], surprisal: Sequence[fl
         row[9] = (c.time_ns - s.last_ns) / 1e9 if s.n else _FIRST_GAP_S
         fps = s.result_fps
         row[14] = sum(1 for fp in c.args_fingerprints if fps.get(fp, c.server) != c.server)
-        tracker.advance(s, c.token, c.server, c.time_ns, c.is_error, c.result_labels,
+        tracker.advance(s, token, c.server, c.time_ns, c.is_error, c.result_labels,
                         c.result_fingerprints, c.result_injection_score)
         row[10] = s.rate
         row[11] = s.n
         row[12] = s.errors / s.n
         row[13] = len(s.servers)
     raw[:, _LOG_COLS] = np.log1p(np.maximum(raw[:, _LOG_COLS], 0.0))
-    return raw
+    return raw, prevs

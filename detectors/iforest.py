@@ -153,6 +153,10 @@ class ForestParams:
     target_alert_rate: float = 0.002
     threshold_margin: float = 0.02
     """Added to the calibrated quantile: training rows score lower than fresh benign rows."""
+    range_k: float = 4.0
+    """A feature this many spreads beyond the baseline's [min, max] is anomalous on its own:
+    an IsolationForest cannot see past the range it was trained on (a value far beyond the
+    training maximum lands in the same leaf as that maximum), so novelty is checked directly."""
 
     def validate(self) -> None:
         if self.n_estimators < 1:
@@ -161,6 +165,8 @@ class ForestParams:
             raise ValueError(f"iforest.max_samples must be >= 2 (got {self.max_samples})")
         if not 0.0 < self.target_alert_rate < 0.5:
             raise ValueError(f"iforest.target_alert_rate must be in (0, 0.5) (got {self.target_alert_rate})")
+        if not self.range_k > 0:
+            raise ValueError(f"iforest.range_k must be > 0 (got {self.range_k})")
         if not 0.0 <= self.threshold_margin < 1.0:
             raise ValueError(f"iforest.threshold_margin must be in [0, 1) (got {self.threshold_margin})")
 
@@ -185,10 +191,29 @@ class ForestModel:
         self.median = np.median(sample, axis=0)
         q75, q25 = np.percentile(sample, [75, 25], axis=0)
         self.spread = np.maximum(q75 - q25, np.maximum(np.std(sample, axis=0), 1e-3))
+        self.lo = sample.min(axis=0)
+        self.hi = sample.max(axis=0)
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Anomaly score in (0, 1]; higher = more anomalous (IsolationForest's ``s(x, n)``)."""
         return -self.flat.score_samples(X)
+
+    def beyond_range(self, X: np.ndarray) -> np.ndarray:
+        """Per row, the largest distance of any feature outside the baseline's [min, max], in spreads."""
+        over = np.maximum(X - self.hi, self.lo - X) / self.spread
+        return np.maximum(over.max(axis=1), 0.0)
+
+    def margins(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Forest score, range excess, and one decision margin (> 0 alerts) per row.
+
+        The margin is the larger of ``score - threshold`` and the range excess mapped onto the
+        same scale (``0.1 * (excess / range_k - 1)``, capped at 0.5), so one number orders rows
+        for ROC curves and either test alone can raise an alert.
+        """
+        s = self.score(X)
+        r = self.beyond_range(X)
+        m = np.maximum(s - self.threshold, np.minimum(0.1 * (r / self.params.range_k - 1.0), 0.5))
+        return s, r, m
 
     def explain(self, x: np.ndarray, names: Sequence[str], k: int = 3) -> list[dict[str, Any]]:
         """The ``k`` features farthest from their baseline, as share of the total deviation."""
@@ -205,7 +230,7 @@ class ForestModel:
         return {"sample": self.sample.tolist(), "params": {
             "n_estimators": self.params.n_estimators, "max_samples": self.params.max_samples,
             "random_state": self.params.random_state, "target_alert_rate": self.params.target_alert_rate,
-            "threshold_margin": self.params.threshold_margin}}
+            "threshold_margin": self.params.threshold_margin, "range_k": self.params.range_k}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ForestModel":

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from .sessions import START
 
-__all__ = ["MarkovConfig", "MarkovModel", "LengthStats", "fleet_prior", "containment"]
+__all__ = ["MarkovConfig", "MarkovModel", "LengthStats", "fleet_prior", "containment", "select_prior"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +190,17 @@ def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = Non
     prior.bi = {p: {t: c * prior_scale for t, c in r.items()} for p, r in prior.bi.items()}
     prior._recount()
     return prior
+
+
+def select_prior(vocab: set[str], candidates: dict[str, MarkovModel], min_containment: float,
+                 config: MarkovConfig | None = None) -> MarkovModel | None:
+    """Fleet prior for an agent that uses ``vocab``: the average of the candidate (mature) models
+    whose vocabulary holds at least ``min_containment`` of the agent's tokens; ``None`` if none do.
+    Agents with the same tools share behaviour; agents with other tools say nothing about it."""
+    if not vocab:
+        return None
+    similar = [m for m in candidates.values() if containment(vocab, m.vocab) >= min_containment]
+    return fleet_prior(similar, config)
 
 
 @dataclass(slots=True)

@@ -3,8 +3,8 @@ session features need (previous tool, length, rate, errors, servers, result fing
 
 Sessions have no explicit end in MCP traffic, so a session closes when it has been idle for
 ``idle_s`` (event time) or when the agent has more than ``max_open`` open sessions (the least
-recently active one is closed). Closing returns the session's length so callers can learn the
-usual session length. Memory per agent: at most ``max_open`` sessions, each holding at most
+recently active one is closed). Closing hands the closed sessions back to the caller (to learn
+the usual session length, or to commit a session's rows to a baseline). Memory per agent: at most ``max_open`` sessions, each holding at most
 ``max_fingerprints`` fingerprints and ``max_servers`` server names.
 """
 
@@ -69,14 +69,14 @@ class SessionTracker:
         self.max_servers = max_servers
         self.open: OrderedDict[str, Session] = OrderedDict()
 
-    def get(self, session_id: str, time_ns: int) -> tuple[Session, list[int]]:
-        """The session for a call at ``time_ns`` (created if new), and lengths of sessions this closed."""
+    def get(self, session_id: str, time_ns: int) -> tuple[Session, list[tuple[str, Session]]]:
+        """The session for a call at ``time_ns`` (created if new), and the sessions this closed."""
         closed = self.expire(time_ns)
         s = self.open.get(session_id)
         if s is None:
             s = self.open[session_id] = Session(first_ns=time_ns, last_ns=time_ns)
             while len(self.open) > self.max_open:
-                closed.append(self.open.popitem(last=False)[1].n)
+                closed.append(self.open.popitem(last=False))
         else:
             self.open.move_to_end(session_id)
         return s, closed
@@ -98,15 +98,15 @@ class SessionTracker:
                 s.result_fps.pop(next(iter(s.result_fps)))
             s.result_fps[fp] = server
 
-    def expire(self, now_ns: int) -> list[int]:
-        """Close sessions idle for longer than ``idle_s``; return their lengths."""
-        closed: list[int] = []
+    def expire(self, now_ns: int) -> list[tuple[str, Session]]:
+        """Close sessions idle for longer than ``idle_s``; return them (id, session)."""
+        closed: list[tuple[str, Session]] = []
         while self.open:
             sid, s = next(iter(self.open.items()))
             if now_ns - s.last_ns <= self.idle_ns:
                 break
             del self.open[sid]
-            closed.append(s.n)
+            closed.append((sid, s))
         return closed
 
     def to_dict(self) -> dict[str, Any]:
