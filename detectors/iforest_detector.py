@@ -67,6 +67,8 @@ class ForestConfig:
     max_open_sessions: int = 32
     session_idle_s: float = 1800.0
     max_destinations: int = 1024
+    max_servers: int = 64
+    """Servers remembered per agent (for choosing its group)."""
     max_pending_rows: int = 256
     """Rows held per open session until it closes (longer sessions keep their first rows)."""
     explain_top: int = 3
@@ -166,12 +168,14 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         out = super().snapshot()
         out["models"] = {k: m.to_dict() for k, m in self._models.items()}
         out["groups"] = {k: sorted(v) for k, v in self._groups.items()}
+        out["group_since"] = self._group_since
         return out
 
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self._models = {k: ForestModel.from_dict(v) for k, v in state.get("models", {}).items()}
         self._groups = {k: frozenset(v) for k, v in state.get("groups", {}).items()}
+        self._group_since = int(state.get("group_since", 0))
 
     def snapshot_agent(self, agent_id: str) -> dict[str, Any] | None:
         d = super().snapshot_agent(agent_id)
@@ -333,7 +337,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                     continue
                 st.markov.learn(prevs[j], c.token)
                 st.ctx.remember(c.destinations)
-                if c.server:
+                if c.server and len(st.servers) < cfg.max_servers:
                     st.servers.add(c.server)
                 if warm and c.session_id not in st.tainted:
                     rows = st.pending.setdefault(c.session_id, [])
