@@ -122,12 +122,13 @@ class MarkovModel:
         self._recount()
 
     def _prune(self) -> None:
+        """Keep the heaviest 3/4 of each bound, so pruning runs once per many new entries."""
         cfg = self.config
         if len(self.uni) > cfg.max_tokens:
-            keep = sorted(self.uni.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.max_tokens]
+            keep = sorted(self.uni.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.max_tokens * 3 // 4]
             self.uni = dict(keep)
         edges = sorted(((c, p, t) for p, row in self.bi.items() for t, c in row.items()
-                        if t in self.uni), key=lambda e: (-e[0], e[1], e[2]))[: cfg.max_transitions]
+                        if t in self.uni), key=lambda e: (-e[0], e[1], e[2]))[: cfg.max_transitions * 3 // 4]
         self.bi = {}
         for c, p, t in edges:
             self.bi.setdefault(p, {})[t] = c

@@ -122,7 +122,7 @@ def check_per_agent_move(make: Factory, train_sessions: int = 40) -> None:
     assert "a" not in b.agents()
 
 
-def check_bounded_memory(make: Factory, n: int = 3000) -> tuple[int, int]:
+def check_bounded_memory(make: Factory, n: int = 1500) -> tuple[int, int]:
     """Per-agent state stops growing: sizes after n and 2n calls of ever-new tools, sessions and
     destinations differ by little. Returns both sizes (bytes of JSON)."""
     det = make()
