@@ -215,7 +215,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 if not st.frozen and st.n_buf >= cfg.min_rows
                 and (a not in self._models or st.since_fit >= cfg.retrain_every)]
         has_agent_model = any(a in self._models for a in self._state)
-        if has_agent_model and (not self._groups or self._group_since >= cfg.group_retrain_every):
+        if (keys or has_agent_model) and (not self._groups or self._group_since >= cfg.group_retrain_every):
             keys.append(GROUPS)
         return keys
 
