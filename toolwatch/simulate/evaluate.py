@@ -39,8 +39,8 @@ class DetectorReport:
     incidents: dict[str, int] = field(default_factory=dict)
     detected: dict[str, int] = field(default_factory=dict)
     delays_s: dict[str, list[float]] = field(default_factory=dict)
-    scores: list[tuple[float, bool]] = field(default_factory=list)
-    """(score margin, is attack) per scored call, when the detector reports scores."""
+    scores: list[tuple[float, str]] = field(default_factory=list)
+    """(score margin, attack kind or "") per scored call, when the detector reports scores."""
 
     @property
     def fpr(self) -> float:
@@ -79,7 +79,7 @@ def replay(detectors: Sequence[Any], traffic: Traffic, batch_size: int = 512) ->
                 found, margins = d.observe_scored(batch)
                 for c, m in zip(batch.calls, margins):
                     if np.isfinite(m):
-                        rep.scores.append((float(m), c.span_id in labels))
+                        rep.scores.append((float(m), labels.get(c.span_id, "")))
             else:
                 found = d.observe(batch)
             rep.findings += len(found)
@@ -124,16 +124,20 @@ def format_reports(reports: dict[str, DetectorReport], kinds: Sequence[str] = AT
     return "\n".join(lines)
 
 
-def curve_points(scores: Sequence[tuple[float, bool]]) -> dict[str, np.ndarray]:
-    """ROC (fpr, tpr) and PR (recall, precision) points over per-call score margins."""
-    if not scores:
+def curve_points(scores: Sequence[tuple[float, str]], kind: str | None = None) -> dict[str, np.ndarray]:
+    """ROC (fpr, tpr) and PR (recall, precision) points over per-call score margins: attack calls
+    (of ``kind`` only, when given) against benign calls; ``auc`` is the area under the ROC."""
+    pairs = [(x, k) for x, k in scores if kind is None or k in ("", kind)]
+    if not pairs:
         z = np.zeros(1)
-        return {"fpr": z, "tpr": z, "recall": z, "precision": z}
-    s = np.array([x for x, _ in scores])
-    y = np.array([b for _, b in scores], dtype=bool)
+        return {"fpr": z, "tpr": z, "recall": z, "precision": z, "auc": np.float64(0.0)}
+    s = np.array([x for x, _ in pairs])
+    y = np.array([bool(k) for _, k in pairs], dtype=bool)
     order = np.argsort(-s, kind="stable")
     y = y[order]
     tp = np.cumsum(y)
     fp = np.cumsum(~y)
     P, N = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    return {"fpr": fp / N, "tpr": tp / P, "recall": tp / P, "precision": tp / np.maximum(tp + fp, 1)}
+    fpr, tpr = np.concatenate([[0.0], fp / N]), np.concatenate([[0.0], tp / P])
+    return {"fpr": fpr, "tpr": tpr, "recall": tp / P, "precision": tp / np.maximum(tp + fp, 1),
+            "auc": np.float64(np.trapezoid(tpr, fpr))}
