@@ -67,8 +67,12 @@ class ForestConfig:
     max_open_sessions: int = 32
     session_idle_s: float = 1800.0
     max_destinations: int = 1024
-    max_servers: int = 64
-    """Servers remembered per agent (for choosing its group)."""
+    habit_calls: float = 3.0
+    """A server belongs to an agent's habits (and so its group) once its tools have this much
+    (decayed) count in the agent's sequence model: one stray call does not change the group."""
+    train_max_surprisal: float = 12.0
+    """Rows more surprising than this (bits) never join a baseline window, so that calls to
+    never-seen tools made before any model covered the agent do not become normal."""
     max_pending_rows: int = 256
     """Rows held per open session until it closes (longer sessions keep their first rows)."""
     explain_top: int = 3
@@ -84,6 +88,8 @@ class ForestConfig:
             raise ValueError(f"iforest.max_rows ({self.max_rows}) must be >= iforest.min_rows ({self.min_rows})")
         if self.retrain_every < 1 or self.group_retrain_every < 1:
             raise ValueError("iforest.retrain_every and iforest.group_retrain_every must be >= 1")
+        if self.habit_calls <= 0 or self.train_max_surprisal <= 0:
+            raise ValueError("iforest.habit_calls and iforest.train_max_surprisal must be > 0")
         if self.warm_calls < 0 or self.explain_top < 1:
             raise ValueError("iforest.warm_calls must be >= 0 and iforest.explain_top >= 1")
         if not 0.0 < self.prior_min_containment <= 1.0:
@@ -92,6 +98,10 @@ class ForestConfig:
             raise ValueError("iforest.max_open_sessions and iforest.max_destinations must be >= 1, "
                              "iforest.session_idle_s > 0")
         return self
+
+
+def _group_key(servers: Iterable[str]) -> str:
+    return "group:" + ",".join(sorted(servers))
 
 
 class _Agent:
@@ -105,7 +115,6 @@ class _Agent:
         self.n_buf = 0
         self.head = 0
         self.since_fit = 0
-        self.servers: set[str] = set()
         self.frozen = False
         self.pending: dict[str, list[np.ndarray]] = {}
         """Rows of open sessions, committed to the window when the session closes clean."""
@@ -147,7 +156,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def state_to_dict(self, st: _Agent) -> dict[str, Any]:
         return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": st.window().tolist(),
-                "since_fit": st.since_fit, "servers": sorted(st.servers), "frozen": st.frozen,
+                "since_fit": st.since_fit, "frozen": st.frozen,
                 "pending": {sid: [r.tolist() for r in rows] for sid, rows in st.pending.items()},
                 "tainted": sorted(st.tainted)}
 
@@ -158,7 +167,6 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         rows = np.asarray(d["rows"], dtype=np.float64).reshape(-1, N_FEATURES)
         st.add_rows(rows)
         st.since_fit = int(d["since_fit"])
-        st.servers = set(d["servers"])
         st.frozen = bool(d["frozen"])
         st.pending = {str(k): [np.asarray(r, dtype=np.float64) for r in v] for k, v in d.get("pending", {}).items()}
         st.tainted = set(d.get("tainted", []))
@@ -214,8 +222,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         keys = [a for a, st in self._state.items()
                 if not st.frozen and st.n_buf >= cfg.min_rows
                 and (a not in self._models or st.since_fit >= cfg.retrain_every)]
-        has_agent_model = any(a in self._models for a in self._state)
-        if (keys or has_agent_model) and (not self._groups or self._group_since >= cfg.group_retrain_every):
+        with_model = [st for a, st in self._state.items() if a in self._models or a in keys]
+        uncovered = any(_group_key(self._servers(st)) not in self._groups for st in with_model)
+        if with_model and (uncovered or self._group_since >= cfg.group_retrain_every):
             keys.append(GROUPS)
         return keys
 
@@ -245,8 +254,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         self._group_since = 0
         by_servers: dict[frozenset[str], list[str]] = {}
         for a, st in mature.items():
-            by_servers.setdefault(frozenset(st.servers), []).append(a)
-        groups = {f"group:{','.join(sorted(s))}": (s, members) for s, members in by_servers.items()}
+            by_servers.setdefault(frozenset(self._servers(st)), []).append(a)
+        groups = {_group_key(s): (s, members) for s, members in by_servers.items()}
         rng = np.random.default_rng(cfg.forest.random_state)
         new_models: dict[str, ForestModel] = {}
         for key, (_servers, members) in groups.items():
@@ -261,14 +270,20 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         self._groups = {k: s for k, (s, _m) in groups.items()}
         return list(new_models)
 
+    def _servers(self, st: _Agent) -> frozenset[str]:
+        """Servers the agent habitually uses (derived from its bounded sequence model)."""
+        lim = self.config.habit_calls
+        return frozenset(t.split("/", 1)[0] for t, c in st.markov.uni.items() if c >= lim and "/" in t)
+
     def _model_key(self, agent_id: str, st: _Agent) -> str | None:
         if agent_id in self._models:
             return agent_id
         best, best_cover = None, 0.0
+        mine = self._servers(st)
         for key, servers in self._groups.items():
-            if not st.servers:
+            if not mine:
                 continue
-            cover = len(st.servers & servers) / len(st.servers)
+            cover = len(mine & servers) / len(mine)
             if cover >= self.config.prior_min_containment and cover > best_cover:
                 best, best_cover = key, cover
         return best if best in self._models else None
@@ -337,9 +352,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                     continue
                 st.markov.learn(prevs[j], c.token)
                 st.ctx.remember(c.destinations)
-                if c.server and len(st.servers) < cfg.max_servers:
-                    st.servers.add(c.server)
-                if warm and c.session_id not in st.tainted:
+                if warm and c.session_id not in st.tainted and X[j, 0] <= cfg.train_max_surprisal:
                     rows = st.pending.setdefault(c.session_id, [])
                     if len(rows) < cfg.max_pending_rows:
                         rows.append(X[j])

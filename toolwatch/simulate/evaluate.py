@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .traffic import ATTACK_KINDS, Traffic, batches
+from .traffic import ATTACK_KINDS, Attack, Traffic, batches
 
 __all__ = ["DetectorReport", "replay", "format_reports", "curve_points"]
 
@@ -39,7 +39,9 @@ class DetectorReport:
     incidents: dict[str, int] = field(default_factory=dict)
     detected: dict[str, int] = field(default_factory=dict)
     delays_s: dict[str, list[float]] = field(default_factory=dict)
-    scores: list[tuple[float, str]] = field(default_factory=list)
+    flagged: dict[str, int] = field(default_factory=dict, repr=False)
+    """span_id -> time of the first finding naming it."""
+    scores: list[tuple[float, str]] = field(default_factory=list, repr=False)
     """(score margin, attack kind or "") per scored call, when the detector reports scores."""
 
     @property
@@ -54,6 +56,10 @@ class DetectorReport:
     def recall(self, kind: str) -> float:
         n = self.incidents.get(kind, 0)
         return self.detected.get(kind, 0) / n if n else 0.0
+
+    def recall_where(self, attacks: Sequence[Attack]) -> float:
+        """Share of the given incidents detected (e.g. only those on agents with little history)."""
+        return sum(any(s in self.flagged for s in a.span_ids) for a in attacks) / len(attacks) if attacks else 0.0
 
     def median_delay_s(self, kind: str) -> float:
         d = self.delays_s.get(kind, [])
@@ -96,6 +102,7 @@ def replay(detectors: Sequence[Any], traffic: Traffic, batch_size: int = 512) ->
     n_benign = sum(1 for e in traffic.events if e.span_id not in labels)
     for name, seen in flagged.items():
         rep = reports[name]
+        rep.flagged = seen
         rep.benign_events = n_benign
         rep.true_positives = sum(1 for s in seen if s in labels)
         rep.false_positives = len(seen) - rep.true_positives

@@ -22,7 +22,7 @@ def forest() -> IsolationForestDetector:
     return IsolationForestDetector(ForestConfig(
         forest=ForestParams(n_estimators=20, max_samples=64), markov=SMALL_MARKOV, min_rows=40,
         max_rows=128, retrain_every=150, group_retrain_every=300, warm_calls=20, session_idle_s=120,
-        max_open_sessions=4, max_destinations=16, max_pending_rows=8, max_servers=8))
+        max_open_sessions=4, max_destinations=16, max_pending_rows=8))
 
 
 FACTORIES = [pytest.param(seq, id="sequence"), pytest.param(forest, id="iforest")]
