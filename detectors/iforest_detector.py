@@ -246,12 +246,16 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         return done
 
     def _fit_groups(self) -> list[str]:
-        """One group per distinct server set of mature agents, plus the fleet (all mature agents)."""
+        """One group per distinct habitual server set of mature agents. Only new groups are fitted,
+        unless ``group_retrain_every`` rows arrived since the last full refit; a one-member group
+        shares its member's model (same sample, same forest)."""
         cfg = self.config
         mature = {a: st for a, st in self._state.items() if a in self._models and st.n_buf >= cfg.min_rows}
         if not mature:
             return []
-        self._group_since = 0
+        full = self._group_since >= cfg.group_retrain_every
+        if full:
+            self._group_since = 0
         by_servers: dict[frozenset[str], list[str]] = {}
         for a, st in mature.items():
             by_servers.setdefault(frozenset(self._servers(st)), []).append(a)
@@ -259,6 +263,11 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         rng = np.random.default_rng(cfg.forest.random_state)
         new_models: dict[str, ForestModel] = {}
         for key, (_servers, members) in groups.items():
+            if not full and key in self._groups and key in self._models:
+                continue
+            if len(members) == 1:
+                new_models[key] = self._models[members[0]]
+                continue
             pooled = np.concatenate([mature[a].window() for a in sorted(members)])
             if len(pooled) > cfg.max_rows:
                 pooled = pooled[np.sort(rng.choice(len(pooled), cfg.max_rows, replace=False))]
