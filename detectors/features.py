@@ -14,7 +14,7 @@ Each row describes one call in the context of its session and its agent's histor
 ``destinations``     number of distinct destinations named in the arguments
 ``new_dest``         of those, how many this agent never named before
 ``log_gap``          ``log1p`` seconds since the previous call of the session (first call: 60 s)
-``rate``             recent calls in the session (decayed count, time constant 60 s)
+``rate``             recent calls in the session (decayed count, time constant 10 s)
 ``log_session_len``  ``log1p`` of the call's position in its session
 ``error_rate``       share of the session's calls so far that failed (this one included)
 ``servers``          distinct servers used in the session so far (fan-out)

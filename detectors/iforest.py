@@ -153,10 +153,11 @@ class ForestParams:
     target_alert_rate: float = 0.002
     threshold_margin: float = 0.02
     """Added to the calibrated quantile: training rows score lower than fresh benign rows."""
-    range_k: float = 4.0
-    """A feature this many spreads beyond the baseline's [min, max] is anomalous on its own:
-    an IsolationForest cannot see past the range it was trained on (a value far beyond the
-    training maximum lands in the same leaf as that maximum), so novelty is checked directly."""
+    range_k: float = 0.75
+    """A feature beyond the baseline's [min, max] by this share of the range's width (at least
+    1.0 wide: one unit of a count or flag) is anomalous on its own. An IsolationForest cannot see
+    past the range it was trained on (a value far beyond the training maximum lands in the same
+    leaf as that maximum), so novelty is checked directly."""
 
     def validate(self) -> None:
         if self.n_estimators < 1:
@@ -193,14 +194,16 @@ class ForestModel:
         self.spread = np.maximum(q75 - q25, np.maximum(np.std(sample, axis=0), 1e-3))
         self.lo = sample.min(axis=0)
         self.hi = sample.max(axis=0)
+        self.width = np.maximum(self.hi - self.lo, 1.0)
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Anomaly score in (0, 1]; higher = more anomalous (IsolationForest's ``s(x, n)``)."""
         return -self.flat.score_samples(X)
 
     def beyond_range(self, X: np.ndarray) -> np.ndarray:
-        """Per row, the largest distance of any feature outside the baseline's [min, max], in spreads."""
-        over = np.maximum(X - self.hi, self.lo - X) / self.spread
+        """Per row, the largest distance of any feature outside the baseline's [min, max], as a
+        share of that range's width."""
+        over = np.maximum(X - self.hi, self.lo - X) / self.width
         return np.maximum(over.max(axis=1), 0.0)
 
     def margins(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

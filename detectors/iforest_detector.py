@@ -390,7 +390,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         if score > model.threshold:
             why = f"score {score:.3f} > threshold {model.threshold:.3f}"
         else:
-            why = f"a feature {excess:.1f} spreads outside the baseline range"
+            why = f"a feature {excess:.2f} range-widths outside the baseline range"
         return Finding(
             detector=self.name,
             severity="high" if score - model.threshold >= self.config.high_margin or excess >= 4 * model.params.range_k

@@ -60,7 +60,7 @@ class Session:
 class SessionTracker:
     """Open sessions of one agent, least recently active first."""
 
-    def __init__(self, max_open: int = 32, idle_s: float = 1800.0, rate_window_s: float = 60.0,
+    def __init__(self, max_open: int = 32, idle_s: float = 1800.0, rate_window_s: float = 10.0,
                  max_fingerprints: int = 256, max_servers: int = 32) -> None:
         self.max_open = max_open
         self.idle_ns = int(idle_s * _NS)

@@ -36,6 +36,8 @@ def pooled(runs: list[dict[str, DetectorReport]]) -> dict[str, DetectorReport]:
         for r in (run[name] for run in runs):
             p.benign_events += r.benign_events
             p.false_positives += r.false_positives
+            p.clean_events += r.clean_events
+            p.clean_false_positives += r.clean_false_positives
             p.true_positives += r.true_positives
             p.findings += r.findings
             for k, v in r.incidents.items():

@@ -9,7 +9,9 @@ Metrics, per detector:
 
 - recall per attack kind: share of *incidents* (``Attack``) with at least one labelled event
   named in a finding's ``span_ids``;
-- false-positive rate: benign events named in findings / benign events;
+- false-positive rate: benign events named in findings / benign events; and ``fpr_clean``, the
+  same over sessions that carry no attack at all (an alert on the benign call right after a
+  burst, in the burst's own session, counts in ``fpr`` but not in ``fpr_clean``);
 - precision: labelled events named in findings / events named in findings;
 - detection delay: seconds from an incident's first event to the first finding naming it.
 """
@@ -34,6 +36,9 @@ class DetectorReport:
     name: str
     benign_events: int = 0
     false_positives: int = 0
+    clean_events: int = 0
+    """Benign events in sessions without any attack."""
+    clean_false_positives: int = 0
     true_positives: int = 0
     findings: int = 0
     incidents: dict[str, int] = field(default_factory=dict)
@@ -47,6 +52,10 @@ class DetectorReport:
     @property
     def fpr(self) -> float:
         return self.false_positives / self.benign_events if self.benign_events else 0.0
+
+    @property
+    def fpr_clean(self) -> float:
+        return self.clean_false_positives / self.clean_events if self.clean_events else 0.0
 
     @property
     def precision(self) -> float:
@@ -67,7 +76,7 @@ class DetectorReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "fpr": self.fpr, "precision": self.precision, "findings": self.findings,
+            "name": self.name, "fpr": self.fpr, "fpr_clean": self.fpr_clean, "precision": self.precision, "findings": self.findings,
             "recall": {k: self.recall(k) for k in self.incidents},
             "median_delay_s": {k: self.median_delay_s(k) for k in self.incidents},
         }
@@ -100,12 +109,16 @@ def replay(detectors: Sequence[Any], traffic: Traffic, batch_size: int = 512) ->
     flagged["any"] = union
     reports["any"] = DetectorReport("any")
     n_benign = sum(1 for e in traffic.events if e.span_id not in labels)
+    attacked = {a.session_id for a in traffic.attacks}
+    clean = {e.span_id for e in traffic.events if e.session_id not in attacked}
     for name, seen in flagged.items():
         rep = reports[name]
         rep.flagged = seen
         rep.benign_events = n_benign
         rep.true_positives = sum(1 for s in seen if s in labels)
         rep.false_positives = len(seen) - rep.true_positives
+        rep.clean_events = len(clean)
+        rep.clean_false_positives = sum(1 for s in seen if s in clean)
         for a in traffic.attacks:
             rep.incidents[a.kind] = rep.incidents.get(a.kind, 0) + 1
             hits = [seen[s] for s in a.span_ids if s in seen]
@@ -117,7 +130,7 @@ def replay(detectors: Sequence[Any], traffic: Traffic, batch_size: int = 512) ->
 
 def format_reports(reports: dict[str, DetectorReport], kinds: Sequence[str] = ATTACK_KINDS) -> str:
     """A plain-text table: per detector FPR, precision, and recall / median delay per kind."""
-    head = f"{'detector':<10} {'FPR':>7} {'prec':>6}  " + "  ".join(f"{k[:14]:>14}" for k in kinds)
+    head = f"{'detector':<10} {'FPR':>7} {'FPRcln':>7} {'prec':>6}  " + "  ".join(f"{k[:14]:>14}" for k in kinds)
     lines = [head, "-" * len(head)]
     for name, r in reports.items():
         cells = []
@@ -126,8 +139,10 @@ def format_reports(reports: dict[str, DetectorReport], kinds: Sequence[str] = AT
                 cells.append(f"{r.recall(k):>5.2f} {r.median_delay_s(k):>6.1f}s ")
             else:
                 cells.append(f"{'-':>14}")
-        lines.append(f"{name:<10} {r.fpr:>7.4f} {r.precision:>6.3f}  " + "  ".join(f"{c:>14}" for c in cells))
-    lines.append("cells: incident recall, median detection delay (event time)")
+        lines.append(f"{name:<10} {r.fpr:>7.4f} {r.fpr_clean:>7.4f} {r.precision:>6.3f}  "
+                     + "  ".join(f"{c:>14}" for c in cells))
+    lines.append("FPR: benign events flagged / benign events; FPRcln: the same in sessions without attacks; "
+                 "cells: incident recall, median detection delay (event time)")
     return "\n".join(lines)
 
 

