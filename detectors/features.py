@@ -95,36 +95,35 @@ def extract(ctx: AgentContext, calls: Sequence[ToolCall], surprise: Callable[[st
     session's context past the call; it learns no baseline (that is the caller's decision, made
     after scoring, so that anomalous calls stay out of the baseline).
     """
-    n = len(calls)
-    raw = np.zeros((n, N_FEATURES), dtype=np.float64)
+    rows: list[tuple[float, ...]] = []
     prevs: list[str] = []
     tracker = ctx.sessions
     known = ctx.destinations
-    for i, c in enumerate(calls):
+    secret = _SECRET_LABELS
+    for c in calls:
         s, done = tracker.get(c.session_id, c.time_ns)
         if done and closed is not None:
             closed.extend(done)
         token = c.token
-        prevs.append(s.prev)
-        row = raw[i]
-        row[0] = surprise(s.prev, token)
-        row[1] = c.args_bytes
-        row[2] = c.result_bytes
-        row[3] = len(c.args_labels)
-        row[4] = 1.0 if _SECRET_LABELS.intersection(c.args_labels) else 0.0
-        row[5] = len(c.result_labels)
-        row[6] = 1.0 if s.prev_instructions else 0.0
+        prev = s.prev
+        prevs.append(prev)
+        bits = surprise(prev, token)
         dests = set(c.destinations)
-        row[7] = len(dests)
-        row[8] = sum(1 for d in dests if d not in known)
-        row[9] = (c.time_ns - s.last_ns) / 1e9 if s.n else _FIRST_GAP_S
-        fps = s.result_fps
-        row[14] = sum(1 for fp in c.args_fingerprints if fps.get(fp, c.server) != c.server)
+        new_dest = sum(1 for d in dests if d not in known) if dests else 0
+        gap = (c.time_ns - s.last_ns) / 1e9 if s.n else _FIRST_GAP_S
+        after = 1.0 if s.prev_instructions else 0.0
+        reuse = 0
+        if c.args_fingerprints:
+            fps = s.result_fps
+            reuse = sum(1 for fp in c.args_fingerprints if fps.get(fp, c.server) != c.server)
         tracker.advance(s, token, c.server, c.time_ns, c.is_error, c.result_labels,
                         c.result_fingerprints, c.result_injection_score)
-        row[10] = s.rate
-        row[11] = s.n
-        row[12] = s.errors / s.n
-        row[13] = len(s.servers)
+        rows.append((
+            bits, c.args_bytes, c.result_bytes, len(c.args_labels),
+            1.0 if c.args_labels and secret.intersection(c.args_labels) else 0.0,
+            len(c.result_labels), after, len(dests), new_dest, gap, s.rate, s.n, s.errors / s.n,
+            len(s.servers), reuse,
+        ))
+    raw = np.array(rows, dtype=np.float64).reshape(len(rows), N_FEATURES)
     raw[:, _LOG_COLS] = np.log1p(np.maximum(raw[:, _LOG_COLS], 0.0))
     return raw, prevs
