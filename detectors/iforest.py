@@ -64,7 +64,7 @@ class FlatForest:
         self.n_features = int(forest.n_features_in_)
         self.denominator = len(forest.estimators_) * float(average_path_length(np.array([forest._max_samples]))[0])
 
-    def score_samples(self, X: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    def score_samples(self, X: np.ndarray, chunk: int = 256) -> np.ndarray:
         """Same as ``IsolationForest.score_samples``: the opposite of the anomaly score (lower = more abnormal)."""
         X = np.ascontiguousarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features:

@@ -139,3 +139,13 @@ def check_bounded_memory(make: Factory, n: int = 1500) -> tuple[int, int]:
     second = len(json.dumps(det.snapshot_agent("w")))
     assert second <= first * 1.25 + 2048, (first, second)
     return first, second
+
+
+def check_all(make: Factory) -> None:
+    """Every check above, for a detector whose agents learn from routine ``fs``/``git`` traffic."""
+    check_score_before_learning(make)
+    check_unseen_tools(make)
+    check_missing_attributes(make)
+    check_snapshot_restore_identical(make)
+    check_per_agent_move(make)
+    check_bounded_memory(make)
