@@ -174,8 +174,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def snapshot(self) -> dict[str, Any]:
         out = super().snapshot()
-        out["models"] = {k: m.to_dict() for k, m in self._models.items()}
-        out["groups"] = {k: sorted(v) for k, v in self._groups.items()}
+        out["models"] = {k: m.to_dict() for k, m in list(self._models.items())}
+        out["groups"] = {k: sorted(v) for k, v in list(self._groups.items())}
         out["group_since"] = self._group_since
         return out
 
@@ -202,7 +202,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     # --- operator controls and gauges ----------------------------------------------------------
     def agent_states(self) -> dict[str, str]:
-        return {a: self._status(a, st) for a, st in self._state.items()}
+        return {a: self._status(a, st) for a, st in list(self._state.items())}
 
     def _status(self, agent_id: str, st: _Agent) -> str:
         if st.frozen:
@@ -219,10 +219,11 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def needs_retrain(self) -> list[str]:
         """Model keys worth (re)fitting now: agents with enough new clean rows, then the groups."""
         cfg = self.config
-        keys = [a for a, st in self._state.items()
+        agents = list(self._state.items())  # observe() may add agents meanwhile (worker thread)
+        keys = [a for a, st in agents
                 if not st.frozen and st.n_buf >= cfg.min_rows
                 and (a not in self._models or st.since_fit >= cfg.retrain_every)]
-        with_model = [st for a, st in self._state.items() if a in self._models or a in keys]
+        with_model = [st for a, st in agents if a in self._models or a in keys]
         uncovered = any(_group_key(self._servers(st)) not in self._groups for st in with_model)
         if with_model and (uncovered or self._group_since >= cfg.group_retrain_every):
             keys.append(GROUPS)
@@ -230,7 +231,10 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def retrain(self, keys: Iterable[str] | None = None) -> list[str]:
         """Fit the given models (default: ``needs_retrain()``) and swap them in; returns the keys
-        fitted. Agents first, then group models from the agents' current windows."""
+        fitted. Agents first, then group models from the agents' current windows.
+
+        Safe to run in one worker thread beside ``observe`` (it reads copies and iterates over
+        snapshots of the dicts); do not run two ``retrain`` calls at once."""
         cfg = self.config
         keys = list(self.needs_retrain() if keys is None else keys)
         done: list[str] = []
@@ -250,7 +254,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         unless ``group_retrain_every`` rows arrived since the last full refit; a one-member group
         shares its member's model (same sample, same forest)."""
         cfg = self.config
-        mature = {a: st for a, st in self._state.items() if a in self._models and st.n_buf >= cfg.min_rows}
+        mature = {a: st for a, st in list(self._state.items()) if a in self._models and st.n_buf >= cfg.min_rows}
         if not mature:
             return []
         full = self._group_since >= cfg.group_retrain_every
@@ -272,7 +276,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             if len(pooled) > cfg.max_rows:
                 pooled = pooled[np.sort(rng.choice(len(pooled), cfg.max_rows, replace=False))]
             new_models[key] = ForestModel(pooled, cfg.forest)
-        stale = [k for k in self._models if k.startswith("group:") and k not in groups]
+        stale = [k for k in list(self._models) if k.startswith("group:") and k not in groups]
         self._models.update(new_models)
         for k in stale:
             self._models.pop(k, None)
@@ -289,7 +293,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             return agent_id
         best, best_cover = None, 0.0
         mine = self._servers(st)
-        for key, servers in self._groups.items():
+        for key, servers in list(self._groups.items()):
             if not mine:
                 continue
             cover = len(mine & servers) / len(mine)
@@ -309,7 +313,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         by_agent: dict[str, list[int]] = {}
         for i, c in enumerate(batch.calls):
             by_agent.setdefault(c.agent_id, []).append(i)
-        mature = {a: self._state[a].markov for a in self._models if a in self._state}
+        mature = {a: self._state[a].markov for a in list(self._models) if a in self._state}
         work: list[tuple[str, _Agent, list[int], np.ndarray, list[str], str | None, bool, list[str]]] = []
         for agent_id, idx in by_agent.items():
             st = self.state_for(agent_id)

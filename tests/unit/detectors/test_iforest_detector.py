@@ -96,3 +96,26 @@ def test_margins_are_nan_until_a_model_covers_the_agent():
     det = IsolationForestDetector(config())
     _f, m = det.observe_scored(Batch(calls=C.session_calls("a", "s", ["fs/list_dir"], C.T0)))
     assert np.isnan(m).all()
+
+
+def test_retrain_in_a_worker_thread_beside_observe():
+    import threading
+
+    det = IsolationForestDetector(config(auto_retrain=False))
+    C.feed(det, C.routine_traffic("a", 40))
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            for _ in range(5):
+                det.retrain(det.needs_retrain() or ["a"])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    for k in range(30):  # new agents keep arriving while models are fitted
+        C.feed(det, C.routine_traffic(f"n{k}", 2, start_ns=C.T0 + (10**5 + k * 10**4) * C.S))
+    t.join()
+    assert errors == []
+    assert det.agent_states()["a"] == "active"
