@@ -27,7 +27,7 @@ import numpy as np
 
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
-from .sequence import LengthStats, MarkovConfig, MarkovModel, select_prior
+from .sequence import LengthStats, MarkovConfig, MarkovModel, containment, fleet_prior
 from .sessions import SessionTracker
 
 __all__ = ["SequenceConfig", "SequenceDetector"]
@@ -44,7 +44,7 @@ class SequenceConfig:
     threshold_bits: float = 9.0
     after_instructions_bits: float = 5.0
     length_k: float = 3.0
-    length_floor: int = 45
+    length_floor: int = 25
     use_fleet_prior: bool = True
     prior_min_containment: float = 0.6
     max_open_sessions: int = 32
@@ -135,23 +135,33 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         cfg = self.config
         margins = np.full(len(batch.calls), np.nan)
         findings: list[Finding] = []
-        mature = {a: st.model for a, st in self._state.items() if st.status(cfg) != LEARNING}
-        priors: dict[str, MarkovModel | None] = {}
+        mature = [st for st in self._state.values() if st.status(cfg) != LEARNING]
+        priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
         for i, c in enumerate(batch.calls):
             st = self.state_for(c.agent_id)
             status = st.status(cfg)
-            prior = None
+            prior, peer_limit = None, None
             if status == LEARNING and cfg.use_fleet_prior:
                 if c.agent_id not in priors:
                     vocab = st.model.vocab | {x.token for x in batch.calls if x.agent_id == c.agent_id}
-                    others = {a: m for a, m in mature.items() if a != c.agent_id}
-                    priors[c.agent_id] = select_prior(vocab, others, cfg.prior_min_containment, cfg.markov)
-                prior = priors[c.agent_id]
-            margins[i], found = self._one(st, c, status, prior)
+                    priors[c.agent_id] = self._fleet(vocab, [p for p in mature if p is not st])
+                prior, peer_limit = priors[c.agent_id]
+            margins[i], found = self._one(st, c, status, prior, peer_limit)
             findings.extend(found)
         return findings, margins
 
-    def _one(self, st: _Agent, c: ToolCall, status: str, prior: MarkovModel | None) -> tuple[float, list[Finding]]:
+    def _fleet(self, vocab: set[str], peers: list[_Agent]) -> tuple[MarkovModel | None, float | None]:
+        """Fleet prior for a learning agent: the sequence models of mature agents that use its
+        tools, and the median of their session-length limits."""
+        cfg = self.config
+        if not vocab:
+            return None, None
+        similar = [p for p in peers if containment(vocab, p.model.vocab) >= cfg.prior_min_containment]
+        limits = [p.lengths.limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
+        return fleet_prior((p.model for p in similar), cfg.markov), (float(np.median(limits)) if limits else None)
+
+    def _one(self, st: _Agent, c: ToolCall, status: str, prior: MarkovModel | None,
+             peer_limit: float | None = None) -> tuple[float, list[Finding]]:
         cfg = self.config
         s, closed = st.sessions.get(c.session_id, c.time_ns)
         if not st.frozen:
@@ -169,8 +179,10 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             out.append(self._transition_finding(st, c, prev, bits, thr, s.prev_instructions, status, prior))
         st.sessions.advance(s, token, c.server, c.time_ns, c.is_error, c.result_labels,
                             c.result_fingerprints, c.result_injection_score)
-        if scored and not s.flagged_length and st.lengths.n >= 5:
-            limit = st.lengths.limit(cfg.length_k, cfg.length_floor)
+        limit = st.lengths.limit(cfg.length_k, cfg.length_floor) if st.lengths.n >= 5 else None
+        if limit is None and prior is not None:
+            limit = peer_limit
+        if scored and not s.flagged_length and limit is not None:
             if s.n > limit:
                 s.flagged_length = True
                 out.append(self._length_finding(st, c, s.n, limit, status))
