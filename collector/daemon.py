@@ -31,6 +31,7 @@ from .receivers import Ingest, Receiver
 from .receivers.tls import tls_files
 from .receivers.otlp_grpc import OtlpGrpcReceiver
 from .receivers.otlp_http import OtlpHttpReceiver
+from .retrain import Retrainer
 from .rules_watch import RuleFileWatcher
 from .sinks import Sink
 from .sinks.log import LogSink
@@ -103,6 +104,8 @@ class Daemon:
         self.agent_metrics = AgentMetrics(self.metrics.registry, self.detectors, clock=clock)
         self.pipeline.batch_listeners.append(self.agent_metrics.after_batch)
         self.pipeline.batch_listeners.append(lambda _batch, _findings: self._update_agent_gauge())
+        self.retrainer = Retrainer(self.detectors)
+        self.pipeline.batch_listeners.append(self.retrainer)
         self.ingest = Ingest(Normalizer(redact_args or ingest_redactor(cfg)), self.pipeline, self.metrics)
         self.receivers: list[Receiver] = []
         if cfg.enabled("otlp_http"):
@@ -157,15 +160,12 @@ class Daemon:
         return next(r for r in self.receivers if r.name == name)
 
     def _update_agent_gauge(self) -> None:
+        """Baseline state per agent, from the first detector that keeps one (the sequence model)."""
         states: dict[str, int] = {"learning": 0, "active": 0, "frozen": 0}
-        for det in self.detectors:
-            fn = getattr(det, "agent_state", None)
-            if fn is None:
-                continue
-            for agent in det.agents():
-                s = fn(agent)
-                states[s] = states.get(s, 0) + 1
-            break
+        source = next((d for d in self.detectors if hasattr(d, "agent_states")), None)
+        if source is not None:
+            for state in source.agent_states().values():  # type: ignore[attr-defined]
+                states[state] = states.get(state, 0) + 1
         for state, n in states.items():
             self.metrics.agents.labels(state).set(n)
 
@@ -188,6 +188,7 @@ class Daemon:
         if self.rules_watcher:
             await self.rules_watcher.shutdown()
         await self.pipeline.shutdown()
+        await self.retrainer.shutdown()
         for sink in self.sinks:
             await sink.shutdown()
         await self.api.shutdown()

@@ -5,6 +5,7 @@ Order is the order detectors see each batch. The flow detectors share one capabi
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -12,9 +13,11 @@ from typing import Any, Callable
 from toolwatch.detectors.base import Detector
 from toolwatch.detectors.capabilities import CapabilityConfig, CapabilityLearner, CapabilityMap
 from toolwatch.detectors.config_fields import ConfigError as DetectorConfigError
-from toolwatch.detectors.config_fields import load_flat
+from toolwatch.detectors.config_fields import coerce, expect_mapping, key_path, load_flat
 from toolwatch.detectors.exfiltration import ExfiltrationConfig, ExfiltrationDetector
 from toolwatch.detectors.hijack import HijackConfig, HijackDetector
+from toolwatch.detectors.iforest_detector import ForestConfig, IsolationForestDetector
+from toolwatch.detectors.sequence_detector import SequenceConfig, SequenceDetector
 from toolwatch.detectors.new_tool import NewToolConfig, NewToolDetector
 from toolwatch.detectors.poisoning import PoisoningConfig, ToolPoisoningDetector
 from toolwatch.detectors.policy import PolicyDetector
@@ -44,6 +47,31 @@ def rule_files(conf: RuleEngineConfig) -> list[tuple[str, str]]:
     return files
 
 
+def load_nested(cls: type, data: Any, path: str) -> Any:
+    """A (possibly frozen) config dataclass whose fields may themselves be config dataclasses."""
+    mapping = expect_mapping(data, path)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if key not in fields:
+            raise DetectorConfigError(f"{key_path(path, key)}: unknown key; known keys are: {', '.join(sorted(fields))}")
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = load_nested(type(default), value, key_path(path, key))
+        else:
+            kwargs[key] = coerce(value, default, key_path(path, key))
+    obj = cls(**kwargs)
+    if path.count(".") <= 1:  # nested parts are validated by their parent
+        obj.validate()
+    return obj
+
+
+def _iforest(raw: dict[str, Any], path: str, shared: Shared) -> Detector:
+    raw.setdefault("auto_retrain", False)  # the daemon retrains off the hot path (retrain.py)
+    return IsolationForestDetector(load_nested(ForestConfig, raw, path))
+
+
 def _new_tool(raw: dict[str, Any], path: str, shared: Shared) -> Detector:
     conf = load_flat(NewToolConfig, raw, path)
     conf.validate()
@@ -71,6 +99,8 @@ FACTORIES: dict[str, Factory] = {
     "exfiltration": lambda raw, path, sh: ExfiltrationDetector(ExfiltrationConfig.from_dict(raw), sh.capabilities),
     "hijack": lambda raw, path, sh: HijackDetector(HijackConfig.from_dict(raw), sh.capabilities),
     "rules": _rules,
+    "sequence": lambda raw, path, sh: SequenceDetector(load_nested(SequenceConfig, raw, path)),
+    "iforest": _iforest,
 }
 SETTINGS_ONLY = ("capabilities",)
 """Sections under ``detectors:`` that configure shared state rather than a detector."""

@@ -1,0 +1,416 @@
+"""``IsolationForestDetector``: flags calls whose features (``features.FEATURE_NAMES``) are unlike
+the agent's baseline, with the features that pushed the score as the explanation.
+
+Per agent it keeps the feature context (sessions, known destinations), a sequence model for the
+``surprisal`` feature, and a ring buffer of the last ``max_rows`` feature rows of calls that raised
+no alert: the baseline window. A forest is fitted per agent once it has ``min_rows`` clean rows;
+until then the agent is scored by a *group* model (fitted on the pooled windows of mature agents
+that use the same set of servers, chosen when it covers at least ``prior_min_containment`` of the
+agent's servers), so a new agent is not blind; an agent no group covers is not scored yet.
+Each model's threshold is calibrated to ``target_alert_rate`` on its training rows.
+
+Scoring is batched: one flattened-forest pass per model per micro-batch, never one row per call.
+Fitting is the slow part (~0.1–0.3 s per model) and stays off the hot path when
+``auto_retrain=False``: the collector calls ``needs_retrain()`` after a batch and runs
+``retrain(keys)`` in a worker thread; new models are swapped in whole, so a concurrent
+``observe`` sees either the old or the new model. With ``auto_retrain=True`` (tests, the evaluation
+harness) ``observe`` retrains inline.
+
+Agent states (``agent_states()``): ``learning`` (no own model yet; scored by a group model if one
+covers it), ``active`` (own model), ``frozen`` (scores, learns and retrains nothing).
+
+Memory per agent: ``max_rows x 15`` float64 (240 KB at 2048 rows), its fitted model (the sample
+again plus ~100 trees of <= 511 nodes: ~1.5 MB), the session tracker and destination bounds, and
+the sequence model's bounds. Snapshots store training samples, never pickles; restore refits
+deterministically (same ``random_state``), so restored models give identical scores.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+from .base import PerAgentDetector
+from .events import Batch, Finding, ToolCall
+from .features import FEATURE_NAMES, N_FEATURES, AgentContext, extract
+from .iforest import ForestModel, ForestParams
+from .sequence import MarkovConfig, MarkovModel, select_prior
+from .sessions import SessionTracker
+
+__all__ = ["ForestConfig", "IsolationForestDetector"]
+
+LEARNING, ACTIVE, FROZEN = "learning", "active", "frozen"
+GROUPS = "groups"
+"""The key that asks ``retrain`` to refit the group models."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForestConfig:
+    """Settings of ``IsolationForestDetector`` (YAML section ``detectors.iforest``)."""
+
+    forest: ForestParams = field(default_factory=ForestParams)
+    markov: MarkovConfig = field(default_factory=MarkovConfig)
+    min_rows: int = 300
+    max_rows: int = 2048
+    retrain_every: int = 2000
+    """Clean rows an agent gathers before its model is refitted."""
+    group_retrain_every: int = 5000
+    """Clean rows (all agents) gathered before the group models are refitted."""
+    warm_calls: int = 100
+    """Rows are kept for training only once the agent's sequence model (or a fleet prior) has
+    seen this many calls, so early, inflated surprisal does not become the baseline."""
+    prior_min_containment: float = 0.6
+    auto_retrain: bool = True
+    max_open_sessions: int = 32
+    session_idle_s: float = 1800.0
+    max_destinations: int = 1024
+    habit_calls: float = 3.0
+    """A server belongs to an agent's habits (and so its group) once its tools have this much
+    (decayed) count in the agent's sequence model: one stray call does not change the group."""
+    train_max_surprisal: float = 12.0
+    """Rows more surprising than this (bits) never join a baseline window, so that calls to
+    never-seen tools made before any model covered the agent do not become normal."""
+    max_pending_rows: int = 256
+    """Rows held per open session until it closes (longer sessions keep their first rows)."""
+    explain_top: int = 3
+    high_margin: float = 0.08
+    """Score this far above the threshold makes a finding ``high`` instead of ``medium``."""
+
+    def validate(self) -> "ForestConfig":
+        self.forest.validate()
+        self.markov.validate()
+        if self.min_rows < 16:
+            raise ValueError(f"iforest.min_rows must be >= 16 (got {self.min_rows})")
+        if self.max_rows < self.min_rows:
+            raise ValueError(f"iforest.max_rows ({self.max_rows}) must be >= iforest.min_rows ({self.min_rows})")
+        if self.retrain_every < 1 or self.group_retrain_every < 1:
+            raise ValueError("iforest.retrain_every and iforest.group_retrain_every must be >= 1")
+        if self.habit_calls <= 0 or self.train_max_surprisal <= 0:
+            raise ValueError("iforest.habit_calls and iforest.train_max_surprisal must be > 0")
+        if self.warm_calls < 0 or self.explain_top < 1:
+            raise ValueError("iforest.warm_calls must be >= 0 and iforest.explain_top >= 1")
+        if not 0.0 < self.prior_min_containment <= 1.0:
+            raise ValueError("iforest.prior_min_containment must be in (0, 1]")
+        if self.max_open_sessions < 1 or self.session_idle_s <= 0 or self.max_destinations < 1:
+            raise ValueError("iforest.max_open_sessions and iforest.max_destinations must be >= 1, "
+                             "iforest.session_idle_s > 0")
+        return self
+
+
+def _group_key(servers: Iterable[str]) -> str:
+    return "group:" + ",".join(sorted(servers))
+
+
+class _Agent:
+    """One agent's state: feature context, sequence model, baseline window."""
+
+    def __init__(self, cfg: ForestConfig) -> None:
+        self.ctx = AgentContext(SessionTracker(max_open=cfg.max_open_sessions, idle_s=cfg.session_idle_s),
+                                max_destinations=cfg.max_destinations)
+        self.markov = MarkovModel(cfg.markov)
+        self.buf = np.zeros((cfg.max_rows, N_FEATURES))
+        self.n_buf = 0
+        self.head = 0
+        self.since_fit = 0
+        self.frozen = False
+        self.pending: dict[str, list[np.ndarray]] = {}
+        """Rows of open sessions, committed to the window when the session closes clean."""
+        self.tainted: set[str] = set()
+        """Open sessions with a finding: none of their rows will join the baseline."""
+
+    def add_rows(self, rows: np.ndarray) -> None:
+        cap = len(self.buf)
+        for r in rows[-cap:]:
+            self.buf[self.head] = r
+            self.head = (self.head + 1) % cap
+        self.n_buf = min(cap, self.n_buf + len(rows))
+        self.since_fit += len(rows)
+
+    def window(self) -> np.ndarray:
+        """Baseline rows, oldest first (a copy: safe to use from another thread)."""
+        if self.n_buf < len(self.buf):
+            return self.buf[: self.n_buf].copy()
+        return np.concatenate([self.buf[self.head :], self.buf[: self.head]])
+
+
+class IsolationForestDetector(PerAgentDetector[_Agent]):
+    """Per-agent (or per-group) IsolationForest over call features; see the module docstring."""
+
+    name = "iforest"
+
+    def __init__(self, config: ForestConfig | None = None) -> None:
+        super().__init__()
+        self.config = (config or ForestConfig()).validate()
+        self._models: dict[str, ForestModel] = {}
+        self._groups: dict[str, frozenset[str]] = {}
+        """Group key -> servers its members use."""
+        self._group_since = 0
+        """Rows committed to any window since the group models were fitted."""
+
+    # --- PerAgentDetector ----------------------------------------------------------------------
+    def new_state(self) -> _Agent:
+        return _Agent(self.config)
+
+    def state_to_dict(self, st: _Agent) -> dict[str, Any]:
+        return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": st.window().tolist(),
+                "since_fit": st.since_fit, "frozen": st.frozen,
+                "pending": {sid: [r.tolist() for r in rows] for sid, rows in st.pending.items()},
+                "tainted": sorted(st.tainted)}
+
+    def state_from_dict(self, d: dict[str, Any]) -> _Agent:
+        st = _Agent(self.config)
+        st.ctx.load(d["ctx"])
+        st.markov = MarkovModel.from_dict(d["markov"], self.config.markov)
+        rows = np.asarray(d["rows"], dtype=np.float64).reshape(-1, N_FEATURES)
+        st.add_rows(rows)
+        st.since_fit = int(d["since_fit"])
+        st.frozen = bool(d["frozen"])
+        st.pending = {str(k): [np.asarray(r, dtype=np.float64) for r in v] for k, v in d.get("pending", {}).items()}
+        st.tainted = set(d.get("tainted", []))
+        return st
+
+    def snapshot(self) -> dict[str, Any]:
+        out = super().snapshot()
+        out["models"] = {k: m.to_dict() for k, m in list(self._models.items())}
+        out["groups"] = {k: sorted(v) for k, v in list(self._groups.items())}
+        out["group_since"] = self._group_since
+        return out
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self._models = {k: ForestModel.from_dict(v) for k, v in state.get("models", {}).items()}
+        self._groups = {k: frozenset(v) for k, v in state.get("groups", {}).items()}
+        self._group_since = int(state.get("group_since", 0))
+
+    def snapshot_agent(self, agent_id: str) -> dict[str, Any] | None:
+        d = super().snapshot_agent(agent_id)
+        if d is not None and agent_id in self._models:
+            d["model"] = self._models[agent_id].to_dict()
+        return d
+
+    def restore_agent(self, agent_id: str, state: dict[str, Any]) -> None:
+        super().restore_agent(agent_id, state)
+        if "model" in state:
+            self._models[agent_id] = ForestModel.from_dict(state["model"])
+
+    def drop_agent(self, agent_id: str) -> None:
+        super().drop_agent(agent_id)
+        self._models.pop(agent_id, None)
+
+    # --- operator controls and gauges ----------------------------------------------------------
+    def agent_states(self) -> dict[str, str]:
+        return {a: self._status(a, st) for a, st in list(self._state.items())}
+
+    def _status(self, agent_id: str, st: _Agent) -> str:
+        if st.frozen:
+            return FROZEN
+        return ACTIVE if agent_id in self._models else LEARNING
+
+    def freeze(self, agent_id: str) -> None:
+        self.state_for(agent_id).frozen = True
+
+    def unfreeze(self, agent_id: str) -> None:
+        self.state_for(agent_id).frozen = False
+
+    # --- retraining (may run in a worker thread) -----------------------------------------------
+    def needs_retrain(self) -> list[str]:
+        """Model keys worth (re)fitting now: agents with enough new clean rows, then the groups."""
+        cfg = self.config
+        agents = list(self._state.items())  # observe() may add agents meanwhile (worker thread)
+        keys = [a for a, st in agents
+                if not st.frozen and st.n_buf >= cfg.min_rows
+                and (a not in self._models or st.since_fit >= cfg.retrain_every)]
+        with_model = [st for a, st in agents if a in self._models or a in keys]
+        uncovered = any(_group_key(self._servers(st)) not in self._groups for st in with_model)
+        if with_model and (uncovered or self._group_since >= cfg.group_retrain_every):
+            keys.append(GROUPS)
+        return keys
+
+    def retrain(self, keys: Iterable[str] | None = None) -> list[str]:
+        """Fit the given models (default: ``needs_retrain()``) and swap them in; returns the keys
+        fitted. Agents first, then group models from the agents' current windows.
+
+        Safe to run in one worker thread beside ``observe`` (it reads copies and iterates over
+        snapshots of the dicts); do not run two ``retrain`` calls at once."""
+        cfg = self.config
+        keys = list(self.needs_retrain() if keys is None else keys)
+        done: list[str] = []
+        for k in keys:
+            st = self._state.get(k)
+            if st is None or st.n_buf < cfg.min_rows:
+                continue
+            st.since_fit = 0
+            self._models[k] = ForestModel(st.window(), cfg.forest)
+            done.append(k)
+        if GROUPS in keys:
+            done += self._fit_groups()
+        return done
+
+    def _fit_groups(self) -> list[str]:
+        """One group per distinct habitual server set of mature agents. Only new groups are fitted,
+        unless ``group_retrain_every`` rows arrived since the last full refit; a one-member group
+        shares its member's model (same sample, same forest)."""
+        cfg = self.config
+        mature = {a: st for a, st in list(self._state.items()) if a in self._models and st.n_buf >= cfg.min_rows}
+        if not mature:
+            return []
+        full = self._group_since >= cfg.group_retrain_every
+        if full:
+            self._group_since = 0
+        by_servers: dict[frozenset[str], list[str]] = {}
+        for a, st in mature.items():
+            by_servers.setdefault(frozenset(self._servers(st)), []).append(a)
+        groups = {_group_key(s): (s, members) for s, members in by_servers.items()}
+        rng = np.random.default_rng(cfg.forest.random_state)
+        new_models: dict[str, ForestModel] = {}
+        for key, (_servers, members) in groups.items():
+            if not full and key in self._groups and key in self._models:
+                continue
+            if len(members) == 1:
+                new_models[key] = self._models[members[0]]
+                continue
+            pooled = np.concatenate([mature[a].window() for a in sorted(members)])
+            if len(pooled) > cfg.max_rows:
+                pooled = pooled[np.sort(rng.choice(len(pooled), cfg.max_rows, replace=False))]
+            new_models[key] = ForestModel(pooled, cfg.forest)
+        stale = [k for k in list(self._models) if k.startswith("group:") and k not in groups]
+        self._models.update(new_models)
+        for k in stale:
+            self._models.pop(k, None)
+        self._groups = {k: s for k, (s, _m) in groups.items()}
+        return list(new_models)
+
+    def _servers(self, st: _Agent) -> frozenset[str]:
+        """Servers the agent habitually uses (derived from its bounded sequence model)."""
+        lim = self.config.habit_calls
+        return frozenset(t.split("/", 1)[0] for t, c in st.markov.uni.items() if c >= lim and "/" in t)
+
+    def _model_key(self, agent_id: str, st: _Agent) -> str | None:
+        if agent_id in self._models:
+            return agent_id
+        best, best_cover = None, 0.0
+        mine = self._servers(st)
+        for key, servers in list(self._groups.items()):
+            if not mine:
+                continue
+            cover = len(mine & servers) / len(mine)
+            if cover >= self.config.prior_min_containment and cover > best_cover:
+                best, best_cover = key, cover
+        return best if best in self._models else None
+
+    # --- detection -----------------------------------------------------------------------------
+    def observe(self, batch: Batch) -> list[Finding]:
+        return self.observe_scored(batch)[0]
+
+    def observe_scored(self, batch: Batch) -> tuple[list[Finding], np.ndarray]:
+        """Findings, and per call (aligned with ``batch.calls``) score minus threshold (> 0 alerts;
+        NaN when no model covers the agent yet): for ROC/PR curves."""
+        cfg = self.config
+        margins = np.full(len(batch.calls), np.nan)
+        by_agent: dict[str, list[int]] = {}
+        for i, c in enumerate(batch.calls):
+            by_agent.setdefault(c.agent_id, []).append(i)
+        mature = {a: self._state[a].markov for a in list(self._models) if a in self._state}
+        work: list[tuple[str, _Agent, list[int], np.ndarray, list[str], str | None, bool, list[str]]] = []
+        for agent_id, idx in by_agent.items():
+            st = self.state_for(agent_id)
+            calls = [batch.calls[i] for i in idx]
+            prior = None
+            if agent_id not in self._models:
+                vocab = st.markov.vocab | {c.token for c in calls}
+                prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
+                                     cfg.prior_min_containment, cfg.markov)
+            model, pr = st.markov, prior
+            closed: list[tuple[str, Any]] = []
+            X, prevs = extract(st.ctx, calls, lambda p, t: model.surprisal(p, t, pr), closed)
+            warm = st.markov.mass >= cfg.warm_calls or prior is not None
+            work.append((agent_id, st, idx, X, prevs, self._model_key(agent_id, st), warm,
+                         [sid for sid, _s in closed]))
+        # One forest pass per model over all rows that model scores in this batch.
+        scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        by_model: dict[str, list[int]] = {}
+        for w_i, w in enumerate(work):
+            if w[5] is not None:
+                by_model.setdefault(w[5], []).append(w_i)
+        for key, w_ids in by_model.items():
+            allX = np.concatenate([work[w][3] for w in w_ids])
+            s, r, m = self._models[key].margins(allX)
+            off = 0
+            for w in w_ids:
+                n = len(work[w][3])
+                scores[w] = (s[off : off + n], r[off : off + n], m[off : off + n])
+                off += n
+        findings: list[Finding] = []
+        for w_i, (agent_id, st, idx, X, prevs, key, warm, closed_ids) in enumerate(work):
+            calls = [batch.calls[i] for i in idx]
+            flagged = np.zeros(len(idx), dtype=bool)
+            if key is not None:
+                model = self._models[key]
+                s, r, m = scores[w_i]
+                margins[idx] = m
+                flagged = m > 0
+                status = self._status(agent_id, st)
+                for j in np.flatnonzero(flagged):
+                    findings.append(self._finding(calls[j], X[j], float(s[j]), float(r[j]), model, key, status))
+            if st.frozen:
+                self._commit(st, closed_ids)
+                continue
+            for j, c in enumerate(calls):
+                if flagged[j]:
+                    st.tainted.add(c.session_id)
+                    st.pending.pop(c.session_id, None)
+                    continue
+                st.markov.learn(prevs[j], c.token)
+                st.ctx.remember(c.destinations)
+                if warm and c.session_id not in st.tainted and X[j, 0] <= cfg.train_max_surprisal:
+                    rows = st.pending.setdefault(c.session_id, [])
+                    if len(rows) < cfg.max_pending_rows:
+                        rows.append(X[j])
+            self._commit(st, closed_ids)
+        if cfg.auto_retrain:
+            keys = self.needs_retrain()
+            if keys:
+                self.retrain(keys)
+        return findings, margins
+
+    def _commit(self, st: _Agent, closed: list[str]) -> None:
+        """Closed sessions: clean ones join the baseline window, tainted ones are forgotten."""
+        for sid in closed:
+            rows = st.pending.pop(sid, None)
+            if sid in st.tainted:
+                st.tainted.discard(sid)
+            elif rows and not st.frozen:
+                st.add_rows(np.asarray(rows))
+                self._group_since += len(rows)
+
+    def _finding(self, c: ToolCall, x: np.ndarray, score: float, excess: float, model: ForestModel,
+                 key: str, status: str) -> Finding:
+        expl = model.explain(x, FEATURE_NAMES, self.config.explain_top)
+        top = ", ".join(f"{e['feature']} {e['observed']:g} (usual {e['baseline']:g})" for e in expl)
+        basis = "agent" if key == c.agent_id else key
+        if score > model.threshold:
+            why = f"score {score:.3f} > threshold {model.threshold:.3f}"
+        else:
+            why = f"a feature {excess:.2f} range-widths outside the baseline range"
+        return Finding(
+            detector=self.name,
+            severity="high" if score - model.threshold >= self.config.high_margin or excess >= 4 * model.params.range_k
+            else "medium",
+            agent_id=c.agent_id,
+            reason=f"call {c.token} unlike the baseline ({basis}): {why}; {top}",
+            time_ns=c.time_ns,
+            session_id=c.session_id,
+            server=c.server,
+            tool=c.tool,
+            span_ids=(c.span_id,) if c.span_id else (),
+            trace_ids=(c.trace_id,) if c.trace_id else (),
+            score=round(score, 6),
+            evidence={"explanation": expl, "threshold": round(model.threshold, 6), "model": basis,
+                      "range_excess": round(excess, 4),
+                      "state": status, "features": {n: round(float(v), 4) for n, v in zip(FEATURE_NAMES, x)
+                                                    if math.isfinite(v)}},
+            dedup_key=f"{self.name}:{c.agent_id}:{c.session_id}",
+        )

@@ -1,0 +1,236 @@
+"""Per-agent call-sequence baseline: a smoothed first-order Markov model over ``server/tool`` tokens.
+
+Why a bigram model: MCP sessions are short (a few to a few dozen calls) and per-agent data is
+small, so a model with few parameters that backs off gracefully beats anything deeper.
+
+Probability of token ``t`` after ``p`` (counts are decayed floats)::
+
+    P1(t)   = (c(t) + beta * base(t)) / (N + beta)              base = fleet prior unigram, else 1/(V+1)
+    P2(t|p) = (c(p,t) + w * Q(t|p) + alpha * P1(t)) / (c(p) + w + alpha)
+
+where ``Q`` is the fleet prior's own ``P2`` and ``w`` its weight (0 without a prior). Surprisal is
+``-log2 P2`` in bits: an unseen transition costs roughly ``log2((c(p)+alpha)/(alpha*P1(t)))`` and an
+unseen tool more, since ``P1`` gives it only ``beta/(V+1)`` of one count.
+
+Decay and memory: when the total count mass exceeds ``max_mass`` every count is halved and counts
+under ``min_count`` are dropped, so the model weights recent behaviour and forgets stale habits.
+At most ``max_tokens`` tokens and ``max_transitions`` transitions are kept (smallest dropped
+first): about 100 bytes per transition, i.e. under 0.5 MB per agent at the defaults.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .sessions import START
+
+__all__ = ["MarkovConfig", "MarkovModel", "LengthStats", "fleet_prior", "containment", "select_prior"]
+
+
+@dataclass(frozen=True, slots=True)
+class MarkovConfig:
+    """Smoothing and memory bounds of one agent's sequence model."""
+
+    alpha: float = 2.0
+    beta: float = 1.0
+    prior_weight: float = 10.0
+    max_mass: float = 20_000.0
+    min_count: float = 0.25
+    max_tokens: int = 256
+    max_transitions: int = 4096
+
+    def validate(self) -> None:
+        for name in ("alpha", "beta", "max_mass", "min_count"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"sequence.{name} must be > 0 (got {getattr(self, name)!r})")
+        if self.prior_weight < 0:
+            raise ValueError(f"sequence.prior_weight must be >= 0 (got {self.prior_weight!r})")
+        if self.max_tokens < 2 or self.max_transitions < 2:
+            raise ValueError("sequence.max_tokens and sequence.max_transitions must be >= 2")
+
+
+class MarkovModel:
+    """Counts of tokens and transitions for one agent (or a fleet prior)."""
+
+    def __init__(self, config: MarkovConfig | None = None) -> None:
+        self.config = config or MarkovConfig()
+        self.uni: dict[str, float] = {}
+        self.bi: dict[str, dict[str, float]] = {}
+        self.out: dict[str, float] = {}
+        """Total count leaving each previous token."""
+        self.mass = 0.0
+        self.n_transitions = 0
+
+    # --- scoring -------------------------------------------------------------------------------
+    def p_unigram(self, tok: str, prior: "MarkovModel | None" = None) -> float:
+        cfg = self.config
+        if prior is not None and prior.mass > 0:
+            base = prior.p_unigram(tok)
+        else:
+            base = 1.0 / (len(self.uni) + 1)
+        return (self.uni.get(tok, 0.0) + cfg.beta * base) / (self.mass + cfg.beta)
+
+    def prob(self, prev: str, tok: str, prior: "MarkovModel | None" = None) -> float:
+        cfg = self.config
+        p1 = self.p_unigram(tok, prior)
+        row = self.bi.get(prev)
+        c = row.get(tok, 0.0) if row else 0.0
+        out = self.out.get(prev, 0.0)
+        w = 0.0
+        q = 0.0
+        if prior is not None and prior.mass > 0:
+            w = cfg.prior_weight
+            q = prior.prob(prev, tok)
+        return (c + w * q + cfg.alpha * p1) / (out + w + cfg.alpha)
+
+    def surprisal(self, prev: str, tok: str, prior: "MarkovModel | None" = None) -> float:
+        """Bits of surprise at ``tok`` following ``prev``; higher = less expected."""
+        return -math.log2(self.prob(prev, tok, prior))
+
+    def expected(self, prev: str, k: int = 3) -> list[str]:
+        """The ``k`` most usual next tokens after ``prev`` (for explanations)."""
+        row = self.bi.get(prev, {})
+        return [t for t, _ in sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+
+    # --- learning ------------------------------------------------------------------------------
+    def learn(self, prev: str, tok: str, weight: float = 1.0) -> None:
+        self.uni[tok] = self.uni.get(tok, 0.0) + weight
+        row = self.bi.setdefault(prev, {})
+        if tok not in row:
+            self.n_transitions += 1
+        row[tok] = row.get(tok, 0.0) + weight
+        self.out[prev] = self.out.get(prev, 0.0) + weight
+        self.mass += weight
+        cfg = self.config
+        if self.mass > cfg.max_mass:
+            self._scale(0.5)
+        if len(self.uni) > cfg.max_tokens or self.n_transitions > cfg.max_transitions:
+            self._prune()
+
+    def _scale(self, f: float) -> None:
+        """Decay: multiply every count by ``f`` and drop what falls under ``min_count``."""
+        lo = self.config.min_count
+        self.uni = {t: c * f for t, c in self.uni.items() if c * f >= lo}
+        bi: dict[str, dict[str, float]] = {}
+        for p, row in self.bi.items():
+            kept = {t: c * f for t, c in row.items() if c * f >= lo}
+            if kept:
+                bi[p] = kept
+        self.bi = bi
+        self._recount()
+
+    def _prune(self) -> None:
+        """Keep the heaviest 3/4 of each bound, so pruning runs once per many new entries."""
+        cfg = self.config
+        if len(self.uni) > cfg.max_tokens:
+            keep = sorted(self.uni.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.max_tokens * 3 // 4]
+            self.uni = dict(keep)
+        edges = sorted(((c, p, t) for p, row in self.bi.items() for t, c in row.items()
+                        if t in self.uni), key=lambda e: (-e[0], e[1], e[2]))[: cfg.max_transitions * 3 // 4]
+        self.bi = {}
+        for c, p, t in edges:
+            self.bi.setdefault(p, {})[t] = c
+        self._recount()
+
+    def _recount(self) -> None:
+        self.out = {p: sum(row.values()) for p, row in self.bi.items()}
+        self.mass = sum(self.uni.values())
+        self.n_transitions = sum(len(r) for r in self.bi.values())
+
+    def add_scaled(self, other: "MarkovModel", f: float) -> None:
+        """Add ``f`` times another model's counts (building a fleet prior); no pruning."""
+        for t, c in other.uni.items():
+            self.uni[t] = self.uni.get(t, 0.0) + c * f
+        for p, row in other.bi.items():
+            mine = self.bi.setdefault(p, {})
+            for t, c in row.items():
+                mine[t] = mine.get(t, 0.0) + c * f
+        self._recount()
+
+    # --- state ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"uni": dict(self.uni), "bi": {p: dict(r) for p, r in self.bi.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], config: MarkovConfig | None = None) -> "MarkovModel":
+        m = cls(config)
+        m.uni = {str(t): float(c) for t, c in d.get("uni", {}).items()}
+        m.bi = {str(p): {str(t): float(c) for t, c in r.items()} for p, r in d.get("bi", {}).items()}
+        m._recount()
+        return m
+
+    @property
+    def vocab(self) -> set[str]:
+        return {t for t in self.uni if t != START}
+
+
+def containment(small: Iterable[str], big: set[str]) -> float:
+    """Share of ``small``'s tokens that ``big`` also uses (0 when ``small`` is empty)."""
+    s = set(small)
+    return len(s & big) / len(s) if s else 0.0
+
+
+def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = None) -> MarkovModel | None:
+    """Average of several agents' models, each scaled to unit mass so no agent dominates."""
+    prior = MarkovModel(config)
+    n = 0
+    total = 0.0
+    for m in models:
+        if m.mass > 0:
+            prior.add_scaled(m, 1.0 / m.mass)
+            n += 1
+            total += m.mass
+    if n == 0:
+        return None
+    # Sum of unit-mass models has mass n; rescale to one average member's mass so the prior's
+    # own smoothing behaves like that of a well-trained agent.
+    prior_scale = total / n / n
+    prior.uni = {t: c * prior_scale for t, c in prior.uni.items()}
+    prior.bi = {p: {t: c * prior_scale for t, c in r.items()} for p, r in prior.bi.items()}
+    prior._recount()
+    return prior
+
+
+def select_prior(vocab: set[str], candidates: dict[str, MarkovModel], min_containment: float,
+                 config: MarkovConfig | None = None) -> MarkovModel | None:
+    """Fleet prior for an agent that uses ``vocab``: the average of the candidate (mature) models
+    whose vocabulary holds at least ``min_containment`` of the agent's tokens; ``None`` if none do.
+    Agents with the same tools share behaviour; agents with other tools say nothing about it."""
+    if not vocab:
+        return None
+    similar = [m for m in candidates.values() if containment(vocab, m.vocab) >= min_containment]
+    return fleet_prior(similar, config)
+
+
+@dataclass(slots=True)
+class LengthStats:
+    """Decayed mean and variance of log session length, to flag unusually long sessions."""
+
+    n: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+    decay: float = 0.995
+
+    def add(self, length: int) -> None:
+        x = math.log1p(length)
+        self.n = self.n * self.decay + 1.0
+        d = x - self.mean
+        self.mean += d / self.n
+        self.m2 = self.m2 * self.decay + d * (x - self.mean)
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / self.n) if self.n > 1 else 0.0
+
+    def limit(self, k: float, floor: int) -> float:
+        """Session length above which a session is unusual: ``exp(mean + k*std)``, at least ``floor``."""
+        return max(float(floor), math.expm1(self.mean + k * max(self.std, 0.25)))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"n": self.n, "mean": self.mean, "m2": self.m2}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], decay: float = 0.995) -> "LengthStats":
+        return cls(float(d["n"]), float(d["mean"]), float(d["m2"]), decay)

@@ -1,0 +1,246 @@
+"""``SequenceDetector``: flags calls an agent would not make at that point of a session.
+
+Per agent it keeps a ``MarkovModel`` of ``server/tool`` transitions, open-session context and the
+usual session length. Each call is scored (surprisal in bits) before it is learned; a call at or
+above the threshold is a finding and is not learned, so an attack does not become normal. The
+threshold is lower right after a result labelled ``instructions`` (a likely prompt injection):
+that is where hijacks start.
+
+Agent states (``agent_states()``, for a Prometheus gauge):
+
+- ``learning``: fewer than ``min_calls`` calls or ``min_sessions`` sessions seen. Findings only
+  when a fleet prior exists (mature agents using the same tools); otherwise silent.
+- ``active``: scores against its own model (which keeps learning from unflagged calls, with decay).
+- ``frozen``: scores, learns nothing (``freeze(agent)`` / ``unfreeze(agent)``).
+
+Memory per agent: the Markov model's bounds (``max_tokens``, ``max_transitions``: ~0.5 MB worst
+case at the defaults) plus ``max_open_sessions`` open sessions (~30 KB worst case).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .base import PerAgentDetector
+from .events import Batch, Finding, ToolCall
+from .sequence import LengthStats, MarkovConfig, MarkovModel, containment, fleet_prior
+from .sessions import SessionTracker
+
+__all__ = ["SequenceConfig", "SequenceDetector"]
+
+LEARNING, ACTIVE, FROZEN = "learning", "active", "frozen"
+
+
+@dataclass(frozen=True, slots=True)
+class SequenceConfig:
+    """Settings of ``SequenceDetector`` (YAML section ``detectors.sequence``)."""
+
+    min_calls: int = 150
+    min_sessions: int = 10
+    threshold_bits: float = 9.0
+    after_instructions_bits: float = 5.0
+    length_k: float = 3.0
+    length_floor: int = 25
+    use_fleet_prior: bool = True
+    prior_min_containment: float = 0.6
+    max_open_sessions: int = 32
+    session_idle_s: float = 1800.0
+    markov: MarkovConfig = field(default_factory=MarkovConfig)
+
+    def validate(self) -> "SequenceConfig":
+        if self.min_calls < 0 or self.min_sessions < 0:
+            raise ValueError("sequence.min_calls and sequence.min_sessions must be >= 0")
+        if not self.threshold_bits > 0 or not self.after_instructions_bits > 0:
+            raise ValueError("sequence.threshold_bits and sequence.after_instructions_bits must be > 0")
+        if self.length_floor < 1 or self.length_k <= 0:
+            raise ValueError("sequence.length_floor must be >= 1 and sequence.length_k > 0")
+        if not 0.0 < self.prior_min_containment <= 1.0:
+            raise ValueError("sequence.prior_min_containment must be in (0, 1]")
+        if self.max_open_sessions < 1 or self.session_idle_s <= 0:
+            raise ValueError("sequence.max_open_sessions must be >= 1 and sequence.session_idle_s > 0")
+        self.markov.validate()
+        return self
+
+
+class _Agent:
+    """One agent's sequence state."""
+
+    def __init__(self, cfg: SequenceConfig) -> None:
+        self.model = MarkovModel(cfg.markov)
+        self.sessions = SessionTracker(max_open=cfg.max_open_sessions, idle_s=cfg.session_idle_s)
+        self.lengths = LengthStats()
+        self.n_calls = 0
+        self.n_sessions = 0
+        self.mean_bits = 0.0
+        self.frozen = False
+
+    def status(self, cfg: SequenceConfig) -> str:
+        if self.frozen:
+            return FROZEN
+        if self.n_calls >= cfg.min_calls and self.n_sessions >= cfg.min_sessions:
+            return ACTIVE
+        return LEARNING
+
+
+class SequenceDetector(PerAgentDetector[_Agent]):
+    """Per-agent call-sequence baseline; see the module docstring."""
+
+    name = "sequence"
+
+    def __init__(self, config: SequenceConfig | None = None) -> None:
+        super().__init__()
+        self.config = (config or SequenceConfig()).validate()
+
+    # --- PerAgentDetector ----------------------------------------------------------------------
+    def new_state(self) -> _Agent:
+        return _Agent(self.config)
+
+    def state_to_dict(self, st: _Agent) -> dict[str, Any]:
+        return {
+            "model": st.model.to_dict(), "sessions": st.sessions.to_dict(), "lengths": st.lengths.to_dict(),
+            "n_calls": st.n_calls, "n_sessions": st.n_sessions, "mean_bits": st.mean_bits, "frozen": st.frozen,
+        }
+
+    def state_from_dict(self, d: dict[str, Any]) -> _Agent:
+        st = _Agent(self.config)
+        st.model = MarkovModel.from_dict(d["model"], self.config.markov)
+        st.sessions.load(d["sessions"])
+        st.lengths = LengthStats.from_dict(d["lengths"])
+        st.n_calls, st.n_sessions = int(d["n_calls"]), int(d["n_sessions"])
+        st.mean_bits, st.frozen = float(d["mean_bits"]), bool(d["frozen"])
+        return st
+
+    # --- operator controls and gauges ----------------------------------------------------------
+    def agent_states(self) -> dict[str, str]:
+        """``learning`` / ``active`` / ``frozen`` per agent."""
+        return {a: st.status(self.config) for a, st in self._state.items()}
+
+    def freeze(self, agent_id: str) -> None:
+        self.state_for(agent_id).frozen = True
+
+    def unfreeze(self, agent_id: str) -> None:
+        self.state_for(agent_id).frozen = False
+
+    # --- detection -----------------------------------------------------------------------------
+    def observe(self, batch: Batch) -> list[Finding]:
+        return self.observe_scored(batch)[0]
+
+    def observe_scored(self, batch: Batch) -> tuple[list[Finding], np.ndarray]:
+        """Findings, and per call (aligned with ``batch.calls``) the margin over the threshold in
+        bits (> 0 alerts; NaN when the agent is not scored yet): for ROC/PR curves."""
+        cfg = self.config
+        margins = np.full(len(batch.calls), np.nan)
+        findings: list[Finding] = []
+        mature = [st for st in self._state.values() if st.status(cfg) != LEARNING]
+        priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
+        for i, c in enumerate(batch.calls):
+            st = self.state_for(c.agent_id)
+            status = st.status(cfg)
+            prior, peer_limit = None, None
+            if status == LEARNING and cfg.use_fleet_prior:
+                if c.agent_id not in priors:
+                    vocab = st.model.vocab | {x.token for x in batch.calls if x.agent_id == c.agent_id}
+                    priors[c.agent_id] = self._fleet(vocab, [p for p in mature if p is not st])
+                prior, peer_limit = priors[c.agent_id]
+            margins[i], found = self._one(st, c, status, prior, peer_limit)
+            findings.extend(found)
+        return findings, margins
+
+    def _fleet(self, vocab: set[str], peers: list[_Agent]) -> tuple[MarkovModel | None, float | None]:
+        """Fleet prior for a learning agent: the sequence models of mature agents that use its
+        tools, and the median of their session-length limits."""
+        cfg = self.config
+        if not vocab:
+            return None, None
+        similar = [p for p in peers if containment(vocab, p.model.vocab) >= cfg.prior_min_containment]
+        limits = [p.lengths.limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
+        return fleet_prior((p.model for p in similar), cfg.markov), (float(np.median(limits)) if limits else None)
+
+    def _one(self, st: _Agent, c: ToolCall, status: str, prior: MarkovModel | None,
+             peer_limit: float | None = None) -> tuple[float, list[Finding]]:
+        cfg = self.config
+        s, closed = st.sessions.get(c.session_id, c.time_ns)
+        if not st.frozen:
+            for _sid, old in closed:
+                st.lengths.add(old.n)
+        if s.n == 0:
+            st.n_sessions += 1
+        token, prev = c.token, s.prev
+        scored = status != LEARNING or prior is not None
+        bits = st.model.surprisal(prev, token, prior)
+        thr = cfg.after_instructions_bits if s.prev_instructions else cfg.threshold_bits
+        out: list[Finding] = []
+        flagged = scored and bits >= thr
+        if flagged:
+            out.append(self._transition_finding(st, c, prev, bits, thr, s.prev_instructions, status, prior))
+        st.sessions.advance(s, token, c.server, c.time_ns, c.is_error, c.result_labels,
+                            c.result_fingerprints, c.result_injection_score)
+        limit = st.lengths.limit(cfg.length_k, cfg.length_floor) if st.lengths.n >= 5 else None
+        if limit is None and prior is not None:
+            limit = peer_limit
+        if scored and not s.flagged_length and limit is not None:
+            if s.n > limit:
+                s.flagged_length = True
+                out.append(self._length_finding(st, c, s.n, limit, status))
+        st.n_calls += 1
+        if not flagged and not st.frozen:
+            st.model.learn(prev, token)
+            st.mean_bits += (bits - st.mean_bits) / min(st.n_calls, 500)
+        return (bits - thr) if scored else math.nan, out
+
+    def _transition_finding(self, st: _Agent, c: ToolCall, prev: str, bits: float, thr: float,
+                            after_instr: bool, status: str, prior: MarkovModel | None) -> Finding:
+        unseen = c.token not in st.model.uni and (prior is None or c.token not in prior.uni)
+        what = "never-seen tool" if unseen else "unusual next tool"
+        ctx = " right after a result that addressed the model" if after_instr else ""
+        return Finding(
+            detector=self.name,
+            severity="high" if after_instr or bits >= thr + 5 else "medium",
+            agent_id=c.agent_id,
+            reason=(f"{what} {c.token} after {prev}{ctx}: {bits:.1f} bits of surprise "
+                    f"(threshold {thr:g}, usual {st.mean_bits:.1f})"),
+            time_ns=c.time_ns,
+            session_id=c.session_id,
+            server=c.server,
+            tool=c.tool,
+            span_ids=(c.span_id,) if c.span_id else (),
+            trace_ids=(c.trace_id,) if c.trace_id else (),
+            score=round(bits, 4),
+            evidence={
+                "explanation": [{"feature": "surprisal", "observed": round(bits, 4),
+                                 "baseline": round(st.mean_bits, 4), "contribution": 1.0}],
+                "previous": prev,
+                "expected_next": st.model.expected(prev) or (prior.expected(prev) if prior else []),
+                "unseen_tool": unseen,
+                "after_instructions": after_instr,
+                "state": status,
+                "basis": "fleet_prior" if prior is not None else "agent",
+            },
+            dedup_key=f"{self.name}:{c.agent_id}:{c.session_id}",
+        )
+
+    def _length_finding(self, st: _Agent, c: ToolCall, n: int, limit: float, status: str) -> Finding:
+        usual = math.expm1(st.lengths.mean)
+        return Finding(
+            detector=self.name,
+            severity="medium",
+            agent_id=c.agent_id,
+            reason=f"session {c.session_id} reached {n} calls; usual length is about {usual:.0f} (limit {limit:.0f})",
+            time_ns=c.time_ns,
+            session_id=c.session_id,
+            server=c.server,
+            tool=c.tool,
+            span_ids=(c.span_id,) if c.span_id else (),
+            trace_ids=(c.trace_id,) if c.trace_id else (),
+            score=float(n),
+            evidence={
+                "explanation": [{"feature": "session_length", "observed": n, "baseline": round(usual, 2),
+                                 "contribution": 1.0}],
+                "state": status,
+            },
+            dedup_key=f"{self.name}:{c.agent_id}:{c.session_id}:length",
+        )

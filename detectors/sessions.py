@@ -1,0 +1,116 @@
+"""Bounded per-agent tracking of open sessions: the call context that sequence models and
+session features need (previous tool, length, rate, errors, servers, result fingerprints).
+
+Sessions have no explicit end in MCP traffic, so a session closes when it has been idle for
+``idle_s`` (event time) or when the agent has more than ``max_open`` open sessions (the least
+recently active one is closed). Closing hands the closed sessions back to the caller (to learn
+the usual session length, or to commit a session's rows to a baseline). Memory per agent: at most ``max_open`` sessions, each holding at most
+``max_fingerprints`` fingerprints and ``max_servers`` server names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+START = "^"
+"""The token before a session's first call."""
+
+_NS = 1e9
+
+
+@dataclass(slots=True)
+class Session:
+    """What is known about one open session so far."""
+
+    prev: str = START
+    n: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+    errors: int = 0
+    rate: float = 0.0
+    """Exponentially decayed call count (time constant ``rate_window_s``): recent calls."""
+    prev_instructions: bool = False
+    """The previous call's result addressed the model (label ``instructions``)."""
+    flagged_length: bool = False
+    servers: list[str] = field(default_factory=list)
+    result_fps: dict[str, str] = field(default_factory=dict)
+    """Result fingerprint -> server that returned it."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prev": self.prev, "n": self.n, "first_ns": self.first_ns, "last_ns": self.last_ns,
+            "errors": self.errors, "rate": self.rate, "prev_instructions": self.prev_instructions,
+            "flagged_length": self.flagged_length, "servers": list(self.servers),
+            "result_fps": dict(self.result_fps),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Session":
+        return cls(
+            prev=str(d["prev"]), n=int(d["n"]), first_ns=int(d["first_ns"]), last_ns=int(d["last_ns"]),
+            errors=int(d["errors"]), rate=float(d["rate"]), prev_instructions=bool(d["prev_instructions"]),
+            flagged_length=bool(d["flagged_length"]), servers=[str(s) for s in d["servers"]],
+            result_fps={str(k): str(v) for k, v in d["result_fps"].items()},
+        )
+
+
+class SessionTracker:
+    """Open sessions of one agent, least recently active first."""
+
+    def __init__(self, max_open: int = 32, idle_s: float = 1800.0, rate_window_s: float = 10.0,
+                 max_fingerprints: int = 256, max_servers: int = 32) -> None:
+        self.max_open = max_open
+        self.idle_ns = int(idle_s * _NS)
+        self.rate_window_s = rate_window_s
+        self.max_fingerprints = max_fingerprints
+        self.max_servers = max_servers
+        self.open: OrderedDict[str, Session] = OrderedDict()
+
+    def get(self, session_id: str, time_ns: int) -> tuple[Session, list[tuple[str, Session]]]:
+        """The session for a call at ``time_ns`` (created if new), and the sessions this closed."""
+        closed = self.expire(time_ns)
+        s = self.open.get(session_id)
+        if s is None:
+            s = self.open[session_id] = Session(first_ns=time_ns, last_ns=time_ns)
+            while len(self.open) > self.max_open:
+                closed.append(self.open.popitem(last=False))
+        else:
+            self.open.move_to_end(session_id)
+        return s, closed
+
+    def advance(self, s: Session, token: str, server: str, time_ns: int, is_error: bool,
+                result_labels: tuple[str, ...], result_fps: tuple[str, ...], injection: float) -> None:
+        """Move the session past one call (context only; this is not learning a baseline)."""
+        dt = max(0, time_ns - s.last_ns) / _NS if s.n else math.inf
+        s.rate = s.rate * math.exp(-dt / self.rate_window_s) + 1.0
+        s.prev = token
+        s.n += 1
+        s.last_ns = max(s.last_ns, time_ns)
+        s.errors += int(is_error)
+        s.prev_instructions = "instructions" in result_labels or injection >= 0.5
+        if server not in s.servers and len(s.servers) < self.max_servers:
+            s.servers.append(server)
+        for fp in result_fps:
+            if len(s.result_fps) >= self.max_fingerprints:
+                s.result_fps.pop(next(iter(s.result_fps)))
+            s.result_fps[fp] = server
+
+    def expire(self, now_ns: int) -> list[tuple[str, Session]]:
+        """Close sessions idle for longer than ``idle_s``; return them (id, session)."""
+        closed: list[tuple[str, Session]] = []
+        while self.open:
+            sid, s = next(iter(self.open.items()))
+            if now_ns - s.last_ns <= self.idle_ns:
+                break
+            del self.open[sid]
+            closed.append((sid, s))
+        return closed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"open": [[k, s.to_dict()] for k, s in self.open.items()]}
+
+    def load(self, d: dict[str, Any]) -> None:
+        self.open = OrderedDict((str(k), Session.from_dict(v)) for k, v in d.get("open", []))

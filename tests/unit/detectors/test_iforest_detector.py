@@ -1,0 +1,121 @@
+"""IsolationForestDetector: retraining off the hot path, group models, explanations, state."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import conformance as C
+from toolwatch.detectors.events import Batch
+from toolwatch.detectors.iforest import ForestParams
+from toolwatch.detectors.iforest_detector import GROUPS, ForestConfig, IsolationForestDetector
+
+
+def config(**kw) -> ForestConfig:
+    base = dict(forest=ForestParams(n_estimators=30, max_samples=64), min_rows=60, max_rows=256,
+                retrain_every=200, group_retrain_every=400, warm_calls=20, session_idle_s=120)
+    base.update(kw)
+    return ForestConfig(**base)
+
+
+def test_retraining_is_requested_and_run_by_the_caller():
+    det = IsolationForestDetector(config(auto_retrain=False))
+    C.feed(det, C.routine_traffic("a", 30))
+    assert det.agent_states() == {"a": "learning"}
+    keys = det.needs_retrain()
+    assert keys == ["a", GROUPS]
+    assert det.observe(Batch(calls=C.session_calls("a", "x", ["fs/list_dir"], C.T0 + 10**6 * C.S))) == []
+    assert det.agent_states() == {"a": "learning"}  # observe did not fit anything
+    assert set(det.retrain(keys)) == {"a", "group:fs,git,shell"}
+    assert det.agent_states() == {"a": "active"} and det.needs_retrain() == []
+
+
+def test_an_odd_call_is_flagged_with_an_explanation():
+    det = IsolationForestDetector(config())
+    C.feed(det, C.routine_traffic("a", 40))
+    calls = C.session_calls("a", "a-odd", ["fs/list_dir", "fs/read_file"], C.T0 + 10**6 * C.S)
+    calls[1].result_bytes = 50_000_000
+    calls[1].destinations = ("drop.example",)
+    found, margins = det.observe_scored(Batch(calls=calls))
+    assert [f.span_ids for f in found] == [(calls[1].span_id,)]
+    assert margins[1] > 0 > margins[0]
+    ev = found[0].evidence
+    feats = [e["feature"] for e in ev["explanation"]]
+    assert "log_result_bytes" in feats and ev["model"] == "agent" and ev["state"] == "active"
+    top = ev["explanation"][feats.index("log_result_bytes")]
+    assert top["observed"] > 17 > top["baseline"]
+    json.dumps(found[0].to_dict())
+
+
+def test_a_newcomer_is_scored_by_its_group_until_it_has_its_own_model():
+    det = IsolationForestDetector(config())
+    C.feed(det, C.routine_traffic("old1", 40) + C.routine_traffic("old2", 40, start_ns=C.T0 + 7 * C.S, seed=1))
+    C.feed(det, C.routine_traffic("new", 3, start_ns=C.T0 + 10**5 * C.S))
+    assert det.agent_states()["new"] == "learning"
+    calls = C.session_calls("new", "n-odd", ["fs/list_dir", "fs/read_file"], C.T0 + 10**6 * C.S)
+    calls[1].result_bytes = 50_000_000
+    found = det.observe(Batch(calls=calls))
+    assert len(found) == 1 and found[0].evidence["model"] == "group:fs,git,shell"
+
+
+def test_rows_of_sessions_with_findings_stay_out_of_the_baseline():
+    det = IsolationForestDetector(config(auto_retrain=False))
+    train = C.routine_traffic("a", 40)
+    C.feed(det, train)
+    det.retrain()
+    st = det._state["a"]
+    n0 = st.n_buf + sum(1 for c in train if c.session_id == "a-s39")  # still open: joins later
+    calls = C.session_calls("a", "bad", ["fs/list_dir", "fs/read_file", "fs/read_file"], C.T0 + 10**6 * C.S)
+    calls[1].result_bytes = 50_000_000
+    assert len(det.observe(Batch(calls=calls))) == 1
+    good = C.session_calls("a", "good", ["fs/list_dir", "fs/read_file"], C.T0 + 10**6 * C.S + 10)
+    det.observe(Batch(calls=good))
+    C.feed(det, C.routine_traffic("a", 1, start_ns=C.T0 + 10**7 * C.S))  # closes both sessions
+    assert st.n_buf == n0 + 2  # "good" joined, "bad" did not
+
+
+def test_frozen_agents_keep_their_baseline():
+    det = IsolationForestDetector(config())
+    C.feed(det, C.routine_traffic("a", 40))
+    det.freeze("a")
+    before = det.snapshot_agent("a")["rows"]
+    C.feed(det, C.routine_traffic("a", 20, start_ns=C.T0 + 10**6 * C.S))
+    assert det.snapshot_agent("a")["rows"] == before and det.needs_retrain() == []
+
+
+@pytest.mark.parametrize("field,value", [("min_rows", 4), ("retrain_every", 0), ("max_rows", 10),
+                                         ("prior_min_containment", 0.0), ("explain_top", 0)])
+def test_config_errors_name_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        IsolationForestDetector(config(**{field: value}))
+
+
+def test_margins_are_nan_until_a_model_covers_the_agent():
+    det = IsolationForestDetector(config())
+    _f, m = det.observe_scored(Batch(calls=C.session_calls("a", "s", ["fs/list_dir"], C.T0)))
+    assert np.isnan(m).all()
+
+
+def test_retrain_in_a_worker_thread_beside_observe():
+    import threading
+
+    det = IsolationForestDetector(config(auto_retrain=False))
+    C.feed(det, C.routine_traffic("a", 40))
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            for _ in range(5):
+                det.retrain(det.needs_retrain() or ["a"])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    for k in range(30):  # new agents keep arriving while models are fitted
+        C.feed(det, C.routine_traffic(f"n{k}", 2, start_ns=C.T0 + (10**5 + k * 10**4) * C.S))
+    t.join()
+    assert errors == []
+    assert det.agent_states()["a"] == "active"
