@@ -83,7 +83,7 @@ class Daemon:
         self.metrics = Metrics(registry)
         self.store = Store(cfg.data_path / "toolwatch.db", clock=clock)
         self.detectors = build_detectors(cfg) if detectors is None else detectors
-        secret = webhook_secret(cfg) if cfg.webhooks else b""
+        secret = webhook_secret(cfg) if any(not h.secret for h in cfg.webhooks) else b""
         self.sinks: list[Sink] = [LogSink()]
         self.sinks += [WebhookSink(h, self.store, self.metrics, h.secret.encode() or secret, clock=clock) for h in cfg.webhooks]
         self.router = AlertRouter(

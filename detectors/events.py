@@ -185,3 +185,25 @@ class Finding:
             evidence=dict(data.get("evidence", {})),
             dedup_key=str(data.get("dedup_key", "")),
         )
+
+
+def destination_key(destination: str) -> str:
+    """What makes a destination new: its host (or e-mail domain), not the full URL.
+
+    Emitters report hosts, e-mail domains and URLs; every page of a site is a new URL, so
+    newness is judged on the host, lower-cased, without port or credentials.
+    """
+    d = destination.strip().lower()
+    if "://" in d:
+        d = d.split("://", 1)[1]
+        d = d.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+        d = d.rsplit("@", 1)[-1]
+        if not d.startswith("["):
+            d = d.split(":", 1)[0]
+    elif "@" in d:
+        d = d.rsplit("@", 1)[-1]
+    return d
+
+
+def destination_keys(destinations: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(k for k in map(destination_key, destinations) if k))

@@ -22,7 +22,7 @@ from typing import Any
 
 from .base import PerAgentDetector
 from .capabilities import READS_SENSITIVE, SENDS_OUT, CapabilityMap
-from .events import SEVERITIES, Batch, Finding, ToolCall
+from .events import SEVERITIES, Batch, Finding, ToolCall, destination_keys
 from .taint import Match, SensitiveRead, SessionFlows
 
 __all__ = ["AgentFlows", "ExfiltrationConfig", "ExfiltrationDetector"]
@@ -37,6 +37,10 @@ SECRET_LABELS = ("secret", "credential", "password", "private_key", "api_key", "
 class ExfiltrationConfig:
     """The ``exfiltration:`` section of the config."""
 
+    flow_scope: str = "agent"
+    """Where data is followed: ``agent`` (every call of the agent, whatever MCP session or server
+    it went through: an agent holds one session per server, so cross-server flows span sessions),
+    ``trace`` (one agent turn, when the agent's spans share a trace) or ``session`` (one MCP session)."""
     session_ttl_s: int = 3_600
     max_sessions_per_agent: int = 1_000
     max_fingerprints_per_session: int = 2_000
@@ -67,6 +71,8 @@ class ExfiltrationConfig:
                 raise ValueError(f"exfiltration.{key} must be at least 1")
         if not 0.0 < self.sketch_similarity <= 1.0:
             raise ValueError("exfiltration.sketch_similarity must be in (0, 1]")
+        if self.flow_scope not in ("agent", "trace", "session"):
+            raise ValueError("exfiltration.flow_scope must be one of agent, trace, session")
         if self.non_sink_flow_severity not in SEVERITIES + ("off",):
             raise ValueError(f"exfiltration.non_sink_flow_severity must be one of {', '.join(SEVERITIES)}, off")
         if self.destination_warmup_calls < 0 or self.payload_min_bytes < 0:
@@ -199,20 +205,29 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
                       cfg.max_fingerprints_per_session, cfg.max_sketches_per_session)
         return findings
 
+    def _scope(self, call: ToolCall) -> str:
+        scope = self.config.flow_scope
+        if scope == "agent":
+            return "*"
+        if scope == "trace":
+            return call.trace_id or call.session_id
+        return call.session_id
+
     def _session(self, agent: AgentFlows, call: ToolCall) -> SessionFlows:
         ttl = self.config.session_ttl_s * NS
         cutoff = call.time_ns - ttl
-        # Sessions expire in event time; they are kept in last-use order, so stop at the first live one.
+        key = self._scope(call)
+        # Scopes expire in event time; they are kept in last-use order, so stop at the first live one.
         while agent.sessions:
             sid, oldest = next(iter(agent.sessions.items()))
-            if oldest.last_ns >= cutoff or sid == call.session_id:
+            if oldest.last_ns >= cutoff or sid == key:
                 break
             agent.sessions.popitem(last=False)
-        s = agent.sessions.get(call.session_id)
+        s = agent.sessions.get(key)
         if s is None or s.last_ns < cutoff:
             s = SessionFlows(last_ns=call.time_ns)
-        agent.sessions[call.session_id] = s
-        agent.sessions.move_to_end(call.session_id)
+        agent.sessions[key] = s
+        agent.sessions.move_to_end(key)
         while len(agent.sessions) > self.config.max_sessions_per_agent:
             agent.sessions.popitem(last=False)
         return s
@@ -262,7 +277,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
 
     def _new_destinations(self, call: ToolCall, agent: AgentFlows, sink: bool) -> Finding | None:
         cfg = self.config
-        dests = list(dict.fromkeys(d.lower() for d in call.destinations))
+        dests = list(destination_keys(call.destinations))
         new = [d for d in dests if d not in agent.destinations]
         warmed = agent.destination_calls >= cfg.destination_warmup_calls
         agent.destination_calls += 1

@@ -35,6 +35,10 @@ class HijackConfig:
     injection_score_threshold: float = 0.8
     """A result with at least this injection score counts as carrying instructions even unlabelled."""
     session_kind: str = "first_tool"
+    arm_scope: str = "agent"
+    """Which calls are judged after instructions arrive: the agent's next calls on any server
+    (``agent``: an agent holds one MCP session per server, and a takeover crosses them) or only
+    those in the same MCP session (``session``)."""
     warmup_sessions: int = 3
     max_kinds_per_agent: int = 100
     max_items_per_kind: int = 500
@@ -48,6 +52,8 @@ class HijackConfig:
                 raise ValueError(f"hijack.{key} must be at least 1")
         if self.warmup_sessions < 0:
             raise ValueError("hijack.warmup_sessions must not be negative")
+        if self.arm_scope not in ("agent", "session"):
+            raise ValueError("hijack.arm_scope must be one of agent, session")
         if self.session_kind not in SESSION_KINDS:
             raise ValueError(f"hijack.session_kind must be one of {', '.join(SESSION_KINDS)}")
         if not 0.0 < self.injection_score_threshold <= 1.0:
@@ -110,6 +116,16 @@ class HijackSession:
 class AgentHijack:
     kinds: OrderedDict[str, KindProfile] = field(default_factory=OrderedDict)
     sessions: OrderedDict[str, HijackSession] = field(default_factory=OrderedDict)
+    armed: Armed | None = None
+    """The latest instruction-bearing result of the agent, on any server (``arm_scope: agent``)."""
+
+
+def _armed_to_list(a: Armed | None) -> list[Any] | None:
+    return None if a is None else [a.span_id, a.token, a.time_ns, a.remaining]
+
+
+def _armed_from_list(a: list[Any] | None) -> Armed | None:
+    return None if a is None else Armed(a[0], a[1], int(a[2]), int(a[3]))
 
 
 class HijackDetector(PerAgentDetector[AgentHijack]):
@@ -129,10 +145,9 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
         return {
             "kinds": [[k, p.sessions, list(p.tokens), list(p.servers), list(p.destinations)]
                       for k, p in state.kinds.items()],
-            "sessions": [[sid, s.kind, s.last_ns, s.judged,
-                          None if s.armed is None else [s.armed.span_id, s.armed.token, s.armed.time_ns,
-                                                        s.armed.remaining]]
+            "sessions": [[sid, s.kind, s.last_ns, s.judged, _armed_to_list(s.armed)]
                          for sid, s in state.sessions.items()],
+            "armed": _armed_to_list(state.armed),
         }
 
     def state_from_dict(self, data: dict[str, Any]) -> AgentHijack:
@@ -141,10 +156,10 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             for k, n, t, sv, d in data.get("kinds", [])
         )
         sessions = OrderedDict(
-            (sid, HijackSession(kind, last, judged, None if a is None else Armed(a[0], a[1], int(a[2]), int(a[3]))))
+            (sid, HijackSession(kind, last, judged, _armed_from_list(a)))
             for sid, kind, last, judged, a in data.get("sessions", [])
         )
-        return AgentHijack(kinds, sessions)
+        return AgentHijack(kinds, sessions, _armed_from_list(data.get("armed")))
 
     # --- detection --------------------------------------------------------------------------
     def observe(self, batch: Batch) -> list[Finding]:
@@ -163,16 +178,26 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
         agent.kinds.move_to_end(session.kind)
         finding = None
         unfamiliar = False
-        armed = session.armed
-        if armed is not None and call.time_ns - armed.time_ns <= self.config.window_s * NS and armed.remaining > 0:
+        by_agent = self.config.arm_scope == "agent"
+        armed = self._live(agent.armed if by_agent else session.armed, call)
+        if armed is not None:
             armed.remaining -= 1
             finding, unfamiliar = self._judge(call, session, profile, armed)
         if not unfamiliar:
             # Calls flagged as unfamiliar stay out of the profile, so a takeover is not learned as normal.
             profile.learn(call, self.config.max_items_per_kind)
         if self._carries_instructions(call):
-            session.armed = Armed(call.span_id, call.token, call.time_ns, self.config.window_calls)
+            armed = Armed(call.span_id, call.token, call.time_ns, self.config.window_calls)
+            if by_agent:
+                agent.armed = armed
+            else:
+                session.armed = armed
         return finding
+
+    def _live(self, armed: Armed | None, call: ToolCall) -> Armed | None:
+        if armed is None or armed.remaining <= 0 or armed.span_id == call.span_id:
+            return None
+        return armed if call.time_ns - armed.time_ns <= self.config.window_s * NS else None
 
     def _carries_instructions(self, call: ToolCall) -> bool:
         return bool(set(call.result_labels) & set(self.config.instruction_labels)) or (

@@ -120,7 +120,10 @@ def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
 
     from toolwatch.instrumentation.proxy.cli import add_proxy_parser
 
+    from toolwatch.demo.run import add_demo_parser
+
     adders: list[Callable[[argparse._SubParsersAction], None]] = [
+        add_demo_parser,
         add_proxy_parser,
         add_rules_parser,
         admin_cli.add_parsers,

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..events import ToolCall
+from ..events import ToolCall, destination_keys
 from .fields import EvalContext
 
 
@@ -57,7 +57,7 @@ class SessionContext:
         if s is not None and call.time_ns - s.last_ns > self.limits.session_ttl_ns:
             s = None
         known = self._destinations.get(call.agent_id, {})
-        new = tuple(d for d in dict.fromkeys(call.destinations) if d.lower() not in known)
+        new = tuple(d for d in destination_keys(call.destinations) if d not in known)
         if s is None:
             return EvalContext(call=call, capabilities=capabilities, new_destinations=new)
         return EvalContext(
@@ -94,9 +94,9 @@ class SessionContext:
         if call.destinations:
             known = self._destinations.setdefault(call.agent_id, OrderedDict())
             self._destinations.move_to_end(call.agent_id)
-            for d in call.destinations:
-                known[d.lower()] = None
-                known.move_to_end(d.lower())
+            for d in destination_keys(call.destinations):
+                known[d] = None
+                known.move_to_end(d)
             while len(known) > self.limits.max_destinations:
                 known.popitem(last=False)
             while len(self._destinations) > self.limits.max_agents:

@@ -130,7 +130,12 @@ def test_sensitive_read_then_send_within_window() -> None:
     late = ExfiltrationDetector()
     assert run(late, make_call("vault", "read_secret", 0, result_labels=["secret"]),
                make_call("gmail", "send_email", 900)) == []
-    other_session = ExfiltrationDetector()
+    # An agent holds one MCP session per server, so by default data is followed across them ...
+    across = ExfiltrationDetector()
+    assert kinds(run(across, make_call("vault", "read_secret", 0, result_labels=["secret"]),
+                     make_call("gmail", "send_email", 5, session_id="s2"))) == ["sensitive_then_send"]
+    # ... and an operator can narrow the scope to one MCP session.
+    other_session = ExfiltrationDetector(ExfiltrationConfig(flow_scope="session"))
     assert run(other_session, make_call("vault", "read_secret", 0, result_labels=["secret"]),
                make_call("gmail", "send_email", 5, session_id="s2")) == []
 
@@ -171,14 +176,14 @@ def test_sessions_expire_in_event_time() -> None:
 
 
 def test_memory_is_bounded() -> None:
-    cfg = ExfiltrationConfig(max_sessions_per_agent=3, max_fingerprints_per_session=10)
-    det = ExfiltrationDetector(cfg)
     calls = [make_call("web", "fetch", i, session_id=f"s{i % 7}", result_fingerprints=[f"fp{i}-{j}" for j in range(5)])
              for i in range(100)]
-    run(det, *calls)
-    state = det.snapshot_agent("agent-1")
-    assert len(state["sessions"]) == 3
-    assert all(len(s["taint"]) <= 10 for _, s in state["sessions"])
+    for scope, scopes in (("session", 3), ("agent", 1)):
+        det = ExfiltrationDetector(ExfiltrationConfig(flow_scope=scope, max_sessions_per_agent=3, max_fingerprints_per_session=10))
+        run(det, *calls)
+        state = det.snapshot_agent("agent-1")
+        assert len(state["sessions"]) == scopes
+        assert all(len(s["taint"]) <= 10 for _, s in state["sessions"])
 
 
 def test_snapshot_restore_gives_identical_findings() -> None:

@@ -107,9 +107,15 @@ def test_high_injection_score_arms_without_label() -> None:
                call("slack", "post_message", 1)) == []
 
 
-def test_other_sessions_are_not_armed() -> None:
+def test_other_sessions_are_armed_by_default_but_not_with_session_scope() -> None:
+    # An agent holds one MCP session per server: the injected page arrives on the web server's
+    # session and the takeover happens on the mail server's.
     det = HijackDetector()
-    assert run(det, call("web", "fetch", 0, result_labels=["instructions"]),
+    (f,) = run(det, call("web", "fetch", 0, result_labels=["instructions"]),
+               call("gmail", "send_email", 1, session_id="other"))
+    assert f.severity == "high"
+    narrow = HijackDetector(HijackConfig(arm_scope="session"))
+    assert run(narrow, call("web", "fetch", 0, result_labels=["instructions"]),
                call("gmail", "send_email", 1, session_id="other")) == []
 
 

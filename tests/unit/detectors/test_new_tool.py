@@ -32,3 +32,12 @@ def test_memory_bound():
     det = NewToolDetector(NewToolConfig(min_calls=0, max_tools=10))
     det.observe(Batch(calls=calls("a", [("s", f"t{i}") for i in range(100)])))
     assert len(det.snapshot_agent("a")["tools"]) == 10
+
+
+def test_destination_key_is_the_host():
+    from toolwatch.detectors.events import destination_key, destination_keys
+
+    assert destination_key("https://user:pw@Docs.Python.org:443/3/library?q=1#x") == "docs.python.org"
+    assert destination_key("bob@Exfil-Drop.example") == "exfil-drop.example"
+    assert destination_key("evil.example") == "evil.example"
+    assert destination_keys(["https://a.example/x", "a.example", "https://a.example/y", ""]) == ("a.example",)
