@@ -108,34 +108,21 @@ class Daemon:
         self.pipeline.batch_listeners.append(self.retrainer)
         self.ingest = Ingest(Normalizer(redact_args or ingest_redactor(cfg)), self.pipeline, self.metrics)
         self.receivers: list[Receiver] = []
-        if cfg.enabled("otlp_http"):
-            host, port = parse_hostport(cfg.otlp_http, "otlp_http")
-            self.receivers.append(
-                OtlpHttpReceiver(
-                    host,
-                    port,
-                    self.ingest,
-                    self.metrics,
-                    max_body_bytes=cfg.max_body_bytes,
-                    retry_after_s=cfg.retry_after_s,
-                    bearer_token=cfg.receiver_token,
-                    tls=tls_files(cfg),
+        for key, cls in (("otlp_http", OtlpHttpReceiver), ("otlp_grpc", OtlpGrpcReceiver)):
+            if cfg.enabled(key):
+                host, port = parse_hostport(getattr(cfg, key), key)
+                self.receivers.append(
+                    cls(
+                        host,
+                        port,
+                        self.ingest,
+                        self.metrics,
+                        max_body_bytes=cfg.max_body_bytes,
+                        retry_after_s=cfg.retry_after_s,
+                        bearer_token=cfg.receiver_token,
+                        tls=tls_files(cfg),
+                    )
                 )
-            )
-        if cfg.enabled("otlp_grpc"):
-            host, port = parse_hostport(cfg.otlp_grpc, "otlp_grpc")
-            self.receivers.append(
-                OtlpGrpcReceiver(
-                    host,
-                    port,
-                    self.ingest,
-                    self.metrics,
-                    max_body_bytes=cfg.max_body_bytes,
-                    retry_after_s=cfg.retry_after_s,
-                    bearer_token=cfg.receiver_token,
-                    tls=tls_files(cfg),
-                )
-            )
         self.metrics.init_labels(
             [d.name for d in self.detectors], [r.name for r in self.receivers], [h.name for h in cfg.webhooks]
         )

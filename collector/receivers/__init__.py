@@ -10,6 +10,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from ..metrics import Metrics
 from ..normalize import Normalized, Normalizer
 from ..pipeline import Pipeline
+from .tls import TlsFiles
 
 
 class Receiver(ABC):
@@ -21,6 +22,33 @@ class Receiver(ABC):
     @abstractmethod
     async def shutdown(self) -> None:
         """Safe without start and safe twice."""
+
+
+class NetworkReceiver(Receiver):
+    """Settings shared by the receivers that listen on a socket (OTLP/HTTP, OTLP/gRPC)."""
+
+    bound_port: int | None = None
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ingest: "Ingest",
+        metrics: Metrics,
+        *,
+        max_body_bytes: int,
+        retry_after_s: int = 2,
+        bearer_token: str = "",
+        tls: "TlsFiles | None" = None,
+    ) -> None:
+        self.host, self.port = host, port
+        self.ingest = ingest
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.retry_after_s = retry_after_s
+        self.bearer_token = bearer_token
+        self._auth = f"Bearer {bearer_token}"
+        self.tls = tls
 
 
 class Overloaded(Exception):

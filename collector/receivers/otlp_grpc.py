@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from .. import otlp
 from ..metrics import Metrics
-from . import Ingest, Overloaded, Receiver, Unavailable
+from . import Ingest, Overloaded, NetworkReceiver, Unavailable
 from .tls import TlsFiles
 
 log = logging.getLogger("toolwatch.receiver.otlp_grpc")
@@ -36,31 +36,10 @@ def retry_status(code: grpc.StatusCode, message: str, retry_after_s: int) -> byt
     return st.SerializeToString()
 
 
-class OtlpGrpcReceiver(Receiver):
+class OtlpGrpcReceiver(NetworkReceiver):
     name = NAME
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        ingest: Ingest,
-        metrics: Metrics,
-        *,
-        max_body_bytes: int,
-        retry_after_s: int = 2,
-        bearer_token: str = "",
-        tls: TlsFiles | None = None,
-    ) -> None:
-        self.host, self.port = host, port
-        self.ingest = ingest
-        self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
-        self.retry_after_s = retry_after_s
-        self.bearer_token = bearer_token
-        self._auth = f"Bearer {bearer_token}"
-        self.tls = tls
-        self._server: grpc.aio.Server | None = None
-        self.bound_port: int | None = None
+    _server: grpc.aio.Server | None = None
 
     async def _abort_retryable(self, context: Any, code: grpc.StatusCode, message: str) -> None:
         context.set_trailing_metadata(((STATUS_DETAILS_KEY, retry_status(code, message, self.retry_after_s)),))

@@ -18,7 +18,7 @@ from google.rpc import status_pb2
 
 from .. import otlp
 from ..metrics import Metrics
-from . import Ingest, Overloaded, Receiver, Unavailable
+from . import Ingest, Overloaded, NetworkReceiver, Unavailable
 from .tls import TlsFiles
 
 log = logging.getLogger("toolwatch.receiver.otlp_http")
@@ -33,31 +33,10 @@ def _status_body(content_type: str, code: int, message: str) -> tuple[bytes, str
     return st.SerializeToString(), otlp.PROTOBUF
 
 
-class OtlpHttpReceiver(Receiver):
+class OtlpHttpReceiver(NetworkReceiver):
     name = NAME
 
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        ingest: Ingest,
-        metrics: Metrics,
-        *,
-        max_body_bytes: int,
-        retry_after_s: int = 2,
-        bearer_token: str = "",
-        tls: TlsFiles | None = None,
-    ) -> None:
-        self.host, self.port = host, port
-        self.ingest = ingest
-        self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
-        self.retry_after_s = retry_after_s
-        self.bearer_token = bearer_token
-        self._auth = f"Bearer {bearer_token}"
-        self.tls = tls
-        self._runner: web.AppRunner | None = None
-        self.bound_port: int | None = None
+    _runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
         # Decompression is ours (bounded, zip-bomb safe), not aiohttp's.
