@@ -134,7 +134,7 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
 
     def build() -> tuple[Any, Any]:
         """Exporter and redactor, built once (after the stdio server is already spawning)."""
-        if not built:
+        if "tracer" not in built:
             from ..mcp_client import TRACER_NAME, default_redactor, setup_tracing
 
             built["provider"] = setup_tracing(args.service_name, endpoint=args.otlp_endpoint)
