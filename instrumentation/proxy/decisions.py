@@ -48,6 +48,8 @@ class EnforceOptions:
     hold_default: str = "deny"
     poll_s: float = 2.0
     """How often quarantined tools are re-checked (to tell the client when one is approved)."""
+    retry_s: float = 1.0
+    """While the daemon is down, ask it again at most this often (calls in between are degraded at once)."""
 
 
 @dataclass(slots=True)
@@ -84,6 +86,7 @@ class DecisionClient:
         self._session: aiohttp.ClientSession | None = None
         self._local: Any = None
         self._down_since: float | None = None
+        self._last_try = float("-inf")
         if options.policy_file:
             self._local = load_local_policy(options.policy_file)
 
@@ -93,6 +96,10 @@ class DecisionClient:
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
                        timeout_s: float | None = None) -> Any:
+        now = self._clock()
+        if self._down_since is not None and now - self._last_try < self.options.retry_s:
+            raise DaemonUnreachable("still unreachable")
+        self._last_try = now
         if self._session is None:
             headers = {"Authorization": f"Bearer {self.options.token}"} if self.options.token else {}
             self._session = aiohttp.ClientSession(

@@ -29,3 +29,12 @@ def daemon(tmp_path, hooks):
                       webhooks=[WebhookConfig(url=hooks.url, secret=HOOK_SECRET)])
     with DaemonThread(cfg) as d:
         yield d
+
+
+@pytest.fixture
+async def sink():
+    from otlp_sink import OtlpSink
+
+    s = await OtlpSink().start()
+    yield s
+    await s.stop()
