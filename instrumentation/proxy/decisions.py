@@ -109,10 +109,9 @@ class DecisionClient:
         try:
             async with self._session.request(method, url, json=body, timeout=timeout) as resp:
                 data = await resp.json(content_type=None)
-                if resp.status >= 500 or resp.status == 401:
-                    raise DaemonUnreachable(f"HTTP {resp.status}: {data.get('error', '') if isinstance(data, dict) else ''}")
-                if resp.status >= 400:
-                    raise ValueError(f"{method} {path}: HTTP {resp.status}: {data.get('error') if isinstance(data, dict) else data}")
+                if resp.status >= 400:  # a wrong token or a refused request must not crash the proxy
+                    why = data.get("error", "") if isinstance(data, dict) else ""
+                    raise DaemonUnreachable(f"{method} {path}: HTTP {resp.status}: {why}")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, json.JSONDecodeError) as exc:
             raise DaemonUnreachable(repr(exc)) from None
         self._daemon_back()
