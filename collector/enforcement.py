@@ -149,6 +149,12 @@ class EnforcementService:
         return out
 
     async def decide(self, facts: CallFacts) -> dict[str, Any]:
+        """On the loop when no batch holds the detectors (the usual case: no thread hop), else in a worker."""
+        if self.lock.acquire(blocking=False):
+            try:
+                return self.decide_call(facts)
+            finally:
+                self.lock.release()
         return await asyncio.to_thread(self.decide_call_locked, facts)
 
     async def listing(self, server: str, tools: list[Any]) -> list[dict[str, Any]]:
