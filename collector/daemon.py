@@ -152,7 +152,8 @@ class Daemon:
         self.hold_notifier = HoldNotifier([HoldTarget(h.name, h.url, h.secret.encode() or secret, h.timeout_s)
                                            for h in cfg.webhooks])
         self.enforcement = EnforcementApi(
-            EnforcementService(self.detectors, self.pipeline.detector_lock), HoldBook(clock=clock), self.hold_notifier
+            EnforcementService(self.detectors, self.pipeline.detector_lock), HoldBook(clock=clock), self.hold_notifier,
+            self.metrics,
         )
         self.api = Api(
             host, port, self.store, self.metrics, ready=self.ready, api_token=cfg.api_token, approvals=approvals,

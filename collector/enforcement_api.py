@@ -14,7 +14,8 @@ from aiohttp import web
 
 from .enforcement import CallFacts, EnforcementService, FactsError
 from .hold_notify import HoldNotifier
-from .holds import AlreadyDecided, HoldBook, HoldError, UnknownHold
+from .holds import AlreadyDecided, Hold, HoldBook, HoldError, UnknownHold
+from .metrics import Metrics
 
 log = logging.getLogger("toolwatch.enforcement")
 
@@ -34,10 +35,18 @@ async def _body(request: web.Request) -> Any:
 
 
 class EnforcementApi:
-    def __init__(self, service: EnforcementService, holds: HoldBook, notifier: HoldNotifier) -> None:
+    def __init__(self, service: EnforcementService, holds: HoldBook, notifier: HoldNotifier,
+                 metrics: Metrics | None = None) -> None:
         self.service = service
         self.holds = holds
         self.notifier = notifier
+        self.metrics = metrics
+        if metrics is not None:
+            holds.on_close = self._count_closed
+
+    def _count_closed(self, hold: Hold) -> None:
+        assert self.metrics is not None
+        self.metrics.holds.labels(hold.status).inc()
 
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/api/v1/decide", self.decide)
@@ -54,7 +63,10 @@ class EnforcementApi:
             facts = CallFacts.from_json(await _body(request))
         except FactsError as exc:
             return _error(400, str(exc))
-        return web.json_response(await self.service.decide(facts))
+        verdict = await self.service.decide(facts)
+        if self.metrics is not None:
+            self.metrics.enforcement_decisions.labels(verdict["action"], str(verdict["quarantined"]).lower()).inc()
+        return web.json_response(verdict)
 
     async def check_listing(self, request: web.Request) -> web.Response:
         """Which tools of a ``tools/list`` result to hide: ``{"server": ..., "tools": [...]}``."""
@@ -82,6 +94,8 @@ class EnforcementApi:
                     hold.id, hold.server, hold.tool, hold.agent_id, "an operator",
                     hold.expires_at - hold.created_at, hold.reason)
         self.notifier.notify(hold)
+        if self.metrics is not None:
+            self.metrics.holds.labels("opened").inc()
         return web.json_response(hold.to_dict(), status=201)
 
     async def get_hold(self, request: web.Request) -> web.Response:

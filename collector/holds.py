@@ -65,6 +65,8 @@ class HoldBook:
 
     clock: Callable[[], float] = time.time
     max_kept: int = 1000
+    on_close: Callable[[Hold], None] | None = None
+    """Called once per hold when it is decided or times out (the daemon counts outcomes)."""
     _holds: "OrderedDict[str, Hold]" = field(default_factory=OrderedDict)
     _events: dict[str, asyncio.Event] = field(default_factory=dict)
 
@@ -135,6 +137,8 @@ class HoldBook:
         event = self._events.get(hold.id)
         if event is not None:
             event.set()
+        if self.on_close is not None:
+            self.on_close(hold)
 
     def _trim(self) -> None:
         while len(self._holds) > self.max_kept:

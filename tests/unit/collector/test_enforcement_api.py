@@ -22,17 +22,23 @@ from toolwatch.detectors.policy_config import PolicyConfig
 AUTH = {"Authorization": "Bearer t"}
 
 
-def make_app(targets: list[HoldTarget] | None = None) -> web.Application:
+def make_app(targets: list[HoldTarget] | None = None, metrics: Metrics | None = None) -> web.Application:
     policy = PolicyDetector(PolicyConfig.from_dict({"subjects": [{"agents": ["*"], "deny_tools": ["rm"]}]}))
+    metrics = metrics or Metrics(CollectorRegistry())
     enforcement = EnforcementApi(EnforcementService([policy], threading.Lock()), HoldBook(),
-                                 HoldNotifier(targets or [], "http://127.0.0.1:9464"))
-    api = Api("127.0.0.1", 0, store=None, metrics=Metrics(CollectorRegistry()), ready=lambda: True, api_token="t",
+                                 HoldNotifier(targets or [], "http://127.0.0.1:9464"), metrics)
+    api = Api("127.0.0.1", 0, store=None, metrics=metrics, ready=lambda: True, api_token="t",
               extra_routes=enforcement.routes)
     return api.app()
 
 
+def sample(metrics: Metrics, name: str, labels: dict[str, str]) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
 async def test_decide_needs_the_token_and_answers_with_the_rule():
-    async with TestClient(TestServer(make_app())) as client:
+    metrics = Metrics(CollectorRegistry())
+    async with TestClient(TestServer(make_app(metrics=metrics))) as client:
         assert (await client.post("/api/v1/decide", json={"tool": "rm"})).status == 401
         resp = await client.post("/api/v1/decide", json={"agent_id": "a", "server": "fs", "tool": "rm"}, headers=AUTH)
         body = await resp.json()
@@ -41,6 +47,8 @@ async def test_decide_needs_the_token_and_answers_with_the_rule():
         assert resp.status == 400 and (await resp.json())["error"].startswith("tool:")
         resp = await client.post("/api/v1/decide", data=b"{nope", headers=AUTH)
         assert resp.status == 400 and "not valid JSON" in (await resp.json())["error"]
+    labels = {"action": "deny", "quarantined": "false"}
+    assert sample(metrics, "toolwatch_enforcement_decisions_total", labels) == 1
 
 
 async def test_hold_round_trip_with_a_signed_webhook():
@@ -54,7 +62,8 @@ async def test_hold_round_trip_with_a_signed_webhook():
     hook_app.router.add_post("/hook", hook)
     async with TestServer(hook_app) as hook_server:
         target = HoldTarget("h", str(hook_server.make_url("/hook")), b"s3cret")
-        async with TestClient(TestServer(make_app([target]))) as client:
+        metrics = Metrics(CollectorRegistry())
+        async with TestClient(TestServer(make_app([target], metrics))) as client:
             resp = await client.post("/api/v1/holds", headers=AUTH, json={
                 "agent_id": "a", "server": "fs", "tool": "rm", "arguments": '{"path":"<path>"}', "timeout_s": 30})
             hold = await resp.json()
@@ -74,6 +83,7 @@ async def test_hold_round_trip_with_a_signed_webhook():
             assert missing.status == 404
             listed = await (await client.get("/api/v1/holds?status=approved", headers=AUTH)).json()
             assert [h["id"] for h in listed["holds"]] == [hold["id"]]
+    assert [sample(metrics, "toolwatch_holds_total", {"outcome": o}) for o in ("opened", "approved", "denied")] == [1, 1, 0]
     headers, body = received[0]
     assert verify(b"s3cret", headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER], now=float(headers[TIMESTAMP_HEADER]))
     assert b'"arguments":"{\\"path\\":\\"<path>\\"}"' in body and b"toolwatch holds approve" in body
