@@ -69,6 +69,7 @@ class Enforcer:
         self._last_tools: list[Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._poller: asyncio.Task[None] | None = None
+        self._to_client: Send | None = None
 
     # -- client -> server -------------------------------------------------------------------------
     async def from_client(self, line: bytes, to_server: Send, to_client: Send) -> None:
@@ -186,6 +187,7 @@ class Enforcer:
 
     # -- approvals --------------------------------------------------------------------------------
     def start(self, to_client: Send) -> None:
+        """Where approval notifications go (the client's serialized line writer)."""
         self._to_client = to_client
 
     def _ensure_poller(self) -> None:
@@ -201,7 +203,7 @@ class Enforcer:
                 continue
             released = set(self.hidden) - set(now)
             self.hidden = {k: v for k, v in self.hidden.items() if k in now}
-            if released:
+            if released and self._to_client is not None:
                 await self._to_client(LIST_CHANGED)
 
     async def close(self) -> None:
