@@ -24,6 +24,10 @@ from .approvals import Approvals, find_approval_source
 from .api import Api
 from .config import Config, parse_hostport
 from .detector_registry import build_detectors
+from .enforcement import EnforcementService
+from .enforcement_api import EnforcementApi
+from .hold_notify import HoldNotifier, HoldTarget
+from .holds import HoldBook
 from .metrics import Metrics
 from .normalize import ArgsRedactor, Normalizer
 from .pipeline import Pipeline
@@ -132,8 +136,15 @@ class Daemon:
             self.metrics.watch_pending_approvals(source.pending)
             approvals = Approvals(source, self.pipeline.detector_lock, save_state=self.store.save_state)
         host, port = parse_hostport(cfg.listen, "listen")
+        self.hold_notifier = HoldNotifier([HoldTarget(h.name, h.url, h.secret.encode() or secret, h.timeout_s)
+                                           for h in cfg.webhooks])
+        self.enforcement = EnforcementApi(
+            EnforcementService(self.detectors, self.pipeline.detector_lock), HoldBook(clock=clock), self.hold_notifier,
+            self.metrics,
+        )
         self.api = Api(
-            host, port, self.store, self.metrics, ready=self.ready, api_token=cfg.api_token, approvals=approvals
+            host, port, self.store, self.metrics, ready=self.ready, api_token=cfg.api_token, approvals=approvals,
+            extra_routes=self.enforcement.routes,
         )
         engine = next((d for d in self.detectors if isinstance(d, RuleEngine)), None)
         self.rules_watcher = RuleFileWatcher(engine, self.pipeline, self.metrics) if engine else None
@@ -161,6 +172,7 @@ class Daemon:
         for sink in self.sinks:
             await sink.start()
         await self.api.start()
+        self.hold_notifier.api_base = f"http://{self.api.host}:{self.api.bound_port}"
         if self.rules_watcher:
             await self.rules_watcher.start()
         for r in self.receivers:
@@ -178,6 +190,7 @@ class Daemon:
         await self.retrainer.shutdown()
         for sink in self.sinks:
             await sink.shutdown()
+        await self.hold_notifier.shutdown()
         await self.api.shutdown()
         self.store.close()
 

@@ -140,6 +140,16 @@ class Metrics:
             buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600, 21600, 86400),
             registry=r,
         )
+        self.enforcement_decisions = Counter(
+            "toolwatch_enforcement_decisions_total",
+            "Decisions answered to enforcing proxies, by action (allow, deny, hold) and quarantine.",
+            ["action", "quarantined"],
+            registry=r,
+        )
+        self.holds = Counter(
+            "toolwatch_holds_total", "Calls held for a human, by outcome (opened, approved, denied, timed_out).",
+            ["outcome"], registry=r,
+        )
         self._detector_guard = LabelGuard(64)
         self._pending_last = 0.0
 

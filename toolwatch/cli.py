@@ -116,7 +116,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 
 def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Optional subcommands live next to their code; each module adds its own parser."""
-    from toolwatch.collector import admin_cli
+    from toolwatch.collector import admin_cli, holds_cli
 
     from toolwatch.instrumentation.proxy.cli import add_proxy_parser
 
@@ -127,6 +127,7 @@ def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
         add_proxy_parser,
         add_rules_parser,
         admin_cli.add_parsers,
+        holds_cli.add_parsers,
     ]
     return adders
 

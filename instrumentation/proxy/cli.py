@@ -46,9 +46,52 @@ def add_proxy_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--upstream", default=None, metavar="URL", help="streamable HTTP mode: the server's MCP URL")
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest message that is parsed for spans; larger ones pass through unparsed")
+    add_enforce_arguments(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="stdio mode: -- <server command...>")
     parser.set_defaults(func=run_proxy)
     return parser
+
+
+def add_enforce_arguments(parser: argparse.ArgumentParser) -> None:
+    """Opt-in enforcement flags (docs/enforcement.md)."""
+    g = parser.add_argument_group("enforcement (opt-in; see docs/enforcement.md)")
+    g.add_argument("--enforce", action="store_true",
+                   help="decide every tools/call before forwarding it: block, hold for approval, hide quarantined tools")
+    g.add_argument("--daemon-url", default=os.environ.get("TOOLWATCH_API_URL", "http://127.0.0.1:9464"),
+                   help="the toolwatch daemon's API (default http://127.0.0.1:9464 or TOOLWATCH_API_URL)")
+    g.add_argument("--daemon-token", default=os.environ.get("TOOLWATCH_API_TOKEN", ""),
+                   help="bearer token of the daemon's API (default TOOLWATCH_API_TOKEN)")
+    g.add_argument("--fail-closed", action="store_true",
+                   help="deny calls while the daemon is unreachable (default: fail open, logged loudly)")
+    g.add_argument("--policy", metavar="FILE", default="",
+                   help="policy YAML evaluated locally while the daemon is unreachable (instead of the fail mode)")
+    g.add_argument("--decision-ttl", type=float, default=2.0, metavar="S", help="cache allow/deny decisions this long")
+    g.add_argument("--decision-timeout", type=float, default=0.5, metavar="S",
+                   help="a decision slower than this counts as daemon unreachable")
+    g.add_argument("--hold-timeout", type=float, default=300.0, metavar="S",
+                   help="how long a held call waits for a human")
+    g.add_argument("--hold-default", choices=["deny", "allow"], default="deny",
+                   help="what a held call gets when nobody decides in time")
+    g.add_argument("--quarantine-poll", type=float, default=2.0, metavar="S",
+                   help="how often hidden tools are re-checked for approval")
+
+
+def _enforce_problem(args: argparse.Namespace) -> str | None:
+    if not getattr(args, "enforce", False):
+        if getattr(args, "fail_closed", False) or getattr(args, "policy", ""):
+            return "toolwatch proxy: --fail-closed and --policy only apply with --enforce"
+        return None
+    if args.listen:
+        return "toolwatch proxy: --enforce is supported in stdio mode only for now (see docs/enforcement.md)"
+    parts = urlsplit(args.daemon_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"toolwatch proxy: --daemon-url must be an http(s) URL, got {args.daemon_url!r}"
+    for name in ("decision_ttl", "decision_timeout", "hold_timeout", "quarantine_poll"):
+        if getattr(args, name) <= 0 and name != "decision_ttl":
+            return f"toolwatch proxy: --{name.replace('_', '-')} must be positive"
+    if args.decision_ttl < 0:
+        return "toolwatch proxy: --decision-ttl must be zero or more"
+    return None
 
 
 def _validate(args: argparse.Namespace) -> str | None:
@@ -79,7 +122,7 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
 
     ``redactor`` defaults to ``Redactor.from_env()``; tests pass their own.
     """
-    problem = _validate(args)
+    problem = _validate(args) or _enforce_problem(args)
     if problem:
         print(problem, file=sys.stderr)
         return 2
@@ -91,7 +134,7 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
 
     def build() -> tuple[Any, Any]:
         """Exporter and redactor, built once (after the stdio server is already spawning)."""
-        if not built:
+        if "tracer" not in built:
             from ..mcp_client import TRACER_NAME, default_redactor, setup_tracing
 
             built["provider"] = setup_tracing(args.service_name, endpoint=args.otlp_endpoint)
@@ -118,14 +161,43 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
                                server_name=args.server_name or "", transport="pipe", emitter="proxy")
             return CallTracker(info, tracer, red, stats)
 
-        outcome = asyncio.run(run_stdio_proxy(args.command, make_tracker, max_message_bytes=args.max_message_bytes))
-        report(outcome, stats.summary())
+        factory = enforcer_factory(args, built) if args.enforce else None
+        outcome = asyncio.run(run_stdio_proxy(args.command, make_tracker, max_message_bytes=args.max_message_bytes,
+                                              enforcer_factory=factory))
+        summary = stats.summary()
+        if "enforce_stats" in built:
+            summary += f"; {built['enforce_stats'].summary()}"
+        report(outcome, summary)
         return outcome.exit_code if outcome.exit_code >= 0 else 1
     except KeyboardInterrupt:
         return 130
     finally:
         if "provider" in built:
             built["provider"].shutdown()
+
+
+def enforcer_factory(args: argparse.Namespace, built: dict[str, Any]) -> Any:
+    """Build the ``Enforcer`` once the tracker exists (policy file errors exit before the server starts)."""
+    import time
+
+    from .decisions import DecisionClient, EnforceOptions
+
+    options = EnforceOptions(daemon_url=args.daemon_url, token=args.daemon_token, fail_closed=args.fail_closed,
+                             policy_file=args.policy, cache_ttl_s=args.decision_ttl, timeout_s=args.decision_timeout,
+                             hold_timeout_s=args.hold_timeout, hold_default=args.hold_default,
+                             poll_s=args.quarantine_poll)
+    client = DecisionClient(options)
+    built["enforce_stats"] = client.stats
+    mode = "fail-closed" if args.fail_closed else "fail-open"
+    print(f"toolwatch proxy: enforcing via {args.daemon_url} ({mode}"
+          f"{', local policy ' + args.policy if args.policy else ''})", file=sys.stderr, flush=True)
+
+    def make(tracker: Any, recorder: Any) -> Any:
+        from .enforce import Enforcer
+
+        return Enforcer(client, tracker, recorder, built["redactor"], now_ns=time.time_ns)
+
+    return make
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

@@ -80,6 +80,7 @@ async def run_stdio_proxy(
     max_message_bytes: int,
     exit_grace: float = 5.0,
     streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None,
+    enforcer_factory: Callable[[CallTracker, Recorder], Any] | None = None,
 ) -> StdioOutcome:
     """Run ``command`` behind the proxy until the client or the server goes away.
 
@@ -99,8 +100,18 @@ async def run_stdio_proxy(
     client_in, client_out = streams if streams is not None else await _stdio_streams()
     recorder = Recorder()
     c2s_split, s2c_split = LineSplitter(max_message_bytes), LineSplitter(max_message_bytes)
-    c2s = asyncio.create_task(_pump(client_in, child.stdin, "c2s", tracker, recorder, c2s_split))
-    s2c = asyncio.create_task(_pump(child.stdout, client_out, "s2c", tracker, recorder, s2c_split))
+    enforcer = enforcer_factory(tracker, recorder) if enforcer_factory is not None else None
+    if enforcer is not None:  # enforcement reads whole lines before forwarding (enforce_stdio.py)
+        from .enforce_stdio import LineWriter, pump_client, pump_server
+
+        to_client = LineWriter(client_out)
+        enforcer.start(to_client.line)
+        c2s = asyncio.create_task(pump_client(client_in, LineWriter(child.stdin), to_client, enforcer,
+                                              max_message_bytes))
+        s2c = asyncio.create_task(pump_server(child.stdout, to_client, enforcer, max_message_bytes))
+    else:
+        c2s = asyncio.create_task(_pump(client_in, child.stdin, "c2s", tracker, recorder, c2s_split))
+        s2c = asyncio.create_task(_pump(child.stdout, client_out, "s2c", tracker, recorder, s2c_split))
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -155,6 +166,8 @@ async def run_stdio_proxy(
         for task in (c2s, s2c, stopper):
             task.cancel()
         await asyncio.gather(c2s, s2c, stopper, return_exceptions=True)
+        if enforcer is not None:
+            await enforcer.close()
         if child.returncode is None:
             await _stop_child(child, exit_grace=0.5)
         try:
