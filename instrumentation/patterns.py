@@ -65,6 +65,12 @@ class Detector:
     """Minimum token length after extension (blobs)."""
     not_after: str = ""
     """Characters that must not come right before the token (a word boundary, usually)."""
+    need_after: str = ""
+    """Numeric tier: only try this detector at an anchor right after one of these characters."""
+    skip_after: str = ""
+    """Numeric tier: do not even try this detector at an anchor right after one of these characters
+    (the digits inside a number start no new hex or IPv6 candidate; the token was tried at its
+    first digit)."""
     validate: Validator | None = None
     normalise: Normaliser | None = None
     redact: bool = True
@@ -253,6 +259,11 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("path", "path", "[A-Za-z]", r":\\(?:[\w .@+-]{1,255}\\){0,64}[\w.@+-]{1,255}", gates=(":\\",),
              not_after=_WORD, redact=False),
     # --- numbers: one regex anchored on digits, "+" and "(" ------------------------------------
+    # IBANs and codici fiscali are anchored on their first digit, after letters.
+    Detector("it_codice_fiscale", "national_id", "[0-9]", r"(?<=[A-Z]{6}[0-9])\d[A-EHLMPRST]\d{2}[A-Z]\d{3}[A-Z]" + _END,
+             back=6, not_after=_WORD, need_after="A-Z", validate=_is_national_id(_it_cf.is_valid)),
+    Detector("iban", "iban", "[0-9]", r"(?<=[A-Z]{2}[0-9])\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + _END,
+             back=2, not_after=_WORD, need_after="A-Z", validate=_is_iban, normalise=_compact_upper),
     Detector("us_ssn", "national_id", "[0-9]", r"\d{2}-\d{2}-\d{4}" + _END, not_after=_WORD + "-",
              validate=_is_national_id(_us_ssn.is_valid), normalise=_digits),
     Detector("br_cpf", "national_id", "[0-9]", r"\d{2}\.\d{3}\.\d{3}-\d{2}" + _END, not_after=_WORD,
@@ -261,10 +272,6 @@ DETECTORS: tuple[Detector, ...] = (
              validate=_is_national_id(_in_aadhaar.is_valid), normalise=_digits),
     Detector("es_dni", "national_id", "[0-9]", r"\d{7}-?[A-HJ-NP-TV-Z]" + _END, not_after=_WORD,
              validate=_is_national_id(_es_dni.is_valid), normalise=_compact_upper),
-    Detector("it_codice_fiscale", "national_id", "[0-9]", r"(?<=[A-Z]{6}[0-9])\d[A-EHLMPRST]\d{2}[A-Z]\d{3}[A-Z]" + _END,
-             back=6, not_after=_WORD, validate=_is_national_id(_it_cf.is_valid)),
-    Detector("iban", "iban", "[0-9]", r"(?<=[A-Z]{2}[0-9])\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + _END,
-             back=2, not_after=_WORD, validate=_is_iban, normalise=_compact_upper),
     Detector("card", "card", "[0-9]", r"(?:[ -]?\d){12,18}" + _END, not_after=_WORD,
              validate=_is_card, normalise=_digits),
     Detector(
@@ -275,22 +282,25 @@ DETECTORS: tuple[Detector, ...] = (
              not_after=_WORD, validate=_is_phone, normalise=_digits),
     Detector("phone", "phone", r"\(", r"\d{1,4}\)[ .-]?\d{2,4}" + _PHONE_TAIL,
              not_after=_WORD, validate=_is_phone, normalise=_digits),
-    Detector("phone", "phone", "[0-9]", r"\d{1,3}" + _PHONE_TAIL,
+    # A national number without "+" or "(": 10-11 digits, one kind of separator (not a date).
+    Detector("phone", "phone", "[0-9]", r"(?=(?:[ .-]?\d){9})\d{1,3}(?P<sep>[ .-])\d{2,4}(?:(?P=sep)\d{2,4}){1,3}" + _END,
              not_after=_WORD + "+", validate=_is_phone, normalise=_digits),
     Detector(
         # Needs "::" or a hex letter, so clock times (12:30:45) are not candidates at all.
         "ipv6", "ip", "[0-9]", r"(?:(?<=[A-Fa-f][0-9])|(?<=[A-Fa-f:]:[0-9])|(?=[0-9A-Fa-f:]*(?:::|[A-Fa-f])))[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){1,7}(?![0-9A-Za-z_:])",
-        extend="0-9A-Fa-f:", extend_max=40, not_after=_WORD + ":", validate=_is_ipv6, normalise=_lower,
+        extend="0-9A-Fa-f:", extend_max=40, not_after=_WORD + ":", skip_after="0-9", validate=_is_ipv6,
+        normalise=_lower,
     ),
     Detector(
         "hex_blob", "high_entropy", "[0-9]", r"[0-9a-fA-F]{15,}+" + _END,
-        extend="0-9a-fA-F", extend_max=4096, min_len=32, not_after=_WORD, validate=_is_hex_blob, normalise=_lower,
+        extend="0-9a-fA-F", extend_max=4096, min_len=32, not_after=_WORD, skip_after="0-9", validate=_is_hex_blob,
+        normalise=_lower,
     ),
     Detector(
         # Anchored on the first upper-case letter or digit: a random blob has one within its first
         # few characters, and a blob must hold both (see _is_b64_blob).
         "base64_blob", "high_entropy", "[A-Z0-9]", f"[{_B64}]{{19,}}+={{0,2}}(?!@)",
-        extend=_B64, extend_max=4096, min_len=32, validate=_is_b64_blob,
+        extend=_B64, extend_max=4096, min_len=32, skip_after="A-Z0-9", validate=_is_b64_blob,
     ),
 )
 
@@ -321,30 +331,43 @@ class _Scanner:
         self.group_info: dict[str, tuple[int, str | None, str | None]] = {}
         for ch, members in by_char.items():
             tag = f"x{ord(ch)}"
-            parts: list[tuple[bool, str]] = []
+            parts: list[tuple[str, str]] = []
             for i in members:
                 det = DETECTORS[i]
                 body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i: f"(?P<{m.group(1)}{i}{tag}>", det.rest)
-                # A token that starts at its anchor checks the word boundary here, so digits inside
-                # a number and letters inside a word do not wake the detector.
-                at_start = bool(det.not_after) and not det.back and not det.extend
-                parts.append((at_start, f"(?P<d{i}{tag}>{body})"))
+                body = re.sub(r"\(\?P=(\w+)\)", lambda m, i=i: f"(?P={m.group(1)}{i}{tag})", body)
+                parts.append((_guard(det, ch), f"(?P<d{i}{tag}>{body})"))
                 self.group_info[f"d{i}{tag}"] = (
                     i,
                     f"v{i}{tag}" if "(?P<v>" in det.rest else None,
                     f"host{i}{tag}" if "(?P<host>" in det.rest else None,
                 )
-            guard = f"(?<![A-Za-z0-9_]{re.escape(ch)})"
-            runs = []  # consecutive boundary-checked members share one look-behind
-            for at_start, group in itertools.groupby(parts, key=lambda part: part[0]):
+            runs = []  # consecutive members with the same guard share one look-behind
+            for guard, group in itertools.groupby(parts, key=lambda part: part[0]):
                 joined = "|".join(branch for _, branch in group)
-                runs.append(f"{guard}(?:{joined})" if at_start else joined)
+                runs.append(f"{guard}(?:{joined})" if guard else joined)
             body_all = "|".join(runs)
             alternatives.append(re.escape(ch) + "(?:" + body_all + ")")
         self.pattern = re.compile("|".join(alternatives))
         self.detector_of_group = {
             self.pattern.groupindex[name]: info for name, info in self.group_info.items()
         }
+
+
+def _guard(det: Detector, ch: str) -> str:
+    """A one-character look-behind that rules the detector out cheaply at most anchors.
+
+    A token that starts at its anchor needs a word boundary before it, so digits inside a
+    number or letters inside a word do not wake the detector.
+    """
+    before = f"{re.escape(ch)})"
+    if det.not_after and not det.back and not det.extend:
+        return "(?<![A-Za-z0-9_]" + before
+    if det.need_after:
+        return f"(?<=[{det.need_after}]" + before
+    if det.skip_after:
+        return f"(?<![{det.skip_after}]" + before
+    return ""
 
 
 def _anchor_chars(anchor: str) -> list[str]:
@@ -398,6 +421,11 @@ _GATED_REGEXES: tuple[_GatedRegex, ...] = tuple(
     )
     for i in GATED
 )
+_LOWER_GATES: dict[int, frozenset[str]] = {i: frozenset(g.lower() for g in DETECTORS[i].gates) for i in GATED}
+_ALL_GATES: tuple[str, ...] = tuple(sorted(set().union(*_LOWER_GATES.values()), key=lambda g: (-len(g), g)))
+_GATE_RE: re.Pattern[str] = re.compile("|".join(map(re.escape, _ALL_GATES)))
+"""Longest gates first, so ``findall`` reports e.g. ``sk-ant-`` rather than its prefix ``sk-``."""
+_SHORT_TEXT = 512
 _NUMERIC_POSITION: dict[int, int] = {index: pos for pos, index in enumerate(NUMERIC)}
 
 
@@ -411,21 +439,18 @@ def find_hits(text: str, limit: int | None = None) -> list[Hit]:
 
 def _gated_hits(text: str, end_pos: int) -> list[Hit]:
     hits: list[Hit] = []
-    lowered: str | None = None
+    lowered = text[:end_pos].lower()
+    present = _present_gates(lowered)
+    if not present:
+        return hits
     ascii_text = text.isascii()
     for gated in _GATED_REGEXES:
         det = DETECTORS[gated.index]
-        if det.lower:
-            if lowered is None:
-                lowered = text.lower()
-            subject = lowered
-        else:
-            subject = text
-        if not any(subject.find(gate, 0, end_pos) >= 0 for gate in det.gates):
+        if present.isdisjoint(_LOWER_GATES[gated.index]):
             continue
         # Lower-casing keeps offsets only for ASCII text; other text is matched case-insensitively.
         if det.lower and ascii_text:
-            matches = gated.pattern.finditer(subject, 0, end_pos)
+            matches = gated.pattern.finditer(lowered, 0, end_pos)
         elif det.lower:
             matches = gated.ignorecase.finditer(text, 0, end_pos)
         else:
@@ -435,6 +460,13 @@ def _gated_hits(text: str, end_pos: int) -> list[Hit]:
             if hit is not None:
                 hits.append(hit)
     return hits
+
+
+def _present_gates(lowered: str) -> set[str]:
+    """Which gate substrings occur: one regex call for short text, C substring search for long."""
+    if len(lowered) <= _SHORT_TEXT:
+        return set(_GATE_RE.findall(lowered))
+    return {gate for gate in _ALL_GATES if gate in lowered}
 
 
 def _numeric_hits(text: str, end_pos: int) -> list[Hit]:

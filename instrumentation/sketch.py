@@ -52,7 +52,7 @@ class Sketcher:
         slots = (hashed >> np.uint64(64 - _SLOT_BITS)).astype(np.intp)
         mins = np.full(SKETCH_SLOTS, EMPTY_SLOT, dtype=np.uint64)
         np.minimum.at(mins, slots, hashed & _MASK32)
-        return tuple(int(v) for v in mins)
+        return tuple(mins.tolist())
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
