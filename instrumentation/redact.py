@@ -27,6 +27,7 @@ __all__ = ["Redactor", "Redaction", "ResultScan", "sketch_similarity"]
 TRUNCATED = "<truncated>"
 _NUMBER_DIGITS = 7  # integers this long may be phone numbers, cards or IDs: scan them as text
 _KEY_CHARS = 256
+_CLEAN_KEYS_MAX = 4096
 _BINARY_FIELDS = {"image": "data", "audio": "data"}
 
 
@@ -125,6 +126,8 @@ class Redactor:
         self.max_depth = max_depth
         self.sketch_min_chars = sketch_min_chars
         self.max_destinations = max_destinations
+        # Object keys repeat across calls ("query", "path", …): remember the ones that hold nothing.
+        self._clean_keys: set[str] = set()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **options: Any) -> Redactor:
@@ -238,9 +241,15 @@ class Redactor:
 
     def _key(self, key: str, walk: _Walk) -> str:
         """Object keys are short and always scanned (outside the budget), up to ``_KEY_CHARS``."""
-        walk.size += len(key.encode("utf-8", "surrogatepass")) + 2
+        walk.size += (len(key) if key.isascii() else len(key.encode("utf-8", "surrogatepass"))) + 2
+        if key in self._clean_keys:
+            return key
         head = key[:_KEY_CHARS]
         hits = find_hits(head)
+        if not hits and len(key) <= _KEY_CHARS:
+            if len(self._clean_keys) >= _CLEAN_KEYS_MAX:
+                self._clean_keys.clear()
+            self._clean_keys.add(key)
         out = self._replace(head, hits, len(head), walk) if hits else head
         return out if len(key) <= _KEY_CHARS else out + TRUNCATED
 
