@@ -67,19 +67,40 @@ def make_corpus(records: int, seed: int) -> list[Any]:
     for i in range(records):
         kind = i % 4
         if kind == 0:  # small tool-call arguments
-            corpus.append({"query": _prose(rng, 8, 0), "limit": rng.randrange(1, 50), "path": f"/srv/data/{rng.randrange(999)}.csv"})
+            corpus.append(
+                {
+                    "query": _prose(rng, 8, 0),
+                    "limit": rng.randrange(1, 50),
+                    "path": f"/srv/data/{rng.randrange(999)}.csv",
+                }
+            )
         elif kind == 1:  # an e-mail being sent
-            corpus.append({
-                "to": f"user{rng.randrange(999)}@example.org",
-                "subject": _prose(rng, 6, 0),
-                "body": _prose(rng, rng.randrange(80, 400), 60),
-                "headers": {"Authorization": "Bearer " + "".join(rng.choices(string.ascii_letters + string.digits, k=32))},
-            })
+            corpus.append(
+                {
+                    "to": f"user{rng.randrange(999)}@example.org",
+                    "subject": _prose(rng, 6, 0),
+                    "body": _prose(rng, rng.randrange(80, 400), 60),
+                    "headers": {
+                        "Authorization": "Bearer " + "".join(rng.choices(string.ascii_letters + string.digits, k=32))
+                    },
+                }
+            )
         elif kind == 2:  # a tool result with JSON-as-text
-            rows = [{"id": rng.randrange(10**6), "name": rng.choice(WORDS), "status": rng.choice(WORDS), "note": _prose(rng, 12, 0)} for _ in range(rng.randrange(5, 40))]
+            rows = [
+                {
+                    "id": rng.randrange(10**6),
+                    "name": rng.choice(WORDS),
+                    "status": rng.choice(WORDS),
+                    "note": _prose(rng, 12, 0),
+                }
+                for _ in range(rng.randrange(5, 40))
+            ]
             corpus.append({"content": [{"type": "text", "text": json.dumps(rows)}], "isError": False})
         else:  # a tool result with a log excerpt / document
-            lines = [f"2026-11-22T00:{rng.randrange(60):02d}:{rng.randrange(60):02d}Z INFO {_prose(rng, 14, 30)}" for _ in range(rng.randrange(20, 120))]
+            lines = [
+                f"2026-11-22T00:{rng.randrange(60):02d}:{rng.randrange(60):02d}Z INFO {_prose(rng, 14, 30)}"
+                for _ in range(rng.randrange(20, 120))
+            ]
             corpus.append({"content": [{"type": "text", "text": "\n".join(lines)}], "isError": False})
     return corpus
 
@@ -151,8 +172,10 @@ def main() -> None:
     texts = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in corpus]
     size = sum(len(t.encode()) for t in texts)
     redactor = Redactor(b"bench-key")
-    print(f"corpus: {len(corpus)} records, {size / 1e6:.2f} MB of JSON, seed {args.seed}; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (figures are per CPU-second)")
+    print(
+        f"corpus: {len(corpus)} records, {size / 1e6:.2f} MB of JSON, seed {args.seed}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (figures are per CPU-second)"
+    )
 
     rates = {
         "Redactor.redact (parsed JSON)": _rate(redactor.redact, corpus, size),
@@ -163,7 +186,9 @@ def main() -> None:
     }
     for name, rate in rates.items():
         print(f"{name:45s} {rate:8.1f} MB/s")
-    print(f"speed-up over naive: {rates['Redactor.redact (parsed JSON)'] / rates['naive: one regex per detector, sequential']:.1f}x")
+    print(
+        f"speed-up over naive: {rates['Redactor.redact (parsed JSON)'] / rates['naive: one regex per detector, sequential']:.1f}x"
+    )
 
     small = corpus[::4]
     latencies = []
@@ -172,9 +197,13 @@ def main() -> None:
         redactor.redact(record)
         latencies.append((time.process_time() - start) * 1e6)
     latencies.sort()
-    print(f"small argument objects: p50 {statistics.median(latencies):.1f} us, p99 {latencies[int(len(latencies) * 0.99)]:.1f} us per call")
+    print(
+        f"small argument objects: p50 {statistics.median(latencies):.1f} us, p99 {latencies[int(len(latencies) * 0.99)]:.1f} us per call"
+    )
     sample = redactor.redact(corpus[1])
-    print(f"example labels {sample.labels}, {len(sample.fingerprints)} fingerprints, destinations {sample.destinations}")
+    print(
+        f"example labels {sample.labels}, {len(sample.fingerprints)} fingerprints, destinations {sample.destinations}"
+    )
 
 
 if __name__ == "__main__":

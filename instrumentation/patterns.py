@@ -167,8 +167,27 @@ def _is_assigned_secret(text: str) -> bool:
 
 
 _NOT_VALUES = frozenset(
-    {"null", "none", "true", "false", "undefined", "required", "optional", "string", "xxx",
-     "xxxx", "****", "changeme", "redacted", "is", "was", "the", "and", "or", "for"}
+    {
+        "null",
+        "none",
+        "true",
+        "false",
+        "undefined",
+        "required",
+        "optional",
+        "string",
+        "xxx",
+        "xxxx",
+        "****",
+        "changeme",
+        "redacted",
+        "is",
+        "was",
+        "the",
+        "and",
+        "or",
+        "for",
+    }
 )
 
 
@@ -185,11 +204,7 @@ def _is_b64_blob(text: str) -> bool:
 
 
 def _is_hex_blob(text: str) -> bool:
-    return (
-        any(ch.isdigit() for ch in text)
-        and any(ch.isalpha() for ch in text)
-        and shannon_entropy(text[:256]) >= 3.0
-    )
+    return any(ch.isdigit() for ch in text) and any(ch.isalpha() for ch in text) and shannon_entropy(text[:256]) >= 3.0
 
 
 def _is_national_id(validator: Callable[[str], bool]) -> Validator:
@@ -212,95 +227,267 @@ _SEP = r"""["']?[ \t]{0,3}[:=]{1,2}[ \t]{0,3}["']?(?P<v>[^\s"',;&}<>]{3,256})"""
 _TOKEN = r"(?P<v>[A-Za-z0-9._~+/-]{8,}=*)"
 _PHONE_TAIL = r"(?:[ .-]\d{2,4}){1,4}" + _END
 
-_KEYWORD = (
-    r"(?:passw(?:or)?d|pwd|secret(?:[_-]?key)?|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key)"
-)
+_KEYWORD = r"(?:passw(?:or)?d|pwd|secret(?:[_-]?key)?|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key)"
 _KEYWORD_GATES = ("passw", "pwd", "secret", "token", "key")
 _B64 = "A-Za-z0-9+/_-"
 
 DETECTORS: tuple[Detector, ...] = (
     # --- gated: found by a literal -------------------------------------------------------------
     Detector(
-        "private_key", "secret", "-",
+        "private_key",
+        "secret",
+        "-",
         r"----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
         r"(?:[A-Za-z0-9+/=\s\\:,.-]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
         r"|[A-Za-z0-9+/=\s\\:,.]*)",
         gates=("-----BEGIN",),
     ),
-    Detector("aws_access_key", "secret", "A", r"(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z0-9]{16}" + _END,
-             gates=("AKIA", "ASIA", "ABIA", "ACCA", "A3T"), not_after=_WORD),
-    Detector("google_api_key", "secret", "A", r"Iza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])", gates=("AIza",), not_after=_WORD),
-    Detector("github_token", "secret", "g", r"h[pousr]_[A-Za-z0-9]{36,251}" + _END,
-             gates=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), not_after=_WORD),
+    Detector(
+        "aws_access_key",
+        "secret",
+        "A",
+        r"(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z0-9]{16}" + _END,
+        gates=("AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
+        not_after=_WORD,
+    ),
+    Detector(
+        "google_api_key", "secret", "A", r"Iza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])", gates=("AIza",), not_after=_WORD
+    ),
+    Detector(
+        "github_token",
+        "secret",
+        "g",
+        r"h[pousr]_[A-Za-z0-9]{36,251}" + _END,
+        gates=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+        not_after=_WORD,
+    ),
     Detector("github_token", "secret", "g", r"ithub_pat_[A-Za-z0-9_]{22,255}", gates=("github_pat_",), not_after=_WORD),
-    Detector("stripe_key", "secret", "[rsp]", r"k_(?:live|test)_[0-9A-Za-z]{16,}", gates=("k_live_", "k_test_"), not_after=_WORD),
-    Detector("slack_webhook", "secret", "h", r"ttps://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/-]{20,}",
-             gates=("hooks.slack.com",)),
+    Detector(
+        "stripe_key",
+        "secret",
+        "[rsp]",
+        r"k_(?:live|test)_[0-9A-Za-z]{16,}",
+        gates=("k_live_", "k_test_"),
+        not_after=_WORD,
+    ),
+    Detector(
+        "slack_webhook",
+        "secret",
+        "h",
+        r"ttps://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/-]{20,}",
+        gates=("hooks.slack.com",),
+    ),
     Detector("slack_token", "secret", "x", r"ox[abposre]-[0-9A-Za-z-]{10,}", gates=("xox",), not_after=_WORD),
-    Detector("anthropic_key", "secret", "s", r"k-ant-[a-z]{3,8}\d{0,3}-[A-Za-z0-9_-]{20,}", gates=("sk-ant-",), not_after=_WORD),
-    Detector("openai_key", "secret", "s", r"k-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", gates=("sk-",), not_after=_WORD),
-    Detector("jwt", "secret", "e", r"yJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
-             gates=("eyJ",), not_after=_WORD, validate=_is_jwt),
+    Detector(
+        "anthropic_key",
+        "secret",
+        "s",
+        r"k-ant-[a-z]{3,8}\d{0,3}-[A-Za-z0-9_-]{20,}",
+        gates=("sk-ant-",),
+        not_after=_WORD,
+    ),
+    Detector(
+        "openai_key", "secret", "s", r"k-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", gates=("sk-",), not_after=_WORD
+    ),
+    Detector(
+        "jwt",
+        "secret",
+        "e",
+        r"yJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
+        gates=("eyJ",),
+        not_after=_WORD,
+        validate=_is_jwt,
+    ),
     Detector("url_password", "secret", ":", r"""//[^\s:/@"'<>]{1,128}:(?P<v>[^\s/@"'<>]{1,256})@""", gates=("://",)),
     Detector("bearer", "secret", "b", r"earer\s+" + _TOKEN, gates=("bearer",), lower=True, validate=_is_bearer_token),
-    Detector("basic_auth", "secret", "b", r"asic\s+(?P<v>[A-Za-z0-9+/]{6,}={0,2})" + _END,
-             gates=("basic",), lower=True, validate=_is_basic_credential),
+    Detector(
+        "basic_auth",
+        "secret",
+        "b",
+        r"asic\s+(?P<v>[A-Za-z0-9+/]{6,}={0,2})" + _END,
+        gates=("basic",),
+        lower=True,
+        validate=_is_basic_credential,
+    ),
     Detector("bearer", "secret", "t", r"oken\s+" + _TOKEN, gates=("token",), lower=True, validate=_is_bearer_token),
     # Keyword assignments: `password=…`, `"api_key": "…"`, `TOKEN: …` (the value only is secret).
     Detector("password", "secret", "", _KEYWORD + _SEP, gates=_KEYWORD_GATES, lower=True, validate=_is_assigned_secret),
-    Detector("email", "email", "@", r"(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}" + _END,
-             gates=("@",), extend="A-Za-z0-9._%+-", extend_max=64, normalise=_lower),
     Detector(
-        "url", "url", ":", r"""//(?:[^\s/@"'<>]{1,256}@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(?::\d{1,5})?""",
-        gates=("://",), extend="A-Za-z0-9+.-", extend_max=16, redact=False,
-    ),
-    Detector("path", "path", "/", r"(?:[\w.@+-]{1,255}/){0,64}[\w.@+-]{1,255}", gates=("/",),
-             extend="~.", extend_max=2, not_after=_WORD + "/.~:", redact=False),
-    Detector("path", "path", "[A-Za-z]", r":\\(?:[\w .@+-]{1,255}\\){0,64}[\w.@+-]{1,255}", gates=(":\\",),
-             not_after=_WORD, redact=False),
-    # --- numbers: one regex anchored on digits, "+" and "(" ------------------------------------
-    # IBANs and codici fiscali are anchored on their first digit, after letters.
-    Detector("it_codice_fiscale", "national_id", "[0-9]", r"(?<=[A-Z]{6}[0-9])\d[A-EHLMPRST]\d{2}[A-Z]\d{3}[A-Z]" + _END,
-             back=6, not_after=_WORD, need_after="A-Z", validate=_is_national_id(_it_cf.is_valid)),
-    Detector("iban", "iban", "[0-9]", r"(?<=[A-Z]{2}[0-9])\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + _END,
-             back=2, not_after=_WORD, need_after="A-Z", validate=_is_iban, normalise=_compact_upper),
-    Detector("us_ssn", "national_id", "[0-9]", r"\d{2}-\d{2}-\d{4}" + _END, not_after=_WORD + "-",
-             validate=_is_national_id(_us_ssn.is_valid), normalise=_digits),
-    Detector("br_cpf", "national_id", "[0-9]", r"\d{2}\.\d{3}\.\d{3}-\d{2}" + _END, not_after=_WORD,
-             validate=_is_national_id(_br_cpf.is_valid), normalise=_digits),
-    Detector("in_aadhaar", "national_id", "[0-9]", r"\d{3} \d{4} \d{4}(?![A-Za-z0-9_]|[ -]\d)", not_after=_WORD,
-             validate=_is_national_id(_in_aadhaar.is_valid), normalise=_digits),
-    Detector("es_dni", "national_id", "[0-9]", r"\d{7}-?[A-HJ-NP-TV-Z]" + _END, not_after=_WORD,
-             validate=_is_national_id(_es_dni.is_valid), normalise=_compact_upper),
-    Detector("card", "card", "[0-9]", r"(?:[ -]?\d){12,18}" + _END, not_after=_WORD,
-             validate=_is_card, normalise=_digits),
-    Detector(
-        "ipv4", "ip", "[0-9]",
-        r"\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![0-9]|\.\d)", not_after=_WORD + ".", validate=_is_ipv4,
-    ),
-    Detector("phone", "phone", r"\+", r"\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}" + _PHONE_TAIL,
-             not_after=_WORD, validate=_is_phone, normalise=_digits),
-    Detector("phone", "phone", r"\(", r"\d{1,4}\)[ .-]?\d{2,4}" + _PHONE_TAIL,
-             not_after=_WORD, validate=_is_phone, normalise=_digits),
-    # A national number without "+" or "(": 10-11 digits, one kind of separator (not a date).
-    Detector("phone", "phone", "[0-9]", r"(?=(?:[ .-]?\d){9})\d{1,3}(?P<sep>[ .-])\d{2,4}(?:(?P=sep)\d{2,4}){1,3}" + _END,
-             not_after=_WORD + "+", validate=_is_phone, normalise=_digits),
-    Detector(
-        # Needs "::" or a hex letter, so clock times (12:30:45) are not candidates at all.
-        "ipv6", "ip", "[0-9]", r"(?:(?<=[A-Fa-f][0-9])|(?<=[A-Fa-f:]:[0-9])|(?=[0-9A-Fa-f:]*(?:::|[A-Fa-f])))[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){1,7}(?![0-9A-Za-z_:])",
-        extend="0-9A-Fa-f:", extend_max=40, not_after=_WORD + ":", skip_after="0-9", validate=_is_ipv6,
+        "email",
+        "email",
+        "@",
+        r"(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}" + _END,
+        gates=("@",),
+        extend="A-Za-z0-9._%+-",
+        extend_max=64,
         normalise=_lower,
     ),
     Detector(
-        "hex_blob", "high_entropy", "[0-9]", r"[0-9a-fA-F]{15,}+" + _END,
-        extend="0-9a-fA-F", extend_max=4096, min_len=32, not_after=_WORD, skip_after="0-9", validate=_is_hex_blob,
+        "url",
+        "url",
+        ":",
+        r"""//(?:[^\s/@"'<>]{1,256}@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(?::\d{1,5})?""",
+        gates=("://",),
+        extend="A-Za-z0-9+.-",
+        extend_max=16,
+        redact=False,
+    ),
+    Detector(
+        "path",
+        "path",
+        "/",
+        r"(?:[\w.@+-]{1,255}/){0,64}[\w.@+-]{1,255}",
+        gates=("/",),
+        extend="~.",
+        extend_max=2,
+        not_after=_WORD + "/.~:",
+        redact=False,
+    ),
+    Detector(
+        "path",
+        "path",
+        "[A-Za-z]",
+        r":\\(?:[\w .@+-]{1,255}\\){0,64}[\w.@+-]{1,255}",
+        gates=(":\\",),
+        not_after=_WORD,
+        redact=False,
+    ),
+    # --- numbers: one regex anchored on digits, "+" and "(" ------------------------------------
+    # IBANs and codici fiscali are anchored on their first digit, after letters.
+    Detector(
+        "it_codice_fiscale",
+        "national_id",
+        "[0-9]",
+        r"(?<=[A-Z]{6}[0-9])\d[A-EHLMPRST]\d{2}[A-Z]\d{3}[A-Z]" + _END,
+        back=6,
+        not_after=_WORD,
+        need_after="A-Z",
+        validate=_is_national_id(_it_cf.is_valid),
+    ),
+    Detector(
+        "iban",
+        "iban",
+        "[0-9]",
+        r"(?<=[A-Z]{2}[0-9])\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + _END,
+        back=2,
+        not_after=_WORD,
+        need_after="A-Z",
+        validate=_is_iban,
+        normalise=_compact_upper,
+    ),
+    Detector(
+        "us_ssn",
+        "national_id",
+        "[0-9]",
+        r"\d{2}-\d{2}-\d{4}" + _END,
+        not_after=_WORD + "-",
+        validate=_is_national_id(_us_ssn.is_valid),
+        normalise=_digits,
+    ),
+    Detector(
+        "br_cpf",
+        "national_id",
+        "[0-9]",
+        r"\d{2}\.\d{3}\.\d{3}-\d{2}" + _END,
+        not_after=_WORD,
+        validate=_is_national_id(_br_cpf.is_valid),
+        normalise=_digits,
+    ),
+    Detector(
+        "in_aadhaar",
+        "national_id",
+        "[0-9]",
+        r"\d{3} \d{4} \d{4}(?![A-Za-z0-9_]|[ -]\d)",
+        not_after=_WORD,
+        validate=_is_national_id(_in_aadhaar.is_valid),
+        normalise=_digits,
+    ),
+    Detector(
+        "es_dni",
+        "national_id",
+        "[0-9]",
+        r"\d{7}-?[A-HJ-NP-TV-Z]" + _END,
+        not_after=_WORD,
+        validate=_is_national_id(_es_dni.is_valid),
+        normalise=_compact_upper,
+    ),
+    Detector(
+        "card", "card", "[0-9]", r"(?:[ -]?\d){12,18}" + _END, not_after=_WORD, validate=_is_card, normalise=_digits
+    ),
+    Detector(
+        "ipv4",
+        "ip",
+        "[0-9]",
+        r"\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![0-9]|\.\d)",
+        not_after=_WORD + ".",
+        validate=_is_ipv4,
+    ),
+    Detector(
+        "phone",
+        "phone",
+        r"\+",
+        r"\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}" + _PHONE_TAIL,
+        not_after=_WORD,
+        validate=_is_phone,
+        normalise=_digits,
+    ),
+    Detector(
+        "phone",
+        "phone",
+        r"\(",
+        r"\d{1,4}\)[ .-]?\d{2,4}" + _PHONE_TAIL,
+        not_after=_WORD,
+        validate=_is_phone,
+        normalise=_digits,
+    ),
+    # A national number without "+" or "(": 10-11 digits, one kind of separator (not a date).
+    Detector(
+        "phone",
+        "phone",
+        "[0-9]",
+        r"(?=(?:[ .-]?\d){9})\d{1,3}(?P<sep>[ .-])\d{2,4}(?:(?P=sep)\d{2,4}){1,3}" + _END,
+        not_after=_WORD + "+",
+        validate=_is_phone,
+        normalise=_digits,
+    ),
+    Detector(
+        # Needs "::" or a hex letter, so clock times (12:30:45) are not candidates at all.
+        "ipv6",
+        "ip",
+        "[0-9]",
+        r"(?:(?<=[A-Fa-f][0-9])|(?<=[A-Fa-f:]:[0-9])|(?=[0-9A-Fa-f:]*(?:::|[A-Fa-f])))[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){1,7}(?![0-9A-Za-z_:])",
+        extend="0-9A-Fa-f:",
+        extend_max=40,
+        not_after=_WORD + ":",
+        skip_after="0-9",
+        validate=_is_ipv6,
+        normalise=_lower,
+    ),
+    Detector(
+        "hex_blob",
+        "high_entropy",
+        "[0-9]",
+        r"[0-9a-fA-F]{15,}+" + _END,
+        extend="0-9a-fA-F",
+        extend_max=4096,
+        min_len=32,
+        not_after=_WORD,
+        skip_after="0-9",
+        validate=_is_hex_blob,
         normalise=_lower,
     ),
     Detector(
         # Anchored on the first upper-case letter or digit: a random blob has one within its first
         # few characters, and a blob must hold both (see _is_b64_blob).
-        "base64_blob", "high_entropy", "[A-Z0-9]", f"[{_B64}]{{19,}}+={{0,2}}(?!@)",
-        extend=_B64, extend_max=4096, min_len=32, skip_after="A-Z0-9", validate=_is_b64_blob,
+        "base64_blob",
+        "high_entropy",
+        "[A-Z0-9]",
+        f"[{_B64}]{{19,}}+={{0,2}}(?!@)",
+        extend=_B64,
+        extend_max=4096,
+        min_len=32,
+        skip_after="A-Z0-9",
+        validate=_is_b64_blob,
     ),
 )
 
@@ -334,8 +521,8 @@ class _Scanner:
             parts: list[tuple[str, str]] = []
             for i in members:
                 det = DETECTORS[i]
-                body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i: f"(?P<{m.group(1)}{i}{tag}>", det.rest)
-                body = re.sub(r"\(\?P=(\w+)\)", lambda m, i=i: f"(?P={m.group(1)}{i}{tag})", body)
+                body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i, tag=tag: f"(?P<{m.group(1)}{i}{tag}>", det.rest)
+                body = re.sub(r"\(\?P=(\w+)\)", lambda m, i=i, tag=tag: f"(?P={m.group(1)}{i}{tag})", body)
                 parts.append((_guard(det, ch), f"(?P<d{i}{tag}>{body})"))
                 self.group_info[f"d{i}{tag}"] = (
                     i,
@@ -349,9 +536,7 @@ class _Scanner:
             body_all = "|".join(runs)
             alternatives.append(re.escape(ch) + "(?:" + body_all + ")")
         self.pattern = re.compile("|".join(alternatives))
-        self.detector_of_group = {
-            self.pattern.groupindex[name]: info for name, info in self.group_info.items()
-        }
+        self.detector_of_group = {self.pattern.groupindex[name]: info for name, info in self.group_info.items()}
 
 
 def _guard(det: Detector, ch: str) -> str:

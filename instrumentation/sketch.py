@@ -29,7 +29,7 @@ def sketch_similarity(a: tuple[int, ...] | list[int], b: tuple[int, ...] | list[
     """Fraction of equal slots (≈ Jaccard similarity of the texts' shingles); 0.0 if not comparable."""
     if not a or len(a) != len(b):
         return 0.0
-    return sum(1 for x, y in zip(a, b) if x == y) / len(a)
+    return sum(1 for x, y in zip(a, b, strict=True) if x == y) / len(a)
 
 
 class Sketcher:

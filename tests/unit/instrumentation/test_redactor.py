@@ -32,7 +32,9 @@ def test_bytes_is_the_compact_json_size_before_redaction() -> None:
 
 
 def test_secret_named_keys_hide_any_value() -> None:
-    result = Redactor(KEY).redact({"password": "hunter2", "db_password": "x", "Authorization": "Bearer abcdef0123456789"})
+    result = Redactor(KEY).redact(
+        {"password": "hunter2", "db_password": "x", "Authorization": "Bearer abcdef0123456789"}
+    )
     assert result.value == {
         "password": "<secret:keyword>",
         "db_password": "<secret:keyword>",
