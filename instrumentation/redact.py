@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,9 @@ from .sketch import Sketcher, sketch_similarity
 __all__ = ["Redactor", "Redaction", "ResultScan", "sketch_similarity"]
 
 TRUNCATED = "<truncated>"
+KEYWORD_PLACEHOLDER = "<secret:keyword>"
+_TRAILING_TOKEN_MAX = 1024
+_TRAILING_TOKEN = re.compile(r"\S{1,%d}\Z" % _TRAILING_TOKEN_MAX)
 _NUMBER_DIGITS = 7  # integers this long may be phone numbers, cards or IDs: scan them as text
 _KEY_CHARS = 256
 _CLEAN_KEYS_MAX = 4096
@@ -87,6 +91,13 @@ class ResultScan:
         if self.sketch:
             attrs[semconv.TW_RESULT_SKETCH] = list(self.sketch)
         return attrs
+
+
+def _is_scalar_secret(item: Any) -> bool:
+    """A non-empty string or a number (a PIN) can be a secret value; containers are walked."""
+    if isinstance(item, str):
+        return bool(item)
+    return isinstance(item, int | float) and not isinstance(item, bool)
 
 
 class _Walk:
@@ -230,7 +241,7 @@ class Redactor:
                 out[key] = "<binary>"
                 continue
             new_key = self._key(key, walk)
-            if isinstance(item, str) and KEY_NAME_RE.match(key) and item:
+            if _is_scalar_secret(item) and KEY_NAME_RE.match(key):
                 new_item: Any = self._keyed_secret(item, walk)
             else:
                 new_item = self._walk(item, walk, depth + 1, binary_ok=binary_ok)
@@ -261,16 +272,19 @@ class Redactor:
         found = self._text(text, walk, count_size=False)
         return value if found == text else found
 
-    def _keyed_secret(self, text: str, walk: _Walk) -> str:
+    def _keyed_secret(self, item: Any, walk: _Walk) -> Any:
         """A value under a key like ``password``: secret whatever it looks like."""
-        redacted = self._text(text, walk)
+        text = item if isinstance(item, str) else str(item)
+        redacted = self._text(text, walk, keep_text=False)
         if redacted != text:  # patterns found the secret(s) inside (e.g. ``Bearer <token>``)
+            walk.texts.append(redacted)
             return redacted
         walk.labels["secret"] += 1
         walk.fingerprints.add(self._fingerprint(text.strip()))
-        return "<secret:keyword>"
+        walk.texts.append(KEYWORD_PLACEHOLDER)
+        return KEYWORD_PLACEHOLDER
 
-    def _text(self, text: str, walk: _Walk, *, count_size: bool = True) -> str:
+    def _text(self, text: str, walk: _Walk, *, count_size: bool = True, keep_text: bool = True) -> str:
         length = len(text)
         if count_size:
             walk.size += length + 2 if text.isascii() else len(text.encode("utf-8", "surrogatepass")) + 2
@@ -279,18 +293,22 @@ class Redactor:
             return TRUNCATED
         limit = min(length, walk.budget)
         walk.budget -= limit
-        hits = find_hits(text, limit)
+        cut = limit
         if limit < length:
             walk.truncated = True
-        if not hits:
-            out = text if limit == length else text[:limit] + TRUNCATED
-        else:
-            out = self._replace(text, hits, limit, walk)
-        if walk.keep_texts:
+            # The token the budget cuts through may be the start of a secret: drop it whole.
+            trailing = _TRAILING_TOKEN.search(text, max(0, limit - _TRAILING_TOKEN_MAX), limit)
+            cut = trailing.start() if trailing is not None else limit
+        hits = find_hits(text, limit)
+        out = self._replace(text, hits, cut, walk) if hits else text[:cut]
+        if cut < length:
+            out += TRUNCATED
+        if keep_text:
             walk.texts.append(out)
         return out
 
-    def _replace(self, text: str, hits: list[Hit], limit: int, walk: _Walk) -> str:
+    def _replace(self, text: str, hits: list[Hit], cut: int, walk: _Walk) -> str:
+        """``text[:cut]`` with the redacted hits replaced; labels, fingerprints, destinations noted."""
         parts: list[str] = []
         pos = 0
         for hit in hits:
@@ -305,12 +323,11 @@ class Redactor:
                 continue
             raw = text[hit.start : hit.end]
             walk.fingerprints.add(self._fingerprint(det.normalise(raw) if det.normalise else raw))
-            parts.append(text[pos : hit.start])
-            parts.append(det.placeholder)
-            pos = hit.end
-        parts.append(text[pos:limit])
-        if limit < len(text):
-            parts.append(TRUNCATED)
+            if hit.start < cut:
+                parts.append(text[pos : hit.start])
+                parts.append(det.placeholder)
+                pos = max(pos, hit.end)
+        parts.append(text[pos:cut])
         return "".join(parts)
 
     def _destination(self, host: str, walk: _Walk) -> None:

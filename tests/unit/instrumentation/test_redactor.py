@@ -172,3 +172,31 @@ def test_bad_configuration_names_the_setting() -> None:
         Redactor(KEY, max_bytes=0)
     with pytest.raises(ValueError, match="TOOLWATCH_FINGERPRINT_KEY"):
         Redactor(b"")
+
+
+def test_budget_cut_through_a_secret_drops_the_partial_token() -> None:
+    text = "word " * 10 + "AKIAIOSFODNN7EXAMPLE trailing"
+    cut_inside_key = text.index("AKIA") + 8
+    result = Redactor(KEY, max_bytes=cut_inside_key).redact(text)
+    assert result.truncated
+    assert "AKIA" not in result.value and "IOSF" not in result.value
+    assert result.value == "word " * 10 + "<truncated>"
+
+
+def test_numbers_under_secret_keys_are_secrets() -> None:
+    result = Redactor(KEY).redact({"password": 12345678, "api_key": 4.5, "token": True, "credentials": {"pwd": "x1"}})
+    assert result.value == {
+        "password": "<secret:keyword>",
+        "api_key": "<secret:keyword>",
+        "token": True,
+        "credentials": {"pwd": "<secret:keyword>"},
+    }
+
+
+def test_secret_values_do_not_reach_the_sketch() -> None:
+    r = Redactor(KEY, sketch_min_chars=100)
+    note = "the quarterly numbers look fine " * 20
+    a = r.redact({"password": "first-secret-value", "note": note})
+    b = r.redact({"password": "another-one-entirely", "note": note})
+    assert a.sketch and a.sketch == b.sketch
+    assert a.fingerprints != b.fingerprints
