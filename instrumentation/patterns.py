@@ -376,6 +376,14 @@ DETECTORS: tuple[Detector, ...] = (
         normalise=_compact_upper,
     ),
     Detector(
+        "card",
+        "card",
+        "[0-9]",
+        # Contiguous, 4-4-4-4(-3) or Amex 4-6-5: a card and the expiry or CVV after it stay apart.
+        r"(?:\d{12,18}|\d{3}(?P<s1>[ -])\d{4}(?P=s1)\d{4}(?P=s1)\d{1,4}(?:(?P=s1)\d{3})?"
+        r"|\d{3}(?P<s2>[ -])\d{6}(?P=s2)\d{5})" + _END, not_after=_WORD, validate=_is_card, normalise=_digits
+    ),
+    Detector(
         "us_ssn",
         "national_id",
         "[0-9]",
@@ -397,7 +405,7 @@ DETECTORS: tuple[Detector, ...] = (
         "in_aadhaar",
         "national_id",
         "[0-9]",
-        r"\d{3} \d{4} \d{4}(?![A-Za-z0-9_]|[ -]\d)",
+        r"\d{3} \d{4} \d{4}" + _END,
         not_after=_WORD,
         validate=_is_national_id(_in_aadhaar.is_valid),
         normalise=_digits,
@@ -410,9 +418,6 @@ DETECTORS: tuple[Detector, ...] = (
         not_after=_WORD,
         validate=_is_national_id(_es_dni.is_valid),
         normalise=_compact_upper,
-    ),
-    Detector(
-        "card", "card", "[0-9]", r"(?:[ -]?\d){12,18}" + _END, not_after=_WORD, validate=_is_card, normalise=_digits
     ),
     Detector(
         "ipv4",
@@ -500,52 +505,49 @@ def _escape_anchor(anchor: str) -> str:
 
 
 class _Scanner:
-    """Detectors ``first``, ``first+1``, … compiled into one regex.
+    """The numeric detectors anchored on one character class, from the ``first``-th on, as one regex.
 
-    The regex is one alternation with one alternative per anchor character, each starting with
-    that literal character. Python's regex engine turns such an alternation into a character-set
-    prefix (it skips non-anchor text in C) and, at an anchor, skips every alternative whose first
-    literal differs at the cost of one comparison: the anchor character dispatches straight to
-    the few detectors it can start.
+    The regex starts with the class (``[0-9]``, ``[A-Z]``, ``\\+``, ``\\(``), so Python's regex
+    engine skips all other text in C and tries the branches only at an anchor. Each group of
+    branches sits behind a one-character look-behind (word boundary, "after a letter", "not after
+    a digit") that rules most anchors out at once.
     """
 
-    def __init__(self, first: int) -> None:
-        by_char: dict[str, list[int]] = {}
-        for i in NUMERIC[first:]:
-            for ch in _anchor_chars(DETECTORS[i].anchor):
-                by_char.setdefault(ch, []).append(i)
-        alternatives = []
+    def __init__(self, anchor_class: str, members: tuple[int, ...]) -> None:
+        self.members = members
         self.group_info: dict[str, tuple[int, str | None, str | None]] = {}
-        for ch, members in by_char.items():
-            tag = f"x{ord(ch)}"
-            parts: list[tuple[str, str]] = []
-            for i in members:
-                det = DETECTORS[i]
-                body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i, tag=tag: f"(?P<{m.group(1)}{i}{tag}>", det.rest)
-                body = re.sub(r"\(\?P=(\w+)\)", lambda m, i=i, tag=tag: f"(?P={m.group(1)}{i}{tag})", body)
-                parts.append((_guard(det, ch), f"(?P<d{i}{tag}>{body})"))
-                self.group_info[f"d{i}{tag}"] = (
-                    i,
-                    f"v{i}{tag}" if "(?P<v>" in det.rest else None,
-                    f"host{i}{tag}" if "(?P<host>" in det.rest else None,
-                )
-            runs = []  # consecutive members with the same guard share one look-behind
-            for guard, group in itertools.groupby(parts, key=lambda part: part[0]):
-                joined = "|".join(branch for _, branch in group)
-                runs.append(f"{guard}(?:{joined})" if guard else joined)
-            body_all = "|".join(runs)
-            alternatives.append(re.escape(ch) + "(?:" + body_all + ")")
-        self.pattern = re.compile("|".join(alternatives))
+        parts: list[tuple[str, str]] = []
+        for i in members:
+            det = DETECTORS[i]
+            body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i: f"(?P<{m.group(1)}{i}>", det.rest)
+            body = re.sub(r"\(\?P=(\w+)\)", lambda m, i=i: f"(?P={m.group(1)}{i})", body)
+            parts.append((_guard(det, anchor_class), f"(?P<d{i}>{body})"))
+            self.group_info[f"d{i}"] = (
+                i,
+                f"v{i}" if "(?P<v>" in det.rest else None,
+                f"host{i}" if "(?P<host>" in det.rest else None,
+            )
+        runs = []  # consecutive members with the same guard share one look-behind
+        for guard, group in itertools.groupby(parts, key=lambda part: part[0]):
+            joined = "|".join(branch for _, branch in group)
+            runs.append(f"{guard}(?:{joined})" if guard else joined)
+        body_all = "|".join(runs)
+        if anchor_class == "[0-9]":
+            # No numeric detector starts a token at a digit right after another digit (each has
+            # a boundary, "after a letter" or "not after a digit" guard): one look-behind skips
+            # the digits inside every number.
+            body_all = f"(?<![0-9][0-9])(?:{body_all})"
+        self.pattern = re.compile(f"{anchor_class}(?:{body_all})")
         self.detector_of_group = {self.pattern.groupindex[name]: info for name, info in self.group_info.items()}
 
 
-def _guard(det: Detector, ch: str) -> str:
+def _guard(det: Detector, anchor_class: str) -> str:
     """A one-character look-behind that rules the detector out cheaply at most anchors.
 
     A token that starts at its anchor needs a word boundary before it, so digits inside a
     number or letters inside a word do not wake the detector.
     """
-    before = f"{re.escape(ch)})"
+    before = f"{anchor_class})"
     if det.not_after and not det.back and not det.extend:
         return "(?<![A-Za-z0-9_]" + before
     if det.need_after:
@@ -555,15 +557,17 @@ def _guard(det: Detector, ch: str) -> str:
     return ""
 
 
-def _anchor_chars(anchor: str) -> list[str]:
-    """The ASCII characters an anchor class matches, e.g. ``[0-9]`` → ``0`` … ``9``."""
-    compiled = re.compile(anchor)
-    return [chr(c) for c in range(32, 127) if compiled.fullmatch(chr(c))]
-
-
-_SCANNERS: tuple[_Scanner, ...] = tuple(_Scanner(first) for first in range(len(NUMERIC)))
-"""``_SCANNERS[i]`` tries detectors i, i+1, …: after detector i rejects a candidate (a checksum
-fails), the later detectors still get their chance at the same anchor."""
+_ANCHOR_CLASSES: tuple[str, ...] = tuple(dict.fromkeys(DETECTORS[i].anchor for i in NUMERIC))
+_SCANNERS: dict[str, tuple[_Scanner, ...]] = {
+    cls: tuple(
+        _Scanner(cls, members[first:])
+        for members in [tuple(i for i in NUMERIC if DETECTORS[i].anchor == cls)]
+        for first in range(len(members))
+    )
+    for cls in _ANCHOR_CLASSES
+}
+"""``_SCANNERS[cls][k]`` tries the class's detectors from its k-th on: after one rejects a
+candidate (a checksum fails), the later ones still get their chance at the same anchor."""
 _EXTEND_CHARS: dict[str, frozenset[str]] = {
     det.extend: frozenset(ch for ch in map(chr, range(128)) if re.fullmatch(f"[{det.extend}]", ch))
     for det in DETECTORS
@@ -611,7 +615,6 @@ _ALL_GATES: tuple[str, ...] = tuple(sorted(set().union(*_LOWER_GATES.values()), 
 _GATE_RE: re.Pattern[str] = re.compile("|".join(map(re.escape, _ALL_GATES)))
 """Longest gates first, so ``findall`` reports e.g. ``sk-ant-`` rather than its prefix ``sk-``."""
 _SHORT_TEXT = 512
-_NUMERIC_POSITION: dict[int, int] = {index: pos for pos, index in enumerate(NUMERIC)}
 
 
 def find_hits(text: str, limit: int | None = None) -> list[Hit]:
@@ -656,9 +659,16 @@ def _present_gates(lowered: str) -> set[str]:
 
 def _numeric_hits(text: str, end_pos: int) -> list[Hit]:
     hits: list[Hit] = []
+    for scanners in _SCANNERS.values():
+        hits.extend(_class_hits(scanners, text, end_pos))
+    return hits
+
+
+def _class_hits(scanners: tuple[_Scanner, ...], text: str, end_pos: int) -> list[Hit]:
+    hits: list[Hit] = []
     pos = 0
     floor = 0  # tokens may not extend back over an earlier hit
-    first_scanner = _SCANNERS[0]
+    first_scanner = scanners[0]
     while pos < end_pos:
         match = first_scanner.pattern.search(text, pos, end_pos)
         if match is None:
@@ -669,11 +679,11 @@ def _numeric_hits(text: str, end_pos: int) -> list[Hit]:
         while match is not None:
             index, value_group, host_group = scanner.detector_of_group[match.lastindex or 0]
             hit = _accept(DETECTORS[index], value_group, host_group, match, text, floor)
-            position = _NUMERIC_POSITION[index] + 1
-            if hit is not None or position >= len(NUMERIC):
+            position = first_scanner.members.index(index) + 1
+            if hit is not None or position >= len(scanners):
                 break
             # Rejected (a checksum failed): the later detectors get their chance at this anchor.
-            scanner = _SCANNERS[position]
+            scanner = scanners[position]
             match = scanner.pattern.match(text, anchor, end_pos)
         if hit is None:
             pos = anchor + 1

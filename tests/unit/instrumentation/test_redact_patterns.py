@@ -138,3 +138,12 @@ def test_ipv6_forms() -> None:
     for text in ("fe80::1ff:fe23:4567:890a", "2001:db8::1", "::ffff:1:2"):
         assert [h.detector.label for h in find_hits(f"addr {text} ok")] == ["ip"], text
     assert find_hits("time 12:30:45 and a::b") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["4539 1488 0343 6467 12/27", "4539 1488 0343 6467 0", "card 4539-1488-0343-6467 cvv 123", "2341 2341 2346 0"],
+)
+def test_numbers_next_to_a_card_or_id_do_not_hide_it(redactor: Redactor, text: str) -> None:
+    value = redactor.redact(text).value
+    assert "4539" not in value and "2341 2341" not in value

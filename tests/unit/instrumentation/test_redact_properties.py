@@ -74,3 +74,20 @@ def test_planted_secret_never_gets_through(case: tuple[Any, str, str]) -> None:
     assert secret not in json.dumps(result.value, ensure_ascii=False), kind
     assert secret not in json.dumps(result.value), kind
     assert result.fingerprints
+
+
+short_text = st.text(st.characters(exclude_categories=()), max_size=15)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(SAMPLES)),
+    short_text,
+    short_text,
+    st.sampled_from([" ", ", ", "\t", ": ", " (", "='", "\n"]),
+)
+def test_planted_secret_in_running_text_never_gets_through(kind: str, before: str, after: str, sep: str) -> None:
+    # Glued to arbitrary neighbours by ordinary separators: "<text>: <secret>, <more text>".
+    text, secret, _ = SAMPLES[kind]
+    result = REDACTOR.redact({"note": before + sep + text + sep[::-1] + after})
+    assert secret not in json.dumps(result.value, ensure_ascii=False), kind
