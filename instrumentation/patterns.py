@@ -615,11 +615,16 @@ _ALL_GATES: tuple[str, ...] = tuple(sorted(set().union(*_LOWER_GATES.values()), 
 _GATE_RE: re.Pattern[str] = re.compile("|".join(map(re.escape, _ALL_GATES)))
 """Longest gates first, so ``findall`` reports e.g. ``sk-ant-`` rather than its prefix ``sk-``."""
 _SHORT_TEXT = 512
+_MAYBE: re.Pattern[str] = re.compile(r"[0-9A-Z@:/\\+(_-]|(?i:bearer|basic|token|passw|pwd|secret|key)")
+"""Every detector's match holds one of these: a short string without any needs no scan at all.
+(Numeric anchors, the characters of every gate, and the keywords whose values may be lower-case.)"""
 
 
 def find_hits(text: str, limit: int | None = None) -> list[Hit]:
     """Validated sensitive spans in ``text[:limit]``, by start; redacted spans never overlap."""
     end_pos = len(text) if limit is None else min(limit, len(text))
+    if end_pos <= _SHORT_TEXT and not _MAYBE.search(text, 0, end_pos):
+        return []
     hits = _numeric_hits(text, end_pos)
     gated = _gated_hits(text, end_pos)
     return _merge(hits + gated) if gated else hits

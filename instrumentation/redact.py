@@ -125,7 +125,7 @@ class Redactor:
         *,
         max_bytes: int = 4 * 1024 * 1024,
         max_depth: int = 64,
-        sketch_min_chars: int = 1024,
+        sketch_min_chars: int = 4096,
         sketch_max_bytes: int = 64 * 1024,
         max_destinations: int = 64,
     ) -> None:

@@ -3,8 +3,8 @@
 Format (what detectors compare, without importing this module): a tuple of ``SKETCH_SLOTS`` ints,
 each in ``0 .. 2**32-1``. It is a one-permutation MinHash: every shingle gets one keyed 64-bit
 hash; its top 6 bits pick a slot and the slot keeps the smallest low 32 bits seen
-(``EMPTY_SLOT`` if no shingle fell in it, which for the >= 1 KiB texts toolwatch sketches has
-odds of about one in 100 000). The fraction of equal slots of two sketches estimates the Jaccard
+(``EMPTY_SLOT`` if no shingle fell in it: for the >= 4 KiB texts toolwatch sketches, odds
+below one in a billion). The fraction of equal slots of two sketches estimates the Jaccard
 similarity of their shingle sets. Shingles are the 8-byte windows of the lower-cased,
 whitespace-collapsed UTF-8 text (its first ``max_bytes``). The hash key comes from the deployment
 key, so sketches compare only within one deployment and cannot be used to test guesses.
