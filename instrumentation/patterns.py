@@ -1,13 +1,16 @@
-"""What counts as sensitive text: one table of detectors, compiled into ONE regular expression.
+"""What counts as sensitive text: one table of detectors, and ``find_hits`` to scan a string.
 
-Every detector is a regex branch plus an optional validator (checksum, entropy, structure) that
-rejects look-alikes, and a normaliser that makes equal values fingerprint equally (``4111 1111
-…`` and ``4111-1111-…`` are the same card). The combined regex is scanned once per string, so
-the cost does not grow with the number of detectors the way one-regex-per-detector does.
+Every detector is a regex plus an optional validator (checksum, entropy, structure) that rejects
+look-alikes, and a normaliser that makes equal values fingerprint equally (``4539 1488 …`` and
+``4539-1488-…`` are the same card). Python's regex engine tries every branch of an alternation
+at every position, so the table is compiled for where candidates can start instead: gated
+detectors run only on strings holding their literal gate, and the numeric detectors share one
+regex per anchor class (digits, upper-case letters, ``+``, ``(``) whose class prefix lets the
+engine skip all other text in C (see docs/redaction.md, "How scanning works").
 
-Branch order matters: at one position the first branch that matches wins, so specific shapes
-(private-key blocks, provider key prefixes, JWTs) come before generic ones (high-entropy blobs).
-Checksums come from python-stdnum (IBAN mod-97 and country formats, Luhn, national IDs).
+Table order matters: of overlapping hits the earlier start wins, then the earlier detector, so
+specific shapes come before generic ones (high-entropy blobs). Checksums come from python-stdnum
+(IBAN mod-97 and country formats, Luhn, national IDs).
 """
 
 from __future__ import annotations
@@ -43,9 +46,9 @@ class Detector:
     its gate substrings (``"@"``, ``"://"``, ``"AKIA"``, ``"password"`` …; checked with ``in``,
     which is C-speed), and its regex starts with a literal so the engine's fast literal search
     finds candidates. With ``lower=True`` it runs on the lower-cased text (keywords in any case).
-    The other detectors (numbers: cards, phones, IDs, IBANs, IPs, blobs) are compiled together
-    into one regex anchored on digits, ``+`` and ``(``: a match starts at one ``anchor`` character
-    followed by ``rest``. A token may start before where its regex starts: ``back`` fixed
+    The other detectors (numbers: cards, phones, IDs, IBANs, IPs, blobs) are compiled together,
+    one regex per ``anchor`` class (``[0-9]``, ``[A-Z0-9]``, ``\\+``, ``\\(``): a match starts
+    at one anchor character followed by ``rest``. A token may start before where its regex starts: ``back`` fixed
     characters (checked by a look-behind in the regex), or ``extend``, a character class the start
     is extended backwards over (an e-mail's local part before ``@``, a URL's scheme before
     ``://``). A group ``(?P<v>…)`` marks the sensitive part (``password=<secret:password>``
