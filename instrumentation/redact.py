@@ -10,6 +10,7 @@ one key; never raises on odd input; bounded by ``max_bytes`` of text and ``max_d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -166,12 +167,17 @@ class Redactor:
         )
 
     def redact_json_text(self, text: str) -> Redaction:
-        """Redact arguments that arrive as JSON text; text that is not JSON is one string."""
+        """Redact arguments that arrive as JSON text; text that is not JSON is one string.
+
+        ``bytes`` is then the exact UTF-8 size of the text as it arrived.
+        """
         try:
             value = json.loads(text)
         except (ValueError, RecursionError, TypeError):
             value = text
-        return self.redact(value)
+        result = self.redact(value)
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        return dataclasses.replace(result, bytes=size)
 
     def scan_result(self, value: Any) -> ResultScan:
         """Measure a tool result (MCP ``CallToolResult`` content as JSON) and score it for injection."""

@@ -64,6 +64,8 @@ def test_redact_json_text_parses_or_treats_as_one_string() -> None:
     assert r.redact_json_text('{"to": "a@example.com"}').value == {"to": "<email>"}
     assert r.redact_json_text("not json a@example.com").value == "not json <email>"
     assert r.redact_json_text("[" * 100_000).value == "[" * 100_000  # too deep to parse: one string
+    text = '{ "to" : "a@example.com",  "n": 1 }'
+    assert r.redact_json_text(text).bytes == len(text)
 
 
 @pytest.mark.parametrize(
