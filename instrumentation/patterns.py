@@ -618,6 +618,7 @@ _ALL_GATES: tuple[str, ...] = tuple(sorted(set().union(*_LOWER_GATES.values()), 
 _GATE_RE: re.Pattern[str] = re.compile("|".join(map(re.escape, _ALL_GATES)))
 """Longest gates first, so ``findall`` reports e.g. ``sk-ant-`` rather than its prefix ``sk-``."""
 _SHORT_TEXT = 512
+_ORDER: dict[int, int] = {id(det): i for i, det in enumerate(DETECTORS)}
 _MAYBE: re.Pattern[str] = re.compile(r"[0-9A-Z@:/\\+(_-]|(?i:bearer|basic|token|passw|pwd|secret|key)")
 """Every detector's match holds one of these: a short string without any needs no scan at all.
 (Numeric anchors, the characters of every gate, and the keywords whose values may be lower-case.)"""
@@ -628,9 +629,9 @@ def find_hits(text: str, limit: int | None = None) -> list[Hit]:
     end_pos = len(text) if limit is None else min(limit, len(text))
     if end_pos <= _SHORT_TEXT and not _MAYBE.search(text, 0, end_pos):
         return []
-    hits = _numeric_hits(text, end_pos)
-    gated = _gated_hits(text, end_pos)
-    return _merge(hits + gated) if gated else hits
+    # Hits come from several scanners: always order them and drop overlapping redactions.
+    hits = _numeric_hits(text, end_pos) + _gated_hits(text, end_pos)
+    return _merge(hits) if len(hits) > 1 else hits
 
 
 def _gated_hits(text: str, end_pos: int) -> list[Hit]:
@@ -704,8 +705,7 @@ def _class_hits(scanners: tuple[_Scanner, ...], text: str, end_pos: int) -> list
 
 def _merge(hits: list[Hit]) -> list[Hit]:
     """Sort by start; of overlapping redacted spans keep the earliest (then the table's order)."""
-    order = {id(det): i for i, det in enumerate(DETECTORS)}
-    hits.sort(key=lambda h: (h.start, order[id(h.detector)]))
+    hits.sort(key=lambda h: (h.start, _ORDER[id(h.detector)]))
     kept: list[Hit] = []
     redacted_until = 0
     for hit in hits:

@@ -147,3 +147,13 @@ def test_ipv6_forms() -> None:
 def test_numbers_next_to_a_card_or_id_do_not_hide_it(redactor: Redactor, text: str) -> None:
     value = redactor.redact(text).value
     assert "4539" not in value and "2341 2341" not in value
+
+
+def test_hits_from_different_scanners_come_back_ordered_and_apart() -> None:
+    # A base64 blob (upper-case anchor) before a card (digit anchor) before an IP: three scanners.
+    text = "blob dGhpcyBpcyBhIHNlY3JldCBibG9iIQ9xK2pLmN4oP7qR card 4539 1488 0343 6467 ip 10.0.0.1"
+    hits = find_hits(text)
+    starts = [h.start for h in hits]
+    assert starts == sorted(starts)
+    assert all(a.end <= b.start for a, b in zip(hits, hits[1:], strict=False))
+    assert [h.detector.label for h in hits] == ["high_entropy", "card", "ip"]
