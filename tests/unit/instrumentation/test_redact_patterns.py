@@ -137,6 +137,8 @@ def test_rejected_candidate_leaves_room_for_later_detectors() -> None:
 def test_ipv6_forms() -> None:
     for text in ("fe80::1ff:fe23:4567:890a", "2001:db8::1", "::ffff:1:2"):
         assert [h.detector.label for h in find_hits(f"addr {text} ok")] == ["ip"], text
+    for text in ("[2001:db8::1]:443", "2001:db8:85a3::8a2e:370:7334: refused"):
+        assert [h.detector.label for h in find_hits(text)] == ["ip"], text
     assert find_hits("time 12:30:45 and a::b") == []
 
 
