@@ -152,6 +152,11 @@ def _is_jwt(text: str) -> bool:
 
 
 def _is_basic_credential(text: str) -> bool:
+    # Punctuation right after the credential may have been taken in: try without it too.
+    return any(_decodes_to_user_pass(candidate) for candidate in {text, text.rstrip("+/=")})
+
+
+def _decodes_to_user_pass(text: str) -> bool:
     try:
         decoded = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
     except (ValueError, TypeError):
@@ -224,8 +229,9 @@ def _lower(text: str) -> str:
     return text.lower()
 
 
-_WORD = "A-Za-z0-9_"
-_END = r"(?![A-Za-z0-9_])"
+_WORD = "A-Za-z0-9"  # token boundaries: "_" next to a value does not hide it (``id_4539…``)
+_ALNUM = _WORD
+_END = r"(?![A-Za-z0-9])"
 _SEP = r"""["']?[ \t]{0,3}[:=]{1,2}[ \t]{0,3}["']?(?P<v>[^\s"',;&}<>]{3,256})"""
 _TOKEN = r"(?P<v>[A-Za-z0-9._~+/-]{8,}=*)"
 _PHONE_TAIL = r"(?:[ .-]\d{2,4}){1,4}" + _END
@@ -249,29 +255,29 @@ DETECTORS: tuple[Detector, ...] = (
         "aws_access_key",
         "secret",
         "A",
-        r"(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z0-9]{16}" + _END,
+        r"(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z0-9]{16}",
         gates=("AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
-        not_after=_WORD,
+        not_after=_ALNUM,
     ),
     Detector(
-        "google_api_key", "secret", "A", r"Iza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])", gates=("AIza",), not_after=_WORD
+        "google_api_key", "secret", "A", r"Iza[0-9A-Za-z_-]{35}", gates=("AIza",), not_after=_ALNUM
     ),
     Detector(
         "github_token",
         "secret",
         "g",
-        r"h[pousr]_[A-Za-z0-9]{36,251}" + _END,
+        r"h[pousr]_[A-Za-z0-9]{36,251}",
         gates=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
-        not_after=_WORD,
+        not_after=_ALNUM,
     ),
-    Detector("github_token", "secret", "g", r"ithub_pat_[A-Za-z0-9_]{22,255}", gates=("github_pat_",), not_after=_WORD),
+    Detector("github_token", "secret", "g", r"ithub_pat_[A-Za-z0-9_]{22,255}", gates=("github_pat_",), not_after=_ALNUM),
     Detector(
         "stripe_key",
         "secret",
         "[rsp]",
         r"k_(?:live|test)_[0-9A-Za-z]{16,}",
         gates=("k_live_", "k_test_"),
-        not_after=_WORD,
+        not_after=_ALNUM,
     ),
     Detector(
         "slack_webhook",
@@ -280,17 +286,17 @@ DETECTORS: tuple[Detector, ...] = (
         r"ttps://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/-]{20,}",
         gates=("hooks.slack.com",),
     ),
-    Detector("slack_token", "secret", "x", r"ox[abposre]-[0-9A-Za-z-]{10,}", gates=("xox",), not_after=_WORD),
+    Detector("slack_token", "secret", "x", r"ox[abposre]-[0-9A-Za-z-]{10,}", gates=("xox",), not_after=_ALNUM),
     Detector(
         "anthropic_key",
         "secret",
         "s",
         r"k-ant-[a-z]{3,8}\d{0,3}-[A-Za-z0-9_-]{20,}",
         gates=("sk-ant-",),
-        not_after=_WORD,
+        not_after=_ALNUM,
     ),
     Detector(
-        "openai_key", "secret", "s", r"k-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", gates=("sk-",), not_after=_WORD
+        "openai_key", "secret", "s", r"k-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", gates=("sk-",), not_after=_ALNUM
     ),
     Detector(
         "jwt",
@@ -298,7 +304,7 @@ DETECTORS: tuple[Detector, ...] = (
         "e",
         r"yJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
         gates=("eyJ",),
-        not_after=_WORD,
+        not_after=_ALNUM,
         validate=_is_jwt,
     ),
     Detector("url_password", "secret", ":", r"""//[^\s:/@"'<>]{1,128}:(?P<v>[^\s/@"'<>]{1,256})@""", gates=("://",)),
@@ -391,7 +397,7 @@ DETECTORS: tuple[Detector, ...] = (
         "national_id",
         "[0-9]",
         r"\d{2}-\d{2}-\d{4}" + _END,
-        not_after=_WORD + "-",
+        not_after=_WORD,
         validate=_is_national_id(_us_ssn.is_valid),
         normalise=_digits,
     ),
@@ -463,10 +469,10 @@ DETECTORS: tuple[Detector, ...] = (
         "ipv6",
         "ip",
         "[0-9]",
-        r"(?:(?<=[A-Fa-f][0-9])|(?<=[A-Fa-f:]:[0-9])|(?=[0-9A-Fa-f:]*(?:::|[A-Fa-f])))[0-9A-Fa-f]{0,4}(?:::?[0-9A-Fa-f]{1,4}){0,7}(?:::)?(?![0-9A-Za-z_]|:[0-9A-Fa-f])",
+        r"(?:(?<=[A-Fa-f][0-9])|(?<=[A-Fa-f:]:[0-9])|(?=[0-9A-Fa-f:]*(?:::|[A-Fa-f])))[0-9A-Fa-f]{0,4}(?:::?[0-9A-Fa-f]{1,4}){0,7}(?:::)?(?![0-9A-Za-z]|:[0-9A-Fa-f])",
         extend="0-9A-Fa-f:",
         extend_max=40,
-        not_after=_WORD + ":",
+        not_after=_WORD,
         skip_after="0-9",
         validate=_is_ipv6,
         normalise=_lower,
@@ -490,7 +496,7 @@ DETECTORS: tuple[Detector, ...] = (
         "base64_blob",
         "high_entropy",
         "[A-Z0-9]",
-        f"[{_B64}]{{19,}}+={{0,2}}(?!@)",
+        f"[{_B64}]{{19,}}+={{0,2}}",
         extend=_B64,
         extend_max=4096,
         min_len=32,
@@ -552,7 +558,7 @@ def _guard(det: Detector, anchor_class: str) -> str:
     """
     before = f"{anchor_class})"
     if det.not_after and not det.back and not det.extend:
-        return "(?<![A-Za-z0-9_]" + before
+        return f"(?<![{_WORD}]" + before
     if det.need_after:
         return f"(?<=[{det.need_after}]" + before
     if det.skip_after:
@@ -728,6 +734,8 @@ def _accept(
         chars = _EXTEND_CHARS[det.extend]
         while start > lo and text[start - 1] in chars:
             start -= 1
+    if det.name == "ipv6" and text.startswith(":", start) and not text.startswith("::", start):
+        start += 1  # "addr:2001:db8::1": the colon before the address is not part of it
     if start < floor:
         return None
     end = match.end()

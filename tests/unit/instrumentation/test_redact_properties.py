@@ -103,3 +103,15 @@ def test_several_planted_secrets_in_one_string_never_get_through(items: list[tup
     out = json.dumps(REDACTOR.redact({"note": text}).value, ensure_ascii=False)
     for kind, _ in items:
         assert SAMPLES[kind][1] not in out, kind
+
+
+punctuation = st.sampled_from([*"()[].,:;'\"<>=!?*`{}|/\\-_+#@~ \n", "", "  "])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(SAMPLES)), punctuation, punctuation, st.sampled_from(["", "x ", "word: ", "1 "]))
+def test_planted_secret_glued_to_punctuation_never_gets_through(kind: str, left: str, right: str, lead: str) -> None:
+    # "(secret)", "secret_", ":secret(", "id_secret": boundaries must not hide a value.
+    text = lead + left + SAMPLES[kind][0] + right + " tail"
+    out = json.dumps(REDACTOR.redact({"note": text}).value, ensure_ascii=False)
+    assert SAMPLES[kind][1] not in out, kind
