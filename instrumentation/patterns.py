@@ -16,6 +16,7 @@ specific shapes come before generic ones (high-entropy blobs). Checksums come fr
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import itertools
 import math
@@ -598,6 +599,9 @@ class Hit:
     """For URLs and e-mails: the host or domain named (a destination)."""
     url: str = ""
     """For URLs: ``scheme://host`` (never the user-info, path or query)."""
+    value: str = ""
+    """The whole value found (what is fingerprinted), even when ``start`` was moved past an
+    overlapping earlier hit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -710,7 +714,9 @@ def _class_hits(scanners: tuple[_Scanner, ...], text: str, end_pos: int) -> list
 
 
 def _merge(hits: list[Hit]) -> list[Hit]:
-    """Sort by start; of overlapping redacted spans keep the earliest (then the table's order)."""
+    """Sort by start (then table order); redacted spans that overlap are cut apart, never dropped
+    while they still cover text of their own (``password: DE89 3704…``: the keyword value takes
+    ``DE89``, the IBAN keeps the rest)."""
     hits.sort(key=lambda h: (h.start, _ORDER[id(h.detector)]))
     kept: list[Hit] = []
     redacted_until = 0
@@ -720,7 +726,13 @@ def _merge(hits: list[Hit]) -> list[Hit]:
         elif hit.start >= redacted_until:
             kept.append(hit)
             redacted_until = hit.end
+        elif hit.end > redacted_until:
+            kept.append(dataclasses.replace(hit, start=redacted_until))
+            redacted_until = hit.end
     return kept
+
+
+_USERINFO_BEFORE = re.compile(r"://[^\s/@]*\Z")
 
 
 def _accept(
@@ -745,8 +757,8 @@ def _accept(
         return None
     host = url = ""
     if det.name == "email":
-        if start == anchor:
-            return None
+        if start == anchor or _USERINFO_BEFORE.search(text, max(0, start - 256), start):
+            return None  # no local part, or the user-info of a URL (scheme://user:pass@host)
         host = text[anchor + 1 : end].lower()
     elif det.name == "url":
         if start == anchor or not text[start].isalpha():
@@ -757,7 +769,7 @@ def _accept(
         start, end = match.span(value_group)
     if det.validate is not None and not det.validate(text[start:end]):
         return None
-    return Hit(det, start, end, host, url)
+    return Hit(det, start, end, host, url, text[start:end])
 
 
 KEY_NAME_RE: re.Pattern[str] = re.compile(

@@ -327,7 +327,7 @@ class Redactor:
                 self._destination(hit.url, walk)
             if not det.redact:
                 continue
-            raw = text[hit.start : hit.end]
+            raw = hit.value or text[hit.start : hit.end]
             walk.fingerprints.add(self._fingerprint(det.normalise(raw) if det.normalise else raw))
             if hit.start < cut:
                 parts.append(text[pos : hit.start])
