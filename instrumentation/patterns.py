@@ -628,6 +628,10 @@ _ALL_GATES: tuple[str, ...] = tuple(sorted(set().union(*_LOWER_GATES.values()), 
 _GATE_RE: re.Pattern[str] = re.compile("|".join(map(re.escape, _ALL_GATES)))
 """Longest gates first, so ``findall`` reports e.g. ``sk-ant-`` rather than its prefix ``sk-``."""
 _SHORT_TEXT = 512
+_LITERAL_ANCHORS: dict[str, str] = {"\\+": "+", "\\(": "("}
+_MIN_TOKEN: dict[str, int] = {
+    cls: min(DETECTORS[i].min_len for i in NUMERIC if DETECTORS[i].anchor == cls) for cls in _ANCHOR_CLASSES
+}
 _ORDER: dict[int, int] = {id(det): i for i, det in enumerate(DETECTORS)}
 _MAYBE: re.Pattern[str] = re.compile(r"[0-9A-Z@:/\\+(_-]|(?i:bearer|basic|token|passw|pwd|secret|key)")
 """Every detector's match holds one of these: a short string without any needs no scan at all.
@@ -678,7 +682,12 @@ def _present_gates(lowered: str) -> set[str]:
 
 def _numeric_hits(text: str, end_pos: int) -> list[Hit]:
     hits: list[Hit] = []
-    for scanners in _SCANNERS.values():
+    for anchor_class, scanners in _SCANNERS.items():
+        literal = _LITERAL_ANCHORS.get(anchor_class)
+        if literal is not None and text.find(literal, 0, end_pos) < 0:
+            continue  # "+" or "(" is absent: a C-speed look saves the regex call
+        if end_pos < _MIN_TOKEN.get(anchor_class, 0):
+            continue  # too short for any blob
         hits.extend(_class_hits(scanners, text, end_pos))
     return hits
 
