@@ -21,7 +21,8 @@ from typing import Any
 from . import semconv
 from .fingerprint import Fingerprinter, key_from_env
 from .injection import InjectionScan, scan_injection
-from .patterns import KEY_NAME_RE, Hit, find_hits
+from .patterns import KEY_NAME_RE
+from .scanner import Hit, find_hits
 from .sketch import Sketcher, sketch_similarity
 
 __all__ = ["Redactor", "Redaction", "ResultScan", "sketch_similarity"]

@@ -7,7 +7,7 @@ import json
 import pytest
 from redaction_samples import SAMPLES
 
-from toolwatch.instrumentation.patterns import find_hits
+from toolwatch.instrumentation.scanner import find_hits
 from toolwatch.instrumentation.redact import Redactor
 
 KEY = bytes(range(32))
