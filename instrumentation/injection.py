@@ -18,7 +18,7 @@ INSTRUCTIONS_THRESHOLD = 0.5
 
 _WS = r"[\s*_`\"']{1,4}"  # separators, also through markdown emphasis and quotes
 
-SIGNALS: dict[str, tuple[float, str]] = {
+SIGNALS: dict[str, tuple[float, str]] = {  # name: (weight, regex)
     # "ignore all previous instructions", "disregard the above", "forget your rules"
     "override": (
         0.7,
@@ -64,9 +64,92 @@ SIGNALS: dict[str, tuple[float, str]] = {
     ),
 }
 
-_SCANNER = re.compile(
-    "|".join(f"(?P<{name}>{regex})" for name, (_, regex) in SIGNALS.items()), re.IGNORECASE
-)
+GATES: dict[str, tuple[str, ...]] = {
+    # Words every match of the signal contains (lower case): a signal's regex only runs on text
+    # that holds one of them, found with C-speed substring search.
+    "override": (
+        "ignore",
+        "disregard",
+        "forget",
+        "override",
+        "bypass",
+        "new instructions",
+        "new system",
+        "new rules",
+        "your new",
+        "your real",
+        "your actual",
+        "your updated",
+    ),
+    "role_claim": (
+        "you are now", "act as", "<system", "</system", "[system]", "system:", "system message", "system prompt",
+        "system override", "system instruction", "system notice", "assistant:", "assistant message",
+        "assistant prompt", "important>", "<admin", "[admin]", "admin override", "admin instruction",
+        "administrator override", "administrator instruction", "security override", "security instruction",
+        "security notice", "[inst]", "<instruction", "developer mode", "god mode", "jailbreak mode", "dan mode",
+        "priority instruction", "priority override", "priority task", "priority message",
+    ),
+    "concealment": (
+        "tell",
+        "inform",
+        "mention",
+        "reveal",
+        "show",
+        "notify",
+        "alert",
+        "let ",
+        "without",
+        "keep ",
+        "hide ",
+        "must not",
+        "should not",
+        "must never",
+        "should never",
+        "silently",
+        "secretly",
+        "covertly",
+        "quietly",
+    ),
+    "tool_request": (
+        "tool",
+        "function",
+        "send",
+        "forward",
+        "email",
+        "upload",
+        "post",
+        "exfiltrate",
+        "transmit",
+        "leak",
+        "copy",
+        "~/.ssh",
+        "id_rsa",
+        "/etc/passwd",
+        ".aws/credentials",
+        ".env",
+        "curl",
+    ),
+    "addresses_model": (
+        "if you are",
+        "dear",
+        "attention",
+        "hey",
+        "note to",
+        "note for",
+        "ai,",
+        "ai:",
+        "ai ",
+        "llm",
+        "assistant",
+        "agent",
+        "claude",
+        "chatgpt",
+    ),
+}
+_WINDOW_BEFORE = 160
+_WINDOW_AFTER = 320
+_MAX_WINDOWS = 32
+_REGEXES: dict[str, re.Pattern[str]] = {name: re.compile(regex, re.IGNORECASE) for name, (_, regex) in SIGNALS.items()}
 _HIDDEN = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]|[\U000e0000-\U000e007f]")
 _TAGS = re.compile("[\U000e0000-\U000e007f]+")
 HIDDEN_WEIGHT = 0.5
@@ -92,15 +175,31 @@ def scan_injection(texts: list[str]) -> InjectionScan:
             found.add("hidden_text")
             # Unicode tag characters smuggle ASCII invisibly: read what they say too.
             text = text + "\n" + _TAGS.sub(_untag, text)
-        for match in _SCANNER.finditer(text):
-            found.add(match.lastgroup or "")
-            if len(found) > len(SIGNALS):
-                break
-    found.discard("")
+        lowered = text.lower() if text.isascii() else ""
+        for name, regex in _REGEXES.items():
+            if name not in found and _signal_in(text, lowered, regex, GATES[name]):
+                found.add(name)
     keep = 1.0
     for name in found:
         keep *= 1.0 - (HIDDEN_WEIGHT if name == "hidden_text" else SIGNALS[name][0])
     return InjectionScan(round(1.0 - keep, 4), tuple(sorted(found)))
+
+
+def _signal_in(text: str, lowered: str, regex: re.Pattern[str], gates: tuple[str, ...]) -> bool:
+    """Search the regex only around occurrences of its gate words (whole text when not ASCII)."""
+    if not lowered:
+        return regex.search(text) is not None
+    windows = 0
+    for gate in gates:
+        at = lowered.find(gate)
+        while at >= 0:
+            windows += 1
+            if windows > _MAX_WINDOWS:  # a text full of gate words: one pass over all of it
+                return regex.search(text) is not None
+            if regex.search(text, max(0, at - _WINDOW_BEFORE), at + _WINDOW_AFTER):
+                return True
+            at = lowered.find(gate, at + _WINDOW_AFTER - _WINDOW_BEFORE)
+    return False
 
 
 def _untag(match: re.Match[str]) -> str:

@@ -1,38 +1,24 @@
-"""What counts as sensitive text: one table of detectors, compiled into ONE regular expression.
+"""What counts as sensitive text: the table of detectors (``scanner.find_hits`` runs it).
 
-Every detector is a regex branch plus an optional validator (checksum, entropy, structure) that
-rejects look-alikes, and a normaliser that makes equal values fingerprint equally (``4111 1111
-…`` and ``4111-1111-…`` are the same card). The combined regex is scanned once per string, so
-the cost does not grow with the number of detectors the way one-regex-per-detector does.
+Every detector is a regex plus an optional validator (checksum, entropy, structure; see
+``validators``) that rejects look-alikes, and a normaliser that makes equal values fingerprint
+equally (``4539 1488 …`` and ``4539-1488-…`` are the same card). Detectors are written for
+where a candidate can start: gated ones run only on strings holding one of their literal gates,
+numeric ones on an anchor character class (see ``Detector`` and docs/redaction.md).
 
-Branch order matters: at one position the first branch that matches wins, so specific shapes
-(private-key blocks, provider key prefixes, JWTs) come before generic ones (high-entropy blobs).
-Checksums come from python-stdnum (IBAN mod-97 and country formats, Luhn, national IDs).
+Table order matters: of overlapping hits the earlier start wins, then the earlier detector, so
+specific shapes come before generic ones (high-entropy blobs).
 """
 
 from __future__ import annotations
 
-import base64
-import ipaddress
-import itertools
-import math
 import re
-from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from stdnum import iban as _iban
-from stdnum import luhn as _luhn
-from stdnum.br import cpf as _br_cpf
-from stdnum.es import dni as _es_dni
-from stdnum.in_ import aadhaar as _in_aadhaar
-from stdnum.it import codicefiscale as _it_cf
-from stdnum.us import ssn as _us_ssn
+from . import validators as v
+from .validators import Normaliser, Validator
 
-__all__ = ["Detector", "DETECTORS", "Hit", "find_hits", "KEY_NAME_RE"]
-
-Validator = Callable[[str], bool]
-Normaliser = Callable[[str], str]
+__all__ = ["Detector", "DETECTORS", "GATED", "NUMERIC", "KEY_NAME_RE"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +29,9 @@ class Detector:
     its gate substrings (``"@"``, ``"://"``, ``"AKIA"``, ``"password"`` …; checked with ``in``,
     which is C-speed), and its regex starts with a literal so the engine's fast literal search
     finds candidates. With ``lower=True`` it runs on the lower-cased text (keywords in any case).
-    The other detectors (numbers: cards, phones, IDs, IBANs, IPs, blobs) are compiled together
-    into one regex anchored on digits, ``+`` and ``(``: a match starts at one ``anchor`` character
-    followed by ``rest``. A token may start before where its regex starts: ``back`` fixed
+    The other detectors (numbers: cards, phones, IDs, IBANs, IPs, blobs) are compiled together,
+    one regex per ``anchor`` class (``[0-9]``, ``[A-Z0-9]``, ``\\+``, ``\\(``): a match starts
+    at one anchor character followed by ``rest``. A token may start before where its regex starts: ``back`` fixed
     characters (checked by a look-behind in the regex), or ``extend``, a character class the start
     is extended backwards over (an e-mail's local part before ``@``, a URL's scheme before
     ``://``). A group ``(?P<v>…)`` marks the sensitive part (``password=<secret:password>``
@@ -65,6 +51,12 @@ class Detector:
     """Minimum token length after extension (blobs)."""
     not_after: str = ""
     """Characters that must not come right before the token (a word boundary, usually)."""
+    need_after: str = ""
+    """Numeric tier: only try this detector at an anchor right after one of these characters."""
+    skip_after: str = ""
+    """Numeric tier: do not even try this detector at an anchor right after one of these characters
+    (the digits inside a number start no new hex or IPv6 candidate; the token was tried at its
+    first digit)."""
     validate: Validator | None = None
     normalise: Normaliser | None = None
     redact: bool = True
@@ -74,447 +66,289 @@ class Detector:
         return f"<secret:{self.name}>" if self.label == "secret" else f"<{self.label}>"
 
 
-def _digits(text: str) -> str:
-    return "".join(ch for ch in text if ch.isdigit())
-
-
-def _compact_upper(text: str) -> str:
-    return "".join(text.split()).replace("-", "").replace(".", "").upper()
-
-
-def shannon_entropy(text: str) -> float:
-    """Bits per character; random base64 is ~5.5-6, hex ~3.7-4, English words ~3-4."""
-    n = len(text)
-    if not n:
-        return 0.0
-    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
-
-
-def _is_card(text: str) -> bool:
-    digits = _digits(text)
-    if not (13 <= len(digits) <= 19 and digits[0] in "23456" and len(set(digits)) > 1):
-        return False
-    groups = [len(g) for g in re.split(r"[ -]", text)]
-    # Printed cards group digits in fours (Amex: 4-6-5); other groupings are other numbers.
-    if len(groups) > 1 and groups != [4, 6, 5] and not (all(g == 4 for g in groups[:-1]) and groups[-1] <= 4):
-        return False
-    return _luhn.is_valid(digits)
-
-
-def _is_iban(text: str) -> bool:
-    return _iban.is_valid(text)
-
-
-def _is_ipv6(text: str) -> bool:
-    try:
-        ipaddress.IPv6Address(text)
-    except ValueError:
-        return False
-    return text.count(":") >= 2 and len(text) >= 6
-
-
-def _is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _is_phone(text: str) -> bool:
-    digits = _digits(text)
-    if not 7 <= len(digits) <= 15 or len(set(digits)) < 3:
-        return False
-    if text.startswith("+") or "(" in text:
-        return True
-    # Without a country code or area-code brackets: one kind of separator, 10-11 digits
-    # (a national number), so dates, versions and ID numbers are not taken for phones.
-    separators = {ch for ch in text if not ch.isdigit()}
-    return len(separators) == 1 and 10 <= len(digits) <= 11
-
-
-def _is_jwt(text: str) -> bool:
-    head = text.split(".", 1)[0]
-    try:
-        decoded = base64.urlsafe_b64decode(head + "=" * (-len(head) % 4))
-    except (ValueError, TypeError):
-        return False
-    return decoded.lstrip().startswith(b"{")
-
-
-def _is_basic_credential(text: str) -> bool:
-    try:
-        decoded = base64.b64decode(text + "=" * (-len(text) % 4), validate=False)
-    except (ValueError, TypeError):
-        return False
-    return b":" in decoded and len(decoded) >= 3
-
-
-def _is_bearer_token(text: str) -> bool:
-    return len(text) >= 16 or any(ch.isdigit() for ch in text)
-
-
-def _is_assigned_secret(text: str) -> bool:
-    # `password=${PASSWORD}`, `token: <redacted>`, `password: null` are references, not values.
-    lowered = text.lower()
-    return not (text[0] in "$<{%*" or lowered in _NOT_VALUES)
-
-
-_NOT_VALUES = frozenset(
-    {"null", "none", "true", "false", "undefined", "required", "optional", "string", "xxx",
-     "xxxx", "****", "changeme", "redacted", "is", "was", "the", "and", "or", "for"}
-)
-
-
-def _is_b64_blob(text: str) -> bool:
-    core = text.rstrip("=")
-    if len(core) < 32:
-        return False
-    has_digit = any(ch.isdigit() for ch in core)
-    has_upper = any(ch.isupper() for ch in core)
-    has_lower = any(ch.islower() for ch in core)
-    if not (has_digit and has_upper and has_lower):
-        return False
-    return shannon_entropy(core[:256]) >= 4.0
-
-
-def _is_hex_blob(text: str) -> bool:
-    return (
-        any(ch.isdigit() for ch in text)
-        and any(ch.isalpha() for ch in text)
-        and shannon_entropy(text[:256]) >= 3.0
-    )
-
-
-def _is_national_id(validator: Callable[[str], bool]) -> Validator:
-    def check(text: str) -> bool:
-        try:
-            return bool(validator(text))
-        except Exception:  # noqa: BLE001 - a checksum library must never break redaction
-            return False
-
-    return check
-
-
-def _lower(text: str) -> str:
-    return text.lower()
-
-
-_WORD = "A-Za-z0-9_"
-_END = r"(?![A-Za-z0-9_])"
+WORD_CHARS = "A-Za-z0-9"  # token boundaries: "_" next to a value does not hide it (``id_4539…``)
+_ALNUM = WORD_CHARS
+_END = r"(?![A-Za-z0-9])"
 _SEP = r"""["']?[ \t]{0,3}[:=]{1,2}[ \t]{0,3}["']?(?P<v>[^\s"',;&}<>]{3,256})"""
 _TOKEN = r"(?P<v>[A-Za-z0-9._~+/-]{8,}=*)"
 _PHONE_TAIL = r"(?:[ .-]\d{2,4}){1,4}" + _END
 
-_KEYWORD = (
-    r"(?:passw(?:or)?d|pwd|secret(?:[_-]?key)?|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key)"
-)
+_KEYWORD = r"(?:passw(?:or)?d|pwd|secret(?:[_-]?key)?|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key)"
 _KEYWORD_GATES = ("passw", "pwd", "secret", "token", "key")
 _B64 = "A-Za-z0-9+/_-"
 
 DETECTORS: tuple[Detector, ...] = (
     # --- gated: found by a literal -------------------------------------------------------------
     Detector(
-        "private_key", "secret", "-",
+        "private_key",
+        "secret",
+        "-",
         r"----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
         r"(?:[A-Za-z0-9+/=\s\\:,.-]*?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
         r"|[A-Za-z0-9+/=\s\\:,.]*)",
         gates=("-----BEGIN",),
     ),
-    Detector("aws_access_key", "secret", "A", r"(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z0-9]{16}" + _END,
-             gates=("AKIA", "ASIA", "ABIA", "ACCA", "A3T"), not_after=_WORD),
-    Detector("google_api_key", "secret", "A", r"Iza[0-9A-Za-z_-]{35}(?![A-Za-z0-9_-])", gates=("AIza",), not_after=_WORD),
-    Detector("github_token", "secret", "g", r"h[pousr]_[A-Za-z0-9]{36,251}" + _END,
-             gates=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), not_after=_WORD),
-    Detector("github_token", "secret", "g", r"ithub_pat_[A-Za-z0-9_]{22,255}", gates=("github_pat_",), not_after=_WORD),
-    Detector("stripe_key", "secret", "[rsp]", r"k_(?:live|test)_[0-9A-Za-z]{16,}", gates=("k_live_", "k_test_"), not_after=_WORD),
-    Detector("slack_webhook", "secret", "h", r"ttps://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/-]{20,}",
-             gates=("hooks.slack.com",)),
-    Detector("slack_token", "secret", "x", r"ox[abposre]-[0-9A-Za-z-]{10,}", gates=("xox",), not_after=_WORD),
-    Detector("anthropic_key", "secret", "s", r"k-ant-[a-z]{3,8}\d{0,3}-[A-Za-z0-9_-]{20,}", gates=("sk-ant-",), not_after=_WORD),
-    Detector("openai_key", "secret", "s", r"k-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", gates=("sk-",), not_after=_WORD),
-    Detector("jwt", "secret", "e", r"yJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
-             gates=("eyJ",), not_after=_WORD, validate=_is_jwt),
+    Detector(
+        "aws_access_key",
+        "secret",
+        "A",
+        r"(?:KIA|SIA|BIA|CCA|3T[A-Z0-9])[A-Z0-9]{16}",
+        gates=("AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
+        not_after=_ALNUM,
+    ),
+    Detector("google_api_key", "secret", "A", r"Iza[0-9A-Za-z_-]{35}", gates=("AIza",), not_after=_ALNUM),
+    Detector(
+        "github_token",
+        "secret",
+        "g",
+        r"h[pousr]_[A-Za-z0-9]{36,251}",
+        gates=("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),
+        not_after=_ALNUM,
+    ),
+    Detector(
+        "github_token", "secret", "g", r"ithub_pat_[A-Za-z0-9_]{22,255}", gates=("github_pat_",), not_after=_ALNUM
+    ),
+    Detector(
+        "stripe_key",
+        "secret",
+        "[rsp]",
+        r"k_(?:live|test)_[0-9A-Za-z]{16,}",
+        gates=("k_live_", "k_test_"),
+        not_after=_ALNUM,
+    ),
+    Detector(
+        "slack_webhook",
+        "secret",
+        "h",
+        r"ttps://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9_/-]{20,}",
+        gates=("hooks.slack.com",),
+    ),
+    Detector("slack_token", "secret", "x", r"ox[abposre]-[0-9A-Za-z-]{10,}", gates=("xox",), not_after=_ALNUM),
+    Detector(
+        "anthropic_key",
+        "secret",
+        "s",
+        r"k-ant-[a-z]{3,8}\d{0,3}-[A-Za-z0-9_-]{20,}",
+        gates=("sk-ant-",),
+        not_after=_ALNUM,
+    ),
+    Detector(
+        "openai_key", "secret", "s", r"k-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", gates=("sk-",), not_after=_ALNUM
+    ),
+    Detector(
+        "jwt",
+        "secret",
+        "e",
+        r"yJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*",
+        gates=("eyJ",),
+        not_after=_ALNUM,
+        validate=v.is_jwt,
+    ),
     Detector("url_password", "secret", ":", r"""//[^\s:/@"'<>]{1,128}:(?P<v>[^\s/@"'<>]{1,256})@""", gates=("://",)),
-    Detector("bearer", "secret", "b", r"earer\s+" + _TOKEN, gates=("bearer",), lower=True, validate=_is_bearer_token),
-    Detector("basic_auth", "secret", "b", r"asic\s+(?P<v>[A-Za-z0-9+/]{6,}={0,2})" + _END,
-             gates=("basic",), lower=True, validate=_is_basic_credential),
-    Detector("bearer", "secret", "t", r"oken\s+" + _TOKEN, gates=("token",), lower=True, validate=_is_bearer_token),
+    Detector("bearer", "secret", "b", r"earer\s+" + _TOKEN, gates=("bearer",), lower=True, validate=v.is_bearer_token),
+    Detector(
+        "basic_auth",
+        "secret",
+        "b",
+        r"asic\s+(?P<v>[A-Za-z0-9+/]{6,}={0,2})" + _END,
+        gates=("basic",),
+        lower=True,
+        validate=v.is_basic_credential,
+    ),
+    Detector("bearer", "secret", "t", r"oken\s+" + _TOKEN, gates=("token",), lower=True, validate=v.is_bearer_token),
     # Keyword assignments: `password=…`, `"api_key": "…"`, `TOKEN: …` (the value only is secret).
-    Detector("password", "secret", "", _KEYWORD + _SEP, gates=_KEYWORD_GATES, lower=True, validate=_is_assigned_secret),
-    Detector("email", "email", "@", r"(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}" + _END,
-             gates=("@",), extend="A-Za-z0-9._%+-", extend_max=64, normalise=_lower),
     Detector(
-        "url", "url", ":", r"""//(?:[^\s/@"'<>]{1,256}@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(?::\d{1,5})?""",
-        gates=("://",), extend="A-Za-z0-9+.-", extend_max=16, redact=False,
+        "password", "secret", "", _KEYWORD + _SEP, gates=_KEYWORD_GATES, lower=True, validate=v.is_assigned_secret
     ),
-    Detector("path", "path", "/", r"(?:[\w.@+-]{1,255}/){0,64}[\w.@+-]{1,255}", gates=("/",),
-             extend="~.", extend_max=2, not_after=_WORD + "/.~:", redact=False),
-    Detector("path", "path", "[A-Za-z]", r":\\(?:[\w .@+-]{1,255}\\){0,64}[\w.@+-]{1,255}", gates=(":\\",),
-             not_after=_WORD, redact=False),
+    Detector(
+        "email",
+        "email",
+        "@",
+        r"(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}" + _END,
+        gates=("@",),
+        extend="A-Za-z0-9._%+-",
+        extend_max=64,
+        normalise=v.lower,
+    ),
+    Detector(
+        "url",
+        "url",
+        ":",
+        r"""//(?:[^\s/@"'<>]{1,256}@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253})(?::\d{1,5})?""",
+        gates=("://",),
+        extend="A-Za-z0-9+.-",
+        extend_max=16,
+        redact=False,
+    ),
+    Detector(
+        "path",
+        "path",
+        "/",
+        r"(?:[\w.@+-]{1,255}/){0,64}[\w.@+-]{1,255}",
+        gates=("/",),
+        extend="~.",
+        extend_max=2,
+        not_after=WORD_CHARS + "/.~:",
+        redact=False,
+    ),
+    Detector(
+        "path",
+        "path",
+        "[A-Za-z]",
+        r":\\(?:[\w .@+-]{1,255}\\){0,64}[\w.@+-]{1,255}",
+        gates=(":\\",),
+        not_after=WORD_CHARS,
+        redact=False,
+    ),
     # --- numbers: one regex anchored on digits, "+" and "(" ------------------------------------
-    Detector("us_ssn", "national_id", "[0-9]", r"\d{2}-\d{2}-\d{4}" + _END, not_after=_WORD + "-",
-             validate=_is_national_id(_us_ssn.is_valid), normalise=_digits),
-    Detector("br_cpf", "national_id", "[0-9]", r"\d{2}\.\d{3}\.\d{3}-\d{2}" + _END, not_after=_WORD,
-             validate=_is_national_id(_br_cpf.is_valid), normalise=_digits),
-    Detector("in_aadhaar", "national_id", "[0-9]", r"\d{3} \d{4} \d{4}(?![A-Za-z0-9_]|[ -]\d)", not_after=_WORD,
-             validate=_is_national_id(_in_aadhaar.is_valid), normalise=_digits),
-    Detector("es_dni", "national_id", "[0-9]", r"\d{7}-?[A-HJ-NP-TV-Z]" + _END, not_after=_WORD,
-             validate=_is_national_id(_es_dni.is_valid), normalise=_compact_upper),
-    Detector("it_codice_fiscale", "national_id", "[0-9]", r"(?<=[A-Z]{6}[0-9])\d[A-EHLMPRST]\d{2}[A-Z]\d{3}[A-Z]" + _END,
-             back=6, not_after=_WORD, validate=_is_national_id(_it_cf.is_valid)),
-    Detector("iban", "iban", "[0-9]", r"(?<=[A-Z]{2}[0-9])\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + _END,
-             back=2, not_after=_WORD, validate=_is_iban, normalise=_compact_upper),
-    Detector("card", "card", "[0-9]", r"(?:[ -]?\d){12,18}" + _END, not_after=_WORD,
-             validate=_is_card, normalise=_digits),
+    # IBANs and codici fiscali are anchored on their first digit, after letters.
     Detector(
-        "ipv4", "ip", "[0-9]",
-        r"\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![0-9]|\.\d)", not_after=_WORD + ".", validate=_is_ipv4,
+        "it_codice_fiscale",
+        "national_id",
+        "[0-9]",
+        r"(?<=[A-Z]{6}[0-9])\d[A-EHLMPRST]\d{2}[A-Z]\d{3}[A-Z]" + _END,
+        back=6,
+        not_after=WORD_CHARS,
+        need_after="A-Z",
+        validate=v.is_it_codice_fiscale,
     ),
-    Detector("phone", "phone", r"\+", r"\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}" + _PHONE_TAIL,
-             not_after=_WORD, validate=_is_phone, normalise=_digits),
-    Detector("phone", "phone", r"\(", r"\d{1,4}\)[ .-]?\d{2,4}" + _PHONE_TAIL,
-             not_after=_WORD, validate=_is_phone, normalise=_digits),
-    Detector("phone", "phone", "[0-9]", r"\d{1,3}" + _PHONE_TAIL,
-             not_after=_WORD + "+", validate=_is_phone, normalise=_digits),
+    Detector(
+        "iban",
+        "iban",
+        "[0-9]",
+        r"(?<=[A-Z]{2}[0-9])\d(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?" + _END,
+        back=2,
+        not_after=WORD_CHARS,
+        need_after="A-Z",
+        validate=v.is_iban,
+        normalise=v.compact_upper,
+    ),
+    Detector(
+        "card",
+        "card",
+        "[0-9]",
+        # Contiguous, 4-4-4-4(-3) or Amex 4-6-5: a card and the expiry or CVV after it stay apart.
+        r"(?:\d{12,18}|\d{3}(?P<s1>[ -])\d{4}(?P=s1)\d{4}(?P=s1)\d{1,4}(?:(?P=s1)\d{3})?"
+        r"|\d{3}(?P<s2>[ -])\d{6}(?P=s2)\d{5})" + _END,
+        not_after=WORD_CHARS,
+        validate=v.is_card,
+        normalise=v.only_digits,
+    ),
+    Detector(
+        "us_ssn",
+        "national_id",
+        "[0-9]",
+        r"\d{2}-\d{2}-\d{4}" + _END,
+        not_after=WORD_CHARS,
+        validate=v.is_us_ssn,
+        normalise=v.only_digits,
+    ),
+    Detector(
+        "br_cpf",
+        "national_id",
+        "[0-9]",
+        r"\d{2}\.\d{3}\.\d{3}-\d{2}" + _END,
+        not_after=WORD_CHARS,
+        validate=v.is_br_cpf,
+        normalise=v.only_digits,
+    ),
+    Detector(
+        "in_aadhaar",
+        "national_id",
+        "[0-9]",
+        r"\d{3} \d{4} \d{4}" + _END,
+        not_after=WORD_CHARS,
+        validate=v.is_in_aadhaar,
+        normalise=v.only_digits,
+    ),
+    Detector(
+        "es_dni",
+        "national_id",
+        "[0-9]",
+        r"\d{7}-?[A-HJ-NP-TV-Z]" + _END,
+        not_after=WORD_CHARS,
+        validate=v.is_es_dni,
+        normalise=v.compact_upper,
+    ),
+    Detector(
+        "ipv4",
+        "ip",
+        "[0-9]",
+        r"\d{0,2}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![0-9]|\.\d)",
+        not_after=WORD_CHARS + ".",
+        validate=v.is_ipv4,
+    ),
+    Detector(
+        "phone",
+        "phone",
+        r"\+",
+        r"\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}" + _PHONE_TAIL,
+        not_after=WORD_CHARS,
+        validate=v.is_phone,
+        normalise=v.only_digits,
+    ),
+    Detector(
+        "phone",
+        "phone",
+        r"\(",
+        r"\d{1,4}\)[ .-]?\d{2,4}" + _PHONE_TAIL,
+        not_after=WORD_CHARS,
+        validate=v.is_phone,
+        normalise=v.only_digits,
+    ),
+    # A national number without "+" or "(": 10-11 digits, one kind of separator (not a date).
+    Detector(
+        "phone",
+        "phone",
+        "[0-9]",
+        r"(?=(?:[ .-]?\d){9})\d{1,3}(?P<sep>[ .-])\d{2,4}(?:(?P=sep)\d{2,4}){1,3}" + _END,
+        not_after=WORD_CHARS + "+",
+        validate=v.is_phone,
+        normalise=v.only_digits,
+    ),
     Detector(
         # Needs "::" or a hex letter, so clock times (12:30:45) are not candidates at all.
-        "ipv6", "ip", "[0-9]", r"(?:(?<=[A-Fa-f][0-9])|(?<=[A-Fa-f:]:[0-9])|(?=[0-9A-Fa-f:]*(?:::|[A-Fa-f])))[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){1,7}(?![0-9A-Za-z_:])",
-        extend="0-9A-Fa-f:", extend_max=40, not_after=_WORD + ":", validate=_is_ipv6, normalise=_lower,
+        "ipv6",
+        "ip",
+        "[0-9]",
+        r"(?:(?<=[A-Fa-f][0-9])|(?<=[A-Fa-f:]:[0-9])|(?=[0-9A-Fa-f:]*(?:::|[A-Fa-f])))[0-9A-Fa-f]{0,4}(?:::?[0-9A-Fa-f]{1,4}){0,7}(?:::)?(?![0-9A-Za-z]|:[0-9A-Fa-f])",
+        extend="0-9A-Fa-f:",
+        extend_max=40,
+        not_after=WORD_CHARS,
+        skip_after="0-9",
+        validate=v.is_ipv6,
+        normalise=v.lower,
     ),
     Detector(
-        "hex_blob", "high_entropy", "[0-9]", r"[0-9a-fA-F]{15,}+" + _END,
-        extend="0-9a-fA-F", extend_max=4096, min_len=32, not_after=_WORD, validate=_is_hex_blob, normalise=_lower,
+        "hex_blob",
+        "high_entropy",
+        "[0-9]",
+        r"[0-9a-fA-F]{15,}+" + _END,
+        extend="0-9a-fA-F",
+        extend_max=4096,
+        min_len=32,
+        not_after=WORD_CHARS,
+        skip_after="0-9",
+        validate=v.is_hex_blob,
+        normalise=v.lower,
     ),
     Detector(
         # Anchored on the first upper-case letter or digit: a random blob has one within its first
-        # few characters, and a blob must hold both (see _is_b64_blob).
-        "base64_blob", "high_entropy", "[A-Z0-9]", f"[{_B64}]{{19,}}+={{0,2}}(?!@)",
-        extend=_B64, extend_max=4096, min_len=32, validate=_is_b64_blob,
+        # few characters, and a blob must hold both (see v.is_b64_blob).
+        "base64_blob",
+        "high_entropy",
+        "[A-Z0-9]",
+        f"[{_B64}]{{19,}}+={{0,2}}",
+        extend=_B64,
+        extend_max=4096,
+        min_len=32,
+        skip_after="A-Z0-9",
+        validate=v.is_b64_blob,
     ),
 )
 
 GATED: tuple[int, ...] = tuple(i for i, det in enumerate(DETECTORS) if det.gates)
 NUMERIC: tuple[int, ...] = tuple(i for i, det in enumerate(DETECTORS) if not det.gates)
-
-
-def _escape_anchor(anchor: str) -> str:
-    return anchor if not anchor or anchor.startswith(("[", "\\")) else re.escape(anchor)
-
-
-class _Scanner:
-    """Detectors ``first``, ``first+1``, … compiled into one regex.
-
-    The regex is one alternation with one alternative per anchor character, each starting with
-    that literal character. Python's regex engine turns such an alternation into a character-set
-    prefix (it skips non-anchor text in C) and, at an anchor, skips every alternative whose first
-    literal differs at the cost of one comparison: the anchor character dispatches straight to
-    the few detectors it can start.
-    """
-
-    def __init__(self, first: int) -> None:
-        by_char: dict[str, list[int]] = {}
-        for i in NUMERIC[first:]:
-            for ch in _anchor_chars(DETECTORS[i].anchor):
-                by_char.setdefault(ch, []).append(i)
-        alternatives = []
-        self.group_info: dict[str, tuple[int, str | None, str | None]] = {}
-        for ch, members in by_char.items():
-            tag = f"x{ord(ch)}"
-            parts: list[tuple[bool, str]] = []
-            for i in members:
-                det = DETECTORS[i]
-                body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i: f"(?P<{m.group(1)}{i}{tag}>", det.rest)
-                # A token that starts at its anchor checks the word boundary here, so digits inside
-                # a number and letters inside a word do not wake the detector.
-                at_start = bool(det.not_after) and not det.back and not det.extend
-                parts.append((at_start, f"(?P<d{i}{tag}>{body})"))
-                self.group_info[f"d{i}{tag}"] = (
-                    i,
-                    f"v{i}{tag}" if "(?P<v>" in det.rest else None,
-                    f"host{i}{tag}" if "(?P<host>" in det.rest else None,
-                )
-            guard = f"(?<![A-Za-z0-9_]{re.escape(ch)})"
-            runs = []  # consecutive boundary-checked members share one look-behind
-            for at_start, group in itertools.groupby(parts, key=lambda part: part[0]):
-                joined = "|".join(branch for _, branch in group)
-                runs.append(f"{guard}(?:{joined})" if at_start else joined)
-            body_all = "|".join(runs)
-            alternatives.append(re.escape(ch) + "(?:" + body_all + ")")
-        self.pattern = re.compile("|".join(alternatives))
-        self.detector_of_group = {
-            self.pattern.groupindex[name]: info for name, info in self.group_info.items()
-        }
-
-
-def _anchor_chars(anchor: str) -> list[str]:
-    """The ASCII characters an anchor class matches, e.g. ``[0-9]`` → ``0`` … ``9``."""
-    compiled = re.compile(anchor)
-    return [chr(c) for c in range(32, 127) if compiled.fullmatch(chr(c))]
-
-
-_SCANNERS: tuple[_Scanner, ...] = tuple(_Scanner(first) for first in range(len(NUMERIC)))
-"""``_SCANNERS[i]`` tries detectors i, i+1, …: after detector i rejects a candidate (a checksum
-fails), the later detectors still get their chance at the same anchor."""
-_EXTEND_CHARS: dict[str, frozenset[str]] = {
-    det.extend: frozenset(ch for ch in map(chr, range(128)) if re.fullmatch(f"[{det.extend}]", ch))
-    for det in DETECTORS
-    if det.extend
-}
-_NOT_AFTER_RE: dict[str, re.Pattern[str]] = {
-    det.not_after: re.compile(f"[{det.not_after}]") for det in DETECTORS if det.not_after
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """A validated sensitive span ``text[start:end]``."""
-
-    detector: Detector
-    start: int
-    end: int
-    host: str = ""
-    """For URLs and e-mails: the host or domain named (a destination)."""
-    url: str = ""
-    """For URLs: ``scheme://host`` (never the user-info, path or query)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _GatedRegex:
-    index: int
-    pattern: re.Pattern[str]
-    ignorecase: re.Pattern[str]
-    value_group: str | None
-    host_group: str | None
-
-
-_GATED_REGEXES: tuple[_GatedRegex, ...] = tuple(
-    _GatedRegex(
-        i,
-        re.compile(_escape_anchor(DETECTORS[i].anchor) + DETECTORS[i].rest),
-        re.compile(_escape_anchor(DETECTORS[i].anchor) + DETECTORS[i].rest, re.IGNORECASE),
-        "v" if "(?P<v>" in DETECTORS[i].rest else None,
-        "host" if "(?P<host>" in DETECTORS[i].rest else None,
-    )
-    for i in GATED
-)
-_NUMERIC_POSITION: dict[int, int] = {index: pos for pos, index in enumerate(NUMERIC)}
-
-
-def find_hits(text: str, limit: int | None = None) -> list[Hit]:
-    """Validated sensitive spans in ``text[:limit]``, by start; redacted spans never overlap."""
-    end_pos = len(text) if limit is None else min(limit, len(text))
-    hits = _numeric_hits(text, end_pos)
-    gated = _gated_hits(text, end_pos)
-    return _merge(hits + gated) if gated else hits
-
-
-def _gated_hits(text: str, end_pos: int) -> list[Hit]:
-    hits: list[Hit] = []
-    lowered: str | None = None
-    ascii_text = text.isascii()
-    for gated in _GATED_REGEXES:
-        det = DETECTORS[gated.index]
-        if det.lower:
-            if lowered is None:
-                lowered = text.lower()
-            subject = lowered
-        else:
-            subject = text
-        if not any(subject.find(gate, 0, end_pos) >= 0 for gate in det.gates):
-            continue
-        # Lower-casing keeps offsets only for ASCII text; other text is matched case-insensitively.
-        if det.lower and ascii_text:
-            matches = gated.pattern.finditer(subject, 0, end_pos)
-        elif det.lower:
-            matches = gated.ignorecase.finditer(text, 0, end_pos)
-        else:
-            matches = gated.pattern.finditer(text, 0, end_pos)
-        for match in matches:
-            hit = _accept(det, gated.value_group, gated.host_group, match, text, 0)
-            if hit is not None:
-                hits.append(hit)
-    return hits
-
-
-def _numeric_hits(text: str, end_pos: int) -> list[Hit]:
-    hits: list[Hit] = []
-    pos = 0
-    floor = 0  # tokens may not extend back over an earlier hit
-    first_scanner = _SCANNERS[0]
-    while pos < end_pos:
-        match = first_scanner.pattern.search(text, pos, end_pos)
-        if match is None:
-            break
-        anchor = match.start()
-        hit = None
-        scanner = first_scanner
-        while match is not None:
-            index, value_group, host_group = scanner.detector_of_group[match.lastindex or 0]
-            hit = _accept(DETECTORS[index], value_group, host_group, match, text, floor)
-            position = _NUMERIC_POSITION[index] + 1
-            if hit is not None or position >= len(NUMERIC):
-                break
-            # Rejected (a checksum failed): the later detectors get their chance at this anchor.
-            scanner = _SCANNERS[position]
-            match = scanner.pattern.match(text, anchor, end_pos)
-        if hit is None:
-            pos = anchor + 1
-            continue
-        hits.append(hit)
-        pos = max(match.end() if match is not None else anchor + 1, anchor + 1)
-        floor = max(hit.end, pos)
-    return hits
-
-
-def _merge(hits: list[Hit]) -> list[Hit]:
-    """Sort by start; of overlapping redacted spans keep the earliest (then the table's order)."""
-    order = {id(det): i for i, det in enumerate(DETECTORS)}
-    hits.sort(key=lambda h: (h.start, order[id(h.detector)]))
-    kept: list[Hit] = []
-    redacted_until = 0
-    for hit in hits:
-        if not hit.detector.redact:
-            kept.append(hit)
-        elif hit.start >= redacted_until:
-            kept.append(hit)
-            redacted_until = hit.end
-    return kept
-
-
-def _accept(
-    det: Detector, value_group: str | None, host_group: str | None, match: re.Match[str], text: str, floor: int
-) -> Hit | None:
-    """Apply the detector's extension, boundary and validator to one candidate match."""
-    anchor = match.start()
-    start = anchor - det.back
-    if det.extend:
-        lo = max(floor, anchor - det.extend_max, 0)
-        chars = _EXTEND_CHARS[det.extend]
-        while start > lo and text[start - 1] in chars:
-            start -= 1
-    if start < floor:
-        return None
-    end = match.end()
-    if det.not_after and start > 0 and _NOT_AFTER_RE[det.not_after].match(text, start - 1):
-        return None
-    if det.min_len and end - start < det.min_len:
-        return None
-    host = url = ""
-    if det.name == "email":
-        if start == anchor:
-            return None
-        host = text[anchor + 1 : end].lower()
-    elif det.name == "url":
-        if start == anchor or not text[start].isalpha():
-            return None
-        host = (match.group(host_group) or "").lower() if host_group else ""
-        url = f"{text[start:anchor].lower()}://{host}"
-    if value_group is not None and match.group(value_group) is not None:
-        start, end = match.span(value_group)
-    if det.validate is not None and not det.validate(text[start:end]):
-        return None
-    return Hit(det, start, end, host, url)
 
 
 KEY_NAME_RE: re.Pattern[str] = re.compile(

@@ -10,8 +10,10 @@ one key; never raises on odd input; bounded by ``max_bytes`` of text and ``max_d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,14 +21,19 @@ from typing import Any
 from . import semconv
 from .fingerprint import Fingerprinter, key_from_env
 from .injection import InjectionScan, scan_injection
-from .patterns import KEY_NAME_RE, Hit, find_hits
+from .patterns import KEY_NAME_RE
+from .scanner import Hit, find_hits
 from .sketch import Sketcher, sketch_similarity
 
 __all__ = ["Redactor", "Redaction", "ResultScan", "sketch_similarity"]
 
 TRUNCATED = "<truncated>"
+KEYWORD_PLACEHOLDER = "<secret:keyword>"
+_TRAILING_TOKEN_MAX = 1024
+_TRAILING_TOKEN = re.compile(r"\S{1,%d}\Z" % _TRAILING_TOKEN_MAX)
 _NUMBER_DIGITS = 7  # integers this long may be phone numbers, cards or IDs: scan them as text
 _KEY_CHARS = 256
+_CLEAN_KEYS_MAX = 4096
 _BINARY_FIELDS = {"image": "data", "audio": "data"}
 
 
@@ -88,6 +95,13 @@ class ResultScan:
         return attrs
 
 
+def _is_scalar_secret(item: Any) -> bool:
+    """A non-empty string or a number (a PIN) can be a secret value; containers are walked."""
+    if isinstance(item, str):
+        return bool(item)
+    return isinstance(item, int | float) and not isinstance(item, bool)
+
+
 class _Walk:
     """State of one redaction walk: budget left, what was found, and the redacted strings."""
 
@@ -113,7 +127,7 @@ class Redactor:
         *,
         max_bytes: int = 4 * 1024 * 1024,
         max_depth: int = 64,
-        sketch_min_chars: int = 1024,
+        sketch_min_chars: int = 4096,
         sketch_max_bytes: int = 64 * 1024,
         max_destinations: int = 64,
     ) -> None:
@@ -125,6 +139,8 @@ class Redactor:
         self.max_depth = max_depth
         self.sketch_min_chars = sketch_min_chars
         self.max_destinations = max_destinations
+        # Object keys repeat across calls ("query", "path", …): remember the ones that hold nothing.
+        self._clean_keys: set[str] = set()
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **options: Any) -> Redactor:
@@ -152,12 +168,17 @@ class Redactor:
         )
 
     def redact_json_text(self, text: str) -> Redaction:
-        """Redact arguments that arrive as JSON text; text that is not JSON is one string."""
+        """Redact arguments that arrive as JSON text; text that is not JSON is one string.
+
+        ``bytes`` is then the exact UTF-8 size of the text as it arrived.
+        """
         try:
             value = json.loads(text)
         except (ValueError, RecursionError, TypeError):
             value = text
-        return self.redact(value)
+        result = self.redact(value)
+        size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+        return dataclasses.replace(result, bytes=size)
 
     def scan_result(self, value: Any) -> ResultScan:
         """Measure a tool result (MCP ``CallToolResult`` content as JSON) and score it for injection."""
@@ -227,7 +248,7 @@ class Redactor:
                 out[key] = "<binary>"
                 continue
             new_key = self._key(key, walk)
-            if isinstance(item, str) and KEY_NAME_RE.match(key) and item:
+            if _is_scalar_secret(item) and KEY_NAME_RE.match(key):
                 new_item: Any = self._keyed_secret(item, walk)
             else:
                 new_item = self._walk(item, walk, depth + 1, binary_ok=binary_ok)
@@ -238,9 +259,15 @@ class Redactor:
 
     def _key(self, key: str, walk: _Walk) -> str:
         """Object keys are short and always scanned (outside the budget), up to ``_KEY_CHARS``."""
-        walk.size += len(key.encode("utf-8", "surrogatepass")) + 2
+        walk.size += (len(key) if key.isascii() else len(key.encode("utf-8", "surrogatepass"))) + 2
+        if key in self._clean_keys:
+            return key
         head = key[:_KEY_CHARS]
         hits = find_hits(head)
+        if not hits and len(key) <= _KEY_CHARS:
+            if len(self._clean_keys) >= _CLEAN_KEYS_MAX:
+                self._clean_keys.clear()
+            self._clean_keys.add(key)
         out = self._replace(head, hits, len(head), walk) if hits else head
         return out if len(key) <= _KEY_CHARS else out + TRUNCATED
 
@@ -252,16 +279,19 @@ class Redactor:
         found = self._text(text, walk, count_size=False)
         return value if found == text else found
 
-    def _keyed_secret(self, text: str, walk: _Walk) -> str:
+    def _keyed_secret(self, item: Any, walk: _Walk) -> Any:
         """A value under a key like ``password``: secret whatever it looks like."""
-        redacted = self._text(text, walk)
+        text = item if isinstance(item, str) else str(item)
+        redacted = self._text(text, walk, keep_text=False)
         if redacted != text:  # patterns found the secret(s) inside (e.g. ``Bearer <token>``)
+            walk.texts.append(redacted)
             return redacted
         walk.labels["secret"] += 1
         walk.fingerprints.add(self._fingerprint(text.strip()))
-        return "<secret:keyword>"
+        walk.texts.append(KEYWORD_PLACEHOLDER)
+        return KEYWORD_PLACEHOLDER
 
-    def _text(self, text: str, walk: _Walk, *, count_size: bool = True) -> str:
+    def _text(self, text: str, walk: _Walk, *, count_size: bool = True, keep_text: bool = True) -> str:
         length = len(text)
         if count_size:
             walk.size += length + 2 if text.isascii() else len(text.encode("utf-8", "surrogatepass")) + 2
@@ -270,18 +300,22 @@ class Redactor:
             return TRUNCATED
         limit = min(length, walk.budget)
         walk.budget -= limit
-        hits = find_hits(text, limit)
+        cut = limit
         if limit < length:
             walk.truncated = True
-        if not hits:
-            out = text if limit == length else text[:limit] + TRUNCATED
-        else:
-            out = self._replace(text, hits, limit, walk)
-        if walk.keep_texts:
+            # The token the budget cuts through may be the start of a secret: drop it whole.
+            trailing = _TRAILING_TOKEN.search(text, max(0, limit - _TRAILING_TOKEN_MAX), limit)
+            cut = trailing.start() if trailing is not None else limit
+        hits = find_hits(text, limit)
+        out = self._replace(text, hits, cut, walk) if hits else text[:cut]
+        if cut < length:
+            out += TRUNCATED
+        if keep_text:
             walk.texts.append(out)
         return out
 
-    def _replace(self, text: str, hits: list[Hit], limit: int, walk: _Walk) -> str:
+    def _replace(self, text: str, hits: list[Hit], cut: int, walk: _Walk) -> str:
+        """``text[:cut]`` with the redacted hits replaced; labels, fingerprints, destinations noted."""
         parts: list[str] = []
         pos = 0
         for hit in hits:
@@ -294,14 +328,13 @@ class Redactor:
                 self._destination(hit.url, walk)
             if not det.redact:
                 continue
-            raw = text[hit.start : hit.end]
+            raw = hit.value or text[hit.start : hit.end]
             walk.fingerprints.add(self._fingerprint(det.normalise(raw) if det.normalise else raw))
-            parts.append(text[pos : hit.start])
-            parts.append(det.placeholder)
-            pos = hit.end
-        parts.append(text[pos:limit])
-        if limit < len(text):
-            parts.append(TRUNCATED)
+            if hit.start < cut:
+                parts.append(text[pos : hit.start])
+                parts.append(det.placeholder)
+                pos = max(pos, hit.end)
+        parts.append(text[pos:cut])
         return "".join(parts)
 
     def _destination(self, host: str, walk: _Walk) -> None:

@@ -3,8 +3,8 @@
 Format (what detectors compare, without importing this module): a tuple of ``SKETCH_SLOTS`` ints,
 each in ``0 .. 2**32-1``. It is a one-permutation MinHash: every shingle gets one keyed 64-bit
 hash; its top 6 bits pick a slot and the slot keeps the smallest low 32 bits seen
-(``EMPTY_SLOT`` if no shingle fell in it, which for the >= 1 KiB texts toolwatch sketches has
-odds below one in a million). The fraction of equal slots of two sketches estimates the Jaccard
+(``EMPTY_SLOT`` if no shingle fell in it: for the >= 4 KiB texts toolwatch sketches, odds
+below one in a billion). The fraction of equal slots of two sketches estimates the Jaccard
 similarity of their shingle sets. Shingles are the 8-byte windows of the lower-cased,
 whitespace-collapsed UTF-8 text (its first ``max_bytes``). The hash key comes from the deployment
 key, so sketches compare only within one deployment and cannot be used to test guesses.
@@ -29,7 +29,7 @@ def sketch_similarity(a: tuple[int, ...] | list[int], b: tuple[int, ...] | list[
     """Fraction of equal slots (≈ Jaccard similarity of the texts' shingles); 0.0 if not comparable."""
     if not a or len(a) != len(b):
         return 0.0
-    return sum(1 for x, y in zip(a, b) if x == y) / len(a)
+    return sum(1 for x, y in zip(a, b, strict=True) if x == y) / len(a)
 
 
 class Sketcher:
@@ -52,7 +52,7 @@ class Sketcher:
         slots = (hashed >> np.uint64(64 - _SLOT_BITS)).astype(np.intp)
         mins = np.full(SKETCH_SLOTS, EMPTY_SLOT, dtype=np.uint64)
         np.minimum.at(mins, slots, hashed & _MASK32)
-        return tuple(int(v) for v in mins)
+        return tuple(mins.tolist())
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:

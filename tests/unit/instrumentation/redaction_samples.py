@@ -21,7 +21,11 @@ SAMPLES: dict[str, tuple[str, str, str]] = {
         "11ABCDEFG0123456789abc_0123456789abcdefghijABCDEFGHIJ",
         "secret",
     ),
-    "slack_token": ("xoxb-2424242424-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "1234567890123-AbCdEfGhIjKlMnOpQrStUvWx", "secret"),
+    "slack_token": (
+        "xoxb-2424242424-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        "1234567890123-AbCdEfGhIjKlMnOpQrStUvWx",
+        "secret",
+    ),
     "slack_webhook": (
         "https://hooks.slack.com/services/T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
         "T00000000/B00000000/XXXXXXXXXXXXXXXXXXXXXXXX",
@@ -60,6 +64,14 @@ SAMPLES: dict[str, tuple[str, str, str]] = {
     "it_codice_fiscale": ("RCCMNL83S18D969H", "RCCMNL83S18D969H", "national_id"),
     "ipv4": ("192.168.17.42", "192.168.17.42", "ip"),
     "ipv6": ("2001:db8:85a3::8a2e:370:7334", "2001:db8:85a3::8a2e:370:7334", "ip"),
-    "base64_blob": ("dGhpcyBpcyBhIHNlY3JldCBibG9iIQ9xK2pLmN4oP7qR", "dGhpcyBpcyBhIHNlY3JldCBibG9iIQ9xK2pLmN4oP7qR", "high_entropy"),
-    "hex_blob": ("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", "9f86d081884c7d659a2feaa0c55ad015", "high_entropy"),
+    "base64_blob": (
+        "dGhpcyBpcyBhIHNlY3JldCBibG9iIQ9xK2pLmN4oP7qR",
+        "dGhpcyBpcyBhIHNlY3JldCBibG9iIQ9xK2pLmN4oP7qR",
+        "high_entropy",
+    ),
+    "hex_blob": (
+        "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+        "9f86d081884c7d659a2feaa0c55ad015",
+        "high_entropy",
+    ),
 }

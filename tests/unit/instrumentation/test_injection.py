@@ -70,7 +70,11 @@ def test_result_scan_measures_without_shipping_the_result() -> None:
     result = {
         "content": [
             {"type": "text", "text": "Customer: bob@example.com, card 4539 1488 0343 6467"},
-            {"type": "image", "data": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==", "mimeType": "image/png"},
+            {
+                "type": "image",
+                "data": "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
+                "mimeType": "image/png",
+            },
             {"type": "resource", "resource": {"uri": "file:///tmp/x.bin", "blob": "AAECAwQFBgcICQoLDA0ODw=="}},
         ],
         "isError": False,

@@ -7,7 +7,7 @@ import json
 import pytest
 from redaction_samples import SAMPLES
 
-from toolwatch.instrumentation.patterns import find_hits
+from toolwatch.instrumentation.scanner import find_hits
 from toolwatch.instrumentation.redact import Redactor
 
 KEY = bytes(range(32))
@@ -137,4 +137,25 @@ def test_rejected_candidate_leaves_room_for_later_detectors() -> None:
 def test_ipv6_forms() -> None:
     for text in ("fe80::1ff:fe23:4567:890a", "2001:db8::1", "::ffff:1:2"):
         assert [h.detector.label for h in find_hits(f"addr {text} ok")] == ["ip"], text
+    for text in ("[2001:db8::1]:443", "2001:db8:85a3::8a2e:370:7334: refused"):
+        assert [h.detector.label for h in find_hits(text)] == ["ip"], text
     assert find_hits("time 12:30:45 and a::b") == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["4539 1488 0343 6467 12/27", "4539 1488 0343 6467 0", "card 4539-1488-0343-6467 cvv 123", "2341 2341 2346 0"],
+)
+def test_numbers_next_to_a_card_or_id_do_not_hide_it(redactor: Redactor, text: str) -> None:
+    value = redactor.redact(text).value
+    assert "4539" not in value and "2341 2341" not in value
+
+
+def test_hits_from_different_scanners_come_back_ordered_and_apart() -> None:
+    # A base64 blob (upper-case anchor) before a card (digit anchor) before an IP: three scanners.
+    text = "blob dGhpcyBpcyBhIHNlY3JldCBibG9iIQ9xK2pLmN4oP7qR card 4539 1488 0343 6467 ip 10.0.0.1"
+    hits = find_hits(text)
+    starts = [h.start for h in hits]
+    assert starts == sorted(starts)
+    assert all(a.end <= b.start for a, b in zip(hits, hits[1:], strict=False))
+    assert [h.detector.label for h in hits] == ["high_entropy", "card", "ip"]

@@ -74,3 +74,44 @@ def test_planted_secret_never_gets_through(case: tuple[Any, str, str]) -> None:
     assert secret not in json.dumps(result.value, ensure_ascii=False), kind
     assert secret not in json.dumps(result.value), kind
     assert result.fingerprints
+
+
+short_text = st.text(st.characters(exclude_categories=()), max_size=15)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(sorted(SAMPLES)),
+    short_text,
+    short_text,
+    st.sampled_from([" ", ", ", "\t", ": ", " (", "='", "\n"]),
+)
+def test_planted_secret_in_running_text_never_gets_through(kind: str, before: str, after: str, sep: str) -> None:
+    # Glued to arbitrary neighbours by ordinary separators: "<text>: <secret>, <more text>".
+    text, secret, _ = SAMPLES[kind]
+    result = REDACTOR.redact({"note": before + sep + text + sep[::-1] + after})
+    assert secret not in json.dumps(result.value, ensure_ascii=False), kind
+
+
+separators = st.sampled_from([" ", ", ", "\n", ": ", "\t", " | ", "; "])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(sorted(SAMPLES)), separators), min_size=2, max_size=5), short_text)
+def test_several_planted_secrets_in_one_string_never_get_through(items: list[tuple[str, str]], filler: str) -> None:
+    text = filler + "".join(sep + SAMPLES[kind][0] + sep for kind, sep in items)
+    out = json.dumps(REDACTOR.redact({"note": text}).value, ensure_ascii=False)
+    for kind, _ in items:
+        assert SAMPLES[kind][1] not in out, kind
+
+
+punctuation = st.sampled_from([*"()[].,:;'\"<>=!?*`{}|/\\-_+#@~ \n", "", "  "])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(SAMPLES)), punctuation, punctuation, st.sampled_from(["", "x ", "word: ", "1 "]))
+def test_planted_secret_glued_to_punctuation_never_gets_through(kind: str, left: str, right: str, lead: str) -> None:
+    # "(secret)", "secret_", ":secret(", "id_secret": boundaries must not hide a value.
+    text = lead + left + SAMPLES[kind][0] + right + " tail"
+    out = json.dumps(REDACTOR.redact({"note": text}).value, ensure_ascii=False)
+    assert SAMPLES[kind][1] not in out, kind

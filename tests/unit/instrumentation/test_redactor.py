@@ -32,7 +32,9 @@ def test_bytes_is_the_compact_json_size_before_redaction() -> None:
 
 
 def test_secret_named_keys_hide_any_value() -> None:
-    result = Redactor(KEY).redact({"password": "hunter2", "db_password": "x", "Authorization": "Bearer abcdef0123456789"})
+    result = Redactor(KEY).redact(
+        {"password": "hunter2", "db_password": "x", "Authorization": "Bearer abcdef0123456789"}
+    )
     assert result.value == {
         "password": "<secret:keyword>",
         "db_password": "<secret:keyword>",
@@ -62,6 +64,8 @@ def test_redact_json_text_parses_or_treats_as_one_string() -> None:
     assert r.redact_json_text('{"to": "a@example.com"}').value == {"to": "<email>"}
     assert r.redact_json_text("not json a@example.com").value == "not json <email>"
     assert r.redact_json_text("[" * 100_000).value == "[" * 100_000  # too deep to parse: one string
+    text = '{ "to" : "a@example.com",  "n": 1 }'
+    assert r.redact_json_text(text).bytes == len(text)
 
 
 @pytest.mark.parametrize(
@@ -116,7 +120,7 @@ def test_size_budget_bounds_scanning_and_hides_the_rest() -> None:
 
 
 def test_deterministic_for_one_key_and_keyed() -> None:
-    value = {"m": "a@example.com", "k": "AKIAIOSFODNN7EXAMPLE", "t": "lorem ipsum " * 200}
+    value = {"m": "a@example.com", "k": "AKIAIOSFODNN7EXAMPLE", "t": "lorem ipsum " * 400}
     a, b = Redactor(KEY).redact(value), Redactor(KEY).redact(value)
     assert a == b
     c = Redactor(b"another key").redact(value)
@@ -170,3 +174,31 @@ def test_bad_configuration_names_the_setting() -> None:
         Redactor(KEY, max_bytes=0)
     with pytest.raises(ValueError, match="TOOLWATCH_FINGERPRINT_KEY"):
         Redactor(b"")
+
+
+def test_budget_cut_through_a_secret_drops_the_partial_token() -> None:
+    text = "word " * 10 + "AKIAIOSFODNN7EXAMPLE trailing"
+    cut_inside_key = text.index("AKIA") + 8
+    result = Redactor(KEY, max_bytes=cut_inside_key).redact(text)
+    assert result.truncated
+    assert "AKIA" not in result.value and "IOSF" not in result.value
+    assert result.value == "word " * 10 + "<truncated>"
+
+
+def test_numbers_under_secret_keys_are_secrets() -> None:
+    result = Redactor(KEY).redact({"password": 12345678, "api_key": 4.5, "token": True, "credentials": {"pwd": "x1"}})
+    assert result.value == {
+        "password": "<secret:keyword>",
+        "api_key": "<secret:keyword>",
+        "token": True,
+        "credentials": {"pwd": "<secret:keyword>"},
+    }
+
+
+def test_secret_values_do_not_reach_the_sketch() -> None:
+    r = Redactor(KEY, sketch_min_chars=100)
+    note = "the quarterly numbers look fine " * 20
+    a = r.redact({"password": "first-secret-value", "note": note})
+    b = r.redact({"password": "another-one-entirely", "note": note})
+    assert a.sketch and a.sketch == b.sketch
+    assert a.fingerprints != b.fingerprints

@@ -1,0 +1,289 @@
+"""Finding sensitive spans in a string with the detector table of ``patterns``.
+
+Python's regex engine tries every branch of an alternation at every position, so the table is
+compiled for where candidates can start: gated detectors run only on strings holding one of
+their literal gates and start with a literal; numeric detectors share one regex per anchor class
+whose class prefix lets the engine skip all other text in C. See docs/redaction.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from dataclasses import dataclass
+
+from .patterns import WORD_CHARS, DETECTORS, GATED, NUMERIC, Detector
+
+__all__ = ["Hit", "find_hits"]
+
+
+def _escape_anchor(anchor: str) -> str:
+    return anchor if not anchor or anchor.startswith(("[", "\\")) else re.escape(anchor)
+
+
+class _Scanner:
+    """The numeric detectors anchored on one character class, from the ``first``-th on, as one regex.
+
+    The regex starts with the class (``[0-9]``, ``[A-Z]``, ``\\+``, ``\\(``), so Python's regex
+    engine skips all other text in C and tries the branches only at an anchor. Each group of
+    branches sits behind a one-character look-behind (word boundary, "after a letter", "not after
+    a digit") that rules most anchors out at once.
+    """
+
+    def __init__(self, anchor_class: str, members: tuple[int, ...]) -> None:
+        self.members = members
+        self.group_info: dict[str, tuple[int, str | None, str | None]] = {}
+        parts: list[tuple[str, str]] = []
+        for i in members:
+            det = DETECTORS[i]
+            body = re.sub(r"\(\?P<(\w+)>", lambda m, i=i: f"(?P<{m.group(1)}{i}>", det.rest)
+            body = re.sub(r"\(\?P=(\w+)\)", lambda m, i=i: f"(?P={m.group(1)}{i})", body)
+            parts.append((_guard(det, anchor_class), f"(?P<d{i}>{body})"))
+            self.group_info[f"d{i}"] = (
+                i,
+                f"v{i}" if "(?P<v>" in det.rest else None,
+                f"host{i}" if "(?P<host>" in det.rest else None,
+            )
+        runs = []  # consecutive members with the same guard share one look-behind
+        for guard, group in itertools.groupby(parts, key=lambda part: part[0]):
+            joined = "|".join(branch for _, branch in group)
+            runs.append(f"{guard}(?:{joined})" if guard else joined)
+        body_all = "|".join(runs)
+        if anchor_class == "[0-9]":
+            # No numeric detector starts a token at a digit right after another digit (each has
+            # a boundary, "after a letter" or "not after a digit" guard): one look-behind skips
+            # the digits inside every number.
+            body_all = f"(?<![0-9][0-9])(?:{body_all})"
+        self.pattern = re.compile(f"{anchor_class}(?:{body_all})")
+        self.detector_of_group = {self.pattern.groupindex[name]: info for name, info in self.group_info.items()}
+
+
+def _guard(det: Detector, anchor_class: str) -> str:
+    """A one-character look-behind that rules the detector out cheaply at most anchors.
+
+    A token that starts at its anchor needs a word boundary before it, so digits inside a
+    number or letters inside a word do not wake the detector.
+    """
+    before = f"{anchor_class})"
+    if det.not_after and not det.back and not det.extend:
+        return f"(?<![{WORD_CHARS}]" + before
+    if det.need_after:
+        return f"(?<=[{det.need_after}]" + before
+    if det.skip_after:
+        return f"(?<![{det.skip_after}]" + before
+    return ""
+
+
+_ANCHOR_CLASSES: tuple[str, ...] = tuple(dict.fromkeys(DETECTORS[i].anchor for i in NUMERIC))
+_SCANNERS: dict[str, tuple[_Scanner, ...]] = {
+    cls: tuple(
+        _Scanner(cls, members[first:])
+        for members in [tuple(i for i in NUMERIC if DETECTORS[i].anchor == cls)]
+        for first in range(len(members))
+    )
+    for cls in _ANCHOR_CLASSES
+}
+"""``_SCANNERS[cls][k]`` tries the class's detectors from its k-th on: after one rejects a
+candidate (a checksum fails), the later ones still get their chance at the same anchor."""
+_EXTEND_CHARS: dict[str, frozenset[str]] = {
+    det.extend: frozenset(ch for ch in map(chr, range(128)) if re.fullmatch(f"[{det.extend}]", ch))
+    for det in DETECTORS
+    if det.extend
+}
+_NOT_AFTER_RE: dict[str, re.Pattern[str]] = {
+    det.not_after: re.compile(f"[{det.not_after}]") for det in DETECTORS if det.not_after
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A validated sensitive span ``text[start:end]``."""
+
+    detector: Detector
+    start: int
+    end: int
+    host: str = ""
+    """For URLs and e-mails: the host or domain named (a destination)."""
+    url: str = ""
+    """For URLs: ``scheme://host`` (never the user-info, path or query)."""
+    value: str = ""
+    """The whole value found (what is fingerprinted), even when ``start`` was moved past an
+    overlapping earlier hit."""
+
+
+@dataclass(frozen=True, slots=True)
+class _GatedRegex:
+    index: int
+    pattern: re.Pattern[str]
+    ignorecase: re.Pattern[str]
+    value_group: str | None
+    host_group: str | None
+
+
+_GATED_REGEXES: tuple[_GatedRegex, ...] = tuple(
+    _GatedRegex(
+        i,
+        re.compile(_escape_anchor(DETECTORS[i].anchor) + DETECTORS[i].rest),
+        re.compile(_escape_anchor(DETECTORS[i].anchor) + DETECTORS[i].rest, re.IGNORECASE),
+        "v" if "(?P<v>" in DETECTORS[i].rest else None,
+        "host" if "(?P<host>" in DETECTORS[i].rest else None,
+    )
+    for i in GATED
+)
+_LOWER_GATES: dict[int, frozenset[str]] = {i: frozenset(g.lower() for g in DETECTORS[i].gates) for i in GATED}
+_ALL_GATES: tuple[str, ...] = tuple(sorted(set().union(*_LOWER_GATES.values()), key=lambda g: (-len(g), g)))
+_GATE_RE: re.Pattern[str] = re.compile("|".join(map(re.escape, _ALL_GATES)))
+"""Longest gates first, so ``findall`` reports e.g. ``sk-ant-`` rather than its prefix ``sk-``."""
+_SHORT_TEXT = 512
+_LITERAL_ANCHORS: dict[str, str] = {"\\+": "+", "\\(": "("}
+_MIN_TOKEN: dict[str, int] = {
+    cls: min(DETECTORS[i].min_len for i in NUMERIC if DETECTORS[i].anchor == cls) for cls in _ANCHOR_CLASSES
+}
+_ORDER: dict[int, int] = {id(det): i for i, det in enumerate(DETECTORS)}
+_MAYBE: re.Pattern[str] = re.compile(r"[0-9A-Z@:/\\+(_-]|(?i:bearer|basic|token|passw|pwd|secret|key)")
+"""Every detector's match holds one of these: a short string without any needs no scan at all.
+(Numeric anchors, the characters of every gate, and the keywords whose values may be lower-case.)"""
+
+
+def find_hits(text: str, limit: int | None = None) -> list[Hit]:
+    """Validated sensitive spans in ``text[:limit]``, by start; redacted spans never overlap."""
+    end_pos = len(text) if limit is None else min(limit, len(text))
+    if end_pos <= _SHORT_TEXT and not _MAYBE.search(text, 0, end_pos):
+        return []
+    # Hits come from several scanners: always order them and drop overlapping redactions.
+    hits = _numeric_hits(text, end_pos) + _gated_hits(text, end_pos)
+    return _merge(hits) if len(hits) > 1 else hits
+
+
+def _gated_hits(text: str, end_pos: int) -> list[Hit]:
+    hits: list[Hit] = []
+    lowered = text[:end_pos].lower()
+    present = _present_gates(lowered)
+    if not present:
+        return hits
+    ascii_text = text.isascii()
+    for gated in _GATED_REGEXES:
+        det = DETECTORS[gated.index]
+        if present.isdisjoint(_LOWER_GATES[gated.index]):
+            continue
+        # Lower-casing keeps offsets only for ASCII text; other text is matched case-insensitively.
+        if det.lower and ascii_text:
+            matches = gated.pattern.finditer(lowered, 0, end_pos)
+        elif det.lower:
+            matches = gated.ignorecase.finditer(text, 0, end_pos)
+        else:
+            matches = gated.pattern.finditer(text, 0, end_pos)
+        for match in matches:
+            hit = _accept(det, gated.value_group, gated.host_group, match, text, 0)
+            if hit is not None:
+                hits.append(hit)
+    return hits
+
+
+def _present_gates(lowered: str) -> set[str]:
+    """Which gate substrings occur: one regex call for short text, C substring search for long."""
+    if len(lowered) <= _SHORT_TEXT:
+        return set(_GATE_RE.findall(lowered))
+    return {gate for gate in _ALL_GATES if gate in lowered}
+
+
+def _numeric_hits(text: str, end_pos: int) -> list[Hit]:
+    hits: list[Hit] = []
+    for anchor_class, scanners in _SCANNERS.items():
+        literal = _LITERAL_ANCHORS.get(anchor_class)
+        if literal is not None and text.find(literal, 0, end_pos) < 0:
+            continue  # "+" or "(" is absent: a C-speed look saves the regex call
+        if end_pos < _MIN_TOKEN.get(anchor_class, 0):
+            continue  # too short for any blob
+        hits.extend(_class_hits(scanners, text, end_pos))
+    return hits
+
+
+def _class_hits(scanners: tuple[_Scanner, ...], text: str, end_pos: int) -> list[Hit]:
+    hits: list[Hit] = []
+    pos = 0
+    floor = 0  # tokens may not extend back over an earlier hit
+    first_scanner = scanners[0]
+    while pos < end_pos:
+        match = first_scanner.pattern.search(text, pos, end_pos)
+        if match is None:
+            break
+        anchor = match.start()
+        hit = None
+        scanner = first_scanner
+        while match is not None:
+            index, value_group, host_group = scanner.detector_of_group[match.lastindex or 0]
+            hit = _accept(DETECTORS[index], value_group, host_group, match, text, floor)
+            position = first_scanner.members.index(index) + 1
+            if hit is not None or position >= len(scanners):
+                break
+            # Rejected (a checksum failed): the later detectors get their chance at this anchor.
+            scanner = scanners[position]
+            match = scanner.pattern.match(text, anchor, end_pos)
+        if hit is None:
+            pos = anchor + 1
+            continue
+        hits.append(hit)
+        pos = max(match.end() if match is not None else anchor + 1, anchor + 1)
+        floor = max(hit.end, pos)
+    return hits
+
+
+def _merge(hits: list[Hit]) -> list[Hit]:
+    """Sort by start (then table order); redacted spans that overlap are cut apart, never dropped
+    while they still cover text of their own (``password: DE89 3704…``: the keyword value takes
+    ``DE89``, the IBAN keeps the rest)."""
+    hits.sort(key=lambda h: (h.start, _ORDER[id(h.detector)]))
+    kept: list[Hit] = []
+    redacted_until = 0
+    for hit in hits:
+        if not hit.detector.redact:
+            kept.append(hit)
+        elif hit.start >= redacted_until:
+            kept.append(hit)
+            redacted_until = hit.end
+        elif hit.end > redacted_until:
+            kept.append(dataclasses.replace(hit, start=redacted_until))
+            redacted_until = hit.end
+    return kept
+
+
+_USERINFO_BEFORE = re.compile(r"://[^\s/@]*\Z")
+
+
+def _accept(
+    det: Detector, value_group: str | None, host_group: str | None, match: re.Match[str], text: str, floor: int
+) -> Hit | None:
+    """Apply the detector's extension, boundary and validator to one candidate match."""
+    anchor = match.start()
+    start = anchor - det.back
+    if det.extend:
+        lo = max(floor, anchor - det.extend_max, 0)
+        chars = _EXTEND_CHARS[det.extend]
+        while start > lo and text[start - 1] in chars:
+            start -= 1
+    if det.name == "ipv6" and text.startswith(":", start) and not text.startswith("::", start):
+        start += 1  # "addr:2001:db8::1": the colon before the address is not part of it
+    if start < floor:
+        return None
+    end = match.end()
+    if det.not_after and start > 0 and _NOT_AFTER_RE[det.not_after].match(text, start - 1):
+        return None
+    if det.min_len and end - start < det.min_len:
+        return None
+    host = url = ""
+    if det.name == "email":
+        if start == anchor or _USERINFO_BEFORE.search(text, max(0, start - 256), start):
+            return None  # no local part, or the user-info of a URL (scheme://user:pass@host)
+        host = text[anchor + 1 : end].lower()
+    elif det.name == "url":
+        if start == anchor or not text[start].isalpha():
+            return None
+        host = (match.group(host_group) or "").lower() if host_group else ""
+        url = f"{text[start:anchor].lower()}://{host}"
+    if value_group is not None and match.group(value_group) is not None:
+        start, end = match.span(value_group)
+    if det.validate is not None and not det.validate(text[start:end]):
+        return None
+    return Hit(det, start, end, host, url, text[start:end])
