@@ -24,6 +24,7 @@ from .normalize import ArgsRedactor, Normalizer, drop_raw_args
 from .pipeline import Pipeline
 from .receivers import Ingest, Receiver
 from .receivers.otlp_grpc import OtlpGrpcReceiver
+from .receivers.kafka import build_kafka_receiver
 from .receivers.otlp_http import OtlpHttpReceiver
 from .sinks import Sink
 from .sinks.log import LogSink
@@ -118,6 +119,13 @@ class Daemon:
         if cfg.enabled("otlp_grpc"):
             host, port = parse_hostport(cfg.otlp_grpc, "otlp_grpc")
             self.receivers.append(OtlpGrpcReceiver(host, port, self.ingest, self.metrics, max_body_bytes=cfg.max_body_bytes))
+        if cfg.kafka.enabled:
+            self.receivers.append(
+                build_kafka_receiver(
+                    cfg.kafka, cfg.data_path, self.ingest.normalizer, self.pipeline, self.metrics,
+                    max_record_bytes=cfg.max_body_bytes,
+                )
+            )
         host, port = parse_hostport(cfg.listen, "listen")
         self.api = Api(host, port, self.store, self.metrics, ready=self.ready, api_token=cfg.api_token)
         self._started = False

@@ -96,6 +96,18 @@ class Metrics:
             "toolwatch_webhook_outbox_depth", "Undelivered webhook messages, by receiver.", ["receiver"], registry=r
         )
         self.agents = Gauge("toolwatch_agents", "Agents known to the daemon, by baseline state.", ["state"], registry=r)
+        self.kafka_records = Counter(
+            "toolwatch_kafka_records_total",
+            "Kafka records consumed, by outcome (accepted, dead_letter).",
+            ["outcome"],
+            registry=r,
+        )
+        self.kafka_commits = Counter(
+            "toolwatch_kafka_commits_total", "Kafka offset commits, by outcome (ok, failed).", ["outcome"], registry=r
+        )
+        self.kafka_paused = Gauge(
+            "toolwatch_kafka_paused", "1 while the Kafka receiver pauses its partitions (pipeline queue full).", registry=r
+        )
         self._tool_guard = LabelGuard(tool_label_cap)
 
     def count_calls(self, keys: Iterable[tuple[str, str, str]]) -> None:

@@ -29,6 +29,7 @@ class _Item:
     calls: list[ToolCall]
     listings: list[ToolListing]
     arrived: float
+    seq: int = 0
 
 
 class Pipeline:
@@ -64,6 +65,15 @@ class Pipeline:
         self.listeners: list[Callable[[list[Finding]], None]] = []
         self._idle = asyncio.Event()
         self._idle.set()
+        # At-least-once sources (Kafka) need to know when what they handed over is done:
+        # every accepted submit gets a ticket (a sequence number, see ``last_ticket``); items are
+        # processed in order, so ``done_seq`` covers every ticket up to it. ``saved_seq`` is
+        # ``done_seq`` as of the last state snapshot: input up to it may be forgotten by its source.
+        self._seq = 0
+        self.done_seq = 0
+        self.saved_seq = 0
+        self._snapshot_wanted = False
+        self._progress = asyncio.Event()
 
     @property
     def depth(self) -> int:
@@ -83,12 +93,33 @@ class Pipeline:
                     log.exception("detector %s: stored state could not be restored; starting fresh", det.name)
 
     def save_state(self) -> None:
+        saved = True
         for det in self.detectors:
             try:
                 self.store.save_state(det.name, det.snapshot())
             except Exception:
+                saved = False
                 log.exception("detector %s: state could not be saved", det.name)
         self._last_snapshot = self.clock()
+        self._snapshot_wanted = False
+        if saved:
+            self.saved_seq = self.done_seq
+
+    @property
+    def last_ticket(self) -> int:
+        """The ticket of the newest accepted submit; done once ``done_seq >= last_ticket``."""
+        return self._seq
+
+    def request_snapshot(self) -> None:
+        """Save detector state between batches, soon (call on the pipeline's event loop)."""
+        self._snapshot_wanted = True
+        self._wake.set()
+
+    async def wait_progress(self) -> None:
+        """Return after the next batch is processed (or at once when nothing is queued)."""
+        if self._queue:
+            self._progress.clear()
+            await self._progress.wait()
 
     def submit(self, calls: list[ToolCall], listings: list[ToolListing]) -> bool:
         n = len(calls) + len(listings)
@@ -96,7 +127,8 @@ class Pipeline:
             return True
         if self._depth + n > self.queue_max:
             return False
-        self._queue.append(_Item(calls, listings, self.clock()))
+        self._seq += 1
+        self._queue.append(_Item(calls, listings, self.clock(), self._seq))
         self._depth += n
         self.metrics.queue_depth.set(self._depth)
         self._idle.clear()
@@ -126,6 +158,8 @@ class Pipeline:
 
     async def _run(self) -> None:
         while True:
+            if self._snapshot_wanted:
+                self.save_state()
             if not self._queue:
                 self._idle.set()
                 await self._wake.wait()
@@ -185,6 +219,8 @@ class Pipeline:
         for item in items:
             self.metrics.lag.observe(max(0.0, now - item.arrived))
         self.processed += len(batch)
+        self.done_seq = max(self.done_seq, max(item.seq for item in items))
+        self._progress.set()
 
     def _observe(self, batch: Batch) -> list[Finding]:
         findings: list[Finding] = []

@@ -14,7 +14,8 @@ RUN_EPILOG = """\
 Every option can also be set in the YAML config file (same name, underscores) and by an
 environment variable: TOOLWATCH_CONFIG, TOOLWATCH_OTLP_HTTP, TOOLWATCH_OTLP_GRPC, TOOLWATCH_LISTEN,
 TOOLWATCH_DATA_DIR, TOOLWATCH_WEBHOOK (comma-separated), TOOLWATCH_WEBHOOK_SECRET,
-TOOLWATCH_API_TOKEN, TOOLWATCH_LOG_LEVEL. Precedence: defaults < file < environment < flags.
+TOOLWATCH_API_TOKEN, TOOLWATCH_LOG_LEVEL, TOOLWATCH_KAFKA_BOOTSTRAP, TOOLWATCH_KAFKA_TOPIC,
+TOOLWATCH_KAFKA_GROUP_ID, TOOLWATCH_KAFKA_DEAD_LETTER_TOPIC. Precedence: defaults < file < environment < flags.
 Use 'off' as an address to disable a receiver. See docs/configuration.md.
 """
 
@@ -45,6 +46,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-token", metavar="TOKEN", help="require 'Authorization: Bearer TOKEN' on /api/*")
     p.add_argument("--allow-remote", action="store_true", default=None, help="allow binding non-loopback addresses")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity (default info)")
+    p.add_argument(
+        "--kafka-bootstrap", metavar="HOST:PORT[,...]", help="consume OTLP spans from Kafka at these brokers (enables kafka:)"
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -62,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "api_token": args.api_token,
         "allow_remote": args.allow_remote,
         "log_level": args.log_level,
+        "kafka_bootstrap": args.kafka_bootstrap,
     }
     try:
         cfg = load_config(args.config, overrides=overrides)
