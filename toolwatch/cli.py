@@ -83,6 +83,67 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_replay_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="run recorded spans or tool calls through the detectors",
+        description=(
+            "Replay recorded traffic through the same normaliser, detectors and alert router as the daemon, "
+            "as fast as they go, and print a summary of the findings. Each FILE holds one JSON object per "
+            "line: an OTLP/JSON ExportTraceServiceRequest (the OpenTelemetry Collector file exporter's "
+            "format) or one tool call (see docs/replay.md). Bad lines are reported as FILE:LINE and skipped."
+        ),
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="JSON-lines file(s) to replay, in order")
+    p.add_argument("--config", metavar="FILE", help="YAML config file (detectors, pipeline, alerts, webhooks)")
+    p.add_argument(
+        "--data-dir", metavar="DIR",
+        help="store for alerts and detector state (default: a temporary directory, removed afterwards); "
+        "an existing directory's detector state is the starting baseline",
+    )
+    p.add_argument("--webhook", metavar="URL", action="append", help="also send the alerts to this URL (repeatable)")
+    p.add_argument("--webhook-secret", metavar="SECRET", help="HMAC key for webhook signatures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="warning")
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from toolwatch.collector.config import ConfigError, load_config
+    from toolwatch.collector.daemon import build_detectors
+    from toolwatch.collector.replay import replay_files
+
+    _setup_logging(args.log_level)
+    paths = [Path(f) for f in args.files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"toolwatch replay: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="toolwatch-replay-") as tmp:
+        overrides = {
+            "data_dir": args.data_dir or tmp,  # never the config's data_dir: a running daemon owns it
+            "webhooks": args.webhook,
+            "webhook_secret": args.webhook_secret,
+            "otlp_http": "off",
+            "otlp_grpc": "off",
+        }
+        try:
+            cfg = load_config(args.config, overrides=overrides)
+            detectors = build_detectors(cfg)
+        except ConfigError as exc:
+            print(f"toolwatch replay: configuration error: {exc}", file=sys.stderr)
+            return 2
+        if cfg.webhooks and not all(h.secret for h in cfg.webhooks):
+            print("toolwatch replay: --webhook needs --webhook-secret (or webhook_secret in the config)", file=sys.stderr)
+            return 2
+        result = replay_files(paths, cfg, detectors, progress=not args.no_progress)
+    print(result.summary())
+    return 0
+
+
 def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="toolwatch", description="Runtime observability and anomaly detection for AI agents' tool calls."
@@ -97,7 +158,7 @@ def build_parser(extra: Sequence[Callable[[argparse._SubParsersAction], None]] =
 
 def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Optional subcommands live next to their code; each module adds its own parser."""
-    adders: list[Callable[[argparse._SubParsersAction], None]] = []
+    adders: list[Callable[[argparse._SubParsersAction], None]] = [add_replay_parser]
     return adders
 
 
