@@ -126,6 +126,9 @@ class KafkaConfig:
     max_poll_interval_ms: int = 10000
     """Also the group's rebalance timeout: a few seconds keeps joins quick on every broker."""
     session_timeout_ms: int = 10000
+    state_changelog_topic: str = ""
+    """Scale-out (several daemons, one group): compacted topic, co-partitioned with ``topic``, holding
+    each agent's detector state so it moves with its partition. Empty = single node (SQLite only)."""
 
     ENCODINGS = ("otlp_proto", "otlp_json", "auto")
 
@@ -144,6 +147,8 @@ class KafkaConfig:
             raise ConfigError(f"kafka.encoding: {self.encoding!r} is not one of {', '.join(self.ENCODINGS)}")
         if self.dead_letter_topic and self.dead_letter_topic == self.topic:
             raise ConfigError("kafka.dead_letter_topic: must differ from kafka.topic")
+        if self.state_changelog_topic and self.state_changelog_topic in (self.topic, self.dead_letter_topic):
+            raise ConfigError("kafka.state_changelog_topic: must differ from kafka.topic and kafka.dead_letter_topic")
         if self.auto_offset_reset not in ("earliest", "latest"):
             raise ConfigError(f"kafka.auto_offset_reset: {self.auto_offset_reset!r} is not earliest or latest")
         for key in ("commit_interval_ms", "max_poll_records", "max_poll_interval_ms", "session_timeout_ms"):

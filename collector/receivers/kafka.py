@@ -35,6 +35,7 @@ from ..pipeline import Pipeline
 from . import Receiver
 from .dead_letter import DeadLetter, DeadRecord, FileDeadLetter, KafkaDeadLetter
 from .kafka_records import decode_record
+from .state_changelog import AgentStates, StateChangelog
 
 log = logging.getLogger("toolwatch.receiver.kafka")
 NAME = "kafka"
@@ -88,8 +89,12 @@ class KafkaReceiver(Receiver):
         poll_timeout_ms: int = 100,
         settle_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        changelog: StateChangelog | None = None,
     ) -> None:
         self.cfg = cfg
+        self.changelog = changelog
+        self._agent_partition: dict[str, int] = {}
+        """Scale-out: the input partition each agent was last seen on (whose changelog holds its state)."""
         self.normalizer = normalizer
         self.pipeline = pipeline
         self.metrics = metrics
@@ -187,6 +192,9 @@ class KafkaReceiver(Receiver):
             return out
         norm = self.normalizer.normalize(req)
         out.calls, out.listings, out.spans, out.rejected = norm.calls, norm.listings, norm.spans, norm.rejected
+        if self.changelog is not None:
+            for ev in (*norm.calls, *norm.listings):
+                self._agent_partition[ev.agent_id] = tp.partition
         return out
 
     def _dead(self, tp: Any, rec: Any, reason: str, message: str) -> None:
@@ -282,6 +290,8 @@ class KafkaReceiver(Receiver):
 
         try:
             asyncio.run_coroutine_threadsafe(drain_and_save(), self._loop).result(self.settle_timeout_s + 5)
+            if self.changelog is not None:  # hand the agents over: the next owner restores them
+                self._flush_state({tp.partition for tp in self.assigned}, drop=False)
         except Exception as exc:
             log.warning("Kafka: pipeline did not drain on shutdown (%s); uncommitted records will be redelivered", exc)
             return
@@ -289,6 +299,11 @@ class KafkaReceiver(Receiver):
 
     # --- rebalances (called inside poll, on the consumer thread) ------------------------------
     def _on_revoked(self, revoked: set[Any]) -> None:
+        if self.changelog is not None and revoked:
+            try:
+                self._flush_state({tp.partition for tp in revoked}, drop=True)
+            except Exception:
+                log.exception("Kafka: agent state of revoked partitions could not be flushed to the changelog")
         if self._consumer is not None:
             self._maybe_commit(self._consumer, force=True)
         self._uncommitted = deque(e for e in self._uncommitted if e[1] not in revoked)
@@ -298,10 +313,62 @@ class KafkaReceiver(Receiver):
             log.info("Kafka: partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
 
     def _on_assigned(self, assigned: set[Any]) -> None:
+        if self.changelog is not None and assigned:
+            try:
+                self._restore_state({tp.partition for tp in assigned})
+            except Exception:
+                log.exception("Kafka: agent state of assigned partitions could not be restored from the changelog")
         self.assigned |= assigned
         self._paused = False  # a rebalance resets pause state; _step pauses again if needed
         if assigned:
             log.info("Kafka: partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+    # --- scale-out: per-partition agent state (issue 9 groundwork) ----------------------------
+    def _flush_state(self, partitions: set[int], *, drop: bool) -> None:
+        """Drain the pipeline, snapshot (SQLite too), write these partitions' agents to the changelog."""
+        assert self._loop is not None and self.changelog is not None
+        agents = {a: p for a, p in self._agent_partition.items() if p in partitions}
+
+        async def take() -> AgentStates:
+            await self.pipeline.drained(self.settle_timeout_s)
+            self.pipeline.save_state()
+            out: AgentStates = {}
+            for agent in agents:
+                states = {d.name: st for d in self.pipeline.detectors if (st := d.snapshot_agent(agent)) is not None}
+                if states:
+                    out[agent] = states
+                if drop:
+                    for d in self.pipeline.detectors:
+                        d.drop_agent(agent)
+            return out
+
+        states = asyncio.run_coroutine_threadsafe(take(), self._loop).result(self.settle_timeout_s + 5)
+        for p in partitions:
+            self.changelog.write(p, {a: st for a, st in states.items() if agents[a] == p})
+        if drop:
+            for agent in agents:
+                self._agent_partition.pop(agent, None)
+        log.info("Kafka: flushed the state of %d agent(s) of partitions %s to the changelog", len(states), sorted(partitions))
+
+    def _restore_state(self, partitions: set[int]) -> None:
+        """Read these partitions' agents from the changelog and restore them into the detectors."""
+        assert self._loop is not None and self.changelog is not None
+        by_partition = {p: self.changelog.read([p]) for p in partitions}
+
+        async def put() -> None:
+            await self.pipeline.drained(self.settle_timeout_s)
+            for states in by_partition.values():
+                for agent, per_detector in states.items():
+                    for d in self.pipeline.detectors:
+                        if d.name in per_detector:
+                            d.restore_agent(agent, per_detector[d.name])
+
+        asyncio.run_coroutine_threadsafe(put(), self._loop).result(self.settle_timeout_s + 5)
+        for p, states in by_partition.items():
+            for agent in states:
+                self._agent_partition[agent] = p
+        n = sum(len(s) for s in by_partition.values())
+        log.info("Kafka: restored the state of %d agent(s) of partitions %s from the changelog", n, sorted(partitions))
 
 
 @dataclass(slots=True)
@@ -350,6 +417,26 @@ def make_dead_letter(cfg: KafkaConfig, data_dir: Path) -> DeadLetter:
     return KafkaDeadLetter(producer, cfg.dead_letter_topic)
 
 
+def make_changelog(cfg: KafkaConfig) -> StateChangelog | None:
+    """The agent-state changelog when ``kafka.state_changelog_topic`` is set (scale-out), else None."""
+    if not cfg.state_changelog_topic:
+        return None
+    servers = [s.strip() for s in cfg.bootstrap_servers.split(",") if s.strip()]
+
+    def producer() -> Any:
+        from kafka import KafkaProducer
+
+        return KafkaProducer(bootstrap_servers=servers, client_id=f"{cfg.client_id}-state", acks="all")
+
+    def consumer() -> Any:
+        from kafka import KafkaConsumer
+
+        return KafkaConsumer(bootstrap_servers=servers, client_id=f"{cfg.client_id}-state", group_id=None,
+                             enable_auto_commit=False)
+
+    return StateChangelog(cfg.state_changelog_topic, producer, consumer)
+
+
 def build_kafka_receiver(
     cfg: KafkaConfig, data_dir: Path, normalizer: Normalizer, pipeline: Pipeline, metrics: Metrics, *, max_record_bytes: int
 ) -> KafkaReceiver:
@@ -362,4 +449,5 @@ def build_kafka_receiver(
         make_dead_letter(cfg, data_dir),
         make_consumer_factory(cfg, max_record_bytes),
         max_record_bytes=max_record_bytes,
+        changelog=make_changelog(cfg),
     )

@@ -100,8 +100,8 @@ def test_sigkill_mid_stream_then_restart_loses_no_call_and_no_alert(tmp_path, ka
                 "enabled": True,
                 "bootstrap_servers": kafka_broker.bootstrap,
                 "max_poll_records": 2,
-                "max_poll_interval_ms": 2000,
-                "session_timeout_ms": 6000,
+                "max_poll_interval_ms": 1000,
+                "session_timeout_ms": 3000,
                 "commit_interval_ms": 200,
             },
         }))

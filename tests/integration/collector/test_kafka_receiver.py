@@ -27,7 +27,7 @@ def _wait(pred, timeout=30.0, what="condition"):
 
 
 def kafka_cfg(broker, **kw) -> KafkaConfig:
-    base = dict(enabled=True, bootstrap_servers=broker.bootstrap, max_poll_interval_ms=2000, session_timeout_ms=6000, commit_interval_ms=100)
+    base = dict(enabled=True, bootstrap_servers=broker.bootstrap, max_poll_interval_ms=1000, session_timeout_ms=6000, commit_interval_ms=100)
     base.update(kw)
     return KafkaConfig(**base)
 
