@@ -3,7 +3,6 @@ and show every record was processed (committed only after processing) and no ale
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
