@@ -141,6 +141,58 @@ class AlertsConfig:
 
 
 @dataclass
+class KafkaConfig:
+    """The Kafka receiver: consume what the OpenTelemetry Collector's Kafka exporter writes."""
+
+    enabled: bool = False
+    bootstrap_servers: str = "localhost:9092"
+    """Comma-separated ``HOST:PORT`` list."""
+    topic: str = "otlp_spans"
+    """The Kafka exporter's default traces topic."""
+    group_id: str = "toolwatch"
+    encoding: str = "otlp_proto"
+    """``otlp_proto`` or ``otlp_json`` (the exporter's encodings), or ``auto`` (sniff each record)."""
+    dead_letter_topic: str = ""
+    """Where undecodable records go; empty = the file ``<data_dir>/kafka-dead-letter.jsonl``."""
+    client_id: str = "toolwatch"
+    auto_offset_reset: str = "earliest"
+    commit_interval_ms: int = 1000
+    """How often processed offsets are committed (each commit first snapshots detector state)."""
+    max_poll_records: int = 2000
+    max_poll_interval_ms: int = 10000
+    """Also the group's rebalance timeout: a few seconds keeps joins quick on every broker."""
+    session_timeout_ms: int = 10000
+    state_changelog_topic: str = ""
+    """Scale-out (several daemons, one group): compacted topic, co-partitioned with ``topic``, holding
+    each agent's detector state so it moves with its partition. Empty = single node (SQLite only)."""
+
+    ENCODINGS = ("otlp_proto", "otlp_json", "auto")
+
+    def validate(self) -> None:
+        if not self.enabled:
+            return
+        servers = [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
+        if not servers:
+            raise ConfigError("kafka.bootstrap_servers: empty; give HOST:PORT[,HOST:PORT...]")
+        for server in servers:
+            parse_hostport(server, "kafka.bootstrap_servers")
+        for key in ("topic", "group_id"):
+            if not getattr(self, key).strip():
+                raise ConfigError(f"kafka.{key}: must not be empty")
+        if self.encoding not in self.ENCODINGS:
+            raise ConfigError(f"kafka.encoding: {self.encoding!r} is not one of {', '.join(self.ENCODINGS)}")
+        if self.dead_letter_topic and self.dead_letter_topic == self.topic:
+            raise ConfigError("kafka.dead_letter_topic: must differ from kafka.topic")
+        if self.state_changelog_topic and self.state_changelog_topic in (self.topic, self.dead_letter_topic):
+            raise ConfigError("kafka.state_changelog_topic: must differ from kafka.topic and kafka.dead_letter_topic")
+        if self.auto_offset_reset not in ("earliest", "latest"):
+            raise ConfigError(f"kafka.auto_offset_reset: {self.auto_offset_reset!r} is not earliest or latest")
+        for key in ("commit_interval_ms", "max_poll_records", "max_poll_interval_ms", "session_timeout_ms"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"kafka.{key}: must be at least 1")
+
+
+@dataclass
 class Config:
     otlp_http: str = "127.0.0.1:4318"
     otlp_grpc: str = "127.0.0.1:4317"
@@ -165,6 +217,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     detectors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
     source: str = "defaults"
 
     LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -204,6 +257,7 @@ class Config:
             names.add(hook.name)
         self.pipeline.validate()
         self.alerts.validate()
+        self.kafka.validate()
         for name, conf in self.detectors.items():
             if not isinstance(conf, dict):
                 raise ConfigError(f"detectors.{name}: must be a mapping of settings, got {type(conf).__name__}")
@@ -253,6 +307,7 @@ def config_from_mapping(data: Any, source: str = "config") -> Config:
     pipeline = data.pop("pipeline", {}) or {}
     alerts = data.pop("alerts", {}) or {}
     detectors = data.pop("detectors", {}) or {}
+    kafka = data.pop("kafka", {}) or {}
     data.pop("source", None)
     cfg = _dataclass_from(Config, data, source)
     if not isinstance(webhooks, list):
@@ -265,6 +320,7 @@ def config_from_mapping(data: Any, source: str = "config") -> Config:
         cfg.webhooks.append(_dataclass_from(WebhookConfig, hook, f"webhooks[{i}]"))
     cfg.pipeline = _dataclass_from(PipelineConfig, pipeline, "pipeline")
     cfg.alerts = _dataclass_from(AlertsConfig, alerts, "alerts")
+    cfg.kafka = _dataclass_from(KafkaConfig, kafka, "kafka")
     if not isinstance(detectors, Mapping):
         raise ConfigError("detectors: must be a mapping of detector name -> settings")
     cfg.detectors = {str(k): (dict(v) if isinstance(v, Mapping) else v) for k, v in detectors.items()}
@@ -299,10 +355,17 @@ def load_config(
             setattr(cfg, name, env[var])
     if env.get(envvars.WEBHOOK):
         cfg.webhooks.extend(WebhookConfig(url=u.strip()) for u in env[envvars.WEBHOOK].split(",") if u.strip())
+    for name, var in envvars.KAFKA_FIELDS.items():
+        if env.get(var):
+            setattr(cfg.kafka, name, env[var])
+            if name == "bootstrap_servers":
+                cfg.kafka.enabled = True
     for name, value in (overrides or {}).items():
         if value is None:
             continue
-        if name == "webhooks":
+        if name == "kafka_bootstrap":
+            cfg.kafka.bootstrap_servers, cfg.kafka.enabled = value, True
+        elif name == "webhooks":
             cfg.webhooks.extend(WebhookConfig(url=u) for u in value)
         else:
             setattr(cfg, name, value)

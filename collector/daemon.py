@@ -34,6 +34,7 @@ from .pipeline import Pipeline
 from .receivers import Ingest, Receiver
 from .receivers.tls import tls_files
 from .receivers.otlp_grpc import OtlpGrpcReceiver
+from .receivers.kafka import build_kafka_receiver
 from .receivers.otlp_http import OtlpHttpReceiver
 from .retrain import Retrainer
 from .rules_watch import RuleFileWatcher
@@ -127,6 +128,13 @@ class Daemon:
                         tls=tls_files(cfg),
                     )
                 )
+        if cfg.kafka.enabled:
+            self.receivers.append(
+                build_kafka_receiver(
+                    cfg.kafka, cfg.data_path, self.ingest.normalizer, self.pipeline, self.metrics,
+                    max_record_bytes=cfg.max_body_bytes,
+                )
+            )
         self.metrics.init_labels(
             [d.name for d in self.detectors], [r.name for r in self.receivers], [h.name for h in cfg.webhooks]
         )

@@ -36,3 +36,17 @@ SCALAR_FIELDS: Final = {
 }
 API_URL: Final = "TOOLWATCH_API_URL"
 """Base URL of a running daemon's API, for the ``alerts`` / ``approvals`` commands."""
+
+KAFKA_BOOTSTRAP: Final = "TOOLWATCH_KAFKA_BOOTSTRAP"
+"""Comma-separated ``HOST:PORT`` list; setting it enables the Kafka receiver."""
+KAFKA_TOPIC: Final = "TOOLWATCH_KAFKA_TOPIC"
+KAFKA_GROUP_ID: Final = "TOOLWATCH_KAFKA_GROUP_ID"
+KAFKA_DEAD_LETTER_TOPIC: Final = "TOOLWATCH_KAFKA_DEAD_LETTER_TOPIC"
+
+# Maps ``kafka.<field>`` -> environment variable.
+KAFKA_FIELDS: Final = {
+    "bootstrap_servers": KAFKA_BOOTSTRAP,
+    "topic": KAFKA_TOPIC,
+    "group_id": KAFKA_GROUP_ID,
+    "dead_letter_topic": KAFKA_DEAD_LETTER_TOPIC,
+}

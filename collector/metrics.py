@@ -108,6 +108,18 @@ class Metrics:
             "toolwatch_rules_reloads_total", "Rule file reloads, by outcome (ok, error).", ["outcome"], registry=r
         )
         self.rules_loaded = Gauge("toolwatch_rules_loaded", "Rules and correlations in the active rule set.", registry=r)
+        self.kafka_records = Counter(
+            "toolwatch_kafka_records_total",
+            "Kafka records consumed, by outcome (accepted, dead_letter).",
+            ["outcome"],
+            registry=r,
+        )
+        self.kafka_commits = Counter(
+            "toolwatch_kafka_commits_total", "Kafka offset commits, by outcome (ok, failed).", ["outcome"], registry=r
+        )
+        self.kafka_paused = Gauge(
+            "toolwatch_kafka_paused", "1 while the Kafka receiver pauses its partitions (pipeline queue full).", registry=r
+        )
         self._tool_guard = LabelGuard(tool_label_cap)
         self.anomaly_score = Histogram(
             "toolwatch_anomaly_score",

@@ -32,6 +32,7 @@ class _Item:
     calls: list[ToolCall]
     listings: list[ToolListing]
     arrived: float
+    seq: int = 0
 
 
 @dataclass(slots=True)
@@ -85,6 +86,16 @@ class Pipeline:
         self.detector_lock = threading.Lock()
         """Held while detectors observe a batch; hold it to call into a detector from elsewhere (approvals)."""
 
+        # At-least-once sources (Kafka) need to know when what they handed over is done:
+        # every accepted submit gets a ticket (a sequence number, see ``last_ticket``); items are
+        # processed in order, so ``done_seq`` covers every ticket up to it. ``saved_seq`` is
+        # ``done_seq`` as of the last state snapshot: input up to it may be forgotten by its source.
+        self._seq = 0
+        self.done_seq = 0
+        self.saved_seq = 0
+        self._snapshot_wanted = False
+        self._progress = asyncio.Event()
+
     async def exclusive(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` while no batch is being observed: for approvals and rule reloads, which
         change detector state that the worker thread would otherwise be reading."""
@@ -113,12 +124,33 @@ class Pipeline:
                     log.exception("detector %s: stored state could not be restored; starting fresh", det.name)
 
     def save_state(self) -> None:
+        saved = True
         for det in self.detectors:
             try:
                 self.store.save_state(det.name, det.snapshot())
             except Exception:
+                saved = False
                 log.exception("detector %s: state could not be saved", det.name)
         self._last_snapshot = self.clock()
+        self._snapshot_wanted = False
+        if saved:
+            self.saved_seq = self.done_seq
+
+    @property
+    def last_ticket(self) -> int:
+        """The ticket of the newest accepted submit; done once ``done_seq >= last_ticket``."""
+        return self._seq
+
+    def request_snapshot(self) -> None:
+        """Save detector state between batches, soon (call on the pipeline's event loop)."""
+        self._snapshot_wanted = True
+        self._wake.set()
+
+    async def wait_progress(self) -> None:
+        """Return after the next batch is processed (or at once when nothing is queued)."""
+        if self._queue:
+            self._progress.clear()
+            await self._progress.wait()
 
     def admit(self, calls: list[ToolCall], listings: list[ToolListing]) -> "Admission":
         """Apply the event-time rule, then queue what it kept; refuse all of it if the queue is full.
@@ -142,7 +174,8 @@ class Pipeline:
             return True
         if self._depth + n > self.queue_max:
             return False
-        self._queue.append(_Item(calls, listings, self.clock()))
+        self._seq += 1
+        self._queue.append(_Item(calls, listings, self.clock(), self._seq))
         self._depth += n
         self.metrics.queue_depth.set(self._depth)
         self._idle.clear()
@@ -172,6 +205,8 @@ class Pipeline:
 
     async def _run(self) -> None:
         while True:
+            if self._snapshot_wanted:
+                self.save_state()
             if not self._queue:
                 self._idle.set()
                 await self._wake.wait()
@@ -234,6 +269,8 @@ class Pipeline:
         for item in items:
             self.metrics.lag.observe(max(0.0, now - item.arrived))
         self.processed += len(batch)
+        self.done_seq = max(self.done_seq, max(item.seq for item in items))
+        self._progress.set()
 
     def _observe(self, batch: Batch) -> list[Finding]:
         with self.detector_lock:

@@ -14,7 +14,8 @@ RUN_EPILOG = """\
 Every option can also be set in the YAML config file (same name, underscores) and by an
 environment variable: TOOLWATCH_CONFIG, TOOLWATCH_OTLP_HTTP, TOOLWATCH_OTLP_GRPC, TOOLWATCH_LISTEN,
 TOOLWATCH_DATA_DIR, TOOLWATCH_WEBHOOK (comma-separated), TOOLWATCH_WEBHOOK_SECRET,
-TOOLWATCH_API_TOKEN, TOOLWATCH_LOG_LEVEL. Precedence: defaults < file < environment < flags.
+TOOLWATCH_API_TOKEN, TOOLWATCH_LOG_LEVEL, TOOLWATCH_KAFKA_BOOTSTRAP, TOOLWATCH_KAFKA_TOPIC,
+TOOLWATCH_KAFKA_GROUP_ID, TOOLWATCH_KAFKA_DEAD_LETTER_TOPIC. Precedence: defaults < file < environment < flags.
 Use 'off' as an address to disable a receiver. See docs/configuration.md.
 """
 
@@ -45,6 +46,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--api-token", metavar="TOKEN", help="require 'Authorization: Bearer TOKEN' on /api/*")
     p.add_argument("--allow-remote", action="store_true", default=None, help="allow binding non-loopback addresses")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity (default info)")
+    p.add_argument(
+        "--kafka-bootstrap", metavar="HOST:PORT[,...]", help="consume OTLP spans from Kafka at these brokers (enables kafka:)"
+    )
     p.set_defaults(func=cmd_run)
 
 
@@ -62,6 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "api_token": args.api_token,
         "allow_remote": args.allow_remote,
         "log_level": args.log_level,
+        "kafka_bootstrap": args.kafka_bootstrap,
     }
     try:
         cfg = load_config(args.config, overrides=overrides)
@@ -75,6 +80,67 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"toolwatch: cannot start: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def add_replay_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "replay",
+        help="run recorded spans or tool calls through the detectors",
+        description=(
+            "Replay recorded traffic through the same normaliser, detectors and alert router as the daemon, "
+            "as fast as they go, and print a summary of the findings. Each FILE holds one JSON object per "
+            "line: an OTLP/JSON ExportTraceServiceRequest (the OpenTelemetry Collector file exporter's "
+            "format) or one tool call (see docs/replay.md). Bad lines are reported as FILE:LINE and skipped."
+        ),
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help="JSON-lines file(s) to replay, in order")
+    p.add_argument("--config", metavar="FILE", help="YAML config file (detectors, pipeline, alerts, webhooks)")
+    p.add_argument(
+        "--data-dir", metavar="DIR",
+        help="store for alerts and detector state (default: a temporary directory, removed afterwards); "
+        "an existing directory's detector state is the starting baseline",
+    )
+    p.add_argument("--webhook", metavar="URL", action="append", help="also send the alerts to this URL (repeatable)")
+    p.add_argument("--webhook-secret", metavar="SECRET", help="HMAC key for webhook signatures")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="warning")
+    p.set_defaults(func=cmd_replay)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from toolwatch.collector.config import ConfigError, load_config
+    from toolwatch.collector.daemon import build_detectors
+    from toolwatch.collector.replay import replay_files
+
+    _setup_logging(args.log_level)
+    paths = [Path(f) for f in args.files]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        print(f"toolwatch replay: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="toolwatch-replay-") as tmp:
+        overrides = {
+            "data_dir": args.data_dir or tmp,  # never the config's data_dir: a running daemon owns it
+            "webhooks": args.webhook,
+            "webhook_secret": args.webhook_secret,
+            "otlp_http": "off",
+            "otlp_grpc": "off",
+        }
+        try:
+            cfg = load_config(args.config, overrides=overrides)
+            detectors = build_detectors(cfg)
+        except ConfigError as exc:
+            print(f"toolwatch replay: configuration error: {exc}", file=sys.stderr)
+            return 2
+        if cfg.webhooks and not all(h.secret for h in cfg.webhooks):
+            print("toolwatch replay: --webhook needs --webhook-secret (or webhook_secret in the config)", file=sys.stderr)
+            return 2
+        result = replay_files(paths, cfg, detectors, progress=not args.no_progress)
+    print(result.summary())
     return 0
 
 
@@ -128,6 +194,7 @@ def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
         add_rules_parser,
         admin_cli.add_parsers,
         holds_cli.add_parsers,
+        add_replay_parser,
     ]
     return adders
 

@@ -8,14 +8,15 @@ from pathlib import Path
 from toolwatch.collector.config import AlertsConfig, Config, PipelineConfig, WebhookConfig
 from toolwatch.collector.detector_registry import FACTORIES, SETTINGS_ONLY
 
-DOC = (Path(__file__).resolve().parents[3] / "docs" / "configuration.md").read_text()
+DOC_DIR = Path(__file__).resolve().parents[3] / "docs"
+DOC = (DOC_DIR / "configuration.md").read_text()
 
 
 def test_every_setting_is_documented():
     missing = []
     for cls, prefix in ((Config, ""), (PipelineConfig, "pipeline."), (AlertsConfig, "alerts.")):
         for f in dataclasses.fields(cls):
-            if f.name in ("source", "webhooks", "pipeline", "alerts", "detectors"):
+            if f.name in ("source", "webhooks", "pipeline", "alerts", "detectors", "kafka"):
                 continue
             if f"`{prefix}{f.name}`" not in DOC and f"{prefix}{f.name}`" not in DOC:
                 missing.append(prefix + f.name)
@@ -23,6 +24,13 @@ def test_every_setting_is_documented():
         if f"`{f.name}`" not in DOC:
             missing.append("webhooks[]." + f.name)
     assert missing == []
+
+
+def test_kafka_settings_are_documented():
+    from toolwatch.collector.config import KafkaConfig
+
+    kafka_doc = (DOC_DIR / "kafka.md").read_text()
+    assert [f.name for f in dataclasses.fields(KafkaConfig) if f.name not in DOC + kafka_doc] == []
 
 
 def test_every_detector_is_documented():

@@ -1,0 +1,453 @@
+"""Kafka receiver: consume OTLP spans as a consumer group, at least once, poison records to a dead letter.
+
+Threading: kafka-python is blocking, so one thread owns the consumer (poll, decode, normalise,
+commit) and hands records to the pipeline on its event loop (``run_coroutine_threadsafe``). When
+the pipeline refuses (queue full) the thread pauses its partitions and keeps polling, so the group
+keeps it as a member, until the pipeline takes the records: backpressure, never unbounded memory.
+
+At-least-once: an offset is committed only when every record up to it has been through the
+detectors, its alerts are stored with their outbox rows (one SQLite transaction), and detector
+state has been snapshotted after it (``Pipeline.saved_seq``). After a crash the daemon restores that
+snapshot and the broker redelivers what came after it, so every call is processed at least once and
+no baseline misses a call. Redelivered findings get the same alert id, so they are not alerted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from kafka import ConsumerRebalanceListener
+
+from toolwatch.detectors.events import ToolCall, ToolListing
+
+from .. import otlp
+from ..config import KafkaConfig
+from ..metrics import Metrics
+from ..normalize import Normalizer
+from ..pipeline import Pipeline
+from . import Receiver
+from .dead_letter import DeadLetter, DeadRecord, FileDeadLetter, KafkaDeadLetter
+from .kafka_records import decode_record
+from .state_changelog import AgentStates, StateChangelog
+
+log = logging.getLogger("toolwatch.receiver.kafka")
+NAME = "kafka"
+DEAD_LETTER_FILE = "kafka-dead-letter.jsonl"
+
+
+@dataclass(slots=True)
+class _Record:
+    """One polled record, decoded and normalised, waiting for the pipeline to accept it."""
+
+    tp: Any
+    offset: int
+    calls: list[ToolCall] = field(default_factory=list)
+    listings: list[ToolListing] = field(default_factory=list)
+    spans: int = 0
+    rejected: int = 0
+
+    @property
+    def events(self) -> int:
+        return len(self.calls) + len(self.listings)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    """Runs inside ``poll`` on the consumer thread."""
+
+    def __init__(self, receiver: "KafkaReceiver") -> None:
+        self.receiver = receiver
+
+    def on_partitions_revoked(self, revoked: Iterable[Any]) -> None:
+        self.receiver._on_revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
+        self.receiver._on_assigned(set(assigned))
+
+
+class KafkaReceiver(Receiver):
+    """``consumer_factory()`` returns a subscribed-to-nothing ``KafkaConsumer`` (or a compatible object)."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        cfg: KafkaConfig,
+        normalizer: Normalizer,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        dead_letter: DeadLetter,
+        consumer_factory: Callable[[], Any],
+        *,
+        max_record_bytes: int,
+        poll_timeout_ms: int = 100,
+        settle_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        changelog: StateChangelog | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.changelog = changelog
+        self._agent_partition: dict[str, int] = {}
+        """Scale-out: the input partition each agent was last seen on (whose changelog holds its state)."""
+        self.normalizer = normalizer
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.dead_letter = dead_letter
+        self.consumer_factory = consumer_factory
+        self.max_record_bytes = max_record_bytes
+        self.poll_timeout_ms = poll_timeout_ms
+        self.settle_timeout_s = settle_timeout_s
+        self.clock = clock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._consumer: Any = None
+        self._pending: deque[_Record] = deque()
+        self._uncommitted: deque[tuple[int, Any, int]] = deque()  # (ticket, partition, next offset)
+        self._ticket = 0
+        self._last_commit = clock()
+        self._snapshot_for = 0
+        self._paused = False
+        self.assigned: set[Any] = set()
+        self.committed_records = 0
+        self.pauses = 0
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._main, name="toolwatch-kafka", daemon=True)
+        self._thread.start()
+        log.info("Kafka receiver: topic %s, group %s, brokers %s", self.cfg.topic, self.cfg.group_id, self.cfg.bootstrap_servers)
+
+    async def shutdown(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        await asyncio.get_running_loop().run_in_executor(None, thread.join, self.settle_timeout_s + 15)
+
+    # --- the consumer thread ------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            consumer = self._connect()
+            if consumer is None:
+                return
+            self._consumer = consumer
+            consumer.subscribe([self.cfg.topic], listener=_Rebalance(self))
+            while not self._stop.is_set():
+                self._step(consumer)
+            self._settle(consumer)
+        except Exception:
+            log.exception("Kafka receiver stopped on an unexpected error; offsets after the last commit will be redelivered")
+        finally:
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                try:
+                    consumer.close(autocommit=False)
+                except Exception:
+                    log.exception("Kafka consumer did not close cleanly")
+            try:
+                self.dead_letter.close()
+            except Exception:
+                log.exception("dead letter did not close cleanly")
+
+    def _connect(self) -> Any:
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                return self.consumer_factory()
+            except Exception as exc:  # NoBrokersAvailable and friends: the broker may come up later
+                log.warning("Kafka: cannot reach %s (%s); retrying in %.1fs", self.cfg.bootstrap_servers, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        return None
+
+    def _step(self, consumer: Any) -> None:
+        if self._pending:
+            self._offer()
+        self._set_paused(consumer, bool(self._pending))
+        polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.cfg.max_poll_records)
+        for tp, records in polled.items():
+            for rec in records:
+                self._pending.append(self._decode(tp, rec))
+        if self._pending:
+            self._offer()
+        self._maybe_commit(consumer)
+
+    def _decode(self, tp: Any, rec: Any) -> _Record:
+        out = _Record(tp, rec.offset)
+        try:
+            req = decode_record(rec.value, self.cfg.encoding, self.max_record_bytes)
+        except otlp.DecodeError as exc:
+            self._dead(tp, rec, exc.reason, str(exc))
+            return out
+        norm = self.normalizer.normalize(req)
+        out.calls, out.listings, out.spans, out.rejected = norm.calls, norm.listings, norm.spans, norm.rejected
+        if self.changelog is not None:
+            for ev in (*norm.calls, *norm.listings):
+                self._agent_partition[ev.agent_id] = tp.partition
+        return out
+
+    def _dead(self, tp: Any, rec: Any, reason: str, message: str) -> None:
+        self.dead_letter.send(DeadRecord(tp.topic, tp.partition, rec.offset, rec.key, rec.value, reason, message))
+        self.metrics.requests_rejected.labels(NAME, reason).inc()
+        self.metrics.kafka_records.labels("dead_letter").inc()
+        log.warning("Kafka record %s/%s/%s sent to the dead letter: %s", tp.topic, tp.partition, rec.offset, message[:300])
+
+    def _offer(self) -> None:
+        """Hand pending records to the pipeline in order, as many as it takes; remember their tickets."""
+        assert self._loop is not None
+        batch = [(r.calls, r.listings) for r in self._pending]
+        fut = asyncio.run_coroutine_threadsafe(self._accept(batch), self._loop)
+        tickets, too_big = fut.result(timeout=self.settle_timeout_s)
+        spans = rejected = 0
+        for ticket in tickets:
+            r = self._pending.popleft()
+            self._ticket = ticket
+            self._uncommitted.append((ticket, r.tp, r.offset + 1))
+            spans += r.spans
+            rejected += r.rejected
+        if too_big:  # could never fit the queue, even empty: dead-letter it rather than stall
+            r = self._pending.popleft()
+            rec = _Shim(r.offset, None, None)
+            self._dead(r.tp, rec, "too_many_spans", f"record holds {r.events} events, more than pipeline.queue_max_spans")
+            self._uncommitted.append((self._ticket, r.tp, r.offset + 1))
+        if tickets:
+            self.metrics.spans_received.labels(NAME).inc(spans)
+            self.metrics.kafka_records.labels("accepted").inc(len(tickets))
+            if rejected:
+                self.metrics.spans_rejected.labels(NAME, "invalid_span").inc(rejected)
+
+    async def _accept(self, batch: list[tuple[list[ToolCall], list[ToolListing]]]) -> tuple[list[int], bool]:
+        """On the event loop: submit in order until the pipeline refuses; return the tickets taken."""
+        tickets: list[int] = []
+        for calls, listings in batch:
+            if not self.pipeline.submit(calls, listings):
+                never_fits = self.pipeline.depth == 0
+                return tickets, never_fits
+            tickets.append(self.pipeline.last_ticket)
+        return tickets, False
+
+    def _set_paused(self, consumer: Any, paused: bool) -> None:
+        if paused and not self._paused:
+            consumer.pause(*consumer.assignment())
+            self.pauses += 1
+            log.info("Kafka: pipeline queue full; partitions paused")
+        elif not paused and self._paused:
+            consumer.resume(*consumer.paused())
+        self._paused = paused
+        self.metrics.kafka_paused.set(1 if paused else 0)
+
+    def _maybe_commit(self, consumer: Any, *, force: bool = False) -> None:
+        now = self.clock()
+        due = force or now - self._last_commit >= self.cfg.commit_interval_ms / 1000
+        ready = bool(self._snapshot_for) and self.pipeline.saved_seq >= self._snapshot_for
+        if not (due or ready):
+            return
+        self._last_commit = now
+        self._snapshot_for = 0
+        saved = self.pipeline.saved_seq
+        done: list[tuple[int, Any, int]] = []
+        while self._uncommitted and self._uncommitted[0][0] <= saved:
+            done.append(self._uncommitted.popleft())
+        if done and not self._commit(consumer, {tp: nxt for _, tp, nxt in done}, len(done)):
+            self._uncommitted.extendleft(reversed(done))  # retried at the next commit
+        if self._uncommitted and self._uncommitted[0][0] <= self.pipeline.done_seq and self._loop is not None:
+            # Processed but not yet in a state snapshot: ask for one; commit as soon as it is saved.
+            self._snapshot_for = max(1, self.pipeline.done_seq)
+            self._loop.call_soon_threadsafe(self.pipeline.request_snapshot)
+
+    def _commit(self, consumer: Any, offsets: dict[Any, int], records: int) -> bool:
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            self.dead_letter.flush()
+            consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+        except Exception as exc:  # e.g. a rebalance took the partition: the new owner re-reads it
+            self.metrics.kafka_commits.labels("failed").inc()
+            log.warning("Kafka: offset commit failed (%s); retrying at the next commit", exc)
+            return False
+        self.committed_records += records
+        self.metrics.kafka_commits.labels("ok").inc()
+        return True
+
+    def _settle(self, consumer: Any) -> None:
+        """Graceful stop: let the pipeline finish what it took, snapshot, commit it all."""
+        assert self._loop is not None
+
+        async def drain_and_save() -> None:
+            await self.pipeline.drained(self.settle_timeout_s)
+            self.pipeline.save_state()
+
+        try:
+            asyncio.run_coroutine_threadsafe(drain_and_save(), self._loop).result(self.settle_timeout_s + 5)
+            if self.changelog is not None:  # hand the agents over: the next owner restores them
+                self._flush_state({tp.partition for tp in self.assigned}, drop=False)
+        except Exception as exc:
+            log.warning("Kafka: pipeline did not drain on shutdown (%s); uncommitted records will be redelivered", exc)
+            return
+        self._maybe_commit(consumer, force=True)
+
+    # --- rebalances (called inside poll, on the consumer thread) ------------------------------
+    def _on_revoked(self, revoked: set[Any]) -> None:
+        if self.changelog is not None and revoked:
+            try:
+                self._flush_state({tp.partition for tp in revoked}, drop=True)
+            except Exception:
+                log.exception("Kafka: agent state of revoked partitions could not be flushed to the changelog")
+        if self._consumer is not None:
+            self._maybe_commit(self._consumer, force=True)
+        self._uncommitted = deque(e for e in self._uncommitted if e[1] not in revoked)
+        self._pending = deque(r for r in self._pending if r.tp not in revoked)
+        self.assigned -= revoked
+        if revoked:
+            log.info("Kafka: partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+
+    def _on_assigned(self, assigned: set[Any]) -> None:
+        if self.changelog is not None and assigned:
+            try:
+                self._restore_state({tp.partition for tp in assigned})
+            except Exception:
+                log.exception("Kafka: agent state of assigned partitions could not be restored from the changelog")
+        self.assigned |= assigned
+        self._paused = False  # a rebalance resets pause state; _step pauses again if needed
+        if assigned:
+            log.info("Kafka: partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
+
+    # --- scale-out: per-partition agent state (issue 9 groundwork) ----------------------------
+    def _flush_state(self, partitions: set[int], *, drop: bool) -> None:
+        """Drain the pipeline, snapshot (SQLite too), write these partitions' agents to the changelog."""
+        assert self._loop is not None and self.changelog is not None
+        agents = {a: p for a, p in self._agent_partition.items() if p in partitions}
+
+        async def take() -> AgentStates:
+            await self.pipeline.drained(self.settle_timeout_s)
+            self.pipeline.save_state()
+            out: AgentStates = {}
+            for agent in agents:
+                states = {d.name: st for d in self.pipeline.detectors if (st := d.snapshot_agent(agent)) is not None}
+                if states:
+                    out[agent] = states
+                if drop:
+                    for d in self.pipeline.detectors:
+                        d.drop_agent(agent)
+            return out
+
+        states = asyncio.run_coroutine_threadsafe(take(), self._loop).result(self.settle_timeout_s + 5)
+        for p in partitions:
+            self.changelog.write(p, {a: st for a, st in states.items() if agents[a] == p})
+        if drop:
+            for agent in agents:
+                self._agent_partition.pop(agent, None)
+        log.info("Kafka: flushed the state of %d agent(s) of partitions %s to the changelog", len(states), sorted(partitions))
+
+    def _restore_state(self, partitions: set[int]) -> None:
+        """Read these partitions' agents from the changelog and restore them into the detectors."""
+        assert self._loop is not None and self.changelog is not None
+        by_partition = {p: self.changelog.read([p]) for p in partitions}
+
+        async def put() -> None:
+            await self.pipeline.drained(self.settle_timeout_s)
+            for states in by_partition.values():
+                for agent, per_detector in states.items():
+                    for d in self.pipeline.detectors:
+                        if d.name in per_detector:
+                            d.restore_agent(agent, per_detector[d.name])
+
+        asyncio.run_coroutine_threadsafe(put(), self._loop).result(self.settle_timeout_s + 5)
+        for p, states in by_partition.items():
+            for agent in states:
+                self._agent_partition[agent] = p
+        n = sum(len(s) for s in by_partition.values())
+        log.info("Kafka: restored the state of %d agent(s) of partitions %s from the changelog", n, sorted(partitions))
+
+
+@dataclass(slots=True)
+class _Shim:
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def make_consumer_factory(cfg: KafkaConfig, max_record_bytes: int) -> Callable[[], Any]:
+    """Build ``KafkaConsumer``s for ``cfg`` (manual commits: the receiver commits what is done)."""
+
+    def factory() -> Any:
+        from kafka import KafkaConsumer
+
+        return KafkaConsumer(
+            bootstrap_servers=[s.strip() for s in cfg.bootstrap_servers.split(",") if s.strip()],
+            group_id=cfg.group_id,
+            client_id=cfg.client_id,
+            enable_auto_commit=False,
+            auto_offset_reset=cfg.auto_offset_reset,
+            max_poll_records=cfg.max_poll_records,
+            max_poll_interval_ms=cfg.max_poll_interval_ms,
+            session_timeout_ms=cfg.session_timeout_ms,
+            heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
+            max_partition_fetch_bytes=max(1024 * 1024, max_record_bytes + 1024),
+        )
+
+    return factory
+
+
+def make_dead_letter(cfg: KafkaConfig, data_dir: Path) -> DeadLetter:
+    """A dead-letter topic when ``kafka.dead_letter_topic`` is set, else a file in the data directory."""
+    if not cfg.dead_letter_topic:
+        return FileDeadLetter(Path(data_dir) / DEAD_LETTER_FILE)
+
+    def producer() -> Any:
+        from kafka import KafkaProducer
+
+        return KafkaProducer(
+            bootstrap_servers=[s.strip() for s in cfg.bootstrap_servers.split(",") if s.strip()],
+            client_id=f"{cfg.client_id}-dead-letter",
+            acks="all",
+        )
+
+    return KafkaDeadLetter(producer, cfg.dead_letter_topic)
+
+
+def make_changelog(cfg: KafkaConfig) -> StateChangelog | None:
+    """The agent-state changelog when ``kafka.state_changelog_topic`` is set (scale-out), else None."""
+    if not cfg.state_changelog_topic:
+        return None
+    servers = [s.strip() for s in cfg.bootstrap_servers.split(",") if s.strip()]
+
+    def producer() -> Any:
+        from kafka import KafkaProducer
+
+        return KafkaProducer(bootstrap_servers=servers, client_id=f"{cfg.client_id}-state", acks="all")
+
+    def consumer() -> Any:
+        from kafka import KafkaConsumer
+
+        return KafkaConsumer(bootstrap_servers=servers, client_id=f"{cfg.client_id}-state", group_id=None,
+                             enable_auto_commit=False)
+
+    return StateChangelog(cfg.state_changelog_topic, producer, consumer)
+
+
+def build_kafka_receiver(
+    cfg: KafkaConfig, data_dir: Path, normalizer: Normalizer, pipeline: Pipeline, metrics: Metrics, *, max_record_bytes: int
+) -> KafkaReceiver:
+    """What the daemon calls when ``kafka.enabled``: the receiver with its consumer and dead letter."""
+    return KafkaReceiver(
+        cfg,
+        normalizer,
+        pipeline,
+        metrics,
+        make_dead_letter(cfg, data_dir),
+        make_consumer_factory(cfg, max_record_bytes),
+        max_record_bytes=max_record_bytes,
+        changelog=make_changelog(cfg),
+    )

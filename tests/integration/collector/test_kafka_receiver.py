@@ -1,0 +1,141 @@
+"""Kafka receiver against a real Kafka-protocol broker: both encodings, dead letters, backpressure."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+
+from helpers.daemon import DaemonThread, make_config
+from helpers.kafka_broker import kafka_broker  # noqa: F401  (fixture)
+from helpers.otlp_calls import Call, request, to_otlp_json, workload
+from toolwatch.collector.config import KafkaConfig
+from toolwatch.collector.receivers.dead_letter import REASON_HEADER, SOURCE_HEADER
+from toolwatch.detectors.events import Batch, ToolCall
+from toolwatch.detectors.new_tool import NewToolConfig, NewToolDetector
+
+
+def _wait(pred, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kafka_cfg(broker, **kw) -> KafkaConfig:
+    base = dict(enabled=True, bootstrap_servers=broker.bootstrap, max_poll_interval_ms=1000, session_timeout_ms=6000, commit_interval_ms=100)
+    base.update(kw)
+    return KafkaConfig(**base)
+
+
+def produce(broker, topic, records) -> dict[int, int]:
+    """Send records; return each partition's next offset after them (what a full commit must reach)."""
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    futures = [producer.send(topic, key=key, value=value) for key, value in records]
+    producer.flush()
+    ends: dict[int, int] = {}
+    for fut in futures:
+        md = fut.get(10)
+        ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
+    producer.close()
+    return ends
+
+
+def expected_new_tool(calls: list[Call], min_calls: int) -> set[tuple[str, str]]:
+    det = NewToolDetector(NewToolConfig(min_calls=min_calls))
+    batch = Batch(calls=[ToolCall(time_ns=c.time_ns, agent_id=c.agent, tool=c.tool, server=c.server) for c in calls])
+    return {(f.agent_id, f.tool) for f in det.observe(batch)}
+
+
+@pytest.mark.parametrize("encoding", ["otlp_proto", "otlp_json"])
+def test_spans_from_kafka_are_processed_alerted_and_committed(tmp_path, kafka_broker, encoding):
+    kafka_broker.create_topic("otlp_spans", partitions=2)
+    calls = workload(agents=3, calls_per_agent=12, new_tool_every=10)
+    encode = (lambda r: r.SerializeToString()) if encoding == "otlp_proto" else to_otlp_json
+    records = []
+    for agent in sorted({c.agent for c in calls}):  # key = agent id: one agent's spans stay in order
+        mine = [c for c in calls if c.agent == agent]
+        records += [(agent.encode(), encode(request(mine[i : i + 4]))) for i in range(0, len(mine), 4)]
+    ends = produce(kafka_broker, "otlp_spans", records)
+
+    cfg = make_config(tmp_path, kafka=kafka_cfg(kafka_broker, encoding=encoding))
+    cfg.detectors = {"new_tool": {"min_calls": 5}}
+    with DaemonThread(cfg) as d:
+        rx = d.daemon.receiver("kafka")
+        _wait(lambda: rx.committed_records == len(records), what="all records committed")
+        assert d.metric("toolwatch_spans_received_total", {"receiver": "kafka"}) == len(calls)
+        assert d.metric("toolwatch_kafka_records_total", {"outcome": "accepted"}) == len(records)
+        got = {(a.agent_id, a.finding["tool"]) for a in d.daemon.store.list_alerts(limit=1000)}
+        assert got == expected_new_tool(calls, 5) and got  # the same alerts a direct run of the detector gives
+        # The group's committed position is the end of every partition that got records.
+        consumer = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap, group_id="toolwatch", enable_auto_commit=False)
+        committed = {tp.partition: consumer.committed(tp) for tp in rx.assigned if tp.partition in ends}
+        consumer.close()
+        assert committed == ends
+
+
+def test_poison_record_goes_to_dead_letter_topic_and_partition_keeps_flowing(tmp_path, kafka_broker):
+    kafka_broker.create_topic("otlp_spans", partitions=1)
+    kafka_broker.create_topic("otlp_spans_dlq", partitions=1)
+    good1 = request([Call("a", "files", "read_file", n) for n in range(3)]).SerializeToString()
+    good2 = request([Call("a", "files", "read_file", n) for n in range(3, 6)]).SerializeToString()
+    poison = b"\xff\xfe definitely not OTLP"
+    produce(kafka_broker, "otlp_spans", [(b"a", good1), (b"a", poison), (b"a", b'{"resourceSpans": 7}'), (b"a", good2)])
+
+    cfg = make_config(tmp_path, kafka=kafka_cfg(kafka_broker, dead_letter_topic="otlp_spans_dlq", encoding="auto"))
+    with DaemonThread(cfg) as d:
+        rx = d.daemon.receiver("kafka")
+        _wait(lambda: rx.committed_records == 4, what="all four records committed")
+        assert d.metric("toolwatch_spans_received_total", {"receiver": "kafka"}) == 6  # both good records
+        assert d.metric("toolwatch_kafka_records_total", {"outcome": "dead_letter"}) == 2
+        assert d.metric("toolwatch_requests_rejected_total", {"receiver": "kafka", "reason": "bad_protobuf"}) == 1
+        assert d.metric("toolwatch_requests_rejected_total", {"receiver": "kafka", "reason": "bad_json"}) == 1
+
+    dlq = KafkaConsumer(
+        "otlp_spans_dlq", bootstrap_servers=kafka_broker.bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=5000
+    )
+    dead = []
+    for rec in dlq:
+        dead.append(rec)
+        if len(dead) == 2:
+            break
+    dlq.close()
+    assert [r.value for r in dead] == [poison, b'{"resourceSpans": 7}']
+    headers = [dict(r.headers) for r in dead]
+    assert [h[REASON_HEADER] for h in headers] == [b"bad_protobuf", b"bad_json"]
+    assert [h[SOURCE_HEADER] for h in headers] == [b"otlp_spans/0/1", b"otlp_spans/0/2"]
+    assert all(r.key == b"a" for r in dead)
+
+
+def test_dead_letter_file_when_no_topic_is_configured(tmp_path, kafka_broker):
+    kafka_broker.create_topic("otlp_spans", partitions=1)
+    produce(kafka_broker, "otlp_spans", [(b"k", b""), (b"k", request([Call("a", "s", "t", 1)]).SerializeToString())])
+    cfg = make_config(tmp_path, kafka=kafka_cfg(kafka_broker))
+    with DaemonThread(cfg) as d:
+        rx = d.daemon.receiver("kafka")
+        _wait(lambda: rx.committed_records == 2, what="both records committed")
+        assert d.metric("toolwatch_spans_received_total", {"receiver": "kafka"}) == 1
+    path = tmp_path / "data" / "kafka-dead-letter.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(x["source"], x["reason"]) for x in lines] == [("otlp_spans/0/0", "empty")]
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_full_pipeline_pauses_partitions_then_catches_up(tmp_path, kafka_broker):
+    kafka_broker.create_topic("otlp_spans", partitions=1)
+    calls = workload(agents=2, calls_per_agent=200)
+    records = [(b"k", request(calls[i : i + 50]).SerializeToString()) for i in range(0, len(calls), 50)]
+    produce(kafka_broker, "otlp_spans", records)
+    cfg = make_config(tmp_path, kafka=kafka_cfg(kafka_broker))
+    cfg.pipeline.batch_max_size = 50
+    cfg.pipeline.queue_max_spans = 100  # two records fit: the receiver must wait for the detectors
+    with DaemonThread(cfg) as d:
+        rx = d.daemon.receiver("kafka")
+        _wait(lambda: rx.committed_records == len(records), what="all records committed")
+        assert rx.pauses >= 1, "the receiver never paused although the queue holds only two records"
+        assert d.metric("toolwatch_spans_received_total", {"receiver": "kafka"}) == len(calls)
+        assert d.daemon.pipeline.processed == len(calls)
