@@ -23,6 +23,7 @@ from toolwatch.detectors.poisoning import PoisoningConfig, ToolPoisoningDetector
 from toolwatch.detectors.policy import PolicyDetector
 from toolwatch.detectors.policy_config import PolicyConfig
 from toolwatch.detectors.rugpull import RugPullConfig, RugPullDetector
+from toolwatch.detectors.secret_args import SecretArgsConfig, SecretArgsDetector
 from toolwatch.detectors.rules import RuleEngine, RuleEngineConfig, RuleError, load_rule_files
 from toolwatch.detectors.shadowing import ShadowingConfig, ToolShadowingDetector
 from toolwatch.detectors.volume import VolumeConfig, VolumeSpikeDetector
@@ -98,6 +99,7 @@ FACTORIES: dict[str, Factory] = {
     "policy": lambda raw, path, sh: PolicyDetector(PolicyConfig.from_dict(raw, source=path)),
     "exfiltration": lambda raw, path, sh: ExfiltrationDetector(ExfiltrationConfig.from_dict(raw), sh.capabilities),
     "hijack": lambda raw, path, sh: HijackDetector(HijackConfig.from_dict(raw), sh.capabilities),
+    "secret_args": lambda raw, path, sh: SecretArgsDetector(SecretArgsConfig.from_dict(raw, path)),
     "rules": _rules,
     "sequence": lambda raw, path, sh: SequenceDetector(load_nested(SequenceConfig, raw, path)),
     "iforest": _iforest,

@@ -34,6 +34,10 @@ class HijackConfig:
     instruction_labels: tuple[str, ...] = ("instructions",)
     injection_score_threshold: float = 0.8
     """A result with at least this injection score counts as carrying instructions even unlabelled."""
+    weak_injection_score: float = 0.5
+    """A result labelled instructions whose injection score is below this (a README addressing
+    its reader, a dialect that labels without scoring) is weak evidence: findings after it are
+    two severity steps lower (critical -> medium, high/medium -> low). 0 turns this off."""
     session_kind: str = "first_tool"
     warmup_sessions: int = 3
     max_kinds_per_agent: int = 100
@@ -52,6 +56,8 @@ class HijackConfig:
             raise ValueError(f"hijack.session_kind must be one of {', '.join(SESSION_KINDS)}")
         if not 0.0 < self.injection_score_threshold <= 1.0:
             raise ValueError("hijack.injection_score_threshold must be in (0, 1]")
+        if not 0.0 <= self.weak_injection_score <= 1.0:
+            raise ValueError("hijack.weak_injection_score must be in [0, 1]")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "HijackConfig":
@@ -95,6 +101,8 @@ class Armed:
     token: str
     time_ns: int
     remaining: int
+    score: float = 1.0
+    """The result's injection score (1.0 in states saved before it was kept)."""
 
 
 @dataclass(slots=True)
@@ -131,7 +139,7 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
                       for k, p in state.kinds.items()],
             "sessions": [[sid, s.kind, s.last_ns, s.judged,
                           None if s.armed is None else [s.armed.span_id, s.armed.token, s.armed.time_ns,
-                                                        s.armed.remaining]]
+                                                        s.armed.remaining, s.armed.score]]
                          for sid, s in state.sessions.items()],
         }
 
@@ -141,7 +149,8 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             for k, n, t, sv, d in data.get("kinds", [])
         )
         sessions = OrderedDict(
-            (sid, HijackSession(kind, last, judged, None if a is None else Armed(a[0], a[1], int(a[2]), int(a[3]))))
+            (sid, HijackSession(kind, last, judged, None if a is None else Armed(
+                a[0], a[1], int(a[2]), int(a[3]), float(a[4]) if len(a) > 4 else 1.0)))
             for sid, kind, last, judged, a in data.get("sessions", [])
         )
         return AgentHijack(kinds, sessions)
@@ -171,7 +180,8 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             # Calls flagged as unfamiliar stay out of the profile, so a takeover is not learned as normal.
             profile.learn(call, self.config.max_items_per_kind)
         if self._carries_instructions(call):
-            session.armed = Armed(call.span_id, call.token, call.time_ns, self.config.window_calls)
+            session.armed = Armed(call.span_id, call.token, call.time_ns, self.config.window_calls,
+                                  call.result_injection_score)
         return finding
 
     def _carries_instructions(self, call: ToolCall) -> bool:
@@ -220,6 +230,9 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             severity = "high"
         else:
             severity = "medium"
+        weak = armed.score < self.config.weak_injection_score
+        if weak:
+            severity = {"critical": "medium", "high": "low", "medium": "low"}[severity]
         what = []
         if outbound:
             what.append("an outbound tool")
@@ -241,6 +254,8 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             "unfamiliar": new,
             "session_kind": session.kind,
             "baseline_sessions": profile.sessions,
+            "injection_score": armed.score,
+            "weak_evidence": weak,
         }
         finding = Finding(
             detector=self.name,
@@ -253,7 +268,7 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             tool=call.tool,
             span_ids=tuple(s for s in dict.fromkeys((armed.span_id, call.span_id)) if s),
             trace_ids=(call.trace_id,) if call.trace_id else (),
-            score={"medium": 0.5, "high": 0.8, "critical": 1.0}[severity],
+            score={"low": 0.25, "medium": 0.5, "high": 0.8, "critical": 1.0}[severity],
             evidence=evidence,
             dedup_key=f"{self.name}:{call.agent_id}:{call.session_id}",
         )

@@ -46,6 +46,9 @@ class VolumeConfig:
     min_calls_tool: int = 15
     min_calls_fleet: int = 50
     min_bytes: int = 1_000_000
+    min_calls_bytes: int = 5
+    """Calls a window needs before its bytes are judged: one huge result is the payload checks'
+    business (exfiltration ``large_outbound_payload``), not a volume spike."""
     min_errors: int = 5
     min_error_rate_increase: float = 0.2
     allowed_lateness_s: int = 0
@@ -60,7 +63,8 @@ class VolumeConfig:
         require(self.history_windows >= 3, "history_windows", "must be at least 3")
         require(1 <= self.min_history <= self.history_windows, "min_history", "must be between 1 and history_windows")
         require(self.k > 0, "k", "must be greater than 0")
-        for key in ("min_calls_agent", "min_calls_tool", "min_calls_fleet", "min_bytes", "min_errors"):
+        for key in ("min_calls_agent", "min_calls_tool", "min_calls_fleet", "min_bytes", "min_errors",
+                    "min_calls_bytes"):
             require(getattr(self, key) >= 0, key, "must not be negative")
         require(0.0 <= self.min_error_rate_increase <= 1.0, "min_error_rate_increase", "must be in [0, 1]")
         require(0 <= self.allowed_lateness_s <= self.window_s, "allowed_lateness_s",
@@ -216,7 +220,7 @@ class VolumeSpikeDetector(Detector):
                 med, mad, low, high = band = robust_band(hist, cfg.k, self._floor(metric, median(hist)))
                 spike = value > high and {
                     "calls": value >= min_calls,
-                    "bytes": value >= cfg.min_bytes,
+                    "bytes": value >= cfg.min_bytes and win["calls"] >= cfg.min_calls_bytes,
                     "error_rate": win["errors"] >= cfg.min_errors and win["calls"] >= min_calls / 2
                     and value >= med + cfg.min_error_rate_increase,
                 }[metric]

@@ -38,6 +38,7 @@ class _Session:
     prev_server: str = ""
     prev_result_labels: tuple[str, ...] = ()
     prev_capabilities: tuple[str, ...] = ()
+    prev_injection_score: float = 0.0
     result_labels: list[str] = field(default_factory=list)
     capabilities: list[str] = field(default_factory=list)
     servers: list[str] = field(default_factory=list)
@@ -67,6 +68,7 @@ class SessionContext:
             prev_server=s.prev_server,
             prev_result_labels=s.prev_result_labels,
             prev_capabilities=s.prev_capabilities,
+            prev_injection_score=s.prev_injection_score,
             session_calls=s.calls,
             session_result_labels=tuple(s.result_labels),
             session_capabilities=tuple(s.capabilities),
@@ -86,6 +88,7 @@ class SessionContext:
         s.prev_tool, s.prev_server = call.tool, call.server
         s.prev_result_labels = tuple(call.result_labels)
         s.prev_capabilities = tuple(sorted(capabilities))
+        s.prev_injection_score = call.result_injection_score
         _extend(s.result_labels, call.result_labels, self.limits.max_items)
         _extend(s.capabilities, sorted(capabilities), self.limits.max_items)
         _extend(s.servers, (call.server,) if call.server else (), self.limits.max_items)
@@ -112,7 +115,7 @@ class SessionContext:
         return {
             "sessions": [
                 [k, s.last_ns, s.calls, s.prev_tool, s.prev_server, list(s.prev_result_labels),
-                 list(s.prev_capabilities), s.result_labels, s.capabilities, s.servers]
+                 list(s.prev_capabilities), s.result_labels, s.capabilities, s.servers, s.prev_injection_score]
                 for k, s in self._sessions.items()
             ],
             "destinations": {a: list(d) for a, d in self._destinations.items()},
@@ -120,8 +123,11 @@ class SessionContext:
 
     def restore(self, state: dict[str, Any]) -> None:
         self._sessions = OrderedDict()
-        for k, last, calls, pt, ps, prl, pc, rl, caps, servers in state.get("sessions", []):
-            self._sessions[k] = _Session(last, calls, pt, ps, tuple(prl), tuple(pc), list(rl), list(caps), list(servers))
+        for k, last, calls, pt, ps, prl, pc, rl, caps, servers, *rest in state.get("sessions", []):
+            # ``rest``: the previous result's injection score (absent in states saved before it was kept)
+            score = float(rest[0]) if rest else 0.0
+            self._sessions[k] = _Session(last, calls, pt, ps, tuple(prl), tuple(pc), score, list(rl), list(caps),
+                                         list(servers))
         self._destinations = OrderedDict(
             (a, OrderedDict.fromkeys(d)) for a, d in state.get("destinations", {}).items()
         )
