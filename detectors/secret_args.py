@@ -30,7 +30,7 @@ SEVERITY_SCORE = {"info": 0.1, "low": 0.25, "medium": 0.5, "high": 0.8, "critica
 class SecretArgsConfig:
     """YAML key ``secret_args``."""
 
-    warmup_calls: int = 20
+    warmup_calls: int = 10
     """Calls of a tool by an agent before a secret in its arguments is judged."""
     usual_share: float = 0.05
     """A tool whose earlier calls carried secrets at least this often takes secrets: no finding."""
