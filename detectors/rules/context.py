@@ -23,11 +23,16 @@ class ContextLimits:
     """Cap on destinations remembered per agent (oldest forgotten first)."""
     max_agents: int = 10_000
     session_ttl_ns: int = 3_600_000_000_000
+    destination_warmup_calls: int = 0
+    """Calls naming destinations an agent makes before ``destinations.new`` names any: while an
+    agent is new every destination is new, which says nothing."""
 
     def validate(self) -> None:
         for name in ("max_sessions", "max_items", "max_destinations", "max_agents", "session_ttl_ns"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rules.{name} must be at least 1")
+        if self.destination_warmup_calls < 0:
+            raise ValueError("rules.destination_warmup_calls must not be negative")
 
 
 @dataclass(slots=True)
@@ -52,6 +57,7 @@ class SessionContext:
         self.limits.validate()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._destinations: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+        self._destination_calls: dict[str, int] = {}
 
     def context(self, call: ToolCall, capabilities: frozenset[str]) -> EvalContext:
         s = self._sessions.get(_key(call))
@@ -59,6 +65,8 @@ class SessionContext:
             s = None
         known = self._destinations.get(call.agent_id, {})
         new = tuple(d for d in dict.fromkeys(call.destinations) if d.lower() not in known)
+        if self._destination_calls.get(call.agent_id, 0) < self.limits.destination_warmup_calls:
+            new = ()
         if s is None:
             return EvalContext(call=call, capabilities=capabilities, new_destinations=new)
         return EvalContext(
@@ -96,6 +104,8 @@ class SessionContext:
             self._sessions.popitem(last=False)
         if call.destinations:
             known = self._destinations.setdefault(call.agent_id, OrderedDict())
+            if call.agent_id in self._destination_calls or len(self._destination_calls) < self.limits.max_agents:
+                self._destination_calls[call.agent_id] = self._destination_calls.get(call.agent_id, 0) + 1
             self._destinations.move_to_end(call.agent_id)
             for d in call.destinations:
                 known[d.lower()] = None
@@ -119,6 +129,7 @@ class SessionContext:
                 for k, s in self._sessions.items()
             ],
             "destinations": {a: list(d) for a, d in self._destinations.items()},
+            "destination_calls": dict(self._destination_calls),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -131,6 +142,9 @@ class SessionContext:
         self._destinations = OrderedDict(
             (a, OrderedDict.fromkeys(d)) for a, d in state.get("destinations", {}).items()
         )
+        # States saved before the count was kept: an agent with known destinations is past warm-up.
+        self._destination_calls = {str(a): int(n) for a, n in state.get("destination_calls", {}).items()} or {
+            a: self.limits.destination_warmup_calls for a in self._destinations}
 
 
 def _key(call: ToolCall) -> str:
