@@ -80,7 +80,7 @@ def _new_tool(raw: dict[str, Any], path: str, shared: Shared) -> Detector:
 
 
 def _rules(raw: dict[str, Any], path: str, shared: Shared) -> Detector:
-    raw.setdefault("destination_warmup_calls", 20)  # a new agent's first destinations are not news
+    raw.setdefault("destination_warmup_calls", 50)  # a new agent's first destinations are not news
     conf = RuleEngineConfig.from_dict(raw)
     try:
         ruleset = load_rule_files(rule_files(conf))

@@ -10,7 +10,8 @@ Six checks, each a finding ``kind`` in the evidence:
   intermediate calls (see ``taint``).
 - ``sensitive_then_send``: a sensitive read (``reads_sensitive`` tool or a result labelled
   secret/credential/PII) and then an outbound call in the same session within a window; medium
-  when the send goes to a new destination or carries a sensitive label the read returned, else low.
+  when the read returned a secret, or the send goes to a new destination or carries a sensitive
+  label the read returned; low otherwise.
 - ``secret_in_outbound_args`` / ``encoded_blob_outbound``: labels on an outbound call's arguments.
 - ``new_destination``: a destination never seen for the agent (after a warm-up).
 - ``large_outbound_payload``: outbound argument bytes far above the agent's median (median/MAD).
@@ -54,7 +55,7 @@ class ExfiltrationConfig:
     secret_labels: tuple[str, ...] = SECRET_LABELS
     sensitive_labels: tuple[str, ...] = SECRET_LABELS + ("pii", "card", "ssn", "iban")
     encoded_labels: tuple[str, ...] = ("high_entropy", "base64", "encoded")
-    destination_warmup_calls: int = 20
+    destination_warmup_calls: int = 50
     """Calls naming destinations an agent makes before new destinations are reported."""
     max_destinations_per_agent: int = 5_000
     payload_min_samples: int = 20
@@ -163,10 +164,11 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         labels = set(call.args_labels)
         findings: list[Finding] = []
         new_dests = self._unseen_destinations(call, agent)
+        dests_known = bool(call.destinations) and all(d.lower() in agent.destinations for d in call.destinations)
 
         matches = session.matches(call, cfg.sketch_similarity)
         cross = [m for m in matches if m.origin.server != call.server]
-        flow = self._flow_finding(call, cross, sink, new_dests) if cross else None
+        flow = self._flow_finding(call, cross, sink, new_dests, dests_known) if cross else None
         if flow is not None:
             findings.append(flow)
         secrets = sorted(labels.intersection(cfg.secret_labels))
@@ -232,13 +234,14 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             return []
         return [d for d in dict.fromkeys(x.lower() for x in call.destinations) if d not in agent.destinations]
 
-    def _flow_finding(self, call: ToolCall, cross: list[Match], sink: bool, new_dests: list[str]) -> Finding | None:
+    def _flow_finding(
+        self, call: ToolCall, cross: list[Match], sink: bool, new_dests: list[str], dests_known: bool
+    ) -> Finding | None:
         sensitive = any(m.origin.sensitive for m in cross)
         # A value reaching a sender is how data leaves, but a value sent to a destination the
         # agent already uses (a contact's address looked up, then mailed) is business as usual:
-        # only a new destination, or a sender that names none, makes it an alert.
-        known_sink = bool(call.destinations) and not new_dests
-        if sink and known_sink:
+        # only a destination not yet seen for the agent, or a sender that names none, makes it an alert.
+        if sink and dests_known:
             severity = self.config.known_destination_flow_severity
             if severity == "off":
                 return None
@@ -276,13 +279,14 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         age = (call.time_ns - first.time_ns) / NS
         reason = (f"outbound call {call.token} {age:.0f}s after a sensitive read from {first.token}"
                   f" in the same session")
-        # A read, then a send, is what most support and mail sessions do. It is worth a page only
-        # when the send looks like the read's data leaving: it goes to a destination never seen for
-        # the agent, or its arguments carry a sensitive label the read returned. Otherwise it is a
-        # low signal for the API and dashboards.
+        # A read of customer data, then a send, is what most support and mail sessions do. It is
+        # worth a page only when the read returned a secret/credential, or the send looks like the
+        # read's data leaving: it goes to a destination never seen for the agent, or its arguments
+        # carry a sensitive label the read returned. Otherwise it is a low signal (API, dashboards).
         read_labels = {lab for r in recent for lab in r.labels}
         carried = sorted(read_labels.intersection(call.args_labels))
-        severity = "medium" if (new_dests or carried) else "low"
+        secret_read = bool(read_labels.intersection(self.config.secret_labels))
+        severity = "medium" if (secret_read or new_dests or carried) else "low"
         evidence = {"reads": [{"tool": r.token, "span_id": r.span_id, "labels": list(r.labels)} for r in recent],
                     "seconds_since_read": round(age, 3), "window_s": self.config.sensitive_window_s,
                     "new_destinations": new_dests[:10], "carried_labels": carried}

@@ -27,7 +27,7 @@ class RuleEngineConfig:
     max_events: int = 1_000
     destination_warmup_calls: int = 0
     """Calls naming destinations an agent makes before ``destinations.new`` names any (the daemon
-    defaults this to 20, as ``exfiltration.destination_warmup_calls``)."""
+    defaults this to 50, as ``exfiltration.destination_warmup_calls``)."""
     files: tuple[str, ...] = ()
     """Rule files in load order; read (and watched for hot reload) by the collector, not here."""
 
