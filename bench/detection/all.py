@@ -1,7 +1,8 @@
 """Detection quality of the whole daemon: every default detector, through the real pipeline.
 
 Generates labelled traffic (``toolwatch.simulate.traffic``) for several seeds, replays it through
-the collector's ``Pipeline`` with ``build_detectors(Config())`` (what an operator gets), and prints
+the collector's ``Pipeline`` with ``build_detectors(Config())`` (what an operator gets, with the
+daemon's off-path ``Retrainer`` for the IsolationForest), and prints
 per-detector and union FPR / precision / recall and median delay per attack kind, counting as
 alerts only findings at or above ``--min-severity`` (default ``medium``: info/low findings are
 signals for the API and dashboards, not pages). The same run with ``--min-severity info`` is the
@@ -25,7 +26,7 @@ from run import pooled  # noqa: E402
 
 from toolwatch.detectors.events import SEVERITIES  # noqa: E402
 from toolwatch.simulate.evaluate import format_reports  # noqa: E402
-from toolwatch.simulate.pipeline_replay import pipeline_replay  # noqa: E402
+from toolwatch.simulate.pipeline_replay import pipeline_findings, score_at  # noqa: E402
 from toolwatch.simulate.traffic import ATTACK_KINDS, generate  # noqa: E402
 
 TARGET_RECALL = 0.95
@@ -44,13 +45,14 @@ def main() -> None:
     for seed in args.seeds:
         t = time.perf_counter()
         traffic = generate(seed=seed, agents_per_archetype=args.agents, sessions_per_agent=args.sessions)
-        reps = pipeline_replay(traffic, min_severity=args.min_severity)
+        names, findings = pipeline_findings(traffic)
+        reps = score_at(traffic, names, findings, args.min_severity)
         runs.append(reps)
         print(f"\nseed {seed}: {len(traffic.events)} events, {len(traffic.attacks)} incidents, "
               f"alerts >= {args.min_severity}, {time.perf_counter() - t:.1f} s")
         print(format_reports(reps))
         if args.baseline:
-            base_runs.append(pipeline_replay(traffic, min_severity="info"))
+            base_runs.append(score_at(traffic, names, findings, "info"))
     total = pooled(runs)
     print(f"\npooled over seeds {args.seeds}, alerts >= {args.min_severity}")
     print(format_reports(total))

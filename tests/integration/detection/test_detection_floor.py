@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from toolwatch.simulate.pipeline_replay import pipeline_replay
+from toolwatch.simulate.pipeline_replay import pipeline_findings, score_at
 from toolwatch.simulate.traffic import ATTACK_KINDS, generate
 
 SEED = 2
@@ -31,7 +31,8 @@ PRECISION_FLOOR = 0.7
 @pytest.fixture(scope="module")
 def runs():
     traffic = generate(seed=SEED, agents_per_archetype=2, sessions_per_agent=60)
-    return traffic, pipeline_replay(traffic), pipeline_replay(traffic, min_severity="info")
+    names, findings = pipeline_findings(traffic)  # one run; scored at two severity floors
+    return traffic, score_at(traffic, names, findings, "medium"), score_at(traffic, names, findings, "info")
 
 
 def test_every_attack_kind_is_injected_and_has_a_floor(runs) -> None:
