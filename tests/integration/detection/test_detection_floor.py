@@ -3,7 +3,7 @@ through the collector's real Pipeline on one fixed seed of labelled traffic, cou
 or above ``medium`` as alerts (what the default webhook pages on).
 
 The floors sit below the measured figures (docs/detection-quality.md; seed 2 measures recall
-1.00 on every kind, FPR 0.30 %, clean-session FPR 0.2 %), so a regression fails here while the
+1.00 on every kind, FPR 0.36 %, clean-session FPR 0.08 %, precision 0.925), so a regression fails here while the
 bench (bench/detection/all.py) reports the exact numbers over several seeds.
 """
 
@@ -24,8 +24,8 @@ RECALL_FLOOR = {
     "tool_shadowing": 0.8,
 }
 FPR_CEILING = 0.006
-FPR_CLEAN_CEILING = 0.004
-PRECISION_FLOOR = 0.7
+FPR_CLEAN_CEILING = 0.003
+PRECISION_FLOOR = 0.8
 
 
 @pytest.fixture(scope="module")
