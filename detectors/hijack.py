@@ -37,7 +37,7 @@ class HijackConfig:
     weak_injection_score: float = 0.5
     """A result labelled instructions whose injection score is below this (a README addressing
     its reader, a dialect that labels without scoring) is weak evidence: findings after it are
-    two severity steps lower (critical -> medium, high/medium -> low). 0 turns this off."""
+    ``low``, signals rather than pages. 0 turns this off (for a labeller that never scores)."""
     session_kind: str = "first_tool"
     warmup_sessions: int = 3
     max_kinds_per_agent: int = 100
@@ -232,7 +232,7 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             severity = "medium"
         weak = armed.score < self.config.weak_injection_score
         if weak:
-            severity = {"critical": "medium", "high": "low", "medium": "low"}[severity]
+            severity = "low"
         what = []
         if outbound:
             what.append("an outbound tool")

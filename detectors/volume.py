@@ -47,8 +47,9 @@ class VolumeConfig:
     min_calls_fleet: int = 50
     min_bytes: int = 1_000_000
     min_calls_bytes: int = 10
-    """Calls a window needs before its bytes are judged: one huge result is the payload checks'
-    business (exfiltration ``large_outbound_payload``), not a volume spike."""
+    """Calls a window needs before its bytes are judged (and at least half the scope's
+    ``min_calls_*``): one huge result is the payload checks' business (exfiltration
+    ``large_outbound_payload``), not a volume spike."""
     min_errors: int = 5
     min_error_rate_increase: float = 0.2
     allowed_lateness_s: int = 0
@@ -246,7 +247,7 @@ class VolumeSpikeDetector(Detector):
                 med, mad, low, high = band = robust_band(hist, cfg.k, self._floor(metric, median(hist)))
                 spike = value > high and {
                     "calls": value >= min_calls,
-                    "bytes": value >= cfg.min_bytes and win["calls"] >= cfg.min_calls_bytes,
+                    "bytes": value >= cfg.min_bytes and win["calls"] >= max(cfg.min_calls_bytes, min_calls / 2),
                     "error_rate": win["errors"] >= cfg.min_errors and win["calls"] >= min_calls / 2
                     and value >= med + cfg.min_error_rate_increase,
                 }[metric]

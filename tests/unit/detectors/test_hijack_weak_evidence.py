@@ -1,5 +1,5 @@
 """Hijack: a result labelled instructions but scored low by the injection scanner (a README
-addressing its reader) is weak evidence, two severity steps lower; a scored one is unchanged."""
+addressing its reader) is weak evidence: findings after it are low; a scored one is unchanged."""
 
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ def after_instructions(det: HijackDetector, score: float, nxt: ToolCall) -> list
 @pytest.mark.parametrize("score, nxt, severity", [
     # outbound + never used in this kind of session
     (0.9, call("gmail", "send_email", 105, destinations=["evil.example"]), "critical"),
-    (0.0, call("gmail", "send_email", 105, destinations=["evil.example"]), "medium"),
+    (0.0, call("gmail", "send_email", 105, destinations=["evil.example"]), "low"),
+    (0.0, call("gmail", "send_email", 105, destinations=["docs.example"]), "low"),
     # unfamiliar tool only
     (0.9, call("shell", "list", 105), "medium"),
     (0.2, call("shell", "list", 105), "low"),
@@ -53,7 +54,7 @@ def after_instructions(det: HijackDetector, score: float, nxt: ToolCall) -> list
     (0.5, call("shell", "list", 105), "medium"),
     (0.49, call("shell", "list", 105), "low"),
 ])
-def test_weak_injection_lowers_severity_by_two_steps(score: float, nxt: ToolCall, severity: str) -> None:
+def test_weak_injection_makes_findings_low(score: float, nxt: ToolCall, severity: str) -> None:
     [f] = after_instructions(trained(), score, nxt)
     assert f.severity == severity
     assert f.evidence["weak_evidence"] is (score < 0.5) and f.evidence["injection_score"] == score

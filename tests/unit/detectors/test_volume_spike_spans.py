@@ -1,5 +1,6 @@
 """Volume: a spike names the calls that make it (fastest / largest), and a bytes spike needs a
-minimum number of calls (one huge result is the payload checks' business)."""
+minimum number of calls, and half the scope's min_calls (one huge result is the payload checks'
+business)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_calls_spike_names_the_burst_not_the_sessions_ordinary_calls_before_it()
 
 
 def test_bytes_spike_names_the_largest_calls() -> None:
-    det = VolumeSpikeDetector(VolumeConfig(per_tool=False, fleet=False, min_calls_agent=1000, min_calls_bytes=10))
+    det = VolumeSpikeDetector(VolumeConfig(per_tool=False, fleet=False, min_calls_agent=20, min_calls_bytes=10))
     quiet_history(det)
     base = 6 * 60
     calls = [c(base + 1 + 2 * i, f"small{i}") for i in range(12)] + [c(base + 40, "huge", result_bytes=5_000_000)]
@@ -53,8 +54,9 @@ def test_bytes_spike_names_the_largest_calls() -> None:
 
 
 def test_bytes_spike_needs_min_calls_bytes_calls() -> None:
-    def bytes_findings(n_calls: int) -> list[Finding]:
-        det = VolumeSpikeDetector(VolumeConfig(per_tool=False, fleet=False, min_calls_bytes=10))
+    def bytes_findings(n_calls: int, min_calls_agent: int = 20) -> list[Finding]:
+        det = VolumeSpikeDetector(VolumeConfig(per_tool=False, fleet=False, min_calls_bytes=10,
+                                               min_calls_agent=min_calls_agent))
         quiet_history(det)
         base = 6 * 60
         calls = [c(base + 1 + i, f"b{i}", result_bytes=500_000) for i in range(n_calls)]
@@ -62,6 +64,9 @@ def test_bytes_spike_needs_min_calls_bytes_calls() -> None:
 
     assert bytes_findings(9) == []  # 4.5 MB in 9 calls: below the call floor (near miss)
     assert len(bytes_findings(10)) == 1
+    # and at least half the scope's min_calls (here 15 of 30): the fleet needs 25 by default
+    assert bytes_findings(14, min_calls_agent=30) == []
+    assert len(bytes_findings(15, min_calls_agent=30)) == 1
 
 
 def test_min_calls_bytes_must_not_be_negative() -> None:
