@@ -61,7 +61,8 @@ class WebhookConfig:
     secret: str = ""
     format: str = "toolwatch"
     timeout_s: float = 5.0
-    min_severity: str = "info"
+    min_severity: str = "medium"
+    """Route: alerts at or above this severity (info/low findings are API and dashboard signals, not pages)."""
     detectors: list[str] = field(default_factory=list)
     """Route: only alerts from these detectors (empty = all)."""
     agents: list[str] = field(default_factory=list)

@@ -23,6 +23,7 @@ from toolwatch.detectors.poisoning import PoisoningConfig, ToolPoisoningDetector
 from toolwatch.detectors.policy import PolicyDetector
 from toolwatch.detectors.policy_config import PolicyConfig
 from toolwatch.detectors.rugpull import RugPullConfig, RugPullDetector
+from toolwatch.detectors.secret_args import SecretArgsConfig, SecretArgsDetector
 from toolwatch.detectors.rules import RuleEngine, RuleEngineConfig, RuleError, load_rule_files
 from toolwatch.detectors.shadowing import ShadowingConfig, ToolShadowingDetector
 from toolwatch.detectors.volume import VolumeConfig, VolumeSpikeDetector
@@ -79,6 +80,7 @@ def _new_tool(raw: dict[str, Any], path: str, shared: Shared) -> Detector:
 
 
 def _rules(raw: dict[str, Any], path: str, shared: Shared) -> Detector:
+    raw.setdefault("destination_warmup_calls", 50)  # a new agent's first destinations are not news
     conf = RuleEngineConfig.from_dict(raw)
     try:
         ruleset = load_rule_files(rule_files(conf))
@@ -98,6 +100,7 @@ FACTORIES: dict[str, Factory] = {
     "policy": lambda raw, path, sh: PolicyDetector(PolicyConfig.from_dict(raw, source=path)),
     "exfiltration": lambda raw, path, sh: ExfiltrationDetector(ExfiltrationConfig.from_dict(raw), sh.capabilities),
     "hijack": lambda raw, path, sh: HijackDetector(HijackConfig.from_dict(raw), sh.capabilities),
+    "secret_args": lambda raw, path, sh: SecretArgsDetector(SecretArgsConfig.from_dict(raw, path)),
     "rules": _rules,
     "sequence": lambda raw, path, sh: SequenceDetector(load_nested(SequenceConfig, raw, path)),
     "iforest": _iforest,

@@ -4,10 +4,14 @@ Six checks, each a finding ``kind`` in the evidence:
 
 - ``cross_server_flow``: a value (exact fingerprint, or near-copy by sketch) that came out of one
   server's result is in the arguments of a call to another server; high/critical when that
-  server sends data out, low otherwise (``non_sink_flow_severity``). Flows are followed through
+  server sends data out to a new destination (or names none), low when every destination it names
+  is already known for the agent (``known_destination_flow_severity``), low for non-senders
+  (``non_sink_flow_severity``). Flows are followed through
   intermediate calls (see ``taint``).
 - ``sensitive_then_send``: a sensitive read (``reads_sensitive`` tool or a result labelled
-  secret/credential/PII) and then an outbound call in the same session within a window.
+  secret/credential/PII) and then an outbound call in the same session within a window; medium
+  when the read returned a secret, or the send goes to a new destination or carries a sensitive
+  label the read returned; low otherwise.
 - ``secret_in_outbound_args`` / ``encoded_blob_outbound``: labels on an outbound call's arguments.
 - ``new_destination``: a destination never seen for the agent (after a warm-up).
 - ``large_outbound_payload``: outbound argument bytes far above the agent's median (median/MAD).
@@ -48,11 +52,14 @@ class ExfiltrationConfig:
     sketch_similarity: float = 0.8
     non_sink_flow_severity: str = "low"
     """Severity of flows into servers that do not send out; ``off`` to not report them."""
+    known_destination_flow_severity: str = "low"
+    """Severity of flows into a sender whose destinations are all known for the agent; ``off`` to
+    not report them (a contact's address looked up, then mailed)."""
     sensitive_window_s: int = 600
     secret_labels: tuple[str, ...] = SECRET_LABELS
     sensitive_labels: tuple[str, ...] = SECRET_LABELS + ("pii", "card", "ssn", "iban")
     encoded_labels: tuple[str, ...] = ("high_entropy", "base64", "encoded")
-    destination_warmup_calls: int = 20
+    destination_warmup_calls: int = 50
     """Calls naming destinations an agent makes before new destinations are reported."""
     max_destinations_per_agent: int = 5_000
     payload_min_samples: int = 20
@@ -73,8 +80,9 @@ class ExfiltrationConfig:
             raise ValueError("exfiltration.sketch_similarity must be in (0, 1]")
         if self.flow_scope not in ("agent", "trace", "session"):
             raise ValueError("exfiltration.flow_scope must be one of agent, trace, session")
-        if self.non_sink_flow_severity not in SEVERITIES + ("off",):
-            raise ValueError(f"exfiltration.non_sink_flow_severity must be one of {', '.join(SEVERITIES)}, off")
+        for key in ("non_sink_flow_severity", "known_destination_flow_severity"):
+            if getattr(self, key) not in SEVERITIES + ("off",):
+                raise ValueError(f"exfiltration.{key} must be one of {', '.join(SEVERITIES)}, off")
         if self.destination_warmup_calls < 0 or self.payload_min_bytes < 0:
             raise ValueError("exfiltration.destination_warmup_calls and payload_min_bytes must not be negative")
         if self.payload_ratio <= 1.0 or self.payload_mad_k <= 0:
@@ -161,10 +169,12 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         sink = SENDS_OUT in caps
         labels = set(call.args_labels)
         findings: list[Finding] = []
+        new_dests = self._unseen_destinations(call, agent)
+        dests_known = bool(call.destinations) and all(d.lower() in agent.destinations for d in call.destinations)
 
         matches = session.matches(call, cfg.sketch_similarity)
         cross = [m for m in matches if m.origin.server != call.server]
-        flow = self._flow_finding(call, cross, sink) if cross else None
+        flow = self._flow_finding(call, cross, sink, new_dests, dests_known) if cross else None
         if flow is not None:
             findings.append(flow)
         secrets = sorted(labels.intersection(cfg.secret_labels))
@@ -184,7 +194,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
                                               f"{call.token}", {"labels": encoded, "args_bytes": call.args_bytes}))
             sensitive_flow = any(m.origin.sensitive for m in cross)
             if not sensitive_flow:
-                seq = self._sensitive_then_send(call, session)
+                seq = self._sensitive_then_send(call, session, new_dests)
                 if seq is not None:
                     findings.append(seq)
             big = self._large_payload(call, agent)
@@ -232,9 +242,25 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             agent.sessions.popitem(last=False)
         return s
 
-    def _flow_finding(self, call: ToolCall, cross: list[Match], sink: bool) -> Finding | None:
+    def _unseen_destinations(self, call: ToolCall, agent: AgentFlows) -> list[str]:
+        """Destinations of ``call`` never seen for the agent (before this call is learned); none
+        during the destination warm-up, when every destination is new."""
+        if agent.destination_calls < self.config.destination_warmup_calls:
+            return []
+        return [d for d in dict.fromkeys(x.lower() for x in call.destinations) if d not in agent.destinations]
+
+    def _flow_finding(
+        self, call: ToolCall, cross: list[Match], sink: bool, new_dests: list[str], dests_known: bool
+    ) -> Finding | None:
         sensitive = any(m.origin.sensitive for m in cross)
-        if sink:
+        # A value reaching a sender is how data leaves, but a value sent to a destination the
+        # agent already uses (a contact's address looked up, then mailed) is business as usual:
+        # only a destination not yet seen for the agent, or a sender that names none, makes it an alert.
+        if sink and dests_known:
+            severity = self.config.known_destination_flow_severity
+            if severity == "off":
+                return None
+        elif sink:
             severity = "critical" if sensitive else "high"
         elif self.config.non_sink_flow_severity == "off":
             return None
@@ -254,11 +280,12 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             "origins": [o.describe() for o in origins[:10]],
             "sink": sink,
             "sensitive_origin": sensitive,
+            "new_destinations": new_dests[:10],
         }
         spans = tuple(dict.fromkeys([o.span_id for o in origins] + [call.span_id]))
         return self._finding(call, "cross_server_flow", severity, reason, evidence, spans)
 
-    def _sensitive_then_send(self, call: ToolCall, session: SessionFlows) -> Finding | None:
+    def _sensitive_then_send(self, call: ToolCall, session: SessionFlows, new_dests: list[str]) -> Finding | None:
         window = self.config.sensitive_window_s * NS
         recent = [r for r in session.sensitive if 0 <= call.time_ns - r.time_ns <= window and r.token != call.token]
         if not recent:
@@ -267,12 +294,18 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         age = (call.time_ns - first.time_ns) / NS
         reason = (f"outbound call {call.token} {age:.0f}s after a sensitive read from {first.token}"
                   f" in the same session")
+        # A read of customer data, then a send, is what most support and mail sessions do. It is
+        # worth a page only when the read returned a secret/credential, or the send looks like the
+        # read's data leaving: it goes to a destination never seen for the agent, or its arguments
+        # carry a sensitive label the read returned. Otherwise it is a low signal (API, dashboards).
+        read_labels = {lab for r in recent for lab in r.labels}
+        carried = sorted(read_labels.intersection(call.args_labels))
+        secret_read = bool(read_labels.intersection(self.config.secret_labels))
+        severity = "medium" if (secret_read or new_dests or carried) else "low"
         evidence = {"reads": [{"tool": r.token, "span_id": r.span_id, "labels": list(r.labels)} for r in recent],
-                    "seconds_since_read": round(age, 3), "window_s": self.config.sensitive_window_s}
+                    "seconds_since_read": round(age, 3), "window_s": self.config.sensitive_window_s,
+                    "new_destinations": new_dests[:10], "carried_labels": carried}
         spans = tuple(dict.fromkeys([r.span_id for r in recent] + [call.span_id]))
-        # A read whose result carried sensitive labels is evidence; a read from a tool that merely
-        # *can* read sensitive data (any file reader) is a weak hint, or coding agents would page.
-        severity = "medium" if any(r.labels for r in recent) else "low"
         return self._finding(call, "sensitive_then_send", severity, reason, evidence, spans)
 
     def _new_destinations(self, call: ToolCall, agent: AgentFlows, sink: bool) -> Finding | None:

@@ -34,6 +34,10 @@ class HijackConfig:
     instruction_labels: tuple[str, ...] = ("instructions",)
     injection_score_threshold: float = 0.8
     """A result with at least this injection score counts as carrying instructions even unlabelled."""
+    weak_injection_score: float = 0.5
+    """A result labelled instructions whose injection score is below this (a README addressing
+    its reader, a dialect that labels without scoring) is weak evidence: findings after it are
+    ``low``, signals rather than pages. 0 turns this off (for a labeller that never scores)."""
     session_kind: str = "first_tool"
     arm_scope: str = "agent"
     """Which calls are judged after instructions arrive: the agent's next calls on any server
@@ -58,6 +62,8 @@ class HijackConfig:
             raise ValueError(f"hijack.session_kind must be one of {', '.join(SESSION_KINDS)}")
         if not 0.0 < self.injection_score_threshold <= 1.0:
             raise ValueError("hijack.injection_score_threshold must be in (0, 1]")
+        if not 0.0 <= self.weak_injection_score <= 1.0:
+            raise ValueError("hijack.weak_injection_score must be in [0, 1]")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "HijackConfig":
@@ -101,6 +107,8 @@ class Armed:
     token: str
     time_ns: int
     remaining: int
+    score: float = 1.0
+    """The result's injection score (1.0 in states saved before it was kept)."""
 
 
 @dataclass(slots=True)
@@ -121,11 +129,14 @@ class AgentHijack:
 
 
 def _armed_to_list(a: Armed | None) -> list[Any] | None:
-    return None if a is None else [a.span_id, a.token, a.time_ns, a.remaining]
+    return None if a is None else [a.span_id, a.token, a.time_ns, a.remaining, a.score]
 
 
 def _armed_from_list(a: list[Any] | None) -> Armed | None:
-    return None if a is None else Armed(a[0], a[1], int(a[2]), int(a[3]))
+    """Older states have no score: they load as strong evidence (1.0)."""
+    if a is None:
+        return None
+    return Armed(a[0], a[1], int(a[2]), int(a[3]), float(a[4]) if len(a) > 4 else 1.0)
 
 
 class HijackDetector(PerAgentDetector[AgentHijack]):
@@ -187,7 +198,8 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             # Calls flagged as unfamiliar stay out of the profile, so a takeover is not learned as normal.
             profile.learn(call, self.config.max_items_per_kind)
         if self._carries_instructions(call):
-            armed = Armed(call.span_id, call.token, call.time_ns, self.config.window_calls)
+            armed = Armed(call.span_id, call.token, call.time_ns, self.config.window_calls,
+                          call.result_injection_score)
             if by_agent:
                 agent.armed = armed
             else:
@@ -245,6 +257,9 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             severity = "high"
         else:
             severity = "medium"
+        weak = armed.score < self.config.weak_injection_score
+        if weak:
+            severity = "low"
         what = []
         if outbound:
             what.append("an outbound tool")
@@ -266,6 +281,8 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             "unfamiliar": new,
             "session_kind": session.kind,
             "baseline_sessions": profile.sessions,
+            "injection_score": armed.score,
+            "weak_evidence": weak,
         }
         finding = Finding(
             detector=self.name,
@@ -278,7 +295,7 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             tool=call.tool,
             span_ids=tuple(s for s in dict.fromkeys((armed.span_id, call.span_id)) if s),
             trace_ids=(call.trace_id,) if call.trace_id else (),
-            score={"medium": 0.5, "high": 0.8, "critical": 1.0}[severity],
+            score={"low": 0.25, "medium": 0.5, "high": 0.8, "critical": 1.0}[severity],
             evidence=evidence,
             dedup_key=f"{self.name}:{call.agent_id}:{call.session_id}",
         )

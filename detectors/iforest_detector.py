@@ -40,7 +40,7 @@ from .iforest import ForestModel, ForestParams
 from .sequence import MarkovConfig, MarkovModel, select_prior
 from .sessions import SessionTracker
 
-__all__ = ["ForestConfig", "IsolationForestDetector"]
+__all__ = ["ForestConfig", "IsolationForestDetector", "finding_severity"]
 
 LEARNING, ACTIVE, FROZEN = "learning", "active", "frozen"
 GROUPS = "groups"
@@ -78,6 +78,13 @@ class ForestConfig:
     explain_top: int = 3
     high_margin: float = 0.08
     """Score this far above the threshold makes a finding ``high`` instead of ``medium``."""
+    medium_margin: float = 0.03
+    """Below this margin over the threshold (and with no feature ``medium_range_excess`` out of
+    range) a finding is ``low``: the calibrated tail (``target_alert_rate``) of a model is a
+    statistical signal for dashboards, not a page."""
+    medium_range_excess: float = 2.0
+    """A feature this many ``range_k`` range-widths outside the baseline range makes it ``medium``
+    (``high`` at 4)."""
 
     def validate(self) -> "ForestConfig":
         self.forest.validate()
@@ -97,7 +104,20 @@ class ForestConfig:
         if self.max_open_sessions < 1 or self.session_idle_s <= 0 or self.max_destinations < 1:
             raise ValueError("iforest.max_open_sessions and iforest.max_destinations must be >= 1, "
                              "iforest.session_idle_s > 0")
+        if not 0.0 <= self.medium_margin <= self.high_margin or not 0.0 <= self.medium_range_excess <= 4.0:
+            raise ValueError("iforest.medium_margin must be in [0, high_margin] and "
+                             "iforest.medium_range_excess in [0, 4]")
         return self
+
+
+def finding_severity(cfg: ForestConfig, margin: float, excess: float, range_k: float) -> str:
+    """``high`` for a clear outlier, ``medium`` for a moderate one, ``low`` for the calibrated tail:
+    ``margin`` = score - threshold, ``excess`` = range-widths outside the baseline range."""
+    if margin >= cfg.high_margin or excess >= 4 * range_k:
+        return "high"
+    if margin >= cfg.medium_margin or excess >= cfg.medium_range_excess * range_k:
+        return "medium"
+    return "low"
 
 
 def _group_key(servers: Iterable[str]) -> str:
@@ -397,8 +417,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             why = f"a feature {excess:.2f} range-widths outside the baseline range"
         return Finding(
             detector=self.name,
-            severity="high" if score - model.threshold >= self.config.high_margin or excess >= 4 * model.params.range_k
-            else "medium",
+            severity=finding_severity(self.config, score - model.threshold, excess, model.params.range_k),
             agent_id=c.agent_id,
             reason=f"call {c.token} unlike the baseline ({basis}): {why}; {top}",
             time_ns=c.time_ns,

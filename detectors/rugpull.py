@@ -205,7 +205,19 @@ class RugPullDetector(Detector):
                                   tool=tool, evidence={"pending_id": pid, "kind": kind, "old_sha256": old_sha,
                                                        "new_sha256": new_sha}, dedup=f"rugpull:rejected:{pid}")]
         if pid in self._pending:
-            return []  # already staged and reported
+            # Already staged and reported; another agent now being served the same unapproved
+            # change is exposed too, so it is reported once per agent (same dedup key: one alert).
+            item = self._pending[pid]
+            key = f"rugpull:exposed:{pid}:{listing.agent_id}"
+            if listing.agent_id == item["agent_id"] or key in self._alerted:
+                return []
+            self._mark(key)
+            return [self._finding(listing, KIND_SEVERITY[kind], f"{reason}; pending approval since it was first "
+                                  f"served to agent {item['agent_id']!r}, now served to this agent too", tool=tool,
+                                  evidence={"pending_id": pid, "kind": kind, "identity": ident, "old_sha256": old_sha,
+                                            "new_sha256": new_sha, "first_agent_id": item["agent_id"],
+                                            "after_list_changed": listing.after_list_changed},
+                                  dedup=f"rugpull:{pid}")]
         # A newer change to the same tool supersedes an older pending one.
         for other_id, item in list(self._pending.items()):
             if item["identity"] == ident and item["tool"] == tool and item["kind"] == kind:

@@ -105,14 +105,15 @@ class ToolShadowingDetector(PerAgentDetector[State]):
         self._ignored = {k for n in self.config.ignore_names for k in skeletons(n)}
 
     def new_state(self) -> State:
-        return {"servers": {}, "alerted": []}
+        return {"servers": {}, "alerted": [], "first": {}}
 
     def state_to_dict(self, state: State) -> dict[str, Any]:
-        return {"servers": {s: dict(t) for s, t in state["servers"].items()}, "alerted": list(state["alerted"])}
+        return {"servers": {s: dict(t) for s, t in state["servers"].items()}, "alerted": list(state["alerted"]),
+                "first": dict(state.get("first", {}))}
 
     def state_from_dict(self, data: dict[str, Any]) -> State:
         return {"servers": {s: dict(t) for s, t in data.get("servers", {}).items()},
-                "alerted": list(data.get("alerted", []))}
+                "alerted": list(data.get("alerted", [])), "first": dict(data.get("first", {}))}
 
     def observe(self, batch: Batch) -> list[Finding]:
         findings: list[Finding] = []
@@ -124,8 +125,12 @@ class ToolShadowingDetector(PerAgentDetector[State]):
         st = self.state_for(listing.agent_id)
         servers: dict[str, dict[str, str]] = st["servers"]
         servers[listing.server] = {t.name: t.description for t in listing.tools}
+        first: dict[str, str] = st.setdefault("first", {})
+        first.setdefault(listing.server, listing.session_id)
         if len(servers) > self.config.max_servers_per_agent:
-            servers.pop(next(k for k in servers if k != listing.server))
+            dropped = next(k for k in servers if k != listing.server)
+            servers.pop(dropped)
+            first.pop(dropped, None)
         alerted: list[str] = st["alerted"]
         findings: list[Finding] = []
         mine = servers[listing.server]
@@ -146,11 +151,16 @@ class ToolShadowingDetector(PerAgentDetector[State]):
                     if identical and not self.config.report_identical:
                         continue
                     pair = sorted([f"{listing.server}/{name}", f"{other}/{theirs}"])
+                    # Two servers the agent was set up with together (first listed in one session)
+                    # that both offer ``search`` are a deployment choice, a low signal; a server
+                    # that turns up later offering an established server's tool name is the attack.
+                    together = bool(listing.session_id) and first.get(other) == first.get(listing.server)
                     findings += self._once(alerted, f"name:{pair[0]}|{pair[1]}", listing, name,
-                        "medium" if identical else "high",
+                        ("low" if together else "medium") if identical else "high",
                         (f"tool {name!r} is exposed by both {listing.server!r} and {other!r}" if identical else
                          f"tool {name!r} on {listing.server!r} is confusable with {theirs!r} on {other!r}"),
                         {"kind": "identical" if identical else "confusable", "tools": pair, "skeleton": key,
+                         "listed_together": together,
                          "codepoints": [f"U+{ord(c):04X}" for c in name if not c.isascii()]})
             # Descriptions naming another server's tool, in both directions.
             for (src, descs), (dst, names) in (((listing.server, mine), (other, tools)),

@@ -42,10 +42,14 @@ class VolumeConfig:
     """Windows of history before anything is judged (explicit warm-up)."""
     k: float = 4.0
     """Band half-width in robust standard deviations (1.4826·MAD)."""
-    min_calls_agent: int = 20
-    min_calls_tool: int = 15
+    min_calls_agent: int = 30
+    min_calls_tool: int = 20
     min_calls_fleet: int = 50
     min_bytes: int = 1_000_000
+    min_calls_bytes: int = 10
+    """Calls a window needs before its bytes are judged (and at least half the scope's
+    ``min_calls_*``): one huge result is the payload checks' business (exfiltration
+    ``large_outbound_payload``), not a volume spike."""
     min_errors: int = 5
     min_error_rate_increase: float = 0.2
     allowed_lateness_s: int = 0
@@ -60,7 +64,8 @@ class VolumeConfig:
         require(self.history_windows >= 3, "history_windows", "must be at least 3")
         require(1 <= self.min_history <= self.history_windows, "min_history", "must be between 1 and history_windows")
         require(self.k > 0, "k", "must be greater than 0")
-        for key in ("min_calls_agent", "min_calls_tool", "min_calls_fleet", "min_bytes", "min_errors"):
+        for key in ("min_calls_agent", "min_calls_tool", "min_calls_fleet", "min_bytes", "min_errors",
+                    "min_calls_bytes"):
             require(getattr(self, key) >= 0, key, "must not be negative")
         require(0.0 <= self.min_error_rate_increase <= 1.0, "min_error_rate_increase", "must be in [0, 1]")
         require(0 <= self.allowed_lateness_s <= self.window_s, "allowed_lateness_s",
@@ -71,6 +76,25 @@ class VolumeConfig:
     @classmethod
     def from_dict(cls, data: Any, path: str = "volume") -> "VolumeConfig":
         return load_flat(cls, data, path)
+
+
+SPANS_NAMED = 10
+"""Spans a volume finding names (per window and kind: first, fastest, largest)."""
+
+
+def _keep(top: list[list[Any]], item: list[Any]) -> None:
+    """Keep the ``SPANS_NAMED`` items with the largest first element (ties: earliest stays)."""
+    top.append(item)
+    if len(top) > SPANS_NAMED:
+        top.remove(min(top, key=lambda x: x[0]))
+
+
+def _spans_for(win: dict[str, Any], metric: str) -> tuple[str, ...]:
+    """Calls: the fastest-following calls; bytes: the largest; error rate: the window's first calls."""
+    ranked = {"calls": win.get("fast"), "bytes": win.get("big")}.get(metric)
+    if not ranked:
+        return tuple(win["spans"])
+    return tuple(span for _w, span in sorted(ranked, key=lambda x: -x[0]))
 
 
 def robust_band(history: list[float], k: float, floor: float) -> tuple[float, float, float, float]:
@@ -143,6 +167,13 @@ class VolumeSpikeDetector(Detector):
         win["errors"] += 1 if call.is_error else 0
         if call.span_id and len(win["spans"]) < 10:
             win["spans"].append(call.span_id)
+        gap = call.time_ns - entry.get("last_ns", call.time_ns - 10**15)
+        entry["last_ns"] = max(entry.get("last_ns", call.time_ns), call.time_ns)
+        if call.span_id:
+            # The calls that make a spike: the fastest-following and the largest. A finding names
+            # these rather than the window's first calls, which are often the session's ordinary ones.
+            _keep(win.setdefault("fast", []), [-abs(gap), call.span_id])
+            _keep(win.setdefault("big", []), [max(0, call.args_bytes) + max(0, call.result_bytes), call.span_id])
         if call.session_id and (call.session_id in win["sessions"] or len(win["sessions"]) < 20):
             win["sessions"][call.session_id] = win["sessions"].get(call.session_id, 0) + 1
 
@@ -216,7 +247,7 @@ class VolumeSpikeDetector(Detector):
                 med, mad, low, high = band = robust_band(hist, cfg.k, self._floor(metric, median(hist)))
                 spike = value > high and {
                     "calls": value >= min_calls,
-                    "bytes": value >= cfg.min_bytes,
+                    "bytes": value >= cfg.min_bytes and win["calls"] >= max(cfg.min_calls_bytes, min_calls / 2),
                     "error_rate": win["errors"] >= cfg.min_errors and win["calls"] >= min_calls / 2
                     and value >= med + cfg.min_error_rate_increase,
                 }[metric]
@@ -245,7 +276,7 @@ class VolumeSpikeDetector(Detector):
             reason=f"{who}: {metric.replace('_', ' ')} {shown} in a {self.config.window_s}s window "
                    f"(baseline {base}, band up to {top})",
             time_ns=(idx + 1) * self._w, session_id=max(sessions, key=sessions.get) if sessions else "",
-            server=server, tool=tool, span_ids=tuple(win["spans"]), score=round(z, 3),
+            server=server, tool=tool, span_ids=_spans_for(win, metric), score=round(z, 3),
             evidence={"scope": entry["scope"], "metric": metric, "window_start_ns": idx * self._w,
                       "window_s": self.config.window_s, "value": value, "calls": win["calls"],
                       "errors": win["errors"], "bytes": win["bytes"], "median": med, "mad": mad, "low": low,

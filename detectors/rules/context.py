@@ -23,11 +23,16 @@ class ContextLimits:
     """Cap on destinations remembered per agent (oldest forgotten first)."""
     max_agents: int = 10_000
     session_ttl_ns: int = 3_600_000_000_000
+    destination_warmup_calls: int = 0
+    """Calls naming destinations an agent makes before ``destinations.new`` names any: while an
+    agent is new every destination is new, which says nothing."""
 
     def validate(self) -> None:
         for name in ("max_sessions", "max_items", "max_destinations", "max_agents", "session_ttl_ns"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rules.{name} must be at least 1")
+        if self.destination_warmup_calls < 0:
+            raise ValueError("rules.destination_warmup_calls must not be negative")
 
 
 @dataclass(slots=True)
@@ -38,6 +43,7 @@ class _Session:
     prev_server: str = ""
     prev_result_labels: tuple[str, ...] = ()
     prev_capabilities: tuple[str, ...] = ()
+    prev_injection_score: float = 0.0
     result_labels: list[str] = field(default_factory=list)
     capabilities: list[str] = field(default_factory=list)
     servers: list[str] = field(default_factory=list)
@@ -51,6 +57,7 @@ class SessionContext:
         self.limits.validate()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._destinations: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
+        self._destination_calls: dict[str, int] = {}
 
     def context(self, call: ToolCall, capabilities: frozenset[str]) -> EvalContext:
         s = self._sessions.get(_key(call))
@@ -58,6 +65,8 @@ class SessionContext:
             s = None
         known = self._destinations.get(call.agent_id, {})
         new = tuple(d for d in destination_keys(call.destinations) if d not in known)
+        if self._destination_calls.get(call.agent_id, 0) < self.limits.destination_warmup_calls:
+            new = ()
         if s is None:
             return EvalContext(call=call, capabilities=capabilities, new_destinations=new)
         return EvalContext(
@@ -67,6 +76,7 @@ class SessionContext:
             prev_server=s.prev_server,
             prev_result_labels=s.prev_result_labels,
             prev_capabilities=s.prev_capabilities,
+            prev_injection_score=s.prev_injection_score,
             session_calls=s.calls,
             session_result_labels=tuple(s.result_labels),
             session_capabilities=tuple(s.capabilities),
@@ -86,6 +96,7 @@ class SessionContext:
         s.prev_tool, s.prev_server = call.tool, call.server
         s.prev_result_labels = tuple(call.result_labels)
         s.prev_capabilities = tuple(sorted(capabilities))
+        s.prev_injection_score = call.result_injection_score
         _extend(s.result_labels, call.result_labels, self.limits.max_items)
         _extend(s.capabilities, sorted(capabilities), self.limits.max_items)
         _extend(s.servers, (call.server,) if call.server else (), self.limits.max_items)
@@ -93,6 +104,8 @@ class SessionContext:
             self._sessions.popitem(last=False)
         if call.destinations:
             known = self._destinations.setdefault(call.agent_id, OrderedDict())
+            if call.agent_id in self._destination_calls or len(self._destination_calls) < self.limits.max_agents:
+                self._destination_calls[call.agent_id] = self._destination_calls.get(call.agent_id, 0) + 1
             self._destinations.move_to_end(call.agent_id)
             for d in destination_keys(call.destinations):
                 known[d] = None
@@ -112,19 +125,26 @@ class SessionContext:
         return {
             "sessions": [
                 [k, s.last_ns, s.calls, s.prev_tool, s.prev_server, list(s.prev_result_labels),
-                 list(s.prev_capabilities), s.result_labels, s.capabilities, s.servers]
+                 list(s.prev_capabilities), s.result_labels, s.capabilities, s.servers, s.prev_injection_score]
                 for k, s in self._sessions.items()
             ],
             "destinations": {a: list(d) for a, d in self._destinations.items()},
+            "destination_calls": dict(self._destination_calls),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         self._sessions = OrderedDict()
-        for k, last, calls, pt, ps, prl, pc, rl, caps, servers in state.get("sessions", []):
-            self._sessions[k] = _Session(last, calls, pt, ps, tuple(prl), tuple(pc), list(rl), list(caps), list(servers))
+        for k, last, calls, pt, ps, prl, pc, rl, caps, servers, *rest in state.get("sessions", []):
+            # ``rest``: the previous result's injection score (absent in states saved before it was kept)
+            score = float(rest[0]) if rest else 0.0
+            self._sessions[k] = _Session(last, calls, pt, ps, tuple(prl), tuple(pc), score, list(rl), list(caps),
+                                         list(servers))
         self._destinations = OrderedDict(
             (a, OrderedDict.fromkeys(d)) for a, d in state.get("destinations", {}).items()
         )
+        # States saved before the count was kept: an agent with known destinations is past warm-up.
+        self._destination_calls = {str(a): int(n) for a, n in state.get("destination_calls", {}).items()} or {
+            a: self.limits.destination_warmup_calls for a in self._destinations}
 
 
 def _key(call: ToolCall) -> str:

@@ -25,6 +25,9 @@ class RuleEngineConfig:
     session_ttl_s: int = 3_600
     max_groups: int = 10_000
     max_events: int = 1_000
+    destination_warmup_calls: int = 0
+    """Calls naming destinations an agent makes before ``destinations.new`` names any (the daemon
+    defaults this to 50, as ``exfiltration.destination_warmup_calls``)."""
     files: tuple[str, ...] = ()
     """Rule files in load order; read (and watched for hot reload) by the collector, not here."""
 
@@ -33,6 +36,9 @@ class RuleEngineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"rules.{name} must be a whole number of at least 1")
+        if isinstance(self.destination_warmup_calls, bool) or not isinstance(self.destination_warmup_calls, int) \
+                or self.destination_warmup_calls < 0:
+            raise ValueError("rules.destination_warmup_calls must be a whole number of at least 0")
         if not all(isinstance(f, str) and f for f in self.files):
             raise ValueError("rules.files must be a list of file paths")
 
@@ -72,6 +78,7 @@ class RuleEngine(Detector):
             ContextLimits(
                 max_sessions=self.config.max_sessions,
                 max_destinations=self.config.max_destinations,
+                destination_warmup_calls=self.config.destination_warmup_calls,
                 session_ttl_ns=self.config.session_ttl_s * 1_000_000_000,
             )
         )

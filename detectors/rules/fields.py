@@ -26,6 +26,7 @@ class EvalContext:
     prev_tool: str = ""
     prev_server: str = ""
     prev_result_labels: tuple[str, ...] = ()
+    prev_injection_score: float = 0.0
     prev_capabilities: tuple[str, ...] = ()
     session_calls: int = 0
     session_result_labels: tuple[str, ...] = ()
@@ -82,6 +83,8 @@ FIELDS: dict[str, Field] = {
     "prev.tool": _s(lambda c: c.prev_tool, "tool of the previous call in the session"),
     "prev.server": _s(lambda c: c.prev_server, "server of the previous call in the session"),
     "prev.result.labels": _l(lambda c: c.prev_result_labels, "result labels of the previous call in the session"),
+    "prev.result.injection_score": _n(lambda c: c.prev_injection_score,
+                                      "0..1 prompt-injection score of the previous call's result"),
     "prev.capabilities": _l(lambda c: c.prev_capabilities, "capabilities of the previous call in the session"),
     "session.calls": _n(lambda c: float(c.session_calls), "calls earlier in this session"),
     "session.result.labels": _l(lambda c: c.session_result_labels, "result labels seen earlier in this session"),

@@ -131,7 +131,7 @@ async def run_demo(
     data_dir: Path,
     *,
     rounds: int = 10,
-    spike_calls: int = 150,
+    spike_calls: int = 300,
     keep_running: bool = False,
     out: TextIO = sys.stdout,
     colour: bool | None = None,
@@ -252,7 +252,7 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data-dir", default="./toolwatch-demo-data", help="where the demo's store goes (default ./toolwatch-demo-data)")
     p.add_argument("--rounds", type=int, default=10, help="learning rounds before the attacks (default 10, at least 3)")
-    p.add_argument("--spike-calls", type=int, default=150, help="calls in the volume spike (default 150)")
+    p.add_argument("--spike-calls", type=int, default=300, help="calls in the volume spike (default 300)")
     p.add_argument("--keep-running", action="store_true", help="keep the daemon up after the summary")
     p.set_defaults(func=cmd_demo)
 

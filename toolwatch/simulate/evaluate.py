@@ -4,6 +4,8 @@
 ``replay(detectors, traffic, batch_size=512)`` feeds the events in time order, in micro-batches,
 to every detector's ``observe`` (or ``observe_scored`` when it has one, to collect per-call scores
 for ROC/PR curves) and returns one ``DetectorReport`` per detector plus ``"any"``, the union.
+``score(traffic, findings, names)`` does the same scoring for findings gathered elsewhere (the
+collector's real pipeline: ``pipeline_replay``).
 
 Metrics, per detector:
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from .traffic import ATTACK_KINDS, Attack, Traffic, batches
 
-__all__ = ["DetectorReport", "replay", "format_reports", "curve_points"]
+__all__ = ["DetectorReport", "replay", "score", "format_reports", "curve_points"]
 
 
 @dataclass
@@ -102,12 +104,33 @@ def replay(detectors: Sequence[Any], traffic: Traffic, batch_size: int = 512) ->
             for f in found:
                 for s in f.span_ids:
                     seen.setdefault(s, f.time_ns)
+    _fill(traffic, flagged, reports)
+    return reports
+
+
+def score(traffic: Traffic, findings: Sequence[Any], names: Sequence[str] = ()) -> dict[str, DetectorReport]:
+    """Reports for findings gathered elsewhere (e.g. through the collector's pipeline): one per
+    detector in ``names`` (even when it found nothing) or seen in ``findings``, plus ``"any"``."""
+    flagged: dict[str, dict[str, int]] = {n: {} for n in names}
+    reports = {n: DetectorReport(n) for n in names}
+    for f in findings:
+        seen = flagged.setdefault(f.detector, {})
+        reports.setdefault(f.detector, DetectorReport(f.detector)).findings += 1
+        for s in f.span_ids:
+            seen[s] = min(f.time_ns, seen.get(s, f.time_ns))
+    _fill(traffic, flagged, reports)
+    return reports
+
+
+def _fill(traffic: Traffic, flagged: dict[str, dict[str, int]], reports: dict[str, DetectorReport]) -> None:
+    """Add the union ``"any"`` and compute every report's counts from span -> first-finding time."""
+    labels = traffic.labels
     union: dict[str, int] = {}
     for seen in flagged.values():
         for s, t in seen.items():
             union[s] = min(t, union.get(s, t))
     flagged["any"] = union
-    reports["any"] = DetectorReport("any")
+    reports["any"] = DetectorReport("any", findings=sum(r.findings for r in reports.values()))
     n_benign = sum(1 for e in traffic.events if e.span_id not in labels)
     attacked = {a.session_id for a in traffic.attacks}
     clean = {e.span_id for e in traffic.events if e.session_id not in attacked}
@@ -125,7 +148,6 @@ def replay(detectors: Sequence[Any], traffic: Traffic, batch_size: int = 512) ->
             if hits:
                 rep.detected[a.kind] = rep.detected.get(a.kind, 0) + 1
                 rep.delays_s.setdefault(a.kind, []).append(max(0, min(hits) - a.time_ns) / 1e9)
-    return reports
 
 
 def format_reports(reports: dict[str, DetectorReport], kinds: Sequence[str] = ATTACK_KINDS) -> str:

@@ -20,6 +20,10 @@ def call(server: str, tool: str, t: float = 0.0, **kw: Any) -> ToolCall:
     kw.setdefault("agent_id", "agent-1")
     kw.setdefault("session_id", "s1")
     kw.setdefault("span_id", f"h{next(_spans):04d}")
+    if "instructions" in kw.get("result_labels", ()):
+        # As the instrumentation does: it labels instructions only at an injection score >= 0.5.
+        # (Labelled but unscored results are weak evidence: test_hijack_weak_evidence.py.)
+        kw.setdefault("result_injection_score", 0.9)
     for key in ("result_labels", "destinations"):
         if key in kw:
             kw[key] = tuple(kw[key])

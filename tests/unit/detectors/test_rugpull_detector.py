@@ -54,8 +54,15 @@ def test_description_change_fires_with_diff_and_is_pending():
     [item] = det.pending()
     assert item["old_sha256"] == SEND.sha256() and item["new_sha256"] == evil.sha256()
     assert item["id"] == f.evidence["pending_id"] and item["first_seen_ns"] == 2
-    # the same change seen again (another session, another agent) is not a new alert
-    assert det.observe(listing(evil, READ, t=3, agent="a2")) == []
+    # the same change seen again in another session of the same agent is not reported again
+    assert det.observe(listing(evil, READ, t=3)) == []
+    # another agent served the same pending change is exposed too: reported once for it, under the
+    # same dedup key (so the router groups it into the same alert), and not staged twice
+    [again] = det.observe(listing(evil, READ, t=4, agent="a2"))
+    assert again.agent_id == "a2" and again.severity == "high" and again.dedup_key == f.dedup_key
+    assert again.evidence["pending_id"] == f.evidence["pending_id"] and again.evidence["first_agent_id"] != "a2"
+    assert det.observe(listing(evil, READ, t=5, agent="a2")) == []
+    assert len(det.pending()) == 1
 
 
 def test_schema_only_and_annotation_only_changes_fire():
