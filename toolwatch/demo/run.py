@@ -138,6 +138,7 @@ async def run_demo(
 ) -> dict[str, Any]:
     """Run the whole demo; returns a summary (used by the tests)."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    _start_fresh(data_dir)
     os.environ.setdefault("TOOLWATCH_FINGERPRINT_KEY", secrets.token_hex(32))  # agents and daemon share it
     screen = Screen(out, out.isatty() if colour is None else colour)
     alert_log = data_dir / "alerts.log"
@@ -199,6 +200,15 @@ async def run_demo(
     finally:
         await daemon.shutdown()
         await inbox_runner.cleanup()
+
+
+DEMO_FILES = ("toolwatch.db", "toolwatch.db-wal", "toolwatch.db-shm", "alerts.log", "webhook.secret", "fingerprint.key")
+
+
+def _start_fresh(data_dir: Path) -> None:
+    """Each demo run tells the whole story from the start: remove what an earlier run left (only our files)."""
+    for name in DEMO_FILES:
+        (data_dir / name).unlink(missing_ok=True)
 
 
 def _route_alert_log(path: Path) -> None:
