@@ -153,7 +153,9 @@ class EventRelay:
         self._pending: list[bytes] = []
 
     async def feed(self, chunk: bytes) -> None:
-        self._buf += chunk.replace(b"\r\n", b"\n")
+        self._buf += chunk
+        if b"\r" in self._buf:  # CRLF -> LF, also when a chunk ends between \r and \n
+            self._buf = bytearray(self._buf.replace(b"\r\n", b"\n"))
         while True:
             end = self._buf.find(b"\n\n")
             if self._mid_event:  # the rest of an oversized event streams through
