@@ -39,10 +39,9 @@ KEEPALIVE_S = 10.0
 """While a held call waits, an SSE comment is sent this often (keeps client and intermediaries patient)."""
 
 def sse_event(message: bytes) -> bytes:
-    """One SSE ``message`` event carrying a JSON-RPC message (re-serialized on one line if needed)."""
-    if b"\n" in message or b"\r" in message:
-        message = json.dumps(json.loads(message), ensure_ascii=False, separators=(",", ":")).encode()
-    return b"event: message\ndata: " + message + b"\n\n"
+    """One SSE ``message`` event carrying a JSON-RPC message (one ``data:`` line per line of it)."""
+    lines = message.splitlines() or [b""]
+    return b"event: message\n" + b"".join(b"data: " + line + b"\n" for line in lines) + b"\n"
 
 
 def needs_screening(message: Any) -> bool:

@@ -168,3 +168,16 @@ def test_only_calls_and_listings_are_screened():
     assert needs_screening({"method": "tools/call"}) and needs_screening([{"method": "tools/list"}, 1])
     assert not needs_screening({"method": "initialize"}) and not needs_screening(None)
     assert not needs_screening([{"method": "ping"}])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"")))
+def test_an_injected_event_carries_the_message_back_intact(message):
+    async def run() -> list[bytes]:
+        seen = Seen()
+        relay = EventRelay(Written(), None, SimpleNamespace(), seen, 1 << 20, lambda: 0)
+        await relay.feed(sse_event(message))
+        return seen.messages
+
+    # SSE joins data lines with "\n": the message comes back (a final newline is not kept)
+    assert asyncio.run(run()) == [b"\n".join(message.splitlines())]
