@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 from contextlib import asynccontextmanager
 
 import pytest
 import requests
-from enforce_support import HOOK_SECRET, TOKEN, closed_port_url
+from enforce_support import HOOK_SECRET, TOKEN, closed_port_url, proxy_env
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_test_support import make_redactor
+from mcp_test_support import make_redactor, proxy_command
+from procs import free_port
 
 from toolwatch.collector.sinks.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
 from toolwatch.demo.servers import POISONED_DESCRIPTION, SECRET_AWS_KEY, build_notes_server, build_web_server, serve_http
@@ -189,6 +191,17 @@ async def test_http_quarantined_tool_disappears_and_reappears_with_list_changed(
     assert after["fetch"] == POISONED_DESCRIPTION
 
 
+async def listening(port: int) -> None:
+    for _ in range(400):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
 LOCAL_POLICY = """\
 policy:
   subjects:
@@ -225,3 +238,25 @@ async def test_http_daemon_down_applies_and_reports_the_fail_mode(sink, tmp_path
     assert local_out[0] is False
     assert local_out[1].code == ERROR_CODES["denied"] and local_out[1].data["decidedBy"] == "local-policy"
     assert f"local policy file {policy}" in local_log and "local-policy=2" in local_sum
+
+
+async def test_cli_http_proxy_enforces_and_reports_on_exit(sink):
+    """``toolwatch proxy --enforce --listen ... --upstream ...`` end to end, as operators run it."""
+    port = free_port()
+    async with serve_http(build_notes_server()) as upstream:
+        argv = proxy_command("--agent-id", "cli-agent", "--otlp-endpoint", sink.url, "--listen", f"127.0.0.1:{port}",
+                             "--upstream", upstream, "--enforce", "--daemon-url", closed_port_url(), "--fail-closed")
+        proc = await asyncio.create_subprocess_exec(*argv, env=proxy_env(), stderr=asyncio.subprocess.PIPE)
+        try:
+            await listening(port)
+            async with mcp_session(f"http://127.0.0.1:{port}/mcp") as session:
+                await session.list_tools()
+                with pytest.raises(MCPError) as refused:
+                    await session.call_tool("list_notes", {})
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = await asyncio.wait_for(proc.communicate(), 20)
+    log = err.decode()
+    assert refused.value.error.code == ERROR_CODES["unavailable"]
+    assert "FAIL-CLOSED: calls are denied" in log and "degraded_decisions: fail-closed=1" in log
+    assert proc.returncode == 0
