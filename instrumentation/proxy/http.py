@@ -181,12 +181,14 @@ class HttpProxy:
         screening: Screening | None = None
         enforcer = None
         held: web.StreamResponse | None = None
+        listing = False
         if request.method == "POST" and body:
             try:
                 message = json.loads(body)
             except (ValueError, UnicodeDecodeError):
                 message = None
             if needs_screening(message):
+                listing = b'"tools/list"' in body
                 enforcer = self.enforcement.enforcer(session_id, self._tracker(session_id), self._recorder)
                 screening = await screen(enforcer, body)
                 if screening.held:
@@ -218,8 +220,13 @@ class HttpProxy:
                         self._trackers.pop(session_id, None)
                         self.enforcement.end_session(session_id)
                     return response
-            if encoded:  # cannot filter what we cannot read; calls are still decided one by one
-                return held or await self._relay(request, upstream, tracker, body)
+            if held is not None and encoded:
+                return await self._answer(request, held, jsonrpc_errors(request_ids(body), (
+                    "toolwatch proxy: the upstream compressed its answer to a held call; it cannot be relayed "
+                    "on the held SSE stream"), "upstream_encoded"))
+            if encoded or (held is None and not listing and not is_sse):
+                # nothing to filter (or nothing readable): stream it as the plain proxy does
+                return await self._relay(request, upstream, tracker, body)
             return await self._relay_events(request, upstream, tracker, body, enforcer, held, session_id)
 
     async def _wait_held(self, request: web.Request, screening: Screening, session_id: str) -> web.StreamResponse | None:
