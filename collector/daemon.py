@@ -150,6 +150,8 @@ class Daemon:
             EnforcementService(self.detectors, self.pipeline.detector_lock), HoldBook(clock=clock), self.hold_notifier,
             self.metrics,
         )
+        # decisions never wait for a batch: they read the rug-pull state copied after each one
+        self.pipeline.batch_listeners.append(self.enforcement.service.after_batch)
         self.api = Api(
             host, port, self.store, self.metrics, ready=self.ready, api_token=cfg.api_token, approvals=approvals,
             extra_routes=self.enforcement.routes,
@@ -177,6 +179,7 @@ class Daemon:
 
     async def start(self) -> None:
         await self.pipeline.start()
+        self.enforcement.service.after_batch()  # the restored state, before the first batch
         for sink in self.sinks:
             await sink.start()
         await self.api.start()

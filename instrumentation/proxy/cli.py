@@ -81,8 +81,6 @@ def _enforce_problem(args: argparse.Namespace) -> str | None:
         if getattr(args, "fail_closed", False) or getattr(args, "policy", ""):
             return "toolwatch proxy: --fail-closed and --policy only apply with --enforce"
         return None
-    if args.listen:
-        return "toolwatch proxy: --enforce is supported in stdio mode only for now (see docs/enforcement.md)"
     parts = urlsplit(args.daemon_url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"toolwatch proxy: --daemon-url must be an http(s) URL, got {args.daemon_url!r}"
@@ -148,10 +146,15 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
 
             tracer, red = build()
             host, port = args.listen
+            http_enforcement = None
+            if args.enforce:
+                from .enforce_http import HttpEnforcement
+
+                http_enforcement = HttpEnforcement(decision_client(args, built), red)
             return asyncio.run(serve_http_proxy(
                 host, port, args.upstream, tracer=tracer, redactor=red, stats=stats,
                 agent_id=args.agent_id, agent_name=args.agent_name or "", server_name=args.server_name or "",
-                max_message_bytes=args.max_message_bytes,
+                max_message_bytes=args.max_message_bytes, enforcement=http_enforcement,
             ))
         from .stdio import report, run_stdio_proxy
 
@@ -180,6 +183,18 @@ def enforcer_factory(args: argparse.Namespace, built: dict[str, Any]) -> Any:
     """Build the ``Enforcer`` once the tracker exists (policy file errors exit before the server starts)."""
     import time
 
+    client = decision_client(args, built)
+
+    def make(tracker: Any, recorder: Any) -> Any:
+        from .enforce import Enforcer
+
+        return Enforcer(client, tracker, recorder, built["redactor"], now_ns=time.time_ns)
+
+    return make
+
+
+def decision_client(args: argparse.Namespace, built: dict[str, Any]) -> Any:
+    """The one ``DecisionClient`` of this proxy process (stdio or HTTP), announced on stderr."""
     from .decisions import DecisionClient, EnforceOptions
 
     options = EnforceOptions(daemon_url=args.daemon_url, token=args.daemon_token, fail_closed=args.fail_closed,
@@ -191,13 +206,7 @@ def enforcer_factory(args: argparse.Namespace, built: dict[str, Any]) -> Any:
     mode = "fail-closed" if args.fail_closed else "fail-open"
     print(f"toolwatch proxy: enforcing via {args.daemon_url} ({mode}"
           f"{', local policy ' + args.policy if args.policy else ''})", file=sys.stderr, flush=True)
-
-    def make(tracker: Any, recorder: Any) -> Any:
-        from .enforce import Enforcer
-
-        return Enforcer(client, tracker, recorder, built["redactor"], now_ns=time.time_ns)
-
-    return make
+    return client
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

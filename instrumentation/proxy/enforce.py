@@ -206,9 +206,13 @@ class Enforcer:
             if released and self._to_client is not None:
                 await self._to_client(LIST_CHANGED)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
+        """Cancel this session's held calls and poller (the shared client stays open)."""
         tasks = [t for t in (*self._tasks, self._poller) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.stop()
         await self.client.close()

@@ -25,6 +25,7 @@ from opentelemetry.trace import Tracer
 from ..spans import RedactorLike, SessionInfo
 from .framing import Oversized, SseSplitter
 from .stdio import SERVER_EXITED
+from .enforce_http import KEEPALIVE_S, EventRelay, HttpEnforcement, Screening, needs_screening, screen, sse_event
 from .tracker import CallTracker, ProxyStats, Recorder, request_ids
 
 SESSION_HEADER = "mcp-session-id"
@@ -65,8 +66,11 @@ class HttpProxy:
         server_name: str = "",
         max_message_bytes: int = 16 * 1024 * 1024,
         max_sessions: int = 1024,
+        enforcement: HttpEnforcement | None = None,
     ) -> None:
         self.upstream = upstream
+        self.enforcement = enforcement
+        """Opt-in (``--enforce``): screen ``tools/call``/``tools/list`` before forwarding (enforce_http.py)."""
         parts = urlsplit(upstream)
         self._origin = (parts.scheme, parts.netloc)
         self._endpoint_path = parts.path or "/"
@@ -108,6 +112,8 @@ class HttpProxy:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        if self.enforcement is not None:
+            await self.enforcement.close()
         self._recorder.flush()
 
     # -- sessions -------------------------------------------------------------------------------
@@ -148,6 +154,8 @@ class HttpProxy:
                 status=413,
             )
         assert self._client is not None, "HttpProxy.start() was not called"
+        if self.enforcement is not None:
+            return await self._handle_enforced(request, body, t_request)
         try:
             upstream = await self._client.request(
                 request.method, self._target(request), headers=_forwardable(request.headers),
@@ -163,6 +171,142 @@ class HttpProxy:
             response = await self._relay(request, upstream, tracker, body)
         if request.method == "DELETE" and session_id:
             self._trackers.pop(session_id, None)
+        return response
+
+    # -- enforcement (opt-in) --------------------------------------------------------------------
+    async def _handle_enforced(self, request: web.Request, body: bytes, t_request: int) -> web.StreamResponse:
+        """Screen tools/call and tools/list POSTs first; relay GET streams event by event (for injections)."""
+        assert self.enforcement is not None and self._client is not None
+        session_id = request.headers.get(SESSION_HEADER) or ""
+        screening: Screening | None = None
+        enforcer = None
+        held: web.StreamResponse | None = None
+        listing = False
+        if request.method == "POST" and body:
+            try:
+                message = json.loads(body)
+            except (ValueError, UnicodeDecodeError):
+                message = None
+            if needs_screening(message):
+                listing = b'"tools/list"' in body
+                enforcer = self.enforcement.enforcer(session_id, self._tracker(session_id), self._recorder)
+                screening = await screen(enforcer, body)
+                if screening.held:
+                    held = await self._wait_held(request, screening, session_id)
+                if screening.answers:
+                    return await self._answer(request, held, screening.answer_body())
+        headers = [(k, v) for k, v in _forwardable(request.headers) if k.lower() != "accept-encoding"]
+        try:
+            upstream = await self._client.request(
+                request.method, self._target(request), headers=headers,
+                data=body if body else None, allow_redirects=False, skip_auto_headers=_NO_AUTO_HEADERS,
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if held is not None:
+                await self._answer(request, held, self._unreachable(body, exc).body)  # type: ignore[arg-type]
+                return held
+            return self._unreachable(body, exc)
+        async with upstream:
+            session_id = session_id or upstream.headers.get(SESSION_HEADER) or ""
+            tracker = self._tracker(session_id)
+            is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+            encoded = bool(upstream.headers.get("Content-Encoding"))
+            if screening is None:
+                if body:
+                    self._recorder.submit(tracker, "c2s", body, t_request)
+                if not (request.method == "GET" and is_sse and not encoded):
+                    response = await self._relay(request, upstream, tracker, body)
+                    if request.method == "DELETE" and session_id:
+                        self._trackers.pop(session_id, None)
+                        self.enforcement.end_session(session_id)
+                    return response
+            if held is not None and encoded:
+                return await self._answer(request, held, jsonrpc_errors(request_ids(body), (
+                    "toolwatch proxy: the upstream compressed its answer to a held call; it cannot be relayed "
+                    "on the held SSE stream"), "upstream_encoded"))
+            if encoded or (held is None and not listing and not is_sse):
+                # nothing to filter (or nothing readable): stream it as the plain proxy does
+                return await self._relay(request, upstream, tracker, body)
+            return await self._relay_events(request, upstream, tracker, body, enforcer, held, session_id)
+
+    async def _wait_held(self, request: web.Request, screening: Screening, session_id: str) -> web.StreamResponse | None:
+        """A held call: the POST waits. Over SSE (when the client accepts it) with keep-alive comments."""
+        if "text/event-stream" not in request.headers.get("Accept", ""):
+            await asyncio.shield(screening.decided)
+            return None
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
+                                                           "Cache-Control": "no-cache"})
+        if session_id:
+            response.headers[SESSION_HEADER] = session_id
+        await response.prepare(request)
+        await response.write(b": toolwatch: this call is held for human approval\n\n")
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(screening.decided), KEEPALIVE_S)
+                return response
+            except asyncio.TimeoutError:
+                await response.write(b": toolwatch: still waiting for approval\n\n")
+
+    async def _answer(self, request: web.Request, held: web.StreamResponse | None, answer: bytes) -> web.StreamResponse:
+        """The proxy's own answer to a POST (a refusal): a JSON body, or an event on the held SSE response."""
+        if held is None:
+            return web.Response(status=200, body=answer, content_type="application/json")
+        try:
+            await held.write(sse_event(answer))
+            await held.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            pass
+        return held
+
+    async def _relay_events(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, tracker: CallTracker, body: bytes,
+        enforcer: Any, held: web.StreamResponse | None, session_id: str,
+    ) -> web.StreamResponse:
+        """Relay a response whole event by whole event (SSE) or as one filtered body (JSON)."""
+        is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
+        if held is not None:
+            response = held
+        else:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for key, value in _forwardable(upstream.headers):
+                response.headers.add(key, value)
+        if not is_sse:
+            data = await upstream.read()
+            if data:
+                self._recorder.submit(tracker, "s2c", data if len(data) <= self.max_message_bytes else
+                                      Oversized(data[:4096], len(data)), time.time_ns())
+            out = await enforcer.from_server(data) if enforcer is not None and data else data
+            if held is not None:
+                return await self._answer(request, held, out if out.strip() else jsonrpc_errors(
+                    request_ids(body), f"toolwatch proxy: upstream answered HTTP {upstream.status} with no body",
+                    "upstream_error"))
+            response.content_length = len(out)
+            await response.prepare(request)
+            await response.write(out)
+            await response.write_eof()
+            return response
+        if held is None:
+            await response.prepare(request)
+        relay = EventRelay(response, enforcer, tracker, self._recorder, self.max_message_bytes, time.time_ns)
+        queued = self.enforcement.streams.attach(session_id, relay) if request.method == "GET" and self.enforcement else []
+        try:
+            for message in queued:
+                await relay.inject(message)
+            async for chunk in upstream.content.iter_any():
+                await relay.feed(chunk)
+            await relay.finish()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            await self._answer_broken_stream(response, tracker, body, True, exc)
+            return response
+        except (ConnectionResetError, ConnectionError):
+            return response
+        finally:
+            if request.method == "GET" and self.enforcement is not None:
+                self.enforcement.streams.detach(session_id, relay)
+        try:
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            pass
         return response
 
     def _unreachable(self, body: bytes, exc: BaseException) -> web.Response:
@@ -248,10 +392,12 @@ async def serve_http_proxy(
     agent_name: str = "",
     server_name: str = "",
     max_message_bytes: int = 16 * 1024 * 1024,
+    enforcement: HttpEnforcement | None = None,
 ) -> int:
     """Run the HTTP proxy until SIGINT/SIGTERM; return the exit code."""
     proxy = HttpProxy(upstream, tracer=tracer, redactor=redactor, stats=stats, agent_id=agent_id,
-                      agent_name=agent_name, server_name=server_name, max_message_bytes=max_message_bytes)
+                      agent_name=agent_name, server_name=server_name, max_message_bytes=max_message_bytes,
+                      enforcement=enforcement)
     try:
         url = await proxy.start(host, port)
     except OSError as exc:
@@ -269,4 +415,6 @@ async def serve_http_proxy(
         await stop.wait()
     finally:
         await proxy.close()
+        if enforcement is not None:
+            print(f"toolwatch proxy: {enforcement.client.stats.summary()}", file=sys.stderr, flush=True)
     return 0

@@ -9,7 +9,8 @@ from toolwatch.instrumentation.proxy.cli import _enforce_problem, parse_args
 
 @pytest.mark.parametrize("argv, problem", [
     (["--fail-closed", "--", "srv"], "--fail-closed and --policy only apply with --enforce"),
-    (["--enforce", "--listen", "127.0.0.1:1", "--upstream", "http://h/mcp"], "stdio mode only"),
+    (["--enforce", "--listen", "127.0.0.1:1", "--upstream", "http://h/mcp", "--daemon-url", "x"],
+     "--daemon-url must be an http(s) URL"),
     (["--enforce", "--daemon-url", "ftp://x", "--", "srv"], "--daemon-url must be an http(s) URL"),
     (["--enforce", "--hold-timeout", "0", "--", "srv"], "--hold-timeout must be positive"),
     (["--enforce", "--decision-ttl", "-1", "--", "srv"], "--decision-ttl must be zero or more"),
@@ -23,3 +24,8 @@ def test_defaults_fail_open_with_a_short_cache():
     assert _enforce_problem(args) is None
     assert (args.fail_closed, args.hold_default, args.decision_timeout) == (False, "deny", 0.5)
     assert parse_args(["--agent-id", "a", "--", "srv"]).enforce is False
+
+
+def test_enforce_is_accepted_in_http_mode():
+    args = parse_args(["--agent-id", "a", "--enforce", "--listen", "127.0.0.1:1", "--upstream", "http://h/mcp"])
+    assert _enforce_problem(args) is None
