@@ -40,11 +40,12 @@ class AlertRouter:
         new: list[StoredAlert] = []
         bumps: list[tuple[str, int]] = []
         pending: dict[str, StoredAlert] = {}
+        stored: dict[str, tuple[int, StoredAlert | None]] = {}
         for f in findings:
             self.metrics.findings.labels(f.detector, f.severity).inc()
             grouped = pending.get(f.dedup_key)
             if grouped is None and self.group_window_ns > 0:
-                grouped = self.store.open_alert_for(f.dedup_key, f.time_ns - self.group_window_ns)
+                grouped = self._open_alert_for(f.dedup_key, f.time_ns - self.group_window_ns, stored)
             if grouped is not None and abs(f.time_ns - grouped.last_ns) <= self.group_window_ns:
                 if grouped.id in pending:
                     grouped.count += 1
@@ -76,3 +77,20 @@ class AlertRouter:
             for sink in self.sinks:
                 sink.emit(new)
         return new
+
+    def _open_alert_for(
+        self, dedup_key: str, since_ns: int, stored: dict[str, tuple[int, StoredAlert | None]]
+    ) -> StoredAlert | None:
+        """``store.open_alert_for``, asked at most about once per key and batch (the store is
+        written only at the end of ``route``). A row found is the key's latest, so it answers any
+        later ``since_ns`` by itself; "none since t" answers only ``since_ns >= t``."""
+        cached = stored.get(dedup_key)
+        if cached is not None:
+            asked, row = cached
+            if row is not None:
+                return row if row.last_ns >= since_ns else None
+            if since_ns >= asked:
+                return None
+        row = self.store.open_alert_for(dedup_key, since_ns)
+        stored[dedup_key] = (since_ns, row)
+        return row

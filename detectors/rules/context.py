@@ -56,6 +56,8 @@ class SessionContext:
         self.limits = limits or ContextLimits()
         self.limits.validate()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._oldest_ns: int | None = None
+        """None (unknown: scan), else no session's ``last_ns`` is below this: ``expire`` skips its scan until the cutoff passes it."""
         self._destinations: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
         self._destination_calls: dict[str, int] = {}
 
@@ -92,6 +94,8 @@ class SessionContext:
         self._sessions[key] = s
         self._sessions.move_to_end(key)
         s.last_ns = max(s.last_ns, call.time_ns)
+        if self._oldest_ns is not None and s.last_ns < self._oldest_ns:
+            self._oldest_ns = s.last_ns
         s.calls += 1
         s.prev_tool, s.prev_server = call.tool, call.server
         s.prev_result_labels = tuple(call.result_labels)
@@ -118,8 +122,11 @@ class SessionContext:
     def expire(self, now_ns: int) -> None:
         """Forget sessions idle for longer than the TTL (event time)."""
         cutoff = now_ns - self.limits.session_ttl_ns
+        if self._oldest_ns is not None and cutoff <= self._oldest_ns:
+            return  # nothing can be idle yet: no scan of every session on every batch
         for key in [k for k, s in self._sessions.items() if s.last_ns < cutoff]:
             del self._sessions[key]
+        self._oldest_ns = min((s.last_ns for s in self._sessions.values()), default=now_ns)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -134,6 +141,7 @@ class SessionContext:
 
     def restore(self, state: dict[str, Any]) -> None:
         self._sessions = OrderedDict()
+        self._oldest_ns = None  # unknown after a restore: the next expire scans
         for k, last, calls, pt, ps, prl, pc, rl, caps, servers, *rest in state.get("sessions", []):
             # ``rest``: the previous result's injection score (absent in states saved before it was kept)
             score = float(rest[0]) if rest else 0.0
