@@ -219,6 +219,7 @@ class KafkaReceiver(Receiver):
             return False
         if offset < below:
             self.skipped_events += 1
+            self.metrics.kafka_state_skipped_events.inc()
             return True
         del self._skip[agent]  # a partition is read in order: no older record of this agent follows
         return False
@@ -348,6 +349,7 @@ class KafkaReceiver(Receiver):
         self._uncommitted = deque(e for e in self._uncommitted if e[1] not in revoked)
         self._pending = deque(r for r in self._pending if r.tp not in revoked)
         self.assigned -= revoked
+        self.metrics.kafka_assigned_partitions.set(len(self.assigned))
         if revoked:
             log.info("Kafka: partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
 
@@ -358,6 +360,7 @@ class KafkaReceiver(Receiver):
             except Exception:
                 log.exception("Kafka: agent state of assigned partitions could not be restored from the changelog")
         self.assigned |= assigned
+        self.metrics.kafka_assigned_partitions.set(len(self.assigned))
         self._paused = False  # a rebalance resets pause state; _step pauses again if needed
         if assigned:
             log.info("Kafka: partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
@@ -386,7 +389,9 @@ class KafkaReceiver(Receiver):
             log.warning("Kafka: agent state could not be written to the changelog (%s); offsets not committed, retrying", exc)
             return False
         self._position = position
-        self.changelog_agents_written += sum(len(m) for m in by_partition.values())
+        written = sum(len(m) for m in by_partition.values())
+        self.changelog_agents_written += written
+        self.metrics.kafka_state_agents.labels("written").inc(written)
         return True
 
     def _drop_agents(self, partitions: set[int]) -> None:
@@ -407,12 +412,13 @@ class KafkaReceiver(Receiver):
             self._skip.pop(agent, None)
         for p in partitions:
             self._position.pop(p, None)
+        self.metrics.kafka_state_agents.labels("dropped").inc(len(agents))
         log.info("Kafka: handed over %d agent(s) of partitions %s", len(agents), sorted(partitions))
 
     def _restore_state(self, partitions: set[int]) -> None:
         """Read these partitions' agents from the changelog and restore them into the detectors."""
         assert self._loop is not None and self.changelog is not None
-        by_partition: dict[int, dict[str, AgentRecord]] = {p: self.changelog.read([p]) for p in partitions}
+        by_partition: dict[int, dict[str, AgentRecord]] = self.changelog.read_partitions(partitions)
 
         async def put() -> None:
             await self.pipeline.drained(self.settle_timeout_s)
@@ -429,6 +435,7 @@ class KafkaReceiver(Receiver):
                 if record.offset is not None:
                     self._skip[agent] = record.offset
         n = sum(len(s) for s in by_partition.values())
+        self.metrics.kafka_state_agents.labels("restored").inc(n)
         log.info("Kafka: restored the state of %d agent(s) of partitions %s from the changelog", n, sorted(partitions))
 
 

@@ -91,18 +91,25 @@ class StateChangelog:
 
     def read(self, partitions: Iterable[int]) -> dict[str, AgentRecord]:
         """The latest record of every agent in the changelog ``partitions`` (last record per key wins)."""
+        out: dict[str, AgentRecord] = {}
+        for records in self.read_partitions(partitions).values():
+            out.update(records)
+        return out
+
+    def read_partitions(self, partitions: Iterable[int]) -> dict[int, dict[str, AgentRecord]]:
+        """Per changelog partition, the latest record of each of its agents; one consumer reads them all."""
         from kafka import TopicPartition
 
-        tps = [TopicPartition(self.topic, p) for p in partitions]
-        if not tps:
-            return {}
+        wanted = sorted(set(partitions))
+        out: dict[int, dict[str, AgentRecord]] = {p: {} for p in wanted}
+        if not wanted:
+            return out
         consumer = self.consumer_factory()
-        out: dict[str, AgentRecord] = {}
         try:
             known = consumer.partitions_for_topic(self.topic) or set()
-            tps = [tp for tp in tps if tp.partition in known]
+            tps = [TopicPartition(self.topic, p) for p in wanted if p in known]
             if not tps:
-                return {}
+                return out
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
             # Read until the partitions stay quiet: broker-agnostic (no reliance on ListOffsets).
@@ -112,16 +119,17 @@ class StateChangelog:
                     break
                 for records in polled.values():
                     for rec in records:
+                        mine = out.setdefault(rec.partition, {})
                         key = rec.key.decode("utf-8", "replace") if rec.key else ""
                         if rec.value is None:
-                            out.pop(key, None)
+                            mine.pop(key, None)
                             continue
                         try:
                             agent, record = decode_state(rec.value)
                         except ValueError as exc:
                             log.warning("changelog %s/%s/%s skipped: %s", rec.topic, rec.partition, rec.offset, exc)
                             continue
-                        out[agent] = record
+                        mine[agent] = record
         finally:
             consumer.close()
         return out
