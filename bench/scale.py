@@ -73,7 +73,7 @@ def start_member(tmp: Path, name: str, group: str, bootstrap: str, changelog: bo
         "kafka": {
             "enabled": True, "bootstrap_servers": bootstrap, "topic": TOPIC, "group_id": group,
             "client_id": f"bench-{name}", "state_changelog_topic": f"{group}_state" if changelog else "",
-            "max_poll_interval_ms": 2000, "session_timeout_ms": 6000,
+            "max_poll_interval_ms": 1000, "session_timeout_ms": 6000,
         },
     }))
     log = open(tmp / f"{name}.log", "ab")
@@ -82,9 +82,18 @@ def start_member(tmp: Path, name: str, group: str, bootstrap: str, changelog: bo
     return proc, f"http://127.0.0.1:{port}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(tmp: Path, broker: KafkaBroker, members: int, partitions: int, total: int, *, changelog: bool = True
-        ) -> tuple[float, float]:
-    """-> (spans/s while all members own partitions, wall seconds from start to the last span processed)."""
+        ) -> tuple[float, float, float]:
+    """-> (spans/s while all members own partitions, wall seconds from start to the last span processed,
+    members' CPU seconds per 10,000 spans in that window: independent of how busy the machine is)."""
     group = f"g{members}{'c' if changelog else 'n'}"
     if changelog:
         broker.create_topic(f"{group}_state", partitions)
@@ -99,6 +108,7 @@ def run(tmp: Path, broker: KafkaBroker, members: int, partitions: int, total: in
                 raise RuntimeError(f"the group did not settle; see {tmp}/*.log")
             time.sleep(0.05)
         t0, n0 = time.perf_counter(), processed()
+        cpu0 = sum(cpu_seconds(proc.pid) for proc, _ in procs)
         t1, n1 = t0, n0
         while n1 < total:
             if time.perf_counter() - t0 > 600:
@@ -109,10 +119,11 @@ def run(tmp: Path, broker: KafkaBroker, members: int, partitions: int, total: in
                 t1, n1 = time.perf_counter(), n
         joins = sum((tmp / f"{group}-m{i}.log").read_text(errors="replace").count("Kafka: partitions assigned")
                     for i in range(members))
+        cpu = (sum(cpu_seconds(proc.pid) for proc, _ in procs) - cpu0) / max(n1 - n0, 1) * 10_000
         print(f"  {members} member(s): {joins} partition assignment(s) seen (each is a rebalance pause)")
         if n0 > total * 0.5:
             print(f"  note: {members} member(s) had processed {n0:,.0f} spans before the group settled; short window")
-        return (n1 - n0) / max(t1 - t0, 1e-9), t1 - t_start
+        return (n1 - n0) / max(t1 - t0, 1e-9), t1 - t_start, cpu
     finally:
         for proc, _ in procs:
             proc.terminate()
@@ -138,15 +149,25 @@ def main() -> None:
             total = produce(broker.bootstrap, args.spans, args.per_record, args.agents)
             print(f"input: {total:,} spans, {args.agents} agents, records of {args.per_record}, "
                   f"{args.partitions} partitions; all detectors")
-            base, wall0 = run(tmp, broker, 1, args.partitions, total, changelog=False)
-            print(f"1 member, no changelog (single-node default): {base:>9,.0f} spans/s   ({wall0:.1f}s wall incl. group join)")
-            one, wall1 = run(tmp, broker, 1, args.partitions, total)
-            print(f"1 member, state changelog on:               {one:>9,.0f} spans/s   ({wall1:.1f}s wall incl. group join)")
-            two, wall2 = run(tmp, broker, 2, args.partitions, total)
-            print(f"2 members, state changelog on:              {two:>9,.0f} spans/s   ({wall2:.1f}s wall incl. group join)")
-            print(f"ratio 2/1: {two / one:.2f}x  (the machine has {_cores()} cores shared with other jobs)")
+            base, wall0, cpu0 = run(tmp, broker, 1, args.partitions, total, changelog=False)
+            print(f"1 member, no changelog (single-node default): {base:>9,.0f} spans/s   "
+                  f"({wall0:.1f}s wall incl. group join; {cpu0:.2f} CPU-s per 10k spans)")
+            one, wall1, cpu1 = run(tmp, broker, 1, args.partitions, total)
+            print(f"1 member, state changelog on:               {one:>9,.0f} spans/s   "
+                  f"({wall1:.1f}s wall incl. group join; {cpu1:.2f} CPU-s per 10k spans)")
+            two, wall2, cpu2 = run(tmp, broker, 2, args.partitions, total)
+            print(f"2 members, state changelog on:              {two:>9,.0f} spans/s   "
+                  f"({wall2:.1f}s wall incl. group join; {cpu2:.2f} CPU-s per 10k spans, both members)")
+            print(f"ratio 2/1: {two / one:.2f}x  (the machine has {_cores()} cores shared with other jobs; "
+                  f"load average now {_load():.1f})")
         finally:
             broker.stop()
+
+
+def _load() -> float:
+    import os
+
+    return os.getloadavg()[0]
 
 
 def _cores() -> int:
