@@ -71,6 +71,9 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
         self.receiver._on_assigned(set(assigned))
 
+    def on_partitions_lost(self, lost: Iterable[Any]) -> None:
+        self.receiver._on_lost(set(lost))
+
 
 class KafkaReceiver(Receiver):
     """``consumer_factory()`` returns a subscribed-to-nothing ``KafkaConsumer`` (or a compatible object)."""
@@ -107,6 +110,9 @@ class KafkaReceiver(Receiver):
         """Scale-out: agent -> input offset below which its restored state already holds its events."""
         self.skipped_events = 0
         self.changelog_agents_written = 0
+        self.inflight_max_spans = max(4 * getattr(pipeline, "batch_max_size", 512), 2000) if changelog is not None else 0
+        """Scale-out: spans handed to the pipeline but not yet processed, at most (Kafka is the buffer), so a
+        rebalance drains in a few batches instead of blocking the group for a whole queue."""
         self.normalizer = normalizer
         self.pipeline = pipeline
         self.metrics = metrics
@@ -258,6 +264,9 @@ class KafkaReceiver(Receiver):
         """On the event loop: submit in order until the pipeline refuses; return the tickets taken."""
         tickets: list[int] = []
         for calls, listings in batch:
+            depth = self.pipeline.depth
+            if self.inflight_max_spans and depth and depth + len(calls) + len(listings) > self.inflight_max_spans:
+                return tickets, False
             if not self.pipeline.submit(calls, listings):
                 never_fits = self.pipeline.depth == 0
                 return tickets, never_fits
@@ -353,6 +362,21 @@ class KafkaReceiver(Receiver):
         if revoked:
             log.info("Kafka: partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
 
+    def _on_lost(self, lost: set[Any]) -> None:
+        """Evicted from the group: the partitions may already be someone else's, so no drain, no write, no
+        commit (the new owner restores the last committed state and re-reads the rest); forget them."""
+        if self.changelog is not None and lost:
+            try:
+                self._drop_agents({tp.partition for tp in lost}, wait=False)
+            except Exception:
+                log.exception("Kafka: agents of lost partitions could not be dropped")
+        self._uncommitted = deque(e for e in self._uncommitted if e[1] not in lost)
+        self._pending = deque(r for r in self._pending if r.tp not in lost)
+        self.assigned -= lost
+        self.metrics.kafka_assigned_partitions.set(len(self.assigned))
+        if lost:
+            log.warning("Kafka: partitions lost (evicted from the group): %s", sorted(f"{tp.topic}/{tp.partition}" for tp in lost))
+
     def _on_assigned(self, assigned: set[Any]) -> None:
         if self.changelog is not None and assigned:
             try:
@@ -394,8 +418,12 @@ class KafkaReceiver(Receiver):
         self.metrics.kafka_state_agents.labels("written").inc(written)
         return True
 
-    def _drop_agents(self, partitions: set[int]) -> None:
-        """Forget the agents of partitions another member now owns (their state is in the changelog)."""
+    def _drop_agents(self, partitions: set[int], *, wait: bool = True) -> None:
+        """Forget the agents of partitions another member now owns (their state is in the changelog).
+
+        ``wait=False`` (partitions lost): the drop runs on the event loop once the pipeline is idle,
+        without blocking this thread; what is still queued for these agents is processed first.
+        """
         assert self._loop is not None and self._capture is not None
         agents = [a for a, p in self._agent_partition.items() if p in partitions]
 
@@ -405,7 +433,9 @@ class KafkaReceiver(Receiver):
                 for d in self.pipeline.detectors:
                     d.drop_agent(agent)
 
-        asyncio.run_coroutine_threadsafe(drop(), self._loop).result(self.settle_timeout_s + 5)
+        fut = asyncio.run_coroutine_threadsafe(drop(), self._loop)
+        if wait:
+            fut.result(self.settle_timeout_s + 5)
         self._capture.forget(agents)
         for agent in agents:
             self._agent_partition.pop(agent, None)

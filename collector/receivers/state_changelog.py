@@ -110,10 +110,17 @@ class StateChangelog:
             tps = [TopicPartition(self.topic, p) for p in wanted if p in known]
             if not tps:
                 return out
+            try:  # read up to the end offsets when the broker tells them (fast, exact) ...
+                ends: dict[Any, int] | None = {tp: off for tp, off in consumer.end_offsets(tps).items() if off}
+                tps = [tp for tp in tps if tp in ends]
+            except Exception as exc:  # ... else until the partitions stay quiet for read_idle_ms
+                log.info("changelog %s: end offsets unavailable (%s); reading until quiet", self.topic, exc)
+                ends = None
+            if not tps:
+                return out
             consumer.assign(tps)
             consumer.seek_to_beginning(*tps)
-            # Read until the partitions stay quiet: broker-agnostic (no reliance on ListOffsets).
-            while True:
+            while ends is None or any(consumer.position(tp) < end for tp, end in ends.items()):
                 polled = consumer.poll(timeout_ms=self.read_idle_ms, max_records=5000)
                 if not polled:
                     break
