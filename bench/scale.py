@@ -73,7 +73,7 @@ def start_member(tmp: Path, name: str, group: str, bootstrap: str, changelog: bo
         "kafka": {
             "enabled": True, "bootstrap_servers": bootstrap, "topic": TOPIC, "group_id": group,
             "client_id": f"bench-{name}", "state_changelog_topic": f"{group}_state" if changelog else "",
-            "max_poll_interval_ms": 1000, "session_timeout_ms": 6000,
+            "max_poll_interval_ms": 10000, "session_timeout_ms": 10000,
         },
     }))
     log = open(tmp / f"{name}.log", "ab")

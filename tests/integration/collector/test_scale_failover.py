@@ -104,8 +104,8 @@ def _member(tmp_path: Path, name: str, bootstrap: str, hook_url: str) -> tuple[P
             "client_id": f"toolwatch-{name}",
             "state_changelog_topic": CHANGELOG,
             "max_poll_records": 2,
-            "max_poll_interval_ms": 1000,
-            "session_timeout_ms": 3000,
+            "max_poll_interval_ms": 3000,  # tansu waits this long on every join; above it, a busy member is evicted
+            "session_timeout_ms": 4000,
             "commit_interval_ms": 200,
         },
     }))
