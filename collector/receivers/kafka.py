@@ -33,8 +33,8 @@ from ..metrics import Metrics
 from ..normalize import Normalizer
 from ..pipeline import Pipeline
 from . import Receiver
-from .dead_letter import DeadLetter, DeadRecord, FileDeadLetter, KafkaDeadLetter
 from .agent_state_capture import AgentStateCapture
+from .dead_letter import DeadLetter, DeadRecord, FileDeadLetter, KafkaDeadLetter
 from .kafka_records import decode_record
 from .state_changelog import AgentRecord, AgentStates, StateChangelog
 
@@ -389,7 +389,7 @@ class KafkaReceiver(Receiver):
         if assigned:
             log.info("Kafka: partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
-    # --- scale-out: per-partition agent state (issue 9 groundwork) ----------------------------
+    # --- scale-out: per-partition agent state (issue 9) ------------------------------------------
     def _write_states(self, states: AgentStates, offsets: dict[Any, int]) -> bool:
         """Write captured agent states to the changelog, each with the input offset it covers; False on failure.
 
