@@ -120,6 +120,20 @@ class Metrics:
         self.kafka_paused = Gauge(
             "toolwatch_kafka_paused", "1 while the Kafka receiver pauses its partitions (pipeline queue full).", registry=r
         )
+        self.kafka_assigned_partitions = Gauge(
+            "toolwatch_kafka_assigned_partitions", "Input partitions this member of the consumer group owns.", registry=r
+        )
+        self.kafka_state_agents = Counter(
+            "toolwatch_kafka_state_agents_total",
+            "Agent states moved through the scale-out changelog, by op (written, restored, dropped).",
+            ["op"],
+            registry=r,
+        )
+        self.kafka_state_skipped_events = Counter(
+            "toolwatch_kafka_state_skipped_events_total",
+            "Redelivered events skipped because the agent's restored changelog state already held them.",
+            registry=r,
+        )
         self._tool_guard = LabelGuard(tool_label_cap)
         self.anomaly_score = Histogram(
             "toolwatch_anomaly_score",

@@ -81,6 +81,8 @@ class Pipeline:
         self.listeners: list[Callable[[list[Finding]], None]] = []
         self.batch_listeners: list[Callable[[Batch, list[Finding]], None]] = []
         """Called after every batch, findings or not (per-agent metrics read detector state here)."""
+        self.state_listeners: list[Callable[[int], None]] = []
+        """Called with ``saved_seq`` after each successful state save, between batches (scale-out changelog)."""
         self._idle = asyncio.Event()
         self._idle.set()
         self.detector_lock = threading.Lock()
@@ -135,6 +137,8 @@ class Pipeline:
         self._snapshot_wanted = False
         if saved:
             self.saved_seq = self.done_seq
+            for state_listener in self.state_listeners:
+                state_listener(self.saved_seq)
 
     @property
     def last_ticket(self) -> int:

@@ -33,9 +33,10 @@ from ..metrics import Metrics
 from ..normalize import Normalizer
 from ..pipeline import Pipeline
 from . import Receiver
+from .agent_state_capture import AgentStateCapture
 from .dead_letter import DeadLetter, DeadRecord, FileDeadLetter, KafkaDeadLetter
 from .kafka_records import decode_record
-from .state_changelog import AgentStates, StateChangelog
+from .state_changelog import AgentRecord, AgentStates, StateChangelog
 
 log = logging.getLogger("toolwatch.receiver.kafka")
 NAME = "kafka"
@@ -70,6 +71,9 @@ class _Rebalance(ConsumerRebalanceListener):
     def on_partitions_assigned(self, assigned: Iterable[Any]) -> None:
         self.receiver._on_assigned(set(assigned))
 
+    def on_partitions_lost(self, lost: Iterable[Any]) -> None:
+        self.receiver._on_lost(set(lost))
+
 
 class KafkaReceiver(Receiver):
     """``consumer_factory()`` returns a subscribed-to-nothing ``KafkaConsumer`` (or a compatible object)."""
@@ -95,6 +99,20 @@ class KafkaReceiver(Receiver):
         self.changelog = changelog
         self._agent_partition: dict[str, int] = {}
         """Scale-out: the input partition each agent was last seen on (whose changelog holds its state)."""
+        self._capture = AgentStateCapture(pipeline.detectors) if changelog is not None else None
+        """Scale-out: agents' state captured at each snapshot, written to the changelog before each commit."""
+        if self._capture is not None:
+            pipeline.batch_listeners.append(self._capture.on_batch)
+            pipeline.state_listeners.append(self._capture.on_saved)
+        self._position: dict[int, int] = {}
+        """Scale-out: input partition -> next offset the written agent states cover."""
+        self._skip: dict[str, int] = {}
+        """Scale-out: agent -> input offset below which its restored state already holds its events."""
+        self.skipped_events = 0
+        self.changelog_agents_written = 0
+        self.inflight_max_spans = max(4 * getattr(pipeline, "batch_max_size", 512), 2000) if changelog is not None else 0
+        """Scale-out: spans handed to the pipeline but not yet processed, at most (Kafka is the buffer), so a
+        rebalance drains in a few batches instead of blocking the group for a whole queue."""
         self.normalizer = normalizer
         self.pipeline = pipeline
         self.metrics = metrics
@@ -193,9 +211,24 @@ class KafkaReceiver(Receiver):
         norm = self.normalizer.normalize(req)
         out.calls, out.listings, out.spans, out.rejected = norm.calls, norm.listings, norm.spans, norm.rejected
         if self.changelog is not None:
+            if self._skip:
+                out.calls = [c for c in norm.calls if not self._in_restored_state(c.agent_id, rec.offset)]
+                out.listings = [t for t in norm.listings if not self._in_restored_state(t.agent_id, rec.offset)]
             for ev in (*norm.calls, *norm.listings):
                 self._agent_partition[ev.agent_id] = tp.partition
         return out
+
+    def _in_restored_state(self, agent: str, offset: int) -> bool:
+        """True for an event the agent's restored changelog state already holds (a redelivery after a crash)."""
+        below = self._skip.get(agent)
+        if below is None:
+            return False
+        if offset < below:
+            self.skipped_events += 1
+            self.metrics.kafka_state_skipped_events.inc()
+            return True
+        del self._skip[agent]  # a partition is read in order: no older record of this agent follows
+        return False
 
     def _dead(self, tp: Any, rec: Any, reason: str, message: str) -> None:
         self.dead_letter.send(DeadRecord(tp.topic, tp.partition, rec.offset, rec.key, rec.value, reason, message))
@@ -231,6 +264,9 @@ class KafkaReceiver(Receiver):
         """On the event loop: submit in order until the pipeline refuses; return the tickets taken."""
         tickets: list[int] = []
         for calls, listings in batch:
+            depth = self.pipeline.depth
+            if self.inflight_max_spans and depth and depth + len(calls) + len(listings) > self.inflight_max_spans:
+                return tickets, False
             if not self.pipeline.submit(calls, listings):
                 never_fits = self.pipeline.depth == 0
                 return tickets, never_fits
@@ -256,10 +292,16 @@ class KafkaReceiver(Receiver):
         self._last_commit = now
         self._snapshot_for = 0
         saved = self.pipeline.saved_seq
+        states: AgentStates = {}
+        if self._capture is not None:  # commit only what the captured (and written) agent states cover
+            saved, states = self._capture.take()
         done: list[tuple[int, Any, int]] = []
         while self._uncommitted and self._uncommitted[0][0] <= saved:
             done.append(self._uncommitted.popleft())
-        if done and not self._commit(consumer, {tp: nxt for _, tp, nxt in done}, len(done)):
+        offsets = {tp: nxt for _, tp, nxt in done}
+        if states and not self._write_states(states, offsets):
+            self._uncommitted.extendleft(reversed(done))  # neither state nor offsets move: retried next time
+        elif done and not self._commit(consumer, offsets, len(done)):
             self._uncommitted.extendleft(reversed(done))  # retried at the next commit
         if self._uncommitted and self._uncommitted[0][0] <= self.pipeline.done_seq and self._loop is not None:
             # Processed but not yet in a state snapshot: ask for one; commit as soon as it is saved.
@@ -281,36 +323,59 @@ class KafkaReceiver(Receiver):
         return True
 
     def _settle(self, consumer: Any) -> None:
-        """Graceful stop: let the pipeline finish what it took, snapshot, commit it all."""
+        """Graceful stop: let the pipeline finish what it took, snapshot, commit it all (agent states first)."""
+        try:
+            self._drain_and_save()
+        except Exception as exc:
+            log.warning("Kafka: pipeline did not drain on shutdown (%s); uncommitted records will be redelivered", exc)
+            return
+        self._maybe_commit(consumer, force=True)
+
+    def _drain_and_save(self) -> None:
+        """Let the pipeline finish what it took and snapshot (which captures the touched agents' state)."""
         assert self._loop is not None
 
         async def drain_and_save() -> None:
             await self.pipeline.drained(self.settle_timeout_s)
             self.pipeline.save_state()
 
-        try:
-            asyncio.run_coroutine_threadsafe(drain_and_save(), self._loop).result(self.settle_timeout_s + 5)
-            if self.changelog is not None:  # hand the agents over: the next owner restores them
-                self._flush_state({tp.partition for tp in self.assigned}, drop=False)
-        except Exception as exc:
-            log.warning("Kafka: pipeline did not drain on shutdown (%s); uncommitted records will be redelivered", exc)
-            return
-        self._maybe_commit(consumer, force=True)
+        asyncio.run_coroutine_threadsafe(drain_and_save(), self._loop).result(self.settle_timeout_s + 5)
 
     # --- rebalances (called inside poll, on the consumer thread) ------------------------------
     def _on_revoked(self, revoked: set[Any]) -> None:
         if self.changelog is not None and revoked:
             try:
-                self._flush_state({tp.partition for tp in revoked}, drop=True)
+                self._drain_and_save()  # the commit below writes the touched agents' state first
             except Exception:
-                log.exception("Kafka: agent state of revoked partitions could not be flushed to the changelog")
+                log.exception("Kafka: pipeline did not drain before the rebalance; the new owner re-reads what was not committed")
         if self._consumer is not None:
             self._maybe_commit(self._consumer, force=True)
+        if self.changelog is not None and revoked:
+            try:
+                self._drop_agents({tp.partition for tp in revoked})
+            except Exception:
+                log.exception("Kafka: agents of revoked partitions could not be dropped")
         self._uncommitted = deque(e for e in self._uncommitted if e[1] not in revoked)
         self._pending = deque(r for r in self._pending if r.tp not in revoked)
         self.assigned -= revoked
+        self.metrics.kafka_assigned_partitions.set(len(self.assigned))
         if revoked:
             log.info("Kafka: partitions revoked: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in revoked))
+
+    def _on_lost(self, lost: set[Any]) -> None:
+        """Evicted from the group: the partitions may already be someone else's, so no drain, no write, no
+        commit (the new owner restores the last committed state and re-reads the rest); forget them."""
+        if self.changelog is not None and lost:
+            try:
+                self._drop_agents({tp.partition for tp in lost}, wait=False)
+            except Exception:
+                log.exception("Kafka: agents of lost partitions could not be dropped")
+        self._uncommitted = deque(e for e in self._uncommitted if e[1] not in lost)
+        self._pending = deque(r for r in self._pending if r.tp not in lost)
+        self.assigned -= lost
+        self.metrics.kafka_assigned_partitions.set(len(self.assigned))
+        if lost:
+            log.warning("Kafka: partitions lost (evicted from the group): %s", sorted(f"{tp.topic}/{tp.partition}" for tp in lost))
 
     def _on_assigned(self, assigned: set[Any]) -> None:
         if self.changelog is not None and assigned:
@@ -319,55 +384,88 @@ class KafkaReceiver(Receiver):
             except Exception:
                 log.exception("Kafka: agent state of assigned partitions could not be restored from the changelog")
         self.assigned |= assigned
+        self.metrics.kafka_assigned_partitions.set(len(self.assigned))
         self._paused = False  # a rebalance resets pause state; _step pauses again if needed
         if assigned:
             log.info("Kafka: partitions assigned: %s", sorted(f"{tp.topic}/{tp.partition}" for tp in assigned))
 
-    # --- scale-out: per-partition agent state (issue 9 groundwork) ----------------------------
-    def _flush_state(self, partitions: set[int], *, drop: bool) -> None:
-        """Drain the pipeline, snapshot (SQLite too), write these partitions' agents to the changelog."""
-        assert self._loop is not None and self.changelog is not None
-        agents = {a: p for a, p in self._agent_partition.items() if p in partitions}
+    # --- scale-out: per-partition agent state (issue 9) ------------------------------------------
+    def _write_states(self, states: AgentStates, offsets: dict[Any, int]) -> bool:
+        """Write captured agent states to the changelog, each with the input offset it covers; False on failure.
 
-        async def take() -> AgentStates:
+        Runs before the offsets are committed: a crash in between leaves the changelog ahead of the
+        committed offsets, and the recorded offset tells the next owner which redelivered events to skip.
+        """
+        assert self.changelog is not None and self._capture is not None
+        position = dict(self._position)
+        position.update({tp.partition: off for tp, off in offsets.items()})
+        by_partition: dict[int, AgentStates] = {}
+        for agent, st in states.items():
+            p = self._agent_partition.get(agent)
+            if p is not None:  # None: not from our partitions (e.g. OTLP over HTTP), not ours to hand over
+                by_partition.setdefault(p, {})[agent] = st
+        try:
+            for p, mine in by_partition.items():
+                self.changelog.write(p, mine, position.get(p))
+        except Exception as exc:
+            self._capture.put_back(states)
+            self.metrics.kafka_commits.labels("failed").inc()
+            log.warning("Kafka: agent state could not be written to the changelog (%s); offsets not committed, retrying", exc)
+            return False
+        self._position = position
+        written = sum(len(m) for m in by_partition.values())
+        self.changelog_agents_written += written
+        self.metrics.kafka_state_agents.labels("written").inc(written)
+        return True
+
+    def _drop_agents(self, partitions: set[int], *, wait: bool = True) -> None:
+        """Forget the agents of partitions another member now owns (their state is in the changelog).
+
+        ``wait=False`` (partitions lost): the drop runs on the event loop once the pipeline is idle,
+        without blocking this thread; what is still queued for these agents is processed first.
+        """
+        assert self._loop is not None and self._capture is not None
+        agents = [a for a, p in self._agent_partition.items() if p in partitions]
+
+        async def drop() -> None:
             await self.pipeline.drained(self.settle_timeout_s)
-            self.pipeline.save_state()
-            out: AgentStates = {}
             for agent in agents:
-                states = {d.name: st for d in self.pipeline.detectors if (st := d.snapshot_agent(agent)) is not None}
-                if states:
-                    out[agent] = states
-                if drop:
-                    for d in self.pipeline.detectors:
-                        d.drop_agent(agent)
-            return out
+                for d in self.pipeline.detectors:
+                    d.drop_agent(agent)
 
-        states = asyncio.run_coroutine_threadsafe(take(), self._loop).result(self.settle_timeout_s + 5)
+        fut = asyncio.run_coroutine_threadsafe(drop(), self._loop)
+        if wait:
+            fut.result(self.settle_timeout_s + 5)
+        self._capture.forget(agents)
+        for agent in agents:
+            self._agent_partition.pop(agent, None)
+            self._skip.pop(agent, None)
         for p in partitions:
-            self.changelog.write(p, {a: st for a, st in states.items() if agents[a] == p})
-        if drop:
-            for agent in agents:
-                self._agent_partition.pop(agent, None)
-        log.info("Kafka: flushed the state of %d agent(s) of partitions %s to the changelog", len(states), sorted(partitions))
+            self._position.pop(p, None)
+        self.metrics.kafka_state_agents.labels("dropped").inc(len(agents))
+        log.info("Kafka: handed over %d agent(s) of partitions %s", len(agents), sorted(partitions))
 
     def _restore_state(self, partitions: set[int]) -> None:
         """Read these partitions' agents from the changelog and restore them into the detectors."""
         assert self._loop is not None and self.changelog is not None
-        by_partition = {p: self.changelog.read([p]) for p in partitions}
+        by_partition: dict[int, dict[str, AgentRecord]] = self.changelog.read_partitions(partitions)
 
         async def put() -> None:
             await self.pipeline.drained(self.settle_timeout_s)
-            for states in by_partition.values():
-                for agent, per_detector in states.items():
+            for records in by_partition.values():
+                for agent, record in records.items():
                     for d in self.pipeline.detectors:
-                        if d.name in per_detector:
-                            d.restore_agent(agent, per_detector[d.name])
+                        if d.name in record.detectors:
+                            d.restore_agent(agent, record.detectors[d.name])
 
         asyncio.run_coroutine_threadsafe(put(), self._loop).result(self.settle_timeout_s + 5)
-        for p, states in by_partition.items():
-            for agent in states:
+        for p, records in by_partition.items():
+            for agent, record in records.items():
                 self._agent_partition[agent] = p
+                if record.offset is not None:
+                    self._skip[agent] = record.offset
         n = sum(len(s) for s in by_partition.values())
+        self.metrics.kafka_state_agents.labels("restored").inc(n)
         log.info("Kafka: restored the state of %d agent(s) of partitions %s from the changelog", n, sorted(partitions))
 
 
