@@ -151,6 +151,20 @@ class Finding:
         if not self.dedup_key:
             self.dedup_key = f"{self.detector}:{self.agent_id}:{self.server}/{self.tool}"
 
+    @classmethod
+    def about(cls, call: ToolCall, **fields: Any) -> "Finding":
+        """A finding about one call: who, when, where and which span come from the call."""
+        return cls(
+            agent_id=call.agent_id,
+            time_ns=call.time_ns,
+            session_id=call.session_id,
+            server=call.server,
+            tool=call.tool,
+            span_ids=(call.span_id,) if call.span_id else (),
+            trace_ids=(call.trace_id,) if call.trace_id else (),
+            **fields,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "detector": self.detector,

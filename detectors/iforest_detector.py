@@ -415,17 +415,11 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             why = f"score {score:.3f} > threshold {model.threshold:.3f}"
         else:
             why = f"a feature {excess:.2f} range-widths outside the baseline range"
-        return Finding(
+        return Finding.about(
+            c,
             detector=self.name,
             severity=finding_severity(self.config, score - model.threshold, excess, model.params.range_k),
-            agent_id=c.agent_id,
             reason=f"call {c.token} unlike the baseline ({basis}): {why}; {top}",
-            time_ns=c.time_ns,
-            session_id=c.session_id,
-            server=c.server,
-            tool=c.tool,
-            span_ids=(c.span_id,) if c.span_id else (),
-            trace_ids=(c.trace_id,) if c.trace_id else (),
             score=round(score, 6),
             evidence={"explanation": expl, "threshold": round(model.threshold, 6), "model": basis,
                       "range_excess": round(excess, 4),

@@ -109,18 +109,12 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
     def _finding(self, call: ToolCall, secrets: list[str], calls: int, with_secret: int) -> Finding:
         severity = self.config.outbound_severity if call.destinations else self.config.severity
         usual = "never" if not with_secret else f"in {with_secret} of {calls} calls"
-        return Finding(
+        return Finding.about(
+            call,
             detector=self.name,
             severity=severity,
-            agent_id=call.agent_id,
             reason=(f"{', '.join(secrets)} in the arguments of {call.token}, whose arguments carried a secret "
                     f"{usual} for this agent before"),
-            time_ns=call.time_ns,
-            session_id=call.session_id,
-            server=call.server,
-            tool=call.tool,
-            span_ids=(call.span_id,) if call.span_id else (),
-            trace_ids=(call.trace_id,) if call.trace_id else (),
             score=SEVERITY_SCORE[severity],
             evidence={"kind": "unusual_secret_in_args", "labels": secrets, "baseline_calls": calls,
                       "baseline_secret_calls": with_secret, "destinations": list(call.destinations[:10])},

@@ -197,18 +197,12 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         unseen = c.token not in st.model.uni and (prior is None or c.token not in prior.uni)
         what = "never-seen tool" if unseen else "unusual next tool"
         ctx = " right after a result that addressed the model" if after_instr else ""
-        return Finding(
+        return Finding.about(
+            c,
             detector=self.name,
             severity="high" if after_instr or bits >= thr + 5 else "medium",
-            agent_id=c.agent_id,
             reason=(f"{what} {c.token} after {prev}{ctx}: {bits:.1f} bits of surprise "
                     f"(threshold {thr:g}, usual {st.mean_bits:.1f})"),
-            time_ns=c.time_ns,
-            session_id=c.session_id,
-            server=c.server,
-            tool=c.tool,
-            span_ids=(c.span_id,) if c.span_id else (),
-            trace_ids=(c.trace_id,) if c.trace_id else (),
             score=round(bits, 4),
             evidence={
                 "explanation": [{"feature": "surprisal", "observed": round(bits, 4),
@@ -225,17 +219,11 @@ class SequenceDetector(PerAgentDetector[_Agent]):
 
     def _length_finding(self, st: _Agent, c: ToolCall, n: int, limit: float, status: str) -> Finding:
         usual = math.expm1(st.lengths.mean)
-        return Finding(
+        return Finding.about(
+            c,
             detector=self.name,
             severity="medium",
-            agent_id=c.agent_id,
             reason=f"session {c.session_id} reached {n} calls; usual length is about {usual:.0f} (limit {limit:.0f})",
-            time_ns=c.time_ns,
-            session_id=c.session_id,
-            server=c.server,
-            tool=c.tool,
-            span_ids=(c.span_id,) if c.span_id else (),
-            trace_ids=(c.trace_id,) if c.trace_id else (),
             score=float(n),
             evidence={
                 "explanation": [{"feature": "session_length", "observed": n, "baseline": round(usual, 2),
