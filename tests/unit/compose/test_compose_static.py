@@ -59,6 +59,12 @@ def test_toolwatch_config_in_compose_is_valid():
 
     cfg = load_config(str(COMPOSE / "toolwatch" / "toolwatch.yaml"), environ={})
     assert cfg.allow_remote and cfg.listen.endswith(":9464")
+    # toolwatch consumes what the collector writes: same brokers service, same topic.
+    collector = yaml.safe_load((COMPOSE / "otel-collector" / "config.yaml").read_text())
+    exporter = collector["exporters"]["kafka"]
+    assert cfg.kafka.enabled and cfg.kafka.topic == exporter["traces"]["topic"]
+    assert cfg.kafka.bootstrap_servers in exporter["brokers"]
+    assert "kafka" in compose()["services"]["toolwatch"]["depends_on"]
 
 
 def test_otel_collector_pipeline_references_defined_components():
