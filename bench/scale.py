@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from kafka import KafkaProducer  # noqa: E402
 
-from helpers.kafka_broker import KafkaBroker, free_port  # noqa: E402
+from helpers.kafka_broker import KafkaBroker  # noqa: E402
+from helpers.procs import free_port  # noqa: E402
 from helpers.otlp_calls import request, workload  # noqa: E402
 
 TOPIC = "otlp_spans"

@@ -21,7 +21,8 @@ from .store import Store
 log = logging.getLogger("toolwatch.api")
 
 
-def _error(status: int, message: str) -> web.Response:
+def json_error(status: int, message: str) -> web.Response:
+    """Every API error body: ``{"error": "<what is wrong and what to do>"}``."""
     return web.json_response({"error": message}, status=status)
 
 
@@ -69,7 +70,7 @@ class Api:
         if self.api_token and request.path.startswith("/api/"):
             given = request.headers.get("Authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {self.api_token}".encode()):
-                return _error(401, "missing or wrong bearer token (send 'Authorization: Bearer <api_token>')")
+                return json_error(401, "missing or wrong bearer token (send 'Authorization: Bearer <api_token>')")
         return await handler(request)
 
     async def start(self) -> None:
@@ -105,24 +106,24 @@ class Api:
         q = request.query
         unknown = sorted(set(q) - ALERT_QUERY_KEYS)
         if unknown:
-            return _error(400, f"unknown query parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(ALERT_QUERY_KEYS))}")
+            return json_error(400, f"unknown query parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(ALERT_QUERY_KEYS))}")
         severity = q.get("severity")
         if severity and severity not in SEVERITIES:
-            return _error(400, f"severity must be one of {', '.join(SEVERITIES)}")
+            return json_error(400, f"severity must be one of {', '.join(SEVERITIES)}")
         status = q.get("status")
         if status and status not in ("open", "acked"):
-            return _error(400, "status must be 'open' or 'acked'")
+            return json_error(400, "status must be 'open' or 'acked'")
         try:
             limit = int(q.get("limit", "100"))
         except ValueError:
-            return _error(400, "limit must be a whole number from 1 to 1000")
+            return json_error(400, "limit must be a whole number from 1 to 1000")
         if not 1 <= limit <= 1000:
-            return _error(400, "limit must be a whole number from 1 to 1000")
+            return json_error(400, "limit must be a whole number from 1 to 1000")
         before = None
         if q.get("cursor"):
             before = decode_cursor(q["cursor"])
             if before is None:
-                return _error(400, "cursor is not one this API returned; use next_cursor from the previous page")
+                return json_error(400, "cursor is not one this API returned; use next_cursor from the previous page")
         alerts = self.store.list_alerts(
             detector=q.get("detector"), severity=severity, agent_id=q.get("agent"), status=status, limit=limit, before=before
         )
@@ -132,7 +133,7 @@ class Api:
     async def get_alert(self, request: web.Request) -> web.Response:
         alert = self.store.get_alert(request.match_info["id"])
         if alert is None:
-            return _error(404, f"no alert with id {request.match_info['id']!r}")
+            return json_error(404, f"no alert with id {request.match_info['id']!r}")
         data = alert.to_dict()
         data["deliveries"] = self.store.delivery_status(alert.id)
         return web.json_response(data)
@@ -141,7 +142,7 @@ class Api:
         """Idempotent; answers with the alert as stored after the ack."""
         alert_id = request.match_info["id"]
         if not self.store.ack_alert(alert_id):
-            return _error(404, f"no alert with id {alert_id!r}")
+            return json_error(404, f"no alert with id {alert_id!r}")
         alert = self.store.get_alert(alert_id)
         assert alert is not None
         return web.json_response(alert.to_dict())
@@ -150,11 +151,11 @@ class Api:
         """Requeue the alert's dead webhook messages (given up after max_age_s) with a fresh start."""
         alert_id = request.match_info["id"]
         if self.store.get_alert(alert_id) is None:
-            return _error(404, f"no alert with id {alert_id!r}")
+            return json_error(404, f"no alert with id {alert_id!r}")
         return web.json_response({"id": alert_id, "requeued": self.store.requeue_dead(alert_id)})
 
     def _no_approvals(self) -> web.Response:
-        return _error(
+        return json_error(
             404, "no detector offering approvals is running (enable the rug-pull detector: detectors.rugpull)"
         )
 
@@ -170,7 +171,7 @@ class Api:
         try:
             result = await (self.approvals.approve if decision == "approve" else self.approvals.reject)(pending_id)
         except UnknownApproval:
-            return _error(404, f"no pending change with id {pending_id!r}; list them with GET /api/v1/approvals")
+            return json_error(404, f"no pending change with id {pending_id!r}; list them with GET /api/v1/approvals")
         log.info("approval %s: %s via API", pending_id, result["decision"])
         return web.json_response(result)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .api import json_error
 from .enforcement import CallFacts, EnforcementService, FactsError
 from .hold_notify import HoldNotifier
 from .holds import AlreadyDecided, Hold, HoldBook, HoldError, UnknownHold
@@ -20,10 +21,6 @@ from .metrics import Metrics
 log = logging.getLogger("toolwatch.enforcement")
 
 MAX_WAIT_S = 60.0
-
-
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 async def _body(request: web.Request) -> Any:
@@ -62,7 +59,7 @@ class EnforcementApi:
         try:
             facts = CallFacts.from_json(await _body(request))
         except FactsError as exc:
-            return _error(400, str(exc))
+            return json_error(400, str(exc))
         verdict = await self.service.decide(facts)
         if self.metrics is not None:
             self.metrics.enforcement_decisions.labels(verdict["action"], str(verdict["quarantined"]).lower()).inc()
@@ -72,24 +69,24 @@ class EnforcementApi:
         """Which tools of a ``tools/list`` result to hide: ``{"server": ..., "tools": [...]}``."""
         body = await _body(request)
         if not isinstance(body, dict) or not isinstance(body.get("server"), str) or not isinstance(body.get("tools"), list):
-            return _error(400, "body: must be {\"server\": NAME, \"tools\": [the tools/list result's tools]}")
+            return json_error(400, "body: must be {\"server\": NAME, \"tools\": [the tools/list result's tools]}")
         try:
             hidden = await self.service.listing(body["server"], body["tools"])
         except FactsError as exc:
-            return _error(400, str(exc))
+            return json_error(400, str(exc))
         return web.json_response({"server": body["server"], "quarantined": hidden})
 
     async def list_holds(self, request: web.Request) -> web.Response:
         status = request.query.get("status") or None
         if status not in (None, "pending", "approved", "denied", "timed_out"):
-            return _error(400, "status must be one of pending, approved, denied, timed_out")
+            return json_error(400, "status must be one of pending, approved, denied, timed_out")
         return web.json_response({"holds": [h.to_dict() for h in self.holds.list(status)]})
 
     async def create_hold(self, request: web.Request) -> web.Response:
         try:
             hold = self.holds.create(await _body(request))
         except HoldError as exc:
-            return _error(400, str(exc))
+            return json_error(400, str(exc))
         log.warning("holding call %s to %s/%s for agent %s until %s decides (or %.0f s pass): %s",
                     hold.id, hold.server, hold.tool, hold.agent_id, "an operator",
                     hold.expires_at - hold.created_at, hold.reason)
@@ -103,11 +100,11 @@ class EnforcementApi:
         try:
             wait = float(request.query.get("wait", "0"))
         except ValueError:
-            return _error(400, "wait must be a number of seconds")
+            return json_error(400, "wait must be a number of seconds")
         try:
             hold = await self.holds.wait(request.match_info["id"], min(max(wait, 0.0), MAX_WAIT_S))
         except UnknownHold:
-            return _error(404, f"no hold with id {request.match_info['id']!r}; list them with GET /api/v1/holds")
+            return json_error(404, f"no hold with id {request.match_info['id']!r}; list them with GET /api/v1/holds")
         return web.json_response(hold.to_dict())
 
     async def _decide(self, request: web.Request, decision: str) -> web.Response:
@@ -115,7 +112,7 @@ class EnforcementApi:
         try:
             hold = self.holds.decide(hold_id, decision, by="api")
         except UnknownHold:
-            return _error(404, f"no hold with id {hold_id!r}; list them with GET /api/v1/holds")
+            return json_error(404, f"no hold with id {hold_id!r}; list them with GET /api/v1/holds")
         except AlreadyDecided as exc:
             return web.json_response({"error": str(exc), "hold": exc.hold.to_dict()}, status=409)
         log.info("hold %s: %s via API", hold_id, hold.status)

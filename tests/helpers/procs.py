@@ -112,17 +112,14 @@ class ToolwatchProcess:
     def start(self, timeout: float = 20.0) -> "ToolwatchProcess":
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"toolwatch exited with {self.proc.returncode}: {self.output()[-2000:]}")
-            try:
-                if requests.get(self.api_url + "/readyz", timeout=0.5).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"toolwatch not ready within {timeout}s: {self.output()[-2000:]}")
+        wait_until(
+            lambda: requests.get(self.api_url + "/readyz", timeout=0.5).status_code == 200,
+            timeout,
+            "toolwatch to be ready",
+            self.proc,
+            self.log_path,
+        )
+        return self
 
     def output(self) -> str:
         try:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from .procs import free_port
+from helpers.procs import free_port, wait_until
+
 
 BINARY = shutil.which("prometheus")
 
@@ -53,18 +53,18 @@ class PrometheusServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            try:
-                if requests.get(self.url + "/-/ready", timeout=0.5).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        self.__exit__()
-        raise RuntimeError(f"prometheus not ready within 20s: {self.log_path.read_text()[-2000:]}")
+        try:
+            wait_until(
+                lambda: requests.get(self.url + "/-/ready", timeout=0.5).status_code == 200,
+                20,
+                "prometheus to be ready",
+                self.proc,
+                self.log_path,
+            )
+        except AssertionError:
+            self.__exit__()
+            raise
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.proc is not None and self.proc.poll() is None:

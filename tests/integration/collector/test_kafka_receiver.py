@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from helpers.procs import wait_until
 from helpers.daemon import DaemonThread, make_config
 from helpers.kafka_broker import kafka_broker  # noqa: F401  (fixture)
 from helpers.otlp_calls import Call, request, to_otlp_json, workload
@@ -18,12 +18,7 @@ from toolwatch.detectors.new_tool import NewToolConfig, NewToolDetector
 
 
 def _wait(pred, timeout=30.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(pred, timeout, what)
 
 
 def kafka_cfg(broker, **kw) -> KafkaConfig:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
 
 from kafka import KafkaProducer
 
+from helpers.procs import wait_until
 from helpers.daemon import DaemonThread, make_config
 from helpers.kafka_broker import kafka_broker  # noqa: F401  (fixture)
 from helpers.otlp_calls import Call, request
@@ -15,12 +15,7 @@ AGENTS = ("agent-a", "agent-b", "agent-c", "agent-d")
 
 
 def _wait(pred, timeout=40.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(pred, timeout, what)
 
 
 def produce(broker, first: int, last: int, new_tool_at: int | None = None) -> int:

@@ -13,14 +13,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from helpers.kafka_broker import free_port, kafka_broker  # noqa: F401  (fixture)
+from helpers.procs import free_port, wait_until
+from helpers.kafka_broker import kafka_broker  # noqa: F401  (fixture)
 from helpers.otlp_calls import Call, request, workload
 from helpers.webhook_receiver import WebhookReceiver
 from toolwatch.collector.alerts import alert_id
@@ -36,12 +36,7 @@ AGENTS, CALLS_PER_AGENT = 8, 300  # agent-6 and agent-7 hash to partition 0, the
 
 
 def _wait(pred, timeout=45.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(pred, timeout, what)
 
 
 def _metric(base: str, name: str, labels: str = "") -> float:
