@@ -9,7 +9,7 @@ import secrets
 import signal
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from prometheus_client import CollectorRegistry
 

@@ -18,9 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from .. import otlp
-from ..metrics import Metrics
-from . import Ingest, Overloaded, NetworkReceiver, Unavailable
-from .tls import TlsFiles
+from . import NetworkReceiver, Overloaded, Unavailable
 
 log = logging.getLogger("toolwatch.receiver.otlp_grpc")
 NAME = "otlp_grpc"

@@ -17,9 +17,7 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 
 from .. import otlp
-from ..metrics import Metrics
-from . import Ingest, Overloaded, NetworkReceiver, Unavailable
-from .tls import TlsFiles
+from . import NetworkReceiver, Overloaded, Unavailable
 
 log = logging.getLogger("toolwatch.receiver.otlp_http")
 NAME = "otlp_http"

@@ -19,7 +19,6 @@ the server's own messages arrive on the session's GET stream. This module adapts
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
