@@ -5,10 +5,13 @@ Counts are aggregated per batch before touching prometheus_client (~1 µs per la
 
 from __future__ import annotations
 
+import threading
 from collections import Counter as Tally
+from itertools import islice
 from typing import Any, Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily
 
 from toolwatch import __version__
 from toolwatch.detectors.events import SEVERITIES, Finding
@@ -30,6 +33,55 @@ class LabelGuard:
             self._seen.add(labels)
             return labels
         return tuple(OTHER for _ in labels)
+
+
+class CallTally:
+    """A labelled counter kept as plain counts and exported at scrape time (a custom collector).
+
+    prometheus_client costs ~1 µs per labelled ``inc`` and a batch has hundreds of distinct
+    (agent, server, tool) keys; here a batch is tallied at C speed and merged under one lock.
+    Capped like ``LabelGuard``: the first ``cap`` distinct keys keep their labels, later ones
+    count under ``other`` for every label, so memory and series stay bounded and no call is lost.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: tuple[str, ...], *, cap: int, registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.cap = cap
+        self._counts: Tally[tuple[str, ...]] = Tally()
+        self._other = 0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def add(self, keys: Iterable[tuple[str, ...]]) -> None:
+        counts = self._counts
+        with self._lock:
+            counts.update(keys)  # one pass at C speed; new keys go last (dicts keep insertion order)
+            if len(counts) > self.cap:
+                # Keys past the first ``cap`` arrived after the cap was reached: fold them.
+                for key in list(islice(counts, self.cap, None)):
+                    self._other += counts.pop(key)
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        with self._lock:
+            counts = dict(self._counts)
+            other = self._other
+        if other:
+            key = tuple(OTHER for _ in self.labelnames)
+            counts[key] = counts.get(key, 0) + other
+        family = self._family()
+        for key, n in counts.items():
+            family.add_metric(key, n)
+        return [family]
 
 
 class Metrics:
@@ -54,10 +106,11 @@ class Metrics:
             ["receiver", "reason"],
             registry=r,
         )
-        self.tool_calls = Counter(
-            "toolwatch_tool_calls_total",
+        self.tool_calls = CallTally(
+            "toolwatch_tool_calls",
             "Tool calls seen, by agent, server and tool (capped; excess folded into 'other').",
-            ["agent", "server", "tool"],
+            ("agent", "server", "tool"),
+            cap=tool_label_cap,
             registry=r,
         )
         self.tool_listings = Counter(
@@ -134,7 +187,6 @@ class Metrics:
             "Redelivered events skipped because the agent's restored changelog state already held them.",
             registry=r,
         )
-        self._tool_guard = LabelGuard(tool_label_cap)
         self.anomaly_score = Histogram(
             "toolwatch_anomaly_score",
             "Scores of detector findings (higher = more anomalous), by detector.",
@@ -177,6 +229,8 @@ class Metrics:
             ["outcome"], registry=r,
         )
         self._detector_guard = LabelGuard(64)
+        # Children of admitted detectors: ``labels()`` costs a lock and a dict lookup per call.
+        self._score_children: dict[str, Any] = {}
         self._pending_last = 0.0
 
     def init_labels(self, detectors: Sequence[str], receivers: Sequence[str], webhooks: Sequence[str]) -> None:
@@ -198,9 +252,15 @@ class Metrics:
 
     def observe_scores(self, findings: Iterable[Finding]) -> None:
         """Called by the pipeline with each batch's findings; detector names are capped like tool labels."""
+        children = self._score_children
         for f in findings:
-            (det,) = self._detector_guard((f.detector,))
-            self.anomaly_score.labels(det).observe(f.score)
+            child = children.get(f.detector)
+            if child is None:
+                (det,) = self._detector_guard((f.detector,))
+                child = self.anomaly_score.labels(det)
+                if det == f.detector:
+                    children[det] = child
+            child.observe(f.score)
 
     def watch_pending_approvals(self, source: Callable[[], Sequence[Any]]) -> None:
         """Feed the pending-approvals gauge from ``source()`` at scrape time (e.g. a detector's ``pending``).
@@ -218,5 +278,5 @@ class Metrics:
         self.pending_approvals.set_function(value)
 
     def count_calls(self, keys: Iterable[tuple[str, str, str]]) -> None:
-        for labels, n in Tally(self._tool_guard(k) for k in keys).items():
-            self.tool_calls.labels(*labels).inc(n)
+        """Count tool calls by (agent, server, tool), capped (see ``CallTally``); call once per batch."""
+        self.tool_calls.add(keys)

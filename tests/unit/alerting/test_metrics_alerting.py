@@ -34,6 +34,24 @@ def test_tool_call_counter_never_exceeds_its_cap():
     assert value(m, "toolwatch_tool_calls_total", {"agent": OTHER, "server": OTHER, "tool": OTHER}) == 7
 
 
+def test_tool_call_counts_across_batches_match_a_call_by_call_label_guard():
+    import random
+    from collections import Counter
+
+    rnd = random.Random(7)
+    batches = [[(f"a{rnd.randrange(12)}", "srv", rnd.choice("xyz")) for _ in range(rnd.randrange(0, 30))] for _ in range(40)]
+    m, guard, expected = Metrics(tool_label_cap=10), LabelGuard(10), Counter()
+    for batch in batches:
+        m.count_calls(iter(batch))
+        expected.update(guard(k) for k in batch)
+    got = {
+        (s.labels["agent"], s.labels["server"], s.labels["tool"]): s.value
+        for s in m.tool_calls.collect()[0].samples
+        if s.name == "toolwatch_tool_calls_total"
+    }
+    assert got == expected and len(got) == 11
+
+
 def test_anomaly_scores_by_detector():
     m = Metrics()
     m.observe_scores([finding(0, score=0.3), finding(1, score=0.97), finding(2, detector="volume", score=4.0)])
