@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
+from operator import attrgetter
 from typing import Callable, Sequence
 
 from toolwatch.detectors.events import Finding
 
 from .metrics import Metrics
 from .sinks import Sink
-from .store import Store, StoredAlert
+from .store import AlertRef, Store, StoredAlert
+
+_DETECTOR_SEVERITY = attrgetter("detector", "severity")
 
 
 def alert_id(f: Finding) -> str:
@@ -40,10 +44,15 @@ class AlertRouter:
         new: list[StoredAlert] = []
         bumps: list[tuple[str, int]] = []
         pending: dict[str, StoredAlert] = {}
-        stored: dict[str, tuple[int, StoredAlert | None]] = {}
+        # Every key's latest stored alert, in one query (the store is written only at the end).
+        stored: dict[str, AlertRef] = {}
+        if findings and self.group_window_ns > 0:
+            since = min(f.time_ns for f in findings) - self.group_window_ns
+            stored = self.store.latest_alert_refs((f.dedup_key for f in findings), since)
+        for (detector, severity), n in Counter(map(_DETECTOR_SEVERITY, findings)).items():
+            self.metrics.findings.labels(detector, severity).inc(n)
         for f in findings:
-            self.metrics.findings.labels(f.detector, f.severity).inc()
-            grouped = pending.get(f.dedup_key)
+            grouped: StoredAlert | AlertRef | None = pending.get(f.dedup_key)
             if grouped is None and self.group_window_ns > 0:
                 grouped = self._open_alert_for(f.dedup_key, f.time_ns - self.group_window_ns, stored)
             if grouped is not None and abs(f.time_ns - grouped.last_ns) <= self.group_window_ns:
@@ -71,26 +80,15 @@ class AlertRouter:
             return []
         durable = [s for s in self.sinks if s.durable]
         self.store.record_alerts(new, bumps, lambda a: [s.name for s in durable if s.wants(a)])
-        for a in new:
-            self.metrics.alerts.labels(a.detector, a.severity).inc()
+        for (detector, severity), n in Counter(map(_DETECTOR_SEVERITY, new)).items():
+            self.metrics.alerts.labels(detector, severity).inc(n)
         if new:
             for sink in self.sinks:
                 sink.emit(new)
         return new
 
-    def _open_alert_for(
-        self, dedup_key: str, since_ns: int, stored: dict[str, tuple[int, StoredAlert | None]]
-    ) -> StoredAlert | None:
-        """``store.open_alert_for``, asked at most about once per key and batch (the store is
-        written only at the end of ``route``). A row found is the key's latest, so it answers any
-        later ``since_ns`` by itself; "none since t" answers only ``since_ns >= t``."""
-        cached = stored.get(dedup_key)
-        if cached is not None:
-            asked, row = cached
-            if row is not None:
-                return row if row.last_ns >= since_ns else None
-            if since_ns >= asked:
-                return None
-        row = self.store.open_alert_for(dedup_key, since_ns)
-        stored[dedup_key] = (since_ns, row)
-        return row
+    def _open_alert_for(self, dedup_key: str, since_ns: int, stored: dict[str, AlertRef]) -> AlertRef | None:
+        """What ``store.open_alert_ref`` would answer, from the batch's ``latest_alert_refs``: the
+        key's latest alert is the one found if it ends at or after ``since_ns``, else there is none."""
+        row = stored.get(dedup_key)
+        return row if row is not None and row.last_ns >= since_ns else None

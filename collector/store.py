@@ -7,7 +7,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -44,6 +44,13 @@ CREATE TABLE IF NOT EXISTS detector_state (
     updated_at REAL NOT NULL
 );
 """
+
+
+class AlertRef(NamedTuple):
+    """The id and latest event time of a stored alert: all that grouping a repeat needs."""
+
+    id: str
+    last_ns: int
 
 
 @dataclass
@@ -123,10 +130,40 @@ class Store:
     # --- alerts -----------------------------------------------------------------------------
     def open_alert_for(self, dedup_key: str, since_ns: int) -> StoredAlert | None:
         row = self.db.execute(
-            "SELECT * FROM alerts WHERE dedup_key=? AND last_ns>=? ORDER BY last_ns DESC LIMIT 1",
+            "SELECT * FROM alerts WHERE dedup_key=? AND last_ns>=? ORDER BY last_ns DESC, rowid DESC LIMIT 1",
             (dedup_key, since_ns),
         ).fetchone()
         return None if row is None else _row_alert(row)
+
+    def open_alert_ref(self, dedup_key: str, since_ns: int) -> AlertRef | None:
+        """``open_alert_for`` without reading the finding: what grouping needs, per finding, cheaply."""
+        row = self.db.execute(
+            "SELECT id, last_ns FROM alerts WHERE dedup_key=? AND last_ns>=? ORDER BY last_ns DESC, rowid DESC LIMIT 1",
+            (dedup_key, since_ns),
+        ).fetchone()
+        return None if row is None else AlertRef(row[0], row[1])
+
+    def latest_alert_refs(self, dedup_keys: Iterable[str], since_ns: int) -> dict[str, AlertRef]:
+        """Each key's latest alert ending at or after ``since_ns`` (one query per 500 keys).
+
+        Answers every ``open_alert_ref(key, s)`` with ``s >= since_ns`` at once: the latest alert is
+        the one found if any is, and none is when it ends before ``s``. Latest = greatest
+        ``last_ns``, then the last inserted, as ``open_alert_ref``'s ORDER BY.
+        """
+        keys = list(dict.fromkeys(dedup_keys))
+        best: dict[str, tuple[int, int, str]] = {}
+        for i in range(0, len(keys), 500):
+            chunk = keys[i : i + 500]
+            rows = self.db.execute(
+                f"SELECT dedup_key, last_ns, rowid, id FROM alerts WHERE dedup_key IN ({','.join('?' * len(chunk))})"
+                " AND last_ns>=?",
+                (*chunk, since_ns),
+            )
+            for key, last_ns, rowid, alert_id in rows:
+                cur = best.get(key)
+                if cur is None or (last_ns, rowid) > cur[:2]:
+                    best[key] = (last_ns, rowid, alert_id)
+        return {key: AlertRef(alert_id, last_ns) for key, (last_ns, _, alert_id) in best.items()}
 
     def record_alerts(
         self,
@@ -165,10 +202,20 @@ class Store:
                         "INSERT OR IGNORE INTO outbox(sink, alert_id, next_at, queued_at) VALUES (?,?,?,?)",
                         [(s, a.id, now, now) for s in route(a)],
                     )
+            # Repeats of one alert in one call: one UPDATE (count + n, latest time).
+            merged: dict[str, list[int]] = {}
             for alert_id, last_ns in bumps:
-                self.db.execute(
-                    "UPDATE alerts SET count=count+1, last_ns=MAX(last_ns, ?) WHERE id=?", (last_ns, alert_id)
-                )
+                m = merged.get(alert_id)
+                if m is None:
+                    merged[alert_id] = [1, last_ns]
+                else:
+                    m[0] += 1
+                    if last_ns > m[1]:
+                        m[1] = last_ns
+            self.db.executemany(
+                "UPDATE alerts SET count=count+?, last_ns=MAX(last_ns, ?) WHERE id=?",
+                [(n, last_ns, alert_id) for alert_id, (n, last_ns) in merged.items()],
+            )
 
     def get_alert(self, alert_id: str) -> StoredAlert | None:
         row = self.db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()

@@ -16,6 +16,8 @@ class LogSink(Sink):
         self.log = logger or logging.getLogger("toolwatch.alerts")
 
     def emit(self, alerts: list[StoredAlert]) -> None:
+        if not self.log.isEnabledFor(logging.WARNING):
+            return  # nobody reads it: skip formatting every alert
         for a in alerts:
             f = a.finding
             self.log.warning(
