@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from toolwatch.detectors.events import ToolCall, ToolListing
 
@@ -47,6 +48,9 @@ class EventTimeRule:
             raise ValueError(f"{key}.max_age_s must not be negative (0 turns the check off)")
 
 
+_TIME = attrgetter("time_ns")
+
+
 @dataclass(slots=True)
 class Verdict:
     """Which events were kept (possibly with clamped times) and what happened to the rest."""
@@ -70,6 +74,33 @@ def judge(
     watermark_ns: int,
 ) -> Verdict:
     """Apply the rule to one request's events; ``watermark_ns`` is the admission watermark so far."""
+    future_limit = now_ns + int(rule.max_future_skew_s * NS)
+    oldest_ok = int(rule.allowed_lateness_s * NS)
+    age_limit = now_ns - int(rule.max_age_s * NS) if rule.max_age_s > 0 else None
+    reject_future = rule.future_policy == REJECT
+    # The common case: every event's time is already acceptable. Two C-speed passes over the
+    # times prove it, and then nothing changes but the watermark.
+    times = [*map(_TIME, calls), *map(_TIME, listings)]
+    if times:
+        lo, hi = min(times), max(times)
+        if (
+            lo > 0
+            and hi <= future_limit
+            and (age_limit is None or lo >= age_limit)
+            and lo >= max(watermark_ns, hi) - oldest_ok  # the running watermark never exceeds this
+        ):
+            return Verdict(list(calls), list(listings), watermark_ns=max(watermark_ns, hi))
+    return judge_each(rule, calls, listings, now_ns, watermark_ns)
+
+
+def judge_each(
+    rule: EventTimeRule,
+    calls: list[ToolCall],
+    listings: list[ToolListing],
+    now_ns: int,
+    watermark_ns: int,
+) -> Verdict:
+    """``judge`` event by event (what it does whenever some event needs clamping or rejecting)."""
     future_limit = now_ns + int(rule.max_future_skew_s * NS)
     oldest_ok = int(rule.allowed_lateness_s * NS)
     age_limit = now_ns - int(rule.max_age_s * NS) if rule.max_age_s > 0 else None

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from toolwatch.collector.config import ConfigError, config_from_mapping
-from toolwatch.collector.event_time import NS, EventTimeRule, judge
+from toolwatch.collector.event_time import NS, EventTimeRule, judge, judge_each
 from toolwatch.collector.metrics import Metrics
 from toolwatch.collector.pipeline import Pipeline
 from toolwatch.detectors.base import Detector
-from toolwatch.detectors.events import Batch, ToolCall
+from toolwatch.detectors.events import Batch, ToolCall, ToolListing
 
 NOW = 1_800_000_000 * NS
 
@@ -118,3 +120,26 @@ async def test_full_queue_refuses_everything_and_counts_nothing():
     adm = p.admit([call(NOW), call(NOW + 200 * NS * 10**6)], [])
     assert not adm.accepted and p.depth == 0
     assert reg.get_sample_value("toolwatch_spans_event_time_total", {"action": "clamped", "reason": "future"}) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(-5, 40), max_size=8),
+    st.lists(st.integers(-5, 40), max_size=3),
+    st.sampled_from([0, 10, 30]),
+    st.sampled_from(["clamp", "reject"]),
+    st.sampled_from([0.0, 25.0]),
+)
+def test_judge_equals_judging_event_by_event(call_s, listing_s, watermark_s, future_policy, max_age_s):
+    # Times in seconds around NOW=30 s on a small clock: 5 s future skew, 10 s lateness.
+    rule = EventTimeRule(future_policy=future_policy, max_future_skew_s=5, allowed_lateness_s=10, max_age_s=max_age_s)
+
+    def events():
+        calls = [call(t * NS) for t in call_s]
+        listings = [ToolListing(time_ns=t * NS, agent_id="a", server="s", tools=()) for t in listing_s]
+        return calls, listings
+
+    got, want = judge(rule, *events(), 30 * NS, watermark_s * NS), judge_each(rule, *events(), 30 * NS, watermark_s * NS)
+    assert [c.time_ns for c in got.calls] == [c.time_ns for c in want.calls]
+    assert [t.time_ns for t in got.listings] == [t.time_ns for t in want.listings]
+    assert (got.rejected, got.clamped, got.watermark_ns) == (want.rejected, want.clamped, want.watermark_ns)
