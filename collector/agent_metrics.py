@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from collections import Counter as Tally
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -81,6 +81,10 @@ class AgentMetrics(Collector):
         self._lock = threading.Lock()
         self._bands: dict[str, tuple[float, float, float]] = {}
         self._scores: dict[str, dict[int, float]] = {}  # agent -> {slot index: max score}
+        # Per finding, ``labels()`` and the guard cost more than the observation: remember both
+        # for admitted agents (at most ``agent_cap`` + 1 entries each).
+        self._labels: dict[str, str] = {}
+        self._score_children: dict[str, Any] = {}
         self.findings = Counter(
             "toolwatch_agent_findings_total",
             "Detector findings, by agent, detector and severity (agents capped; excess folded into 'other').",
@@ -110,16 +114,24 @@ class AgentMetrics(Collector):
         now = self.clock()
         slot = int(now // (self.score_window_s / _SLOTS))
         tally: Tally[tuple[str, str, str]] = Tally()
+        labels, children = self._labels, self._score_children
         with self._lock:
             for f in findings:
-                agent = self.agent_label(f.agent_id)
+                agent = labels.get(f.agent_id)
+                if agent is None:
+                    agent = self.agent_label(f.agent_id)
+                    if agent != OTHER:  # admitted for good: remembered (folded ids are not, so this stays capped)
+                        labels[f.agent_id] = agent
                 tally[(agent, f.detector, f.severity)] += 1
-                self.finding_score.labels(agent).observe(f.score)
+                child = children.get(agent)
+                if child is None:
+                    child = children[agent] = self.finding_score.labels(agent)
+                child.observe(f.score)
                 if agent != OTHER and math.isfinite(f.score):
                     slots = self._scores.setdefault(agent, {})
                     slots[slot] = max(slots.get(slot, f.score), f.score)
-        for labels, n in tally.items():
-            self.findings.labels(*labels).inc(n)
+        for key, n in tally.items():
+            self.findings.labels(*key).inc(n)
 
     def set_bands(self, bands: dict[str, tuple[float, float, float]]) -> None:
         kept = {}
