@@ -101,32 +101,38 @@ def _keep(top: list[list[Any]], item: list[Any]) -> None:
     top.append(item)
 
 
-def _merge_top(top: list[list[Any]], items: list[tuple[int, int]], spans: list[str]) -> None:
+def _merge_top(top: list[list[Any]], items: list[tuple[int, int]], spans: list[str], low: Any) -> Any:
     """``_keep`` each (value, call) in turn, at once: the ten largest by (value, arrival), in arrival order.
 
     That is what ``_keep`` keeps (an equal newcomer displaces the oldest minimum); an item below
-    a full list's minimum can never enter, so it is dropped before anything is built or sorted.
+    a full list's minimum ``low`` can never enter, so it is dropped before anything is built.
+    ``low`` is None when not known; returns the new minimum (None while the list is not full).
     """
-    if len(top) >= SPANS_NAMED:
-        low = min(top)[0]
-        if items[-1][0] < low and max(items)[0] < low:
-            return
+    if low is None and len(top) >= SPANS_NAMED:
+        low = min([x[0] for x in top])
+    if low is not None:
+        if max(items)[0] < low:
+            return low
         items = [x for x in items if x[0] >= low]
-    elif len(top) + len(items) <= SPANS_NAMED:
+    if len(top) + len(items) <= SPANS_NAMED:
         top.extend([[v, spans[p]] for v, p in items])
-        return
-    pool = top + [[v, spans[p]] for v, p in items]
-    keep = sorted(range(len(pool)), key=lambda i: (pool[i][0], i))[-SPANS_NAMED:]
-    keep.sort()
-    top[:] = [pool[i] for i in keep]
+    else:
+        pool = top + [[v, spans[p]] for v, p in items]
+        keep = sorted(range(len(pool)), key=lambda i: (pool[i][0], i))[-SPANS_NAMED:]
+        keep.sort()
+        top[:] = [pool[i] for i in keep]
+    return min([x[0] for x in top]) if len(top) >= SPANS_NAMED else None
 
 
 def _top_rows(rows: np.ndarray, gid: np.ndarray, value: np.ndarray, pos: np.ndarray,
-              n_groups: int) -> list[list[tuple[int, int]]]:
-    """Per group: its ``SPANS_NAMED`` best rows by (value, call order) as (value, call), in call order."""
-    out: list[list[tuple[int, int]]] = [[] for _ in range(n_groups)]
+              n_groups: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Per group, its ``SPANS_NAMED`` best rows by (value, call order), in call order.
+
+    Returns (start per group and one past the last, values, calls, best value per group); group
+    g's candidates are ``values[start[g]:start[g + 1]]`` with their calls.
+    """
     if not len(rows):
-        return out
+        return [0] * (n_groups + 1), [], [], [0] * n_groups
     g, v, p = gid[rows], value[rows], pos[rows]
     order = np.lexsort((p, v, g))
     g, v, p = g[order], v[order], p[order]
@@ -134,13 +140,15 @@ def _top_rows(rows: np.ndarray, gid: np.ndarray, value: np.ndarray, pos: np.ndar
     last[-1] = True
     last[:-1] = g[1:] != g[:-1]
     ends = np.flatnonzero(last)
+    best = np.zeros(n_groups, np.int64)
+    best[g[ends]] = v[ends]
     group_end = np.repeat(ends, np.diff(np.concatenate(([-1], ends))))
     keep = np.flatnonzero(group_end - np.arange(len(g)) < SPANS_NAMED)
     g, v, p = g[keep], v[keep], p[keep]
     order = np.lexsort((p, g))
-    for gg, vv, pp in zip(g[order].tolist(), v[order].tolist(), p[order].tolist()):
-        out[gg].append((vv, pp))
-    return out
+    start = np.zeros(n_groups + 1, np.int64)
+    np.cumsum(np.bincount(g, minlength=n_groups), out=start[1:])
+    return start.tolist(), v[order].tolist(), p[order].tolist(), best.tolist()
 
 
 def _spans_for(win: dict[str, Any], metric: str) -> tuple[str, ...]:
@@ -191,6 +199,9 @@ class VolumeSpikeDetector(Detector):
         # key -> {window index: {"calls", "bytes", "errors", "spans": [...], "sessions": {s: n}}}
         self._open: dict[str, dict[int, dict[str, Any]]] = {}
         self._key_cache: dict[tuple[str, str, str], list[tuple[str, str, str, str]]] = {}  # derived from config
+        # key -> (window index, its open window dict): the window a key's calls went to last. Only
+        # closing, eviction, drop and restore remove window dicts, and each clears this cache.
+        self._hot: dict[str, tuple[int, dict[str, Any], list[Any]]] = {}  # (.., [fast low, big low])
 
     # ----------------------------------------------------------------- ingest
     def observe(self, batch: Batch) -> list[Finding]:
@@ -207,6 +218,7 @@ class VolumeSpikeDetector(Detector):
 
     def _add_calls(self, calls: list[ToolCall]) -> None:
         """Call by call: the reference the batched path must match (and its fallback)."""
+        self._hot.clear()
         keys_of: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}  # per batch: few agents, many calls
         for call in calls:
             idx = call.time_ns // self._w
@@ -337,23 +349,14 @@ class VolumeSpikeDetector(Detector):
 
         self._late_dropped += late
         wins: list[dict[str, Any]] = [None] * n_groups  # type: ignore[list-item]
+        hot = self._hot
         for g in np.argsort(g_first, kind="stable").tolist():  # creation order = order of first call
-            key, scope, agent, tool = meta[g_key[g]]
+            item = meta[g_key[g]]
             idx = g_win[g]
-            entry = keys.get(key)
-            if entry is None:
-                entry = keys[key] = {"scope": scope, "agent": agent, "tool": tool, "next": idx, "last_active": idx,
-                                     "hist": {m: [] for m in _METRICS}, "last": None}
-            if idx < entry["next"]:
-                entry["next"] = idx
-            if idx > entry["last_active"]:
-                entry["last_active"] = idx
-            opens = opens_of.get(key)
-            if opens is None:
-                opens = opens_of[key] = {}
-            win = opens.get(idx)
-            if win is None:
-                win = opens[idx] = {"calls": 0, "bytes": 0, "errors": 0, "spans": [], "sessions": {}}
+            cached = hot.get(item[0])
+            if cached is None or cached[0] != idx:
+                cached = self._open_window(item, idx)
+            win = cached[1]  # on a hit its entry already spans idx: nothing to create or widen
             wins[g] = win
             win["calls"] += g_calls[g]
             win["bytes"] += g_bytes[g]
@@ -367,14 +370,40 @@ class VolumeSpikeDetector(Detector):
                             named.append(spans[p])
                             if len(named) >= SPANS_NAMED:
                                 break
-                _merge_top(win.setdefault("fast", []), fast_c[g], spans)
-                _merge_top(win.setdefault("big", []), big_c[g], spans)
+                lows = cached[2]
+                for m, (c_start, c_val, c_pos, c_best), name in ((0, fast_c, "fast"), (1, big_c, "big")):
+                    top = win.setdefault(name, [])
+                    if lows[m] is not None and c_best[g] < lows[m]:
+                        continue  # nothing of this batch can enter a full list
+                    a, b = c_start[g], c_start[g + 1]
+                    lows[m] = _merge_top(top, list(zip(c_val[a:b], c_pos[a:b])), spans, lows[m])
         for k, top in enumerate(key_max.tolist()):
             entry = keys[meta[k][0]]
             old = entry.get("last_ns")
             entry["last_ns"] = top if old is None or top > old else old
         self._count_sessions(calls, pos, gid, wins)
         return True
+
+    def _open_window(self, item: tuple[str, str, str, str], idx: int) -> tuple[int, dict[str, Any], list[Any]]:
+        """The key's entry (made if new, widened to ``idx``) and its window ``idx`` (made if new)."""
+        key, scope, agent, tool = item
+        keys = self._keys
+        entry = keys.get(key)
+        if entry is None:
+            entry = keys[key] = {"scope": scope, "agent": agent, "tool": tool, "next": idx, "last_active": idx,
+                                 "hist": {m: [] for m in _METRICS}, "last": None}
+        if idx < entry["next"]:
+            entry["next"] = idx
+        if idx > entry["last_active"]:
+            entry["last_active"] = idx
+        opens = self._open.get(key)
+        if opens is None:
+            opens = self._open[key] = {}
+        win = opens.get(idx)
+        if win is None:
+            win = opens[idx] = {"calls": 0, "bytes": 0, "errors": 0, "spans": [], "sessions": {}}
+        hot = self._hot[key] = (idx, win, [None, None])
+        return hot
 
     @staticmethod
     def _count_sessions(calls: list[ToolCall], pos: np.ndarray, gid: np.ndarray, wins: list[dict[str, Any]]) -> None:
@@ -450,6 +479,7 @@ class VolumeSpikeDetector(Detector):
         if upto <= self._next_open:
             return []
         findings: list[Finding] = []
+        self._hot.clear()
         for key in list(self._keys):
             entry = self._keys[key]
             if entry["last_active"] < upto - self.config.idle_windows:
@@ -572,6 +602,7 @@ class VolumeSpikeDetector(Detector):
                 "open": {k: {str(i): json.loads(json.dumps(w)) for i, w in v.items()} for k, v in self._open.items()}}
 
     def restore(self, state: dict[str, Any]) -> None:
+        self._hot.clear()
         self._next_open = state.get("next_open")
         self._watermark = int(state.get("watermark", 0))
         self._late_dropped = int(state.get("late_dropped", 0))
@@ -589,6 +620,7 @@ class VolumeSpikeDetector(Detector):
                 "open": {k: {str(i): json.loads(json.dumps(w)) for i, w in self._open.get(k, {}).items()} for k in keys}}
 
     def restore_agent(self, agent_id: str, state: dict[str, Any]) -> None:
+        self._hot.clear()
         self.drop_agent(agent_id)
         for k, e in state.get("keys", {}).items():
             self._keys[k] = json.loads(json.dumps(e))
@@ -596,6 +628,7 @@ class VolumeSpikeDetector(Detector):
             self._open[k] = {int(i): dict(w) for i, w in v.items()}
 
     def drop_agent(self, agent_id: str) -> None:
+        self._hot.clear()
         for k in [k for k, e in self._keys.items() if e["agent"] == agent_id]:
             self._keys.pop(k)
             self._open.pop(k, None)
