@@ -37,8 +37,7 @@ class _AgentTools:
 
 
 _AGENT = attrgetter("agent_id")
-_SERVER = attrgetter("server")
-_TOOL = attrgetter("tool")
+_TRIPLE = attrgetter("agent_id", "server", "tool")
 
 
 class NewToolDetector(PerAgentDetector[_AgentTools]):
@@ -85,11 +84,10 @@ class NewToolDetector(PerAgentDetector[_AgentTools]):
         calls = batch.calls
         if not calls:
             return []
-        agents = list(map(_AGENT, calls))
-        if set(zip(agents, map(_SERVER, calls), map(_TOOL, calls))) <= self._known:
+        if self._known.issuperset(map(_TRIPLE, calls)):
             # Every tool of every agent is known: nothing to report, only the call counts move.
             state = self._state
-            for agent, n in Counter(agents).items():
+            for agent, n in Counter(map(_AGENT, calls)).items():
                 state[agent].calls += n
             return []
         return self._observe_calls(calls)
