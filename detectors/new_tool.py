@@ -6,7 +6,9 @@ The simplest certain signal: an agent that has made ``min_calls`` calls and neve
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from .base import PerAgentDetector
@@ -34,13 +36,24 @@ class _AgentTools:
     tools: set[str]
 
 
+_AGENT = attrgetter("agent_id")
+_TRIPLE = attrgetter("agent_id", "server", "tool")
+
+
 class NewToolDetector(PerAgentDetector[_AgentTools]):
+    """Once per batch: if every (agent, server, tool) is already known, only call counts change.
+
+    ``_known`` caches (agent, server, tool) triples whose token is in the agent's tool set (a set
+    only grows, so the cache stays true until state is restored or dropped, which clears it).
+    """
+
     name = "new_tool"
 
     def __init__(self, config: NewToolConfig | None = None) -> None:
         super().__init__()
         self.config = config or NewToolConfig()
         self.config.validate()
+        self._known: set[tuple[str, str, str]] = set()  # derived from state; not state itself
 
     def new_state(self) -> _AgentTools:
         return _AgentTools(0, set())
@@ -55,10 +68,38 @@ class NewToolDetector(PerAgentDetector[_AgentTools]):
         st = self._state.get(agent_id)
         return "active" if st is not None and st.calls >= self.config.min_calls else "learning"
 
+    def restore(self, state: dict[str, Any]) -> None:
+        self._known.clear()
+        super().restore(state)
+
+    def restore_agent(self, agent_id: str, state: dict[str, Any]) -> None:
+        self._known.clear()
+        super().restore_agent(agent_id, state)
+
+    def drop_agent(self, agent_id: str) -> None:
+        self._known.clear()
+        super().drop_agent(agent_id)
+
     def observe(self, batch: Batch) -> list[Finding]:
+        calls = batch.calls
+        if not calls:
+            return []
+        if self._known.issuperset(map(_TRIPLE, calls)):
+            # Every tool of every agent is known: nothing to report, only the call counts move.
+            state = self._state
+            for agent, n in Counter(map(_AGENT, calls)).items():
+                state[agent].calls += n
+            return []
+        return self._observe_calls(calls)
+
+    def _observe_calls(self, calls: list[Any]) -> list[Finding]:
+        """Call by call, in order: the batch holds at least one tool some agent has not used yet."""
         out: list[Finding] = []
         cfg = self.config
-        for call in batch.calls:
+        known = self._known
+        if len(known) > 1_000_000:  # bounded cache
+            known.clear()
+        for call in calls:
             st = self.state_for(call.agent_id)
             token = call.token
             if token not in st.tools:
@@ -85,5 +126,8 @@ class NewToolDetector(PerAgentDetector[_AgentTools]):
                     )
                 if len(st.tools) < cfg.max_tools:
                     st.tools.add(token)
+                    known.add((call.agent_id, call.server, call.tool))
+            else:
+                known.add((call.agent_id, call.server, call.tool))
             st.calls += 1
         return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from operator import attrgetter
 from typing import Any, Mapping
 
 from jsonschema import exceptions as jsonschema_exceptions
@@ -219,8 +220,20 @@ def facts_from_listing_tool(tool: Any) -> ToolFacts:
                      destructive=destructive)
 
 
+_KEY = attrgetter("agent_id", "server", "tool")
+_DYNAMIC = object()
+"""Cache mark: this (agent, server, tool) has an argument rule or a schema, so each call is decided."""
+MAX_CACHED = 100_000
+
+
 class PolicyDetector(Detector):
-    """Learns tool facts from listings and reports calls that policy would hold or deny."""
+    """Learns tool facts from listings and reports calls that policy would hold or deny.
+
+    Most of a decision depends only on (agent, server, tool) and the learned facts, which change
+    rarely; so it is made once per distinct triple and cached (``None`` = allowed) until a
+    listing arrives, the state is restored or ``config`` is replaced. Triples that an argument
+    rule or a listed input schema applies to are decided call by call, as before.
+    """
 
     name = "policy"
 
@@ -229,9 +242,44 @@ class PolicyDetector(Detector):
         self.config.validate()
         self._facts: dict[str, dict[str, ToolFacts]] = {}  # server -> tool -> facts
         self._validators: dict[str, Any] = {}  # schema sha256 -> compiled validator (not state)
+        self._decisions: dict[tuple[str, str, str], Any] = {}  # derived, not state: see the class doc
+        self._decided_under: PolicyConfig | None = None
+        self._inert: bool | None = None  # no rule and no fact can make any call non-allowed
+
+    def _forget_decisions(self) -> None:
+        self._decisions.clear()
+        self._inert = None
 
     def learn_listing(self, listing: ToolListing) -> None:
         self._facts[listing.server] = {t.name: facts_from_listing_tool(t) for t in listing.tools}
+        self._forget_decisions()
+
+    def _is_inert(self) -> bool:
+        c = self.config
+        if c.subjects or c.arguments or c.default != "allow" or c.destructive.tools:
+            return False
+        use_ann, schemas = c.destructive.use_annotations, c.schema_validation
+        return not any((use_ann and f.destructive) or (schemas and f.input_schema is not None)
+                       for tools in self._facts.values() for f in tools.values())
+
+    def _static(self, key: tuple[str, str, str]) -> Any:
+        """The cached decision for a triple: None (allow), a Decision, or ``_DYNAMIC``."""
+        agent, server, tool = key
+        facts = self.facts(server, tool)
+        view = CallView(agent_id=agent, server=server, tool=tool)
+        config = self.config
+        if config.schema_validation and facts is not None and facts.input_schema is not None:
+            entry: Any = _DYNAMIC
+        elif config.arguments and any(_argument_rule_applies(rule, view, roles_of(config, agent))
+                                      for rule in config.arguments):
+            entry = _DYNAMIC
+        else:
+            decision = decide(config, view, facts, self._validators)
+            entry = None if decision.allowed else decision
+        if len(self._decisions) >= MAX_CACHED:
+            self._decisions.clear()
+        self._decisions[key] = entry
+        return entry
 
     def facts(self, server: str, tool: str) -> ToolFacts | None:
         return self._facts.get(server, {}).get(tool)
@@ -244,9 +292,27 @@ class PolicyDetector(Detector):
     def observe(self, batch: Batch) -> list[Finding]:
         for listing in sorted(batch.listings, key=lambda x: x.time_ns):
             self.learn_listing(listing)
+        calls = batch.calls
+        if not calls:
+            return []
+        if self._decided_under is not self.config:
+            self._decided_under = self.config
+            self._forget_decisions()
+        if self._inert is None:
+            self._inert = self._is_inert()
+        if self._inert:
+            return []
+        keys = list(map(_KEY, calls))
+        cache = self._decisions
+        entries = [cache[k] if k in cache else self._static(k) for k in set(keys)]
+        if not any(entries):
+            return []
         findings = []
-        for call in batch.calls:
-            decision = self.decide(call)
+        for call, key in zip(calls, keys):
+            entry = cache.get(key, _DYNAMIC)  # a full cache may have been cleared meanwhile
+            if entry is None:
+                continue
+            decision = self.decide(call) if entry is _DYNAMIC else entry
             if not decision.allowed:
                 findings.append(self._finding(call, decision))
         return findings
@@ -266,6 +332,7 @@ class PolicyDetector(Detector):
                               for t, f in tools.items()} for s, tools in self._facts.items()}}
 
     def restore(self, state: dict[str, Any]) -> None:
+        self._forget_decisions()
         self._facts = {s: {t: ToolFacts(f.get("input_schema"), bool(f.get("destructive", False)))
                            for t, f in tools.items()} for s, tools in state.get("facts", {}).items()}
 

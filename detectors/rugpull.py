@@ -107,6 +107,7 @@ class RugPullDetector(Detector):
         self._pending: dict[str, dict[str, Any]] = {}
         self._rejected: dict[str, dict[str, Any]] = {}
         self._alerted: dict[str, None] = {}  # ordered set of dedup keys already reported
+        self._pin_shas: dict[int, tuple[dict[str, Any], str]] = {}  # derived cache, holds the pin it hashed
 
     # ----------------------------------------------------------------- identity
     def identity(self, server: str) -> str:
@@ -119,8 +120,11 @@ class RugPullDetector(Detector):
         findings: list[Finding] = []
         for listing in sorted(batch.listings, key=lambda x: x.time_ns):
             findings.extend(self._observe_listing(listing))
+        if not self._servers:
+            return findings  # nothing pinned yet: no call can be checked against anything
         for call in batch.calls:
-            findings.extend(self._observe_call(call))
+            if call.server:
+                findings.extend(self._observe_call(call))
         return findings
 
     def _observe_listing(self, listing: ToolListing) -> list[Finding]:
@@ -270,7 +274,7 @@ class RugPullDetector(Detector):
                      "call_definition_sha256": call.definition_sha256}, f"rugpull:pending-call:{item['id']}"))
             return findings
         pinned = record["tools"].get(call.tool)
-        if call.definition_sha256 and pinned is not None and call.definition_sha256 != canonical_sha256(pinned):
+        if call.definition_sha256 and pinned is not None and call.definition_sha256 != self._pinned_sha(pinned):
             key = f"rugpull:unpinned-call:{ident}:{call.tool}:{call.definition_sha256}"
             if key not in self._alerted:
                 self._mark(key)
@@ -279,6 +283,17 @@ class RugPullDetector(Detector):
                     {"identity": ident, "pinned_sha256": canonical_sha256(pinned),
                      "call_definition_sha256": call.definition_sha256}, key))
         return findings
+
+    def _pinned_sha(self, pinned: dict[str, Any]) -> str:
+        """``canonical_sha256`` of a pinned definition, once per pin object (pins are replaced, never edited)."""
+        hit = self._pin_shas.get(id(pinned))
+        if hit is not None and hit[0] is pinned:
+            return hit[1]
+        if len(self._pin_shas) >= 10_000:
+            self._pin_shas.clear()
+        sha = canonical_sha256(pinned)
+        self._pin_shas[id(pinned)] = (pinned, sha)
+        return sha
 
     def _mark(self, key: str) -> None:
         self._alerted[key] = None

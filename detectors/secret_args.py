@@ -12,8 +12,10 @@ once they are usual for it.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
+from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 from .base import PerAgentDetector
@@ -23,6 +25,9 @@ from .events import SEVERITIES, Batch, Finding, ToolCall
 __all__ = ["SecretArgsConfig", "SecretArgsDetector", "ToolSecretHistory"]
 
 SECRET_LABELS = ("secret", "credential", "password", "private_key", "api_key", "token", "jwt")
+_TIME = attrgetter("time_ns")
+_KEY = attrgetter("agent_id", "server", "tool")
+_LABELS = attrgetter("args_labels")
 SEVERITY_SCORE = {"info": 0.1, "low": 0.25, "medium": 0.5, "high": 0.8, "critical": 1.0}
 
 
@@ -81,12 +86,42 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
         return ToolSecretHistory(OrderedDict((str(t), [int(n), int(s)]) for t, n, s in data.get("tools", [])))
 
     def observe(self, batch: Batch) -> list[Finding]:
+        calls = sorted(batch.calls, key=_TIME)
+        if not calls:
+            return []
+        if self._labels.isdisjoint(chain.from_iterable(map(_LABELS, calls))) and self._count_known(calls):
+            return []
         out: list[Finding] = []
-        for call in sorted(batch.calls, key=lambda c: c.time_ns):
+        for call in calls:
             f = self.observe_call(call)
             if f is not None:
                 out.append(f)
         return out
+
+    def _count_known(self, calls: list[ToolCall]) -> bool:
+        """Count a batch without secrets per (agent, tool) at once; False (nothing changed) if it cannot.
+
+        Without a secret label no call can report, so only the counts and the LRU order move:
+        each tool moves to the end in the order of its last call, as call-by-call would. A tool
+        an agent has not called yet (it might evict another), or two (server, tool) pairs with
+        the same ``server/tool`` token, fall back to call-by-call.
+        """
+        keys = list(map(_KEY, calls))
+        counts = Counter(keys)
+        state = self._state
+        plan = []
+        seen: set[tuple[str, str]] = set()
+        for agent, server, tool in reversed(dict.fromkeys(reversed(keys))):  # order of last occurrence
+            st = state.get(agent)
+            token = f"{server}/{tool}" if server else tool
+            if st is None or token not in st.tools or (agent, token) in seen:
+                return False
+            seen.add((agent, token))
+            plan.append((st.tools, token, counts[agent, server, tool]))
+        for tools, token, n in plan:
+            tools.move_to_end(token)
+            tools[token][0] += n
+        return True
 
     def observe_call(self, call: ToolCall) -> Finding | None:
         cfg = self.config

@@ -19,8 +19,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from itertools import compress
+from operator import attrgetter
 from statistics import median
 from typing import Any
+
+import numpy as np
 
 from .base import Detector
 from .config_fields import load_flat, require
@@ -97,6 +101,56 @@ def _keep(top: list[list[Any]], item: list[Any]) -> None:
     top.append(item)
 
 
+def _merge_top(top: list[list[Any]], items: list[tuple[int, int]], spans: list[str], low: Any) -> Any:
+    """``_keep`` each (value, call) in turn, at once: the ten largest by (value, arrival), in arrival order.
+
+    That is what ``_keep`` keeps (an equal newcomer displaces the oldest minimum); an item below
+    a full list's minimum ``low`` can never enter, so it is dropped before anything is built.
+    ``low`` is None when not known; returns the new minimum (None while the list is not full).
+    """
+    if low is None and len(top) >= SPANS_NAMED:
+        low = min([x[0] for x in top])
+    if low is not None:
+        if max(items)[0] < low:
+            return low
+        items = [x for x in items if x[0] >= low]
+    if len(top) + len(items) <= SPANS_NAMED:
+        top.extend([[v, spans[p]] for v, p in items])
+    else:
+        pool = top + [[v, spans[p]] for v, p in items]
+        keep = sorted(range(len(pool)), key=lambda i: (pool[i][0], i))[-SPANS_NAMED:]
+        keep.sort()
+        top[:] = [pool[i] for i in keep]
+    return min([x[0] for x in top]) if len(top) >= SPANS_NAMED else None
+
+
+def _top_rows(rows: np.ndarray, gid: np.ndarray, value: np.ndarray, pos: np.ndarray,
+              n_groups: int) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Per group, its ``SPANS_NAMED`` best rows by (value, call order), in call order.
+
+    Returns (start per group and one past the last, values, calls, best value per group); group
+    g's candidates are ``values[start[g]:start[g + 1]]`` with their calls.
+    """
+    if not len(rows):
+        return [0] * (n_groups + 1), [], [], [0] * n_groups
+    g, v, p = gid[rows], value[rows], pos[rows]
+    order = np.lexsort((p, v, g))
+    g, v, p = g[order], v[order], p[order]
+    last = np.empty(len(g), bool)
+    last[-1] = True
+    last[:-1] = g[1:] != g[:-1]
+    ends = np.flatnonzero(last)
+    best = np.zeros(n_groups, np.int64)
+    best[g[ends]] = v[ends]
+    group_end = np.repeat(ends, np.diff(np.concatenate(([-1], ends))))
+    keep = np.flatnonzero(group_end - np.arange(len(g)) < SPANS_NAMED)
+    g, v, p = g[keep], v[keep], p[keep]
+    order = np.lexsort((p, g))
+    start = np.zeros(n_groups + 1, np.int64)
+    np.cumsum(np.bincount(g, minlength=n_groups), out=start[1:])
+    return start.tolist(), v[order].tolist(), p[order].tolist(), best.tolist()
+
+
 def _spans_for(win: dict[str, Any], metric: str) -> tuple[str, ...]:
     """Calls: the fastest-following calls; bytes: the largest; error rate: the window's first calls."""
     ranked = {"calls": win.get("fast"), "bytes": win.get("big")}.get(metric)
@@ -114,6 +168,17 @@ def robust_band(history: list[float], k: float, floor: float) -> tuple[float, fl
 
 
 _METRICS = ("calls", "bytes", "error_rate")
+_MIN_BATCH = 32
+"""Below this many calls, call by call is cheaper than setting up the columns."""
+_FIRST_GAP = 10**15
+"""Gap credited to a key's very first call (no earlier call to follow)."""
+_TIME = attrgetter("time_ns")
+_ARGS_BYTES = attrgetter("args_bytes")
+_RESULT_BYTES = attrgetter("result_bytes")
+_TRIPLE = attrgetter("agent_id", "server", "tool")
+_SPAN = attrgetter("span_id")
+_SESSION = attrgetter("session_id")
+_ERROR = attrgetter("error_type")
 
 
 class VolumeSpikeDetector(Detector):
@@ -133,6 +198,10 @@ class VolumeSpikeDetector(Detector):
         self._keys: dict[str, dict[str, Any]] = {}
         # key -> {window index: {"calls", "bytes", "errors", "spans": [...], "sessions": {s: n}}}
         self._open: dict[str, dict[int, dict[str, Any]]] = {}
+        self._key_cache: dict[tuple[str, str, str], list[tuple[str, str, str, str]]] = {}  # derived from config
+        # key -> (window index, its open window dict): the window a key's calls went to last. Only
+        # closing, eviction, drop and restore remove window dicts, and each clears this cache.
+        self._hot: dict[str, tuple[int, dict[str, Any], list[Any]]] = {}  # (.., [fast low, big low])
 
     # ----------------------------------------------------------------- ingest
     def observe(self, batch: Batch) -> list[Finding]:
@@ -141,6 +210,15 @@ class VolumeSpikeDetector(Detector):
             if not calls:
                 return []
             self._next_open = min(c.time_ns for c in calls) // self._w
+        if len(calls) < _MIN_BATCH or not self._add_batch(calls):
+            self._add_calls(calls)
+        watermark = batch.watermark_ns or max((c.time_ns for c in calls), default=0)
+        self._watermark = max(self._watermark, watermark)
+        return self._advance()
+
+    def _add_calls(self, calls: list[ToolCall]) -> None:
+        """Call by call: the reference the batched path must match (and its fallback)."""
+        self._hot.clear()
         keys_of: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}  # per batch: few agents, many calls
         for call in calls:
             idx = call.time_ns // self._w
@@ -153,9 +231,205 @@ class VolumeSpikeDetector(Detector):
                 keys = keys_of[pair] = self._keys_for(call)
             for key, scope, agent, tool in keys:
                 self._add(key, scope, agent, tool, idx, call)
-        watermark = batch.watermark_ns or max((c.time_ns for c in calls), default=0)
-        self._watermark = max(self._watermark, watermark)
-        return self._advance()
+
+    def _keys_of(self, agent: str, server: str, tool: str) -> list[tuple[str, str, str, str]]:
+        triple = (agent, server, tool)
+        keys = self._key_cache.get(triple)
+        if keys is None:
+            if len(self._key_cache) >= 4 * self.config.max_keys:
+                self._key_cache.clear()
+            keys = self._key_cache[triple] = self._keys_for(ToolCall(time_ns=0, agent_id=agent, server=server, tool=tool))
+        return keys
+
+    def _add_batch(self, calls: list[ToolCall]) -> bool:
+        """Add a batch per (key, window) at once, exactly as ``_add_calls`` would; False if it cannot.
+
+        Counting is columnar (numpy over the batch's rows, one row per call and key); Python then
+        runs once per (key, window) for the sums and the few calls that can still enter a window's
+        named spans, and once per (key, window, session) for session counts. It declines, having
+        changed nothing, when a new key would evict another (eviction mid-batch depends on the
+        call order) or when times do not fit in int64.
+        """
+        n = len(calls)
+        try:
+            t = np.fromiter(map(_TIME, calls), np.int64, n)
+            size = (np.maximum(np.fromiter(map(_ARGS_BYTES, calls), np.int64, n), 0)
+                    + np.maximum(np.fromiter(map(_RESULT_BYTES, calls), np.int64, n), 0))
+        except (OverflowError, TypeError, ValueError):
+            return False
+        w = t // self._w
+        live = w >= self._next_open
+        late = n - int(np.count_nonzero(live))
+        if late == n:
+            self._late_dropped += late
+            return True
+        if late:
+            calls = list(compress(calls, live.tolist()))
+            t, size, w, n = t[live], size[live], w[live], n - late
+
+        triples = list(map(_TRIPLE, calls))
+        code_of = dict.fromkeys(triples)
+        key_at: dict[str, int] = {}
+        meta: list[tuple[str, str, str, str]] = []
+        scope_keys: list[list[int]] = []
+        for j, triple in enumerate(code_of):
+            code_of[triple] = j
+            for s, item in enumerate(self._keys_of(*triple)):
+                k = key_at.get(item[0])
+                if k is None:
+                    k = key_at[item[0]] = len(meta)
+                    meta.append(item)
+                if s == len(scope_keys):
+                    scope_keys.append([])
+                scope_keys[s].append(k)
+        keys, opens_of = self._keys, self._open
+        new_keys = sum(1 for item in meta if item[0] not in keys)
+        if new_keys and len(keys) + new_keys > self.config.max_keys:
+            return False
+        n_keys, n_scopes = len(meta), len(scope_keys)
+        tcode = np.fromiter(map(code_of.__getitem__, triples), np.int64, n)
+
+        # One row per (call, key), scope-major: row r is call r % n under scope r // n.
+        rk = np.concatenate([np.asarray(ks, np.int64)[tcode] for ks in scope_keys])
+        pos = np.tile(np.arange(n, dtype=np.int64), n_scopes)
+        rt, rw, rsize = np.tile(t, n_scopes), np.tile(w, n_scopes), np.tile(size, n_scopes)
+        spans = list(map(_SPAN, calls))
+        has_span = np.tile(np.fromiter(map(bool, spans), bool, n), n_scopes)
+        errors = np.tile(np.fromiter(map(bool, map(_ERROR, calls)), bool, n), n_scopes)
+
+        # Gap to the key's latest earlier call (its running max time), per key in call order.
+        t_lo, t_span = int(t.min()), int(t.max()) - int(t.min()) + 1
+        if n_keys * t_span >= 2**62:
+            return False
+        last = [keys[item[0]].get("last_ns") if item[0] in keys else None for item in meta]
+        has_last = np.array([x is not None for x in last], bool)
+        last_ns = np.array([0 if x is None else x for x in last], np.int64)
+        by_key = np.lexsort((pos, rk))
+        ks, ts = rk[by_key], rt[by_key]
+        base = ks * t_span
+        run = np.maximum.accumulate(ts - t_lo + base)
+        first = np.empty(len(ks), bool)
+        first[0] = True
+        first[1:] = ks[1:] != ks[:-1]
+        before = np.empty_like(run)
+        before[0] = 0
+        before[1:] = run[:-1] - base[1:] + t_lo
+        k_has, k_last = has_last[ks], last_ns[ks]
+        prev = np.where(first, np.where(k_has, k_last, ts - _FIRST_GAP),
+                        np.where(k_has, np.maximum(before, k_last), before))
+        fast = np.empty_like(rt)
+        fast[by_key] = -np.abs(ts - prev)
+        key_max = np.full(n_keys, np.iinfo(np.int64).min, np.int64)
+        np.maximum.at(key_max, rk, rt)
+
+        # Groups = (key, window); rows in call order inside each.
+        by_group = np.lexsort((pos, rw, rk))
+        gk, gw = rk[by_group], rw[by_group]
+        edge = np.empty(len(gk), bool)
+        edge[0] = True
+        edge[1:] = (gk[1:] != gk[:-1]) | (gw[1:] != gw[:-1])
+        starts = np.flatnonzero(edge)
+        n_groups = len(starts)
+        gid = np.empty(len(gk), np.int64)
+        gid[by_group] = np.cumsum(edge) - 1
+        g_calls = np.diff(np.append(starts, len(gk))).tolist()
+        g_bytes = np.add.reduceat(rsize[by_group], starts).tolist()
+        g_errors = np.add.reduceat(errors[by_group].astype(np.int64), starts).tolist()
+        g_spans = np.add.reduceat(has_span[by_group].astype(np.int64), starts).tolist()
+        scope_of = np.repeat(np.arange(n_scopes, dtype=np.int64), n)
+        g_first = (pos * n_scopes + scope_of)[by_group][starts]
+        g_key, g_win = gk[starts].tolist(), gw[starts].tolist()
+        g_pos = pos[by_group].tolist()
+        g_start = starts.tolist()
+
+        # Candidates for the named spans: per group, the ten best of this batch by (value, call order).
+        with_span = np.flatnonzero(has_span)
+        fast_c = _top_rows(with_span, gid, fast, pos, n_groups)
+        big_c = _top_rows(with_span, gid, rsize, pos, n_groups)
+
+        self._late_dropped += late
+        wins: list[dict[str, Any]] = [None] * n_groups  # type: ignore[list-item]
+        hot = self._hot
+        for g in np.argsort(g_first, kind="stable").tolist():  # creation order = order of first call
+            item = meta[g_key[g]]
+            idx = g_win[g]
+            cached = hot.get(item[0])
+            if cached is None or cached[0] != idx:
+                cached = self._open_window(item, idx)
+            win = cached[1]  # on a hit its entry already spans idx: nothing to create or widen
+            wins[g] = win
+            win["calls"] += g_calls[g]
+            win["bytes"] += g_bytes[g]
+            win["errors"] += g_errors[g]
+            if g_spans[g]:
+                named = win["spans"]
+                if len(named) < SPANS_NAMED:
+                    at = g_start[g]
+                    for p in g_pos[at:at + g_calls[g]]:
+                        if spans[p]:
+                            named.append(spans[p])
+                            if len(named) >= SPANS_NAMED:
+                                break
+                lows = cached[2]
+                for m, (c_start, c_val, c_pos, c_best), name in ((0, fast_c, "fast"), (1, big_c, "big")):
+                    top = win.setdefault(name, [])
+                    if lows[m] is not None and c_best[g] < lows[m]:
+                        continue  # nothing of this batch can enter a full list
+                    a, b = c_start[g], c_start[g + 1]
+                    lows[m] = _merge_top(top, list(zip(c_val[a:b], c_pos[a:b])), spans, lows[m])
+        for k, top in enumerate(key_max.tolist()):
+            entry = keys[meta[k][0]]
+            old = entry.get("last_ns")
+            entry["last_ns"] = top if old is None or top > old else old
+        self._count_sessions(calls, pos, gid, wins)
+        return True
+
+    def _open_window(self, item: tuple[str, str, str, str], idx: int) -> tuple[int, dict[str, Any], list[Any]]:
+        """The key's entry (made if new, widened to ``idx``) and its window ``idx`` (made if new)."""
+        key, scope, agent, tool = item
+        keys = self._keys
+        entry = keys.get(key)
+        if entry is None:
+            entry = keys[key] = {"scope": scope, "agent": agent, "tool": tool, "next": idx, "last_active": idx,
+                                 "hist": {m: [] for m in _METRICS}, "last": None}
+        if idx < entry["next"]:
+            entry["next"] = idx
+        if idx > entry["last_active"]:
+            entry["last_active"] = idx
+        opens = self._open.get(key)
+        if opens is None:
+            opens = self._open[key] = {}
+        win = opens.get(idx)
+        if win is None:
+            win = opens[idx] = {"calls": 0, "bytes": 0, "errors": 0, "spans": [], "sessions": {}}
+        hot = self._hot[key] = (idx, win, [None, None])
+        return hot
+
+    @staticmethod
+    def _count_sessions(calls: list[ToolCall], pos: np.ndarray, gid: np.ndarray, wins: list[dict[str, Any]]) -> None:
+        """Per window: count its first 20 sessions (in order of first call), as call by call would."""
+        sessions = list(map(_SESSION, calls))
+        code_of = dict.fromkeys(sessions)
+        code_of.pop("", None)
+        if not code_of:
+            return
+        for j, sid in enumerate(code_of):
+            code_of[sid] = j
+        code = np.fromiter((code_of.get(x, -1) for x in sessions), np.int64, len(sessions))
+        rc = code[pos]
+        rows = np.flatnonzero(rc >= 0)
+        pair = gid[rows] * len(code_of) + rc[rows]
+        _, first, counts = np.unique(pair, return_index=True, return_counts=True)
+        first_rows = rows[first]
+        order = np.lexsort((pos[first_rows], gid[first_rows]))
+        names = list(code_of)
+        for g, c, n in zip(gid[first_rows][order].tolist(), rc[first_rows][order].tolist(), counts[order].tolist()):
+            seen = wins[g]["sessions"]
+            sid = names[c]
+            if sid in seen:
+                seen[sid] += n
+            elif len(seen) < 20:
+                seen[sid] = n
 
     def _keys_for(self, call: ToolCall) -> list[tuple[str, str, str, str]]:
         keys = [(json.dumps(["agent", call.agent_id]), "agent", call.agent_id, "")]
@@ -180,7 +454,7 @@ class VolumeSpikeDetector(Detector):
         win["errors"] += 1 if call.is_error else 0
         if call.span_id and len(win["spans"]) < 10:
             win["spans"].append(call.span_id)
-        gap = call.time_ns - entry.get("last_ns", call.time_ns - 10**15)
+        gap = call.time_ns - entry.get("last_ns", call.time_ns - _FIRST_GAP)
         entry["last_ns"] = max(entry.get("last_ns", call.time_ns), call.time_ns)
         if call.span_id:
             # The calls that make a spike: the fastest-following and the largest. A finding names
@@ -205,6 +479,7 @@ class VolumeSpikeDetector(Detector):
         if upto <= self._next_open:
             return []
         findings: list[Finding] = []
+        self._hot.clear()
         for key in list(self._keys):
             entry = self._keys[key]
             if entry["last_active"] < upto - self.config.idle_windows:
@@ -327,6 +602,7 @@ class VolumeSpikeDetector(Detector):
                 "open": {k: {str(i): json.loads(json.dumps(w)) for i, w in v.items()} for k, v in self._open.items()}}
 
     def restore(self, state: dict[str, Any]) -> None:
+        self._hot.clear()
         self._next_open = state.get("next_open")
         self._watermark = int(state.get("watermark", 0))
         self._late_dropped = int(state.get("late_dropped", 0))
@@ -344,6 +620,7 @@ class VolumeSpikeDetector(Detector):
                 "open": {k: {str(i): json.loads(json.dumps(w)) for i, w in self._open.get(k, {}).items()} for k in keys}}
 
     def restore_agent(self, agent_id: str, state: dict[str, Any]) -> None:
+        self._hot.clear()
         self.drop_agent(agent_id)
         for k, e in state.get("keys", {}).items():
             self._keys[k] = json.loads(json.dumps(e))
@@ -351,6 +628,7 @@ class VolumeSpikeDetector(Detector):
             self._open[k] = {int(i): dict(w) for i, w in v.items()}
 
     def drop_agent(self, agent_id: str) -> None:
+        self._hot.clear()
         for k in [k for k, e in self._keys.items() if e["agent"] == agent_id]:
             self._keys.pop(k)
             self._open.pop(k, None)
