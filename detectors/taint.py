@@ -68,6 +68,11 @@ class SensitiveRead:
     span_id: str
     token: str
     labels: tuple[str, ...]
+    evidence: dict[str, Any] = field(init=False, compare=False, repr=False)
+    """How findings cite this read; built once, as a read is cited by many sends (never mutate it)."""
+
+    def __post_init__(self) -> None:
+        self.evidence = {"tool": self.token, "span_id": self.span_id, "labels": list(self.labels)}
 
 
 @dataclass(slots=True)
