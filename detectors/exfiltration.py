@@ -145,6 +145,9 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         self.config = config or ExfiltrationConfig()
         self.config.validate()
         self.capabilities = capabilities or CapabilityMap()
+        self._arg_memo: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._read_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
+        """Label sets seen in the current batch, and what they mean under the config."""
 
     # --- state ------------------------------------------------------------------------------
     def new_state(self) -> AgentFlows:
@@ -174,6 +177,8 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
     # --- detection --------------------------------------------------------------------------
     def observe(self, batch: Batch) -> list[Finding]:
         self.capabilities.learn(batch.listings)
+        self._arg_memo.clear()
+        self._read_memo.clear()
         findings: list[Finding] = []
         states = self._state
         tools: dict[tuple[str, str], _Tool] = {}
@@ -186,18 +191,20 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             agent = states.get(call.agent_id)
             if agent is None:
                 agent = states[call.agent_id] = self.new_state()
-            if fast and not (tool.sink or tool.reads_sensitive or call.destinations or call.result_labels
-                             or call.args_fingerprints or call.result_fingerprints or call.args_sketch
-                             or call.result_sketch):
-                # The common call: it neither reads sensitive data, nor sends, nor carries values
-                # to follow. All it does is keep the agent's one live scope alive.
+            if fast and not (call.destinations or call.args_fingerprints or call.result_fingerprints
+                             or call.args_sketch or call.result_sketch):
+                # The common call carries no values to follow and names no destination; with the
+                # agent's one scope alive, only reads and sends have anything to do.
                 sessions = agent.sessions
-                if len(sessions) == 1:
-                    session = sessions.get("*")
-                    if session is not None and session.last_ns >= call.time_ns - ttl:
-                        if call.time_ns > session.last_ns:
-                            session.last_ns = call.time_ns
-                        continue
+                session = sessions.get("*") if len(sessions) == 1 else None
+                if session is not None and session.last_ns >= call.time_ns - ttl:
+                    if tool.sink:
+                        self._send(call, tool, agent, session, [], findings)
+                    if tool.reads_sensitive or call.result_labels:
+                        self._read(call, tool, session)
+                    if call.time_ns > session.last_ns:
+                        session.last_ns = call.time_ns
+                    continue
             self._observe_call(call, agent, tool, findings)
         return findings
 
@@ -231,51 +238,76 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             flow = self._flow_finding(call, tool, cross, sink, new_dests, dests_known)
             if flow is not None:
                 findings.append(flow)
-        labels = call.args_labels
-        if labels and (sink or dests):
-            label_set = set(labels)
-            secrets = sorted(label_set.intersection(cfg.secret_labels))
+        if call.args_labels and dests and not sink:
+            secrets = self._arg_labels(call.args_labels)[0]
             if secrets:
                 # A secret in a call that names an external destination (a fetch URL, an image link)
                 # leaves too, even when the tool is not a sender.
-                where = "outbound tool" if sink else "a call to an external destination,"
                 findings.append(self._finding(
-                    call, tool, "secret_in_outbound_args", "critical" if sink else "high",
-                    f"secret ({', '.join(secrets)}) in the arguments of {where} {tool.token}",
-                    {"labels": secrets, "sink": sink, "destinations": list(dests[:10])}))
-            if sink:
-                encoded = sorted(label_set.intersection(cfg.encoded_labels))
-                if encoded:
-                    findings.append(self._finding(
-                        call, tool, "encoded_blob_outbound", "medium",
-                        f"encoded/high-entropy data ({', '.join(encoded)}) sent out via {tool.token}",
-                        {"labels": encoded, "args_bytes": call.args_bytes}))
+                    call, tool, "secret_in_outbound_args", "high",
+                    f"secret ({', '.join(secrets)}) in the arguments of a call to an external destination, "
+                    f"{tool.token}", {"labels": list(secrets), "sink": False, "destinations": list(dests[:10])}))
         if sink:
-            if not cross or not any(m.origin.sensitive for m in cross):
-                seq = self._sensitive_then_send(call, tool, session, new_dests)
-                if seq is not None:
-                    findings.append(seq)
-            big = self._large_payload(call, tool, agent)
-            if big is not None:
-                findings.append(big)
+            self._send(call, tool, agent, session, cross, findings, new_dests)
         if dests:
             new = self._new_destinations(call, tool, agent, sink)
             if new is not None:
                 findings.append(new)
 
-        result_labels = call.result_labels
-        read_labels = tuple(sorted(set(result_labels).intersection(cfg.sensitive_labels))) if result_labels else ()
-        result_sensitive = tool.reads_sensitive or bool(read_labels)
-        if result_sensitive:
-            reads = session.sensitive
-            reads.append(SensitiveRead(call.time_ns, call.span_id, tool.token, read_labels))
-            if len(reads) > MAX_SENSITIVE_READS:
-                del reads[:-MAX_SENSITIVE_READS]
+        result_sensitive = self._read(call, tool, session) if tool.reads_sensitive or call.result_labels else False
         if call.args_fingerprints or call.result_fingerprints or call.args_sketch or call.result_sketch:
             session.learn(call, matches, result_sensitive, cfg.sketch_similarity,
                           cfg.max_fingerprints_per_session, cfg.max_sketches_per_session)
         elif call.time_ns > session.last_ns:
             session.last_ns = call.time_ns
+
+    def _send(
+        self, call: ToolCall, tool: _Tool, agent: AgentFlows, session: SessionFlows, cross: list[Match],
+        findings: list[Finding], new_dests: list[str] | None = None,
+    ) -> None:
+        """The checks of a call to a sender, in the order their findings are reported."""
+        if call.args_labels:
+            secrets, encoded = self._arg_labels(call.args_labels)
+            if secrets:
+                findings.append(self._finding(
+                    call, tool, "secret_in_outbound_args", "critical",
+                    f"secret ({', '.join(secrets)}) in the arguments of outbound tool {tool.token}",
+                    {"labels": list(secrets), "sink": True, "destinations": list(call.destinations[:10])}))
+            if encoded:
+                findings.append(self._finding(
+                    call, tool, "encoded_blob_outbound", "medium",
+                    f"encoded/high-entropy data ({', '.join(encoded)}) sent out via {tool.token}",
+                    {"labels": list(encoded), "args_bytes": call.args_bytes}))
+        if not cross or not any(m.origin.sensitive for m in cross):
+            seq = self._sensitive_then_send(call, tool, session, [] if new_dests is None else new_dests)
+            if seq is not None:
+                findings.append(seq)
+        big = self._large_payload(call, tool, agent)
+        if big is not None:
+            findings.append(big)
+
+    def _read(self, call: ToolCall, tool: _Tool, session: SessionFlows) -> bool:
+        """Remember a read of sensitive data (by capability or by result label); whether it was one."""
+        labels = self._read_memo.get(call.result_labels)
+        if labels is None:
+            labels = self._read_memo[call.result_labels] = tuple(
+                sorted(set(call.result_labels).intersection(self.config.sensitive_labels)))
+        if not (tool.reads_sensitive or labels):
+            return False
+        reads = session.sensitive
+        reads.append(SensitiveRead(call.time_ns, call.span_id, tool.token, labels))
+        if len(reads) > MAX_SENSITIVE_READS:
+            del reads[:-MAX_SENSITIVE_READS]
+        return True
+
+    def _arg_labels(self, labels: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(secret labels, encoded labels) among argument labels, sorted; memoised per batch."""
+        found = self._arg_memo.get(labels)
+        if found is None:
+            have = set(labels)
+            found = self._arg_memo[labels] = (tuple(sorted(have.intersection(self.config.secret_labels))),
+                                              tuple(sorted(have.intersection(self.config.encoded_labels))))
+        return found
 
     def _scope(self, call: ToolCall) -> str:
         scope = self.config.flow_scope
@@ -378,7 +410,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             carried, secret_read = [], False
         severity = "medium" if (secret_read or new_dests or carried) else "low"
         # Each read's evidence entry is built once and shared by the findings that cite it.
-        evidence = {"kind": "sensitive_then_send", "reads": [r.evidence for r in recent],
+        evidence = {"kind": "sensitive_then_send", "reads": [r.evidence or r.cite() for r in recent],
                     "seconds_since_read": round(age, 3), "window_s": self.config.sensitive_window_s,
                     "new_destinations": new_dests[:10], "carried_labels": carried}
         spans = list(map(_SPAN_ID, recent))

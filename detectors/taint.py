@@ -68,11 +68,14 @@ class SensitiveRead:
     span_id: str
     token: str
     labels: tuple[str, ...]
-    evidence: dict[str, Any] = field(init=False, compare=False, repr=False)
-    """How findings cite this read; built once, as a read is cited by many sends (never mutate it)."""
+    evidence: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """How findings cite this read (see ``cite``); not stored."""
 
-    def __post_init__(self) -> None:
-        self.evidence = {"tool": self.token, "span_id": self.span_id, "labels": list(self.labels)}
+    def cite(self) -> dict[str, Any]:
+        """The read as evidence; built once and shared by every finding that cites it (never mutate it)."""
+        if self.evidence is None:
+            self.evidence = {"tool": self.token, "span_id": self.span_id, "labels": list(self.labels)}
+        return self.evidence
 
 
 @dataclass(slots=True)
