@@ -200,8 +200,13 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
                 if session is not None and session.last_ns >= call.time_ns - ttl:
                     if tool.sink:
                         self._send(call, tool, agent, session, [], findings)
-                    if tool.reads_sensitive or call.result_labels:
+                    if call.result_labels:
                         self._read(call, tool, session)
+                    elif tool.reads_sensitive:
+                        reads = session.sensitive
+                        reads.append(SensitiveRead(call.time_ns, call.span_id, tool.token, ()))
+                        if len(reads) > MAX_SENSITIVE_READS:
+                            del reads[:-MAX_SENSITIVE_READS]
                     if call.time_ns > session.last_ns:
                         session.last_ns = call.time_ns
                     continue
@@ -413,10 +418,10 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         evidence = {"kind": "sensitive_then_send", "reads": [r.evidence or r.cite() for r in recent],
                     "seconds_since_read": round(age, 3), "window_s": self.config.sensitive_window_s,
                     "new_destinations": new_dests[:10], "carried_labels": carried}
-        spans = list(map(_SPAN_ID, recent))
-        spans.append(call.span_id)
-        return self._finding(call, tool, "sensitive_then_send", severity, reason, evidence,
-                             tuple(dict.fromkeys(spans)), evidence_has_kind=True)
+        spans = dict.fromkeys(map(_SPAN_ID, recent))
+        spans[call.span_id] = None
+        return self._finding(call, tool, "sensitive_then_send", severity, reason, evidence, tuple(spans),
+                             evidence_has_kind=True)
 
     def _new_destinations(self, call: ToolCall, tool: _Tool, agent: AgentFlows, sink: bool) -> Finding | None:
         cfg = self.config
