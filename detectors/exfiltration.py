@@ -29,7 +29,7 @@ from typing import Any
 from .base import PerAgentDetector
 from .capabilities import READS_SENSITIVE, SENDS_OUT, CapabilityMap
 from .events import SEVERITIES, Batch, Finding, ToolCall, destination_keys
-from .taint import Match, SensitiveRead, SessionFlows
+from .taint import Citations, Match, SensitiveRead, SessionFlows
 
 __all__ = ["AgentFlows", "ExfiltrationConfig", "ExfiltrationDetector"]
 
@@ -40,8 +40,6 @@ SECRET_LABELS = ("secret", "credential", "password", "private_key", "api_key", "
 MAX_SENSITIVE_READS = 16
 """Sensitive reads remembered per session (the newest)."""
 _BY_TIME = attrgetter("time_ns")
-_SPAN_ID = attrgetter("span_id")
-_LABELS = attrgetter("labels")
 
 
 @dataclass(slots=True)
@@ -203,10 +201,8 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
                     if call.result_labels:
                         self._read(call, tool, session)
                     elif tool.reads_sensitive:
-                        reads = session.sensitive
-                        reads.append(SensitiveRead(call.time_ns, call.span_id, tool.token, ()))
-                        if len(reads) > MAX_SENSITIVE_READS:
-                            del reads[:-MAX_SENSITIVE_READS]
+                        session.add_read(SensitiveRead(call.time_ns, call.span_id, tool.token, ()),
+                                         MAX_SENSITIVE_READS)
                     if call.time_ns > session.last_ns:
                         session.last_ns = call.time_ns
                     continue
@@ -299,10 +295,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
                 sorted(set(call.result_labels).intersection(self.config.sensitive_labels)))
         if not (tool.reads_sensitive or labels):
             return False
-        reads = session.sensitive
-        reads.append(SensitiveRead(call.time_ns, call.span_id, tool.token, labels))
-        if len(reads) > MAX_SENSITIVE_READS:
-            del reads[:-MAX_SENSITIVE_READS]
+        session.add_read(SensitiveRead(call.time_ns, call.span_id, tool.token, labels), MAX_SENSITIVE_READS)
         return True
 
     def _arg_labels(self, labels: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -397,6 +390,13 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         t = call.time_ns
         oldest = t - self.config.sensitive_window_s * NS
         token = tool.token
+        cited = session.cited()
+        if cited.ordered and cited.unlabelled and reads[0].time_ns >= oldest and reads[-1].time_ns <= t:
+            if cited.clear_of != token and not any(r.token == token for r in reads):
+                cited.clear_of = token
+            if cited.clear_of == token:
+                # Every read is recent and none by this tool: cite them all, as kept up to date.
+                return self._cite_all(call, tool, reads, cited, new_dests)
         recent = [r for r in reads if oldest <= r.time_ns <= t and r.token != token]
         if not recent:
             return None
@@ -407,21 +407,37 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         # worth a page only when the read returned a secret/credential, or the send looks like the
         # read's data leaving: it goes to a destination never seen for the agent, or its arguments
         # carry a sensitive label the read returned. Otherwise it is a low signal (API, dashboards).
-        read_labels = set().union(*map(_LABELS, recent))
-        if read_labels:
+        labelled = [r.labels for r in recent if r.labels]
+        if labelled:
+            read_labels = set().union(*labelled)
             carried = sorted(read_labels.intersection(call.args_labels))
             secret_read = bool(read_labels.intersection(self.config.secret_labels))
         else:
             carried, secret_read = [], False
         severity = "medium" if (secret_read or new_dests or carried) else "low"
         # Each read's evidence entry is built once and shared by the findings that cite it.
-        evidence = {"kind": "sensitive_then_send", "reads": [r.evidence or r.cite() for r in recent],
+        evidence = {"kind": "sensitive_then_send", "reads": [r.cite() for r in recent],
                     "seconds_since_read": round(age, 3), "window_s": self.config.sensitive_window_s,
                     "new_destinations": new_dests[:10], "carried_labels": carried}
-        spans = dict.fromkeys(map(_SPAN_ID, recent))
+        spans = dict.fromkeys([r.span_id for r in recent])
         spans[call.span_id] = None
         return self._finding(call, tool, "sensitive_then_send", severity, reason, evidence, tuple(spans),
                              evidence_has_kind=True)
+
+    def _cite_all(
+        self, call: ToolCall, tool: _Tool, reads: list[SensitiveRead], cited: Citations, new_dests: list[str]
+    ) -> Finding:
+        """``_sensitive_then_send`` when every read is recent, unlabelled and by another tool."""
+        age = (call.time_ns - reads[0].time_ns) / NS
+        reason = (f"outbound call {tool.token} {age:.0f}s after a sensitive read from {reads[0].token}"
+                  f" in the same session")
+        evidence = {"kind": "sensitive_then_send", "reads": list(cited.evidence),
+                    "seconds_since_read": round(age, 3), "window_s": self.config.sensitive_window_s,
+                    "new_destinations": new_dests[:10], "carried_labels": []}
+        spans = dict.fromkeys(cited.spans)
+        spans[call.span_id] = None
+        return self._finding(call, tool, "sensitive_then_send", "medium" if new_dests else "low", reason, evidence,
+                             tuple(spans), evidence_has_kind=True)
 
     def _new_destinations(self, call: ToolCall, tool: _Tool, agent: AgentFlows, sink: bool) -> Finding | None:
         cfg = self.config
