@@ -22,12 +22,14 @@ from __future__ import annotations
 import statistics
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter, sub
 from typing import Any
 
 from .base import PerAgentDetector
 from .capabilities import READS_SENSITIVE, SENDS_OUT, CapabilityMap
 from .events import SEVERITIES, Batch, Finding, ToolCall, destination_keys
-from .taint import Match, SensitiveRead, SessionFlows
+from .taint import Citations, Match, SensitiveRead, SessionFlows
 
 __all__ = ["AgentFlows", "ExfiltrationConfig", "ExfiltrationDetector"]
 
@@ -35,6 +37,9 @@ NS = 1_000_000_000
 PAYLOAD_REFRESH = 16
 SEVERITY_SCORE = {"info": 0.1, "low": 0.25, "medium": 0.5, "high": 0.8, "critical": 1.0}
 SECRET_LABELS = ("secret", "credential", "password", "private_key", "api_key", "token", "jwt")
+MAX_SENSITIVE_READS = 16
+"""Sensitive reads remembered per session (the newest)."""
+_BY_TIME = attrgetter("time_ns")
 
 
 @dataclass(slots=True)
@@ -117,6 +122,17 @@ class AgentFlows:
     """(median, MAD) of ``payloads`` as of the last refresh."""
     payload_stale: int = 0
     """Sizes added since the last refresh."""
+    payload_limit: float | None = None
+    """Size above which a payload is large, derived from ``payload_stats`` (not stored)."""
+
+
+@dataclass(slots=True, frozen=True)
+class _Tool:
+    """What one ``server/tool`` means to this detector, looked up once per batch."""
+
+    token: str
+    sink: bool
+    reads_sensitive: bool
 
 
 class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
@@ -127,6 +143,9 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         self.config = config or ExfiltrationConfig()
         self.config.validate()
         self.capabilities = capabilities or CapabilityMap()
+        self._arg_memo: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._read_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
+        """Label sets seen in the current batch, and what they mean under the config."""
 
     # --- state ------------------------------------------------------------------------------
     def new_state(self) -> AgentFlows:
@@ -156,64 +175,137 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
     # --- detection --------------------------------------------------------------------------
     def observe(self, batch: Batch) -> list[Finding]:
         self.capabilities.learn(batch.listings)
+        self._arg_memo.clear()
+        self._read_memo.clear()
         findings: list[Finding] = []
-        for call in sorted(batch.calls, key=lambda c: c.time_ns):
-            findings.extend(self.observe_call(call))
+        states = self._state
+        tools: dict[tuple[str, str], _Tool] = {}
+        fast = self.config.flow_scope == "agent"
+        ttl = self.config.session_ttl_s * NS
+        for call in sorted(batch.calls, key=_BY_TIME):
+            tool = tools.get((call.server, call.tool))
+            if tool is None:
+                tool = tools[(call.server, call.tool)] = self._tool(call)
+            agent = states.get(call.agent_id)
+            if agent is None:
+                agent = states[call.agent_id] = self.new_state()
+            if fast and not (call.destinations or call.args_fingerprints or call.result_fingerprints
+                             or call.args_sketch or call.result_sketch):
+                # The common call carries no values to follow and names no destination; with the
+                # agent's one scope alive, only reads and sends have anything to do.
+                sessions = agent.sessions
+                session = sessions.get("*") if len(sessions) == 1 else None
+                if session is not None and session.last_ns >= call.time_ns - ttl:
+                    if tool.sink:
+                        self._send(call, tool, agent, session, [], findings)
+                    if call.result_labels:
+                        self._read(call, tool, session)
+                    elif tool.reads_sensitive:
+                        session.add_read(SensitiveRead(call.time_ns, call.span_id, tool.token, ()),
+                                         MAX_SENSITIVE_READS)
+                    if call.time_ns > session.last_ns:
+                        session.last_ns = call.time_ns
+                    continue
+            self._observe_call(call, agent, tool, findings)
         return findings
 
     def observe_call(self, call: ToolCall) -> list[Finding]:
-        cfg = self.config
-        agent = self.state_for(call.agent_id)
-        session = self._session(agent, call)
-        caps = self.capabilities.of(call.server, call.tool)
-        sink = SENDS_OUT in caps
-        labels = set(call.args_labels)
+        """One call on its own (``observe`` is the fast way to feed many)."""
         findings: list[Finding] = []
-        new_dests = self._unseen_destinations(call, agent)
-        dests_known = bool(call.destinations) and all(d.lower() in agent.destinations for d in call.destinations)
+        self._observe_call(call, self.state_for(call.agent_id), self._tool(call), findings)
+        return findings
 
-        matches = session.matches(call, cfg.sketch_similarity)
-        cross = [m for m in matches if m.origin.server != call.server]
-        flow = self._flow_finding(call, cross, sink, new_dests, dests_known) if cross else None
-        if flow is not None:
-            findings.append(flow)
-        secrets = sorted(labels.intersection(cfg.secret_labels))
-        if secrets and (sink or call.destinations):
-            # A secret in a call that names an external destination (a fetch URL, an image link)
-            # leaves too, even when the tool is not a sender.
-            where = "outbound tool" if sink else "a call to an external destination,"
-            findings.append(self._finding(
-                call, "secret_in_outbound_args", "critical" if sink else "high",
-                f"secret ({', '.join(secrets)}) in the arguments of {where} {call.token}",
-                {"labels": secrets, "sink": sink, "destinations": list(call.destinations[:10])}))
+    def _tool(self, call: ToolCall) -> _Tool:
+        caps = self.capabilities.of(call.server, call.tool)
+        return _Tool(call.token, SENDS_OUT in caps, READS_SENSITIVE in caps)
+
+    def _observe_call(self, call: ToolCall, agent: AgentFlows, tool: _Tool, findings: list[Finding]) -> None:
+        cfg = self.config
+        session = self._session(agent, call)
+        sink = tool.sink
+        dests = call.destinations
+        if dests:
+            new_dests = self._unseen_destinations(call, agent)
+            dests_known = all(d.lower() in agent.destinations for d in dests)
+        else:
+            new_dests, dests_known = [], False
+
+        if call.args_fingerprints or call.args_sketch:
+            matches = session.matches(call, cfg.sketch_similarity)
+            cross = [m for m in matches if m.origin.server != call.server]
+        else:
+            matches = cross = []
+        if cross:
+            flow = self._flow_finding(call, tool, cross, sink, new_dests, dests_known)
+            if flow is not None:
+                findings.append(flow)
+        if call.args_labels and dests and not sink:
+            secrets = self._arg_labels(call.args_labels)[0]
+            if secrets:
+                # A secret in a call that names an external destination (a fetch URL, an image link)
+                # leaves too, even when the tool is not a sender.
+                findings.append(self._finding(
+                    call, tool, "secret_in_outbound_args", "high",
+                    f"secret ({', '.join(secrets)}) in the arguments of a call to an external destination, "
+                    f"{tool.token}", {"labels": list(secrets), "sink": False, "destinations": list(dests[:10])}))
         if sink:
-            encoded = sorted(labels.intersection(cfg.encoded_labels))
-            if encoded:
-                findings.append(self._finding(call, "encoded_blob_outbound", "medium",
-                                              f"encoded/high-entropy data ({', '.join(encoded)}) sent out via "
-                                              f"{call.token}", {"labels": encoded, "args_bytes": call.args_bytes}))
-            sensitive_flow = any(m.origin.sensitive for m in cross)
-            if not sensitive_flow:
-                seq = self._sensitive_then_send(call, session, new_dests)
-                if seq is not None:
-                    findings.append(seq)
-            big = self._large_payload(call, agent)
-            if big is not None:
-                findings.append(big)
-        if call.destinations:
-            new = self._new_destinations(call, agent, sink)
+            self._send(call, tool, agent, session, cross, findings, new_dests)
+        if dests:
+            new = self._new_destinations(call, tool, agent, sink)
             if new is not None:
                 findings.append(new)
 
-        result_sensitive = READS_SENSITIVE in caps or bool(set(call.result_labels) & set(cfg.sensitive_labels))
-        if result_sensitive:
-            session.sensitive = (session.sensitive + [
-                SensitiveRead(call.time_ns, call.span_id, call.token,
-                              tuple(sorted(set(call.result_labels) & set(cfg.sensitive_labels))))
-            ])[-16:]
-        session.learn(call, matches, result_sensitive, cfg.sketch_similarity,
-                      cfg.max_fingerprints_per_session, cfg.max_sketches_per_session)
-        return findings
+        result_sensitive = self._read(call, tool, session) if tool.reads_sensitive or call.result_labels else False
+        if call.args_fingerprints or call.result_fingerprints or call.args_sketch or call.result_sketch:
+            session.learn(call, matches, result_sensitive, cfg.sketch_similarity,
+                          cfg.max_fingerprints_per_session, cfg.max_sketches_per_session)
+        elif call.time_ns > session.last_ns:
+            session.last_ns = call.time_ns
+
+    def _send(
+        self, call: ToolCall, tool: _Tool, agent: AgentFlows, session: SessionFlows, cross: list[Match],
+        findings: list[Finding], new_dests: list[str] | None = None,
+    ) -> None:
+        """The checks of a call to a sender, in the order their findings are reported."""
+        if call.args_labels:
+            secrets, encoded = self._arg_labels(call.args_labels)
+            if secrets:
+                findings.append(self._finding(
+                    call, tool, "secret_in_outbound_args", "critical",
+                    f"secret ({', '.join(secrets)}) in the arguments of outbound tool {tool.token}",
+                    {"labels": list(secrets), "sink": True, "destinations": list(call.destinations[:10])}))
+            if encoded:
+                findings.append(self._finding(
+                    call, tool, "encoded_blob_outbound", "medium",
+                    f"encoded/high-entropy data ({', '.join(encoded)}) sent out via {tool.token}",
+                    {"labels": list(encoded), "args_bytes": call.args_bytes}))
+        if not cross or not any(m.origin.sensitive for m in cross):
+            seq = self._sensitive_then_send(call, tool, session, [] if new_dests is None else new_dests)
+            if seq is not None:
+                findings.append(seq)
+        big = self._large_payload(call, tool, agent)
+        if big is not None:
+            findings.append(big)
+
+    def _read(self, call: ToolCall, tool: _Tool, session: SessionFlows) -> bool:
+        """Remember a read of sensitive data (by capability or by result label); whether it was one."""
+        labels = self._read_memo.get(call.result_labels)
+        if labels is None:
+            labels = self._read_memo[call.result_labels] = tuple(
+                sorted(set(call.result_labels).intersection(self.config.sensitive_labels)))
+        if not (tool.reads_sensitive or labels):
+            return False
+        session.add_read(SensitiveRead(call.time_ns, call.span_id, tool.token, labels), MAX_SENSITIVE_READS)
+        return True
+
+    def _arg_labels(self, labels: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(secret labels, encoded labels) among argument labels, sorted; memoised per batch."""
+        found = self._arg_memo.get(labels)
+        if found is None:
+            have = set(labels)
+            found = self._arg_memo[labels] = (tuple(sorted(have.intersection(self.config.secret_labels))),
+                                              tuple(sorted(have.intersection(self.config.encoded_labels))))
+        return found
 
     def _scope(self, call: ToolCall) -> str:
         scope = self.config.flow_scope
@@ -227,6 +319,10 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         ttl = self.config.session_ttl_s * NS
         cutoff = call.time_ns - ttl
         key = self._scope(call)
+        if len(agent.sessions) == 1:
+            only = agent.sessions.get(key)
+            if only is not None and only.last_ns >= cutoff:
+                return only  # the scope in use, alive: nothing expires, nothing moves
         # Scopes expire in event time; they are kept in last-use order, so stop at the first live one.
         while agent.sessions:
             sid, oldest = next(iter(agent.sessions.items()))
@@ -250,7 +346,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         return [d for d in dict.fromkeys(x.lower() for x in call.destinations) if d not in agent.destinations]
 
     def _flow_finding(
-        self, call: ToolCall, cross: list[Match], sink: bool, new_dests: list[str], dests_known: bool
+        self, call: ToolCall, tool: _Tool, cross: list[Match], sink: bool, new_dests: list[str], dests_known: bool
     ) -> Finding | None:
         sensitive = any(m.origin.sensitive for m in cross)
         # A value reaching a sender is how data leaves, but a value sent to a destination the
@@ -270,7 +366,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         sources = ", ".join(sorted({f"{o.server}/{o.tool}" for o in origins}))
         kind_of = "sensitive data" if sensitive else "data"
         where = "an outbound tool" if sink else "another server"
-        reason = f"{kind_of} from {sources} flowed into {where}: {call.token}"
+        reason = f"{kind_of} from {sources} flowed into {where}: {tool.token}"
         if any(o.via for o in origins):
             reason += " (through " + ", ".join(sorted({h for o in origins for h in o.via})) + ")"
         evidence = {
@@ -283,49 +379,85 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             "new_destinations": new_dests[:10],
         }
         spans = tuple(dict.fromkeys([o.span_id for o in origins] + [call.span_id]))
-        return self._finding(call, "cross_server_flow", severity, reason, evidence, spans)
+        return self._finding(call, tool, "cross_server_flow", severity, reason, evidence, spans)
 
-    def _sensitive_then_send(self, call: ToolCall, session: SessionFlows, new_dests: list[str]) -> Finding | None:
-        window = self.config.sensitive_window_s * NS
-        recent = [r for r in session.sensitive if 0 <= call.time_ns - r.time_ns <= window and r.token != call.token]
+    def _sensitive_then_send(
+        self, call: ToolCall, tool: _Tool, session: SessionFlows, new_dests: list[str]
+    ) -> Finding | None:
+        reads = session.sensitive
+        if not reads:
+            return None
+        t = call.time_ns
+        oldest = t - self.config.sensitive_window_s * NS
+        token = tool.token
+        cited = session.cited()
+        if cited.ordered and cited.unlabelled and reads[0].time_ns >= oldest and reads[-1].time_ns <= t:
+            if cited.clear_of != token and not any(r.token == token for r in reads):
+                cited.clear_of = token
+            if cited.clear_of == token:
+                # Every read is recent and none by this tool: cite them all, as kept up to date.
+                return self._cite_all(call, tool, reads, cited, new_dests)
+        recent = [r for r in reads if oldest <= r.time_ns <= t and r.token != token]
         if not recent:
             return None
         first = recent[0]
-        age = (call.time_ns - first.time_ns) / NS
-        reason = (f"outbound call {call.token} {age:.0f}s after a sensitive read from {first.token}"
-                  f" in the same session")
+        age = (t - first.time_ns) / NS
+        reason = f"outbound call {token} {age:.0f}s after a sensitive read from {first.token} in the same session"
         # A read of customer data, then a send, is what most support and mail sessions do. It is
         # worth a page only when the read returned a secret/credential, or the send looks like the
         # read's data leaving: it goes to a destination never seen for the agent, or its arguments
         # carry a sensitive label the read returned. Otherwise it is a low signal (API, dashboards).
-        read_labels = {lab for r in recent for lab in r.labels}
-        carried = sorted(read_labels.intersection(call.args_labels))
-        secret_read = bool(read_labels.intersection(self.config.secret_labels))
+        labelled = [r.labels for r in recent if r.labels]
+        if labelled:
+            read_labels = set().union(*labelled)
+            carried = sorted(read_labels.intersection(call.args_labels))
+            secret_read = bool(read_labels.intersection(self.config.secret_labels))
+        else:
+            carried, secret_read = [], False
         severity = "medium" if (secret_read or new_dests or carried) else "low"
-        evidence = {"reads": [{"tool": r.token, "span_id": r.span_id, "labels": list(r.labels)} for r in recent],
+        # Each read's evidence entry is built once and shared by the findings that cite it.
+        evidence = {"kind": "sensitive_then_send", "reads": [r.cite() for r in recent],
                     "seconds_since_read": round(age, 3), "window_s": self.config.sensitive_window_s,
                     "new_destinations": new_dests[:10], "carried_labels": carried}
-        spans = tuple(dict.fromkeys([r.span_id for r in recent] + [call.span_id]))
-        return self._finding(call, "sensitive_then_send", severity, reason, evidence, spans)
+        spans = dict.fromkeys([r.span_id for r in recent])
+        spans[call.span_id] = None
+        return self._finding(call, tool, "sensitive_then_send", severity, reason, evidence, tuple(spans),
+                             evidence_has_kind=True)
 
-    def _new_destinations(self, call: ToolCall, agent: AgentFlows, sink: bool) -> Finding | None:
+    def _cite_all(
+        self, call: ToolCall, tool: _Tool, reads: list[SensitiveRead], cited: Citations, new_dests: list[str]
+    ) -> Finding:
+        """``_sensitive_then_send`` when every read is recent, unlabelled and by another tool."""
+        age = (call.time_ns - reads[0].time_ns) / NS
+        reason = (f"outbound call {tool.token} {age:.0f}s after a sensitive read from {reads[0].token}"
+                  f" in the same session")
+        evidence = {"kind": "sensitive_then_send", "reads": list(cited.evidence),
+                    "seconds_since_read": round(age, 3), "window_s": self.config.sensitive_window_s,
+                    "new_destinations": new_dests[:10], "carried_labels": []}
+        spans = dict.fromkeys(cited.spans)
+        spans[call.span_id] = None
+        return self._finding(call, tool, "sensitive_then_send", "medium" if new_dests else "low", reason, evidence,
+                             tuple(spans), evidence_has_kind=True)
+
+    def _new_destinations(self, call: ToolCall, tool: _Tool, agent: AgentFlows, sink: bool) -> Finding | None:
         cfg = self.config
         dests = list(destination_keys(call.destinations))
-        new = [d for d in dests if d not in agent.destinations]
+        known = agent.destinations
+        new = [d for d in dests if d not in known]
         warmed = agent.destination_calls >= cfg.destination_warmup_calls
         agent.destination_calls += 1
         for d in dests:
-            agent.destinations[d] = None
-            agent.destinations.move_to_end(d)
-        while len(agent.destinations) > cfg.max_destinations_per_agent:
-            agent.destinations.popitem(last=False)
+            known[d] = None
+            known.move_to_end(d)
+        while len(known) > cfg.max_destinations_per_agent:
+            known.popitem(last=False)
         if not new or not warmed:
             return None
-        reason = f"{call.token} named destination(s) never seen for this agent: {', '.join(new[:5])}"
-        evidence = {"new_destinations": new[:20], "known_destinations": len(agent.destinations), "sink": sink}
-        return self._finding(call, "new_destination", "medium" if sink else "low", reason, evidence)
+        reason = f"{tool.token} named destination(s) never seen for this agent: {', '.join(new[:5])}"
+        evidence = {"new_destinations": new[:20], "known_destinations": len(known), "sink": sink}
+        return self._finding(call, tool, "new_destination", "medium" if sink else "low", reason, evidence)
 
-    def _large_payload(self, call: ToolCall, agent: AgentFlows) -> Finding | None:
+    def _large_payload(self, call: ToolCall, tool: _Tool, agent: AgentFlows) -> Finding | None:
         cfg = self.config
         hist = agent.payloads
         size = call.args_bytes
@@ -334,38 +466,39 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
                 # Median/MAD over the history, refreshed every PAYLOAD_REFRESH new sizes: a robust
                 # baseline barely moves per sample, and this keeps the check O(1) per call.
                 med = statistics.median(hist)
-                agent.payload_stats = (float(med), float(statistics.median(abs(b - med) for b in hist)))
+                agent.payload_stats = (float(med), float(statistics.median(list(map(abs, map(sub, hist, repeat(med)))))))
                 agent.payload_stale = 0
-            median, mad = agent.payload_stats
-            limit = max(cfg.payload_min_bytes, median * cfg.payload_ratio, median + cfg.payload_mad_k * 1.4826 * mad)
+                agent.payload_limit = None
+            limit = agent.payload_limit
+            if limit is None:
+                median, mad = agent.payload_stats
+                limit = agent.payload_limit = max(
+                    cfg.payload_min_bytes, median * cfg.payload_ratio, median + cfg.payload_mad_k * 1.4826 * mad)
             if size > limit:
                 # Kept out of the baseline, so one leak does not teach the agent that leaks are normal.
-                reason = (f"outbound payload of {size} bytes via {call.token} is {size / max(median, 1):.0f}x "
+                median, mad = agent.payload_stats
+                reason = (f"outbound payload of {size} bytes via {tool.token} is {size / max(median, 1):.0f}x "
                           f"this agent's median ({median:.0f} bytes)")
                 evidence = {"args_bytes": size, "median_bytes": median, "mad_bytes": mad, "limit_bytes": round(limit),
                             "baseline_calls": len(hist)}
-                return self._finding(call, "large_outbound_payload", "medium", reason, evidence)
+                return self._finding(call, tool, "large_outbound_payload", "medium", reason, evidence)
         hist.append(size)
-        del hist[:-cfg.payload_history]
+        if len(hist) > cfg.payload_history:
+            del hist[:-cfg.payload_history]
         agent.payload_stale += 1
         return None
 
     def _finding(
-        self, call: ToolCall, kind: str, severity: str, reason: str, evidence: dict[str, Any],
-        spans: tuple[str, ...] | None = None,
+        self, call: ToolCall, tool: _Tool, kind: str, severity: str, reason: str, evidence: dict[str, Any],
+        spans: tuple[str, ...] | None = None, evidence_has_kind: bool = False,
     ) -> Finding:
+        if spans is None:
+            spans = (call.span_id,) if call.span_id else ()
+        elif "" in spans:
+            spans = tuple(s for s in spans if s)
         return Finding(
-            detector=self.name,
-            severity=severity,
-            agent_id=call.agent_id,
-            reason=reason,
-            time_ns=call.time_ns,
-            session_id=call.session_id,
-            server=call.server,
-            tool=call.tool,
-            span_ids=tuple(s for s in (spans or (call.span_id,)) if s),
-            trace_ids=(call.trace_id,) if call.trace_id else (),
-            score=SEVERITY_SCORE[severity],
-            evidence={"kind": kind, **evidence},
-            dedup_key=f"{self.name}:{kind}:{call.agent_id}:{call.session_id}:{call.token}",
+            self.name, severity, call.agent_id, reason, call.time_ns, call.session_id, call.server, call.tool,
+            spans, (call.trace_id,) if call.trace_id else (), SEVERITY_SCORE[severity],
+            evidence if evidence_has_kind else {"kind": kind, **evidence},
+            f"{self.name}:{kind}:{call.agent_id}:{call.session_id}:{tool.token}",
         )

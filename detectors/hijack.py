@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from .base import PerAgentDetector
@@ -21,6 +22,7 @@ from .events import Batch, Finding, ToolCall
 __all__ = ["HijackConfig", "HijackDetector"]
 
 NS = 1_000_000_000
+_BY_TIME = attrgetter("time_ns")
 SESSION_KINDS = ("first_tool", "agent")
 
 
@@ -139,6 +141,11 @@ def _armed_from_list(a: list[Any] | None) -> Armed | None:
     return Armed(a[0], a[1], int(a[2]), int(a[3]), float(a[4]) if len(a) > 4 else 1.0)
 
 
+def _trim(table: OrderedDict[str, None], cap: int) -> None:
+    while len(table) > cap:
+        table.popitem(last=False)
+
+
 class HijackDetector(PerAgentDetector[AgentHijack]):
     name = "hijack"
 
@@ -175,12 +182,64 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
     # --- detection --------------------------------------------------------------------------
     def observe(self, batch: Batch) -> list[Finding]:
         self.capabilities.learn(batch.listings)
+        cfg = self.config
         findings: list[Finding] = []
-        for call in sorted(batch.calls, key=lambda c: c.time_ns):
-            finding = self.observe_call(call)
-            if finding is not None:
-                findings.append(finding)
+        states = self._state
+        tokens: dict[tuple[str, str], str] = {}
+        carries: dict[tuple[str, ...], bool] = {}
+        by_agent = cfg.arm_scope == "agent"
+        ttl = cfg.session_ttl_s * NS
+        threshold = cfg.injection_score_threshold
+        cap = cfg.max_items_per_kind
+        max_sessions = cfg.max_sessions_per_agent
+        for call in sorted(batch.calls, key=_BY_TIME):
+            agent = states.get(call.agent_id)
+            if agent is None:
+                agent = states[call.agent_id] = self.new_state()
+            sessions = agent.sessions
+            session = sessions.get(call.session_id)
+            labels = call.result_labels
+            if (session is None or session.last_ns < call.time_ns - ttl or len(sessions) > max_sessions
+                    or call.result_injection_score >= threshold or call.destinations):
+                findings.extend(self._observe_slow(call, agent))
+                continue
+            if labels:
+                instructions = carries.get(labels)
+                if instructions is None:
+                    instructions = carries[labels] = not set(cfg.instruction_labels).isdisjoint(labels)
+                if instructions:
+                    findings.extend(self._observe_slow(call, agent))
+                    continue
+            armed = agent.armed if by_agent else session.armed
+            if armed is not None and armed.remaining > 0:
+                findings.extend(self._observe_slow(call, agent))
+                continue
+            # Nothing armed and no instructions: the call only teaches its session's kind what is
+            # familiar, and keeps the session (and kind) most recently used.
+            if call.time_ns > session.last_ns:
+                session.last_ns = call.time_ns
+            sessions.move_to_end(call.session_id)
+            kind = session.kind
+            profile = agent.kinds[kind]
+            agent.kinds.move_to_end(kind)
+            token = tokens.get((call.server, call.tool))
+            if token is None:
+                token = tokens[(call.server, call.tool)] = call.token
+            table = profile.tokens
+            table[token] = None
+            table.move_to_end(token)
+            if len(table) > cap:
+                _trim(table, cap)
+            table = profile.servers
+            table[call.server] = None
+            table.move_to_end(call.server)
+            if len(table) > cap:
+                _trim(table, cap)
         return findings
+
+    def _observe_slow(self, call: ToolCall, agent: AgentHijack) -> list[Finding]:
+        finding = self.observe_call(call)
+        return [] if finding is None else [finding]
 
     def observe_call(self, call: ToolCall) -> Finding | None:
         agent = self.state_for(call.agent_id)

@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 from .events import ToolCall
 
-__all__ = ["Match", "Origin", "SensitiveRead", "SessionFlows", "sketch_similarity"]
+__all__ = ["Citations", "Match", "Origin", "SensitiveRead", "SessionFlows", "sketch_similarity"]
 
 MAX_HOPS = 5
 
@@ -68,6 +68,36 @@ class SensitiveRead:
     span_id: str
     token: str
     labels: tuple[str, ...]
+    evidence: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    """How findings cite this read (see ``cite``); not stored."""
+
+    def cite(self) -> dict[str, Any]:
+        """The read as evidence; built once and shared by every finding that cites it (never mutate it)."""
+        if self.evidence is None:
+            self.evidence = {"tool": self.token, "span_id": self.span_id, "labels": list(self.labels)}
+        return self.evidence
+
+
+@dataclass(slots=True)
+class Citations:
+    """How a session's sensitive reads are cited as evidence, with what is known about them (not stored)."""
+
+    seen: int
+    """``SessionFlows.reads_seen`` when last brought up to date."""
+    evidence: list[dict[str, Any]]
+    spans: list[str]
+    ordered: bool
+    """The reads are in time order."""
+    unlabelled: bool
+    """No read returned a label."""
+    clear_of: str | None = None
+    """A token that no read has."""
+
+    @classmethod
+    def of(cls, reads: list[SensitiveRead], seen: int) -> "Citations":
+        return cls(seen, [r.cite() for r in reads], [r.span_id for r in reads],
+                   all(a.time_ns <= b.time_ns for a, b in zip(reads, reads[1:])),
+                   not any(r.labels for r in reads))
 
 
 @dataclass(slots=True)
@@ -80,6 +110,51 @@ class SessionFlows:
     sketches: list[tuple[tuple[int, ...], Origin]] = field(default_factory=list)
     authored_sketches: list[tuple[int, ...]] = field(default_factory=list)
     sensitive: list[SensitiveRead] = field(default_factory=list)
+    reads_seen: int = field(default=0, compare=False, repr=False)
+    """Reads ever added with ``add_read`` in this process (not stored)."""
+    citations: "Citations | None" = field(default=None, compare=False, repr=False)
+    """What ``sensitive`` cites, kept in step by ``cited`` (not stored)."""
+
+    def add_read(self, read: SensitiveRead, keep: int) -> None:
+        """Remember a sensitive read; only the newest ``keep`` are kept."""
+        reads = self.sensitive
+        reads.append(read)
+        if len(reads) > keep:
+            del reads[:-keep]
+        self.reads_seen += 1
+
+    def cited(self) -> "Citations":
+        """``citations`` brought up to date with the reads added since, in O(new reads)."""
+        reads = self.sensitive
+        c = self.citations
+        new = -1 if c is None else self.reads_seen - c.seen
+        if (c is None or new < 0 or new > len(reads) or len(c.evidence) + new < len(reads)
+                or (reads and (reads[-1].evidence is None) != (new > 0))
+                or (reads and not new and c.evidence[-1] is not reads[-1].evidence)):
+            c = self.citations = Citations.of(reads, self.reads_seen)
+            return c
+        if new:
+            added = reads[len(reads) - new:]
+            drop = len(c.evidence) + new - len(reads)
+            c.evidence = c.evidence[drop:] + [r.cite() for r in added]
+            c.spans = c.spans[drop:] + [r.span_id for r in added]
+            if c.ordered:
+                prev = reads[len(reads) - new - 1].time_ns if len(reads) > new else added[0].time_ns
+                for r in added:
+                    if r.time_ns < prev:
+                        c.ordered = False
+                        break
+                    prev = r.time_ns
+            else:
+                c.ordered = all(a.time_ns <= b.time_ns for a, b in zip(reads, reads[1:]))
+            if c.unlabelled:
+                c.unlabelled = not any(r.labels for r in added)
+            else:
+                c.unlabelled = not any(r.labels for r in reads)
+            if c.clear_of is not None and any(r.token == c.clear_of for r in added):
+                c.clear_of = None
+            c.seen = self.reads_seen
+        return c
 
     def matches(self, call: ToolCall, similarity: float) -> list[Match]:
         """Values in ``call``'s arguments that came out of some earlier result."""
