@@ -13,6 +13,11 @@ import itertools
 import re
 from dataclasses import dataclass
 
+try:  # Hyperscan (Vectorscan): a multi-pattern engine in C; without it the pure-Python path runs
+    import hyperscan as _hs
+except ImportError:  # pragma: no cover - a platform without its wheels
+    _hs = None
+
 from .patterns import WORD_CHARS, DETECTORS, GATED, NUMERIC, Detector
 
 __all__ = ["Hit", "find_hits"]
@@ -149,17 +154,22 @@ _MAYBE: re.Pattern[str] = re.compile(r"[0-9A-Z@:/\\+(_-]|(?i:bearer|basic|token|
 def find_hits(text: str, limit: int | None = None) -> list[Hit]:
     """Validated sensitive spans in ``text[:limit]``, by start; redacted spans never overlap."""
     end_pos = len(text) if limit is None else min(limit, len(text))
-    if end_pos <= _SHORT_TEXT and not _MAYBE.search(text, 0, end_pos):
-        return []
+    if end_pos <= _SHORT_TEXT:
+        if not _MAYBE.search(text, 0, end_pos):
+            return []
+        lowered = text[:end_pos].lower()
+        present = set(_GATE_RE.findall(lowered))
+        blob_runs = None
+    else:
+        lowered = text[:end_pos].lower()
+        present, blob_runs = _LONG_SCAN.scan(lowered, text.isascii())
     # Hits come from several scanners: always order them and drop overlapping redactions.
-    hits = _numeric_hits(text, end_pos) + _gated_hits(text, end_pos)
+    hits = _numeric_hits(text, end_pos, blob_runs) + _gated_hits(text, end_pos, lowered, present)
     return _merge(hits) if len(hits) > 1 else hits
 
 
-def _gated_hits(text: str, end_pos: int) -> list[Hit]:
+def _gated_hits(text: str, end_pos: int, lowered: str, present: set[str]) -> list[Hit]:
     hits: list[Hit] = []
-    lowered = text[:end_pos].lower()
-    present = _present_gates(lowered)
     if not present:
         return hits
     ascii_text = text.isascii()
@@ -181,16 +191,81 @@ def _gated_hits(text: str, end_pos: int) -> list[Hit]:
     return hits
 
 
-def _present_gates(lowered: str) -> set[str]:
-    """Which gate substrings occur: one regex call for short text, C substring search for long."""
-    if len(lowered) <= _SHORT_TEXT:
-        return set(_GATE_RE.findall(lowered))
-    return {gate for gate in _ALL_GATES if gate in lowered}
+_BLOB_CLASS = "[A-Z0-9]"
+_BLOB_CHARS = "A-Za-z0-9+/_=-"
+"""Every base64-blob token (the only detector anchored on ``[A-Z0-9]``) is made of these
+characters (its extension class, its body and ``=`` padding) and is at least ``_BLOB_MIN`` long."""
+_BLOB_MIN = min(DETECTORS[i].min_len for i in NUMERIC if DETECTORS[i].anchor == _BLOB_CLASS)
+_BLOB_SET = frozenset(ch for ch in map(chr, range(128)) if re.fullmatch(f"[{_BLOB_CHARS}]", ch))
+if _BLOB_MIN < 16 or any(
+    not _EXTEND_CHARS[DETECTORS[i].extend] <= _BLOB_SET for i in NUMERIC if DETECTORS[i].anchor == _BLOB_CLASS
+):
+    raise RuntimeError("scanner: the blob-run pre-filter no longer covers the [A-Z0-9] detectors; fix _BLOB_CHARS")
+_BLOB_RUN_END = re.compile(f"[^{_BLOB_CHARS}]")
 
 
-def _numeric_hits(text: str, end_pos: int) -> list[Hit]:
+class _LongScan:
+    """One pass of Hyperscan over a long lower-cased text: which gates occur, where blobs may be.
+
+    ``gate in text`` for each of 31 gates reads a long text 31 times; Hyperscan reads it once and
+    reports each gate at most once (``SINGLEMATCH``). The same pass reports the start of every run
+    of ``_BLOB_MIN`` or more blob characters (``(?:^|[^c])c{N}`` matches once per run), so the
+    base64 scanner looks at those runs only instead of at every capital letter and digit.
+    Lower-casing ASCII keeps every character's class and offset, so the runs are the original's.
+    The database is immutable; each scan gets its own scratch space (a clone costs ~0.3 µs), so
+    scans may run in several threads at once. Without Hyperscan: C substring search per gate,
+    and the blob scanner reads the whole text.
+    """
+
+    def __init__(self, gates: tuple[str, ...]) -> None:
+        self.gates = gates
+        self._db = None
+        self._scratch = None
+        if _hs is not None:
+            expressions = [re.escape(gate).encode() for gate in gates]
+            expressions.append(f"(?:^|[^{_BLOB_CHARS}])[{_BLOB_CHARS}]{{{_BLOB_MIN}}}".encode())
+            db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+            db.compile(
+                expressions=expressions,
+                ids=list(range(len(expressions))),
+                elements=len(expressions),
+                flags=[_hs.HS_FLAG_SINGLEMATCH] * len(gates) + [0],
+            )
+            self._db = db
+            self._scratch = _hs.Scratch(db)
+
+    def scan(self, lowered: str, ascii_text: bool) -> tuple[set[str], list[int] | None]:
+        """Gates present in ``lowered``; starts of blob runs (``None``: not known, scan it all)."""
+        if self._db is None or self._scratch is None:
+            return {gate for gate in self.gates if gate in lowered}, None
+        found: set[int] = set()
+        runs: list[int] = []
+        data = lowered.encode("utf-8", "surrogatepass")  # gates are ASCII: same occurrences
+        self._db.scan(data, _note_match, context=(found, runs, len(self.gates)), scratch=self._scratch.clone())
+        gates = self.gates
+        return {gates[i] for i in found}, (runs if ascii_text else None)
+
+
+def _note_match(pattern_id: int, start: int, end: int, flags: int, context: tuple[set[int], list[int], int]) -> None:
+    found, runs, blob_id = context
+    if pattern_id == blob_id:
+        runs.append(end - _BLOB_MIN)
+    else:
+        found.add(pattern_id)
+
+
+_LONG_SCAN = _LongScan(_ALL_GATES)
+
+
+def _numeric_hits(text: str, end_pos: int, blob_runs: list[int] | None = None) -> list[Hit]:
     hits: list[Hit] = []
     for anchor_class, scanners in _SCANNERS.items():
+        if anchor_class == _BLOB_CLASS and blob_runs is not None:
+            # A blob lies inside one run of blob characters: scan each long run, skip the rest.
+            for run_start in blob_runs:
+                run_end = _BLOB_RUN_END.search(text, run_start + _BLOB_MIN, end_pos)
+                hits.extend(_class_hits(scanners, text, run_end.start() if run_end else end_pos, run_start))
+            continue
         literal = _LITERAL_ANCHORS.get(anchor_class)
         if literal is not None and text.find(literal, 0, end_pos) < 0:
             continue  # "+" or "(" is absent: a C-speed look saves the regex call
@@ -200,9 +275,8 @@ def _numeric_hits(text: str, end_pos: int) -> list[Hit]:
     return hits
 
 
-def _class_hits(scanners: tuple[_Scanner, ...], text: str, end_pos: int) -> list[Hit]:
+def _class_hits(scanners: tuple[_Scanner, ...], text: str, end_pos: int, pos: int = 0) -> list[Hit]:
     hits: list[Hit] = []
-    pos = 0
     floor = 0  # tokens may not extend back over an earlier hit
     first_scanner = scanners[0]
     while pos < end_pos:
