@@ -159,12 +159,12 @@ def find_hits(text: str, limit: int | None = None) -> list[Hit]:
             return []
         lowered = text[:end_pos].lower()
         present = set(_GATE_RE.findall(lowered))
-        blob_runs = None
+        blob_runs = digit_ends = None
     else:
         lowered = text[:end_pos].lower()
-        present, blob_runs = _LONG_SCAN.scan(lowered, text.isascii())
+        present, blob_runs, digit_ends = _LONG_SCAN.scan(lowered, text.isascii())
     # Hits come from several scanners: always order them and drop overlapping redactions.
-    hits = _numeric_hits(text, end_pos, blob_runs) + _gated_hits(text, end_pos, lowered, present)
+    hits = _numeric_hits(text, end_pos, blob_runs, digit_ends) + _gated_hits(text, end_pos, lowered, present)
     return _merge(hits) if len(hits) > 1 else hits
 
 
@@ -215,6 +215,11 @@ class _LongScan:
     The database is immutable; each scan gets its own scratch space (a clone costs ~0.3 µs), so
     scans may run in several threads at once. Without Hyperscan: C substring search per gate,
     and the blob scanner reads the whole text.
+
+    A second database holds ``_DIGIT_CANDIDATES``: loose shapes, one at least of which every
+    match of the ``[0-9]`` scanner contains; the scanner then reads only the lines where one
+    occurs (no digit detector matches across a line break, see ``_DIGIT_CANDIDATES``). Text
+    dense with candidates (``_MAX_DIGIT_REPORTS`` per KiB) is read whole instead.
     """
 
     def __init__(self, gates: tuple[str, ...]) -> None:
@@ -233,17 +238,35 @@ class _LongScan:
             )
             self._db = db
             self._scratch = _hs.Scratch(db)
+            digits = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+            digits.compile(
+                expressions=[shape.encode() for shape in _DIGIT_CANDIDATES],
+                ids=[0] * len(_DIGIT_CANDIDATES),
+                elements=len(_DIGIT_CANDIDATES),
+            )
+            self._digits = digits
+            self._digit_scratch = _hs.Scratch(digits)
 
-    def scan(self, lowered: str, ascii_text: bool) -> tuple[set[str], list[int] | None]:
-        """Gates present in ``lowered``; starts of blob runs (``None``: not known, scan it all)."""
+    def scan(self, lowered: str, ascii_text: bool) -> tuple[set[str], list[int] | None, list[int] | None]:
+        """Gates present in ``lowered``; starts of blob runs and end offsets of digit candidates
+        (``None``: not known, scan the whole text)."""
         if self._db is None or self._scratch is None:
-            return {gate for gate in self.gates if gate in lowered}, None
+            return {gate for gate in self.gates if gate in lowered}, None, None
         found: set[int] = set()
         runs: list[int] = []
         data = lowered.encode("utf-8", "surrogatepass")  # gates are ASCII: same occurrences
         self._db.scan(data, _note_match, context=(found, runs, len(self.gates)), scratch=self._scratch.clone())
         gates = self.gates
-        return {gates[i] for i in found}, (runs if ascii_text else None)
+        if not ascii_text:  # offsets in the UTF-8 bytes are not the text's
+            return {gates[i] for i in found}, None, None
+        ends: list[int] = []
+        cap = _MAX_DIGIT_REPORTS * (1 + len(data) // 1024)
+        try:
+            self._digits.scan(data, _note_end, context=(ends, cap), scratch=self._digit_scratch.clone())
+            digit_ends: list[int] | None = sorted(ends)
+        except _hs.ScanTerminated:
+            digit_ends = None  # dense with candidates: cheaper to scan it all
+        return {gates[i] for i in found}, sorted(runs), digit_ends
 
 
 def _note_match(pattern_id: int, start: int, end: int, flags: int, context: tuple[set[int], list[int], int]) -> None:
@@ -254,12 +277,55 @@ def _note_match(pattern_id: int, start: int, end: int, flags: int, context: tupl
         found.add(pattern_id)
 
 
+def _note_end(pattern_id: int, start: int, end: int, flags: int, context: tuple[list[int], int]) -> bool:
+    ends, cap = context
+    ends.append(end)
+    return len(ends) > cap  # True stops the scan
+
+
+_DIGIT_CANDIDATES: tuple[str, ...] = (
+    # Matched on the lower-cased text. Where the [0-9] scanner matches at anchor p (a digit), one
+    # of these occurs around p, on the same line: none of those detectors' regexes or extension
+    # classes holds a line break, and their look-aheads fail or succeed at a line break as at the
+    # end of the text, so scanning line by line finds the same matches.
+    r"[a-z]{6}[0-9]",  # it_codice_fiscale: six letters before the anchor
+    r"[a-z]{2}[0-9]{2}",  # iban: two letters, the anchor and a digit
+    r"[0-9]{13}|[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[0-9]{4}[ -][0-9]{6}[ -][0-9]{5}",  # card
+    r"[0-9]{3}-[0-9]{2}-[0-9]{4}",  # us_ssn
+    r"[0-9]{3}\.[0-9]{3}\.[0-9]{3}-[0-9]{2}",  # br_cpf
+    r"[0-9]{4} [0-9]{4} [0-9]{4}",  # in_aadhaar
+    r"[0-9]{8}",  # es_dni
+    r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]",  # ipv4
+    r"[0-9](?:[ .-]?[0-9]){9}",  # national phone number: its look-ahead
+    r"[a-f][0-9]|[a-f:]:[0-9]|[0-9][0-9:]*(?:::|[a-f])",  # ipv6: its three ways in
+    r"[0-9][0-9a-f]{15}",  # hex_blob
+)
+_DIGIT_MEMBERS = ("it_codice_fiscale", "iban", "card", "us_ssn", "br_cpf", "in_aadhaar", "es_dni", "ipv4", "phone", "ipv6", "hex_blob")
+if tuple(dict.fromkeys(DETECTORS[i].name for i in NUMERIC if DETECTORS[i].anchor == "[0-9]")) != _DIGIT_MEMBERS:
+    raise RuntimeError("scanner: the [0-9] detectors changed; update _DIGIT_CANDIDATES to match")
+_MAX_DIGIT_REPORTS = 64
+
+
 _LONG_SCAN = _LongScan(_ALL_GATES)
 
 
-def _numeric_hits(text: str, end_pos: int, blob_runs: list[int] | None = None) -> list[Hit]:
+def _numeric_hits(
+    text: str, end_pos: int, blob_runs: list[int] | None = None, digit_ends: list[int] | None = None
+) -> list[Hit]:
     hits: list[Hit] = []
     for anchor_class, scanners in _SCANNERS.items():
+        if anchor_class == "[0-9]" and digit_ends is not None:
+            # Only the lines that hold a candidate shape can hold a match: scan those lines.
+            line_end = -1
+            for end in digit_ends:
+                if end <= line_end:
+                    continue
+                line_start = text.rfind("\n", 0, end - 1) + 1
+                line_end = text.find("\n", end - 1, end_pos)
+                if line_end < 0:
+                    line_end = end_pos
+                hits.extend(_class_hits(scanners, text, line_end, line_start))
+            continue
         if anchor_class == _BLOB_CLASS and blob_runs is not None:
             # A blob lies inside one run of blob characters: scan each long run, skip the rest.
             for run_start in blob_runs:
