@@ -161,8 +161,9 @@ def find_hits(text: str, limit: int | None = None) -> list[Hit]:
         present = set(_GATE_RE.findall(lowered))
         blob_runs = digit_ends = None
     else:
-        lowered = text[:end_pos].lower()
-        present, blob_runs, digit_ends = _LONG_SCAN.scan(lowered, text.isascii())
+        head = text if end_pos == len(text) else text[:end_pos]
+        lowered = head.lower()
+        present, blob_runs, digit_ends = _LONG_SCAN.scan(head, lowered)
     # Hits come from several scanners: always order them and drop overlapping redactions.
     hits = _numeric_hits(text, end_pos, blob_runs, digit_ends) + _gated_hits(text, end_pos, lowered, present)
     return _merge(hits) if len(hits) > 1 else hits
@@ -204,92 +205,13 @@ if _BLOB_MIN < 16 or any(
 _BLOB_RUN_END = re.compile(f"[^{_BLOB_CHARS}]")
 
 
-class _LongScan:
-    """One pass of Hyperscan over a long lower-cased text: which gates occur, where blobs may be.
-
-    ``gate in text`` for each of 31 gates reads a long text 31 times; Hyperscan reads it once and
-    reports each gate at most once (``SINGLEMATCH``). The same pass reports the start of every run
-    of ``_BLOB_MIN`` or more blob characters (``(?:^|[^c])c{N}`` matches once per run), so the
-    base64 scanner looks at those runs only instead of at every capital letter and digit.
-    Lower-casing ASCII keeps every character's class and offset, so the runs are the original's.
-    The database is immutable; each scan gets its own scratch space (a clone costs ~0.3 µs), so
-    scans may run in several threads at once. Without Hyperscan: C substring search per gate,
-    and the blob scanner reads the whole text.
-
-    A second database holds ``_DIGIT_CANDIDATES``: loose shapes, one at least of which every
-    match of the ``[0-9]`` scanner contains; the scanner then reads only the lines where one
-    occurs (no digit detector matches across a line break, see ``_DIGIT_CANDIDATES``). Text
-    dense with candidates (``_MAX_DIGIT_REPORTS`` per KiB) is read whole instead.
-    """
-
-    def __init__(self, gates: tuple[str, ...]) -> None:
-        self.gates = gates
-        self._db = None
-        self._scratch = None
-        if _hs is not None:
-            expressions = [re.escape(gate).encode() for gate in gates]
-            expressions.append(f"(?:^|[^{_BLOB_CHARS}])[{_BLOB_CHARS}]{{{_BLOB_MIN}}}".encode())
-            db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-            db.compile(
-                expressions=expressions,
-                ids=list(range(len(expressions))),
-                elements=len(expressions),
-                flags=[_hs.HS_FLAG_SINGLEMATCH] * len(gates) + [0],
-            )
-            self._db = db
-            self._scratch = _hs.Scratch(db)
-            digits = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-            digits.compile(
-                expressions=[shape.encode() for shape in _DIGIT_CANDIDATES],
-                ids=[0] * len(_DIGIT_CANDIDATES),
-                elements=len(_DIGIT_CANDIDATES),
-            )
-            self._digits = digits
-            self._digit_scratch = _hs.Scratch(digits)
-
-    def scan(self, lowered: str, ascii_text: bool) -> tuple[set[str], list[int] | None, list[int] | None]:
-        """Gates present in ``lowered``; starts of blob runs and end offsets of digit candidates
-        (``None``: not known, scan the whole text)."""
-        if self._db is None or self._scratch is None:
-            return {gate for gate in self.gates if gate in lowered}, None, None
-        found: set[int] = set()
-        runs: list[int] = []
-        data = lowered.encode("utf-8", "surrogatepass")  # gates are ASCII: same occurrences
-        self._db.scan(data, _note_match, context=(found, runs, len(self.gates)), scratch=self._scratch.clone())
-        gates = self.gates
-        if not ascii_text:  # offsets in the UTF-8 bytes are not the text's
-            return {gates[i] for i in found}, None, None
-        ends: list[int] = []
-        cap = _MAX_DIGIT_REPORTS * (1 + len(data) // 1024)
-        try:
-            self._digits.scan(data, _note_end, context=(ends, cap), scratch=self._digit_scratch.clone())
-            digit_ends: list[int] | None = sorted(ends)
-        except _hs.ScanTerminated:
-            digit_ends = None  # dense with candidates: cheaper to scan it all
-        return {gates[i] for i in found}, sorted(runs), digit_ends
-
-
-def _note_match(pattern_id: int, start: int, end: int, flags: int, context: tuple[set[int], list[int], int]) -> None:
-    found, runs, blob_id = context
-    if pattern_id == blob_id:
-        runs.append(end - _BLOB_MIN)
-    else:
-        found.add(pattern_id)
-
-
-def _note_end(pattern_id: int, start: int, end: int, flags: int, context: tuple[list[int], int]) -> bool:
-    ends, cap = context
-    ends.append(end)
-    return len(ends) > cap  # True stops the scan
-
-
 _DIGIT_CANDIDATES: tuple[str, ...] = (
-    # Matched on the lower-cased text. Where the [0-9] scanner matches at anchor p (a digit), one
-    # of these occurs around p, on the same line: none of those detectors' regexes or extension
-    # classes holds a line break, and their look-aheads fail or succeed at a line break as at the
-    # end of the text, so scanning line by line finds the same matches.
-    r"[a-z]{6}[0-9]",  # it_codice_fiscale: six letters before the anchor
-    r"[a-z]{2}[0-9]{2}",  # iban: two letters, the anchor and a digit
+    # Where the [0-9] scanner matches at anchor p (a digit), one of these occurs around p, on the
+    # same line: none of those detectors' regexes or extension classes holds a line break, and
+    # their look-aheads fail or succeed at a line break as at the end of the text, so scanning
+    # line by line finds the same matches.
+    r"[A-Z]{6}[0-9]",  # it_codice_fiscale: six capitals before the anchor
+    r"[A-Z]{2}[0-9]{2}",  # iban: two capitals, the anchor and a digit
     r"[0-9]{13}|[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[0-9]{4}[ -][0-9]{6}[ -][0-9]{5}",  # card
     r"[0-9]{3}-[0-9]{2}-[0-9]{4}",  # us_ssn
     r"[0-9]{3}\.[0-9]{3}\.[0-9]{3}-[0-9]{2}",  # br_cpf
@@ -297,13 +219,98 @@ _DIGIT_CANDIDATES: tuple[str, ...] = (
     r"[0-9]{8}",  # es_dni
     r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]",  # ipv4
     r"[0-9](?:[ .-]?[0-9]){9}",  # national phone number: its look-ahead
-    r"[a-f][0-9]|[a-f:]:[0-9]|[0-9][0-9:]*(?:::|[a-f])",  # ipv6: its three ways in
-    r"[0-9][0-9a-f]{15}",  # hex_blob
+    r"[A-Fa-f][0-9]|[A-Fa-f:]:[0-9]|[0-9][0-9:]*(?:::|[A-Fa-f])",  # ipv6: its three ways in
+    r"[0-9][0-9A-Fa-f]{15}",  # hex_blob
 )
-_DIGIT_MEMBERS = ("it_codice_fiscale", "iban", "card", "us_ssn", "br_cpf", "in_aadhaar", "es_dni", "ipv4", "phone", "ipv6", "hex_blob")
+_DIGIT_MEMBERS = (
+    "it_codice_fiscale", "iban", "card", "us_ssn", "br_cpf", "in_aadhaar", "es_dni", "ipv4", "phone", "ipv6", "hex_blob",
+)  # fmt: skip
 if tuple(dict.fromkeys(DETECTORS[i].name for i in NUMERIC if DETECTORS[i].anchor == "[0-9]")) != _DIGIT_MEMBERS:
     raise RuntimeError("scanner: the [0-9] detectors changed; update _DIGIT_CANDIDATES to match")
 _MAX_DIGIT_REPORTS = 64
+"""Per KiB: text denser with digit candidates is cheaper to scan whole than line by line."""
+
+
+class _LongScan:
+    """One pass of Hyperscan over a long text: the gates present, where blobs and numbers may be.
+
+    ``gate in text`` for each of 31 gates reads a long text 31 times; Hyperscan reads it once and
+    reports each gate at most once (``SINGLEMATCH``, ``CASELESS``: for ASCII text that is
+    ``gate in text.lower()``). The same pass reports
+
+    - the start of every run of ``_BLOB_MIN`` or more blob characters (``(?:^|[^c])c{N}`` matches
+      once per run), so the base64 scanner reads those runs only, not every capital and digit;
+    - the end of every ``_DIGIT_CANDIDATES`` shape, so the ``[0-9]`` scanner reads only the lines
+      holding one. Text denser than ``_MAX_DIGIT_REPORTS`` per KiB stops the pass early and is
+      scanned whole.
+
+    Offsets are only the text's for ASCII text; other text is scanned lower-cased, for the gates.
+    The database is immutable; each scan gets its own scratch space (a clone costs ~0.3 µs), so
+    scans may run in several threads at once. Without Hyperscan: C substring search per gate,
+    and the scanners read the whole text.
+    """
+
+    def __init__(self, gates: tuple[str, ...]) -> None:
+        self.gates = gates
+        self._db = None
+        self._scratch = None
+        if _hs is not None:
+            expressions = [re.escape(gate) for gate in gates]
+            expressions.append(f"(?:^|[^{_BLOB_CHARS}])[{_BLOB_CHARS}]{{{_BLOB_MIN}}}")
+            expressions.extend(_DIGIT_CANDIDATES)
+            literal = _hs.HS_FLAG_SINGLEMATCH | _hs.HS_FLAG_CASELESS
+            db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+            db.compile(
+                expressions=[expression.encode() for expression in expressions],
+                ids=list(range(len(gates) + 1)) + [len(gates) + 1] * len(_DIGIT_CANDIDATES),
+                elements=len(expressions),
+                flags=[literal] * len(gates) + [0] * (1 + len(_DIGIT_CANDIDATES)),
+            )
+            self._db = db
+            self._scratch = _hs.Scratch(db)
+
+    def scan(self, text: str, lowered: str) -> tuple[set[str], list[int] | None, list[int] | None]:
+        """Gates present in ``lowered`` (``text`` lower-cased); starts of blob runs and ends of
+        digit candidates in ``text`` (``None``: not known, scan the whole text)."""
+        if self._db is None or self._scratch is None:
+            return {gate for gate in self.gates if gate in lowered}, None, None
+        ascii_text = text.isascii()
+        data = text.encode("ascii") if ascii_text else lowered.encode("utf-8", "surrogatepass")
+        found = _Found(len(self.gates), _MAX_DIGIT_REPORTS * (1 + len(data) // 1024))
+        try:
+            self._db.scan(data, _note_match, context=found, scratch=self._scratch.clone())
+        except _hs.ScanTerminated:  # dense with candidates: scan it all, gates the plain way
+            return {gate for gate in self.gates if gate in lowered}, None, None
+        gates = self.gates
+        present = {gates[i] for i in found.gates}
+        if not ascii_text:  # offsets in the UTF-8 bytes are not the text's
+            return present, None, None
+        return present, sorted(found.runs), sorted(found.ends)
+
+
+class _Found:
+    """What one ``_LongScan`` pass reported."""
+
+    __slots__ = ("blob_id", "cap", "gates", "runs", "ends")
+
+    def __init__(self, blob_id: int, cap: int) -> None:
+        self.blob_id = blob_id
+        self.cap = cap
+        self.gates: set[int] = set()
+        self.runs: list[int] = []
+        self.ends: list[int] = []
+
+
+def _note_match(pattern_id: int, start: int, end: int, flags: int, found: _Found) -> bool:
+    """Hyperscan's match callback; returning True stops the scan."""
+    if pattern_id > found.blob_id:
+        found.ends.append(end)
+        return len(found.ends) > found.cap
+    if pattern_id == found.blob_id:
+        found.runs.append(end - _BLOB_MIN)
+    else:
+        found.gates.add(pattern_id)
+    return False
 
 
 _LONG_SCAN = _LongScan(_ALL_GATES)
