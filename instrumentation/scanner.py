@@ -157,9 +157,11 @@ def find_hits(text: str, limit: int | None = None) -> list[Hit]:
     if end_pos <= _SHORT_TEXT:
         if not _MAYBE.search(text, 0, end_pos):
             return []
-        lowered = text[:end_pos].lower()
+        head = text if end_pos == len(text) else text[:end_pos]
+        lowered = head.lower()
         present = set(_GATE_RE.findall(lowered))
-        blob_runs = digit_ends = None
+        blob_runs = _blob_runs(head.encode("ascii")) if head.isascii() else None
+        digit_ends = None
     else:
         head = text if end_pos == len(text) else text[:end_pos]
         lowered = head.lower()
