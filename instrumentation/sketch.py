@@ -41,8 +41,11 @@ class Sketcher:
         self._max_bytes = max_bytes
 
     def __call__(self, text: str) -> tuple[int, ...]:
-        normal = " ".join(text[: self._max_bytes].split()).lower()
-        data = normal.encode("utf-8", "surrogatepass")[: self._max_bytes]
+        head = text[: self._max_bytes]
+        if head.isascii():
+            data = _normal_ascii(head.encode("ascii"))
+        else:
+            data = " ".join(head.split()).lower().encode("utf-8", "surrogatepass")[: self._max_bytes]
         if len(data) < SHINGLE_BYTES:
             data = data.ljust(SHINGLE_BYTES, b"\0")
         hashed = _splitmix(_shingles(data) ^ self._key)
@@ -51,6 +54,25 @@ class Sketcher:
         mins = np.full(SKETCH_SLOTS, EMPTY_SLOT, dtype=np.uint64)
         np.minimum.at(mins, slots.astype(np.intp), hashed)
         return tuple(mins.tolist())
+
+
+_LOWER = np.arange(256, dtype=np.uint8)
+_LOWER[ord("A") : ord("Z") + 1] += 32
+_SPACE = np.zeros(256, dtype=bool)
+_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True  # what str.split() splits ASCII text on
+_LOWER[_SPACE] = ord(" ")
+
+
+def _normal_ascii(data: bytes) -> bytes:
+    """``" ".join(text.split()).lower()`` of ASCII text, as bytes, without a string per word."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if not raw.size:
+        return b""
+    space = _SPACE[raw]
+    keep = ~space
+    keep[1:] |= ~space[:-1]  # the first space of a run stays (as one " "), the rest go
+    out = _LOWER[raw][keep].tobytes()
+    return out[:-1] if out.endswith(b" ") else out
 
 
 def _shingles(data: bytes) -> np.ndarray:
