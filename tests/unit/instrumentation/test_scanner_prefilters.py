@@ -119,3 +119,18 @@ def test_gates_found_in_one_pass_equal_substring_search() -> None:
     present, _, _ = scanner._LONG_SCAN.scan(text, text.lower())
     assert present == {gate for gate in scanner._ALL_GATES if gate in text.lower()}
     assert {"sk-ant-", "sk-", "bearer", "github_pat_", "hooks.slack.com", ":\\"} <= present
+
+
+def test_threads_scan_at_once_with_the_same_results() -> None:
+    # The Hyperscan database is shared and releases the GIL while scanning: each scan must use
+    # its own scratch space, or concurrent scans would corrupt each other.
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [
+        "\n".join(f"{i} line {j}: 4539 1488 0343 6467 AKIAIOSFODNN7EXAMPLE 10.0.{i}.{j}" for j in range(40))
+        for i in range(24)
+    ]
+    expected = [find_hits(text) for text in texts]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(5):
+            assert list(pool.map(find_hits, texts)) == expected
