@@ -138,6 +138,10 @@ _GATED_REGEXES: tuple[_GatedRegex, ...] = tuple(
 )
 _LOWER_GATES: dict[int, frozenset[str]] = {i: frozenset(g.lower() for g in DETECTORS[i].gates) for i in GATED}
 _ALL_GATES: tuple[str, ...] = tuple(sorted(set().union(*_LOWER_GATES.values()), key=lambda g: (-len(g), g)))
+_GATED_BY_GATE: dict[str, tuple[int, ...]] = {
+    gate: tuple(k for k, gated in enumerate(_GATED_REGEXES) if gate in _LOWER_GATES[gated.index]) for gate in _ALL_GATES
+}
+"""Gate → the positions in ``_GATED_REGEXES`` of the detectors it wakes."""
 _GATE_RE: re.Pattern[str] = re.compile("|".join(map(re.escape, _ALL_GATES)))
 """Longest gates first, so ``findall`` reports e.g. ``sk-ant-`` rather than its prefix ``sk-``."""
 _SHORT_TEXT = 512
@@ -176,10 +180,10 @@ def _gated_hits(text: str, end_pos: int, lowered: str, present: set[str]) -> lis
     if not present:
         return hits
     ascii_text = text.isascii()
-    for gated in _GATED_REGEXES:
+    wanted = {k for gate in present for k in _GATED_BY_GATE[gate]}
+    for k in sorted(wanted):  # table order
+        gated = _GATED_REGEXES[k]
         det = DETECTORS[gated.index]
-        if present.isdisjoint(_LOWER_GATES[gated.index]):
-            continue
         # Lower-casing keeps offsets only for ASCII text; other text is matched case-insensitively.
         if det.lower and ascii_text:
             matches = gated.pattern.finditer(lowered, 0, end_pos)
