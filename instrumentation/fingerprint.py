@@ -59,8 +59,8 @@ class Fingerprinter:
         self._key = bytes(key)
 
     def __call__(self, value: str) -> str:
-        digest = hmac.new(self._key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
-        return digest[:FINGERPRINT_HEX_DIGITS]
+        # One-shot HMAC (OpenSSL, no Python-level HMAC object): the same digest, a few µs less.
+        return hmac.digest(self._key, value.encode("utf-8", "surrogatepass"), "sha256").hex()[:FINGERPRINT_HEX_DIGITS]
 
     def derive(self, purpose: str) -> bytes:
         """A sub-key for another use (the sketch seeds), so the key itself is used for one thing."""

@@ -12,6 +12,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+try:  # Hyperscan (Vectorscan): finds which gate words occur in one pass over a text
+    import hyperscan as _hs
+except ImportError:  # pragma: no cover - a platform without its wheels
+    _hs = None
+
 __all__ = ["INSTRUCTIONS_THRESHOLD", "SIGNALS", "InjectionScan", "scan_injection"]
 
 INSTRUCTIONS_THRESHOLD = 0.5
@@ -167,6 +172,51 @@ class InjectionScan:
         return self.score >= INSTRUCTIONS_THRESHOLD
 
 
+_ALL_GATE_WORDS: tuple[str, ...] = tuple(dict.fromkeys(gate for gates in GATES.values() for gate in gates))
+_PRESENCE_MIN_CHARS = 256
+"""Shorter text: the substring searches cost less than a Hyperscan call."""
+
+
+class _GateWords:
+    """Which gate words occur in a lower-cased ASCII text, in one pass (each reported once).
+
+    Every gate word of every signal searched one after another reads the text ~100 times, and
+    most are absent; knowing which occur, a signal whose gate words are all absent is skipped
+    and the others search only their present words, exactly as before. Immutable database; each
+    scan clones its own scratch space, so threads may scan at once. ``None`` without Hyperscan.
+    """
+
+    def __init__(self, words: tuple[str, ...]) -> None:
+        self.words = words
+        self._db = None
+        self._scratch = None
+        if _hs is not None:
+            db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+            db.compile(
+                expressions=[re.escape(word).encode() for word in words],
+                ids=list(range(len(words))),
+                elements=len(words),
+                flags=[_hs.HS_FLAG_SINGLEMATCH] * len(words),
+            )
+            self._db = db
+            self._scratch = _hs.Scratch(db)
+
+    def present(self, lowered: str) -> set[str] | None:
+        if self._db is None or self._scratch is None or len(lowered) < _PRESENCE_MIN_CHARS:
+            return None
+        found: set[int] = set()
+        self._db.scan(lowered.encode("ascii"), _note_word, context=found, scratch=self._scratch.clone())
+        words = self.words
+        return {words[i] for i in found}
+
+
+def _note_word(word_id: int, start: int, end: int, flags: int, found: set[int]) -> None:
+    found.add(word_id)
+
+
+_GATE_WORDS = _GateWords(_ALL_GATE_WORDS)
+
+
 def scan_injection(texts: list[str]) -> InjectionScan:
     """Score the strings of one tool result (already bounded by the caller's size budget)."""
     found: set[str] = set()
@@ -176,8 +226,12 @@ def scan_injection(texts: list[str]) -> InjectionScan:
             # Unicode tag characters smuggle ASCII invisibly: read what they say too.
             text = text + "\n" + _TAGS.sub(_untag, text)
         lowered = text.lower() if text.isascii() else ""
+        present = _GATE_WORDS.present(lowered) if lowered else None
         for name, regex in _REGEXES.items():
-            if name not in found and _signal_in(text, lowered, regex, GATES[name]):
+            if name in found:
+                continue
+            gates = GATES[name] if present is None else tuple(g for g in GATES[name] if g in present)
+            if (gates or not lowered) and _signal_in(text, lowered, regex, gates):
                 found.add(name)
     keep = 1.0
     for name in found:

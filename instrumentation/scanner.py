@@ -13,6 +13,11 @@ import itertools
 import re
 from dataclasses import dataclass
 
+try:  # Hyperscan (Vectorscan): a multi-pattern engine in C; without it the pure-Python path runs
+    import hyperscan as _hs
+except ImportError:  # pragma: no cover - a platform without its wheels
+    _hs = None
+
 from .patterns import WORD_CHARS, DETECTORS, GATED, NUMERIC, Detector
 
 __all__ = ["Hit", "find_hits"]
@@ -133,6 +138,10 @@ _GATED_REGEXES: tuple[_GatedRegex, ...] = tuple(
 )
 _LOWER_GATES: dict[int, frozenset[str]] = {i: frozenset(g.lower() for g in DETECTORS[i].gates) for i in GATED}
 _ALL_GATES: tuple[str, ...] = tuple(sorted(set().union(*_LOWER_GATES.values()), key=lambda g: (-len(g), g)))
+_GATED_BY_GATE: dict[str, tuple[int, ...]] = {
+    gate: tuple(k for k, gated in enumerate(_GATED_REGEXES) if gate in _LOWER_GATES[gated.index]) for gate in _ALL_GATES
+}
+"""Gate → the positions in ``_GATED_REGEXES`` of the detectors it wakes."""
 _GATE_RE: re.Pattern[str] = re.compile("|".join(map(re.escape, _ALL_GATES)))
 """Longest gates first, so ``findall`` reports e.g. ``sk-ant-`` rather than its prefix ``sk-``."""
 _SHORT_TEXT = 512
@@ -149,24 +158,32 @@ _MAYBE: re.Pattern[str] = re.compile(r"[0-9A-Z@:/\\+(_-]|(?i:bearer|basic|token|
 def find_hits(text: str, limit: int | None = None) -> list[Hit]:
     """Validated sensitive spans in ``text[:limit]``, by start; redacted spans never overlap."""
     end_pos = len(text) if limit is None else min(limit, len(text))
-    if end_pos <= _SHORT_TEXT and not _MAYBE.search(text, 0, end_pos):
-        return []
+    if end_pos <= _SHORT_TEXT:
+        if not _MAYBE.search(text, 0, end_pos):
+            return []
+        head = text if end_pos == len(text) else text[:end_pos]
+        lowered = head.lower()
+        present = set(_GATE_RE.findall(lowered))
+        blob_runs = _blob_runs(head.encode("ascii")) if head.isascii() else None
+        digit_ends = None
+    else:
+        head = text if end_pos == len(text) else text[:end_pos]
+        lowered = head.lower()
+        present, blob_runs, digit_ends = _LONG_SCAN.scan(head, lowered)
     # Hits come from several scanners: always order them and drop overlapping redactions.
-    hits = _numeric_hits(text, end_pos) + _gated_hits(text, end_pos)
+    hits = _numeric_hits(text, end_pos, blob_runs, digit_ends) + _gated_hits(text, end_pos, lowered, present)
     return _merge(hits) if len(hits) > 1 else hits
 
 
-def _gated_hits(text: str, end_pos: int) -> list[Hit]:
+def _gated_hits(text: str, end_pos: int, lowered: str, present: set[str]) -> list[Hit]:
     hits: list[Hit] = []
-    lowered = text[:end_pos].lower()
-    present = _present_gates(lowered)
     if not present:
         return hits
     ascii_text = text.isascii()
-    for gated in _GATED_REGEXES:
+    wanted = {k for gate in present for k in _GATED_BY_GATE[gate]}
+    for k in sorted(wanted):  # table order
+        gated = _GATED_REGEXES[k]
         det = DETECTORS[gated.index]
-        if present.isdisjoint(_LOWER_GATES[gated.index]):
-            continue
         # Lower-casing keeps offsets only for ASCII text; other text is matched case-insensitively.
         if det.lower and ascii_text:
             matches = gated.pattern.finditer(lowered, 0, end_pos)
@@ -181,16 +198,166 @@ def _gated_hits(text: str, end_pos: int) -> list[Hit]:
     return hits
 
 
-def _present_gates(lowered: str) -> set[str]:
-    """Which gate substrings occur: one regex call for short text, C substring search for long."""
-    if len(lowered) <= _SHORT_TEXT:
-        return set(_GATE_RE.findall(lowered))
-    return {gate for gate in _ALL_GATES if gate in lowered}
+_BLOB_CLASS = "[A-Z0-9]"
+_BLOB_CHARS = "A-Za-z0-9+/_=-"
+"""Every base64-blob token (the only detector anchored on ``[A-Z0-9]``) is made of these
+characters (its extension class, its body and ``=`` padding) and is at least ``_BLOB_MIN`` long."""
+_BLOB_MIN = min(DETECTORS[i].min_len for i in NUMERIC if DETECTORS[i].anchor == _BLOB_CLASS)
+_BLOB_SET = frozenset(ch for ch in map(chr, range(128)) if re.fullmatch(f"[{_BLOB_CHARS}]", ch))
+if _BLOB_MIN < 16 or any(
+    not _EXTEND_CHARS[DETECTORS[i].extend] <= _BLOB_SET for i in NUMERIC if DETECTORS[i].anchor == _BLOB_CLASS
+):
+    raise RuntimeError("scanner: the blob-run pre-filter no longer covers the [A-Z0-9] detectors; fix _BLOB_CHARS")
+_BLOB_TABLE = bytes(ord("a") if chr(i) in _BLOB_SET else ord(" ") for i in range(256))
+_BLOB_NEEDLE = b"a" * _BLOB_MIN
 
 
-def _numeric_hits(text: str, end_pos: int) -> list[Hit]:
+def _blob_runs(data: bytes) -> list[tuple[int, int]]:
+    """``(start, end)`` of every run of ``_BLOB_MIN`` or more blob characters in ASCII ``data``.
+
+    ``bytes.translate`` marks blob characters and ``bytes.find`` looks for a run of marks:
+    both in C, a few GB/s, where a regex would try every position.
+    """
+    marked = data.translate(_BLOB_TABLE)
+    runs: list[tuple[int, int]] = []
+    start = marked.find(_BLOB_NEEDLE)
+    while start >= 0:  # ``start`` follows a non-blob character: a search starts at one
+        end = marked.find(b" ", start + _BLOB_MIN)
+        if end < 0:
+            runs.append((start, len(marked)))
+            break
+        runs.append((start, end))
+        start = marked.find(_BLOB_NEEDLE, end)
+    return runs
+
+
+_DIGIT_CANDIDATES: tuple[str, ...] = (
+    # Where the [0-9] scanner matches at anchor p (a digit), one of these occurs around p, on the
+    # same line: none of those detectors' regexes or extension classes holds a line break, and
+    # their look-aheads fail or succeed at a line break as at the end of the text, so scanning
+    # line by line finds the same matches.
+    r"[A-Z]{6}[0-9]",  # it_codice_fiscale: six capitals before the anchor
+    r"[A-Z]{2}[0-9]{2}",  # iban: two capitals, the anchor and a digit
+    r"[0-9]{13}|[0-9]{4}[ -][0-9]{4}[ -][0-9]{4}[ -][0-9]|[0-9]{4}[ -][0-9]{6}[ -][0-9]{5}",  # card
+    r"[0-9]{3}-[0-9]{2}-[0-9]{4}",  # us_ssn
+    r"[0-9]{3}\.[0-9]{3}\.[0-9]{3}-[0-9]{2}",  # br_cpf
+    r"[0-9]{4} [0-9]{4} [0-9]{4}",  # in_aadhaar
+    r"[0-9]{8}",  # es_dni
+    r"[0-9]\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]",  # ipv4
+    r"[0-9](?:[ .-]?[0-9]){9}",  # national phone number: its look-ahead
+    r"[A-Fa-f][0-9]|[A-Fa-f:]:[0-9]|[0-9][0-9:]*(?:::|[A-Fa-f])",  # ipv6: its three ways in
+    r"[0-9][0-9A-Fa-f]{15}",  # hex_blob
+)
+_DIGIT_MEMBERS = (
+    "it_codice_fiscale", "iban", "card", "us_ssn", "br_cpf", "in_aadhaar", "es_dni", "ipv4", "phone", "ipv6", "hex_blob",
+)  # fmt: skip
+if tuple(dict.fromkeys(DETECTORS[i].name for i in NUMERIC if DETECTORS[i].anchor == "[0-9]")) != _DIGIT_MEMBERS:
+    raise RuntimeError("scanner: the [0-9] detectors changed; update _DIGIT_CANDIDATES to match")
+_MAX_DIGIT_REPORTS = 64
+"""Per KiB: text denser with digit candidates is cheaper to scan whole than line by line."""
+
+
+class _LongScan:
+    """One pass of Hyperscan over a long text: the gates present, where blobs and numbers may be.
+
+    ``gate in text`` for each of 31 gates reads a long text 31 times; Hyperscan reads it once and
+    reports each gate at most once (``SINGLEMATCH``, ``CASELESS``: for ASCII text that is
+    ``gate in text.lower()``). The same pass reports the end of every ``_DIGIT_CANDIDATES``
+    shape, so the ``[0-9]`` scanner reads only the lines holding one (text denser than
+    ``_MAX_DIGIT_REPORTS`` per KiB stops the pass early and is scanned whole). ``_blob_runs``
+    finds the runs of blob characters, so the base64 scanner reads those, not every capital
+    and digit.
+
+    Offsets are only the text's for ASCII text; other text is scanned lower-cased, for the gates.
+    The database is immutable; each scan gets its own scratch space (a clone costs ~0.3 µs), so
+    scans may run in several threads at once. Without Hyperscan: C substring search per gate,
+    and the scanners read the whole text.
+    """
+
+    def __init__(self, gates: tuple[str, ...]) -> None:
+        self.gates = gates
+        self._db = None
+        self._scratch = None
+        if _hs is not None:
+            expressions = [re.escape(gate) for gate in gates] + list(_DIGIT_CANDIDATES)
+            literal = _hs.HS_FLAG_SINGLEMATCH | _hs.HS_FLAG_CASELESS
+            db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+            db.compile(
+                expressions=[expression.encode() for expression in expressions],
+                ids=list(range(len(gates))) + [len(gates)] * len(_DIGIT_CANDIDATES),
+                elements=len(expressions),
+                flags=[literal] * len(gates) + [0] * len(_DIGIT_CANDIDATES),
+            )
+            self._db = db
+            self._scratch = _hs.Scratch(db)
+
+    def scan(
+        self, text: str, lowered: str
+    ) -> tuple[set[str], list[tuple[int, int]] | None, list[int] | None]:
+        """Gates present in ``lowered`` (``text`` lower-cased); blob runs and ends of digit
+        candidates in ``text`` (``None``: not known, scan the whole text)."""
+        if self._db is None or self._scratch is None:
+            return {gate for gate in self.gates if gate in lowered}, None, None
+        ascii_text = text.isascii()
+        data = text.encode("ascii") if ascii_text else lowered.encode("utf-8", "surrogatepass")
+        found = _Found(len(self.gates), _MAX_DIGIT_REPORTS * (1 + len(data) // 1024))
+        try:
+            self._db.scan(data, _note_match, context=found, scratch=self._scratch.clone())
+        except _hs.ScanTerminated:  # dense with candidates: scan it all, gates the plain way
+            return {gate for gate in self.gates if gate in lowered}, None, None
+        gates = self.gates
+        present = {gates[i] for i in found.gates}
+        if not ascii_text:  # offsets in the UTF-8 bytes are not the text's
+            return present, None, None
+        return present, _blob_runs(data), sorted(found.ends)
+
+
+class _Found:
+    """What one ``_LongScan`` pass reported."""
+
+    __slots__ = ("digit_id", "cap", "gates", "ends")
+
+    def __init__(self, digit_id: int, cap: int) -> None:
+        self.digit_id = digit_id
+        self.cap = cap
+        self.gates: set[int] = set()
+        self.ends: list[int] = []
+
+
+def _note_match(pattern_id: int, start: int, end: int, flags: int, found: _Found) -> bool:
+    """Hyperscan's match callback; returning True stops the scan."""
+    if pattern_id == found.digit_id:
+        found.ends.append(end)
+        return len(found.ends) > found.cap
+    found.gates.add(pattern_id)
+    return False
+
+
+_LONG_SCAN = _LongScan(_ALL_GATES)
+
+
+def _numeric_hits(
+    text: str, end_pos: int, blob_runs: list[tuple[int, int]] | None = None, digit_ends: list[int] | None = None
+) -> list[Hit]:
     hits: list[Hit] = []
     for anchor_class, scanners in _SCANNERS.items():
+        if anchor_class == "[0-9]" and digit_ends is not None:
+            # Only the lines that hold a candidate shape can hold a match: scan those lines.
+            line_end = -1
+            for end in digit_ends:
+                if end <= line_end:
+                    continue
+                line_start = text.rfind("\n", 0, end - 1) + 1
+                line_end = text.find("\n", end - 1, end_pos)
+                if line_end < 0:
+                    line_end = end_pos
+                hits.extend(_class_hits(scanners, text, line_end, line_start))
+            continue
+        if anchor_class == _BLOB_CLASS and blob_runs is not None:
+            # A blob lies inside one run of blob characters: scan each long run, skip the rest.
+            for run_start, run_end in blob_runs:
+                hits.extend(_class_hits(scanners, text, run_end, run_start))
+            continue
         literal = _LITERAL_ANCHORS.get(anchor_class)
         if literal is not None and text.find(literal, 0, end_pos) < 0:
             continue  # "+" or "(" is absent: a C-speed look saves the regex call
@@ -200,9 +367,8 @@ def _numeric_hits(text: str, end_pos: int) -> list[Hit]:
     return hits
 
 
-def _class_hits(scanners: tuple[_Scanner, ...], text: str, end_pos: int) -> list[Hit]:
+def _class_hits(scanners: tuple[_Scanner, ...], text: str, end_pos: int, pos: int = 0) -> list[Hit]:
     hits: list[Hit] = []
-    pos = 0
     floor = 0  # tokens may not extend back over an earlier hit
     first_scanner = scanners[0]
     while pos < end_pos:

@@ -41,24 +41,60 @@ class Sketcher:
         self._max_bytes = max_bytes
 
     def __call__(self, text: str) -> tuple[int, ...]:
-        normal = " ".join(text[: self._max_bytes].split()).lower()
-        data = normal.encode("utf-8", "surrogatepass")[: self._max_bytes]
+        head = text[: self._max_bytes]
+        if head.isascii():
+            data = _normal_ascii(head.encode("ascii"))
+        else:
+            data = " ".join(head.split()).lower().encode("utf-8", "surrogatepass")[: self._max_bytes]
         if len(data) < SHINGLE_BYTES:
             data = data.ljust(SHINGLE_BYTES, b"\0")
-        raw = np.frombuffer(data, dtype=np.uint8)
-        windows = np.lib.stride_tricks.sliding_window_view(raw, SHINGLE_BYTES)
-        shingles = np.ascontiguousarray(windows).view("<u8").ravel()
-        hashed = _splitmix(shingles ^ self._key)
-        slots = (hashed >> np.uint64(64 - _SLOT_BITS)).astype(np.intp)
+        hashed = _splitmix(_shingles(data) ^ self._key)
+        slots = hashed >> np.uint64(64 - _SLOT_BITS)
+        hashed &= _MASK32
         mins = np.full(SKETCH_SLOTS, EMPTY_SLOT, dtype=np.uint64)
-        np.minimum.at(mins, slots, hashed & _MASK32)
+        np.minimum.at(mins, slots.astype(np.intp), hashed)
         return tuple(mins.tolist())
 
 
+_LOWER = np.arange(256, dtype=np.uint8)
+_LOWER[ord("A") : ord("Z") + 1] += 32
+_SPACE = np.zeros(256, dtype=bool)
+_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True  # what str.split() splits ASCII text on
+_LOWER[_SPACE] = ord(" ")
+
+
+def _normal_ascii(data: bytes) -> bytes:
+    """``" ".join(text.split()).lower()`` of ASCII text, as bytes, without a string per word."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if not raw.size:
+        return b""
+    space = _SPACE[raw]
+    keep = ~space
+    keep[1:] |= ~space[:-1]  # the first space of a run stays (as one " "), the rest go
+    out = _LOWER[raw][keep].tobytes()
+    return out[:-1] if out.endswith(b" ") else out
+
+
+def _shingles(data: bytes) -> np.ndarray:
+    """Every 8-byte window of ``data`` as a little-endian uint64, in no particular order.
+
+    A MinHash is over the *set* of shingles, so order does not matter: the windows that start at
+    ``k, k+8, k+16 …`` are ``data[k:]`` read as uint64s directly (no copy per window), for k in 0..7.
+    """
+    n = len(data)
+    parts = [np.frombuffer(data, dtype="<u8", count=(n - k) // SHINGLE_BYTES, offset=k) for k in range(SHINGLE_BYTES)]
+    return np.concatenate(parts)
+
+
 def _splitmix(x: np.ndarray) -> np.ndarray:
-    """A strong 64-bit mix so that near-equal shingles hash far apart."""
+    """A strong 64-bit mix so that near-equal shingles hash far apart (in place on a fresh array)."""
     with np.errstate(over="ignore"):
         z = x + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+        tmp = np.empty_like(z)
+        for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            np.right_shift(z, np.uint64(shift), out=tmp)
+            z ^= tmp
+            z *= np.uint64(mul)
+        np.right_shift(z, np.uint64(31), out=tmp)
+        z ^= tmp
+        return z

@@ -26,7 +26,12 @@ Validator = Callable[[str], bool]
 Normaliser = Callable[[str], str]
 
 
+_NOT_ASCII_DIGIT = re.compile(r"[^0-9]+")
+
+
 def only_digits(text: str) -> str:
+    if text.isascii():  # the usual case, in C
+        return _NOT_ASCII_DIGIT.sub("", text)
     return "".join(ch for ch in text if ch.isdigit())
 
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from toolwatch.instrumentation.redact import Redactor
-from toolwatch.instrumentation.sketch import SKETCH_SLOTS, Sketcher, sketch_similarity
+from toolwatch.instrumentation.sketch import SKETCH_SLOTS, Sketcher, _normal_ascii, sketch_similarity
 
 WORDS = (
     "account balance invoice customer shipment order delivery region revenue quarter growth "
@@ -86,3 +89,10 @@ def test_copy_of_a_result_sent_as_arguments_is_found() -> None:
     args = r.redact({"body": "FYI:\n" + _edit(original, 0.02, 1)})
     assert len(result.sketch) == SKETCH_SLOTS
     assert sketch_similarity(result.sketch, args.sketch) >= 0.6
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(st.sampled_from([*"aZ1 ~.", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x00", "\x7f"]), max_size=200))
+def test_ascii_fast_path_normalises_like_str_split(text: str) -> None:
+    # The sketch's numpy path for ASCII text must give exactly " ".join(text.split()).lower().
+    assert _normal_ascii(text.encode("ascii")) == " ".join(text.split()).lower().encode("ascii")
