@@ -105,8 +105,7 @@ class _Connection(asyncio.Protocol):
             end = self._buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(self._buf) > 256 * 1024:
-                    self._fail_head(aiohttp.ClientResponseError(
-                        None, (), message="upstream response headers larger than 256 KiB"))  # type: ignore[arg-type]
+                    self._fail_head(aiohttp.ClientError("upstream response headers larger than 256 KiB"))
                 return
             lines = bytes(self._buf[:end]).decode("utf-8", "surrogateescape").split("\r\n")
             rest = bytes(self._buf[end + 4:])
@@ -117,8 +116,7 @@ class _Connection(asyncio.Protocol):
                     raise ValueError(lines[0])
                 status = int(parts[1])
             except (ValueError, IndexError):
-                self._fail_head(aiohttp.ClientResponseError(
-                    None, (), message=f"invalid upstream status line {lines[0][:80]!r}"))  # type: ignore[arg-type]
+                self._fail_head(aiohttp.ClientError(f"invalid upstream status line {lines[0][:80]!r}"))
                 return
             if 100 <= status < 200 and status != 101:
                 self._buf += rest  # an interim response (100 Continue): the real one follows
