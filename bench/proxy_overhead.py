@@ -66,6 +66,15 @@ async def throughput(session: ClientSession, seconds: float = 2.0) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def report(name: str, d: list[float], p: list[float], d_rate: float, p_rate: float) -> None:
     added = [b - a for a, b in zip(d, p, strict=True)]
     print(f"\n[{name}] {len(d)} calls each, alternating")
@@ -156,18 +165,22 @@ async def bench_http(calls: int, sink: OtlpSink, compare_ref: str | None) -> Non
                     session = await stack.enter_async_context(ClientSession(r, w))
                     await session.initialize()
                     sessions.append(session)
+                cpu_before = [cpu_seconds(proc.pid) for proc, _ in proxies]
                 latencies = await alternate(*sessions, calls=calls)
+                cpu_after = [cpu_seconds(proc.pid) for proc, _ in proxies]
                 rates = [await throughput(s) for s in sessions]
         finally:
             for proc in reversed(procs):
                 proc.terminate()
                 await proc.wait()
     title = "streamable HTTP (server, proxy, client in 3 processes)"
-    if compare_ref:
-        report(f"{title}, proxy at {compare_ref}", latencies[0], latencies[1], rates[0], rates[1])
-        report(f"{title}, proxy in the working tree", latencies[0], latencies[2], rates[0], rates[2])
-    else:
-        report(title, latencies[0], latencies[1], rates[0], rates[1])
+    names = [f"proxy at {compare_ref}", "proxy in the working tree"] if compare_ref else ["proxy"]
+    for k, name in enumerate(names):
+        report(f"{title}, {name}", latencies[0], latencies[k + 1], rates[0], rates[k + 1])
+        before, after = cpu_before[k], cpu_after[k]
+        if before is not None and after is not None:  # robust to machine load, unlike latency
+            print(f"  proxy process CPU {1e3 * (after - before) / (calls + 20):.3f} ms per call "
+                  "(all its threads: forwarding, span building, export)")
 
 
 async def main() -> None:
