@@ -6,7 +6,11 @@ the demo notes server subprocess; the proxy exports its spans over OTLP/HTTP to 
 receiver, so span building and export are part of what is measured. HTTP: the same through
 the streamable HTTP proxy, with server and proxy in their own processes.
 
-    .venv/bin/python bench/proxy_overhead.py [--calls 400] [--transport stdio|http|both]
+    .venv/bin/python bench/proxy_overhead.py [--calls 400] [--transport stdio|http|both] [--compare-ref main]
+
+``--compare-ref REF`` (HTTP) adds a second proxy built from ``instrumentation/`` at git REF (e.g.
+``main``), alternating direct / REF proxy / working-tree proxy call by call, so old and new are
+measured under the same load.
 """
 
 from __future__ import annotations
@@ -16,8 +20,11 @@ import asyncio
 import os
 import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,18 +42,20 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def alternate(direct: ClientSession, proxied: ClientSession, calls: int) -> tuple[list[float], list[float]]:
-    for s in (direct, proxied):  # warm-up
+async def alternate(direct: ClientSession, *proxied: ClientSession, calls: int) -> list[list[float]]:
+    """Latencies (ms) of ``calls`` calls per session, the sessions taking turns in rotating order."""
+    sessions = (direct, *proxied)
+    for s in sessions:  # warm-up
         for _ in range(20):
             await s.call_tool("read_note", ARGS)
-    d, p = [], []
+    out: list[list[float]] = [[] for _ in sessions]
     for i in range(calls):
-        order = ((direct, d), (proxied, p)) if i % 2 else ((proxied, p), (direct, d))
-        for session, out in order:
+        for k in range(len(sessions)):
+            j = (i + k) % len(sessions)
             t0 = time.perf_counter()
-            await session.call_tool("read_note", ARGS)
-            out.append((time.perf_counter() - t0) * 1e3)
-    return d, p
+            await sessions[j].call_tool("read_note", ARGS)
+            out[j].append((time.perf_counter() - t0) * 1e3)
+    return out
 
 
 async def throughput(session: ClientSession, seconds: float = 2.0) -> float:
@@ -55,6 +64,15 @@ async def throughput(session: ClientSession, seconds: float = 2.0) -> float:
         await session.call_tool("read_note", ARGS)
         n += 1
     return n / (time.perf_counter() - t0)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a process so far (Linux /proc; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def report(name: str, d: list[float], p: list[float], d_rate: float, p_rate: float) -> None:
@@ -77,7 +95,7 @@ async def bench_stdio(calls: int, sink: OtlpSink) -> None:
         async with ClientSession(r1, w1) as direct, ClientSession(r2, w2) as proxied:
             await direct.initialize()
             await proxied.initialize()
-            d, p = await alternate(direct, proxied, calls)
+            d, p = await alternate(direct, proxied, calls=calls)
             d_rate, p_rate = await throughput(direct), await throughput(proxied)
     report("stdio", d, p, d_rate, p_rate)
 
@@ -101,45 +119,83 @@ async def wait_listening(port: int, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
-async def bench_http(calls: int, sink: OtlpSink) -> None:
-    """Server and proxy in their own processes, as deployed; the client here."""
-    server_port, proxy_port = free_port(), free_port()
+def checkout(ref: str, into: Path) -> Path:
+    """``instrumentation/`` at git ``ref`` as an importable ``toolwatch.instrumentation`` under ``into``."""
+    package = into / "toolwatch"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "instrumentation"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(package)], input=archive, check=True)
+    return into
+
+
+async def start_proxy(sink: OtlpSink, upstream: str, env: dict[str, str], pythonpath: Path | None = None):
+    port = free_port()
+    if pythonpath is not None:  # run there: ``-m`` puts the working directory first on sys.path
+        env = {**env, "PYTHONPATH": str(pythonpath)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "toolwatch.instrumentation.proxy", "--agent-id", "bench", "--otlp-endpoint", sink.url,
+        "--listen", f"127.0.0.1:{port}", "--upstream", upstream, env=env, stderr=asyncio.subprocess.DEVNULL,
+        cwd=str(pythonpath or ROOT))
+    return proc, port
+
+
+async def bench_http(calls: int, sink: OtlpSink, compare_ref: str | None) -> None:
+    """Server and proxy (or proxies) in their own processes, as deployed; the client here."""
+    server_port = free_port()
     upstream = f"http://127.0.0.1:{server_port}/mcp"
     env = {**os.environ, "TOOLWATCH_FINGERPRINT_KEY": "bench-key"}
     server = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "toolwatch.demo.servers", "notes", "--http", f"127.0.0.1:{server_port}",
         env=env, stderr=asyncio.subprocess.DEVNULL)
-    proxy = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "toolwatch.instrumentation.proxy", "--agent-id", "bench", "--otlp-endpoint", sink.url,
-        "--listen", f"127.0.0.1:{proxy_port}", "--upstream", upstream, env=env, stderr=asyncio.subprocess.DEVNULL)
-    try:
-        await wait_listening(server_port)
-        await wait_listening(proxy_port)
-        local = f"http://127.0.0.1:{proxy_port}/mcp"
-        async with streamable_http_client(upstream) as (r1, w1), streamable_http_client(local) as (r2, w2):
-            async with ClientSession(r1, w1) as direct, ClientSession(r2, w2) as proxied:
-                await direct.initialize()
-                await proxied.initialize()
-                d, p = await alternate(direct, proxied, calls)
-                d_rate, p_rate = await throughput(direct), await throughput(proxied)
-    finally:
-        for proc in (proxy, server):
-            proc.terminate()
-            await proc.wait()
-    report("streamable HTTP (server, proxy, client in 3 processes)", d, p, d_rate, p_rate)
+    procs = [server]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            proxies = [await start_proxy(sink, upstream, env)]
+            if compare_ref:
+                proxies.insert(0, await start_proxy(sink, upstream, env, checkout(compare_ref, Path(tmp))))
+            procs += [proc for proc, _ in proxies]
+            for port in (server_port, *(port for _, port in proxies)):
+                await wait_listening(port)
+            async with AsyncExitStack() as stack:
+                sessions = []
+                for url in (upstream, *(f"http://127.0.0.1:{port}/mcp" for _, port in proxies)):
+                    r, w = await stack.enter_async_context(streamable_http_client(url))
+                    session = await stack.enter_async_context(ClientSession(r, w))
+                    await session.initialize()
+                    sessions.append(session)
+                cpu_before = [cpu_seconds(proc.pid) for proc, _ in proxies]
+                latencies = await alternate(*sessions, calls=calls)
+                cpu_after = [cpu_seconds(proc.pid) for proc, _ in proxies]
+                rates = [await throughput(s) for s in sessions]
+        finally:
+            for proc in reversed(procs):
+                proc.terminate()
+                await proc.wait()
+    title = "streamable HTTP (server, proxy, client in 3 processes)"
+    names = [f"proxy at {compare_ref}", "proxy in the working tree"] if compare_ref else ["proxy"]
+    for k, name in enumerate(names):
+        report(f"{title}, {name}", latencies[0], latencies[k + 1], rates[0], rates[k + 1])
+        before, after = cpu_before[k], cpu_after[k]
+        if before is not None and after is not None:  # robust to machine load, unlike latency
+            print(f"  proxy process CPU {1e3 * (after - before) / (calls + 20):.3f} ms per call "
+                  "(all its threads: forwarding, span building, export)")
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=400)
     parser.add_argument("--transport", choices=("stdio", "http", "both"), default="both")
+    parser.add_argument("--compare-ref", metavar="REF", default=None,
+                        help="HTTP: also run a proxy from instrumentation/ at this git ref, in the same run")
     args = parser.parse_args()
     sink = await OtlpSink().start()
     try:
         if args.transport in ("stdio", "both"):
             await bench_stdio(args.calls, sink)
         if args.transport in ("http", "both"):
-            await bench_http(args.calls, sink)
+            await bench_http(args.calls, sink, args.compare_ref)
         print(f"\nspans received by the OTLP sink: {len(sink.spans)}")
     finally:
         await sink.stop()

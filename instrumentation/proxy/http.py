@@ -27,6 +27,7 @@ from .framing import Oversized, SseSplitter
 from .stdio import SERVER_EXITED
 from .enforce_http import KEEPALIVE_S, EventRelay, HttpEnforcement, Screening, needs_screening, screen, sse_event
 from .tracker import CallTracker, ProxyStats, Recorder, request_ids
+from .upstream import UpstreamPool, UpstreamResponse
 
 SESSION_HEADER = "mcp-session-id"
 _HOP_BY_HOP = frozenset({
@@ -83,6 +84,8 @@ class HttpProxy:
         self._trackers: OrderedDict[str, CallTracker] = OrderedDict()
         self._recorder = Recorder()
         self._client: aiohttp.ClientSession | None = None
+        """Used by enforcement (``--enforce``) only; the plain path forwards through ``_pool``."""
+        self._pool: UpstreamPool | None = None
         self._runner: web.AppRunner | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -97,6 +100,7 @@ class HttpProxy:
             auto_decompress=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         )
+        self._pool = UpstreamPool(self._origin[0], self._address, self._port, connect_timeout=10)
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
@@ -112,6 +116,9 @@ class HttpProxy:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self.enforcement is not None:
             await self.enforcement.close()
         self._recorder.flush()
@@ -133,6 +140,13 @@ class HttpProxy:
         while len(self._trackers) > self._max_sessions:
             self._trackers.popitem(last=False)
         return tracker
+
+    def _raw_target(self, request: web.Request) -> str:
+        """Path and query as the client sent them (not re-encoded), mapped onto the upstream."""
+        path, sep, query = request.raw_path.partition("?")
+        if path in ("/", self._endpoint_path):
+            path = self._endpoint_path
+        return f"{path}{sep}{query}"
 
     def _target(self, request: web.Request) -> str:
         path = request.path
@@ -156,13 +170,29 @@ class HttpProxy:
         assert self._client is not None, "HttpProxy.start() was not called"
         if self.enforcement is not None:
             return await self._handle_enforced(request, body, t_request)
+        if request.method == "GET":  # a long-lived event stream: not a hot path to protect
+            return await self._forward(request, body, t_request)
+        recorder = self._recorder
+        recorder.hold()
         try:
-            upstream = await self._client.request(
-                request.method, self._target(request), headers=_forwardable(request.headers),
-                data=body if body else None, allow_redirects=False, skip_auto_headers=_NO_AUTO_HEADERS,
-            )
+            return await self._forward(request, body, t_request)
+        finally:
+            recorder.release()
+
+    async def _forward(self, request: web.Request, body: bytes, t_request: int) -> web.StreamResponse:
+        """Forward one exchange; span work waits (``Recorder.hold``) except while the upstream thinks."""
+        assert self._pool is not None
+        hot = request.method != "GET"
+        if hot:
+            self._recorder.release()
+        try:
+            upstream = await self._pool.request(
+                request.method, self._raw_target(request), _forwardable(request.headers), body)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             return self._unreachable(body, exc)
+        finally:
+            if hot:
+                self._recorder.hold()
         async with upstream:
             session_id = request.headers.get(SESSION_HEADER) or upstream.headers.get(SESSION_HEADER) or ""
             tracker = self._tracker(session_id)
@@ -319,7 +349,8 @@ class HttpProxy:
         return web.Response(status=502, text=message)
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, tracker: CallTracker, body: bytes
+        self, request: web.Request, upstream: aiohttp.ClientResponse | UpstreamResponse, tracker: CallTracker,
+        body: bytes,
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for key, value in _forwardable(upstream.headers):

@@ -242,18 +242,29 @@ class CallTracker:
 
 
 class Recorder:
-    """Bounded queue between the forwarding path and the tracker; drains on the event loop.
+    """Bounded queue between the forwarding path and the tracker; drains on the event loop when idle.
 
-    Draining starts ``delay`` seconds after the first queued message, so the exchange being
-    forwarded completes (and the peer gets its bytes) before any parsing, redaction or span
-    building competes with it for the CPU.
+    Parsing, redaction and span building never run while an exchange is on its hot path (request
+    read -> forwarded, response started -> finished; see ``hold``/``release``): a message queued
+    then waits until the last hot exchange ends, so the peer gets its bytes first. Draining takes
+    slices of ``slice_s`` (at least one message) per loop iteration, so bytes that arrive
+    meanwhile wait at most about one slice. ``delay`` is how long a submitted message may wait before a drain is tried at all (stdio
+    and long-lived streams never call ``release``); ``max_wait`` bounds how long a backlog defers
+    to hot exchanges under constant load before it is drained anyway.
     """
 
-    def __init__(self, max_queue: int = 10_000, delay: float = 0.002) -> None:
+    def __init__(
+        self, max_queue: int = 10_000, delay: float = 0.002, *, max_wait: float = 0.25, slice_s: float = 0.0005
+    ) -> None:
         self._queue: deque[tuple[CallTracker, Direction, bytes | Oversized, int]] = deque()
         self._max_queue = max_queue
         self._delay = delay
-        self._scheduled = False
+        self._max_wait = max_wait
+        self._slice = slice_s
+        self._hot = 0
+        self._waiting_since: float | None = None
+        self._handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._soon = False
 
     def submit(self, tracker: CallTracker, direction: Direction, raw: bytes | Oversized, t_ns: int) -> None:
         """Called right after a message was forwarded; never parses, never blocks."""
@@ -261,23 +272,51 @@ class Recorder:
             tracker.stats.dropped_observations += 1
             return
         self._queue.append((tracker, direction, raw, t_ns))
-        if not self._scheduled:
-            self._scheduled = True
+        if self._handle is None:
             self._schedule(self._delay)
 
-    def _schedule(self, delay: float) -> None:
-        loop = asyncio.get_running_loop()
-        if delay > 0:
-            loop.call_later(delay, self._drain_some)
-        else:
-            loop.call_soon(self._drain_some)
+    # -- hot path bracketing (HTTP) --------------------------------------------------------------
+    def hold(self) -> None:
+        """An exchange entered its hot path: defer draining until ``release``."""
+        self._hot += 1
 
-    def _drain_some(self, budget: int = 64) -> None:
-        self._scheduled = False
-        for _ in range(min(budget, len(self._queue))):
+    def release(self) -> None:
+        """An exchange left its hot path; the last one out starts draining at once."""
+        self._hot = max(0, self._hot - 1)
+        if self._hot == 0 and self._queue and not self._soon:
+            self._schedule(0)
+
+    # -- draining -------------------------------------------------------------------------------
+    def _schedule(self, delay: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._soon = delay <= 0
+        if self._soon:
+            self._handle = loop.call_soon(self._drain_some)
+        else:
+            self._handle = loop.call_later(delay, self._drain_some)
+
+    def _drain_some(self) -> None:
+        self._handle = None
+        self._soon = False
+        if not self._queue:
+            return
+        if self._hot:
+            now = time.monotonic()
+            if self._waiting_since is None:
+                self._waiting_since = now
+            if now - self._waiting_since < self._max_wait and len(self._queue) < self._max_queue // 2:
+                self._schedule(max(self._delay, 0.001))  # ``release`` will usually come first
+                return
+        self._waiting_since = None
+        deadline = time.perf_counter() + self._slice
+        queue = self._queue
+        while queue:
             self._observe_one()
-        if self._queue and not self._scheduled:
-            self._scheduled = True
+            if time.perf_counter() >= deadline:
+                break
+        if queue:
             self._schedule(0)
 
     def _observe_one(self) -> None:
