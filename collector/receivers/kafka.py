@@ -41,6 +41,9 @@ from .state_changelog import AgentRecord, AgentStates, StateChangelog
 log = logging.getLogger("toolwatch.receiver.kafka")
 NAME = "kafka"
 DEAD_LETTER_FILE = "kafka-dead-letter.jsonl"
+SNAPSHOT_COST_FACTOR = 10
+"""A state snapshot is requested at most every ``commit_interval_ms`` and at most every this many times
+the last one took: snapshots (every detector's state to SQLite) never take more than ~1/10 of the time."""
 
 
 @dataclass(slots=True)
@@ -129,8 +132,12 @@ class KafkaReceiver(Receiver):
         self._pending: deque[_Record] = deque()
         self._uncommitted: deque[tuple[int, Any, int]] = deque()  # (ticket, partition, next offset)
         self._ticket = 0
-        self._last_commit = clock()
+        self._last_request = clock()
+        """When the last state snapshot was requested (or the receiver started)."""
         self._snapshot_for = 0
+        """The ``done_seq`` the outstanding snapshot request covers; 0 when none is outstanding."""
+        self._snapshot_cost = 0.0
+        """Seconds the last snapshot took from request to saved (it waits for the batch in flight)."""
         self._paused = False
         self.assigned: set[Any] = set()
         self.committed_records = 0
@@ -285,12 +292,14 @@ class KafkaReceiver(Receiver):
 
     def _maybe_commit(self, consumer: Any, *, force: bool = False) -> None:
         now = self.clock()
-        due = force or now - self._last_commit >= self.cfg.commit_interval_ms / 1000
         ready = bool(self._snapshot_for) and self.pipeline.saved_seq >= self._snapshot_for
+        if ready:  # the snapshot asked for is saved: commit what it covers now, not at the next interval
+            self._snapshot_cost = now - self._last_request
+            self._snapshot_for = 0
+        interval = max(self.cfg.commit_interval_ms / 1000, SNAPSHOT_COST_FACTOR * self._snapshot_cost)
+        due = force or now - self._last_request >= interval
         if not (due or ready):
             return
-        self._last_commit = now
-        self._snapshot_for = 0
         saved = self.pipeline.saved_seq
         states: AgentStates = {}
         if self._capture is not None:  # commit only what the captured (and written) agent states cover
@@ -303,10 +312,15 @@ class KafkaReceiver(Receiver):
             self._uncommitted.extendleft(reversed(done))  # neither state nor offsets move: retried next time
         elif done and not self._commit(consumer, offsets, len(done)):
             self._uncommitted.extendleft(reversed(done))  # retried at the next commit
-        if self._uncommitted and self._uncommitted[0][0] <= self.pipeline.done_seq and self._loop is not None:
+        if due and self._uncommitted and self._uncommitted[0][0] <= self.pipeline.done_seq and self._loop is not None:
             # Processed but not yet in a state snapshot: ask for one; commit as soon as it is saved.
+            # Only when due: asking again right after each save would snapshot back to back.
+            if not self._snapshot_for:
+                self._last_request = now
             self._snapshot_for = max(1, self.pipeline.done_seq)
             self._loop.call_soon_threadsafe(self.pipeline.request_snapshot)
+        elif due:
+            self._last_request = now
 
     def _commit(self, consumer: Any, offsets: dict[Any, int], records: int) -> bool:
         from kafka.structs import OffsetAndMetadata
