@@ -43,7 +43,7 @@ NAME = "kafka"
 DEAD_LETTER_FILE = "kafka-dead-letter.jsonl"
 SNAPSHOT_COST_FACTOR = 10
 """A state snapshot is requested at most every ``commit_interval_ms`` and at most every this many times
-the last one took: snapshots (every detector's state to SQLite) never take more than ~1/10 of the time."""
+the last save took: snapshots (every detector's state to SQLite) never take more than ~1/10 of the time."""
 
 
 @dataclass(slots=True)
@@ -137,7 +137,10 @@ class KafkaReceiver(Receiver):
         self._snapshot_for = 0
         """The ``done_seq`` the outstanding snapshot request covers; 0 when none is outstanding."""
         self._snapshot_cost = 0.0
-        """Seconds the last snapshot took from request to saved (it waits for the batch in flight)."""
+        """Seconds the pipeline's last state save took (measured on the event loop, see ``_on_saved``)."""
+        self._asked_at = self._batch_done_at = clock()
+        pipeline.batch_listeners.append(self._on_batch_done)
+        pipeline.state_listeners.append(self._on_saved)
         self._paused = False
         self.assigned: set[Any] = set()
         self.committed_records = 0
@@ -294,7 +297,6 @@ class KafkaReceiver(Receiver):
         now = self.clock()
         ready = bool(self._snapshot_for) and self.pipeline.saved_seq >= self._snapshot_for
         if ready:  # the snapshot asked for is saved: commit what it covers now, not at the next interval
-            self._snapshot_cost = now - self._last_request
             self._snapshot_for = 0
         interval = max(self.cfg.commit_interval_ms / 1000, SNAPSHOT_COST_FACTOR * self._snapshot_cost)
         due = force or now - self._last_request >= interval
@@ -318,9 +320,21 @@ class KafkaReceiver(Receiver):
             if not self._snapshot_for:
                 self._last_request = now
             self._snapshot_for = max(1, self.pipeline.done_seq)
-            self._loop.call_soon_threadsafe(self.pipeline.request_snapshot)
+            self._loop.call_soon_threadsafe(self._ask_snapshot)
         elif due:
             self._last_request = now
+
+    # On the event loop: when a save starts and ends, so its cost excludes waiting for the batch in flight
+    # (or for this thread to notice it).
+    def _ask_snapshot(self) -> None:
+        self._asked_at = self.clock()
+        self.pipeline.request_snapshot()
+
+    def _on_batch_done(self, _batch: Any, _findings: Any) -> None:
+        self._batch_done_at = self.clock()
+
+    def _on_saved(self, _saved_seq: int) -> None:
+        self._snapshot_cost = max(0.0, self.clock() - max(self._asked_at, self._batch_done_at))
 
     def _commit(self, consumer: Any, offsets: dict[Any, int], records: int) -> bool:
         from kafka.structs import OffsetAndMetadata
