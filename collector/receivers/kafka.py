@@ -44,6 +44,9 @@ DEAD_LETTER_FILE = "kafka-dead-letter.jsonl"
 SNAPSHOT_COST_FACTOR = 10
 """A state snapshot is requested at most every ``commit_interval_ms`` and at most every this many times
 the last save took: snapshots (every detector's state to SQLite) never take more than ~1/10 of the time."""
+EVENTS_PER_POLL = 20_000
+"""Spans decoded between two polls, at most (about): with records of hundreds of spans, ``max_poll_records``
+alone let one poll take longer to decode than ``max_poll_interval_ms`` (the group then evicts the member)."""
 
 
 @dataclass(slots=True)
@@ -145,6 +148,8 @@ class KafkaReceiver(Receiver):
         self.assigned: set[Any] = set()
         self.committed_records = 0
         self.pauses = 0
+        self._events_per_record = 1.0
+        """Running mean of events per record, to size polls in spans rather than records."""
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -203,13 +208,22 @@ class KafkaReceiver(Receiver):
         if self._pending:
             self._offer()
         self._set_paused(consumer, bool(self._pending))
-        polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.cfg.max_poll_records)
+        polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self._poll_records())
+        n = events = 0
         for tp, records in polled.items():
             for rec in records:
-                self._pending.append(self._decode(tp, rec))
+                r = self._decode(tp, rec)
+                self._pending.append(r)
+                n, events = n + 1, events + r.events
+        if n:
+            self._events_per_record = 0.8 * self._events_per_record + 0.2 * max(1.0, events / n)
         if self._pending:
             self._offer()
         self._maybe_commit(consumer)
+
+    def _poll_records(self) -> int:
+        """``max_poll_records``, fewer when records are large: a poll's worth is decoded in about a second."""
+        return max(1, min(self.cfg.max_poll_records, int(EVENTS_PER_POLL / self._events_per_record)))
 
     def _decode(self, tp: Any, rec: Any) -> _Record:
         out = _Record(tp, rec.offset)

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections import deque
 from types import SimpleNamespace
 
+import pytest
 from kafka.structs import TopicPartition
 
 from toolwatch.collector.config import KafkaConfig
 from toolwatch.collector.metrics import Metrics
-from toolwatch.collector.receivers.kafka import SNAPSHOT_COST_FACTOR, KafkaReceiver
+from toolwatch.collector.receivers.kafka import EVENTS_PER_POLL, SNAPSHOT_COST_FACTOR, KafkaReceiver, _Record
 
 TP0 = TopicPartition("otlp_spans", 0)
 
@@ -99,3 +100,25 @@ def test_a_forced_commit_commits_what_is_saved_and_asks_for_the_rest():
     h.clock.now = 0.1
     h.rx._maybe_commit(h.consumer, force=True)
     assert h.commits == [{0: 5}] and h.requests == [0.1]
+
+
+def test_polls_are_sized_in_spans_so_a_poll_of_large_records_is_decoded_well_within_the_poll_interval():
+    h = Harness()
+    asked: list[int] = []
+    size = [200]
+
+    def poll(timeout_ms, max_records):
+        asked.append(max_records)
+        return {TP0: [SimpleNamespace(offset=i) for i in range(min(max_records, 50))]}
+
+    consumer = SimpleNamespace(poll=poll, commit=h.consumer.commit)
+    h.rx._decode = lambda tp, rec: _Record(tp, rec.offset, calls=[None] * size[0])  # records of `size` spans
+    h.rx._offer = lambda: h.rx._pending.clear()
+    for _ in range(30):
+        h.rx._step(consumer)
+    assert asked[0] == h.rx.cfg.max_poll_records  # nothing seen yet: records may hold single spans
+    assert asked[-1] == pytest.approx(EVENTS_PER_POLL / 200, rel=0.01)  # ~20,000 spans a poll, not 2,000 records
+    size[0] = 1
+    for _ in range(30):
+        h.rx._step(consumer)
+    assert asked[-1] == h.rx.cfg.max_poll_records
