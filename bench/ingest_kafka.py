@@ -67,7 +67,7 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
     cfg = Config(otlp_http="off", otlp_grpc="off", listen="127.0.0.1:0", data_dir=data_dir)
     cfg.pipeline.queue_max_spans = queue_max
     cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id=f"bench-{detectors_on}",
-                            max_poll_interval_ms=2000, session_timeout_ms=6000)
+                            max_poll_interval_ms=10000, session_timeout_ms=6000)
     cfg.detectors = detector_config(detectors_on)
     cfg.validate()
     loop = asyncio.new_event_loop()
