@@ -45,14 +45,15 @@ class CorrelationWindows:
 
     def observe(self, corr: Correlation, matched: set[str], ctx: EvalContext) -> Fired | None:
         """Feed one call that matched the rules in ``matched``; returns a finding when complete."""
-        if not matched.intersection(corr.rules):
+        if matched.isdisjoint(corr.rules):
             return None
-        entry = self._state.setdefault(
-            corr.name, {"signature": list(map(_jsonable, corr.signature())), "groups": OrderedDict()}
-        )
+        entry = self._state.get(corr.name)
+        if entry is None:
+            entry = self._state[corr.name] = {"signature": list(map(_jsonable, corr.signature())),
+                                              "groups": OrderedDict()}
         groups: OrderedDict[str, Any] = entry["groups"]
-        group = tuple(str(FIELDS[g].get(ctx)) for g in corr.group_by)
-        key = json.dumps(group)
+        group = tuple([str(FIELDS[g].get(ctx)) for g in corr.group_by])
+        key = _group_key(group)
         now = ctx.call.time_ns
         span = ctx.call.span_id
         if corr.type == "temporal_ordered":
@@ -120,6 +121,13 @@ class CorrelationWindows:
             n: {"signature": s["signature"], "groups": OrderedDict((k, v) for k, v in s["groups"])}
             for n, s in state.items()
         }
+
+
+def _group_key(group: tuple[str, ...]) -> str:
+    """``json.dumps(group)`` (the key in state and snapshots), without the encoder for plain text."""
+    if group and all(v.isascii() and v.isprintable() and '"' not in v and "\\" not in v for v in group):
+        return '["' + '", "'.join(group) + '"]'
+    return json.dumps(group)
 
 
 def _jsonable(value: Any) -> Any:

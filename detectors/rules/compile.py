@@ -1,0 +1,205 @@
+"""Conditions compiled once into closures, specialised per ``server/tool``.
+
+The parser builds a tree (``condition.py``) that is easy to check and report on; evaluating that
+tree per call walks nodes and looks fields up by name. Here each rule's tree becomes nested
+closures instead, and the fields that depend only on the tool (``tool``, ``server``, ``token``,
+``capabilities``) are folded in as constants for each ``server/tool`` seen. A tool no rule can
+match then costs one dictionary lookup per call; for the rest, a *guard* names the call's own
+lists (labels, fingerprints, destinations) that must be non-empty for any remaining rule to
+match (e.g. result labels, or both argument labels and destinations), so a call without them
+is skipped without building a context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import Callable, Mapping, Union
+
+from .condition import And, Compare, Const, Node, Not, Or
+from .fields import Value
+from .model import Rule
+
+Test = Callable[[object], bool]
+Compiled = Union[bool, Test]
+"""``True``/``False`` when the condition is decided without looking at the call, else a closure."""
+
+CALL_LISTS: dict[str, str] = {
+    "args.labels": "args_labels",
+    "result.labels": "result_labels",
+    "args.fingerprints": "args_fingerprints",
+    "result.fingerprints": "result_fingerprints",
+    "destinations": "destinations",
+    "destinations.new": "destinations",  # new destinations are some of the call's destinations
+}
+"""List fields that are empty whenever the call's own attribute is empty (field -> ToolCall attribute)."""
+
+
+def specialise(node: Node, known: Mapping[str, Value]) -> Compiled:
+    """Fold ``known`` field values into ``node``; what is left becomes a closure over a context."""
+    if isinstance(node, Const):
+        return node.value
+    if isinstance(node, Compare):
+        if node.field in known:
+            return bool(node.test(known[node.field]))
+        return _compare(node)
+    if isinstance(node, Not):
+        inner = specialise(node.item, known)
+        if isinstance(inner, bool):
+            return not inner
+        return lambda ctx: not inner(ctx)
+    if isinstance(node, (And, Or)):
+        return _junction(node, known)
+    return node.eval  # a node type this compiler does not know: evaluate it as the tree would
+
+
+_DIRECT: dict[str, str] = {
+    "tool": "call.tool", "server": "call.server", "agent_id": "call.agent_id", "agent_name": "call.agent_name",
+    "session_id": "call.session_id", "server_address": "call.server_address", "source": "call.source",
+    "error": "call.error_type", "args": "call.args_json", "result.injection_score": "call.result_injection_score",
+    "args.labels": "call.args_labels", "result.labels": "call.result_labels",
+    "args.fingerprints": "call.args_fingerprints", "result.fingerprints": "call.result_fingerprints",
+    "destinations": "call.destinations", "destinations.new": "new_destinations", "capabilities": "capabilities",
+    "prev.tool": "prev_tool", "prev.server": "prev_server", "prev.result.labels": "prev_result_labels",
+    "prev.result.injection_score": "prev_injection_score", "prev.capabilities": "prev_capabilities",
+    "session.result.labels": "session_result_labels", "session.capabilities": "session_capabilities",
+    "session.servers": "session_servers",
+}
+"""Fields whose ``FIELDS`` getter is a plain attribute read: read them with a C ``attrgetter``."""
+
+
+def _compare(node: Compare) -> Test:
+    """One comparison as a closure, with the common list tests done by C set operations."""
+    path = _DIRECT.get(node.field)
+    get = attrgetter(path) if path is not None else node.spec.get
+    op, operand, test = node.op, node.operand, node.test
+    if node.spec.type == "list" and isinstance(operand, frozenset) and op in ("in", "intersects"):
+        disjoint = operand.isdisjoint  # any(v in operand for v in values), at C speed
+        return lambda ctx: not disjoint(get(ctx))
+    if node.spec.type == "list" and op == "contains":
+        return lambda ctx: operand in get(ctx)
+    if op == "exists" and path is not None:
+        return get  # truthy exactly when the field is non-empty
+    return lambda ctx: test(get(ctx))
+
+
+def _junction(node: And | Or, known: Mapping[str, Value]) -> Compiled:
+    decisive = not isinstance(node, And)  # a False decides an And, a True decides an Or
+    parts: list[Test] = []
+    for item in node.items:
+        part = specialise(item, known)
+        if part is decisive:
+            return decisive
+        if part is not (not decisive):
+            parts.append(part)  # type: ignore[arg-type]
+    if not parts:
+        return not decisive
+    if len(parts) == 1:
+        return parts[0]
+    if decisive:  # Or
+        if len(parts) == 2:
+            a, b = parts
+            return lambda ctx: a(ctx) or b(ctx)
+        return lambda ctx: any(p(ctx) for p in parts)
+    if len(parts) == 2:
+        a, b = parts
+        return lambda ctx: a(ctx) and b(ctx)
+    return lambda ctx: all(p(ctx) for p in parts)
+
+
+def fields_of(node: Node) -> set[str]:
+    """Every field a condition reads."""
+    if isinstance(node, Compare):
+        return {node.field}
+    if isinstance(node, Not):
+        return fields_of(node.item)
+    if isinstance(node, (And, Or)):
+        return set().union(*(fields_of(i) for i in node.items))
+    if isinstance(node, Const):
+        return set()
+    return set(CALL_LISTS) | {"?"}  # unknown node type: assume it reads anything (no guard)
+
+
+@dataclass(slots=True, eq=False)
+class ToolPlan:
+    """What the rules need for one ``server/tool``: its capabilities and the rules still possible."""
+
+    server: str
+    capabilities: frozenset[str]
+    sorted_capabilities: tuple[str, ...]
+    rules: tuple[tuple[Rule, Test], ...]
+    """Rules that may match a call of this tool, in rule order, each with its remaining test."""
+    guard: Callable[[object], object] | None
+    """Called with the call when ``rules`` is not empty: a falsy answer means no rule can match.
+    None when every call of this tool must be evaluated."""
+
+    def candidate(self, call: object) -> bool:
+        return bool(self.rules) and (self.guard is None or bool(self.guard(call)))
+
+
+def plan_tool(rules: tuple[Rule, ...], server: str, tool: str, capabilities: frozenset[str]) -> ToolPlan:
+    """Specialise every rule for ``server/tool`` and work out the guard of what remains."""
+    caps = tuple(sorted(capabilities))
+    known: dict[str, Value] = {
+        "tool": tool,
+        "server": server,
+        "token": f"{server}/{tool}" if server else tool,
+        "capabilities": caps,
+    }
+    kept: list[tuple[Rule, Test]] = []
+    needs: list[tuple[str, ...]] | None = []
+    for rule in rules:
+        test = specialise(rule.condition, known)
+        if test is False:
+            continue
+        if test is True:
+            test = _always
+        kept.append((rule, test))  # type: ignore[arg-type]
+        need = _needs(rule.condition, known)
+        if need is None:
+            needs = None  # this rule may match a call whose lists are all empty
+        elif needs is not None and need not in needs:
+            needs.append(need)
+    guard = _guard(needs) if kept and needs is not None else None
+    return ToolPlan(server, capabilities, caps, tuple(kept), guard)
+
+
+def _needs(node: Node, known: Mapping[str, Value]) -> tuple[str, ...] | None:
+    """Call attributes a match needs: all must be non-empty (or, if none is needed on its own,
+    at least one of the lists the condition reads); None when a match needs no list at all."""
+    attrs = sorted({CALL_LISTS[f] for f in fields_of(node) if f in CALL_LISTS})
+    if specialise(node, dict(known, **{f: () for f in CALL_LISTS})) is not False:
+        return None
+    required = tuple(a for a in attrs if specialise(node, dict(known, **_emptied(a))) is False)
+    return required or ("any",) + tuple(attrs)
+
+
+def _emptied(attr: str) -> dict[str, Value]:
+    return {f: () for f, a in CALL_LISTS.items() if a == attr}
+
+
+def _guard(needs: list[tuple[str, ...]]) -> Callable[[object], object]:
+    """``needs`` as one test of a call: some need met, a need being all (or ``any``) of its lists."""
+    tests: list[Callable[[object], object]] = []
+    for need in needs:
+        if need[0] == "any":
+            get_any = attrgetter(*need[1:])
+            tests.append(get_any if len(need) == 2 else (lambda call, g=get_any: any(g(call))))
+        elif len(need) == 1:
+            tests.append(attrgetter(need[0]))
+        elif len(need) == 2:
+            a, b = attrgetter(need[0]), attrgetter(need[1])
+            tests.append(lambda call, a=a, b=b: a(call) and b(call))
+        else:
+            get_all = attrgetter(*need)
+            tests.append(lambda call, g=get_all: all(g(call)))
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        x, y = tests
+        return lambda call: x(call) or y(call)
+    return lambda call: any(t(call) for t in tests)
+
+
+def _always(ctx: object) -> bool:
+    return True
