@@ -17,7 +17,7 @@ from operator import attrgetter
 from typing import Callable, Mapping, Union
 
 from .condition import And, Compare, Const, Node, Not, Or
-from .fields import Value
+from .fields import DIRECT, Value
 from .model import Rule
 
 Test = Callable[[object], bool]
@@ -53,24 +53,9 @@ def specialise(node: Node, known: Mapping[str, Value]) -> Compiled:
     return node.eval  # a node type this compiler does not know: evaluate it as the tree would
 
 
-_DIRECT: dict[str, str] = {
-    "tool": "call.tool", "server": "call.server", "agent_id": "call.agent_id", "agent_name": "call.agent_name",
-    "session_id": "call.session_id", "server_address": "call.server_address", "source": "call.source",
-    "error": "call.error_type", "args": "call.args_json", "result.injection_score": "call.result_injection_score",
-    "args.labels": "call.args_labels", "result.labels": "call.result_labels",
-    "args.fingerprints": "call.args_fingerprints", "result.fingerprints": "call.result_fingerprints",
-    "destinations": "call.destinations", "destinations.new": "new_destinations", "capabilities": "capabilities",
-    "prev.tool": "prev_tool", "prev.server": "prev_server", "prev.result.labels": "prev_result_labels",
-    "prev.result.injection_score": "prev_injection_score", "prev.capabilities": "prev_capabilities",
-    "session.result.labels": "session_result_labels", "session.capabilities": "session_capabilities",
-    "session.servers": "session_servers",
-}
-"""Fields whose ``FIELDS`` getter is a plain attribute read: read them with a C ``attrgetter``."""
-
-
 def _compare(node: Compare) -> Test:
     """One comparison as a closure, with the common list tests done by C set operations."""
-    path = _DIRECT.get(node.field)
+    path = DIRECT.get(node.field)
     get = attrgetter(path) if path is not None else node.spec.get
     op, operand, test = node.op, node.operand, node.test
     if node.spec.type == "list" and isinstance(operand, frozenset) and op in ("in", "intersects"):
@@ -155,13 +140,23 @@ def plan_tool(rules: tuple[Rule, ...], server: str, tool: str, capabilities: fro
         if test is True:
             test = _always
         kept.append((rule, test))  # type: ignore[arg-type]
-        need = _needs(rule.condition, known)
-        if need is None:
-            needs = None  # this rule may match a call whose lists are all empty
-        elif needs is not None and need not in needs:
-            needs.append(need)
+        for need in _alternatives(rule.condition, known):
+            if need is None:
+                needs = None  # this rule may match a call whose lists are all empty
+                break
+            if needs is not None and need not in needs:
+                needs.append(need)
     guard = _guard(needs) if kept and needs is not None else None
     return ToolPlan(server, capabilities, caps, tuple(kept), guard)
+
+
+def _alternatives(node: Node, known: Mapping[str, Value]) -> list[tuple[str, ...] | None]:
+    """The needs of each way the condition can match (each branch of a top-level ``or``)."""
+    if specialise(node, known) is False:
+        return []  # this branch cannot match this tool
+    if isinstance(node, Or):
+        return [need for item in node.items for need in _alternatives(item, known)]
+    return [_needs(node, known)]
 
 
 def _needs(node: Node, known: Mapping[str, Value]) -> tuple[str, ...] | None:

@@ -44,19 +44,40 @@ class ContextLimits:
 _NO_CALL = ToolCall(time_ns=0, agent_id="", tool="")
 
 
-@dataclass(slots=True, eq=False)
 class _Session:
-    last_ns: int = 0
-    calls: int = 0
-    prev: ToolCall = field(default_factory=lambda: _NO_CALL)
-    """The previous call itself (its tool, server, result labels and score are what ``prev.*`` read)."""
-    prev_capabilities: tuple[str, ...] = ()
-    result_labels: list[str] = field(default_factory=list)
-    capabilities: list[str] = field(default_factory=list)
-    servers: list[str] = field(default_factory=list)
-    seen: set[ToolPlan] | None = field(default_factory=set)
-    """Tool plans whose capabilities and server are already in the lists, so a repeat call of the
-    same tool skips the list walk; None once a list dropped an item (a repeat may add it back)."""
+    """What one session has seen; ``first`` builds it from its first call in one step."""
+
+    __slots__ = ("last_ns", "calls", "prev", "prev_capabilities", "result_labels", "capabilities", "servers", "seen")
+
+    def __init__(self, last_ns: int = 0, calls: int = 0, prev: ToolCall = _NO_CALL,
+                 prev_capabilities: tuple[str, ...] = (), result_labels: list[str] | None = None,
+                 capabilities: list[str] | None = None, servers: list[str] | None = None,
+                 seen: set[ToolPlan] | None = None) -> None:
+        self.last_ns = last_ns
+        self.calls = calls
+        self.prev = prev
+        """The previous call itself (its tool, server, result labels and score are what ``prev.*`` read)."""
+        self.prev_capabilities = prev_capabilities
+        self.result_labels = result_labels if result_labels is not None else []
+        self.capabilities = capabilities if capabilities is not None else []
+        self.servers = servers if servers is not None else []
+        self.seen = seen
+        """Tool plans whose capabilities and server are already in the lists, so a repeat call of the
+        same tool skips the list walk; None (walk every time) once a list dropped an item."""
+
+
+def _first(call: ToolCall, plan: ToolPlan, cap: int) -> _Session:
+    """A session after its first call: what ``learn`` gives a fresh session, in one step."""
+    caps = plan.sorted_capabilities  # sorted and distinct
+    if len(caps) > cap or call.result_labels and len(call.result_labels) > cap:
+        s = _Session(seen=set())
+        s.calls, s.last_ns, s.prev, s.prev_capabilities = 1, max(0, call.time_ns), call, caps
+        _extend(s.result_labels, call.result_labels, cap)
+        if not (_extend(s.capabilities, caps, cap) and _extend(s.servers, (call.server,) if call.server else (), cap)):
+            s.seen = None
+        return s
+    labels = list(dict.fromkeys(call.result_labels)) if call.result_labels else []
+    return _Session(max(0, call.time_ns), 1, call, caps, labels, list(caps), [call.server] if call.server else [], {plan})
 
 
 class LazyContext:
@@ -158,14 +179,17 @@ class SessionContext:
                 visit(LazyContext(call, plan.sorted_capabilities, s, self), plan)
             # learn (as ``learn`` does, inlined: this runs for every call)
             if s is None:
-                s = _Session()
-                sessions[key] = s
+                sessions[key] = s = _first(call, plan, cap)
                 move(key)
                 if len(sessions) > max_sessions:
                     while len(sessions) > max_sessions:
                         sessions.popitem(last=False)
-            else:
-                move(key)
+                if oldest is not None and s.last_ns < oldest:
+                    oldest = s.last_ns
+                if call.destinations:
+                    self._learn_destinations(call)
+                continue
+            move(key)
             if t > s.last_ns:
                 s.last_ns = t
             if oldest is not None and s.last_ns < oldest:
@@ -207,7 +231,7 @@ class SessionContext:
         key = _KEY(call.agent_id, call.session_id)
         s = self._sessions.get(key)
         if s is None or call.time_ns - s.last_ns > self.limits.session_ttl_ns:
-            s = _Session()
+            s = _Session(seen=set())
         self._sessions[key] = s
         self._sessions.move_to_end(key)
         s.last_ns = max(s.last_ns, call.time_ns)
@@ -287,7 +311,7 @@ class SessionContext:
             score = float(rest[0]) if rest else 0.0
             prev = ToolCall(time_ns=last, agent_id="", tool=pt, server=ps, result_labels=tuple(prl),
                             result_injection_score=score)
-            self._sessions[k] = _Session(last, calls, prev, tuple(pc), list(rl), list(caps), list(servers))
+            self._sessions[k] = _Session(last, calls, prev, tuple(pc), list(rl), list(caps), list(servers), set())
         self._destinations = OrderedDict(
             (a, OrderedDict.fromkeys(d)) for a, d in state.get("destinations", {}).items()
         )
