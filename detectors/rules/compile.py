@@ -42,7 +42,8 @@ def specialise(node: Node, known: Mapping[str, Value]) -> Compiled:
     if isinstance(node, Compare):
         if node.field in known:
             return bool(node.test(known[node.field]))
-        return _compare(node)
+        test = _compare(node)
+        return False if test is _never else test
     if isinstance(node, Not):
         inner = specialise(node.item, known)
         if isinstance(inner, bool):
@@ -58,6 +59,8 @@ def _compare(node: Compare) -> Test:
     path = DIRECT.get(node.field)
     get = attrgetter(path) if path is not None else node.spec.get
     op, operand, test = node.op, node.operand, node.test
+    if isinstance(operand, frozenset) and not operand and op in ("in", "intersects"):
+        return _never  # nothing is in an empty list (e.g. trusted_destinations until an operator fills it)
     if node.spec.type == "list" and isinstance(operand, frozenset) and op in ("in", "intersects"):
         disjoint = operand.isdisjoint  # any(v in operand for v in values), at C speed
         return lambda ctx: not disjoint(get(ctx))
@@ -194,6 +197,11 @@ def _guard(needs: list[tuple[str, ...]]) -> Callable[[object], object]:
             tests.append(lambda call, g=get_all: all(g(call)))
     if len(tests) == 1:
         return tests[0]
+    shapes = sorted(needs, key=len)
+    if len(shapes) == 2 and len(shapes[0]) == 2 and len(shapes[1]) == 3 and shapes[1][0] == "all":
+        # The common shape (e.g. result labels, or argument labels and destinations) in one frame.
+        r, a, b = attrgetter(shapes[0][1]), attrgetter(shapes[1][1]), attrgetter(shapes[1][2])
+        return lambda call: r(call) or (a(call) and b(call))
     if len(tests) == 2:
         x, y = tests
         return lambda call: x(call) or y(call)
@@ -202,6 +210,10 @@ def _guard(needs: list[tuple[str, ...]]) -> Callable[[object], object]:
 
 def _always(ctx: object) -> bool:
     return True
+
+
+def _never(ctx: object) -> bool:
+    return False
 
 
 def candidates(plan: ToolPlan, calls: list[object]) -> list[bool]:

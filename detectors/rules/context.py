@@ -304,10 +304,8 @@ class SessionContext:
                     self._learn_destinations(call)
                 continue
             move(key)
-            if t > s.last_ns:
+            if t > s.last_ns:  # a live session's last_ns only grows: it cannot fall below ``oldest``
                 s.last_ns = t
-            if oldest is not None and s.last_ns < oldest:
-                oldest = s.last_ns
             s.calls += 1
             s.prev = call
             s.prev_capabilities = plan.sorted_capabilities
