@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from itertools import compress, islice, repeat
 from operator import add, contains, gt, is_, not_, sub, truth
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Callable, Sequence
 

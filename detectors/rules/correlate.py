@@ -65,6 +65,17 @@ class CorrelationWindows:
             if len(self._keys) >= 4 * self.max_groups:
                 self._keys.clear()
             key = self._keys[group] = _group_key(group)
+        if corr.type == "temporal_ordered" and corr.rules[0] not in matched:
+            chain = groups.get(key)
+            if chain is None or not any(chain):
+                # Nothing started: a later step alone advances nothing (the common send_out case).
+                if chain is None:
+                    groups[key] = [None] * len(corr.rules)
+                else:
+                    groups.move_to_end(key)
+                while len(groups) > self.max_groups:
+                    groups.popitem(last=False)
+                return None
         now = ctx.call.time_ns
         span = ctx.call.span_id
         if corr.type == "temporal_ordered":
