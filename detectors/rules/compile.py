@@ -13,7 +13,7 @@ is skipped without building a context.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from operator import and_, attrgetter, or_, truth
+from operator import attrgetter
 from typing import Callable, Mapping, Union
 
 from .condition import And, Compare, Const, Node, Not, Or
@@ -120,9 +120,6 @@ class ToolPlan:
     guard: Callable[[object], object] | None
     """Called with the call when ``rules`` is not empty: a falsy answer means no rule can match.
     None when every call of this tool must be evaluated."""
-    needs: tuple[tuple[str, ...], ...] | None = None
-    """The guard as data (``candidates`` applies it to many calls at once): alternatives, each
-    ``("all" | "any", attribute, ...)``; None when ``guard`` is None."""
 
     def candidate(self, call: object) -> bool:
         return bool(self.rules) and (self.guard is None or bool(self.guard(call)))
@@ -153,8 +150,7 @@ def plan_tool(rules: tuple[Rule, ...], server: str, tool: str, capabilities: fro
             if needs is not None and need not in needs:
                 needs.append(need)
     guard = _guard(needs) if kept and needs is not None else None
-    return ToolPlan(server, capabilities, caps, tuple(kept), guard,
-                    tuple(needs) if kept and needs is not None else None)
+    return ToolPlan(server, capabilities, caps, tuple(kept), guard)
 
 
 def _alternatives(node: Node, known: Mapping[str, Value]) -> list[tuple[str, ...] | None]:
@@ -215,18 +211,3 @@ def _always(ctx: object) -> bool:
 def _never(ctx: object) -> bool:
     return False
 
-
-def candidates(plan: ToolPlan, calls: list[object]) -> list[bool]:
-    """``plan.candidate`` for many calls of one tool, with C-speed ``map``s over the guard's lists."""
-    if not plan.rules:
-        return [False] * len(calls)
-    if plan.needs is None:
-        return [True] * len(calls)
-    out: list[bool] | None = None
-    for mode, *attrs in plan.needs:
-        cols = [list(map(truth, map(attrgetter(a), calls))) for a in attrs]
-        mask = cols[0]
-        for col in cols[1:]:
-            mask = list(map(and_ if mode == "all" else or_, mask, col))
-        out = mask if out is None else list(map(or_, out, mask))
-    return out or [False] * len(calls)

@@ -10,15 +10,13 @@ one call at a time.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from itertools import compress, islice, repeat
-from operator import add, contains, gt, is_, not_, sub, truth
+from collections import OrderedDict
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Callable, Sequence
 
 from ..events import ToolCall, destination_keys
-from .compile import ToolPlan, candidates
+from .compile import ToolPlan
 from .fields import EvalContext
 
 
@@ -142,24 +140,12 @@ class LazyContext:
         return self._new
 
 
-_TIME = attrgetter("time_ns")
-_LAST = attrgetter("last_ns")
-_CALLS = attrgetter("calls")
-_SEEN = attrgetter("seen")
-_SORTED_CAPS = attrgetter("sorted_capabilities")
-_RESULT_LABELS = attrgetter("result_labels")
-_DESTINATIONS = attrgetter("destinations")
 _AGENT = attrgetter("agent_id")
 _SESSION = attrgetter("session_id")
 _KEY = "{}\x1f{}".format
 """``agent_id``, unit separator, ``session_id``: the session key (also in snapshots)."""
 
 Visit = Callable[[LazyContext, ToolPlan], None]
-
-
-def consume(iterator: Any) -> None:
-    """Run a ``map`` for its effects at C speed."""
-    deque(iterator, maxlen=0)
 
 
 class SessionContext:
@@ -179,106 +165,6 @@ class SessionContext:
         """Learn from ``calls`` in order; before learning each call that its tool's plan says
         may match a rule, call ``visit`` with the call's context (the state before the call)."""
         keys = list(map(_KEY, map(_AGENT, calls), map(_SESSION, calls)))
-        if not self._walk_batch(calls, keys, plans, visit):
-            self._walk_calls(calls, keys, plans, visit)
-
-    def _walk_batch(self, calls: Sequence[ToolCall], keys: list[str], plans: Sequence[ToolPlan],
-                    visit: Visit) -> bool:
-        """``walk`` with column-wise (C-speed) updates. Returns False, having changed nothing, when
-        the batch needs the call-by-call walk: a session expires within it, or the LRU would
-        evict a session the batch touches.
-
-        Why it gives the same answers: with no expiry and no touched session evicted, a call's
-        session state is the state at the start of the batch plus the batch's earlier calls of
-        that session, and the LRU order after the batch is the old order with touched sessions
-        moved to the end in order of their last call.
-        """
-        n = len(calls)
-        if not n:
-            return True
-        sessions, ttl, cap = self._sessions, self.limits.session_ttl_ns, self.limits.max_items
-        times = list(map(_TIME, calls))
-        if max(times) - min(times) > ttl:
-            return False
-        olds = list(map(sessions.get, keys))
-        present = list(map(truth, olds))
-        if any(map(gt, map(sub, compress(times, present), map(_LAST, compress(olds, present))), repeat(ttl))):
-            return False
-        new_keys = set(compress(keys, map(not_, present)))
-        evict = len(sessions) + len(new_keys) - self.limits.max_sessions
-        front: list[str] = []
-        if evict > 0:
-            front = list(islice(sessions, evict))
-            if len(front) < evict or not new_keys.isdisjoint(front) or not set(keys).isdisjoint(front):
-                return False
-        # Visit candidates (state before each), learning destinations in call order between them.
-        firsts = dict(zip(reversed(keys), range(n - 1, -1, -1)))  # key -> index of its first call
-        todo = sorted(set(self._candidates(calls, plans)) | set(compress(range(n), map(_DESTINATIONS, calls))))
-        for i in todo:
-            call, plan = calls[i], plans[i]
-            if plan.rules and (plan.guard is None or plan.guard(call)):
-                s = olds[i] if firsts[keys[i]] == i else self._state_before(i, keys, calls, plans, olds[i], firsts)
-                visit(LazyContext(call, plan.sorted_capabilities, s, self), plan)
-            if call.destinations:
-                self._learn_destinations(call)
-        # Learn: new sessions call by call (rare), the others column by column.
-        if new_keys:
-            created: dict[str, _Session] = {}
-            for i in compress(range(n), map(not_, present)):
-                key = keys[i]
-                s = created.get(key)
-                if s is None:
-                    created[key] = _first(calls[i], plans[i], cap)
-                else:
-                    _fold(s, calls[i], plans[i], cap)
-            sessions.update(created)
-            if self._oldest_ns is not None:
-                self._oldest_ns = min(self._oldest_ns, min(map(_LAST, created.values())))
-        if len(new_keys) < n:
-            ss = list(compress(olds, present))
-            cs = list(compress(calls, present))
-            ps = list(compress(plans, present))
-            consume(map(setattr, ss, repeat("last_ns"), map(max, map(_LAST, ss), compress(times, present))))
-            consume(map(setattr, ss, repeat("calls"), map(add, map(_CALLS, ss), repeat(1))))
-            consume(map(setattr, ss, repeat("prev"), cs))
-            consume(map(setattr, ss, repeat("prev_capabilities"), map(_SORTED_CAPS, ps)))
-            for j in compress(range(len(cs)), map(_RESULT_LABELS, cs)):
-                _extend(ss[j].result_labels, cs[j].result_labels, cap)
-            for j in compress(range(len(cs)), map(not_, map(contains, map(_SEEN, ss), ps))):
-                self._learn_tool(ss[j], ps[j].sorted_capabilities, cs[j].server, ps[j])
-        consume(map(sessions.move_to_end, keys))
-        for key in front:
-            del sessions[key]
-        return True
-
-    def _candidates(self, calls: Sequence[ToolCall], plans: Sequence[ToolPlan]) -> list[int]:
-        """Indices of the calls some rule may match, in order (guards applied per tool, C-speed)."""
-        out: list[int] = []
-        for plan in set(plans):
-            if not plan.rules:
-                continue
-            idx = list(compress(range(len(plans)), map(is_, plans, repeat(plan))))
-            out.extend(compress(idx, candidates(plan, [calls[i] for i in idx])))
-        return out
-
-    def _state_before(self, i: int, keys: list[str], calls: Sequence[ToolCall], plans: Sequence[ToolPlan],
-                      start: _Session | None, firsts: dict[str, int]) -> _Session:
-        """The session of call ``i`` after the batch's earlier calls of it (a copy: nothing learnt yet)."""
-        key, cap = keys[i], self.limits.max_items
-        s = None if start is None else _Session(start.last_ns, start.calls, start.prev, start.prev_capabilities,
-                                                list(start.result_labels), list(start.capabilities),
-                                                list(start.servers))
-        for j in range(firsts[key], i):
-            if keys[j] == key:
-                if s is None:
-                    s = _first(calls[j], plans[j], cap)
-                else:
-                    _fold(s, calls[j], plans[j], cap)
-        return s  # type: ignore[return-value]  # call i has an earlier call of its session
-
-    def _walk_calls(self, calls: Sequence[ToolCall], keys: list[str], plans: Sequence[ToolPlan],
-                    visit: Visit) -> None:
-        """``walk`` one call at a time: exact whatever expires or is evicted on the way."""
         sessions = self._sessions
         get, move = sessions.get, sessions.move_to_end
         ttl = self.limits.session_ttl_ns
@@ -429,24 +315,6 @@ class SessionContext:
         # States saved before the count was kept: an agent with known destinations is past warm-up.
         self._destination_calls = {str(a): int(n) for a, n in state.get("destination_calls", {}).items()} or {
             a: self.limits.destination_warmup_calls for a in self._destinations}
-
-
-def _fold(s: _Session, call: ToolCall, plan: ToolPlan, cap: int) -> None:
-    """Learn one more call of a live session (the body of the call-by-call walk)."""
-    if call.time_ns > s.last_ns:
-        s.last_ns = call.time_ns
-    s.calls += 1
-    s.prev = call
-    s.prev_capabilities = plan.sorted_capabilities
-    if call.result_labels:
-        _extend(s.result_labels, call.result_labels, cap)
-    if plan not in s.seen:
-        kept = _extend(s.capabilities, plan.sorted_capabilities, cap)
-        kept = _extend(s.servers, (call.server,) if call.server else (), cap) and kept
-        if not kept:
-            s.seen = ()
-        elif type(s.seen) is set:
-            s.seen.add(plan)
 
 
 def _extend(seen: list[str], new: Any, cap: int) -> bool:
