@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from operator import attrgetter
+from typing import Any, Callable
 
-from .fields import FIELDS, EvalContext
+from .fields import DIRECT, FIELDS, EvalContext
 from .model import Correlation
 
 
@@ -37,6 +38,9 @@ class CorrelationWindows:
         self.max_events = max_events
         # name -> signature, groups: group key json -> state (JSON-safe lists)
         self._state: dict[str, dict[str, Any]] = {}
+        self._group_getters: dict[tuple[str, ...], Callable[[Any], tuple[str, ...]]] = {}
+        self._keys: dict[tuple[str, ...], str] = {}
+        """Group -> its JSON key: a cache (cleared when large), groups repeat from call to call."""
 
     def keep_only(self, correlations: tuple[Correlation, ...]) -> None:
         """After a reload: keep windows of unchanged correlations, drop the rest."""
@@ -45,14 +49,33 @@ class CorrelationWindows:
 
     def observe(self, corr: Correlation, matched: set[str], ctx: EvalContext) -> Fired | None:
         """Feed one call that matched the rules in ``matched``; returns a finding when complete."""
-        if not matched.intersection(corr.rules):
+        if matched.isdisjoint(corr.rules):
             return None
-        entry = self._state.setdefault(
-            corr.name, {"signature": list(map(_jsonable, corr.signature())), "groups": OrderedDict()}
-        )
+        entry = self._state.get(corr.name)
+        if entry is None:
+            entry = self._state[corr.name] = {"signature": list(map(_jsonable, corr.signature())),
+                                              "groups": OrderedDict()}
         groups: OrderedDict[str, Any] = entry["groups"]
-        group = tuple(str(FIELDS[g].get(ctx)) for g in corr.group_by)
-        key = json.dumps(group)
+        get = self._group_getters.get(corr.group_by)
+        if get is None:
+            get = self._group_getters[corr.group_by] = _group_getter(corr.group_by)
+        group = get(ctx)
+        key = self._keys.get(group)
+        if key is None:
+            if len(self._keys) >= 4 * self.max_groups:
+                self._keys.clear()
+            key = self._keys[group] = _group_key(group)
+        if corr.type == "temporal_ordered" and corr.rules[0] not in matched:
+            chain = groups.get(key)
+            if chain is None or not any(chain):
+                # Nothing started: a later step alone advances nothing (the common send_out case).
+                if chain is None:
+                    groups[key] = [None] * len(corr.rules)
+                else:
+                    groups.move_to_end(key)
+                while len(groups) > self.max_groups:
+                    groups.popitem(last=False)
+                return None
         now = ctx.call.time_ns
         span = ctx.call.span_id
         if corr.type == "temporal_ordered":
@@ -120,6 +143,25 @@ class CorrelationWindows:
             n: {"signature": s["signature"], "groups": OrderedDict((k, v) for k, v in s["groups"])}
             for n, s in state.items()
         }
+
+
+def _group_getter(fields: tuple[str, ...]) -> Callable[[Any], tuple[str, ...]]:
+    """The group of a context as text values; plain call attributes are read by one ``attrgetter``."""
+    paths = [DIRECT.get(f) for f in fields]
+    if fields and all(paths):
+        get = attrgetter(*paths)  # type: ignore[arg-type]
+        if len(fields) == 1:
+            return lambda ctx: (str(get(ctx)),)
+        return lambda ctx: tuple(map(str, get(ctx)))
+    getters = [FIELDS[f].get for f in fields]
+    return lambda ctx: tuple([str(g(ctx)) for g in getters])
+
+
+def _group_key(group: tuple[str, ...]) -> str:
+    """``json.dumps(group)`` (the key in state and snapshots), without the encoder for plain text."""
+    if group and all(v.isascii() and v.isprintable() and '"' not in v and "\\" not in v for v in group):
+        return '["' + '", "'.join(group) + '"]'
+    return json.dumps(group)
 
 
 def _jsonable(value: Any) -> Any:

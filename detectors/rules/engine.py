@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from ..base import Detector
 from ..capabilities import CapabilityMap
 from ..events import Batch, Finding, ToolCall
-from .context import ContextLimits, SessionContext
+from .compile import ToolPlan, plan_tool
+from .context import ContextLimits, LazyContext, SessionContext
 from .correlate import CorrelationWindows, Fired
 from .fields import EvalContext
 from .errors import RuleError
@@ -56,11 +58,20 @@ class RuleEngineConfig:
         return cfg
 
 
+_TIME = attrgetter("time_ns")
+_SERVER = attrgetter("server")
+_TOOL = attrgetter("tool")
+MAX_PLANS = 10_000
+"""Bound on cached per-tool plans (tool names come from agents, so they are not a fixed set)."""
+
+
 class RuleEngine(Detector):
     """Evaluates every enabled rule on every call, then feeds matches to the correlations.
 
-    ``set_ruleset`` swaps rules at run time (hot reload); session context survives the swap, and
-    correlation windows survive for correlations whose definition did not change.
+    Rules are compiled per ``server/tool`` (``compile.plan_tool``): a call whose tool no rule can
+    match, or that lacks every list its tool's rules need, is only learnt from. ``set_ruleset``
+    swaps rules at run time (hot reload); session context survives the swap, and correlation
+    windows survive for correlations whose definition did not change.
     """
 
     name = "rules"
@@ -83,13 +94,18 @@ class RuleEngine(Detector):
             )
         )
         self._windows = CorrelationWindows(self.config.max_groups, self.config.max_events)
+        self._plans: dict[tuple[str, str], ToolPlan] = {}
+        self._found: list[Finding] = []
         self.ruleset = ruleset
         self.set_ruleset(ruleset)
 
     def set_ruleset(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
-        self._rules = [r for r in ruleset.rules if r.enabled]
+        self._rules = tuple(r for r in ruleset.rules if r.enabled)
         self._correlations = [c for c in ruleset.correlations if c.enabled]
+        self._feeds = {r.name: tuple(c for c in self._correlations if r.name in c.rules) for r in self._rules}
+        """Rule name -> the correlations it feeds, in correlation order."""
+        self._plans = {}
         self._windows.keep_only(tuple(self._correlations))
 
     def reload(self, files: list[tuple[str, str]]) -> RuleError | None:
@@ -107,38 +123,56 @@ class RuleEngine(Detector):
 
     def observe(self, batch: Batch) -> list[Finding]:
         self.capabilities.learn(batch.listings)
-        findings: list[Finding] = []
-        for call in sorted(batch.calls, key=lambda c: c.time_ns):
-            findings.extend(self.observe_call(call))
+        findings = self._run(sorted(batch.calls, key=_TIME))
         if batch.watermark_ns:
             self._context.expire(batch.watermark_ns)
         return findings
 
     def observe_call(self, call: ToolCall) -> list[Finding]:
         """Evaluate one call (in event-time order) and learn from it."""
-        caps = self.capabilities.of(call.server, call.tool)
-        ctx = self._context.context(call, caps)
-        findings: list[Finding] = []
-        matched: set[str] = set()
-        for rule in self._rules:
-            if rule.matches(ctx):
-                matched.add(rule.name)
+        return self._run([call])
+
+    def _run(self, calls: list[ToolCall]) -> list[Finding]:
+        tools = list(zip(map(_SERVER, calls), map(_TOOL, calls)))
+        plans = self._plans
+        distinct = set(tools)
+        if len(plans) + len(distinct) > MAX_PLANS:
+            plans.clear()
+        of = self.capabilities.of
+        for server, tool in distinct:
+            caps = of(server, tool)  # once per tool and batch: listings may have changed them
+            plan = plans.get((server, tool))
+            if plan is None or plan.capabilities != caps:
+                plans[(server, tool)] = plan_tool(self._rules, server, tool, caps)
+        self._found = found = []
+        self._context.walk(calls, list(map(plans.__getitem__, tools)), self._visit)
+        return found
+
+    def _visit(self, ctx: LazyContext, plan: ToolPlan) -> None:
+        """One call that may match: its rule findings, then what it feeds the correlations."""
+        matched: list[str] = []
+        for rule, test in plan.rules:
+            if test(ctx):
+                matched.append(rule.name)
                 if rule.generate:
-                    findings.append(self._rule_finding(rule, ctx))
-        if matched:
-            for corr in self._correlations:
-                fired = self._windows.observe(corr, matched, ctx)
+                    self._found.append(self._rule_finding(rule, ctx))
+        if not matched:
+            return
+        names = set(matched)
+        corrs = self._feeds[matched[0]] if len(matched) == 1 else \
+            [c for c in self._correlations if not names.isdisjoint(c.rules)]
+        if corrs:
+            for corr in corrs:
+                fired = self._windows.observe(corr, names, ctx)
                 if fired is not None:
-                    findings.append(self._correlation_finding(fired, ctx))
-        self._context.learn(call, caps)
-        return findings
+                    self._found.append(self._correlation_finding(fired, ctx))
 
     def matching_rules(self, call: ToolCall) -> list[str]:
         """Names of the single-call rules a call matches, without learning from it."""
         ctx = self._context.context(call, self.capabilities.of(call.server, call.tool))
         return [r.name for r in self._rules if r.matches(ctx)]
 
-    def _rule_finding(self, rule: Rule, ctx: EvalContext) -> Finding:
+    def _rule_finding(self, rule: Rule, ctx: EvalContext | LazyContext) -> Finding:
         call = ctx.call
         return Finding(
             detector=self.name,
@@ -155,7 +189,7 @@ class RuleEngine(Detector):
             dedup_key=f"rules:{rule.name}:{call.agent_id}:{call.session_id}",
         )
 
-    def _correlation_finding(self, fired: Fired, ctx: EvalContext) -> Finding:
+    def _correlation_finding(self, fired: Fired, ctx: EvalContext | LazyContext) -> Finding:
         corr, call = fired.correlation, ctx.call
         extras = {
             "rule": corr.name,

@@ -94,6 +94,22 @@ FIELDS: dict[str, Field] = {
 """Every field a condition, an output template or a ``group-by`` may name."""
 
 
+DIRECT: dict[str, str] = {
+    "tool": "call.tool", "server": "call.server", "agent_id": "call.agent_id", "agent_name": "call.agent_name",
+    "session_id": "call.session_id", "server_address": "call.server_address", "source": "call.source",
+    "error": "call.error_type", "args": "call.args_json", "result.injection_score": "call.result_injection_score",
+    "args.labels": "call.args_labels", "result.labels": "call.result_labels",
+    "args.fingerprints": "call.args_fingerprints", "result.fingerprints": "call.result_fingerprints",
+    "destinations": "call.destinations", "destinations.new": "new_destinations", "capabilities": "capabilities",
+    "prev.tool": "prev_tool", "prev.server": "prev_server", "prev.result.labels": "prev_result_labels",
+    "prev.result.injection_score": "prev_injection_score", "prev.capabilities": "prev_capabilities",
+    "session.result.labels": "session_result_labels", "session.capabilities": "session_capabilities",
+    "session.servers": "session_servers",
+}
+"""Fields whose ``FIELDS`` getter reads one attribute of the context (dotted path): compiled
+conditions and correlation groups read these with a C ``attrgetter`` instead of the lambda."""
+
+
 def render_value(value: Value) -> str:
     """How a field shows in an output template: lists comma-joined, whole numbers without ``.0``."""
     if isinstance(value, tuple):
