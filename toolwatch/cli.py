@@ -186,7 +186,7 @@ def _subcommands() -> list[Callable[[argparse._SubParsersAction], None]]:
 
     from toolwatch.instrumentation.proxy.cli import add_proxy_parser
 
-    from toolwatch.demo.run import add_demo_parser
+    from toolwatch.demo.cli import add_demo_parser
 
     adders: list[Callable[[argparse._SubParsersAction], None]] = [
         add_demo_parser,

@@ -1,15 +1,7 @@
-"""``toolwatch demo``: the daemon, three real MCP servers and three simulated agents, live.
-
-Everything runs in this process on loopback: the daemon (OTLP receivers, detectors, SQLite store,
-/metrics, API), a signature-checking webhook inbox, the notes/mail/web MCP servers over streamable
-HTTP, and agents whose instrumented MCP sessions export spans over OTLP/HTTP. After a learning
-period the demo stages an exfiltration, a volume spike, a rug-pull and a prompt injection, and
-prints each alert as the daemon raises it.
-"""
+"""What ``toolwatch demo`` runs (its command line is in ``cli.py``, which imports this lazily)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -251,33 +243,3 @@ def _print_summary(screen: Screen, s: dict[str, Any], api: str, data_dir: Path, 
     screen.line(f"   store          {data_dir / 'toolwatch.db'} (SQLite: alerts, outbox, baselines)")
     screen.line(f"   browse it      toolwatch run --data-dir {data_dir}   then  {api}/api/v1/alerts , {api}/metrics")
     screen.line("   or re-run with --keep-running to keep this daemon up")
-
-
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "demo",
-        help="run the daemon with real MCP servers and simulated agents, and stage attacks",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--data-dir", default="./toolwatch-demo-data", help="where the demo's store goes (default ./toolwatch-demo-data)")
-    p.add_argument("--rounds", type=int, default=10, help="learning rounds before the attacks (default 10, at least 3)")
-    p.add_argument("--spike-calls", type=int, default=300, help="calls in the volume spike (default 300)")
-    p.add_argument("--keep-running", action="store_true", help="keep the daemon up after the summary")
-    p.set_defaults(func=cmd_demo)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    if args.rounds < 3:
-        print("toolwatch demo: --rounds must be at least 3 (the detectors need something to learn)", file=sys.stderr)
-        return 2
-    if args.spike_calls < 50:
-        print("toolwatch demo: --spike-calls must be at least 50 to make a spike", file=sys.stderr)
-        return 2
-    try:
-        asyncio.run(
-            run_demo(Path(args.data_dir), rounds=args.rounds, spike_calls=args.spike_calls, keep_running=args.keep_running)
-        )
-    except KeyboardInterrupt:
-        return 130
-    return 0
