@@ -28,7 +28,7 @@ import numpy as np
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .sequence import LengthStats, MarkovConfig, MarkovModel, containment, fleet_prior
-from .sessions import SessionTracker
+from .sessions import START, Session, SessionTracker
 
 __all__ = ["SequenceConfig", "SequenceDetector"]
 
@@ -149,7 +149,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         bookkeeping inlined: this runs once per span."""
         cfg = self.config
         calls = batch.calls
-        margins = np.full(len(calls), np.nan)
+        margins: list[float] = []
         findings: list[Finding] = []
         states = self._state
         min_calls, min_sessions = cfg.min_calls, cfg.min_sessions
@@ -160,9 +160,9 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         alpha, beta = cfg.markov.alpha, cfg.markov.beta
         thr_plain, thr_instr = cfg.threshold_bits, cfg.after_instructions_bits
         length_k, length_floor = cfg.length_k, cfg.length_floor
-        log2, nan = math.log2, math.nan
+        log2, log1p, exp, nan = math.log2, math.log1p, math.exp, math.nan
         closed: list[tuple[str, Any]] = []
-        for i, c in enumerate(calls):
+        for c in calls:
             agent_id = c.agent_id
             st = states.get(agent_id)
             if st is None:
@@ -185,15 +185,36 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     got = priors[agent_id] = self._fleet(st.model.vocab | batch_vocab[agent_id],
                                                          [p for p in mature if p is not st])
                 prior, peer_limit = got
-            # Session context (SessionTracker.touch); closed sessions teach the usual length.
-            s = st.sessions.touch(c.session_id, c.time_ns, closed)
+            # Session context: SessionTracker.touch and LengthStats.add inlined (same operations).
+            tracker = st.sessions
+            opened = tracker.open
+            t = c.time_ns
+            sid = c.session_id
+            if opened and t - tracker.floor_ns > tracker.idle_ns:
+                closed.extend(tracker.expire(t))
+            s = opened.get(sid)
+            if s is None:
+                s = opened[sid] = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
+                if t < tracker.floor_ns:
+                    tracker.floor_ns = t
+                while len(opened) > tracker.max_open:
+                    closed.append(opened.popitem(False))
+            else:
+                opened.move_to_end(sid)
             if closed:
                 if not frozen:
+                    ls = st.lengths
+                    decay = ls.decay
                     for _sid, old in closed:
-                        st.lengths.add(old.n)
+                        x = log1p(old.n)
+                        ls.n = ls.n * decay + 1.0
+                        d = x - ls.mean
+                        ls.mean += d / ls.n
+                        ls.m2 = ls.m2 * decay + d * (x - ls.mean)
                     st.limit_stale = True
                 closed.clear()
-            if s.n == 0:
+            n_in = s.n
+            if n_in == 0:
                 st.n_sessions += 1
             server = c.server
             token = server + "/" + c.tool if server else c.tool
@@ -214,9 +235,26 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             flagged = scored and bits >= thr
             if flagged:
                 findings.append(self._transition_finding(st, c, prev, bits, thr, after_instr, status, prior))
-            st.sessions.advance(s, token, server, c.time_ns, bool(c.error_type), c.result_labels,
-                                c.result_fingerprints, c.result_injection_score)
-            if scored and not s.flagged_length:
+            # SessionTracker.advance inlined.
+            if n_in:
+                d_ns = t - s.last_ns
+                s.rate = s.rate * exp(-(d_ns if d_ns > 0 else 0) / 1e9 / tracker.rate_window_s) + 1.0
+            else:
+                s.rate = s.rate * 0.0 + 1.0
+            s.prev = token
+            s.n = n_in + 1
+            if t > s.last_ns:
+                s.last_ns = t
+            if c.error_type:
+                s.errors += 1
+            labels = c.result_labels
+            s.prev_instructions = c.result_injection_score >= 0.5 or (bool(labels) and "instructions" in labels)
+            servers = s.servers
+            if server not in servers and len(servers) < tracker.max_servers:
+                servers.append(server)
+            if c.result_fingerprints:
+                tracker.remember_fps(s, c.result_fingerprints, server)
+            if scored and not s.flagged_length and s.n > length_floor:  # every limit is >= the floor
                 limit = st.length_limit(length_k, length_floor)
                 if limit is None and prior is not None:
                     limit = peer_limit
@@ -228,8 +266,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                 model.learn(prev, token)
                 n = st.n_calls
                 st.mean_bits += (bits - st.mean_bits) / (n if n < 500 else 500)
-            margins[i] = (bits - thr) if scored else nan
-        return findings, margins
+            margins.append((bits - thr) if scored else nan)
+        return findings, np.array(margins, dtype=np.float64)
 
     def _fleet(self, vocab: set[str], peers: list[_Agent]) -> tuple[MarkovModel | None, float | None]:
         """Fleet prior for a learning agent: the sequence models of mature agents that use its

@@ -68,6 +68,9 @@ class SessionTracker:
         self.max_fingerprints = max_fingerprints
         self.max_servers = max_servers
         self.open: OrderedDict[str, Session] = OrderedDict()
+        self.floor_ns = 0
+        """At most the smallest ``last_ns`` of the open sessions: while ``now - floor_ns <= idle``
+        no session can be idle, so the per-call check is one comparison."""
 
     def get(self, session_id: str, time_ns: int) -> tuple[Session, list[tuple[str, Session]]]:
         """The session for a call at ``time_ns`` (created if new), and the sessions this closed."""
@@ -78,13 +81,13 @@ class SessionTracker:
         """``get`` for hot loops: appends the sessions this closes to ``closed`` (no list per call)
         and checks idleness on the least recently active session only, as ``expire`` does."""
         opened = self.open
-        if opened:
-            head = next(iter(opened.values()))
-            if time_ns - head.last_ns > self.idle_ns:
-                closed.extend(self.expire(time_ns))
+        if opened and time_ns - self.floor_ns > self.idle_ns:
+            closed.extend(self.expire(time_ns))
         s = opened.get(session_id)
         if s is None:
-            s = opened[session_id] = Session(first_ns=time_ns, last_ns=time_ns)
+            s = opened[session_id] = Session(START, 0, time_ns, time_ns, 0, 0.0, False, False, [], {})
+            if time_ns < self.floor_ns:
+                self.floor_ns = time_ns
             while len(opened) > self.max_open:
                 closed.append(opened.popitem(last=False))
         else:
@@ -110,11 +113,15 @@ class SessionTracker:
         if server not in servers and len(servers) < self.max_servers:
             servers.append(server)
         if result_fps:
-            fps = s.result_fps
-            for fp in result_fps:
-                if len(fps) >= self.max_fingerprints:
-                    fps.pop(next(iter(fps)))
-                fps[fp] = server
+            self.remember_fps(s, result_fps, server)
+
+    def remember_fps(self, s: Session, result_fps: tuple[str, ...], server: str) -> None:
+        """Note which server returned each result fingerprint (oldest forgotten past the bound)."""
+        fps = s.result_fps
+        for fp in result_fps:
+            if len(fps) >= self.max_fingerprints:
+                fps.pop(next(iter(fps)))
+            fps[fp] = server
 
     def expire(self, now_ns: int) -> list[tuple[str, Session]]:
         """Close sessions idle for longer than ``idle_s``; return them (id, session)."""
@@ -125,10 +132,15 @@ class SessionTracker:
                 break
             del self.open[sid]
             closed.append((sid, s))
+        self._refloor()
         return closed
+
+    def _refloor(self) -> None:
+        self.floor_ns = min((s.last_ns for s in self.open.values()), default=0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"open": [[k, s.to_dict()] for k, s in self.open.items()]}
 
     def load(self, d: dict[str, Any]) -> None:
         self.open = OrderedDict((str(k), Session.from_dict(v)) for k, v in d.get("open", []))
+        self._refloor()
