@@ -35,7 +35,7 @@ import numpy as np
 
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
-from .features import FEATURE_NAMES, N_FEATURES, AgentContext, extract
+from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
 from .iforest import ForestModel, ForestParams
 from .sequence import MarkovConfig, MarkovModel, select_prior
 from .sessions import SessionTracker
@@ -142,12 +142,26 @@ class _Agent:
         """Open sessions with a finding: none of their rows will join the baseline."""
 
     def add_rows(self, rows: np.ndarray) -> None:
+        """Append rows to the ring buffer (only the last ``max_rows`` of them fit)."""
         cap = len(self.buf)
-        for r in rows[-cap:]:
-            self.buf[self.head] = r
-            self.head = (self.head + 1) % cap
+        keep = rows[-cap:]
+        k = len(keep)
+        head = self.head
+        first = min(k, cap - head)
+        self.buf[head : head + first] = keep[:first]
+        if k > first:
+            self.buf[: k - first] = keep[first:]
+        self.head = (head + k) % cap
         self.n_buf = min(cap, self.n_buf + len(rows))
         self.since_fit += len(rows)
+
+    def add_chunks(self, chunks: list[list[np.ndarray]]) -> None:
+        """``add_rows`` of each chunk in turn, as one write when they fit in the buffer together."""
+        if sum(map(len, chunks)) <= len(self.buf):
+            self.add_rows(np.asarray([r for ch in chunks for r in ch]))
+        else:
+            for ch in chunks:
+                self.add_rows(np.asarray(ch))
 
     def window(self) -> np.ndarray:
         """Baseline rows, oldest first (a copy: safe to use from another thread)."""
@@ -327,68 +341,91 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def observe_scored(self, batch: Batch) -> tuple[list[Finding], np.ndarray]:
         """Findings, and per call (aligned with ``batch.calls``) score minus threshold (> 0 alerts;
-        NaN when no model covers the agent yet): for ROC/PR curves."""
+        NaN when no model covers the agent yet): for ROC/PR curves.
+
+        Agents are handled in order of first appearance, each agent's calls in batch order; one
+        feature matrix is built for the whole batch (rows grouped by agent) and scored with one
+        forest pass per model."""
         cfg = self.config
-        margins = np.full(len(batch.calls), np.nan)
+        calls = batch.calls
+        margins = np.full(len(calls), np.nan)
         by_agent: dict[str, list[int]] = {}
-        for i, c in enumerate(batch.calls):
+        for i, c in enumerate(calls):
             by_agent.setdefault(c.agent_id, []).append(i)
-        mature = {a: self._state[a].markov for a in list(self._models) if a in self._state}
-        work: list[tuple[str, _Agent, list[int], np.ndarray, list[str], str | None, bool, list[str]]] = []
+        models = self._models
+        mature = {a: self._state[a].markov for a in list(models) if a in self._state}
+        rows: list[tuple[float, ...]] = []
+        prevs: list[str] = []
+        tokens: list[str] = []
+        closed: list[tuple[str, Any]] = []
+        work: list[tuple[str, _Agent, list[int], int, str | None, bool, list[str]]] = []
         for agent_id, idx in by_agent.items():
             st = self.state_for(agent_id)
-            calls = [batch.calls[i] for i in idx]
+            agent_calls = [calls[i] for i in idx]
             prior = None
-            if agent_id not in self._models:
-                vocab = st.markov.vocab | {c.token for c in calls}
+            if agent_id not in models and (len(mature) > 1 or (mature and agent_id not in mature)):
+                vocab = st.markov.vocab | {c.token for c in agent_calls}
                 prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
                                      cfg.prior_min_containment, cfg.markov)
-            model, pr = st.markov, prior
-            closed: list[tuple[str, Any]] = []
-            X, prevs = extract(st.ctx, calls, lambda p, t: model.surprisal(p, t, pr), closed)
+            off = len(rows)
+            append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior)
             warm = st.markov.mass >= cfg.warm_calls or prior is not None
-            work.append((agent_id, st, idx, X, prevs, self._model_key(agent_id, st), warm,
-                         [sid for sid, _s in closed]))
+            work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed]))
+            closed.clear()
+        X_all = finish(rows)
         # One forest pass per model over all rows that model scores in this batch.
         scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         by_model: dict[str, list[int]] = {}
         for w_i, w in enumerate(work):
-            if w[5] is not None:
-                by_model.setdefault(w[5], []).append(w_i)
+            if w[4] is not None:
+                by_model.setdefault(w[4], []).append(w_i)
         for key, w_ids in by_model.items():
-            allX = np.concatenate([work[w][3] for w in w_ids])
-            s, r, m = self._models[key].margins(allX)
+            parts = [X_all[work[w][3] : work[w][3] + len(work[w][2])] for w in w_ids]
+            s, r, m = models[key].margins(parts[0] if len(parts) == 1 else np.concatenate(parts))
             off = 0
             for w in w_ids:
-                n = len(work[w][3])
+                n = len(work[w][2])
                 scores[w] = (s[off : off + n], r[off : off + n], m[off : off + n])
                 off += n
         findings: list[Finding] = []
-        for w_i, (agent_id, st, idx, X, prevs, key, warm, closed_ids) in enumerate(work):
-            calls = [batch.calls[i] for i in idx]
-            flagged = np.zeros(len(idx), dtype=bool)
+        max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
+        for w_i, (agent_id, st, idx, off, key, warm, closed_ids) in enumerate(work):
+            n = len(idx)
+            X = X_all[off : off + n]
+            flagged: list[bool] | None = None
             if key is not None:
-                model = self._models[key]
+                model = models[key]
                 s, r, m = scores[w_i]
                 margins[idx] = m
-                flagged = m > 0
-                status = self._status(agent_id, st)
-                for j in np.flatnonzero(flagged):
-                    findings.append(self._finding(calls[j], X[j], float(s[j]), float(r[j]), model, key, status))
+                hits = np.flatnonzero(m > 0)
+                if len(hits):
+                    flagged = (m > 0).tolist()
+                    status = self._status(agent_id, st)
+                    for j in hits:
+                        findings.append(self._finding(calls[idx[j]], X[j], float(s[j]), float(r[j]), model, key,
+                                                      status))
             if st.frozen:
                 self._commit(st, closed_ids)
                 continue
-            for j, c in enumerate(calls):
-                if flagged[j]:
-                    st.tainted.add(c.session_id)
-                    st.pending.pop(c.session_id, None)
+            learn = st.markov.learn
+            remember = st.ctx.remember
+            pending, tainted = st.pending, st.tainted
+            own: np.ndarray | None = None
+            for j in range(n):
+                c = calls[idx[j]]
+                if flagged is not None and flagged[j]:
+                    tainted.add(c.session_id)
+                    pending.pop(c.session_id, None)
                     continue
-                st.markov.learn(prevs[j], c.token)
-                st.ctx.remember(c.destinations)
-                if warm and c.session_id not in st.tainted and X[j, 0] <= cfg.train_max_surprisal:
-                    rows = st.pending.setdefault(c.session_id, [])
-                    if len(rows) < cfg.max_pending_rows:
-                        rows.append(X[j])
+                learn(prevs[off + j], tokens[off + j])
+                if c.destinations:
+                    remember(c.destinations)
+                if warm and rows[off + j][0] <= max_surprisal and c.session_id not in tainted:
+                    sess_rows = pending.setdefault(c.session_id, [])
+                    if len(sess_rows) < max_pending:
+                        if own is None:
+                            own = X.copy()  # pending rows must not pin the whole batch's matrix
+                        sess_rows.append(own[j])
             self._commit(st, closed_ids)
         if cfg.auto_retrain:
             keys = self.needs_retrain()
@@ -398,13 +435,18 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def _commit(self, st: _Agent, closed: list[str]) -> None:
         """Closed sessions: clean ones join the baseline window, tainted ones are forgotten."""
+        if not closed:
+            return
+        chunks: list[list[np.ndarray]] = []
         for sid in closed:
             rows = st.pending.pop(sid, None)
             if sid in st.tainted:
                 st.tainted.discard(sid)
             elif rows and not st.frozen:
-                st.add_rows(np.asarray(rows))
-                self._group_since += len(rows)
+                chunks.append(rows)
+        if chunks:
+            st.add_chunks(chunks)
+            self._group_since += sum(map(len, chunks))
 
     def _finding(self, c: ToolCall, x: np.ndarray, score: float, excess: float, model: ForestModel,
                  key: str, status: str) -> Finding:
