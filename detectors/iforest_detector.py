@@ -136,7 +136,7 @@ class _Agent:
         self.head = 0
         self.since_fit = 0
         self.frozen = False
-        self.pending: dict[str, list[np.ndarray]] = {}
+        self.pending: dict[str, list[list[float]]] = {}
         """Rows of open sessions, committed to the window when the session closes clean."""
         self.tainted: set[str] = set()
         """Open sessions with a finding: none of their rows will join the baseline."""
@@ -155,7 +155,7 @@ class _Agent:
         self.n_buf = min(cap, self.n_buf + len(rows))
         self.since_fit += len(rows)
 
-    def add_chunks(self, chunks: list[list[np.ndarray]]) -> None:
+    def add_chunks(self, chunks: list[list[list[float]]]) -> None:
         """``add_rows`` of each chunk in turn, as one write when they fit in the buffer together."""
         if sum(map(len, chunks)) <= len(self.buf):
             self.add_rows(np.asarray([r for ch in chunks for r in ch]))
@@ -191,7 +191,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def state_to_dict(self, st: _Agent) -> dict[str, Any]:
         return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": st.window().tolist(),
                 "since_fit": st.since_fit, "frozen": st.frozen,
-                "pending": {sid: [r.tolist() for r in rows] for sid, rows in st.pending.items()},
+                "pending": {sid: [list(r) for r in rows] for sid, rows in st.pending.items()},
                 "tainted": sorted(st.tainted)}
 
     def state_from_dict(self, d: dict[str, Any]) -> _Agent:
@@ -202,7 +202,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         st.add_rows(rows)
         st.since_fit = int(d["since_fit"])
         st.frozen = bool(d["frozen"])
-        st.pending = {str(k): [np.asarray(r, dtype=np.float64) for r in v] for k, v in d.get("pending", {}).items()}
+        st.pending = {str(k): [[float(x) for x in r] for r in v] for k, v in d.get("pending", {}).items()}
         st.tainted = set(d.get("tainted", []))
         return st
 
@@ -325,6 +325,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def _model_key(self, agent_id: str, st: _Agent) -> str | None:
         if agent_id in self._models:
             return agent_id
+        if not self._groups:
+            return None
         best, best_cover = None, 0.0
         mine = self._servers(st)
         for key, servers in list(self._groups.items()):
@@ -407,24 +409,26 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             if st.frozen:
                 self._commit(st, closed_ids)
                 continue
-            learn = st.markov.learn
+            agent_calls = [calls[i] for i in idx]
+            if flagged is None:
+                st.markov.learn_many(zip(prevs[off : off + n], tokens[off : off + n]))
+            else:
+                st.markov.learn_many((prevs[off + j], tokens[off + j]) for j in range(n) if not flagged[j])
             remember = st.ctx.remember
             pending, tainted = st.pending, st.tainted
-            own: np.ndarray | None = None
-            for j in range(n):
-                c = calls[idx[j]]
+            own: list[list[float]] | None = None
+            for j, c in enumerate(agent_calls):
                 if flagged is not None and flagged[j]:
                     tainted.add(c.session_id)
                     pending.pop(c.session_id, None)
                     continue
-                learn(prevs[off + j], tokens[off + j])
                 if c.destinations:
                     remember(c.destinations)
                 if warm and rows[off + j][0] <= max_surprisal and c.session_id not in tainted:
                     sess_rows = pending.setdefault(c.session_id, [])
                     if len(sess_rows) < max_pending:
                         if own is None:
-                            own = X.copy()  # pending rows must not pin the whole batch's matrix
+                            own = X.tolist()
                         sess_rows.append(own[j])
             self._commit(st, closed_ids)
         if cfg.auto_retrain:
@@ -437,7 +441,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """Closed sessions: clean ones join the baseline window, tainted ones are forgotten."""
         if not closed:
             return
-        chunks: list[list[np.ndarray]] = []
+        chunks: list[list[list[float]]] = []
         for sid in closed:
             rows = st.pending.pop(sid, None)
             if sid in st.tainted:
