@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -132,8 +132,15 @@ class _Agent:
                                 max_destinations=cfg.max_destinations)
         self.markov = MarkovModel(cfg.markov)
         self.buf = np.zeros((cfg.max_rows, N_FEATURES))
-        self.n_buf = 0
+        """Ring buffer of the window's older rows; ``head`` is where the next row goes."""
         self.head = 0
+        self.n_flushed = 0
+        """Rows held in ``buf`` (at most ``max_rows``)."""
+        self.staged: list[Sequence[float]] = []
+        """Newer rows not yet written to ``buf``: commits are a few rows per session, so they are
+        written to the ring buffer in bulk (one NumPy conversion per ``max_rows`` rows)."""
+        self.n_buf = 0
+        """Rows in the window (``buf`` and ``staged`` together, at most ``max_rows``)."""
         self.since_fit = 0
         self.frozen = False
         self.pending: dict[str, list[list[float]]] = {}
@@ -141,10 +148,25 @@ class _Agent:
         self.tainted: set[str] = set()
         """Open sessions with a finding: none of their rows will join the baseline."""
 
-    def add_rows(self, rows: np.ndarray) -> None:
-        """Append rows to the ring buffer (only the last ``max_rows`` of them fit)."""
+    def add_rows(self, rows: Sequence[Sequence[float]]) -> None:
+        """Append rows to the baseline window (only the last ``max_rows`` are kept)."""
         cap = len(self.buf)
-        keep = rows[-cap:]
+        n = len(rows)
+        if n >= cap:  # the whole window is these rows
+            self.staged = list(rows[-cap:])
+            self.head = self.n_flushed = 0
+        else:
+            self.staged.extend(rows)
+        if len(self.staged) >= cap:
+            self._flush()
+        self.n_buf = min(cap, self.n_buf + n)
+        self.since_fit += n
+
+    def _flush(self) -> None:
+        """Write the staged rows into the ring buffer (observe's thread only)."""
+        staged, self.staged = self.staged, []
+        cap = len(self.buf)
+        keep = np.asarray(staged, dtype=np.float64).reshape(-1, N_FEATURES)[-cap:]
         k = len(keep)
         head = self.head
         first = min(k, cap - head)
@@ -152,22 +174,20 @@ class _Agent:
         if k > first:
             self.buf[: k - first] = keep[first:]
         self.head = (head + k) % cap
-        self.n_buf = min(cap, self.n_buf + len(rows))
-        self.since_fit += len(rows)
-
-    def add_chunks(self, chunks: list[list[list[float]]]) -> None:
-        """``add_rows`` of each chunk in turn, as one write when they fit in the buffer together."""
-        if sum(map(len, chunks)) <= len(self.buf):
-            self.add_rows(np.asarray([r for ch in chunks for r in ch]))
-        else:
-            for ch in chunks:
-                self.add_rows(np.asarray(ch))
+        self.n_flushed = min(cap, self.n_flushed + k)
 
     def window(self) -> np.ndarray:
         """Baseline rows, oldest first (a copy: safe to use from another thread)."""
-        if self.n_buf < len(self.buf):
-            return self.buf[: self.n_buf].copy()
-        return np.concatenate([self.buf[self.head :], self.buf[: self.head]])
+        staged = list(self.staged)
+        cap = len(self.buf)
+        if self.n_flushed < cap:
+            ring = self.buf[: self.n_flushed]
+        else:
+            ring = np.concatenate([self.buf[self.head :], self.buf[: self.head]])
+        if not staged:
+            return ring.copy()
+        new = np.asarray(staged, dtype=np.float64).reshape(-1, N_FEATURES)
+        return np.concatenate([ring, new])[-cap:]
 
 
 class IsolationForestDetector(PerAgentDetector[_Agent]):
@@ -448,9 +468,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 st.tainted.discard(sid)
             elif rows and not st.frozen:
                 chunks.append(rows)
-        if chunks:
-            st.add_chunks(chunks)
-            self._group_since += sum(map(len, chunks))
+        for rows in chunks:
+            st.add_rows(rows)
+            self._group_since += len(rows)
 
     def _finding(self, c: ToolCall, x: np.ndarray, score: float, excess: float, model: ForestModel,
                  key: str, status: str) -> Finding:
