@@ -36,7 +36,7 @@ import numpy as np
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
-from .iforest import ForestModel, ForestParams
+from .iforest import ForestBank, ForestModel, ForestParams
 from .sequence import MarkovConfig, MarkovModel, select_prior
 from .sessions import SessionTracker
 
@@ -203,6 +203,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """Group key -> servers its members use."""
         self._group_since = 0
         """Rows committed to any window since the group models were fitted."""
+        self._bank: ForestBank | None = None
+        """Every model's trees in one set of arrays, for one scoring pass per batch."""
 
     # --- PerAgentDetector ----------------------------------------------------------------------
     def new_state(self) -> _Agent:
@@ -401,14 +403,27 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         for w_i, w in enumerate(work):
             if w[4] is not None:
                 by_model.setdefault(w[4], []).append(w_i)
+        # Models that fit the forest bank are scored together in one pass; others on their own.
+        banked = self._bank_for(models) if by_model else {}
         for key, w_ids in by_model.items():
-            parts = [X_all[work[w][3] : work[w][3] + len(work[w][2])] for w in w_ids]
-            s, r, m = models[key].margins(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            if key not in banked:
+                parts = [X_all[work[w][3] : work[w][3] + len(work[w][2])] for w in w_ids]
+                s, r, m = models[key].margins(parts[0] if len(parts) == 1 else np.concatenate(parts))
+                self._split(scores, work, w_ids, s, r, m)
+        in_bank = [key for key in by_model if key in banked]
+        if in_bank:
+            sizes = [sum(len(work[w][2]) for w in by_model[key]) for key in in_bank]
+            sel = np.concatenate([np.arange(work[w][3], work[w][3] + len(work[w][2]))
+                                  for key in in_bank for w in by_model[key]])
+            slots = np.repeat(np.array([banked[key][0] for key in in_bank], dtype=np.intp), sizes)
+            X_b = X_all[sel]
+            assert self._bank is not None
+            paths = self._bank.path_lengths(X_b, slots)
             off = 0
-            for w in w_ids:
-                n = len(work[w][2])
-                scores[w] = (s[off : off + n], r[off : off + n], m[off : off + n])
-                off += n
+            for key, k in zip(in_bank, sizes):
+                s, r, m = banked[key][1].margins_from_paths(X_b[off : off + k], paths[off : off + k])
+                self._split(scores, work, by_model[key], s, r, m)
+                off += k
         findings: list[Finding] = []
         max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
         for w_i, (agent_id, st, idx, off, key, warm, closed_ids) in enumerate(work):
@@ -456,6 +471,28 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             if keys:
                 self.retrain(keys)
         return findings, margins
+
+    @staticmethod
+    def _split(scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], work: list[Any], w_ids: list[int],
+               s: np.ndarray, r: np.ndarray, m: np.ndarray) -> None:
+        """Hand each agent its slice of one model's scores (rows are in ``w_ids`` order)."""
+        off = 0
+        for w in w_ids:
+            n = len(work[w][2])
+            scores[w] = (s[off : off + n], r[off : off + n], m[off : off + n])
+            off += n
+
+    def _bank_for(self, models: dict[str, ForestModel]) -> dict[str, tuple[int, ForestModel]]:
+        """Slot in the forest bank and model, per key of every current model that fits the bank's
+        geometry (the others are scored on their own). Runs in ``observe``'s thread only."""
+        params = self.config.forest
+        if self._bank is None:
+            self._bank = ForestBank(params.n_estimators, params.n_estimators * (2 * params.max_samples - 1),
+                                    N_FEATURES)
+        bank = self._bank
+        current = [(k, m) for k, m in list(models.items()) if bank.fits(m.flat)]
+        slots = bank.sync([m.flat for _k, m in current])
+        return {k: (slot, m) for (k, m), slot in zip(current, slots)}
 
     def _commit(self, st: _Agent, closed: list[str]) -> None:
         """Closed sessions: clean ones join the baseline window, tainted ones are forgotten."""
