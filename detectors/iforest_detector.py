@@ -9,7 +9,8 @@ that use the same set of servers, chosen when it covers at least ``prior_min_con
 agent's servers), so a new agent is not blind; an agent no group covers is not scored yet.
 Each model's threshold is calibrated to ``target_alert_rate`` on its training rows.
 
-Scoring is batched: one flattened-forest pass per model per micro-batch, never one row per call.
+Scoring is batched: one flattened-forest pass per micro-batch for every model in the
+``ForestBank`` (each model's trees in a fixed slot), never one row per call.
 Fitting is the slow part (~0.1–0.3 s per model) and stays off the hot path when
 ``auto_retrain=False``: the collector calls ``needs_retrain()`` after a batch and runs
 ``retrain(keys)`` in a worker thread; new models are swapped in whole, so a concurrent
@@ -20,7 +21,8 @@ Agent states (``agent_states()``): ``learning`` (no own model yet; scored by a g
 covers it), ``active`` (own model), ``frozen`` (scores, learns and retrains nothing).
 
 Memory per agent: ``max_rows x 15`` float64 (240 KB at 2048 rows), its fitted model (the sample
-again plus ~100 trees of <= 511 nodes: ~1.5 MB), the session tracker and destination bounds, and
+again plus ~100 trees of <= 511 nodes: ~1.5 MB) and its bank slot (~1.4 MB), the session tracker
+and destination bounds, and
 the sequence model's bounds. Snapshots store training samples, never pickles; restore refits
 deterministically (same ``random_state``), so restored models give identical scores.
 """

@@ -11,6 +11,7 @@ import pytest
 
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.features import N_FEATURES, AgentContext, append_rows, extract, finish
+from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams
 from toolwatch.detectors.iforest_detector import ForestConfig, _Agent
 from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel
 from toolwatch.detectors.sequence_detector import SequenceConfig, SequenceDetector
@@ -244,3 +245,24 @@ def test_staged_window_equals_a_row_by_row_ring_buffer():
         added += int(size)
         assert st.n_buf == ref.n and st.since_fit == added
         assert np.array_equal(st.window(), ref.window())
+
+
+def test_forest_bank_scores_every_model_like_its_own_flat_forest():
+    rnd = np.random.default_rng(5)
+    params = ForestParams(n_estimators=20, max_samples=64)
+    models = [ForestModel(rnd.normal(loc=i, size=(80 + 40 * i, N_FEATURES)), params) for i in range(4)]
+    bank = ForestBank(20, 20 * (2 * 64 - 1), N_FEATURES)
+    X = rnd.normal(loc=1.5, scale=2.0, size=(300, N_FEATURES))
+    owner = rnd.integers(0, 4, len(X))
+    for round_ in range(3):  # later rounds: one model refitted (slot reused), one dropped
+        slots = bank.sync([m.flat for m in models])
+        paths = bank.path_lengths(X, np.array([slots[o] for o in owner], dtype=np.intp))
+        for i, m in enumerate(models):
+            rows = owner == i
+            s, r, mm = m.margins_from_paths(X[rows], paths[rows])
+            want = m.margins(X[rows])
+            assert all(np.array_equal(a, b) for a, b in zip((s, r, mm), want)), (round_, i)
+        models[1] = ForestModel(rnd.normal(size=(100, N_FEATURES)), params)
+        if round_ == 1:
+            models, owner = models[:3], owner % 3
+    assert not bank.fits(ForestModel(rnd.normal(size=(50, N_FEATURES)), ForestParams(n_estimators=5)).flat)
