@@ -28,15 +28,17 @@ plus at most ``max_destinations`` remembered destinations.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .events import ToolCall
-from .sessions import Session, SessionTracker
+from .sequence import MarkovModel
+from .sessions import START, Session, SessionTracker
 
-__all__ = ["FEATURE_NAMES", "N_FEATURES", "AgentContext", "extract"]
+__all__ = ["FEATURE_NAMES", "N_FEATURES", "AgentContext", "append_rows", "extract", "finish"]
 
 FEATURE_NAMES: tuple[str, ...] = (
     "surprisal",
@@ -97,33 +99,111 @@ def extract(ctx: AgentContext, calls: Sequence[ToolCall], surprise: Callable[[st
     """
     rows: list[tuple[float, ...]] = []
     prevs: list[str] = []
+    append_rows(ctx, calls, rows, prevs, [], closed if closed is not None else [], surprise=surprise)
+    return finish(rows), prevs
+
+
+def finish(rows: list[tuple[float, ...]]) -> np.ndarray:
+    """Raw rows from ``append_rows`` (any number of agents) as the feature matrix: one NumPy pass."""
+    raw = np.array(rows, dtype=np.float64).reshape(len(rows), N_FEATURES)
+    raw[:, _LOG_COLS] = np.log1p(np.maximum(raw[:, _LOG_COLS], 0.0))
+    return raw
+
+
+def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[tuple[float, ...]], prevs: list[str],
+                tokens: list[str], closed: list[tuple[str, Session]], model: MarkovModel | None = None,
+                prior: MarkovModel | None = None, surprise: Callable[[str, str], float] | None = None) -> None:
+    """The per-call pass of ``extract`` for one agent's calls, appending raw rows (before the log
+    transform of ``finish``), previous tokens, tokens and closed sessions to the given lists, so a
+    detector builds one matrix per micro-batch. Surprisal is ``surprise(prev, token)`` when given,
+    else ``model.surprisal(prev, token, prior)`` (inlined when there is no prior: this runs per span).
+    """
     tracker = ctx.sessions
+    opened = tracker.open
+    idle_ns = tracker.idle_ns
+    max_open = tracker.max_open
+    rate_window_s = tracker.rate_window_s
+    max_servers = tracker.max_servers
     known = ctx.destinations
     secret = _SECRET_LABELS
+    exp = math.exp
+    log2 = math.log2
+    inline = surprise is None and prior is None
+    if inline:
+        assert model is not None, "append_rows needs a sequence model or a surprise function"
+        uni, bi, out = model.uni, model.bi, model.out
+        alpha, beta = model.config.alpha, model.config.beta
+        p1_base = beta * (1.0 / (len(uni) + 1))
+        p1_den = model.mass + beta
+    elif surprise is None:
+        seq, pr = model, prior
+        surprise = lambda p, t: seq.surprisal(p, t, pr)  # noqa: E731
     for c in calls:
-        s, done = tracker.get(c.session_id, c.time_ns)
-        if done and closed is not None:
-            closed.extend(done)
-        token = c.token
+        # SessionTracker.touch, inlined.
+        t = c.time_ns
+        sid = c.session_id
+        if opened and t - tracker.floor_ns > idle_ns:
+            closed.extend(tracker.expire(t))
+        s = opened.get(sid)
+        if s is None:
+            s = opened[sid] = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
+            if t < tracker.floor_ns:
+                tracker.floor_ns = t
+            while len(opened) > max_open:
+                closed.append(opened.popitem(False))
+        else:
+            opened.move_to_end(sid)
+        server = c.server
+        token = server + "/" + c.tool if server else c.tool
+        tokens.append(token)
         prev = s.prev
         prevs.append(prev)
-        bits = surprise(prev, token)
-        dests = set(c.destinations)
-        new_dest = sum(1 for d in dests if d not in known) if dests else 0
-        gap = (c.time_ns - s.last_ns) / 1e9 if s.n else _FIRST_GAP_S
+        if inline:
+            # MarkovModel.prob without a prior (same operations, same rounding).
+            row = bi.get(prev)
+            bits = -log2(((row.get(token, 0.0) if row else 0.0)
+                          + alpha * ((uni.get(token, 0.0) + p1_base) / p1_den))
+                         / (out.get(prev, 0.0) + alpha))
+        else:
+            bits = surprise(prev, token)  # type: ignore[misc]
+        dests = c.destinations
+        if dests:
+            dests = set(dests)
+            new_dest = sum(1 for d in dests if d not in known)
+        else:
+            new_dest = 0
+        n_in = s.n
+        last = s.last_ns
         after = 1.0 if s.prev_instructions else 0.0
         reuse = 0
         if c.args_fingerprints:
             fps = s.result_fps
-            reuse = sum(1 for fp in c.args_fingerprints if fps.get(fp, c.server) != c.server)
-        tracker.advance(s, token, c.server, c.time_ns, c.is_error, c.result_labels,
-                        c.result_fingerprints, c.result_injection_score)
+            reuse = sum(1 for fp in c.args_fingerprints if fps.get(fp, server) != server)
+        # SessionTracker.advance, inlined.
+        if n_in:
+            gap = (t - last) / 1e9
+            d_ns = t - last
+            s.rate = s.rate * exp(-(d_ns if d_ns > 0 else 0) / 1e9 / rate_window_s) + 1.0
+        else:
+            gap = _FIRST_GAP_S
+            s.rate = s.rate * 0.0 + 1.0
+        s.prev = token
+        n = s.n = n_in + 1
+        if t > last:
+            s.last_ns = t
+        if c.error_type:
+            s.errors += 1
+        res_labels = c.result_labels
+        s.prev_instructions = c.result_injection_score >= 0.5 or (bool(res_labels) and "instructions" in res_labels)
+        servers = s.servers
+        if server not in servers and len(servers) < max_servers:
+            servers.append(server)
+        if c.result_fingerprints:
+            tracker.remember_fps(s, c.result_fingerprints, server)
+        labels = c.args_labels
         rows.append((
-            bits, c.args_bytes, c.result_bytes, len(c.args_labels),
-            1.0 if c.args_labels and secret.intersection(c.args_labels) else 0.0,
-            len(c.result_labels), after, len(dests), new_dest, gap, s.rate, s.n, s.errors / s.n,
-            len(s.servers), reuse,
+            bits, c.args_bytes, c.result_bytes, len(labels),
+            1.0 if labels and secret.intersection(labels) else 0.0,
+            len(res_labels), after, len(dests), new_dest, gap, s.rate, n, s.errors / n,
+            len(servers), reuse,
         ))
-    raw = np.array(rows, dtype=np.float64).reshape(len(rows), N_FEATURES)
-    raw[:, _LOG_COLS] = np.log1p(np.maximum(raw[:, _LOG_COLS], 0.0))
-    return raw, prevs

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.ensemble import IsolationForest
 
-__all__ = ["ForestParams", "FlatForest", "ForestModel", "average_path_length"]
+__all__ = ["ForestParams", "FlatForest", "ForestBank", "ForestModel", "average_path_length"]
 
 
 def average_path_length(n: np.ndarray) -> np.ndarray:
@@ -90,6 +90,91 @@ class FlatForest:
         # Preallocated buffers and take(mode="clip") avoid temporaries and bounds checks; every
         # index is in range by construction (leaves point at themselves).
         for _ in range(self.depth):
+            np.take(self.feature, idx, out=pos, mode="clip")
+            pos += rows
+            np.take(flat, pos, out=x, mode="clip")
+            np.take(self.threshold, idx, out=t, mode="clip")
+            np.greater(x, t, out=right)
+            np.take(self.child, idx, out=idx, mode="clip")
+            idx += right
+        return self.leaf_value[idx].reshape(T, n).sum(axis=0)
+
+
+class ForestBank:
+    """Many ``FlatForest``s with the same number of trees in one set of arrays, one fixed-size slot
+    each, so one level-by-level walk scores the rows of every model in a micro-batch: with a model
+    per agent, a batch has a few rows per model and per-model passes would cost mostly NumPy call
+    overhead. A refitted model overwrites its slot in place (no rebuild of the bank)."""
+
+    def __init__(self, n_trees: int, slot_nodes: int, n_features: int) -> None:
+        self.n_trees = n_trees
+        self.slot_nodes = slot_nodes
+        self.n_features = n_features
+        self.feature = np.zeros(0, dtype=np.intp)
+        self.threshold = np.zeros(0, dtype=np.float32)
+        self.child = np.zeros(0, dtype=np.intp)
+        self.leaf_value = np.zeros(0)
+        self.roots = np.zeros((0, n_trees), dtype=np.intp)
+        self.depth = np.zeros(0, dtype=np.intp)
+        self._slot: dict[int, int] = {}
+        """``id`` of a FlatForest -> its slot; with ``_held`` so ids are not reused while held."""
+        self._held: dict[int, FlatForest] = {}
+        self._free: list[int] = []
+
+    def fits(self, flat: FlatForest) -> bool:
+        return (len(flat.roots) == self.n_trees and len(flat.feature) <= self.slot_nodes
+                and flat.n_features == self.n_features)
+
+    def sync(self, flats: list[FlatForest]) -> list[int]:
+        """Slots of these forests (each must ``fit``), loading new ones; forests not listed are dropped."""
+        wanted = {id(f) for f in flats}
+        for fid in [fid for fid in self._slot if fid not in wanted]:
+            self._free.append(self._slot.pop(fid))
+            del self._held[fid]
+        return [self._slot.get(id(f)) if id(f) in self._slot else self._load(f) for f in flats]
+
+    def _load(self, flat: FlatForest) -> int:
+        if not self._free:
+            self._grow(max(4, len(self.depth)))
+        slot = self._free.pop()
+        lo = slot * self.slot_nodes
+        n = len(flat.feature)
+        self.feature[lo : lo + n] = flat.feature
+        self.threshold[lo : lo + n] = flat.threshold
+        self.child[lo : lo + n] = flat.child + lo
+        self.leaf_value[lo : lo + n] = flat.leaf_value
+        self.roots[slot] = flat.roots + lo
+        self.depth[slot] = flat.depth
+        self._slot[id(flat)] = slot
+        self._held[id(flat)] = flat
+        return slot
+
+    def _grow(self, extra: int) -> None:
+        old = len(self.depth)
+        n = extra * self.slot_nodes
+        self.feature = np.concatenate([self.feature, np.zeros(n, dtype=np.intp)])
+        self.threshold = np.concatenate([self.threshold, np.full(n, np.inf, dtype=np.float32)])
+        self.child = np.concatenate([self.child, np.arange(old * self.slot_nodes, (old + extra) * self.slot_nodes,
+                                                           dtype=np.intp)])  # unused nodes loop on themselves
+        self.leaf_value = np.concatenate([self.leaf_value, np.zeros(n)])
+        self.roots = np.concatenate([self.roots, np.zeros((extra, self.n_trees), dtype=np.intp)])
+        self.depth = np.concatenate([self.depth, np.zeros(extra, dtype=np.intp)])
+        self._free.extend(range(old + extra - 1, old - 1, -1))
+
+    def path_lengths(self, X: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Per row, the sum over its model's trees of the path length (``FlatForest._depths``),
+        row ``i`` walking the forest in slot ``slots[i]``."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        n, F = X.shape
+        T = self.n_trees
+        flat = X.ravel()
+        rows = np.tile(np.arange(n, dtype=np.intp) * F, T)
+        idx = self.roots[slots].T.ravel()  # tree-major, as in FlatForest
+        pos = np.empty_like(idx)
+        x = np.empty(len(idx), dtype=np.float32)
+        t = np.empty(len(idx), dtype=np.float32)
+        right = np.empty(len(idx), dtype=bool)
+        for _ in range(int(self.depth[slots].max()) if n else 0):
             np.take(self.feature, idx, out=pos, mode="clip")
             pos += rows
             np.take(flat, pos, out=x, mode="clip")
@@ -205,6 +290,14 @@ class ForestModel:
         share of that range's width."""
         over = np.maximum(X - self.hi, self.lo - X) / self.width
         return np.maximum(over.max(axis=1), 0.0)
+
+    def margins_from_paths(self, X: np.ndarray, paths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``margins`` given the rows' summed path lengths (from ``ForestBank.path_lengths``)."""
+        den = self.flat.denominator
+        s = np.ones(len(X)) if den == 0 else np.exp2(-paths / den)
+        r = self.beyond_range(X)
+        m = np.maximum(s - self.threshold, np.minimum(0.1 * (r / self.params.range_k - 1.0), 0.5))
+        return s, r, m
 
     def margins(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Forest score, range excess, and one decision margin (> 0 alerts) per row.

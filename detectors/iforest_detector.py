@@ -9,7 +9,8 @@ that use the same set of servers, chosen when it covers at least ``prior_min_con
 agent's servers), so a new agent is not blind; an agent no group covers is not scored yet.
 Each model's threshold is calibrated to ``target_alert_rate`` on its training rows.
 
-Scoring is batched: one flattened-forest pass per model per micro-batch, never one row per call.
+Scoring is batched: one flattened-forest pass per micro-batch for every model in the
+``ForestBank`` (each model's trees in a fixed slot), never one row per call.
 Fitting is the slow part (~0.1–0.3 s per model) and stays off the hot path when
 ``auto_retrain=False``: the collector calls ``needs_retrain()`` after a batch and runs
 ``retrain(keys)`` in a worker thread; new models are swapped in whole, so a concurrent
@@ -20,7 +21,8 @@ Agent states (``agent_states()``): ``learning`` (no own model yet; scored by a g
 covers it), ``active`` (own model), ``frozen`` (scores, learns and retrains nothing).
 
 Memory per agent: ``max_rows x 15`` float64 (240 KB at 2048 rows), its fitted model (the sample
-again plus ~100 trees of <= 511 nodes: ~1.5 MB), the session tracker and destination bounds, and
+again plus ~100 trees of <= 511 nodes: ~1.5 MB) and its bank slot (~1.4 MB), the session tracker
+and destination bounds, and
 the sequence model's bounds. Snapshots store training samples, never pickles; restore refits
 deterministically (same ``random_state``), so restored models give identical scores.
 """
@@ -29,14 +31,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
-from .features import FEATURE_NAMES, N_FEATURES, AgentContext, extract
-from .iforest import ForestModel, ForestParams
+from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
+from .iforest import ForestBank, ForestModel, ForestParams
 from .sequence import MarkovConfig, MarkovModel, select_prior
 from .sessions import SessionTracker
 
@@ -132,28 +134,62 @@ class _Agent:
                                 max_destinations=cfg.max_destinations)
         self.markov = MarkovModel(cfg.markov)
         self.buf = np.zeros((cfg.max_rows, N_FEATURES))
-        self.n_buf = 0
+        """Ring buffer of the window's older rows; ``head`` is where the next row goes."""
         self.head = 0
+        self.n_flushed = 0
+        """Rows held in ``buf`` (at most ``max_rows``)."""
+        self.staged: list[Sequence[float]] = []
+        """Newer rows not yet written to ``buf``: commits are a few rows per session, so they are
+        written to the ring buffer in bulk (one NumPy conversion per ``max_rows`` rows)."""
+        self.n_buf = 0
+        """Rows in the window (``buf`` and ``staged`` together, at most ``max_rows``)."""
         self.since_fit = 0
         self.frozen = False
-        self.pending: dict[str, list[np.ndarray]] = {}
+        self.pending: dict[str, list[list[float]]] = {}
         """Rows of open sessions, committed to the window when the session closes clean."""
         self.tainted: set[str] = set()
         """Open sessions with a finding: none of their rows will join the baseline."""
 
-    def add_rows(self, rows: np.ndarray) -> None:
+    def add_rows(self, rows: Sequence[Sequence[float]]) -> None:
+        """Append rows to the baseline window (only the last ``max_rows`` are kept)."""
         cap = len(self.buf)
-        for r in rows[-cap:]:
-            self.buf[self.head] = r
-            self.head = (self.head + 1) % cap
-        self.n_buf = min(cap, self.n_buf + len(rows))
-        self.since_fit += len(rows)
+        n = len(rows)
+        if n >= cap:  # the whole window is these rows
+            self.staged = list(rows[-cap:])
+            self.head = self.n_flushed = 0
+        else:
+            self.staged.extend(rows)
+        if len(self.staged) >= cap:
+            self._flush()
+        self.n_buf = min(cap, self.n_buf + n)
+        self.since_fit += n
+
+    def _flush(self) -> None:
+        """Write the staged rows into the ring buffer (observe's thread only)."""
+        staged, self.staged = self.staged, []
+        cap = len(self.buf)
+        keep = np.asarray(staged, dtype=np.float64).reshape(-1, N_FEATURES)[-cap:]
+        k = len(keep)
+        head = self.head
+        first = min(k, cap - head)
+        self.buf[head : head + first] = keep[:first]
+        if k > first:
+            self.buf[: k - first] = keep[first:]
+        self.head = (head + k) % cap
+        self.n_flushed = min(cap, self.n_flushed + k)
 
     def window(self) -> np.ndarray:
         """Baseline rows, oldest first (a copy: safe to use from another thread)."""
-        if self.n_buf < len(self.buf):
-            return self.buf[: self.n_buf].copy()
-        return np.concatenate([self.buf[self.head :], self.buf[: self.head]])
+        staged = list(self.staged)
+        cap = len(self.buf)
+        if self.n_flushed < cap:
+            ring = self.buf[: self.n_flushed]
+        else:
+            ring = np.concatenate([self.buf[self.head :], self.buf[: self.head]])
+        if not staged:
+            return ring.copy()
+        new = np.asarray(staged, dtype=np.float64).reshape(-1, N_FEATURES)
+        return np.concatenate([ring, new])[-cap:]
 
 
 class IsolationForestDetector(PerAgentDetector[_Agent]):
@@ -169,6 +205,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """Group key -> servers its members use."""
         self._group_since = 0
         """Rows committed to any window since the group models were fitted."""
+        self._bank: ForestBank | None = None
+        """Every model's trees in one set of arrays, for one scoring pass per batch."""
 
     # --- PerAgentDetector ----------------------------------------------------------------------
     def new_state(self) -> _Agent:
@@ -177,7 +215,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def state_to_dict(self, st: _Agent) -> dict[str, Any]:
         return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": st.window().tolist(),
                 "since_fit": st.since_fit, "frozen": st.frozen,
-                "pending": {sid: [r.tolist() for r in rows] for sid, rows in st.pending.items()},
+                "pending": {sid: [list(r) for r in rows] for sid, rows in st.pending.items()},
                 "tainted": sorted(st.tainted)}
 
     def state_from_dict(self, d: dict[str, Any]) -> _Agent:
@@ -188,7 +226,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         st.add_rows(rows)
         st.since_fit = int(d["since_fit"])
         st.frozen = bool(d["frozen"])
-        st.pending = {str(k): [np.asarray(r, dtype=np.float64) for r in v] for k, v in d.get("pending", {}).items()}
+        st.pending = {str(k): [[float(x) for x in r] for r in v] for k, v in d.get("pending", {}).items()}
         st.tainted = set(d.get("tainted", []))
         return st
 
@@ -311,6 +349,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def _model_key(self, agent_id: str, st: _Agent) -> str | None:
         if agent_id in self._models:
             return agent_id
+        if not self._groups:
+            return None
         best, best_cover = None, 0.0
         mine = self._servers(st)
         for key, servers in list(self._groups.items()):
@@ -327,68 +367,106 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def observe_scored(self, batch: Batch) -> tuple[list[Finding], np.ndarray]:
         """Findings, and per call (aligned with ``batch.calls``) score minus threshold (> 0 alerts;
-        NaN when no model covers the agent yet): for ROC/PR curves."""
+        NaN when no model covers the agent yet): for ROC/PR curves.
+
+        Agents are handled in order of first appearance, each agent's calls in batch order; one
+        feature matrix is built for the whole batch (rows grouped by agent) and scored with one
+        forest pass per model."""
         cfg = self.config
-        margins = np.full(len(batch.calls), np.nan)
+        calls = batch.calls
+        margins = np.full(len(calls), np.nan)
         by_agent: dict[str, list[int]] = {}
-        for i, c in enumerate(batch.calls):
+        for i, c in enumerate(calls):
             by_agent.setdefault(c.agent_id, []).append(i)
-        mature = {a: self._state[a].markov for a in list(self._models) if a in self._state}
-        work: list[tuple[str, _Agent, list[int], np.ndarray, list[str], str | None, bool, list[str]]] = []
+        models = self._models
+        mature = {a: self._state[a].markov for a in list(models) if a in self._state}
+        rows: list[tuple[float, ...]] = []
+        prevs: list[str] = []
+        tokens: list[str] = []
+        closed: list[tuple[str, Any]] = []
+        work: list[tuple[str, _Agent, list[int], int, str | None, bool, list[str]]] = []
         for agent_id, idx in by_agent.items():
             st = self.state_for(agent_id)
-            calls = [batch.calls[i] for i in idx]
+            agent_calls = [calls[i] for i in idx]
             prior = None
-            if agent_id not in self._models:
-                vocab = st.markov.vocab | {c.token for c in calls}
+            if agent_id not in models and (len(mature) > 1 or (mature and agent_id not in mature)):
+                vocab = st.markov.vocab | {c.token for c in agent_calls}
                 prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
                                      cfg.prior_min_containment, cfg.markov)
-            model, pr = st.markov, prior
-            closed: list[tuple[str, Any]] = []
-            X, prevs = extract(st.ctx, calls, lambda p, t: model.surprisal(p, t, pr), closed)
+            off = len(rows)
+            append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior)
             warm = st.markov.mass >= cfg.warm_calls or prior is not None
-            work.append((agent_id, st, idx, X, prevs, self._model_key(agent_id, st), warm,
-                         [sid for sid, _s in closed]))
+            work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed]))
+            closed.clear()
+        X_all = finish(rows)
         # One forest pass per model over all rows that model scores in this batch.
         scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         by_model: dict[str, list[int]] = {}
         for w_i, w in enumerate(work):
-            if w[5] is not None:
-                by_model.setdefault(w[5], []).append(w_i)
+            if w[4] is not None:
+                by_model.setdefault(w[4], []).append(w_i)
+        # Models that fit the forest bank are scored together in one pass; others on their own.
+        banked = self._bank_for(models) if by_model else {}
         for key, w_ids in by_model.items():
-            allX = np.concatenate([work[w][3] for w in w_ids])
-            s, r, m = self._models[key].margins(allX)
+            if key not in banked:
+                parts = [X_all[work[w][3] : work[w][3] + len(work[w][2])] for w in w_ids]
+                s, r, m = models[key].margins(parts[0] if len(parts) == 1 else np.concatenate(parts))
+                self._split(scores, work, w_ids, s, r, m)
+        in_bank = [key for key in by_model if key in banked]
+        if in_bank:
+            sizes = [sum(len(work[w][2]) for w in by_model[key]) for key in in_bank]
+            sel = np.concatenate([np.arange(work[w][3], work[w][3] + len(work[w][2]))
+                                  for key in in_bank for w in by_model[key]])
+            slots = np.repeat(np.array([banked[key][0] for key in in_bank], dtype=np.intp), sizes)
+            X_b = X_all[sel]
+            assert self._bank is not None
+            paths = self._bank.path_lengths(X_b, slots)
             off = 0
-            for w in w_ids:
-                n = len(work[w][3])
-                scores[w] = (s[off : off + n], r[off : off + n], m[off : off + n])
-                off += n
+            for key, k in zip(in_bank, sizes):
+                s, r, m = banked[key][1].margins_from_paths(X_b[off : off + k], paths[off : off + k])
+                self._split(scores, work, by_model[key], s, r, m)
+                off += k
         findings: list[Finding] = []
-        for w_i, (agent_id, st, idx, X, prevs, key, warm, closed_ids) in enumerate(work):
-            calls = [batch.calls[i] for i in idx]
-            flagged = np.zeros(len(idx), dtype=bool)
+        max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
+        for w_i, (agent_id, st, idx, off, key, warm, closed_ids) in enumerate(work):
+            n = len(idx)
+            X = X_all[off : off + n]
+            flagged: list[bool] | None = None
             if key is not None:
-                model = self._models[key]
+                model = models[key]
                 s, r, m = scores[w_i]
                 margins[idx] = m
-                flagged = m > 0
-                status = self._status(agent_id, st)
-                for j in np.flatnonzero(flagged):
-                    findings.append(self._finding(calls[j], X[j], float(s[j]), float(r[j]), model, key, status))
+                hits = np.flatnonzero(m > 0)
+                if len(hits):
+                    flagged = (m > 0).tolist()
+                    status = self._status(agent_id, st)
+                    for j in hits:
+                        findings.append(self._finding(calls[idx[j]], X[j], float(s[j]), float(r[j]), model, key,
+                                                      status))
             if st.frozen:
                 self._commit(st, closed_ids)
                 continue
-            for j, c in enumerate(calls):
-                if flagged[j]:
-                    st.tainted.add(c.session_id)
-                    st.pending.pop(c.session_id, None)
+            agent_calls = [calls[i] for i in idx]
+            if flagged is None:
+                st.markov.learn_many(zip(prevs[off : off + n], tokens[off : off + n]))
+            else:
+                st.markov.learn_many((prevs[off + j], tokens[off + j]) for j in range(n) if not flagged[j])
+            remember = st.ctx.remember
+            pending, tainted = st.pending, st.tainted
+            own: list[list[float]] | None = None
+            for j, c in enumerate(agent_calls):
+                if flagged is not None and flagged[j]:
+                    tainted.add(c.session_id)
+                    pending.pop(c.session_id, None)
                     continue
-                st.markov.learn(prevs[j], c.token)
-                st.ctx.remember(c.destinations)
-                if warm and c.session_id not in st.tainted and X[j, 0] <= cfg.train_max_surprisal:
-                    rows = st.pending.setdefault(c.session_id, [])
-                    if len(rows) < cfg.max_pending_rows:
-                        rows.append(X[j])
+                if c.destinations:
+                    remember(c.destinations)
+                if warm and rows[off + j][0] <= max_surprisal and c.session_id not in tainted:
+                    sess_rows = pending.setdefault(c.session_id, [])
+                    if len(sess_rows) < max_pending:
+                        if own is None:
+                            own = X.tolist()
+                        sess_rows.append(own[j])
             self._commit(st, closed_ids)
         if cfg.auto_retrain:
             keys = self.needs_retrain()
@@ -396,15 +474,42 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 self.retrain(keys)
         return findings, margins
 
+    @staticmethod
+    def _split(scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], work: list[Any], w_ids: list[int],
+               s: np.ndarray, r: np.ndarray, m: np.ndarray) -> None:
+        """Hand each agent its slice of one model's scores (rows are in ``w_ids`` order)."""
+        off = 0
+        for w in w_ids:
+            n = len(work[w][2])
+            scores[w] = (s[off : off + n], r[off : off + n], m[off : off + n])
+            off += n
+
+    def _bank_for(self, models: dict[str, ForestModel]) -> dict[str, tuple[int, ForestModel]]:
+        """Slot in the forest bank and model, per key of every current model that fits the bank's
+        geometry (the others are scored on their own). Runs in ``observe``'s thread only."""
+        params = self.config.forest
+        if self._bank is None:
+            self._bank = ForestBank(params.n_estimators, params.n_estimators * (2 * params.max_samples - 1),
+                                    N_FEATURES)
+        bank = self._bank
+        current = [(k, m) for k, m in list(models.items()) if bank.fits(m.flat)]
+        slots = bank.sync([m.flat for _k, m in current])
+        return {k: (slot, m) for (k, m), slot in zip(current, slots)}
+
     def _commit(self, st: _Agent, closed: list[str]) -> None:
         """Closed sessions: clean ones join the baseline window, tainted ones are forgotten."""
+        if not closed:
+            return
+        chunks: list[list[list[float]]] = []
         for sid in closed:
             rows = st.pending.pop(sid, None)
             if sid in st.tainted:
                 st.tainted.discard(sid)
             elif rows and not st.frozen:
-                st.add_rows(np.asarray(rows))
-                self._group_since += len(rows)
+                chunks.append(rows)
+        for rows in chunks:
+            st.add_rows(rows)
+            self._group_since += len(rows)
 
     def _finding(self, c: ToolCall, x: np.ndarray, score: float, excess: float, model: ForestModel,
                  key: str, status: str) -> Finding:

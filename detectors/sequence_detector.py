@@ -28,7 +28,7 @@ import numpy as np
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .sequence import LengthStats, MarkovConfig, MarkovModel, containment, fleet_prior
-from .sessions import SessionTracker
+from .sessions import START, Session, SessionTracker
 
 __all__ = ["SequenceConfig", "SequenceDetector"]
 
@@ -77,6 +77,17 @@ class _Agent:
         self.n_sessions = 0
         self.mean_bits = 0.0
         self.frozen = False
+        self.limit_stale = True
+        """``lengths`` changed since ``limit`` was computed."""
+        self.limit: float | None = None
+
+    def length_limit(self, k: float, floor: int) -> float | None:
+        """Session length above which a session is unusual (``None`` with under 5 sessions seen);
+        cached, since it changes only when a session closes."""
+        if self.limit_stale:
+            self.limit = self.lengths.limit(k, floor) if self.lengths.n >= 5 else None
+            self.limit_stale = False
+        return self.limit
 
     def status(self, cfg: SequenceConfig) -> str:
         if self.frozen:
@@ -131,24 +142,132 @@ class SequenceDetector(PerAgentDetector[_Agent]):
 
     def observe_scored(self, batch: Batch) -> tuple[list[Finding], np.ndarray]:
         """Findings, and per call (aligned with ``batch.calls``) the margin over the threshold in
-        bits (> 0 alerts; NaN when the agent is not scored yet): for ROC/PR curves."""
+        bits (> 0 alerts; NaN when the agent is not scored yet): for ROC/PR curves.
+
+        Calls are handled in batch order (a learning agent's fleet prior is read from its peers'
+        models as they stand at its first call), in one loop with the Markov lookups and session
+        bookkeeping inlined: this runs once per span."""
         cfg = self.config
-        margins = np.full(len(batch.calls), np.nan)
+        calls = batch.calls
+        margins: list[float] = []
         findings: list[Finding] = []
-        mature = [st for st in self._state.values() if st.status(cfg) != LEARNING]
+        states = self._state
+        min_calls, min_sessions = cfg.min_calls, cfg.min_sessions
+        mature = [st for st in states.values() if st.status(cfg) != LEARNING]
+        use_prior = cfg.use_fleet_prior
         priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
-        for i, c in enumerate(batch.calls):
-            st = self.state_for(c.agent_id)
-            status = st.status(cfg)
+        batch_vocab: dict[str, set[str]] | None = None
+        alpha, beta = cfg.markov.alpha, cfg.markov.beta
+        thr_plain, thr_instr = cfg.threshold_bits, cfg.after_instructions_bits
+        length_k, length_floor = cfg.length_k, cfg.length_floor
+        log2, log1p, exp, nan = math.log2, math.log1p, math.exp, math.nan
+        closed: list[tuple[str, Any]] = []
+        for c in calls:
+            agent_id = c.agent_id
+            st = states.get(agent_id)
+            if st is None:
+                st = states[agent_id] = self.new_state()
+            frozen = st.frozen
+            if frozen:
+                status = FROZEN
+            elif st.n_calls >= min_calls and st.n_sessions >= min_sessions:
+                status = ACTIVE
+            else:
+                status = LEARNING
             prior, peer_limit = None, None
-            if status == LEARNING and cfg.use_fleet_prior:
-                if c.agent_id not in priors:
-                    vocab = st.model.vocab | {x.token for x in batch.calls if x.agent_id == c.agent_id}
-                    priors[c.agent_id] = self._fleet(vocab, [p for p in mature if p is not st])
-                prior, peer_limit = priors[c.agent_id]
-            margins[i], found = self._one(st, c, status, prior, peer_limit)
-            findings.extend(found)
-        return findings, margins
+            if status == LEARNING and use_prior:
+                got = priors.get(agent_id)
+                if got is None:
+                    if batch_vocab is None:
+                        batch_vocab = {}
+                        for x in calls:
+                            batch_vocab.setdefault(x.agent_id, set()).add(x.token)
+                    got = priors[agent_id] = self._fleet(st.model.vocab | batch_vocab[agent_id],
+                                                         [p for p in mature if p is not st])
+                prior, peer_limit = got
+            # Session context: SessionTracker.touch and LengthStats.add inlined (same operations).
+            tracker = st.sessions
+            opened = tracker.open
+            t = c.time_ns
+            sid = c.session_id
+            if opened and t - tracker.floor_ns > tracker.idle_ns:
+                closed.extend(tracker.expire(t))
+            s = opened.get(sid)
+            if s is None:
+                s = opened[sid] = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
+                if t < tracker.floor_ns:
+                    tracker.floor_ns = t
+                while len(opened) > tracker.max_open:
+                    closed.append(opened.popitem(False))
+            else:
+                opened.move_to_end(sid)
+            if closed:
+                if not frozen:
+                    ls = st.lengths
+                    decay = ls.decay
+                    for _sid, old in closed:
+                        x = log1p(old.n)
+                        ls.n = ls.n * decay + 1.0
+                        d = x - ls.mean
+                        ls.mean += d / ls.n
+                        ls.m2 = ls.m2 * decay + d * (x - ls.mean)
+                    st.limit_stale = True
+                closed.clear()
+            n_in = s.n
+            if n_in == 0:
+                st.n_sessions += 1
+            server = c.server
+            token = server + "/" + c.tool if server else c.tool
+            prev = s.prev
+            scored = status != LEARNING or prior is not None
+            model = st.model
+            if prior is None:
+                # MarkovModel.prob without a prior, inlined (same operations, same rounding).
+                uni = model.uni
+                p1 = (uni.get(token, 0.0) + beta * (1.0 / (len(uni) + 1))) / (model.mass + beta)
+                row = model.bi.get(prev)
+                n_pt = row.get(token, 0.0) if row else 0.0
+                bits = -log2((n_pt + alpha * p1) / (model.out.get(prev, 0.0) + alpha))
+            else:
+                bits = model.surprisal(prev, token, prior)
+            after_instr = s.prev_instructions
+            thr = thr_instr if after_instr else thr_plain
+            flagged = scored and bits >= thr
+            if flagged:
+                findings.append(self._transition_finding(st, c, prev, bits, thr, after_instr, status, prior))
+            # SessionTracker.advance inlined.
+            if n_in:
+                d_ns = t - s.last_ns
+                s.rate = s.rate * exp(-(d_ns if d_ns > 0 else 0) / 1e9 / tracker.rate_window_s) + 1.0
+            else:
+                s.rate = s.rate * 0.0 + 1.0
+            s.prev = token
+            s.n = n_in + 1
+            if t > s.last_ns:
+                s.last_ns = t
+            if c.error_type:
+                s.errors += 1
+            labels = c.result_labels
+            s.prev_instructions = c.result_injection_score >= 0.5 or (bool(labels) and "instructions" in labels)
+            servers = s.servers
+            if server not in servers and len(servers) < tracker.max_servers:
+                servers.append(server)
+            if c.result_fingerprints:
+                tracker.remember_fps(s, c.result_fingerprints, server)
+            if scored and not s.flagged_length and s.n > length_floor:  # every limit is >= the floor
+                limit = st.length_limit(length_k, length_floor)
+                if limit is None and prior is not None:
+                    limit = peer_limit
+                if limit is not None and s.n > limit:
+                    s.flagged_length = True
+                    findings.append(self._length_finding(st, c, s.n, limit, status))
+            st.n_calls += 1
+            if not flagged and not frozen:
+                model.learn(prev, token)
+                n = st.n_calls
+                st.mean_bits += (bits - st.mean_bits) / (n if n < 500 else 500)
+            margins.append((bits - thr) if scored else nan)
+        return findings, np.array(margins, dtype=np.float64)
 
     def _fleet(self, vocab: set[str], peers: list[_Agent]) -> tuple[MarkovModel | None, float | None]:
         """Fleet prior for a learning agent: the sequence models of mature agents that use its
@@ -159,38 +278,6 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         similar = [p for p in peers if containment(vocab, p.model.vocab) >= cfg.prior_min_containment]
         limits = [p.lengths.limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
         return fleet_prior((p.model for p in similar), cfg.markov), (float(np.median(limits)) if limits else None)
-
-    def _one(self, st: _Agent, c: ToolCall, status: str, prior: MarkovModel | None,
-             peer_limit: float | None = None) -> tuple[float, list[Finding]]:
-        cfg = self.config
-        s, closed = st.sessions.get(c.session_id, c.time_ns)
-        if not st.frozen:
-            for _sid, old in closed:
-                st.lengths.add(old.n)
-        if s.n == 0:
-            st.n_sessions += 1
-        token, prev = c.token, s.prev
-        scored = status != LEARNING or prior is not None
-        bits = st.model.surprisal(prev, token, prior)
-        thr = cfg.after_instructions_bits if s.prev_instructions else cfg.threshold_bits
-        out: list[Finding] = []
-        flagged = scored and bits >= thr
-        if flagged:
-            out.append(self._transition_finding(st, c, prev, bits, thr, s.prev_instructions, status, prior))
-        st.sessions.advance(s, token, c.server, c.time_ns, c.is_error, c.result_labels,
-                            c.result_fingerprints, c.result_injection_score)
-        limit = st.lengths.limit(cfg.length_k, cfg.length_floor) if st.lengths.n >= 5 else None
-        if limit is None and prior is not None:
-            limit = peer_limit
-        if scored and not s.flagged_length and limit is not None:
-            if s.n > limit:
-                s.flagged_length = True
-                out.append(self._length_finding(st, c, s.n, limit, status))
-        st.n_calls += 1
-        if not flagged and not st.frozen:
-            st.model.learn(prev, token)
-            st.mean_bits += (bits - st.mean_bits) / min(st.n_calls, 500)
-        return (bits - thr) if scored else math.nan, out
 
     def _transition_finding(self, st: _Agent, c: ToolCall, prev: str, bits: float, thr: float,
                             after_instr: bool, status: str, prior: MarkovModel | None) -> Finding:

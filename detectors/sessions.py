@@ -68,35 +68,60 @@ class SessionTracker:
         self.max_fingerprints = max_fingerprints
         self.max_servers = max_servers
         self.open: OrderedDict[str, Session] = OrderedDict()
+        self.floor_ns = 0
+        """At most the smallest ``last_ns`` of the open sessions: while ``now - floor_ns <= idle``
+        no session can be idle, so the per-call check is one comparison."""
 
     def get(self, session_id: str, time_ns: int) -> tuple[Session, list[tuple[str, Session]]]:
         """The session for a call at ``time_ns`` (created if new), and the sessions this closed."""
-        closed = self.expire(time_ns)
-        s = self.open.get(session_id)
+        closed: list[tuple[str, Session]] = []
+        return self.touch(session_id, time_ns, closed), closed
+
+    def touch(self, session_id: str, time_ns: int, closed: list[tuple[str, Session]]) -> Session:
+        """``get`` for hot loops: appends the sessions this closes to ``closed`` (no list per call)
+        and checks idleness on the least recently active session only, as ``expire`` does."""
+        opened = self.open
+        if opened and time_ns - self.floor_ns > self.idle_ns:
+            closed.extend(self.expire(time_ns))
+        s = opened.get(session_id)
         if s is None:
-            s = self.open[session_id] = Session(first_ns=time_ns, last_ns=time_ns)
-            while len(self.open) > self.max_open:
-                closed.append(self.open.popitem(last=False))
+            s = opened[session_id] = Session(START, 0, time_ns, time_ns, 0, 0.0, False, False, [], {})
+            if time_ns < self.floor_ns:
+                self.floor_ns = time_ns
+            while len(opened) > self.max_open:
+                closed.append(opened.popitem(last=False))
         else:
-            self.open.move_to_end(session_id)
-        return s, closed
+            opened.move_to_end(session_id)
+        return s
 
     def advance(self, s: Session, token: str, server: str, time_ns: int, is_error: bool,
                 result_labels: tuple[str, ...], result_fps: tuple[str, ...], injection: float) -> None:
         """Move the session past one call (context only; this is not learning a baseline)."""
-        dt = max(0, time_ns - s.last_ns) / _NS if s.n else math.inf
-        s.rate = s.rate * math.exp(-dt / self.rate_window_s) + 1.0
+        if s.n:
+            d = time_ns - s.last_ns
+            s.rate = s.rate * math.exp(-(d if d > 0 else 0) / _NS / self.rate_window_s) + 1.0
+        else:
+            s.rate = s.rate * 0.0 + 1.0  # exp(-inf): the first call of a session
         s.prev = token
         s.n += 1
-        s.last_ns = max(s.last_ns, time_ns)
-        s.errors += int(is_error)
-        s.prev_instructions = "instructions" in result_labels or injection >= 0.5
-        if server not in s.servers and len(s.servers) < self.max_servers:
-            s.servers.append(server)
+        if time_ns > s.last_ns:
+            s.last_ns = time_ns
+        if is_error:
+            s.errors += 1
+        s.prev_instructions = injection >= 0.5 or "instructions" in result_labels
+        servers = s.servers
+        if server not in servers and len(servers) < self.max_servers:
+            servers.append(server)
+        if result_fps:
+            self.remember_fps(s, result_fps, server)
+
+    def remember_fps(self, s: Session, result_fps: tuple[str, ...], server: str) -> None:
+        """Note which server returned each result fingerprint (oldest forgotten past the bound)."""
+        fps = s.result_fps
         for fp in result_fps:
-            if len(s.result_fps) >= self.max_fingerprints:
-                s.result_fps.pop(next(iter(s.result_fps)))
-            s.result_fps[fp] = server
+            if len(fps) >= self.max_fingerprints:
+                fps.pop(next(iter(fps)))
+            fps[fp] = server
 
     def expire(self, now_ns: int) -> list[tuple[str, Session]]:
         """Close sessions idle for longer than ``idle_s``; return them (id, session)."""
@@ -107,10 +132,15 @@ class SessionTracker:
                 break
             del self.open[sid]
             closed.append((sid, s))
+        self._refloor()
         return closed
+
+    def _refloor(self) -> None:
+        self.floor_ns = min((s.last_ns for s in self.open.values()), default=0)
 
     def to_dict(self) -> dict[str, Any]:
         return {"open": [[k, s.to_dict()] for k, s in self.open.items()]}
 
     def load(self, d: dict[str, Any]) -> None:
         self.open = OrderedDict((str(k), Session.from_dict(v)) for k, v in d.get("open", []))
+        self._refloor()

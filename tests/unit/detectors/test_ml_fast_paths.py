@@ -1,0 +1,268 @@
+"""The batch fast paths of the sequence and IsolationForest detectors against the plain code they
+replace: inlined Markov lookups and session bookkeeping, ``learn_many``, the staged ring buffer."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from toolwatch.detectors.events import Batch, ToolCall
+from toolwatch.detectors.features import N_FEATURES, AgentContext, append_rows, extract, finish
+from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams
+from toolwatch.detectors.iforest_detector import ForestConfig, _Agent
+from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel
+from toolwatch.detectors.sequence_detector import SequenceConfig, SequenceDetector
+from toolwatch.detectors.sessions import START, Session, SessionTracker
+
+S = 1_000_000_000
+TOOLS = [("mail", "read"), ("mail", "send"), ("web", "fetch"), ("files", "read"), ("", "bare"), ("git", "push")]
+
+
+def random_calls(rnd: random.Random, n: int, steps: tuple[int, ...] = (0, 1, 10**6, S, 40 * S, 2000 * S)
+                 ) -> list[ToolCall]:
+    """One agent's calls with everything the features read: out-of-order times, idle gaps,
+    many sessions, errors, labels, fingerprints and destinations."""
+    calls, t = [], 0
+    for _ in range(n):
+        t += rnd.choice(steps) - (S if rnd.random() < 0.05 else 0)
+        server, tool = rnd.choice(TOOLS)
+        calls.append(ToolCall(
+            time_ns=t, agent_id="a", tool=tool, server=server, session_id=f"s{rnd.randrange(12)}",
+            args_bytes=rnd.randrange(5000), result_bytes=rnd.randrange(50000),
+            args_labels=tuple(rnd.sample(["secret", "email", "path"], rnd.randrange(3))),
+            result_labels=("instructions",) if rnd.random() < 0.1 else (),
+            args_fingerprints=tuple(f"f{rnd.randrange(20)}" for _ in range(rnd.randrange(3))),
+            result_fingerprints=tuple(f"f{rnd.randrange(20)}" for _ in range(rnd.randrange(3))),
+            result_injection_score=rnd.random() if rnd.random() < 0.1 else 0.0,
+            destinations=tuple(f"d{rnd.randrange(8)}.example" for _ in range(rnd.randrange(3))),
+            error_type="tool_error" if rnd.random() < 0.1 else ""))
+    return calls
+
+
+def reference_extract(ctx: AgentContext, calls: list[ToolCall], model: MarkovModel,
+                      closed: list) -> tuple[np.ndarray, list[str]]:
+    """``features.extract`` as it was written before the fast path, with its own session bookkeeping
+    (``expire`` on every call, ``advance`` spelled out)."""
+    tracker, known, rows, prevs = ctx.sessions, ctx.destinations, [], []
+    for c in calls:
+        closed.extend(tracker.expire(c.time_ns))
+        s = tracker.open.get(c.session_id)
+        if s is None:
+            s = tracker.open[c.session_id] = Session(first_ns=c.time_ns, last_ns=c.time_ns)
+            while len(tracker.open) > tracker.max_open:
+                closed.append(tracker.open.popitem(last=False))
+        else:
+            tracker.open.move_to_end(c.session_id)
+        prev = s.prev
+        prevs.append(prev)
+        bits = model.surprisal(prev, c.token)
+        dests = set(c.destinations)
+        new_dest = sum(1 for d in dests if d not in known) if dests else 0
+        gap = (c.time_ns - s.last_ns) / 1e9 if s.n else 60.0
+        after = 1.0 if s.prev_instructions else 0.0
+        reuse = sum(1 for fp in c.args_fingerprints if s.result_fps.get(fp, c.server) != c.server)
+        dt = max(0, c.time_ns - s.last_ns) / 1e9 if s.n else math.inf
+        s.rate = s.rate * math.exp(-dt / tracker.rate_window_s) + 1.0
+        s.prev, s.n, s.last_ns = c.token, s.n + 1, max(s.last_ns, c.time_ns)
+        s.errors += int(c.is_error)
+        s.prev_instructions = "instructions" in c.result_labels or c.result_injection_score >= 0.5
+        if c.server not in s.servers and len(s.servers) < tracker.max_servers:
+            s.servers.append(c.server)
+        for fp in c.result_fingerprints:
+            if len(s.result_fps) >= tracker.max_fingerprints:
+                s.result_fps.pop(next(iter(s.result_fps)))
+            s.result_fps[fp] = c.server
+        rows.append((bits, c.args_bytes, c.result_bytes, len(c.args_labels),
+                     1.0 if {"secret", "card", "high_entropy"} & set(c.args_labels) else 0.0,
+                     len(c.result_labels), after, len(dests), new_dest, gap, s.rate, s.n, s.errors / s.n,
+                     len(s.servers), reuse))
+    X = np.array(rows, dtype=np.float64).reshape(len(rows), N_FEATURES)
+    X[:, [1, 2, 9, 11]] = np.log1p(np.maximum(X[:, [1, 2, 9, 11]], 0.0))
+    return X, prevs
+
+
+def trained_model(rnd: random.Random) -> MarkovModel:
+    m = MarkovModel()
+    prev = START
+    for _ in range(300):
+        server, tool = rnd.choice(TOOLS)
+        tok = f"{server}/{tool}" if server else tool
+        m.learn(prev, tok)
+        prev = START if rnd.random() < 0.2 else tok
+    return m
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(("max_open", "idle_s", "steps"), [
+    (4, 1800.0, (0, 1, 10**6, S, 40 * S, 2000 * S)),
+    (32, 1800.0, (0, 1, 10**6, S, 40 * S, 2000 * S)),
+    (32, 10.0, (0, 10**6, S, 2 * S, 3 * S)),  # sessions go idle one by one while others are new
+])
+def test_append_rows_with_inline_surprisal_equals_extract_with_the_model(seed, max_open, idle_s, steps):
+    rnd = random.Random(seed)
+    model = trained_model(rnd)
+    calls = random_calls(rnd, 300, steps)
+    slow_ctx = AgentContext(SessionTracker(max_open=max_open, idle_s=idle_s))
+    fast_ctx = AgentContext(SessionTracker(max_open=max_open, idle_s=idle_s))
+    slow_closed: list = []
+    X, prevs = reference_extract(slow_ctx, calls, model, slow_closed)
+    rows: list = []
+    fast_prevs: list[str] = []
+    tokens: list[str] = []
+    fast_closed: list = []
+    append_rows(fast_ctx, calls, rows, fast_prevs, tokens, fast_closed, model)
+    assert np.array_equal(finish(rows), X)  # bit for bit, not approximately
+    assert fast_prevs == prevs and tokens == [c.token for c in calls]
+    assert [(sid, s.to_dict()) for sid, s in fast_closed] == [(sid, s.to_dict()) for sid, s in slow_closed]
+    assert fast_ctx.to_dict() == slow_ctx.to_dict()
+    # extract() with a surprise function takes the same path
+    again_ctx = AgentContext(SessionTracker(max_open=max_open, idle_s=idle_s))
+    X2, prevs2 = extract(again_ctx, calls, lambda p, t: model.surprisal(p, t))
+    assert np.array_equal(X2, X) and prevs2 == prevs
+
+
+def test_a_reloaded_tracker_still_closes_idle_sessions():
+    tracker = SessionTracker(max_open=8, idle_s=10)
+    for i, t in enumerate([20 * S, 25 * S, 23 * S, 28 * S]):
+        tracker.touch(f"s{i}", t, [])
+    reloaded = SessionTracker(max_open=8, idle_s=10)
+    reloaded.load(tracker.to_dict())
+    closed: list = []
+    reloaded.touch("new", 34 * S, closed)
+    assert [sid for sid, _ in closed] == ["s0"]  # least recently active first: s2 waits behind s1
+
+
+def reference_sequence(cfg: SequenceConfig, calls: list[ToolCall]) -> tuple[list[tuple], list[float]]:
+    """``SequenceDetector`` for one agent without a fleet prior, as written before the fast path."""
+    model, tracker, lengths = MarkovModel(cfg.markov), SessionTracker(cfg.max_open_sessions, cfg.session_idle_s), \
+        LengthStats()
+    n_calls = n_sessions = 0
+    mean_bits = 0.0
+    found, margins = [], []
+    for c in calls:
+        scored = n_calls >= cfg.min_calls and n_sessions >= cfg.min_sessions
+        closed = tracker.expire(c.time_ns)
+        s = tracker.open.get(c.session_id)
+        if s is None:
+            s = tracker.open[c.session_id] = Session(first_ns=c.time_ns, last_ns=c.time_ns)
+            while len(tracker.open) > tracker.max_open:
+                closed.append(tracker.open.popitem(last=False))
+        else:
+            tracker.open.move_to_end(c.session_id)
+        for _sid, old in closed:
+            lengths.add(old.n)
+        n_sessions += s.n == 0
+        prev = s.prev
+        bits = model.surprisal(prev, c.token)
+        thr = cfg.after_instructions_bits if s.prev_instructions else cfg.threshold_bits
+        flagged = scored and bits >= thr
+        if flagged:
+            found.append(("transition", c.session_id, prev, round(bits, 4), round(mean_bits, 4)))
+        s.prev, s.n, s.last_ns = c.token, s.n + 1, max(s.last_ns, c.time_ns)
+        s.prev_instructions = "instructions" in c.result_labels or c.result_injection_score >= 0.5
+        limit = lengths.limit(cfg.length_k, cfg.length_floor) if lengths.n >= 5 else None
+        if scored and not s.flagged_length and limit is not None and s.n > limit:
+            s.flagged_length = True
+            found.append(("length", c.session_id, s.n, limit))
+        n_calls += 1
+        if not flagged:
+            model.learn(prev, c.token)
+            mean_bits += (bits - mean_bits) / min(n_calls, 500)
+        margins.append(bits - thr if scored else math.nan)
+    return found, margins
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_sequence_detector_equals_the_plain_per_call_code(seed):
+    rnd = random.Random(seed)
+    calls = random_calls(rnd, 1500, (0, 10**6, S, 2 * S, 3 * S, 40 * S))
+    for i, c in enumerate(calls):
+        c.tool = c.tool if rnd.random() > 0.02 else f"odd{i % 4}"  # a few never-seen tools
+    cfg = SequenceConfig(min_calls=100, min_sessions=5, use_fleet_prior=False, max_open_sessions=6,
+                         session_idle_s=10.0, length_floor=3)
+    det = SequenceDetector(cfg)
+    findings, margins = [], []
+    for lo in range(0, len(calls), 64):
+        f, m = det.observe_scored(Batch(calls=calls[lo : lo + 64], watermark_ns=calls[lo].time_ns))
+        findings += f
+        margins += m.tolist()
+    want, want_margins = reference_sequence(cfg, calls)
+    got = [("length", f.session_id, int(f.score), f.evidence["explanation"][0]["observed"]) if f.dedup_key.endswith(
+        ":length") else ("transition", f.session_id, f.evidence["previous"], f.score,
+                         f.evidence["explanation"][0]["baseline"]) for f in findings]
+    want = [w if w[0] == "transition" else (w[0], w[1], w[2], w[2]) for w in want]
+    assert any(w[0] == "length" for w in want) and any(w[0] == "transition" for w in want)
+    assert got == want
+    assert np.array_equal(np.array(margins), np.array(want_margins), equal_nan=True)
+
+
+@pytest.mark.parametrize("cfg", [MarkovConfig(), MarkovConfig(max_mass=50.0, min_count=1.0),
+                                 MarkovConfig(max_tokens=4, max_transitions=6)])
+def test_learn_many_equals_learn_one_at_a_time(cfg):
+    rnd = random.Random(7)
+    pairs = [(f"t{rnd.randrange(9)}", f"t{rnd.randrange(9)}") for _ in range(400)]
+    one, many = MarkovModel(cfg), MarkovModel(cfg)
+    for p, t in pairs:
+        one.learn(p, t)
+    many.learn_many(iter(pairs))
+    assert many.to_dict() == one.to_dict()
+    assert (many.mass, many.n_transitions, many.out) == (one.mass, one.n_transitions, one.out)
+
+
+class NaiveRing:
+    """The window as it was: every row written to the ring buffer one by one."""
+
+    def __init__(self, cap: int) -> None:
+        self.buf = np.zeros((cap, N_FEATURES))
+        self.head = self.n = 0
+
+    def add(self, rows: np.ndarray) -> None:
+        cap = len(self.buf)
+        for r in rows[-cap:]:
+            self.buf[self.head] = r
+            self.head = (self.head + 1) % cap
+        self.n = min(cap, self.n + len(rows))
+
+    def window(self) -> np.ndarray:
+        if self.n < len(self.buf):
+            return self.buf[: self.n].copy()
+        return np.concatenate([self.buf[self.head :], self.buf[: self.head]])
+
+
+def test_staged_window_equals_a_row_by_row_ring_buffer():
+    rnd = np.random.default_rng(3)
+    cfg = ForestConfig(min_rows=16, max_rows=40)
+    st, ref = _Agent(cfg), NaiveRing(40)
+    added = 0
+    for size in [1, 3, 0, 39, 40, 41, 2, 100, 7, 7, 7, 7, 7, 7, 1, 80] + list(rnd.integers(0, 12, 60)):
+        rows = rnd.normal(size=(int(size), N_FEATURES))
+        as_lists = rows.tolist() if size % 2 else rows  # both kinds of rows are accepted
+        st.add_rows(as_lists)
+        ref.add(rows)
+        added += int(size)
+        assert st.n_buf == ref.n and st.since_fit == added
+        assert np.array_equal(st.window(), ref.window())
+
+
+def test_forest_bank_scores_every_model_like_its_own_flat_forest():
+    rnd = np.random.default_rng(5)
+    params = ForestParams(n_estimators=20, max_samples=64)
+    models = [ForestModel(rnd.normal(loc=i, size=(80 + 40 * i, N_FEATURES)), params) for i in range(4)]
+    bank = ForestBank(20, 20 * (2 * 64 - 1), N_FEATURES)
+    X = rnd.normal(loc=1.5, scale=2.0, size=(300, N_FEATURES))
+    owner = rnd.integers(0, 4, len(X))
+    for round_ in range(3):  # later rounds: one model refitted (slot reused), one dropped
+        slots = bank.sync([m.flat for m in models])
+        paths = bank.path_lengths(X, np.array([slots[o] for o in owner], dtype=np.intp))
+        for i, m in enumerate(models):
+            rows = owner == i
+            s, r, mm = m.margins_from_paths(X[rows], paths[rows])
+            want = m.margins(X[rows])
+            assert all(np.array_equal(a, b) for a, b in zip((s, r, mm), want)), (round_, i)
+        models[1] = ForestModel(rnd.normal(size=(100, N_FEATURES)), params)
+        if round_ == 1:
+            models, owner = models[:3], owner % 3
+    assert not bank.fits(ForestModel(rnd.normal(size=(50, N_FEATURES)), ForestParams(n_estimators=5)).flat)
