@@ -15,10 +15,12 @@ and ``from_dict`` refits deterministically (fixed ``random_state``): no pickle, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from sklearn.ensemble import IsolationForest
+
+if TYPE_CHECKING:  # scikit-learn takes ~3 s to import: only fitting needs it, so import it there
+    from sklearn.ensemble import IsolationForest
 
 __all__ = ["ForestParams", "FlatForest", "ForestBank", "ForestModel", "average_path_length"]
 
@@ -266,6 +268,8 @@ class ForestModel:
             raise ValueError("ForestModel needs a 2-D training sample of at least 2 rows")
         self.sample = sample
         self.params = params
+        from sklearn.ensemble import IsolationForest
+
         self.forest = IsolationForest(
             n_estimators=params.n_estimators,
             max_samples=min(params.max_samples, len(sample)),
