@@ -267,7 +267,7 @@ def naive(bodies: list[bytes], n_spans: int) -> dict[str, float]:
                     batch = Batch(calls=[call], watermark_ns=call.time_ns)
                     for det in detectors:
                         det.observe(batch)
-                    metrics.tool_calls.labels(call.agent_id, call.server, call.tool).inc()
+                    metrics.tool_calls.add([(call.agent_id, call.server, call.tool)])
                     metrics.spans_received.labels("naive").inc()
         lags.append(time.perf_counter() - arrived)
     elapsed = time.perf_counter() - t0

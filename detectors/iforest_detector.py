@@ -30,6 +30,7 @@ deterministically (same ``random_state``), so restored models give identical sco
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -143,6 +144,9 @@ class _Agent:
         written to the ring buffer in bulk (one NumPy conversion per ``max_rows`` rows)."""
         self.n_buf = 0
         """Rows in the window (``buf`` and ``staged`` together, at most ``max_rows``)."""
+        self.window_lock = threading.Lock()
+        """Held while rows move from ``staged`` to ``buf``, and by ``window()``: the retrainer reads
+        the window from another thread and must never see rows in neither place (an empty window)."""
         self.since_fit = 0
         self.frozen = False
         self.pending: dict[str, list[list[float]]] = {}
@@ -155,8 +159,9 @@ class _Agent:
         cap = len(self.buf)
         n = len(rows)
         if n >= cap:  # the whole window is these rows
-            self.staged = list(rows[-cap:])
-            self.head = self.n_flushed = 0
+            with self.window_lock:
+                self.staged = list(rows[-cap:])
+                self.head = self.n_flushed = 0
         else:
             self.staged.extend(rows)
         if len(self.staged) >= cap:
@@ -166,6 +171,10 @@ class _Agent:
 
     def _flush(self) -> None:
         """Write the staged rows into the ring buffer (observe's thread only)."""
+        with self.window_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         staged, self.staged = self.staged, []
         cap = len(self.buf)
         keep = np.asarray(staged, dtype=np.float64).reshape(-1, N_FEATURES)[-cap:]
@@ -180,6 +189,10 @@ class _Agent:
 
     def window(self) -> np.ndarray:
         """Baseline rows, oldest first (a copy: safe to use from another thread)."""
+        with self.window_lock:
+            return self._window_locked()
+
+    def _window_locked(self) -> np.ndarray:
         staged = list(self.staged)
         cap = len(self.buf)
         if self.n_flushed < cap:
