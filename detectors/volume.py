@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from itertools import compress
 from operator import attrgetter
@@ -118,7 +119,9 @@ def _merge_top(top: list[list[Any]], items: list[tuple[int, int]], spans: list[s
         top.extend([[v, spans[p]] for v, p in items])
     else:
         pool = top + [[v, spans[p]] for v, p in items]
-        keep = sorted(range(len(pool)), key=lambda i: (pool[i][0], i))[-SPANS_NAMED:]
+        # A stable sort by value alone orders ties by arrival, i.e. by (value, arrival), without a
+        # Python key function per element.
+        keep = sorted(range(len(pool)), key=[x[0] for x in pool].__getitem__)[-SPANS_NAMED:]
         keep.sort()
         top[:] = [pool[i] for i in keep]
     return min([x[0] for x in top]) if len(top) >= SPANS_NAMED else None
@@ -377,11 +380,9 @@ class VolumeSpikeDetector(Detector):
                         continue  # nothing of this batch can enter a full list
                     a, b = c_start[g], c_start[g + 1]
                     lows[m] = _merge_top(top, list(zip(c_val[a:b], c_pos[a:b])), spans, lows[m])
-        for k, top in enumerate(key_max.tolist()):
-            entry = keys[meta[k][0]]
-            old = entry.get("last_ns")
-            entry["last_ns"] = top if old is None or top > old else old
-        self._count_sessions(calls, pos, gid, wins)
+        for item, top in zip(meta, np.where(has_last, np.maximum(key_max, last_ns), key_max).tolist()):
+            keys[item[0]]["last_ns"] = top
+        self._count_sessions(calls, g_pos, (np.cumsum(edge) - 1).tolist(), wins)
         return True
 
     def _open_window(self, item: tuple[str, str, str, str], idx: int) -> tuple[int, dict[str, Any], list[Any]]:
@@ -406,30 +407,25 @@ class VolumeSpikeDetector(Detector):
         return hot
 
     @staticmethod
-    def _count_sessions(calls: list[ToolCall], pos: np.ndarray, gid: np.ndarray, wins: list[dict[str, Any]]) -> None:
-        """Per window: count its first 20 sessions (in order of first call), as call by call would."""
+    def _count_sessions(calls: list[ToolCall], g_pos: list[int], row_group: list[int],
+                        wins: list[dict[str, Any]]) -> None:
+        """Per window: count its first 20 sessions (in order of first call), as call by call would.
+
+        ``g_pos``/``row_group`` are the rows' calls and groups in group order, calls in order inside
+        a group, so one C-speed ``Counter`` over (group, session) yields each group's sessions in
+        order of first call; Python then runs once per distinct (window, session).
+        """
         sessions = list(map(_SESSION, calls))
-        code_of = dict.fromkeys(sessions)
-        code_of.pop("", None)
-        if not code_of:
+        if not any(sessions):
             return
-        for j, sid in enumerate(code_of):
-            code_of[sid] = j
-        code = np.fromiter((code_of.get(x, -1) for x in sessions), np.int64, len(sessions))
-        rc = code[pos]
-        rows = np.flatnonzero(rc >= 0)
-        pair = gid[rows] * len(code_of) + rc[rows]
-        _, first, counts = np.unique(pair, return_index=True, return_counts=True)
-        first_rows = rows[first]
-        order = np.lexsort((pos[first_rows], gid[first_rows]))
-        names = list(code_of)
-        for g, c, n in zip(gid[first_rows][order].tolist(), rc[first_rows][order].tolist(), counts[order].tolist()):
-            seen = wins[g]["sessions"]
-            sid = names[c]
-            if sid in seen:
-                seen[sid] += n
-            elif len(seen) < 20:
-                seen[sid] = n
+        counts = Counter(zip(row_group, map(sessions.__getitem__, g_pos)))
+        for (g, sid), n in counts.items():
+            if sid:
+                seen = wins[g]["sessions"]
+                if sid in seen:
+                    seen[sid] += n
+                elif len(seen) < 20:
+                    seen[sid] = n
 
     def _keys_for(self, call: ToolCall) -> list[tuple[str, str, str, str]]:
         keys = [(json.dumps(["agent", call.agent_id]), "agent", call.agent_id, "")]
