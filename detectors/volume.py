@@ -102,29 +102,29 @@ def _keep(top: list[list[Any]], item: list[Any]) -> None:
     top.append(item)
 
 
-def _merge_top(top: list[list[Any]], items: list[tuple[int, int]], spans: list[str], low: Any) -> Any:
-    """``_keep`` each (value, call) in turn, at once: the ten largest by (value, arrival), in arrival order.
+def _merge_top(top: list[list[Any]], vals: list[int], calls: list[int], spans: list[str]) -> Any:
+    """``_keep`` each (value, call) of ``vals``/``calls`` in turn; returns the new minimum (None while not full).
 
-    That is what ``_keep`` keeps (an equal newcomer displaces the oldest minimum); an item below
-    a full list's minimum ``low`` can never enter, so it is dropped before anything is built.
-    ``low`` is None when not known; returns the new minimum (None while the list is not full).
+    The batch's candidates are few (its ten best per window, in call order), so ``_keep``'s own
+    rule runs on them directly, with the list's values kept alongside instead of rebuilt per item.
     """
-    if low is None and len(top) >= SPANS_NAMED:
-        low = min([x[0] for x in top])
-    if low is not None:
-        if max(items)[0] < low:
-            return low
-        items = [x for x in items if x[0] >= low]
-    if len(top) + len(items) <= SPANS_NAMED:
-        top.extend([[v, spans[p]] for v, p in items])
-    else:
-        pool = top + [[v, spans[p]] for v, p in items]
-        # A stable sort by value alone orders ties by arrival, i.e. by (value, arrival), without a
-        # Python key function per element.
-        keep = sorted(range(len(pool)), key=[x[0] for x in pool].__getitem__)[-SPANS_NAMED:]
-        keep.sort()
-        top[:] = [pool[i] for i in keep]
-    return min([x[0] for x in top]) if len(top) >= SPANS_NAMED else None
+    n, k = len(vals), 0
+    while len(top) < SPANS_NAMED:
+        if k == n:
+            return None
+        top.append([vals[k], spans[calls[k]]])
+        k += 1
+    firsts = [x[0] for x in top]
+    low = min(firsts)
+    for k in range(k, n):
+        v = vals[k]
+        if v >= low:
+            i = firsts.index(low)
+            del firsts[i], top[i]
+            firsts.append(v)
+            top.append([v, spans[calls[k]]])
+            low = min(firsts)
+    return low
 
 
 def _top_rows(rows: np.ndarray, gid: np.ndarray, value: np.ndarray, pos: np.ndarray,
@@ -379,7 +379,7 @@ class VolumeSpikeDetector(Detector):
                     if lows[m] is not None and c_best[g] < lows[m]:
                         continue  # nothing of this batch can enter a full list
                     a, b = c_start[g], c_start[g + 1]
-                    lows[m] = _merge_top(top, list(zip(c_val[a:b], c_pos[a:b])), spans, lows[m])
+                    lows[m] = _merge_top(top, c_val[a:b], c_pos[a:b], spans)
         for item, top in zip(meta, np.where(has_last, np.maximum(key_max, last_ns), key_max).tolist()):
             keys[item[0]]["last_ns"] = top
         self._count_sessions(calls, g_pos, (np.cumsum(edge) - 1).tolist(), wins)
