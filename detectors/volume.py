@@ -20,8 +20,8 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass
-from itertools import compress
-from operator import attrgetter
+from itertools import chain, compress, count
+from operator import attrgetter, itemgetter
 from statistics import median
 from typing import Any
 
@@ -271,20 +271,14 @@ class VolumeSpikeDetector(Detector):
             t, size, w, n = t[live], size[live], w[live], n - late
 
         triples = list(map(_TRIPLE, calls))
-        code_of = dict.fromkeys(triples)
-        key_at: dict[str, int] = {}
-        meta: list[tuple[str, str, str, str]] = []
-        scope_keys: list[list[int]] = []
-        for j, triple in enumerate(code_of):
-            code_of[triple] = j
-            for s, item in enumerate(self._keys_of(*triple)):
-                k = key_at.get(item[0])
-                if k is None:
-                    k = key_at[item[0]] = len(meta)
-                    meta.append(item)
-                if s == len(scope_keys):
-                    scope_keys.append([])
-                scope_keys[s].append(k)
+        # Keys per distinct triple (cached), numbered in order of first appearance, all at C speed.
+        cache = self._key_cache
+        code_of = dict(zip(dict.fromkeys(triples), count()))
+        per_triple = [cache.get(x) or self._keys_of(*x) for x in code_of]
+        key_at = dict(zip(dict.fromkeys(chain.from_iterable(per_triple)), count()))
+        meta: list[tuple[str, str, str, str]] = list(key_at)
+        scope_keys = [list(map(key_at.__getitem__, map(itemgetter(s), per_triple)))
+                      for s in range(len(per_triple[0]))]
         keys, opens_of = self._keys, self._open
         new_keys = sum(1 for item in meta if item[0] not in keys)
         if new_keys and len(keys) + new_keys > self.config.max_keys:
