@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
-from itertools import compress
-from operator import attrgetter
+from itertools import chain, compress, count
+from operator import attrgetter, itemgetter
 from statistics import median
 from typing import Any
 
@@ -101,27 +102,29 @@ def _keep(top: list[list[Any]], item: list[Any]) -> None:
     top.append(item)
 
 
-def _merge_top(top: list[list[Any]], items: list[tuple[int, int]], spans: list[str], low: Any) -> Any:
-    """``_keep`` each (value, call) in turn, at once: the ten largest by (value, arrival), in arrival order.
+def _merge_top(top: list[list[Any]], vals: list[int], calls: list[int], spans: list[str]) -> Any:
+    """``_keep`` each (value, call) of ``vals``/``calls`` in turn; returns the new minimum (None while not full).
 
-    That is what ``_keep`` keeps (an equal newcomer displaces the oldest minimum); an item below
-    a full list's minimum ``low`` can never enter, so it is dropped before anything is built.
-    ``low`` is None when not known; returns the new minimum (None while the list is not full).
+    The batch's candidates are few (its ten best per window, in call order), so ``_keep``'s own
+    rule runs on them directly, with the list's values kept alongside instead of rebuilt per item.
     """
-    if low is None and len(top) >= SPANS_NAMED:
-        low = min([x[0] for x in top])
-    if low is not None:
-        if max(items)[0] < low:
-            return low
-        items = [x for x in items if x[0] >= low]
-    if len(top) + len(items) <= SPANS_NAMED:
-        top.extend([[v, spans[p]] for v, p in items])
-    else:
-        pool = top + [[v, spans[p]] for v, p in items]
-        keep = sorted(range(len(pool)), key=lambda i: (pool[i][0], i))[-SPANS_NAMED:]
-        keep.sort()
-        top[:] = [pool[i] for i in keep]
-    return min([x[0] for x in top]) if len(top) >= SPANS_NAMED else None
+    n, k = len(vals), 0
+    while len(top) < SPANS_NAMED:
+        if k == n:
+            return None
+        top.append([vals[k], spans[calls[k]]])
+        k += 1
+    firsts = [x[0] for x in top]
+    low = min(firsts)
+    for k in range(k, n):
+        v = vals[k]
+        if v >= low:
+            i = firsts.index(low)
+            del firsts[i], top[i]
+            firsts.append(v)
+            top.append([v, spans[calls[k]]])
+            low = min(firsts)
+    return low
 
 
 def _top_rows(rows: np.ndarray, gid: np.ndarray, value: np.ndarray, pos: np.ndarray,
@@ -268,20 +271,14 @@ class VolumeSpikeDetector(Detector):
             t, size, w, n = t[live], size[live], w[live], n - late
 
         triples = list(map(_TRIPLE, calls))
-        code_of = dict.fromkeys(triples)
-        key_at: dict[str, int] = {}
-        meta: list[tuple[str, str, str, str]] = []
-        scope_keys: list[list[int]] = []
-        for j, triple in enumerate(code_of):
-            code_of[triple] = j
-            for s, item in enumerate(self._keys_of(*triple)):
-                k = key_at.get(item[0])
-                if k is None:
-                    k = key_at[item[0]] = len(meta)
-                    meta.append(item)
-                if s == len(scope_keys):
-                    scope_keys.append([])
-                scope_keys[s].append(k)
+        # Keys per distinct triple (cached), numbered in order of first appearance, all at C speed.
+        cache = self._key_cache
+        code_of = dict(zip(dict.fromkeys(triples), count()))
+        per_triple = [cache.get(x) or self._keys_of(*x) for x in code_of]
+        key_at = dict(zip(dict.fromkeys(chain.from_iterable(per_triple)), count()))
+        meta: list[tuple[str, str, str, str]] = list(key_at)
+        scope_keys = [list(map(key_at.__getitem__, map(itemgetter(s), per_triple)))
+                      for s in range(len(per_triple[0]))]
         keys, opens_of = self._keys, self._open
         new_keys = sum(1 for item in meta if item[0] not in keys)
         if new_keys and len(keys) + new_keys > self.config.max_keys:
@@ -376,12 +373,10 @@ class VolumeSpikeDetector(Detector):
                     if lows[m] is not None and c_best[g] < lows[m]:
                         continue  # nothing of this batch can enter a full list
                     a, b = c_start[g], c_start[g + 1]
-                    lows[m] = _merge_top(top, list(zip(c_val[a:b], c_pos[a:b])), spans, lows[m])
-        for k, top in enumerate(key_max.tolist()):
-            entry = keys[meta[k][0]]
-            old = entry.get("last_ns")
-            entry["last_ns"] = top if old is None or top > old else old
-        self._count_sessions(calls, pos, gid, wins)
+                    lows[m] = _merge_top(top, c_val[a:b], c_pos[a:b], spans)
+        for item, top in zip(meta, np.where(has_last, np.maximum(key_max, last_ns), key_max).tolist()):
+            keys[item[0]]["last_ns"] = top
+        self._count_sessions(calls, g_pos, (np.cumsum(edge) - 1).tolist(), wins)
         return True
 
     def _open_window(self, item: tuple[str, str, str, str], idx: int) -> tuple[int, dict[str, Any], list[Any]]:
@@ -406,30 +401,25 @@ class VolumeSpikeDetector(Detector):
         return hot
 
     @staticmethod
-    def _count_sessions(calls: list[ToolCall], pos: np.ndarray, gid: np.ndarray, wins: list[dict[str, Any]]) -> None:
-        """Per window: count its first 20 sessions (in order of first call), as call by call would."""
+    def _count_sessions(calls: list[ToolCall], g_pos: list[int], row_group: list[int],
+                        wins: list[dict[str, Any]]) -> None:
+        """Per window: count its first 20 sessions (in order of first call), as call by call would.
+
+        ``g_pos``/``row_group`` are the rows' calls and groups in group order, calls in order inside
+        a group, so one C-speed ``Counter`` over (group, session) yields each group's sessions in
+        order of first call; Python then runs once per distinct (window, session).
+        """
         sessions = list(map(_SESSION, calls))
-        code_of = dict.fromkeys(sessions)
-        code_of.pop("", None)
-        if not code_of:
+        if not any(sessions):
             return
-        for j, sid in enumerate(code_of):
-            code_of[sid] = j
-        code = np.fromiter((code_of.get(x, -1) for x in sessions), np.int64, len(sessions))
-        rc = code[pos]
-        rows = np.flatnonzero(rc >= 0)
-        pair = gid[rows] * len(code_of) + rc[rows]
-        _, first, counts = np.unique(pair, return_index=True, return_counts=True)
-        first_rows = rows[first]
-        order = np.lexsort((pos[first_rows], gid[first_rows]))
-        names = list(code_of)
-        for g, c, n in zip(gid[first_rows][order].tolist(), rc[first_rows][order].tolist(), counts[order].tolist()):
-            seen = wins[g]["sessions"]
-            sid = names[c]
-            if sid in seen:
-                seen[sid] += n
-            elif len(seen) < 20:
-                seen[sid] = n
+        counts = Counter(zip(row_group, map(sessions.__getitem__, g_pos)))
+        for (g, sid), n in counts.items():
+            if sid:
+                seen = wins[g]["sessions"]
+                if sid in seen:
+                    seen[sid] += n
+                elif len(seen) < 20:
+                    seen[sid] = n
 
     def _keys_for(self, call: ToolCall) -> list[tuple[str, str, str, str]]:
         keys = [(json.dumps(["agent", call.agent_id]), "agent", call.agent_id, "")]
