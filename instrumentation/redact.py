@@ -356,7 +356,7 @@ class Redactor:
             walk.destinations.add(host)
 
     def _sketch(self, texts: list[str]) -> tuple[int, ...]:
-        if sum(len(t) for t in texts) < self.sketch_min_chars:
+        if sum(map(len, texts)) < self.sketch_min_chars:
             return ()
         return self._sketcher("\n".join(texts))
 

@@ -50,7 +50,7 @@ class Sketcher:
             data = data.ljust(SHINGLE_BYTES, b"\0")
         hashed = _splitmix(_shingles(data) ^ self._key)
         halves = hashed.view(_U32)  # little-endian: [low 32 bits, high 32 bits] per hash
-        return _slot_minima(halves[1::2] >> np.uint32(32 - _SLOT_BITS), halves[0::2])
+        return _slot_minima(halves[1::2], halves[0::2])
 
 
 _U32 = np.dtype("<u4")
@@ -83,23 +83,24 @@ def _shingles(data: bytes) -> np.ndarray:
     return np.ndarray((len(data) - SHINGLE_BYTES + 1,), dtype="<u8", buffer=data, strides=(1,))
 
 
-def _slot_minima(slots: np.ndarray, values: np.ndarray) -> tuple[int, ...]:
-    """The smallest value per slot (``EMPTY_SLOT`` where none), as the sketch tuple.
+def _slot_minima(high: np.ndarray, low: np.ndarray) -> tuple[int, ...]:
+    """The smallest ``low`` per slot (the top bits of ``high``; ``EMPTY_SLOT`` where none).
 
     ``np.minimum.at`` is slow per element, so it first runs only over the values small enough to
     be a minimum: with n uniform 32-bit values, those below ``16 * 64 / n`` of the range are ~16
-    per slot. If some slot got none of them (odds ~e^-16), every value is used instead, so the
-    result is always the exact minimum.
+    per slot, and only their slots are computed. If some slot got none of them (few distinct
+    shingles), every value is used instead, so the result is always the exact minimum.
     """
     mins = np.full(SKETCH_SLOTS, EMPTY_SLOT, dtype=_U32)
-    limit = (_KEEP_PER_SLOT * SKETCH_SLOTS << 32) // max(len(values), 1)
+    shift = np.uint32(32 - _SLOT_BITS)
+    limit = (_KEEP_PER_SLOT * SKETCH_SLOTS << 32) // max(len(low), 1)
     if limit < EMPTY_SLOT:
-        few = np.flatnonzero(values < np.uint32(limit))
-        np.minimum.at(mins, slots[few], values[few])
+        few = (low < np.uint32(limit)).nonzero()[0]
+        np.minimum.at(mins, high[few] >> shift, low[few])
         if not (mins == EMPTY_SLOT).any():
             return tuple(mins.tolist())
         mins.fill(EMPTY_SLOT)
-    np.minimum.at(mins, slots, values)
+    np.minimum.at(mins, high >> shift, low)
     return tuple(mins.tolist())
 
 
