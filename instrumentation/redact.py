@@ -242,6 +242,7 @@ class Redactor:
         out: dict[str, Any] = {}
         kind = value.get("type") if binary_ok else None
         binary_field = _BINARY_FIELDS.get(kind) if isinstance(kind, str) else None
+        clean_keys, secret_names = self._clean_keys, self._secret_names
         for raw_key, item in value.items():
             key = raw_key if isinstance(raw_key, str) else str(raw_key)
             if binary_ok and (key == binary_field or (key == "blob" and "uri" in value)):
@@ -249,12 +250,18 @@ class Redactor:
                 walk.size += len(item) if isinstance(item, str) else 0
                 out[key] = "<binary>"
                 continue
-            new_key = self._key(key, walk)
-            secret_name = self._secret_names.get(key)
+            if key in clean_keys and key.isascii():  # the usual key: what ``_key`` does, inline
+                walk.size += len(key) + 2
+                new_key = key
+            else:
+                new_key = self._key(key, walk)
+            secret_name = secret_names.get(key)
             if secret_name is None:
                 secret_name = self._is_secret_name(key)
             if secret_name and _is_scalar_secret(item):
                 new_item: Any = self._keyed_secret(item, walk)
+            elif type(item) is str:  # exactly str: what ``_walk`` does first, inline
+                new_item = self._text(item, walk)
             else:
                 new_item = self._walk(item, walk, depth + 1, binary_ok=binary_ok)
             while new_key in out:  # two keys redacted to the same placeholder stay two keys

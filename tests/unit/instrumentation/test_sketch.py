@@ -95,7 +95,7 @@ def test_copy_of_a_result_sent_as_arguments_is_found() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(st.sampled_from([*"aZ1 ~.", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x00", "\x7f"]), max_size=200))
 def test_ascii_fast_path_normalises_like_str_split(text: str) -> None:
-    # The sketch's numpy path for ASCII text must give exactly " ".join(text.split()).lower().
+    # The sketch's bytes.translate path for ASCII text must give exactly " ".join(text.split()).lower().
     assert _normal_ascii(text.encode("ascii")) == " ".join(text.split()).lower().encode("ascii")
 
 
