@@ -141,6 +141,8 @@ class Redactor:
         self.max_destinations = max_destinations
         # Object keys repeat across calls ("query", "path", …): remember the ones that hold nothing.
         self._clean_keys: set[str] = set()
+        # … and whether a key is named like a secret: the key-name regex costs ~2 µs a key.
+        self._secret_names: dict[str, bool] = {}
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **options: Any) -> Redactor:
@@ -240,6 +242,7 @@ class Redactor:
         out: dict[str, Any] = {}
         kind = value.get("type") if binary_ok else None
         binary_field = _BINARY_FIELDS.get(kind) if isinstance(kind, str) else None
+        clean_keys, secret_names = self._clean_keys, self._secret_names
         for raw_key, item in value.items():
             key = raw_key if isinstance(raw_key, str) else str(raw_key)
             if binary_ok and (key == binary_field or (key == "blob" and "uri" in value)):
@@ -247,15 +250,33 @@ class Redactor:
                 walk.size += len(item) if isinstance(item, str) else 0
                 out[key] = "<binary>"
                 continue
-            new_key = self._key(key, walk)
-            if _is_scalar_secret(item) and KEY_NAME_RE.match(key):
+            if key in clean_keys and key.isascii():  # the usual key: what ``_key`` does, inline
+                walk.size += len(key) + 2
+                new_key = key
+            else:
+                new_key = self._key(key, walk)
+            secret_name = secret_names.get(key)
+            if secret_name is None:
+                secret_name = self._is_secret_name(key)
+            if secret_name and _is_scalar_secret(item):
                 new_item: Any = self._keyed_secret(item, walk)
+            elif type(item) is str:  # exactly str: what ``_walk`` does first, inline
+                new_item = self._text(item, walk)
             else:
                 new_item = self._walk(item, walk, depth + 1, binary_ok=binary_ok)
             while new_key in out:  # two keys redacted to the same placeholder stay two keys
                 new_key += "'"
             out[new_key] = new_item
         return out
+
+    def _is_secret_name(self, key: str) -> bool:
+        """``KEY_NAME_RE`` matches ``key``; remembered for short keys (bounded, like clean keys)."""
+        secret_name = KEY_NAME_RE.match(key) is not None
+        if len(key) <= _KEY_CHARS:
+            if len(self._secret_names) >= _CLEAN_KEYS_MAX:
+                self._secret_names.clear()
+            self._secret_names[key] = secret_name
+        return secret_name
 
     def _key(self, key: str, walk: _Walk) -> str:
         """Object keys are short and always scanned (outside the budget), up to ``_KEY_CHARS``."""
@@ -342,7 +363,7 @@ class Redactor:
             walk.destinations.add(host)
 
     def _sketch(self, texts: list[str]) -> tuple[int, ...]:
-        if sum(len(t) for t in texts) < self.sketch_min_chars:
+        if sum(map(len, texts)) < self.sketch_min_chars:
             return ()
         return self._sketcher("\n".join(texts))
 

@@ -13,6 +13,7 @@ key, so sketches compare only within one deployment and cannot be used to test g
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 
@@ -21,7 +22,6 @@ __all__ = ["SKETCH_SLOTS", "SHINGLE_BYTES", "Sketcher", "sketch_similarity"]
 SKETCH_SLOTS = 64
 SHINGLE_BYTES = 8
 EMPTY_SLOT = 0xFFFFFFFF
-_MASK32 = np.uint64(0xFFFFFFFF)
 _SLOT_BITS = 6  # 2**6 == SKETCH_SLOTS
 
 
@@ -49,47 +49,66 @@ class Sketcher:
         if len(data) < SHINGLE_BYTES:
             data = data.ljust(SHINGLE_BYTES, b"\0")
         hashed = _splitmix(_shingles(data) ^ self._key)
-        slots = hashed >> np.uint64(64 - _SLOT_BITS)
-        hashed &= _MASK32
-        mins = np.full(SKETCH_SLOTS, EMPTY_SLOT, dtype=np.uint64)
-        np.minimum.at(mins, slots.astype(np.intp), hashed)
-        return tuple(mins.tolist())
+        halves = hashed.view(_U32)  # little-endian: [low 32 bits, high 32 bits] per hash
+        return _slot_minima(halves[1::2], halves[0::2])
 
 
-_LOWER = np.arange(256, dtype=np.uint8)
-_LOWER[ord("A") : ord("Z") + 1] += 32
-_SPACE = np.zeros(256, dtype=bool)
-_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True  # what str.split() splits ASCII text on
-_LOWER[_SPACE] = ord(" ")
+_U32 = np.dtype("<u4")
+_KEEP_PER_SLOT = 16
+
+# str.split() splits ASCII text on these; lower-case and turn them all into " " in one translate
+_LOWER = bytearray(range(256))
+_LOWER[ord("A") : ord("Z") + 1] = bytes(range(ord("a"), ord("z") + 1))
+for _byte in (9, 10, 11, 12, 13, 28, 29, 30, 31, 32):
+    _LOWER[_byte] = ord(" ")
+_LOWER_TABLE = bytes(_LOWER)
+del _LOWER, _byte
+_SPACE_RUN = re.compile(rb" {2,}")
 
 
 def _normal_ascii(data: bytes) -> bytes:
     """``" ".join(text.split()).lower()`` of ASCII text, as bytes, without a string per word."""
-    raw = np.frombuffer(data, dtype=np.uint8)
-    if not raw.size:
-        return b""
-    space = _SPACE[raw]
-    keep = ~space
-    keep[1:] |= ~space[:-1]  # the first space of a run stays (as one " "), the rest go
-    out = _LOWER[raw][keep].tobytes()
-    return out[:-1] if out.endswith(b" ") else out
+    out = data.translate(_LOWER_TABLE)
+    if b"  " in out:
+        out = _SPACE_RUN.sub(b" ", out)
+    return out.strip(b" ")
 
 
 def _shingles(data: bytes) -> np.ndarray:
-    """Every 8-byte window of ``data`` as a little-endian uint64, in no particular order.
+    """Every 8-byte window of ``data`` as a little-endian uint64: a read-only view, no copy.
 
-    A MinHash is over the *set* of shingles, so order does not matter: the windows that start at
-    ``k, k+8, k+16 …`` are ``data[k:]`` read as uint64s directly (no copy per window), for k in 0..7.
+    The view steps one byte at a time (unaligned reads), so the first operation on it (the key
+    XOR) writes the only copy.
     """
-    n = len(data)
-    parts = [np.frombuffer(data, dtype="<u8", count=(n - k) // SHINGLE_BYTES, offset=k) for k in range(SHINGLE_BYTES)]
-    return np.concatenate(parts)
+    return np.ndarray((len(data) - SHINGLE_BYTES + 1,), dtype="<u8", buffer=data, strides=(1,))
+
+
+def _slot_minima(high: np.ndarray, low: np.ndarray) -> tuple[int, ...]:
+    """The smallest ``low`` per slot (the top bits of ``high``; ``EMPTY_SLOT`` where none).
+
+    ``np.minimum.at`` is slow per element, so it first runs only over the values small enough to
+    be a minimum: with n uniform 32-bit values, those below ``16 * 64 / n`` of the range are ~16
+    per slot, and only their slots are computed. If some slot got none of them (few distinct
+    shingles), every value is used instead, so the result is always the exact minimum.
+    """
+    mins = np.full(SKETCH_SLOTS, EMPTY_SLOT, dtype=_U32)
+    shift = np.uint32(32 - _SLOT_BITS)
+    limit = (_KEEP_PER_SLOT * SKETCH_SLOTS << 32) // max(len(low), 1)
+    if limit < EMPTY_SLOT:
+        few = (low < np.uint32(limit)).nonzero()[0]
+        np.minimum.at(mins, high[few] >> shift, low[few])
+        if not (mins == EMPTY_SLOT).any():
+            return tuple(mins.tolist())
+        mins.fill(EMPTY_SLOT)
+    np.minimum.at(mins, high >> shift, low)
+    return tuple(mins.tolist())
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
     """A strong 64-bit mix so that near-equal shingles hash far apart (in place on a fresh array)."""
     with np.errstate(over="ignore"):
-        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = x
+        z += np.uint64(0x9E3779B97F4A7C15)
         tmp = np.empty_like(z)
         for shift, mul in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
             np.right_shift(z, np.uint64(shift), out=tmp)

@@ -27,6 +27,7 @@ Normaliser = Callable[[str], str]
 
 
 _NOT_ASCII_DIGIT = re.compile(r"[^0-9]+")
+_ASCII_DIGIT = re.compile(r"[0-9]")
 
 
 def only_digits(text: str) -> str:
@@ -39,11 +40,21 @@ def compact_upper(text: str) -> str:
     return "".join(text.split()).replace("-", "").replace(".", "").upper()
 
 
+_TERM_TABLE_MAX = 256
+_ENTROPY_TERMS: tuple[tuple[float, ...], ...] = tuple(
+    tuple(c / n * math.log2(c / n) if c else 0.0 for c in range(n + 1)) if n else () for n in range(_TERM_TABLE_MAX + 1)
+)
+"""``_ENTROPY_TERMS[n][c] == c / n * math.log2(c / n)``: the validators measure at most 256 characters,
+so each term is a table look-up (the same float, added in the same order)."""
+
+
 def shannon_entropy(text: str) -> float:
     """Bits per character; random base64 is ~5.5-6, hex ~3.7-4, English words ~3-4."""
     n = len(text)
     if not n:
         return 0.0
+    if n <= _TERM_TABLE_MAX:
+        return -sum(map(_ENTROPY_TERMS[n].__getitem__, Counter(text).values()))
     return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
 
 
@@ -151,10 +162,12 @@ def is_b64_blob(text: str) -> bool:
     core = text.rstrip("=")
     if len(core) < 32:
         return False
-    has_digit = any(ch.isdigit() for ch in core)
-    has_upper = any(ch.isupper() for ch in core)
-    has_lower = any(ch.islower() for ch in core)
-    if not (has_digit and has_upper and has_lower):
+    if core.isascii():  # always, for the blob detector's matches: the three tests in C
+        if core.lower() == core or core.upper() == core or _ASCII_DIGIT.search(core) is None:
+            return False
+    elif not (
+        any(ch.isdigit() for ch in core) and any(ch.isupper() for ch in core) and any(ch.islower() for ch in core)
+    ):
         return False
     return shannon_entropy(core[:256]) >= 4.0
 

@@ -59,3 +59,15 @@ def test_key_from_text() -> None:
     assert key_from_text("short-passphrase") == b"short-passphrase"
     with pytest.raises(ValueError, match="TOOLWATCH_FINGERPRINT_KEY"):
         key_from_text("   ")
+
+
+def test_fingerprint_is_the_documented_hmac_sha256() -> None:
+    import hashlib
+    import hmac as std_hmac
+
+    from toolwatch.instrumentation.fingerprint import Fingerprinter
+
+    key = b"deployment-key"
+    for value in ("4539148803436467", "alice@example.com", "\ud800 lone surrogate", ""):
+        expected = std_hmac.new(key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:16]
+        assert Fingerprinter(key)(value) == expected

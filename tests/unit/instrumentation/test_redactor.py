@@ -202,3 +202,16 @@ def test_secret_values_do_not_reach_the_sketch() -> None:
     b = r.redact({"password": "another-one-entirely", "note": note})
     assert a.sketch and a.sketch == b.sketch
     assert a.fingerprints != b.fingerprints
+
+
+def test_key_names_remembered_across_calls_give_the_same_result() -> None:
+    # The redactor remembers which keys are named like secrets; a reused redactor must not drift.
+    redactor = Redactor(KEY)
+    values = [{"password": "hunter2", "query": "x"}, {"query": "hunter2", "password": 1234}, {"password": {"a": "b"}}]
+    first = [redactor.redact(v) for v in values]
+    again = [redactor.redact(v) for v in values]
+    fresh = [Redactor(KEY).redact(v) for v in values]
+    assert first == again == fresh
+    assert first[0].value == {"password": "<secret:keyword>", "query": "x"}
+    assert first[1].value == {"query": "hunter2", "password": "<secret:keyword>"}
+    assert first[2].value == {"password": {"a": "b"}}

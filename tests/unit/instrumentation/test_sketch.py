@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from hypothesis import given, settings
@@ -94,5 +95,40 @@ def test_copy_of_a_result_sent_as_arguments_is_found() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(st.sampled_from([*"aZ1 ~.", "\t", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x1f", "\x00", "\x7f"]), max_size=200))
 def test_ascii_fast_path_normalises_like_str_split(text: str) -> None:
-    # The sketch's numpy path for ASCII text must give exactly " ".join(text.split()).lower().
+    # The sketch's bytes.translate path for ASCII text must give exactly " ".join(text.split()).lower().
     assert _normal_ascii(text.encode("ascii")) == " ".join(text.split()).lower().encode("ascii")
+
+
+def _reference_sketch(key: bytes, text: str, max_bytes: int = 64 * 1024) -> tuple[int, ...]:
+    """The sketch as documented, in plain Python: what deployed agents' sketches are compared to."""
+    seed = int.from_bytes(hashlib.shake_256(b"toolwatch-sketch" + key).digest(8), "little")
+    data = " ".join(text[:max_bytes].split()).lower().encode("utf-8", "surrogatepass")[:max_bytes]
+    data = data.ljust(8, b"\0")
+    mask = (1 << 64) - 1
+    mins = [0xFFFFFFFF] * SKETCH_SLOTS
+    for i in range(len(data) - 7):
+        z = (int.from_bytes(data[i : i + 8], "little") ^ seed) + 0x9E3779B97F4A7C15 & mask
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9 & mask
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EB & mask
+        z ^= z >> 31
+        slot = z >> 58
+        mins[slot] = min(mins[slot], z & 0xFFFFFFFF)
+    return tuple(mins)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.text(st.sampled_from([*"aZ1 ~.é", "\t", "\n", "\x1c", "\x00"]), max_size=3000),
+    st.sampled_from([1, 3, 50]),
+)
+def test_sketch_values_equal_the_plain_definition(text: str, repeat: int) -> None:
+    # Values must never change (agents compare them across versions), whatever shortcut computes
+    # them: short texts, texts of few distinct shingles (some slot may stay empty) and long ones.
+    key = b"deployment-key"
+    assert Sketcher(key)(text * repeat) == _reference_sketch(key, text * repeat)
+
+
+def test_sketch_values_equal_the_plain_definition_on_documents() -> None:
+    key = b"k"
+    for text in (_document(1), _document(2, words=3000), "ab" * 5000, "x", ""):
+        assert Sketcher(key)(text) == _reference_sketch(key, text)
