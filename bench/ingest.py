@@ -24,7 +24,6 @@ import os
 import pstats
 import random
 import socket
-import statistics
 import sys
 import tempfile
 import threading

@@ -279,7 +279,7 @@ class VolumeSpikeDetector(Detector):
         meta: list[tuple[str, str, str, str]] = list(key_at)
         scope_keys = [list(map(key_at.__getitem__, map(itemgetter(s), per_triple)))
                       for s in range(len(per_triple[0]))]
-        keys, opens_of = self._keys, self._open
+        keys = self._keys
         new_keys = sum(1 for item in meta if item[0] not in keys)
         if new_keys and len(keys) + new_keys > self.config.max_keys:
             return False
