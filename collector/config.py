@@ -110,6 +110,10 @@ class PipelineConfig:
     """Spans further behind the latest admitted event time are rejected as too_late."""
     max_age_s: float = 0.0
     """If > 0, spans older than this (wall clock) are rejected as too_old; 0 allows replays."""
+    retrain_max_share: float = 0.25
+    """Longest share of wall time model refits may take: after a refit of t seconds the next waits
+    t * (1 / share - 1). Refits cost ~0.5 s of CPU each; without a bound, their cadence (every N new
+    rows) grows with traffic and they take the core the detectors need."""
 
     def event_time_rule(self) -> "EventTimeRule":
         from .event_time import EventTimeRule
@@ -129,6 +133,8 @@ class PipelineConfig:
             raise ConfigError("pipeline.queue_max_spans must be greater or equal to pipeline.batch_max_size")
         if self.snapshot_interval_s <= 0:
             raise ConfigError("pipeline.snapshot_interval_s must be positive")
+        if not 0 < self.retrain_max_share <= 1:
+            raise ConfigError(f"pipeline.retrain_max_share must be in (0, 1], got {self.retrain_max_share!r}")
 
 
 @dataclass

@@ -109,7 +109,7 @@ class Daemon:
         self.agent_metrics = AgentMetrics(self.metrics.registry, self.detectors, clock=clock)
         self.pipeline.batch_listeners.append(self.agent_metrics.after_batch)
         self.pipeline.batch_listeners.append(lambda _batch, _findings: self._update_agent_gauge())
-        self.retrainer = Retrainer(self.detectors)
+        self.retrainer = Retrainer(self.detectors, max_share=p.retrain_max_share)
         self.pipeline.batch_listeners.append(self.retrainer)
         self.ingest = Ingest(Normalizer(redact_args or ingest_redactor(cfg)), self.pipeline, self.metrics)
         self.receivers: list[Receiver] = []

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+import time
+from typing import Any, Callable, Protocol
 
 from toolwatch.detectors.events import Batch, Finding
 
@@ -20,21 +21,33 @@ class Retrainable(Protocol):
 
 
 class Retrainer:
-    """A pipeline batch listener: when a detector asks for a refit, run it in a thread."""
+    """A pipeline batch listener: when a detector asks for a refit, run it in a thread.
 
-    def __init__(self, detectors: list[Any]) -> None:
+    Refits share the interpreter with the detectors, and detectors ask for them every N new rows, so
+    their CPU would grow with traffic until it took the whole core. ``max_share`` bounds them: after a
+    run of t seconds the next starts no sooner than t * (1 / max_share - 1) later. Models then refresh
+    less often under heavy load (the rows keep rolling into the window), never the other way round.
+    """
+
+    def __init__(self, detectors: list[Any], *, max_share: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
         self.detectors: list[Retrainable] = [d for d in detectors if hasattr(d, "needs_retrain") and hasattr(d, "retrain")]
         self._task: asyncio.Task[None] | None = None
         self.fitted = 0
+        self.max_share = max_share
+        self.clock = clock
+        self._not_before = 0.0
 
     def __call__(self, batch: Batch, findings: list[Finding]) -> None:
         if self._task is not None and not self._task.done():
+            return
+        if self.clock() < self._not_before:
             return
         work = [(d, keys) for d in self.detectors if (keys := d.needs_retrain())]
         if work:
             self._task = asyncio.get_running_loop().create_task(self._run(work), name="retrain")
 
     async def _run(self, work: list[tuple[Retrainable, list[str]]]) -> None:
+        started = self.clock()
         for det, keys in work:
             try:
                 done = await asyncio.to_thread(det.retrain, keys)
@@ -42,6 +55,8 @@ class Retrainer:
                 log.debug("%s: refitted %d model(s)", det.name, len(done))
             except Exception:
                 log.exception("%s: retraining failed; the previous models stay in use", det.name)
+        took = self.clock() - started
+        self._not_before = self.clock() + took * (1.0 / self.max_share - 1.0)
 
     async def shutdown(self) -> None:
         task, self._task = self._task, None
