@@ -66,6 +66,12 @@ class Verdict:
         return sum(self.rejected.values())
 
 
+def _limits(rule: EventTimeRule, now_ns: int) -> tuple[int, int, int | None]:
+    """Latest acceptable time, allowed lateness, and oldest acceptable time (None: no age limit)."""
+    age_limit = now_ns - int(rule.max_age_s * NS) if rule.max_age_s > 0 else None
+    return now_ns + int(rule.max_future_skew_s * NS), int(rule.allowed_lateness_s * NS), age_limit
+
+
 def judge(
     rule: EventTimeRule,
     calls: list[ToolCall],
@@ -74,9 +80,7 @@ def judge(
     watermark_ns: int,
 ) -> Verdict:
     """Apply the rule to one request's events; ``watermark_ns`` is the admission watermark so far."""
-    future_limit = now_ns + int(rule.max_future_skew_s * NS)
-    oldest_ok = int(rule.allowed_lateness_s * NS)
-    age_limit = now_ns - int(rule.max_age_s * NS) if rule.max_age_s > 0 else None
+    future_limit, oldest_ok, age_limit = _limits(rule, now_ns)
     # The common case: every event's time is already acceptable. Two C-speed passes over the
     # times prove it, and then nothing changes but the watermark.
     times = [*map(_TIME, calls), *map(_TIME, listings)]
@@ -100,9 +104,7 @@ def judge_each(
     watermark_ns: int,
 ) -> Verdict:
     """``judge`` event by event (what it does whenever some event needs clamping or rejecting)."""
-    future_limit = now_ns + int(rule.max_future_skew_s * NS)
-    oldest_ok = int(rule.allowed_lateness_s * NS)
-    age_limit = now_ns - int(rule.max_age_s * NS) if rule.max_age_s > 0 else None
+    future_limit, oldest_ok, age_limit = _limits(rule, now_ns)
     reject_future = rule.future_policy == REJECT
     verdict = Verdict([], [])
     wm = watermark_ns

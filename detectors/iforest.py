@@ -85,21 +85,7 @@ class FlatForest:
         flat = X.ravel()
         rows = np.tile(np.arange(n, dtype=np.intp) * F, T)
         idx = np.repeat(self.roots, n)
-        pos = np.empty_like(idx)
-        x = np.empty(len(idx), dtype=np.float32)
-        t = np.empty(len(idx), dtype=np.float32)
-        right = np.empty(len(idx), dtype=bool)
-        # Preallocated buffers and take(mode="clip") avoid temporaries and bounds checks; every
-        # index is in range by construction (leaves point at themselves).
-        for _ in range(self.depth):
-            np.take(self.feature, idx, out=pos, mode="clip")
-            pos += rows
-            np.take(flat, pos, out=x, mode="clip")
-            np.take(self.threshold, idx, out=t, mode="clip")
-            np.greater(x, t, out=right)
-            np.take(self.child, idx, out=idx, mode="clip")
-            idx += right
-        return self.leaf_value[idx].reshape(T, n).sum(axis=0)
+        return _walk(self, flat, rows, idx, self.depth).reshape(T, n).sum(axis=0)
 
 
 class ForestBank:
@@ -172,19 +158,29 @@ class ForestBank:
         flat = X.ravel()
         rows = np.tile(np.arange(n, dtype=np.intp) * F, T)
         idx = self.roots[slots].T.ravel()  # tree-major, as in FlatForest
-        pos = np.empty_like(idx)
-        x = np.empty(len(idx), dtype=np.float32)
-        t = np.empty(len(idx), dtype=np.float32)
-        right = np.empty(len(idx), dtype=bool)
-        for _ in range(int(self.depth[slots].max()) if n else 0):
-            np.take(self.feature, idx, out=pos, mode="clip")
-            pos += rows
-            np.take(flat, pos, out=x, mode="clip")
-            np.take(self.threshold, idx, out=t, mode="clip")
-            np.greater(x, t, out=right)
-            np.take(self.child, idx, out=idx, mode="clip")
-            idx += right
-        return self.leaf_value[idx].reshape(T, n).sum(axis=0)
+        depth = int(self.depth[slots].max()) if n else 0
+        return _walk(self, flat, rows, idx, depth).reshape(T, n).sum(axis=0)
+
+
+def _walk(nodes: "FlatForest | ForestBank", flat: np.ndarray, rows: np.ndarray, idx: np.ndarray, depth: int) -> np.ndarray:
+    """Walk every (tree, row) pair ``depth`` levels down flat node arrays; the leaf values reached.
+
+    ``idx`` (tree-major start nodes) is walked in place. Preallocated buffers and
+    take(mode="clip") avoid temporaries and bounds checks; every index is in range by
+    construction (leaves point at themselves)."""
+    pos = np.empty_like(idx)
+    x = np.empty(len(idx), dtype=np.float32)
+    t = np.empty(len(idx), dtype=np.float32)
+    right = np.empty(len(idx), dtype=bool)
+    for _ in range(depth):
+        np.take(nodes.feature, idx, out=pos, mode="clip")
+        pos += rows
+        np.take(flat, pos, out=x, mode="clip")
+        np.take(nodes.threshold, idx, out=t, mode="clip")
+        np.greater(x, t, out=right)
+        np.take(nodes.child, idx, out=idx, mode="clip")
+        idx += right
+    return nodes.leaf_value[idx]
 
 
 def _float32_floor(t: np.ndarray) -> np.ndarray:
