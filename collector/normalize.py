@@ -23,6 +23,7 @@ from .dialects.genai import GENAI
 from .dialects.genai import MAX_ARGS_TEXT as GENAI_MAX_ARGS_TEXT
 from .dialects import attrs as a
 from .dialects.attrs import any_value
+from .otlp_attrmap import is_attr_map
 
 __all__ = [
     "ArgsRedactor",
@@ -142,12 +143,18 @@ class Normalizer:
         self.redact_args = redact_args
         self.dialects = dialects
         self._markers = frozenset(k for d in dialects for k in d.marker_keys) if dialects is not DIALECTS else MARKER_KEYS
+        # For map-typed attributes, asked key by key (GenAI's first: they decide the common case).
+        self._marker_order = tuple(sorted(self._markers, key=lambda k: (k not in GENAI.marker_keys, k)))
         # The GenAI fast path stands in for asking the dialects only where GenAI is asked first.
         self._fast = fast and bool(dialects) and dialects[0] is GENAI
 
     def normalize(self, req: ExportTraceServiceRequest) -> Normalized:
+        """``req`` as decoded by ``otlp`` (an ``ExportTraceServiceRequest`` or an ``AttrMapRequest``)."""
         out = Normalized()
         markers = self._markers
+        # An AttrMapRequest's span attributes already are a {key: AnyValue} mapping (in C).
+        mapped = is_attr_map(req)
+        has_marker = self._marker_order
         fast = self._genai_fast if self._fast else None
         for rs in req.resource_spans:
             service = ""
@@ -164,9 +171,17 @@ class Normalizer:
                 spans = ss.spans
                 out.spans += len(spans)
                 for span in spans:
-                    attrs = {kv.key: kv.value for kv in span.attributes}
-                    if markers.isdisjoint(attrs):
-                        continue  # not a tool span in any dialect: the cheap, common case
+                    if mapped:
+                        attrs = span.attributes
+                        for key in has_marker:
+                            if key in attrs:
+                                break
+                        else:
+                            continue  # not a tool span in any dialect: the cheap, common case
+                    else:
+                        attrs = {kv.key: kv.value for kv in span.attributes}
+                        if markers.isdisjoint(attrs):
+                            continue
                     op = attrs.get(_OP)
                     if op is not None and op.string_value == _INVOKE_AGENT:
                         agent = a.text(attrs, sc.GEN_AI_AGENT_ID) or a.text(attrs, sc.GEN_AI_AGENT_NAME)
