@@ -21,7 +21,6 @@ from typing import Any
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
-from opentelemetry.proto.common.v1 import common_pb2  # noqa: F401  # registers AnyValue in the pool
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 __all__ = ["AttrMapRequest", "is_attr_map", "parse"]
