@@ -20,6 +20,7 @@ from helpers.otlp_build import T0, add_span, request, set_any
 from toolwatch.collector import otlp
 from toolwatch.collector.normalize import Normalized, Normalizer, drop_raw_args
 from toolwatch.collector.otlp_attrmap import AttrMapRequest, is_attr_map, parse
+from toolwatch.collector.receivers.kafka_records import decode_record
 from toolwatch.instrumentation import semconv as sc
 from toolwatch.instrumentation.fingerprint import key_from_text
 from toolwatch.instrumentation.redact import Redactor
@@ -137,6 +138,9 @@ def test_current_normaliser_equals_mains_on_both_request_types(body, redact, fas
     assert is_attr_map(decoded.request) and not decoded.rejected  # the map path really runs
     _same(Normalizer(redact, fast=fast).normalize(decoded.request), ref)
     _same(Normalizer(redact, fast=fast).normalize(ExportTraceServiceRequest.FromString(body)), ref)
+    record = decode_record(body, "otlp_proto", 1 << 30, attr_map=True)  # the Kafka receiver's
+    assert is_attr_map(record)
+    _same(Normalizer(redact, fast=fast).normalize(record), ref)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
