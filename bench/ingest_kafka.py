@@ -131,7 +131,7 @@ def run_naive(bootstrap: str, limit: int, detectors_on: bool) -> float:
         for _tp, recs in consumer.poll(timeout_ms=100, max_records=1).items():
             for rec in recs:
                 t0 = t0 or time.perf_counter()
-                n = norm.normalize(decode_record(rec.value, "otlp_proto", 8 << 20))
+                n = norm.normalize(decode_record(rec.value, "otlp_proto", 8 << 20, attr_map=True))
                 findings = []
                 for det in dets:
                     findings += det.observe(Batch(calls=n.calls, listings=n.listings))
@@ -171,7 +171,7 @@ def normalise_only(spans: int, per_record: int, agents: int) -> float:
     recs = [request(calls[i : i + per_record]).SerializeToString() for i in range(0, len(calls), per_record)]
     norm = Normalizer()
     t0 = time.perf_counter()
-    n = sum(norm.normalize(decode_record(r, "otlp_proto", 8 << 20)).spans for r in recs)
+    n = sum(norm.normalize(decode_record(r, "otlp_proto", 8 << 20, attr_map=True)).spans for r in recs)
     return n / (time.perf_counter() - t0)
 
 

@@ -23,6 +23,7 @@ from .dialects.genai import GENAI
 from .dialects.genai import MAX_ARGS_TEXT as GENAI_MAX_ARGS_TEXT
 from .dialects import attrs as a
 from .dialects.attrs import any_value
+from .otlp_attrmap import is_attr_map
 
 __all__ = [
     "ArgsRedactor",
@@ -63,8 +64,6 @@ if tuple(f.name for f in fields(ToolCall)) != _TOOLCALL_FIELDS:
         "ToolCall's fields changed order or number: update _TOOLCALL_FIELDS and the positional "
         "ToolCall(...) in Normalizer._genai_fast (collector/normalize.py) to match"
     )
-_EDGE_KEYS = frozenset((sc.TW_ARGS_BYTES, sc.TW_REDACTED, sc.TW_RESULT_BYTES, sc.TW_RESULT_LABELS, sc.TW_SERVER_NAME))
-"""Any of these marks toolwatch's edge enrichments (as in ``_call``)."""
 
 
 class RedactedArgs(Protocol):
@@ -142,12 +141,18 @@ class Normalizer:
         self.redact_args = redact_args
         self.dialects = dialects
         self._markers = frozenset(k for d in dialects for k in d.marker_keys) if dialects is not DIALECTS else MARKER_KEYS
+        # For map-typed attributes, asked key by key (GenAI's first: they decide the common case).
+        self._marker_order = tuple(sorted(self._markers, key=lambda k: (k not in GENAI.marker_keys, k)))
         # The GenAI fast path stands in for asking the dialects only where GenAI is asked first.
         self._fast = fast and bool(dialects) and dialects[0] is GENAI
 
     def normalize(self, req: ExportTraceServiceRequest) -> Normalized:
+        """``req`` as decoded by ``otlp`` (an ``ExportTraceServiceRequest`` or an ``AttrMapRequest``)."""
         out = Normalized()
         markers = self._markers
+        # An AttrMapRequest's span attributes already are a {key: AnyValue} mapping (in C).
+        mapped = is_attr_map(req)
+        has_marker = self._marker_order
         fast = self._genai_fast if self._fast else None
         for rs in req.resource_spans:
             service = ""
@@ -164,11 +169,20 @@ class Normalizer:
                 spans = ss.spans
                 out.spans += len(spans)
                 for span in spans:
-                    attrs = {kv.key: kv.value for kv in span.attributes}
-                    if markers.isdisjoint(attrs):
-                        continue  # not a tool span in any dialect: the cheap, common case
+                    if mapped:
+                        attrs = span.attributes
+                        for key in has_marker:
+                            if key in attrs:
+                                break
+                        else:
+                            continue  # not a tool span in any dialect: the cheap, common case
+                    else:
+                        attrs = {kv.key: kv.value for kv in span.attributes}
+                        if markers.isdisjoint(attrs):
+                            continue
                     op = attrs.get(_OP)
-                    if op is not None and op.string_value == _INVOKE_AGENT:
+                    op = "" if op is None else op.string_value
+                    if op == _INVOKE_AGENT:
                         agent = a.text(attrs, sc.GEN_AI_AGENT_ID) or a.text(attrs, sc.GEN_AI_AGENT_NAME)
                         if agent:
                             parents[span.span_id] = agent
@@ -177,7 +191,7 @@ class Normalizer:
                         # At once, so the attribute wrappers are freed span by span: holding a
                         # request's worth of them alive costs more than reading them.
                         try:
-                            call = fast(span, attrs, service)
+                            call = fast(span, attrs, op)
                         except Exception:
                             call = None  # the general path decides (and words the rejection)
                         if call is not None:
@@ -196,7 +210,7 @@ class Normalizer:
                     out.reject(f"span {span.span_id.hex() or '?'}: {type(exc).__name__}: {exc}"[:300])
         return out
 
-    def _genai_fast(self, span: Any, attrs: a.Attrs, service: str) -> ToolCall | None:
+    def _genai_fast(self, span: Any, attrs: a.Attrs, op: str) -> ToolCall | None:
         """The common case (a GenAI/toolwatch ``execute_tool`` span with string-typed values), inline.
 
         Gives exactly what ``GENAI.call`` + ``_call`` give, or None whenever anything is unusual (a
@@ -204,10 +218,12 @@ class Normalizer:
         general path then decides, as it does for a span naming no agent (its parent may, later
         in the request). Each ``string_value[:n] or a.text(...)`` reads a string attribute without
         asking its type; an empty or non-string value falls through to the general reader.
+        ``op`` is the span's ``gen_ai.operation.name`` string ('' if absent), already read by the caller.
+        Key tests are ``in`` (a hash lookup, no wrapper) rather than set operations, which would
+        walk every key of a map-typed ``attrs``.
         """
         get = attrs.get
-        op = get(_OP)
-        if op is None or op.string_value != _EXECUTE_TOOL:
+        if op != _EXECUTE_TOOL:
             method = get(_METHOD)
             if method is None or method.string_value != _TOOLS_CALL:
                 return None
@@ -240,7 +256,7 @@ class Normalizer:
         av = get(_REQUEST_ID)
         request_id = "" if av is None else (av.string_value[:MAX_NAME] or a.text(attrs, _REQUEST_ID))
         toolwatch = _TW_ARGS_BYTES in attrs
-        if toolwatch or not _EDGE_KEYS.isdisjoint(attrs):
+        if toolwatch or _REDACTED in attrs or _TW_RESULT_BYTES in attrs or _TW_RESULT_LABELS in attrs or _TW_SERVER in attrs:
             av = get(_TW_ARGS_BYTES)
             args_bytes = 0 if av is None else (av.int_value if av.int_value > 0 else a.count(attrs, _TW_ARGS_BYTES))
             av = get(_TW_RESULT_BYTES)
@@ -385,7 +401,12 @@ def _strings(attrs: a.Attrs, key: str) -> tuple[str, ...]:
     if av is None:
         return ()
     values = av.array_value.values
-    if values and len(values) <= _MAX_STRINGS:
+    n = len(values)
+    if n == 1:  # the usual one label: no list, no comprehension
+        one = values[0].string_value[:MAX_NAME]
+        if one:
+            return (one,)
+    elif n and n <= _MAX_STRINGS:
         out = [v.string_value[:MAX_NAME] for v in values]
         if all(out):
             return tuple(out)

@@ -228,7 +228,7 @@ class KafkaReceiver(Receiver):
     def _decode(self, tp: Any, rec: Any) -> _Record:
         out = _Record(tp, rec.offset)
         try:
-            req = decode_record(rec.value, self.cfg.encoding, self.max_record_bytes)
+            req = decode_record(rec.value, self.cfg.encoding, self.max_record_bytes, attr_map=True)
         except otlp.DecodeError as exc:
             self._dead(tp, rec, exc.reason, str(exc))
             return out

@@ -10,7 +10,7 @@ from typing import Final
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .. import otlp
+from .. import otlp, otlp_attrmap
 
 OTLP_PROTO: Final = "otlp_proto"
 OTLP_JSON: Final = "otlp_json"
@@ -23,8 +23,12 @@ def sniff(value: bytes) -> str:
     return OTLP_JSON if value.lstrip()[:1] == b"{" else OTLP_PROTO
 
 
-def decode_record(value: bytes | None, encoding: str, max_bytes: int) -> ExportTraceServiceRequest:
-    """Decode one record value; raises ``otlp.DecodeError`` whose ``reason`` names what is wrong."""
+def decode_record(value: bytes | None, encoding: str, max_bytes: int, *, attr_map: bool = False) -> ExportTraceServiceRequest:
+    """Decode one record value; raises ``otlp.DecodeError`` whose ``reason`` names what is wrong.
+
+    ``attr_map``: protobuf values come back as an ``otlp_attrmap.AttrMapRequest`` wherever that
+    reads exactly as the ``ExportTraceServiceRequest`` (what the normaliser reads fastest).
+    """
     if value is None or len(value) == 0:
         raise otlp.DecodeError("empty", "record has no value (tombstone or empty payload)")
     if len(value) > max_bytes:
@@ -34,4 +38,8 @@ def decode_record(value: bytes | None, encoding: str, max_bytes: int) -> ExportT
     media = _MEDIA.get(encoding)
     if media is None:
         raise ValueError(f"kafka.encoding: {encoding!r} is not one of otlp_proto, otlp_json, auto")
+    if attr_map and media == otlp.PROTOBUF:
+        fast = otlp_attrmap.parse(value)
+        if fast is not None:
+            return fast  # type: ignore[no-any-return]
     return otlp.decode_request(value, media)

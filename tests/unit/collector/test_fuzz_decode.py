@@ -11,6 +11,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from helpers.otlp_build import add_span, request
 from toolwatch.collector import otlp
+from toolwatch.collector.otlp_attrmap import AttrMapRequest
 
 PB, JS = otlp.PROTOBUF, otlp.JSON
 json_values = st.recursive(
@@ -40,7 +41,7 @@ def _check(body: bytes, ctype: str) -> otlp.Decoded | None:
     except otlp.DecodeError as exc:
         assert exc.reason in ("bad_json", "bad_protobuf", "bad_content_type") and str(exc)
         return None
-    assert isinstance(out.request, ExportTraceServiceRequest) and out.rejected >= 0
+    assert isinstance(out.request, (ExportTraceServiceRequest, AttrMapRequest)) and out.rejected >= 0
     return out
 
 
