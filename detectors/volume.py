@@ -249,8 +249,10 @@ class VolumeSpikeDetector(Detector):
                 return self._ingest_evicting(calls, kid_rows, t, w, new, room)
         size = (np.minimum(np.maximum(_int64(list(map(_ARGS_BYTES, calls))), 0), _MAX_SIZE)
                 + np.minimum(np.maximum(_int64(list(map(_RESULT_BYTES, calls))), 0), _MAX_SIZE))
+        spans, sessions = list(map(_SPAN, calls)), list(map(_SESSION, calls))
         cols = (t, w, size, np.fromiter(map(bool, map(_ERROR, calls)), bool, n),
-                np.fromiter(map(_SPAN, calls), object, n), np.fromiter(map(_SESSION, calls), object, n))
+                np.fromiter(spans, object, n), np.fromiter(map(bool, spans), bool, n),
+                self._win.session_codes(sessions), np.fromiter(map(bool, sessions), bool, n))
         n_scopes = kid_rows.shape[1]
         rk = kid_rows.T.reshape(-1)  # scope-major: row r is call r % n under scope r // n
         pos = np.tile(np.arange(n, dtype=np.int64), n_scopes)
@@ -270,34 +272,41 @@ class VolumeSpikeDetector(Detector):
                 break
         if c:
             self._ingest(calls[:c])
-        one = calls[c:c + 1]
-        size = np.array([min(max(0, one[0].args_bytes), _MAX_SIZE) + min(max(0, one[0].result_bytes), _MAX_SIZE)],
+        call = calls[c]
+        size = np.array([min(max(0, call.args_bytes), _MAX_SIZE) + min(max(0, call.result_bytes), _MAX_SIZE)],
                         np.int64)
-        cols = (t[c:c + 1], w[c:c + 1], size, np.array([one[0].is_error]),
-                np.fromiter([one[0].span_id], object, 1), np.fromiter([one[0].session_id], object, 1))
         zero = np.zeros(1, np.int64)
         for kid in rows[c]:
             if self._items[kid][0] not in self._keys:
                 self._evict_if_full()
+            cols = (t[c:c + 1], w[c:c + 1], size, np.array([call.is_error]),  # codes afresh: a reduction renumbers
+                    np.fromiter([call.span_id], object, 1), np.array([bool(call.span_id)]),
+                    self._win.session_codes([call.session_id]), np.array([bool(call.session_id)]))
             self._ingest_rows(cols, np.array([kid], np.int64), zero, zero)
         self._win.seq += 1
         return calls[c + 1:]
 
     def _ingest_rows(self, cols: tuple[np.ndarray, ...], rk: np.ndarray, pos: np.ndarray, order: np.ndarray) -> None:
         """Rows (key id ``rk``, call ``pos``); ``order`` is the rows' order one by one (creation order)."""
-        t, w, size, error, span, session = cols
+        t, w, size, error, span, has_span, session, has_session = cols
         keys, items = self._keys, self._items
         rt, rw = t[pos], w[pos]
 
         # Gap to the key's latest earlier call (its running max time), per key in call order.
-        uk, local = np.unique(rk, return_inverse=True)
+        present = np.zeros(len(items), bool)
+        present[rk] = True
+        uk = np.flatnonzero(present)
         n_keys = len(uk)
+        inverse = np.zeros(len(items), np.int64)
+        inverse[uk] = np.arange(n_keys, dtype=np.int64)
+        local = inverse[rk]
         t_lo = int(rt.min())
         t_span = int(rt.max()) - t_lo + 1
         last = [keys[items[k][0]].get("last_ns") if items[k][0] in keys else None for k in uk.tolist()]
         has_last = np.array([x is not None for x in last], bool)
         last_ns = np.array([0 if x is None else x for x in last], np.int64)
-        by_key = np.lexsort((pos, local))
+        # A key has one scope, and a scope's rows are in call order: a stable sort by key suffices.
+        by_key = np.argsort(local.astype(np.int16 if n_keys < 2**15 else np.int64), kind="stable")
         ks, ts = local[by_key], rt[by_key]
         base = ks * t_span
         run = np.maximum.accumulate(ts - t_lo + base)
@@ -335,9 +344,8 @@ class VolumeSpikeDetector(Detector):
             miss_slot[by] = g_slot[np.cumsum(edge) - 1]
             slot[miss] = miss_slot
         seq = self._win.seq + pos
-        rspan, rsession = span[pos], session[pos]
-        self._win.add_rows(slot, seq, size[pos], error[pos].astype(np.int64), rspan, rspan.astype(bool), fast,
-                           rsession, rsession.astype(bool))
+        self._win.add_rows(slot, seq, size[pos], error[pos], fast, pos, span, has_span[pos], session,
+                           has_session[pos])
         for kid, top in zip(uk.tolist(), np.where(has_last, np.maximum(key_max, last_ns), key_max).tolist()):
             keys[items[kid][0]]["last_ns"] = top
 

@@ -87,6 +87,9 @@ class OpenWindows:
         self.has_top = np.zeros(64, bool)  # "fast"/"big" present (a call with a span id came)
         self.named_full = np.zeros(64, bool)  # as of the last reduction
         self.low = np.full((2, 64), _NONE, np.int64)  # per top list: value a candidate must reach
+        self.sess_full = np.zeros(64, bool)  # MAX_SESSIONS sessions known (as of the last reduction) ...
+        self.sess_set = np.full((64, MAX_SESSIONS), -1, np.int64)  # ... these: no other can enter any more
+        self.sess_code: dict[str, int] = {}  # session id -> code (the sessions table holds codes)
         self.free: list[int] = []
         self.used = 0
         self.named, self.fast, self.big, self.sessions = _Table(), _Table(), _Table(), _Table()
@@ -106,6 +109,7 @@ class OpenWindows:
         self.alive[slot] = True
         self.has_top[slot] = self.named_full[slot] = False
         self.low[:, slot] = _NONE
+        self.sess_full[slot] = False
         return slot
 
     def _grow(self, size: int) -> None:
@@ -117,6 +121,8 @@ class OpenWindows:
         self.alive, self.has_top, self.named_full = grow(self.alive, False), grow(self.has_top, False), \
             grow(self.named_full, False)
         self.low = grow(self.low, _NONE)
+        self.sess_full = grow(self.sess_full, False)
+        self.sess_set = grow(self.sess_set.T, -1).T.copy()
 
     def release(self, slots: list[int]) -> None:
         """Forget these slots (closed, evicted or dropped) and their rows."""
@@ -129,28 +135,36 @@ class OpenWindows:
         self.free.extend(slots)
 
     # ----------------------------------------------------------------- ingest
-    def add_rows(self, slot: np.ndarray, seq: np.ndarray, size: np.ndarray, error: np.ndarray,
-                 span: np.ndarray, has_span: np.ndarray, fast: np.ndarray,
-                 session: np.ndarray, has_session: np.ndarray) -> None:
-        """Count one row per (call, key): ``slot`` per row, the rest per row too."""
+    def session_codes(self, sessions: list[str]) -> np.ndarray:
+        """Codes of session ids (new ids get new codes)."""
+        codes = self.sess_code
+        return np.fromiter([codes.setdefault(x, len(codes)) for x in sessions], np.int64, len(sessions))
+
+    def add_rows(self, slot: np.ndarray, seq: np.ndarray, size: np.ndarray, error: np.ndarray, fast: np.ndarray,
+                 call: np.ndarray, span: np.ndarray, has_span: np.ndarray, session: np.ndarray,
+                 has_session: np.ndarray) -> None:
+        """Count rows (one per call and key): per row its ``slot``, ``seq``, ``size``, ``error``, ``fast``
+        (minus the gap to the key's previous call) and ``call``, an index into the calls' ``span``
+        ids and ``session`` codes; ``has_span``/``has_session`` per row say whether the id is set."""
         np.add.at(self.calls, slot, 1)
         np.add.at(self.bytes, slot, size)
         np.add.at(self.errors, slot, error)
         if has_span.any():
-            s, q, sp = slot[has_span], seq[has_span], span[has_span]
+            s, q, c = slot[has_span], seq[has_span], call[has_span]
             self.has_top[s] = True
-            f, b = fast[has_span], size[has_span]
-            named = ~self.named_full[s]
             one = np.ones(len(s), np.int64)
-            self.named.add(s[named], q[named], f[named], sp[named], one[named])
-            ok = f >= self.low[0, s]  # a tie enters: the later call wins it
-            self.fast.add(s[ok], q[ok], f[ok], sp[ok], one[ok])
-            ok = b >= self.low[1, s]
-            self.big.add(s[ok], q[ok], b[ok], sp[ok], one[ok])
+            for table, ok, val in ((self.named, ~self.named_full[s], one),
+                                   (self.fast, fast[has_span] >= self.low[0, s], fast[has_span]),  # a tie enters:
+                                   (self.big, size[has_span] >= self.low[1, s], size[has_span])):  # later wins
+                if ok.any():
+                    table.add(s[ok], q[ok], val[ok], span[c[ok]], one[ok])
         if has_session.any():
-            s = slot[has_session]
-            self.sessions.add(s, seq[has_session], np.zeros(len(s), np.int64), session[has_session],
-                              np.ones(len(s), np.int64))
+            s, k = slot[has_session], session[call[has_session]]
+            ok = ~self.sess_full[s]
+            if not ok.all():  # a full window counts only its own sessions
+                ok |= (self.sess_set[s] == k[:, None]).any(1)
+            s, k = s[ok], k[ok]
+            self.sessions.add(s, seq[has_session][ok], k, k, np.ones(len(s), np.int64))
         live = int(np.count_nonzero(self.alive[:self.used]))
         if self.named.size + self.fast.size + self.big.size + self.sessions.size > max(1 << 16, 96 * live):
             self.reduce()
@@ -175,7 +189,8 @@ class OpenWindows:
             items = win.get(name) or []
             put(table, [x[1] for x in items], [int(x[0]) for x in items], [1] * len(items))
         sessions = dict(win.get("sessions", {}))
-        put(self.sessions, list(sessions), [0] * len(sessions), [int(v) for v in sessions.values()])
+        codes = self.session_codes(list(sessions)).tolist()
+        put(self.sessions, codes, codes, [int(v) for v in sessions.values()])
 
     # ----------------------------------------------------------------- reduce and read
     def reduce(self) -> None:
@@ -201,24 +216,31 @@ class OpenWindows:
             self.low[m, :] = _NONE
             self.low[m, s[full]] = v[full]
             table.set((s, q, v, t, c))
-        s, q, v, t, c = self.sessions.rows()
+        s, q, k, _t, c = self.sessions.rows()
+        if len(self.sess_code) > max(1 << 18, 4 * len(s)):  # codes of sessions long gone: renumber
+            names = list(self.sess_code)
+            live = np.unique(k)
+            self.sess_code = {names[x]: i for i, x in enumerate(live.tolist())}
+            k = np.searchsorted(live, k)
+        self.sess_full[:] = False
+        self.sess_set[:] = -1
         if len(s):
-            code = dict.fromkeys(t.tolist())
-            for i, k in enumerate(code):
-                code[k] = i
-            k = np.fromiter(map(code.__getitem__, t.tolist()), np.int64, len(t))
             order = np.lexsort((q, k, s))
-            s, q, k, t, c = s[order], q[order], k[order], t[order], c[order]
+            s, q, k, c = s[order], q[order], k[order], c[order]
             first = np.empty(len(s), bool)
             first[0] = True
             first[1:] = (s[1:] != s[:-1]) | (k[1:] != k[:-1])
             starts = np.flatnonzero(first)
             c = np.add.reduceat(c, starts)
-            s, q, t = s[starts], q[starts], t[starts]
+            s, q, k = s[starts], q[starts], k[starts]
             order = np.lexsort((q, s))
-            s, q, t, c = s[order], q[order], t[order], c[order]
-            keep = _rank(s) < MAX_SESSIONS
-            self.sessions.set((s[keep], q[keep], np.zeros(int(keep.sum()), np.int64), t[keep], c[keep]))
+            s, q, k, c = s[order], q[order], k[order], c[order]
+            rank = _rank(s)
+            keep = rank < MAX_SESSIONS
+            s, q, k, c, rank = s[keep], q[keep], k[keep], c[keep], rank[keep]
+            self.sess_set[s, rank] = k
+            self.sess_full[s[rank == MAX_SESSIONS - 1]] = True
+        self.sessions.set((s, q, k, k, c))
 
     def read(self, slots: list[int]) -> dict[int, dict[str, Any]]:
         """The window dict of each slot, exactly as the call-by-call detector keeps it."""
@@ -247,7 +269,9 @@ class OpenWindows:
             s, v, t, _c = picked(table)
             for slot, val, text in zip(s, v, t):
                 out[slot][name].append([val, text])
-        s, _v, t, c = picked(self.sessions)
-        for slot, text, cnt in zip(s, t, c):
-            out[slot]["sessions"][text] = cnt
+        s, k, _t, c = picked(self.sessions)
+        if s:
+            names = list(self.sess_code)
+            for slot, code, cnt in zip(s, k, c):
+                out[slot]["sessions"][names[code]] = cnt
         return out
