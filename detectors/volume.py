@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from itertools import compress, count
+from itertools import compress
 from operator import attrgetter
 from statistics import median
 from typing import Any
@@ -145,13 +145,20 @@ class VolumeSpikeDetector(Detector):
         self._open: dict[str, dict[int, int]] = {}
         self._win = OpenWindows()
         self._pending: list[ToolCall] = []  # calls not yet counted (fewer than _MIN_BATCH)
-        # Derived from config: key id (kid) per key, the kids of a (agent, server, tool), and per kid
-        # the window its calls went to last and that window's slot (_NO_WIN: look it up).
+        # Derived from config: key id (kid) per key; per (agent, server, tool) a row of _kid_matrix
+        # (its kids per scope). Per kid: the window its calls went to last and that window's slot
+        # (_NO_WIN: look it up), and its entry's "last_ns" (_last_ok: held here, newer than the
+        # entry when _last_dirty; _sync_last writes them back before anyone reads or drops entries).
         self._kid: dict[str, int] = {}
         self._items: list[tuple[str, str, str, str]] = []
-        self._kids_cache: dict[tuple[str, str, str], tuple[int, ...]] = {}
+        self._trow: dict[tuple[str, str, str], int] = {}
+        self._kid_matrix = np.zeros((0, 1 + self.config.per_tool + self.config.fleet), np.int64)
         self._cur_win = np.full(64, _NO_WIN, np.int64)
         self._cur_slot = np.zeros(64, np.int64)
+        self._last_ns = np.zeros(64, np.int64)
+        self._last_has = np.zeros(64, bool)
+        self._last_ok = np.zeros(64, bool)
+        self._last_dirty = np.zeros(64, bool)
 
     # ----------------------------------------------------------------- ingest
     def observe(self, batch: Batch) -> list[Finding]:
@@ -173,7 +180,9 @@ class VolumeSpikeDetector(Detector):
         if self._pending:
             calls, self._pending = self._pending, []
             if len(self._items) > 4 * self.config.max_keys:  # key ids of long-gone keys: start afresh
-                self._kid, self._items, self._kids_cache = {}, [], {}
+                self._sync_last()
+                self._kid, self._items, self._trow = {}, [], {}
+                self._kid_matrix = self._kid_matrix[:0]
                 self._forget_hot()
             self._ingest(calls)
 
@@ -185,9 +194,10 @@ class VolumeSpikeDetector(Detector):
             keys.append((json.dumps(["fleet"]), "fleet", FLEET, ""))
         return keys
 
-    def _kids_of(self, triple: tuple[str, str, str]) -> tuple[int, ...]:
-        kids = self._kids_cache.get(triple)
-        if kids is None:
+    def _triple_row(self, triple: tuple[str, str, str]) -> int:
+        """Row of ``_kid_matrix`` for a (agent, server, tool) (added, with new key ids, if new)."""
+        row = self._trow.get(triple)
+        if row is None:
             out = []
             for item in self._keys_for(ToolCall(time_ns=0, agent_id=triple[0], server=triple[1], tool=triple[2])):
                 kid = self._kid.get(item[0])
@@ -195,12 +205,34 @@ class VolumeSpikeDetector(Detector):
                     kid = self._kid[item[0]] = len(self._items)
                     self._items.append(item)
                 out.append(kid)
-            kids = self._kids_cache[triple] = tuple(out)
-        return kids
+            row = self._trow[triple] = len(self._kid_matrix)
+            self._kid_matrix = np.concatenate([self._kid_matrix, np.array([out], np.int64)])
+            if len(self._items) > len(self._cur_win):
+                size = 2 * len(self._items)
+
+                def grow(a: np.ndarray, fill: Any) -> np.ndarray:
+                    return np.concatenate([a, np.full(size - len(a), fill, a.dtype)])
+                self._cur_win, self._cur_slot = grow(self._cur_win, _NO_WIN), grow(self._cur_slot, 0)
+                self._last_ns, self._last_has = grow(self._last_ns, 0), grow(self._last_has, False)
+                self._last_ok, self._last_dirty = grow(self._last_ok, False), grow(self._last_dirty, False)
+        return row
 
     def _forget_hot(self) -> None:
         """Windows closed or keys went: look every key's window up again."""
         self._cur_win[:] = _NO_WIN
+
+    def _sync_last(self, forget: bool = True) -> None:
+        """Write the held "last_ns" back into the entries (``forget``: and read them afresh next time)."""
+        dirty = np.flatnonzero(self._last_dirty)
+        if len(dirty):
+            keys, items = self._keys, self._items
+            for kid, last in zip(dirty.tolist(), self._last_ns[dirty].tolist()):
+                entry = keys.get(items[kid][0])
+                if entry is not None:
+                    entry["last_ns"] = last
+            self._last_dirty[:] = False
+        if forget:
+            self._last_ok[:] = False
 
     def _ingest(self, calls: list[ToolCall]) -> None:
         while calls:
@@ -227,24 +259,19 @@ class VolumeSpikeDetector(Detector):
             calls = list(compress(calls, live.tolist()))
             t, w, n = t[live], w[live], n - late
         triples = list(map(_TRIPLE, calls))
-        code_of = dict(zip(dict.fromkeys(triples), count()))
-        kid_table = np.array([self._kids_of(x) for x in code_of], np.int64)  # (triple, scope)
-        if len(self._items) > len(self._cur_win):
-            grow = max(len(self._items), 2 * len(self._cur_win))
-            self._cur_win = np.concatenate([self._cur_win, np.full(grow - len(self._cur_win), _NO_WIN, np.int64)])
-            self._cur_slot = np.concatenate([self._cur_slot, np.zeros(grow - len(self._cur_slot), np.int64)])
-        tcode = np.fromiter(map(code_of.__getitem__, triples), np.int64, n)
-        kid_rows = kid_table[tcode]  # (call, scope)
-        if n > 1 and int(t.max()) - int(t.min()) >= 2**62 // (kid_table.size + 1):
+        rows = list(map(self._trow.get, triples))
+        if None in rows:
+            rows = [self._triple_row(x) if r is None else r for r, x in zip(rows, triples)]
+        kid_rows = self._kid_matrix[np.fromiter(rows, np.int64, n)]  # (call, scope)
+        if n > 1 and int(t.max()) - int(t.min()) >= 2**62 // (kid_rows.size + 1):
             half = n // 2  # the per-key running max below needs key × time span to fit int64
             self._ingest(calls[:half])
             self._ingest(calls[half:])
             return []
-        uniq = np.unique(kid_table)
         room = self.config.max_keys - len(self._keys)
-        if len(uniq) > room:
+        if kid_rows.size > room:
             items, keys = self._items, self._keys
-            new = {int(k) for k in uniq.tolist() if items[k][0] not in keys}
+            new = {int(k) for k in np.unique(kid_rows).tolist() if items[k][0] not in keys}
             if len(new) > room:
                 return self._ingest_evicting(calls, kid_rows, t, w, new, room)
         size = (np.minimum(np.maximum(_int64(list(map(_ARGS_BYTES, calls))), 0), _MAX_SIZE)
@@ -302,9 +329,13 @@ class VolumeSpikeDetector(Detector):
         local = inverse[rk]
         t_lo = int(rt.min())
         t_span = int(rt.max()) - t_lo + 1
-        last = [keys[items[k][0]].get("last_ns") if items[k][0] in keys else None for k in uk.tolist()]
-        has_last = np.array([x is not None for x in last], bool)
-        last_ns = np.array([0 if x is None else x for x in last], np.int64)
+        known = self._last_ok[uk]
+        if not known.all():
+            for kid in uk[~known].tolist():
+                entry = keys.get(items[kid][0])
+                last = None if entry is None else entry.get("last_ns")
+                self._last_has[kid], self._last_ns[kid], self._last_ok[kid] = last is not None, last or 0, True
+        has_last, last_ns = self._last_has[uk], self._last_ns[uk]
         # A key has one scope, and a scope's rows are in call order: a stable sort by key suffices.
         by_key = np.argsort(local.astype(np.int16 if n_keys < 2**15 else np.int64), kind="stable")
         ks, ts = local[by_key], rt[by_key]
@@ -346,8 +377,8 @@ class VolumeSpikeDetector(Detector):
         seq = self._win.seq + pos
         self._win.add_rows(slot, seq, size[pos], error[pos], fast, pos, span, has_span[pos], session,
                            has_session[pos])
-        for kid, top in zip(uk.tolist(), np.where(has_last, np.maximum(key_max, last_ns), key_max).tolist()):
-            keys[items[kid][0]]["last_ns"] = top
+        self._last_ns[uk] = np.where(has_last, np.maximum(key_max, last_ns), key_max)
+        self._last_has[uk] = self._last_dirty[uk] = True
 
     def _open_window(self, kid: int, idx: int) -> int:
         """The key's entry (made if new, widened to ``idx``) and the slot of its window ``idx`` (made if new)."""
@@ -379,6 +410,7 @@ class VolumeSpikeDetector(Detector):
     def _evict_if_full(self) -> None:
         if len(self._keys) < self.config.max_keys:
             return
+        self._sync_last()
         victim = min((k for k, e in self._keys.items() if e["scope"] != "fleet"),
                      key=lambda k: self._keys[k]["last_active"])
         self._win.release(self._drop_key(victim))
@@ -392,6 +424,7 @@ class VolumeSpikeDetector(Detector):
             return []
         self._flush()
         self._forget_hot()
+        self._sync_last()
         closing = [slot for opens in self._open.values() for idx, slot in opens.items() if idx < upto]
         wins = self._win.read(closing) if closing else {}
         released = set(closing)
@@ -529,12 +562,14 @@ class VolumeSpikeDetector(Detector):
 
     def snapshot(self) -> dict[str, Any]:
         self._flush()
+        self._sync_last(forget=False)
         return {"next_open": self._next_open, "watermark": self._watermark, "late_dropped": self._late_dropped,
                 "keys": json.loads(json.dumps(self._keys)), "open": self._open_state(list(self._open))}
 
     def restore(self, state: dict[str, Any]) -> None:
         self._pending = []
         self._forget_hot()
+        self._last_ok[:] = self._last_dirty[:] = False
         self._next_open = state.get("next_open")
         self._watermark = int(state.get("watermark", 0))
         self._late_dropped = int(state.get("late_dropped", 0))
@@ -548,6 +583,7 @@ class VolumeSpikeDetector(Detector):
 
     def snapshot_agent(self, agent_id: str) -> dict[str, Any] | None:
         self._flush()
+        self._sync_last(forget=False)
         keys = [k for k, e in self._keys.items() if e["agent"] == agent_id]
         if not keys:
             return None
@@ -564,5 +600,6 @@ class VolumeSpikeDetector(Detector):
     def drop_agent(self, agent_id: str) -> None:
         self._flush()
         self._forget_hot()
+        self._sync_last()
         self._win.release([s for k in [k for k, e in self._keys.items() if e["agent"] == agent_id]
                            for s in self._drop_key(k)])

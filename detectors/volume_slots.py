@@ -138,7 +138,10 @@ class OpenWindows:
     def session_codes(self, sessions: list[str]) -> np.ndarray:
         """Codes of session ids (new ids get new codes)."""
         codes = self.sess_code
-        return np.fromiter([codes.setdefault(x, len(codes)) for x in sessions], np.int64, len(sessions))
+        out = list(map(codes.get, sessions))
+        if None in out:
+            out = [codes.setdefault(x, len(codes)) if c is None else c for c, x in zip(out, sessions)]
+        return np.fromiter(out, np.int64, len(out))
 
     def add_rows(self, slot: np.ndarray, seq: np.ndarray, size: np.ndarray, error: np.ndarray, fast: np.ndarray,
                  call: np.ndarray, span: np.ndarray, has_span: np.ndarray, session: np.ndarray,
@@ -148,7 +151,7 @@ class OpenWindows:
         ids and ``session`` codes; ``has_span``/``has_session`` per row say whether the id is set."""
         np.add.at(self.calls, slot, 1)
         np.add.at(self.bytes, slot, size)
-        np.add.at(self.errors, slot, error)
+        np.add.at(self.errors, slot[error], 1)
         if has_span.any():
             s, q, c = slot[has_span], seq[has_span], call[has_span]
             self.has_top[s] = True

@@ -58,7 +58,7 @@ def test_slot_keeps_what_one_by_one_keeps(rows: list[tuple[int, int, str, str]],
         call = np.tile(np.arange(n, dtype=np.int64), 2)
         slots = np.repeat(np.array([slot, other], np.int64), n)
         win.add_rows(slots, win.seq + call, np.array(size * 2, np.int64),
-                     np.array([(i + j) % 3 == 0 for j in range(n)] * 2, np.int64), np.array(fast * 2, np.int64),
+                     np.array([(i + j) % 3 == 0 for j in range(n)] * 2), np.array(fast * 2, np.int64),
                      call, span, np.array([bool(s) for s in spans] * 2), win.session_codes(sessions),
                      np.array([bool(s) for s in sessions] * 2))
         win.seq += n
