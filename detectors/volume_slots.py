@@ -197,10 +197,14 @@ class OpenWindows:
 
     # ----------------------------------------------------------------- reduce and read
     def reduce(self) -> None:
-        """Cut every table to what its windows can still show (and refresh the entry thresholds)."""
+        """Cut every table to what its windows can still show (and refresh the entry thresholds).
+
+        A slot's rows sit in a table in sequence order (appended in call order, set back sorted),
+        so stable sorts by the other keys stand in for sorting by sequence too.
+        """
         s, q, v, t, c = self.named.rows()
         if len(s):
-            order = np.lexsort((q, s))
+            order = np.argsort(s, kind="stable")
             s, q, v, t, c = s[order], q[order], v[order], t[order], c[order]
             keep = _rank(s) < SPANS_NAMED
             self.named.set((s[keep], q[keep], v[keep], t[keep], c[keep]))
@@ -211,14 +215,18 @@ class OpenWindows:
             s, q, v, t, c = table.rows()
             if not len(s):
                 continue
-            order = np.lexsort((q, v, s))[::-1]  # best first per slot
+            order = np.arange(len(s) - 1, -1, -1)  # later first, then by value (~v: descending), then slot
+            order = order[np.argsort(~v[order], kind="stable")]
+            order = order[np.argsort(s[order], kind="stable")]  # best first per slot
             s, q, v, t, c = s[order], q[order], v[order], t[order], c[order]
-            keep = _rank(s) < SPANS_NAMED
-            s, q, v, t, c = s[keep], q[keep], v[keep], t[keep], c[keep]
-            full = _rank(s) == SPANS_NAMED - 1  # the tenth best: the value a newcomer must reach
+            rank = _rank(s)
+            keep = rank < SPANS_NAMED
+            s, q, v, t, c, rank = s[keep], q[keep], v[keep], t[keep], c[keep], rank[keep]
+            full = rank == SPANS_NAMED - 1  # the tenth best: the value a newcomer must reach
             self.low[m, :] = _NONE
             self.low[m, s[full]] = v[full]
-            table.set((s, q, v, t, c))
+            order = np.lexsort((q, s))  # back to sequence order per slot
+            table.set((s[order], q[order], v[order], t[order], c[order]))
         s, q, k, _t, c = self.sessions.rows()
         if len(self.sess_code) > max(1 << 18, 4 * len(s)):  # codes of sessions long gone: renumber
             names = list(self.sess_code)
@@ -228,7 +236,11 @@ class OpenWindows:
         self.sess_full[:] = False
         self.sess_set[:] = -1
         if len(s):
-            order = np.lexsort((q, k, s))
+            width = int(k.max()) + 1
+            if int(s.max()) < 2**62 // width:
+                order = np.argsort(s * width + k, kind="stable")
+            else:
+                order = np.lexsort((q, k, s))
             s, q, k, c = s[order], q[order], k[order], c[order]
             first = np.empty(len(s), bool)
             first[0] = True
