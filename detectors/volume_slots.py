@@ -169,7 +169,8 @@ class OpenWindows:
             s, k = s[ok], k[ok]
             self.sessions.add(s, seq[has_session][ok], k, k, np.ones(len(s), np.int64))
         live = int(np.count_nonzero(self.alive[:self.used]))
-        if self.named.size + self.fast.size + self.big.size + self.sessions.size > max(1 << 16, 96 * live):
+        if (self.named.size + self.fast.size + self.big.size + self.sessions.size > max(1 << 16, 96 * live)
+                or len(self.sess_code) > (1 << 18) + 4 * self.sessions.size):  # (codes of dropped sessions)
             self.reduce()
 
     def load(self, slot: int, win: dict[str, Any]) -> None:
