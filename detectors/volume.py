@@ -144,7 +144,9 @@ class VolumeSpikeDetector(Detector):
         # key -> {window index: slot in self._win}; the window's dict is ``self._win.read([slot])``
         self._open: dict[str, dict[int, int]] = {}
         self._win = OpenWindows()
-        self._pending: list[ToolCall] = []  # calls not yet counted (fewer than _MIN_BATCH)
+        # Calls not yet counted (fewer than _MIN_BATCH). Held by reference: the pipeline settles a
+        # call's fields (event-time clamping) before any detector sees it and never changes them after.
+        self._pending: list[ToolCall] = []
         # Derived from config: key id (kid) per key; per (agent, server, tool) a row of _kid_matrix
         # (its kids per scope). Per kid: the window its calls went to last and that window's slot
         # (_NO_WIN: look it up), and its entry's "last_ns" (_last_ok: held here, newer than the
