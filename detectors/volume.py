@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from dataclasses import dataclass
-from itertools import chain, compress, count
-from operator import attrgetter, itemgetter
+from itertools import compress
+from operator import attrgetter
 from statistics import median
 from typing import Any
 
@@ -30,6 +29,7 @@ import numpy as np
 from .base import Detector
 from .config_fields import load_flat, require
 from .events import Batch, Finding, ToolCall
+from .volume_slots import OpenWindows
 
 __all__ = ["VolumeConfig", "VolumeSpikeDetector", "robust_band"]
 
@@ -83,77 +83,6 @@ class VolumeConfig:
         return load_flat(cls, data, path)
 
 
-SPANS_NAMED = 10
-"""Spans a volume finding names (per window and kind: first, fastest, largest)."""
-
-
-def _keep(top: list[list[Any]], item: list[Any]) -> None:
-    """Keep the ``SPANS_NAMED`` items with the largest first element (ties: earliest stays)."""
-    if len(top) < SPANS_NAMED:
-        top.append(item)
-        return
-    # Same result as append-then-remove-the-first-minimum, without a key function per element:
-    # the hot path of every call (most calls rank below the kept ten and change nothing).
-    firsts = [x[0] for x in top]
-    low = min(firsts)
-    if item[0] < low:
-        return
-    del top[firsts.index(low)]
-    top.append(item)
-
-
-def _merge_top(top: list[list[Any]], vals: list[int], calls: list[int], spans: list[str]) -> Any:
-    """``_keep`` each (value, call) of ``vals``/``calls`` in turn; returns the new minimum (None while not full).
-
-    The batch's candidates are few (its ten best per window, in call order), so ``_keep``'s own
-    rule runs on them directly, with the list's values kept alongside instead of rebuilt per item.
-    """
-    n, k = len(vals), 0
-    while len(top) < SPANS_NAMED:
-        if k == n:
-            return None
-        top.append([vals[k], spans[calls[k]]])
-        k += 1
-    firsts = [x[0] for x in top]
-    low = min(firsts)
-    for k in range(k, n):
-        v = vals[k]
-        if v >= low:
-            i = firsts.index(low)
-            del firsts[i], top[i]
-            firsts.append(v)
-            top.append([v, spans[calls[k]]])
-            low = min(firsts)
-    return low
-
-
-def _top_rows(rows: np.ndarray, gid: np.ndarray, value: np.ndarray, pos: np.ndarray,
-              n_groups: int) -> tuple[list[int], list[int], list[int], list[int]]:
-    """Per group, its ``SPANS_NAMED`` best rows by (value, call order), in call order.
-
-    Returns (start per group and one past the last, values, calls, best value per group); group
-    g's candidates are ``values[start[g]:start[g + 1]]`` with their calls.
-    """
-    if not len(rows):
-        return [0] * (n_groups + 1), [], [], [0] * n_groups
-    g, v, p = gid[rows], value[rows], pos[rows]
-    order = np.lexsort((p, v, g))
-    g, v, p = g[order], v[order], p[order]
-    last = np.empty(len(g), bool)
-    last[-1] = True
-    last[:-1] = g[1:] != g[:-1]
-    ends = np.flatnonzero(last)
-    best = np.zeros(n_groups, np.int64)
-    best[g[ends]] = v[ends]
-    group_end = np.repeat(ends, np.diff(np.concatenate(([-1], ends))))
-    keep = np.flatnonzero(group_end - np.arange(len(g)) < SPANS_NAMED)
-    g, v, p = g[keep], v[keep], p[keep]
-    order = np.lexsort((p, g))
-    start = np.zeros(n_groups + 1, np.int64)
-    np.cumsum(np.bincount(g, minlength=n_groups), out=start[1:])
-    return start.tolist(), v[order].tolist(), p[order].tolist(), best.tolist()
-
-
 def _spans_for(win: dict[str, Any], metric: str) -> tuple[str, ...]:
     """Calls: the fastest-following calls; bytes: the largest; error rate: the window's first calls."""
     ranked = {"calls": win.get("fast"), "bytes": win.get("big")}.get(metric)
@@ -172,9 +101,13 @@ def robust_band(history: list[float], k: float, floor: float) -> tuple[float, fl
 
 _METRICS = ("calls", "bytes", "error_rate")
 _MIN_BATCH = 32
-"""Below this many calls, call by call is cheaper than setting up the columns."""
+"""Calls are held until this many have come (or anything reads the state): numpy set-up per ingest
+costs about what 30 calls do, and nothing observable happens between two window closes."""
 _FIRST_GAP = 10**15
 """Gap credited to a key's very first call (no earlier call to follow)."""
+_MAX_SIZE = 1 << 48
+"""Bytes counted per call at most (256 TiB): keeps a window's int64 sums exact; no real call comes near."""
+_NO_WIN = np.iinfo(np.int64).min
 _TIME = attrgetter("time_ns")
 _ARGS_BYTES = attrgetter("args_bytes")
 _RESULT_BYTES = attrgetter("result_bytes")
@@ -182,6 +115,15 @@ _TRIPLE = attrgetter("agent_id", "server", "tool")
 _SPAN = attrgetter("span_id")
 _SESSION = attrgetter("session_id")
 _ERROR = attrgetter("error_type")
+
+
+def _int64(values: list[int]) -> np.ndarray:
+    """Values as int64, clipped into its range (a time past 2262 or an absurd size is not a reason to fail)."""
+    try:
+        return np.fromiter(values, np.int64, len(values))
+    except (OverflowError, TypeError, ValueError):
+        lo, hi = -(2**63), 2**63 - 1
+        return np.array([min(max(int(v), lo), hi) for v in values], np.int64)
 
 
 class VolumeSpikeDetector(Detector):
@@ -197,14 +139,28 @@ class VolumeSpikeDetector(Detector):
         self._next_open: int | None = None  # first window index not yet closed
         self._watermark = 0
         self._late_dropped = 0
-        # key -> {"scope", "agent", "tool", "next", "last_active", "hist": {metric: [...]}, "last": {...}}
+        # key -> {"scope", "agent", "tool", "next", "last_active", "last_ns", "hist": {metric: [...]}, "last": {...}}
         self._keys: dict[str, dict[str, Any]] = {}
-        # key -> {window index: {"calls", "bytes", "errors", "spans": [...], "sessions": {s: n}}}
-        self._open: dict[str, dict[int, dict[str, Any]]] = {}
-        self._key_cache: dict[tuple[str, str, str], list[tuple[str, str, str, str]]] = {}  # derived from config
-        # key -> (window index, its open window dict): the window a key's calls went to last. Only
-        # closing, eviction, drop and restore remove window dicts, and each clears this cache.
-        self._hot: dict[str, tuple[int, dict[str, Any], list[Any]]] = {}  # (.., [fast low, big low])
+        # key -> {window index: slot in self._win}; the window's dict is ``self._win.read([slot])``
+        self._open: dict[str, dict[int, int]] = {}
+        self._win = OpenWindows()
+        # Calls not yet counted (fewer than _MIN_BATCH). Held by reference: the pipeline settles a
+        # call's fields (event-time clamping) before any detector sees it and never changes them after.
+        self._pending: list[ToolCall] = []
+        # Derived from config: key id (kid) per key; per (agent, server, tool) a row of _kid_matrix
+        # (its kids per scope). Per kid: the window its calls went to last and that window's slot
+        # (_NO_WIN: look it up), and its entry's "last_ns" (_last_ok: held here, newer than the
+        # entry when _last_dirty; _sync_last writes them back before anyone reads or drops entries).
+        self._kid: dict[str, int] = {}
+        self._items: list[tuple[str, str, str, str]] = []
+        self._trow: dict[tuple[str, str, str], int] = {}
+        self._kid_matrix = np.zeros((0, 1 + self.config.per_tool + self.config.fleet), np.int64)
+        self._cur_win = np.full(64, _NO_WIN, np.int64)
+        self._cur_slot = np.zeros(64, np.int64)
+        self._last_ns = np.zeros(64, np.int64)
+        self._last_has = np.zeros(64, bool)
+        self._last_ok = np.zeros(64, bool)
+        self._last_dirty = np.zeros(64, bool)
 
     # ----------------------------------------------------------------- ingest
     def observe(self, batch: Batch) -> list[Finding]:
@@ -213,96 +169,178 @@ class VolumeSpikeDetector(Detector):
             if not calls:
                 return []
             self._next_open = min(c.time_ns for c in calls) // self._w
-        if len(calls) < _MIN_BATCH or not self._add_batch(calls):
-            self._add_calls(calls)
+        if calls:
+            self._pending.extend(calls)
+            if len(self._pending) >= _MIN_BATCH:
+                self._flush()
         watermark = batch.watermark_ns or max((c.time_ns for c in calls), default=0)
         self._watermark = max(self._watermark, watermark)
         return self._advance()
 
-    def _add_calls(self, calls: list[ToolCall]) -> None:
-        """Call by call: the reference the batched path must match (and its fallback)."""
-        self._hot.clear()
-        keys_of: dict[tuple[str, str], list[tuple[str, str, str, str]]] = {}  # per batch: few agents, many calls
-        for call in calls:
-            idx = call.time_ns // self._w
-            if idx < self._next_open:
-                self._late_dropped += 1
-                continue
-            pair = (call.agent_id, call.token)
-            keys = keys_of.get(pair)
-            if keys is None:
-                keys = keys_of[pair] = self._keys_for(call)
-            for key, scope, agent, tool in keys:
-                self._add(key, scope, agent, tool, idx, call)
+    def _flush(self) -> None:
+        """Count the held calls (before anything reads or closes windows: late-ness is unchanged)."""
+        if self._pending:
+            calls, self._pending = self._pending, []
+            if len(self._items) > 4 * self.config.max_keys:  # key ids of long-gone keys: start afresh
+                self._sync_last()
+                self._kid, self._items, self._trow = {}, [], {}
+                self._kid_matrix = self._kid_matrix[:0]
+                self._forget_hot()
+            self._ingest(calls)
 
-    def _keys_of(self, agent: str, server: str, tool: str) -> list[tuple[str, str, str, str]]:
-        triple = (agent, server, tool)
-        keys = self._key_cache.get(triple)
-        if keys is None:
-            if len(self._key_cache) >= 4 * self.config.max_keys:
-                self._key_cache.clear()
-            keys = self._key_cache[triple] = self._keys_for(ToolCall(time_ns=0, agent_id=agent, server=server, tool=tool))
+    def _keys_for(self, call: ToolCall) -> list[tuple[str, str, str, str]]:
+        keys = [(json.dumps(["agent", call.agent_id]), "agent", call.agent_id, "")]
+        if self.config.per_tool:
+            keys.append((json.dumps(["agent_tool", call.agent_id, call.token]), "agent_tool", call.agent_id, call.token))
+        if self.config.fleet:
+            keys.append((json.dumps(["fleet"]), "fleet", FLEET, ""))
         return keys
 
-    def _add_batch(self, calls: list[ToolCall]) -> bool:
-        """Add a batch per (key, window) at once, exactly as ``_add_calls`` would; False if it cannot.
+    def _triple_row(self, triple: tuple[str, str, str]) -> int:
+        """Row of ``_kid_matrix`` for a (agent, server, tool) (added, with new key ids, if new)."""
+        row = self._trow.get(triple)
+        if row is None:
+            out = []
+            for item in self._keys_for(ToolCall(time_ns=0, agent_id=triple[0], server=triple[1], tool=triple[2])):
+                kid = self._kid.get(item[0])
+                if kid is None:
+                    kid = self._kid[item[0]] = len(self._items)
+                    self._items.append(item)
+                out.append(kid)
+            row = self._trow[triple] = len(self._kid_matrix)
+            self._kid_matrix = np.concatenate([self._kid_matrix, np.array([out], np.int64)])
+            if len(self._items) > len(self._cur_win):
+                size = 2 * len(self._items)
 
-        Counting is columnar (numpy over the batch's rows, one row per call and key); Python then
-        runs once per (key, window) for the sums and the few calls that can still enter a window's
-        named spans, and once per (key, window, session) for session counts. It declines, having
-        changed nothing, when a new key would evict another (eviction mid-batch depends on the
-        call order) or when times do not fit in int64.
+                def grow(a: np.ndarray, fill: Any) -> np.ndarray:
+                    return np.concatenate([a, np.full(size - len(a), fill, a.dtype)])
+                self._cur_win, self._cur_slot = grow(self._cur_win, _NO_WIN), grow(self._cur_slot, 0)
+                self._last_ns, self._last_has = grow(self._last_ns, 0), grow(self._last_has, False)
+                self._last_ok, self._last_dirty = grow(self._last_ok, False), grow(self._last_dirty, False)
+        return row
+
+    def _forget_hot(self) -> None:
+        """Windows closed or keys went: look every key's window up again."""
+        self._cur_win[:] = _NO_WIN
+
+    def _sync_last(self, forget: bool = True) -> None:
+        """Write the held "last_ns" back into the entries (``forget``: and read them afresh next time)."""
+        dirty = np.flatnonzero(self._last_dirty)
+        if len(dirty):
+            keys, items = self._keys, self._items
+            for kid, last in zip(dirty.tolist(), self._last_ns[dirty].tolist()):
+                entry = keys.get(items[kid][0])
+                if entry is not None:
+                    entry["last_ns"] = last
+            self._last_dirty[:] = False
+        if forget:
+            self._last_ok[:] = False
+
+    def _ingest(self, calls: list[ToolCall]) -> None:
+        while calls:
+            calls = self._ingest_part(calls)
+
+    def _ingest_part(self, calls: list[ToolCall]) -> list[ToolCall]:
+        """Count calls exactly as one by one: per call its keys in order (agent, agent×tool, fleet).
+
+        Columnar: one row per (call, key); sums go to the window slots with ``np.add.at``, named
+        spans and sessions to the slots' tables. Python runs per batch, and per (key, window)
+        only when a key's window is new to it. A new key that must evict another is counted on
+        its own, in call order, since which key goes depends on what came before; the calls after
+        it are returned, to be counted next.
         """
         n = len(calls)
-        try:
-            t = np.fromiter(map(_TIME, calls), np.int64, n)
-            size = (np.maximum(np.fromiter(map(_ARGS_BYTES, calls), np.int64, n), 0)
-                    + np.maximum(np.fromiter(map(_RESULT_BYTES, calls), np.int64, n), 0))
-        except (OverflowError, TypeError, ValueError):
-            return False
+        t = _int64(list(map(_TIME, calls)))
         w = t // self._w
         live = w >= self._next_open
         late = n - int(np.count_nonzero(live))
+        self._late_dropped += late
         if late == n:
-            self._late_dropped += late
-            return True
+            return []
         if late:
             calls = list(compress(calls, live.tolist()))
-            t, size, w, n = t[live], size[live], w[live], n - late
-
+            t, w, n = t[live], w[live], n - late
         triples = list(map(_TRIPLE, calls))
-        # Keys per distinct triple (cached), numbered in order of first appearance, all at C speed.
-        cache = self._key_cache
-        code_of = dict(zip(dict.fromkeys(triples), count()))
-        per_triple = [cache.get(x) or self._keys_of(*x) for x in code_of]
-        key_at = dict(zip(dict.fromkeys(chain.from_iterable(per_triple)), count()))
-        meta: list[tuple[str, str, str, str]] = list(key_at)
-        scope_keys = [list(map(key_at.__getitem__, map(itemgetter(s), per_triple)))
-                      for s in range(len(per_triple[0]))]
-        keys = self._keys
-        new_keys = sum(1 for item in meta if item[0] not in keys)
-        if new_keys and len(keys) + new_keys > self.config.max_keys:
-            return False
-        n_keys, n_scopes = len(meta), len(scope_keys)
-        tcode = np.fromiter(map(code_of.__getitem__, triples), np.int64, n)
-
-        # One row per (call, key), scope-major: row r is call r % n under scope r // n.
-        rk = np.concatenate([np.asarray(ks, np.int64)[tcode] for ks in scope_keys])
+        rows = list(map(self._trow.get, triples))
+        if None in rows:
+            rows = [self._triple_row(x) if r is None else r for r, x in zip(rows, triples)]
+        kid_rows = self._kid_matrix[np.fromiter(rows, np.int64, n)]  # (call, scope)
+        if n > 1 and int(t.max()) - int(t.min()) >= 2**62 // (kid_rows.size + 1):
+            half = n // 2  # the per-key running max below needs key × time span to fit int64
+            self._ingest(calls[:half])
+            self._ingest(calls[half:])
+            return []
+        room = self.config.max_keys - len(self._keys)
+        if kid_rows.size > room:
+            items, keys = self._items, self._keys
+            new = {int(k) for k in np.unique(kid_rows).tolist() if items[k][0] not in keys}
+            if len(new) > room:
+                return self._ingest_evicting(calls, kid_rows, t, w, new, room)
+        size = (np.minimum(np.maximum(_int64(list(map(_ARGS_BYTES, calls))), 0), _MAX_SIZE)
+                + np.minimum(np.maximum(_int64(list(map(_RESULT_BYTES, calls))), 0), _MAX_SIZE))
+        spans, sessions = list(map(_SPAN, calls)), list(map(_SESSION, calls))
+        cols = (t, w, size, np.fromiter(map(bool, map(_ERROR, calls)), bool, n),
+                np.fromiter(spans, object, n), np.fromiter(map(bool, spans), bool, n),
+                self._win.session_codes(sessions), np.fromiter(map(bool, sessions), bool, n))
+        n_scopes = kid_rows.shape[1]
+        rk = kid_rows.T.reshape(-1)  # scope-major: row r is call r % n under scope r // n
         pos = np.tile(np.arange(n, dtype=np.int64), n_scopes)
-        rt, rw, rsize = np.tile(t, n_scopes), np.tile(w, n_scopes), np.tile(size, n_scopes)
-        spans = list(map(_SPAN, calls))
-        has_span = np.tile(np.fromiter(map(bool, spans), bool, n), n_scopes)
-        errors = np.tile(np.fromiter(map(bool, map(_ERROR, calls)), bool, n), n_scopes)
+        order = pos * n_scopes + np.repeat(np.arange(n_scopes, dtype=np.int64), n)
+        self._ingest_rows(cols, rk, pos, order)
+        self._win.seq += n
+        return []
+
+    def _ingest_evicting(self, calls: list[ToolCall], kid_rows: np.ndarray, t: np.ndarray, w: np.ndarray,
+                         new: set[int], room: int) -> list[ToolCall]:
+        """Up to the call whose new key finds no room: at once; that call key by key; returns the rest."""
+        seen: set[int] = set()
+        rows = kid_rows.tolist()
+        for c, kids in enumerate(rows):
+            seen.update(k for k in kids if k in new)
+            if len(seen) > room:
+                break
+        if c:
+            self._ingest(calls[:c])
+        call = calls[c]
+        size = np.array([min(max(0, call.args_bytes), _MAX_SIZE) + min(max(0, call.result_bytes), _MAX_SIZE)],
+                        np.int64)
+        zero = np.zeros(1, np.int64)
+        for kid in rows[c]:
+            if self._items[kid][0] not in self._keys:
+                self._evict_if_full()
+            cols = (t[c:c + 1], w[c:c + 1], size, np.array([call.is_error]),  # codes afresh: a reduction renumbers
+                    np.fromiter([call.span_id], object, 1), np.array([bool(call.span_id)]),
+                    self._win.session_codes([call.session_id]), np.array([bool(call.session_id)]))
+            self._ingest_rows(cols, np.array([kid], np.int64), zero, zero)
+        self._win.seq += 1
+        return calls[c + 1:]
+
+    def _ingest_rows(self, cols: tuple[np.ndarray, ...], rk: np.ndarray, pos: np.ndarray, order: np.ndarray) -> None:
+        """Rows (key id ``rk``, call ``pos``); ``order`` is the rows' order one by one (creation order)."""
+        t, w, size, error, span, has_span, session, has_session = cols
+        keys, items = self._keys, self._items
+        rt, rw = t[pos], w[pos]
 
         # Gap to the key's latest earlier call (its running max time), per key in call order.
-        t_lo, t_span = int(t.min()), int(t.max()) - int(t.min()) + 1
-        if n_keys * t_span >= 2**62:
-            return False
-        last = [keys[item[0]].get("last_ns") if item[0] in keys else None for item in meta]
-        has_last = np.array([x is not None for x in last], bool)
-        last_ns = np.array([0 if x is None else x for x in last], np.int64)
-        by_key = np.lexsort((pos, rk))
-        ks, ts = rk[by_key], rt[by_key]
+        present = np.zeros(len(items), bool)
+        present[rk] = True
+        uk = np.flatnonzero(present)
+        n_keys = len(uk)
+        inverse = np.zeros(len(items), np.int64)
+        inverse[uk] = np.arange(n_keys, dtype=np.int64)
+        local = inverse[rk]
+        t_lo = int(rt.min())
+        t_span = int(rt.max()) - t_lo + 1
+        known = self._last_ok[uk]
+        if not known.all():
+            for kid in uk[~known].tolist():
+                entry = keys.get(items[kid][0])
+                last = None if entry is None else entry.get("last_ns")
+                self._last_has[kid], self._last_ns[kid], self._last_ok[kid] = last is not None, last or 0, True
+        has_last, last_ns = self._last_has[uk], self._last_ns[uk]
+        # A key has one scope, and a scope's rows are in call order: a stable sort by key suffices.
+        by_key = np.argsort(local.astype(np.int16 if n_keys < 2**15 else np.int64), kind="stable")
+        ks, ts = local[by_key], rt[by_key]
         base = ks * t_span
         run = np.maximum.accumulate(ts - t_lo + base)
         first = np.empty(len(ks), bool)
@@ -317,71 +355,36 @@ class VolumeSpikeDetector(Detector):
         fast = np.empty_like(rt)
         fast[by_key] = -np.abs(ts - prev)
         key_max = np.full(n_keys, np.iinfo(np.int64).min, np.int64)
-        np.maximum.at(key_max, rk, rt)
+        np.maximum.at(key_max, local, rt)
 
-        # Groups = (key, window); rows in call order inside each.
-        by_group = np.lexsort((pos, rw, rk))
-        gk, gw = rk[by_group], rw[by_group]
-        edge = np.empty(len(gk), bool)
-        edge[0] = True
-        edge[1:] = (gk[1:] != gk[:-1]) | (gw[1:] != gw[:-1])
-        starts = np.flatnonzero(edge)
-        n_groups = len(starts)
-        gid = np.empty(len(gk), np.int64)
-        gid[by_group] = np.cumsum(edge) - 1
-        g_calls = np.diff(np.append(starts, len(gk))).tolist()
-        g_bytes = np.add.reduceat(rsize[by_group], starts).tolist()
-        g_errors = np.add.reduceat(errors[by_group].astype(np.int64), starts).tolist()
-        g_spans = np.add.reduceat(has_span[by_group].astype(np.int64), starts).tolist()
-        scope_of = np.repeat(np.arange(n_scopes, dtype=np.int64), n)
-        g_first = (pos * n_scopes + scope_of)[by_group][starts]
-        g_key, g_win = gk[starts].tolist(), gw[starts].tolist()
-        g_pos = pos[by_group].tolist()
-        g_start = starts.tolist()
+        # Slot per row: the key's current window, else (key, window) looked up or opened in call order.
+        hit = self._cur_win[rk] == rw
+        slot = self._cur_slot[rk]
+        if not hit.all():
+            miss = np.flatnonzero(~hit)
+            mk, mw, mo = rk[miss], rw[miss], order[miss]
+            by = np.lexsort((mo, mw, mk))
+            mk, mw, mo = mk[by], mw[by], mo[by]
+            edge = np.empty(len(mk), bool)
+            edge[0] = True
+            edge[1:] = (mk[1:] != mk[:-1]) | (mw[1:] != mw[:-1])
+            starts = np.flatnonzero(edge)
+            g_slot = np.empty(len(starts), np.int64)
+            g_kid, g_win = mk[starts].tolist(), mw[starts].tolist()
+            for g in np.argsort(mo[starts], kind="stable").tolist():  # creation order = order of first call
+                g_slot[g] = self._open_window(g_kid[g], g_win[g])
+            miss_slot = np.empty(len(miss), np.int64)
+            miss_slot[by] = g_slot[np.cumsum(edge) - 1]
+            slot[miss] = miss_slot
+        seq = self._win.seq + pos
+        self._win.add_rows(slot, seq, size[pos], error[pos], fast, pos, span, has_span[pos], session,
+                           has_session[pos])
+        self._last_ns[uk] = np.where(has_last, np.maximum(key_max, last_ns), key_max)
+        self._last_has[uk] = self._last_dirty[uk] = True
 
-        # Candidates for the named spans: per group, the ten best of this batch by (value, call order).
-        with_span = np.flatnonzero(has_span)
-        fast_c = _top_rows(with_span, gid, fast, pos, n_groups)
-        big_c = _top_rows(with_span, gid, rsize, pos, n_groups)
-
-        self._late_dropped += late
-        wins: list[dict[str, Any]] = [None] * n_groups  # type: ignore[list-item]
-        hot = self._hot
-        for g in np.argsort(g_first, kind="stable").tolist():  # creation order = order of first call
-            item = meta[g_key[g]]
-            idx = g_win[g]
-            cached = hot.get(item[0])
-            if cached is None or cached[0] != idx:
-                cached = self._open_window(item, idx)
-            win = cached[1]  # on a hit its entry already spans idx: nothing to create or widen
-            wins[g] = win
-            win["calls"] += g_calls[g]
-            win["bytes"] += g_bytes[g]
-            win["errors"] += g_errors[g]
-            if g_spans[g]:
-                named = win["spans"]
-                if len(named) < SPANS_NAMED:
-                    at = g_start[g]
-                    for p in g_pos[at:at + g_calls[g]]:
-                        if spans[p]:
-                            named.append(spans[p])
-                            if len(named) >= SPANS_NAMED:
-                                break
-                lows = cached[2]
-                for m, (c_start, c_val, c_pos, c_best), name in ((0, fast_c, "fast"), (1, big_c, "big")):
-                    top = win.setdefault(name, [])
-                    if lows[m] is not None and c_best[g] < lows[m]:
-                        continue  # nothing of this batch can enter a full list
-                    a, b = c_start[g], c_start[g + 1]
-                    lows[m] = _merge_top(top, c_val[a:b], c_pos[a:b], spans)
-        for item, top in zip(meta, np.where(has_last, np.maximum(key_max, last_ns), key_max).tolist()):
-            keys[item[0]]["last_ns"] = top
-        self._count_sessions(calls, g_pos, (np.cumsum(edge) - 1).tolist(), wins)
-        return True
-
-    def _open_window(self, item: tuple[str, str, str, str], idx: int) -> tuple[int, dict[str, Any], list[Any]]:
-        """The key's entry (made if new, widened to ``idx``) and its window ``idx`` (made if new)."""
-        key, scope, agent, tool = item
+    def _open_window(self, kid: int, idx: int) -> int:
+        """The key's entry (made if new, widened to ``idx``) and the slot of its window ``idx`` (made if new)."""
+        key, scope, agent, tool = self._items[kid]
         keys = self._keys
         entry = keys.get(key)
         if entry is None:
@@ -394,73 +397,26 @@ class VolumeSpikeDetector(Detector):
         opens = self._open.get(key)
         if opens is None:
             opens = self._open[key] = {}
-        win = opens.get(idx)
-        if win is None:
-            win = opens[idx] = {"calls": 0, "bytes": 0, "errors": 0, "spans": [], "sessions": {}}
-        hot = self._hot[key] = (idx, win, [None, None])
-        return hot
+        slot = opens.get(idx)
+        if slot is None:
+            slot = opens[idx] = self._win.new_slot()
+        self._cur_win[kid] = idx
+        self._cur_slot[kid] = slot
+        return slot
 
-    @staticmethod
-    def _count_sessions(calls: list[ToolCall], g_pos: list[int], row_group: list[int],
-                        wins: list[dict[str, Any]]) -> None:
-        """Per window: count its first 20 sessions (in order of first call), as call by call would.
-
-        ``g_pos``/``row_group`` are the rows' calls and groups in group order, calls in order inside
-        a group, so one C-speed ``Counter`` over (group, session) yields each group's sessions in
-        order of first call; Python then runs once per distinct (window, session).
-        """
-        sessions = list(map(_SESSION, calls))
-        if not any(sessions):
-            return
-        counts = Counter(zip(row_group, map(sessions.__getitem__, g_pos)))
-        for (g, sid), n in counts.items():
-            if sid:
-                seen = wins[g]["sessions"]
-                if sid in seen:
-                    seen[sid] += n
-                elif len(seen) < 20:
-                    seen[sid] = n
-
-    def _keys_for(self, call: ToolCall) -> list[tuple[str, str, str, str]]:
-        keys = [(json.dumps(["agent", call.agent_id]), "agent", call.agent_id, "")]
-        if self.config.per_tool:
-            keys.append((json.dumps(["agent_tool", call.agent_id, call.token]), "agent_tool", call.agent_id, call.token))
-        if self.config.fleet:
-            keys.append((json.dumps(["fleet"]), "fleet", FLEET, ""))
-        return keys
-
-    def _add(self, key: str, scope: str, agent: str, tool: str, idx: int, call: ToolCall) -> None:
-        entry = self._keys.get(key)
-        if entry is None:
-            self._evict_if_full()
-            entry = self._keys[key] = {"scope": scope, "agent": agent, "tool": tool, "next": idx, "last_active": idx,
-                                       "hist": {m: [] for m in _METRICS}, "last": None}
-        entry["next"] = min(entry["next"], idx)
-        entry["last_active"] = max(entry["last_active"], idx)
-        win = self._open.setdefault(key, {}).setdefault(idx, {"calls": 0, "bytes": 0, "errors": 0, "spans": [],
-                                                              "sessions": {}})
-        win["calls"] += 1
-        win["bytes"] += max(0, call.args_bytes) + max(0, call.result_bytes)
-        win["errors"] += 1 if call.is_error else 0
-        if call.span_id and len(win["spans"]) < 10:
-            win["spans"].append(call.span_id)
-        gap = call.time_ns - entry.get("last_ns", call.time_ns - _FIRST_GAP)
-        entry["last_ns"] = max(entry.get("last_ns", call.time_ns), call.time_ns)
-        if call.span_id:
-            # The calls that make a spike: the fastest-following and the largest. A finding names
-            # these rather than the window's first calls, which are often the session's ordinary ones.
-            _keep(win.setdefault("fast", []), [-abs(gap), call.span_id])
-            _keep(win.setdefault("big", []), [max(0, call.args_bytes) + max(0, call.result_bytes), call.span_id])
-        if call.session_id and (call.session_id in win["sessions"] or len(win["sessions"]) < 20):
-            win["sessions"][call.session_id] = win["sessions"].get(call.session_id, 0) + 1
+    def _drop_key(self, key: str) -> list[int]:
+        """Forget a key; returns the slots of its open windows (to release)."""
+        self._keys.pop(key)
+        return list(self._open.pop(key, {}).values())
 
     def _evict_if_full(self) -> None:
         if len(self._keys) < self.config.max_keys:
             return
+        self._sync_last()
         victim = min((k for k, e in self._keys.items() if e["scope"] != "fleet"),
                      key=lambda k: self._keys[k]["last_active"])
-        self._keys.pop(victim)
-        self._open.pop(victim, None)
+        self._win.release(self._drop_key(victim))
+        self._forget_hot()
 
     # ----------------------------------------------------------------- close windows
     def _advance(self) -> list[Finding]:
@@ -468,19 +424,24 @@ class VolumeSpikeDetector(Detector):
         upto = (self._watermark - self._lateness) // self._w
         if upto <= self._next_open:
             return []
+        self._flush()
+        self._forget_hot()
+        self._sync_last()
+        closing = [slot for opens in self._open.values() for idx, slot in opens.items() if idx < upto]
+        wins = self._win.read(closing) if closing else {}
+        released = set(closing)
         findings: list[Finding] = []
-        self._hot.clear()
         for key in list(self._keys):
             entry = self._keys[key]
             if entry["last_active"] < upto - self.config.idle_windows:
-                self._keys.pop(key)
-                self._open.pop(key, None)
+                released.update(self._drop_key(key))
                 continue
-            findings.extend(self._close_key(key, entry, upto))
+            findings.extend(self._close_key(key, entry, upto, wins))
+        self._win.release(sorted(released))
         self._next_open = upto
         return findings
 
-    def _close_key(self, key: str, entry: dict[str, Any], upto: int) -> list[Finding]:
+    def _close_key(self, key: str, entry: dict[str, Any], upto: int, wins: dict[int, dict[str, Any]]) -> list[Finding]:
         opens = self._open.get(key, {})
         findings: list[Finding] = []
         cur = entry["next"]
@@ -490,7 +451,7 @@ class VolumeSpikeDetector(Detector):
                 self._learn(entry, "bytes", 0.0)
             if idx == upto:
                 break
-            findings.extend(self._judge(entry, idx, opens.pop(idx)))
+            findings.extend(self._judge(entry, idx, wins[opens.pop(idx)]))
             cur = idx + 1
         entry["next"] = upto
         if not opens:
@@ -583,42 +544,64 @@ class VolumeSpikeDetector(Detector):
     @property
     def late_dropped(self) -> int:
         """Calls that arrived for an already closed window (for the collector's metrics)."""
+        self._flush()
         return self._late_dropped
 
     # ----------------------------------------------------------------- state
+    def _open_state(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The open windows of ``keys`` in the snapshot form: {key: {str(window index): window dict}}."""
+        opens = {k: self._open[k] for k in keys if k in self._open}
+        wins = self._win.read([s for v in opens.values() for s in v.values()])
+        return {k: {str(i): json.loads(json.dumps(wins[s])) for i, s in v.items()} for k, v in opens.items()}
+
+    def _load_open(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            self._win.release(list(self._open.pop(k, {}).values()))
+            opens = self._open[k] = {}
+            for i, win in v.items():
+                slot = opens[int(i)] = self._win.new_slot()
+                self._win.load(slot, win)
+
     def snapshot(self) -> dict[str, Any]:
+        self._flush()
+        self._sync_last(forget=False)
         return {"next_open": self._next_open, "watermark": self._watermark, "late_dropped": self._late_dropped,
-                "keys": json.loads(json.dumps(self._keys)),
-                "open": {k: {str(i): json.loads(json.dumps(w)) for i, w in v.items()} for k, v in self._open.items()}}
+                "keys": json.loads(json.dumps(self._keys)), "open": self._open_state(list(self._open))}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._hot.clear()
+        self._pending = []
+        self._forget_hot()
+        self._last_ok[:] = self._last_dirty[:] = False
         self._next_open = state.get("next_open")
         self._watermark = int(state.get("watermark", 0))
         self._late_dropped = int(state.get("late_dropped", 0))
         self._keys = json.loads(json.dumps(state.get("keys", {})))
-        self._open = {k: {int(i): dict(w) for i, w in v.items()} for k, v in state.get("open", {}).items()}
+        self._open, self._win = {}, OpenWindows()
+        self._load_open(state.get("open", {}))
 
     def agents(self) -> list[str]:
+        self._flush()
         return sorted({e["agent"] for e in self._keys.values() if e["scope"] != "fleet"})
 
     def snapshot_agent(self, agent_id: str) -> dict[str, Any] | None:
+        self._flush()
+        self._sync_last(forget=False)
         keys = [k for k, e in self._keys.items() if e["agent"] == agent_id]
         if not keys:
             return None
+        opens = self._open_state(keys)
         return {"keys": {k: json.loads(json.dumps(self._keys[k])) for k in keys},
-                "open": {k: {str(i): json.loads(json.dumps(w)) for i, w in self._open.get(k, {}).items()} for k in keys}}
+                "open": {k: opens.get(k, {}) for k in keys}}
 
     def restore_agent(self, agent_id: str, state: dict[str, Any]) -> None:
-        self._hot.clear()
         self.drop_agent(agent_id)
         for k, e in state.get("keys", {}).items():
             self._keys[k] = json.loads(json.dumps(e))
-        for k, v in state.get("open", {}).items():
-            self._open[k] = {int(i): dict(w) for i, w in v.items()}
+        self._load_open(state.get("open", {}))
 
     def drop_agent(self, agent_id: str) -> None:
-        self._hot.clear()
-        for k in [k for k, e in self._keys.items() if e["agent"] == agent_id]:
-            self._keys.pop(k)
-            self._open.pop(k, None)
+        self._flush()
+        self._forget_hot()
+        self._sync_last()
+        self._win.release([s for k in [k for k, e in self._keys.items() if e["agent"] == agent_id]
+                           for s in self._drop_key(k)])

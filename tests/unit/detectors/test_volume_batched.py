@@ -1,4 +1,8 @@
-"""The batched (columnar) ingest of the volume detector must leave exactly the state call by call leaves."""
+"""The slot-array volume detector must leave exactly the state main's (dict per window) detector leaves.
+
+The reference, ``tests/helpers/volume_main.py``, is main's ``detectors/volume.py`` frozen before the
+slot arrays; its batches under 32 calls ran call by call (``CallByCall`` forces that path always).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,14 @@ import random
 
 import pytest
 
+from tests.helpers import volume_main
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.volume import VolumeConfig, VolumeSpikeDetector
 
 TOOLS = [("files", "read"), ("web", "fetch"), ("", "calc"), ("", "a/b"), ("a", "b"), ("db", "query")]
 
 
-class CallByCall(VolumeSpikeDetector):
+class CallByCall(volume_main.VolumeSpikeDetector):
     def _add_batch(self, calls: list[ToolCall]) -> bool:
         return False
 
@@ -48,7 +53,7 @@ def traffic(seed: int, n: int = 6000) -> list[ToolCall]:
 def test_batched_ingest_matches_call_by_call(seed: int, cfg: dict) -> None:
     calls = traffic(seed)
     rnd = random.Random(seed)
-    batched, reference = VolumeSpikeDetector(VolumeConfig(**cfg)), CallByCall(VolumeConfig(**cfg))
+    batched, reference = VolumeSpikeDetector(VolumeConfig(**cfg)), CallByCall(volume_main.VolumeConfig(**cfg))
     found = 0
     i = 0
     while i < len(calls):

@@ -1,0 +1,293 @@
+"""Open volume windows as numpy slot arrays: the volume detector's per-batch state, updated in bulk.
+
+Why: with 50 agents × 6 tools a 500-call batch touches ~350 (key, window) pairs; updating a
+Python dict per pair (sums, named spans, top-ten lists, session counts) cost ~5 µs per span.
+Here each open (key, window) pair is a *slot*: its sums live in int64 arrays (``np.add.at``
+over the batch's rows), and its named spans, fastest/largest calls and sessions are rows of
+four append-only tables (slot, sequence number, value, text). A table is reduced to what a
+window can still show only when it grows large or a window is read (closing, snapshot), so a
+batch costs a few numpy calls whatever its number of keys. Reading a slot gives exactly the
+dict the call-by-call detector keeps (the snapshot format); loading such a dict gives a slot.
+
+Every rule is order-free, which is what allows the deferral:
+
+* ``spans``: the first ``SPANS_NAMED`` calls with a span id, by sequence;
+* ``fast``/``big``: the ``SPANS_NAMED`` best by (value, sequence), a later call winning a tie
+  (what "append, then drop the first minimum" keeps), listed by sequence;
+* ``sessions``: the first ``MAX_SESSIONS`` distinct sessions by first call, each with its total.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAX_SESSIONS", "SPANS_NAMED", "OpenWindows"]
+
+SPANS_NAMED = 10
+"""Spans a volume finding names (per window and kind: first, fastest, largest)."""
+MAX_SESSIONS = 20
+"""Sessions counted per window (the rest only count as calls)."""
+_NONE = np.iinfo(np.int64).min
+"""``low`` of a top list that is not full yet: every candidate may enter."""
+_EMPTY_I = np.zeros(0, np.int64)
+_EMPTY_O = np.zeros(0, object)
+
+
+def _rank(groups: np.ndarray) -> np.ndarray:
+    """Position of each row inside its run of equal ``groups`` (rows sorted by group)."""
+    n = len(groups)
+    if not n:
+        return _EMPTY_I
+    at = np.arange(n, dtype=np.int64)
+    edge = np.empty(n, bool)
+    edge[0] = True
+    edge[1:] = groups[1:] != groups[:-1]
+    return at - np.maximum.accumulate(np.where(edge, at, 0))
+
+
+class _Table:
+    """Rows (slot, seq, value, text, count) in appended chunks; ``rows()`` joins them."""
+
+    __slots__ = ("chunks", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[np.ndarray, ...]] = []
+        self.size = 0
+
+    def add(self, slot: np.ndarray, seq: np.ndarray, val: np.ndarray, text: np.ndarray, cnt: np.ndarray) -> None:
+        if len(slot):
+            self.chunks.append((slot, seq, val, text, cnt))
+            self.size += len(slot)
+
+    def rows(self) -> tuple[np.ndarray, ...]:
+        if not self.chunks:
+            return _EMPTY_I, _EMPTY_I, _EMPTY_I, _EMPTY_O, _EMPTY_I
+        if len(self.chunks) > 1:
+            self.chunks = [tuple(np.concatenate(c) for c in zip(*self.chunks))]
+        return self.chunks[0]
+
+    def set(self, cols: tuple[np.ndarray, ...]) -> None:
+        self.chunks = [cols] if len(cols[0]) else []
+        self.size = len(cols[0])
+
+    def keep(self, mask: np.ndarray) -> None:
+        self.set(tuple(c[mask] for c in self.rows()))
+
+
+class OpenWindows:
+    """Slots for open (key, window) pairs: sums in arrays, named spans/top lists/sessions in tables."""
+
+    def __init__(self) -> None:
+        self.calls = np.zeros(64, np.int64)
+        self.bytes = np.zeros(64, np.int64)
+        self.errors = np.zeros(64, np.int64)
+        self.alive = np.zeros(64, bool)
+        self.has_top = np.zeros(64, bool)  # "fast"/"big" present (a call with a span id came)
+        self.named_full = np.zeros(64, bool)  # as of the last reduction
+        self.low = np.full((2, 64), _NONE, np.int64)  # per top list: value a candidate must reach
+        self.sess_full = np.zeros(64, bool)  # MAX_SESSIONS sessions known (as of the last reduction) ...
+        self.sess_set = np.full((64, MAX_SESSIONS), -1, np.int64)  # ... these: no other can enter any more
+        self.sess_code: dict[str, int] = {}  # session id -> code (the sessions table holds codes)
+        self.free: list[int] = []
+        self.used = 0
+        self.named, self.fast, self.big, self.sessions = _Table(), _Table(), _Table(), _Table()
+        self.seq = 0
+        """Sequence number of the next row (call order across batches)."""
+
+    # ----------------------------------------------------------------- slots
+    def new_slot(self) -> int:
+        if self.free:
+            slot = self.free.pop()
+        else:
+            slot = self.used
+            self.used += 1
+            if slot >= len(self.calls):
+                self._grow(2 * len(self.calls))
+        self.calls[slot] = self.bytes[slot] = self.errors[slot] = 0
+        self.alive[slot] = True
+        self.has_top[slot] = self.named_full[slot] = False
+        self.low[:, slot] = _NONE
+        self.sess_full[slot] = False
+        return slot
+
+    def _grow(self, size: int) -> None:
+        def grow(a: np.ndarray, fill: Any) -> np.ndarray:
+            out = np.full(a.shape[:-1] + (size,), fill, a.dtype)
+            out[..., :a.shape[-1]] = a
+            return out
+        self.calls, self.bytes, self.errors = grow(self.calls, 0), grow(self.bytes, 0), grow(self.errors, 0)
+        self.alive, self.has_top, self.named_full = grow(self.alive, False), grow(self.has_top, False), \
+            grow(self.named_full, False)
+        self.low = grow(self.low, _NONE)
+        self.sess_full = grow(self.sess_full, False)
+        self.sess_set = grow(self.sess_set.T, -1).T.copy()
+
+    def release(self, slots: list[int]) -> None:
+        """Forget these slots (closed, evicted or dropped) and their rows."""
+        if not slots:
+            return
+        self.alive[slots] = False
+        for table in (self.named, self.fast, self.big, self.sessions):
+            if table.size:
+                table.keep(self.alive[table.rows()[0]])
+        self.free.extend(slots)
+
+    # ----------------------------------------------------------------- ingest
+    def session_codes(self, sessions: list[str]) -> np.ndarray:
+        """Codes of session ids (new ids get new codes)."""
+        codes = self.sess_code
+        out = list(map(codes.get, sessions))
+        if None in out:
+            out = [codes.setdefault(x, len(codes)) if c is None else c for c, x in zip(out, sessions)]
+        return np.fromiter(out, np.int64, len(out))
+
+    def add_rows(self, slot: np.ndarray, seq: np.ndarray, size: np.ndarray, error: np.ndarray, fast: np.ndarray,
+                 call: np.ndarray, span: np.ndarray, has_span: np.ndarray, session: np.ndarray,
+                 has_session: np.ndarray) -> None:
+        """Count rows (one per call and key): per row its ``slot``, ``seq``, ``size``, ``error``, ``fast``
+        (minus the gap to the key's previous call) and ``call``, an index into the calls' ``span``
+        ids and ``session`` codes; ``has_span``/``has_session`` per row say whether the id is set."""
+        np.add.at(self.calls, slot, 1)
+        np.add.at(self.bytes, slot, size)
+        np.add.at(self.errors, slot[error], 1)
+        if has_span.any():
+            s, q, c = slot[has_span], seq[has_span], call[has_span]
+            self.has_top[s] = True
+            one = np.ones(len(s), np.int64)
+            for table, ok, val in ((self.named, ~self.named_full[s], one),
+                                   (self.fast, fast[has_span] >= self.low[0, s], fast[has_span]),  # a tie enters:
+                                   (self.big, size[has_span] >= self.low[1, s], size[has_span])):  # later wins
+                if ok.any():
+                    table.add(s[ok], q[ok], val[ok], span[c[ok]], one[ok])
+        if has_session.any():
+            s, k = slot[has_session], session[call[has_session]]
+            ok = ~self.sess_full[s]
+            if not ok.all():  # a full window counts only its own sessions
+                ok |= (self.sess_set[s] == k[:, None]).any(1)
+            s, k = s[ok], k[ok]
+            self.sessions.add(s, seq[has_session][ok], k, k, np.ones(len(s), np.int64))
+        live = int(np.count_nonzero(self.alive[:self.used]))
+        if (self.named.size + self.fast.size + self.big.size + self.sessions.size > max(1 << 16, 96 * live)
+                or len(self.sess_code) > (1 << 18) + 4 * self.sessions.size):  # (codes of dropped sessions)
+            self.reduce()
+
+    def load(self, slot: int, win: dict[str, Any]) -> None:
+        """A window dict (the snapshot form) into ``slot``; its items come before any later call."""
+        self.calls[slot], self.bytes[slot], self.errors[slot] = int(win["calls"]), int(win["bytes"]), \
+            int(win["errors"])
+        self.has_top[slot] = "fast" in win
+
+        def put(table: _Table, texts: list[str], vals: list[int], cnts: list[int]) -> None:
+            n = len(texts)
+            text = np.empty(n, object)
+            text[:] = texts
+            table.add(np.full(n, slot, np.int64), np.arange(self.seq, self.seq + n, dtype=np.int64),
+                      np.asarray(vals, np.int64).reshape(n), text, np.asarray(cnts, np.int64).reshape(n))
+            self.seq += n
+
+        spans = list(win.get("spans", ()))
+        put(self.named, spans, [0] * len(spans), [1] * len(spans))
+        for name, table in (("fast", self.fast), ("big", self.big)):
+            items = win.get(name) or []
+            put(table, [x[1] for x in items], [int(x[0]) for x in items], [1] * len(items))
+        sessions = dict(win.get("sessions", {}))
+        codes = self.session_codes(list(sessions)).tolist()
+        put(self.sessions, codes, codes, [int(v) for v in sessions.values()])
+
+    # ----------------------------------------------------------------- reduce and read
+    def reduce(self) -> None:
+        """Cut every table to what its windows can still show (and refresh the entry thresholds).
+
+        A slot's rows sit in a table in sequence order (appended in call order, set back sorted),
+        so stable sorts by the other keys stand in for sorting by sequence too.
+        """
+        s, q, v, t, c = self.named.rows()
+        if len(s):
+            order = np.argsort(s, kind="stable")
+            s, q, v, t, c = s[order], q[order], v[order], t[order], c[order]
+            keep = _rank(s) < SPANS_NAMED
+            self.named.set((s[keep], q[keep], v[keep], t[keep], c[keep]))
+            s = s[keep]
+            counts = np.bincount(s, minlength=len(self.named_full))
+            self.named_full |= counts >= SPANS_NAMED
+        for m, table in enumerate((self.fast, self.big)):
+            s, q, v, t, c = table.rows()
+            if not len(s):
+                continue
+            order = np.arange(len(s) - 1, -1, -1)  # later first, then by value (~v: descending), then slot
+            order = order[np.argsort(~v[order], kind="stable")]
+            order = order[np.argsort(s[order], kind="stable")]  # best first per slot
+            s, q, v, t, c = s[order], q[order], v[order], t[order], c[order]
+            rank = _rank(s)
+            keep = rank < SPANS_NAMED
+            s, q, v, t, c, rank = s[keep], q[keep], v[keep], t[keep], c[keep], rank[keep]
+            full = rank == SPANS_NAMED - 1  # the tenth best: the value a newcomer must reach
+            self.low[m, :] = _NONE
+            self.low[m, s[full]] = v[full]
+            order = np.lexsort((q, s))  # back to sequence order per slot
+            table.set((s[order], q[order], v[order], t[order], c[order]))
+        s, q, k, _t, c = self.sessions.rows()
+        if len(self.sess_code) > max(1 << 18, 4 * len(s)):  # codes of sessions long gone: renumber
+            names = list(self.sess_code)
+            live = np.unique(k)
+            self.sess_code = {names[x]: i for i, x in enumerate(live.tolist())}
+            k = np.searchsorted(live, k)
+        self.sess_full[:] = False
+        self.sess_set[:] = -1
+        if len(s):
+            width = int(k.max()) + 1
+            if int(s.max()) < 2**62 // width:
+                order = np.argsort(s * width + k, kind="stable")
+            else:
+                order = np.lexsort((q, k, s))
+            s, q, k, c = s[order], q[order], k[order], c[order]
+            first = np.empty(len(s), bool)
+            first[0] = True
+            first[1:] = (s[1:] != s[:-1]) | (k[1:] != k[:-1])
+            starts = np.flatnonzero(first)
+            c = np.add.reduceat(c, starts)
+            s, q, k = s[starts], q[starts], k[starts]
+            order = np.lexsort((q, s))
+            s, q, k, c = s[order], q[order], k[order], c[order]
+            rank = _rank(s)
+            keep = rank < MAX_SESSIONS
+            s, q, k, c, rank = s[keep], q[keep], k[keep], c[keep], rank[keep]
+            self.sess_set[s, rank] = k
+            self.sess_full[s[rank == MAX_SESSIONS - 1]] = True
+        self.sessions.set((s, q, k, k, c))
+
+    def read(self, slots: list[int]) -> dict[int, dict[str, Any]]:
+        """The window dict of each slot, exactly as the call-by-call detector keeps it."""
+        self.reduce()
+        want = np.zeros(len(self.calls), bool)
+        want[slots] = True
+        calls, nbytes, errors, top = (self.calls[slots].tolist(), self.bytes[slots].tolist(),
+                                      self.errors[slots].tolist(), self.has_top[slots].tolist())
+        out: dict[int, dict[str, Any]] = {}
+        for slot, n, b, e, has in zip(slots, calls, nbytes, errors, top):
+            out[slot] = win = {"calls": n, "bytes": b, "errors": e, "spans": [], "sessions": {}}
+            if has:
+                win["fast"], win["big"] = [], []
+
+        def picked(table: _Table) -> tuple[list[Any], ...]:
+            s, q, v, t, c = table.rows()
+            mask = want[s]
+            s, q, v, t, c = s[mask], q[mask], v[mask], t[mask], c[mask]
+            order = np.lexsort((q, s))
+            return s[order].tolist(), v[order].tolist(), t[order].tolist(), c[order].tolist()
+
+        s, _v, t, _c = picked(self.named)
+        for slot, text in zip(s, t):
+            out[slot]["spans"].append(text)
+        for name, table in (("fast", self.fast), ("big", self.big)):
+            s, v, t, _c = picked(table)
+            for slot, val, text in zip(s, v, t):
+                out[slot][name].append([val, text])
+        s, k, _t, c = picked(self.sessions)
+        if s:
+            names = list(self.sess_code)
+            for slot, code, cnt in zip(s, k, c):
+                out[slot]["sessions"][names[code]] = cnt
+        return out
