@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from toolwatch.detectors.events import ToolCall, ToolDefinition, ToolListing
+from toolwatch.detectors.events import ToolCall
 
 REFERENCE = os.environ.get("TOOLWATCH_FLOW_REFERENCE", "7677d2dbb8da8b088195e698e1a1b121019904a0")
 PKG = "tw_flow_reference"
