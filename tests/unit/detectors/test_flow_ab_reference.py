@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from toolwatch.detectors.events import ToolCall
+from toolwatch.detectors.exfiltration import median_mad
 
 REFERENCE = os.environ.get("TOOLWATCH_FLOW_REFERENCE", "7677d2dbb8da8b088195e698e1a1b121019904a0")
 PKG = "tw_flow_reference"
@@ -210,3 +212,12 @@ def test_long_runs_with_findings_match_the_reference(ref: ModuleType, name: str,
     assert got == want
     findings = got[0][1::2] if name == "sequence" else got[0]
     assert any(json.loads(b) for b in findings), "no findings: a weak test"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, 50), st.integers(0, 2**62)), min_size=1, max_size=300))
+def test_median_mad_is_what_statistics_median_gives(values: list[int]) -> None:
+    med = statistics.median(values)
+    want = (float(med), float(statistics.median([abs(x - med) for x in values])))
+    got = median_mad(values)
+    assert repr(got) == repr(want)
