@@ -222,9 +222,10 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         fast = self.config.flow_scope == "agent"
         ttl = self.config.session_ttl_s * NS
         for call in sorted(batch.calls, key=_BY_TIME):
-            tool = tools.get((call.server, call.tool))
+            key = (call.server, call.tool)
+            tool = tools.get(key)
             if tool is None:
-                tool = tools[(call.server, call.tool)] = self._tool(call)
+                tool = tools[key] = self._tool(call)
             agent = states.get(call.agent_id)
             if agent is None:
                 agent = states[call.agent_id] = self.new_state()
@@ -234,16 +235,21 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
                 # agent's one scope alive, only reads and sends have anything to do.
                 sessions = agent.sessions
                 session = sessions.get("*") if len(sessions) == 1 else None
-                if session is not None and session.last_ns >= call.time_ns - ttl:
+                t = call.time_ns
+                if session is not None and session.last_ns >= t - ttl:
                     if tool.sink:
                         self._send(call, tool, agent, session, [], findings)
                     if call.result_labels:
                         self._read(call, tool, session)
                     elif tool.reads_sensitive:
-                        session.add_read(SensitiveRead(call.time_ns, call.span_id, tool.token, ()),
-                                         MAX_SENSITIVE_READS)
-                    if call.time_ns > session.last_ns:
-                        session.last_ns = call.time_ns
+                        # SessionFlows.add_read inlined (same operations).
+                        reads = session.sensitive
+                        reads.append(SensitiveRead(t, call.span_id, tool.token, ()))
+                        if len(reads) > MAX_SENSITIVE_READS:
+                            del reads[:-MAX_SENSITIVE_READS]
+                        session.reads_seen += 1
+                    if t > session.last_ns:
+                        session.last_ns = t
                     continue
             self._observe_call(call, agent, tool, findings)
         return findings
@@ -466,17 +472,25 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
     def _cite_all(
         self, call: ToolCall, tool: _Tool, reads: list[SensitiveRead], cited: Citations, new_dests: list[str]
     ) -> Finding:
-        """``_sensitive_then_send`` when every read is recent, unlabelled and by another tool."""
+        """``_sensitive_then_send`` when every read is recent, unlabelled and by another tool
+        (``_finding`` inlined: this is the finding of most sends after reads)."""
         age = (call.time_ns - reads[0].time_ns) / NS
-        reason = (f"outbound call {tool.token} {age:.0f}s after a sensitive read from {reads[0].token}"
-                  f" in the same session")
-        evidence = {"kind": "sensitive_then_send", "reads": list(cited.evidence),
+        token = tool.token
+        reason = f"outbound call {token} {age:.0f}s after a sensitive read from {reads[0].token} in the same session"
+        evidence = {"kind": "sensitive_then_send", "reads": cited.evidence.copy(),
                     "seconds_since_read": round(age, 3), "window_s": self.config.sensitive_window_s,
                     "new_destinations": new_dests[:10], "carried_labels": []}
         spans = dict.fromkeys(cited.spans)
         spans[call.span_id] = None
-        return self._finding(call, tool, "sensitive_then_send", "medium" if new_dests else "low", reason, evidence,
-                             tuple(spans), evidence_has_kind=True)
+        span_ids = tuple(spans)
+        if "" in spans:
+            span_ids = tuple(s for s in span_ids if s)
+        severity = "medium" if new_dests else "low"
+        return Finding(
+            self.name, severity, call.agent_id, reason, call.time_ns, call.session_id, call.server, call.tool,
+            span_ids, (call.trace_id,) if call.trace_id else (), SEVERITY_SCORE[severity], evidence,
+            f"{self.name}:sensitive_then_send:{call.agent_id}:{call.session_id}:{token}",
+        )
 
     def _new_destinations(self, call: ToolCall, tool: _Tool, agent: AgentFlows, sink: bool) -> Finding | None:
         cfg = self.config

@@ -97,19 +97,21 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def traffic(seed: int, n: int, agents: int, sessions: int, rich: float) -> list[ToolCall]:
+def traffic(seed: int, n: int, agents: int, sessions: int, rich: float, dense: bool = False) -> list[ToolCall]:
     """Calls from a few agents: mostly bare (as the bench sends), some with labels, values,
-    sketches, destinations, errors, injection scores, time jumps and out-of-order times."""
+    sketches, destinations, errors, injection scores, time jumps and late calls (some older than the
+    windows); ``dense`` traffic (as the bench's) keeps most calls seconds apart."""
     rnd = random.Random(seed)
     t = T0
     calls = []
     for i in range(n):
-        t += rnd.choice([0, 1_000, S, 20 * S, 200 * S]) if rnd.random() < 0.97 else 5_000 * S
+        steps = [0, 1_000, S // 10, S] if dense else [0, 1_000, S, 20 * S, 200 * S]
+        t += rnd.choice(steps) if rnd.random() < 0.97 else 5_000 * S
         server, tool = rnd.choice(SERVERS_TOOLS)
         full = rnd.random() < rich
         sketch = tuple(rnd.randrange(4) for _ in range(4))
         calls.append(ToolCall(
-            time_ns=t - (rnd.randrange(3) * S if rnd.random() < 0.05 else 0),
+            time_ns=t - (rnd.choice([1, 2, 90, 700]) * S if rnd.random() < 0.05 else 0),
             agent_id=f"a{rnd.randrange(agents)}", server=server, tool=tool,
             session_id=f"s{rnd.randrange(sessions)}", trace_id=rnd.choice(["", "t1", "t2"]),
             span_id=rnd.choice([f"sp{i}", f"sp{i}", f"sp{i}", "", f"sp{max(i - 1, 0)}"]),
@@ -129,13 +131,18 @@ def traffic(seed: int, n: int, agents: int, sessions: int, rich: float) -> list[
 
 
 def listing(pkg: str, seed: int, time_ns: int) -> Any:
-    """A ``tools/list`` result that tells capabilities something (a sender, a destructive tool)."""
+    """A ``tools/list`` result that tells capabilities something: a sender, a destructive tool, or
+    a tool that both reads sensitive data and sends out (its reads and sends share a token)."""
     ev = importlib.import_module(f"{pkg}.events")
     rnd = random.Random(seed)
-    server = rnd.choice(["web", "files", "db"])
+    server = rnd.choice(["web", "files", "db", "vault"])
+    world = {"openWorldHint": True}
     tools = (ev.ToolDefinition("post", "Send data to any URL", {"type": "object", "properties": {"url": {}}},
-                               annotations={"openWorldHint": True}),
-             ev.ToolDefinition("drop", "Delete everything", annotations={"destructiveHint": True}))
+                               annotations=world),
+             ev.ToolDefinition("drop", "Delete everything", annotations={"destructiveHint": True}),
+             ev.ToolDefinition("query", "Query and forward", annotations=world),
+             ev.ToolDefinition("get_secret", "Read a secret, post it", annotations=world),
+             ev.ToolDefinition("read_file", "Read a file, upload it", annotations=world))
     return ev.ToolListing(time_ns, "a0", server, tools, session_id="s0")
 
 
@@ -185,13 +192,14 @@ def run(pkg: str, name: str, cfg: dict[str, Any], calls: list[ToolCall], cuts: l
     sizes=st.lists(st.integers(1, 300), min_size=1, max_size=6),
     restore_at=st.integers(0, 6),
     freeze=st.sampled_from([None, "a0", "a1"]),
+    dense=st.booleans(),
 )
 def test_flow_detectors_find_and_keep_what_the_reference_does(
     ref: ModuleType, which: int, seed: int, n: int, agents: int, sessions: int, rich: float, sizes: list[int],
-    restore_at: int, freeze: str | None,
+    restore_at: int, freeze: str | None, dense: bool,
 ) -> None:
     name, cfg = CONFIGS[which]
-    calls = traffic(seed, n, agents, sessions, rich)
+    calls = traffic(seed, n, agents, sessions, rich, dense)
     cuts, at = [], 0
     while at < n:
         at += sizes[len(cuts) % len(sizes)]
@@ -202,10 +210,12 @@ def test_flow_detectors_find_and_keep_what_the_reference_does(
     assert got[1] == want[1]
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["sparse", "dense"])
 @pytest.mark.parametrize("name,cfg", CONFIGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CONFIGS)])
-def test_long_runs_with_findings_match_the_reference(ref: ModuleType, name: str, cfg: dict[str, Any]) -> None:
+def test_long_runs_with_findings_match_the_reference(ref: ModuleType, name: str, cfg: dict[str, Any],
+                                                     dense: bool) -> None:
     """Long enough for warm-ups to end, baselines to decay and bounds to bite; findings must occur."""
-    calls = traffic(7, 6_000, 3, 8, 0.1)
+    calls = traffic(7, 6_000, 3, 8, 0.1, dense)
     cuts = list(range(500, 6_000, 500))
     got = run("toolwatch.detectors", name, cfg, calls, cuts, 4, "a1")
     want = run(PKG, name, cfg, calls, cuts, 4, "a1")
