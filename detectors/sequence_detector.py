@@ -163,7 +163,6 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         thr_plain, thr_instr = cfg.threshold_bits, cfg.after_instructions_bits
         length_k, length_floor = cfg.length_k, cfg.length_floor
         log2, log1p, exp, nan = math.log2, math.log1p, math.exp, math.nan
-        closed: list[tuple[str, Any]] = []
         for c in calls:
             agent_id = c.agent_id
             st = states.get(agent_id)
@@ -193,18 +192,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             t = c.time_ns
             sid = c.session_id
             if opened and t - tracker.floor_ns > tracker.idle_ns:
-                closed.extend(tracker.expire(t))
-            s = opened.get(sid)
-            if s is None:
-                s = opened[sid] = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
-                if t < tracker.floor_ns:
-                    tracker.floor_ns = t
-                while len(opened) > tracker.max_open:
-                    closed.append(opened.popitem(False))
-            else:
-                opened.move_to_end(sid)
-            if closed:
-                if not frozen:
+                closed = tracker.expire(t)
+                if closed and not frozen:
                     ls = st.lengths
                     decay = ls.decay
                     for _sid, old in closed:
@@ -214,7 +203,25 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                         ls.mean += d / ls.n
                         ls.m2 = ls.m2 * decay + d * (x - ls.mean)
                     st.limit_stale = True
-                closed.clear()
+            s = opened.get(sid)
+            if s is None:
+                s = opened[sid] = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
+                if t < tracker.floor_ns:
+                    tracker.floor_ns = t
+                # Sessions pushed out by this one close after the idle ones, in the same way.
+                while len(opened) > tracker.max_open:
+                    old = opened.popitem(False)[1]
+                    if not frozen:
+                        ls = st.lengths
+                        decay = ls.decay
+                        x = log1p(old.n)
+                        ls.n = ls.n * decay + 1.0
+                        d = x - ls.mean
+                        ls.mean += d / ls.n
+                        ls.m2 = ls.m2 * decay + d * (x - ls.mean)
+                        st.limit_stale = True
+            else:
+                opened.move_to_end(sid)
             n_in = s.n
             if n_in == 0:
                 st.n_sessions += 1
