@@ -230,14 +230,20 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             token = tokens.get(key)
             if token is None:
                 token = tokens[key] = call.token
+            # ``table[v] = None; table.move_to_end(v)`` as KindProfile.learn does it: every value
+            # is None, so a known value only moves, and a new one is appended (at the end).
             table = profile.tokens
-            table[token] = None
-            table.move_to_end(token)
+            try:
+                table.move_to_end(token)
+            except KeyError:
+                table[token] = None
             if len(table) > cap:
                 _trim(table, cap)
             table = profile.servers
-            table[server] = None
-            table.move_to_end(server)
+            try:
+                table.move_to_end(server)
+            except KeyError:
+                table[server] = None
             if len(table) > cap:
                 _trim(table, cap)
         return findings

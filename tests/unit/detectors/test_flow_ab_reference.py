@@ -97,10 +97,12 @@ CONFIGS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-def traffic(seed: int, n: int, agents: int, sessions: int, rich: float, dense: bool = False) -> list[ToolCall]:
+def traffic(seed: int, n: int, agents: int, sessions: int, rich: float, dense: bool = False,
+            labelled: float = 0.5) -> list[ToolCall]:
     """Calls from a few agents: mostly bare (as the bench sends), some with labels, values,
     sketches, destinations, errors, injection scores, time jumps and late calls (some older than the
-    windows); ``dense`` traffic (as the bench's) keeps most calls seconds apart."""
+    windows); ``dense`` traffic (as the bench's) keeps most calls seconds apart. ``labelled`` is the
+    share of calls with argument labels besides ``path`` (batches without secrets take shortcuts)."""
     rnd = random.Random(seed)
     t = T0
     calls = []
@@ -117,7 +119,7 @@ def traffic(seed: int, n: int, agents: int, sessions: int, rich: float, dense: b
             span_id=rnd.choice([f"sp{i}", f"sp{i}", f"sp{i}", "", f"sp{max(i - 1, 0)}"]),
             error_type=rnd.choice(["", "", "", "timeout"]),
             args_bytes=rnd.choice([100, 120, 90, 110, 200_000]),
-            args_labels=tuple(rnd.sample(LABELS, rnd.randrange(3))) if rnd.random() < 0.5 else ("path",),
+            args_labels=tuple(rnd.sample(LABELS, rnd.randrange(3))) if rnd.random() < labelled else ("path",),
             result_labels=tuple(rnd.sample(LABELS, rnd.randrange(3))) if full else (),
             args_fingerprints=tuple(f"fp{rnd.randrange(12)}" for _ in range(rnd.randrange(3))) if full else (),
             result_fingerprints=tuple(f"fp{rnd.randrange(12)}" for _ in range(rnd.randrange(3))) if full else (),
@@ -193,13 +195,14 @@ def run(pkg: str, name: str, cfg: dict[str, Any], calls: list[ToolCall], cuts: l
     restore_at=st.integers(0, 6),
     freeze=st.sampled_from([None, "a0", "a1"]),
     dense=st.booleans(),
+    labelled=st.sampled_from([0.0, 0.002, 0.02, 0.5]),
 )
 def test_flow_detectors_find_and_keep_what_the_reference_does(
     ref: ModuleType, which: int, seed: int, n: int, agents: int, sessions: int, rich: float, sizes: list[int],
-    restore_at: int, freeze: str | None, dense: bool,
+    restore_at: int, freeze: str | None, dense: bool, labelled: float,
 ) -> None:
     name, cfg = CONFIGS[which]
-    calls = traffic(seed, n, agents, sessions, rich, dense)
+    calls = traffic(seed, n, agents, sessions, rich, dense, labelled)
     cuts, at = [], 0
     while at < n:
         at += sizes[len(cuts) % len(sizes)]
@@ -215,7 +218,7 @@ def test_flow_detectors_find_and_keep_what_the_reference_does(
 def test_long_runs_with_findings_match_the_reference(ref: ModuleType, name: str, cfg: dict[str, Any],
                                                      dense: bool) -> None:
     """Long enough for warm-ups to end, baselines to decay and bounds to bite; findings must occur."""
-    calls = traffic(7, 6_000, 3, 8, 0.1, dense)
+    calls = traffic(7, 6_000, 3, 8, 0.1, dense, 0.001 if dense else 0.5)
     cuts = list(range(500, 6_000, 500))
     got = run("toolwatch.detectors", name, cfg, calls, cuts, 4, "a1")
     want = run(PKG, name, cfg, calls, cuts, 4, "a1")
