@@ -205,11 +205,12 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     st.limit_stale = True
             s = opened.get(sid)
             if s is None:
-                s = opened[sid] = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
-                if t < tracker.floor_ns:
-                    tracker.floor_ns = t
-                # Sessions pushed out by this one close after the idle ones, in the same way.
-                while len(opened) > tracker.max_open:
+                # Sessions this one pushes out close after the idle ones, in the same way (they leave
+                # before it is added rather than after: the same ones leave, in the same order). The
+                # last to leave becomes the new session: nothing else holds it, and reusing it
+                # spares an allocation and a release per new session at high session churn.
+                old = None
+                while len(opened) >= tracker.max_open:
                     old = opened.popitem(False)[1]
                     if not frozen:
                         ls = st.lengths
@@ -220,6 +221,17 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                         ls.mean += d / ls.n
                         ls.m2 = ls.m2 * decay + d * (x - ls.mean)
                         st.limit_stale = True
+                if old is None:
+                    s = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
+                else:
+                    s = old
+                    s.prev, s.n, s.first_ns, s.last_ns, s.errors, s.rate = START, 0, t, t, 0, 0.0
+                    s.prev_instructions = s.flagged_length = False
+                    s.servers.clear()
+                    s.result_fps.clear()
+                opened[sid] = s
+                if t < tracker.floor_ns:
+                    tracker.floor_ns = t
             else:
                 opened.move_to_end(sid)
             n_in = s.n
