@@ -197,9 +197,11 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             if agent is None:
                 agent = states[call.agent_id] = self.new_state()
             sessions = agent.sessions
-            session = sessions.get(call.session_id)
+            sid = call.session_id
+            session = sessions.get(sid)
             labels = call.result_labels
-            if (session is None or session.last_ns < call.time_ns - ttl or len(sessions) > max_sessions
+            t = call.time_ns
+            if (session is None or session.last_ns < t - ttl or len(sessions) > max_sessions
                     or call.result_injection_score >= threshold or call.destinations):
                 findings.extend(self._observe_slow(call, agent))
                 continue
@@ -216,23 +218,32 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
                 continue
             # Nothing armed and no instructions: the call only teaches its session's kind what is
             # familiar, and keeps the session (and kind) most recently used.
-            if call.time_ns > session.last_ns:
-                session.last_ns = call.time_ns
-            sessions.move_to_end(call.session_id)
+            if t > session.last_ns:
+                session.last_ns = t
+            sessions.move_to_end(sid)
             kind = session.kind
-            profile = agent.kinds[kind]
-            agent.kinds.move_to_end(kind)
-            token = tokens.get((call.server, call.tool))
+            kinds = agent.kinds
+            profile = kinds[kind]
+            kinds.move_to_end(kind)
+            server = call.server
+            key = (server, call.tool)
+            token = tokens.get(key)
             if token is None:
-                token = tokens[(call.server, call.tool)] = call.token
+                token = tokens[key] = call.token
+            # ``table[v] = None; table.move_to_end(v)`` as KindProfile.learn does it: every value
+            # is None, so a known value only moves, and a new one is appended (at the end).
             table = profile.tokens
-            table[token] = None
-            table.move_to_end(token)
+            try:
+                table.move_to_end(token)
+            except KeyError:
+                table[token] = None
             if len(table) > cap:
                 _trim(table, cap)
             table = profile.servers
-            table[call.server] = None
-            table.move_to_end(call.server)
+            try:
+                table.move_to_end(server)
+            except KeyError:
+                table[server] = None
             if len(table) > cap:
                 _trim(table, cap)
         return findings

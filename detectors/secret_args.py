@@ -106,18 +106,20 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
         an agent has not called yet (it might evict another), or two (server, tool) pairs with
         the same ``server/tool`` token, fall back to call-by-call.
         """
-        keys = list(map(_KEY, calls))
-        counts = Counter(keys)
+        # Counted from the last call back, the keys come in the order of their last call, latest
+        # first: one pass gives both the counts and the LRU order.
+        counts = Counter(reversed(list(map(_KEY, calls))))
         state = self._state
         plan = []
         seen: set[tuple[str, str]] = set()
-        for agent, server, tool in reversed(dict.fromkeys(reversed(keys))):  # order of last occurrence
+        for key in reversed(counts):  # order of last occurrence
+            agent, server, tool = key
             st = state.get(agent)
             token = f"{server}/{tool}" if server else tool
             if st is None or token not in st.tools or (agent, token) in seen:
                 return False
             seen.add((agent, token))
-            plan.append((st.tools, token, counts[agent, server, tool]))
+            plan.append((st.tools, token, counts[key]))
         for tools, token, n in plan:
             tools.move_to_end(token)
             tools[token][0] += n

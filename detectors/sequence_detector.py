@@ -157,11 +157,12 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         use_prior = cfg.use_fleet_prior
         priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
         batch_vocab: dict[str, set[str]] | None = None
-        alpha, beta = cfg.markov.alpha, cfg.markov.beta
+        markov = cfg.markov  # every agent's model is built with it (new_state, state_from_dict)
+        alpha, beta = markov.alpha, markov.beta
+        max_mass, max_tokens, max_transitions = markov.max_mass, markov.max_tokens, markov.max_transitions
         thr_plain, thr_instr = cfg.threshold_bits, cfg.after_instructions_bits
         length_k, length_floor = cfg.length_k, cfg.length_floor
         log2, log1p, exp, nan = math.log2, math.log1p, math.exp, math.nan
-        closed: list[tuple[str, Any]] = []
         for c in calls:
             agent_id = c.agent_id
             st = states.get(agent_id)
@@ -191,18 +192,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             t = c.time_ns
             sid = c.session_id
             if opened and t - tracker.floor_ns > tracker.idle_ns:
-                closed.extend(tracker.expire(t))
-            s = opened.get(sid)
-            if s is None:
-                s = opened[sid] = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
-                if t < tracker.floor_ns:
-                    tracker.floor_ns = t
-                while len(opened) > tracker.max_open:
-                    closed.append(opened.popitem(False))
-            else:
-                opened.move_to_end(sid)
-            if closed:
-                if not frozen:
+                closed = tracker.expire(t)
+                if closed and not frozen:
                     ls = st.lengths
                     decay = ls.decay
                     for _sid, old in closed:
@@ -212,7 +203,37 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                         ls.mean += d / ls.n
                         ls.m2 = ls.m2 * decay + d * (x - ls.mean)
                     st.limit_stale = True
-                closed.clear()
+            s = opened.get(sid)
+            if s is None:
+                # Sessions this one pushes out close after the idle ones, in the same way (they leave
+                # before it is added rather than after: the same ones leave, in the same order). The
+                # last to leave becomes the new session: nothing else holds it, and reusing it
+                # spares an allocation and a release per new session at high session churn.
+                old = None
+                while len(opened) >= tracker.max_open:
+                    old = opened.popitem(False)[1]
+                    if not frozen:
+                        ls = st.lengths
+                        decay = ls.decay
+                        x = log1p(old.n)
+                        ls.n = ls.n * decay + 1.0
+                        d = x - ls.mean
+                        ls.mean += d / ls.n
+                        ls.m2 = ls.m2 * decay + d * (x - ls.mean)
+                        st.limit_stale = True
+                if old is None:
+                    s = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
+                else:
+                    s = old
+                    s.prev, s.n, s.first_ns, s.last_ns, s.errors, s.rate = START, 0, t, t, 0, 0.0
+                    s.prev_instructions = s.flagged_length = False
+                    s.servers.clear()
+                    s.result_fps.clear()
+                opened[sid] = s
+                if t < tracker.floor_ns:
+                    tracker.floor_ns = t
+            else:
+                opened.move_to_end(sid)
             n_in = s.n
             if n_in == 0:
                 st.n_sessions += 1
@@ -221,14 +242,18 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             prev = s.prev
             scored = status != LEARNING or prior is not None
             model = st.model
+            uni = model.uni
+            row = model.bi.get(prev)
             if prior is None:
-                # MarkovModel.prob without a prior, inlined (same operations, same rounding).
-                uni = model.uni
-                p1 = (uni.get(token, 0.0) + beta * (1.0 / (len(uni) + 1))) / (model.mass + beta)
-                row = model.bi.get(prev)
-                n_pt = row.get(token, 0.0) if row else 0.0
-                bits = -log2((n_pt + alpha * p1) / (model.out.get(prev, 0.0) + alpha))
+                # MarkovModel.prob without a prior, inlined (same operations, same rounding); the
+                # counts read here are the ones learning below adds to (nothing changes in between).
+                n_tok = uni.get(token, 0.0)
+                p1 = (n_tok + beta * (1.0 / (len(uni) + 1))) / (model.mass + beta)
+                n_pt = row.get(token) if row is not None else None
+                n_out = model.out.get(prev, 0.0)
+                bits = -log2(((0.0 if n_pt is None else n_pt) + alpha * p1) / (n_out + alpha))
             else:
+                n_tok, n_pt, n_out = uni.get(token, 0.0), row.get(token) if row is not None else None, None
                 bits = model.surprisal(prev, token, prior)
             after_instr = s.prev_instructions
             thr = thr_instr if after_instr else thr_plain
@@ -263,7 +288,25 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     findings.append(self._length_finding(st, c, s.n, limit, status))
             st.n_calls += 1
             if not flagged and not frozen:
-                model.learn(prev, token)
+                # MarkovModel.learn(prev, token) inlined (same operations, same order), on the
+                # counts looked up for scoring.
+                uni[token] = n_tok + 1.0
+                if row is None:
+                    row = model.bi[prev] = {}
+                if n_pt is None:
+                    model.n_transitions += 1
+                    row[token] = 1.0
+                else:
+                    row[token] = n_pt + 1.0
+                out = model.out
+                if n_out is None:
+                    n_out = out.get(prev, 0.0)
+                out[prev] = n_out + 1.0
+                model.mass += 1.0
+                if model.mass > max_mass:
+                    model._scale(0.5)
+                if len(model.uni) > max_tokens or model.n_transitions > max_transitions:
+                    model._prune()
                 n = st.n_calls
                 st.mean_bits += (bits - st.mean_bits) / (n if n < 500 else 500)
             margins.append((bits - thr) if scored else nan)

@@ -134,24 +134,42 @@ class SessionFlows:
             c = self.citations = Citations.of(reads, self.reads_seen)
             return c
         if new:
-            added = reads[len(reads) - new:]
-            drop = len(c.evidence) + new - len(reads)
-            c.evidence = c.evidence[drop:] + [r.cite() for r in added]
-            c.spans = c.spans[drop:] + [r.span_id for r in added]
-            if c.ordered:
-                prev = reads[len(reads) - new - 1].time_ns if len(reads) > new else added[0].time_ns
-                for r in added:
+            # One pass over the new reads (this runs at every send after reads): the lists are
+            # Citations' own (findings copy them), so they are updated in place.
+            n = len(reads)
+            evidence, spans = c.evidence, c.spans
+            drop = len(evidence) + new - n
+            if drop:
+                del evidence[:drop]
+                del spans[:drop]
+            ordered = c.ordered
+            prev = reads[n - new - 1].time_ns if n > new else reads[n - new].time_ns
+            labelled = hit = False
+            clear_of = c.clear_of
+            for i in range(n - new, n):
+                r = reads[i]
+                e = r.evidence
+                if e is None:  # SensitiveRead.cite inlined
+                    e = r.evidence = {"tool": r.token, "span_id": r.span_id, "labels": list(r.labels)}
+                evidence.append(e)
+                spans.append(r.span_id)
+                if ordered:
                     if r.time_ns < prev:
-                        c.ordered = False
-                        break
+                        ordered = False
                     prev = r.time_ns
+                if r.labels:
+                    labelled = True
+                if r.token == clear_of:
+                    hit = True
+            if c.ordered:
+                c.ordered = ordered
             else:
                 c.ordered = all(a.time_ns <= b.time_ns for a, b in zip(reads, reads[1:]))
             if c.unlabelled:
-                c.unlabelled = not any(r.labels for r in added)
+                c.unlabelled = not labelled
             else:
                 c.unlabelled = not any(r.labels for r in reads)
-            if c.clear_of is not None and any(r.token == c.clear_of for r in added):
+            if clear_of is not None and hit:
                 c.clear_of = None
             c.seen = self.reads_seen
         return c
