@@ -68,7 +68,8 @@ class _Reject(Exception):
 class Request:
     """One fully received request: method, target, headers and body (``b""`` when oversized)."""
 
-    __slots__ = ("method", "raw_path", "headers", "body", "oversized", "version", "keep_alive", "_conn", "_url")
+    __slots__ = ("method", "raw_path", "headers", "body", "oversized", "version", "keep_alive", "_conn", "_url",
+                 "_started")
 
     def __init__(self, conn: _Connection, method: str, raw_path: str, headers: CIMultiDictProxy[str], body: bytes,
                  oversized: bool, version: str, keep_alive: bool) -> None:
@@ -78,6 +79,8 @@ class Request:
         """The body was larger than the listener's ``max_body``; it was read and dropped."""
         self.version, self.keep_alive = version, keep_alive
         self._url: Any = None
+        self._started = False
+        """A response head went out (a later failure can only close the connection)."""
 
     async def read(self) -> bytes:
         return self.body
@@ -149,6 +152,7 @@ class StreamResponse:
             raise ValueError("newline or carriage return in a response header")
         self._head = (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
         self._conn = conn
+        request._started = True
 
     async def write(self, data: bytes) -> None:
         """Send body bytes now (raises ``ConnectionResetError`` once the client is gone)."""
@@ -352,29 +356,21 @@ class _Connection(asyncio.Protocol):
                     self.transport.resume_reading()
                 try:
                     response = await handler(request)
+                    await self._finish(request, response)
                 except (ConnectionResetError, ConnectionError):
                     self._close()
                     return
-                except Exception as exc:  # a bug in the handler: answer 500, keep the proxy running
+                except Exception as exc:  # a bug (or a bad header): answer 500 if nothing was sent yet
                     print(f"toolwatch proxy: error handling {request.method} {request.raw_path[:200]}: {exc!r}",
                           file=sys.stderr)
-                    response = Response(status=500, text="500 Internal Server Error")
-                    if self._queue or not self.keep_alive:
-                        self.keep_alive = False
-                try:
-                    if not response.prepared:
-                        if isinstance(response, Response):
-                            await response.send(request)
-                        else:
-                            await response.prepare(request)
-                            await response.write_eof()
-                    elif response._conn is not self:
-                        raise RuntimeError("response prepared for another connection")
-                    else:
-                        await response.write_eof()
-                except (ConnectionResetError, ConnectionError):
-                    self._close()
-                    return
+                    if request._started:
+                        self._close()
+                        return
+                    try:
+                        await Response(status=500, text="500 Internal Server Error").send(request)
+                    except (ConnectionResetError, ConnectionError):
+                        self._close()
+                        return
                 if not self.keep_alive:
                     self._close()
                     return
@@ -382,6 +378,19 @@ class _Connection(asyncio.Protocol):
             self._task = None
         if not self.closed and not self._in_request:
             self._set_deadline(self._listener.keepalive_timeout)
+
+    async def _finish(self, request: Request, response: StreamResponse) -> None:
+        """End the handler's response (sending it whole if the handler did not start it)."""
+        if not response.prepared:
+            if isinstance(response, Response):
+                await response.send(request)
+            else:
+                await response.prepare(request)
+                await response.write_eof()
+        elif response._conn is not self:
+            raise RuntimeError("response prepared for another connection")
+        else:
+            await response.write_eof()
 
     async def write(self, data: bytes) -> None:
         transport = self.transport
@@ -425,19 +434,23 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
-    # -- timeouts (one timer per connection, re-armed lazily) -------------------------------------
+    # -- timeouts (one timer per connection, never cancelled on the hot path) ------------------------
     def _set_deadline(self, seconds: float) -> None:
-        self._deadline = self._loop.time() + seconds
+        """Move the deadline. The timer ticks at most ``tick`` apart and re-arms itself, so a deadline
+        of ``now + seconds`` (``seconds >= tick``) is never missed and no request re-arms it."""
+        now = self._loop.time()
+        self._deadline = now + seconds
         if self._timer is None:
-            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            self._timer = self._loop.call_at(min(self._deadline, now + self._listener.tick), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         deadline = self._deadline
         if deadline is None or self.closed:
             return
-        if self._loop.time() < deadline:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+        now = self._loop.time()
+        if now < deadline:
+            self._timer = self._loop.call_at(min(deadline, now + self._listener.tick), self._on_timer)
             return
         self._deadline = None
         if self._task is not None:  # a response is under way: streams may be long-lived
@@ -457,6 +470,7 @@ class Listener:
         self.max_body = max_body
         self.keepalive_timeout = keepalive_timeout
         self.header_timeout = header_timeout
+        self.tick = min(keepalive_timeout, header_timeout)
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[_Connection] = set()
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
