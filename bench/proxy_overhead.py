@@ -143,14 +143,14 @@ HOP_ONLY = (
 
 
 async def start_proxy(sink: OtlpSink, upstream: str, env: dict[str, str], pythonpath: Path | None = None,
-                      hop_only: bool = False):
+                      hop_only: bool = False, extra_args: list[str] | None = None):
     port = free_port()
     if pythonpath is not None:  # run there: ``-m``/``-c`` put the working directory first on sys.path
         env = {**env, "PYTHONPATH": str(pythonpath)}
     entry = ["-c", HOP_ONLY] if hop_only else ["-m", "toolwatch.instrumentation.proxy"]
     proc = await asyncio.create_subprocess_exec(
         sys.executable, *entry, "--agent-id", "bench", "--otlp-endpoint", sink.url,
-        "--listen", f"127.0.0.1:{port}", "--upstream", upstream, env=env, stderr=asyncio.subprocess.DEVNULL,
+        "--listen", f"127.0.0.1:{port}", "--upstream", upstream, *(extra_args or []), env=env, stderr=asyncio.subprocess.DEVNULL,
         cwd=str(pythonpath or ROOT))
     return proc, port
 

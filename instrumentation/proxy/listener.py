@@ -102,11 +102,13 @@ class Request:
 
 
 class StreamResponse:
-    """A response sent in pieces: ``prepare`` fixes status and headers, ``write`` sends body bytes.
+    """A response sent in pieces: ``prepare`` sends status and headers, ``write`` sends body bytes.
 
     Without a ``content_length`` the body is sent chunked (HTTP/1.1) or delimited by closing the
-    connection (HTTP/1.0). The head goes out with the first body bytes (one write, not two).
+    connection (HTTP/1.0). ``Response`` (whole bodies) sends its head with the body in one write.
     """
+
+    _head_now = True
 
     def __init__(self, *, status: int = 200, reason: str | None = None,
                  headers: dict[str, str] | Iterable[tuple[str, str]] | None = None) -> None:
@@ -153,6 +155,9 @@ class StreamResponse:
         self._head = (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
         self._conn = conn
         request._started = True
+        if self._head_now:  # as aiohttp: a stream's client sees the status before any event
+            head, self._head = self._head, b""
+            await conn.write(head)
 
     async def write(self, data: bytes) -> None:
         """Send body bytes now (raises ``ConnectionResetError`` once the client is gone)."""
@@ -195,6 +200,8 @@ class StreamResponse:
 
 class Response(StreamResponse):
     """A whole response (aiohttp's ``web.Response`` subset: ``body`` or ``text``, ``content_type``)."""
+
+    _head_now = False
 
     def __init__(self, *, status: int = 200, reason: str | None = None, body: bytes | None = None,
                  text: str | None = None, content_type: str | None = None,
