@@ -468,3 +468,26 @@ def test_any_framing_and_any_split_reads_back_the_same_bodies(body, use_chunked,
             await listener.close()
 
     assert asyncio.run(run()) == [body] * repeat
+
+
+async def test_a_stream_head_is_sent_at_prepare_before_any_event():
+    """A GET event stream may stay silent for minutes: its client must see the status at once."""
+    release = asyncio.Event()
+
+    async def silent(request: Request) -> StreamResponse:
+        response = StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await release.wait()
+        return response
+
+    listener, port = await listening(silent)
+    client = await Client.open(port)
+    try:
+        await client.send(b"GET /mcp HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(client.reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"text/event-stream" in head
+        release.set()
+        assert await asyncio.wait_for(client.reader.readuntil(b"0\r\n\r\n"), 5) == b"0\r\n\r\n"
+    finally:
+        client.close()
+        await listener.close()
