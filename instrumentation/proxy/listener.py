@@ -121,6 +121,7 @@ class StreamResponse:
         self._chunked = False
         self._no_body = False
         self._eof = False
+        self._sent = 0
 
     @property
     def prepared(self) -> bool:
@@ -172,6 +173,12 @@ class StreamResponse:
                 await conn.write(head)
             return
         head, self._head = self._head, b""
+        if self.content_length is not None:  # never more than announced (it would corrupt the next response)
+            room = self.content_length - self._sent
+            if len(data) > room:
+                data = data[:room]
+                conn.keep_alive = False
+            self._sent += len(data)
         if self._chunked:
             if len(data) < 16384:
                 await conn.write(b"%b%x\r\n%b\r\n" % (head, len(data), data))
@@ -192,6 +199,8 @@ class StreamResponse:
         conn = self._conn
         assert conn is not None, "write_eof() before prepare()"
         self._eof = True
+        if self.content_length is not None and self._sent != self.content_length and not self._no_body:
+            conn.keep_alive = False  # a short body (the upstream broke off): only closing can tell the client
         tail = b"0\r\n\r\n" if self._chunked else b""
         head, self._head = self._head, b""
         if head or tail:

@@ -491,3 +491,24 @@ async def test_a_stream_head_is_sent_at_prepare_before_any_event():
     finally:
         client.close()
         await listener.close()
+
+
+@pytest.mark.parametrize("written", [b"abcd", b"abcdefghijKLMNOP"])
+async def test_a_body_other_than_its_content_length_closes_the_connection(written):
+    """A short body (the upstream broke off) or a long one: the client is never left waiting or misframed."""
+    async def handler(request: Request) -> StreamResponse:
+        response = StreamResponse()
+        response.content_length = 10
+        await response.prepare(request)
+        await response.write(written)
+        return response
+
+    listener, port = await listening(handler)
+    client = await Client.open(port)
+    try:
+        await client.send(post(b"{}"))
+        raw = await asyncio.wait_for(client.reader.read(), 5)  # to EOF
+        assert raw.partition(b"\r\n\r\n")[2] == written[:10]
+    finally:
+        client.close()
+        await listener.close()
