@@ -6,7 +6,7 @@ the working tree's; responses (status, headers, body) and exported spans must ma
 One demo notes server; two proxy processes (REF and working tree), each exporting to its own
 OTLP sink. The same scripted exchanges go through both over raw sockets: MCP initialize,
 notifications, tools/list, tool calls (a secret note, a missing one), a GET stream, DELETE,
-an oversized body, another path, HEAD, invalid JSON. What legitimately differs is normalised:
+an oversized body, another path, HEAD, invalid JSON, an h2c Upgrade POST. What legitimately differs is normalised:
 ``Date`` (and ``Server``, which aiohttp added to the proxy's own answers), the session id the server hands out, span ids/times. Exits 1 on any difference.
 """
 
@@ -45,7 +45,8 @@ async def exchange(port: int, method: str, target: str, headers: dict[str, str],
                    until_eof: bool = False) -> bytes:
     """One request on its own connection (``Connection: close``): the raw response bytes."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
+    lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1",
+             *([] if "Connection" in headers else ["Connection: close"]),
              *(f"{k}: {v}" for k, v in headers.items())]
     if body or method == "POST":
         lines.append(f"Content-Length: {len(body)}")
@@ -53,7 +54,15 @@ async def exchange(port: int, method: str, target: str, headers: dict[str, str],
     try:
         if until_eof:
             return await asyncio.wait_for(reader.read(), 10)
-        return await asyncio.wait_for(reader.read(65536), 2)  # a stream: what arrives first
+        got = b""
+        while True:  # a stream or a kept-alive connection: what arrives until 1 s of silence
+            try:
+                data = await asyncio.wait_for(reader.read(65536), 1)
+            except asyncio.TimeoutError:
+                return got
+            if not data:
+                return got
+            got += data
     finally:
         writer.close()
 
@@ -91,9 +100,11 @@ async def script(port: int) -> list[tuple[str, list[tuple[str, str]], bytes]]:
         ("POST", "/", sess, rpc(7, "tools/list")),
         ("GET", "/.well-known/oauth-protected-resource", {}, b""),
         ("HEAD", "/mcp", sess, b""),
+        ("POST", "/mcp", {**sess, "Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
+                          "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA"}, rpc(8, "tools/list")),
     ]
     for method, target, headers, body in steps:
-        out.append(normalise(await exchange(port, method, target, headers, body, True), session))
+        out.append(normalise(await exchange(port, method, target, headers, body, "Connection" not in headers), session))
     out.append(normalise(await exchange(port, "GET", "/mcp", {**sess, "Accept": "text/event-stream"}, b""), session))
     out.append(normalise(await exchange(port, "DELETE", "/mcp", sess, b"", True), session))
     return out

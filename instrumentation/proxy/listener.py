@@ -259,6 +259,8 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._upgrade: tuple[Request, int, list[bytes]] | None = None
+        """An ``Upgrade`` request whose body is still being read (see ``_upgrading``)."""
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -267,12 +269,16 @@ class _Connection(asyncio.Protocol):
         self._set_deadline(self._listener.keepalive_timeout)
 
     def data_received(self, data: bytes) -> None:
+        if self._upgrade is not None:
+            self._upgrade_body(data)
+            return
         try:
             self._parser.feed_data(data)
         except _Reject as exc:
             self._reject(exc.status, str(exc))
-        except httptools.HttpParserUpgrade:
-            self.keep_alive = False  # no protocol switching here: answer the request, then close
+        except httptools.HttpParserUpgrade as exc:
+            if self._upgrade is not None:
+                self._upgrade_body(data[exc.args[0]:])
         except httptools.HttpParserError as exc:
             cause = exc.__context__ if isinstance(exc.__context__, _Reject) else None
             if cause is not None:
@@ -353,12 +359,49 @@ class _Connection(asyncio.Protocol):
         self._in_request = False
         self._body = []
         self._deadline = None
+        if parser.should_upgrade():
+            self._upgrading(request)
+            return
+        self._dispatch(request)
+
+    def _dispatch(self, request: Request) -> None:
         self._queue.append(request)
         if self._task is None:
             self._task = self._loop.create_task(self._serve())
         elif len(self._queue) >= _MAX_QUEUED and self.transport is not None and not self._paused_reading:
             self._paused_reading = True
             self.transport.pause_reading()
+
+    # -- Upgrade (e.g. curl's h2c): never switched; the request is served as plain HTTP/1.1 --------
+    def _upgrading(self, request: Request) -> None:
+        """The parser takes all that follows an ``Upgrade`` request's head for the new protocol, its
+        body included; as aiohttp did, it is served as a plain request: the body is read here, then
+        a fresh parser takes over the connection."""
+        length = request.headers.get("Content-Length", "0").strip()
+        if "Transfer-Encoding" in request.headers or not length.isdigit():
+            self._reject(400, "Bad Request: a chunked body with Upgrade is not supported")
+            return
+        self._upgrade = (request, int(length), [])
+        self._in_request = True
+        self._set_deadline(self._listener.header_timeout)
+
+    def _upgrade_body(self, data: bytes) -> None:
+        assert self._upgrade is not None
+        request, need, parts = self._upgrade
+        parts.append(data)
+        if sum(map(len, parts)) < need:
+            self._set_deadline(self._listener.header_timeout)
+            return
+        self._upgrade = None
+        self._in_request = False
+        self._deadline = None
+        received = b"".join(parts)
+        request.oversized = need > self._listener.max_body
+        request.body = b"" if request.oversized else received[:need]
+        self._parser = httptools.HttpRequestParser(self)
+        self._dispatch(request)
+        if len(received) > need:
+            self.data_received(received[need:])
 
     # -- answering -------------------------------------------------------------------------------
     async def _serve(self) -> None:

@@ -512,3 +512,35 @@ async def test_a_body_other_than_its_content_length_closes_the_connection(writte
     finally:
         client.close()
         await listener.close()
+
+
+@pytest.mark.parametrize("split", [0, 5, 60])
+async def test_an_upgrade_request_is_served_as_plain_http_with_its_body(split):
+    """curl --http2 on http:// asks for h2c; as with aiohttp, the POST is served as is, and the
+    connection goes on (a request pipelined right behind it is served too)."""
+    listener, port = await listening()
+    client = await Client.open(port)
+    raw = post(b'{"jsonrpc":"2.0","id":1,"method":"ping"}', extra=b"Connection: Upgrade, HTTP2-Settings\r\n"
+               b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n")
+    cut = len(raw) - 40 + split if split else len(raw)
+    try:
+        await client.send(raw[:cut], raw[cut:] + post(b"next"), pause=0.02)
+        head, body = await client.response()
+        assert bytes.fromhex(info(body)["body"]) == b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+        assert bytes.fromhex(info((await client.response())[1])["body"]) == b"next"
+    finally:
+        client.close()
+        await listener.close()
+
+
+async def test_an_upgrade_request_with_a_chunked_body_is_refused():
+    listener, port = await listening()
+    client = await Client.open(port)
+    try:
+        await client.send(b"POST / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n")
+        head, _ = await client.response()
+        assert head.status_code == 400 and await client.closed()
+    finally:
+        client.close()
+        await listener.close()
