@@ -7,10 +7,14 @@ receiver, so span building and export are part of what is measured. HTTP: the sa
 the streamable HTTP proxy, with server and proxy in their own processes.
 
     .venv/bin/python bench/proxy_overhead.py [--calls 400] [--transport stdio|http|both] [--compare-ref main]
+                                             [--hop-only]
 
 ``--compare-ref REF`` (HTTP) adds a second proxy built from ``instrumentation/`` at git REF (e.g.
 ``main``), alternating direct / REF proxy / working-tree proxy call by call, so old and new are
 measured under the same load.
+
+``--hop-only`` (HTTP) runs the proxies with span work off (``Recorder.submit`` does nothing: no
+parsing, redaction, span building or export), to measure the forwarding hop alone.
 """
 
 from __future__ import annotations
@@ -130,18 +134,28 @@ def checkout(ref: str, into: Path) -> Path:
     return into
 
 
-async def start_proxy(sink: OtlpSink, upstream: str, env: dict[str, str], pythonpath: Path | None = None):
+HOP_ONLY = (
+    "import sys; from toolwatch.instrumentation.proxy import tracker; "
+    "tracker.Recorder.submit = lambda self, *a: None; "
+    "from toolwatch.instrumentation.proxy.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+"""The proxy's entry point with span work off (``--hop-only``); works on any ref that has ``Recorder``."""
+
+
+async def start_proxy(sink: OtlpSink, upstream: str, env: dict[str, str], pythonpath: Path | None = None,
+                      hop_only: bool = False, extra_args: list[str] | None = None):
     port = free_port()
-    if pythonpath is not None:  # run there: ``-m`` puts the working directory first on sys.path
+    if pythonpath is not None:  # run there: ``-m``/``-c`` put the working directory first on sys.path
         env = {**env, "PYTHONPATH": str(pythonpath)}
+    entry = ["-c", HOP_ONLY] if hop_only else ["-m", "toolwatch.instrumentation.proxy"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "toolwatch.instrumentation.proxy", "--agent-id", "bench", "--otlp-endpoint", sink.url,
-        "--listen", f"127.0.0.1:{port}", "--upstream", upstream, env=env, stderr=asyncio.subprocess.DEVNULL,
+        sys.executable, *entry, "--agent-id", "bench", "--otlp-endpoint", sink.url,
+        "--listen", f"127.0.0.1:{port}", "--upstream", upstream, *(extra_args or []), env=env, stderr=asyncio.subprocess.DEVNULL,
         cwd=str(pythonpath or ROOT))
     return proc, port
 
 
-async def bench_http(calls: int, sink: OtlpSink, compare_ref: str | None) -> None:
+async def bench_http(calls: int, sink: OtlpSink, compare_ref: str | None, hop_only: bool = False) -> None:
     """Server and proxy (or proxies) in their own processes, as deployed; the client here."""
     server_port = free_port()
     upstream = f"http://127.0.0.1:{server_port}/mcp"
@@ -152,9 +166,9 @@ async def bench_http(calls: int, sink: OtlpSink, compare_ref: str | None) -> Non
     procs = [server]
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            proxies = [await start_proxy(sink, upstream, env)]
+            proxies = [await start_proxy(sink, upstream, env, hop_only=hop_only)]
             if compare_ref:
-                proxies.insert(0, await start_proxy(sink, upstream, env, checkout(compare_ref, Path(tmp))))
+                proxies.insert(0, await start_proxy(sink, upstream, env, checkout(compare_ref, Path(tmp)), hop_only))
             procs += [proc for proc, _ in proxies]
             for port in (server_port, *(port for _, port in proxies)):
                 await wait_listening(port)
@@ -173,14 +187,14 @@ async def bench_http(calls: int, sink: OtlpSink, compare_ref: str | None) -> Non
             for proc in reversed(procs):
                 proc.terminate()
                 await proc.wait()
-    title = "streamable HTTP (server, proxy, client in 3 processes)"
+    title = "streamable HTTP (server, proxy, client in 3 processes)" + (", hop only (span work off)" if hop_only else "")
     names = [f"proxy at {compare_ref}", "proxy in the working tree"] if compare_ref else ["proxy"]
     for k, name in enumerate(names):
         report(f"{title}, {name}", latencies[0], latencies[k + 1], rates[0], rates[k + 1])
         before, after = cpu_before[k], cpu_after[k]
         if before is not None and after is not None:  # robust to machine load, unlike latency
             print(f"  proxy process CPU {1e3 * (after - before) / (calls + 20):.3f} ms per call "
-                  "(all its threads: forwarding, span building, export)")
+                  + ("(forwarding only)" if hop_only else "(all its threads: forwarding, span building, export)"))
 
 
 async def main() -> None:
@@ -189,13 +203,15 @@ async def main() -> None:
     parser.add_argument("--transport", choices=("stdio", "http", "both"), default="both")
     parser.add_argument("--compare-ref", metavar="REF", default=None,
                         help="HTTP: also run a proxy from instrumentation/ at this git ref, in the same run")
+    parser.add_argument("--hop-only", action="store_true",
+                        help="HTTP: span work off in the proxies (forwarding hop alone)")
     args = parser.parse_args()
     sink = await OtlpSink().start()
     try:
         if args.transport in ("stdio", "both"):
             await bench_stdio(args.calls, sink)
         if args.transport in ("http", "both"):
-            await bench_http(args.calls, sink, args.compare_ref)
+            await bench_http(args.calls, sink, args.compare_ref, args.hop_only)
         print(f"\nspans received by the OTLP sink: {len(sink.spans)}")
     finally:
         await sink.stop()

@@ -143,6 +143,7 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
     try:
         if args.listen:
             from .http import serve_http_proxy
+            from .listener import run
 
             tracer, red = build()
             host, port = args.listen
@@ -151,7 +152,7 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
                 from .enforce_http import HttpEnforcement
 
                 http_enforcement = HttpEnforcement(decision_client(args, built), red)
-            return asyncio.run(serve_http_proxy(
+            return run(serve_http_proxy(
                 host, port, args.upstream, tracer=tracer, redactor=red, stats=stats,
                 agent_id=args.agent_id, agent_name=args.agent_name or "", server_name=args.server_name or "",
                 max_message_bytes=args.max_message_bytes, enforcement=http_enforcement,

@@ -25,11 +25,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
-
 from .. import semconv as sc
 from .decisions import DecisionClient
 from .enforce import Enforcer
+from .listener import StreamResponse
 from .tracker import CallTracker, Recorder
 
 __all__ = ["HttpEnforcement", "Screening", "EventRelay", "SessionStreams", "screen", "sse_event", "needs_screening"]
@@ -138,7 +137,7 @@ class EventRelay:
     unparsed, and notifications injected meanwhile wait until it ends.
     """
 
-    def __init__(self, response: web.StreamResponse, enforcer: Enforcer | None, tracker: CallTracker,
+    def __init__(self, response: StreamResponse, enforcer: Enforcer | None, tracker: CallTracker,
                  recorder: Recorder, max_bytes: int, now_ns: Callable[[], int]) -> None:
         self.response = response
         self.enforcer = enforcer

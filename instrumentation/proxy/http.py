@@ -1,4 +1,4 @@
-"""The streamable HTTP proxy (aiohttp): forward each HTTP exchange unchanged, record on the side.
+"""The streamable HTTP proxy: forward each HTTP exchange unchanged, record on the side.
 
 Request bodies are read (bounded by ``max_message_bytes``: larger ones get a 413 naming the
 flag), responses — JSON or SSE — are streamed back chunk by chunk as they arrive, with
@@ -19,11 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-from aiohttp import web
 from opentelemetry.trace import Tracer
 
 from ..spans import RedactorLike, SessionInfo
 from .framing import Oversized, SseSplitter
+from .listener import Listener, Request, Response, StreamResponse, json_response
 from .stdio import SERVER_EXITED
 from .enforce_http import KEEPALIVE_S, EventRelay, HttpEnforcement, Screening, needs_screening, screen, sse_event
 from .tracker import CallTracker, ProxyStats, Recorder, request_ids
@@ -49,7 +49,7 @@ def jsonrpc_errors(ids: list[Any], message: str, reason: str) -> bytes:
 
 
 class HttpProxy:
-    """An aiohttp application that forwards MCP streamable HTTP to one upstream URL.
+    """An HTTP server (``listener.py``) that forwards MCP streamable HTTP to one upstream URL.
 
     The upstream URL's path is the MCP endpoint: requests to ``/`` or to that path go to it;
     any other path (e.g. ``/.well-known/...``) goes to the same path on the upstream origin.
@@ -86,14 +86,9 @@ class HttpProxy:
         self._client: aiohttp.ClientSession | None = None
         """Used by enforcement (``--enforce``) only; the plain path forwards through ``_pool``."""
         self._pool: UpstreamPool | None = None
-        self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.max_message_bytes, handler_args={"max_field_size": 65536})
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
-
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen; return the local base URL (with the upstream's MCP path)."""
         self._client = aiohttp.ClientSession(
@@ -101,18 +96,15 @@ class HttpProxy:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         )
         self._pool = UpstreamPool(self._origin[0], self._address, self._port, connect_timeout=10)
-        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()  # type: ignore[union-attr]
-        return f"http://{host}:{bound[1]}{self._endpoint_path}"
+        self._listener = Listener(self.handle, max_body=self.max_message_bytes)
+        bound = await self._listener.start(host, port)
+        return f"http://{host}:{bound}{self._endpoint_path}"
 
     async def close(self) -> None:
         """Stop listening and record what is still queued. Safe twice, safe without start."""
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
         if self._client is not None:
             await self._client.close()
             self._client = None
@@ -141,27 +133,26 @@ class HttpProxy:
             self._trackers.popitem(last=False)
         return tracker
 
-    def _raw_target(self, request: web.Request) -> str:
+    def _raw_target(self, request: Request) -> str:
         """Path and query as the client sent them (not re-encoded), mapped onto the upstream."""
         path, sep, query = request.raw_path.partition("?")
         if path in ("/", self._endpoint_path):
             path = self._endpoint_path
         return f"{path}{sep}{query}"
 
-    def _target(self, request: web.Request) -> str:
+    def _target(self, request: Request) -> str:
         path = request.path
         if path in ("/", self._endpoint_path):
             path = self._endpoint_path
         return urlunsplit((*self._origin, path, request.query_string, ""))
 
     # -- forwarding -----------------------------------------------------------------------------
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: Request) -> StreamResponse:
         t_request = time.time_ns()
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+        body = request.body
+        if request.oversized:
             self.stats.oversized["c2s"] += 1
-            return web.json_response(
+            return json_response(
                 {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": (
                     f"toolwatch proxy: request body larger than --max-message-bytes "
                     f"({self.max_message_bytes}); raise it to forward larger messages")}},
@@ -179,7 +170,7 @@ class HttpProxy:
         finally:
             recorder.release()
 
-    async def _forward(self, request: web.Request, body: bytes, t_request: int) -> web.StreamResponse:
+    async def _forward(self, request: Request, body: bytes, t_request: int) -> StreamResponse:
         """Forward one exchange; span work waits (``Recorder.hold``) except while the upstream thinks."""
         assert self._pool is not None
         hot = request.method != "GET"
@@ -204,13 +195,13 @@ class HttpProxy:
         return response
 
     # -- enforcement (opt-in) --------------------------------------------------------------------
-    async def _handle_enforced(self, request: web.Request, body: bytes, t_request: int) -> web.StreamResponse:
+    async def _handle_enforced(self, request: Request, body: bytes, t_request: int) -> StreamResponse:
         """Screen tools/call and tools/list POSTs first; relay GET streams event by event (for injections)."""
         assert self.enforcement is not None and self._client is not None
         session_id = request.headers.get(SESSION_HEADER) or ""
         screening: Screening | None = None
         enforcer = None
-        held: web.StreamResponse | None = None
+        held: StreamResponse | None = None
         listing = False
         if request.method == "POST" and body:
             try:
@@ -259,12 +250,12 @@ class HttpProxy:
                 return await self._relay(request, upstream, tracker, body)
             return await self._relay_events(request, upstream, tracker, body, enforcer, held, session_id)
 
-    async def _wait_held(self, request: web.Request, screening: Screening, session_id: str) -> web.StreamResponse | None:
+    async def _wait_held(self, request: Request, screening: Screening, session_id: str) -> StreamResponse | None:
         """A held call: the POST waits. Over SSE (when the client accepts it) with keep-alive comments."""
         if "text/event-stream" not in request.headers.get("Accept", ""):
             await asyncio.shield(screening.decided)
             return None
-        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
+        response = StreamResponse(status=200, headers={"Content-Type": "text/event-stream",
                                                            "Cache-Control": "no-cache"})
         if session_id:
             response.headers[SESSION_HEADER] = session_id
@@ -277,10 +268,10 @@ class HttpProxy:
             except asyncio.TimeoutError:
                 await response.write(b": toolwatch: still waiting for approval\n\n")
 
-    async def _answer(self, request: web.Request, held: web.StreamResponse | None, answer: bytes) -> web.StreamResponse:
+    async def _answer(self, request: Request, held: StreamResponse | None, answer: bytes) -> StreamResponse:
         """The proxy's own answer to a POST (a refusal): a JSON body, or an event on the held SSE response."""
         if held is None:
-            return web.Response(status=200, body=answer, content_type="application/json")
+            return Response(status=200, body=answer, content_type="application/json")
         try:
             await held.write(sse_event(answer))
             await held.write_eof()
@@ -289,15 +280,15 @@ class HttpProxy:
         return held
 
     async def _relay_events(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, tracker: CallTracker, body: bytes,
-        enforcer: Any, held: web.StreamResponse | None, session_id: str,
-    ) -> web.StreamResponse:
+        self, request: Request, upstream: aiohttp.ClientResponse, tracker: CallTracker, body: bytes,
+        enforcer: Any, held: StreamResponse | None, session_id: str,
+    ) -> StreamResponse:
         """Relay a response whole event by whole event (SSE) or as one filtered body (JSON)."""
         is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
         if held is not None:
             response = held
         else:
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            response = StreamResponse(status=upstream.status, reason=upstream.reason)
             for key, value in _forwardable(upstream.headers):
                 response.headers.add(key, value)
         if not is_sse:
@@ -339,20 +330,20 @@ class HttpProxy:
             pass
         return response
 
-    def _unreachable(self, body: bytes, exc: BaseException) -> web.Response:
+    def _unreachable(self, body: bytes, exc: BaseException) -> Response:
         message = f"toolwatch proxy: upstream MCP server {self.upstream} is unreachable: {exc or type(exc).__name__}"
         print(message, file=sys.stderr)
         ids = request_ids(body) if body else []
         if ids:
-            return web.Response(status=502, body=jsonrpc_errors(ids, message, "upstream_unreachable"),
+            return Response(status=502, body=jsonrpc_errors(ids, message, "upstream_unreachable"),
                                 content_type="application/json")
-        return web.Response(status=502, text=message)
+        return Response(status=502, text=message)
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse | UpstreamResponse, tracker: CallTracker,
+        self, request: Request, upstream: aiohttp.ClientResponse | UpstreamResponse, tracker: CallTracker,
         body: bytes,
-    ) -> web.StreamResponse:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    ) -> StreamResponse:
+        response = StreamResponse(status=upstream.status, reason=upstream.reason)
         for key, value in _forwardable(upstream.headers):
             response.headers.add(key, value)
         is_sse = upstream.headers.get("Content-Type", "").startswith("text/event-stream")
@@ -393,7 +384,7 @@ class HttpProxy:
         return response
 
     async def _answer_broken_stream(
-        self, response: web.StreamResponse, tracker: CallTracker, body: bytes, is_sse: bool, exc: BaseException
+        self, response: StreamResponse, tracker: CallTracker, body: bytes, is_sse: bool, exc: BaseException
     ) -> None:
         """The upstream died mid-response: answer this exchange's open requests on the SSE stream."""
         self._recorder.flush()

@@ -183,3 +183,27 @@ async def test_2026_protocol_client_through_the_proxy(sink, provider, redactor):
     for span in sink.named("tools/call"):
         assert span.attributes[sc.TW_SERVER_NAME] == "demo-notes"
         assert span.attributes[sc.MCP_PROTOCOL_VERSION] == "2026-07-28"
+
+
+async def test_unreachable_upstream_raw_client_gets_502_with_an_error_per_request_and_keep_alive(provider, redactor):
+    """Over a raw socket: a batch gets one JSON-RPC error per id, and the connection stays usable."""
+    proxy = make_proxy("http://127.0.0.1:9/mcp", provider, redactor)
+    local = await proxy.start()
+    port = int(local.split(":")[2].split("/")[0])
+    body = json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                       {"jsonrpc": "2.0", "id": "b", "method": "ping"}]).encode()
+    request = b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (
+        len(body), body)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for _ in range(2):
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 15)
+            assert head.startswith(b"HTTP/1.1 502 ") and b"Content-Type: application/json" in head
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            answer = json.loads(await reader.readexactly(length))
+            assert [a["id"] for a in answer] == [1, "b"]
+            assert all("unreachable" in a["error"]["message"] for a in answer)
+    finally:
+        writer.close()
+        await proxy.close()
