@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:  # scikit-learn takes ~3 s to import: only fitting needs it, so import it there
     from sklearn.ensemble import IsolationForest
 
-__all__ = ["ForestParams", "FlatForest", "ForestBank", "ForestModel", "average_path_length"]
+__all__ = ["NODE", "ForestParams", "FlatForest", "ForestBank", "ForestModel", "average_path_length"]
 
 
 def average_path_length(n: np.ndarray) -> np.ndarray:
@@ -35,32 +35,33 @@ def average_path_length(n: np.ndarray) -> np.ndarray:
     return out
 
 
+NODE = np.dtype([("child", np.int64), ("feature", np.int32), ("threshold", np.float32)])
+"""One tree node as a 16-byte record: the walk gathers a node once per level (one cache line)
+instead of three arrays (three cache misses on a bank far larger than the cache). ``child`` is
+the left child (the right one is next to it; a leaf points at itself), ``threshold`` the float32
+floor of sklearn's (``_float32_floor``; ``inf`` at leaves, so a row never moves on)."""
+
+
 class FlatForest:
     """A fitted ``IsolationForest`` as flat arrays, scored level by level for all trees at once."""
 
     def __init__(self, forest: IsolationForest) -> None:
-        feats: list[np.ndarray] = []
-        thrs: list[np.ndarray] = []
-        childs: list[np.ndarray] = []
-        vals: list[np.ndarray] = []
+        parts: list[tuple[np.ndarray, ...]] = []
         roots: list[int] = []
         subsample = forest._max_features != forest.n_features_in_
         base = 0
         depth = 0
         for est, fmap in zip(forest.estimators_, forest.estimators_features_):
-            t = est.tree_
-            f, th, ch, v, d = _flatten_tree(t, np.asarray(fmap) if subsample else None, base)
-            feats.append(f)
-            thrs.append(th)
-            childs.append(ch)
-            vals.append(v)
+            part = _flatten_tree(est.tree_, np.asarray(fmap) if subsample else None, base)
+            parts.append(part)
             roots.append(base)
-            base += len(f)
-            depth = max(depth, d)
-        self.feature = np.concatenate(feats).astype(np.intp)
-        self.threshold = _float32_floor(np.concatenate(thrs))
-        self.child = np.concatenate(childs).astype(np.intp)
-        self.leaf_value = np.concatenate(vals)
+            base += len(part[0])
+            depth = max(depth, part[4])
+        self.nodes = np.empty(base, dtype=NODE)
+        self.nodes["feature"] = np.concatenate([p[0] for p in parts])
+        self.nodes["threshold"] = _float32_floor(np.concatenate([p[1] for p in parts]))
+        self.nodes["child"] = np.concatenate([p[2] for p in parts])
+        self.leaf_value = np.concatenate([p[3] for p in parts])
         self.roots = np.asarray(roots, dtype=np.intp)
         self.depth = depth
         self.n_features = int(forest.n_features_in_)
@@ -85,7 +86,7 @@ class FlatForest:
         flat = X.ravel()
         rows = np.tile(np.arange(n, dtype=np.intp) * F, T)
         idx = np.repeat(self.roots, n)
-        return _walk(self, flat, rows, idx, self.depth).reshape(T, n).sum(axis=0)
+        return _walk(self.nodes, self.leaf_value, flat, rows, idx, self.depth).reshape(T, n).sum(axis=0)
 
 
 class ForestBank:
@@ -98,9 +99,7 @@ class ForestBank:
         self.n_trees = n_trees
         self.slot_nodes = slot_nodes
         self.n_features = n_features
-        self.feature = np.zeros(0, dtype=np.intp)
-        self.threshold = np.zeros(0, dtype=np.float32)
-        self.child = np.zeros(0, dtype=np.intp)
+        self.nodes = np.zeros(0, dtype=NODE)
         self.leaf_value = np.zeros(0)
         self.roots = np.zeros((0, n_trees), dtype=np.intp)
         self.depth = np.zeros(0, dtype=np.intp)
@@ -110,7 +109,7 @@ class ForestBank:
         self._free: list[int] = []
 
     def fits(self, flat: FlatForest) -> bool:
-        return (len(flat.roots) == self.n_trees and len(flat.feature) <= self.slot_nodes
+        return (len(flat.roots) == self.n_trees and len(flat.nodes) <= self.slot_nodes
                 and flat.n_features == self.n_features)
 
     def sync(self, flats: list[FlatForest]) -> list[int]:
@@ -126,10 +125,9 @@ class ForestBank:
             self._grow(max(4, len(self.depth)))
         slot = self._free.pop()
         lo = slot * self.slot_nodes
-        n = len(flat.feature)
-        self.feature[lo : lo + n] = flat.feature
-        self.threshold[lo : lo + n] = flat.threshold
-        self.child[lo : lo + n] = flat.child + lo
+        n = len(flat.nodes)
+        self.nodes[lo : lo + n] = flat.nodes
+        self.nodes["child"][lo : lo + n] += lo
         self.leaf_value[lo : lo + n] = flat.leaf_value
         self.roots[slot] = flat.roots + lo
         self.depth[slot] = flat.depth
@@ -139,12 +137,16 @@ class ForestBank:
 
     def _grow(self, extra: int) -> None:
         old = len(self.depth)
-        n = extra * self.slot_nodes
-        self.feature = np.concatenate([self.feature, np.zeros(n, dtype=np.intp)])
-        self.threshold = np.concatenate([self.threshold, np.full(n, np.inf, dtype=np.float32)])
-        self.child = np.concatenate([self.child, np.arange(old * self.slot_nodes, (old + extra) * self.slot_nodes,
-                                                           dtype=np.intp)])  # unused nodes loop on themselves
-        self.leaf_value = np.concatenate([self.leaf_value, np.zeros(n)])
+        n_old, n = old * self.slot_nodes, (old + extra) * self.slot_nodes
+        nodes = np.empty(n, dtype=NODE)
+        nodes[:n_old] = self.nodes
+        nodes["child"][n_old:] = np.arange(n_old, n)  # unused nodes loop on themselves
+        nodes["feature"][n_old:] = 0
+        nodes["threshold"][n_old:] = np.inf
+        self.nodes = nodes
+        leaf_value = np.zeros(n)
+        leaf_value[:n_old] = self.leaf_value
+        self.leaf_value = leaf_value
         self.roots = np.concatenate([self.roots, np.zeros((extra, self.n_trees), dtype=np.intp)])
         self.depth = np.concatenate([self.depth, np.zeros(extra, dtype=np.intp)])
         self._free.extend(range(old + extra - 1, old - 1, -1))
@@ -159,28 +161,30 @@ class ForestBank:
         rows = np.tile(np.arange(n, dtype=np.intp) * F, T)
         idx = self.roots[slots].T.ravel()  # tree-major, as in FlatForest
         depth = int(self.depth[slots].max()) if n else 0
-        return _walk(self, flat, rows, idx, depth).reshape(T, n).sum(axis=0)
+        return _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(T, n).sum(axis=0)
 
 
-def _walk(nodes: "FlatForest | ForestBank", flat: np.ndarray, rows: np.ndarray, idx: np.ndarray, depth: int) -> np.ndarray:
-    """Walk every (tree, row) pair ``depth`` levels down flat node arrays; the leaf values reached.
+def _walk(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.ndarray, idx: np.ndarray,
+          depth: int) -> np.ndarray:
+    """Walk every (tree, row) pair ``depth`` levels down the ``NODE`` records; the leaf values reached.
 
-    ``idx`` (tree-major start nodes) is walked in place. Preallocated buffers and
-    take(mode="clip") avoid temporaries and bounds checks; every index is in range by
-    construction (leaves point at themselves)."""
-    pos = np.empty_like(idx)
-    x = np.empty(len(idx), dtype=np.float32)
-    t = np.empty(len(idx), dtype=np.float32)
-    right = np.empty(len(idx), dtype=bool)
+    ``idx`` (tree-major start nodes) is walked in place. Per level: one 16-byte gather of the
+    nodes, one gather of the rows' feature values, a compare and an add, all into preallocated
+    buffers; take(mode="clip") skips bounds checks, every index being in range by construction
+    (leaves point at themselves)."""
+    m = len(idx)
+    rec = np.empty(m, dtype=NODE)
+    child, feature, threshold = rec["child"], rec["feature"], rec["threshold"]
+    pos = np.empty(m, dtype=np.intp)
+    x = np.empty(m, dtype=np.float32)
+    right = np.empty(m, dtype=bool)
     for _ in range(depth):
-        np.take(nodes.feature, idx, out=pos, mode="clip")
-        pos += rows
+        np.take(nodes, idx, out=rec, mode="clip")
+        np.add(feature, rows, out=pos)
         np.take(flat, pos, out=x, mode="clip")
-        np.take(nodes.threshold, idx, out=t, mode="clip")
-        np.greater(x, t, out=right)
-        np.take(nodes.child, idx, out=idx, mode="clip")
-        idx += right
-    return nodes.leaf_value[idx]
+        np.greater(x, threshold, out=right)
+        np.add(child, right, out=idx)
+    return leaf_value[idx]
 
 
 def _float32_floor(t: np.ndarray) -> np.ndarray:
@@ -195,8 +199,12 @@ def _float32_floor(t: np.ndarray) -> np.ndarray:
     return t32
 
 
-def _flatten_tree(t: Any, fmap: np.ndarray | None, base: int) -> tuple[np.ndarray, ...]:
-    """Breadth-first renumbering so a node's children are adjacent; leaves loop onto themselves."""
+def _flatten_tree(t: Any, fmap: np.ndarray | None, base: int) -> tuple[Any, ...]:
+    """Breadth-first renumbering so a node's children are adjacent; leaves loop onto themselves.
+
+    One NumPy step per level (a tree has ~9 levels, ~500 nodes): the children of a level's inner
+    nodes, in that level's order, left before right, are the next level, as a FIFO queue would
+    number them. Returns feature, float64 threshold, child, leaf value, and the depth."""
     left, right = t.children_left, t.children_right
     n_nodes = t.node_count
     feat = np.zeros(n_nodes, dtype=np.int64)
@@ -204,26 +212,27 @@ def _flatten_tree(t: Any, fmap: np.ndarray | None, base: int) -> tuple[np.ndarra
     child = np.zeros(n_nodes, dtype=np.int64)
     val = np.zeros(n_nodes)
     apl = average_path_length(t.n_node_samples)
-    order = [(0, 0, 0)]  # (sklearn node, new position, depth)
-    nxt = 1
-    max_depth = 0
-    i = 0
-    while i < len(order):
-        node, pos, d = order[i]
-        i += 1
-        max_depth = max(max_depth, d)
-        if left[node] == -1:
-            child[pos] = base + pos
-            val[pos] = (d + 1) + apl[node] - 1.0  # sklearn counts the root as depth 1
-            continue
-        f = int(t.feature[node])
-        feat[pos] = fmap[f] if fmap is not None else f
-        thr[pos] = t.threshold[node]
-        child[pos] = base + nxt
-        order.append((int(left[node]), nxt, d + 1))
-        order.append((int(right[node]), nxt + 1, d + 1))
-        nxt += 2
-    return feat, thr, child, val, max_depth
+    level = np.zeros(1, dtype=np.intp)  # sklearn ids of this level's nodes, in their new order
+    start = 0  # new position of level[0]
+    d = 0
+    while True:
+        pos = np.arange(start, start + len(level))
+        lft = left[level]
+        leaf = lft == -1
+        lpos = pos[leaf]
+        child[lpos] = base + lpos
+        val[lpos] = (d + 1) + apl[level[leaf]] - 1.0  # sklearn counts the root as depth 1
+        inner = ~leaf
+        ipos, inodes = pos[inner], level[inner]
+        if not len(inodes):
+            return feat, thr, child, val, d
+        f = t.feature[inodes]
+        feat[ipos] = fmap[f] if fmap is not None else f
+        thr[ipos] = t.threshold[inodes]
+        start += len(level)
+        child[ipos] = base + start + 2 * np.arange(len(inodes))
+        level = np.stack([lft[inner], right[inodes]], axis=1).ravel()
+        d += 1
 
 
 @dataclass(frozen=True, slots=True)
