@@ -39,7 +39,7 @@ import numpy as np
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
-from .iforest import ForestBank, ForestModel, ForestParams
+from .iforest import ForestBank, ForestModel, ForestParams, margins_by_model
 from .sequence import MarkovConfig, MarkovModel, select_prior
 from .sessions import SessionTracker
 
@@ -434,11 +434,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             X_b = X_all[sel]
             assert self._bank is not None
             paths = self._bank.path_lengths(X_b, slots)
-            off = 0
-            for key, k in zip(in_bank, sizes):
-                s, r, m = banked[key][1].margins_from_paths(X_b[off : off + k], paths[off : off + k])
-                self._split(scores, work, by_model[key], s, r, m)
-                off += k
+            s, r, m = margins_by_model([banked[key][1] for key in in_bank], sizes, X_b, paths)
+            self._split(scores, work, [w for key in in_bank for w in by_model[key]], s, r, m)
         findings: list[Finding] = []
         max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
         for w_i, (agent_id, st, idx, off, key, warm, closed_ids) in enumerate(work):

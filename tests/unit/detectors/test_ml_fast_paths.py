@@ -8,10 +8,11 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.features import N_FEATURES, AgentContext, append_rows, extract, finish
-from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams
+from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams, margins_by_model
 from toolwatch.detectors.iforest_detector import ForestConfig, _Agent
 from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel
 from toolwatch.detectors.sequence_detector import SequenceConfig, SequenceDetector
@@ -266,3 +267,23 @@ def test_forest_bank_scores_every_model_like_its_own_flat_forest():
         if round_ == 1:
             models, owner = models[:3], owner % 3
     assert not bank.fits(ForestModel(rnd.normal(size=(50, N_FEATURES)), ForestParams(n_estimators=5)).flat)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=6), st.integers(0, 2**32 - 1))
+def test_margins_by_model_equal_each_models_own_margins(sizes, seed):
+    """The one-pass margins of a batch's banked rows are bit-identical to each model's own."""
+    rnd = np.random.default_rng(seed)
+    params = ForestParams(n_estimators=5, max_samples=32, range_k=float(rnd.uniform(0.2, 2.0)))
+    pool = [ForestModel(rnd.normal(loc=i, size=(40, N_FEATURES)), params) for i in range(3)]
+    models = [pool[int(i)] for i in rnd.integers(0, 3, len(sizes))]
+    X = rnd.normal(loc=1.0, scale=3.0, size=(sum(sizes), N_FEATURES))
+    X[rnd.random(X.shape) < 0.05] = np.nan
+    paths = rnd.uniform(0, 60, len(X))
+    got = margins_by_model(models, sizes, X, paths)
+    off = 0
+    for model, k in zip(models, sizes):
+        want = model.margins_from_paths(X[off : off + k], paths[off : off + k])
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g[off : off + k], w)
+        off += k
