@@ -153,6 +153,10 @@ class _Agent:
         """Rows of open sessions, committed to the window when the session closes clean."""
         self.tainted: set[str] = set()
         """Open sessions with a finding: none of their rows will join the baseline."""
+        self.habits: tuple[dict[str, float], int, list[str], frozenset[str], str] | None = None
+        """Cache of ``IsolationForestDetector._servers`` (asked for every agent after every batch):
+        the ``markov.uni`` dict it was computed from, that dict's size, its ``server/tool`` tokens
+        still under ``habit_calls``, the servers, and their group key."""
 
     def add_rows(self, rows: Sequence[Sequence[float]]) -> None:
         """Append rows to the baseline window (only the last ``max_rows`` are kept)."""
@@ -295,7 +299,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 if not st.frozen and st.n_buf >= cfg.min_rows
                 and (a not in self._models or st.since_fit >= cfg.retrain_every)]
         with_model = [st for a, st in agents if a in self._models or a in keys]
-        uncovered = any(_group_key(self._servers(st)) not in self._groups for st in with_model)
+        uncovered = any(self._habits(st)[4] not in self._groups for st in with_model)
         if with_model and (uncovered or self._group_since >= cfg.group_retrain_every):
             keys.append(GROUPS)
         return keys
@@ -356,8 +360,23 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def _servers(self, st: _Agent) -> frozenset[str]:
         """Servers the agent habitually uses (derived from its bounded sequence model)."""
+        return self._habits(st)[3]
+
+    def _habits(self, st: _Agent) -> tuple[dict[str, float], int, list[str], frozenset[str], str]:
+        """``_Agent.habits``, recomputed only when it may have changed. ``MarkovModel`` changes a
+        ``uni`` dict in place only by adding tokens and raising counts (decay and pruning build a
+        new dict), so while the dict is the same object of the same size, only a token that was
+        under ``habit_calls`` can have changed the answer."""
         lim = self.config.habit_calls
-        return frozenset(t.split("/", 1)[0] for t, c in st.markov.uni.items() if c >= lim and "/" in t)
+        uni = st.markov.uni
+        h = st.habits
+        if h is not None and h[0] is uni and h[1] == len(uni) and all(uni.get(t, 0.0) < lim for t in h[2]):
+            return h
+        items = list(uni.items())  # one C-level copy: observe() may add tokens meanwhile (worker thread)
+        servers = frozenset(t.split("/", 1)[0] for t, c in items if c >= lim and "/" in t)
+        h = st.habits = (uni, len(items), [t for t, c in items if c < lim and "/" in t], servers,
+                         _group_key(servers))
+        return h
 
     def _model_key(self, agent_id: str, st: _Agent) -> str | None:
         if agent_id in self._models:

@@ -287,3 +287,41 @@ def test_margins_by_model_equal_each_models_own_margins(sizes, seed):
         for g, w in zip(got, want):
             np.testing.assert_array_equal(g[off : off + k], w)
         off += k
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["learn", "learn", "learn", "scale", "prune", "reload", "swap"]),
+                          st.lists(st.integers(0, 11), min_size=1, max_size=12)), min_size=1, max_size=30),
+       st.floats(0.5, 6.0))
+def test_cached_habitual_servers_equal_a_fresh_computation(steps, habit_calls):
+    """``_servers`` (cached per agent) always equals the servers recomputed from the model."""
+    from toolwatch.detectors.iforest_detector import IsolationForestDetector
+
+    tokens = ["mail/read", "mail/send", "web/fetch", "files/read", "bare", "git/push", "git/pull",
+              "db/query", "db/write", "x/y", "mail/list", "web/post"]
+    det = IsolationForestDetector(ForestConfig(habit_calls=habit_calls,
+                                               markov=MarkovConfig(max_mass=40.0, max_tokens=6, min_count=0.25)))
+    agent = det.state_for("a")
+
+    def fresh() -> frozenset[str]:
+        return frozenset(t.split("/", 1)[0] for t, c in agent.markov.uni.items() if c >= habit_calls and "/" in t)
+
+    prev = START
+    for op, toks in steps:
+        if op == "learn":
+            pairs = []
+            for i in toks:
+                pairs.append((prev, tokens[i]))
+                prev = tokens[i]
+            agent.markov.learn_many(pairs)
+        elif op == "scale":
+            agent.markov._scale(0.5)
+        elif op == "prune":
+            agent.markov._prune()
+        elif op == "reload":
+            agent.markov = MarkovModel.from_dict(agent.markov.to_dict(), agent.markov.config)
+        else:  # another agent's state restored over this one
+            det.restore_agent("a", det.snapshot_agent("a") or {})
+            agent = det.state_for("a")
+        assert det._servers(agent) == fresh()
+        assert det._servers(agent) == fresh()  # and from the cache
