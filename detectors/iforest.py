@@ -46,24 +46,10 @@ class FlatForest:
     """A fitted ``IsolationForest`` as flat arrays, scored level by level for all trees at once."""
 
     def __init__(self, forest: IsolationForest) -> None:
-        parts: list[tuple[np.ndarray, ...]] = []
-        roots: list[int] = []
         subsample = forest._max_features != forest.n_features_in_
-        base = 0
-        depth = 0
-        for est, fmap in zip(forest.estimators_, forest.estimators_features_):
-            part = _flatten_tree(est.tree_, np.asarray(fmap) if subsample else None, base)
-            parts.append(part)
-            roots.append(base)
-            base += len(part[0])
-            depth = max(depth, part[4])
-        self.nodes = np.empty(base, dtype=NODE)
-        self.nodes["feature"] = np.concatenate([p[0] for p in parts])
-        self.nodes["threshold"] = _float32_floor(np.concatenate([p[1] for p in parts]))
-        self.nodes["child"] = np.concatenate([p[2] for p in parts])
-        self.leaf_value = np.concatenate([p[3] for p in parts])
-        self.roots = np.asarray(roots, dtype=np.intp)
-        self.depth = depth
+        fmaps = [np.asarray(f) if subsample else None for f in forest.estimators_features_]
+        self.nodes, self.leaf_value, self.roots, self.depth = _flatten_forest([e.tree_ for e in forest.estimators_],
+                                                                              fmaps)
         self.n_features = int(forest.n_features_in_)
         self.denominator = len(forest.estimators_) * float(average_path_length(np.array([forest._max_samples]))[0])
 
@@ -199,40 +185,54 @@ def _float32_floor(t: np.ndarray) -> np.ndarray:
     return t32
 
 
-def _flatten_tree(t: Any, fmap: np.ndarray | None, base: int) -> tuple[Any, ...]:
-    """Breadth-first renumbering so a node's children are adjacent; leaves loop onto themselves.
+def _flatten_forest(trees: Sequence[Any], fmaps: Sequence[np.ndarray | None]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Every tree's nodes renumbered breadth-first, trees one after the other: a node's two
+    children are adjacent (left first), leaves loop onto themselves. Returns the ``NODE`` records,
+    the leaf values (path length so far plus the expected remainder), the roots and the depth.
 
-    One NumPy step per level (a tree has ~9 levels, ~500 nodes): the children of a level's inner
-    nodes, in that level's order, left before right, are the next level, as a FIFO queue would
-    number them. Returns feature, float64 threshold, child, leaf value, and the depth."""
-    left, right = t.children_left, t.children_right
-    n_nodes = t.node_count
-    feat = np.zeros(n_nodes, dtype=np.int64)
-    thr = np.full(n_nodes, np.inf)
-    child = np.zeros(n_nodes, dtype=np.int64)
-    val = np.zeros(n_nodes)
-    apl = average_path_length(t.n_node_samples)
-    level = np.zeros(1, dtype=np.intp)  # sklearn ids of this level's nodes, in their new order
-    start = 0  # new position of level[0]
+    Vectorised over all trees (refits are frequent): one NumPy step per tree level gives each
+    node its depth and its path code (left 0, right 1, root first); breadth-first order within a
+    tree is the order of (depth, code), which is how a FIFO queue that appends left then right
+    children would number them."""
+    counts = np.array([t.node_count for t in trees], dtype=np.intp)
+    base = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+    tree_of = np.repeat(np.arange(len(trees), dtype=np.intp), counts)
+    left = np.concatenate([t.children_left for t in trees]).astype(np.intp)
+    right = np.concatenate([t.children_right for t in trees]).astype(np.intp)
+    inner = left != -1
+    left[inner] += base[tree_of[inner]]
+    right[inner] += base[tree_of[inner]]
+    feat = np.concatenate([t.feature if fm is None else np.where(t.feature >= 0, fm[np.maximum(t.feature, 0)], 0)
+                           for t, fm in zip(trees, fmaps)]).astype(np.int64)
+    feat[~inner] = 0
+    thr = np.concatenate([t.threshold for t in trees]).astype(np.float64)
+    thr[~inner] = np.inf
+    apl = average_path_length(np.concatenate([t.n_node_samples for t in trees]))
+    n = len(left)
+    depth = np.zeros(n, dtype=np.intp)
+    code = np.zeros(n, dtype=np.int64)
+    level = base.copy()
     d = 0
     while True:
-        pos = np.arange(start, start + len(level))
-        lft = left[level]
-        leaf = lft == -1
-        lpos = pos[leaf]
-        child[lpos] = base + lpos
-        val[lpos] = (d + 1) + apl[level[leaf]] - 1.0  # sklearn counts the root as depth 1
-        inner = ~leaf
-        ipos, inodes = pos[inner], level[inner]
-        if not len(inodes):
-            return feat, thr, child, val, d
-        f = t.feature[inodes]
-        feat[ipos] = fmap[f] if fmap is not None else f
-        thr[ipos] = t.threshold[inodes]
-        start += len(level)
-        child[ipos] = base + start + 2 * np.arange(len(inodes))
-        level = np.stack([lft[inner], right[inodes]], axis=1).ravel()
+        depth[level] = d
+        up = level[inner[level]]
+        if not len(up):
+            break
+        code[left[up]] = 2 * code[up]
+        code[right[up]] = 2 * code[up] + 1
+        level = np.concatenate([left[up], right[up]])
         d += 1
+    order = np.lexsort((code, depth, tree_of))  # new position -> old node; trees keep their blocks
+    new = np.empty(n, dtype=np.intp)
+    new[order] = np.arange(n, dtype=np.intp)
+    child = np.where(inner, new[np.where(inner, left, 0)], new)
+    val = np.where(inner, 0.0, (depth + 1) + apl - 1.0)  # sklearn counts the root as depth 1
+    nodes = np.empty(n, dtype=NODE)
+    nodes["child"] = child[order]
+    nodes["feature"] = feat[order]
+    nodes["threshold"] = _float32_floor(thr[order])
+    return nodes, val[order], base, d
 
 
 @dataclass(frozen=True, slots=True)
