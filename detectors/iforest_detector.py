@@ -447,16 +447,20 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         in_bank = [key for key in by_model if key in banked]
         if in_bank:
             sizes = [sum(len(work[w][2]) for w in by_model[key]) for key in in_bank]
-            sel = np.concatenate([np.arange(work[w][3], work[w][3] + len(work[w][2]))
-                                  for key in in_bank for w in by_model[key]])
+            order = [w for key in in_bank for w in by_model[key]]
+            lens = np.array([len(work[w][2]) for w in order], dtype=np.intp)
+            starts = np.array([work[w][3] for w in order], dtype=np.intp)
+            # Row numbers of each work item's rows in X_all, work items in model order.
+            sel = np.arange(int(lens.sum()), dtype=np.intp) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
             slots = np.repeat(np.array([banked[key][0] for key in in_bank], dtype=np.intp), sizes)
             X_b = X_all[sel]
             assert self._bank is not None
             paths = self._bank.path_lengths(X_b, slots)
             s, r, m = margins_by_model([banked[key][1] for key in in_bank], sizes, X_b, paths)
-            self._split(scores, work, [w for key in in_bank for w in by_model[key]], s, r, m)
+            self._split(scores, work, order, s, r, m)
         findings: list[Finding] = []
         max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
+        all_rows: list[list[float]] | None = None  # X_all as lists, once a row is kept for a session
         for w_i, (agent_id, st, idx, off, key, warm, closed_ids) in enumerate(work):
             n = len(idx)
             X = X_all[off : off + n]
@@ -482,7 +486,6 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 st.markov.learn_many((prevs[off + j], tokens[off + j]) for j in range(n) if not flagged[j])
             remember = st.ctx.remember
             pending, tainted = st.pending, st.tainted
-            own: list[list[float]] | None = None
             for j, c in enumerate(agent_calls):
                 if flagged is not None and flagged[j]:
                     tainted.add(c.session_id)
@@ -493,9 +496,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 if warm and rows[off + j][0] <= max_surprisal and c.session_id not in tainted:
                     sess_rows = pending.setdefault(c.session_id, [])
                     if len(sess_rows) < max_pending:
-                        if own is None:
-                            own = X.tolist()
-                        sess_rows.append(own[j])
+                        if all_rows is None:
+                            all_rows = X_all.tolist()
+                        sess_rows.append(all_rows[off + j])
             self._commit(st, closed_ids)
         if cfg.auto_retrain:
             keys = self.needs_retrain()
@@ -536,7 +539,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 st.tainted.discard(sid)
             elif rows and not st.frozen:
                 chunks.append(rows)
-        for rows in chunks:
+        if chunks:  # one append for the batch: the window is the same as after one per session
+            rows = chunks[0] if len(chunks) == 1 else [r for c in chunks for r in c]
             st.add_rows(rows)
             self._group_since += len(rows)
 
