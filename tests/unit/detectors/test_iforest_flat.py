@@ -152,3 +152,20 @@ def test_vectorised_flattening_equals_a_fifo_queue(kw, seed):
     np.testing.assert_array_equal(flat.leaf_value, val)
     np.testing.assert_array_equal(flat.roots, roots)
     assert flat.depth == depth
+
+
+@pytest.mark.parametrize("block", [1, 7, 100, 8192])
+def test_walk_in_blocks_reaches_the_same_leaves(block):
+    """Cache-sized blocks of (tree, row) pairs, remainders included, walk like one whole step."""
+    from toolwatch.detectors.iforest import _walk
+
+    X = data(4)
+    flat = FlatForest(IsolationForest(random_state=0, n_estimators=13).fit(X))
+    probe = np.ascontiguousarray(np.vstack([X[:90], X[:9] * 3.0]), dtype=np.float32)
+    n, F = probe.shape
+    rows = np.tile(np.arange(n, dtype=np.intp) * F, len(flat.roots))
+
+    def leaves(b: int) -> np.ndarray:
+        return _walk(flat.nodes, flat.leaf_value, probe.ravel(), rows, np.repeat(flat.roots, n), flat.depth, b)
+
+    np.testing.assert_array_equal(leaves(block), leaves(10**9))
