@@ -22,7 +22,7 @@ import numpy as np
 if TYPE_CHECKING:  # scikit-learn takes ~3 s to import: only fitting needs it, so import it there
     from sklearn.ensemble import IsolationForest
 
-__all__ = ["ForestParams", "FlatForest", "ForestBank", "ForestModel", "average_path_length"]
+__all__ = ["NODE", "ForestParams", "FlatForest", "ForestBank", "ForestModel", "average_path_length", "margins_by_model"]
 
 
 def average_path_length(n: np.ndarray) -> np.ndarray:
@@ -35,34 +35,21 @@ def average_path_length(n: np.ndarray) -> np.ndarray:
     return out
 
 
+NODE = np.dtype([("child", np.int64), ("feature", np.int32), ("threshold", np.float32)])
+"""One tree node as a 16-byte record: the walk gathers a node once per level (one cache line)
+instead of three arrays (three cache misses on a bank far larger than the cache). ``child`` is
+the left child (the right one is next to it; a leaf points at itself), ``threshold`` the float32
+floor of sklearn's (``_float32_floor``; ``inf`` at leaves, so a row never moves on)."""
+
+
 class FlatForest:
     """A fitted ``IsolationForest`` as flat arrays, scored level by level for all trees at once."""
 
     def __init__(self, forest: IsolationForest) -> None:
-        feats: list[np.ndarray] = []
-        thrs: list[np.ndarray] = []
-        childs: list[np.ndarray] = []
-        vals: list[np.ndarray] = []
-        roots: list[int] = []
         subsample = forest._max_features != forest.n_features_in_
-        base = 0
-        depth = 0
-        for est, fmap in zip(forest.estimators_, forest.estimators_features_):
-            t = est.tree_
-            f, th, ch, v, d = _flatten_tree(t, np.asarray(fmap) if subsample else None, base)
-            feats.append(f)
-            thrs.append(th)
-            childs.append(ch)
-            vals.append(v)
-            roots.append(base)
-            base += len(f)
-            depth = max(depth, d)
-        self.feature = np.concatenate(feats).astype(np.intp)
-        self.threshold = _float32_floor(np.concatenate(thrs))
-        self.child = np.concatenate(childs).astype(np.intp)
-        self.leaf_value = np.concatenate(vals)
-        self.roots = np.asarray(roots, dtype=np.intp)
-        self.depth = depth
+        fmaps = [np.asarray(f) if subsample else None for f in forest.estimators_features_]
+        self.nodes, self.leaf_value, self.roots, self.depth = _flatten_forest([e.tree_ for e in forest.estimators_],
+                                                                              fmaps)
         self.n_features = int(forest.n_features_in_)
         self.denominator = len(forest.estimators_) * float(average_path_length(np.array([forest._max_samples]))[0])
 
@@ -85,7 +72,7 @@ class FlatForest:
         flat = X.ravel()
         rows = np.tile(np.arange(n, dtype=np.intp) * F, T)
         idx = np.repeat(self.roots, n)
-        return _walk(self, flat, rows, idx, self.depth).reshape(T, n).sum(axis=0)
+        return _walk(self.nodes, self.leaf_value, flat, rows, idx, self.depth).reshape(T, n).sum(axis=0)
 
 
 class ForestBank:
@@ -98,9 +85,7 @@ class ForestBank:
         self.n_trees = n_trees
         self.slot_nodes = slot_nodes
         self.n_features = n_features
-        self.feature = np.zeros(0, dtype=np.intp)
-        self.threshold = np.zeros(0, dtype=np.float32)
-        self.child = np.zeros(0, dtype=np.intp)
+        self.nodes = np.zeros(0, dtype=NODE)
         self.leaf_value = np.zeros(0)
         self.roots = np.zeros((0, n_trees), dtype=np.intp)
         self.depth = np.zeros(0, dtype=np.intp)
@@ -110,7 +95,7 @@ class ForestBank:
         self._free: list[int] = []
 
     def fits(self, flat: FlatForest) -> bool:
-        return (len(flat.roots) == self.n_trees and len(flat.feature) <= self.slot_nodes
+        return (len(flat.roots) == self.n_trees and len(flat.nodes) <= self.slot_nodes
                 and flat.n_features == self.n_features)
 
     def sync(self, flats: list[FlatForest]) -> list[int]:
@@ -126,10 +111,9 @@ class ForestBank:
             self._grow(max(4, len(self.depth)))
         slot = self._free.pop()
         lo = slot * self.slot_nodes
-        n = len(flat.feature)
-        self.feature[lo : lo + n] = flat.feature
-        self.threshold[lo : lo + n] = flat.threshold
-        self.child[lo : lo + n] = flat.child + lo
+        n = len(flat.nodes)
+        self.nodes[lo : lo + n] = flat.nodes
+        self.nodes["child"][lo : lo + n] += lo
         self.leaf_value[lo : lo + n] = flat.leaf_value
         self.roots[slot] = flat.roots + lo
         self.depth[slot] = flat.depth
@@ -139,12 +123,16 @@ class ForestBank:
 
     def _grow(self, extra: int) -> None:
         old = len(self.depth)
-        n = extra * self.slot_nodes
-        self.feature = np.concatenate([self.feature, np.zeros(n, dtype=np.intp)])
-        self.threshold = np.concatenate([self.threshold, np.full(n, np.inf, dtype=np.float32)])
-        self.child = np.concatenate([self.child, np.arange(old * self.slot_nodes, (old + extra) * self.slot_nodes,
-                                                           dtype=np.intp)])  # unused nodes loop on themselves
-        self.leaf_value = np.concatenate([self.leaf_value, np.zeros(n)])
+        n_old, n = old * self.slot_nodes, (old + extra) * self.slot_nodes
+        nodes = np.empty(n, dtype=NODE)
+        nodes[:n_old] = self.nodes
+        nodes["child"][n_old:] = np.arange(n_old, n)  # unused nodes loop on themselves
+        nodes["feature"][n_old:] = 0
+        nodes["threshold"][n_old:] = np.inf
+        self.nodes = nodes
+        leaf_value = np.zeros(n)
+        leaf_value[:n_old] = self.leaf_value
+        self.leaf_value = leaf_value
         self.roots = np.concatenate([self.roots, np.zeros((extra, self.n_trees), dtype=np.intp)])
         self.depth = np.concatenate([self.depth, np.zeros(extra, dtype=np.intp)])
         self._free.extend(range(old + extra - 1, old - 1, -1))
@@ -159,28 +147,36 @@ class ForestBank:
         rows = np.tile(np.arange(n, dtype=np.intp) * F, T)
         idx = self.roots[slots].T.ravel()  # tree-major, as in FlatForest
         depth = int(self.depth[slots].max()) if n else 0
-        return _walk(self, flat, rows, idx, depth).reshape(T, n).sum(axis=0)
+        return _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(T, n).sum(axis=0)
 
 
-def _walk(nodes: "FlatForest | ForestBank", flat: np.ndarray, rows: np.ndarray, idx: np.ndarray, depth: int) -> np.ndarray:
-    """Walk every (tree, row) pair ``depth`` levels down flat node arrays; the leaf values reached.
+def _walk(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.ndarray, idx: np.ndarray,
+          depth: int, block: int = 8192) -> np.ndarray:
+    """Walk every (tree, row) pair ``depth`` levels down the ``NODE`` records; the leaf values reached.
 
-    ``idx`` (tree-major start nodes) is walked in place. Preallocated buffers and
-    take(mode="clip") avoid temporaries and bounds checks; every index is in range by
-    construction (leaves point at themselves)."""
-    pos = np.empty_like(idx)
-    x = np.empty(len(idx), dtype=np.float32)
-    t = np.empty(len(idx), dtype=np.float32)
-    right = np.empty(len(idx), dtype=bool)
-    for _ in range(depth):
-        np.take(nodes.feature, idx, out=pos, mode="clip")
-        pos += rows
-        np.take(flat, pos, out=x, mode="clip")
-        np.take(nodes.threshold, idx, out=t, mode="clip")
-        np.greater(x, t, out=right)
-        np.take(nodes.child, idx, out=idx, mode="clip")
-        idx += right
-    return nodes.leaf_value[idx]
+    ``idx`` (tree-major start nodes) is walked in place. Per level: one 16-byte gather of the
+    nodes, one gather of the rows' feature values, a compare and an add, all into preallocated
+    buffers; take(mode="clip") skips bounds checks, every index being in range by construction
+    (leaves point at themselves). Pairs are walked ``block`` at a time so the buffers stay in the
+    CPU cache across the levels (~20 % faster than whole-batch steps at 50k pairs)."""
+    m = min(len(idx), block)
+    rec = np.empty(m, dtype=NODE)
+    pos = np.empty(m, dtype=np.intp)
+    x = np.empty(m, dtype=np.float32)
+    right = np.empty(m, dtype=bool)
+    for lo in range(0, len(idx), block):
+        at = idx[lo : lo + block]
+        k = len(at)
+        r, p, xx, go = (rec, pos, x, right) if k == m else (rec[:k], pos[:k], x[:k], right[:k])
+        child, feature, threshold = r["child"], r["feature"], r["threshold"]
+        step = rows[lo : lo + block]
+        for _ in range(depth):
+            np.take(nodes, at, out=r, mode="clip")
+            np.add(feature, step, out=p)
+            np.take(flat, p, out=xx, mode="clip")
+            np.greater(xx, threshold, out=go)
+            np.add(child, go, out=at)
+    return leaf_value[idx]
 
 
 def _float32_floor(t: np.ndarray) -> np.ndarray:
@@ -195,35 +191,54 @@ def _float32_floor(t: np.ndarray) -> np.ndarray:
     return t32
 
 
-def _flatten_tree(t: Any, fmap: np.ndarray | None, base: int) -> tuple[np.ndarray, ...]:
-    """Breadth-first renumbering so a node's children are adjacent; leaves loop onto themselves."""
-    left, right = t.children_left, t.children_right
-    n_nodes = t.node_count
-    feat = np.zeros(n_nodes, dtype=np.int64)
-    thr = np.full(n_nodes, np.inf)
-    child = np.zeros(n_nodes, dtype=np.int64)
-    val = np.zeros(n_nodes)
-    apl = average_path_length(t.n_node_samples)
-    order = [(0, 0, 0)]  # (sklearn node, new position, depth)
-    nxt = 1
-    max_depth = 0
-    i = 0
-    while i < len(order):
-        node, pos, d = order[i]
-        i += 1
-        max_depth = max(max_depth, d)
-        if left[node] == -1:
-            child[pos] = base + pos
-            val[pos] = (d + 1) + apl[node] - 1.0  # sklearn counts the root as depth 1
-            continue
-        f = int(t.feature[node])
-        feat[pos] = fmap[f] if fmap is not None else f
-        thr[pos] = t.threshold[node]
-        child[pos] = base + nxt
-        order.append((int(left[node]), nxt, d + 1))
-        order.append((int(right[node]), nxt + 1, d + 1))
-        nxt += 2
-    return feat, thr, child, val, max_depth
+def _flatten_forest(trees: Sequence[Any], fmaps: Sequence[np.ndarray | None]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Every tree's nodes renumbered breadth-first, trees one after the other: a node's two
+    children are adjacent (left first), leaves loop onto themselves. Returns the ``NODE`` records,
+    the leaf values (path length so far plus the expected remainder), the roots and the depth.
+
+    Vectorised over all trees (refits are frequent): one NumPy step per tree level gives each
+    node its depth and its path code (left 0, right 1, root first); breadth-first order within a
+    tree is the order of (depth, code), which is how a FIFO queue that appends left then right
+    children would number them."""
+    counts = np.array([t.node_count for t in trees], dtype=np.intp)
+    base = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.intp)
+    tree_of = np.repeat(np.arange(len(trees), dtype=np.intp), counts)
+    left = np.concatenate([t.children_left for t in trees]).astype(np.intp)
+    right = np.concatenate([t.children_right for t in trees]).astype(np.intp)
+    inner = left != -1
+    left[inner] += base[tree_of[inner]]
+    right[inner] += base[tree_of[inner]]
+    feat = np.concatenate([t.feature if fm is None else np.where(t.feature >= 0, fm[np.maximum(t.feature, 0)], 0)
+                           for t, fm in zip(trees, fmaps)]).astype(np.int64)
+    feat[~inner] = 0
+    thr = np.concatenate([t.threshold for t in trees]).astype(np.float64)
+    thr[~inner] = np.inf
+    apl = average_path_length(np.concatenate([t.n_node_samples for t in trees]))
+    n = len(left)
+    depth = np.zeros(n, dtype=np.intp)
+    code = np.zeros(n, dtype=np.int64)
+    level = base.copy()
+    d = 0
+    while True:
+        depth[level] = d
+        up = level[inner[level]]
+        if not len(up):
+            break
+        code[left[up]] = 2 * code[up]
+        code[right[up]] = 2 * code[up] + 1
+        level = np.concatenate([left[up], right[up]])
+        d += 1
+    order = np.lexsort((code, depth, tree_of))  # new position -> old node; trees keep their blocks
+    new = np.empty(n, dtype=np.intp)
+    new[order] = np.arange(n, dtype=np.intp)
+    child = np.where(inner, new[np.where(inner, left, 0)], new)
+    val = np.where(inner, 0.0, (depth + 1) + apl - 1.0)  # sklearn counts the root as depth 1
+    nodes = np.empty(n, dtype=NODE)
+    nodes["child"] = child[order]
+    nodes["feature"] = feat[order]
+    nodes["threshold"] = _float32_floor(thr[order])
+    return nodes, val[order], base, d
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,3 +347,25 @@ class ForestModel:
     def from_dict(cls, d: dict[str, Any]) -> "ForestModel":
         """Refit from the stored training sample; same sample and params give the same scores."""
         return cls(np.asarray(d["sample"], dtype=np.float64), ForestParams(**d["params"]))
+
+
+def margins_by_model(models: Sequence[ForestModel], sizes: Sequence[int], X: np.ndarray,
+                     paths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ForestModel.margins_from_paths`` for consecutive runs of rows, run ``i`` (``sizes[i]``
+    rows) under ``models[i]``, in one NumPy pass instead of one small pass per model (a batch has
+    a few rows for each of many agents). Each model's constants are repeated per row and the
+    elementwise operations are the same, so every result is bit-identical."""
+    sizes_a = np.asarray(sizes, dtype=np.intp)
+    den = np.repeat(np.array([m.flat.denominator for m in models], dtype=np.float64), sizes_a)
+    hi = np.repeat(np.array([m.hi for m in models], dtype=np.float64).reshape(len(models), -1), sizes_a, axis=0)
+    lo = np.repeat(np.array([m.lo for m in models], dtype=np.float64).reshape(len(models), -1), sizes_a, axis=0)
+    width = np.repeat(np.array([m.width for m in models], dtype=np.float64).reshape(len(models), -1), sizes_a, axis=0)
+    thr = np.repeat(np.array([m.threshold for m in models], dtype=np.float64), sizes_a)
+    range_k = np.repeat(np.array([m.params.range_k for m in models], dtype=np.float64), sizes_a)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.exp2(-paths / den)
+    s[den == 0] = 1.0
+    over = np.maximum(X - hi, lo - X) / width
+    r = np.maximum(over.max(axis=1), 0.0)
+    m = np.maximum(s - thr, np.minimum(0.1 * (r / range_k - 1.0), 0.5))
+    return s, r, m

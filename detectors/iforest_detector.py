@@ -21,7 +21,7 @@ Agent states (``agent_states()``): ``learning`` (no own model yet; scored by a g
 covers it), ``active`` (own model), ``frozen`` (scores, learns and retrains nothing).
 
 Memory per agent: ``max_rows x 15`` float64 (240 KB at 2048 rows), its fitted model (the sample
-again plus ~100 trees of <= 511 nodes: ~1.5 MB) and its bank slot (~1.4 MB), the session tracker
+again plus ~100 trees of <= 511 nodes: ~1.5 MB) and its bank slot (~1.2 MB), the session tracker
 and destination bounds, and
 the sequence model's bounds. Snapshots store training samples, never pickles; restore refits
 deterministically (same ``random_state``), so restored models give identical scores.
@@ -39,7 +39,7 @@ import numpy as np
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
-from .iforest import ForestBank, ForestModel, ForestParams
+from .iforest import ForestBank, ForestModel, ForestParams, margins_by_model
 from .sequence import MarkovConfig, MarkovModel, select_prior
 from .sessions import SessionTracker
 
@@ -153,6 +153,10 @@ class _Agent:
         """Rows of open sessions, committed to the window when the session closes clean."""
         self.tainted: set[str] = set()
         """Open sessions with a finding: none of their rows will join the baseline."""
+        self.habits: tuple[dict[str, float], int, list[str], frozenset[str], str] | None = None
+        """Cache of ``IsolationForestDetector._servers`` (asked for every agent after every batch):
+        the ``markov.uni`` dict it was computed from, that dict's size, its ``server/tool`` tokens
+        still under ``habit_calls``, the servers, and their group key."""
 
     def add_rows(self, rows: Sequence[Sequence[float]]) -> None:
         """Append rows to the baseline window (only the last ``max_rows`` are kept)."""
@@ -295,7 +299,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 if not st.frozen and st.n_buf >= cfg.min_rows
                 and (a not in self._models or st.since_fit >= cfg.retrain_every)]
         with_model = [st for a, st in agents if a in self._models or a in keys]
-        uncovered = any(_group_key(self._servers(st)) not in self._groups for st in with_model)
+        uncovered = any(self._habits(st)[4] not in self._groups for st in with_model)
         if with_model and (uncovered or self._group_since >= cfg.group_retrain_every):
             keys.append(GROUPS)
         return keys
@@ -356,8 +360,23 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def _servers(self, st: _Agent) -> frozenset[str]:
         """Servers the agent habitually uses (derived from its bounded sequence model)."""
+        return self._habits(st)[3]
+
+    def _habits(self, st: _Agent) -> tuple[dict[str, float], int, list[str], frozenset[str], str]:
+        """``_Agent.habits``, recomputed only when it may have changed. ``MarkovModel`` changes a
+        ``uni`` dict in place only by adding tokens and raising counts (decay and pruning build a
+        new dict), so while the dict is the same object of the same size, only a token that was
+        under ``habit_calls`` can have changed the answer."""
         lim = self.config.habit_calls
-        return frozenset(t.split("/", 1)[0] for t, c in st.markov.uni.items() if c >= lim and "/" in t)
+        uni = st.markov.uni
+        h = st.habits
+        if h is not None and h[0] is uni and h[1] == len(uni) and all(uni.get(t, 0.0) < lim for t in h[2]):
+            return h
+        items = list(uni.items())  # one C-level copy: observe() may add tokens meanwhile (worker thread)
+        servers = frozenset(t.split("/", 1)[0] for t, c in items if c >= lim and "/" in t)
+        h = st.habits = (uni, len(items), [t for t, c in items if c < lim and "/" in t], servers,
+                         _group_key(servers))
+        return h
 
     def _model_key(self, agent_id: str, st: _Agent) -> str | None:
         if agent_id in self._models:
@@ -428,19 +447,20 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         in_bank = [key for key in by_model if key in banked]
         if in_bank:
             sizes = [sum(len(work[w][2]) for w in by_model[key]) for key in in_bank]
-            sel = np.concatenate([np.arange(work[w][3], work[w][3] + len(work[w][2]))
-                                  for key in in_bank for w in by_model[key]])
+            order = [w for key in in_bank for w in by_model[key]]
+            lens = np.array([len(work[w][2]) for w in order], dtype=np.intp)
+            starts = np.array([work[w][3] for w in order], dtype=np.intp)
+            # Row numbers of each work item's rows in X_all, work items in model order.
+            sel = np.arange(int(lens.sum()), dtype=np.intp) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
             slots = np.repeat(np.array([banked[key][0] for key in in_bank], dtype=np.intp), sizes)
             X_b = X_all[sel]
             assert self._bank is not None
             paths = self._bank.path_lengths(X_b, slots)
-            off = 0
-            for key, k in zip(in_bank, sizes):
-                s, r, m = banked[key][1].margins_from_paths(X_b[off : off + k], paths[off : off + k])
-                self._split(scores, work, by_model[key], s, r, m)
-                off += k
+            s, r, m = margins_by_model([banked[key][1] for key in in_bank], sizes, X_b, paths)
+            self._split(scores, work, order, s, r, m)
         findings: list[Finding] = []
         max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
+        all_rows: list[list[float]] | None = None  # X_all as lists, once a row is kept for a session
         for w_i, (agent_id, st, idx, off, key, warm, closed_ids) in enumerate(work):
             n = len(idx)
             X = X_all[off : off + n]
@@ -466,7 +486,6 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 st.markov.learn_many((prevs[off + j], tokens[off + j]) for j in range(n) if not flagged[j])
             remember = st.ctx.remember
             pending, tainted = st.pending, st.tainted
-            own: list[list[float]] | None = None
             for j, c in enumerate(agent_calls):
                 if flagged is not None and flagged[j]:
                     tainted.add(c.session_id)
@@ -477,9 +496,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 if warm and rows[off + j][0] <= max_surprisal and c.session_id not in tainted:
                     sess_rows = pending.setdefault(c.session_id, [])
                     if len(sess_rows) < max_pending:
-                        if own is None:
-                            own = X.tolist()
-                        sess_rows.append(own[j])
+                        if all_rows is None:
+                            all_rows = X_all.tolist()
+                        sess_rows.append(all_rows[off + j])
             self._commit(st, closed_ids)
         if cfg.auto_retrain:
             keys = self.needs_retrain()
@@ -520,7 +539,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 st.tainted.discard(sid)
             elif rows and not st.frozen:
                 chunks.append(rows)
-        for rows in chunks:
+        if chunks:  # one append for the batch: the window is the same as after one per session
+            rows = chunks[0] if len(chunks) == 1 else [r for c in chunks for r in c]
             st.add_rows(rows)
             self._group_since += len(rows)
 

@@ -106,3 +106,66 @@ def test_flat_forest_matches_on_random_forests(seed):
 def test_params_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         ForestParams(**{field: value}).validate()
+
+
+def _reference_layout(forest: IsolationForest) -> tuple[np.ndarray, ...]:
+    """The flat layout as a plain FIFO queue builds it, tree after tree (the former implementation)."""
+    subsample = forest._max_features != forest.n_features_in_
+    feats, thrs, childs, vals, roots, base, depth = [], [], [], [], [], 0, 0
+    for est, fmap in zip(forest.estimators_, forest.estimators_features_):
+        t = est.tree_
+        n = t.node_count
+        feat, thr, child, val = np.zeros(n, np.int64), np.full(n, np.inf), np.zeros(n, np.int64), np.zeros(n)
+        apl = average_path_length(t.n_node_samples)
+        order, nxt, i = [(0, 0, 0)], 1, 0
+        while i < len(order):
+            node, pos, d = order[i]
+            i += 1
+            depth = max(depth, d)
+            if t.children_left[node] == -1:
+                child[pos], val[pos] = base + pos, (d + 1) + apl[node] - 1.0
+                continue
+            f = int(t.feature[node])
+            feat[pos] = fmap[f] if subsample else f
+            thr[pos], child[pos] = t.threshold[node], base + nxt
+            order += [(int(t.children_left[node]), nxt, d + 1), (int(t.children_right[node]), nxt + 1, d + 1)]
+            nxt += 2
+        feats.append(feat), thrs.append(thr), childs.append(child), vals.append(val), roots.append(base)
+        base += n
+    return (np.concatenate(feats), _float32_floor(np.concatenate(thrs)), np.concatenate(childs),
+            np.concatenate(vals), np.array(roots), depth)
+
+
+@pytest.mark.parametrize("kw", [{}, {"max_samples": 2, "n_estimators": 4}, {"max_features": 0.5, "n_estimators": 15},
+                                {"max_samples": 1000, "n_estimators": 3}])
+@pytest.mark.parametrize("seed", [0, 7])
+def test_vectorised_flattening_equals_a_fifo_queue(kw, seed):
+    """The all-trees-at-once renumbering gives exactly the queue's layout, array for array."""
+    X = data(seed, n=1200)
+    X[: 200, 2] = 1.0  # ties: leaves of many samples at varied depths
+    forest = IsolationForest(random_state=seed, **kw).fit(X)
+    flat = FlatForest(forest)
+    feat, thr, child, val, roots, depth = _reference_layout(forest)
+    np.testing.assert_array_equal(flat.nodes["feature"], feat)
+    np.testing.assert_array_equal(flat.nodes["threshold"], thr)
+    np.testing.assert_array_equal(flat.nodes["child"], child)
+    np.testing.assert_array_equal(flat.leaf_value, val)
+    np.testing.assert_array_equal(flat.roots, roots)
+    assert flat.depth == depth
+
+
+@pytest.mark.parametrize("block", [1, 7, 100, 8192])
+def test_walk_in_blocks_reaches_the_same_leaves(block):
+    """Cache-sized blocks of (tree, row) pairs, remainders included, walk like one whole step."""
+    from toolwatch.detectors.iforest import _walk
+
+    X = data(4)
+    flat = FlatForest(IsolationForest(random_state=0, n_estimators=13).fit(X))
+    probe = np.ascontiguousarray(np.vstack([X[:90], X[:9] * 3.0]), dtype=np.float32)
+    n, F = probe.shape
+    rows = np.tile(np.arange(n, dtype=np.intp) * F, len(flat.roots))
+
+    def leaves(b: int) -> np.ndarray:
+        return _walk(flat.nodes, flat.leaf_value, probe.ravel(), rows, np.repeat(flat.roots, n), flat.depth, b)
+
+    np.testing.assert_array_equal(leaves(block), leaves(10**9))

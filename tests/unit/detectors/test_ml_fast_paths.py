@@ -8,10 +8,11 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.features import N_FEATURES, AgentContext, append_rows, extract, finish
-from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams
+from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams, margins_by_model
 from toolwatch.detectors.iforest_detector import ForestConfig, _Agent
 from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel
 from toolwatch.detectors.sequence_detector import SequenceConfig, SequenceDetector
@@ -266,3 +267,61 @@ def test_forest_bank_scores_every_model_like_its_own_flat_forest():
         if round_ == 1:
             models, owner = models[:3], owner % 3
     assert not bank.fits(ForestModel(rnd.normal(size=(50, N_FEATURES)), ForestParams(n_estimators=5)).flat)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=6), st.integers(0, 2**32 - 1))
+def test_margins_by_model_equal_each_models_own_margins(sizes, seed):
+    """The one-pass margins of a batch's banked rows are bit-identical to each model's own."""
+    rnd = np.random.default_rng(seed)
+    params = ForestParams(n_estimators=5, max_samples=32, range_k=float(rnd.uniform(0.2, 2.0)))
+    pool = [ForestModel(rnd.normal(loc=i, size=(40, N_FEATURES)), params) for i in range(3)]
+    models = [pool[int(i)] for i in rnd.integers(0, 3, len(sizes))]
+    X = rnd.normal(loc=1.0, scale=3.0, size=(sum(sizes), N_FEATURES))
+    X[rnd.random(X.shape) < 0.05] = np.nan
+    paths = rnd.uniform(0, 60, len(X))
+    got = margins_by_model(models, sizes, X, paths)
+    off = 0
+    for model, k in zip(models, sizes):
+        want = model.margins_from_paths(X[off : off + k], paths[off : off + k])
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g[off : off + k], w)
+        off += k
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["learn", "learn", "learn", "scale", "prune", "reload", "swap"]),
+                          st.lists(st.integers(0, 11), min_size=1, max_size=12)), min_size=1, max_size=30),
+       st.floats(0.5, 6.0))
+def test_cached_habitual_servers_equal_a_fresh_computation(steps, habit_calls):
+    """``_servers`` (cached per agent) always equals the servers recomputed from the model."""
+    from toolwatch.detectors.iforest_detector import IsolationForestDetector
+
+    tokens = ["mail/read", "mail/send", "web/fetch", "files/read", "bare", "git/push", "git/pull",
+              "db/query", "db/write", "x/y", "mail/list", "web/post"]
+    det = IsolationForestDetector(ForestConfig(habit_calls=habit_calls,
+                                               markov=MarkovConfig(max_mass=40.0, max_tokens=6, min_count=0.25)))
+    agent = det.state_for("a")
+
+    def fresh() -> frozenset[str]:
+        return frozenset(t.split("/", 1)[0] for t, c in agent.markov.uni.items() if c >= habit_calls and "/" in t)
+
+    prev = START
+    for op, toks in steps:
+        if op == "learn":
+            pairs = []
+            for i in toks:
+                pairs.append((prev, tokens[i]))
+                prev = tokens[i]
+            agent.markov.learn_many(pairs)
+        elif op == "scale":
+            agent.markov._scale(0.5)
+        elif op == "prune":
+            agent.markov._prune()
+        elif op == "reload":
+            agent.markov = MarkovModel.from_dict(agent.markov.to_dict(), agent.markov.config)
+        else:  # another agent's state restored over this one
+            det.restore_agent("a", det.snapshot_agent("a") or {})
+            agent = det.state_for("a")
+        assert det._servers(agent) == fresh()
+        assert det._servers(agent) == fresh()  # and from the cache
