@@ -177,30 +177,42 @@ class Store:
         """
         route = sinks if callable(sinks) else (lambda _a, names=list(sinks): names)
         now = self.clock()
+        rows = [
+            (
+                a.id,
+                a.finding.get("dedup_key", ""),
+                a.detector,
+                a.severity,
+                a.agent_id,
+                a.first_ns,
+                a.last_ns,
+                a.count,
+                a.status,
+                json.dumps(a.finding, sort_keys=True),
+                a.created_at,
+            )
+            for a in new
+        ]
         with self.db:
             self.db.execute("BEGIN")
-            for a in new:
-                cur = self.db.execute(
+            if rows:
+                # One INSERT for all (executemany), and outbox rows only for the alerts it really
+                # inserted, as one INSERT OR IGNORE per alert with its rowcount would: an id already
+                # stored (a replay), or seen earlier in ``new``, is ignored and queues nothing.
+                skip = self._stored_ids([a.id for a in new])
+                self.db.executemany(
                     "INSERT OR IGNORE INTO alerts(id, dedup_key, detector, severity, agent_id, first_ns, last_ns,"
                     " count, status, finding, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        a.id,
-                        a.finding.get("dedup_key", ""),
-                        a.detector,
-                        a.severity,
-                        a.agent_id,
-                        a.first_ns,
-                        a.last_ns,
-                        a.count,
-                        a.status,
-                        json.dumps(a.finding, sort_keys=True),
-                        a.created_at,
-                    ),
+                    rows,
                 )
-                if cur.rowcount:
+                queued: list[tuple[str, str, float, float]] = []
+                for a in new:
+                    if a.id not in skip:
+                        skip.add(a.id)
+                        queued += [(s, a.id, now, now) for s in route(a)]
+                if queued:
                     self.db.executemany(
-                        "INSERT OR IGNORE INTO outbox(sink, alert_id, next_at, queued_at) VALUES (?,?,?,?)",
-                        [(s, a.id, now, now) for s in route(a)],
+                        "INSERT OR IGNORE INTO outbox(sink, alert_id, next_at, queued_at) VALUES (?,?,?,?)", queued
                     )
             # Repeats of one alert in one call: one UPDATE (count + n, latest time).
             merged: dict[str, list[int]] = {}
@@ -216,6 +228,14 @@ class Store:
                 "UPDATE alerts SET count=count+?, last_ns=MAX(last_ns, ?) WHERE id=?",
                 [(n, last_ns, alert_id) for alert_id, (n, last_ns) in merged.items()],
             )
+
+    def _stored_ids(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are stored already (one query per 500)."""
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            found.update(r[0] for r in self.db.execute(f"SELECT id FROM alerts WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
 
     def get_alert(self, alert_id: str) -> StoredAlert | None:
         row = self.db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()
