@@ -148,22 +148,21 @@ class Store:
 
         Answers every ``open_alert_ref(key, s)`` with ``s >= since_ns`` at once: the latest alert is
         the one found if any is, and none is when it ends before ``s``. Latest = greatest
-        ``last_ns``, then the last inserted, as ``open_alert_ref``'s ORDER BY.
+        ``last_ns``, then the last inserted, as ``open_alert_ref``'s ORDER BY. SQLite returns each
+        key's rows in that order (the ``alerts_dedup`` index's own order, rowid last), so the
+        dict keeps the last row of each key.
         """
         keys = list(dict.fromkeys(dedup_keys))
-        best: dict[str, tuple[int, int, str]] = {}
+        out: dict[str, AlertRef] = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             rows = self.db.execute(
-                f"SELECT dedup_key, last_ns, rowid, id FROM alerts WHERE dedup_key IN ({','.join('?' * len(chunk))})"
-                " AND last_ns>=?",
+                f"SELECT dedup_key, id, last_ns FROM alerts WHERE dedup_key IN ({','.join('?' * len(chunk))})"
+                " AND last_ns>=? ORDER BY dedup_key, last_ns, rowid",
                 (*chunk, since_ns),
             )
-            for key, last_ns, rowid, alert_id in rows:
-                cur = best.get(key)
-                if cur is None or (last_ns, rowid) > cur[:2]:
-                    best[key] = (last_ns, rowid, alert_id)
-        return {key: AlertRef(alert_id, last_ns) for key, (last_ns, _, alert_id) in best.items()}
+            out.update({key: AlertRef(alert_id, last_ns) for key, alert_id, last_ns in rows})
+        return out
 
     def record_alerts(
         self,

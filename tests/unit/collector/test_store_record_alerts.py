@@ -87,3 +87,19 @@ def test_a_list_of_sink_names_queues_every_new_alert_once() -> None:
     store.record_alerts([_alert(2, 9, "low")], [], ["hook", "other"])  # stored already: nothing queued
     assert store.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 2
     store.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 6)), max_size=25), st.integers(0, 7))
+def test_latest_alert_refs_answers_what_open_alert_ref_answers(stored, since: int) -> None:
+    """Ties on ``last_ns`` included: the last inserted wins, as ``open_alert_ref``'s ORDER BY says."""
+    store = Store(":memory:", clock=lambda: 1.0)
+    alerts = [StoredAlert(id=f"x{n}", detector="d", severity="low", agent_id="a", first_ns=t, last_ns=t, count=1,
+                          status="open", finding={"dedup_key": key}, created_at=1.0) for n, (key, t) in enumerate(stored)]
+    store.record_alerts(alerts, [], [])
+    refs = store.latest_alert_refs(["a", "b", "c", "d", "a"], since)
+    for key in "abcd":
+        for s in range(since, 8):
+            ref = refs.get(key)
+            assert (ref if ref is not None and ref.last_ns >= s else None) == store.open_alert_ref(key, s)
+    store.close()
