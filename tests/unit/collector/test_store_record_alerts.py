@@ -103,3 +103,21 @@ def test_latest_alert_refs_answers_what_open_alert_ref_answers(stored, since: in
             ref = refs.get(key)
             assert (ref if ref is not None and ref.last_ns >= s else None) == store.open_alert_ref(key, s)
     store.close()
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=10), json_values, max_size=6), st.text(), st.text(),
+       st.one_of(st.none(), st.floats(allow_nan=False)), st.floats(allow_nan=True))
+def test_to_json_is_json_dumps_of_to_dict(finding, detector: str, agent: str, acked, created: float) -> None:
+    """The log sink's text, built around the stored finding text, equals dumping the whole alert."""
+    a = StoredAlert(id='i"d', detector=detector, severity="low", agent_id=agent, first_ns=1, last_ns=2, count=3,
+                    status="open", finding=finding, created_at=created, acked_at=acked)
+    assert a.to_json() == json.dumps(a.to_dict(), sort_keys=True)
+    assert a.finding_text() == json.dumps(finding, sort_keys=True)
