@@ -85,6 +85,7 @@ class AgentMetrics(Collector):
         # for admitted agents (at most ``agent_cap`` + 1 entries each).
         self._labels: dict[str, str] = {}
         self._score_children: dict[str, Any] = {}
+        self._count_children: dict[tuple[str, str, str], Any] = {}  # (agent label, detector, severity)
         self.findings = Counter(
             "toolwatch_agent_findings_total",
             "Detector findings, by agent, detector and severity (agents capped; excess folded into 'other').",
@@ -143,8 +144,12 @@ class AgentMetrics(Collector):
                         top = max(finite)
                         slots = self._scores.setdefault(agent, {})
                         slots[slot] = max(slots.get(slot, top), top)
+        counts = self._count_children  # bounded: capped agents x detectors x severities
         for key, n in tally.items():
-            self.findings.labels(*key).inc(n)
+            child = counts.get(key)
+            if child is None:
+                child = counts[key] = self.findings.labels(*key)
+            child.inc(n)
 
     def set_bands(self, bands: dict[str, tuple[float, float, float]]) -> None:
         kept = {}
