@@ -215,7 +215,8 @@ class Store:
             if rows:
                 # One INSERT for all (executemany), and outbox rows only for the alerts it really
                 # inserted, as one INSERT OR IGNORE per alert with its rowcount would: an id already
-                # stored (a replay), or seen earlier in ``new``, is ignored and queues nothing.
+                # stored (a replay), or seen earlier in ``new``, is ignored and queues nothing. (The id
+                # is the only reason one is ignored: alerts are built typed, no NOT NULL column None.)
                 skip = self._stored_ids([a.id for a in new])
                 self.db.executemany(
                     "INSERT OR IGNORE INTO alerts(id, dedup_key, detector, severity, agent_id, first_ns, last_ns,"
