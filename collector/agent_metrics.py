@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from toolwatch.detectors.events import Batch, Finding
 
-from .metrics import OTHER, LabelGuard
+from .metrics import OTHER, LabelGuard, observe_many
 
 __all__ = ["AgentMetrics", "RateBandSource", "SCORE_BUCKETS"]
 
@@ -85,6 +85,7 @@ class AgentMetrics(Collector):
         # for admitted agents (at most ``agent_cap`` + 1 entries each).
         self._labels: dict[str, str] = {}
         self._score_children: dict[str, Any] = {}
+        self._count_children: dict[tuple[str, str, str], Any] = {}  # (agent label, detector, severity)
         self.findings = Counter(
             "toolwatch_agent_findings_total",
             "Detector findings, by agent, detector and severity (agents capped; excess folded into 'other').",
@@ -111,10 +112,14 @@ class AgentMetrics(Collector):
             self.set_bands(self.source.rate_bands())
 
     def observe_findings(self, findings: Iterable[Finding]) -> None:
+        """Tally the findings, then update each agent's series once: its score histogram with
+        ``observe_many`` and its window slot with the maximum of its finite scores (the first
+        greatest, as one ``max`` after another would keep)."""
         now = self.clock()
         slot = int(now // (self.score_window_s / _SLOTS))
         tally: Tally[tuple[str, str, str]] = Tally()
         labels, children = self._labels, self._score_children
+        per_agent: dict[str, list[float]] = {}
         with self._lock:
             for f in findings:
                 agent = labels.get(f.agent_id)
@@ -123,15 +128,28 @@ class AgentMetrics(Collector):
                     if agent != OTHER:  # admitted for good: remembered (folded ids are not, so this stays capped)
                         labels[f.agent_id] = agent
                 tally[(agent, f.detector, f.severity)] += 1
+                scores = per_agent.get(agent)
+                if scores is None:
+                    per_agent[agent] = [f.score]
+                else:
+                    scores.append(f.score)
+            for agent, scores in per_agent.items():
                 child = children.get(agent)
                 if child is None:
                     child = children[agent] = self.finding_score.labels(agent)
-                child.observe(f.score)
-                if agent != OTHER and math.isfinite(f.score):
-                    slots = self._scores.setdefault(agent, {})
-                    slots[slot] = max(slots.get(slot, f.score), f.score)
+                observe_many(child, scores)
+                if agent != OTHER:
+                    finite = [x for x in scores if math.isfinite(x)]
+                    if finite:
+                        top = max(finite)
+                        slots = self._scores.setdefault(agent, {})
+                        slots[slot] = max(slots.get(slot, top), top)
+        counts = self._count_children  # bounded: capped agents x detectors x severities
         for key, n in tally.items():
-            self.findings.labels(*key).inc(n)
+            child = counts.get(key)
+            if child is None:
+                child = counts[key] = self.findings.labels(*key)
+            child.inc(n)
 
     def set_bands(self, bands: dict[str, tuple[float, float, float]]) -> None:
         kept = {}

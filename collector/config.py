@@ -114,6 +114,11 @@ class PipelineConfig:
     """Longest share of wall time model refits may take: after a refit of t seconds the next waits
     t * (1 / share - 1). Refits cost ~0.5 s of CPU each; without a bound, their cadence (every N new
     rows) grows with traffic and they take the core the detectors need."""
+    switch_interval_ms: float = 0.0
+    """If > 0, the interpreter's thread switch interval while the daemon runs (``sys.setswitchinterval``);
+    0 leaves Python's (5 ms). The event loop gives up the GIL at every socket call and then waits
+    up to this long for the detector thread to hand it back: shorter serves requests sooner during
+    a batch but takes CPU share from the detectors (see docs/ingestion.md), so it is off by default."""
 
     def event_time_rule(self) -> "EventTimeRule":
         from .event_time import EventTimeRule
@@ -135,6 +140,8 @@ class PipelineConfig:
             raise ConfigError("pipeline.snapshot_interval_s must be positive")
         if not 0 < self.retrain_max_share <= 1:
             raise ConfigError(f"pipeline.retrain_max_share must be in (0, 1], got {self.retrain_max_share!r}")
+        if not 0 <= self.switch_interval_ms <= 100:
+            raise ConfigError(f"pipeline.switch_interval_ms must be in [0, 100], got {self.switch_interval_ms!r}")
 
 
 @dataclass

@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -160,6 +161,14 @@ class Daemon:
         self.rules_watcher = RuleFileWatcher(engine, self.pipeline, self.metrics) if engine else None
         self._started = False
         self._stop = asyncio.Event()
+        self._switch_interval: float | None = None  # Python's, while ours is set
+
+    def _set_switch_interval(self) -> None:
+        """``pipeline.switch_interval_ms`` for the daemon's lifetime (restored by ``shutdown``)."""
+        ms = self.cfg.pipeline.switch_interval_ms
+        if ms > 0 and self._switch_interval is None:
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(ms / 1000)
 
     def ready(self) -> bool:
         return self._started and self.pipeline.running
@@ -178,6 +187,7 @@ class Daemon:
             self.metrics.agents.labels(state).set(n)
 
     async def start(self) -> None:
+        self._set_switch_interval()
         await self.pipeline.start()
         self.enforcement.service.after_batch()  # the restored state, before the first batch
         for sink in self.sinks:
@@ -204,6 +214,9 @@ class Daemon:
         await self.hold_notifier.shutdown()
         await self.api.shutdown()
         self.store.close()
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -6,17 +6,53 @@ Counts are aggregated per batch before touching prometheus_client (~1 µs per la
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections import Counter as Tally
 from itertools import islice
 from typing import Any, Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import CounterMetricFamily
+from prometheus_client.values import MutexValue
 
 from toolwatch import __version__
 from toolwatch.detectors.events import SEVERITIES, Finding
 
 OTHER = "other"
+
+
+def observe_many(child: Any, amounts: Sequence[float]) -> None:
+    """``child.observe(a)`` for each of ``amounts``, in order, with one lock round per bucket touched.
+
+    A labelled Histogram child costs a lock per ``observe`` on its sum and one on a bucket; a batch's
+    scores go to a few children, so they are binned here (``bisect``: the first bound >= the
+    amount, as ``observe``'s ``amount <= bound``; NaN lands in no bucket) and added at once.
+    The sum is read, advanced by each amount in order and written back, so it is the same float
+    as one ``observe`` after another. That read-modify-write assumes a single writer: only the
+    pipeline's loop observes these children. Other value classes (multiprocess mode) take the
+    plain path.
+    """
+    if not amounts:
+        return
+    total = child._sum
+    if type(total) is not MutexValue:
+        for a in amounts:
+            child.observe(a)
+        return
+    bounds = child._upper_bounds
+    n_bounds = len(bounds)
+    counts = [0] * n_bounds
+    value = total.get()
+    for a in amounts:
+        value += a
+        i = bisect_left(bounds, a)
+        if i < n_bounds and a == a:  # a != a: NaN, in no bucket (every comparison is false)
+            counts[i] += 1
+    total.set(value)
+    buckets = child._buckets
+    for i, n in enumerate(counts):
+        if n:
+            buckets[i].inc(n)
 
 
 class LabelGuard:
@@ -253,6 +289,7 @@ class Metrics:
     def observe_scores(self, findings: Iterable[Finding]) -> None:
         """Called by the pipeline with each batch's findings; detector names are capped like tool labels."""
         children = self._score_children
+        scores: dict[Any, list[float]] = {}  # child -> its scores, in finding order
         for f in findings:
             child = children.get(f.detector)
             if child is None:
@@ -260,7 +297,13 @@ class Metrics:
                 child = self.anomaly_score.labels(det)
                 if det == f.detector:
                     children[det] = child
-            child.observe(f.score)
+            got = scores.get(child)
+            if got is None:
+                scores[child] = [f.score]
+            else:
+                got.append(f.score)
+        for child, values in scores.items():
+            observe_many(child, values)
 
     def watch_pending_approvals(self, source: Callable[[], Sequence[Any]]) -> None:
         """Feed the pending-approvals gauge from ``source()`` at scrape time (e.g. a detector's ``pending``).

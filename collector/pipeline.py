@@ -262,6 +262,13 @@ class Pipeline:
             self._watermark_ns = max(self._watermark_ns, t)
         batch.watermark_ns = self._watermark_ns
         findings = await asyncio.to_thread(self._observe, batch)
+        self._account(items, batch, findings)
+
+    def _account(self, items: list[_Item], batch: Batch, findings: list[Finding]) -> None:
+        """Everything after the detectors, on the loop: metrics, alerts, listeners, lag, progress.
+
+        Its own method so bench/findings_path.py and tests can time and drive it without detectors.
+        """
         self.metrics.batch_size.observe(len(batch))
         self.metrics.count_calls(map(_CALL_LABELS, batch.calls))
         for listing in batch.listings:

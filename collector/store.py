@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -66,6 +66,24 @@ class StoredAlert:
     finding: dict[str, Any]
     created_at: float
     acked_at: float | None = None
+    _finding_text: str | None = field(default=None, init=False, compare=False, repr=False)
+
+    def finding_text(self) -> str:
+        """The finding as stored (``json.dumps(finding, sort_keys=True)``), made once per alert:
+        the store writes it and the log sink embeds it, ~20 µs each for a finding with evidence.
+        Alerts are not changed after they are built, so the text stays the finding's."""
+        if self._finding_text is None:
+            self._finding_text = json.dumps(self.finding, sort_keys=True)
+        return self._finding_text
+
+    def to_json(self) -> str:
+        """``json.dumps(self.to_dict(), sort_keys=True)``, with ``finding_text`` in its place:
+        the keys sorting before "finding" and after it are dumped around it, same separators."""
+        d = self.to_dict()
+        del d["finding"]
+        before = json.dumps({k: v for k, v in d.items() if k < "finding"}, sort_keys=True)
+        after = json.dumps({k: v for k, v in d.items() if k > "finding"}, sort_keys=True)
+        return f'{before[:-1]}, "finding": {self.finding_text()}, {after[1:]}'
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -148,22 +166,21 @@ class Store:
 
         Answers every ``open_alert_ref(key, s)`` with ``s >= since_ns`` at once: the latest alert is
         the one found if any is, and none is when it ends before ``s``. Latest = greatest
-        ``last_ns``, then the last inserted, as ``open_alert_ref``'s ORDER BY.
+        ``last_ns``, then the last inserted, as ``open_alert_ref``'s ORDER BY. SQLite returns each
+        key's rows in that order (the ``alerts_dedup`` index's own order, rowid last), so the
+        dict keeps the last row of each key.
         """
         keys = list(dict.fromkeys(dedup_keys))
-        best: dict[str, tuple[int, int, str]] = {}
+        out: dict[str, AlertRef] = {}
         for i in range(0, len(keys), 500):
             chunk = keys[i : i + 500]
             rows = self.db.execute(
-                f"SELECT dedup_key, last_ns, rowid, id FROM alerts WHERE dedup_key IN ({','.join('?' * len(chunk))})"
-                " AND last_ns>=?",
+                f"SELECT dedup_key, id, last_ns FROM alerts WHERE dedup_key IN ({','.join('?' * len(chunk))})"
+                " AND last_ns>=? ORDER BY dedup_key, last_ns, rowid",
                 (*chunk, since_ns),
             )
-            for key, last_ns, rowid, alert_id in rows:
-                cur = best.get(key)
-                if cur is None or (last_ns, rowid) > cur[:2]:
-                    best[key] = (last_ns, rowid, alert_id)
-        return {key: AlertRef(alert_id, last_ns) for key, (last_ns, _, alert_id) in best.items()}
+            out.update({key: AlertRef(alert_id, last_ns) for key, alert_id, last_ns in rows})
+        return out
 
     def record_alerts(
         self,
@@ -177,30 +194,43 @@ class Store:
         """
         route = sinks if callable(sinks) else (lambda _a, names=list(sinks): names)
         now = self.clock()
+        rows = [
+            (
+                a.id,
+                a.finding.get("dedup_key", ""),
+                a.detector,
+                a.severity,
+                a.agent_id,
+                a.first_ns,
+                a.last_ns,
+                a.count,
+                a.status,
+                a.finding_text(),
+                a.created_at,
+            )
+            for a in new
+        ]
         with self.db:
             self.db.execute("BEGIN")
-            for a in new:
-                cur = self.db.execute(
+            if rows:
+                # One INSERT for all (executemany), and outbox rows only for the alerts it really
+                # inserted, as one INSERT OR IGNORE per alert with its rowcount would: an id already
+                # stored (a replay), or seen earlier in ``new``, is ignored and queues nothing. (The id
+                # is the only reason one is ignored: alerts are built typed, no NOT NULL column None.)
+                skip = self._stored_ids([a.id for a in new])
+                self.db.executemany(
                     "INSERT OR IGNORE INTO alerts(id, dedup_key, detector, severity, agent_id, first_ns, last_ns,"
                     " count, status, finding, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        a.id,
-                        a.finding.get("dedup_key", ""),
-                        a.detector,
-                        a.severity,
-                        a.agent_id,
-                        a.first_ns,
-                        a.last_ns,
-                        a.count,
-                        a.status,
-                        json.dumps(a.finding, sort_keys=True),
-                        a.created_at,
-                    ),
+                    rows,
                 )
-                if cur.rowcount:
+                queued: list[tuple[str, str, float, float]] = []
+                for a in new:
+                    if a.id not in skip:
+                        skip.add(a.id)
+                        queued += [(s, a.id, now, now) for s in route(a)]
+                if queued:
                     self.db.executemany(
-                        "INSERT OR IGNORE INTO outbox(sink, alert_id, next_at, queued_at) VALUES (?,?,?,?)",
-                        [(s, a.id, now, now) for s in route(a)],
+                        "INSERT OR IGNORE INTO outbox(sink, alert_id, next_at, queued_at) VALUES (?,?,?,?)", queued
                     )
             # Repeats of one alert in one call: one UPDATE (count + n, latest time).
             merged: dict[str, list[int]] = {}
@@ -216,6 +246,14 @@ class Store:
                 "UPDATE alerts SET count=count+?, last_ns=MAX(last_ns, ?) WHERE id=?",
                 [(n, last_ns, alert_id) for alert_id, (n, last_ns) in merged.items()],
             )
+
+    def _stored_ids(self, ids: list[str]) -> set[str]:
+        """Which of ``ids`` are stored already (one query per 500)."""
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            found.update(r[0] for r in self.db.execute(f"SELECT id FROM alerts WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return found
 
     def get_alert(self, alert_id: str) -> StoredAlert | None:
         row = self.db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()

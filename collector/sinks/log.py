@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 from ..store import StoredAlert
@@ -28,5 +27,5 @@ class LogSink(Sink):
                 a.agent_id,
                 f.get("session_id", ""),
                 f.get("reason", ""),
-                extra={"alert": json.dumps(a.to_dict(), sort_keys=True)},
+                extra={"alert": a.to_json()},  # json.dumps(a.to_dict(), sort_keys=True)
             )
