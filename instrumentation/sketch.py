@@ -63,12 +63,16 @@ for _byte in (9, 10, 11, 12, 13, 28, 29, 30, 31, 32):
 _LOWER_TABLE = bytes(_LOWER)
 del _LOWER, _byte
 _SPACE_RUN = re.compile(rb" {2,}")
+_SPACE = np.uint8(ord(" "))
 
 
 def _normal_ascii(data: bytes) -> bytes:
     """``" ".join(text.split()).lower()`` of ASCII text, as bytes, without a string per word."""
     out = data.translate(_LOWER_TABLE)
-    if b"  " in out:
+    # ``b"  " in out`` is slow on text full of single spaces (~1.4 ns a byte: the search stops
+    # at every space); comparing neighbours in numpy costs a quarter of that.
+    spaces = np.frombuffer(out, dtype=np.uint8) == _SPACE
+    if (spaces[1:] & spaces[:-1]).any():
         out = _SPACE_RUN.sub(b" ", out)
     return out.strip(b" ")
 
