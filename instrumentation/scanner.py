@@ -214,6 +214,8 @@ if _BLOB_MIN < 16 or any(
     not _EXTEND_CHARS[DETECTORS[i].extend] <= _BLOB_SET for i in NUMERIC if DETECTORS[i].anchor == _BLOB_CLASS
 ):
     raise RuntimeError("scanner: the blob-run pre-filter no longer covers the [A-Z0-9] detectors; fix _BLOB_CHARS")
+_BLOB_RUN = f"[{_BLOB_CHARS}]{{{_BLOB_MIN}}}"
+"""Where ``_blob_runs`` finds a run, Hyperscan matches this (the same characters, as many)."""
 _BLOB_TABLE = bytes(ord("a") if chr(i) in _BLOB_SET else ord(" ") for i in range(256))
 _BLOB_NEEDLE = b"a" * _BLOB_MIN
 
@@ -272,7 +274,8 @@ class _LongScan:
     shape, so the ``[0-9]`` scanner reads only the lines holding one (text denser than
     ``_MAX_DIGIT_REPORTS`` per KiB stops the pass early and is scanned whole). ``_blob_runs``
     finds the runs of blob characters, so the base64 scanner reads those, not every capital
-    and digit.
+    and digit; the pass reports whether there is any (``_BLOB_MIN`` blob characters in a row,
+    once), and most long texts have none, so ``_blob_runs`` reads only the others.
 
     Offsets are only the text's for ASCII text; other text is scanned lower-cased, for the gates.
     The database is immutable; each scan gets its own scratch space (a clone costs ~0.3 µs), so
@@ -285,14 +288,14 @@ class _LongScan:
         self._db = None
         self._scratch = None
         if _hs is not None:
-            expressions = [re.escape(gate) for gate in gates] + list(_DIGIT_CANDIDATES)
+            expressions = [re.escape(gate) for gate in gates] + list(_DIGIT_CANDIDATES) + [_BLOB_RUN]
             literal = _hs.HS_FLAG_SINGLEMATCH | _hs.HS_FLAG_CASELESS
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
             db.compile(
                 expressions=[expression.encode() for expression in expressions],
-                ids=list(range(len(gates))) + [len(gates)] * len(_DIGIT_CANDIDATES),
+                ids=list(range(len(gates))) + [len(gates)] * len(_DIGIT_CANDIDATES) + [len(gates) + 1],
                 elements=len(expressions),
-                flags=[literal] * len(gates) + [0] * len(_DIGIT_CANDIDATES),
+                flags=[literal] * len(gates) + [0] * len(_DIGIT_CANDIDATES) + [_hs.HS_FLAG_SINGLEMATCH],
             )
             self._db = db
             self._scratch = _hs.Scratch(db)
@@ -315,19 +318,20 @@ class _LongScan:
         present = {gates[i] for i in found.gates}
         if not ascii_text:  # offsets in the UTF-8 bytes are not the text's
             return present, None, None
-        return present, _blob_runs(data), sorted(found.ends)
+        return present, _blob_runs(data) if found.blob else [], sorted(found.ends)
 
 
 class _Found:
     """What one ``_LongScan`` pass reported."""
 
-    __slots__ = ("digit_id", "cap", "gates", "ends")
+    __slots__ = ("digit_id", "cap", "gates", "ends", "blob")
 
     def __init__(self, digit_id: int, cap: int) -> None:
         self.digit_id = digit_id
         self.cap = cap
         self.gates: set[int] = set()
         self.ends: list[int] = []
+        self.blob = False
 
 
 def _note_match(pattern_id: int, start: int, end: int, flags: int, found: _Found) -> bool:
@@ -335,7 +339,10 @@ def _note_match(pattern_id: int, start: int, end: int, flags: int, found: _Found
     if pattern_id == found.digit_id:
         found.ends.append(end)
         return len(found.ends) > found.cap
-    found.gates.add(pattern_id)
+    if pattern_id == found.digit_id + 1:
+        found.blob = True
+    else:
+        found.gates.add(pattern_id)
     return False
 
 
