@@ -35,6 +35,7 @@ _NUMBER_DIGITS = 7  # integers this long may be phone numbers, cards or IDs: sca
 _KEY_CHARS = 256
 _CLEAN_KEYS_MAX = 4096
 _BINARY_FIELDS = {"image": "data", "audio": "data"}
+_SEQUENCES = (list, tuple, set, frozenset)  # a tuple: ``list | tuple | …`` builds a union per call
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +226,7 @@ class Redactor:
             return TRUNCATED
         if isinstance(value, dict):
             return self._object(value, walk, depth, binary_ok)
-        if isinstance(value, list | tuple | set | frozenset):
+        if isinstance(value, _SEQUENCES):
             walk.size += 1 + max(len(value), 1)  # brackets and commas
             items = value if isinstance(value, list | tuple) else sorted(value, key=repr)
             return [self._walk(item, walk, depth + 1, binary_ok=binary_ok) for item in items]

@@ -349,11 +349,18 @@ def _note_match(pattern_id: int, start: int, end: int, flags: int, found: _Found
 _LONG_SCAN = _LongScan(_ALL_GATES)
 
 
+_CLASS_PLAN: tuple[tuple[str, tuple[_Scanner, ...], str | None, int], ...] = tuple(
+    (anchor_class, scanners, _LITERAL_ANCHORS.get(anchor_class), _MIN_TOKEN.get(anchor_class, 0))
+    for anchor_class, scanners in _SCANNERS.items()
+)
+"""Per anchor class, in table order: its scanners, its literal anchor (or None), its shortest token."""
+
+
 def _numeric_hits(
     text: str, end_pos: int, blob_runs: list[tuple[int, int]] | None = None, digit_ends: list[int] | None = None
 ) -> list[Hit]:
     hits: list[Hit] = []
-    for anchor_class, scanners in _SCANNERS.items():
+    for anchor_class, scanners, literal, min_token in _CLASS_PLAN:
         if anchor_class == "[0-9]" and digit_ends is not None:
             # Only the lines that hold a candidate shape can hold a match: scan those lines.
             line_end = -1
@@ -371,10 +378,9 @@ def _numeric_hits(
             for run_start, run_end in blob_runs:
                 hits.extend(_class_hits(scanners, text, run_end, run_start))
             continue
-        literal = _LITERAL_ANCHORS.get(anchor_class)
         if literal is not None and text.find(literal, 0, end_pos) < 0:
             continue  # "+" or "(" is absent: a C-speed look saves the regex call
-        if end_pos < _MIN_TOKEN.get(anchor_class, 0):
+        if end_pos < min_token:
             continue  # too short for any blob
         hits.extend(_class_hits(scanners, text, end_pos))
     return hits
@@ -394,8 +400,10 @@ def _class_hits(scanners: tuple[_Scanner, ...], text: str, end_pos: int, pos: in
         while match is not None:
             index, value_group, host_group = scanner.detector_of_group[match.lastindex or 0]
             hit = _accept(DETECTORS[index], value_group, host_group, match, text, floor)
+            if hit is not None:
+                break
             position = first_scanner.members.index(index) + 1
-            if hit is not None or position >= len(scanners):
+            if position >= len(scanners):
                 break
             # Rejected (a checksum failed): the later detectors get their chance at this anchor.
             scanner = scanners[position]
