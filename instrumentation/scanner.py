@@ -170,7 +170,10 @@ def find_hits(text: str, limit: int | None = None) -> list[Hit]:
         head = text if end_pos == len(text) else text[:end_pos]
         lowered = head.lower()
         present = set(_GATE_RE.findall(lowered))
-        blob_runs = _blob_runs(head.encode("ascii")) if head.isascii() else None
+        if end_pos < _BLOB_MIN:
+            blob_runs: list[tuple[int, int]] | None = []  # too short to hold a run
+        else:
+            blob_runs = _blob_runs(head.encode("ascii")) if head.isascii() else None
         digit_ends = None
     else:
         head = text if end_pos == len(text) else text[:end_pos]

@@ -36,6 +36,7 @@ Normaliser = Callable[[str], str]
 
 _NOT_ASCII_DIGIT = re.compile(r"[^0-9]+")
 _ASCII_DIGIT = re.compile(r"[0-9]")
+_CARD_SEPARATOR = re.compile(r"[ -]")
 
 
 def only_digits(text: str) -> str:
@@ -72,7 +73,7 @@ def is_card(text: str) -> bool:
     digits = only_digits(text)
     if not (13 <= len(digits) <= 19 and digits[0] in "23456" and len(set(digits)) > 1):
         return False
-    groups = [len(g) for g in re.split(r"[ -]", text)]
+    groups = [len(g) for g in _CARD_SEPARATOR.split(text)]
     # Printed cards group digits in fours (Amex: 4-6-5); other groupings are other numbers.
     if len(groups) > 1 and groups != [4, 6, 5] and not (all(g == 4 for g in groups[:-1]) and groups[-1] <= 4):
         return False
