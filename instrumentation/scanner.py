@@ -288,17 +288,21 @@ class _LongScan:
 
     def __init__(self, gates: tuple[str, ...]) -> None:
         self.gates = gates
+        # One-character gates ("/", "@", caseless) are frequent, so they cost the automaton more
+        # than a C ``in`` (memchr) after it costs: they are looked for that way.
+        self._char_gates = tuple(gate for gate in gates if len(gate) == 1)
+        self._hs_gates = hs_gates = tuple(gate for gate in gates if len(gate) > 1)
         self._db = None
         self._scratch = None
         if _hs is not None:
-            expressions = [re.escape(gate) for gate in gates] + list(_DIGIT_CANDIDATES) + [_BLOB_RUN]
+            expressions = [re.escape(gate) for gate in hs_gates] + list(_DIGIT_CANDIDATES) + [_BLOB_RUN]
             literal = _hs.HS_FLAG_SINGLEMATCH | _hs.HS_FLAG_CASELESS
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
             db.compile(
                 expressions=[expression.encode() for expression in expressions],
-                ids=list(range(len(gates))) + [len(gates)] * len(_DIGIT_CANDIDATES) + [len(gates) + 1],
+                ids=list(range(len(hs_gates))) + [len(hs_gates)] * len(_DIGIT_CANDIDATES) + [len(hs_gates) + 1],
                 elements=len(expressions),
-                flags=[literal] * len(gates) + [0] * len(_DIGIT_CANDIDATES) + [_hs.HS_FLAG_SINGLEMATCH],
+                flags=[literal] * len(hs_gates) + [0] * len(_DIGIT_CANDIDATES) + [_hs.HS_FLAG_SINGLEMATCH],
             )
             self._db = db
             self._scratch = _hs.Scratch(db)
@@ -312,13 +316,14 @@ class _LongScan:
             return {gate for gate in self.gates if gate in lowered}, None, None
         ascii_text = text.isascii()
         data = text.encode("ascii") if ascii_text else lowered.encode("utf-8", "surrogatepass")
-        found = _Found(len(self.gates), _MAX_DIGIT_REPORTS * (1 + len(data) // 1024))
+        found = _Found(len(self._hs_gates), _MAX_DIGIT_REPORTS * (1 + len(data) // 1024))
         try:
             self._db.scan(data, _note_match, context=found, scratch=self._scratch.clone())
         except _hs.ScanTerminated:  # dense with candidates: scan it all, gates the plain way
             return {gate for gate in self.gates if gate in lowered}, None, None
-        gates = self.gates
+        gates = self._hs_gates
         present = {gates[i] for i in found.gates}
+        present.update(gate for gate in self._char_gates if gate in lowered)
         if not ascii_text:  # offsets in the UTF-8 bytes are not the text's
             return present, None, None
         return present, _blob_runs(data) if found.blob else [], sorted(found.ends)

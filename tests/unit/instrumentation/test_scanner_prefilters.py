@@ -150,3 +150,10 @@ def test_blob_runs_are_read_only_where_the_pass_saw_one(parts: list[str], pad: i
         assert runs == scanner._blob_runs(text.encode("ascii"))
     else:
         assert runs is None
+
+
+def test_one_character_gates_are_found_beside_the_pass() -> None:
+    # "/" and "@" are looked for with ``in``, not by Hyperscan: the present set is the same.
+    for text in ("plain words " * 60 + "mail bob@example.com at /srv/x", "plain words " * 60 + "AKIA", "/" + "x" * 600):
+        present, _, _ = scanner._LONG_SCAN.scan(text, text.lower())
+        assert present == {gate for gate in scanner._ALL_GATES if gate in text.lower()}
