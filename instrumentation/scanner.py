@@ -177,14 +177,17 @@ def find_hits(text: str, limit: int | None = None) -> list[Hit]:
         digit_ends = None
     else:
         head = text if end_pos == len(text) else text[:end_pos]
-        lowered = head.lower()
+        # ASCII text is lower-cased only if a keyword detector wants it (``_gated_hits``).
+        lowered = None if head.isascii() else head.lower()
         present, blob_runs, digit_ends = _LONG_SCAN.scan(head, lowered)
     # Hits come from several scanners: always order them and drop overlapping redactions.
     hits = _numeric_hits(text, end_pos, blob_runs, digit_ends) + _gated_hits(text, end_pos, lowered, present)
     return _merge(hits) if len(hits) > 1 else hits
 
 
-def _gated_hits(text: str, end_pos: int, lowered: str, present: set[str]) -> list[Hit]:
+def _gated_hits(text: str, end_pos: int, lowered: str | None, present: set[str]) -> list[Hit]:
+    """Hits of the gated detectors woken by ``present``; ``lowered`` is ``text[:end_pos]``
+    lower-cased (``None``: not made yet, the text is ASCII)."""
     hits: list[Hit] = []
     if not present:
         return hits
@@ -195,6 +198,8 @@ def _gated_hits(text: str, end_pos: int, lowered: str, present: set[str]) -> lis
         det = DETECTORS[gated.index]
         # Lower-casing keeps offsets only for ASCII text; other text is matched case-insensitively.
         if det.lower and ascii_text:
+            if lowered is None:
+                lowered = text[:end_pos].lower()
             matches = gated.pattern.finditer(lowered, 0, end_pos)
         elif det.lower:
             matches = gated.ignorecase.finditer(text, 0, end_pos)
@@ -308,22 +313,29 @@ class _LongScan:
             self._scratch = _hs.Scratch(db)
 
     def scan(
-        self, text: str, lowered: str
+        self, text: str, lowered: str | None
     ) -> tuple[set[str], list[tuple[int, int]] | None, list[int] | None]:
-        """Gates present in ``lowered`` (``text`` lower-cased); blob runs and ends of digit
+        """Gates present in ``lowered`` (``text`` lower-cased; ``None``: made here if needed,
+        which for ASCII text is only when Hyperscan gives up); blob runs and ends of digit
         candidates in ``text`` (``None``: not known, scan the whole text)."""
+        ascii_text = text.isascii()
+        if lowered is None and (self._db is None or self._scratch is None or not ascii_text):
+            lowered = text.lower()
         if self._db is None or self._scratch is None:
             return {gate for gate in self.gates if gate in lowered}, None, None
-        ascii_text = text.isascii()
         data = text.encode("ascii") if ascii_text else lowered.encode("utf-8", "surrogatepass")
         found = _Found(len(self._hs_gates), _MAX_DIGIT_REPORTS * (1 + len(data) // 1024))
         try:
             self._db.scan(data, _note_match, context=found, scratch=self._scratch.clone())
         except _hs.ScanTerminated:  # dense with candidates: scan it all, gates the plain way
+            if lowered is None:
+                lowered = text.lower()
             return {gate for gate in self.gates if gate in lowered}, None, None
         gates = self._hs_gates
         present = {gates[i] for i in found.gates}
-        present.update(gate for gate in self._char_gates if gate in lowered)
+        # Lower-casing makes no "/" or "@" (nor removes one): look in ASCII text as it is.
+        searched = text if lowered is None else lowered
+        present.update(gate for gate in self._char_gates if gate in searched)
         if not ascii_text:  # offsets in the UTF-8 bytes are not the text's
             return present, None, None
         return present, _blob_runs(data) if found.blob else [], sorted(found.ends)
