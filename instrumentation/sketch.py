@@ -110,8 +110,9 @@ def _slot_minima(hashed: np.ndarray, scratch: np.ndarray) -> tuple[int, ...]:
         below = scratch.view(np.bool_)[4 * n : 5 * n]  # bytes [4n, 5n): apart from ``low``
         np.less(low, np.uint32(limit), out=below)
         few = below.nonzero()[0]
-        np.minimum.at(mins, (hashed[few] >> _SLOT_SHIFT).astype(np.intp), low[few])
-        if not (mins == EMPTY_SLOT).any():
+        # Slots are below 64: the shifted uint64 values read as int64 (same width) need no cast.
+        np.minimum.at(mins, np.right_shift(hashed[few], _SLOT_SHIFT).view(np.int64), low[few])
+        if mins.max() != EMPTY_SLOT:  # EMPTY_SLOT is the largest uint32: no slot left empty
             return tuple(mins.tolist())
         mins.fill(EMPTY_SLOT)
     np.minimum.at(mins, (hashed >> _SLOT_SHIFT).astype(np.intp), low)
