@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import NamedTuple
 
 try:  # Hyperscan (Vectorscan): a multi-pattern engine in C; without it the pure-Python path runs
@@ -192,8 +193,12 @@ def _gated_hits(text: str, end_pos: int, lowered: str | None, present: set[str])
     if not present:
         return hits
     ascii_text = text.isascii()
-    wanted = {k for gate in present for k in _GATED_BY_GATE[gate]}
-    for k in sorted(wanted):  # table order
+    if len(present) == 1:  # the usual case: its detectors, already in table order
+        (gate,) = present
+        order: Iterable[int] = _GATED_BY_GATE[gate]
+    else:
+        order = sorted({k for gate in present for k in _GATED_BY_GATE[gate]})
+    for k in order:  # table order
         gated = _GATED_REGEXES[k]
         det = DETECTORS[gated.index]
         # Lower-casing keeps offsets only for ASCII text; other text is matched case-insensitively.
