@@ -1,6 +1,11 @@
 """Redaction throughput (MB/s) on a generated, realistic mixed JSON corpus, vs. a naive baseline.
 
-Run: .venv/bin/python bench/redaction.py [--records N] [--seed S]
+Run: .venv/bin/python bench/redaction.py [--records N] [--seed S] [--against DIR [--rounds R]]
+
+``--against DIR`` imports a second checkout's ``instrumentation`` package (e.g. ``/work/main``)
+into this same process under another name and times both on the same corpus, interleaved, so
+machine load hits both alike; it first checks that both give identical results (the redacted
+JSON, labels, counts, fingerprints, destinations, bytes, sketches, injection scores).
 
 The corpus mixes what agents send and receive: small argument objects (queries, paths, e-mail
 fields, headers with credentials), medium bodies of prose with sparse personal data, JSON-as-text
@@ -12,13 +17,17 @@ obvious implementation), same detectors, no validation. Figures only; nothing he
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import random
 import re
 import statistics
 import string
+import sys
 import time
+from types import ModuleType
 from typing import Any
 
 from toolwatch.instrumentation import scanner
@@ -190,15 +199,100 @@ def _rate(fn: Any, items: list[Any], size: int, repeat: int = 3) -> float:
     return size / best / 1e6
 
 
+def load_instrumentation(checkout: str, name: str = "_against_instrumentation") -> ModuleType:
+    """``checkout``'s ``instrumentation`` package imported as ``name`` (its modules import each
+    other relatively, so it runs beside ours in one process). Writes no ``__pycache__`` there."""
+    root = os.path.join(os.path.abspath(checkout), "instrumentation")
+    spec = importlib.util.spec_from_file_location(
+        name, os.path.join(root, "__init__.py"), submodule_search_locations=[root]
+    )
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"--against: no instrumentation package under {checkout}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+        for sub in ("redact", "scanner"):
+            importlib.import_module(f"{name}.{sub}")
+    finally:
+        sys.dont_write_bytecode = writes
+    return module
+
+
+def result_fields(result: Any) -> tuple[Any, ...]:
+    """Everything a ``Redaction`` or ``ResultScan`` carries, comparable across two checkouts."""
+    fields = tuple(getattr(result, f) for f in result.__slots__)
+    text = result.json() if hasattr(result, "json") else ""
+    return fields + (text, result.span_attributes())
+
+
+def compare(ours: Any, theirs: Any, corpus: list[Any], texts: list[str]) -> int:
+    """Number of records whose results differ between the two redactors (0: identical)."""
+    differ = 0
+    for record, text in zip(corpus, texts, strict=True):
+        pairs = (
+            (ours.redact(record), theirs.redact(record)),
+            (ours.redact_json_text(text), theirs.redact_json_text(text)),
+            (ours.scan_result(record), theirs.scan_result(record)),
+        )
+        differ += any(result_fields(a) != result_fields(b) for a, b in pairs)
+    return differ
+
+
+def _cpu(fn: Any, items: list[Any]) -> float:
+    start = time.process_time()
+    for item in items:
+        fn(item)
+    return time.process_time() - start
+
+
+def against(checkout: str, corpus: list[Any], texts: list[str], size: int, rounds: int) -> None:
+    """A/B in one process: ours vs ``checkout``'s redactor, alternating which runs first."""
+    other = load_instrumentation(checkout)
+    theirs = sys.modules[f"{other.__name__}.redact"].Redactor(b"bench-key")
+    ours = Redactor(b"bench-key")
+    differ = compare(ours, theirs, corpus, texts)
+    print(f"identical results on {len(corpus) - differ}/{len(corpus)} records" + (" -- DIFFERENT" if differ else ""))
+    cases = {
+        "Redactor.redact (parsed JSON)": ("redact", corpus),
+        "Redactor.redact_json_text": ("redact_json_text", texts),
+        "Redactor.scan_result": ("scan_result", corpus),
+    }
+    print(f"{'':32s} {'this':>8s} {'against':>8s}   ratio (median of {rounds} interleaved rounds, MB/s per CPU-s)")
+    for label, (method, items) in cases.items():
+        mine: list[float] = []
+        base: list[float] = []
+        for k in range(rounds):
+            order = ((ours, mine), (theirs, base)) if k % 2 == 0 else ((theirs, base), (ours, mine))
+            for redactor, out in order:
+                out.append(size / _cpu(getattr(redactor, method), items) / 1e6)
+        ratios = [a / b for a, b in zip(mine, base, strict=True)]
+        print(
+            f"{label:32s} {statistics.median(mine):8.1f} {statistics.median(base):8.1f}   "
+            f"{statistics.median(ratios):.2f}x (per-round {min(ratios):.2f}-{max(ratios):.2f})"
+        )
+    print(f"load average {os.getloadavg()[0]:.1f} after the A/B")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--against", metavar="DIR", help="A/B against another checkout's instrumentation")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds for --against")
     args = parser.parse_args()
 
     corpus = make_corpus(args.records, args.seed)
     texts = [json.dumps(r, ensure_ascii=False, separators=(",", ":")) for r in corpus]
     size = sum(len(t.encode()) for t in texts)
+    if args.against:
+        print(
+            f"corpus: {len(corpus)} records, {size / 1e6:.2f} MB of JSON, seed {args.seed}; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        )
+        against(args.against, corpus, texts, size, args.rounds)
+        return
     redactor = Redactor(b"bench-key")
     print(
         f"corpus: {len(corpus)} records, {size / 1e6:.2f} MB of JSON, seed {args.seed}; "

@@ -173,8 +173,9 @@ class InjectionScan:
 
 
 _ALL_GATE_WORDS: tuple[str, ...] = tuple(dict.fromkeys(gate for gates in GATES.values() for gate in gates))
-_PRESENCE_MIN_CHARS = 256
-"""Shorter text: the substring searches cost less than a Hyperscan call."""
+_PRESENCE_MIN_CHARS = 1
+"""Hyperscan is asked about every non-empty ASCII text: even for a 4-character string one scan
+(~0.6 µs) costs less than looking for ~100 gate words one after another (~3-15 µs)."""
 
 
 class _GateWords:
@@ -221,7 +222,7 @@ def scan_injection(texts: list[str]) -> InjectionScan:
     """Score the strings of one tool result (already bounded by the caller's size budget)."""
     found: set[str] = set()
     for text in texts:
-        if _HIDDEN.search(text):
+        if not text.isascii() and _HIDDEN.search(text):  # every hidden character is non-ASCII
             found.add("hidden_text")
             # Unicode tag characters smuggle ASCII invisibly: read what they say too.
             text = text + "\n" + _TAGS.sub(_untag, text)

@@ -8,10 +8,11 @@ whose class prefix lets the engine skip all other text in C. See docs/redaction.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import re
 from dataclasses import dataclass
+from collections.abc import Iterable
+from typing import NamedTuple
 
 try:  # Hyperscan (Vectorscan): a multi-pattern engine in C; without it the pure-Python path runs
     import hyperscan as _hs
@@ -101,9 +102,11 @@ _NOT_AFTER_RE: dict[str, re.Pattern[str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """A validated sensitive span ``text[start:end]``."""
+class Hit(NamedTuple):
+    """A validated sensitive span ``text[start:end]``.
+
+    A named tuple, not a dataclass: a frozen dataclass sets each field through
+    ``object.__setattr__``, and a long text yields thousands of hits (~1 µs each saved)."""
 
     detector: Detector
     start: int
@@ -115,6 +118,10 @@ class Hit:
     value: str = ""
     """The whole value found (what is fingerprinted), even when ``start`` was moved past an
     overlapping earlier hit."""
+
+
+_new_hit = tuple.__new__
+"""``Hit`` without its Python-level ``__new__`` (every field given, in order)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,28 +171,40 @@ def find_hits(text: str, limit: int | None = None) -> list[Hit]:
         head = text if end_pos == len(text) else text[:end_pos]
         lowered = head.lower()
         present = set(_GATE_RE.findall(lowered))
-        blob_runs = _blob_runs(head.encode("ascii")) if head.isascii() else None
+        if end_pos < _BLOB_MIN:
+            blob_runs: list[tuple[int, int]] | None = []  # too short to hold a run
+        else:
+            blob_runs = _blob_runs(head.encode("ascii")) if head.isascii() else None
         digit_ends = None
     else:
         head = text if end_pos == len(text) else text[:end_pos]
-        lowered = head.lower()
+        # ASCII text is lower-cased only if a keyword detector wants it (``_gated_hits``).
+        lowered = None if head.isascii() else head.lower()
         present, blob_runs, digit_ends = _LONG_SCAN.scan(head, lowered)
     # Hits come from several scanners: always order them and drop overlapping redactions.
     hits = _numeric_hits(text, end_pos, blob_runs, digit_ends) + _gated_hits(text, end_pos, lowered, present)
     return _merge(hits) if len(hits) > 1 else hits
 
 
-def _gated_hits(text: str, end_pos: int, lowered: str, present: set[str]) -> list[Hit]:
+def _gated_hits(text: str, end_pos: int, lowered: str | None, present: set[str]) -> list[Hit]:
+    """Hits of the gated detectors woken by ``present``; ``lowered`` is ``text[:end_pos]``
+    lower-cased (``None``: not made yet, the text is ASCII)."""
     hits: list[Hit] = []
     if not present:
         return hits
     ascii_text = text.isascii()
-    wanted = {k for gate in present for k in _GATED_BY_GATE[gate]}
-    for k in sorted(wanted):  # table order
+    if len(present) == 1:  # the usual case: its detectors, already in table order
+        (gate,) = present
+        order: Iterable[int] = _GATED_BY_GATE[gate]
+    else:
+        order = sorted({k for gate in present for k in _GATED_BY_GATE[gate]})
+    for k in order:  # table order
         gated = _GATED_REGEXES[k]
         det = DETECTORS[gated.index]
         # Lower-casing keeps offsets only for ASCII text; other text is matched case-insensitively.
         if det.lower and ascii_text:
+            if lowered is None:
+                lowered = text[:end_pos].lower()
             matches = gated.pattern.finditer(lowered, 0, end_pos)
         elif det.lower:
             matches = gated.ignorecase.finditer(text, 0, end_pos)
@@ -208,6 +227,8 @@ if _BLOB_MIN < 16 or any(
     not _EXTEND_CHARS[DETECTORS[i].extend] <= _BLOB_SET for i in NUMERIC if DETECTORS[i].anchor == _BLOB_CLASS
 ):
     raise RuntimeError("scanner: the blob-run pre-filter no longer covers the [A-Z0-9] detectors; fix _BLOB_CHARS")
+_BLOB_RUN = f"[{_BLOB_CHARS}]{{{_BLOB_MIN}}}"
+"""Where ``_blob_runs`` finds a run, Hyperscan matches this (the same characters, as many)."""
 _BLOB_TABLE = bytes(ord("a") if chr(i) in _BLOB_SET else ord(" ") for i in range(256))
 _BLOB_NEEDLE = b"a" * _BLOB_MIN
 
@@ -266,7 +287,8 @@ class _LongScan:
     shape, so the ``[0-9]`` scanner reads only the lines holding one (text denser than
     ``_MAX_DIGIT_REPORTS`` per KiB stops the pass early and is scanned whole). ``_blob_runs``
     finds the runs of blob characters, so the base64 scanner reads those, not every capital
-    and digit.
+    and digit; the pass reports whether there is any (``_BLOB_MIN`` blob characters in a row,
+    once), and most long texts have none, so ``_blob_runs`` reads only the others.
 
     Offsets are only the text's for ASCII text; other text is scanned lower-cased, for the gates.
     The database is immutable; each scan gets its own scratch space (a clone costs ~0.3 µs), so
@@ -276,52 +298,65 @@ class _LongScan:
 
     def __init__(self, gates: tuple[str, ...]) -> None:
         self.gates = gates
+        # One-character gates ("/", "@", caseless) are frequent, so they cost the automaton more
+        # than a C ``in`` (memchr) after it costs: they are looked for that way.
+        self._char_gates = tuple(gate for gate in gates if len(gate) == 1)
+        self._hs_gates = hs_gates = tuple(gate for gate in gates if len(gate) > 1)
         self._db = None
         self._scratch = None
         if _hs is not None:
-            expressions = [re.escape(gate) for gate in gates] + list(_DIGIT_CANDIDATES)
+            expressions = [re.escape(gate) for gate in hs_gates] + list(_DIGIT_CANDIDATES) + [_BLOB_RUN]
             literal = _hs.HS_FLAG_SINGLEMATCH | _hs.HS_FLAG_CASELESS
             db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
             db.compile(
                 expressions=[expression.encode() for expression in expressions],
-                ids=list(range(len(gates))) + [len(gates)] * len(_DIGIT_CANDIDATES),
+                ids=list(range(len(hs_gates))) + [len(hs_gates)] * len(_DIGIT_CANDIDATES) + [len(hs_gates) + 1],
                 elements=len(expressions),
-                flags=[literal] * len(gates) + [0] * len(_DIGIT_CANDIDATES),
+                flags=[literal] * len(hs_gates) + [0] * len(_DIGIT_CANDIDATES) + [_hs.HS_FLAG_SINGLEMATCH],
             )
             self._db = db
             self._scratch = _hs.Scratch(db)
 
     def scan(
-        self, text: str, lowered: str
+        self, text: str, lowered: str | None
     ) -> tuple[set[str], list[tuple[int, int]] | None, list[int] | None]:
-        """Gates present in ``lowered`` (``text`` lower-cased); blob runs and ends of digit
+        """Gates present in ``lowered`` (``text`` lower-cased; ``None``: made here if needed,
+        which for ASCII text is only when Hyperscan gives up); blob runs and ends of digit
         candidates in ``text`` (``None``: not known, scan the whole text)."""
+        ascii_text = text.isascii()
+        if lowered is None and (self._db is None or self._scratch is None or not ascii_text):
+            lowered = text.lower()
         if self._db is None or self._scratch is None:
             return {gate for gate in self.gates if gate in lowered}, None, None
-        ascii_text = text.isascii()
         data = text.encode("ascii") if ascii_text else lowered.encode("utf-8", "surrogatepass")
-        found = _Found(len(self.gates), _MAX_DIGIT_REPORTS * (1 + len(data) // 1024))
+        found = _Found(len(self._hs_gates), _MAX_DIGIT_REPORTS * (1 + len(data) // 1024))
         try:
             self._db.scan(data, _note_match, context=found, scratch=self._scratch.clone())
         except _hs.ScanTerminated:  # dense with candidates: scan it all, gates the plain way
+            if lowered is None:
+                lowered = text.lower()
             return {gate for gate in self.gates if gate in lowered}, None, None
-        gates = self.gates
+        gates = self._hs_gates
         present = {gates[i] for i in found.gates}
+        # Lower-casing makes no "/" or "@" (nor removes one): look in ASCII text as it is.
+        searched = text if lowered is None else lowered
+        present.update(gate for gate in self._char_gates if gate in searched)
         if not ascii_text:  # offsets in the UTF-8 bytes are not the text's
             return present, None, None
-        return present, _blob_runs(data), sorted(found.ends)
+        return present, _blob_runs(data) if found.blob else [], sorted(found.ends)
 
 
 class _Found:
     """What one ``_LongScan`` pass reported."""
 
-    __slots__ = ("digit_id", "cap", "gates", "ends")
+    __slots__ = ("digit_id", "cap", "gates", "ends", "blob")
 
     def __init__(self, digit_id: int, cap: int) -> None:
         self.digit_id = digit_id
         self.cap = cap
         self.gates: set[int] = set()
         self.ends: list[int] = []
+        self.blob = False
 
 
 def _note_match(pattern_id: int, start: int, end: int, flags: int, found: _Found) -> bool:
@@ -329,18 +364,28 @@ def _note_match(pattern_id: int, start: int, end: int, flags: int, found: _Found
     if pattern_id == found.digit_id:
         found.ends.append(end)
         return len(found.ends) > found.cap
-    found.gates.add(pattern_id)
+    if pattern_id == found.digit_id + 1:
+        found.blob = True
+    else:
+        found.gates.add(pattern_id)
     return False
 
 
 _LONG_SCAN = _LongScan(_ALL_GATES)
 
 
+_CLASS_PLAN: tuple[tuple[str, tuple[_Scanner, ...], str | None, int], ...] = tuple(
+    (anchor_class, scanners, _LITERAL_ANCHORS.get(anchor_class), _MIN_TOKEN.get(anchor_class, 0))
+    for anchor_class, scanners in _SCANNERS.items()
+)
+"""Per anchor class, in table order: its scanners, its literal anchor (or None), its shortest token."""
+
+
 def _numeric_hits(
     text: str, end_pos: int, blob_runs: list[tuple[int, int]] | None = None, digit_ends: list[int] | None = None
 ) -> list[Hit]:
     hits: list[Hit] = []
-    for anchor_class, scanners in _SCANNERS.items():
+    for anchor_class, scanners, literal, min_token in _CLASS_PLAN:
         if anchor_class == "[0-9]" and digit_ends is not None:
             # Only the lines that hold a candidate shape can hold a match: scan those lines.
             line_end = -1
@@ -358,10 +403,9 @@ def _numeric_hits(
             for run_start, run_end in blob_runs:
                 hits.extend(_class_hits(scanners, text, run_end, run_start))
             continue
-        literal = _LITERAL_ANCHORS.get(anchor_class)
         if literal is not None and text.find(literal, 0, end_pos) < 0:
             continue  # "+" or "(" is absent: a C-speed look saves the regex call
-        if end_pos < _MIN_TOKEN.get(anchor_class, 0):
+        if end_pos < min_token:
             continue  # too short for any blob
         hits.extend(_class_hits(scanners, text, end_pos))
     return hits
@@ -381,8 +425,10 @@ def _class_hits(scanners: tuple[_Scanner, ...], text: str, end_pos: int, pos: in
         while match is not None:
             index, value_group, host_group = scanner.detector_of_group[match.lastindex or 0]
             hit = _accept(DETECTORS[index], value_group, host_group, match, text, floor)
+            if hit is not None:
+                break
             position = first_scanner.members.index(index) + 1
-            if hit is not None or position >= len(scanners):
+            if position >= len(scanners):
                 break
             # Rejected (a checksum failed): the later detectors get their chance at this anchor.
             scanner = scanners[position]
@@ -410,12 +456,23 @@ def _merge(hits: list[Hit]) -> list[Hit]:
             kept.append(hit)
             redacted_until = hit.end
         elif hit.end > redacted_until:
-            kept.append(dataclasses.replace(hit, start=redacted_until))
+            kept.append(hit._replace(start=redacted_until))
             redacted_until = hit.end
     return kept
 
 
 _USERINFO_BEFORE = re.compile(r"://[^\s/@]*\Z")
+_EXTEND_STRIP: dict[str, str] = {extend: "".join(sorted(chars)) for extend, chars in _EXTEND_CHARS.items()}
+"""The extension classes as ``str.rstrip`` arguments: stripping them off ``text[lo:start]`` moves
+the start back over them in C, as the character-by-character loop did."""
+if any("\\" in det.not_after for det in DETECTORS):
+    raise RuntimeError("scanner: a not_after class uses an escape; _NOT_AFTER_SET covers only ASCII ranges")
+_NOT_AFTER_SET: dict[str, frozenset[str]] = {
+    chars: frozenset(ch for ch in map(chr, range(128)) if pattern.match(ch)) for chars, pattern in _NOT_AFTER_RE.items()
+}
+"""The ``not_after`` classes as sets (they hold ASCII ranges only): a set look-up, not a regex call."""
+_KIND_EMAIL, _KIND_URL, _KIND_IPV6 = 1, 2, 3
+_KIND: dict[str, int] = {"email": _KIND_EMAIL, "url": _KIND_URL, "ipv6": _KIND_IPV6}
 
 
 def _accept(
@@ -426,30 +483,33 @@ def _accept(
     start = anchor - det.back
     if det.extend:
         lo = max(floor, anchor - det.extend_max, 0)
-        chars = _EXTEND_CHARS[det.extend]
-        while start > lo and text[start - 1] in chars:
-            start -= 1
-    if det.name == "ipv6" and text.startswith(":", start) and not text.startswith("::", start):
+        if start > lo:
+            start = lo + len(text[lo:start].rstrip(_EXTEND_STRIP[det.extend]))
+    kind = _KIND.get(det.name, 0)
+    if kind == _KIND_IPV6 and text.startswith(":", start) and not text.startswith("::", start):
         start += 1  # "addr:2001:db8::1": the colon before the address is not part of it
     if start < floor:
         return None
     end = match.end()
-    if det.not_after and start > 0 and _NOT_AFTER_RE[det.not_after].match(text, start - 1):
+    if det.not_after and start > 0 and text[start - 1] in _NOT_AFTER_SET[det.not_after]:
         return None
     if det.min_len and end - start < det.min_len:
         return None
     host = url = ""
-    if det.name == "email":
+    if kind == _KIND_EMAIL:
         if start == anchor or _USERINFO_BEFORE.search(text, max(0, start - 256), start):
             return None  # no local part, or the user-info of a URL (scheme://user:pass@host)
         host = text[anchor + 1 : end].lower()
-    elif det.name == "url":
+    elif kind == _KIND_URL:
         if start == anchor or not text[start].isalpha():
             return None
         host = (match.group(host_group) or "").lower() if host_group else ""
         url = f"{text[start:anchor].lower()}://{host}"
-    if value_group is not None and match.group(value_group) is not None:
-        start, end = match.span(value_group)
-    if det.validate is not None and not det.validate(text[start:end]):
+    if value_group is not None:
+        value_start, value_end = match.span(value_group)
+        if value_start >= 0:  # the group took part in the match
+            start, end = value_start, value_end
+    value = text[start:end]
+    if det.validate is not None and not det.validate(value):
         return None
-    return Hit(det, start, end, host, url, text[start:end])
+    return _new_hit(Hit, (det, start, end, host, url, value))

@@ -11,7 +11,6 @@ import base64
 import ipaddress
 import math
 import re
-from collections import Counter
 from collections.abc import Callable
 
 from stdnum import iban as _iban
@@ -22,12 +21,22 @@ from stdnum.in_ import aadhaar as _in_aadhaar
 from stdnum.it import codicefiscale as _it_cf
 from stdnum.us import ssn as _us_ssn
 
+try:  # the C loop behind ``Counter(text)``, without Counter's Python-level __init__ and update
+    from _collections import _count_elements
+except ImportError:  # pragma: no cover - another Python implementation
+
+    def _count_elements(mapping: dict[str, int], iterable: str) -> None:
+        for item in iterable:
+            mapping[item] = mapping.get(item, 0) + 1
+
+
 Validator = Callable[[str], bool]
 Normaliser = Callable[[str], str]
 
 
 _NOT_ASCII_DIGIT = re.compile(r"[^0-9]+")
 _ASCII_DIGIT = re.compile(r"[0-9]")
+_CARD_SEPARATOR = re.compile(r"[ -]")
 
 
 def only_digits(text: str) -> str:
@@ -53,20 +62,28 @@ def shannon_entropy(text: str) -> float:
     n = len(text)
     if not n:
         return 0.0
+    counts: dict[str, int] = {}  # what Counter(text) holds, in the same (first-seen) order
+    _count_elements(counts, text)
     if n <= _TERM_TABLE_MAX:
-        return -sum(map(_ENTROPY_TERMS[n].__getitem__, Counter(text).values()))
-    return -sum(c / n * math.log2(c / n) for c in Counter(text).values())
+        return -sum(map(_ENTROPY_TERMS[n].__getitem__, counts.values()))
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
 
 
 def is_card(text: str) -> bool:
     digits = only_digits(text)
     if not (13 <= len(digits) <= 19 and digits[0] in "23456" and len(set(digits)) > 1):
         return False
-    groups = [len(g) for g in re.split(r"[ -]", text)]
+    groups = [len(g) for g in _CARD_SEPARATOR.split(text)]
     # Printed cards group digits in fours (Amex: 4-6-5); other groupings are other numbers.
     if len(groups) > 1 and groups != [4, 6, 5] and not (all(g == 4 for g in groups[:-1]) and groups[-1] <= 4):
         return False
+    if digits.isascii():  # the usual case: the Luhn sum without stdnum's generic alphabet
+        return (sum(map(int, digits[-1::-2])) + sum(map(_LUHN_DOUBLED.__getitem__, digits[-2::-2]))) % 10 == 0
     return _luhn.is_valid(digits)
+
+
+_LUHN_DOUBLED = {str(d): sum(divmod(2 * d, 10)) for d in range(10)}
+"""A digit's Luhn value when doubled (as ``stdnum.luhn.checksum`` computes it)."""
 
 
 def is_iban(text: str) -> bool:
@@ -82,10 +99,16 @@ def is_ipv6(text: str) -> bool:
 
 
 def is_ipv4(text: str) -> bool:
-    try:
-        ipaddress.IPv4Address(text)
-    except ValueError:
+    """What ``ipaddress.IPv4Address(text)`` accepts (four ASCII decimal octets of 0-255, no
+    leading zeros), without its exceptions: ~10x cheaper on the candidates the scanner sends."""
+    parts = text.split(".")
+    if len(parts) != 4:
         return False
+    for part in parts:
+        if not (part.isascii() and part.isdigit()) or len(part) > 3 or (part[0] == "0" and part != "0"):
+            return False
+        if int(part) > 255:
+            return False
     return True
 
 

@@ -134,3 +134,26 @@ def test_threads_scan_at_once_with_the_same_results() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         for _ in range(5):
             assert list(pool.map(find_hits, texts)) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from(["a", "Z", "9", "+", "/", "_", "=", "-", " ", "\n", ".", "é", "x" * 31, "Q" * 32]), max_size=120),
+    st.integers(min_value=0, max_value=600),
+)
+def test_blob_runs_are_read_only_where_the_pass_saw_one(parts: list[str], pad: int) -> None:
+    # The one pass says whether any run of _BLOB_MIN blob characters exists; where it says none,
+    # _blob_runs would have found none either.
+    text = " " * pad + "".join(parts) + " " * 513
+    present, runs, digit_ends = scanner._LONG_SCAN.scan(text, text.lower())
+    if text.isascii() and digit_ends is not None:
+        assert runs == scanner._blob_runs(text.encode("ascii"))
+    else:
+        assert runs is None
+
+
+def test_one_character_gates_are_found_beside_the_pass() -> None:
+    # "/" and "@" are looked for with ``in``, not by Hyperscan: the present set is the same.
+    for text in ("plain words " * 60 + "mail bob@example.com at /srv/x", "plain words " * 60 + "AKIA", "/" + "x" * 600):
+        present, _, _ = scanner._LONG_SCAN.scan(text, text.lower())
+        assert present == {gate for gate in scanner._ALL_GATES if gate in text.lower()}
