@@ -33,6 +33,7 @@ from .servers import EXFIL_ADDRESS, INJECTED_URL, SECRET_NOTE
 __all__ = ["PHASES", "AGENTS", "AgentSpec", "PhaseReport", "run_agents"]
 
 PHASES = ("learn", "exfil", "spike", "rugpull", "injection")
+LEARN_ROUND_S = 0.5  # at least this long per learning round (5 calls of the coding agent: <= 10 calls/s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,8 +174,13 @@ async def _learn(endpoint: str, redactor: Any, report: PhaseReport, rounds: int,
     async with contextlib.AsyncExitStack() as stack:
         agents = {key: await stack.enter_async_context(_agent(spec, endpoint, redactor, report, urls))
                   for key, spec in AGENTS.items()}
+        loop = asyncio.get_running_loop()
         for i in range(rounds):
+            started = loop.time()
             await asyncio.gather(*(_ROUNDS[key](agent, rng) for key, agent in agents.items()))
+            # Paced like an agent that thinks between turns: the learned call rate stays well below
+            # the spike's on any machine, so a slow or busy host still shows the burst as a burst.
+            await asyncio.sleep(max(0.0, LEARN_ROUND_S - (loop.time() - started)))
             progress(f"learn: round {i + 1}/{rounds} done")
 
 
