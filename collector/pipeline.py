@@ -175,6 +175,16 @@ class Pipeline:
             self.metrics.event_time.labels("clamped", reason).inc(n)
         return Admission(True, verdict)
 
+    def full_for(self, spans: int) -> bool:
+        """True when a request of ``spans`` spans may not fit: refuse it before normalising it.
+
+        Spans bound the events a request adds, so a request refused here might have fitted
+        (some of its spans not being tool events) only when the queue is within ``spans`` of
+        full, and it is retried. A request larger than the whole queue is left to ``submit``,
+        which counts its events, so it is never refused forever.
+        """
+        return spans <= self.queue_max and self._depth + spans > self.queue_max
+
     def submit(self, calls: list[ToolCall], listings: list[ToolListing]) -> bool:
         """Queue events as they are (no event-time rule: use ``admit``); False when the queue is full."""
         n = len(calls) + len(listings)
