@@ -328,6 +328,29 @@ class GcTimer:
         gc.callbacks.remove(self._cb)
 
 
+class CpuSplit:
+    """Thread CPU seconds spent in detectors (``Pipeline._observe``) and in refits, by wrapping
+    the daemon's own methods: what is left of the process's CPU is ingest, the event loop and GC
+    outside those two."""
+
+    def __init__(self, runner: DaemonRunner) -> None:
+        self.observe = self.refit = 0.0
+        pipe = runner.daemon.pipeline
+        pipe._observe = self._timed(pipe._observe, "observe")  # type: ignore[method-assign]
+        for det in runner.daemon.retrainer.detectors:
+            det.retrain = self._timed(det.retrain, "refit")  # type: ignore[method-assign]
+
+    def _timed(self, fn: Any, field: str) -> Any:
+        def timed(*args: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return fn(*args)
+            finally:
+                setattr(self, field, getattr(self, field) + time.thread_time() - t)
+
+        return timed
+
+
 def state_sizes(runner: DaemonRunner) -> str:
     """Entries per detector state (agents, keys), for spotting growth."""
     out = []
@@ -360,7 +383,8 @@ def soak(runner: DaemonRunner, bodies: list[bytes], clients: int, seconds: float
     db = Path(runner.daemon.cfg.data_path)
     print(f"soak: {seconds:.0f} s, traffic {'live' if live else 'replay'}, samples every {interval:.0f} s", flush=True)
     print(f"{'t s':>6} {'spans/s':>8} {'total':>10} {'lag p50 ms':>10} {'RSS MB':>7} {'gc2 n':>5} {'gc2 s':>6} "
-          f"{'gc s':>6} {'db MB':>6} {'cpu %':>5} {'spans/cpu-s':>11} {'429/s':>6} {'refits':>6} {'load':>5}  state",
+          f"{'gc s':>6} {'db MB':>6} {'cpu %':>5} {'spans/cpu-s':>11} {'429/s':>6} {'refits':>6} {'det %':>5} "
+          f"{'refit %':>7} {'load':>5}  state",
           flush=True)
     reg = runner.daemon.metrics.registry
 
@@ -372,7 +396,9 @@ def soak(runner: DaemonRunner, bodies: list[bytes], clients: int, seconds: float
         p.start()
     last_t, last_n, last_lag = t0, pipe.processed, len(runner.lag.values)
     last_gc = (0, 0.0, 0.0)
+    split = CpuSplit(runner)
     last_cpu, last_refused, last_fits = _cpu_s(), refused(), runner.daemon.retrainer.fitted
+    last_split = (0.0, 0.0)
     while True:
         time.sleep(interval - ((time.perf_counter() - t0) % interval))
         now, n = time.perf_counter(), pipe.processed
@@ -384,8 +410,11 @@ def soak(runner: DaemonRunner, bodies: list[bytes], clients: int, seconds: float
               f"{gc_now[0] - last_gc[0]:5d} {gc_now[1] - last_gc[1]:6.2f} {gc_now[2] - last_gc[2]:6.2f} {db_mb:6.1f} "
               f"{100 * (_cpu_s() - last_cpu) / (now - last_t):5.0f} {(n - last_n) / max(1e-9, _cpu_s() - last_cpu):11,.0f} "
               f"{(refused() - last_refused) / (now - last_t):6.1f} {runner.daemon.retrainer.fitted - last_fits:6d} "
+              f"{100 * (split.observe - last_split[0]) / max(1e-9, _cpu_s() - last_cpu):5.0f} "
+              f"{100 * (split.refit - last_split[1]) / max(1e-9, _cpu_s() - last_cpu):7.0f} "
               f"{os.getloadavg()[0]:5.1f}  {state_sizes(runner)}", flush=True)
         last_cpu, last_refused, last_fits = _cpu_s(), refused(), runner.daemon.retrainer.fitted
+        last_split = (split.observe, split.refit)
         if with_census:
             print("   census:", census(), flush=True)
         last_t, last_n, last_lag, last_gc = now, n, len(runner.lag.values), gc_now
