@@ -138,8 +138,10 @@ class LiveTraffic:
 
 
 # --- load generators (separate processes) ----------------------------------------------------------
-def http_soak_client(port: int, bodies: list[bytes], seconds: float, live: bool, seed: int, out: Any) -> None:
-    """Post as fast as accepted for ``seconds`` of wall time (the soak run)."""
+def http_soak_client(port: int, bodies: list[bytes], seconds: float, live: bool, seed: int, out: Any,
+                     honour_retry_after: bool = False) -> None:
+    """Post as fast as accepted for ``seconds`` of wall time (the soak run). A refused request is
+    sent again after 20 ms, or after the daemon's ``Retry-After`` as OTLP exporters should."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.connect()
     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -155,10 +157,15 @@ def http_soak_client(port: int, bodies: list[bytes], seconds: float, live: bool,
             resp = conn.getresponse()
             resp.read()
             if resp.status == 200:
+                sent += 1
                 break
             retries += 1
-            time.sleep(0.02 if resp.status in (429, 503) else 1)
-        sent += 1
+            if time.perf_counter() >= end:
+                break  # the soak is over: this request is not sent
+            if honour_retry_after and resp.getheader("Retry-After"):
+                time.sleep(min(float(resp.getheader("Retry-After") or 1), max(0.0, end - time.perf_counter())))
+            else:
+                time.sleep(0.02 if resp.status in (429, 503) else 1)
     out.put((sent, retries))
 
 
@@ -372,16 +379,18 @@ def census(top: int = 12) -> str:
 
 
 def soak(runner: DaemonRunner, bodies: list[bytes], clients: int, seconds: float, interval: float, live: bool,
-         with_census: bool = False) -> None:
+         with_census: bool = False, honour_retry_after: bool = False) -> None:
     """One long max-rate OTLP/HTTP run, printing per interval: spans/s, lag p50, RSS, GC pauses."""
     port = runner.port("otlp_http")
     ctx = mp.get_context("fork")
     q: Any = ctx.Queue()
-    procs = [ctx.Process(target=http_soak_client, args=(port, bodies, seconds, live, 1000 + k, q)) for k in range(clients)]
+    procs = [ctx.Process(target=http_soak_client, args=(port, bodies, seconds, live, 1000 + k, q, honour_retry_after))
+             for k in range(clients)]
     gct = GcTimer()
     pipe = runner.daemon.pipeline
     db = Path(runner.daemon.cfg.data_path)
-    print(f"soak: {seconds:.0f} s, traffic {'live' if live else 'replay'}, samples every {interval:.0f} s", flush=True)
+    print(f"soak: {seconds:.0f} s, traffic {'live' if live else 'replay'}, samples every {interval:.0f} s, "
+          f"retry after {'Retry-After' if honour_retry_after else '20 ms'}", flush=True)
     print(f"{'t s':>6} {'spans/s':>8} {'total':>10} {'lag p50 ms':>10} {'RSS MB':>7} {'gc2 n':>5} {'gc2 s':>6} "
           f"{'gc s':>6} {'db MB':>6} {'cpu %':>5} {'spans/cpu-s':>11} {'429/s':>6} {'refits':>6} {'det %':>5} "
           f"{'refit %':>7} {'load':>5}  state",
@@ -509,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traffic", choices=["live", "replay"], default="live",
                     help="soak traffic: live (advancing times, fresh ids, sessions that end) or replay (the same 8 bodies)")
     ap.add_argument("--census", action="store_true", help="soak: also print the most common GC-tracked types per sample")
+    ap.add_argument("--honour-retry-after", action="store_true",
+                    help="soak: resend a refused request after the daemon's Retry-After, not after 20 ms")
     args = ap.parse_args(argv)
     only = set(args.only or ["http", "grpc", "paced", "naive"])
     bodies = [make_body(args.batch, seed) for seed in range(8)]
@@ -521,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             runner = DaemonRunner(str(Path(tmp) / "data"))
             try:
-                soak(runner, bodies, args.clients, args.soak, args.interval, args.traffic == "live", args.census)
+                soak(runner, bodies, args.clients, args.soak, args.interval, args.traffic == "live", args.census,
+                     args.honour_retry_after)
             finally:
                 runner.close()
         return 0
