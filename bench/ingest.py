@@ -1,6 +1,7 @@
 """OTLP ingest benchmark: sustained spans/s end to end and lag, against a naive pipeline.
 
     .venv/bin/python bench/ingest.py [--seconds 8] [--batch 500] [--clients 2] [--profile]
+    .venv/bin/python bench/ingest.py --soak 600 [--interval 20] [--traffic live|replay]
 
 A real Daemon (all built-in detectors on) runs in this process; load generators in separate
 processes post pre-encoded OTLP bodies (the SDK exporter is far too slow to load it) over
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import http.client
 import itertools
 import multiprocessing as mp
@@ -97,7 +99,76 @@ def make_body(n: int, seed: int) -> bytes:
     return req.SerializeToString()
 
 
+class LiveTraffic:
+    """Realistic traffic from the pre-encoded bodies: each request is re-stamped with event times
+    that advance with the wall clock, fresh trace and span ids, and per-agent sessions that end
+    (a new session id after 5..60 calls), as real agents produce. Replaying the same few bodies
+    instead repeats event times, ids and 500 never-ending sessions, which is not what a daemon
+    running for weeks sees."""
+
+    SESSION_ATTR = 4  # index of mcp.session.id in make_body's attribute order
+    AGENT_ATTR = 3
+
+    def __init__(self, bodies: list[bytes], seed: int) -> None:
+        self.reqs = [ExportTraceServiceRequest.FromString(b) for b in bodies]
+        self.rnd = random.Random(seed)
+        self.seed = seed
+        self.sessions: dict[str, list[int]] = {}  # agent -> [session number, calls left]
+        self.n = 0
+
+    def body(self, i: int) -> bytes:
+        req = self.reqs[i % len(self.reqs)]
+        spans = req.resource_spans[0].scope_spans[0].spans
+        now = time.time_ns()
+        ids = os.urandom(24 * len(spans))
+        rnd, sessions = self.rnd, self.sessions
+        for j, span in enumerate(spans):
+            span.trace_id = ids[24 * j:24 * j + 16]
+            span.span_id = ids[24 * j + 16:24 * j + 24]
+            span.start_time_unix_nano = now + j * 1000
+            span.end_time_unix_nano = now + j * 1000 + 2_000_000
+            agent = span.attributes[self.AGENT_ATTR].value.string_value
+            s = sessions.get(agent)
+            if s is None or s[1] <= 0:
+                self.n += 1
+                s = sessions[agent] = [self.n, rnd.randrange(5, 61)]
+            s[1] -= 1
+            span.attributes[self.SESSION_ATTR].value.string_value = f"s-{self.seed}-{s[0]}"
+        return req.SerializeToString()
+
+
 # --- load generators (separate processes) ----------------------------------------------------------
+def http_soak_client(port: int, bodies: list[bytes], seconds: float, live: bool, seed: int, out: Any,
+                     honour_retry_after: bool = False) -> None:
+    """Post as fast as accepted for ``seconds`` of wall time (the soak run). A refused request is
+    sent again after 20 ms, or after the daemon's ``Retry-After`` as OTLP exporters should."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    traffic = LiveTraffic(bodies, seed) if live else None
+    sent = retries = 0
+    end = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < end:
+        body = traffic.body(i) if traffic else bodies[i % len(bodies)]
+        i += 1
+        while True:
+            conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                sent += 1
+                break
+            retries += 1
+            if time.perf_counter() >= end:
+                break  # the soak is over: this request is not sent
+            if honour_retry_after and resp.getheader("Retry-After"):
+                time.sleep(min(float(resp.getheader("Retry-After") or 1), max(0.0, end - time.perf_counter())))
+            else:
+                time.sleep(0.02 if resp.status in (429, 503) else 1)
+    out.put((sent, retries))
+
+
 def http_client(port: int, bodies: list[bytes], n_requests: int, interval_s: float, out: Any) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.connect()
@@ -228,6 +299,151 @@ def run_load(runner: DaemonRunner, proto: str, bodies: list[bytes], spans_per_bo
     }
 
 
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process (the daemon): spans per CPU-second does not depend on how
+    much of the machine other processes take."""
+    t = os.times()
+    return t.user + t.system
+
+
+class GcTimer:
+    """Counts collections and their pause time per generation (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._t0 = 0.0
+        gc.callbacks.append(self._cb)
+
+    def _cb(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            g = info["generation"]
+            self.count[g] += 1
+            self.seconds[g] += time.perf_counter() - self._t0
+
+    def close(self) -> None:
+        gc.callbacks.remove(self._cb)
+
+
+class CpuSplit:
+    """Thread CPU seconds spent in detectors (``Pipeline._observe``) and in refits, by wrapping
+    the daemon's own methods: what is left of the process's CPU is ingest, the event loop and GC
+    outside those two."""
+
+    def __init__(self, runner: DaemonRunner) -> None:
+        self.observe = self.refit = 0.0
+        pipe = runner.daemon.pipeline
+        pipe._observe = self._timed(pipe._observe, "observe")  # type: ignore[method-assign]
+        for det in runner.daemon.retrainer.detectors:
+            det.retrain = self._timed(det.retrain, "refit")  # type: ignore[method-assign]
+
+    def _timed(self, fn: Any, field: str) -> Any:
+        def timed(*args: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return fn(*args)
+            finally:
+                setattr(self, field, getattr(self, field) + time.thread_time() - t)
+
+        return timed
+
+
+def state_sizes(runner: DaemonRunner) -> str:
+    """Entries per detector state (agents, keys), for spotting growth."""
+    out = []
+    for det in runner.daemon.detectors:
+        st = getattr(det, "_state", None)
+        if isinstance(st, dict) and st:
+            out.append(f"{det.name}={len(st)}")
+    return " ".join(out)
+
+
+def census(top: int = 12) -> str:
+    """The most common GC-tracked object types (what every full collection has to walk)."""
+    from collections import Counter
+
+    objs = gc.get_objects()
+    counts = Counter(type(o).__name__ for o in objs)
+    del objs
+    return f"{sum(counts.values()):,} tracked: " + ", ".join(f"{k} {v:,}" for k, v in counts.most_common(top))
+
+
+def soak(runner: DaemonRunner, bodies: list[bytes], clients: int, seconds: float, interval: float, live: bool,
+         with_census: bool = False, honour_retry_after: bool = False) -> None:
+    """One long max-rate OTLP/HTTP run, printing per interval: spans/s, lag p50, RSS, GC pauses."""
+    port = runner.port("otlp_http")
+    ctx = mp.get_context("fork")
+    q: Any = ctx.Queue()
+    procs = [ctx.Process(target=http_soak_client, args=(port, bodies, seconds, live, 1000 + k, q, honour_retry_after))
+             for k in range(clients)]
+    gct = GcTimer()
+    pipe = runner.daemon.pipeline
+    db = Path(runner.daemon.cfg.data_path)
+    print(f"soak: {seconds:.0f} s, traffic {'live' if live else 'replay'}, samples every {interval:.0f} s, "
+          f"retry after {'Retry-After' if honour_retry_after else '20 ms'}", flush=True)
+    print(f"{'t s':>6} {'spans/s':>8} {'total':>10} {'lag p50 ms':>10} {'RSS MB':>7} {'gc2 n':>5} {'gc2 s':>6} "
+          f"{'gc s':>6} {'db MB':>6} {'cpu %':>5} {'spans/cpu-s':>11} {'429/s':>6} {'refits':>6} {'det %':>5} "
+          f"{'refit %':>7} {'load':>5}  state",
+          flush=True)
+    reg = runner.daemon.metrics.registry
+
+    def refused() -> float:
+        return reg.get_sample_value("toolwatch_requests_rejected_total", {"receiver": "otlp_http", "reason": "queue_full"}) or 0.0
+
+    t0 = time.perf_counter()
+    for p in procs:
+        p.start()
+    last_t, last_n, last_lag = t0, pipe.processed, len(runner.lag.values)
+    last_gc = (0, 0.0, 0.0)
+    split = CpuSplit(runner)
+    last_cpu, last_refused, last_fits = _cpu_s(), refused(), runner.daemon.retrainer.fitted
+    last_split = (0.0, 0.0)
+    while True:
+        time.sleep(interval - ((time.perf_counter() - t0) % interval))
+        now, n = time.perf_counter(), pipe.processed
+        lags = sorted(runner.lag.values[last_lag:])
+        gc_now = (gct.count[2], gct.seconds[2], sum(gct.seconds))
+        db_mb = sum(f.stat().st_size for f in db.glob("toolwatch.db*")) / 1e6
+        print(f"{now - t0:6.0f} {(n - last_n) / (now - last_t):8,.0f} {n:10,} "
+              f"{1000 * lags[len(lags) // 2] if lags else float('nan'):10.0f} {_rss_mb():7.0f} "
+              f"{gc_now[0] - last_gc[0]:5d} {gc_now[1] - last_gc[1]:6.2f} {gc_now[2] - last_gc[2]:6.2f} {db_mb:6.1f} "
+              f"{100 * (_cpu_s() - last_cpu) / (now - last_t):5.0f} {(n - last_n) / max(1e-9, _cpu_s() - last_cpu):11,.0f} "
+              f"{(refused() - last_refused) / (now - last_t):6.1f} {runner.daemon.retrainer.fitted - last_fits:6d} "
+              f"{100 * (split.observe - last_split[0]) / max(1e-9, _cpu_s() - last_cpu):5.0f} "
+              f"{100 * (split.refit - last_split[1]) / max(1e-9, _cpu_s() - last_cpu):7.0f} "
+              f"{os.getloadavg()[0]:5.1f}  {state_sizes(runner)}", flush=True)
+        last_cpu, last_refused, last_fits = _cpu_s(), refused(), runner.daemon.retrainer.fitted
+        last_split = (split.observe, split.refit)
+        if with_census:
+            print("   census:", census(), flush=True)
+        last_t, last_n, last_lag, last_gc = now, n, len(runner.lag.values), gc_now
+        if not any(p.is_alive() for p in procs):
+            break
+    results = [q.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    gct.close()
+    print(f"soak done: {pipe.processed:,} spans in {time.perf_counter() - t0:.0f} s, retries {sum(r[1] for r in results)}, "
+          f"{pipe.depth:,} left in the queue (dropped, not drained)", flush=True)
+    runner.call(_drop_queue(pipe))
+
+
+async def _drop_queue(pipe: Any) -> None:
+    """End a soak without draining a full queue (minutes on a busy machine): the bench's own shortcut."""
+    pipe._queue.clear()
+    pipe._depth = 0
+
+
 # --- naive baseline ------------------------------------------------------------------------------------
 def naive(bodies: list[bytes], n_spans: int) -> dict[str, float]:
     """One span at a time: its own request, MessageToDict, every attribute walked, detectors per span."""
@@ -297,6 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--paced-rate", type=float, default=20_000, help="spans/s for the lag run")
     ap.add_argument("--profile", action="store_true", help="cProfile the daemon thread during the HTTP run")
     ap.add_argument("--only", choices=["http", "grpc", "paced", "naive"], action="append")
+    ap.add_argument("--soak", type=float, metavar="SECONDS", help="instead: one long OTLP/HTTP run with per-interval figures")
+    ap.add_argument("--interval", type=float, default=20.0, help="seconds between soak samples")
+    ap.add_argument("--traffic", choices=["live", "replay"], default="live",
+                    help="soak traffic: live (advancing times, fresh ids, sessions that end) or replay (the same 8 bodies)")
+    ap.add_argument("--census", action="store_true", help="soak: also print the most common GC-tracked types per sample")
+    ap.add_argument("--honour-retry-after", action="store_true",
+                    help="soak: resend a refused request after the daemon's Retry-After, not after 20 ms")
     args = ap.parse_args(argv)
     only = set(args.only or ["http", "grpc", "paced", "naive"])
     bodies = [make_body(args.batch, seed) for seed in range(8)]
@@ -305,6 +528,15 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.1f}")
     print(f"calibration: bare protobuf parse {calibrate(bodies):,.0f} spans/s (issue's reference machine, idle: ~2,000,000)",
           flush=True)
+    if args.soak:
+        with tempfile.TemporaryDirectory() as tmp:
+            runner = DaemonRunner(str(Path(tmp) / "data"))
+            try:
+                soak(runner, bodies, args.clients, args.soak, args.interval, args.traffic == "live", args.census,
+                     args.honour_retry_after)
+            finally:
+                runner.close()
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         runner = DaemonRunner(str(Path(tmp) / "data"))
         try:

@@ -175,6 +175,16 @@ class Pipeline:
             self.metrics.event_time.labels("clamped", reason).inc(n)
         return Admission(True, verdict)
 
+    def full_for(self, spans: int) -> bool:
+        """True when a request of ``spans`` spans may not fit: refuse it before normalising it.
+
+        Spans bound the events a request adds, so a request refused here might have fitted
+        (some of its spans not being tool events) only when the queue is within ``spans`` of
+        full, and it is retried. A request larger than the whole queue is left to ``submit``,
+        which counts its events, so it is never refused forever.
+        """
+        return spans <= self.queue_max and self._depth + spans > self.queue_max
+
     def submit(self, calls: list[ToolCall], listings: list[ToolListing]) -> bool:
         """Queue events as they are (no event-time rule: use ``admit``); False when the queue is full."""
         n = len(calls) + len(listings)
@@ -204,8 +214,16 @@ class Pipeline:
             await task
         except asyncio.CancelledError:
             pass
+        # Cancelling does not stop a batch already handed to the worker thread: wait for it, or the
+        # final snapshot reads detector state while that batch changes it (a soak ended this way
+        # lost the iforest state: "dictionary changed size during iteration").
+        await asyncio.to_thread(self._wait_for_batch)
         await self._drain_all()
         self.save_state()
+
+    def _wait_for_batch(self) -> None:
+        with self.detector_lock:
+            pass
 
     async def drained(self, timeout: float = 10.0) -> None:
         """Wait until everything submitted so far has been processed (tests, replay)."""

@@ -51,6 +51,11 @@ class NetworkReceiver(Receiver):
         self.tls = tls
 
 
+def span_count(req: ExportTraceServiceRequest) -> int:
+    """Spans in a request: an upper bound of the events it can add to the queue."""
+    return sum(len(ss.spans) for rs in req.resource_spans for ss in rs.scope_spans)
+
+
 class Overloaded(Exception):
     """The pipeline queue is full: tell the client to retry later (HTTP 429, RESOURCE_EXHAUSTED)."""
 
@@ -77,7 +82,16 @@ class Ingest:
     def __call__(
         self, receiver: str, req: ExportTraceServiceRequest, decode_rejected: int = 0, decode_errors: tuple[str, ...] = ()
     ) -> IngestResult:
-        """Normalise, count and admit one decoded request; raises ``Overloaded`` or ``Unavailable``."""
+        """Normalise, count and admit one decoded request; raises ``Overloaded`` or ``Unavailable``.
+
+        A request whose spans cannot all fit in the queue is refused before it is normalised.
+        Under sustained overload the queue stays full and exporters resend refused requests
+        every few milliseconds; normalising each resend only to throw it away took more CPU than
+        the detectors had left, so throughput fell the longer the backlog lasted (issue #4).
+        """
+        if self.pipeline.running and self.pipeline.full_for(span_count(req)):
+            self.metrics.requests_rejected.labels(receiver, "queue_full").inc()
+            raise Overloaded(f"pipeline queue is full ({self.pipeline.depth} events waiting); retry later")
         return self.consume(receiver, self.normalizer.normalize(req), decode_rejected, decode_errors)
 
     def consume(self, receiver: str, norm: Normalized, decode_rejected: int = 0, decode_errors: tuple[str, ...] = ()) -> IngestResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from toolwatch.collector.alerts import AlertRouter
 from toolwatch.collector.metrics import Metrics
@@ -59,3 +60,42 @@ async def test_refused_submit_takes_no_ticket(tmp_path):
     await p.drained()
     assert p.done_seq == before and p.processed == 4
     await p.shutdown()
+
+
+class GateDetector:
+    """Counts calls; its observe blocks until released (a batch still running at shutdown)."""
+
+    name = "gate"
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.calls = 0
+
+    def observe(self, batch):
+        self.entered.set()
+        assert self.release.wait(10)
+        self.calls += len(batch.calls)
+        return []
+
+    def snapshot(self) -> dict:
+        return {"calls": self.calls}
+
+    def restore(self, state: dict) -> None:
+        self.calls = state["calls"]
+
+
+async def test_shutdown_during_a_batch_snapshots_after_it(tmp_path):
+    """The final snapshot waits for the batch in the worker thread; it used to read the detectors
+    while that batch was changing them (and so saved a torn state, or failed)."""
+    store = Store(tmp_path / "t.db")
+    metrics = Metrics()
+    gate = GateDetector()
+    p = Pipeline([gate], AlertRouter(store, metrics, [], group_window_ns=0), store, metrics,
+                 batch_max_delay_s=0.001, snapshot_interval_s=3600)
+    await p.start()
+    assert p.submit(calls(3), [])
+    assert await asyncio.to_thread(gate.entered.wait, 5)
+    asyncio.get_running_loop().call_later(0.3, gate.release.set)
+    await p.shutdown()
+    assert store.load_state("gate") == {"calls": 3}
