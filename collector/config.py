@@ -114,6 +114,11 @@ class PipelineConfig:
     """Longest share of wall time model refits may take: after a refit of t seconds the next waits
     t * (1 / share - 1). Refits cost ~0.5 s of CPU each; without a bound, their cadence (every N new
     rows) grows with traffic and they take the core the detectors need."""
+    gc_young_threshold: int = 50_000
+    """The garbage collector's generation-0 threshold while the daemon runs (Python's is 700; 0 leaves
+    Python's). At 700 the collector ran dozens of times per batch, walking every object that had
+    survived since, and took about a third of the daemon's CPU; detector state holds no reference
+    cycles, so collecting less often costs only a little memory (docs/ingestion.md)."""
     switch_interval_ms: float = 0.0
     """If > 0, the interpreter's thread switch interval while the daemon runs (``sys.setswitchinterval``);
     0 leaves Python's (5 ms). The event loop gives up the GIL at every socket call and then waits
@@ -140,6 +145,8 @@ class PipelineConfig:
             raise ConfigError("pipeline.snapshot_interval_s must be positive")
         if not 0 < self.retrain_max_share <= 1:
             raise ConfigError(f"pipeline.retrain_max_share must be in (0, 1], got {self.retrain_max_share!r}")
+        if not 0 <= self.gc_young_threshold <= 10_000_000:
+            raise ConfigError(f"pipeline.gc_young_threshold must be in [0, 10000000], got {self.gc_young_threshold!r}")
         if not 0 <= self.switch_interval_ms <= 100:
             raise ConfigError(f"pipeline.switch_interval_ms must be in [0, 100], got {self.switch_interval_ms!r}")
 

@@ -7,7 +7,6 @@ import logging
 import os
 import secrets
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -28,6 +27,7 @@ from .detector_registry import build_detectors
 from .enforcement import EnforcementService
 from .enforcement_api import EnforcementApi
 from .hold_notify import HoldNotifier, HoldTarget
+from .interpreter import InterpreterSettings
 from .holds import HoldBook
 from .metrics import Metrics
 from .normalize import ArgsRedactor, Normalizer
@@ -161,14 +161,7 @@ class Daemon:
         self.rules_watcher = RuleFileWatcher(engine, self.pipeline, self.metrics) if engine else None
         self._started = False
         self._stop = asyncio.Event()
-        self._switch_interval: float | None = None  # Python's, while ours is set
-
-    def _set_switch_interval(self) -> None:
-        """``pipeline.switch_interval_ms`` for the daemon's lifetime (restored by ``shutdown``)."""
-        ms = self.cfg.pipeline.switch_interval_ms
-        if ms > 0 and self._switch_interval is None:
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(ms / 1000)
+        self.interpreter = InterpreterSettings(cfg.pipeline.gc_young_threshold, cfg.pipeline.switch_interval_ms)
 
     def ready(self) -> bool:
         return self._started and self.pipeline.running
@@ -187,7 +180,7 @@ class Daemon:
             self.metrics.agents.labels(state).set(n)
 
     async def start(self) -> None:
-        self._set_switch_interval()
+        self.interpreter.apply()  # for the daemon's lifetime; shutdown gives Python's back
         await self.pipeline.start()
         self.enforcement.service.after_batch()  # the restored state, before the first batch
         for sink in self.sinks:
@@ -214,9 +207,7 @@ class Daemon:
         await self.hold_notifier.shutdown()
         await self.api.shutdown()
         self.store.close()
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
-            self._switch_interval = None
+        self.interpreter.restore()
 
     def request_stop(self) -> None:
         self._stop.set()
