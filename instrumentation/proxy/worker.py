@@ -35,6 +35,10 @@ KIND_C2S, KIND_S2C, KIND_DELETE, KIND_FAIL = 1, 2, 3, 4
 _KIND = {"c2s": KIND_C2S, "s2c": KIND_S2C}
 _DIRECTION: dict[int, Direction] = {KIND_C2S: "c2s", KIND_S2C: "s2c"}
 _COUNTERS = ("messages", "invalid_json", "oversized")
+FLUSH_DELAY = 0.02
+"""Longest a frame waits for the hot exchanges to end before it is handed to the worker anyway."""
+NICE = 10
+"""The worker's niceness: on a busy machine, span work yields the CPU to forwarding (and to the peers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +81,8 @@ class SpanWorker:
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._out = bytearray()
-        self._flush_scheduled = False
+        self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._hot = 0
         self._sent = 0
         """Frames handed to the current worker."""
         self._acked: dict[str, Any] = {}
@@ -203,13 +208,20 @@ class SpanWorker:
             self._schedule()
 
     def _schedule(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        """Hand frames over when no exchange is on its hot path (``release``), else within ``FLUSH_DELAY``.
+
+        Waking the worker mid-exchange would have it compete for the CPU with the exchange.
+        """
+        if self._flush_handle is None:
+            loop = asyncio.get_running_loop()
+            self._flush_handle = loop.call_soon(self._flush) if not self._hot else loop.call_later(
+                FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
-        """One write per loop iteration; the pipe transport buffers what the kernel does not take yet."""
-        self._flush_scheduled = False
+        """One write per batch; the pipe transport buffers what the kernel does not take yet."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if not self._out:
             return
         data, self._out = bytes(self._out), bytearray()
@@ -219,10 +231,14 @@ class SpanWorker:
         proc.stdin.write(data)
 
     def hold(self) -> None:
-        """Nothing to defer: span work does not run in this process."""
+        """An exchange entered its hot path: frames wait for ``release`` (or ``FLUSH_DELAY``)."""
+        self._hot += 1
 
     def release(self) -> None:
-        """Nothing to defer: span work does not run in this process."""
+        """An exchange left its hot path; the last one out hands the frames over."""
+        self._hot = max(0, self._hot - 1)
+        if not self._hot and self._out:
+            self._flush()
 
     def flush(self) -> None:
         """Frames are handed over in order; the worker observes them in order."""
@@ -232,6 +248,10 @@ class SpanWorker:
 def main(config_json: str) -> None:
     """Read frames from stdin until EOF, observe them, export spans; acknowledge on stdout."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the proxy stops us via EOF
+    try:
+        os.nice(NICE)
+    except OSError:
+        pass
     config = WorkerConfig(**json.loads(config_json))
     from ..mcp_client import TRACER_NAME, default_redactor, setup_tracing
 
