@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -482,6 +483,8 @@ async def serve_http_proxy(
         await stop.wait()
     finally:
         await proxy.close()
+        if os.environ.get("TOOLWATCH_PROXY_STATS"):
+            print(f"toolwatch proxy: {stats.summary()}", file=sys.stderr, flush=True)
         if enforcement is not None:
             print(f"toolwatch proxy: {enforcement.client.stats.summary()}", file=sys.stderr, flush=True)
     return 0

@@ -124,3 +124,58 @@ async def test_killed_worker_is_restarted_and_spans_resume(sink, monkeypatch, ca
     assert "tools/call read_note" not in names  # observed while no worker ran: dropped, not half-recorded
     err = capfd.readouterr().err
     assert f"span worker {first_pid} exited unexpectedly" in err and "restarting it" in err
+
+
+async def test_cli_proxy_exports_the_workers_spans_before_exiting_on_sigterm(sink, tmp_path):
+    """``toolwatch proxy --listen`` as operators run it: SIGTERM, and the calls made are exported first."""
+    from pathlib import Path
+
+    from mcp_test_support import proxy_command
+
+    port = free_port()
+    async with serve_http(build_notes_server()) as upstream:
+        env = {**os.environ, "TOOLWATCH_FINGERPRINT_KEY": KEY, "TOOLWATCH_PROXY_STATS": "1",
+               "OTEL_BSP_SCHEDULE_DELAY": "60000"}  # nothing is exported before shutdown unless flushed
+        err = tmp_path / "proxy.err"
+        with err.open("wb") as err_file:
+            proc = await asyncio.create_subprocess_exec(
+                *proxy_command("--agent-id", "cli-agent", "--otlp-endpoint", sink.url,
+                               "--listen", f"127.0.0.1:{port}", "--upstream", upstream),
+                env=env, stderr=err_file)
+            try:
+                await wait_listening(port)
+                workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                assert len(workers) == 1
+                results = await run_session(f"http://127.0.0.1:{port}/mcp")
+                assert len(results) == 2 + len(CALLS)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                code = await asyncio.wait_for(proc.wait(), 30)
+    assert code == 0
+    calls = [s for s in sink.spans if s.name.startswith("tools/call ")]
+    assert len(calls) == len(CALLS) and {s.attributes[sc.GEN_AI_AGENT_ID] for s in calls} == {"cli-agent"}
+    assert {s.attributes[sc.TW_SERVER_NAME] for s in sink.spans} == {"demo-notes"}
+    text = err.read_text()
+    assert f"spans={len(sink.spans)}, dropped observations=0" in text
+    assert not Path(f"/proc/{workers[0]}").exists()  # the worker exited with the proxy
+    assert KEY not in text
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_listening(port: int, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            assert asyncio.get_running_loop().time() < deadline, "the proxy did not start listening"
+            await asyncio.sleep(0.05)
