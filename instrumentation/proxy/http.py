@@ -73,7 +73,13 @@ def unanswered(ids: list[Any], relayed: list[bytes | Oversized]) -> list[Any]:
             if isinstance(message, dict) and not isinstance(message.get("method"), str) \
                     and message.get("id") is not None:
                 answered.add(id_key(message["id"]))
-    return [i for i in ids if id_key(i) not in answered]
+    out = []
+    for request_id in ids:  # each open id once, as the tracker fails it
+        key = id_key(request_id)
+        if key not in answered:
+            answered.add(key)
+            out.append(request_id)
+    return out
 
 
 class HttpProxy:

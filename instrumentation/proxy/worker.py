@@ -37,6 +37,7 @@ _DIRECTION: dict[int, Direction] = {KIND_C2S: "c2s", KIND_S2C: "s2c"}
 _COUNTERS = ("messages", "invalid_json", "oversized")
 FLUSH_DELAY = 0.02
 """Longest a frame waits for the hot exchanges to end before it is handed to the worker anyway."""
+MAX_RESTART_DELAY = 30.0
 NICE = 10
 """The worker's niceness: on a busy machine, span work yields the CPU to forwarding (and to the peers)."""
 
@@ -88,6 +89,7 @@ class SpanWorker:
         self._acked: dict[str, Any] = {}
         """The current worker's last acknowledgement (its cumulative counters)."""
         self._closing = False
+        self._delay = restart_delay
         self.restarts = 0
         self.pid: int | None = None
 
@@ -112,7 +114,10 @@ class SpanWorker:
         """Hand over what is queued, end the worker's input and wait until it has exported and exited."""
         self._closing = True
         proc = self._proc
-        if proc is None:
+        if proc is None:  # never started, or waiting to restart one
+            if self._reader is not None:
+                self._reader.cancel()
+                await asyncio.gather(self._reader, return_exceptions=True)
             return
         self._flush()
         assert proc.stdin is not None
@@ -157,9 +162,11 @@ class SpanWorker:
         lost = self._sent - self._acked.get("done", 0)
         self.stats.dropped_observations += lost
         self._proc, self._out = None, bytearray()
+        # a worker that never acknowledged anything (e.g. cannot start) is retried less and less often
+        self._delay = self._restart_delay if self._acked else min(self._delay * 2, MAX_RESTART_DELAY)
         print(f"toolwatch proxy: span worker {proc.pid} exited unexpectedly (code {code}); {lost} observations "
-              f"dropped; restarting it in {self._restart_delay:g}s", file=sys.stderr, flush=True)
-        await asyncio.sleep(self._restart_delay)
+              f"dropped; restarting it in {self._delay:g}s", file=sys.stderr, flush=True)
+        await asyncio.sleep(self._delay)
         if not self._closing:
             self.restarts += 1
             await self.start()
@@ -265,10 +272,13 @@ def main(config_json: str) -> None:
     done = 0
 
     def ack() -> None:
-        out.write(json.dumps({"done": done, "messages": stats.messages, "invalid_json": stats.invalid_json,
-                              "oversized": stats.oversized, "spans": stats.spans,
-                              "dropped_pending": stats.dropped_pending}) + "\n")
-        out.flush()
+        try:
+            out.write(json.dumps({"done": done, "messages": stats.messages, "invalid_json": stats.invalid_json,
+                                  "oversized": stats.oversized, "spans": stats.spans,
+                                  "dropped_pending": stats.dropped_pending}) + "\n")
+            out.flush()
+        except OSError:  # the proxy is gone (killed): still export what was observed
+            pass
 
     buf = bytearray()
     acked_at, dirty = time.monotonic(), False
@@ -281,22 +291,14 @@ def main(config_json: str) -> None:
         if not chunk:
             break
         buf += chunk
-        pos = 0
-        while len(buf) - pos >= HEADER.size:
-            length, kind, t_ns, size, sid_len = HEADER.unpack_from(buf, pos)
-            end = pos + 4 + length
-            if end > len(buf):
-                break
-            start = pos + HEADER.size
-            session_id = bytes(buf[start:start + sid_len]).decode()
-            payload = bytes(buf[start + sid_len:end])
-            pos = end
+        frames, used = decode(buf)
+        del buf[:used]
+        for frame in frames:
             done += 1
             try:
-                _observe(sessions, kind, session_id, t_ns, size, payload)
+                observe(sessions, *frame)
             except Exception as exc:  # a bug here must never stop the worker
                 print(f"toolwatch proxy: could not record a message: {exc!r}", file=sys.stderr, flush=True)
-        del buf[:pos]
         dirty = True
         if time.monotonic() - acked_at > 0.05:
             ack()
@@ -305,7 +307,23 @@ def main(config_json: str) -> None:
     provider.shutdown()
 
 
-def _observe(sessions: SessionTrackers, kind: int, session_id: str, t_ns: int, size: int, payload: bytes) -> None:
+def decode(buf: bytes | bytearray) -> tuple[list[tuple[int, str, int, int, bytes]], int]:
+    """The complete frames at the start of ``buf`` (kind, session id, time, size, payload) and the bytes they take."""
+    frames = []
+    pos = 0
+    while len(buf) - pos >= HEADER.size:
+        length, kind, t_ns, size, sid_len = HEADER.unpack_from(buf, pos)
+        end = pos + 4 + length
+        if end > len(buf):
+            break
+        start = pos + HEADER.size
+        frames.append((kind, bytes(buf[start:start + sid_len]).decode(), t_ns, size, bytes(buf[start + sid_len:end])))
+        pos = end
+    return frames, pos
+
+
+def observe(sessions: SessionTrackers, kind: int, session_id: str, t_ns: int, size: int, payload: bytes) -> None:
+    """Replay one frame on the session's tracker, as ``Recorder`` would have in the proxy."""
     if kind == KIND_DELETE:
         sessions.forget(session_id)
         return
