@@ -169,7 +169,11 @@ class SpanWorker:
         await asyncio.sleep(self._delay)
         if not self._closing:
             self.restarts += 1
-            await self.start()
+            try:
+                await self.start()
+            except OSError as exc:  # keep forwarding without spans rather than take the proxy down
+                print(f"toolwatch proxy: cannot restart the span worker ({exc}); observations are dropped from now on",
+                      file=sys.stderr, flush=True)
 
     def _account(self, ack: dict[str, Any]) -> None:
         """Add what the worker counted since its last acknowledgement to the proxy's stats."""
