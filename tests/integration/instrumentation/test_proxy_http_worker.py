@@ -126,6 +126,40 @@ async def test_killed_worker_is_restarted_and_spans_resume(sink, monkeypatch, ca
     assert f"span worker {first_pid} exited unexpectedly" in err and "restarting it" in err
 
 
+async def test_a_stalled_worker_never_blocks_forwarding(sink, monkeypatch):
+    """The worker stopped (SIGSTOP): calls still go through; past the bound observations are dropped and counted."""
+    monkeypatch.setenv("TOOLWATCH_FINGERPRINT_KEY", KEY)
+    big = "x" * 100_000  # a few of these fill the pipe: the proxy's writes must not wait for the worker
+    async with serve_http(build_notes_server()) as upstream:
+        stats = ProxyStats()
+        proxy = worker_proxy(upstream, sink.url, stats, max_queue=8)
+        local = await proxy.start()
+        worker = proxy.worker
+        assert worker is not None
+        try:
+            async with streamable_http_client(local) as (r, w):
+                async with ClientSession(r, w) as session:
+                    await session.initialize()
+                    await session.call_tool("list_notes", {})
+                    await wait_until(lambda: sink.named("tools/call list_notes"))
+                    os.kill(worker.pid, signal.SIGSTOP)
+                    try:
+                        for k in range(12):
+                            result = await asyncio.wait_for(
+                                session.call_tool("write_note", {"name": f"n{k}", "text": big}), 10)
+                            assert not result.is_error
+                        assert stats.dropped_observations >= 12 * 2 - 8
+                    finally:
+                        os.kill(worker.pid, signal.SIGCONT)
+                    dropped = stats.dropped_observations
+                    await wait_until(lambda: worker._sent == worker._acked.get("done"))  # caught up
+                    await session.call_tool("search_notes", {"query": "n1"})
+        finally:
+            await proxy.close()
+    assert stats.dropped_observations == dropped and worker.restarts == 0
+    assert len(sink.named("tools/call write_note")) <= 8 and sink.named("tools/call search_notes")
+
+
 async def test_cli_proxy_exports_the_workers_spans_before_exiting_on_sigterm(sink, tmp_path):
     """``toolwatch proxy --listen`` as operators run it: SIGTERM, and the calls made are exported first."""
     from pathlib import Path
