@@ -136,10 +136,24 @@ def checkout(ref: str, into: Path) -> Path:
 
 HOP_ONLY = (
     "import sys; from toolwatch.instrumentation.proxy import tracker; "
-    "tracker.Recorder.submit = lambda self, *a: None; "
+    "tracker.Recorder.submit = lambda self, *a: None\n"
+    "try:\n from toolwatch.instrumentation.proxy import worker\n"
+    " worker.SpanWorker.submit = lambda self, *a: None\n"
+    "except ImportError:\n pass\n"
     "from toolwatch.instrumentation.proxy.cli import main; sys.exit(main(sys.argv[1:]))"
 )
-"""The proxy's entry point with span work off (``--hop-only``); works on any ref that has ``Recorder``."""
+"""The proxy's entry point with span work off (``--hop-only``); works on any ref that has ``Recorder``
+(and turns the span worker's ``submit`` off where there is one)."""
+
+
+def children_cpu_seconds(pid: int) -> float | None:
+    """CPU of a process's children (the proxy's span worker), None when it has none."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    times = [cpu_seconds(int(k)) for k in kids]
+    return sum(t for t in times if t is not None) if kids else None
 
 
 async def start_proxy(sink: OtlpSink, upstream: str, env: dict[str, str], pythonpath: Path | None = None,
@@ -180,8 +194,10 @@ async def bench_http(calls: int, sink: OtlpSink, compare_ref: str | None, hop_on
                     await session.initialize()
                     sessions.append(session)
                 cpu_before = [cpu_seconds(proc.pid) for proc, _ in proxies]
+                kids_before = [children_cpu_seconds(proc.pid) for proc, _ in proxies]
                 latencies = await alternate(*sessions, calls=calls)
                 cpu_after = [cpu_seconds(proc.pid) for proc, _ in proxies]
+                kids_after = [children_cpu_seconds(proc.pid) for proc, _ in proxies]
                 rates = [await throughput(s) for s in sessions]
         finally:
             for proc in reversed(procs):
@@ -193,8 +209,13 @@ async def bench_http(calls: int, sink: OtlpSink, compare_ref: str | None, hop_on
         report(f"{title}, {name}", latencies[0], latencies[k + 1], rates[0], rates[k + 1])
         before, after = cpu_before[k], cpu_after[k]
         if before is not None and after is not None:  # robust to machine load, unlike latency
+            worker = kids_before[k] is not None and kids_after[k] is not None
             print(f"  proxy process CPU {1e3 * (after - before) / (calls + 20):.3f} ms per call "
-                  + ("(forwarding only)" if hop_only else "(all its threads: forwarding, span building, export)"))
+                  + ("(forwarding only)" if hop_only else "(forwarding)" if worker
+                     else "(all its threads: forwarding, span building, export)"))
+            if worker:
+                print(f"  span worker CPU   {1e3 * (kids_after[k] - kids_before[k]) / (calls + 20):.3f} ms per call "
+                      "(parsing, redaction, span building, export)")
 
 
 async def main() -> None:

@@ -46,6 +46,9 @@ def add_proxy_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--upstream", default=None, metavar="URL", help="streamable HTTP mode: the server's MCP URL")
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest message that is parsed for spans; larger ones pass through unparsed")
+    parser.add_argument("--in-process-spans", action="store_true",
+                        help="streamable HTTP mode: build and export spans in the proxy process instead of a "
+                             "worker process (for debugging; always so with --enforce)")
     add_enforce_arguments(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, help="stdio mode: -- <server command...>")
     parser.set_defaults(func=run_proxy)
@@ -145,8 +148,13 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
             from .http import serve_http_proxy
             from .listener import run
 
-            tracer, red = build()
             host, port = args.listen
+            if not (args.enforce or args.in_process_spans or redactor is not None):
+                return run(serve_http_proxy(
+                    host, port, args.upstream, stats=stats, agent_id=args.agent_id,
+                    agent_name=args.agent_name or "", server_name=args.server_name or "",
+                    max_message_bytes=args.max_message_bytes, worker=span_worker(args, stats)))
+            tracer, red = build()
             http_enforcement = None
             if args.enforce:
                 from .enforce_http import HttpEnforcement
@@ -178,6 +186,18 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
     finally:
         if "provider" in built:
             built["provider"].shutdown()
+
+
+def span_worker(args: argparse.Namespace, stats: Any) -> Any:
+    """The worker process that builds and exports the HTTP proxy's spans (``worker.py``)."""
+    from .worker import SpanWorker, WorkerConfig
+
+    parts = urlsplit(args.upstream)
+    config = WorkerConfig(
+        agent_id=args.agent_id, agent_name=args.agent_name or "", server_name=args.server_name or "",
+        server_address=parts.hostname or "", server_port=parts.port or (443 if parts.scheme == "https" else 80),
+        service_name=args.service_name, otlp_endpoint=args.otlp_endpoint)
+    return SpanWorker(config, stats)
 
 
 def enforcer_factory(args: argparse.Namespace, built: dict[str, Any]) -> Any:

@@ -4,30 +4,32 @@ Request bodies are read (bounded by ``max_message_bytes``: larger ones get a 413
 flag), responses — JSON or SSE — are streamed back chunk by chunk as they arrive, with
 compression left untouched. Each chunk is written to the client before it is framed for the
 tracker. One ``CallTracker`` per ``Mcp-Session-Id`` (LRU-bounded) keeps ids and server identity.
+With a ``SpanWorker`` (what ``toolwatch proxy`` uses unless ``--in-process-spans`` or
+``--enforce``), the trackers live in the worker process and this one only frames observations.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
-import uuid
-from collections import OrderedDict
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from opentelemetry.trace import Tracer
 
-from ..spans import RedactorLike, SessionInfo
+from ..spans import RedactorLike
 from .framing import Oversized, SseSplitter
 from .listener import Listener, Request, Response, StreamResponse, json_response
 from .stdio import SERVER_EXITED
 from .enforce_http import KEEPALIVE_S, EventRelay, HttpEnforcement, Screening, needs_screening, screen, sse_event
-from .tracker import CallTracker, ProxyStats, Recorder, request_ids
+from .tracker import _ID_IN_HEAD, CallTracker, ProxyStats, Recorder, SessionTrackers, id_key, request_ids
 from .upstream import UpstreamPool, UpstreamResponse
+from .worker import SessionRef, SpanWorker
 
 SESSION_HEADER = "mcp-session-id"
 _HOP_BY_HOP = frozenset({
@@ -48,6 +50,38 @@ def jsonrpc_errors(ids: list[Any], message: str, reason: str) -> bytes:
     return json.dumps(errors[0] if len(errors) == 1 else errors, separators=(",", ":")).encode()
 
 
+_MAX_RELAYED = 10_000
+
+
+def unanswered(ids: list[Any], relayed: list[bytes | Oversized]) -> list[Any]:
+    """Those of ``ids`` that no relayed message answered (what ``CallTracker.fail_requests`` returns)."""
+    answered: set[str] = set()
+    for event in relayed:
+        if isinstance(event, Oversized):  # paired by the id in its first bytes, as the tracker does
+            match = _ID_IN_HEAD.search(event.head)
+            if match is not None:
+                try:
+                    answered.add(id_key(json.loads(match.group(1))))
+                except ValueError:
+                    pass
+            continue
+        try:
+            value = json.loads(event)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        for message in value if isinstance(value, list) else [value]:
+            if isinstance(message, dict) and not isinstance(message.get("method"), str) \
+                    and message.get("id") is not None:
+                answered.add(id_key(message["id"]))
+    out = []
+    for request_id in ids:  # each open id once, as the tracker fails it
+        key = id_key(request_id)
+        if key not in answered:
+            answered.add(key)
+            out.append(request_id)
+    return out
+
+
 class HttpProxy:
     """An HTTP server (``listener.py``) that forwards MCP streamable HTTP to one upstream URL.
 
@@ -59,8 +93,8 @@ class HttpProxy:
         self,
         upstream: str,
         *,
-        tracer: Tracer,
-        redactor: RedactorLike,
+        tracer: Tracer | None = None,
+        redactor: RedactorLike | None = None,
         stats: ProxyStats,
         agent_id: str,
         agent_name: str = "",
@@ -68,7 +102,12 @@ class HttpProxy:
         max_message_bytes: int = 16 * 1024 * 1024,
         max_sessions: int = 1024,
         enforcement: HttpEnforcement | None = None,
+        worker: SpanWorker | None = None,
     ) -> None:
+        if worker is None and (tracer is None or redactor is None):
+            raise ValueError("HttpProxy needs a tracer and a redactor, or a span worker")
+        if worker is not None and enforcement is not None:
+            raise ValueError("enforcement reads the session trackers: it runs with in-process span work only")
         self.upstream = upstream
         self.enforcement = enforcement
         """Opt-in (``--enforce``): screen ``tools/call``/``tools/list`` before forwarding (enforce_http.py)."""
@@ -77,12 +116,15 @@ class HttpProxy:
         self._endpoint_path = parts.path or "/"
         self._address = parts.hostname or ""
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
-        self._tracer, self._redactor, self.stats = tracer, redactor, stats
-        self._agent = (agent_id, agent_name, server_name)
+        self.stats = stats
         self.max_message_bytes = max_message_bytes
-        self._max_sessions = max_sessions
-        self._trackers: OrderedDict[str, CallTracker] = OrderedDict()
-        self._recorder = Recorder()
+        self.worker = worker
+        """Span work in a worker process (``worker.py``); ``None``: in this process, via ``Recorder``."""
+        self._sessions = None if worker is not None else SessionTrackers(
+            tracer, redactor, stats, agent_id=agent_id, agent_name=agent_name,  # type: ignore[arg-type]
+            server_name=server_name, server_address=self._address, server_port=self._port,
+            max_sessions=max_sessions)
+        self._recorder: Recorder | SpanWorker = worker if worker is not None else Recorder()
         self._client: aiohttp.ClientSession | None = None
         """Used by enforcement (``--enforce``) only; the plain path forwards through ``_pool``."""
         self._pool: UpstreamPool | None = None
@@ -96,6 +138,8 @@ class HttpProxy:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         )
         self._pool = UpstreamPool(self._origin[0], self._address, self._port, connect_timeout=10)
+        if self.worker is not None:
+            await self.worker.start()
         self._listener = Listener(self.handle, max_body=self.max_message_bytes)
         bound = await self._listener.start(host, port)
         return f"http://{host}:{bound}{self._endpoint_path}"
@@ -114,24 +158,21 @@ class HttpProxy:
         if self.enforcement is not None:
             await self.enforcement.close()
         self._recorder.flush()
+        if self.worker is not None:
+            await self.worker.close()
 
     # -- sessions -------------------------------------------------------------------------------
-    def _tracker(self, session_id: str) -> CallTracker:
-        tracker = self._trackers.get(session_id)
-        if tracker is not None:
-            self._trackers.move_to_end(session_id)
-            return tracker
-        agent_id, agent_name, server_name = self._agent
-        info = SessionInfo(
-            agent_id=agent_id, agent_name=agent_name, server_name=server_name,
-            session_id=session_id or uuid.uuid4().hex, transport="tcp",
-            server_address=self._address, server_port=self._port, emitter="proxy",
-        )
-        tracker = CallTracker(info, self._tracer, self._redactor, self.stats)
-        self._trackers[session_id] = tracker
-        while len(self._trackers) > self._max_sessions:
-            self._trackers.popitem(last=False)
-        return tracker
+    def _tracker(self, session_id: str) -> Any:
+        """The session's ``CallTracker`` (in-process) or a ``SessionRef`` naming it to the worker."""
+        if self._sessions is None:
+            return SessionRef(session_id)
+        return self._sessions.get(session_id)
+
+    def _forget(self, session_id: str) -> None:
+        if self._sessions is not None:
+            self._sessions.forget(session_id)
+        elif self.worker is not None:
+            self.worker.delete(session_id)
 
     def _raw_target(self, request: Request) -> str:
         """Path and query as the client sent them (not re-encoded), mapped onto the upstream."""
@@ -191,7 +232,7 @@ class HttpProxy:
                 self._recorder.submit(tracker, "c2s", body, t_request)
             response = await self._relay(request, upstream, tracker, body)
         if request.method == "DELETE" and session_id:
-            self._trackers.pop(session_id, None)
+            self._forget(session_id)
         return response
 
     # -- enforcement (opt-in) --------------------------------------------------------------------
@@ -238,7 +279,7 @@ class HttpProxy:
                 if not (request.method == "GET" and is_sse and not encoded):
                     response = await self._relay(request, upstream, tracker, body)
                     if request.method == "DELETE" and session_id:
-                        self._trackers.pop(session_id, None)
+                        self._forget(session_id)
                         self.enforcement.end_session(session_id)
                     return response
             if held is not None and encoded:
@@ -352,6 +393,8 @@ class HttpProxy:
         encoded = bool(upstream.headers.get("Content-Encoding"))
         await response.prepare(request)
         sse = SseSplitter(self.max_message_bytes) if is_sse and not encoded else None
+        # worker mode: the answers relayed so far, to tell which requests a broken stream left open
+        relayed: list[bytes | Oversized] | None = [] if self.worker is not None and body and sse else None
         collected = bytearray()
         size = 0
         t_last = time.time_ns()
@@ -362,6 +405,8 @@ class HttpProxy:
                 if sse is not None:
                     for event in sse.feed(chunk):
                         self._recorder.submit(tracker, "s2c", event, t_last)
+                        if relayed is not None and len(relayed) < _MAX_RELAYED:
+                            relayed.append(event)
                 elif not is_sse and not encoded:
                     size += len(chunk)
                     if size <= self.max_message_bytes:
@@ -369,7 +414,7 @@ class HttpProxy:
                     elif len(collected) < 4096:
                         collected += chunk[: 4096 - len(collected)]
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            await self._answer_broken_stream(response, tracker, body, is_sse, exc)
+            await self._answer_broken_stream(response, tracker, body, is_sse, exc, relayed)
             return response
         except (ConnectionResetError, ConnectionError):
             return response  # the client went away; nothing to answer
@@ -384,11 +429,17 @@ class HttpProxy:
         return response
 
     async def _answer_broken_stream(
-        self, response: StreamResponse, tracker: CallTracker, body: bytes, is_sse: bool, exc: BaseException
+        self, response: StreamResponse, tracker: CallTracker | SessionRef, body: bytes, is_sse: bool,
+        exc: BaseException, relayed: list[bytes | Oversized] | None = None,
     ) -> None:
         """The upstream died mid-response: answer this exchange's open requests on the SSE stream."""
         self._recorder.flush()
-        ids = tracker.fail_requests(request_ids(body), "server_exited") if body else []
+        if isinstance(tracker, SessionRef):  # the tracker is in the worker: it closes the spans
+            ids = unanswered(request_ids(body), relayed or []) if body else []
+            if body:
+                self._recorder.fail(tracker.session_id, request_ids(body), "server_exited", time.time_ns())  # type: ignore[union-attr]
+        else:
+            ids = tracker.fail_requests(request_ids(body), "server_exited") if body else []
         message = f"toolwatch proxy: upstream MCP server {self.upstream} broke off the response: {exc!r}"
         print(message, file=sys.stderr)
         if is_sse and ids:
@@ -407,19 +458,20 @@ async def serve_http_proxy(
     port: int,
     upstream: str,
     *,
-    tracer: Tracer,
-    redactor: RedactorLike,
+    tracer: Tracer | None = None,
+    redactor: RedactorLike | None = None,
     stats: ProxyStats,
     agent_id: str,
     agent_name: str = "",
     server_name: str = "",
     max_message_bytes: int = 16 * 1024 * 1024,
     enforcement: HttpEnforcement | None = None,
+    worker: SpanWorker | None = None,
 ) -> int:
     """Run the HTTP proxy until SIGINT/SIGTERM; return the exit code."""
     proxy = HttpProxy(upstream, tracer=tracer, redactor=redactor, stats=stats, agent_id=agent_id,
                       agent_name=agent_name, server_name=server_name, max_message_bytes=max_message_bytes,
-                      enforcement=enforcement)
+                      enforcement=enforcement, worker=worker)
     try:
         url = await proxy.start(host, port)
     except OSError as exc:
@@ -437,6 +489,8 @@ async def serve_http_proxy(
         await stop.wait()
     finally:
         await proxy.close()
+        if os.environ.get("TOOLWATCH_PROXY_STATS"):
+            print(f"toolwatch proxy: {stats.summary()}", file=sys.stderr, flush=True)
         if enforcement is not None:
             print(f"toolwatch proxy: {enforcement.client.stats.summary()}", file=sys.stderr, flush=True)
     return 0

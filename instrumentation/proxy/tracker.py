@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -185,9 +186,12 @@ class CallTracker:
         """Close every in-flight request (their spans get ``error_type``); return their ids."""
         return self.fail_requests(self.inflight_ids(), error_type)
 
-    def fail_requests(self, request_ids: list[Any], error_type: str) -> list[Any]:
-        """Close those of ``request_ids`` still unanswered; return them (the caller answers the client)."""
-        now = self._clock()
+    def fail_requests(self, request_ids: list[Any], error_type: str, *, now_ns: int | None = None) -> list[Any]:
+        """Close those of ``request_ids`` still unanswered; return them (the caller answers the client).
+
+        ``now_ns``: when the failure was seen, if not now (the span worker replays it later).
+        """
+        now = self._clock() if now_ns is None else now_ns
         failed = []
         for request_id in request_ids:
             key = id_key(request_id)
@@ -239,6 +243,42 @@ class CallTracker:
             name = span_name(sc.METHOD_TOOLS_CALL, tool)
         record_span(self._tracer, name, attrs, start_ns=pending.start_ns, end_ns=end_ns, status=status)
         self.stats.spans += 1
+
+
+class SessionTrackers:
+    """One ``CallTracker`` per ``Mcp-Session-Id`` (LRU-bounded), as the HTTP proxy or its span worker keeps them."""
+
+    def __init__(
+        self, tracer: Tracer, redactor: RedactorLike, stats: ProxyStats, *, agent_id: str, agent_name: str = "",
+        server_name: str = "", server_address: str = "", server_port: int = 0, max_sessions: int = 1024,
+    ) -> None:
+        self._tracer, self._redactor, self.stats = tracer, redactor, stats
+        self._agent = (agent_id, agent_name, server_name)
+        self._server = (server_address, server_port)
+        self._max_sessions = max_sessions
+        self._trackers: OrderedDict[str, CallTracker] = OrderedDict()
+
+    def get(self, session_id: str) -> CallTracker:
+        """The session's tracker (made on first sight; ``""`` is the one session without an id yet)."""
+        tracker = self._trackers.get(session_id)
+        if tracker is not None:
+            self._trackers.move_to_end(session_id)
+            return tracker
+        agent_id, agent_name, server_name = self._agent
+        info = SessionInfo(
+            agent_id=agent_id, agent_name=agent_name, server_name=server_name,
+            session_id=session_id or uuid.uuid4().hex, transport="tcp",
+            server_address=self._server[0], server_port=self._server[1], emitter="proxy",
+        )
+        tracker = CallTracker(info, self._tracer, self._redactor, self.stats)
+        self._trackers[session_id] = tracker
+        while len(self._trackers) > self._max_sessions:
+            self._trackers.popitem(last=False)
+        return tracker
+
+    def forget(self, session_id: str) -> None:
+        """The session ended (HTTP DELETE)."""
+        self._trackers.pop(session_id, None)
 
 
 class Recorder:

@@ -1,0 +1,161 @@
+"""The span worker's hand-over must lose nothing: frames survive any pipe chunking, and replaying
+them in the worker gives the spans and counters the in-process ``Recorder`` path gives."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from redactor_double import RedactorDouble
+from toolwatch.instrumentation.proxy.framing import Oversized
+from toolwatch.instrumentation.proxy.http import unanswered
+from toolwatch.instrumentation.proxy.tracker import CallTracker, ProxyStats, SessionTrackers, id_key
+from toolwatch.instrumentation.proxy.worker import (
+    KIND_DELETE, KIND_FAIL, SessionRef, SpanWorker, WorkerConfig, decode, encode, observe,
+)
+from toolwatch.instrumentation.spans import SessionInfo
+
+frames = st.lists(st.tuples(
+    st.integers(1, 4), st.text(max_size=20), st.integers(0, 2**63 - 1), st.integers(-1, 2**40),
+    st.binary(max_size=300)), max_size=20)
+
+
+@given(frames, st.lists(st.integers(1, 400), max_size=30))
+def test_frames_survive_any_chunking(items, cuts):
+    stream = b"".join(encode(kind, sid, t, payload, size) for kind, sid, t, size, payload in items)
+    got, buf, pos = [], bytearray(), 0
+    for cut in [*cuts, len(stream)]:
+        buf += stream[pos:pos + cut]
+        pos += cut
+        decoded, used = decode(buf)
+        del buf[:used]
+        got += decoded
+    buf += stream[pos:]
+    decoded, used = decode(buf)
+    got += decoded
+    assert got == [(kind, sid, t, size, payload) for kind, sid, t, size, payload in items]
+    assert used == len(buf)
+
+
+ids = st.one_of(st.integers(-3, 6), st.sampled_from(["1", "a", 'q"x']))
+tools = st.sampled_from(["read_note", "list_notes", "search"])
+
+
+@st.composite
+def observations(draw):
+    """(session, direction, message or Oversized) — requests, answers, errors, notifications, junk."""
+    session = draw(st.sampled_from(["s1", "s2", ""]))
+    choice = draw(st.integers(0, 7))
+    i = draw(ids)
+    if choice == 0:
+        body = {"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                "params": {"name": draw(tools), "arguments": {"q": draw(st.text(max_size=12))}}}
+        return session, "c2s", json.dumps(body).encode()
+    if choice == 1:
+        return session, "c2s", json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/list"}).encode()
+    if choice == 2:
+        result = {"content": [{"type": "text", "text": draw(st.text(max_size=30))}],
+                  "isError": draw(st.booleans())}
+        return session, "s2c", json.dumps({"jsonrpc": "2.0", "id": i, "result": result}).encode()
+    if choice == 3:
+        return session, "s2c", json.dumps({"jsonrpc": "2.0", "id": i, "error": {"code": -1, "message": "x"}}).encode()
+    if choice == 4:
+        return session, "s2c", Oversized(json.dumps({"jsonrpc": "2.0", "id": i}).encode()[:-1], 10**7)
+    if choice == 5:
+        return session, "c2s", json.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                           "params": {"requestId": i}}).encode()
+    if choice == 6:
+        return session, "delete", b""
+    return session, draw(st.sampled_from(["c2s", "s2c"])), draw(st.binary(max_size=20))
+
+
+def spans_of(run) -> tuple[list, ProxyStats]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stats = ProxyStats()
+    sessions = SessionTrackers(provider.get_tracer("t"), RedactorDouble(), stats, agent_id="a",
+                               server_address="127.0.0.1", server_port=80)
+    run(sessions)
+    ended = [(s.name, s.start_time, s.end_time, s.status.status_code,
+              {k: v for k, v in s.attributes.items() if k != "mcp.session.id"}) for s in exporter.get_finished_spans()]
+    return ended, stats
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(observations(), max_size=30), st.lists(ids, max_size=4))
+def test_replayed_frames_give_the_in_process_spans(items, failing):
+    """In-process (``Recorder`` -> ``CallTracker.observe``) vs. frames -> ``decode`` -> ``observe``."""
+    def inline(sessions: SessionTrackers) -> None:
+        for t, (sid, direction, raw) in enumerate(items):
+            if direction == "delete":
+                sessions.forget(sid)
+            else:
+                sessions.get(sid).observe(direction, raw, t)
+        sessions.get("s1").fail_requests(failing, "server_exited", now_ns=999)
+
+    def framed(sessions: SessionTrackers) -> None:
+        stream = bytearray()
+        for t, (sid, direction, raw) in enumerate(items):
+            if direction == "delete":
+                stream += encode(KIND_DELETE, sid, 0, b"")
+            elif isinstance(raw, Oversized):
+                stream += encode(1 if direction == "c2s" else 2, sid, t, raw.head, raw.size)
+            else:
+                stream += encode(1 if direction == "c2s" else 2, sid, t, raw)
+        stream += encode(KIND_FAIL, "s1", 999, json.dumps({"ids": failing, "error_type": "server_exited"}).encode())
+        decoded, used = decode(stream)
+        assert used == len(stream)
+        for frame in decoded:
+            observe(sessions, *frame)
+
+    (a, stats_a), (b, stats_b) = spans_of(inline), spans_of(framed)
+    assert a == b
+    assert stats_a == stats_b
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ids, max_size=6), st.lists(st.tuples(ids, st.integers(0, 2)), max_size=6))
+def test_unanswered_is_what_the_tracker_fails(requested, answers):
+    """A broken stream in worker mode: the proxy's own reckoning of open ids matches the tracker's."""
+    body = json.dumps([{"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": {"name": "t"}}
+                       for i in requested]).encode()
+    relayed: list[bytes | Oversized] = []
+    for i, form in answers:
+        message = {"jsonrpc": "2.0", "id": i, "result": {}}
+        if form == 0:
+            relayed.append(json.dumps(message).encode())
+        elif form == 1:
+            relayed.append(json.dumps([message, {"jsonrpc": "2.0", "method": "notifications/progress"}]).encode())
+        else:
+            relayed.append(Oversized(json.dumps(message).encode()[:-2], 10**8))
+    tracker = CallTracker(SessionInfo(agent_id="a", emitter="proxy"), TracerProvider().get_tracer("t"),
+                          RedactorDouble(), ProxyStats())
+    tracker.observe("c2s", body, 1)
+    for event in relayed:
+        tracker.observe("s2c", event, 2)
+    from toolwatch.instrumentation.proxy.tracker import request_ids
+
+    expected = tracker.fail_requests(request_ids(body), "server_exited")
+    assert [id_key(i) for i in unanswered(request_ids(body), relayed)] == [id_key(i) for i in expected]
+
+
+async def test_frames_beyond_the_bound_are_dropped_and_counted():
+    """Like ``Recorder``'s queue: at most ``max_queue`` unacknowledged observations, the rest counted."""
+    stats = ProxyStats()
+    worker = SpanWorker(WorkerConfig(agent_id="a"), stats, max_queue=3)
+    worker._proc = object()  # type: ignore[assignment]  # admitted as if a worker ran; nothing is written
+    for t in range(5):
+        worker.submit(SessionRef("s"), "c2s", b"{}", t)
+    assert stats.dropped_observations == 2
+    worker._account({"done": 3, "messages": {"c2s": 3, "s2c": 0}, "spans": 0})
+    worker.submit(SessionRef("s"), "c2s", b"{}", 9)
+    assert stats.dropped_observations == 2 and stats.messages["c2s"] == 3
+    worker._out.clear()
+    worker._proc = None
+    worker.submit(SessionRef("s"), "c2s", b"{}", 10)  # no worker (restarting): dropped and counted
+    assert stats.dropped_observations == 3
