@@ -22,6 +22,8 @@ import io
 import json
 import logging
 import multiprocessing as mp
+import os
+import signal
 import threading
 import time
 from dataclasses import asdict
@@ -35,6 +37,9 @@ from toolwatch.detectors.iforest import ForestModel, ForestParams
 log = logging.getLogger("toolwatch.refit_worker")
 
 __all__ = ["RefitWorker", "RefitWorkerDied"]
+
+NICE = 10
+"""How much lower the worker's CPU priority is than the daemon's."""
 
 
 class RefitWorkerDied(RuntimeError):
@@ -76,7 +81,17 @@ def decode_reply(data: bytes, params: ForestParams) -> tuple[ForestModel, float]
 
 
 def _serve(conn: Connection) -> None:
-    """The worker's loop: one request, one reply, until the parent closes its end."""
+    """The worker's loop: one request, one reply, until the parent closes its end.
+
+    It runs at a lower CPU priority (nice +10) and ignores SIGINT: refits are background work that
+    should take idle CPU, not the detectors' or the receivers' when the machine is busy (a refit
+    taking longer just makes the retrainer's budget space refits further apart); and a Ctrl-C to
+    the daemon's terminal stops the daemon, which then closes the worker itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(NICE)
+    except OSError:  # not permitted here: run at the daemon's priority
+        pass
     import sklearn.ensemble  # the ~3 s import now, before the first request
 
     del sklearn
