@@ -11,6 +11,10 @@ sends back ``ForestModel.fitted_arrays()``; both messages are ``np.savez`` archi
 ``allow_pickle=False`` over ``Connection.send_bytes``/``recv_bytes``. The parent rebuilds the
 model with ``ForestModel.from_fitted_arrays``: bit-identical to an in-process fit.
 
+``spawn`` starts a fresh interpreter that imports the parent's ``__main__`` module again (as
+``__mp_main__``): a script that embeds the daemon must keep its start-up under
+``if __name__ == "__main__":`` (the ``toolwatch`` command and the bench scripts do).
+
 If the worker cannot be started, fits run in-process from then on (logged once). If it dies
 mid-fit, ``fit`` raises ``RefitWorkerDied``: the caller keeps the previous model and retries later
 with a new worker.
@@ -113,8 +117,10 @@ def _serve(conn: Connection) -> None:
 class RefitWorker:
     """Fits ``ForestModel``s in one worker process; ``fit`` is thread-safe (one fit at a time)."""
 
-    def __init__(self, *, join_timeout_s: float = 5.0) -> None:
+    def __init__(self, *, join_timeout_s: float = 5.0, fit_timeout_s: float = 600.0) -> None:
         self.join_timeout_s = join_timeout_s
+        self.fit_timeout_s = fit_timeout_s
+        """A fit takes well under a second; a worker silent this long is stuck and is killed."""
         self._lock = threading.Lock()
         self._proc: Any = None  # multiprocessing.Process of the spawn context
         self._conn: Connection | None = None
@@ -146,6 +152,13 @@ class RefitWorker:
             assert self._conn is not None
             try:
                 self._conn.send_bytes(encode_request(sample, params))
+                if not self._conn.poll(self.fit_timeout_s):
+                    pid = self.pid
+                    self._proc.kill()
+                    code = self._reap()
+                    raise RefitWorkerDied(f"refit worker process {pid} did not answer in {self.fit_timeout_s:g} s and "
+                                          f"was killed (exit code {code}); the previous model stays in use and the "
+                                          "refit is retried later in a new worker")
                 reply = self._conn.recv_bytes()
             except (EOFError, OSError) as exc:
                 pid, code = self.pid, self._reap()

@@ -7,6 +7,8 @@ import asyncio
 import io
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -181,3 +183,38 @@ def test_a_worker_that_cannot_start_falls_back_to_in_process_fits(monkeypatch, c
     assert_same_model(got, ForestModel(sample, params), rng.normal(size=(20, N_FEATURES)))
     assert any("could not be started" in r.getMessage() and "in the daemon's process" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_stuck_worker_is_killed_after_the_fit_timeout() -> None:
+    w = RefitWorker()
+    try:
+        w.fit(np.ones((4, N_FEATURES)), ForestParams(n_estimators=1))  # start-up and imports: not timed here
+        w.fit_timeout_s = 0.3
+        pid = w.pid
+        with pytest.raises(RefitWorkerDied, match=f"process {pid} did not answer in 0.3 s"):
+            w.fit(np.random.default_rng(0).normal(size=(2048, N_FEATURES)), ForestParams(n_estimators=4000))
+        assert not _alive(pid) and w.pid is None
+    finally:
+        w.close()
+
+
+def test_the_worker_exits_when_its_parent_is_killed() -> None:
+    """No orphan even when the daemon gets no chance to shut down (SIGKILL): the worker reads EOF."""
+    script = ("import sys, numpy as np\n"
+              "from toolwatch.collector.refit_worker import RefitWorker\n"
+              "from toolwatch.detectors.iforest import ForestParams\n"
+              "w = RefitWorker()\n"
+              "w.fit(np.ones((4, 15)), ForestParams(n_estimators=1))\n"
+              "print(w.pid, flush=True)\n"
+              "sys.stdin.read()\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(parent.stdout.readline())
+        assert _alive(pid)
+    finally:
+        parent.kill()
+        parent.wait(10)
+    deadline = time.monotonic() + 15
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
