@@ -207,13 +207,14 @@ def test_the_worker_exits_when_its_parent_is_killed() -> None:
               "w.fit(np.ones((4, 15)), ForestParams(n_estimators=1))\n"
               "print(w.pid, flush=True)\n"
               "sys.stdin.read()\n")
-    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        pid = int(parent.stdout.readline())
-        assert _alive(pid)
-    finally:
-        parent.kill()
-        parent.wait(10)
+    with subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as parent:
+        try:
+            pid = int(parent.stdout.readline())
+            assert _alive(pid)
+        finally:
+            parent.kill()
+            parent.wait(10)
     deadline = time.monotonic() + 15
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
