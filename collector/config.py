@@ -114,6 +114,10 @@ class PipelineConfig:
     """Longest share of wall time model refits may take: after a refit of t seconds the next waits
     t * (1 / share - 1). Refits cost ~0.5 s of CPU each; without a bound, their cadence (every N new
     rows) grows with traffic and they take the core the detectors need."""
+    refit_in_process: bool = False
+    """Fit IsolationForest models in the daemon's own process (a thread) instead of the refit worker
+    process (collector/refit_worker.py). The worker fits on the machine's other core, leaving the
+    daemon's interpreter to the detectors; models are identical either way."""
     gc_young_threshold: int = 50_000
     """The garbage collector's generation-0 threshold while the daemon runs (Python's is 700; 0 leaves
     Python's). At 700 the collector ran dozens of times per batch, walking every object that had

@@ -37,6 +37,7 @@ from .receivers.tls import tls_files
 from .receivers.otlp_grpc import OtlpGrpcReceiver
 from .receivers.kafka import build_kafka_receiver
 from .receivers.otlp_http import OtlpHttpReceiver
+from .refit_worker import RefitWorker
 from .retrain import Retrainer
 from .rules_watch import RuleFileWatcher
 from .sinks import Sink
@@ -110,6 +111,12 @@ class Daemon:
         self.agent_metrics = AgentMetrics(self.metrics.registry, self.detectors, clock=clock)
         self.pipeline.batch_listeners.append(self.agent_metrics.after_batch)
         self.pipeline.batch_listeners.append(lambda _batch, _findings: self._update_agent_gauge())
+        self.refit_worker: RefitWorker | None = None
+        if not p.refit_in_process:
+            self.refit_worker = RefitWorker()
+            for d in self.detectors:
+                if hasattr(d, "fitter") and hasattr(d, "retrain"):
+                    d.fitter = self.refit_worker.fit  # type: ignore[attr-defined]
         self.retrainer = Retrainer(self.detectors, max_share=p.retrain_max_share)
         self.pipeline.batch_listeners.append(self.retrainer)
         self.ingest = Ingest(Normalizer(redact_args or ingest_redactor(cfg)), self.pipeline, self.metrics)
@@ -202,6 +209,8 @@ class Daemon:
             await self.rules_watcher.shutdown()
         await self.pipeline.shutdown()
         await self.retrainer.shutdown()
+        if self.refit_worker is not None:
+            await asyncio.to_thread(self.refit_worker.close)
         for sink in self.sinks:
             await sink.shutdown()
         await self.hold_notifier.shutdown()

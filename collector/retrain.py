@@ -9,6 +9,8 @@ from typing import Any, Callable, Protocol
 
 from toolwatch.detectors.events import Batch, Finding
 
+from .refit_worker import RefitWorkerDied
+
 log = logging.getLogger("toolwatch.retrain")
 
 
@@ -27,6 +29,9 @@ class Retrainer:
     their CPU would grow with traffic until it took the whole core. ``max_share`` bounds them: after a
     run of t seconds the next starts no sooner than t * (1 / max_share - 1) later. Models then refresh
     less often under heavy load (the rows keep rolling into the window), never the other way round.
+    With the refit worker process (the default) a run's wall time is the worker's fitting time (the
+    thread here only waits on its pipe), so the bound keeps the worker to ``max_share`` of the other
+    core; the detectors' interpreter is no longer the resource it protects.
     """
 
     def __init__(self, detectors: list[Any], *, max_share: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
@@ -53,6 +58,8 @@ class Retrainer:
                 done = await asyncio.to_thread(det.retrain, keys)
                 self.fitted += len(done)
                 log.debug("%s: refitted %d model(s)", det.name, len(done))
+            except RefitWorkerDied as exc:
+                log.error("%s: %s", det.name, exc)
             except Exception:
                 log.exception("%s: retraining failed; the previous models stay in use", det.name)
         took = self.clock() - started

@@ -53,6 +53,26 @@ class FlatForest:
         self.n_features = int(forest.n_features_in_)
         self.denominator = len(forest.estimators_) * float(average_path_length(np.array([forest._max_samples]))[0])
 
+    @classmethod
+    def from_arrays(cls, nodes: np.ndarray, leaf_value: np.ndarray, roots: np.ndarray, depth: int, n_features: int,
+                    denominator: float) -> "FlatForest":
+        """A forest flattened elsewhere (the refit worker process), from its plain arrays: no sklearn
+        object crosses the process boundary, so nothing is ever unpickled."""
+        self = cls.__new__(cls)
+        self.nodes = np.ascontiguousarray(nodes, dtype=NODE)
+        self.leaf_value = np.ascontiguousarray(leaf_value, dtype=np.float64)
+        self.roots = np.ascontiguousarray(roots, dtype=np.intp)
+        self.depth = int(depth)
+        self.n_features = int(n_features)
+        self.denominator = float(denominator)
+        n = len(self.nodes)
+        if (len(self.leaf_value) != n or self.roots.ndim != 1 or not len(self.roots) or self.depth < 0
+                or (n and (self.nodes["child"].min() < 0 or self.nodes["child"].max() >= n
+                           or self.nodes["feature"].min() < 0 or self.nodes["feature"].max() >= self.n_features))
+                or self.roots.min() < 0 or self.roots.max() >= n):
+            raise ValueError("inconsistent flattened forest arrays")  # _walk's take(mode="clip") trusts them
+        return self
+
     def score_samples(self, X: np.ndarray, chunk: int = 256) -> np.ndarray:
         """Same as ``IsolationForest.score_samples``: the opposite of the anomaly score (lower = more abnormal)."""
         X = np.ascontiguousarray(X, dtype=np.float32)
@@ -281,7 +301,7 @@ class ForestModel:
         self.params = params
         from sklearn.ensemble import IsolationForest
 
-        self.forest = IsolationForest(
+        self.forest: IsolationForest | None = IsolationForest(
             n_estimators=params.n_estimators,
             max_samples=min(params.max_samples, len(sample)),
             random_state=params.random_state,
@@ -295,6 +315,39 @@ class ForestModel:
         self.lo = sample.min(axis=0)
         self.hi = sample.max(axis=0)
         self.width = np.maximum(self.hi - self.lo, 1.0)
+
+    FITTED = ("threshold", "median", "spread", "lo", "hi", "width")
+    """What a fit computes besides the flattened forest: with it, ``fitted_arrays`` is the whole model."""
+
+    def fitted_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted model as plain NumPy arrays (``np.savez``-able, no objects): how the refit worker
+        process hands a model back. ``from_fitted_arrays`` rebuilds an identical model from them."""
+        f = self.flat
+        out = {"sample": self.sample, "nodes": f.nodes, "leaf_value": f.leaf_value, "roots": f.roots,
+               "depth": np.array(f.depth), "n_features": np.array(f.n_features), "denominator": np.array(f.denominator)}
+        out.update({k: np.asarray(getattr(self, k), dtype=np.float64) for k in self.FITTED})
+        return out
+
+    @classmethod
+    def from_fitted_arrays(cls, a: dict[str, np.ndarray], params: ForestParams) -> "ForestModel":
+        """The model ``fitted_arrays`` describes, without refitting (and without sklearn's objects:
+        ``forest`` is None). Scores, thresholds and explanations are bit-identical to the original's."""
+        self = cls.__new__(cls)
+        self.sample = np.ascontiguousarray(a["sample"], dtype=np.float64)
+        self.params = params
+        self.forest = None
+        self.flat = FlatForest.from_arrays(a["nodes"], a["leaf_value"], a["roots"], int(a["depth"]),
+                                           int(a["n_features"]), float(a["denominator"]))
+        F = self.sample.shape[1] if self.sample.ndim == 2 else -1
+        if F != self.flat.n_features:
+            raise ValueError("fitted arrays: sample and forest disagree on the number of features")
+        self.threshold = float(a["threshold"])
+        for k in cls.FITTED[1:]:
+            v = np.asarray(a[k], dtype=np.float64)
+            if v.shape != (F,):
+                raise ValueError(f"fitted arrays: {k} has shape {v.shape}, expected ({F},)")
+            setattr(self, k, v)
+        return self
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Anomaly score in (0, 1]; higher = more anomalous (IsolationForest's ``s(x, n)``)."""

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -224,6 +224,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """Rows committed to any window since the group models were fitted."""
         self._bank: ForestBank | None = None
         """Every model's trees in one set of arrays, for one scoring pass per batch."""
+        self.fitter: Callable[[np.ndarray, ForestParams], ForestModel] = ForestModel
+        """Fits one model in ``retrain``: in-process by default; the daemon sets its refit worker
+        process's ``fit`` (same models, fitted on the other core)."""
 
     # --- PerAgentDetector ----------------------------------------------------------------------
     def new_state(self) -> _Agent:
@@ -317,8 +320,12 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             st = self._state.get(k)
             if st is None or st.n_buf < cfg.min_rows:
                 continue
-            st.since_fit = 0
-            self._models[k] = ForestModel(st.window(), cfg.forest)
+            since, st.since_fit = st.since_fit, 0
+            try:
+                self._models[k] = self.fitter(st.window(), cfg.forest)
+            except BaseException:
+                st.since_fit += since  # not refitted: ask again at the next check
+                raise
             done.append(k)
         if GROUPS in keys:
             done += self._fit_groups()
@@ -333,8 +340,19 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         if not mature:
             return []
         full = self._group_since >= cfg.group_retrain_every
+        since = self._group_since
         if full:
             self._group_since = 0
+        try:
+            new_models = self._fit_group_models(mature, full)
+        except BaseException:
+            if full:
+                self._group_since += since  # not refitted: ask again at the next check
+            raise
+        return new_models
+
+    def _fit_group_models(self, mature: dict[str, _Agent], full: bool) -> list[str]:
+        cfg = self.config
         by_servers: dict[frozenset[str], list[str]] = {}
         for a, st in mature.items():
             by_servers.setdefault(frozenset(self._servers(st)), []).append(a)
@@ -350,7 +368,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             pooled = np.concatenate([mature[a].window() for a in sorted(members)])
             if len(pooled) > cfg.max_rows:
                 pooled = pooled[np.sort(rng.choice(len(pooled), cfg.max_rows, replace=False))]
-            new_models[key] = ForestModel(pooled, cfg.forest)
+            new_models[key] = self.fitter(pooled, cfg.forest)
         stale = [k for k in list(self._models) if k.startswith("group:") and k not in groups]
         self._models.update(new_models)
         for k in stale:

@@ -1,0 +1,209 @@
+"""IsolationForest refits in a separate process, so they use the machine's other core.
+
+The daemon is bound by its interpreter lock: fitting a forest in a thread (sklearn's tree
+building holds the GIL for much of its ~0.2 s) took about a quarter of the daemon's samples away
+from the detectors. ``RefitWorker`` keeps one long-lived worker process (``spawn``: no forked
+copy of the daemon's threads and sockets), started on the first fit and restarted after it dies.
+
+Nothing is pickled either way: the parent sends the training sample and the parameters, the
+worker fits ``ForestModel`` exactly as the parent would (same code, same ``random_state``) and
+sends back ``ForestModel.fitted_arrays()``; both messages are ``np.savez`` archives read with
+``allow_pickle=False`` over ``Connection.send_bytes``/``recv_bytes``. The parent rebuilds the
+model with ``ForestModel.from_fitted_arrays``: bit-identical to an in-process fit.
+
+``spawn`` starts a fresh interpreter that imports the parent's ``__main__`` module again (as
+``__mp_main__``): a script that embeds the daemon must keep its start-up under
+``if __name__ == "__main__":`` (the ``toolwatch`` command and the bench scripts do).
+
+If the worker cannot be started, fits run in-process from then on (logged once). If it dies
+mid-fit, ``fit`` raises ``RefitWorkerDied``: the caller keeps the previous model and retries later
+with a new worker.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from toolwatch.detectors.iforest import ForestModel, ForestParams
+
+log = logging.getLogger("toolwatch.refit_worker")
+
+__all__ = ["RefitWorker", "RefitWorkerDied"]
+
+NICE = 10
+"""How much lower the worker's CPU priority is than the daemon's."""
+
+
+class RefitWorkerDied(RuntimeError):
+    """The worker process ended while fitting; the previous model stays in use."""
+
+
+def _pack(arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    return buf.getvalue()
+
+
+def _unpack(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays.pop("__meta__").tobytes().decode())
+    return arrays, meta
+
+
+def encode_request(sample: np.ndarray, params: ForestParams) -> bytes:
+    return _pack({"sample": np.ascontiguousarray(sample, dtype=np.float64)}, {"params": asdict(params)})
+
+
+def decode_request(data: bytes) -> tuple[np.ndarray, ForestParams]:
+    arrays, meta = _unpack(data)
+    return arrays["sample"], ForestParams(**meta["params"])
+
+
+def encode_model(model: ForestModel, took_s: float) -> bytes:
+    return _pack(model.fitted_arrays(), {"took_s": took_s})
+
+
+def decode_reply(data: bytes, params: ForestParams) -> tuple[ForestModel, float]:
+    """The fitted model and the worker's time for the fit; raises ``RuntimeError`` if the fit failed."""
+    arrays, meta = _unpack(data)
+    if "error" in meta:
+        raise RuntimeError(f"refit worker: {meta['error']}")
+    return ForestModel.from_fitted_arrays(arrays, params), float(meta["took_s"])
+
+
+def _serve(conn: Connection) -> None:
+    """The worker's loop: one request, one reply, until the parent closes its end.
+
+    It runs at a lower CPU priority (nice +10) and ignores SIGINT: refits are background work that
+    should take idle CPU, not the detectors' or the receivers' when the machine is busy (a refit
+    taking longer just makes the retrainer's budget space refits further apart); and a Ctrl-C to
+    the daemon's terminal stops the daemon, which then closes the worker itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        os.nice(NICE)
+    except OSError:  # not permitted here: run at the daemon's priority
+        pass
+    import sklearn.ensemble  # the ~3 s import now, before the first request
+
+    del sklearn
+
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        started = time.perf_counter()
+        try:
+            sample, params = decode_request(data)
+            reply = encode_model(ForestModel(sample, params), time.perf_counter() - started)
+        except Exception as exc:  # a bad sample must not kill the worker: the parent logs it
+            reply = _pack({}, {"error": f"{type(exc).__name__}: {exc}"})
+        conn.send_bytes(reply)
+
+
+class RefitWorker:
+    """Fits ``ForestModel``s in one worker process; ``fit`` is thread-safe (one fit at a time)."""
+
+    def __init__(self, *, join_timeout_s: float = 5.0, fit_timeout_s: float = 600.0) -> None:
+        self.join_timeout_s = join_timeout_s
+        self.fit_timeout_s = fit_timeout_s
+        """A fit takes well under a second; a worker silent this long is stuck and is killed."""
+        self._lock = threading.Lock()
+        self._proc: Any = None  # multiprocessing.Process of the spawn context
+        self._conn: Connection | None = None
+        self.in_process = False
+        """Set when the worker could not be started: fits then run in the caller's thread."""
+        self.starts = 0
+        self.busy_s = 0.0
+        """The worker's own time spent fitting (sum over fits)."""
+        self._closed = False
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def fit(self, sample: np.ndarray, params: ForestParams) -> ForestModel:
+        """``ForestModel(sample, params)``, fitted in the worker process."""
+        with self._lock:
+            if self.in_process or self._closed:
+                return ForestModel(sample, params)
+            if self._proc is None or not self._proc.is_alive():
+                self._reap()
+                try:
+                    self._start()
+                except Exception:
+                    log.exception("refit worker process could not be started: refits run in the daemon's "
+                                  "process from now on (they then share its interpreter with the detectors)")
+                    self.in_process = True
+                    return ForestModel(sample, params)
+            assert self._conn is not None
+            try:
+                self._conn.send_bytes(encode_request(sample, params))
+                if not self._conn.poll(self.fit_timeout_s):
+                    pid = self.pid
+                    self._proc.kill()
+                    code = self._reap()
+                    raise RefitWorkerDied(f"refit worker process {pid} did not answer in {self.fit_timeout_s:g} s and "
+                                          f"was killed (exit code {code}); the previous model stays in use and the "
+                                          "refit is retried later in a new worker")
+                reply = self._conn.recv_bytes()
+            except (EOFError, OSError) as exc:
+                pid, code = self.pid, self._reap()
+                raise RefitWorkerDied(f"refit worker process {pid} died mid-fit (exit code {code}); the previous "
+                                      "model stays in use and the refit is retried later in a new worker") from exc
+            model, took = decode_reply(reply, params)
+            self.busy_s += took
+            return model
+
+    def _start(self) -> None:
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        proc = ctx.Process(target=_serve, args=(child,), name="toolwatch-refit", daemon=True)
+        try:
+            proc.start()
+        finally:
+            child.close()  # the child's end lives in the child only: its death is then EOF here
+        self._proc, self._conn = proc, parent
+        self.starts += 1
+        log.info("refit worker process %d started", proc.pid)
+
+    def _reap(self) -> int | None:
+        """Close the pipe and collect the process (after a death or on close); its exit code."""
+        conn, proc, self._conn, self._proc = self._conn, self._proc, None, None
+        if conn is not None:
+            conn.close()  # the worker reads EOF and returns
+        if proc is None:
+            return None
+        proc.join(self.join_timeout_s)
+        if proc.is_alive():
+            log.warning("refit worker process %d did not exit; terminating it", proc.pid)
+            proc.terminate()
+            proc.join(self.join_timeout_s)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        code = proc.exitcode
+        proc.close()
+        return code
+
+    def close(self) -> None:
+        """Stop the worker (waits for a fit in progress) and fit in-process from then on."""
+        with self._lock:
+            self._closed = True
+            if self._proc is not None:
+                pid = self.pid
+                code = self._reap()
+                log.info("refit worker process %s stopped (exit code %s)", pid, code)
