@@ -162,7 +162,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         max_mass, max_tokens, max_transitions = markov.max_mass, markov.max_tokens, markov.max_transitions
         thr_plain, thr_instr = cfg.threshold_bits, cfg.after_instructions_bits
         length_k, length_floor = cfg.length_k, cfg.length_floor
-        log2, log1p, exp, nan = math.log2, math.log1p, math.exp, math.nan
+        log2, exp, nan = math.log2, math.exp, math.nan
         for c in calls:
             agent_id = c.agent_id
             st = states.get(agent_id)
@@ -194,14 +194,9 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             if opened and t - tracker.floor_ns > tracker.idle_ns:
                 closed = tracker.expire(t)
                 if closed and not frozen:
-                    ls = st.lengths
-                    decay = ls.decay
+                    add_length = st.lengths.add
                     for _sid, old in closed:
-                        x = log1p(old.n)
-                        ls.n = ls.n * decay + 1.0
-                        d = x - ls.mean
-                        ls.mean += d / ls.n
-                        ls.m2 = ls.m2 * decay + d * (x - ls.mean)
+                        add_length(old.n)
                     st.limit_stale = True
             s = opened.get(sid)
             if s is None:
@@ -213,13 +208,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                 while len(opened) >= tracker.max_open:
                     old = opened.popitem(False)[1]
                     if not frozen:
-                        ls = st.lengths
-                        decay = ls.decay
-                        x = log1p(old.n)
-                        ls.n = ls.n * decay + 1.0
-                        d = x - ls.mean
-                        ls.mean += d / ls.n
-                        ls.m2 = ls.m2 * decay + d * (x - ls.mean)
+                        st.lengths.add(old.n)
                         st.limit_stale = True
                 if old is None:
                     s = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
