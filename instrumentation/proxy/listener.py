@@ -259,7 +259,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._upgrade: tuple[Request, int, list[bytes]] | None = None
+        self._upgrade: tuple[Request, int, list[bytes], int] | None = None  # request, length, kept bytes, bytes seen
         """An ``Upgrade`` request whose body is still being read (see ``_upgrading``)."""
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
@@ -381,27 +381,34 @@ class _Connection(asyncio.Protocol):
         if "Transfer-Encoding" in request.headers or not length.isdigit():
             self._reject(400, "Bad Request: a chunked body with Upgrade is not supported")
             return
-        self._upgrade = (request, int(length), [])
+        self._upgrade = (request, int(length), [], 0)
         self._in_request = True
         self._set_deadline(self._listener.header_timeout)
 
     def _upgrade_body(self, data: bytes) -> None:
         assert self._upgrade is not None
-        request, need, parts = self._upgrade
-        parts.append(data)
-        if sum(map(len, parts)) < need:
+        request, need, parts, seen = self._upgrade
+        oversized = need > self._listener.max_body
+        if not oversized:
+            parts.append(data)
+        elif seen + len(data) > need:  # an oversized body is not kept: only the bytes after it are
+            parts.append(data[need - seen:])
+        seen += len(data)
+        if seen < need:
+            self._upgrade = (request, need, parts, seen)
             self._set_deadline(self._listener.header_timeout)
             return
         self._upgrade = None
         self._in_request = False
         self._deadline = None
         received = b"".join(parts)
-        request.oversized = need > self._listener.max_body
-        request.body = b"" if request.oversized else received[:need]
+        request.oversized = oversized
+        request.body = b"" if oversized else received[:need]
+        rest = received if oversized else received[need:]
         self._parser = httptools.HttpRequestParser(self)
         self._dispatch(request)
-        if len(received) > need:
-            self.data_received(received[need:])
+        if rest:
+            self.data_received(rest)
 
     # -- answering -------------------------------------------------------------------------------
     async def _serve(self) -> None:

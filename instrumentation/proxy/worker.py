@@ -58,7 +58,7 @@ class WorkerConfig:
 
 def encode(kind: int, session_id: str, t_ns: int, payload: bytes, size: int = -1) -> bytes:
     """One frame (the proxy side); the header's length counts everything after its own 4 bytes."""
-    sid = session_id.encode()
+    sid = session_id.encode("utf-8", "surrogateescape")  # header values are decoded that way (listener.py)
     return HEADER.pack(HEADER.size - 4 + len(sid) + len(payload), kind, t_ns, size, len(sid)) + sid + payload
 
 
@@ -321,7 +321,7 @@ def decode(buf: bytes | bytearray) -> tuple[list[tuple[int, str, int, int, bytes
         if end > len(buf):
             break
         start = pos + HEADER.size
-        frames.append((kind, bytes(buf[start:start + sid_len]).decode(), t_ns, size, bytes(buf[start + sid_len:end])))
+        frames.append((kind, bytes(buf[start:start + sid_len]).decode("utf-8", "surrogateescape"), t_ns, size, bytes(buf[start + sid_len:end])))
         pos = end
     return frames, pos
 

@@ -544,3 +544,22 @@ async def test_an_upgrade_request_with_a_chunked_body_is_refused():
     finally:
         client.close()
         await listener.close()
+
+
+@pytest.mark.parametrize("split", [0, 7, 500])
+async def test_an_oversized_upgrade_body_is_dropped_and_flagged_and_the_connection_goes_on(split):
+    """An Upgrade request's body is read by length, outside the parser: past max_body it is not kept
+    (a huge Content-Length must not fill memory), and the request behind it is still served."""
+    listener, port = await listening(max_body=100)
+    client = await Client.open(port)
+    raw = post(b"x" * 1000, extra=b"Connection: Upgrade\r\nUpgrade: h2c\r\n")
+    cut = len(raw) - 1000 + split if split else len(raw)
+    try:
+        await client.send(raw[:cut], raw[cut:] + post(b"next"), pause=0.02)
+        got = info((await client.response())[1])
+        assert got["oversized"] is True and got["body"] == ""
+        got = info((await client.response())[1])
+        assert got["oversized"] is False and bytes.fromhex(got["body"]) == b"next"
+    finally:
+        client.close()
+        await listener.close()

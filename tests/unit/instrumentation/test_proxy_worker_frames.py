@@ -159,3 +159,14 @@ async def test_frames_beyond_the_bound_are_dropped_and_counted():
     worker._proc = None
     worker.submit(SessionRef("s"), "c2s", b"{}", 10)  # no worker (restarting): dropped and counted
     assert stats.dropped_observations == 3
+
+
+def test_a_session_id_that_is_not_utf8_survives_the_frame():
+    """The listener decodes header bytes with surrogateescape: an Mcp-Session-Id that is not UTF-8
+    reaches the worker byte for byte instead of failing the exchange."""
+    from toolwatch.instrumentation.proxy.worker import decode, encode
+
+    frame = encode(1, b"a\xffb".decode("utf-8", "surrogateescape"), 5, b"{}")
+    frames, used = decode(frame)
+    assert used == len(frame)
+    assert frames[0][1].encode("utf-8", "surrogateescape") == b"a\xffb"
