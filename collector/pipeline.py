@@ -217,13 +217,9 @@ class Pipeline:
         # Cancelling does not stop a batch already handed to the worker thread: wait for it, or the
         # final snapshot reads detector state while that batch changes it (a soak ended this way
         # lost the iforest state: "dictionary changed size during iteration").
-        await asyncio.to_thread(self._wait_for_batch)
+        await self.exclusive(lambda: None)
         await self._drain_all()
         self.save_state()
-
-    def _wait_for_batch(self) -> None:
-        with self.detector_lock:
-            pass
 
     async def drained(self, timeout: float = 10.0) -> None:
         """Wait until everything submitted so far has been processed (tests, replay)."""

@@ -90,9 +90,13 @@ class Ingest:
         the detectors had left, so throughput fell the longer the backlog lasted (issue #4).
         """
         if self.pipeline.running and self.pipeline.full_for(span_count(req)):
-            self.metrics.requests_rejected.labels(receiver, "queue_full").inc()
-            raise Overloaded(f"pipeline queue is full ({self.pipeline.depth} events waiting); retry later")
+            raise self._queue_full(receiver)
         return self.consume(receiver, self.normalizer.normalize(req), decode_rejected, decode_errors)
+
+    def _queue_full(self, receiver: str) -> Overloaded:
+        """Count a queue_full refusal; the exception to raise (both refusals answer alike)."""
+        self.metrics.requests_rejected.labels(receiver, "queue_full").inc()
+        return Overloaded(f"pipeline queue is full ({self.pipeline.depth} events waiting); retry later")
 
     def consume(self, receiver: str, norm: Normalized, decode_rejected: int = 0, decode_errors: tuple[str, ...] = ()) -> IngestResult:
         """Admit normalised events; ``decode_rejected`` spans were already lost to decoding."""
@@ -101,8 +105,7 @@ class Ingest:
             raise Unavailable("the daemon is starting or shutting down; retry later")
         adm = self.pipeline.admit(norm.calls, norm.listings)
         if not adm.accepted:
-            self.metrics.requests_rejected.labels(receiver, "queue_full").inc()
-            raise Overloaded(f"pipeline queue is full ({self.pipeline.depth} events waiting); retry later")
+            raise self._queue_full(receiver)
         spans = norm.spans + decode_rejected
         self.metrics.spans_received.labels(receiver).inc(spans)
         errors = [*decode_errors, *norm.errors]
