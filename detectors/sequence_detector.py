@@ -186,7 +186,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     got = priors[agent_id] = self._fleet(st.model.vocab | batch_vocab[agent_id],
                                                          [p for p in mature if p is not st])
                 prior, peer_limit = got
-            # Session context: SessionTracker.touch and LengthStats.add inlined (same operations).
+            # Session context: SessionTracker.touch inlined (same operations).
             tracker = st.sessions
             opened = tracker.open
             t = c.time_ns
@@ -214,10 +214,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     s = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
                 else:
                     s = old
-                    s.prev, s.n, s.first_ns, s.last_ns, s.errors, s.rate = START, 0, t, t, 0, 0.0
-                    s.prev_instructions = s.flagged_length = False
-                    s.servers.clear()
-                    s.result_fps.clear()
+                    s.reset(t)
                 opened[sid] = s
                 if t < tracker.floor_ns:
                     tracker.floor_ns = t

@@ -39,6 +39,14 @@ class Session:
     result_fps: dict[str, str] = field(default_factory=dict)
     """Result fingerprint -> server that returned it."""
 
+    def reset(self, time_ns: int) -> None:
+        """Start over as a new session at ``time_ns``, every field as a new ``Session`` has it: a
+        pushed-out session's object is reused at high session churn (sequence detector)."""
+        self.prev, self.n, self.first_ns, self.last_ns, self.errors, self.rate = START, 0, time_ns, time_ns, 0, 0.0
+        self.prev_instructions = self.flagged_length = False
+        self.servers.clear()
+        self.result_fps.clear()
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "prev": self.prev, "n": self.n, "first_ns": self.first_ns, "last_ns": self.last_ns,
