@@ -13,7 +13,7 @@ specific shapes come before generic ones (high-entropy blobs).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import validators as v
 from .validators import Normaliser, Validator
@@ -60,10 +60,12 @@ class Detector:
     validate: Validator | None = None
     normalise: Normaliser | None = None
     redact: bool = True
+    placeholder: str = field(init=False, repr=False, compare=False)
+    """What replaces a hit in redacted text; built once (it is read per hit)."""
 
-    @property
-    def placeholder(self) -> str:
-        return f"<secret:{self.name}>" if self.label == "secret" else f"<{self.label}>"
+    def __post_init__(self) -> None:
+        placeholder = f"<secret:{self.name}>" if self.label == "secret" else f"<{self.label}>"
+        object.__setattr__(self, "placeholder", placeholder)
 
 
 WORD_CHARS = "A-Za-z0-9"  # token boundaries: "_" next to a value does not hide it (``id_4539…``)

@@ -20,7 +20,7 @@ from typing import Any
 from . import semconv
 from .fingerprint import Fingerprinter, key_from_env
 from .injection import InjectionScan, scan_injection
-from .patterns import DETECTORS, KEY_NAME_RE
+from .patterns import KEY_NAME_RE
 from .scanner import Hit, find_hits
 from .sketch import Sketcher, sketch_similarity
 
@@ -34,8 +34,6 @@ _NUMBER_DIGITS = 7  # integers this long may be phone numbers, cards or IDs: sca
 _KEY_CHARS = 256
 _CLEAN_KEYS_MAX = 4096
 _BINARY_FIELDS = {"image": "data", "audio": "data"}
-_PLACEHOLDERS: dict[int, str] = {id(det): det.placeholder for det in DETECTORS}
-"""Each detector's placeholder, built once (``Detector.placeholder`` formats it per call)."""
 _SEQUENCES = (list, tuple, set, frozenset)  # a tuple: ``list | tuple | …`` builds a union per call
 
 
@@ -232,7 +230,7 @@ class Redactor:
             return self._object(value, walk, depth, binary_ok)
         if isinstance(value, _SEQUENCES):
             walk.size += 1 + max(len(value), 1)  # brackets and commas
-            items = value if isinstance(value, list | tuple) else sorted(value, key=repr)
+            items = value if isinstance(value, (list, tuple)) else sorted(value, key=repr)
             return [self._walk(item, walk, depth + 1, binary_ok=binary_ok) for item in items]
         if isinstance(value, bytes | bytearray | memoryview):
             return self._text(bytes(value).decode("utf-8", "replace"), walk)
@@ -362,7 +360,7 @@ class Redactor:
             start = hit.start
             if start < cut:
                 parts.append(text[pos:start])
-                parts.append(_PLACEHOLDERS.get(id(det)) or det.placeholder)
+                parts.append(det.placeholder)
                 pos = max(pos, hit.end)
         parts.append(text[pos:cut])
         return "".join(parts)
