@@ -298,10 +298,11 @@ class _LongScan:
 
     def __init__(self, gates: tuple[str, ...]) -> None:
         self.gates = gates
-        # One-character gates ("/", "@", caseless) are frequent, so they cost the automaton more
-        # than a C ``in`` (memchr) after it costs: they are looked for that way.
-        self._char_gates = tuple(gate for gate in gates if len(gate) == 1)
-        self._hs_gates = hs_gates = tuple(gate for gate in gates if len(gate) > 1)
+        # One-character gates without case ("/", "@") are frequent, so they cost the automaton more
+        # than a C ``in`` (memchr) after it costs: they are looked for that way, in ASCII text as it
+        # is (a letter would need lower-casing first, so letters stay with the automaton).
+        self._char_gates = char_gates = tuple(g for g in gates if len(g) == 1 and g.lower() == g.upper())
+        self._hs_gates = hs_gates = tuple(gate for gate in gates if gate not in char_gates)
         self._db = None
         self._scratch = None
         if _hs is not None:
