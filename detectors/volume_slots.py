@@ -91,13 +91,19 @@ class OpenWindows:
         self.sess_set = np.full((64, MAX_SESSIONS), -1, np.int64)  # ... these: no other can enter any more
         self.sess_code: dict[str, int] = {}  # session id -> code (the sessions table holds codes)
         self.free: list[int] = []
+        self.dead: list[int] = []
+        """Released slots whose table rows are still there: reused only after ``_compact`` drops the rows."""
         self.used = 0
+        self.reduced = True
+        """No rows were added since the last ``reduce`` (reading then needs none)."""
         self.named, self.fast, self.big, self.sessions = _Table(), _Table(), _Table(), _Table()
         self.seq = 0
         """Sequence number of the next row (call order across batches)."""
 
     # ----------------------------------------------------------------- slots
     def new_slot(self) -> int:
+        if not self.free and len(self.dead) > max(64, self.used // 8):
+            self._compact()
         if self.free:
             slot = self.free.pop()
         else:
@@ -125,14 +131,22 @@ class OpenWindows:
         self.sess_set = grow(self.sess_set.T, -1).T.copy()
 
     def release(self, slots: list[int]) -> None:
-        """Forget these slots (closed, evicted or dropped) and their rows."""
+        """Forget these slots (closed, evicted or dropped). Their rows go at the next ``_compact``:
+        filtering every table per release made each eviction cost a pass over all open windows."""
         if not slots:
             return
         self.alive[slots] = False
+        self.dead.extend(slots)
+
+    def _compact(self) -> None:
+        """Drop the rows of released slots, which may then be reused."""
+        if not self.dead:
+            return
         for table in (self.named, self.fast, self.big, self.sessions):
             if table.size:
                 table.keep(self.alive[table.rows()[0]])
-        self.free.extend(slots)
+        self.free.extend(self.dead)
+        self.dead = []
 
     # ----------------------------------------------------------------- ingest
     def session_codes(self, sessions: list[str]) -> np.ndarray:
@@ -149,6 +163,7 @@ class OpenWindows:
         """Count rows (one per call and key): per row its ``slot``, ``seq``, ``size``, ``error``, ``fast``
         (minus the gap to the key's previous call) and ``call``, an index into the calls' ``span``
         ids and ``session`` codes; ``has_span``/``has_session`` per row say whether the id is set."""
+        self.reduced = False
         np.add.at(self.calls, slot, 1)
         np.add.at(self.bytes, slot, size)
         np.add.at(self.errors, slot[error], 1)
@@ -175,6 +190,7 @@ class OpenWindows:
 
     def load(self, slot: int, win: dict[str, Any]) -> None:
         """A window dict (the snapshot form) into ``slot``; its items come before any later call."""
+        self.reduced = False
         self.calls[slot], self.bytes[slot], self.errors[slot] = int(win["calls"]), int(win["bytes"]), \
             int(win["errors"])
         self.has_top[slot] = "fast" in win
@@ -203,6 +219,7 @@ class OpenWindows:
         A slot's rows sit in a table in sequence order (appended in call order, set back sorted),
         so stable sorts by the other keys stand in for sorting by sequence too.
         """
+        self._compact()
         s, q, v, t, c = self.named.rows()
         if len(s):
             order = np.argsort(s, kind="stable")
@@ -257,10 +274,12 @@ class OpenWindows:
             self.sess_set[s, rank] = k
             self.sess_full[s[rank == MAX_SESSIONS - 1]] = True
         self.sessions.set((s, q, k, k, c))
+        self.reduced = True
 
     def read(self, slots: list[int]) -> dict[int, dict[str, Any]]:
         """The window dict of each slot, exactly as the call-by-call detector keeps it."""
-        self.reduce()
+        if not self.reduced:  # reducing twice gives the same rows: a snapshot per agent reads often
+            self.reduce()
         want = np.zeros(len(self.calls), bool)
         want[slots] = True
         calls, nbytes, errors, top = (self.calls[slots].tolist(), self.bytes[slots].tolist(),
