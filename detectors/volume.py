@@ -552,7 +552,7 @@ class VolumeSpikeDetector(Detector):
         """The open windows of ``keys`` in the snapshot form: {key: {str(window index): window dict}}."""
         opens = {k: self._open[k] for k in keys if k in self._open}
         wins = self._win.read([s for v in opens.values() for s in v.values()])
-        return {k: {str(i): json.loads(json.dumps(wins[s])) for i, s in v.items()} for k, v in opens.items()}
+        return {k: {str(i): wins[s] for i, s in v.items()} for k, v in opens.items()}  # read() builds fresh dicts
 
     def _load_open(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
