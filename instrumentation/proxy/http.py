@@ -27,7 +27,7 @@ from .framing import Oversized, SseSplitter
 from .listener import Listener, Request, Response, StreamResponse, json_response
 from .stdio import SERVER_EXITED
 from .enforce_http import KEEPALIVE_S, EventRelay, HttpEnforcement, Screening, needs_screening, screen, sse_event
-from .tracker import _ID_IN_HEAD, CallTracker, ProxyStats, Recorder, SessionTrackers, id_key, request_ids
+from .tracker import CallTracker, ProxyStats, Recorder, SessionTrackers, id_key, request_ids, response_ids
 from .upstream import UpstreamPool, UpstreamResponse
 from .worker import SessionRef, SpanWorker
 
@@ -55,24 +55,7 @@ _MAX_RELAYED = 10_000
 
 def unanswered(ids: list[Any], relayed: list[bytes | Oversized]) -> list[Any]:
     """Those of ``ids`` that no relayed message answered (what ``CallTracker.fail_requests`` returns)."""
-    answered: set[str] = set()
-    for event in relayed:
-        if isinstance(event, Oversized):  # paired by the id in its first bytes, as the tracker does
-            match = _ID_IN_HEAD.search(event.head)
-            if match is not None:
-                try:
-                    answered.add(id_key(json.loads(match.group(1))))
-                except ValueError:
-                    pass
-            continue
-        try:
-            value = json.loads(event)
-        except (ValueError, UnicodeDecodeError):
-            continue
-        for message in value if isinstance(value, list) else [value]:
-            if isinstance(message, dict) and not isinstance(message.get("method"), str) \
-                    and message.get("id") is not None:
-                answered.add(id_key(message["id"]))
+    answered = {id_key(response_id) for event in relayed for response_id in response_ids(event)}
     out = []
     for request_id in ids:  # each open id once, as the tracker fails it
         key = id_key(request_id)

@@ -59,15 +59,42 @@ class _Pending:
     start_ns: int
 
 
-def request_ids(raw: bytes) -> list[Any]:
-    """Ids of the JSON-RPC requests in a message or batch (empty when it does not parse)."""
+def _messages(raw: bytes) -> list[Any]:
+    """The messages of a JSON-RPC message or batch (empty when it does not parse)."""
     try:
         value = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return []
-    messages = value if isinstance(value, list) else [value]
-    return [m["id"] for m in messages
+    return value if isinstance(value, list) else [value]
+
+
+def request_ids(raw: bytes) -> list[Any]:
+    """Ids of the JSON-RPC requests in a message or batch (empty when it does not parse)."""
+    return [m["id"] for m in _messages(raw)
             if isinstance(m, dict) and isinstance(m.get("method"), str) and m.get("id") is not None]
+
+
+def _head_id(raw: Oversized) -> Any:
+    """The id in an oversized message's first bytes, what it is paired by (``_MISSING`` when none parses)."""
+    match = _ID_IN_HEAD.search(raw.head)
+    if match is None:
+        return _MISSING
+    try:
+        return json.loads(match.group(1))
+    except ValueError:
+        return _MISSING
+
+
+def response_ids(raw: bytes | Oversized) -> list[Any]:
+    """Ids of the JSON-RPC responses in a server's message or batch, as ``CallTracker.observe`` pairs them.
+
+    A response is a message with an id and no method; an oversized message is paired by the id in its first bytes.
+    """
+    if isinstance(raw, Oversized):
+        request_id = _head_id(raw)
+        return [] if request_id is _MISSING else [request_id]
+    return [m["id"] for m in _messages(raw)
+            if isinstance(m, dict) and not isinstance(m.get("method"), str) and m.get("id") is not None]
 
 
 def id_key(request_id: Any) -> str:
@@ -158,12 +185,8 @@ class CallTracker:
         """Pair an oversized response by the id in its first bytes; it is not scanned."""
         if direction != "s2c":
             return
-        match = _ID_IN_HEAD.search(raw.head)
-        if match is None:
-            return
-        try:
-            request_id = json.loads(match.group(1))
-        except ValueError:
+        request_id = _head_id(raw)
+        if request_id is _MISSING:
             return
         key = id_key(request_id)
         self._inflight.pop(key, None)

@@ -144,6 +144,56 @@ def test_unanswered_is_what_the_tracker_fails(requested, answers):
     assert [id_key(i) for i in unanswered(request_ids(body), relayed)] == [id_key(i) for i in expected]
 
 
+def unanswered_before(ids: list, relayed: list) -> list:
+    """``http.unanswered`` as it was before it shared ``tracker.response_ids`` (3026c2a), for comparison."""
+    import re
+
+    id_in_head = re.compile(rb'"id"\s*:\s*(-?\d+|"(?:[^"\\]|\\.)*")')
+    answered: set[str] = set()
+    for event in relayed:
+        if isinstance(event, Oversized):
+            match = id_in_head.search(event.head)
+            if match is not None:
+                try:
+                    answered.add(id_key(json.loads(match.group(1))))
+                except ValueError:
+                    pass
+            continue
+        try:
+            value = json.loads(event)
+        except (ValueError, UnicodeDecodeError):
+            continue
+        for message in value if isinstance(value, list) else [value]:
+            if isinstance(message, dict) and not isinstance(message.get("method"), str) \
+                    and message.get("id") is not None:
+                answered.add(id_key(message["id"]))
+    out = []
+    for request_id in ids:
+        key = id_key(request_id)
+        if key not in answered:
+            answered.add(key)
+            out.append(request_id)
+    return out
+
+
+relayed_events = st.one_of(
+    st.builds(lambda i, m: json.dumps({"jsonrpc": "2.0", "id": i, **m}).encode(), ids | st.none(),
+              st.sampled_from([{"result": {}}, {"error": {}}, {"method": "x"}, {"method": 3}, {}])),
+    st.builds(lambda i, j: json.dumps([{"id": i, "result": {}}, 7, {"id": j, "method": "m"}]).encode(), ids, ids),
+    st.builds(lambda i, cut: Oversized(json.dumps({"jsonrpc": "2.0", "id": i}).encode()[:cut], 10**8), ids,
+              st.integers(0, 40)),
+    st.builds(lambda head: Oversized(head, 10**8), st.sampled_from([b'"id": "\\x"', b'"id": 01', b'"id":"a\\"b"'])),
+    st.binary(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ids, max_size=6), st.lists(relayed_events, max_size=8))
+def test_unanswered_is_what_it_was(requested, relayed):
+    """Sharing the tracker's reply matching changed nothing: junk, batches, methods and cut heads included."""
+    assert unanswered(requested, relayed) == unanswered_before(requested, relayed)
+
+
 async def test_frames_beyond_the_bound_are_dropped_and_counted():
     """Like ``Recorder``'s queue: at most ``max_queue`` unacknowledged observations, the rest counted."""
     stats = ProxyStats()
