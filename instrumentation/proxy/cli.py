@@ -150,10 +150,13 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
 
             host, port = args.listen
             if not (args.enforce or args.in_process_spans or redactor is not None):
+                from .worker import WorkerOptions
+
                 return run(serve_http_proxy(
                     host, port, args.upstream, stats=stats, agent_id=args.agent_id,
                     agent_name=args.agent_name or "", server_name=args.server_name or "",
-                    max_message_bytes=args.max_message_bytes, worker=span_worker(args, stats)))
+                    max_message_bytes=args.max_message_bytes,
+                    worker=WorkerOptions(service_name=args.service_name, otlp_endpoint=args.otlp_endpoint)))
             tracer, red = build()
             http_enforcement = None
             if args.enforce:
@@ -186,18 +189,6 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
     finally:
         if "provider" in built:
             built["provider"].shutdown()
-
-
-def span_worker(args: argparse.Namespace, stats: Any) -> Any:
-    """The worker process that builds and exports the HTTP proxy's spans (``worker.py``)."""
-    from .worker import SpanWorker, WorkerConfig
-
-    parts = urlsplit(args.upstream)
-    config = WorkerConfig(
-        agent_id=args.agent_id, agent_name=args.agent_name or "", server_name=args.server_name or "",
-        server_address=parts.hostname or "", server_port=parts.port or (443 if parts.scheme == "https" else 80),
-        service_name=args.service_name, otlp_endpoint=args.otlp_endpoint)
-    return SpanWorker(config, stats)
 
 
 def enforcer_factory(args: argparse.Namespace, built: dict[str, Any]) -> Any:

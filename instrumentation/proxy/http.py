@@ -4,8 +4,9 @@ Request bodies are read (bounded by ``max_message_bytes``: larger ones get a 413
 flag), responses — JSON or SSE — are streamed back chunk by chunk as they arrive, with
 compression left untouched. Each chunk is written to the client before it is framed for the
 tracker. One ``CallTracker`` per ``Mcp-Session-Id`` (LRU-bounded) keeps ids and server identity.
-With a ``SpanWorker`` (what ``toolwatch proxy`` uses unless ``--in-process-spans`` or
-``--enforce``), the trackers live in the worker process and this one only frames observations.
+With ``worker`` options (what ``toolwatch proxy`` uses unless ``--in-process-spans`` or
+``--enforce``), the trackers live in a worker process (``SpanWorker``) and this one only frames
+observations.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from .stdio import SERVER_EXITED
 from .enforce_http import KEEPALIVE_S, EventRelay, HttpEnforcement, Screening, needs_screening, screen, sse_event
 from .tracker import CallTracker, ProxyStats, Recorder, SessionTrackers, id_key, request_ids, response_ids
 from .upstream import UpstreamPool, UpstreamResponse
-from .worker import SessionRef, SpanWorker
+from .worker import SessionRef, SpanWorker, WorkerConfig, WorkerOptions
 
 SESSION_HEADER = "mcp-session-id"
 _HOP_BY_HOP = frozenset({
@@ -85,10 +86,10 @@ class HttpProxy:
         max_message_bytes: int = 16 * 1024 * 1024,
         max_sessions: int = 1024,
         enforcement: HttpEnforcement | None = None,
-        worker: SpanWorker | None = None,
+        worker: WorkerOptions | None = None,
     ) -> None:
         if worker is None and (tracer is None or redactor is None):
-            raise ValueError("HttpProxy needs a tracer and a redactor, or a span worker")
+            raise ValueError("HttpProxy needs a tracer and a redactor, or span worker options")
         if worker is not None and enforcement is not None:
             raise ValueError("enforcement reads the session trackers: it runs with in-process span work only")
         self.upstream = upstream
@@ -101,13 +102,17 @@ class HttpProxy:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self.stats = stats
         self.max_message_bytes = max_message_bytes
-        self.worker = worker
+        self.worker = None if worker is None else SpanWorker(
+            WorkerConfig(agent_id=agent_id, agent_name=agent_name, server_name=server_name,
+                         server_address=self._address, server_port=self._port, max_sessions=max_sessions,
+                         service_name=worker.service_name, otlp_endpoint=worker.otlp_endpoint),
+            stats, max_queue=worker.max_queue, restart_delay=worker.restart_delay, close_timeout=worker.close_timeout)
         """Span work in a worker process (``worker.py``); ``None``: in this process, via ``Recorder``."""
         self._sessions = None if worker is not None else SessionTrackers(
             tracer, redactor, stats, agent_id=agent_id, agent_name=agent_name,  # type: ignore[arg-type]
             server_name=server_name, server_address=self._address, server_port=self._port,
             max_sessions=max_sessions)
-        self._recorder: Recorder | SpanWorker = worker if worker is not None else Recorder()
+        self._recorder: Recorder | SpanWorker = self.worker if self.worker is not None else Recorder()
         self._client: aiohttp.ClientSession | None = None
         """Used by enforcement (``--enforce``) only; the plain path forwards through ``_pool``."""
         self._pool: UpstreamPool | None = None
@@ -449,7 +454,7 @@ async def serve_http_proxy(
     server_name: str = "",
     max_message_bytes: int = 16 * 1024 * 1024,
     enforcement: HttpEnforcement | None = None,
-    worker: SpanWorker | None = None,
+    worker: WorkerOptions | None = None,
 ) -> int:
     """Run the HTTP proxy until SIGINT/SIGTERM; return the exit code."""
     proxy = HttpProxy(upstream, tracer=tracer, redactor=redactor, stats=stats, agent_id=agent_id,

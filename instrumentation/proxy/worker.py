@@ -40,6 +40,7 @@ FLUSH_DELAY = 0.02
 MAX_RESTART_DELAY = 30.0
 NICE = 10
 """The worker's niceness: on a busy machine, span work yields the CPU to forwarding (and to the peers)."""
+MAX_QUEUE, RESTART_DELAY, CLOSE_TIMEOUT = 10_000, 0.5, 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,18 @@ class WorkerConfig:
     max_sessions: int = 1024
     service_name: str = "toolwatch-proxy"
     otlp_endpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """The span worker's settings that are not the proxy's own: ``HttpProxy`` adds the agent and server
+    fields it has to build the ``WorkerConfig``."""
+
+    service_name: str = "toolwatch-proxy"
+    otlp_endpoint: str | None = None
+    max_queue: int = MAX_QUEUE
+    restart_delay: float = RESTART_DELAY
+    close_timeout: float = CLOSE_TIMEOUT
 
 
 def encode(kind: int, session_id: str, t_ns: int, payload: bytes, size: int = -1) -> bytes:
@@ -72,8 +85,8 @@ class SessionRef:
 class SpanWorker:
     """The proxy's side: a ``Recorder`` look-alike (``submit``/``hold``/``release``/``flush``) that feeds the worker."""
 
-    def __init__(self, config: WorkerConfig, stats: ProxyStats, *, max_queue: int = 10_000,
-                 restart_delay: float = 0.5, close_timeout: float = 30.0) -> None:
+    def __init__(self, config: WorkerConfig, stats: ProxyStats, *, max_queue: int = MAX_QUEUE,
+                 restart_delay: float = RESTART_DELAY, close_timeout: float = CLOSE_TIMEOUT) -> None:
         self.config = config
         self.stats = stats
         self._max_queue = max_queue

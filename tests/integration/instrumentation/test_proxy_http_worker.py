@@ -14,7 +14,7 @@ from toolwatch.instrumentation import semconv as sc
 from toolwatch.instrumentation.mcp_client import TRACER_NAME
 from toolwatch.instrumentation.proxy.http import HttpProxy
 from toolwatch.instrumentation.proxy.tracker import ProxyStats
-from toolwatch.instrumentation.proxy.worker import SpanWorker, WorkerConfig
+from toolwatch.instrumentation.proxy.worker import WorkerOptions
 
 from toolwatch.demo.servers import SECRET_AWS_KEY, SECRET_NOTE, build_notes_server, serve_http
 
@@ -28,11 +28,8 @@ VARYING = {sc.MCP_SESSION_ID, sc.SERVER_PORT}
 
 
 def worker_proxy(upstream: str, sink_url: str, stats: ProxyStats, **kw) -> HttpProxy:
-    port = int(upstream.split(":")[2].split("/")[0])
-    config = WorkerConfig(agent_id="research-1", agent_name="Researcher", server_address="127.0.0.1",
-                          server_port=port, otlp_endpoint=sink_url)
     return HttpProxy(upstream, stats=stats, agent_id="research-1", agent_name="Researcher",
-                     worker=SpanWorker(config, stats, **kw))
+                     worker=WorkerOptions(otlp_endpoint=sink_url, **kw))
 
 
 async def run_session(url: str) -> list[str]:

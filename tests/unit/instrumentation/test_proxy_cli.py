@@ -45,3 +45,27 @@ def test_server_command_keeps_its_own_flags():
 def test_toolwatch_cli_has_the_proxy_subcommand():
     args = build_parser().parse_args(["proxy", "--agent-id", "x", "--", "srv"])
     assert args.func is run_proxy and args.agent_id == "x"
+
+
+@pytest.mark.parametrize("upstream", ["http://h.example/mcp", "https://h.example/mcp", "http://127.0.0.1:8123/x",
+                                      "https://[::1]:9443/mcp"])
+@pytest.mark.parametrize("names", [[], ["--agent-name", "N", "--server-name", "S", "--service-name", "svc",
+                                        "--otlp-endpoint", "http://127.0.0.1:4318"]])
+def test_the_proxy_builds_the_worker_config_the_cli_built(upstream, names):
+    """``HttpProxy`` makes the span worker's ``WorkerConfig`` from its own fields: what cli.py built before."""
+    from urllib.parse import urlsplit
+
+    from toolwatch.instrumentation.proxy.http import HttpProxy
+    from toolwatch.instrumentation.proxy.tracker import ProxyStats
+    from toolwatch.instrumentation.proxy.worker import WorkerConfig, WorkerOptions
+
+    args = parse_args(["--agent-id", "a", *names, "--listen", "127.0.0.1:1", "--upstream", upstream])
+    parts = urlsplit(args.upstream)  # cli.span_worker as of 3026c2a
+    before = WorkerConfig(
+        agent_id=args.agent_id, agent_name=args.agent_name or "", server_name=args.server_name or "",
+        server_address=parts.hostname or "", server_port=parts.port or (443 if parts.scheme == "https" else 80),
+        service_name=args.service_name, otlp_endpoint=args.otlp_endpoint)
+    proxy = HttpProxy(args.upstream, stats=ProxyStats(), agent_id=args.agent_id, agent_name=args.agent_name or "",
+                      server_name=args.server_name or "",
+                      worker=WorkerOptions(service_name=args.service_name, otlp_endpoint=args.otlp_endpoint))
+    assert proxy.worker is not None and proxy.worker.config == before
