@@ -207,15 +207,17 @@ class SpanWorker:
         self._sent += 1
         return True
 
-    def submit(self, tracker: Any, direction: Direction, raw: bytes | Oversized, t_ns: int) -> None:
-        """Called right after a message was forwarded: frame it, never parse, never block."""
+    def submit(self, tracker: SessionRef, direction: Direction, raw: bytes | Oversized, t_ns: int) -> None:
+        """Called right after a message was forwarded: frame it, never parse, never block.
+
+        ``tracker``: what ``HttpProxy`` has of a session in worker mode (the tracker is the worker's).
+        """
         if not self._admit():
             return
-        session_id = tracker.session_id if isinstance(tracker, SessionRef) else tracker.info.session_id
         if isinstance(raw, Oversized):
-            self._out += encode(_KIND[direction], session_id, t_ns, raw.head, raw.size)
+            self._out += encode(_KIND[direction], tracker.session_id, t_ns, raw.head, raw.size)
         else:
-            self._out += encode(_KIND[direction], session_id, t_ns, raw)
+            self._out += encode(_KIND[direction], tracker.session_id, t_ns, raw)
         self._schedule()
 
     def delete(self, session_id: str) -> None:
