@@ -82,9 +82,6 @@ class Request:
         self._started = False
         """A response head went out (a later failure can only close the connection)."""
 
-    async def read(self) -> bytes:
-        return self.body
-
     def _parsed(self) -> Any:
         if self._url is None:
             from yarl import URL  # only the enforcement path needs decoded URL parts
