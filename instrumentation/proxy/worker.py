@@ -69,10 +69,10 @@ class WorkerOptions:
     close_timeout: float = CLOSE_TIMEOUT
 
 
-def encode(kind: int, session_id: str, t_ns: int, payload: bytes, size: int = -1) -> bytes:
-    """One frame (the proxy side); the header's length counts everything after its own 4 bytes."""
+def frame_head(kind: int, session_id: str, t_ns: int, payload_len: int, size: int = -1) -> bytes:
+    """A frame up to its payload (the proxy side); the header's length counts everything after its own 4 bytes."""
     sid = session_id.encode("utf-8", "surrogateescape")  # header values are decoded that way (listener.py)
-    return HEADER.pack(HEADER.size - 4 + len(sid) + len(payload), kind, t_ns, size, len(sid)) + sid + payload
+    return HEADER.pack(HEADER.size - 4 + len(sid) + payload_len, kind, t_ns, size, len(sid)) + sid
 
 
 @dataclass(slots=True)
@@ -94,7 +94,8 @@ class SpanWorker:
         self._close_timeout = close_timeout
         self._proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._out = bytearray()
+        self._out: list[bytes] = []
+        """Frames not handed over yet: each frame's head, then its payload as submitted (joined in ``_flush``)."""
         self._flush_handle: asyncio.Handle | asyncio.TimerHandle | None = None
         self._hot = 0
         self._sent = 0
@@ -174,7 +175,7 @@ class SpanWorker:
             return
         lost = self._sent - self._acked.get("done", 0)
         self.stats.dropped_observations += lost
-        self._proc, self._out = None, bytearray()
+        self._proc, self._out = None, []
         # a worker that never acknowledged anything (e.g. cannot start) is retried less and less often
         self._delay = self._restart_delay if self._acked else min(self._delay * 2, MAX_RESTART_DELAY)
         print(f"toolwatch proxy: span worker {proc.pid} exited unexpectedly (code {code}); {lost} observations "
@@ -215,23 +216,27 @@ class SpanWorker:
         if not self._admit():
             return
         if isinstance(raw, Oversized):
-            self._out += encode(_KIND[direction], tracker.session_id, t_ns, raw.head, raw.size)
+            self._queue(_KIND[direction], tracker.session_id, t_ns, raw.head, raw.size)
         else:
-            self._out += encode(_KIND[direction], tracker.session_id, t_ns, raw)
-        self._schedule()
+            self._queue(_KIND[direction], tracker.session_id, t_ns, raw)
 
     def delete(self, session_id: str) -> None:
         """The client ended the session (HTTP DELETE): the worker forgets its tracker."""
         if self._admit():
-            self._out += encode(KIND_DELETE, session_id, 0, b"")
-            self._schedule()
+            self._queue(KIND_DELETE, session_id, 0, b"")
 
     def fail(self, session_id: str, request_ids: list[Any], error_type: str, t_ns: int) -> None:
         """Close the spans of those of ``request_ids`` still unanswered (the upstream broke off)."""
         if self._admit():
             payload = json.dumps({"ids": request_ids, "error_type": error_type}).encode()
-            self._out += encode(KIND_FAIL, session_id, t_ns, payload)
-            self._schedule()
+            self._queue(KIND_FAIL, session_id, t_ns, payload)
+
+    def _queue(self, kind: int, session_id: str, t_ns: int, payload: bytes, size: int = -1) -> None:
+        """Queue one frame. Its payload is not copied here (only a buffer the caller could still change
+        is): the join in ``_flush`` is its one copy before the pipe."""
+        self._out += (frame_head(kind, session_id, t_ns, len(payload), size),
+                      payload if type(payload) is bytes else bytes(payload))
+        self._schedule()
 
     def _schedule(self) -> None:
         """Hand frames over when no exchange is on its hot path (``release``), else within ``FLUSH_DELAY``.
@@ -244,13 +249,16 @@ class SpanWorker:
                 FLUSH_DELAY, self._flush)
 
     def _flush(self) -> None:
-        """One write per batch; the pipe transport buffers what the kernel does not take yet."""
+        """One write per batch, its frames joined; the pipe transport buffers what the kernel does not take yet.
+
+        Joined into ``bytes``, not written as a buffer object: uvloop takes bytes on its fast path.
+        """
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         if not self._out:
             return
-        data, self._out = bytes(self._out), bytearray()
+        data, self._out = b"".join(self._out), []
         proc = self._proc
         if proc is None or proc.stdin is None or proc.stdin.is_closing():
             return  # counted when the worker's exit is noticed

@@ -3,7 +3,13 @@ them in the worker gives the spans and counters the in-process ``Recorder`` path
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
+import struct
+import sys
+
+import pytest
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,9 +21,14 @@ from toolwatch.instrumentation.proxy.framing import Oversized
 from toolwatch.instrumentation.proxy.http import unanswered
 from toolwatch.instrumentation.proxy.tracker import CallTracker, ProxyStats, SessionTrackers, id_key
 from toolwatch.instrumentation.proxy.worker import (
-    KIND_DELETE, KIND_FAIL, SessionRef, SpanWorker, WorkerConfig, decode, encode, observe,
+    KIND_DELETE, KIND_FAIL, SessionRef, SpanWorker, WorkerConfig, decode, frame_head, observe,
 )
 from toolwatch.instrumentation.spans import SessionInfo
+
+def encode(kind: int, session_id: str, t_ns: int, payload: bytes, size: int = -1) -> bytes:
+    """One whole frame, as ``SpanWorker`` writes it."""
+    return frame_head(kind, session_id, t_ns, len(payload), size) + payload
+
 
 frames = st.lists(st.tuples(
     st.integers(1, 4), st.text(max_size=20), st.integers(0, 2**63 - 1), st.integers(-1, 2**40),
@@ -214,9 +225,76 @@ async def test_frames_beyond_the_bound_are_dropped_and_counted():
 def test_a_session_id_that_is_not_utf8_survives_the_frame():
     """The listener decodes header bytes with surrogateescape: an Mcp-Session-Id that is not UTF-8
     reaches the worker byte for byte instead of failing the exchange."""
-    from toolwatch.instrumentation.proxy.worker import decode, encode
-
     frame = encode(1, b"a\xffb".decode("utf-8", "surrogateescape"), 5, b"{}")
     frames, used = decode(frame)
     assert used == len(frame)
     assert frames[0][1].encode("utf-8", "surrogateescape") == b"a\xffb"
+
+
+def encode_before(kind: int, session_id: str, t_ns: int, payload: bytes, size: int = -1) -> bytes:
+    """``worker.encode`` as of 3026c2a, what ``SpanWorker`` wrote to the pipe (with two more copies): the reference."""
+    header = struct.Struct("<IBqqH")
+    sid = session_id.encode("utf-8", "surrogateescape")
+    return header.pack(header.size - 4 + len(sid) + len(payload), kind, t_ns, size, len(sid)) + sid + payload
+
+
+async def written_to_a_real_pipe(seed: int) -> tuple[bytes, bytes]:
+    """Drive a ``SpanWorker`` whose worker is ``cat`` (a real pipe, read back); return (written, expected)."""
+    rng = random.Random(seed)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import shutil, sys; shutil.copyfileobj(sys.stdin.buffer, sys.stdout.buffer)",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdin is not None
+    read_back = asyncio.create_task(proc.stdout.read())
+    worker = SpanWorker(WorkerConfig(agent_id="a"), ProxyStats(), max_queue=1 << 30)
+    worker._proc = proc  # type: ignore[assignment]  # frames go to cat instead of the span worker
+    expected = bytearray()
+    for t in range(400):
+        sid = rng.choice(["", "s1", "sess-\u00e9", b"a\xffb".decode("utf-8", "surrogateescape")])
+        big = rng.random() < 0.05  # larger than a pipe's buffer: the transport keeps the rest for later
+        payload = rng.randbytes(rng.randint(200_000, 1_500_000) if big else rng.randint(0, 3000))
+        step = rng.randint(0, 6)
+        if step == 0:
+            worker.delete(sid)
+            expected += encode_before(KIND_DELETE, sid, 0, b"")
+        elif step == 1:
+            worker.fail(sid, [t, str(t)], "server_exited", t)
+            expected += encode_before(KIND_FAIL, sid, t, json.dumps({"ids": [t, str(t)],
+                                                                    "error_type": "server_exited"}).encode())
+        elif step == 2:
+            worker.submit(SessionRef(sid), "s2c", Oversized(payload[:4096], len(payload) + 10**7), t)
+            expected += encode_before(2, sid, t, payload[:4096], len(payload) + 10**7)
+        else:
+            direction = rng.choice(["c2s", "s2c"])
+            raw = bytearray(payload) if step == 3 else payload
+            worker.submit(SessionRef(sid), direction, raw, t)
+            if step == 3:
+                raw[:1] = b"!"  # the caller's buffer changes after the submit: the frame must not
+            expected += encode_before(1 if direction == "c2s" else 2, sid, t, payload)
+        move = rng.randint(0, 4)
+        if move == 0:
+            worker.hold()
+        elif move == 1:
+            worker.release()
+        elif move == 2:
+            await asyncio.sleep(0)  # a scheduled flush runs
+        elif move == 3:
+            await asyncio.sleep(0.025 if t % 50 == 0 else 0.001)  # FLUSH_DELAY may pass while held
+    worker._hot = 0
+    worker.release()
+    worker._flush()
+    proc.stdin.close()
+    written = await asyncio.wait_for(read_back, 60)
+    await proc.wait()
+    return written, bytes(expected)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_bytes_written_to_the_worker_are_the_frames_as_before(loop, seed):
+    """``SpanWorker`` copies a payload once (joining the batch) instead of three times: the bytes the worker
+    reads are unchanged, also when the caller reuses its buffer or the pipe is full and the transport keeps
+    part of a batch for later."""
+    run = asyncio.run if loop == "asyncio" else pytest.importorskip("uvloop").run
+    written, expected = run(written_to_a_real_pipe(seed))
+    assert len(written) == len(expected) and written == expected
