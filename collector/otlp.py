@@ -95,8 +95,17 @@ def _fix_ids(node: Any, strict: bool = True) -> None:
             stack.extend(v for v in cur if isinstance(v, (dict, list)))
 
 
-def decode_request(body: bytes, content_type: str | None) -> ExportTraceServiceRequest:
+def decode_request(body: bytes, content_type: str | None, *, attr_map: bool = False) -> ExportTraceServiceRequest:
+    """``body`` as an ``ExportTraceServiceRequest``; raises ``DecodeError`` whose ``reason`` names what is wrong.
+
+    ``attr_map``: a protobuf body comes back as an ``otlp_attrmap.AttrMapRequest`` wherever that
+    reads exactly as the ``ExportTraceServiceRequest`` (what the normaliser reads fastest).
+    """
     mtype = media_type(content_type)
+    if attr_map and mtype == PROTOBUF:
+        fast = otlp_attrmap.parse(body)
+        if fast is not None:
+            return fast  # type: ignore[no-any-return]
     req = ExportTraceServiceRequest()
     if mtype == PROTOBUF:
         try:
@@ -265,11 +274,8 @@ def decode_export(body: bytes, content_type: str | None) -> Decoded:
     """Like ``decode_request``, but one bad span costs only itself: the rest are kept and counted."""
     mtype = media_type(content_type)
     if mtype == PROTOBUF:
-        fast = otlp_attrmap.parse(body)
-        if fast is not None:
-            return Decoded(fast)
         try:
-            return Decoded(decode_request(body, content_type))
+            return Decoded(decode_request(body, content_type, attr_map=True))
         except DecodeError as exc:
             if not exc.salvageable:
                 raise

@@ -10,7 +10,7 @@ from typing import Final
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from .. import otlp, otlp_attrmap
+from .. import otlp
 
 OTLP_PROTO: Final = "otlp_proto"
 OTLP_JSON: Final = "otlp_json"
@@ -38,8 +38,4 @@ def decode_record(value: bytes | None, encoding: str, max_bytes: int, *, attr_ma
     media = _MEDIA.get(encoding)
     if media is None:
         raise ValueError(f"kafka.encoding: {encoding!r} is not one of otlp_proto, otlp_json, auto")
-    if attr_map and media == otlp.PROTOBUF:
-        fast = otlp_attrmap.parse(value)
-        if fast is not None:
-            return fast  # type: ignore[no-any-return]
-    return otlp.decode_request(value, media)
+    return otlp.decode_request(value, media, attr_map=attr_map)

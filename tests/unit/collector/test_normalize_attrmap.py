@@ -231,3 +231,58 @@ def test_map_request_matches_the_otlp_schema_but_for_span_attributes():
                 continue
             if fa.message_type is not None and fa.message_type is not fb.message_type:
                 stack.append((fa.message_type, fb.message_type))
+
+
+def _decode_export_before(body: bytes, ctype: str) -> otlp.Decoded:
+    """``otlp.decode_export``'s protobuf path as of 3026c2a (the map parse tried inline): the reference."""
+    fast = parse(body)
+    if fast is not None:
+        return otlp.Decoded(fast)
+    try:
+        return otlp.Decoded(otlp.decode_request(body, ctype))
+    except otlp.DecodeError as exc:
+        if not exc.salvageable:
+            raise
+        out = otlp._salvage_protobuf(body)
+        if not out.request.resource_spans and not out.rejected:
+            raise
+        return out
+
+
+def _decode_record_before(value: bytes) -> object:
+    """``kafka_records.decode_record(value, "otlp_proto", ..., attr_map=True)`` as of 3026c2a."""
+    fast = parse(value)
+    return fast if fast is not None else otlp.decode_request(value, otlp.PROTOBUF)
+
+
+def _outcome(decode, *args, **kw) -> tuple:
+    try:
+        out = decode(*args, **kw)
+    except otlp.DecodeError as exc:
+        return ("error", exc.reason, str(exc), exc.salvageable)
+    extra: tuple = ()
+    if isinstance(out, otlp.Decoded):
+        out, extra = out.request, (out.rejected, out.errors)
+    return (type(out).__name__, out.SerializeToString(deterministic=True), *extra)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.integers(0, 2)), max_size=4),
+       st.binary(max_size=40))
+def test_one_map_or_list_decode_serves_both_receivers_as_before(body, edits, noise):
+    """``otlp.decode_request(attr_map=True)`` in ``decode_export`` and ``decode_record``: same requests, same
+    types, same errors as each one's own map-then-list decode did, for valid, mutated and junk bodies."""
+    buf = bytearray(body)
+    for at, byte, op in edits:
+        i = at % (len(buf) or 1)
+        if op == 0 and buf:
+            buf[i] = byte
+        elif op == 1 and buf:
+            del buf[i]
+        else:
+            buf.insert(i, byte)
+    for value in (body, bytes(buf), noise, body + noise):
+        assert _outcome(otlp.decode_export, value, otlp.PROTOBUF) == _outcome(_decode_export_before, value, otlp.PROTOBUF)
+        if value:
+            assert _outcome(decode_record, value, "otlp_proto", 1 << 30, attr_map=True) == \
+                _outcome(_decode_record_before, value)
