@@ -7,7 +7,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS detector_state (
 );
 """
 
+_IN_CHUNK = 500
+"""Values per ``IN (...)`` query (``Store._rows_in``)."""
+
 
 class AlertRef(NamedTuple):
     """The id and latest event time of a stored alert: all that grouping a repeat needs."""
@@ -77,13 +80,13 @@ class StoredAlert:
         return self._finding_text
 
     def to_json(self) -> str:
-        """``json.dumps(self.to_dict(), sort_keys=True)``, with ``finding_text`` in its place:
-        the keys sorting before "finding" and after it are dumped around it, same separators."""
+        """``json.dumps(self.to_dict(), sort_keys=True)``, with ``finding_text`` in the finding's place.
+
+        The alert is dumped with the finding as ``0``, which is then replaced: ``"finding": 0`` stands
+        nowhere else, since a ``"`` inside a JSON string is escaped (no string holds ``finding"``)."""
         d = self.to_dict()
-        del d["finding"]
-        before = json.dumps({k: v for k, v in d.items() if k < "finding"}, sort_keys=True)
-        after = json.dumps({k: v for k, v in d.items() if k > "finding"}, sort_keys=True)
-        return f'{before[:-1]}, "finding": {self.finding_text()}, {after[1:]}'
+        d["finding"] = 0
+        return json.dumps(d, sort_keys=True).replace('"finding": 0', '"finding": ' + self.finding_text(), 1)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,17 +173,12 @@ class Store:
         key's rows in that order (the ``alerts_dedup`` index's own order, rowid last), so the
         dict keeps the last row of each key.
         """
-        keys = list(dict.fromkeys(dedup_keys))
-        out: dict[str, AlertRef] = {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            rows = self.db.execute(
-                f"SELECT dedup_key, id, last_ns FROM alerts WHERE dedup_key IN ({','.join('?' * len(chunk))})"
-                " AND last_ns>=? ORDER BY dedup_key, last_ns, rowid",
-                (*chunk, since_ns),
-            )
-            out.update({key: AlertRef(alert_id, last_ns) for key, alert_id, last_ns in rows})
-        return out
+        rows = self._rows_in(
+            "SELECT dedup_key, id, last_ns FROM alerts WHERE dedup_key IN ({marks})"
+            " AND last_ns>=? ORDER BY dedup_key, last_ns, rowid",
+            list(dict.fromkeys(dedup_keys)), since_ns,
+        )
+        return {key: AlertRef(alert_id, last_ns) for key, alert_id, last_ns in rows}
 
     def record_alerts(
         self,
@@ -249,11 +247,14 @@ class Store:
 
     def _stored_ids(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` are stored already (one query per 500)."""
-        found: set[str] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            found.update(r[0] for r in self.db.execute(f"SELECT id FROM alerts WHERE id IN ({','.join('?' * len(chunk))})", chunk))
-        return found
+        return {r[0] for r in self._rows_in("SELECT id FROM alerts WHERE id IN ({marks})", ids)}
+
+    def _rows_in(self, sql: str, values: list[Any], *params: Any) -> Iterator[sqlite3.Row]:
+        """The rows of ``sql`` for every 500 of ``values`` in turn: ``{marks}`` in it becomes their
+        placeholders, followed by ``params`` (SQLite bounds the parameters of one statement)."""
+        for i in range(0, len(values), _IN_CHUNK):
+            chunk = values[i : i + _IN_CHUNK]
+            yield from self.db.execute(sql.format(marks=",".join("?" * len(chunk))), (*chunk, *params))
 
     def get_alert(self, alert_id: str) -> StoredAlert | None:
         row = self.db.execute("SELECT * FROM alerts WHERE id=?", (alert_id,)).fetchone()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -121,3 +122,26 @@ def test_to_json_is_json_dumps_of_to_dict(finding, detector: str, agent: str, ac
                     status="open", finding=finding, created_at=created, acked_at=acked)
     assert a.to_json() == json.dumps(a.to_dict(), sort_keys=True)
     assert a.finding_text() == json.dumps(finding, sort_keys=True)
+
+
+def test_batches_past_one_in_query_are_read_whole() -> None:
+    """More keys and ids than one ``IN (...)`` query takes (500): every chunk is asked, nothing is lost."""
+    fast, ref = Store(":memory:", clock=lambda: 5.0), Store(":memory:", clock=lambda: 5.0)
+    first = [_alert(i, i % 50, "medium") for i in range(0, 1300, 2)]
+    for store, record in ((fast, fast.record_alerts), (ref, lambda *a: reference_record(ref, *a))):
+        record(first, [], _route)
+        record([_alert(i, 60, "high") for i in range(1300)], [], _route)  # half of them stored already
+    assert _dump(fast) == _dump(ref)
+    assert fast.db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 1300
+    keys = [f"k{i}" for i in range(4)] + [f"none{i}" for i in range(1200)]
+    refs = fast.latest_alert_refs(keys, 10)
+    assert refs == {k: r for k in keys if (r := fast.open_alert_ref(k, 10)) is not None} and len(refs) == 4
+    fast.close()
+    ref.close()
+
+
+@pytest.mark.parametrize("text", ['"finding": 0', 'finding": 0', '\\"finding\\": 0', '"finding": 0, "x": 1', "finding"])
+def test_to_json_puts_the_finding_in_its_place_whatever_the_other_fields_hold(text: str) -> None:
+    a = StoredAlert(id=text, detector=text, severity=text, agent_id=text, first_ns=1, last_ns=2, count=3,
+                    status=text, finding={"finding": 0, text: [text]}, created_at=0.0, acked_at=None)
+    assert a.to_json() == json.dumps(a.to_dict(), sort_keys=True)
