@@ -419,7 +419,9 @@ class Fleet:
         while len(out) < n:
             a = idx[_pick(rnd, cum)]
             r = self.routines[a]
-            if cfg.anomaly_rate and anomalous < cfg.anomaly_rate * (len(out) + _MEAN_LEN[next_kind]) \
+            # The next anomaly is due when the calls so far owe half of it (the share stays within
+            # half an anomaly of the rate at any length); then it comes at a random call soon after.
+            if cfg.anomaly_rate and anomalous + _MEAN_LEN[next_kind] / 2 <= cfg.anomaly_rate * len(out) \
                     and rnd.random() < 0.05:
                 if next_kind == "exfiltration" and quiet:
                     a = rnd.choice(quiet)  # an agent that never sends: its only send is the leak
@@ -486,7 +488,7 @@ class Fleet:
         return [read, send]
 
 
-_BURST = (100, 200)
+_BURST = (40, 80)
 _MEAN_LEN = {"unusual_tool": 1.0, "burst": sum(_BURST) / 2, "exfiltration": 2.0}
 _KIND_CUM = _cum(1 / _MEAN_LEN[k] for k in ANOMALY_KINDS)
 
