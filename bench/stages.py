@@ -46,10 +46,11 @@ from toolwatch.collector.normalize import Normalizer  # noqa: E402
 from toolwatch.detectors.events import Batch, ToolCall  # noqa: E402
 
 
-def workload(n: int, batch: int, rate: float, name: str = wl.DEFAULT_WORKLOAD,
+def workload(n: int, batch: int, rate: float, name: str = "random",
              anomaly_rate: float = 0.001) -> tuple[list[bytes], list[ToolCall]]:
     """Encoded bodies, and the calls they carry with event time advancing at ``rate``. ``random``
-    cycles 8 bodies (as this bench always did); ``fleet`` and ``routine`` cover the ``n`` calls once."""
+    cycles 8 bodies (as this bench always did, and the default here: bench/findings_path.py and
+    findings_path_dump.py import this); ``fleet`` and ``routine`` cover the ``n`` calls once."""
     if name == "random":
         bodies = [wl.make_body(batch, seed) for seed in range(8)]
     else:
