@@ -1,6 +1,7 @@
 """OTLP ingest benchmark: sustained spans/s end to end and lag, against a naive pipeline.
 
     .venv/bin/python bench/ingest.py [--seconds 8] [--batch 500] [--clients 2] [--profile]
+                                     [--workload fleet|random|routine] [--anomaly-rate 0.001]
     .venv/bin/python bench/ingest.py --soak 600 [--interval 20] [--traffic live|replay]
 
 A real Daemon (all built-in detectors on) runs in this process; load generators in separate
@@ -10,6 +11,8 @@ Throughput is counted "request in -> findings out": spans sent until the pipelin
 every one. Lag is each request's arrival-to-processed time, taken from the pipeline itself.
 The naive baseline runs in the same run: one span per request, MessageToDict, every attribute
 walked, detectors called per span, a labelled metric inc() per span.
+The traffic is ``--workload`` from bench/workloads.py (default ``fleet``); each run prints the
+share of spans that raised findings.
 Prints figures; never pass/fail.
 """
 
@@ -24,7 +27,6 @@ import itertools
 import multiprocessing as mp
 import os
 import pstats
-import random
 import socket
 import sys
 import tempfile
