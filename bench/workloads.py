@@ -369,7 +369,7 @@ def make_routine(agent: str, job: Job, rnd: random.Random) -> Routine:
 class FleetConfig:
     agents: int = 200
     jobs: int = 20
-    """Routine shapes the agents share (agent i does job i % jobs, its own way)."""
+    """Routine shapes the agents share (each agent does one, its own way)."""
     anomaly_rate: float = 0.001
     """Share of calls that belong to an injected anomaly (each kind about a third of them)."""
     seed: int = 0
@@ -398,7 +398,11 @@ class Fleet:
         self.config.validate()
         rnd = random.Random(f"fleet-{self.config.seed}")
         self.jobs = [make_job(rnd) for _ in range(self.config.jobs)]
-        self.routines = [make_routine(f"fleet-agent-{i:03d}", self.jobs[i % len(self.jobs)], rnd)
+        # Jobs drawn at random, not i % jobs: load generators take agents i % parts, and every one
+        # should carry every kind of agent (a generator whose agents share no job with the others'
+        # would start its agents among mature peers doing other jobs: see the sequence detector's
+        # fleet prior).
+        self.routines = [make_routine(f"fleet-agent-{i:03d}", rnd.choice(self.jobs), rnd)
                          for i in range(self.config.agents)]
         self.activity = [rnd.lognormvariate(0, 0.7) for _ in self.routines]
 

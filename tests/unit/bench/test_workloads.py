@@ -113,9 +113,10 @@ def test_anomaly_share_is_the_rate_asked_for(wl, rate):
     # within half the largest anomaly (a burst) of the rate, at any length
     assert abs(len(anomalous) - rate * n) <= wl._BURST[1] / 2
     kinds = Counter(c.anomaly for c in anomalous)
-    assert set(kinds) == set(wl.ANOMALY_KINDS)
-    for kind in wl.ANOMALY_KINDS:
-        assert kinds[kind] >= len(anomalous) / 6, kinds  # each kind about a third of the anomalous calls
+    if rate * n >= 1000:  # enough anomalies (at 0.1 % of 200k, about one burst is expected)
+        assert set(kinds) == set(wl.ANOMALY_KINDS)
+        for kind in wl.ANOMALY_KINDS:
+            assert kinds[kind] >= len(anomalous) / 6, kinds  # each kind about a third of the anomalous calls
     routines = {r.agent: r for r in wl.Fleet(wl.FleetConfig(seed=1)).routines}
     for c in anomalous:
         if c.anomaly == "unusual_tool":
