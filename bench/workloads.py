@@ -5,7 +5,9 @@ chosen with ``--workload`` in every bench:
 
 - ``fleet`` (default): ``agents`` agents (200), each with its own routine: a small Markov chain
   over its own 3-8 tools, drawn from a catalog of 10 servers / 40 tools, walked in sessions of
-  5-60 calls that end (a new session id each time). Argument and result sizes are lognormal per
+  5-60 calls that end (a new session id each time). Agents share 20 routine shapes (``Job``: which
+  tools, which may follow which), as a fleet runs the same agent for many users; each agent has
+  its own transition weights, session lengths, destinations and activity. Argument and result sizes are lognormal per
   tool; some calls carry argument labels, fingerprints and destinations, and some results labels
   and fingerprints, as the instrumentation emits them. Rare injected anomalies (``anomaly_rate``
   of the calls, default 0.1%): an unusual tool, a burst (one long session of one tool with large
