@@ -1,6 +1,7 @@
 """OTLP ingest benchmark: sustained spans/s end to end and lag, against a naive pipeline.
 
     .venv/bin/python bench/ingest.py [--seconds 8] [--batch 500] [--clients 2] [--profile]
+                                     [--workload fleet|random|routine] [--anomaly-rate 0.001]
     .venv/bin/python bench/ingest.py --soak 600 [--interval 20] [--traffic live|replay]
 
 A real Daemon (all built-in detectors on) runs in this process; load generators in separate
@@ -10,6 +11,8 @@ Throughput is counted "request in -> findings out": spans sent until the pipelin
 every one. Lag is each request's arrival-to-processed time, taken from the pipeline itself.
 The naive baseline runs in the same run: one span per request, MessageToDict, every attribute
 walked, detectors called per span, a labelled metric inc() per span.
+The traffic is ``--workload`` from bench/workloads.py (default ``fleet``); each run prints the
+share of spans that raised findings.
 Prints figures; never pass/fail.
 """
 
@@ -24,7 +27,6 @@ import itertools
 import multiprocessing as mp
 import os
 import pstats
-import random
 import socket
 import sys
 import tempfile
@@ -44,113 +46,25 @@ from toolwatch.collector.metrics import Metrics
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.instrumentation import semconv as sc
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import workloads as wl  # noqa: E402
+from workloads import LiveTraffic, Replay, make_body  # noqa: E402,F401  (make_body: the old import path)
+
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-AGENTS = [f"agent-{i}" for i in range(50)]
-TOOLS = [("files", "read_file"), ("files", "write_file"), ("web", "fetch"), ("mail", "send"), ("db", "query"), ("git", "commit")]
-
-
-# --- workload ------------------------------------------------------------------------------------
-def _set(span: Any, key: str, value: Any) -> None:
-    kv = span.attributes.add()
-    kv.key = key
-    if isinstance(value, bool):
-        kv.value.bool_value = value
-    elif isinstance(value, int):
-        kv.value.int_value = value
-    elif isinstance(value, list):
-        kv.value.array_value.SetInParent()
-        for v in value:
-            kv.value.array_value.values.add().string_value = v
-    else:
-        kv.value.string_value = value
-
-
-def make_body(n: int, seed: int) -> bytes:
-    """One request of ``n`` toolwatch tool-call spans (13 attributes each), timestamps near now."""
-    rnd = random.Random(seed)
-    req = ExportTraceServiceRequest()
-    rs = req.resource_spans.add()
-    _set(rs.resource, "service.name", "bench-agent")
-    ss = rs.scope_spans.add()
-    ss.scope.name = "toolwatch.instrumentation"
-    now = time.time_ns()
-    for i in range(n):
-        server, tool = rnd.choice(TOOLS)
-        span = ss.spans.add()
-        span.name = f"tools/call {tool}"
-        span.kind = 3
-        span.trace_id = rnd.randbytes(16)
-        span.span_id = rnd.randbytes(8)
-        span.start_time_unix_nano = now + i * 1000
-        span.end_time_unix_nano = now + i * 1000 + 2_000_000
-        _set(span, sc.MCP_METHOD_NAME, sc.METHOD_TOOLS_CALL)
-        _set(span, sc.GEN_AI_OPERATION_NAME, sc.OP_EXECUTE_TOOL)
-        _set(span, sc.GEN_AI_TOOL_NAME, tool)
-        _set(span, sc.GEN_AI_AGENT_ID, rnd.choice(AGENTS))
-        _set(span, sc.MCP_SESSION_ID, f"s-{rnd.randrange(500)}")
-        _set(span, sc.TW_SERVER_NAME, server)
-        _set(span, sc.JSONRPC_REQUEST_ID, str(i))
-        _set(span, sc.GEN_AI_TOOL_CALL_ARGUMENTS, '{"path": "<path>", "mode": "r"}')
-        _set(span, sc.TW_REDACTED, True)
-        _set(span, sc.TW_ARGS_BYTES, 40 + i % 50)
-        _set(span, sc.TW_RESULT_BYTES, 1000 + i % 999)
-        _set(span, sc.TW_ARGS_LABELS, ["path"])
-        _set(span, sc.MCP_PROTOCOL_VERSION, "2025-06-18")
-    return req.SerializeToString()
-
-
-class LiveTraffic:
-    """Realistic traffic from the pre-encoded bodies: each request is re-stamped with event times
-    that advance with the wall clock, fresh trace and span ids, and per-agent sessions that end
-    (a new session id after 5..60 calls), as real agents produce. Replaying the same few bodies
-    instead repeats event times, ids and 500 never-ending sessions, which is not what a daemon
-    running for weeks sees."""
-
-    SESSION_ATTR = 4  # index of mcp.session.id in make_body's attribute order
-    AGENT_ATTR = 3
-
-    def __init__(self, bodies: list[bytes], seed: int) -> None:
-        self.reqs = [ExportTraceServiceRequest.FromString(b) for b in bodies]
-        self.rnd = random.Random(seed)
-        self.seed = seed
-        self.sessions: dict[str, list[int]] = {}  # agent -> [session number, calls left]
-        self.n = 0
-
-    def body(self, i: int) -> bytes:
-        req = self.reqs[i % len(self.reqs)]
-        spans = req.resource_spans[0].scope_spans[0].spans
-        now = time.time_ns()
-        ids = os.urandom(24 * len(spans))
-        rnd, sessions = self.rnd, self.sessions
-        for j, span in enumerate(spans):
-            span.trace_id = ids[24 * j:24 * j + 16]
-            span.span_id = ids[24 * j + 16:24 * j + 24]
-            span.start_time_unix_nano = now + j * 1000
-            span.end_time_unix_nano = now + j * 1000 + 2_000_000
-            agent = span.attributes[self.AGENT_ATTR].value.string_value
-            s = sessions.get(agent)
-            if s is None or s[1] <= 0:
-                self.n += 1
-                s = sessions[agent] = [self.n, rnd.randrange(5, 61)]
-            s[1] -= 1
-            span.attributes[self.SESSION_ATTR].value.string_value = f"s-{self.seed}-{s[0]}"
-        return req.SerializeToString()
 
 
 # --- load generators (separate processes) ----------------------------------------------------------
-def http_soak_client(port: int, bodies: list[bytes], seconds: float, live: bool, seed: int, out: Any,
-                     honour_retry_after: bool = False) -> None:
+def http_soak_client(port: int, traffic: Any, seconds: float, out: Any, honour_retry_after: bool = False) -> None:
     """Post as fast as accepted for ``seconds`` of wall time (the soak run). A refused request is
     sent again after 20 ms, or after the daemon's ``Retry-After`` as OTLP exporters should."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.connect()
     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    traffic = LiveTraffic(bodies, seed) if live else None
     sent = retries = 0
     end = time.perf_counter() + seconds
     i = 0
     while time.perf_counter() < end:
-        body = traffic.body(i) if traffic else bodies[i % len(bodies)]
+        body = traffic.body(i)
         i += 1
         while True:
             conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
@@ -169,7 +83,7 @@ def http_soak_client(port: int, bodies: list[bytes], seconds: float, live: bool,
     out.put((sent, retries))
 
 
-def http_client(port: int, bodies: list[bytes], n_requests: int, interval_s: float, out: Any) -> None:
+def http_client(port: int, traffic: Any, n_requests: int, interval_s: float, out: Any) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.connect()
     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # headers and body go in two writes
@@ -181,7 +95,7 @@ def http_client(port: int, bodies: list[bytes], n_requests: int, interval_s: flo
             delay = next_at - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-        body = bodies[i % len(bodies)]
+        body = traffic.body(i)
         while True:
             conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
             resp = conn.getresponse()
@@ -194,7 +108,7 @@ def http_client(port: int, bodies: list[bytes], n_requests: int, interval_s: flo
     out.put((sent, retries))
 
 
-def grpc_client(port: int, bodies: list[bytes], n_requests: int, interval_s: float, out: Any) -> None:
+def grpc_client(port: int, traffic: Any, n_requests: int, interval_s: float, out: Any) -> None:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     fn = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString)
     sent = retries = 0
@@ -205,9 +119,10 @@ def grpc_client(port: int, bodies: list[bytes], n_requests: int, interval_s: flo
             delay = next_at - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+        body = traffic.body(i)
         while True:
             try:
-                fn(bodies[i % len(bodies)], timeout=30)
+                fn(body, timeout=30)
                 break
             except grpc.RpcError as exc:
                 if exc.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
@@ -245,6 +160,8 @@ class DaemonRunner:
         self.daemon: Daemon = self.call(self._start(cfg))
         self.lag = LagRecorder(self.daemon.metrics.lag)
         self.daemon.metrics.lag = self.lag  # type: ignore[assignment]
+        self.tally = wl.FindingTally()
+        self.daemon.pipeline.listeners.append(self.tally)
 
     async def _start(self, cfg: Config) -> Daemon:
         d = Daemon(cfg)
@@ -263,9 +180,10 @@ class DaemonRunner:
         self.thread.join(10)
 
 
-def run_load(runner: DaemonRunner, proto: str, bodies: list[bytes], spans_per_body: int, clients: int, seconds: float,
-             rate: float | None) -> dict[str, float]:
-    """Drive the daemon for about ``seconds``; ``rate`` spans/s in total, or None for as fast as it goes."""
+def run_load(runner: DaemonRunner, proto: str, traffics: list[Any], spans_per_body: int, clients: int, seconds: float,
+             rate: float | None) -> dict[str, Any]:
+    """Drive the daemon for about ``seconds``; ``rate`` spans/s in total, or None for as fast as it goes.
+    ``traffics``: one per load generator (``workloads.load_traffic``)."""
     if rate:
         interval = spans_per_body * clients / rate
         n_requests = max(1, int(seconds / interval))
@@ -276,8 +194,11 @@ def run_load(runner: DaemonRunner, proto: str, bodies: list[bytes], spans_per_bo
     port = runner.port("otlp_http" if proto == "http" else "otlp_grpc")
     start_processed = runner.daemon.pipeline.processed
     runner.lag.values.clear()
+    runner.tally.reset()
     q: Any = mp.get_context("fork").Queue()
-    procs = [mp.get_context("fork").Process(target=target, args=(port, bodies, n_requests, interval, q)) for _ in range(clients)]
+    procs = [mp.get_context("fork").Process(
+        target=target, args=(port, traffics[k].fresh(rate / clients if rate else None), n_requests, interval, q))
+        for k in range(clients)]
     total = n_requests * clients * spans_per_body
     t0 = time.perf_counter()
     for p in procs:
@@ -296,6 +217,7 @@ def run_load(runner: DaemonRunner, proto: str, bodies: list[bytes], spans_per_bo
         "lag_p50_ms": 1000 * lags[len(lags) // 2] if lags else float("nan"),
         "lag_p99_ms": 1000 * lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else float("nan"),
         "retries": sum(r[1] for r in results),
+        "findings": runner.tally.summary(total),
     }
 
 
@@ -378,18 +300,19 @@ def census(top: int = 12) -> str:
     return f"{sum(counts.values()):,} tracked: " + ", ".join(f"{k} {v:,}" for k, v in counts.most_common(top))
 
 
-def soak(runner: DaemonRunner, bodies: list[bytes], clients: int, seconds: float, interval: float, live: bool,
+def soak(runner: DaemonRunner, traffics: list[Any], seconds: float, interval: float, label: str,
          with_census: bool = False, honour_retry_after: bool = False) -> None:
-    """One long max-rate OTLP/HTTP run, printing per interval: spans/s, lag p50, RSS, GC pauses."""
+    """One long max-rate OTLP/HTTP run, printing per interval: spans/s, lag p50, RSS, GC pauses.
+    ``traffics``: one per load generator; ``label`` says what they send."""
     port = runner.port("otlp_http")
     ctx = mp.get_context("fork")
     q: Any = ctx.Queue()
-    procs = [ctx.Process(target=http_soak_client, args=(port, bodies, seconds, live, 1000 + k, q, honour_retry_after))
-             for k in range(clients)]
+    procs = [ctx.Process(target=http_soak_client, args=(port, t, seconds, q, honour_retry_after)) for t in traffics]
+    runner.tally.reset()
     gct = GcTimer()
     pipe = runner.daemon.pipeline
     db = Path(runner.daemon.cfg.data_path)
-    print(f"soak: {seconds:.0f} s, traffic {'live' if live else 'replay'}, samples every {interval:.0f} s, "
+    print(f"soak: {seconds:.0f} s, traffic {label}, samples every {interval:.0f} s, "
           f"retry after {'Retry-After' if honour_retry_after else '20 ms'}", flush=True)
     print(f"{'t s':>6} {'spans/s':>8} {'total':>10} {'lag p50 ms':>10} {'RSS MB':>7} {'gc2 n':>5} {'gc2 s':>6} "
           f"{'gc s':>6} {'db MB':>6} {'cpu %':>5} {'spans/cpu-s':>11} {'429/s':>6} {'refits':>6} {'det %':>5} "
@@ -435,6 +358,7 @@ def soak(runner: DaemonRunner, bodies: list[bytes], clients: int, seconds: float
     gct.close()
     print(f"soak done: {pipe.processed:,} spans in {time.perf_counter() - t0:.0f} s, retries {sum(r[1] for r in results)}, "
           f"{pipe.depth:,} left in the queue (dropped, not drained)", flush=True)
+    print(f"soak {runner.tally.summary(pipe.processed)}", flush=True)
     runner.call(_drop_queue(pipe))
 
 
@@ -462,6 +386,7 @@ def naive(bodies: list[bytes], n_spans: int) -> dict[str, float]:
             break
     detectors = build_detectors(Config())
     metrics = Metrics(CollectorRegistry())
+    tally = wl.FindingTally()
     lags = []
     t0 = time.perf_counter()
     for body in singles:
@@ -481,14 +406,15 @@ def naive(bodies: list[bytes], n_spans: int) -> dict[str, float]:
                     )
                     batch = Batch(calls=[call], watermark_ns=call.time_ns)
                     for det in detectors:
-                        det.observe(batch)
+                        tally(det.observe(batch))
                     metrics.tool_calls.add([(call.agent_id, call.server, call.tool)])
                     metrics.spans_received.labels("naive").inc()
         lags.append(time.perf_counter() - arrived)
     elapsed = time.perf_counter() - t0
     lags.sort()
     return {"spans": len(singles), "seconds": elapsed, "spans_per_s": len(singles) / elapsed,
-            "lag_p50_ms": 1000 * lags[len(lags) // 2], "lag_p99_ms": 1000 * lags[int(len(lags) * 0.99)], "retries": 0}
+            "lag_p50_ms": 1000 * lags[len(lags) // 2], "lag_p99_ms": 1000 * lags[int(len(lags) * 0.99)], "retries": 0,
+            "findings": tally.summary(len(singles))}
 
 
 def calibrate(bodies: list[bytes]) -> float:
@@ -500,9 +426,10 @@ def calibrate(bodies: list[bytes]) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def fmt(name: str, r: dict[str, float]) -> str:
+def fmt(name: str, r: dict[str, Any]) -> str:
     return (f"{name:<34} {r['spans']:>9,.0f} spans {r['seconds']:>6.2f} s {r['spans_per_s']:>10,.0f} spans/s"
-            f"   lag p50 {r['lag_p50_ms']:>7.1f} ms  p99 {r['lag_p99_ms']:>7.1f} ms  retries {r['retries']:.0f}")
+            f"   lag p50 {r['lag_p50_ms']:>7.1f} ms  p99 {r['lag_p99_ms']:>7.1f} ms  retries {r['retries']:.0f}"
+            f"\n{'':<34} {r['findings']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,52 +442,73 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["http", "grpc", "paced", "naive"], action="append")
     ap.add_argument("--soak", type=float, metavar="SECONDS", help="instead: one long OTLP/HTTP run with per-interval figures")
     ap.add_argument("--interval", type=float, default=20.0, help="seconds between soak samples")
+    ap.add_argument("--workload", choices=wl.WORKLOADS, default=wl.DEFAULT_WORKLOAD,
+                    help="fleet (agents with routines, rare anomalies), random (make_body) or routine "
+                         "(ingest_kafka.py's old workload): see bench/workloads.py")
+    ap.add_argument("--anomaly-rate", type=float, default=0.001, help="fleet: share of calls in injected anomalies")
+    ap.add_argument("--pool-spans", type=int, default=50_000,
+                    help="fleet: calls encoded per load process (re-stamped per request, replayed when used up); "
+                         "routine: spans in the replayed bodies")
     ap.add_argument("--traffic", choices=["live", "replay"], default="live",
-                    help="soak traffic: live (advancing times, fresh ids, sessions that end) or replay (the same 8 bodies)")
+                    help="soak traffic of --workload random: live (advancing times, fresh ids, sessions that end) "
+                         "or replay (the same 8 bodies); a fleet is always live")
     ap.add_argument("--census", action="store_true", help="soak: also print the most common GC-tracked types per sample")
     ap.add_argument("--honour-retry-after", action="store_true",
                     help="soak: resend a refused request after the daemon's Retry-After, not after 20 ms")
     args = ap.parse_args(argv)
     only = set(args.only or ["http", "grpc", "paced", "naive"])
-    bodies = [make_body(args.batch, seed) for seed in range(8)]
+    t = time.process_time()
+
+    def make_traffic(batch: int) -> list[Any]:
+        return wl.load_traffic(args.workload, args.clients, batch, args.pool_spans, anomaly_rate=args.anomaly_rate)
+
+    traffics = make_traffic(args.batch)
+    bodies = wl.first_bodies(traffics, 8 * args.batch, args.batch)
     print(f"toolwatch ingest bench: {os.cpu_count()} CPUs, {args.batch} spans/request, {args.clients} load processes, "
           f"13 attributes/span, detectors: {[d.name for d in build_detectors(Config())]}, "
           f"load average {os.getloadavg()[0]:.1f}")
+    print(f"workload {wl.describe(args.workload, args.anomaly_rate, args.pool_spans)} "
+          f"(built in {time.process_time() - t:.1f} s CPU)")
     print(f"calibration: bare protobuf parse {calibrate(bodies):,.0f} spans/s (issue's reference machine, idle: ~2,000,000)",
           flush=True)
     if args.soak:
         with tempfile.TemporaryDirectory() as tmp:
             runner = DaemonRunner(str(Path(tmp) / "data"))
             try:
-                soak(runner, bodies, args.clients, args.soak, args.interval, args.traffic == "live", args.census,
-                     args.honour_retry_after)
+                if args.workload == "random":
+                    label = args.traffic
+                    soak_traffic = ([LiveTraffic(bodies, 1000 + k) for k in range(args.clients)] if args.traffic == "live"
+                                    else [Replay(bodies)] * args.clients)
+                else:
+                    label, soak_traffic = args.workload, [t.fresh() for t in traffics]
+                soak(runner, soak_traffic, args.soak, args.interval, label, args.census, args.honour_retry_after)
             finally:
                 runner.close()
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         runner = DaemonRunner(str(Path(tmp) / "data"))
         try:
-            run_load(runner, "http", bodies, args.batch, 1, 0.5, None)  # warm-up
+            run_load(runner, "http", traffics, args.batch, 1, 0.5, None)  # warm-up
             if "http" in only:
                 prof = cProfile.Profile() if args.profile else None
                 if prof:
                     runner.call(_enable(prof))
-                print(fmt("OTLP/HTTP protobuf, max rate", run_load(runner, "http", bodies, args.batch, args.clients, args.seconds, None)),
+                print(fmt("OTLP/HTTP protobuf, max rate", run_load(runner, "http", traffics, args.batch, args.clients, args.seconds, None)),
                       flush=True)
                 if prof:
                     runner.call(_disable(prof))
                     pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
             if "grpc" in only:
-                print(fmt("OTLP/gRPC, max rate", run_load(runner, "grpc", bodies, args.batch, args.clients, args.seconds, None)),
+                print(fmt("OTLP/gRPC, max rate", run_load(runner, "grpc", traffics, args.batch, args.clients, args.seconds, None)),
                       flush=True)
             if "paced" in only:
-                paced = [make_body(250, s) for s in range(8)]
+                paced = make_traffic(250)
                 r = run_load(runner, "http", paced, 250, args.clients, args.seconds, args.paced_rate)
                 print(fmt(f"OTLP/HTTP paced at {args.paced_rate:,.0f}/s", r))
         finally:
             runner.close()
     if "naive" in only:
-        print(fmt("naive one-span-at-a-time", naive(bodies, 20_000)))
+        print(fmt("naive one-span-at-a-time", naive(wl.first_bodies(traffics, 20_000, args.batch), 20_000)))
     return 0
 
 

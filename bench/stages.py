@@ -3,8 +3,10 @@
     .venv/bin/python bench/stages.py [--warm 60000] [--measure 40000] [--batch 500] [--rate 75000] [--only NAME]
                                      [--fit]
 
-The workload is bench/ingest.py's (50 agents, 6 tools, 13 attributes per span). Event time
-advances at ``--rate`` spans/s so windows and sessions turn over as they would under that load.
+The workload is ``--workload`` from bench/workloads.py (default ``fleet``: 200 agents with
+routines and rare anomalies; ``random``: make_body's 50 agents, 6 tools, 500 never-ending sessions;
+``routine``: 40 agents alternating two tools), 13 attributes per span. Event time advances at
+``--rate`` spans/s so windows and sessions turn over as they would under that load.
 Every detector first sees ``--warm`` calls (so baselines leave their learning phase), then the
 next ``--measure`` calls are timed, detector by detector, in micro-batches of ``--batch``.
 Times are CPU time of this process, so neighbours on a shared machine inflate them less.
@@ -34,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from ingest import make_body  # noqa: E402
+import workloads as wl  # noqa: E402
 from toolwatch.collector import otlp  # noqa: E402
 from toolwatch.collector.config import Config  # noqa: E402
 from toolwatch.collector.daemon import build_detectors  # noqa: E402
@@ -44,9 +46,15 @@ from toolwatch.collector.normalize import Normalizer  # noqa: E402
 from toolwatch.detectors.events import Batch, ToolCall  # noqa: E402
 
 
-def workload(n: int, batch: int, rate: float) -> tuple[list[bytes], list[ToolCall]]:
-    """Encoded bodies, and the calls they carry with event time advancing at ``rate``."""
-    bodies = [make_body(batch, seed) for seed in range(8)]
+def workload(n: int, batch: int, rate: float, name: str = "random",
+             anomaly_rate: float = 0.001) -> tuple[list[bytes], list[ToolCall]]:
+    """Encoded bodies, and the calls they carry with event time advancing at ``rate``. ``random``
+    cycles 8 bodies (as this bench always did, and the default here: bench/findings_path.py and
+    findings_path_dump.py import this); ``fleet`` and ``routine`` cover the ``n`` calls once."""
+    if name == "random":
+        bodies = [wl.make_body(batch, seed) for seed in range(8)]
+    else:
+        bodies = wl.bodies(name, n, batch, anomaly_rate=anomaly_rate, rate=rate)
     norm = Normalizer()
     calls: list[ToolCall] = []
     start = time.time_ns() - int(n / rate * 1e9)
@@ -115,17 +123,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", action="append", help="time only these detectors")
     ap.add_argument("--naive", type=int, default=3_000, help="calls for the one-call-per-batch baseline")
     ap.add_argument("--fit", action="store_true", help="fit the detectors' models after the warm-up")
+    ap.add_argument("--workload", choices=wl.WORKLOADS, default=wl.DEFAULT_WORKLOAD, help="see bench/workloads.py")
+    ap.add_argument("--anomaly-rate", type=float, default=0.001, help="fleet: share of calls in injected anomalies")
     args = ap.parse_args(argv)
 
-    bodies, calls = workload(args.warm + args.measure, args.batch, args.rate)
+    bodies, calls = workload(args.warm + args.measure, args.batch, args.rate, args.workload, args.anomaly_rate)
     warm, measured = calls[: args.warm], calls[args.warm :]
     batches = [measured[i : i + args.batch] for i in range(0, len(measured), args.batch)]
     n = len(measured)
     print(f"toolwatch stages bench: {n:,} calls timed after {len(warm):,} warm-up, batches of {args.batch}, "
           f"event rate {args.rate:,.0f}/s")
+    print(f"workload {wl.describe(args.workload, args.anomaly_rate)}")
 
     rows: list[tuple[str, float]] = []
-    reqs = [bodies[i % len(bodies)] for i in range(len(batches))]
+    first = args.warm // args.batch  # the bodies of the timed calls (random: the 8 bodies, from the first)
+    reqs = [bodies[(first + i) % len(bodies)] for i in range(len(batches))]
     # As the receivers decode: span attributes as a protobuf map (collector/otlp_attrmap.py).
     rows.append(("decode (otlp.decode_export)", per_span(decode, reqs, n)))
     # Freshly decoded requests for each run: upb makes a second walk of the same message slower.
@@ -144,20 +156,26 @@ def main(argv: list[str] | None = None) -> int:
     detectors = build_detectors(Config())
     warm_up(detectors, warm, args.batch, args.fit, args.only)
     findings: dict[str, int] = {}
+    tally = wl.FindingTally()
     for det in detectors:
         if args.only and det.name not in args.only:
             continue
         found = 0
         asks = getattr(det, "needs_retrain", None) if args.fit else None
 
-        def run(chunk: list[ToolCall], det=det, asks=asks) -> None:
+        got: list = []
+
+        def run(chunk: list[ToolCall], det=det, asks=asks, got=got) -> None:
             nonlocal found
-            found += len(det.observe(Batch(calls=list(chunk), watermark_ns=chunk[-1].time_ns)))
+            out = det.observe(Batch(calls=list(chunk), watermark_ns=chunk[-1].time_ns))
+            found += len(out)
+            got.extend(out)
             if asks is not None:
                 asks()  # the daemon's Retrainer asks after every batch
 
         rows.append((f"detector {det.name}", per_span(run, batches, n)))
         findings[det.name] = found
+        tally(got)
 
     total = sum(us for _, us in rows)
     width = max(len(name) for name, _ in rows)
@@ -165,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = f"   {findings[name[9:]]:>6} findings" if name.startswith("detector ") else ""
         print(f"  {name:<{width}} {us:>8.2f} µs/span{extra}")
     print(f"  {'total':<{width}} {total:>8.2f} µs/span  -> single-core ceiling {1e6 / total:>10,.0f} spans/s")
+    print(f"  timed calls: {tally.summary(n)}")
     print(f"  normalise without its GenAI fast path (general dialect path only): {general:.2f} µs/span")
     print(f"  normalise of an ExportTraceServiceRequest (attributes as a list, as OTLP/JSON decodes): {as_list:.2f} µs/span")
 

@@ -1,0 +1,172 @@
+"""bench/workloads.py: the fleet is deterministic for a seed, decodes through the collector into
+exactly the calls it planned, keeps its anomaly share, and re-stamps without re-encoding."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from toolwatch.collector import otlp
+from toolwatch.collector.normalize import Normalizer
+
+ROOT = Path(__file__).resolve().parents[3]
+T0 = 1_765_000_000_000_000_000
+N = 30_000
+
+
+@pytest.fixture(scope="module")
+def wl():
+    spec = importlib.util.spec_from_file_location("bench_workloads", ROOT / "bench" / "workloads.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def decode(bodies):
+    norm = Normalizer()
+    calls = []
+    for body in bodies:
+        decoded = otlp.decode_export(body, otlp.PROTOBUF)
+        out = norm.normalize(decoded.request)
+        assert decoded.rejected == 0 and out.rejected == 0, (decoded.errors, out.errors)
+        assert out.spans == len(out.calls)
+        calls += out.calls
+    return calls
+
+
+@pytest.fixture(scope="module")
+def fleet(wl):
+    cfg = wl.FleetConfig(seed=3, anomaly_rate=0.005)
+    return wl.Fleet(cfg), wl.fleet_bodies(N, 500, cfg, start_ns=T0, rate=50_000)
+
+
+def test_same_seed_same_bodies_other_seed_other_bodies(wl, fleet):
+    _, bodies = fleet
+    again = wl.fleet_bodies(N, 500, wl.FleetConfig(seed=3, anomaly_rate=0.005), start_ns=T0, rate=50_000)
+    assert again == bodies
+    other = wl.fleet_bodies(N, 500, wl.FleetConfig(seed=4, anomaly_rate=0.005), start_ns=T0, rate=50_000)
+    assert other != bodies
+
+
+def test_bodies_decode_into_the_planned_calls(wl, fleet):
+    f, bodies = fleet
+    plan = f.calls(N)
+    calls = decode(bodies)
+    assert len(calls) == N
+    for c, p in zip(calls, plan):
+        assert (c.agent_id, c.server, c.tool) == (p.agent, p.spec.server, p.tool_name.replace(wl.STAMP, "00000000"))
+        assert c.session_id == p.session.replace(wl.STAMP, "00000000")
+        assert (c.args_bytes, c.result_bytes, c.duration_ns) == (p.args_bytes, p.result_bytes, p.duration_ns)
+        assert (c.args_labels, c.result_labels, c.destinations) == (p.args_labels, p.result_labels,
+                                                                    tuple(d.replace(wl.STAMP, "00000000")
+                                                                          for d in p.destinations))
+        assert c.args_fingerprints == tuple(x.replace(wl.STAMP, "00000000") for x in p.args_fingerprints)
+        assert c.result_fingerprints == tuple(x.replace(wl.STAMP, "00000000") for x in p.result_fingerprints)
+    # event time advances at the rate from start_ns; every span has its own id
+    assert [c.time_ns for c in calls] == [T0 + i * 20_000 for i in range(N)]
+    assert len({c.span_id for c in calls}) == N and len({c.trace_id for c in calls}) == N
+
+
+def test_fleet_agents_tools_and_sessions(wl, fleet):
+    f, bodies = fleet
+    calls = decode(bodies)
+    plan = f.calls(N)
+    routines = {r.agent: r for r in f.routines}
+    assert {c.agent_id for c in calls} == set(routines)  # all 200 agents take part
+    sessions: dict[str, list] = defaultdict(list)
+    for c, p in zip(calls, plan):
+        sessions[c.session_id].append((c, p))
+        if not p.anomaly:
+            assert p.spec in routines[c.agent_id].tools  # a routine call uses the agent's own tools
+    assert all(len({c.agent_id for c, _ in s}) == 1 for s in sessions.values())
+    last = {c.agent_id: c.session_id for c in calls}  # each agent's last session is cut off by the end
+    lengths = [len(s) for sid, s in sessions.items() if sid not in set(last.values()) and not any(p.anomaly for _, p in s)]
+    assert len(lengths) > 1000 and min(lengths) >= 5 and max(lengths) <= 60
+    assert 3 <= min(len(r.tools) for r in f.routines) and max(len(r.tools) for r in f.routines) <= 8
+    assert len({t for r in f.routines for t in r.tools}) >= 30  # the fleet uses most of the catalog
+    # some calls carry labels, fingerprints and destinations as the instrumentation emits them
+    assert sum(bool(c.result_labels) for c in calls) > N // 20
+    assert sum(bool(c.args_fingerprints) for c in calls) > N // 50
+    assert sum(bool(c.destinations) for c in calls) > N // 50
+
+
+def test_spans_carry_make_bodys_13_attributes_first(wl, fleet):
+    _, bodies = fleet
+    keys = [kv.key for kv in ExportTraceServiceRequest.FromString(wl.make_body(1, 0)).resource_spans[0]
+            .scope_spans[0].spans[0].attributes]
+    assert len(keys) == 13
+    for span in ExportTraceServiceRequest.FromString(bodies[0]).resource_spans[0].scope_spans[0].spans:
+        assert [kv.key for kv in span.attributes][:13] == keys
+
+
+@pytest.mark.parametrize("rate", [0.001, 0.01])
+def test_anomaly_share_is_the_rate_asked_for(wl, rate):
+    n = 200_000
+    calls = wl.Fleet(wl.FleetConfig(anomaly_rate=rate, seed=1)).calls(n)
+    anomalous = [c for c in calls if c.anomaly]
+    # within half the largest anomaly (a burst) of the rate, at any length
+    assert abs(len(anomalous) - rate * n) <= wl._BURST[1] / 2
+    kinds = Counter(c.anomaly for c in anomalous)
+    if rate * n >= 1000:  # enough anomalies (at 0.1 % of 200k, about one burst is expected)
+        assert set(kinds) == set(wl.ANOMALY_KINDS)
+        for kind in wl.ANOMALY_KINDS:
+            assert kinds[kind] >= len(anomalous) / 6, kinds  # each kind about a third of the anomalous calls
+    routines = {r.agent: r for r in wl.Fleet(wl.FleetConfig(seed=1)).routines}
+    for c in anomalous:
+        if c.anomaly == "unusual_tool":
+            assert c.spec not in routines[c.agent].tools and wl.STAMP in c.tool_name
+    assert not [c for c in wl.Fleet(wl.FleetConfig(anomaly_rate=0.0, seed=1)).calls(20_000) if c.anomaly]
+
+
+def test_each_pass_of_the_pool_opens_new_sessions_and_restamps_ids_and_times(wl):
+    templates = wl.fleet_templates(2_000, 500, config=wl.FleetConfig(seed=5, anomaly_rate=0.01))
+    traffic = wl.FleetTraffic(templates, rate=100_000, stamp_base=7)
+    first = decode([traffic.body(i, now_ns=T0) for i in range(len(templates))])
+    second = decode([traffic.body(len(templates) + i, now_ns=T0) for i in range(len(templates))])
+    assert [(c.agent_id, c.server, c.args_bytes) for c in first] == [(c.agent_id, c.server, c.args_bytes) for c in second]
+    assert {c.session_id for c in first}.isdisjoint({c.session_id for c in second})
+    assert all(c.session_id.endswith("-00000007") for c in first)
+    assert all(c.session_id.endswith("-00000008") for c in second)
+    assert {c.span_id for c in first}.isdisjoint({c.span_id for c in second})
+    times = [c.time_ns for c in first + second]
+    assert times == sorted(times) and len(set(times)) == len(times)  # never backwards, even with a stuck clock
+    # the anomalies are news again: their tool names and destinations carry the pass number
+    unusual = [c.tool for c in first + second if c.tool.endswith(("_00000007", "_00000008"))]
+    assert unusual and len(set(unusual)) > 1
+    # a pool from two load generators shares the agents out
+    a = wl.fleet_templates(1_000, 500, 0, 2)
+    b = wl.fleet_templates(1_000, 500, 1, 2)
+    agents_a = {c.agent_id for c in decode([t.body for t in a])}
+    agents_b = {c.agent_id for c in decode([t.body for t in b])}
+    assert agents_a and agents_b and agents_a.isdisjoint(agents_b)
+
+
+@pytest.mark.parametrize("workload", ["fleet", "routine", "random"])
+def test_kafka_records_are_one_agent_each_keyed_by_it(wl, workload):
+    records = wl.kafka_records(workload, 6_000, 200)
+    total = 0
+    for key, value, n in records:
+        calls = decode([value])
+        assert len(calls) == n
+        total += n
+        if workload != "random":  # make_body mixes agents in a request
+            assert {c.agent_id for c in calls} == {key.decode()}
+    assert total == 6_000
+
+
+def test_finding_tally_counts_findings_and_distinct_spans(wl):
+    from toolwatch.detectors.events import Finding
+
+    tally = wl.FindingTally()
+    tally([Finding("sequence", "high", "a", "x", 1, span_ids=("s1",)), Finding("iforest", "low", "a", "y", 1,
+                                                                              span_ids=("s1", "s2"))])
+    assert (tally.findings, tally.spans, tally.by_detector["sequence"]) == (2, {"s1", "s2"}, 1)
+    assert "findings 2 (1.00 per 100 spans)" in tally.summary(200) and "(1.00%)" in tally.summary(200)
+    tally.reset()
+    assert tally.findings == 0 and not tally.spans
