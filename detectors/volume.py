@@ -16,6 +16,7 @@ one window (plus the allowed lateness) after it started, inside the two-window b
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 from dataclasses import dataclass
@@ -126,6 +127,47 @@ def _int64(values: list[int]) -> np.ndarray:
         return np.array([min(max(int(v), lo), hi) for v in values], np.int64)
 
 
+class _Victims:
+    """Which key an eviction drops: the non-fleet key with the least ``last_active``, the first in
+    the key table's order on ties (what ``min`` over the table gives), without a scan per eviction.
+
+    A heap of (last_active, place in the table's order, key, entry), built from the table at the
+    first eviction; keys added after get later places. Entries are checked when they come to the
+    top: a key gone or replaced (another entry object) is skipped, one whose ``last_active`` grew
+    goes back in with its new value (it never shrinks while the entry lives). Whoever replaces the
+    table's entries other than by adding keys (restore) starts a new ``_Victims``."""
+
+    __slots__ = ("heap", "places")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, int, str, dict[str, Any]]] | None = None
+        self.places = 0
+
+    def added(self, key: str, entry: dict[str, Any]) -> None:
+        """A key was added at the end of the table."""
+        if self.heap is not None and entry["scope"] != "fleet":
+            heapq.heappush(self.heap, (entry["last_active"], self.places, key, entry))
+        self.places += 1
+
+    def pop(self, keys: dict[str, dict[str, Any]]) -> str:
+        heap = self.heap
+        if heap is None or len(heap) > 2 * len(keys) + 64:  # build, or rebuild without the stale
+            heap = self.heap = [(e["last_active"], i, k, e) for i, (k, e) in enumerate(keys.items())
+                                if e["scope"] != "fleet"]
+            heapq.heapify(heap)
+            self.places = len(keys)
+        while heap:
+            active, place, key, entry = heap[0]
+            if keys.get(key) is not entry:
+                heapq.heappop(heap)
+            elif entry["last_active"] != active:
+                heapq.heapreplace(heap, (entry["last_active"], place, key, entry))
+            else:
+                heapq.heappop(heap)
+                return key
+        raise ValueError("volume: no key to evict (only the fleet's)")
+
+
 class VolumeSpikeDetector(Detector):
     """Per agent, agent×tool and fleet: tumbling event-time windows vs. a median/MAD band."""
 
@@ -161,6 +203,7 @@ class VolumeSpikeDetector(Detector):
         self._last_has = np.zeros(64, bool)
         self._last_ok = np.zeros(64, bool)
         self._last_dirty = np.zeros(64, bool)
+        self._victims = _Victims()
 
     # ----------------------------------------------------------------- ingest
     def observe(self, batch: Batch) -> list[Finding]:
@@ -390,6 +433,7 @@ class VolumeSpikeDetector(Detector):
         if entry is None:
             entry = keys[key] = {"scope": scope, "agent": agent, "tool": tool, "next": idx, "last_active": idx,
                                  "hist": {m: [] for m in _METRICS}, "last": None}
+            self._victims.added(key, entry)
         if idx < entry["next"]:
             entry["next"] = idx
         if idx > entry["last_active"]:
@@ -410,13 +454,19 @@ class VolumeSpikeDetector(Detector):
         return list(self._open.pop(key, {}).values())
 
     def _evict_if_full(self) -> None:
+        """Drop the least recently active key (not the fleet's) when the table is full.
+
+        Only the victim's held state is forgotten (its slots are released; no other key's window,
+        slot or "last_ns" changes), and the victim comes from ``_Victims``: clearing every key's
+        cache and scanning every key per eviction made key churn slower than before the slots."""
         if len(self._keys) < self.config.max_keys:
             return
-        self._sync_last()
-        victim = min((k for k, e in self._keys.items() if e["scope"] != "fleet"),
-                     key=lambda k: self._keys[k]["last_active"])
+        victim = self._victims.pop(self._keys)
         self._win.release(self._drop_key(victim))
-        self._forget_hot()
+        kid = self._kid.get(victim)
+        if kid is not None:
+            self._cur_win[kid] = _NO_WIN
+            self._last_ok[kid] = self._last_dirty[kid] = False
 
     # ----------------------------------------------------------------- close windows
     def _advance(self) -> list[Finding]:
@@ -576,6 +626,7 @@ class VolumeSpikeDetector(Detector):
         self._watermark = int(state.get("watermark", 0))
         self._late_dropped = int(state.get("late_dropped", 0))
         self._keys = json.loads(json.dumps(state.get("keys", {})))
+        self._victims = _Victims()
         self._open, self._win = {}, OpenWindows()
         self._load_open(state.get("open", {}))
 
@@ -597,6 +648,7 @@ class VolumeSpikeDetector(Detector):
         self.drop_agent(agent_id)
         for k, e in state.get("keys", {}).items():
             self._keys[k] = json.loads(json.dumps(e))
+        self._victims = _Victims()  # a key already there keeps its place in the table's order
         self._load_open(state.get("open", {}))
 
     def drop_agent(self, agent_id: str) -> None:
