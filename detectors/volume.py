@@ -318,7 +318,7 @@ class VolumeSpikeDetector(Detector):
             items, keys = self._items, self._keys
             new = {int(k) for k in np.unique(kid_rows).tolist() if items[k][0] not in keys}
             if len(new) > room:
-                return self._ingest_evicting(calls, kid_rows, t, w, new, room)
+                return self._ingest_evicting(calls, kid_rows, t, w)
         size = (np.minimum(np.maximum(_int64(list(map(_ARGS_BYTES, calls))), 0), _MAX_SIZE)
                 + np.minimum(np.maximum(_int64(list(map(_RESULT_BYTES, calls))), 0), _MAX_SIZE))
         spans, sessions = list(map(_SPAN, calls)), list(map(_SESSION, calls))
@@ -333,30 +333,43 @@ class VolumeSpikeDetector(Detector):
         self._win.seq += n
         return []
 
-    def _ingest_evicting(self, calls: list[ToolCall], kid_rows: np.ndarray, t: np.ndarray, w: np.ndarray,
-                         new: set[int], room: int) -> list[ToolCall]:
-        """Up to the call whose new key finds no room: at once; that call key by key; returns the rest."""
-        seen: set[int] = set()
+    def _ingest_evicting(self, calls: list[ToolCall], kid_rows: np.ndarray, t: np.ndarray,
+                         w: np.ndarray) -> list[ToolCall]:
+        """Up to each call whose new key finds no room: at once; that call key by key; and on.
+
+        Each stretch is found from the key table as it is when the stretch starts (the evictions
+        before it may have dropped keys that its calls use): one pass over the calls, where
+        handing the rest back to ``_ingest_part`` examined all of it again after every eviction
+        (quadratic at key churn)."""
         rows = kid_rows.tolist()
-        for c, kids in enumerate(rows):
-            seen.update(k for k in kids if k in new)
-            if len(seen) > room:
-                break
-        if c:
-            self._ingest(calls[:c])
-        call = calls[c]
-        size = np.array([min(max(0, call.args_bytes), _MAX_SIZE) + min(max(0, call.result_bytes), _MAX_SIZE)],
-                        np.int64)
-        zero = np.zeros(1, np.int64)
-        for kid in rows[c]:
-            if self._items[kid][0] not in self._keys:
-                self._evict_if_full()
-            cols = (t[c:c + 1], w[c:c + 1], size, np.array([call.is_error]),  # codes afresh: a reduction renumbers
-                    np.fromiter([call.span_id], object, 1), np.array([bool(call.span_id)]),
-                    self._win.session_codes([call.session_id]), np.array([bool(call.session_id)]))
-            self._ingest_rows(cols, np.array([kid], np.int64), zero, zero)
-        self._win.seq += 1
-        return calls[c + 1:]
+        items, keys = self._items, self._keys
+        n, start = len(calls), 0
+        while True:
+            room = self.config.max_keys - len(keys)
+            seen: set[int] = set()
+            c = start
+            while c < n:
+                seen.update(k for k in rows[c] if items[k][0] not in keys)
+                if len(seen) > room:
+                    break
+                c += 1
+            if c > start:
+                self._ingest(calls[start:c])  # no key of these needs an eviction
+            if c == n:
+                return []
+            call = calls[c]
+            size = np.array([min(max(0, call.args_bytes), _MAX_SIZE) + min(max(0, call.result_bytes), _MAX_SIZE)],
+                            np.int64)
+            zero = np.zeros(1, np.int64)
+            for kid in rows[c]:
+                if items[kid][0] not in keys:
+                    self._evict_if_full()
+                cols = (t[c:c + 1], w[c:c + 1], size, np.array([call.is_error]),  # codes afresh: a reduction renumbers
+                        np.fromiter([call.span_id], object, 1), np.array([bool(call.span_id)]),
+                        self._win.session_codes([call.session_id]), np.array([bool(call.session_id)]))
+                self._ingest_rows(cols, np.array([kid], np.int64), zero, zero)
+            self._win.seq += 1
+            start = c + 1
 
     def _ingest_rows(self, cols: tuple[np.ndarray, ...], rk: np.ndarray, pos: np.ndarray, order: np.ndarray) -> None:
         """Rows (key id ``rk``, call ``pos``); ``order`` is the rows' order one by one (creation order)."""
