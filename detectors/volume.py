@@ -118,6 +118,11 @@ _SESSION = attrgetter("session_id")
 _ERROR = attrgetter("error_type")
 
 
+def _wrap64(x: int) -> int:
+    """``x`` as int64 arithmetic leaves it (wrapped into [-2**63, 2**63))."""
+    return ((x + (1 << 63)) & ((1 << 64) - 1)) - (1 << 63)
+
+
 def _int64(values: list[int]) -> np.ndarray:
     """Values as int64, clipped into its range (a time past 2262 or an absurd size is not a reason to fail)."""
     try:
@@ -358,18 +363,32 @@ class VolumeSpikeDetector(Detector):
             if c == n:
                 return []
             call = calls[c]
-            size = np.array([min(max(0, call.args_bytes), _MAX_SIZE) + min(max(0, call.result_bytes), _MAX_SIZE)],
-                            np.int64)
-            zero = np.zeros(1, np.int64)
+            size = min(max(0, call.args_bytes), _MAX_SIZE) + min(max(0, call.result_bytes), _MAX_SIZE)
+            tc, wc = int(t[c]), int(w[c])
             for kid in rows[c]:
                 if items[kid][0] not in keys:
                     self._evict_if_full()
-                cols = (t[c:c + 1], w[c:c + 1], size, np.array([call.is_error]),  # codes afresh: a reduction renumbers
-                        np.fromiter([call.span_id], object, 1), np.array([bool(call.span_id)]),
-                        self._win.session_codes([call.session_id]), np.array([bool(call.session_id)]))
-                self._ingest_rows(cols, np.array([kid], np.int64), zero, zero)
+                self._ingest_one(kid, tc, wc, size, call.is_error, call.span_id, call.session_id)
             self._win.seq += 1
             start = c + 1
+
+    def _ingest_one(self, kid: int, t: int, w: int, size: int, error: bool, span: str, session: str) -> None:
+        """``_ingest_rows`` for one row (a call counted key by key), in scalars: the same gap, slot,
+        sums, table rows and held "last_ns"; some forty numpy calls on one-element arrays made
+        each key of an evicting call cost ~100 µs at key churn."""
+        if not self._last_ok[kid]:
+            entry = self._keys.get(self._items[kid][0])
+            last = None if entry is None else entry.get("last_ns")
+            self._last_has[kid], self._last_ns[kid], self._last_ok[kid] = last is not None, last or 0, True
+        has_last, last_ns = bool(self._last_has[kid]), int(self._last_ns[kid])
+        prev = last_ns if has_last else _wrap64(t - _FIRST_GAP)
+        fast = _wrap64(-abs(_wrap64(t - prev)))  # int64 arithmetic, as the arrays do it
+        slot = int(self._cur_slot[kid]) if self._cur_win[kid] == w else self._open_window(kid, w)
+        win = self._win
+        code = win.session_code(session)  # "" gets a code too, as session_codes gives it
+        win.add_one(slot, win.seq, size, error, fast, span, code if session else -1)
+        self._last_ns[kid] = (t if t > last_ns else last_ns) if has_last else t
+        self._last_has[kid] = self._last_dirty[kid] = True
 
     def _ingest_rows(self, cols: tuple[np.ndarray, ...], rk: np.ndarray, pos: np.ndarray, order: np.ndarray) -> None:
         """Rows (key id ``rk``, call ``pos``); ``order`` is the rows' order one by one (creation order)."""

@@ -218,3 +218,20 @@ def test_eviction_skips_a_key_active_again() -> None:
         feed((7 + i) * S, f"n{i}")  # n2..n7 evict k4..k9 (window 0), n8 evicts n1 (window 2), not k1..k3
     assert new.agents() == old.agents() == ["k1", "k2", "k3"] + [f"n{i}" for i in range(2, 9)]
     assert _dump(new) == _dump(old)
+
+
+def test_evicting_calls_with_tied_gaps_match_main() -> None:
+    """Every call evicts a key (key by key, one row at a time), calls are evenly spaced (the fleet's
+    gaps all tie) and snapshots mid-window set the top lists' entry values: a tie must still enter."""
+    cfg = {"window_s": 60, "max_keys": 10, "history_windows": 3, "min_history": 2}
+    new, old = _pair(cfg)
+    step = 50_000_000
+    calls = [ToolCall(time_ns=T0 + i * step, agent_id=f"a{i % 23}", server="s", tool=f"t{i % 2}",
+                      span_id=f"{i:x}", session_id=f"s{i % 7}", args_bytes=100, result_bytes=200)
+             for i in range(3000)]
+    for i in range(0, len(calls), 40):
+        b = Batch(calls=calls[i:i + 40], watermark_ns=calls[min(i + 39, len(calls) - 1)].time_ns)
+        assert [f.to_dict() for f in new.observe(b)] == [f.to_dict() for f in old.observe(b)]
+        if i % 200 == 0:
+            assert _dump(new) == _dump(old)
+    assert _dump(new) == _dump(old)
