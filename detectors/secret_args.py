@@ -103,23 +103,22 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
 
         Without a secret label no call can report, so only the counts and the LRU order move:
         each tool moves to the end in the order of its last call, as call-by-call would. A tool
-        an agent has not called yet (it might evict another), or two (server, tool) pairs with
-        the same ``server/tool`` token, fall back to call-by-call.
+        an agent has not called yet (it might evict another) falls back to call-by-call. Two
+        (server, tool) pairs with the same ``server/tool`` token (``a`` + ``b/c``, ``a/b`` + ``c``)
+        need no fallback: their counts add up on the one token, and its last move is at the later
+        of their last calls, as call by call.
         """
         # Counted from the last call back, the keys come in the order of their last call, latest
         # first: one pass gives both the counts and the LRU order.
-        counts = Counter(reversed(list(map(_KEY, calls))))
+        counts = Counter(map(_KEY, reversed(calls)))
         state = self._state
         plan = []
-        seen: set[tuple[str, str]] = set()
-        for key in reversed(counts):  # order of last occurrence
-            agent, server, tool = key
+        for (agent, server, tool), n in reversed(counts.items()):  # order of last occurrence
             st = state.get(agent)
             token = f"{server}/{tool}" if server else tool
-            if st is None or token not in st.tools or (agent, token) in seen:
+            if st is None or token not in st.tools:
                 return False
-            seen.add((agent, token))
-            plan.append((st.tools, token, counts[key]))
+            plan.append((st.tools, token, n))
         for tools, token, n in plan:
             tools.move_to_end(token)
             tools[token][0] += n

@@ -16,6 +16,7 @@ one window (plus the allowed lateness) after it started, inside the two-window b
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 from dataclasses import dataclass
@@ -117,6 +118,11 @@ _SESSION = attrgetter("session_id")
 _ERROR = attrgetter("error_type")
 
 
+def _wrap64(x: int) -> int:
+    """``x`` as int64 arithmetic leaves it (wrapped into [-2**63, 2**63))."""
+    return ((x + (1 << 63)) & ((1 << 64) - 1)) - (1 << 63)
+
+
 def _int64(values: list[int]) -> np.ndarray:
     """Values as int64, clipped into its range (a time past 2262 or an absurd size is not a reason to fail)."""
     try:
@@ -124,6 +130,47 @@ def _int64(values: list[int]) -> np.ndarray:
     except (OverflowError, TypeError, ValueError):
         lo, hi = -(2**63), 2**63 - 1
         return np.array([min(max(int(v), lo), hi) for v in values], np.int64)
+
+
+class _Victims:
+    """Which key an eviction drops: the non-fleet key with the least ``last_active``, the first in
+    the key table's order on ties (what ``min`` over the table gives), without a scan per eviction.
+
+    A heap of (last_active, place in the table's order, key, entry), built from the table at the
+    first eviction; keys added after get later places. Entries are checked when they come to the
+    top: a key gone or replaced (another entry object) is skipped, one whose ``last_active`` grew
+    goes back in with its new value (it never shrinks while the entry lives). Whoever replaces the
+    table's entries other than by adding keys (restore) starts a new ``_Victims``."""
+
+    __slots__ = ("heap", "places")
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, int, str, dict[str, Any]]] | None = None
+        self.places = 0
+
+    def added(self, key: str, entry: dict[str, Any]) -> None:
+        """A key was added at the end of the table."""
+        if self.heap is not None and entry["scope"] != "fleet":
+            heapq.heappush(self.heap, (entry["last_active"], self.places, key, entry))
+        self.places += 1
+
+    def pop(self, keys: dict[str, dict[str, Any]]) -> str:
+        heap = self.heap
+        if heap is None or len(heap) > 2 * len(keys) + 64:  # build, or rebuild without the stale
+            heap = self.heap = [(e["last_active"], i, k, e) for i, (k, e) in enumerate(keys.items())
+                                if e["scope"] != "fleet"]
+            heapq.heapify(heap)
+            self.places = len(keys)
+        while heap:
+            active, place, key, entry = heap[0]
+            if keys.get(key) is not entry:
+                heapq.heappop(heap)
+            elif entry["last_active"] != active:
+                heapq.heapreplace(heap, (entry["last_active"], place, key, entry))
+            else:
+                heapq.heappop(heap)
+                return key
+        raise ValueError("volume: no key to evict (only the fleet's)")
 
 
 class VolumeSpikeDetector(Detector):
@@ -161,6 +208,7 @@ class VolumeSpikeDetector(Detector):
         self._last_has = np.zeros(64, bool)
         self._last_ok = np.zeros(64, bool)
         self._last_dirty = np.zeros(64, bool)
+        self._victims = _Victims()
 
     # ----------------------------------------------------------------- ingest
     def observe(self, batch: Batch) -> list[Finding]:
@@ -275,7 +323,7 @@ class VolumeSpikeDetector(Detector):
             items, keys = self._items, self._keys
             new = {int(k) for k in np.unique(kid_rows).tolist() if items[k][0] not in keys}
             if len(new) > room:
-                return self._ingest_evicting(calls, kid_rows, t, w, new, room)
+                return self._ingest_evicting(calls, kid_rows, t, w)
         size = (np.minimum(np.maximum(_int64(list(map(_ARGS_BYTES, calls))), 0), _MAX_SIZE)
                 + np.minimum(np.maximum(_int64(list(map(_RESULT_BYTES, calls))), 0), _MAX_SIZE))
         spans, sessions = list(map(_SPAN, calls)), list(map(_SESSION, calls))
@@ -290,30 +338,57 @@ class VolumeSpikeDetector(Detector):
         self._win.seq += n
         return []
 
-    def _ingest_evicting(self, calls: list[ToolCall], kid_rows: np.ndarray, t: np.ndarray, w: np.ndarray,
-                         new: set[int], room: int) -> list[ToolCall]:
-        """Up to the call whose new key finds no room: at once; that call key by key; returns the rest."""
-        seen: set[int] = set()
+    def _ingest_evicting(self, calls: list[ToolCall], kid_rows: np.ndarray, t: np.ndarray,
+                         w: np.ndarray) -> list[ToolCall]:
+        """Up to each call whose new key finds no room: at once; that call key by key; and on.
+
+        Each stretch is found from the key table as it is when the stretch starts (the evictions
+        before it may have dropped keys that its calls use): one pass over the calls, where
+        handing the rest back to ``_ingest_part`` examined all of it again after every eviction
+        (quadratic at key churn)."""
         rows = kid_rows.tolist()
-        for c, kids in enumerate(rows):
-            seen.update(k for k in kids if k in new)
-            if len(seen) > room:
-                break
-        if c:
-            self._ingest(calls[:c])
-        call = calls[c]
-        size = np.array([min(max(0, call.args_bytes), _MAX_SIZE) + min(max(0, call.result_bytes), _MAX_SIZE)],
-                        np.int64)
-        zero = np.zeros(1, np.int64)
-        for kid in rows[c]:
-            if self._items[kid][0] not in self._keys:
-                self._evict_if_full()
-            cols = (t[c:c + 1], w[c:c + 1], size, np.array([call.is_error]),  # codes afresh: a reduction renumbers
-                    np.fromiter([call.span_id], object, 1), np.array([bool(call.span_id)]),
-                    self._win.session_codes([call.session_id]), np.array([bool(call.session_id)]))
-            self._ingest_rows(cols, np.array([kid], np.int64), zero, zero)
-        self._win.seq += 1
-        return calls[c + 1:]
+        items, keys = self._items, self._keys
+        n, start = len(calls), 0
+        while True:
+            room = self.config.max_keys - len(keys)
+            seen: set[int] = set()
+            c = start
+            while c < n:
+                seen.update(k for k in rows[c] if items[k][0] not in keys)
+                if len(seen) > room:
+                    break
+                c += 1
+            if c > start:
+                self._ingest(calls[start:c])  # no key of these needs an eviction
+            if c == n:
+                return []
+            call = calls[c]
+            size = min(max(0, call.args_bytes), _MAX_SIZE) + min(max(0, call.result_bytes), _MAX_SIZE)
+            tc, wc = int(t[c]), int(w[c])
+            for kid in rows[c]:
+                if items[kid][0] not in keys:
+                    self._evict_if_full()
+                self._ingest_one(kid, tc, wc, size, call.is_error, call.span_id, call.session_id)
+            self._win.seq += 1
+            start = c + 1
+
+    def _ingest_one(self, kid: int, t: int, w: int, size: int, error: bool, span: str, session: str) -> None:
+        """``_ingest_rows`` for one row (a call counted key by key), in scalars: the same gap, slot,
+        sums, table rows and held "last_ns"; some forty numpy calls on one-element arrays made
+        each key of an evicting call cost ~100 µs at key churn."""
+        if not self._last_ok[kid]:
+            entry = self._keys.get(self._items[kid][0])
+            last = None if entry is None else entry.get("last_ns")
+            self._last_has[kid], self._last_ns[kid], self._last_ok[kid] = last is not None, last or 0, True
+        has_last, last_ns = bool(self._last_has[kid]), int(self._last_ns[kid])
+        prev = last_ns if has_last else _wrap64(t - _FIRST_GAP)
+        fast = _wrap64(-abs(_wrap64(t - prev)))  # int64 arithmetic, as the arrays do it
+        slot = int(self._cur_slot[kid]) if self._cur_win[kid] == w else self._open_window(kid, w)
+        win = self._win
+        code = win.session_code(session)  # "" gets a code too, as session_codes gives it
+        win.add_one(slot, win.seq, size, error, fast, span, code if session else -1)
+        self._last_ns[kid] = (t if t > last_ns else last_ns) if has_last else t
+        self._last_has[kid] = self._last_dirty[kid] = True
 
     def _ingest_rows(self, cols: tuple[np.ndarray, ...], rk: np.ndarray, pos: np.ndarray, order: np.ndarray) -> None:
         """Rows (key id ``rk``, call ``pos``); ``order`` is the rows' order one by one (creation order)."""
@@ -390,6 +465,7 @@ class VolumeSpikeDetector(Detector):
         if entry is None:
             entry = keys[key] = {"scope": scope, "agent": agent, "tool": tool, "next": idx, "last_active": idx,
                                  "hist": {m: [] for m in _METRICS}, "last": None}
+            self._victims.added(key, entry)
         if idx < entry["next"]:
             entry["next"] = idx
         if idx > entry["last_active"]:
@@ -410,13 +486,19 @@ class VolumeSpikeDetector(Detector):
         return list(self._open.pop(key, {}).values())
 
     def _evict_if_full(self) -> None:
+        """Drop the least recently active key (not the fleet's) when the table is full.
+
+        Only the victim's held state is forgotten (its slots are released; no other key's window,
+        slot or "last_ns" changes), and the victim comes from ``_Victims``: clearing every key's
+        cache and scanning every key per eviction made key churn slower than before the slots."""
         if len(self._keys) < self.config.max_keys:
             return
-        self._sync_last()
-        victim = min((k for k, e in self._keys.items() if e["scope"] != "fleet"),
-                     key=lambda k: self._keys[k]["last_active"])
+        victim = self._victims.pop(self._keys)
         self._win.release(self._drop_key(victim))
-        self._forget_hot()
+        kid = self._kid.get(victim)
+        if kid is not None:
+            self._cur_win[kid] = _NO_WIN
+            self._last_ok[kid] = self._last_dirty[kid] = False
 
     # ----------------------------------------------------------------- close windows
     def _advance(self) -> list[Finding]:
@@ -576,6 +658,7 @@ class VolumeSpikeDetector(Detector):
         self._watermark = int(state.get("watermark", 0))
         self._late_dropped = int(state.get("late_dropped", 0))
         self._keys = json.loads(json.dumps(state.get("keys", {})))
+        self._victims = _Victims()
         self._open, self._win = {}, OpenWindows()
         self._load_open(state.get("open", {}))
 
@@ -597,6 +680,7 @@ class VolumeSpikeDetector(Detector):
         self.drop_agent(agent_id)
         for k, e in state.get("keys", {}).items():
             self._keys[k] = json.loads(json.dumps(e))
+        self._victims = _Victims()  # a key already there keeps its place in the table's order
         self._load_open(state.get("open", {}))
 
     def drop_agent(self, agent_id: str) -> None:

@@ -35,6 +35,13 @@ _EMPTY_I = np.zeros(0, np.int64)
 _EMPTY_O = np.zeros(0, object)
 
 
+def _one(value: Any, dtype: Any = np.int64) -> np.ndarray:
+    """A one-element array (a table row's column)."""
+    a = np.empty(1, dtype)
+    a[0] = value
+    return a
+
+
 def _rank(groups: np.ndarray) -> np.ndarray:
     """Position of each row inside its run of equal ``groups`` (rows sorted by group)."""
     n = len(groups)
@@ -157,6 +164,36 @@ class OpenWindows:
             out = [codes.setdefault(x, len(codes)) if c is None else c for c, x in zip(out, sessions)]
         return np.fromiter(out, np.int64, len(out))
 
+    def session_code(self, session: str) -> int:
+        """``session_codes`` for one id."""
+        codes = self.sess_code
+        code = codes.get(session)
+        if code is None:
+            code = codes[session] = len(codes)
+        return code
+
+    def add_one(self, slot: int, seq: int, size: int, error: bool, fast: int, span: str, session: int) -> None:
+        """``add_rows`` for one row, in scalars (``span`` "" and ``session`` -1 when not set): a call
+        counted key by key (it evicts a key) made ``add_rows``'s numpy set-up per key its main cost."""
+        self.reduced = False
+        self.calls[slot] += 1
+        self.bytes[slot] += size
+        if error:
+            self.errors[slot] += 1
+        if span:
+            self.has_top[slot] = True
+            s, q, one, text = _one(slot), _one(seq), _one(1), _one(span, object)
+            if not self.named_full[slot]:
+                self.named.add(s, q, one, text, one)
+            if fast >= self.low[0, slot]:  # a tie enters: later wins
+                self.fast.add(s, q, _one(fast), text, one)
+            if size >= self.low[1, slot]:
+                self.big.add(s, q, _one(size), text, one)
+        if session >= 0 and (not self.sess_full[slot] or bool((self.sess_set[slot] == session).any())):
+            k = _one(session)
+            self.sessions.add(_one(slot), _one(seq), k, k, _one(1))
+        self._reduce_if_large()
+
     def add_rows(self, slot: np.ndarray, seq: np.ndarray, size: np.ndarray, error: np.ndarray, fast: np.ndarray,
                  call: np.ndarray, span: np.ndarray, has_span: np.ndarray, session: np.ndarray,
                  has_session: np.ndarray) -> None:
@@ -183,6 +220,9 @@ class OpenWindows:
                 ok |= (self.sess_set[s] == k[:, None]).any(1)
             s, k = s[ok], k[ok]
             self.sessions.add(s, seq[has_session][ok], k, k, np.ones(len(s), np.int64))
+        self._reduce_if_large()
+
+    def _reduce_if_large(self) -> None:
         live = int(np.count_nonzero(self.alive[:self.used]))
         if (self.named.size + self.fast.size + self.big.size + self.sessions.size > max(1 << 16, 96 * live)
                 or len(self.sess_code) > (1 << 18) + 4 * self.sessions.size):  # (codes of dropped sessions)

@@ -72,6 +72,23 @@ def test_secret_args_batched_matches_one_call_at_a_time() -> None:
         run_both(fast, slow, calls, seed)
 
 
+
+def test_secret_args_batched_with_two_pairs_of_one_token() -> None:
+    """("", "a/b") and ("a", "b") are one ``server/tool`` token: a batch with both, in either order
+    of their last calls, counts and orders the token as one call at a time does (the fast path)."""
+    rnd = random.Random(4)
+    pairs = [("", "a/b"), ("a", "b"), ("a/b", "c"), ("a", "b/c"), ("files", "read"), ("", "calc")]
+    calls = [ToolCall(time_ns=i, agent_id="x", server=s, tool=t, span_id=f"{i:x}", session_id="s",
+                      args_labels=("path",)) for i, (s, t) in enumerate(pairs * 2)]  # every token known
+    for i in range(400):
+        s, t = rnd.choice(pairs)
+        calls.append(ToolCall(time_ns=100 + i, agent_id="x", server=s, tool=t, span_id=f"{i:x}", session_id="s",
+                              args_labels=("path",)))
+    fast, slow = SecretArgsDetector(), SecretArgsDetector()
+    run_both(fast, slow, calls, 4)
+    assert fast.snapshot()["agents"]["x"]["tools"][-1][1] > 1  # counted in batches, not only one by one
+
+
 POLICY = {
     "roles": {"support": ["support-*"]},
     "subjects": [{"roles": ["support"], "allow_servers": ["mail", "files"], "deny_tools": ["*/rm"]}],
