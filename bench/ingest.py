@@ -232,8 +232,9 @@ class LagRecorder:
 
 
 class DaemonRunner:
-    def __init__(self, data_dir: str) -> None:
-        cfg = Config(otlp_http="127.0.0.1:0", otlp_grpc="127.0.0.1:0", listen="127.0.0.1:0", data_dir=data_dir)
+    def __init__(self, data_dir: str, otlp_processes: int = 0) -> None:
+        cfg = Config(otlp_http="127.0.0.1:0", otlp_grpc="127.0.0.1:0", listen="127.0.0.1:0", data_dir=data_dir,
+                     otlp_processes=otlp_processes)
         cfg.pipeline.batch_max_size = 4096
         cfg.pipeline.batch_max_delay_ms = 50
         cfg.pipeline.snapshot_interval_s = 3600
@@ -520,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--census", action="store_true", help="soak: also print the most common GC-tracked types per sample")
     ap.add_argument("--honour-retry-after", action="store_true",
                     help="soak: resend a refused request after the daemon's Retry-After, not after 20 ms")
+    ap.add_argument("--otlp-processes", type=int, default=0, help="OTLP/HTTP worker processes (config otlp_processes)")
     args = ap.parse_args(argv)
     only = set(args.only or ["http", "grpc", "paced", "naive"])
     bodies = [make_body(args.batch, seed) for seed in range(8)]
@@ -530,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     if args.soak:
         with tempfile.TemporaryDirectory() as tmp:
-            runner = DaemonRunner(str(Path(tmp) / "data"))
+            runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes)
             try:
                 soak(runner, bodies, args.clients, args.soak, args.interval, args.traffic == "live", args.census,
                      args.honour_retry_after)
@@ -538,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
                 runner.close()
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        runner = DaemonRunner(str(Path(tmp) / "data"))
+        runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes)
         try:
             run_load(runner, "http", bodies, args.batch, 1, 0.5, None)  # warm-up
             if "http" in only:

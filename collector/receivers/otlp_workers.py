@@ -190,6 +190,9 @@ class OtlpHttpWorkers(NetworkReceiver):
                     self.metrics.requests_rejected.labels(msg[1], msg[2]).inc()
         except (ConnectionError, OSError):
             pass
+        except Exception:  # an unreadable frame: the worker is broken; it is replaced like a dead one
+            log.exception("OTLP worker process %d sent an unreadable frame; stopping it", worker.proc.pid)
+            worker.proc.kill()
         finally:
             writer.close()
         await asyncio.to_thread(worker.proc.join, 5)
