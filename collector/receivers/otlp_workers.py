@@ -38,6 +38,8 @@ from .tls import TlsFiles
 
 log = logging.getLogger("toolwatch.receiver.otlp_workers")
 
+REPLY_TIMEOUT_S = 10.0
+"""How long a worker waits for the daemon's answer to a request before it answers 503."""
 _WRITE_HIGH_WATER = 1 << 20
 """Bytes of replies buffered for a worker before the reader waits for them to drain."""
 
@@ -87,7 +89,7 @@ class OtlpHttpWorkers(NetworkReceiver):
         retry_after_s: int = 2,
         bearer_token: str = "",
         tls: TlsFiles | None = None,
-        reply_timeout_s: float = 10.0,
+        reply_timeout_s: float | None = None,
         start_timeout_s: float = 60.0,
         restart_delay_s: float = 1.0,
     ) -> None:
@@ -97,7 +99,7 @@ class OtlpHttpWorkers(NetworkReceiver):
         )  # fmt: skip
         self.processes = processes
         self._key = fingerprint_key
-        self.reply_timeout_s = reply_timeout_s
+        self.reply_timeout_s = REPLY_TIMEOUT_S if reply_timeout_s is None else reply_timeout_s
         """How long a worker waits for the daemon's answer before it answers 503 (a stalled daemon)."""
         self.start_timeout_s = start_timeout_s
         self.restart_delay_s = restart_delay_s

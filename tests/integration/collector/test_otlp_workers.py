@@ -25,6 +25,7 @@ from helpers.procs import ToolwatchProcess, wait_until
 from helpers.spans import emit_call, provider
 from helpers.tls import self_signed
 from toolwatch.collector.config import Config, ConfigError, config_from_mapping
+from toolwatch.collector.receivers import otlp_workers
 from toolwatch.instrumentation import semconv as sc
 
 from toolwatch.detectors.base import Detector
@@ -317,3 +318,35 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_a_stalled_daemon_gets_503_from_the_worker_not_a_hang(tmp_path, monkeypatch):
+    monkeypatch.setattr(otlp_workers, "REPLY_TIMEOUT_S", 1.0)
+    with DaemonThread(make_config(tmp_path, otlp_processes=1)) as d:
+        h = {"Content-Type": "application/x-protobuf"}
+        d.loop.call_soon_threadsafe(time.sleep, 4)  # the daemon's event loop stops answering
+        started = time.monotonic()
+        r = requests.post(d.otlp_http_url, data=_calls_body(1, agent="stalled"), headers=h, timeout=10)
+        assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+        assert "did not answer within 1 s" in status_pb2.Status.FromString(r.content).message
+        assert time.monotonic() - started < 3.5
+        _wait(lambda: requests.post(d.otlp_http_url, data=_calls_body(1, agent="later"), headers=h, timeout=10).status_code == 200,
+              what="the daemon answering again")
+
+
+def test_shutdown_finishes_requests_in_flight_then_the_workers_exit(tmp_path):
+    h = {"Content-Type": "application/x-protobuf"}
+    answers: list = []
+    with DaemonThread(make_config(tmp_path, otlp_processes=1)) as d:
+        pids = d.daemon.receiver("otlp_http").pids
+        d.loop.call_soon_threadsafe(time.sleep, 1.5)  # the request waits in the worker for the daemon...
+        poster = threading.Thread(target=lambda: answers.append(
+            requests.post(d.otlp_http_url, data=_calls_body(3, agent="inflight"), headers=h, timeout=20)))
+        poster.start()
+        time.sleep(0.5)
+        # ...while shutdown starts (leaving the with-block queues it behind the stall)
+    poster.join(20)
+    assert answers and answers[0].status_code == 200, answers
+    assert d.metric("toolwatch_spans_received_total", {"receiver": "otlp_http"}) == 3
+    assert _calls(d, "inflight") == 3  # admitted before the pipeline drained into the detectors
+    assert all(_gone(p) for p in pids)
