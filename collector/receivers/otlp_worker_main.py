@@ -169,6 +169,8 @@ def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, log_l
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The daemon logs the receiver's address once, with the workers' pids; each worker need not.
+    logging.getLogger("toolwatch.receiver.otlp_http").setLevel(max(log_level, logging.WARNING))
     code = 0
     try:
         asyncio.run(serve(listen_sock, conn_sock, depth))
