@@ -90,6 +90,11 @@ class Daemon:
         redact_args: ArgsRedactor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if cfg.otlp_processes and redact_args is not None and cfg.enabled("otlp_http"):
+            raise ValueError(
+                "redact_args cannot be used with otlp_processes > 0: the worker processes build the ingest "
+                "redactor from fingerprint_key; pass otlp_processes=0 or drop redact_args"
+            )
         self.cfg = cfg
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics(registry)
@@ -126,11 +131,6 @@ class Daemon:
         self.pipeline.batch_listeners.append(self.retrainer)
         self.ingest = Ingest(Normalizer(redact_args or ingest_redactor(cfg)), self.pipeline, self.metrics)
         self.receivers: list[Receiver] = []
-        if cfg.otlp_processes and redact_args is not None and cfg.enabled("otlp_http"):
-            raise ValueError(
-                "redact_args cannot be used with otlp_processes > 0: the worker processes build the ingest "
-                "redactor from fingerprint_key; pass otlp_processes=0 or drop redact_args"
-            )
         for key, cls in (("otlp_http", OtlpHttpReceiver), ("otlp_grpc", OtlpGrpcReceiver)):
             if cfg.enabled(key):
                 host, port = parse_hostport(getattr(cfg, key), key)

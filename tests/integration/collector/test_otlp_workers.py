@@ -108,6 +108,14 @@ def test_otlp_processes_is_validated():
     assert config_from_mapping({"otlp_processes": 3}).otlp_processes == 3
 
 
+def test_a_redactor_object_cannot_reach_worker_processes(tmp_path):
+    from toolwatch.collector.daemon import Daemon
+    from toolwatch.collector.normalize import drop_raw_args
+
+    with pytest.raises(ValueError, match="redact_args cannot be used with otlp_processes"):
+        Daemon(make_config(tmp_path, otlp_processes=1), redact_args=drop_raw_args)
+
+
 def test_sdk_exporter_through_workers_with_token_gzip_and_partial_success(shared):
     d = shared
     assert len(d.daemon.receiver("otlp_http").pids) == 2
