@@ -147,8 +147,9 @@ class LagRecorder:
 
 
 class DaemonRunner:
-    def __init__(self, data_dir: str) -> None:
-        cfg = Config(otlp_http="127.0.0.1:0", otlp_grpc="127.0.0.1:0", listen="127.0.0.1:0", data_dir=data_dir)
+    def __init__(self, data_dir: str, otlp_processes: int = 0) -> None:
+        cfg = Config(otlp_http="127.0.0.1:0", otlp_grpc="127.0.0.1:0", listen="127.0.0.1:0", data_dir=data_dir,
+                     otlp_processes=otlp_processes)
         cfg.pipeline.batch_max_size = 4096
         cfg.pipeline.batch_max_delay_ms = 50
         cfg.pipeline.snapshot_interval_s = 3600
@@ -455,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--census", action="store_true", help="soak: also print the most common GC-tracked types per sample")
     ap.add_argument("--honour-retry-after", action="store_true",
                     help="soak: resend a refused request after the daemon's Retry-After, not after 20 ms")
+    ap.add_argument("--otlp-processes", type=int, default=0, help="OTLP/HTTP worker processes (config otlp_processes)")
     args = ap.parse_args(argv)
     only = set(args.only or ["http", "grpc", "paced", "naive"])
     t = time.process_time()
@@ -473,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     if args.soak:
         with tempfile.TemporaryDirectory() as tmp:
-            runner = DaemonRunner(str(Path(tmp) / "data"))
+            runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes)
             try:
                 if args.workload == "random":
                     label = args.traffic
@@ -486,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                 runner.close()
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        runner = DaemonRunner(str(Path(tmp) / "data"))
+        runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes)
         try:
             run_load(runner, "http", traffics, args.batch, 1, 0.5, None)  # warm-up
             if "http" in only:

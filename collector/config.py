@@ -221,6 +221,9 @@ class KafkaConfig:
 class Config:
     otlp_http: str = "127.0.0.1:4318"
     otlp_grpc: str = "127.0.0.1:4317"
+    otlp_processes: int = 0
+    """OTLP/HTTP in this many worker processes (receive, decode, normalise there; the daemon keeps the
+    detectors); 0 = in the daemon's own process."""
     listen: str = "127.0.0.1:9464"
     data_dir: str = "./toolwatch-data"
     api_token: str = ""
@@ -258,6 +261,11 @@ class Config:
                     f"{key}: {value!r} is not a loopback address; set allow_remote: true "
                     "(or --allow-remote) to listen beyond this host, ideally with api_token set"
                 )
+        if isinstance(self.otlp_processes, bool) or not isinstance(self.otlp_processes, int) or not 0 <= self.otlp_processes <= 64:
+            raise ConfigError(
+                f"otlp_processes: must be a whole number from 0 to 64 (0 = OTLP/HTTP in the daemon's process), "
+                f"got {self.otlp_processes!r}"
+            )
         if self.log_level not in self.LOG_LEVELS:
             raise ConfigError(f"log_level: {self.log_level!r} is not one of {', '.join(self.LOG_LEVELS)}")
         if self.max_body_bytes < 1024:

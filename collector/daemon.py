@@ -37,6 +37,7 @@ from .receivers.tls import tls_files
 from .receivers.otlp_grpc import OtlpGrpcReceiver
 from .receivers.kafka import build_kafka_receiver
 from .receivers.otlp_http import OtlpHttpReceiver
+from .receivers.otlp_workers import OtlpHttpWorkers
 from .refit_worker import RefitWorker
 from .retrain import Retrainer
 from .rules_watch import RuleFileWatcher
@@ -66,8 +67,12 @@ def ingest_redactor(cfg: Config) -> ArgsRedactor:
     Fingerprints only line up with the agents' when every emitter uses the same key
     (TOOLWATCH_FINGERPRINT_KEY); without one, a key is generated and kept in the data directory.
     """
-    text = cfg.fingerprint_key or _kept_secret(cfg.data_path / "fingerprint.key", "fingerprint_key")
-    return Redactor(key_from_text(text)).redact_json_text
+    return Redactor(key_from_text(fingerprint_key_text(cfg))).redact_json_text
+
+
+def fingerprint_key_text(cfg: Config) -> str:
+    """The configured fingerprint key, else one generated once and kept in the data directory."""
+    return cfg.fingerprint_key or _kept_secret(cfg.data_path / "fingerprint.key", "fingerprint_key")
 
 
 def webhook_secret(cfg: Config) -> bytes:
@@ -85,6 +90,11 @@ class Daemon:
         redact_args: ArgsRedactor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if cfg.otlp_processes and redact_args is not None and cfg.enabled("otlp_http"):
+            raise ValueError(
+                "redact_args cannot be used with otlp_processes > 0: the worker processes build the ingest "
+                "redactor from fingerprint_key; pass otlp_processes=0 or drop redact_args"
+            )
         self.cfg = cfg
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics(registry)
@@ -124,18 +134,21 @@ class Daemon:
         for key, cls in (("otlp_http", OtlpHttpReceiver), ("otlp_grpc", OtlpGrpcReceiver)):
             if cfg.enabled(key):
                 host, port = parse_hostport(getattr(cfg, key), key)
-                self.receivers.append(
-                    cls(
-                        host,
-                        port,
-                        self.ingest,
-                        self.metrics,
-                        max_body_bytes=cfg.max_body_bytes,
-                        retry_after_s=cfg.retry_after_s,
-                        bearer_token=cfg.receiver_token,
-                        tls=tls_files(cfg),
-                    )
+                common = dict(
+                    max_body_bytes=cfg.max_body_bytes,
+                    retry_after_s=cfg.retry_after_s,
+                    bearer_token=cfg.receiver_token,
+                    tls=tls_files(cfg),
                 )
+                if key == "otlp_http" and cfg.otlp_processes:
+                    self.receivers.append(
+                        OtlpHttpWorkers(
+                            host, port, self.ingest, self.metrics, processes=cfg.otlp_processes,
+                            fingerprint_key=fingerprint_key_text(cfg), **common,  # type: ignore[arg-type]
+                        )
+                    )
+                else:
+                    self.receivers.append(cls(host, port, self.ingest, self.metrics, **common))  # type: ignore[arg-type]
         if cfg.kafka.enabled:
             self.receivers.append(
                 build_kafka_receiver(

@@ -87,6 +87,8 @@ class Pipeline:
         """Called after every batch, findings or not (per-agent metrics read detector state here)."""
         self.state_listeners: list[Callable[[int], None]] = []
         """Called with ``saved_seq`` after each successful state save, between batches (scale-out changelog)."""
+        self.depth_listeners: list[Callable[[int], None]] = []
+        """Called with the queue's depth whenever it changes (OTLP worker processes refuse early by it)."""
         self._idle = asyncio.Event()
         self._idle.set()
         self.detector_lock = threading.Lock()
@@ -196,6 +198,8 @@ class Pipeline:
         self._queue.append(_Item(calls, listings, self.clock(), self._seq))
         self._depth += n
         self.metrics.queue_depth.set(self._depth)
+        for depth_listener in self.depth_listeners:
+            depth_listener(self._depth)
         self._idle.clear()
         self._wake.set()
         return True
@@ -258,6 +262,8 @@ class Pipeline:
             items.append(item)
         self._depth -= n
         self.metrics.queue_depth.set(self._depth)
+        for depth_listener in self.depth_listeners:
+            depth_listener(self._depth)
         return items
 
     async def _drain_all(self) -> None:

@@ -39,6 +39,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML config file")
     p.add_argument("--otlp-http", metavar="HOST:PORT", help="OTLP/HTTP receiver address (default 127.0.0.1:4318)")
     p.add_argument("--otlp-grpc", metavar="HOST:PORT", help="OTLP/gRPC receiver address (default 127.0.0.1:4317)")
+    p.add_argument(
+        "--otlp-processes", metavar="N", type=int, help="serve OTLP/HTTP in N worker processes (default 0: in the daemon)"
+    )
     p.add_argument("--listen", metavar="HOST:PORT", help="HTTP API and /metrics address (default 127.0.0.1:9464)")
     p.add_argument("--data-dir", metavar="DIR", help="where the SQLite store lives (default ./toolwatch-data)")
     p.add_argument("--webhook", metavar="URL", action="append", help="send alerts to this URL (repeatable)")
@@ -59,6 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = {
         "otlp_http": args.otlp_http,
         "otlp_grpc": args.otlp_grpc,
+        "otlp_processes": args.otlp_processes,
         "listen": args.listen,
         "data_dir": args.data_dir,
         "webhooks": args.webhook,

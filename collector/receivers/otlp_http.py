@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 
 from .. import otlp
-from . import NetworkReceiver, Overloaded, Unavailable
+from . import IngestResult, NetworkReceiver, Overloaded, Unavailable
 
 log = logging.getLogger("toolwatch.receiver.otlp_http")
 NAME = "otlp_http"
@@ -47,12 +47,15 @@ class OtlpHttpReceiver(NetworkReceiver):
             return
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        ssl_context = self.tls.ssl_context() if self.tls else None
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=ssl_context)
+        site = self._site(self._runner, self.tls.ssl_context() if self.tls else None)
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
         log.info("OTLP/HTTP receiver on %s://%s:%s/v1/traces", "https" if self.tls else "http", self.host, self.bound_port)
+
+    def _site(self, runner: web.AppRunner, ssl_context: Any) -> web.BaseSite:
+        """Where to listen: ``host:port`` here; a worker process accepts on a socket it was handed."""
+        return web.TCPSite(runner, self.host, self.port, ssl_context=ssl_context)
 
     async def shutdown(self) -> None:
         runner, self._runner = self._runner, None
@@ -60,9 +63,21 @@ class OtlpHttpReceiver(NetworkReceiver):
             await runner.cleanup()
 
     def _reject(self, request: web.Request, status: int, reason: str, message: str, **extra: Any) -> web.Response:
-        self.metrics.requests_rejected.labels(NAME, reason).inc()
+        self._count_rejected(reason)
         body, ctype = _status_body(request.content_type, 3 if status < 500 else 14, message)
         return web.Response(status=status, body=body, content_type=ctype, **extra)
+
+    def _count_rejected(self, reason: str) -> None:
+        """Count a request refused here (a worker process sends the count to the daemon instead)."""
+        self.metrics.requests_rejected.labels(NAME, reason).inc()
+
+    async def admit(self, decoded: otlp.Decoded) -> IngestResult:
+        """Normalise and queue a decoded request; raises ``Overloaded`` or ``Unavailable``.
+
+        In the daemon this is ``Ingest`` itself; a worker process (``otlp_processes``) normalises
+        the request and asks the daemon to admit it.
+        """
+        return self.ingest(NAME, decoded.request, decoded.rejected, tuple(decoded.errors))
 
     def _status(self, request: web.Request, status: int, message: str, **extra: Any) -> web.Response:
         """A retryable answer; the request was counted by ``Ingest`` already."""
@@ -87,7 +102,7 @@ class OtlpHttpReceiver(NetworkReceiver):
             return self._reject(request, _HTTP_FOR.get(exc.reason, 400), exc.reason, str(exc))
         retry = {"Retry-After": str(self.retry_after_s)}
         try:
-            result = self.ingest(NAME, decoded.request, decoded.rejected, tuple(decoded.errors))
+            result = await self.admit(decoded)
         except Overloaded as exc:
             return self._status(request, 429, str(exc), headers=retry)
         except Unavailable as exc:

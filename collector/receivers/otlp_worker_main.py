@@ -1,0 +1,181 @@
+"""An OTLP/HTTP worker process (``otlp_processes`` >= 1): receive, decode, normalise; the daemon admits.
+
+Started by ``otlp_workers.OtlpHttpWorkers`` with the ``spawn`` context. It accepts on the
+listening socket the daemon bound and handed over, answers requests with the very handler of
+``otlp_http.OtlpHttpReceiver`` (bearer token, body limits, bounded gzip, protobuf and JSON, TLS),
+normalises with a ``Normalizer`` built from the daemon's fingerprint key, and sends the result to
+the daemon as one frame (``worker_frames``) over its Unix socket. The daemon runs
+``Ingest.consume`` and answers; the worker then answers HTTP exactly as the daemon would.
+
+It ignores SIGINT and SIGTERM: the daemon decides when it stops (a STOP frame: stop accepting,
+finish what is in flight) and when the daemon is gone (EOF on the socket, even after a SIGKILL),
+the worker exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from toolwatch.instrumentation.fingerprint import key_from_text
+from toolwatch.instrumentation.redact import Redactor
+
+from .. import otlp
+from ..normalize import Normalizer
+from . import IngestResult, Overloaded, Unavailable, span_count
+from . import worker_frames as wf
+from .otlp_http import NAME, OtlpHttpReceiver
+from .tls import TlsFiles
+
+log = logging.getLogger("toolwatch.receiver.otlp_worker")
+
+
+class DaemonLink:
+    """The worker's end of the Unix socket: frames out, replies matched to requests by id."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply_timeout_s: float) -> None:
+        self.reader, self.writer = reader, writer
+        self.reply_timeout_s = reply_timeout_s
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[tuple[Any, ...]]] = {}
+        self.stop = asyncio.Event()
+        """Set by a STOP frame or when the daemon is gone (``gone``)."""
+        self.gone = False
+
+    async def run(self) -> None:
+        """Read replies until STOP or EOF; on EOF fail every request still waiting."""
+        try:
+            while True:
+                msg = await read_frame(self.reader)
+                if msg is None:
+                    break
+                if msg[0] == wf.REPLY:
+                    fut = self._waiting.pop(msg[1], None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+                elif msg[0] == wf.STOP:
+                    self.stop.set()
+        finally:
+            self.gone = True
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(Unavailable("the daemon closed the connection; retry later"))
+            self._waiting.clear()
+            self.stop.set()
+
+    def send(self, data: bytes) -> None:
+        if not self.gone:
+            self.writer.write(data)
+
+    async def ask(self, build: Any) -> tuple[Any, ...]:
+        """Send the frame ``build(request_id)`` and wait for its REPLY (``Unavailable`` after the timeout)."""
+        if self.gone:
+            raise Unavailable("the daemon is shutting down; retry later")
+        request_id = next(self._ids)
+        fut: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = fut
+        try:
+            self.writer.write(build(request_id))
+            await self.writer.drain()
+            return await asyncio.wait_for(fut, self.reply_timeout_s)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"the daemon did not answer within {self.reply_timeout_s:g} s; retry later") from None
+        except (ConnectionError, OSError):
+            raise Unavailable("the daemon closed the connection; retry later") from None
+        finally:
+            self._waiting.pop(request_id, None)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
+    """The next message, or None at EOF (also the daemon side's reader)."""
+    try:
+        header = await reader.readexactly(wf.HEADER.size)
+        body = await reader.readexactly(wf.HEADER.unpack(header)[0])
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    return wf.unframe(body)
+
+
+class WorkerHttpReceiver(OtlpHttpReceiver):
+    """``OtlpHttpReceiver`` whose admission is a round trip to the daemon."""
+
+    def __init__(
+        self, sock: socket.socket, link: DaemonLink, normalizer: Normalizer, depth: Any, queue_max: int, **kw: Any
+    ) -> None:
+        host, port = sock.getsockname()[:2]
+        super().__init__(host, port, None, None, **kw)  # type: ignore[arg-type]  # no Ingest or Metrics here
+        self.sock, self.link, self.normalizer = sock, link, normalizer
+        self.depth, self.queue_max = depth, queue_max
+
+    def _site(self, runner: web.AppRunner, ssl_context: Any) -> web.BaseSite:
+        return web.SockSite(runner, self.sock, ssl_context=ssl_context)
+
+    def _count_rejected(self, reason: str) -> None:
+        self.link.send(wf.frame((wf.REJECTED, NAME, reason)))
+
+    async def admit(self, decoded: otlp.Decoded) -> IngestResult:
+        # Ingest.__call__'s early refusal (Pipeline.full_for), against the depth the daemon shares.
+        spans, depth = span_count(decoded.request), self.depth.value
+        if spans <= self.queue_max and depth + spans > self.queue_max:
+            self._count_rejected("queue_full")
+            raise Overloaded(f"pipeline queue is full ({depth} events waiting); retry later")
+        norm = self.normalizer.normalize(decoded.request)
+        errors = tuple(decoded.errors)
+        reply = await self.link.ask(lambda rid: wf.ingest_frame(rid, NAME, norm, decoded.rejected, errors))
+        _, _, outcome, spans, rejected, message = reply
+        if outcome == wf.OVERLOADED:
+            raise Overloaded(message)
+        if outcome == wf.UNAVAILABLE:
+            raise Unavailable(message)
+        return IngestResult(spans, rejected, message)
+
+
+async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any) -> None:
+    reader, writer = await asyncio.open_unix_connection(sock=conn_sock)
+    settings = await read_frame(reader)
+    if settings is None or settings[0] != wf.CONFIG:
+        return  # the daemon went away before configuring us
+    _, key_text, token, max_body, retry_after, cert, key_file, reply_timeout, queue_max = settings
+    normalizer = Normalizer(Redactor(key_from_text(key_text)).redact_json_text)
+    del key_text
+    link = DaemonLink(reader, writer, reply_timeout)
+    receiver = WorkerHttpReceiver(
+        listen_sock, link, normalizer, depth, queue_max,
+        max_body_bytes=max_body, retry_after_s=retry_after, bearer_token=token,
+        tls=TlsFiles(cert, key_file) if cert else None,
+    )  # fmt: skip
+    reading = asyncio.create_task(link.run())
+    await receiver.start()
+    link.send(wf.frame((wf.READY, os.getpid())))
+    await link.stop.wait()
+    if link.gone:
+        return  # the daemon is gone: nobody is left to admit what is in flight
+    # STOP: close the listening socket, let the requests in flight finish (the daemon still answers)
+    await receiver.shutdown()
+    writer.close()
+    reading.cancel()
+
+
+def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, log_level: int) -> None:
+    """The worker process's entry point (``multiprocessing`` target)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The daemon logs the receiver's address once, with the workers' pids; each worker need not.
+    logging.getLogger("toolwatch.receiver.otlp_http").setLevel(max(log_level, logging.WARNING))
+    code = 0
+    try:
+        asyncio.run(serve(listen_sock, conn_sock, depth))
+    except BaseException:
+        log.exception("OTLP worker process %d failed", os.getpid())
+        code = 1
+    logging.shutdown()
+    os._exit(code)  # nothing else to flush; skip multiprocessing's exit handlers (the parent may be gone)

@@ -1,0 +1,269 @@
+"""OTLP/HTTP in worker processes (``otlp_processes`` >= 1): the daemon's side.
+
+Receiving, decoding and normalising took about a third of the daemon's interpreter, which the
+detectors need (issue #4). Here the daemon binds the listening socket itself (so ``bound_port``,
+the loopback rule and TLS settings work as for the in-process receiver), starts N workers with
+the ``spawn`` context (the daemon has threads: never fork it) and hands each the listening socket
+(multiprocessing's socket reduction: the descriptor itself, passed at exec) and one end of a Unix
+socket pair. Every worker accepts on the same socket; ``otlp_worker_main`` is the worker's side.
+
+Per worker, one asyncio reader here turns each INGEST frame into ``Ingest.consume`` (so metrics,
+event-time verdicts, admission and partial success are those of the in-process path) and answers
+with the outcome; REJECTED frames count the worker's own refusals. The queue's depth is shared
+(a ``RawValue`` updated on every submit and take) so a worker refuses a request that cannot fit
+before it normalises it, as ``Ingest.__call__`` does.
+
+A worker that dies is logged and restarted (requests it had in flight see a connection error and
+are retried by exporters). ``shutdown`` drains: workers stop accepting, finish what is in flight
+(the daemon still answers) and exit. A worker whose daemon is gone (even SIGKILLed) reads EOF and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing as mp
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..metrics import Metrics
+from . import Ingest, NetworkReceiver, Overloaded, Unavailable
+from . import worker_frames as wf
+from .otlp_http import NAME
+from .otlp_worker_main import main as worker_main
+from .otlp_worker_main import read_frame
+from .tls import TlsFiles
+
+log = logging.getLogger("toolwatch.receiver.otlp_workers")
+
+REPLY_TIMEOUT_S = 10.0
+"""How long a worker waits for the daemon's answer to a request before it answers 503."""
+_WRITE_HIGH_WATER = 1 << 20
+"""Bytes of replies buffered for a worker before the reader waits for them to drain."""
+
+
+def bind_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (the first address ``host`` resolves to)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    if not infos:
+        raise OSError(f"otlp_http: {host!r} resolves to no address")
+    family, type_, proto, _, addr = infos[0]
+    sock = socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass
+class _Worker:
+    slot: int
+    proc: Any  # multiprocessing.Process of the spawn context
+    writer: asyncio.StreamWriter
+    reader: asyncio.StreamReader
+    started: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+
+
+class OtlpHttpWorkers(NetworkReceiver):
+    """The OTLP/HTTP receiver, served by ``processes`` worker processes."""
+
+    name = NAME
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ingest: Ingest,
+        metrics: Metrics,
+        *,
+        processes: int,
+        fingerprint_key: str,
+        max_body_bytes: int,
+        retry_after_s: int = 2,
+        bearer_token: str = "",
+        tls: TlsFiles | None = None,
+        reply_timeout_s: float | None = None,
+        start_timeout_s: float = 60.0,
+        restart_delay_s: float = 1.0,
+    ) -> None:
+        super().__init__(
+            host, port, ingest, metrics,
+            max_body_bytes=max_body_bytes, retry_after_s=retry_after_s, bearer_token=bearer_token, tls=tls,
+        )  # fmt: skip
+        self.processes = processes
+        self._key = fingerprint_key
+        self.reply_timeout_s = REPLY_TIMEOUT_S if reply_timeout_s is None else reply_timeout_s
+        """How long a worker waits for the daemon's answer before it answers 503 (a stalled daemon)."""
+        self.start_timeout_s = start_timeout_s
+        self.restart_delay_s = restart_delay_s
+        """Least time between a worker's start and its replacement's (no tight loop of crashes)."""
+        self._ctx = mp.get_context("spawn")
+        self._sock: socket.socket | None = None
+        self._depth: Any = None
+        self._workers: dict[int, _Worker] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self.restarts = 0
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids, by slot."""
+        return [self._workers[s].proc.pid for s in sorted(self._workers)]
+
+    async def start(self) -> None:
+        if self._sock is not None:
+            return
+        self._closing = False
+        self._sock = bind_listener(self.host, self.port)
+        self._depth = self._ctx.RawValue("q", self.ingest.pipeline.depth)
+        self.ingest.pipeline.depth_listeners.append(self._share_depth)
+        try:
+            await asyncio.gather(*(self._spawn(slot) for slot in range(self.processes)))
+        except BaseException:
+            await self.shutdown()
+            raise
+        self.bound_port = self._sock.getsockname()[1]
+        log.info(
+            "OTLP/HTTP receiver on %s://%s:%s/v1/traces in %d worker processes (pids %s)",
+            "https" if self.tls else "http", self.host, self.bound_port, self.processes, self.pids,
+        )  # fmt: skip
+
+    def _share_depth(self, depth: int) -> None:
+        self._depth.value = depth
+
+    async def _spawn(self, slot: int) -> None:
+        """Start the worker of ``slot`` and wait until it accepts connections."""
+        assert self._sock is not None
+        parent, child = socket.socketpair()
+        level = logging.getLogger().getEffectiveLevel()
+        proc = self._ctx.Process(
+            target=worker_main, args=(self._sock, child, self._depth, level), name=f"toolwatch-otlp-{slot}", daemon=True
+        )
+        try:
+            proc.start()
+        finally:
+            child.close()  # the child's end lives in the child only: its death is then EOF here
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        writer.write(wf.frame((
+            wf.CONFIG, self._key, self.bearer_token, self.max_body_bytes, self.retry_after_s,
+            self.tls.cert_file if self.tls else "", self.tls.key_file if self.tls else "",
+            self.reply_timeout_s, self.ingest.pipeline.queue_max,
+        )))  # fmt: skip
+        try:
+            msg = await asyncio.wait_for(read_frame(reader), self.start_timeout_s)
+        except asyncio.TimeoutError:
+            msg = None
+        if msg is None or msg[0] != wf.READY:
+            writer.close()
+            proc.kill()
+            await asyncio.to_thread(proc.join, 5)
+            raise RuntimeError(
+                f"OTLP worker process {proc.pid} did not start within {self.start_timeout_s:g} s "
+                f"(exit code {proc.exitcode}); see its log lines above"
+            )
+        worker = _Worker(slot, proc, writer, reader)
+        self._workers[slot] = worker
+        worker.task = asyncio.create_task(self._serve(worker), name=f"otlp-worker-{slot}")
+        if self._closing:
+            writer.write(wf.frame((wf.STOP,)))
+
+    async def _serve(self, worker: _Worker) -> None:
+        """Answer one worker's frames until it exits; then restart it unless shutting down."""
+        reader, writer = worker.reader, worker.writer
+        try:
+            while True:
+                msg = await read_frame(reader)
+                if msg is None:
+                    break
+                kind = msg[0]
+                if kind == wf.INGEST:
+                    writer.write(self._consume(msg))
+                    transport = writer.transport
+                    if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+                        await writer.drain()
+                elif kind == wf.REJECTED:
+                    self.metrics.requests_rejected.labels(msg[1], msg[2]).inc()
+        except (ConnectionError, OSError):
+            pass
+        except Exception:  # an unreadable frame: the worker is broken; it is replaced like a dead one
+            log.exception("OTLP worker process %d sent an unreadable frame; stopping it", worker.proc.pid)
+            worker.proc.kill()
+        finally:
+            writer.close()
+        await asyncio.to_thread(worker.proc.join, 5)
+        if worker.proc.is_alive():
+            worker.proc.kill()
+            await asyncio.to_thread(worker.proc.join, 5)
+        code = worker.proc.exitcode
+        if self._workers.get(worker.slot) is worker:
+            del self._workers[worker.slot]
+        if self._closing:
+            log.info("OTLP worker process %d stopped (exit code %s)", worker.proc.pid, code)
+            return
+        log.warning(
+            "OTLP worker process %d (slot %d) exited unexpectedly with code %s; requests it had in flight got a "
+            "connection error (exporters retry them); starting a new one", worker.proc.pid, worker.slot, code,
+        )  # fmt: skip
+        self._respawn_later(worker)
+
+    def _respawn_later(self, worker: _Worker) -> None:
+        async def respawn() -> None:
+            await asyncio.sleep(max(0.0, worker.started + self.restart_delay_s - time.monotonic()))
+            while not self._closing:
+                try:
+                    await self._spawn(worker.slot)
+                    self.restarts += 1
+                    return
+                except Exception:
+                    log.exception("OTLP worker process for slot %d could not be restarted; retrying", worker.slot)
+                    await asyncio.sleep(self.restart_delay_s)
+
+        task = asyncio.create_task(respawn(), name=f"otlp-worker-{worker.slot}-restart")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _consume(self, msg: tuple[Any, ...]) -> bytes:
+        """``Ingest.consume`` of one INGEST frame; the REPLY frame."""
+        request_id = msg[1]
+        try:
+            _, receiver, norm, decode_rejected, decode_errors = wf.read_ingest(msg)
+            result = self.ingest.consume(receiver, norm, decode_rejected, decode_errors)
+        except Overloaded as exc:
+            return wf.frame((wf.REPLY, request_id, wf.OVERLOADED, 0, 0, str(exc)))
+        except Unavailable as exc:
+            return wf.frame((wf.REPLY, request_id, wf.UNAVAILABLE, 0, 0, str(exc)))
+        except Exception as exc:  # a frame we cannot read must not end the worker's connection
+            log.exception("OTLP worker frame could not be admitted")
+            return wf.frame((wf.REPLY, request_id, wf.UNAVAILABLE, 0, 0, f"internal error: {type(exc).__name__}"))
+        return wf.frame((wf.REPLY, request_id, wf.OK, result.spans, result.rejected, result.message))
+
+    async def shutdown(self) -> None:
+        """Workers stop accepting, finish their requests in flight (answered here) and exit."""
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        for worker in list(self._workers.values()):
+            if not worker.writer.is_closing():
+                worker.writer.write(wf.frame((wf.STOP,)))
+        tasks = [w.task for w in self._workers.values() if w.task is not None]
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=self.reply_timeout_s + 10)
+            for worker in list(self._workers.values()):
+                if worker.task in pending:
+                    log.warning("OTLP worker process %d did not stop; killing it", worker.proc.pid)
+                    worker.proc.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=10)
+        self._workers.clear()
+        if self._share_depth in self.ingest.pipeline.depth_listeners:
+            self.ingest.pipeline.depth_listeners.remove(self._share_depth)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
