@@ -1,7 +1,7 @@
 """OTLP ingest benchmark: sustained spans/s end to end and lag, against a naive pipeline.
 
     .venv/bin/python bench/ingest.py [--seconds 8] [--batch 500] [--clients 2] [--profile]
-                                     [--workload fleet|random|routine] [--anomaly-rate 0.001]
+                                     [--workload fleet|random|routine] [--anomaly-rate 0.001] [--otlp-processes N]
     .venv/bin/python bench/ingest.py --soak 600 [--interval 20] [--traffic live|replay]
 
 A real Daemon (all built-in detectors on) runs in this process; load generators in separate
