@@ -123,6 +123,17 @@ def finding_severity(cfg: ForestConfig, margin: float, excess: float, range_k: f
     return "low"
 
 
+def _stored_rows(rows: Any, what: str) -> np.ndarray:
+    """Feature rows from a snapshot as a float64 matrix, or an error that says what is wrong."""
+    X = np.asarray(rows, dtype=np.float64)
+    if X.size == 0:
+        return X.reshape(0, N_FEATURES)
+    if X.ndim != 2 or X.shape[1] != N_FEATURES:
+        raise ValueError(f"iforest snapshot: {what} must be rows of {N_FEATURES} features (got shape {X.shape}); "
+                         "the snapshot is from another feature list: drop the agent's state to relearn it")
+    return X
+
+
 def _group_key(servers: Iterable[str]) -> str:
     return "group:" + ",".join(sorted(servers))
 
@@ -139,9 +150,9 @@ class _Agent:
         self.head = 0
         self.n_flushed = 0
         """Rows held in ``buf`` (at most ``max_rows``)."""
-        self.staged: list[Sequence[float]] = []
+        self.staged: list[bytes] = []
         """Newer rows not yet written to ``buf``: commits are a few rows per session, so they are
-        written to the ring buffer in bulk (one NumPy conversion per ``max_rows`` rows)."""
+        written to the ring buffer in bulk (one ``frombuffer`` per ``max_rows`` rows)."""
         self.n_buf = 0
         """Rows in the window (``buf`` and ``staged`` together, at most ``max_rows``)."""
         self.window_lock = threading.Lock()
@@ -149,7 +160,7 @@ class _Agent:
         the window from another thread and must never see rows in neither place (an empty window)."""
         self.since_fit = 0
         self.frozen = False
-        self.pending: dict[str, list[list[float]]] = {}
+        self.pending: dict[str, list[bytes]] = {}
         """Rows of open sessions, committed to the window when the session closes clean."""
         self.tainted: set[str] = set()
         """Open sessions with a finding: none of their rows will join the baseline."""
@@ -158,8 +169,11 @@ class _Agent:
         the ``markov.uni`` dict it was computed from, that dict's size, its ``server/tool`` tokens
         still under ``habit_calls``, the servers, and their group key."""
 
-    def add_rows(self, rows: Sequence[Sequence[float]]) -> None:
-        """Append rows to the baseline window (only the last ``max_rows`` are kept)."""
+    def add_rows(self, rows: Sequence[bytes] | Sequence[Sequence[float]] | np.ndarray) -> None:
+        """Append rows to the baseline window (only the last ``max_rows`` are kept). Rows are
+        ``ROW_BYTES`` each (``row_bytes``), as ``observe`` keeps them; float rows are converted."""
+        if len(rows) and not isinstance(rows[0], bytes):
+            rows = row_bytes(np.asarray(rows, dtype=np.float64).reshape(-1, N_FEATURES))
         cap = len(self.buf)
         n = len(rows)
         if n >= cap:  # the whole window is these rows
@@ -167,7 +181,7 @@ class _Agent:
                 self.staged = list(rows[-cap:])
                 self.head = self.n_flushed = 0
         else:
-            self.staged.extend(rows)
+            self.staged.extend(rows)  # type: ignore[arg-type]
         if len(self.staged) >= cap:
             self._flush()
         self.n_buf = min(cap, self.n_buf + n)
@@ -181,7 +195,7 @@ class _Agent:
     def _flush_locked(self) -> None:
         staged, self.staged = self.staged, []
         cap = len(self.buf)
-        keep = np.asarray(staged, dtype=np.float64).reshape(-1, N_FEATURES)[-cap:]
+        keep = rows_array(staged)[-cap:]
         k = len(keep)
         head = self.head
         first = min(k, cap - head)
@@ -205,8 +219,25 @@ class _Agent:
             ring = np.concatenate([self.buf[self.head :], self.buf[: self.head]])
         if not staged:
             return ring.copy()
-        new = np.asarray(staged, dtype=np.float64).reshape(-1, N_FEATURES)
-        return np.concatenate([ring, new])[-cap:]
+        return np.concatenate([ring, rows_array(staged)])[-cap:]
+
+
+ROW_BYTES = N_FEATURES * 8
+"""A feature row as kept between batches (pending in a session, staged for the window): its
+float64 values as ``bytes``. Bytes are copied out of the batch's matrix in one slice, turn back
+into a matrix with one ``frombuffer``, and are not tracked by the garbage collector: rows kept
+as lists of floats (tens of thousands per agent) made every full collection walk them all."""
+
+
+def row_bytes(X: np.ndarray) -> list[bytes]:
+    """Each row of a float64 feature matrix as ``ROW_BYTES`` bytes."""
+    b = np.ascontiguousarray(X, dtype=np.float64).tobytes()
+    return [b[i : i + ROW_BYTES] for i in range(0, len(b), ROW_BYTES)]
+
+
+def rows_array(rows: Sequence[bytes]) -> np.ndarray:
+    """Rows from ``row_bytes`` as one (read-only) float64 matrix."""
+    return np.frombuffer(b"".join(rows), dtype=np.float64).reshape(-1, N_FEATURES)
 
 
 class IsolationForestDetector(PerAgentDetector[_Agent]):
@@ -235,18 +266,18 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def state_to_dict(self, st: _Agent) -> dict[str, Any]:
         return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": st.window().tolist(),
                 "since_fit": st.since_fit, "frozen": st.frozen,
-                "pending": {sid: [list(r) for r in rows] for sid, rows in st.pending.items()},
+                "pending": {sid: rows_array(rows).tolist() for sid, rows in st.pending.items()},
                 "tainted": sorted(st.tainted)}
 
     def state_from_dict(self, d: dict[str, Any]) -> _Agent:
         st = _Agent(self.config)
         st.ctx.load(d["ctx"])
         st.markov = MarkovModel.from_dict(d["markov"], self.config.markov)
-        rows = np.asarray(d["rows"], dtype=np.float64).reshape(-1, N_FEATURES)
-        st.add_rows(rows)
+        st.add_rows(_stored_rows(d["rows"], "window rows"))
         st.since_fit = int(d["since_fit"])
         st.frozen = bool(d["frozen"])
-        st.pending = {str(k): [[float(x) for x in r] for r in v] for k, v in d.get("pending", {}).items()}
+        st.pending = {str(k): row_bytes(_stored_rows(v, f"pending rows of session {k!r}"))
+                      for k, v in d.get("pending", {}).items()}
         st.tainted = set(d.get("tainted", []))
         return st
 
@@ -478,7 +509,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             self._split(scores, work, order, s, r, m)
         findings: list[Finding] = []
         max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
-        all_rows: list[list[float]] | None = None  # X_all as lists, once a row is kept for a session
+        xb: bytes | None = None  # X_all's bytes, once a row is kept for a session
         for w_i, (agent_id, st, idx, off, key, warm, closed_ids) in enumerate(work):
             n = len(idx)
             X = X_all[off : off + n]
@@ -514,9 +545,10 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 if warm and rows[off + j][0] <= max_surprisal and c.session_id not in tainted:
                     sess_rows = pending.setdefault(c.session_id, [])
                     if len(sess_rows) < max_pending:
-                        if all_rows is None:
-                            all_rows = X_all.tolist()
-                        sess_rows.append(all_rows[off + j])
+                        if xb is None:
+                            xb = X_all.tobytes()
+                        at = (off + j) * ROW_BYTES
+                        sess_rows.append(xb[at : at + ROW_BYTES])
             self._commit(st, closed_ids)
         if cfg.auto_retrain:
             keys = self.needs_retrain()
@@ -550,7 +582,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """Closed sessions: clean ones join the baseline window, tainted ones are forgotten."""
         if not closed:
             return
-        chunks: list[list[list[float]]] = []
+        chunks: list[list[bytes]] = []
         for sid in closed:
             rows = st.pending.pop(sid, None)
             if sid in st.tainted:
