@@ -39,7 +39,7 @@ import numpy as np
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
-from .iforest import ForestBank, ForestModel, ForestParams, margins_by_model
+from .iforest import ForestBank, ForestModel, ForestParams, SlotConstants
 from .sequence import MarkovConfig, MarkovModel, select_prior
 from .sessions import SessionTracker
 
@@ -255,6 +255,10 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """Rows committed to any window since the group models were fitted."""
         self._bank: ForestBank | None = None
         """Every model's trees in one set of arrays, for one scoring pass per batch."""
+        self._bank_items: list[tuple[str, ForestModel]] | None = None
+        """The models dict's items when ``_banked`` was computed."""
+        self._banked: dict[str, tuple[int, ForestModel]] = {}
+        self._bank_consts: SlotConstants | None = None
         self.fitter: Callable[[np.ndarray, ForestParams], ForestModel] = ForestModel
         """Fits one model in ``retrain``: in-process by default; the daemon sets its refit worker
         process's ``fit`` (same models, fitted on the other core)."""
@@ -480,33 +484,35 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed]))
             closed.clear()
         X_all = finish(rows)
-        # One forest pass per model over all rows that model scores in this batch.
+        # Models that fit the forest bank are scored together in one pass (rows in batch order,
+        # each walking its model's slot); others on their own, one pass per model.
         scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        by_model: dict[str, list[int]] = {}
-        for w_i, w in enumerate(work):
-            if w[4] is not None:
-                by_model.setdefault(w[4], []).append(w_i)
-        # Models that fit the forest bank are scored together in one pass; others on their own.
-        banked = self._bank_for(models) if by_model else {}
-        for key, w_ids in by_model.items():
-            if key not in banked:
+        keyed = [w_i for w_i, w in enumerate(work) if w[4] is not None]
+        banked = self._bank_for(models) if keyed else {}
+        in_bank = [w_i for w_i in keyed if work[w_i][4] in banked]
+        if len(in_bank) < len(keyed):
+            by_model: dict[str, list[int]] = {}
+            for w_i in keyed:
+                if work[w_i][4] not in banked:
+                    by_model.setdefault(work[w_i][4], []).append(w_i)
+            for key, w_ids in by_model.items():
                 parts = [X_all[work[w][3] : work[w][3] + len(work[w][2])] for w in w_ids]
                 s, r, m = models[key].margins(parts[0] if len(parts) == 1 else np.concatenate(parts))
                 self._split(scores, work, w_ids, s, r, m)
-        in_bank = [key for key in by_model if key in banked]
         if in_bank:
-            sizes = [sum(len(work[w][2]) for w in by_model[key]) for key in in_bank]
-            order = [w for key in in_bank for w in by_model[key]]
-            lens = np.array([len(work[w][2]) for w in order], dtype=np.intp)
-            starts = np.array([work[w][3] for w in order], dtype=np.intp)
-            # Row numbers of each work item's rows in X_all, work items in model order.
-            sel = np.arange(int(lens.sum()), dtype=np.intp) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
-            slots = np.repeat(np.array([banked[key][0] for key in in_bank], dtype=np.intp), sizes)
-            X_b = X_all[sel]
-            assert self._bank is not None
+            lens = np.array([len(work[w][2]) for w in in_bank], dtype=np.intp)
+            slots = np.repeat(np.array([banked[work[w][4]][0] for w in in_bank], dtype=np.intp), lens)
+            if len(in_bank) == len(work):
+                X_b = X_all  # every row is scored in the bank (the usual case once models are fitted)
+            else:
+                starts = np.array([work[w][3] for w in in_bank], dtype=np.intp)
+                # Row numbers in X_all of the banked work items' rows, in batch order.
+                sel = np.arange(int(lens.sum()), dtype=np.intp) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+                X_b = X_all[sel]
+            assert self._bank is not None and self._bank_consts is not None
             paths = self._bank.path_lengths(X_b, slots)
-            s, r, m = margins_by_model([banked[key][1] for key in in_bank], sizes, X_b, paths)
-            self._split(scores, work, order, s, r, m)
+            s, r, m = self._bank_consts.margins(slots, X_b, paths)
+            self._split(scores, work, in_bank, s, r, m)
         findings: list[Finding] = []
         max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
         xb: bytes | None = None  # X_all's bytes, once a row is kept for a session
@@ -568,15 +574,23 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def _bank_for(self, models: dict[str, ForestModel]) -> dict[str, tuple[int, ForestModel]]:
         """Slot in the forest bank and model, per key of every current model that fits the bank's
-        geometry (the others are scored on their own). Runs in ``observe``'s thread only."""
+        geometry (the others are scored on their own), and ``_bank_consts`` for those slots.
+        Recomputed only when a model was added, replaced or dropped (checked by comparing the
+        models dict's items with the last ones: one C-level pass). Runs in ``observe``'s thread only."""
+        items = list(models.items())  # one C-level copy: retrain() may swap models meanwhile
+        if items == self._bank_items:
+            return self._banked
         params = self.config.forest
         if self._bank is None:
             self._bank = ForestBank(params.n_estimators, params.n_estimators * (2 * params.max_samples - 1),
                                     N_FEATURES)
         bank = self._bank
-        current = [(k, m) for k, m in list(models.items()) if bank.fits(m.flat)]
+        current = [(k, m) for k, m in items if bank.fits(m.flat)]
         slots = bank.sync([m.flat for _k, m in current])
-        return {k: (slot, m) for (k, m), slot in zip(current, slots)}
+        self._banked = {k: (slot, m) for (k, m), slot in zip(current, slots)}
+        self._bank_consts = SlotConstants([m for _k, m in current], slots, len(bank.depth), N_FEATURES)
+        self._bank_items = items
+        return self._banked
 
     def _commit(self, st: _Agent, closed: list[str]) -> None:
         """Closed sessions: clean ones join the baseline window, tainted ones are forgotten."""
