@@ -342,6 +342,20 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             keys.append(GROUPS)
         return keys
 
+    def retrain_order(self, keys: Sequence[str]) -> list[str]:
+        """``keys`` (from ``needs_retrain``) most urgent first, for a retrainer that fits a few per
+        run: agents without a model of their own, then the group models, then refits, most rows
+        since their last fit first (so under load every agent takes its turn). Stable otherwise."""
+        def urgency(k: str) -> tuple[int, int]:
+            if k == GROUPS:
+                return (1, 0)
+            st = self._state.get(k)
+            if k not in self._models:
+                return (0, 0)
+            return (2, -(st.since_fit if st is not None else 0))
+
+        return sorted(keys, key=urgency)
+
     def retrain(self, keys: Iterable[str] | None = None) -> list[str]:
         """Fit the given models (default: ``needs_retrain()``) and swap them in; returns the keys
         fitted. Agents first, then group models from the agents' current windows.
