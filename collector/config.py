@@ -156,7 +156,8 @@ class PipelineConfig:
         if not 0 < self.retrain_max_share <= 1:
             raise ConfigError(f"pipeline.retrain_max_share must be in (0, 1], got {self.retrain_max_share!r}")
         if not 0 <= self.retrain_max_models <= 10_000:
-            raise ConfigError(f"pipeline.retrain_max_models must be in [0, 10000] (0: no cap), got {self.retrain_max_models!r}")
+            raise ConfigError("pipeline.retrain_max_models must be in [0, 10000] (0: no cap), "
+                              f"got {self.retrain_max_models!r}")
         if not 0 <= self.gc_young_threshold <= 10_000_000:
             raise ConfigError(f"pipeline.gc_young_threshold must be in [0, 10000000], got {self.gc_young_threshold!r}")
         if not 0 <= self.switch_interval_ms <= 100:

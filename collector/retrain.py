@@ -39,13 +39,14 @@ class Retrainer:
     thread here only waits on its pipe), so the bound keeps the worker to ``max_share`` of the other
     core; the detectors' interpreter is no longer the resource it protects.
 
-    ``max_models`` (the daemon's ``pipeline.retrain_max_models``) caps the keys one run fits (an agent's
-    model each, or all group models as one), the most urgent first (the detector's ``retrain_order``: first models, then the most overdue). Agents
-    that start together come due together, and a run that fitted them all (tens of seconds) was
-    followed by a pause three times as long, then the next wave: the daemon took every new model in
-    a few batches. Small runs spread the same fitting share evenly over time; the models are fitted
-    from the agents' windows as before; only when each is fitted changes. None fits every key asked for in
-    one run (as the replay harness does).
+    ``max_models`` (the daemon's ``pipeline.retrain_max_models``) caps the keys one run fits (an
+    agent's model each, or all group models as one), the most urgent first (the detector's
+    ``retrain_order``: first models, then the most overdue). Agents that start together come due
+    together: a run that fitted them all (tens of seconds) was followed by a pause three times as
+    long, then the next wave, and the daemon took every new model in a few batches. Small runs
+    spread the same share evenly over time; each model is fitted from its agent's window as
+    before, only the time of each fit changes. None fits every key asked for in one run (as the
+    replay harness does).
     """
 
     def __init__(self, detectors: list[Any], *, max_share: float = 0.25, max_models: int | None = None,

@@ -185,6 +185,7 @@ def _walk(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.
     pos = np.empty(m, dtype=np.intp)
     x = np.empty(m, dtype=np.float32)
     right = np.empty(m, dtype=bool)
+    take_node, take_x, add, greater = nodes.take, flat.take, np.add, np.greater  # no fromnumeric wrapper per call
     for lo in range(0, len(idx), block):
         at = idx[lo : lo + block]
         k = len(at)
@@ -192,11 +193,11 @@ def _walk(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.
         child, feature, threshold = r["child"], r["feature"], r["threshold"]
         step = rows[lo : lo + block]
         for _ in range(depth):
-            np.take(nodes, at, out=r, mode="clip")
-            np.add(feature, step, out=p)
-            np.take(flat, p, out=xx, mode="clip")
-            np.greater(xx, threshold, out=go)
-            np.add(child, go, out=at)
+            take_node(at, out=r, mode="clip")
+            add(feature, step, out=p)
+            take_x(p, out=xx, mode="clip")
+            greater(xx, threshold, out=go)
+            add(child, go, out=at)
     return leaf_value[idx]
 
 

@@ -483,7 +483,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         prevs: list[str] = []
         tokens: list[str] = []
         closed: list[tuple[str, Any]] = []
-        work: list[tuple[str, _Agent, list[int], int, str | None, bool, list[str]]] = []
+        work: list[tuple[str, _Agent, list[int], int, str | None, bool, list[str], list[ToolCall]]] = []
         for agent_id, idx in by_agent.items():
             st = self.state_for(agent_id)
             agent_calls = [calls[i] for i in idx]
@@ -495,7 +495,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             off = len(rows)
             append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior)
             warm = st.markov.mass >= cfg.warm_calls or prior is not None
-            work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed]))
+            work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed],
+                         agent_calls))
             closed.clear()
         X_all = finish(rows)
         # Models that fit the forest bank are scored together in one pass (rows in batch order,
@@ -527,15 +528,23 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             paths = self._bank.path_lengths(X_b, slots)
             s, r, m = self._bank_consts.margins(slots, X_b, paths)
             self._split(scores, work, in_bank, s, r, m)
+            # Margins and hits of all banked rows at once; only agents with a hit look at theirs.
+            margins[[i for w in in_bank for i in work[w][2]]] = m
+            at = np.flatnonzero(m > 0)
+            banked_hits = {in_bank[j] for j in np.searchsorted(np.cumsum(lens), at, side="right").tolist()}
+            look = {w_i for w_i in keyed if w_i in banked_hits or work[w_i][4] not in banked}
+        else:
+            look = set(keyed)
         findings: list[Finding] = []
         max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
         xb: bytes | None = None  # X_all's bytes, once a row is kept for a session
-        for w_i, (agent_id, st, idx, off, key, warm, closed_ids) in enumerate(work):
+        for w_i, (agent_id, st, idx, off, key, warm, closed_ids, agent_calls) in enumerate(work):
             n = len(idx)
-            X = X_all[off : off + n]
             flagged: list[bool] | None = None
-            if key is not None:
+            if w_i in look:  # scored outside the bank, or a banked agent with a hit
+                assert key is not None
                 model = models[key]
+                X = X_all[off : off + n]
                 s, r, m = scores[w_i]
                 margins[idx] = m
                 hits = np.flatnonzero(m > 0)
@@ -548,7 +557,6 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             if st.frozen:
                 self._commit(st, closed_ids)
                 continue
-            agent_calls = [calls[i] for i in idx]
             if flagged is None:
                 st.markov.learn_many(zip(prevs[off : off + n], tokens[off : off + n]))
             else:
