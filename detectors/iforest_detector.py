@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import threading
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -626,7 +627,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             elif rows and not st.frozen:
                 chunks.append(rows)
         if chunks:  # one append for the batch: the window is the same as after one per session
-            rows = chunks[0] if len(chunks) == 1 else [r for c in chunks for r in c]
+            rows = chunks[0] if len(chunks) == 1 else list(chain.from_iterable(chunks))
             st.add_rows(rows)
             self._group_since += len(rows)
 
