@@ -114,6 +114,12 @@ class PipelineConfig:
     """Longest share of wall time model refits may take: after a refit of t seconds the next waits
     t * (1 / share - 1). Refits cost ~0.5 s of CPU each; without a bound, their cadence (every N new
     rows) grows with traffic and they take the core the detectors need."""
+    retrain_max_models: int = 4
+    """Most keys one refit run fits (an agent's model each, all group models as one), most urgent
+    first (first models, then the most overdue); the rest wait for the next run. Agents that start
+    together come due together: without a cap their refits came in waves (all at once, then a long
+    pause), the daemon taking every new model in a few batches; capped, the same share of refit
+    time is spread evenly. 0 fits all in one run."""
     refit_in_process: bool = False
     """Fit IsolationForest models in the daemon's own process (a thread) instead of the refit worker
     process (collector/refit_worker.py). The worker fits on the machine's other core, leaving the
@@ -149,6 +155,9 @@ class PipelineConfig:
             raise ConfigError("pipeline.snapshot_interval_s must be positive")
         if not 0 < self.retrain_max_share <= 1:
             raise ConfigError(f"pipeline.retrain_max_share must be in (0, 1], got {self.retrain_max_share!r}")
+        if not 0 <= self.retrain_max_models <= 10_000:
+            raise ConfigError("pipeline.retrain_max_models must be in [0, 10000] (0: no cap), "
+                              f"got {self.retrain_max_models!r}")
         if not 0 <= self.gc_young_threshold <= 10_000_000:
             raise ConfigError(f"pipeline.gc_young_threshold must be in [0, 10000000], got {self.gc_young_threshold!r}")
         if not 0 <= self.switch_interval_ms <= 100:

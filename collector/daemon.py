@@ -127,7 +127,8 @@ class Daemon:
             for d in self.detectors:
                 if hasattr(d, "fitter") and hasattr(d, "retrain"):
                     d.fitter = self.refit_worker.fit  # type: ignore[attr-defined]
-        self.retrainer = Retrainer(self.detectors, max_share=p.retrain_max_share)
+        self.retrainer = Retrainer(self.detectors, max_share=p.retrain_max_share,
+                                   max_models=p.retrain_max_models or None)
         self.pipeline.batch_listeners.append(self.retrainer)
         self.ingest = Ingest(Normalizer(redact_args or ingest_redactor(cfg)), self.pipeline, self.metrics)
         self.receivers: list[Receiver] = []

@@ -22,6 +22,12 @@ class Retrainable(Protocol):
     def retrain(self, keys: Any = None) -> list[str]: ...
 
 
+def _by_urgency(det: Any, keys: list[str]) -> list[str]:
+    """``keys`` most urgent first, by the detector's ``retrain_order`` when it has one."""
+    order = getattr(det, "retrain_order", None)
+    return list(order(keys)) if order is not None else keys
+
+
 class Retrainer:
     """A pipeline batch listener: when a detector asks for a refit, run it in a thread.
 
@@ -32,13 +38,26 @@ class Retrainer:
     With the refit worker process (the default) a run's wall time is the worker's fitting time (the
     thread here only waits on its pipe), so the bound keeps the worker to ``max_share`` of the other
     core; the detectors' interpreter is no longer the resource it protects.
+
+    ``max_models`` (the daemon's ``pipeline.retrain_max_models``) caps the keys one run fits (an
+    agent's model each, or all group models as one), the most urgent first (the detector's
+    ``retrain_order``: first models, then the most overdue). Agents that start together come due
+    together: a run that fitted them all (tens of seconds) was followed by a pause three times as
+    long, then the next wave, and the daemon took every new model in a few batches. Small runs
+    spread the same share evenly over time; each model is fitted from its agent's window as
+    before, only the time of each fit changes. None fits every key asked for in one run (as the
+    replay harness does).
     """
 
-    def __init__(self, detectors: list[Any], *, max_share: float = 0.25, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, detectors: list[Any], *, max_share: float = 0.25, max_models: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_models is not None and max_models < 1:
+            raise ValueError(f"Retrainer: max_models must be >= 1 or None (got {max_models})")
         self.detectors: list[Retrainable] = [d for d in detectors if hasattr(d, "needs_retrain") and hasattr(d, "retrain")]
         self._task: asyncio.Task[None] | None = None
         self.fitted = 0
         self.max_share = max_share
+        self.max_models = max_models
         self.clock = clock
         self._not_before = 0.0
 
@@ -47,7 +66,8 @@ class Retrainer:
             return
         if self.clock() < self._not_before:
             return
-        work = [(d, keys) for d in self.detectors if (keys := d.needs_retrain())]
+        work = [(d, keys if self.max_models is None else _by_urgency(d, keys)[: self.max_models])
+                for d in self.detectors if (keys := d.needs_retrain())]
         if work:
             self._task = asyncio.get_running_loop().create_task(self._run(work), name="retrain")
 

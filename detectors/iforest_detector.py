@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import threading
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -39,7 +40,7 @@ import numpy as np
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
-from .iforest import ForestBank, ForestModel, ForestParams, margins_by_model
+from .iforest import ForestBank, ForestModel, ForestParams, SlotConstants
 from .sequence import MarkovConfig, MarkovModel, select_prior
 from .sessions import SessionTracker
 
@@ -123,6 +124,17 @@ def finding_severity(cfg: ForestConfig, margin: float, excess: float, range_k: f
     return "low"
 
 
+def _stored_rows(rows: Any, what: str) -> np.ndarray:
+    """Feature rows from a snapshot as a float64 matrix, or an error that says what is wrong."""
+    X = np.asarray(rows, dtype=np.float64)
+    if X.size == 0:
+        return X.reshape(0, N_FEATURES)
+    if X.ndim != 2 or X.shape[1] != N_FEATURES:
+        raise ValueError(f"iforest snapshot: {what} must be rows of {N_FEATURES} features (got shape {X.shape}); "
+                         "the snapshot is from another feature list: drop the agent's state to relearn it")
+    return X
+
+
 def _group_key(servers: Iterable[str]) -> str:
     return "group:" + ",".join(sorted(servers))
 
@@ -139,9 +151,9 @@ class _Agent:
         self.head = 0
         self.n_flushed = 0
         """Rows held in ``buf`` (at most ``max_rows``)."""
-        self.staged: list[Sequence[float]] = []
+        self.staged: list[bytes] = []
         """Newer rows not yet written to ``buf``: commits are a few rows per session, so they are
-        written to the ring buffer in bulk (one NumPy conversion per ``max_rows`` rows)."""
+        written to the ring buffer in bulk (one ``frombuffer`` per ``max_rows`` rows)."""
         self.n_buf = 0
         """Rows in the window (``buf`` and ``staged`` together, at most ``max_rows``)."""
         self.window_lock = threading.Lock()
@@ -149,7 +161,7 @@ class _Agent:
         the window from another thread and must never see rows in neither place (an empty window)."""
         self.since_fit = 0
         self.frozen = False
-        self.pending: dict[str, list[list[float]]] = {}
+        self.pending: dict[str, list[bytes]] = {}
         """Rows of open sessions, committed to the window when the session closes clean."""
         self.tainted: set[str] = set()
         """Open sessions with a finding: none of their rows will join the baseline."""
@@ -158,8 +170,11 @@ class _Agent:
         the ``markov.uni`` dict it was computed from, that dict's size, its ``server/tool`` tokens
         still under ``habit_calls``, the servers, and their group key."""
 
-    def add_rows(self, rows: Sequence[Sequence[float]]) -> None:
-        """Append rows to the baseline window (only the last ``max_rows`` are kept)."""
+    def add_rows(self, rows: Sequence[bytes] | Sequence[Sequence[float]] | np.ndarray) -> None:
+        """Append rows to the baseline window (only the last ``max_rows`` are kept). Rows are
+        ``ROW_BYTES`` each (``row_bytes``), as ``observe`` keeps them; float rows are converted."""
+        if len(rows) and not isinstance(rows[0], bytes):
+            rows = row_bytes(np.asarray(rows, dtype=np.float64).reshape(-1, N_FEATURES))
         cap = len(self.buf)
         n = len(rows)
         if n >= cap:  # the whole window is these rows
@@ -167,7 +182,7 @@ class _Agent:
                 self.staged = list(rows[-cap:])
                 self.head = self.n_flushed = 0
         else:
-            self.staged.extend(rows)
+            self.staged.extend(rows)  # type: ignore[arg-type]
         if len(self.staged) >= cap:
             self._flush()
         self.n_buf = min(cap, self.n_buf + n)
@@ -181,7 +196,7 @@ class _Agent:
     def _flush_locked(self) -> None:
         staged, self.staged = self.staged, []
         cap = len(self.buf)
-        keep = np.asarray(staged, dtype=np.float64).reshape(-1, N_FEATURES)[-cap:]
+        keep = rows_array(staged)[-cap:]
         k = len(keep)
         head = self.head
         first = min(k, cap - head)
@@ -205,8 +220,25 @@ class _Agent:
             ring = np.concatenate([self.buf[self.head :], self.buf[: self.head]])
         if not staged:
             return ring.copy()
-        new = np.asarray(staged, dtype=np.float64).reshape(-1, N_FEATURES)
-        return np.concatenate([ring, new])[-cap:]
+        return np.concatenate([ring, rows_array(staged)])[-cap:]
+
+
+ROW_BYTES = N_FEATURES * 8
+"""A feature row as kept between batches (pending in a session, staged for the window): its
+float64 values as ``bytes``. Bytes are copied out of the batch's matrix in one slice, turn back
+into a matrix with one ``frombuffer``, and are not tracked by the garbage collector: rows kept
+as lists of floats (tens of thousands per agent) made every full collection walk them all."""
+
+
+def row_bytes(X: np.ndarray) -> list[bytes]:
+    """Each row of a float64 feature matrix as ``ROW_BYTES`` bytes."""
+    b = np.ascontiguousarray(X, dtype=np.float64).tobytes()
+    return [b[i : i + ROW_BYTES] for i in range(0, len(b), ROW_BYTES)]
+
+
+def rows_array(rows: Sequence[bytes]) -> np.ndarray:
+    """Rows from ``row_bytes`` as one (read-only) float64 matrix."""
+    return np.frombuffer(b"".join(rows), dtype=np.float64).reshape(-1, N_FEATURES)
 
 
 class IsolationForestDetector(PerAgentDetector[_Agent]):
@@ -224,6 +256,10 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """Rows committed to any window since the group models were fitted."""
         self._bank: ForestBank | None = None
         """Every model's trees in one set of arrays, for one scoring pass per batch."""
+        self._bank_items: list[tuple[str, ForestModel]] | None = None
+        """The models dict's items when ``_banked`` was computed."""
+        self._banked: dict[str, tuple[int, ForestModel]] = {}
+        self._bank_consts: SlotConstants | None = None
         self.fitter: Callable[[np.ndarray, ForestParams], ForestModel] = ForestModel
         """Fits one model in ``retrain``: in-process by default; the daemon sets its refit worker
         process's ``fit`` (same models, fitted on the other core)."""
@@ -235,18 +271,18 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def state_to_dict(self, st: _Agent) -> dict[str, Any]:
         return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": st.window().tolist(),
                 "since_fit": st.since_fit, "frozen": st.frozen,
-                "pending": {sid: [list(r) for r in rows] for sid, rows in st.pending.items()},
+                "pending": {sid: rows_array(rows).tolist() for sid, rows in st.pending.items()},
                 "tainted": sorted(st.tainted)}
 
     def state_from_dict(self, d: dict[str, Any]) -> _Agent:
         st = _Agent(self.config)
         st.ctx.load(d["ctx"])
         st.markov = MarkovModel.from_dict(d["markov"], self.config.markov)
-        rows = np.asarray(d["rows"], dtype=np.float64).reshape(-1, N_FEATURES)
-        st.add_rows(rows)
+        st.add_rows(_stored_rows(d["rows"], "window rows"))
         st.since_fit = int(d["since_fit"])
         st.frozen = bool(d["frozen"])
-        st.pending = {str(k): [[float(x) for x in r] for r in v] for k, v in d.get("pending", {}).items()}
+        st.pending = {str(k): row_bytes(_stored_rows(v, f"pending rows of session {k!r}"))
+                      for k, v in d.get("pending", {}).items()}
         st.tainted = set(d.get("tainted", []))
         return st
 
@@ -306,6 +342,20 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         if with_model and (uncovered or self._group_since >= cfg.group_retrain_every):
             keys.append(GROUPS)
         return keys
+
+    def retrain_order(self, keys: Sequence[str]) -> list[str]:
+        """``keys`` (from ``needs_retrain``) most urgent first, for a retrainer that fits a few per
+        run: agents without a model of their own, then the group models, then refits, most rows
+        since their last fit first (so under load every agent takes its turn). Stable otherwise."""
+        def urgency(k: str) -> tuple[int, int]:
+            if k == GROUPS:
+                return (1, 0)
+            st = self._state.get(k)
+            if k not in self._models:
+                return (0, 0)
+            return (2, -(st.since_fit if st is not None else 0))
+
+        return sorted(keys, key=urgency)
 
     def retrain(self, keys: Iterable[str] | None = None) -> list[str]:
         """Fit the given models (default: ``needs_retrain()``) and swap them in; returns the keys
@@ -434,7 +484,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         prevs: list[str] = []
         tokens: list[str] = []
         closed: list[tuple[str, Any]] = []
-        work: list[tuple[str, _Agent, list[int], int, str | None, bool, list[str]]] = []
+        work: list[tuple[str, _Agent, list[int], int, str | None, bool, list[str], list[ToolCall]]] = []
         for agent_id, idx in by_agent.items():
             st = self.state_for(agent_id)
             agent_calls = [calls[i] for i in idx]
@@ -446,45 +496,56 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             off = len(rows)
             append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior)
             warm = st.markov.mass >= cfg.warm_calls or prior is not None
-            work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed]))
+            work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed],
+                         agent_calls))
             closed.clear()
         X_all = finish(rows)
-        # One forest pass per model over all rows that model scores in this batch.
+        # Models that fit the forest bank are scored together in one pass (rows in batch order,
+        # each walking its model's slot); others on their own, one pass per model.
         scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        by_model: dict[str, list[int]] = {}
-        for w_i, w in enumerate(work):
-            if w[4] is not None:
-                by_model.setdefault(w[4], []).append(w_i)
-        # Models that fit the forest bank are scored together in one pass; others on their own.
-        banked = self._bank_for(models) if by_model else {}
-        for key, w_ids in by_model.items():
-            if key not in banked:
+        keyed = [w_i for w_i, w in enumerate(work) if w[4] is not None]
+        banked = self._bank_for(models) if keyed else {}
+        in_bank = [w_i for w_i in keyed if work[w_i][4] in banked]
+        if len(in_bank) < len(keyed):
+            by_model: dict[str, list[int]] = {}
+            for w_i in keyed:
+                if work[w_i][4] not in banked:
+                    by_model.setdefault(work[w_i][4], []).append(w_i)
+            for key, w_ids in by_model.items():
                 parts = [X_all[work[w][3] : work[w][3] + len(work[w][2])] for w in w_ids]
                 s, r, m = models[key].margins(parts[0] if len(parts) == 1 else np.concatenate(parts))
                 self._split(scores, work, w_ids, s, r, m)
-        in_bank = [key for key in by_model if key in banked]
         if in_bank:
-            sizes = [sum(len(work[w][2]) for w in by_model[key]) for key in in_bank]
-            order = [w for key in in_bank for w in by_model[key]]
-            lens = np.array([len(work[w][2]) for w in order], dtype=np.intp)
-            starts = np.array([work[w][3] for w in order], dtype=np.intp)
-            # Row numbers of each work item's rows in X_all, work items in model order.
-            sel = np.arange(int(lens.sum()), dtype=np.intp) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
-            slots = np.repeat(np.array([banked[key][0] for key in in_bank], dtype=np.intp), sizes)
-            X_b = X_all[sel]
-            assert self._bank is not None
+            lens = np.array([len(work[w][2]) for w in in_bank], dtype=np.intp)
+            slots = np.repeat(np.array([banked[work[w][4]][0] for w in in_bank], dtype=np.intp), lens)
+            if len(in_bank) == len(work):
+                X_b = X_all  # every row is scored in the bank (the usual case once models are fitted)
+            else:
+                starts = np.array([work[w][3] for w in in_bank], dtype=np.intp)
+                # Row numbers in X_all of the banked work items' rows, in batch order.
+                sel = np.arange(int(lens.sum()), dtype=np.intp) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+                X_b = X_all[sel]
+            assert self._bank is not None and self._bank_consts is not None
             paths = self._bank.path_lengths(X_b, slots)
-            s, r, m = margins_by_model([banked[key][1] for key in in_bank], sizes, X_b, paths)
-            self._split(scores, work, order, s, r, m)
+            s, r, m = self._bank_consts.margins(slots, X_b, paths)
+            self._split(scores, work, in_bank, s, r, m)
+            # Margins and hits of all banked rows at once; only agents with a hit look at theirs.
+            margins[[i for w in in_bank for i in work[w][2]]] = m
+            at = np.flatnonzero(m > 0)
+            banked_hits = {in_bank[j] for j in np.searchsorted(np.cumsum(lens), at, side="right").tolist()}
+            look = {w_i for w_i in keyed if w_i in banked_hits or work[w_i][4] not in banked}
+        else:
+            look = set(keyed)
         findings: list[Finding] = []
         max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
-        all_rows: list[list[float]] | None = None  # X_all as lists, once a row is kept for a session
-        for w_i, (agent_id, st, idx, off, key, warm, closed_ids) in enumerate(work):
+        xb: bytes | None = None  # X_all's bytes, once a row is kept for a session
+        for w_i, (agent_id, st, idx, off, key, warm, closed_ids, agent_calls) in enumerate(work):
             n = len(idx)
-            X = X_all[off : off + n]
             flagged: list[bool] | None = None
-            if key is not None:
+            if w_i in look:  # scored outside the bank, or a banked agent with a hit
+                assert key is not None
                 model = models[key]
+                X = X_all[off : off + n]
                 s, r, m = scores[w_i]
                 margins[idx] = m
                 hits = np.flatnonzero(m > 0)
@@ -497,7 +558,6 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             if st.frozen:
                 self._commit(st, closed_ids)
                 continue
-            agent_calls = [calls[i] for i in idx]
             if flagged is None:
                 st.markov.learn_many(zip(prevs[off : off + n], tokens[off : off + n]))
             else:
@@ -514,9 +574,10 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 if warm and rows[off + j][0] <= max_surprisal and c.session_id not in tainted:
                     sess_rows = pending.setdefault(c.session_id, [])
                     if len(sess_rows) < max_pending:
-                        if all_rows is None:
-                            all_rows = X_all.tolist()
-                        sess_rows.append(all_rows[off + j])
+                        if xb is None:
+                            xb = X_all.tobytes()
+                        at = (off + j) * ROW_BYTES
+                        sess_rows.append(xb[at : at + ROW_BYTES])
             self._commit(st, closed_ids)
         if cfg.auto_retrain:
             keys = self.needs_retrain()
@@ -536,21 +597,29 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def _bank_for(self, models: dict[str, ForestModel]) -> dict[str, tuple[int, ForestModel]]:
         """Slot in the forest bank and model, per key of every current model that fits the bank's
-        geometry (the others are scored on their own). Runs in ``observe``'s thread only."""
+        geometry (the others are scored on their own), and ``_bank_consts`` for those slots.
+        Recomputed only when a model was added, replaced or dropped (checked by comparing the
+        models dict's items with the last ones: one C-level pass). Runs in ``observe``'s thread only."""
+        items = list(models.items())  # one C-level copy: retrain() may swap models meanwhile
+        if items == self._bank_items:
+            return self._banked
         params = self.config.forest
         if self._bank is None:
             self._bank = ForestBank(params.n_estimators, params.n_estimators * (2 * params.max_samples - 1),
                                     N_FEATURES)
         bank = self._bank
-        current = [(k, m) for k, m in list(models.items()) if bank.fits(m.flat)]
+        current = [(k, m) for k, m in items if bank.fits(m.flat)]
         slots = bank.sync([m.flat for _k, m in current])
-        return {k: (slot, m) for (k, m), slot in zip(current, slots)}
+        self._banked = {k: (slot, m) for (k, m), slot in zip(current, slots)}
+        self._bank_consts = SlotConstants([m for _k, m in current], slots, len(bank.depth), N_FEATURES)
+        self._bank_items = items
+        return self._banked
 
     def _commit(self, st: _Agent, closed: list[str]) -> None:
         """Closed sessions: clean ones join the baseline window, tainted ones are forgotten."""
         if not closed:
             return
-        chunks: list[list[list[float]]] = []
+        chunks: list[list[bytes]] = []
         for sid in closed:
             rows = st.pending.pop(sid, None)
             if sid in st.tainted:
@@ -558,7 +627,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             elif rows and not st.frozen:
                 chunks.append(rows)
         if chunks:  # one append for the batch: the window is the same as after one per session
-            rows = chunks[0] if len(chunks) == 1 else [r for c in chunks for r in c]
+            rows = chunks[0] if len(chunks) == 1 else list(chain.from_iterable(chunks))
             st.add_rows(rows)
             self._group_since += len(rows)
 

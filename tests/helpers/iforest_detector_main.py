@@ -1,0 +1,586 @@
+# Frozen copy of main's detectors/iforest_detector.py (3026c2a, before rows as bytes and slot constants): the A/B reference. Imports made absolute.
+"""``IsolationForestDetector``: flags calls whose features (``features.FEATURE_NAMES``) are unlike
+the agent's baseline, with the features that pushed the score as the explanation.
+
+Per agent it keeps the feature context (sessions, known destinations), a sequence model for the
+``surprisal`` feature, and a ring buffer of the last ``max_rows`` feature rows of calls that raised
+no alert: the baseline window. A forest is fitted per agent once it has ``min_rows`` clean rows;
+until then the agent is scored by a *group* model (fitted on the pooled windows of mature agents
+that use the same set of servers, chosen when it covers at least ``prior_min_containment`` of the
+agent's servers), so a new agent is not blind; an agent no group covers is not scored yet.
+Each model's threshold is calibrated to ``target_alert_rate`` on its training rows.
+
+Scoring is batched: one flattened-forest pass per micro-batch for every model in the
+``ForestBank`` (each model's trees in a fixed slot), never one row per call.
+Fitting is the slow part (~0.1–0.3 s per model) and stays off the hot path when
+``auto_retrain=False``: the collector calls ``needs_retrain()`` after a batch and runs
+``retrain(keys)`` in a worker thread; new models are swapped in whole, so a concurrent
+``observe`` sees either the old or the new model. With ``auto_retrain=True`` (tests, the evaluation
+harness) ``observe`` retrains inline.
+
+Agent states (``agent_states()``): ``learning`` (no own model yet; scored by a group model if one
+covers it), ``active`` (own model), ``frozen`` (scores, learns and retrains nothing).
+
+Memory per agent: ``max_rows x 15`` float64 (240 KB at 2048 rows), its fitted model (the sample
+again plus ~100 trees of <= 511 nodes: ~1.5 MB) and its bank slot (~1.2 MB), the session tracker
+and destination bounds, and
+the sequence model's bounds. Snapshots store training samples, never pickles; restore refits
+deterministically (same ``random_state``), so restored models give identical scores.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from toolwatch.detectors.base import PerAgentDetector
+from toolwatch.detectors.events import Batch, Finding, ToolCall
+from toolwatch.detectors.features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
+from tests.helpers.iforest_main import ForestBank, ForestModel, ForestParams, margins_by_model
+from toolwatch.detectors.sequence import MarkovConfig, MarkovModel, select_prior
+from toolwatch.detectors.sessions import SessionTracker
+
+__all__ = ["ForestConfig", "IsolationForestDetector", "finding_severity"]
+
+LEARNING, ACTIVE, FROZEN = "learning", "active", "frozen"
+GROUPS = "groups"
+"""The key that asks ``retrain`` to refit the group models."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForestConfig:
+    """Settings of ``IsolationForestDetector`` (YAML section ``detectors.iforest``)."""
+
+    forest: ForestParams = field(default_factory=ForestParams)
+    markov: MarkovConfig = field(default_factory=MarkovConfig)
+    min_rows: int = 300
+    max_rows: int = 2048
+    retrain_every: int = 2000
+    """Clean rows an agent gathers before its model is refitted."""
+    group_retrain_every: int = 5000
+    """Clean rows (all agents) gathered before the group models are refitted."""
+    warm_calls: int = 100
+    """Rows are kept for training only once the agent's sequence model (or a fleet prior) has
+    seen this many calls, so early, inflated surprisal does not become the baseline."""
+    prior_min_containment: float = 0.6
+    auto_retrain: bool = True
+    max_open_sessions: int = 32
+    session_idle_s: float = 1800.0
+    max_destinations: int = 1024
+    habit_calls: float = 3.0
+    """A server belongs to an agent's habits (and so its group) once its tools have this much
+    (decayed) count in the agent's sequence model: one stray call does not change the group."""
+    train_max_surprisal: float = 12.0
+    """Rows more surprising than this (bits) never join a baseline window, so that calls to
+    never-seen tools made before any model covered the agent do not become normal."""
+    max_pending_rows: int = 256
+    """Rows held per open session until it closes (longer sessions keep their first rows)."""
+    explain_top: int = 3
+    high_margin: float = 0.08
+    """Score this far above the threshold makes a finding ``high`` instead of ``medium``."""
+    medium_margin: float = 0.03
+    """Below this margin over the threshold (and with no feature ``medium_range_excess`` out of
+    range) a finding is ``low``: the calibrated tail (``target_alert_rate``) of a model is a
+    statistical signal for dashboards, not a page."""
+    medium_range_excess: float = 2.0
+    """A feature this many ``range_k`` range-widths outside the baseline range makes it ``medium``
+    (``high`` at 4)."""
+
+    def validate(self) -> "ForestConfig":
+        self.forest.validate()
+        self.markov.validate()
+        if self.min_rows < 16:
+            raise ValueError(f"iforest.min_rows must be >= 16 (got {self.min_rows})")
+        if self.max_rows < self.min_rows:
+            raise ValueError(f"iforest.max_rows ({self.max_rows}) must be >= iforest.min_rows ({self.min_rows})")
+        if self.retrain_every < 1 or self.group_retrain_every < 1:
+            raise ValueError("iforest.retrain_every and iforest.group_retrain_every must be >= 1")
+        if self.habit_calls <= 0 or self.train_max_surprisal <= 0:
+            raise ValueError("iforest.habit_calls and iforest.train_max_surprisal must be > 0")
+        if self.warm_calls < 0 or self.explain_top < 1:
+            raise ValueError("iforest.warm_calls must be >= 0 and iforest.explain_top >= 1")
+        if not 0.0 < self.prior_min_containment <= 1.0:
+            raise ValueError("iforest.prior_min_containment must be in (0, 1]")
+        if self.max_open_sessions < 1 or self.session_idle_s <= 0 or self.max_destinations < 1:
+            raise ValueError("iforest.max_open_sessions and iforest.max_destinations must be >= 1, "
+                             "iforest.session_idle_s > 0")
+        if not 0.0 <= self.medium_margin <= self.high_margin or not 0.0 <= self.medium_range_excess <= 4.0:
+            raise ValueError("iforest.medium_margin must be in [0, high_margin] and "
+                             "iforest.medium_range_excess in [0, 4]")
+        return self
+
+
+def finding_severity(cfg: ForestConfig, margin: float, excess: float, range_k: float) -> str:
+    """``high`` for a clear outlier, ``medium`` for a moderate one, ``low`` for the calibrated tail:
+    ``margin`` = score - threshold, ``excess`` = range-widths outside the baseline range."""
+    if margin >= cfg.high_margin or excess >= 4 * range_k:
+        return "high"
+    if margin >= cfg.medium_margin or excess >= cfg.medium_range_excess * range_k:
+        return "medium"
+    return "low"
+
+
+def _group_key(servers: Iterable[str]) -> str:
+    return "group:" + ",".join(sorted(servers))
+
+
+class _Agent:
+    """One agent's state: feature context, sequence model, baseline window."""
+
+    def __init__(self, cfg: ForestConfig) -> None:
+        self.ctx = AgentContext(SessionTracker(max_open=cfg.max_open_sessions, idle_s=cfg.session_idle_s),
+                                max_destinations=cfg.max_destinations)
+        self.markov = MarkovModel(cfg.markov)
+        self.buf = np.zeros((cfg.max_rows, N_FEATURES))
+        """Ring buffer of the window's older rows; ``head`` is where the next row goes."""
+        self.head = 0
+        self.n_flushed = 0
+        """Rows held in ``buf`` (at most ``max_rows``)."""
+        self.staged: list[Sequence[float]] = []
+        """Newer rows not yet written to ``buf``: commits are a few rows per session, so they are
+        written to the ring buffer in bulk (one NumPy conversion per ``max_rows`` rows)."""
+        self.n_buf = 0
+        """Rows in the window (``buf`` and ``staged`` together, at most ``max_rows``)."""
+        self.window_lock = threading.Lock()
+        """Held while rows move from ``staged`` to ``buf``, and by ``window()``: the retrainer reads
+        the window from another thread and must never see rows in neither place (an empty window)."""
+        self.since_fit = 0
+        self.frozen = False
+        self.pending: dict[str, list[list[float]]] = {}
+        """Rows of open sessions, committed to the window when the session closes clean."""
+        self.tainted: set[str] = set()
+        """Open sessions with a finding: none of their rows will join the baseline."""
+        self.habits: tuple[dict[str, float], int, list[str], frozenset[str], str] | None = None
+        """Cache of ``IsolationForestDetector._servers`` (asked for every agent after every batch):
+        the ``markov.uni`` dict it was computed from, that dict's size, its ``server/tool`` tokens
+        still under ``habit_calls``, the servers, and their group key."""
+
+    def add_rows(self, rows: Sequence[Sequence[float]]) -> None:
+        """Append rows to the baseline window (only the last ``max_rows`` are kept)."""
+        cap = len(self.buf)
+        n = len(rows)
+        if n >= cap:  # the whole window is these rows
+            with self.window_lock:
+                self.staged = list(rows[-cap:])
+                self.head = self.n_flushed = 0
+        else:
+            self.staged.extend(rows)
+        if len(self.staged) >= cap:
+            self._flush()
+        self.n_buf = min(cap, self.n_buf + n)
+        self.since_fit += n
+
+    def _flush(self) -> None:
+        """Write the staged rows into the ring buffer (observe's thread only)."""
+        with self.window_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        staged, self.staged = self.staged, []
+        cap = len(self.buf)
+        keep = np.asarray(staged, dtype=np.float64).reshape(-1, N_FEATURES)[-cap:]
+        k = len(keep)
+        head = self.head
+        first = min(k, cap - head)
+        self.buf[head : head + first] = keep[:first]
+        if k > first:
+            self.buf[: k - first] = keep[first:]
+        self.head = (head + k) % cap
+        self.n_flushed = min(cap, self.n_flushed + k)
+
+    def window(self) -> np.ndarray:
+        """Baseline rows, oldest first (a copy: safe to use from another thread)."""
+        with self.window_lock:
+            return self._window_locked()
+
+    def _window_locked(self) -> np.ndarray:
+        staged = list(self.staged)
+        cap = len(self.buf)
+        if self.n_flushed < cap:
+            ring = self.buf[: self.n_flushed]
+        else:
+            ring = np.concatenate([self.buf[self.head :], self.buf[: self.head]])
+        if not staged:
+            return ring.copy()
+        new = np.asarray(staged, dtype=np.float64).reshape(-1, N_FEATURES)
+        return np.concatenate([ring, new])[-cap:]
+
+
+class IsolationForestDetector(PerAgentDetector[_Agent]):
+    """Per-agent (or per-group) IsolationForest over call features; see the module docstring."""
+
+    name = "iforest"
+
+    def __init__(self, config: ForestConfig | None = None) -> None:
+        super().__init__()
+        self.config = (config or ForestConfig()).validate()
+        self._models: dict[str, ForestModel] = {}
+        self._groups: dict[str, frozenset[str]] = {}
+        """Group key -> servers its members use."""
+        self._group_since = 0
+        """Rows committed to any window since the group models were fitted."""
+        self._bank: ForestBank | None = None
+        """Every model's trees in one set of arrays, for one scoring pass per batch."""
+        self.fitter: Callable[[np.ndarray, ForestParams], ForestModel] = ForestModel
+        """Fits one model in ``retrain``: in-process by default; the daemon sets its refit worker
+        process's ``fit`` (same models, fitted on the other core)."""
+
+    # --- PerAgentDetector ----------------------------------------------------------------------
+    def new_state(self) -> _Agent:
+        return _Agent(self.config)
+
+    def state_to_dict(self, st: _Agent) -> dict[str, Any]:
+        return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": st.window().tolist(),
+                "since_fit": st.since_fit, "frozen": st.frozen,
+                "pending": {sid: [list(r) for r in rows] for sid, rows in st.pending.items()},
+                "tainted": sorted(st.tainted)}
+
+    def state_from_dict(self, d: dict[str, Any]) -> _Agent:
+        st = _Agent(self.config)
+        st.ctx.load(d["ctx"])
+        st.markov = MarkovModel.from_dict(d["markov"], self.config.markov)
+        rows = np.asarray(d["rows"], dtype=np.float64).reshape(-1, N_FEATURES)
+        st.add_rows(rows)
+        st.since_fit = int(d["since_fit"])
+        st.frozen = bool(d["frozen"])
+        st.pending = {str(k): [[float(x) for x in r] for r in v] for k, v in d.get("pending", {}).items()}
+        st.tainted = set(d.get("tainted", []))
+        return st
+
+    def snapshot(self) -> dict[str, Any]:
+        out = super().snapshot()
+        out["models"] = {k: m.to_dict() for k, m in list(self._models.items())}
+        out["groups"] = {k: sorted(v) for k, v in list(self._groups.items())}
+        out["group_since"] = self._group_since
+        return out
+
+    def restore(self, state: dict[str, Any]) -> None:
+        super().restore(state)
+        self._models = {k: ForestModel.from_dict(v) for k, v in state.get("models", {}).items()}
+        self._groups = {k: frozenset(v) for k, v in state.get("groups", {}).items()}
+        self._group_since = int(state.get("group_since", 0))
+
+    def snapshot_agent(self, agent_id: str) -> dict[str, Any] | None:
+        d = super().snapshot_agent(agent_id)
+        if d is not None and agent_id in self._models:
+            d["model"] = self._models[agent_id].to_dict()
+        return d
+
+    def restore_agent(self, agent_id: str, state: dict[str, Any]) -> None:
+        super().restore_agent(agent_id, state)
+        if "model" in state:
+            self._models[agent_id] = ForestModel.from_dict(state["model"])
+
+    def drop_agent(self, agent_id: str) -> None:
+        super().drop_agent(agent_id)
+        self._models.pop(agent_id, None)
+
+    # --- operator controls and gauges ----------------------------------------------------------
+    def agent_states(self) -> dict[str, str]:
+        return {a: self._status(a, st) for a, st in list(self._state.items())}
+
+    def _status(self, agent_id: str, st: _Agent) -> str:
+        if st.frozen:
+            return FROZEN
+        return ACTIVE if agent_id in self._models else LEARNING
+
+    def freeze(self, agent_id: str) -> None:
+        self.state_for(agent_id).frozen = True
+
+    def unfreeze(self, agent_id: str) -> None:
+        self.state_for(agent_id).frozen = False
+
+    # --- retraining (may run in a worker thread) -----------------------------------------------
+    def needs_retrain(self) -> list[str]:
+        """Model keys worth (re)fitting now: agents with enough new clean rows, then the groups."""
+        cfg = self.config
+        agents = list(self._state.items())  # observe() may add agents meanwhile (worker thread)
+        keys = [a for a, st in agents
+                if not st.frozen and st.n_buf >= cfg.min_rows
+                and (a not in self._models or st.since_fit >= cfg.retrain_every)]
+        with_model = [st for a, st in agents if a in self._models or a in keys]
+        uncovered = any(self._habits(st)[4] not in self._groups for st in with_model)
+        if with_model and (uncovered or self._group_since >= cfg.group_retrain_every):
+            keys.append(GROUPS)
+        return keys
+
+    def retrain(self, keys: Iterable[str] | None = None) -> list[str]:
+        """Fit the given models (default: ``needs_retrain()``) and swap them in; returns the keys
+        fitted. Agents first, then group models from the agents' current windows.
+
+        Safe to run in one worker thread beside ``observe`` (it reads copies and iterates over
+        snapshots of the dicts); do not run two ``retrain`` calls at once."""
+        cfg = self.config
+        keys = list(self.needs_retrain() if keys is None else keys)
+        done: list[str] = []
+        for k in keys:
+            st = self._state.get(k)
+            if st is None or st.n_buf < cfg.min_rows:
+                continue
+            since, st.since_fit = st.since_fit, 0
+            try:
+                self._models[k] = self.fitter(st.window(), cfg.forest)
+            except BaseException:
+                st.since_fit += since  # not refitted: ask again at the next check
+                raise
+            done.append(k)
+        if GROUPS in keys:
+            done += self._fit_groups()
+        return done
+
+    def _fit_groups(self) -> list[str]:
+        """One group per distinct habitual server set of mature agents. Only new groups are fitted,
+        unless ``group_retrain_every`` rows arrived since the last full refit; a one-member group
+        shares its member's model (same sample, same forest)."""
+        cfg = self.config
+        mature = {a: st for a, st in list(self._state.items()) if a in self._models and st.n_buf >= cfg.min_rows}
+        if not mature:
+            return []
+        full = self._group_since >= cfg.group_retrain_every
+        since = self._group_since
+        if full:
+            self._group_since = 0
+        try:
+            new_models = self._fit_group_models(mature, full)
+        except BaseException:
+            if full:
+                self._group_since += since  # not refitted: ask again at the next check
+            raise
+        return new_models
+
+    def _fit_group_models(self, mature: dict[str, _Agent], full: bool) -> list[str]:
+        cfg = self.config
+        by_servers: dict[frozenset[str], list[str]] = {}
+        for a, st in mature.items():
+            by_servers.setdefault(frozenset(self._servers(st)), []).append(a)
+        groups = {_group_key(s): (s, members) for s, members in by_servers.items()}
+        rng = np.random.default_rng(cfg.forest.random_state)
+        new_models: dict[str, ForestModel] = {}
+        for key, (_servers, members) in groups.items():
+            if not full and key in self._groups and key in self._models:
+                continue
+            if len(members) == 1:
+                new_models[key] = self._models[members[0]]
+                continue
+            pooled = np.concatenate([mature[a].window() for a in sorted(members)])
+            if len(pooled) > cfg.max_rows:
+                pooled = pooled[np.sort(rng.choice(len(pooled), cfg.max_rows, replace=False))]
+            new_models[key] = self.fitter(pooled, cfg.forest)
+        stale = [k for k in list(self._models) if k.startswith("group:") and k not in groups]
+        self._models.update(new_models)
+        for k in stale:
+            self._models.pop(k, None)
+        self._groups = {k: s for k, (s, _m) in groups.items()}
+        return list(new_models)
+
+    def _servers(self, st: _Agent) -> frozenset[str]:
+        """Servers the agent habitually uses (derived from its bounded sequence model)."""
+        return self._habits(st)[3]
+
+    def _habits(self, st: _Agent) -> tuple[dict[str, float], int, list[str], frozenset[str], str]:
+        """``_Agent.habits``, recomputed only when it may have changed. ``MarkovModel`` changes a
+        ``uni`` dict in place only by adding tokens and raising counts (decay and pruning build a
+        new dict), so while the dict is the same object of the same size, only a token that was
+        under ``habit_calls`` can have changed the answer."""
+        lim = self.config.habit_calls
+        uni = st.markov.uni
+        h = st.habits
+        if h is not None and h[0] is uni and h[1] == len(uni) and all(uni.get(t, 0.0) < lim for t in h[2]):
+            return h
+        items = list(uni.items())  # one C-level copy: observe() may add tokens meanwhile (worker thread)
+        servers = frozenset(t.split("/", 1)[0] for t, c in items if c >= lim and "/" in t)
+        h = st.habits = (uni, len(items), [t for t, c in items if c < lim and "/" in t], servers,
+                         _group_key(servers))
+        return h
+
+    def _model_key(self, agent_id: str, st: _Agent) -> str | None:
+        if agent_id in self._models:
+            return agent_id
+        if not self._groups:
+            return None
+        best, best_cover = None, 0.0
+        mine = self._servers(st)
+        for key, servers in list(self._groups.items()):
+            if not mine:
+                continue
+            cover = len(mine & servers) / len(mine)
+            if cover >= self.config.prior_min_containment and cover > best_cover:
+                best, best_cover = key, cover
+        return best if best in self._models else None
+
+    # --- detection -----------------------------------------------------------------------------
+    def observe(self, batch: Batch) -> list[Finding]:
+        return self.observe_scored(batch)[0]
+
+    def observe_scored(self, batch: Batch) -> tuple[list[Finding], np.ndarray]:
+        """Findings, and per call (aligned with ``batch.calls``) score minus threshold (> 0 alerts;
+        NaN when no model covers the agent yet): for ROC/PR curves.
+
+        Agents are handled in order of first appearance, each agent's calls in batch order; one
+        feature matrix is built for the whole batch (rows grouped by agent) and scored with one
+        forest pass per model."""
+        cfg = self.config
+        calls = batch.calls
+        margins = np.full(len(calls), np.nan)
+        by_agent: dict[str, list[int]] = {}
+        for i, c in enumerate(calls):
+            by_agent.setdefault(c.agent_id, []).append(i)
+        models = self._models
+        mature = {a: self._state[a].markov for a in list(models) if a in self._state}
+        rows: list[tuple[float, ...]] = []
+        prevs: list[str] = []
+        tokens: list[str] = []
+        closed: list[tuple[str, Any]] = []
+        work: list[tuple[str, _Agent, list[int], int, str | None, bool, list[str]]] = []
+        for agent_id, idx in by_agent.items():
+            st = self.state_for(agent_id)
+            agent_calls = [calls[i] for i in idx]
+            prior = None
+            if agent_id not in models and (len(mature) > 1 or (mature and agent_id not in mature)):
+                vocab = st.markov.vocab | {c.token for c in agent_calls}
+                prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
+                                     cfg.prior_min_containment, cfg.markov)
+            off = len(rows)
+            append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior)
+            warm = st.markov.mass >= cfg.warm_calls or prior is not None
+            work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed]))
+            closed.clear()
+        X_all = finish(rows)
+        # One forest pass per model over all rows that model scores in this batch.
+        scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        by_model: dict[str, list[int]] = {}
+        for w_i, w in enumerate(work):
+            if w[4] is not None:
+                by_model.setdefault(w[4], []).append(w_i)
+        # Models that fit the forest bank are scored together in one pass; others on their own.
+        banked = self._bank_for(models) if by_model else {}
+        for key, w_ids in by_model.items():
+            if key not in banked:
+                parts = [X_all[work[w][3] : work[w][3] + len(work[w][2])] for w in w_ids]
+                s, r, m = models[key].margins(parts[0] if len(parts) == 1 else np.concatenate(parts))
+                self._split(scores, work, w_ids, s, r, m)
+        in_bank = [key for key in by_model if key in banked]
+        if in_bank:
+            sizes = [sum(len(work[w][2]) for w in by_model[key]) for key in in_bank]
+            order = [w for key in in_bank for w in by_model[key]]
+            lens = np.array([len(work[w][2]) for w in order], dtype=np.intp)
+            starts = np.array([work[w][3] for w in order], dtype=np.intp)
+            # Row numbers of each work item's rows in X_all, work items in model order.
+            sel = np.arange(int(lens.sum()), dtype=np.intp) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+            slots = np.repeat(np.array([banked[key][0] for key in in_bank], dtype=np.intp), sizes)
+            X_b = X_all[sel]
+            assert self._bank is not None
+            paths = self._bank.path_lengths(X_b, slots)
+            s, r, m = margins_by_model([banked[key][1] for key in in_bank], sizes, X_b, paths)
+            self._split(scores, work, order, s, r, m)
+        findings: list[Finding] = []
+        max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
+        all_rows: list[list[float]] | None = None  # X_all as lists, once a row is kept for a session
+        for w_i, (agent_id, st, idx, off, key, warm, closed_ids) in enumerate(work):
+            n = len(idx)
+            X = X_all[off : off + n]
+            flagged: list[bool] | None = None
+            if key is not None:
+                model = models[key]
+                s, r, m = scores[w_i]
+                margins[idx] = m
+                hits = np.flatnonzero(m > 0)
+                if len(hits):
+                    flagged = (m > 0).tolist()
+                    status = self._status(agent_id, st)
+                    for j in hits:
+                        findings.append(self._finding(calls[idx[j]], X[j], float(s[j]), float(r[j]), model, key,
+                                                      status))
+            if st.frozen:
+                self._commit(st, closed_ids)
+                continue
+            agent_calls = [calls[i] for i in idx]
+            if flagged is None:
+                st.markov.learn_many(zip(prevs[off : off + n], tokens[off : off + n]))
+            else:
+                st.markov.learn_many((prevs[off + j], tokens[off + j]) for j in range(n) if not flagged[j])
+            remember = st.ctx.remember
+            pending, tainted = st.pending, st.tainted
+            for j, c in enumerate(agent_calls):
+                if flagged is not None and flagged[j]:
+                    tainted.add(c.session_id)
+                    pending.pop(c.session_id, None)
+                    continue
+                if c.destinations:
+                    remember(c.destinations)
+                if warm and rows[off + j][0] <= max_surprisal and c.session_id not in tainted:
+                    sess_rows = pending.setdefault(c.session_id, [])
+                    if len(sess_rows) < max_pending:
+                        if all_rows is None:
+                            all_rows = X_all.tolist()
+                        sess_rows.append(all_rows[off + j])
+            self._commit(st, closed_ids)
+        if cfg.auto_retrain:
+            keys = self.needs_retrain()
+            if keys:
+                self.retrain(keys)
+        return findings, margins
+
+    @staticmethod
+    def _split(scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], work: list[Any], w_ids: list[int],
+               s: np.ndarray, r: np.ndarray, m: np.ndarray) -> None:
+        """Hand each agent its slice of one model's scores (rows are in ``w_ids`` order)."""
+        off = 0
+        for w in w_ids:
+            n = len(work[w][2])
+            scores[w] = (s[off : off + n], r[off : off + n], m[off : off + n])
+            off += n
+
+    def _bank_for(self, models: dict[str, ForestModel]) -> dict[str, tuple[int, ForestModel]]:
+        """Slot in the forest bank and model, per key of every current model that fits the bank's
+        geometry (the others are scored on their own). Runs in ``observe``'s thread only."""
+        params = self.config.forest
+        if self._bank is None:
+            self._bank = ForestBank(params.n_estimators, params.n_estimators * (2 * params.max_samples - 1),
+                                    N_FEATURES)
+        bank = self._bank
+        current = [(k, m) for k, m in list(models.items()) if bank.fits(m.flat)]
+        slots = bank.sync([m.flat for _k, m in current])
+        return {k: (slot, m) for (k, m), slot in zip(current, slots)}
+
+    def _commit(self, st: _Agent, closed: list[str]) -> None:
+        """Closed sessions: clean ones join the baseline window, tainted ones are forgotten."""
+        if not closed:
+            return
+        chunks: list[list[list[float]]] = []
+        for sid in closed:
+            rows = st.pending.pop(sid, None)
+            if sid in st.tainted:
+                st.tainted.discard(sid)
+            elif rows and not st.frozen:
+                chunks.append(rows)
+        if chunks:  # one append for the batch: the window is the same as after one per session
+            rows = chunks[0] if len(chunks) == 1 else [r for c in chunks for r in c]
+            st.add_rows(rows)
+            self._group_since += len(rows)
+
+    def _finding(self, c: ToolCall, x: np.ndarray, score: float, excess: float, model: ForestModel,
+                 key: str, status: str) -> Finding:
+        expl = model.explain(x, FEATURE_NAMES, self.config.explain_top)
+        top = ", ".join(f"{e['feature']} {e['observed']:g} (usual {e['baseline']:g})" for e in expl)
+        basis = "agent" if key == c.agent_id else key
+        if score > model.threshold:
+            why = f"score {score:.3f} > threshold {model.threshold:.3f}"
+        else:
+            why = f"a feature {excess:.2f} range-widths outside the baseline range"
+        return Finding.about(
+            c,
+            detector=self.name,
+            severity=finding_severity(self.config, score - model.threshold, excess, model.params.range_k),
+            reason=f"call {c.token} unlike the baseline ({basis}): {why}; {top}",
+            score=round(score, 6),
+            evidence={"explanation": expl, "threshold": round(model.threshold, 6), "model": basis,
+                      "range_excess": round(excess, 4),
+                      "state": status, "features": {n: round(float(v), 4) for n, v in zip(FEATURE_NAMES, x)
+                                                    if math.isfinite(v)}},
+            dedup_key=f"{self.name}:{c.agent_id}:{c.session_id}",
+        )
