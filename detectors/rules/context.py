@@ -140,14 +140,13 @@ class LazyContext:
         return self._new
 
 
-_AGENT = attrgetter("agent_id")
-_SESSION = attrgetter("session_id")
+_PAIR = attrgetter("agent_id", "session_id")
 _KEY = "{}\x1f{}".format
 """``agent_id``, unit separator, ``session_id``: the session key (also in snapshots)."""
 
 Visit = Callable[[LazyContext, ToolPlan], None]
-_MAX_CACHED_KEYS = 4_096
-"""Bound on cached ``destination_keys`` results (destinations come from agents: not a fixed set)."""
+_MAX_CACHED_KEYS = 20_000
+"""Bound on each cache of keys (destination keys, session keys): both come from agents, not a fixed set."""
 
 
 class SessionContext:
@@ -163,12 +162,14 @@ class SessionContext:
         self._destination_calls: dict[str, int] = {}
         self._destination_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
         """Destinations -> their keys (``destination_keys``): a bounded cache, not state."""
+        self._session_keys: dict[tuple[str, str], str] = {}
+        """(agent, session) -> its session key: a bounded cache, not state."""
 
     # --- the batch path ----------------------------------------------------------------------
     def walk(self, calls: Sequence[ToolCall], plans: Sequence[ToolPlan], visit: Visit) -> None:
         """Learn from ``calls`` in order; before learning each call that its tool's plan says
         may match a rule, call ``visit`` with the call's context (the state before the call)."""
-        keys = list(map(_KEY, map(_AGENT, calls), map(_SESSION, calls)))
+        keys = self._keys(calls)
         sessions = self._sessions
         get, move = sessions.get, sessions.move_to_end
         ttl = self.limits.session_ttl_ns
@@ -205,6 +206,20 @@ class SessionContext:
             if call.destinations:
                 learn_destinations(call)
         self._oldest_ns = oldest
+
+    def _keys(self, calls: Sequence[ToolCall]) -> list[str]:
+        """The session key of each call: built once per (agent, session) and cached, since
+        formatting one per call cost more than the rest of learning from it."""
+        cache = self._session_keys
+        keys = list(map(cache.get, map(_PAIR, calls)))
+        if None in keys:
+            if len(cache) > _MAX_CACHED_KEYS:
+                cache.clear()
+            for i, key in enumerate(keys):
+                if key is None:
+                    agent, session = pair = _PAIR(calls[i])
+                    keys[i] = cache[pair] = _KEY(agent, session)
+        return keys
 
     # --- one call at a time ------------------------------------------------------------------
     def context(self, call: ToolCall, capabilities: frozenset[str]) -> EvalContext:
