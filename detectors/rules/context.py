@@ -181,7 +181,8 @@ class SessionContext:
             t = call.time_ns
             if s is not None and t - s.last_ns > ttl:
                 s = None
-            if plan.rules and (plan.guard is None or plan.guard(call)):
+            if plan.rules and (plan.guard is None or plan.guard(call) or (
+                    plan.session_guard is not None and s is not None and plan.session_guard(s))):
                 visit(LazyContext(call, plan.sorted_capabilities, s, self), plan)
             # learn (as ``learn`` does, inlined: this runs for every call)
             if s is None:

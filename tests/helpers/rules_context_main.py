@@ -1,4 +1,4 @@
-# Frozen copy of main's detectors/rules/context.py (54230ad): the A/B reference for the rule engine. Imports made absolute.
+# Frozen copy of main's detectors/rules/context.py (54230ad), on the frozen compiler (rules_compile_main): the A/B reference for the rule engine. Imports made absolute.
 """Session context for conditions: the previous call, what the session saw, new destinations.
 
 Bounded: an LRU of sessions, capped sets per session and per agent; sessions expire in event
@@ -17,7 +17,7 @@ from operator import attrgetter
 from typing import Any, Callable, Sequence
 
 from toolwatch.detectors.events import ToolCall, destination_keys
-from toolwatch.detectors.rules.compile import ToolPlan
+from tests.helpers.rules_compile_main import ToolPlan
 from toolwatch.detectors.rules.fields import EvalContext
 
 

@@ -1,4 +1,4 @@
-# Frozen copy of main's detectors/rules/engine.py (54230ad), on the frozen context (rules_context_main): the A/B reference. Imports made absolute.
+# Frozen copy of main's detectors/rules/engine.py (54230ad), on the frozen context and compiler (rules_context_main, rules_compile_main): the A/B reference. Imports made absolute.
 """``RuleEngine``: the Detector that evaluates a loaded ``RuleSet`` over micro-batches."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from toolwatch.detectors.base import Detector
 from toolwatch.detectors.capabilities import CapabilityMap
 from toolwatch.detectors.events import Batch, Finding, ToolCall
-from toolwatch.detectors.rules.compile import ToolPlan, plan_tool
+from tests.helpers.rules_compile_main import ToolPlan, plan_tool
 from tests.helpers.rules_context_main import ContextLimits, LazyContext, SessionContext
 from toolwatch.detectors.rules.correlate import CorrelationWindows, Fired
 from toolwatch.detectors.rules.fields import EvalContext

@@ -1,4 +1,4 @@
-"""A/B: the rule engine and the hijack detector against main's (frozen in tests/helpers/*_main.py).
+"""A/B: the rule engine, hijack and new_tool against main's (frozen in tests/helpers/*_main.py).
 
 Same traffic through both: findings (every field, in order) after every batch, and snapshots byte
 for byte, on the bench's fleet workload (through the real normaliser) and on random rule-heavy and
@@ -17,19 +17,23 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.helpers import hijack_main, rules_engine_main
+from tests.helpers import hijack_main, new_tool_main, rules_engine_main
 from toolwatch.collector import otlp
 from toolwatch.collector.normalize import Normalizer
 from toolwatch.collector.rules_cli import default_rules_text
 from toolwatch.detectors.capabilities import CapabilityMap
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.hijack import HijackConfig, HijackDetector
+from toolwatch.detectors.new_tool import NewToolConfig, NewToolDetector
 from toolwatch.detectors.rules import RuleEngine, RuleEngineConfig, load_rule_files
 
 import rules_workload as W  # noqa: E402  (tests/unit/detectors is on sys.path via conftest)
 
 ROOT = Path(__file__).resolve().parents[3]
 FILES = [(default_rules_text(), "default.yaml"), (W.EXTRA_RULES, "extra.yaml")]
+RULESETS = {"default": FILES[:1], "extra": FILES}
+"""The shipped rules alone (a destructive tool's plan then has a session guard), and with rules that
+read the session and call fields no guard covers."""
 
 
 def _fleet_calls(n: int = 24_000, batch: int = 500) -> list[ToolCall]:
@@ -113,28 +117,30 @@ RULE_CONFIGS = {**W.CONFIGS, "fleet_tight": {"max_sessions": 50, "max_destinatio
                                              "destination_warmup_calls": 2, "session_ttl_s": 1}}
 
 
-def _rule_pair(cfg: dict[str, Any]) -> tuple[Any, Any]:
-    ruleset = load_rule_files(FILES)
+def _rule_pair(cfg: dict[str, Any], files: str = "extra") -> tuple[Any, Any]:
+    ruleset = load_rule_files(RULESETS[files])
     caps_new, caps_old = CapabilityMap(), CapabilityMap()
     new = RuleEngine(ruleset, caps_new, RuleEngineConfig(**cfg))
     old = rules_engine_main.RuleEngine(ruleset, caps_old, rules_engine_main.RuleEngineConfig(**cfg))
     return new, old
 
 
+@pytest.mark.parametrize("files", sorted(RULESETS))
 @pytest.mark.parametrize("config", sorted(RULE_CONFIGS))
-def test_rules_match_main_on_fleet_traffic(fleet: list[ToolCall], config: str) -> None:
+def test_rules_match_main_on_fleet_traffic(fleet: list[ToolCall], config: str, files: str) -> None:
     cfg = RULE_CONFIGS[config]
-    new, old = _rule_pair(cfg)
-    found = _run_pair(new, old, _fleet_batches(fleet, 1), 2, lambda: _rule_pair(cfg))
+    new, old = _rule_pair(cfg, files)
+    found = _run_pair(new, old, _fleet_batches(fleet, 1), 2, lambda: _rule_pair(cfg, files))
     assert found > 0
 
 
+@pytest.mark.parametrize("files", sorted(RULESETS))
 @pytest.mark.parametrize("seed", [1, 2, 3])
 @pytest.mark.parametrize("config", sorted(RULE_CONFIGS))
-def test_rules_match_main_on_random_traffic(seed: int, config: str) -> None:
+def test_rules_match_main_on_random_traffic(seed: int, config: str, files: str) -> None:
     cfg = RULE_CONFIGS[config]
-    new, old = _rule_pair(cfg)
-    found = _run_pair(new, old, W.batches(seed, 120), seed, lambda: _rule_pair(cfg))
+    new, old = _rule_pair(cfg, files)
+    found = _run_pair(new, old, W.batches(seed, 120), seed, lambda: _rule_pair(cfg, files))
     assert found > 20
 
 
@@ -172,3 +178,34 @@ def test_hijack_matches_main_on_random_traffic(seed: int, cfg: dict[str, Any]) -
     new, old = _hijack_pair(cfg)
     found = _run_pair(new, old, _hijack_batches(seed), seed, lambda: _hijack_pair(cfg))
     assert found > 10
+
+
+NEW_TOOL_CONFIGS = [{}, {"min_calls": 3, "max_tools": 4}, {"min_calls": 0}]
+
+
+def _new_tool_pair(cfg: dict[str, Any]) -> tuple[Any, Any]:
+    return NewToolDetector(NewToolConfig(**cfg)), new_tool_main.NewToolDetector(new_tool_main.NewToolConfig(**cfg))
+
+
+@pytest.mark.parametrize("cfg", NEW_TOOL_CONFIGS)
+def test_new_tool_matches_main_on_fleet_traffic(fleet: list[ToolCall], cfg: dict[str, Any]) -> None:
+    new, old = _new_tool_pair(cfg)
+    assert _run_pair(new, old, _fleet_batches(fleet, 5), 6, lambda: _new_tool_pair(cfg)) > 0
+
+
+def _with_new_tools(batches: Iterator[Batch], seed: int) -> Iterator[Batch]:
+    """Random traffic where, now and then, an agent calls a tool none has called before (twice or
+    more in one batch, sometimes)."""
+    rnd = random.Random(seed)
+    for batch in batches:
+        for c in batch.calls:
+            if rnd.random() < 0.01:
+                c.tool = f"fresh{rnd.randrange(40)}"
+        yield batch
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("cfg", NEW_TOOL_CONFIGS)
+def test_new_tool_matches_main_on_random_traffic(seed: int, cfg: dict[str, Any]) -> None:
+    new, old = _new_tool_pair(cfg)
+    assert _run_pair(new, old, _with_new_tools(W.batches(seed, 150), seed), seed, lambda: _new_tool_pair(cfg)) > 5
