@@ -7,7 +7,9 @@ closures instead, and the fields that depend only on the tool (``tool``, ``serve
 match then costs one dictionary lookup per call; for the rest, a *guard* names the call's own
 lists (labels, fingerprints, destinations) that must be non-empty for any remaining rule to
 match (e.g. result labels, or both argument labels and destinations), so a call without them
-is skipped without building a context.
+is skipped without building a context. A rule that needs only lists of the session (e.g. result
+labels seen earlier in it) adds a *session guard*: such a call is then visited only when its
+session has them.
 """
 
 from __future__ import annotations
