@@ -202,7 +202,7 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             labels = call.result_labels
             t = call.time_ns
             if (session is None or session.last_ns < t - ttl or len(sessions) > max_sessions
-                    or call.result_injection_score >= threshold or call.destinations):
+                    or call.result_injection_score >= threshold):
                 findings.extend(self._observe_slow(call, agent))
                 continue
             if labels:
@@ -217,7 +217,8 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
                 findings.extend(self._observe_slow(call, agent))
                 continue
             # Nothing armed and no instructions: the call only teaches its session's kind what is
-            # familiar, and keeps the session (and kind) most recently used.
+            # familiar (tokens, servers, destinations: ``KindProfile.learn``), and keeps the session
+            # (and kind) most recently used.
             if t > session.last_ns:
                 session.last_ns = t
             sessions.move_to_end(sid)
@@ -246,6 +247,16 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
                 table[server] = None
             if len(table) > cap:
                 _trim(table, cap)
+            if call.destinations:
+                table = profile.destinations
+                for d in call.destinations:
+                    d = d.lower()
+                    if d in table:
+                        table.move_to_end(d)
+                    else:
+                        table[d] = None
+                if len(table) > cap:
+                    _trim(table, cap)
         return findings
 
     def _observe_slow(self, call: ToolCall, agent: AgentHijack) -> list[Finding]:

@@ -84,13 +84,21 @@ class NewToolDetector(PerAgentDetector[_AgentTools]):
         calls = batch.calls
         if not calls:
             return []
-        if self._known.issuperset(map(_TRIPLE, calls)):
+        known = self._known
+        if known.issuperset(map(_TRIPLE, calls)):
             # Every tool of every agent is known: nothing to report, only the call counts move.
-            state = self._state
-            for agent, n in Counter(map(_AGENT, calls)).items():
-                state[agent].calls += n
+            self._count(calls)
             return []
-        return self._observe_calls(calls)
+        # The calls before the first unknown tool only count; from there on, call by call.
+        first = next(i for i, t in enumerate(map(_TRIPLE, calls)) if t not in known)
+        self._count(calls[:first])
+        return self._observe_calls(calls[first:])
+
+    def _count(self, calls: list[Any]) -> None:
+        """Calls whose tools their agents already used: only the agents' call counts move."""
+        state = self._state
+        for agent, n in Counter(map(_AGENT, calls)).items():
+            state[agent].calls += n
 
     def _observe_calls(self, calls: list[Any]) -> list[Finding]:
         """Call by call, in order: the batch holds at least one tool some agent has not used yet."""
@@ -99,7 +107,11 @@ class NewToolDetector(PerAgentDetector[_AgentTools]):
         known = self._known
         if len(known) > 1_000_000:  # bounded cache
             known.clear()
+        state = self._state
         for call in calls:
+            if (call.agent_id, call.server, call.tool) in known:
+                state[call.agent_id].calls += 1  # a tool the agent already used: only counted
+                continue
             st = self.state_for(call.agent_id)
             token = call.token
             if token not in st.tools:

@@ -7,7 +7,9 @@ closures instead, and the fields that depend only on the tool (``tool``, ``serve
 match then costs one dictionary lookup per call; for the rest, a *guard* names the call's own
 lists (labels, fingerprints, destinations) that must be non-empty for any remaining rule to
 match (e.g. result labels, or both argument labels and destinations), so a call without them
-is skipped without building a context.
+is skipped without building a context. A rule that needs only lists of the session (e.g. result
+labels seen earlier in it) adds a *session guard*: such a call is then visited only when its
+session has them.
 """
 
 from __future__ import annotations
@@ -33,6 +35,19 @@ CALL_LISTS: dict[str, str] = {
     "destinations.new": "destinations",  # new destinations are some of the call's destinations
 }
 """List fields that are empty whenever the call's own attribute is empty (field -> ToolCall attribute)."""
+
+SESSION = "session:"
+SESSION_LISTS: dict[str, str] = {
+    "prev.result.labels": SESSION + "prev.result_labels",
+    "session.result.labels": SESSION + "result_labels",
+    "prev.capabilities": SESSION + "prev_capabilities",
+    "session.capabilities": SESSION + "capabilities",
+    "session.servers": SESSION + "servers",
+}
+"""List fields that are empty whenever an attribute of the call's session state (``context._Session``,
+after ``SESSION``) is empty, or there is no session yet."""
+
+LISTS: dict[str, str] = {**CALL_LISTS, **SESSION_LISTS}
 
 
 def specialise(node: Node, known: Mapping[str, Value]) -> Compiled:
@@ -105,7 +120,7 @@ def fields_of(node: Node) -> set[str]:
         return set().union(*(fields_of(i) for i in node.items))
     if isinstance(node, Const):
         return set()
-    return set(CALL_LISTS) | {"?"}  # unknown node type: assume it reads anything (no guard)
+    return set(LISTS) | {"?"}  # unknown node type: assume it reads anything (no guard)
 
 
 @dataclass(slots=True, eq=False)
@@ -118,11 +133,19 @@ class ToolPlan:
     rules: tuple[tuple[Rule, Test], ...]
     """Rules that may match a call of this tool, in rule order, each with its remaining test."""
     guard: Callable[[object], object] | None
-    """Called with the call when ``rules`` is not empty: a falsy answer means no rule can match.
-    None when every call of this tool must be evaluated."""
+    """Called with the call when ``rules`` is not empty: a falsy answer means no rule can match
+    (unless ``session_guard`` says the session may let one). None when every call of this tool
+    must be evaluated."""
+    session_guard: Callable[[object], object] | None = None
+    """Called with the call's session state when ``guard`` answered falsy: rules that need only
+    lists of the session (e.g. result labels seen earlier) may match when it answers truthy; None
+    when no rule needs those alone (and a call that ``guard`` rejects is skipped)."""
 
-    def candidate(self, call: object) -> bool:
-        return bool(self.rules) and (self.guard is None or bool(self.guard(call)))
+    def candidate(self, call: object, session: object = None) -> bool:
+        """Whether a call (with its session state before the call, None if it has none) may match."""
+        return bool(self.rules) and (
+            self.guard is None or bool(self.guard(call))
+            or (self.session_guard is not None and session is not None and bool(self.session_guard(session))))
 
 
 def plan_tool(rules: tuple[Rule, ...], server: str, tool: str, capabilities: frozenset[str]) -> ToolPlan:
@@ -149,8 +172,28 @@ def plan_tool(rules: tuple[Rule, ...], server: str, tool: str, capabilities: fro
                 break
             if needs is not None and need not in needs:
                 needs.append(need)
-    guard = _guard(needs) if kept and needs is not None else None
-    return ToolPlan(server, capabilities, caps, tuple(kept), guard)
+    guard = session_guard = None
+    if kept and needs is not None:
+        call_needs, session_needs = _split(needs)
+        guard = _guard(call_needs) if call_needs else _never
+        session_guard = _guard(session_needs) if session_needs else None
+    return ToolPlan(server, capabilities, caps, tuple(kept), guard, session_guard)
+
+
+def _split(needs: list[tuple[str, ...]]) -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    """Needs on the call's own lists, and needs on its session's lists alone. A need on both (all of
+    some call and session lists) keeps only its call part: weaker, so a call it rejects still cannot
+    match; the parts of an ``any`` need go one to each side (either met is the need met)."""
+    on_call: list[tuple[str, ...]] = []
+    on_session: list[tuple[str, ...]] = []
+    for kind, *attrs in needs:
+        call = tuple(a for a in attrs if not a.startswith(SESSION))
+        session = tuple(a[len(SESSION):] for a in attrs if a.startswith(SESSION))
+        if call and (kind, *call) not in on_call:
+            on_call.append((kind, *call))
+        if session and (kind == "any" or not call) and (kind, *session) not in on_session:
+            on_session.append((kind, *session))
+    return on_call, on_session
 
 
 def _alternatives(node: Node, known: Mapping[str, Value]) -> list[tuple[str, ...] | None]:
@@ -163,17 +206,17 @@ def _alternatives(node: Node, known: Mapping[str, Value]) -> list[tuple[str, ...
 
 
 def _needs(node: Node, known: Mapping[str, Value]) -> tuple[str, ...] | None:
-    """Call attributes a match needs: all must be non-empty (or, if none is needed on its own,
-    at least one of the lists the condition reads); None when a match needs no list at all."""
-    attrs = sorted({CALL_LISTS[f] for f in fields_of(node) if f in CALL_LISTS})
-    if specialise(node, dict(known, **{f: () for f in CALL_LISTS})) is not False:
+    """Call (and session) attributes a match needs: all must be non-empty (or, if none is needed on
+    its own, at least one of the lists the condition reads); None when a match needs no list at all."""
+    attrs = sorted({LISTS[f] for f in fields_of(node) if f in LISTS})
+    if specialise(node, dict(known, **{f: () for f in LISTS})) is not False:
         return None
     required = tuple(a for a in attrs if specialise(node, dict(known, **_emptied(a))) is False)
     return ("all",) + required if required else ("any",) + tuple(attrs)
 
 
 def _emptied(attr: str) -> dict[str, Value]:
-    return {f: () for f, a in CALL_LISTS.items() if a == attr}
+    return {f: () for f, a in LISTS.items() if a == attr}
 
 
 def _guard(needs: list[tuple[str, ...]]) -> Callable[[object], object]:

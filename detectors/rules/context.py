@@ -140,12 +140,13 @@ class LazyContext:
         return self._new
 
 
-_AGENT = attrgetter("agent_id")
-_SESSION = attrgetter("session_id")
+_PAIR = attrgetter("agent_id", "session_id")
 _KEY = "{}\x1f{}".format
 """``agent_id``, unit separator, ``session_id``: the session key (also in snapshots)."""
 
 Visit = Callable[[LazyContext, ToolPlan], None]
+_MAX_CACHED_KEYS = 20_000
+"""Bound on each cache of keys (destination keys, session keys): both come from agents, not a fixed set."""
 
 
 class SessionContext:
@@ -159,23 +160,29 @@ class SessionContext:
         """None (unknown: scan), else no session's ``last_ns`` is below this: ``expire`` skips its scan until the cutoff passes it."""
         self._destinations: OrderedDict[str, OrderedDict[str, None]] = OrderedDict()
         self._destination_calls: dict[str, int] = {}
+        self._destination_keys: dict[tuple[str, ...], tuple[str, ...]] = {}
+        """Destinations -> their keys (``destination_keys``): a bounded cache, not state."""
+        self._session_keys: dict[tuple[str, str], str] = {}
+        """(agent, session) -> its session key: a bounded cache, not state."""
 
     # --- the batch path ----------------------------------------------------------------------
     def walk(self, calls: Sequence[ToolCall], plans: Sequence[ToolPlan], visit: Visit) -> None:
         """Learn from ``calls`` in order; before learning each call that its tool's plan says
         may match a rule, call ``visit`` with the call's context (the state before the call)."""
-        keys = list(map(_KEY, map(_AGENT, calls), map(_SESSION, calls)))
+        keys = self._keys(calls)
         sessions = self._sessions
         get, move = sessions.get, sessions.move_to_end
         ttl = self.limits.session_ttl_ns
         max_sessions, cap = self.limits.max_sessions, self.limits.max_items
         oldest = self._oldest_ns
+        learn_destinations = self._learn_destinations
         for call, key, plan in zip(calls, keys, plans):
             s = get(key)
             t = call.time_ns
             if s is not None and t - s.last_ns > ttl:
                 s = None
-            if plan.rules and (plan.guard is None or plan.guard(call)):
+            if plan.rules and (plan.guard is None or plan.guard(call) or (
+                    plan.session_guard is not None and s is not None and plan.session_guard(s))):
                 visit(LazyContext(call, plan.sorted_capabilities, s, self), plan)
             # learn (as ``learn`` does, inlined: this runs for every call)
             if s is None:
@@ -186,22 +193,34 @@ class SessionContext:
                         sessions.popitem(last=False)
                 if oldest is not None and s.last_ns < oldest:
                     oldest = s.last_ns
-                if call.destinations:
-                    self._learn_destinations(call)
-                continue
-            move(key)
-            if t > s.last_ns:  # a live session's last_ns only grows: it cannot fall below ``oldest``
-                s.last_ns = t
-            s.calls += 1
-            s.prev = call
-            s.prev_capabilities = plan.sorted_capabilities
-            if call.result_labels:
-                _extend(s.result_labels, call.result_labels, cap)
-            if plan not in s.seen:
-                self._learn_tool(s, plan.sorted_capabilities, call.server, plan)
+            else:
+                move(key)
+                if t > s.last_ns:  # a live session's last_ns only grows: it cannot fall below ``oldest``
+                    s.last_ns = t
+                s.calls += 1
+                s.prev = call
+                s.prev_capabilities = plan.sorted_capabilities
+                if call.result_labels:
+                    _extend(s.result_labels, call.result_labels, cap)
+                if plan not in s.seen:
+                    self._learn_tool(s, plan.sorted_capabilities, call.server, plan)
             if call.destinations:
-                self._learn_destinations(call)
+                learn_destinations(call)
         self._oldest_ns = oldest
+
+    def _keys(self, calls: Sequence[ToolCall]) -> list[str]:
+        """The session key of each call: built once per (agent, session) and cached, since
+        formatting one per call cost more than the rest of learning from it."""
+        cache = self._session_keys
+        keys = list(map(cache.get, map(_PAIR, calls)))
+        if None in keys:
+            if len(cache) > _MAX_CACHED_KEYS:
+                cache.clear()
+            for i, key in enumerate(keys):
+                if key is None:
+                    agent, session = pair = _PAIR(calls[i])
+                    keys[i] = cache[pair] = _KEY(agent, session)
+        return keys
 
     # --- one call at a time ------------------------------------------------------------------
     def context(self, call: ToolCall, capabilities: frozenset[str]) -> EvalContext:
@@ -264,20 +283,45 @@ class SessionContext:
         if self._destination_calls.get(call.agent_id, 0) < self.limits.destination_warmup_calls:
             return ()
         known = self._destinations.get(call.agent_id, {})
-        return tuple(d for d in destination_keys(call.destinations) if d not in known)
+        return tuple(d for d in self._keys_of(call.destinations) if d not in known)
+
+    def _keys_of(self, destinations: tuple[str, ...]) -> tuple[str, ...]:
+        """``destination_keys``, cached: an agent names the same few destinations call after call."""
+        try:
+            keys = self._destination_keys.get(destinations)
+        except TypeError:  # a list (not hashable): not cached
+            return destination_keys(destinations)
+        if keys is None:
+            if len(self._destination_keys) >= _MAX_CACHED_KEYS:
+                self._destination_keys.clear()
+            keys = self._destination_keys[destinations] = destination_keys(destinations)
+        return keys
 
     def _learn_destinations(self, call: ToolCall) -> None:
-        known = self._destinations.setdefault(call.agent_id, OrderedDict())
-        if call.agent_id in self._destination_calls or len(self._destination_calls) < self.limits.max_agents:
-            self._destination_calls[call.agent_id] = self._destination_calls.get(call.agent_id, 0) + 1
-        self._destinations.move_to_end(call.agent_id)
-        for d in destination_keys(call.destinations):
-            known[d] = None
-            known.move_to_end(d)
-        while len(known) > self.limits.max_destinations:
-            known.popitem(last=False)
-        while len(self._destinations) > self.limits.max_agents:
-            self._destinations.popitem(last=False)
+        agent = call.agent_id
+        agents = self._destinations
+        known = agents.get(agent)
+        if known is None:
+            known = agents[agent] = OrderedDict()
+        else:
+            agents.move_to_end(agent)
+        counts = self._destination_calls
+        n = counts.get(agent)
+        if n is not None:
+            counts[agent] = n + 1
+        elif len(counts) < self.limits.max_agents:
+            counts[agent] = 1
+        for d in self._keys_of(call.destinations):
+            if d in known:
+                known.move_to_end(d)
+            else:
+                known[d] = None
+        if len(known) > self.limits.max_destinations:
+            while len(known) > self.limits.max_destinations:
+                known.popitem(last=False)
+        if len(agents) > self.limits.max_agents:
+            while len(agents) > self.limits.max_agents:
+                agents.popitem(last=False)
 
     def expire(self, now_ns: int) -> None:
         """Forget sessions idle for longer than the TTL (event time)."""

@@ -85,7 +85,7 @@ def test_compiled_conditions_and_guards_agree_with_the_tree() -> None:
             want = rule.matches(tree_ctx)
             matched += want
             if want:
-                assert rule.name in kept and plan.candidate(call), (rule.name, call)
+                assert rule.name in kept and plan.candidate(call, lazy._s), (rule.name, call)
             if rule.name in kept:
                 assert bool(kept[rule.name](lazy)) == want, (rule.name, call)
             checked += 1
@@ -101,6 +101,23 @@ def test_specialise_folds_known_fields_and_empty_lists() -> None:
     quiet = ToolCall(time_ns=1, agent_id="a", tool="read_file", server="files", args_labels=("path",))
     assert plan.rules and not plan.candidate(quiet)  # only list-based rules remain; the call has none they need
     assert plan.candidate(ToolCall(time_ns=1, agent_id="a", tool="read_file", server="files", result_labels=("secret",)))
+
+
+def test_a_rule_needing_only_session_lists_visits_only_calls_whose_session_has_them() -> None:
+    ruleset = load_rule_files(FILES[:1])  # destructive_after_injected_instructions: session.result.labels
+    plan = plan_tool(ruleset.rules, "fs", "delete_file", frozenset({"destructive"}))
+    assert "destructive_after_injected_instructions" in {rule.name for rule, _ in plan.rules}
+    assert plan.session_guard is not None
+    quiet = ToolCall(time_ns=3, agent_id="a", tool="delete_file", server="fs", session_id="s")
+    ctx = SessionContext()
+    assert not plan.candidate(quiet, ctx._session(quiet))  # no session yet
+    ctx.learn(ToolCall(time_ns=1, agent_id="a", tool="fetch", server="web", session_id="s",
+                       result_labels=("url",)), frozenset())
+    assert plan.candidate(quiet, ctx._session(quiet))  # labels seen: a rule reading them may match
+    other = ToolCall(time_ns=3, agent_id="a", tool="delete_file", server="fs", session_id="t")
+    ctx.learn(ToolCall(time_ns=2, agent_id="a", tool="fetch", server="web", session_id="t"), frozenset())
+    assert not plan.candidate(other, ctx._session(other))  # a session without result labels
+    assert plan.candidate(ToolCall(time_ns=3, agent_id="a", tool="delete_file", server="fs", result_labels=("secret",)))
 
 
 def test_session_state_from_the_batch_walk_equals_call_by_call_learning() -> None:
