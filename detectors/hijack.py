@@ -202,7 +202,7 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             labels = call.result_labels
             t = call.time_ns
             if (session is None or session.last_ns < t - ttl or len(sessions) > max_sessions
-                    or call.result_injection_score >= threshold):
+                    or call.result_injection_score >= threshold or session.kind not in agent.kinds):
                 findings.extend(self._observe_slow(call, agent))
                 continue
             if labels:
@@ -304,17 +304,27 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             kind = call.token if self.config.session_kind == "first_tool" else "*"
             profile = agent.kinds.get(kind)
             if profile is None:
-                profile = agent.kinds[kind] = KindProfile()
-                while len(agent.kinds) > self.config.max_kinds_per_agent:
-                    agent.kinds.popitem(last=False)
+                profile = self._new_kind(agent, kind)
             s = HijackSession(kind, call.time_ns, profile.sessions >= self.config.warmup_sessions)
             profile.sessions += 1
+        elif s.kind not in agent.kinds:
+            # Its kind's profile was pushed out (max_kinds_per_agent) while the session lived: the
+            # profile starts again and the session goes on, with anything armed in it. (Looking the
+            # kind up raised KeyError, which lost the rest of the batch for every agent.)
+            self._new_kind(agent, s.kind)
         s.last_ns = max(s.last_ns, call.time_ns)
         agent.sessions[call.session_id] = s
         agent.sessions.move_to_end(call.session_id)
         while len(agent.sessions) > self.config.max_sessions_per_agent:
             agent.sessions.popitem(last=False)
         return s
+
+    def _new_kind(self, agent: AgentHijack, kind: str) -> KindProfile:
+        """A fresh profile for ``kind``, the agent's least recently used kinds dropped past the cap."""
+        profile = agent.kinds[kind] = KindProfile()
+        while len(agent.kinds) > self.config.max_kinds_per_agent:
+            agent.kinds.popitem(last=False)
+        return profile
 
     def _judge(
         self, call: ToolCall, session: HijackSession, profile: KindProfile, armed: Armed

@@ -159,3 +159,22 @@ def test_snapshot_restore_and_bounds() -> None:
 def test_config_errors_name_the_key(data: dict, key: str) -> None:
     with pytest.raises(ValueError, match=re.escape(key)):
         HijackConfig.from_dict(data)
+
+
+def test_a_session_whose_kind_was_pushed_out_goes_on_armed() -> None:
+    """More session kinds than max_kinds_per_agent drop the oldest kind's profile while one of its
+    sessions is live; that session's next call raised KeyError, losing the batch for every agent."""
+    det = HijackDetector(HijackConfig(max_kinds_per_agent=1))
+    inject = call("web", "fetch", 0, session_id="s1", result_labels=["url", "instructions"])
+    other = call("notes", "append_note", 1, session_id="s2")  # a new kind: web/fetch's profile goes
+    send = call("gmail", "send_email", 2, session_id="s1", destinations=["attacker.example"])
+    bystander = call("notes", "append_note", 3, agent_id="agent-2", session_id="b1")
+    out = run(det, inject, other)
+    assert out == [] and list(det.state_for("agent-1").kinds) == ["notes/append_note"]
+    out = run(det, send, bystander)
+    assert [(f.severity, f.span_ids) for f in out] == [("high", (inject.span_id, send.span_id))]
+    assert "agent-2" in det._state  # the rest of the batch was seen
+    # The fast path (nothing armed) meets a pushed-out kind too.
+    run(det, call("web", "fetch", 10, session_id="s3"), call("db", "query", 11, session_id="s4"))
+    assert run(det, call("web", "fetch", 12, session_id="s3")) == []
+    assert "web/fetch" in det.state_for("agent-1").kinds
