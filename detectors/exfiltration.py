@@ -293,9 +293,15 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         else:
             new_dests, dests_known = [], False
 
-        if call.args_fingerprints or call.args_sketch:
+        fps = call.args_fingerprints
+        if call.args_sketch:
             matches = session.matches(call, cfg.sketch_similarity)
             cross = [m for m in matches if m.origin.server != call.server]
+        elif fps:
+            # SessionFlows.matches without sketches, inlined: most such calls carry one value.
+            taint = session.taint
+            matches = [Match(o, fp) for fp in (fps if len(fps) == 1 else dict.fromkeys(fps)) if (o := taint.get(fp))]
+            cross = [m for m in matches if m.origin.server != call.server] if matches else matches
         else:
             matches = cross = []
         if cross:
