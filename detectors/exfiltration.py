@@ -281,6 +281,8 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         if dests:
             memo = self._dest_memo.get(dests)
             if memo is None:
+                if len(self._dest_memo) >= 4_096:  # observe_call alone never clears it
+                    self._dest_memo.clear()
                 memo = self._dest_memo[dests] = (list(dict.fromkeys(x.lower() for x in dests)),
                                                  destination_keys(dests))
             lowered, keys = memo
