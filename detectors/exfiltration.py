@@ -185,6 +185,10 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         self._arg_memo: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._read_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
         """Label sets seen in the current batch, and what they mean under the config."""
+        self._dest_memo: dict[tuple[str, ...], tuple[list[str], tuple[str, ...]]] = {}
+        """Destination tuples seen in the current batch: (lower-cased, once each; destination keys).
+        Why: most calls that name destinations name the same few, and each was lower-cased three
+        times and parsed once per call."""
 
     # --- state ------------------------------------------------------------------------------
     def new_state(self) -> AgentFlows:
@@ -216,6 +220,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         self.capabilities.learn(batch.listings)
         self._arg_memo.clear()
         self._read_memo.clear()
+        self._dest_memo.clear()
         findings: list[Finding] = []
         states = self._state
         tools: dict[tuple[str, str], _Tool] = {}
@@ -266,18 +271,39 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
 
     def _observe_call(self, call: ToolCall, agent: AgentFlows, tool: _Tool, findings: list[Finding]) -> None:
         cfg = self.config
-        session = self._session(agent, call)
+        # ``_session``'s first case inlined (the scope in use, alive): most calls with values take it.
+        sessions = agent.sessions
+        session = sessions.get("*") if cfg.flow_scope == "agent" and len(sessions) == 1 else None
+        if session is None or session.last_ns < call.time_ns - cfg.session_ttl_s * NS:
+            session = self._session(agent, call)
         sink = tool.sink
         dests = call.destinations
         if dests:
-            new_dests = self._unseen_destinations(call, agent)
-            dests_known = all(d.lower() in agent.destinations for d in dests)
+            memo = self._dest_memo.get(dests)
+            if memo is None:
+                if len(self._dest_memo) >= 4_096:  # observe_call alone never clears it
+                    self._dest_memo.clear()
+                memo = self._dest_memo[dests] = (list(dict.fromkeys(x.lower() for x in dests)),
+                                                 destination_keys(dests))
+            lowered, keys = memo
+            known = agent.destinations
+            if agent.destination_calls < cfg.destination_warmup_calls:
+                new_dests = []  # _unseen_destinations inlined
+            else:
+                new_dests = [d for d in lowered if d not in known]
+            dests_known = all(d in known for d in lowered)
         else:
             new_dests, dests_known = [], False
 
-        if call.args_fingerprints or call.args_sketch:
+        fps = call.args_fingerprints
+        if call.args_sketch:
             matches = session.matches(call, cfg.sketch_similarity)
             cross = [m for m in matches if m.origin.server != call.server]
+        elif fps:
+            # SessionFlows.matches without sketches, inlined: most such calls carry one value.
+            taint = session.taint
+            matches = [Match(o, fp) for fp in (fps if len(fps) == 1 else dict.fromkeys(fps)) if (o := taint.get(fp))]
+            cross = [m for m in matches if m.origin.server != call.server] if matches else matches
         else:
             matches = cross = []
         if cross:
@@ -296,7 +322,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         if sink:
             self._send(call, tool, agent, session, cross, findings, new_dests)
         if dests:
-            new = self._new_destinations(call, tool, agent, sink)
+            new = self._new_destinations(call, tool, agent, sink, keys)
             if new is not None:
                 findings.append(new)
 
@@ -382,13 +408,6 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         while len(agent.sessions) > self.config.max_sessions_per_agent:
             agent.sessions.popitem(last=False)
         return s
-
-    def _unseen_destinations(self, call: ToolCall, agent: AgentFlows) -> list[str]:
-        """Destinations of ``call`` never seen for the agent (before this call is learned); none
-        during the destination warm-up, when every destination is new."""
-        if agent.destination_calls < self.config.destination_warmup_calls:
-            return []
-        return [d for d in dict.fromkeys(x.lower() for x in call.destinations) if d not in agent.destinations]
 
     def _flow_finding(
         self, call: ToolCall, tool: _Tool, cross: list[Match], sink: bool, new_dests: list[str], dests_known: bool
@@ -492,9 +511,12 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             f"{self.name}:sensitive_then_send:{call.agent_id}:{call.session_id}:{token}",
         )
 
-    def _new_destinations(self, call: ToolCall, tool: _Tool, agent: AgentFlows, sink: bool) -> Finding | None:
+    def _new_destinations(
+        self, call: ToolCall, tool: _Tool, agent: AgentFlows, sink: bool, keys: tuple[str, ...] | None = None
+    ) -> Finding | None:
+        """``keys``: ``destination_keys(call.destinations)`` when the caller has them."""
         cfg = self.config
-        dests = list(destination_keys(call.destinations))
+        dests = list(destination_keys(call.destinations) if keys is None else keys)
         known = agent.destinations
         new = [d for d in dests if d not in known]
         warmed = agent.destination_calls >= cfg.destination_warmup_calls

@@ -103,25 +103,39 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
 
         Without a secret label no call can report, so only the counts and the LRU order move:
         each tool moves to the end in the order of its last call, as call-by-call would. A tool
-        an agent has not called yet (it might evict another) falls back to call-by-call. Two
-        (server, tool) pairs with the same ``server/tool`` token (``a`` + ``b/c``, ``a/b`` + ``c``)
-        need no fallback: their counts add up on the one token, and its last move is at the later
-        of their last calls, as call by call.
+        new to its agent is added at the end, then moved, as call-by-call does, as long as the
+        agent's table has room for every new tool of the batch (call by call adds nothing that
+        could be evicted in between). A new agent (its state is made, and so ordered among the
+        agents, at its first call) or a table that would have to evict falls back to call-by-call.
+        Two (server, tool) pairs with the same ``server/tool`` token (``a`` + ``b/c``, ``a/b`` +
+        ``c``) need no fallback: their counts add up on the one token, and its last move is at the
+        later of their last calls, as call by call.
         """
         # Counted from the last call back, the keys come in the order of their last call, latest
         # first: one pass gives both the counts and the LRU order.
         counts = Counter(map(_KEY, reversed(calls)))
         state = self._state
         plan = []
+        added: dict[str, set[str]] = {}
         for (agent, server, tool), n in reversed(counts.items()):  # order of last occurrence
             st = state.get(agent)
-            token = f"{server}/{tool}" if server else tool
-            if st is None or token not in st.tools:
+            if st is None:
                 return False
+            token = f"{server}/{tool}" if server else tool
+            if token not in st.tools:
+                added.setdefault(agent, set()).add(token)
             plan.append((st.tools, token, n))
+        limit = self.config.max_tools_per_agent
+        for agent, tokens in added.items():
+            if len(state[agent].tools) + len(tokens) > limit:
+                return False
         for tools, token, n in plan:
-            tools.move_to_end(token)
-            tools[token][0] += n
+            have = tools.get(token)
+            if have is None:
+                tools[token] = [n, 0]
+            else:
+                tools.move_to_end(token)
+                have[0] += n
         return True
 
     def observe_call(self, call: ToolCall) -> Finding | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from .events import ToolCall
 
@@ -60,6 +60,11 @@ class Match:
     origin: Origin
     fingerprint: str = ""
     similarity: float = 1.0
+
+
+def _inheritance(m: Match) -> tuple[bool, int]:
+    """Which match a result inherits its origin from: sensitive first, then the oldest."""
+    return (not m.origin.sensitive, m.origin.time_ns)
 
 
 @dataclass(slots=True)
@@ -189,36 +194,44 @@ class SessionFlows:
     def learn(
         self,
         call: ToolCall,
-        matches: Iterable[Match],
+        matches: list[Match],
         sensitive: bool,
         similarity: float,
         max_fingerprints: int,
         max_sketches: int,
     ) -> None:
-        """Record the call's results with their origin (inherited from its arguments, or itself)."""
-        self.last_ns = max(self.last_ns, call.time_ns)
+        """Record the call's results with their origin (inherited from its arguments, or itself).
+
+        The origin is made only for a call with results to record: most calls with values carry
+        them in their arguments alone, and a frozen dataclass costs a microsecond to make."""
+        t = call.time_ns
+        if t > self.last_ns:
+            self.last_ns = t
+        taint, authored = self.taint, self.authored
         for fp in call.args_fingerprints:
-            if fp not in self.taint and fp not in self.authored:
-                self.authored[fp] = None
-        inherited = sorted(matches, key=lambda m: (not m.origin.sensitive, m.origin.time_ns))
-        if inherited:
-            origin = inherited[0].origin.derived(call)
-        else:
-            origin = Origin(call.server, call.tool, call.span_id, call.time_ns, sensitive)
-        for fp in call.result_fingerprints:
-            if fp in self.authored or fp in self.taint:
-                continue
-            self.taint[fp] = origin
+            if fp not in taint and fp not in authored:
+                authored[fp] = None
+        inherited = sorted(matches, key=_inheritance) if matches else ()
+        results, result_sketch = call.result_fingerprints, call.result_sketch
+        if results or result_sketch:
+            if inherited:
+                origin = inherited[0].origin.derived(call)
+            else:
+                origin = Origin(call.server, call.tool, call.span_id, t, sensitive)
+            for fp in results:
+                if fp in authored or fp in taint:
+                    continue
+                taint[fp] = origin
         if call.args_sketch and not any(m.fingerprint == "" for m in inherited):
             self.authored_sketches = (self.authored_sketches + [tuple(call.args_sketch)])[-max_sketches:]
-        if call.result_sketch and not any(
-            sketch_similarity(a, call.result_sketch) >= similarity for a in self.authored_sketches
+        if result_sketch and not any(
+            sketch_similarity(a, result_sketch) >= similarity for a in self.authored_sketches
         ):
-            self.sketches = (self.sketches + [(tuple(call.result_sketch), origin)])[-max_sketches:]
-        while len(self.taint) > max_fingerprints:
-            self.taint.popitem(last=False)
-        while len(self.authored) > max_fingerprints:
-            self.authored.popitem(last=False)
+            self.sketches = (self.sketches + [(tuple(result_sketch), origin)])[-max_sketches:]
+        while len(taint) > max_fingerprints:
+            taint.popitem(last=False)
+        while len(authored) > max_fingerprints:
+            authored.popitem(last=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

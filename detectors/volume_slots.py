@@ -260,13 +260,16 @@ class OpenWindows:
         so stable sorts by the other keys stand in for sorting by sequence too.
         """
         self._compact()
+        # Each table's rows are picked and ordered by index on the number columns, then every
+        # column is gathered once: gathering the span ids (an object column) costs several times
+        # an int64 one, and was done three times per top list.
         s, q, v, t, c = self.named.rows()
         if len(s):
             order = np.argsort(s, kind="stable")
-            s, q, v, t, c = s[order], q[order], v[order], t[order], c[order]
+            s = s[order]
             keep = _rank(s) < SPANS_NAMED
-            self.named.set((s[keep], q[keep], v[keep], t[keep], c[keep]))
-            s = s[keep]
+            s, order = s[keep], order[keep]
+            self.named.set((s, q[order], v[order], t[order], c[order]))
             counts = np.bincount(s, minlength=len(self.named_full))
             self.named_full |= counts >= SPANS_NAMED
         for m, table in enumerate((self.fast, self.big)):
@@ -276,14 +279,14 @@ class OpenWindows:
             order = np.arange(len(s) - 1, -1, -1)  # later first, then by value (~v: descending), then slot
             order = order[np.argsort(~v[order], kind="stable")]
             order = order[np.argsort(s[order], kind="stable")]  # best first per slot
-            s, q, v, t, c = s[order], q[order], v[order], t[order], c[order]
-            rank = _rank(s)
+            ks = s[order]
+            rank = _rank(ks)
             keep = rank < SPANS_NAMED
-            s, q, v, t, c, rank = s[keep], q[keep], v[keep], t[keep], c[keep], rank[keep]
+            order, ks, rank = order[keep], ks[keep], rank[keep]
             full = rank == SPANS_NAMED - 1  # the tenth best: the value a newcomer must reach
             self.low[m, :] = _NONE
-            self.low[m, s[full]] = v[full]
-            order = np.lexsort((q, s))  # back to sequence order per slot
+            self.low[m, ks[full]] = v[order[full]]
+            order = order[np.lexsort((q[order], ks))]  # back to sequence order per slot
             table.set((s[order], q[order], v[order], t[order], c[order]))
         s, q, k, _t, c = self.sessions.rows()
         if len(self.sess_code) > max(1 << 18, 4 * len(s)):  # codes of sessions long gone: renumber

@@ -89,6 +89,35 @@ def test_secret_args_batched_with_two_pairs_of_one_token() -> None:
     assert fast.snapshot()["agents"]["x"]["tools"][-1][1] > 1  # counted in batches, not only one by one
 
 
+
+def test_secret_args_batched_adds_new_tools_of_known_agents() -> None:
+    """A batch without secrets that brings an agent's first call of a tool is counted at once (the
+    new tool added, then ordered by its last call, as call by call), unless the agent's table would
+    have to evict: then, and for a new agent, call by call decides."""
+    rnd = random.Random(5)
+    for limit in (2_000, 5):
+        fast, slow = SecretArgsDetector(SecretArgsConfig(max_tools_per_agent=limit)), SecretArgsDetector(
+            SecretArgsConfig(max_tools_per_agent=limit))
+        one_by_one = []
+        fast.observe_call = lambda c, _f=fast.observe_call: one_by_one.append(c) or _f(c)  # a spy, same work
+        calls = [ToolCall(time_ns=i, agent_id=a, server="s", tool=f"t{i % 3}", args_labels=("path",))
+                 for i, a in enumerate(["x", "y"] * 3)]
+        for i in range(6, 400):
+            calls.append(ToolCall(time_ns=i, agent_id=rnd.choice("xy"), server=rnd.choice(["s", "", "s/t"]),
+                                  tool=f"t{rnd.randrange(3 + i // 40)}", args_labels=("path",)))
+        run_both(fast, slow, calls[:6], 5)
+        one_by_one.clear()
+        for start in range(6, 400, 50):
+            run_both(fast, slow, calls[start:start + 50], start)
+        tools = len(fast.snapshot()["agents"]["x"]["tools"])
+        if limit == 5:
+            assert tools == limit
+            assert one_by_one  # evicting batches went call by call
+        else:
+            assert tools > 20
+            assert not one_by_one  # every batch brought new tools, none went call by call
+
+
 POLICY = {
     "roles": {"support": ["support-*"]},
     "subjects": [{"roles": ["support"], "allow_servers": ["mail", "files"], "deny_tools": ["*/rm"]}],

@@ -119,3 +119,20 @@ def test_sensitive_then_send_cites_every_recent_read_and_shares_nothing_mutable_
     restored.restore(json.loads(json.dumps(det.snapshot())))
     again = ToolCall(time_ns=T0 + 40 * S, agent_id="a", server="mail", tool="send", span_id="s9")
     assert as_json(restored.observe(Batch(calls=[again]))) == as_json(det.observe(Batch(calls=[again])))
+
+
+def test_destination_memo_stays_bounded_when_fed_one_call_at_a_time() -> None:
+    """``observe`` clears its per-batch memo of destinations; ``observe_call`` never does, so the memo
+    has a bound of its own, and what it answers after being cleared is what batches of one call find."""
+    cfg = {"destination_warmup_calls": 3}
+    fed, batched = (ExfiltrationDetector(ExfiltrationConfig(**cfg), CapabilityMap()) for _ in range(2))
+    kinds = set()
+    for i in range(5_000):
+        call = ToolCall(time_ns=T0 + i * S, agent_id="a", server="mail", tool="send", span_id=f"sp{i}",
+                        destinations=(f"https://Host{i % 4_500}.example/p", f"bob{i}@corp.com"))
+        got = [f.to_dict() for f in fed.observe_call(call)]
+        assert got == [f.to_dict() for f in batched.observe(Batch(calls=[call]))]
+        assert len(fed._dest_memo) <= 4_096
+        kinds.update(f["evidence"]["kind"] for f in got)
+    assert "new_destination" in kinds
+    assert json.dumps(fed.snapshot()) == json.dumps(batched.snapshot())
