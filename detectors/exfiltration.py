@@ -185,7 +185,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         self._arg_memo: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._read_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
         """Label sets seen in the current batch, and what they mean under the config."""
-        self._dest_memo: dict[tuple[str, ...], tuple[list[str], tuple[str, ...]]] = {}
+        self._dest_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
         """Destination tuples seen in the current batch: (lower-cased, once each; destination keys).
         Why: most calls that name destinations name the same few, and each was lower-cased three
         times and parsed once per call."""
@@ -279,19 +279,20 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         sink = tool.sink
         dests = call.destinations
         if dests:
-            memo = self._dest_memo.get(dests)
-            if memo is None:
+            keys = self._dest_memo.get(dests)
+            if keys is None:
                 if len(self._dest_memo) >= 4_096:  # observe_call alone never clears it
                     self._dest_memo.clear()
-                memo = self._dest_memo[dests] = (list(dict.fromkeys(x.lower() for x in dests)),
-                                                 destination_keys(dests))
-            lowered, keys = memo
+                keys = self._dest_memo[dests] = destination_keys(dests)
+            # Known destinations are kept as destination keys (a URL's host), so they are looked up
+            # as keys: comparing the lower-cased URL itself never matched, and every flow into a
+            # sender naming a URL was reported as going somewhere new.
             known = agent.destinations
             if agent.destination_calls < cfg.destination_warmup_calls:
                 new_dests = []  # _unseen_destinations inlined
             else:
-                new_dests = [d for d in lowered if d not in known]
-            dests_known = all(d in known for d in lowered)
+                new_dests = [d for d in keys if d not in known]
+            dests_known = bool(keys) and all(d in known for d in keys)
         else:
             new_dests, dests_known = [], False
 

@@ -103,3 +103,21 @@ def test_a_secret_read_then_any_send_stays_medium() -> None:
     out = only(det.observe(Batch(calls=[read, call("gmail", "send_email", 110, destinations=["alice.example"])])),
                "sensitive_then_send")
     assert [f.severity for f in out] == ["medium"]
+
+
+@pytest.mark.parametrize("known, named", [
+    (("https://hooks.example.com/x",), ["https://hooks.example.com/x"]),  # the same URL again
+    (("https://hooks.example.com/x",), ["HTTPS://Hooks.Example.com/other"]),  # another path, same host
+    (("alice@corp.example",), ["Bob@corp.example"]),  # same mail domain
+])
+def test_a_url_or_address_already_used_is_a_known_destination(known: tuple[str, ...], named: list[str]) -> None:
+    """Destinations are remembered by key (a URL's host, an address's domain); a URL compared as
+    written never matched, so every flow to a URL was critical with the URL listed as new."""
+    det = warmed(("alice.example", "bob.example", *known))
+    [f] = flow_into_send(det, destinations=named)
+    assert f.severity == "low" and f.evidence["new_destinations"] == []
+    [g] = read_then_send(det, destinations=named)
+    assert g.severity == "low" and g.evidence["new_destinations"] == []
+    # near miss: another host is new
+    [h] = flow_into_send(det, destinations=["https://drop.example/x"])
+    assert h.severity == "critical" and h.evidence["new_destinations"] == ["drop.example"]

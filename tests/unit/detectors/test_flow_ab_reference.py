@@ -50,11 +50,35 @@ def ref(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"reference commit {REFERENCE} not available: {exc}")
     (out / "detectors").rename(out / PKG)
+    _apply_intended_changes(out / PKG)
     sys.path.insert(0, str(out))
     try:
         return importlib.import_module(PKG)
     finally:
         sys.path.remove(str(out))
+
+
+INTENDED_CHANGES = {
+    # Known destinations are destination keys (a URL's host, an address's domain): the reference
+    # looked them up as lower-cased full strings, so a URL was never known (fixed on purpose).
+    "exfiltration.py": [
+        ("dests_known = all(d.lower() in agent.destinations for d in dests)",
+         "dests_known = bool(destination_keys(dests)) and all(d in agent.destinations for d in destination_keys(dests))"),
+        ("return [d for d in dict.fromkeys(x.lower() for x in call.destinations) if d not in agent.destinations]",
+         "return [d for d in destination_keys(call.destinations) if d not in agent.destinations]"),
+    ],
+}
+"""Behaviour changed on purpose since the reference, applied to its source so the rest still compares."""
+
+
+def _apply_intended_changes(pkg: Path) -> None:
+    for name, edits in INTENDED_CHANGES.items():
+        path = pkg / name
+        text = path.read_text()
+        for old, new in edits:
+            assert text.count(old) == 1, f"reference {name} no longer has {old!r}: update INTENDED_CHANGES"
+            text = text.replace(old, new)
+        path.write_text(text)
 
 
 def build(pkg: str, name: str, cfg: dict[str, Any]) -> Any:
