@@ -199,12 +199,23 @@ def containment(small: Iterable[str], big: set[str]) -> float:
 
 def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = None) -> MarkovModel | None:
     """Average of several agents' models, each scaled to unit mass so no agent dominates."""
+    # add_scaled for each member, with one recount at the end instead of one per member (the counts
+    # are summed in the same order, so every value is the same): this runs per learning agent.
     prior = MarkovModel(config)
+    uni, bi = prior.uni, prior.bi
     n = 0
     total = 0.0
     for m in models:
         if m.mass > 0:
-            prior.add_scaled(m, 1.0 / m.mass)
+            f = 1.0 / m.mass
+            for t, c in m.uni.items():
+                uni[t] = uni.get(t, 0.0) + c * f
+            for p, row in m.bi.items():
+                mine = bi.get(p)
+                if mine is None:
+                    mine = bi[p] = {}
+                for t, c in row.items():
+                    mine[t] = mine.get(t, 0.0) + c * f
             n += 1
             total += m.mass
     if n == 0:

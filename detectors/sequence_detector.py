@@ -34,7 +34,7 @@ import numpy as np
 
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
-from .sequence import LengthStats, MarkovConfig, MarkovModel, containment, fleet_prior
+from .sequence import LengthStats, MarkovConfig, MarkovModel, fleet_prior
 from .sessions import START, Session, SessionTracker
 
 __all__ = ["SequenceConfig", "SequenceDetector"]
@@ -125,6 +125,31 @@ class _Agent:
         return LEARNING
 
 
+@dataclass(slots=True)
+class _PeerCache:
+    """Which mature agents make the fleet prior of a given vocabulary: containment against every
+    peer is computed once per vocabulary, not per learning agent and batch. Valid for one list of
+    mature agents (the same objects, in order) and one vocabulary epoch."""
+
+    mature: list[_Agent] = field(default_factory=list)
+    epoch: int = -1
+    vocabs: list[tuple[_Agent, frozenset[str]]] | None = None
+    similar: dict[frozenset[str], list[_Agent]] = field(default_factory=dict)
+
+    def check_mature(self, mature: list[_Agent]) -> None:
+        """Forget everything if the mature agents changed (once per batch)."""
+        old = self.mature
+        if len(old) != len(mature) or any(a is not b for a, b in zip(old, mature)):
+            self.mature, self.vocabs, self.similar = mature, None, {}
+        else:
+            self.mature = mature
+
+    def check_epoch(self, epoch: int) -> None:
+        """Forget the vocabularies and selections if any mature agent's vocabulary changed."""
+        if epoch != self.epoch:
+            self.epoch, self.vocabs, self.similar = epoch, None, {}
+
+
 class SequenceDetector(PerAgentDetector[_Agent]):
     """Per-agent call-sequence baseline; see the module docstring."""
 
@@ -133,6 +158,10 @@ class SequenceDetector(PerAgentDetector[_Agent]):
     def __init__(self, config: SequenceConfig | None = None) -> None:
         super().__init__()
         self.config = (config or SequenceConfig()).validate()
+        self._vocab_epoch = 0
+        """Bumped whenever a non-learning agent's vocabulary may have changed (a token learned or
+        dropped): the peer selections below are valid while it stands still."""
+        self._peers = _PeerCache()
 
     # --- PerAgentDetector ----------------------------------------------------------------------
     def new_state(self) -> _Agent:
@@ -189,6 +218,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         min_calls, min_sessions = cfg.min_calls, cfg.min_sessions
         mature = [st for st in states.values() if st.status(cfg) != LEARNING]
         use_prior = cfg.use_fleet_prior
+        if use_prior:
+            self._peers.check_mature(mature)
         priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
         batch_vocab: dict[str, set[str]] | None = None
         markov = cfg.markov  # every agent's model is built with it (new_state, state_from_dict)
@@ -218,8 +249,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                         batch_vocab = {}
                         for x in calls:
                             batch_vocab.setdefault(x.agent_id, set()).add(x.token)
-                    got = priors[agent_id] = self._fleet(st.model.vocab | batch_vocab[agent_id],
-                                                         [p for p in mature if p is not st])
+                    got = priors[agent_id] = self._fleet(frozenset(st.model.vocab | batch_vocab[agent_id]),
+                                                         mature, st)
                 prior, peer_limit = got
             # Session context: SessionTracker.touch inlined (same operations).
             tracker = st.sessions
@@ -334,10 +365,14 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     n_out = out.get(prev, 0.0)
                 out[prev] = n_out + 1.0
                 model.mass += 1.0
+                if n_tok == 0.0 and status != LEARNING:
+                    self._vocab_epoch += 1
                 if model.mass > max_mass:
                     model._scale(0.5)
+                    self._vocab_epoch += 1
                 if len(model.uni) > max_tokens or model.n_transitions > max_transitions:
                     model._prune()
+                    self._vocab_epoch += 1
                 n = st.n_calls
                 st.mean_bits += (bits - st.mean_bits) / (n if n < 500 else 500)
                 if novel and n_tok == 0.0:
@@ -345,14 +380,25 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             margins.append((bits - thr) if scored else nan)
         return findings, np.array(margins, dtype=np.float64)
 
-    def _fleet(self, vocab: set[str], peers: list[_Agent]) -> tuple[MarkovModel | None, float | None]:
-        """Fleet prior for a learning agent: the sequence models of mature agents that use its
-        tools, and the median of their session-length limits."""
+    def _fleet(self, vocab: frozenset[str], mature: list[_Agent],
+               st: _Agent) -> tuple[MarkovModel | None, float | None]:
+        """Fleet prior for learning agent ``st``: the sequence models of mature agents that use its
+        tools, and the median of their session-length limits. Which agents those are is cached
+        (``_PeerCache``); the prior itself is built from their models as they stand now."""
         cfg = self.config
         if not vocab:
             return None, None
-        similar = [p for p in peers if containment(vocab, p.model.vocab) >= cfg.prior_min_containment]
-        limits = [p.lengths.limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
+        cache = self._peers
+        cache.check_epoch(self._vocab_epoch)
+        similar = cache.similar.get(vocab)
+        if similar is None:
+            if cache.vocabs is None:
+                cache.vocabs = [(p, frozenset(p.model.vocab)) for p in mature]
+            need, size = cfg.prior_min_containment, len(vocab)
+            similar = cache.similar[vocab] = [p for p, v in cache.vocabs if len(vocab & v) / size >= need]
+        if st in similar:  # never, in practice: a learning agent is not mature
+            similar = [p for p in similar if p is not st]
+        limits = [p.length_limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
         return fleet_prior((p.model for p in similar), cfg.markov), (float(np.median(limits)) if limits else None)
 
     def _note_novel(self, st: _Agent, token: str, prev: str, sid: str, after_instr: bool) -> _Novel | None:
@@ -386,6 +432,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         """Learn a never-seen tool that recurred in enough clean sessions: the flagged transitions
         into it, with their counts."""
         del st.novel[token]
+        self._vocab_epoch += 1
         for prev, n in rec.prevs.items():
             st.model.learn(prev, token, n)
 

@@ -1,4 +1,5 @@
-# Frozen copy of main's detectors/sequence_detector.py (before the novel-token rule and the cached fleet priors): the A/B reference. Imports made absolute.
+# Frozen copy of main's detectors/sequence_detector.py (before the novel-token rule and the cached fleet priors),
+# with main's sequence.fleet_prior: the A/B reference. Imports made absolute.
 """``SequenceDetector``: flags calls an agent would not make at that point of a session.
 
 Per agent it keeps a ``MarkovModel`` of ``server/tool`` transitions, open-session context and the
@@ -28,10 +29,29 @@ import numpy as np
 
 from toolwatch.detectors.base import PerAgentDetector
 from toolwatch.detectors.events import Batch, Finding, ToolCall
-from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel, containment, fleet_prior
+from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel, containment
 from toolwatch.detectors.sessions import START, Session, SessionTracker
 
 __all__ = ["SequenceConfig", "SequenceDetector"]
+
+
+def fleet_prior(models, config=None):
+    """Frozen copy of main's ``sequence.fleet_prior`` (one ``add_scaled`` per member)."""
+    prior = MarkovModel(config)
+    n = 0
+    total = 0.0
+    for m in models:
+        if m.mass > 0:
+            prior.add_scaled(m, 1.0 / m.mass)
+            n += 1
+            total += m.mass
+    if n == 0:
+        return None
+    prior_scale = total / n / n
+    prior.uni = {t: c * prior_scale for t, c in prior.uni.items()}
+    prior.bi = {p: {t: c * prior_scale for t, c in r.items()} for p, r in prior.bi.items()}
+    prior._recount()
+    return prior
 
 LEARNING, ACTIVE, FROZEN = "learning", "active", "frozen"
 
