@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import median
 from typing import Any
 
 import numpy as np
@@ -399,7 +400,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         if st in similar:  # never, in practice: a learning agent is not mature
             similar = [p for p in similar if p is not st]
         limits = [p.length_limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
-        return fleet_prior((p.model for p in similar), cfg.markov), (float(np.median(limits)) if limits else None)
+        # statistics.median: the same value as np.median ((a + b) / 2 of the middle pair), without an array.
+        return fleet_prior((p.model for p in similar), cfg.markov), (float(median(limits)) if limits else None)
 
     def _note_novel(self, st: _Agent, token: str, prev: str, sid: str, after_instr: bool) -> _Novel | None:
         """Remember a flagged call of a never-seen tool: the transition into it, and its session

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.helpers import sequence_main
 from toolwatch.detectors.events import Batch
@@ -85,3 +87,10 @@ def test_with_the_novel_rule_on_only_never_seen_tools_differ(stages):
 
     assert others(new_f) == others(old_f)
     assert len(new_f) < len(old_f)
+
+
+@given(st.lists(st.floats(25.0, 1e6), min_size=1, max_size=40))
+def test_peer_limit_median_is_numpys(limits):
+    """The peers' session-length limit is now ``statistics.median``: the same float as main's np.median."""
+    from statistics import median
+    assert float(median(limits)) == float(np.median(limits))
