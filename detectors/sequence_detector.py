@@ -401,7 +401,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             similar = [p for p in similar if p is not st]
         limits = [p.length_limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
         # statistics.median: the same value as np.median ((a + b) / 2 of the middle pair), without an array.
-        return fleet_prior((p.model for p in similar), cfg.markov), (float(median(limits)) if limits else None)
+        return (fleet_prior((p.model for p in similar), cfg.markov, lazy_rows=True),
+                (float(median(limits)) if limits else None))
 
     def _note_novel(self, st: _Agent, token: str, prev: str, sid: str, after_instr: bool) -> _Novel | None:
         """Remember a flagged call of a never-seen tool: the transition into it, and its session
