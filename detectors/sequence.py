@@ -197,14 +197,60 @@ def containment(small: Iterable[str], big: set[str]) -> float:
     return len(s & big) / len(s) if s else 0.0
 
 
-def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = None) -> MarkovModel | None:
-    """Average of several agents' models, each scaled to unit mass so no agent dominates."""
+class _LazyRows(MarkovModel):
+    """A fleet prior whose transition rows are scaled (and their totals summed) when first read:
+    a learning agent reads a few rows of it in one batch. Every value is the one the eager prior
+    holds (the same products, summed in the same order)."""
+
+    def __init__(self, config: MarkovConfig | None, raw_bi: dict[str, dict[str, float]], scale: float) -> None:
+        super().__init__(config)
+        self._raw_bi = raw_bi
+        self._scale = scale
+        self.n_transitions = sum(len(r) for r in raw_bi.values())
+
+    def _row(self, prev: str) -> None:
+        if prev not in self.out:
+            raw = self._raw_bi.get(prev)
+            if raw is not None:
+                scale = self._scale
+                row = self.bi[prev] = {t: c * scale for t, c in raw.items()}
+                self.out[prev] = sum(row.values())
+
+    def prob(self, prev: str, tok: str, prior: "MarkovModel | None" = None) -> float:
+        self._row(prev)
+        return super().prob(prev, tok, prior)
+
+    def expected(self, prev: str, k: int = 3) -> list[str]:
+        self._row(prev)
+        return super().expected(prev, k)
+
+    def to_dict(self) -> dict[str, Any]:
+        for prev in self._raw_bi:
+            self._row(prev)
+        return super().to_dict()
+
+
+def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = None,
+                lazy_rows: bool = False) -> MarkovModel | None:
+    """Average of several agents' models, each scaled to unit mass so no agent dominates. With
+    ``lazy_rows`` only ``prob``, ``expected``, ``uni`` and ``mass`` may be read (``_LazyRows``)."""
+    # add_scaled for each member, with one recount at the end instead of one per member (the counts
+    # are summed in the same order, so every value is the same): this runs per learning agent.
     prior = MarkovModel(config)
+    uni, bi = prior.uni, prior.bi
     n = 0
     total = 0.0
     for m in models:
         if m.mass > 0:
-            prior.add_scaled(m, 1.0 / m.mass)
+            f = 1.0 / m.mass
+            for t, c in m.uni.items():
+                uni[t] = uni.get(t, 0.0) + c * f
+            for p, row in m.bi.items():
+                mine = bi.get(p)
+                if mine is None:
+                    mine = bi[p] = {}
+                for t, c in row.items():
+                    mine[t] = mine.get(t, 0.0) + c * f
             n += 1
             total += m.mass
     if n == 0:
@@ -212,6 +258,11 @@ def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = Non
     # Sum of unit-mass models has mass n; rescale to one average member's mass so the prior's
     # own smoothing behaves like that of a well-trained agent.
     prior_scale = total / n / n
+    if lazy_rows:
+        lazy = _LazyRows(config, bi, prior_scale)
+        lazy.uni = {t: c * prior_scale for t, c in uni.items()}
+        lazy.mass = sum(lazy.uni.values())
+        return lazy
     prior.uni = {t: c * prior_scale for t, c in prior.uni.items()}
     prior.bi = {p: {t: c * prior_scale for t, c in r.items()} for p, r in prior.bi.items()}
     prior._recount()

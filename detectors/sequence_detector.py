@@ -6,6 +6,13 @@ above the threshold is a finding and is not learned, so an attack does not becom
 threshold is lower right after a result labelled ``instructions`` (a likely prompt injection):
 that is where hijacks start.
 
+Never-seen tools: an unseen tool's surprisal grows with the model's mass, so a tool the agent first
+meets while it is scored would, never being learned, be flagged on every call for good. Instead
+its findings share one dedup key per agent and tool (one alert while it recurs within the alert
+grouping window), and it is learned (the transitions into it that were flagged) at its first call
+in a new session once it has recurred in ``learn_novel_sessions`` distinct sessions that raised no
+other finding and where it did not follow an ``instructions`` result. A frozen agent learns none.
+
 Agent states (``agent_states()``, for a Prometheus gauge):
 
 - ``learning``: fewer than ``min_calls`` calls or ``min_sessions`` sessions seen. Findings only
@@ -21,13 +28,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from statistics import median
 from typing import Any
 
 import numpy as np
 
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
-from .sequence import LengthStats, MarkovConfig, MarkovModel, containment, fleet_prior
+from .sequence import LengthStats, MarkovConfig, MarkovModel, fleet_prior
 from .sessions import START, Session, SessionTracker
 
 __all__ = ["SequenceConfig", "SequenceDetector"]
@@ -49,6 +57,11 @@ class SequenceConfig:
     prior_min_containment: float = 0.6
     max_open_sessions: int = 32
     session_idle_s: float = 1800.0
+    learn_novel_sessions: int = 10
+    """A never-seen tool is learned once it has recurred in this many distinct sessions that raised
+    no other finding (0: never, every call of it stays a finding)."""
+    max_novel_tools: int = 32
+    """Never-seen tools waiting to be learned, per agent (the oldest is forgotten first)."""
     markov: MarkovConfig = field(default_factory=MarkovConfig)
 
     def validate(self) -> "SequenceConfig":
@@ -62,8 +75,19 @@ class SequenceConfig:
             raise ValueError("sequence.prior_min_containment must be in (0, 1]")
         if self.max_open_sessions < 1 or self.session_idle_s <= 0:
             raise ValueError("sequence.max_open_sessions must be >= 1 and sequence.session_idle_s > 0")
+        if self.learn_novel_sessions < 0 or self.max_novel_tools < 1:
+            raise ValueError("sequence.learn_novel_sessions must be >= 0 and sequence.max_novel_tools >= 1")
         self.markov.validate()
         return self
+
+
+@dataclass(slots=True)
+class _Novel:
+    """A never-seen tool waiting to be learned: the clean sessions it was seen in (in order) and
+    the flagged transitions into it (previous token -> count), learned when it is accepted."""
+
+    sessions: dict[str, None] = field(default_factory=dict)
+    prevs: dict[str, float] = field(default_factory=dict)
 
 
 class _Agent:
@@ -80,6 +104,11 @@ class _Agent:
         self.limit_stale = True
         """``lengths`` changed since ``limit`` was computed."""
         self.limit: float | None = None
+        self.novel: dict[str, _Novel] = {}
+        """Never-seen tools flagged and not yet learned (at most ``max_novel_tools``)."""
+        self.dirty: dict[str, None] = {}
+        """Recent sessions that raised a finding other than a never-seen tool (bounded): they do not
+        count towards learning a never-seen tool."""
 
     def length_limit(self, k: float, floor: int) -> float | None:
         """Session length above which a session is unusual (``None`` with under 5 sessions seen);
@@ -97,6 +126,31 @@ class _Agent:
         return LEARNING
 
 
+@dataclass(slots=True)
+class _PeerCache:
+    """Which mature agents make the fleet prior of a given vocabulary: containment against every
+    peer is computed once per vocabulary, not per learning agent and batch. Valid for one list of
+    mature agents (the same objects, in order) and one vocabulary epoch."""
+
+    mature: list[_Agent] = field(default_factory=list)
+    epoch: int = -1
+    vocabs: list[tuple[_Agent, frozenset[str]]] | None = None
+    similar: dict[frozenset[str], list[_Agent]] = field(default_factory=dict)
+
+    def check_mature(self, mature: list[_Agent]) -> None:
+        """Forget everything if the mature agents changed (once per batch)."""
+        old = self.mature
+        if len(old) != len(mature) or any(a is not b for a, b in zip(old, mature)):
+            self.mature, self.vocabs, self.similar = mature, None, {}
+        else:
+            self.mature = mature
+
+    def check_epoch(self, epoch: int) -> None:
+        """Forget the vocabularies and selections if any mature agent's vocabulary changed."""
+        if epoch != self.epoch:
+            self.epoch, self.vocabs, self.similar = epoch, None, {}
+
+
 class SequenceDetector(PerAgentDetector[_Agent]):
     """Per-agent call-sequence baseline; see the module docstring."""
 
@@ -105,6 +159,10 @@ class SequenceDetector(PerAgentDetector[_Agent]):
     def __init__(self, config: SequenceConfig | None = None) -> None:
         super().__init__()
         self.config = (config or SequenceConfig()).validate()
+        self._vocab_epoch = 0
+        """Bumped whenever a non-learning agent's vocabulary may have changed (a token learned or
+        dropped): the peer selections below are valid while it stands still."""
+        self._peers = _PeerCache()
 
     # --- PerAgentDetector ----------------------------------------------------------------------
     def new_state(self) -> _Agent:
@@ -114,6 +172,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         return {
             "model": st.model.to_dict(), "sessions": st.sessions.to_dict(), "lengths": st.lengths.to_dict(),
             "n_calls": st.n_calls, "n_sessions": st.n_sessions, "mean_bits": st.mean_bits, "frozen": st.frozen,
+            "novel": {t: {"sessions": list(r.sessions), "prevs": dict(r.prevs)} for t, r in st.novel.items()},
+            "dirty": list(st.dirty),
         }
 
     def state_from_dict(self, d: dict[str, Any]) -> _Agent:
@@ -123,6 +183,10 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         st.lengths = LengthStats.from_dict(d["lengths"])
         st.n_calls, st.n_sessions = int(d["n_calls"]), int(d["n_sessions"])
         st.mean_bits, st.frozen = float(d["mean_bits"]), bool(d["frozen"])
+        st.novel = {str(t): _Novel(dict.fromkeys(map(str, r["sessions"])),
+                                   {str(p): float(c) for p, c in r["prevs"].items()})
+                    for t, r in d.get("novel", {}).items()}
+        st.dirty = dict.fromkeys(map(str, d.get("dirty", ())))
         return st
 
     # --- operator controls and gauges ----------------------------------------------------------
@@ -155,12 +219,15 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         min_calls, min_sessions = cfg.min_calls, cfg.min_sessions
         mature = [st for st in states.values() if st.status(cfg) != LEARNING]
         use_prior = cfg.use_fleet_prior
+        if use_prior:
+            self._peers.check_mature(mature)
         priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
         batch_vocab: dict[str, set[str]] | None = None
         markov = cfg.markov  # every agent's model is built with it (new_state, state_from_dict)
         alpha, beta = markov.alpha, markov.beta
         max_mass, max_tokens, max_transitions = markov.max_mass, markov.max_tokens, markov.max_transitions
         thr_plain, thr_instr = cfg.threshold_bits, cfg.after_instructions_bits
+        learn_novel = cfg.learn_novel_sessions
         length_k, length_floor = cfg.length_k, cfg.length_floor
         log2, exp, nan = math.log2, math.exp, math.nan
         for c in calls:
@@ -183,8 +250,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                         batch_vocab = {}
                         for x in calls:
                             batch_vocab.setdefault(x.agent_id, set()).add(x.token)
-                    got = priors[agent_id] = self._fleet(st.model.vocab | batch_vocab[agent_id],
-                                                         [p for p in mature if p is not st])
+                    got = priors[agent_id] = self._fleet(frozenset(st.model.vocab | batch_vocab[agent_id]),
+                                                         mature, st)
                 prior, peer_limit = got
             # Session context: SessionTracker.touch inlined (same operations).
             tracker = st.sessions
@@ -228,6 +295,11 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             prev = s.prev
             scored = status != LEARNING or prior is not None
             model = st.model
+            novel = st.novel
+            if novel and not frozen:
+                rec = novel.get(token)
+                if rec is not None and sid not in rec.sessions and len(rec.sessions) >= learn_novel:
+                    self._accept(st, token, rec)
             uni = model.uni
             row = model.bi.get(prev)
             if prior is None:
@@ -245,7 +317,11 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             thr = thr_instr if after_instr else thr_plain
             flagged = scored and bits >= thr
             if flagged:
-                findings.append(self._transition_finding(st, c, prev, bits, thr, after_instr, status, prior))
+                unseen = n_tok == 0.0 and (prior is None or token not in prior.uni)
+                rec = self._note_novel(st, token, prev, sid, after_instr) if unseen and not frozen else None
+                if not unseen or after_instr:
+                    self._dirty(st, sid)
+                findings.append(self._transition_finding(st, c, prev, bits, thr, after_instr, status, prior, rec))
             # SessionTracker.advance inlined.
             if n_in:
                 d_ns = t - s.last_ns
@@ -271,6 +347,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     limit = peer_limit
                 if limit is not None and s.n > limit:
                     s.flagged_length = True
+                    self._dirty(st, sid)
                     findings.append(self._length_finding(st, c, s.n, limit, status))
             st.n_calls += 1
             if not flagged and not frozen:
@@ -289,27 +366,82 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     n_out = out.get(prev, 0.0)
                 out[prev] = n_out + 1.0
                 model.mass += 1.0
+                if n_tok == 0.0 and status != LEARNING:
+                    self._vocab_epoch += 1
                 if model.mass > max_mass:
                     model._scale(0.5)
+                    self._vocab_epoch += 1
                 if len(model.uni) > max_tokens or model.n_transitions > max_transitions:
                     model._prune()
+                    self._vocab_epoch += 1
                 n = st.n_calls
                 st.mean_bits += (bits - st.mean_bits) / (n if n < 500 else 500)
+                if novel and n_tok == 0.0:
+                    novel.pop(token, None)  # learned the ordinary way (e.g. a prior now holds it)
             margins.append((bits - thr) if scored else nan)
         return findings, np.array(margins, dtype=np.float64)
 
-    def _fleet(self, vocab: set[str], peers: list[_Agent]) -> tuple[MarkovModel | None, float | None]:
-        """Fleet prior for a learning agent: the sequence models of mature agents that use its
-        tools, and the median of their session-length limits."""
+    def _fleet(self, vocab: frozenset[str], mature: list[_Agent],
+               st: _Agent) -> tuple[MarkovModel | None, float | None]:
+        """Fleet prior for learning agent ``st``: the sequence models of mature agents that use its
+        tools, and the median of their session-length limits. Which agents those are is cached
+        (``_PeerCache``); the prior itself is built from their models as they stand now."""
         cfg = self.config
         if not vocab:
             return None, None
-        similar = [p for p in peers if containment(vocab, p.model.vocab) >= cfg.prior_min_containment]
-        limits = [p.lengths.limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
-        return fleet_prior((p.model for p in similar), cfg.markov), (float(np.median(limits)) if limits else None)
+        cache = self._peers
+        cache.check_epoch(self._vocab_epoch)
+        similar = cache.similar.get(vocab)
+        if similar is None:
+            if cache.vocabs is None:
+                cache.vocabs = [(p, frozenset(p.model.vocab)) for p in mature]
+            need, size = cfg.prior_min_containment, len(vocab)
+            similar = cache.similar[vocab] = [p for p, v in cache.vocabs if len(vocab & v) / size >= need]
+        if st in similar:  # never, in practice: a learning agent is not mature
+            similar = [p for p in similar if p is not st]
+        limits = [p.length_limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
+        # statistics.median: the same value as np.median ((a + b) / 2 of the middle pair), without an array.
+        return (fleet_prior((p.model for p in similar), cfg.markov, lazy_rows=True),
+                (float(median(limits)) if limits else None))
+
+    def _note_novel(self, st: _Agent, token: str, prev: str, sid: str, after_instr: bool) -> _Novel | None:
+        """Remember a flagged call of a never-seen tool: the transition into it, and its session
+        if that raised no other finding (``None`` when never-seen tools are never learned)."""
+        cfg = self.config
+        if cfg.learn_novel_sessions <= 0:
+            return None
+        novel = st.novel
+        rec = novel.get(token)
+        if rec is None:
+            while len(novel) >= cfg.max_novel_tools:
+                del novel[next(iter(novel))]
+            rec = novel[token] = _Novel()
+        if prev in rec.prevs or len(rec.prevs) < cfg.markov.max_tokens:
+            rec.prevs[prev] = rec.prevs.get(prev, 0.0) + 1.0
+        if not after_instr and sid not in st.dirty:
+            rec.sessions[sid] = None
+        return rec
+
+    def _dirty(self, st: _Agent, sid: str) -> None:
+        """Session ``sid`` raised a finding other than a never-seen tool: it vouches for no tool."""
+        dirty = st.dirty
+        dirty[sid] = None
+        if len(dirty) > 4 * self.config.max_open_sessions:
+            del dirty[next(iter(dirty))]
+        for rec in st.novel.values():
+            rec.sessions.pop(sid, None)
+
+    def _accept(self, st: _Agent, token: str, rec: _Novel) -> None:
+        """Learn a never-seen tool that recurred in enough clean sessions: the flagged transitions
+        into it, with their counts."""
+        del st.novel[token]
+        self._vocab_epoch += 1
+        for prev, n in rec.prevs.items():
+            st.model.learn(prev, token, n)
 
     def _transition_finding(self, st: _Agent, c: ToolCall, prev: str, bits: float, thr: float,
-                            after_instr: bool, status: str, prior: MarkovModel | None) -> Finding:
+                            after_instr: bool, status: str, prior: MarkovModel | None,
+                            novel: _Novel | None = None) -> Finding:
         unseen = c.token not in st.model.uni and (prior is None or c.token not in prior.uni)
         what = "never-seen tool" if unseen else "unusual next tool"
         ctx = " right after a result that addressed the model" if after_instr else ""
@@ -329,8 +461,12 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                 "after_instructions": after_instr,
                 "state": status,
                 "basis": "fleet_prior" if prior is not None else "agent",
+                **({"clean_sessions": len(novel.sessions), "learned_after_sessions": self.config.learn_novel_sessions}
+                   if novel is not None else {}),
             },
-            dedup_key=f"{self.name}:{c.agent_id}:{c.session_id}",
+            # A never-seen tool recurs in many sessions until it is learned: one alert per agent and tool.
+            dedup_key=(f"{self.name}:{c.agent_id}:novel:{c.token}" if unseen
+                       else f"{self.name}:{c.agent_id}:{c.session_id}"),
         )
 
     def _length_finding(self, st: _Agent, c: ToolCall, n: int, limit: float, status: str) -> Finding:

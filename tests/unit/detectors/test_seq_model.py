@@ -114,3 +114,19 @@ def test_probabilities_are_proper(pairs, prev, tok):
     vocab = set(m.uni) | {"z-unseen"}
     # Over the known vocabulary plus one unseen token the distribution never exceeds 1.
     assert sum(m.prob(prev, t) for t in vocab) <= 1.0 + 1e-9
+
+
+def test_fleet_prior_with_lazy_rows_reads_exactly_as_the_eager_one():
+    a = trained(*(ABAB * 10), ("b", "c"))
+    b = trained(*(((START, "a"), ("a", "c")) * 5))
+    c = trained(("c", "a"), ("a", "a"))
+    eager = fleet_prior([a, b, c])
+    lazy = fleet_prior([a, b, c], lazy_rows=True)
+    assert lazy.uni == eager.uni and lazy.mass == eager.mass and lazy.n_transitions == eager.n_transitions
+    agent = trained(*ABAB)
+    for p in (START, "a", "b", "c", "x"):
+        assert lazy.expected(p) == eager.expected(p)
+        for t in ("a", "b", "c", "x"):
+            assert lazy.prob(p, t) == eager.prob(p, t)
+            assert agent.surprisal(p, t, lazy) == agent.surprisal(p, t, eager)
+    assert lazy.to_dict() == eager.to_dict()

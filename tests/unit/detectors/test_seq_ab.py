@@ -1,0 +1,96 @@
+"""A/B: the sequence detector against main's (``tests/helpers/sequence_main.py``) on the benches'
+fleet and random traffic. With never-seen tools never learned (``learn_novel_sessions=0``, main's
+rule) findings and margins must be identical: the cached peer selection and the one-recount fleet
+prior change speed only. With the rule on, only never-seen tools' findings may differ."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.helpers import sequence_main
+from toolwatch.detectors.events import Batch
+from toolwatch.detectors.sequence_detector import SequenceConfig, SequenceDetector
+
+ROOT = Path(__file__).resolve().parents[3]
+BATCH = 500
+
+
+@pytest.fixture(scope="module")
+def stages():
+    sys.path.insert(0, str(ROOT / "bench"))  # stages.py imports workloads.py from its own folder
+    try:
+        spec = importlib.util.spec_from_file_location("bench_stages_seq_ab", ROOT / "bench" / "stages.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    return mod
+
+
+def run(det, calls):
+    found, margins = [], []
+    for i in range(0, len(calls), BATCH):
+        chunk = calls[i : i + BATCH]
+        f, m = det.observe_scored(Batch(calls=list(chunk), watermark_ns=chunk[-1].time_ns))
+        found += f
+        margins.append(m)
+    return found, np.concatenate(margins)
+
+
+def as_old(f) -> dict:
+    """A finding as main's detector writes it: one dedup key per session, no learning evidence."""
+    d = f.to_dict()
+    if d["evidence"].get("unseen_tool"):
+        d["dedup_key"] = f"sequence:{f.agent_id}:{f.session_id}"
+    return d
+
+
+CONFIGS = {
+    "default": {},
+    # Agents leave learning early and in numbers, so priors, peer selection and maturing all churn.
+    "quick": {"min_calls": 40, "min_sessions": 3},
+    # Random traffic hops between 6 tools uniformly: nothing reaches 9 bits, so alert lower.
+    "low": {"min_calls": 40, "min_sessions": 3, "threshold_bits": 2.9},
+}
+
+
+@pytest.mark.parametrize("workload,n,config", [
+    ("fleet", 60_000, "default"), ("fleet", 60_000, "quick"), ("random", 20_000, "default"),
+    ("random", 20_000, "low"),
+])
+def test_same_findings_and_margins_as_main_with_the_novel_rule_off(stages, workload, n, config):
+    _, calls = stages.workload(n, BATCH, 75_000, workload)
+    new_f, new_m = run(SequenceDetector(SequenceConfig(**CONFIGS[config], learn_novel_sessions=0)), calls)
+    old_f, old_m = run(sequence_main.SequenceDetector(sequence_main.SequenceConfig(**CONFIGS[config])), calls)
+    if config != "default" or workload == "fleet":  # findings to compare, some against fleet priors
+        assert len(old_f) > 20 and any(f.evidence.get("basis") == "fleet_prior" for f in old_f)
+    assert [as_old(f) for f in new_f] == [f.to_dict() for f in old_f]
+    np.testing.assert_array_equal(new_m, old_m)
+
+
+def test_with_the_novel_rule_on_only_never_seen_tools_differ(stages):
+    _, calls = stages.workload(100_000, BATCH, 75_000, "fleet")
+    new_f, _ = run(SequenceDetector(), calls)
+    old_f, _ = run(sequence_main.SequenceDetector(), calls)
+    unseen = {(f.agent_id, f.server, f.tool) for f in old_f if f.evidence.get("unseen_tool")}
+
+    def others(found):
+        return [f.to_dict() for f in found if (f.agent_id, f.server, f.tool) not in unseen]
+
+    assert others(new_f) == others(old_f)
+    assert len(new_f) < len(old_f)
+
+
+@given(st.lists(st.floats(25.0, 1e6), min_size=1, max_size=40))
+def test_peer_limit_median_is_numpys(limits):
+    """The peers' session-length limit is now ``statistics.median``: the same float as main's np.median."""
+    from statistics import median
+    assert float(median(limits)) == float(np.median(limits))
