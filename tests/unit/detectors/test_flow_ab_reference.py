@@ -112,8 +112,8 @@ def as_reference(pkg: str, name: str, d: dict[str, Any]) -> dict[str, Any]:
 def snapshot_as_reference(pkg: str, name: str, snap: dict[str, Any]) -> dict[str, Any]:
     """Without the sequence state the reference has no rule for (never-seen tools waiting)."""
     if pkg != PKG and name == "sequence":
-        for st in snap["agents"].values():
-            del st["novel"], st["dirty"]
+        for state in snap["agents"].values():
+            del state["novel"], state["dirty"]
     return snap
 
 

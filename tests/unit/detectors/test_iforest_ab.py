@@ -14,7 +14,6 @@ import json
 import random
 from typing import Any
 
-import numpy as np
 import pytest
 
 from tests.helpers import iforest_detector_main as main_det
