@@ -4,7 +4,6 @@ answers under overload and while draining, bearer token, TLS, and bad input amon
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import grpc
@@ -16,11 +15,10 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from helpers.daemon import DaemonThread, make_config
+from helpers.gate import Gate
 from helpers.otlp_build import add_span, request
 from helpers.spans import emit_call, provider
 from helpers.tls import self_signed
-from toolwatch.detectors.base import Detector
-from toolwatch.detectors.events import Batch
 from toolwatch.instrumentation import semconv as sc
 
 PB = {"Content-Type": "application/x-protobuf"}
@@ -103,27 +101,6 @@ def test_garbage_never_takes_the_daemon_down(tmp_path):
         assert requests.post(d.otlp_http_url, data=_calls_body(2, agent="after"), headers=PB, timeout=5).status_code == 200
         d.drain()
         assert _calls(d, "after") == 2
-
-
-class Gate(Detector):
-    """Holds the first batch until released, so the pipeline queue fills up behind it."""
-
-    name = "gate"
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def observe(self, batch: Batch) -> list:
-        self.entered.set()
-        self.release.wait(20)
-        return []
-
-    def snapshot(self) -> dict:
-        return {}
-
-    def restore(self, state: dict) -> None:
-        pass
 
 
 def test_overload_answers_429_and_resource_exhausted_with_retry_hints(tmp_path):

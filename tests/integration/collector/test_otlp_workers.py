@@ -20,6 +20,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
 from helpers.daemon import DaemonThread, make_config
+from helpers.gate import Gate
 from helpers.otlp_build import add_span, request
 from helpers.procs import ToolwatchProcess, wait_until
 from helpers.spans import emit_call, provider
@@ -28,8 +29,6 @@ from toolwatch.collector.config import Config, ConfigError, config_from_mapping
 from toolwatch.collector.receivers import otlp_workers
 from toolwatch.instrumentation import semconv as sc
 
-from toolwatch.detectors.base import Detector
-from toolwatch.detectors.events import Batch
 
 TOKEN = "w0rker-t0ken"
 PB = {"Content-Type": "application/x-protobuf", "Authorization": f"Bearer {TOKEN}"}
@@ -55,27 +54,6 @@ def _calls(d: DaemonThread, agent: str) -> float:
         for s in m.samples
         if s.name.endswith("_total") and s.labels["agent"] == agent
     )
-
-
-class Gate(Detector):
-    """Holds the first batch until released, so the pipeline queue fills up behind it."""
-
-    name = "gate"
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def observe(self, batch: Batch) -> list:
-        self.entered.set()
-        self.release.wait(20)
-        return []
-
-    def snapshot(self) -> dict:
-        return {}
-
-    def restore(self, state: dict) -> None:
-        pass
 
 
 def _wait(pred, timeout: float = 10.0, what: str = "condition") -> None:
