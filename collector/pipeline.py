@@ -31,6 +31,18 @@ _CALL_LABELS = attrgetter("agent_id", "server", "tool")
 T = TypeVar("T")
 
 
+def full_for(depth: int, spans: int, queue_max: int) -> bool:
+    """True when a request of ``spans`` spans may not fit in a queue holding ``depth`` of ``queue_max``.
+
+    Spans bound the events a request adds, so a request refused here might have fitted
+    (some of its spans not being tool events) only when the queue is within ``spans`` of
+    full, and it is retried. A request larger than the whole queue is left to ``submit``,
+    which counts its events, so it is never refused forever. (OTLP worker processes apply the
+    same rule to the depth the daemon shares with them.)
+    """
+    return spans <= queue_max and depth + spans > queue_max
+
+
 @dataclass(slots=True)
 class _Item:
     calls: list[ToolCall]
@@ -178,14 +190,8 @@ class Pipeline:
         return Admission(True, verdict)
 
     def full_for(self, spans: int) -> bool:
-        """True when a request of ``spans`` spans may not fit: refuse it before normalising it.
-
-        Spans bound the events a request adds, so a request refused here might have fitted
-        (some of its spans not being tool events) only when the queue is within ``spans`` of
-        full, and it is retried. A request larger than the whole queue is left to ``submit``,
-        which counts its events, so it is never refused forever.
-        """
-        return spans <= self.queue_max and self._depth + spans > self.queue_max
+        """True when a request of ``spans`` spans may not fit: refuse it before normalising it."""
+        return full_for(self._depth, spans, self.queue_max)
 
     def submit(self, calls: list[ToolCall], listings: list[ToolListing]) -> bool:
         """Queue events as they are (no event-time rule: use ``admit``); False when the queue is full."""

@@ -30,6 +30,7 @@ from toolwatch.instrumentation.redact import Redactor
 
 from .. import otlp
 from ..normalize import Normalizer
+from ..pipeline import full_for
 from . import IngestResult, Overloaded, Unavailable, span_count
 from . import worker_frames as wf
 from .otlp_http import NAME, OtlpHttpReceiver
@@ -124,7 +125,7 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
     async def admit(self, decoded: otlp.Decoded) -> IngestResult:
         # Ingest.__call__'s early refusal (Pipeline.full_for), against the depth the daemon shares.
         spans, depth = span_count(decoded.request), self.depth.value
-        if spans <= self.queue_max and depth + spans > self.queue_max:
+        if full_for(depth, spans, self.queue_max):
             self._count_rejected("queue_full")
             raise Overloaded(f"pipeline queue is full ({depth} events waiting); retry later")
         norm = self.normalizer.normalize(decoded.request)
