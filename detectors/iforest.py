@@ -22,8 +22,7 @@ import numpy as np
 if TYPE_CHECKING:  # scikit-learn takes ~3 s to import: only fitting needs it, so import it there
     from sklearn.ensemble import IsolationForest
 
-__all__ = ["NODE", "ForestParams", "FlatForest", "ForestBank", "ForestModel", "SlotConstants", "average_path_length",
-           "margins_by_model"]
+__all__ = ["NODE", "ForestParams", "FlatForest", "ForestBank", "ForestModel", "SlotConstants", "average_path_length"]
 
 
 def average_path_length(n: np.ndarray) -> np.ndarray:
@@ -404,33 +403,12 @@ class ForestModel:
         return cls(np.asarray(d["sample"], dtype=np.float64), ForestParams(**d["params"]))
 
 
-def margins_by_model(models: Sequence[ForestModel], sizes: Sequence[int], X: np.ndarray,
-                     paths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``ForestModel.margins_from_paths`` for consecutive runs of rows, run ``i`` (``sizes[i]``
-    rows) under ``models[i]``, in one NumPy pass instead of one small pass per model (a batch has
-    a few rows for each of many agents). Each model's constants are repeated per row and the
-    elementwise operations are the same, so every result is bit-identical."""
-    sizes_a = np.asarray(sizes, dtype=np.intp)
-    den = np.repeat(np.array([m.flat.denominator for m in models], dtype=np.float64), sizes_a)
-    hi = np.repeat(np.array([m.hi for m in models], dtype=np.float64).reshape(len(models), -1), sizes_a, axis=0)
-    lo = np.repeat(np.array([m.lo for m in models], dtype=np.float64).reshape(len(models), -1), sizes_a, axis=0)
-    width = np.repeat(np.array([m.width for m in models], dtype=np.float64).reshape(len(models), -1), sizes_a, axis=0)
-    thr = np.repeat(np.array([m.threshold for m in models], dtype=np.float64), sizes_a)
-    range_k = np.repeat(np.array([m.params.range_k for m in models], dtype=np.float64), sizes_a)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.exp2(-paths / den)
-    s[den == 0] = 1.0
-    over = np.maximum(X - hi, lo - X) / width
-    r = np.maximum(over.max(axis=1), 0.0)
-    m = np.maximum(s - thr, np.minimum(0.1 * (r / range_k - 1.0), 0.5))
-    return s, r, m
-
-
 class SlotConstants:
-    """The constants ``margins_by_model`` needs (denominator, threshold, ``range_k``, baseline
-    range), one row per ``ForestBank`` slot, built once when the banked models change: a batch then
-    takes each row's constants by its slot, with no per-model Python and no regrouping of the
-    rows by model. Same values, same elementwise operations as ``margins_by_model``: bit-identical."""
+    """The constants ``ForestModel.margins_from_paths`` needs (denominator, threshold, ``range_k``,
+    baseline range), one row per ``ForestBank`` slot, built once when the banked models change: a
+    batch then takes each row's constants by its slot, with no per-model Python and no regrouping of
+    the rows by model. Same values, same elementwise operations as each model's own
+    ``margins_from_paths``: bit-identical."""
 
     def __init__(self, models: Sequence[ForestModel], slots: Sequence[int], n_slots: int, n_features: int) -> None:
         at = np.asarray(slots, dtype=np.intp)
@@ -449,7 +427,8 @@ class SlotConstants:
             self.width[at] = [m.width for m in models]
 
     def margins(self, slots: np.ndarray, X: np.ndarray, paths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``margins_by_model`` for rows ``X`` scored in bank slots ``slots`` (one per row)."""
+        """``margins_from_paths`` for rows ``X`` scored in bank slots ``slots`` (one per row), each
+        under the model in its slot."""
         den = self.den[slots]
         with np.errstate(divide="ignore", invalid="ignore"):
             s = np.exp2(-paths / den)

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.features import N_FEATURES, AgentContext, append_rows, extract, finish
-from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams, SlotConstants, margins_by_model
+from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams, SlotConstants
 from toolwatch.detectors.iforest_detector import ForestConfig, _Agent
 from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel
 from toolwatch.detectors.sequence_detector import SequenceConfig, SequenceDetector
@@ -271,29 +271,9 @@ def test_forest_bank_scores_every_model_like_its_own_flat_forest():
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.integers(0, 9), min_size=1, max_size=6), st.integers(0, 2**32 - 1))
-def test_margins_by_model_equal_each_models_own_margins(sizes, seed):
-    """The one-pass margins of a batch's banked rows are bit-identical to each model's own."""
-    rnd = np.random.default_rng(seed)
-    params = ForestParams(n_estimators=5, max_samples=32, range_k=float(rnd.uniform(0.2, 2.0)))
-    pool = [ForestModel(rnd.normal(loc=i, size=(40, N_FEATURES)), params) for i in range(3)]
-    models = [pool[int(i)] for i in rnd.integers(0, 3, len(sizes))]
-    X = rnd.normal(loc=1.0, scale=3.0, size=(sum(sizes), N_FEATURES))
-    X[rnd.random(X.shape) < 0.05] = np.nan
-    paths = rnd.uniform(0, 60, len(X))
-    got = margins_by_model(models, sizes, X, paths)
-    off = 0
-    for model, k in zip(models, sizes):
-        want = model.margins_from_paths(X[off : off + k], paths[off : off + k])
-        for g, w in zip(got, want):
-            np.testing.assert_array_equal(g[off : off + k], w)
-        off += k
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.integers(0, 9), min_size=1, max_size=6), st.integers(0, 2**32 - 1))
-def test_slot_constants_margins_equal_margins_by_model_in_any_row_order(sizes, seed):
-    """Rows in batch order, each taking its slot's constants, give the same bits as the rows
-    grouped by model through ``margins_by_model`` (the detector's old path)."""
+def test_slot_constants_margins_equal_each_models_own_margins_in_any_row_order(sizes, seed):
+    """Rows in batch order, each taking its slot's constants, give the same bits as each run of
+    rows through its own model's ``margins_from_paths``."""
     rnd = np.random.default_rng(seed)
     pool = [ForestModel(rnd.normal(loc=i, size=(40, N_FEATURES)),
                         ForestParams(n_estimators=5, max_samples=32, range_k=float(rnd.uniform(0.2, 2.0))))
@@ -304,7 +284,9 @@ def test_slot_constants_margins_equal_margins_by_model_in_any_row_order(sizes, s
     X = rnd.normal(loc=1.0, scale=3.0, size=(sum(sizes), N_FEATURES))
     X[rnd.random(X.shape) < 0.05] = np.nan
     paths = rnd.uniform(0, 60, len(X))
-    want = margins_by_model([pool[i] for i in picks], sizes, X, paths)
+    runs = [pool[i].margins_from_paths(X[off : off + k], paths[off : off + k])
+            for i, k, off in zip(picks, sizes, np.cumsum([0, *sizes]))]
+    want = [np.concatenate([run[part] for run in runs]) for part in range(3)]
     perm = rnd.permutation(len(X))  # batch order is not model order
     slots = np.repeat(np.array([slot_of[i] for i in picks], dtype=np.intp), sizes)
     got = consts.margins(slots[perm], X[perm], paths[perm])
