@@ -197,75 +197,78 @@ def containment(small: Iterable[str], big: set[str]) -> float:
     return len(s & big) / len(s) if s else 0.0
 
 
-class _LazyRows(MarkovModel):
-    """A fleet prior whose transition rows are scaled (and their totals summed) when first read:
-    a learning agent reads a few rows of it in one batch. Every value is the one the eager prior
-    holds (the same products, summed in the same order)."""
+class _PartialPrior(MarkovModel):
+    """A fleet prior with only some transition rows: a learning agent reads the rows of the few
+    previous tokens its calls in one batch can have, so only those are summed. Every value it
+    holds is the one the full prior holds (the same products, summed in the same order); reading
+    another row is a programming error, not a smaller probability."""
 
-    def __init__(self, config: MarkovConfig | None, raw_bi: dict[str, dict[str, float]], scale: float) -> None:
+    def __init__(self, config: MarkovConfig | None, rows: frozenset[str]) -> None:
         super().__init__(config)
-        self._raw_bi = raw_bi
-        self._scale = scale
-        self.n_transitions = sum(len(r) for r in raw_bi.values())
+        self._rows = rows
 
-    def _row(self, prev: str) -> None:
-        if prev not in self.out:
-            raw = self._raw_bi.get(prev)
-            if raw is not None:
-                scale = self._scale
-                row = self.bi[prev] = {t: c * scale for t, c in raw.items()}
-                self.out[prev] = sum(row.values())
+    def _check(self, prev: str) -> None:
+        if prev not in self._rows:
+            raise LookupError(f"fleet prior row {prev!r} was not built (built: {sorted(self._rows)}); "
+                              "pass every previous token the caller may read to fleet_prior(rows=...)")
 
     def prob(self, prev: str, tok: str, prior: "MarkovModel | None" = None) -> float:
-        self._row(prev)
+        self._check(prev)
         return super().prob(prev, tok, prior)
 
     def expected(self, prev: str, k: int = 3) -> list[str]:
-        self._row(prev)
+        self._check(prev)
         return super().expected(prev, k)
 
     def to_dict(self) -> dict[str, Any]:
-        for prev in self._raw_bi:
-            self._row(prev)
-        return super().to_dict()
+        raise TypeError("a partial fleet prior has only some rows: it is not a model's state")
 
 
 def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = None,
-                lazy_rows: bool = False) -> MarkovModel | None:
+                rows: Iterable[str] | None = None) -> MarkovModel | None:
     """Average of several agents' models, each scaled to unit mass so no agent dominates. With
-    ``lazy_rows`` only ``prob``, ``expected``, ``uni`` and ``mass`` may be read (``_LazyRows``)."""
+    ``rows`` only the transition rows of those previous tokens are built, and only ``prob`` and
+    ``expected`` of them, ``uni`` and ``mass`` may be read (``_PartialPrior``)."""
     # add_scaled for each member, with one recount at the end instead of one per member (the counts
     # are summed in the same order, so every value is the same): this runs per learning agent.
-    prior = MarkovModel(config)
-    uni, bi = prior.uni, prior.bi
+    # Each row's sums only involve that row, so building some rows gives those rows' exact values.
+    want = None if rows is None else tuple(dict.fromkeys(rows))
+    uni: dict[str, float] = {}
+    bi: dict[str, dict[str, float]] = {}
     n = 0
     total = 0.0
     for m in models:
-        if m.mass > 0:
-            f = 1.0 / m.mass
+        mass = m.mass
+        if mass > 0:
+            f = 1.0 / mass
             for t, c in m.uni.items():
                 uni[t] = uni.get(t, 0.0) + c * f
-            for p, row in m.bi.items():
+            if want is None:
+                picked = m.bi.items()
+            else:
+                got = m.bi.get
+                picked = [(p, r) for p in want if (r := got(p)) is not None]
+            for p, row in picked:
                 mine = bi.get(p)
                 if mine is None:
                     mine = bi[p] = {}
                 for t, c in row.items():
                     mine[t] = mine.get(t, 0.0) + c * f
             n += 1
-            total += m.mass
+            total += mass
     if n == 0:
         return None
     # Sum of unit-mass models has mass n; rescale to one average member's mass so the prior's
     # own smoothing behaves like that of a well-trained agent.
     prior_scale = total / n / n
-    if lazy_rows:
-        lazy = _LazyRows(config, bi, prior_scale)
-        lazy.uni = {t: c * prior_scale for t, c in uni.items()}
-        lazy.mass = sum(lazy.uni.values())
-        return lazy
-    prior.uni = {t: c * prior_scale for t, c in prior.uni.items()}
-    prior.bi = {p: {t: c * prior_scale for t, c in r.items()} for p, r in prior.bi.items()}
-    prior._recount()
+    prior = MarkovModel(config) if want is None else _PartialPrior(config, frozenset(want))
+    prior.uni = {t: c * prior_scale for t, c in uni.items()}
+    prior.bi = {p: {t: c * prior_scale for t, c in r.items()} for p, r in bi.items()}
+    if want is None:
+        prior._recount()
+    else:  # _recount without n_transitions, which a partial prior cannot know
+        prior.out = {p: sum(row.values()) for p, row in prior.bi.items()}
+        prior.mass = sum(prior.uni.values())
     return prior
 
 

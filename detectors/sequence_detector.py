@@ -222,7 +222,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         if use_prior:
             self._peers.check_mature(mature)
         priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
-        batch_vocab: dict[str, set[str]] | None = None
+        batch_ctx: dict[str, tuple[set[str], set[str]]] | None = None
+        """Per agent, the tokens and session ids of its calls in this batch (for its fleet prior)."""
         markov = cfg.markov  # every agent's model is built with it (new_state, state_from_dict)
         alpha, beta = markov.alpha, markov.beta
         max_mass, max_tokens, max_transitions = markov.max_mass, markov.max_tokens, markov.max_transitions
@@ -246,12 +247,20 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             if status == LEARNING and use_prior:
                 got = priors.get(agent_id)
                 if got is None:
-                    if batch_vocab is None:
-                        batch_vocab = {}
+                    if batch_ctx is None:
+                        batch_ctx = {}
                         for x in calls:
-                            batch_vocab.setdefault(x.agent_id, set()).add(x.token)
-                    got = priors[agent_id] = self._fleet(frozenset(st.model.vocab | batch_vocab[agent_id]),
-                                                         mature, st)
+                            ctx = batch_ctx.get(x.agent_id)
+                            if ctx is None:
+                                ctx = batch_ctx[x.agent_id] = (set(), set())
+                            ctx[0].add(x.token)
+                            ctx[1].add(x.session_id)
+                    toks, sids = batch_ctx[agent_id]
+                    # The previous tokens this agent's calls can have in this batch: a session's
+                    # start, an open session's last call, or one of its calls here.
+                    open_now = st.sessions.open
+                    prevs = {START, *toks, *(open_now[x].prev for x in sids if x in open_now)}
+                    got = priors[agent_id] = self._fleet(frozenset(st.model.vocab | toks), mature, st, prevs)
                 prior, peer_limit = got
             # Session context: SessionTracker.touch inlined (same operations).
             tracker = st.sessions
@@ -381,11 +390,12 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             margins.append((bits - thr) if scored else nan)
         return findings, np.array(margins, dtype=np.float64)
 
-    def _fleet(self, vocab: frozenset[str], mature: list[_Agent],
-               st: _Agent) -> tuple[MarkovModel | None, float | None]:
+    def _fleet(self, vocab: frozenset[str], mature: list[_Agent], st: _Agent,
+               prevs: set[str]) -> tuple[MarkovModel | None, float | None]:
         """Fleet prior for learning agent ``st``: the sequence models of mature agents that use its
         tools, and the median of their session-length limits. Which agents those are is cached
-        (``_PeerCache``); the prior itself is built from their models as they stand now."""
+        (``_PeerCache``); the prior itself is built from their models as they stand now, with the
+        transition rows of ``prevs`` only (the previous tokens it will be read at)."""
         cfg = self.config
         if not vocab:
             return None, None
@@ -401,7 +411,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             similar = [p for p in similar if p is not st]
         limits = [p.length_limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
         # statistics.median: the same value as np.median ((a + b) / 2 of the middle pair), without an array.
-        return (fleet_prior((p.model for p in similar), cfg.markov, lazy_rows=True),
+        return (fleet_prior((p.model for p in similar), cfg.markov, rows=prevs),
                 (float(median(limits)) if limits else None))
 
     def _note_novel(self, st: _Agent, token: str, prev: str, sid: str, after_instr: bool) -> _Novel | None:

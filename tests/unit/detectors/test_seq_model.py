@@ -116,17 +116,23 @@ def test_probabilities_are_proper(pairs, prev, tok):
     assert sum(m.prob(prev, t) for t in vocab) <= 1.0 + 1e-9
 
 
-def test_fleet_prior_with_lazy_rows_reads_exactly_as_the_eager_one():
+def test_fleet_prior_with_some_rows_reads_exactly_as_the_full_one():
     a = trained(*(ABAB * 10), ("b", "c"))
     b = trained(*(((START, "a"), ("a", "c")) * 5))
     c = trained(("c", "a"), ("a", "a"))
-    eager = fleet_prior([a, b, c])
-    lazy = fleet_prior([a, b, c], lazy_rows=True)
-    assert lazy.uni == eager.uni and lazy.mass == eager.mass and lazy.n_transitions == eager.n_transitions
+    full = fleet_prior([a, b, c])
+    rows = (START, "a", "x")  # "x": a row no member has
+    part = fleet_prior([a, b, c], rows=rows)
+    assert part.uni == full.uni and part.mass == full.mass
+    assert set(part.bi) == {START, "a"} and all(part.bi[p] == full.bi[p] for p in part.bi)
     agent = trained(*ABAB)
-    for p in (START, "a", "b", "c", "x"):
-        assert lazy.expected(p) == eager.expected(p)
+    for p in rows:
+        assert part.expected(p) == full.expected(p)
         for t in ("a", "b", "c", "x"):
-            assert lazy.prob(p, t) == eager.prob(p, t)
-            assert agent.surprisal(p, t, lazy) == agent.surprisal(p, t, eager)
-    assert lazy.to_dict() == eager.to_dict()
+            assert part.prob(p, t) == full.prob(p, t)
+            assert agent.surprisal(p, t, part) == agent.surprisal(p, t, full)
+    # A row it was not asked for is an error, not an unseen row's smaller probability.
+    with pytest.raises(LookupError, match="'b'"):
+        part.prob("b", "c")
+    with pytest.raises(LookupError, match="'b'"):
+        agent.surprisal("b", "c", part)
