@@ -85,6 +85,10 @@ class MarkovModel:
             q = prior.prob(prev, tok)
         return (c + w * q + cfg.alpha * p1) / (out + w + cfg.alpha)
 
+    def row(self, prev: str) -> dict[str, float] | None:
+        """Counts of the tokens seen after ``prev`` (``None`` if none): what ``prob`` reads."""
+        return self.bi.get(prev)
+
     def surprisal(self, prev: str, tok: str, prior: "MarkovModel | None" = None) -> float:
         """Bits of surprise at ``tok`` following ``prev``; higher = less expected."""
         return -math.log2(self.prob(prev, tok, prior))
@@ -212,6 +216,11 @@ class _PartialPrior(MarkovModel):
             raise LookupError(f"fleet prior row {prev!r} was not built (built: {sorted(self._rows)}); "
                               "pass every previous token the caller may read to fleet_prior(rows=...)")
 
+    def row(self, prev: str) -> dict[str, float] | None:
+        """The (scaled) transition row after ``prev``, ``None`` if no member has one."""
+        self._check(prev)
+        return self.bi.get(prev)
+
     def prob(self, prev: str, tok: str, prior: "MarkovModel | None" = None) -> float:
         self._check(prev)
         return super().prob(prev, tok, prior)
@@ -229,42 +238,52 @@ def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = Non
     """Average of several agents' models, each scaled to unit mass so no agent dominates. With
     ``rows`` only the transition rows of those previous tokens are built, and only ``prob`` and
     ``expected`` of them, ``uni`` and ``mass`` may be read (``_PartialPrior``)."""
-    # add_scaled for each member, with one recount at the end instead of one per member (the counts
-    # are summed in the same order, so every value is the same): this runs per learning agent.
-    # Each row's sums only involve that row, so building some rows gives those rows' exact values.
-    want = None if rows is None else tuple(dict.fromkeys(rows))
+    # add_scaled for each member, with one recount at the end instead of one per member: every
+    # count is summed over the members in member order, as adding member after member does, so
+    # every value is the same (0.0 + x is x, so a count's first member is copied scaled). This
+    # runs per learning agent and batch; a row's sums involve that row only, hence ``rows``.
     uni: dict[str, float] = {}
-    bi: dict[str, dict[str, float]] = {}
-    n = 0
+    scaled: list[tuple[dict[str, dict[str, float]], float]] = []
     total = 0.0
     for m in models:
         mass = m.mass
         if mass > 0:
             f = 1.0 / mass
             for t, c in m.uni.items():
-                uni[t] = uni.get(t, 0.0) + c * f
-            if want is None:
-                picked = m.bi.items()
-            else:
-                got = m.bi.get
-                picked = [(p, r) for p in want if (r := got(p)) is not None]
-            for p, row in picked:
-                mine = bi.get(p)
-                if mine is None:
-                    mine = bi[p] = {}
-                for t, c in row.items():
-                    mine[t] = mine.get(t, 0.0) + c * f
-            n += 1
+                if t in uni:
+                    uni[t] += c * f
+                else:
+                    uni[t] = c * f
+            scaled.append((m.bi, f))
             total += mass
+    n = len(scaled)
     if n == 0:
         return None
+    want = tuple(dict.fromkeys(p for bi, _ in scaled for p in bi) if rows is None else dict.fromkeys(rows))
+    bi: dict[str, dict[str, float]] = {}
+    for p in want:
+        mine = None
+        for member_bi, f in scaled:
+            row = member_bi.get(p)
+            if row is None:
+                continue
+            if mine is None:
+                mine = {t: c * f for t, c in row.items()}
+            else:
+                for t, c in row.items():
+                    if t in mine:
+                        mine[t] += c * f
+                    else:
+                        mine[t] = c * f
+        if mine is not None:
+            bi[p] = mine
     # Sum of unit-mass models has mass n; rescale to one average member's mass so the prior's
     # own smoothing behaves like that of a well-trained agent.
     prior_scale = total / n / n
-    prior = MarkovModel(config) if want is None else _PartialPrior(config, frozenset(want))
+    prior = MarkovModel(config) if rows is None else _PartialPrior(config, frozenset(want))
     prior.uni = {t: c * prior_scale for t, c in uni.items()}
     prior.bi = {p: {t: c * prior_scale for t, c in r.items()} for p, r in bi.items()}
-    if want is None:
+    if rows is None:
         prior._recount()
     else:  # _recount without n_transitions, which a partial prior cannot know
         prior.out = {p: sum(row.values()) for p, row in prior.bi.items()}

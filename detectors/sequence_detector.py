@@ -135,7 +135,8 @@ class _PeerCache:
     mature: list[_Agent] = field(default_factory=list)
     epoch: int = -1
     vocabs: list[tuple[_Agent, frozenset[str]]] | None = None
-    similar: dict[frozenset[str], list[_Agent]] = field(default_factory=dict)
+    similar: dict[frozenset[str], tuple[list[_Agent], list[MarkovModel]]] = field(default_factory=dict)
+    """Per vocabulary, the peers whose models make its prior, and their models."""
 
     def check_mature(self, mature: list[_Agent]) -> None:
         """Forget everything if the mature agents changed (once per batch)."""
@@ -225,7 +226,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         batch_ctx: dict[str, tuple[set[str], set[str]]] | None = None
         """Per agent, the tokens and session ids of its calls in this batch (for its fleet prior)."""
         markov = cfg.markov  # every agent's model is built with it (new_state, state_from_dict)
-        alpha, beta = markov.alpha, markov.beta
+        alpha, beta, prior_weight = markov.alpha, markov.beta, markov.prior_weight
         max_mass, max_tokens, max_transitions = markov.max_mass, markov.max_tokens, markov.max_transitions
         thr_plain, thr_instr = cfg.threshold_bits, cfg.after_instructions_bits
         learn_novel = cfg.learn_novel_sessions
@@ -253,7 +254,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                             ctx = batch_ctx.get(x.agent_id)
                             if ctx is None:
                                 ctx = batch_ctx[x.agent_id] = (set(), set())
-                            ctx[0].add(x.token)
+                            ctx[0].add(x.server + "/" + x.tool if x.server else x.tool)  # ToolCall.token
                             ctx[1].add(x.session_id)
                     toks, sids = batch_ctx[agent_id]
                     # The previous tokens this agent's calls can have in this batch: a session's
@@ -320,8 +321,19 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                 n_out = model.out.get(prev, 0.0)
                 bits = -log2(((0.0 if n_pt is None else n_pt) + alpha * p1) / (n_out + alpha))
             else:
-                n_tok, n_pt, n_out = uni.get(token, 0.0), row.get(token) if row is not None else None, None
-                bits = model.surprisal(prev, token, prior)
+                # MarkovModel.surprisal(prev, token, prior) inlined: the prior's own P1 and P2 (it
+                # has no prior: weight 0), then the agent's; the same operations in the same order.
+                n_tok = uni.get(token, 0.0)
+                n_pt = row.get(token) if row is not None else None
+                n_out = None
+                p_uni = prior.uni
+                base = (p_uni.get(token, 0.0) + beta * (1.0 / (len(p_uni) + 1))) / (prior.mass + beta)
+                p_row = prior.row(prev)
+                q = (((p_row.get(token, 0.0) if p_row else 0.0) + 0.0 * 0.0 + alpha * base)
+                     / (prior.out.get(prev, 0.0) + 0.0 + alpha))
+                p1 = (n_tok + beta * base) / (model.mass + beta)
+                bits = -log2(((0.0 if n_pt is None else n_pt) + prior_weight * q + alpha * p1)
+                             / (model.out.get(prev, 0.0) + prior_weight + alpha))
             after_instr = s.prev_instructions
             thr = thr_instr if after_instr else thr_plain
             flagged = scored and bits >= thr
@@ -401,18 +413,20 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             return None, None
         cache = self._peers
         cache.check_epoch(self._vocab_epoch)
-        similar = cache.similar.get(vocab)
-        if similar is None:
+        got = cache.similar.get(vocab)
+        if got is None:
             if cache.vocabs is None:
                 cache.vocabs = [(p, frozenset(p.model.vocab)) for p in mature]
             need, size = cfg.prior_min_containment, len(vocab)
-            similar = cache.similar[vocab] = [p for p, v in cache.vocabs if len(vocab & v) / size >= need]
+            similar = [p for p, v in cache.vocabs if len(vocab & v) / size >= need]
+            got = cache.similar[vocab] = (similar, [p.model for p in similar])
+        similar, models = got
         if st in similar:  # never, in practice: a learning agent is not mature
             similar = [p for p in similar if p is not st]
+            models = [p.model for p in similar]
         limits = [p.length_limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
         # statistics.median: the same value as np.median ((a + b) / 2 of the middle pair), without an array.
-        return (fleet_prior((p.model for p in similar), cfg.markov, rows=prevs),
-                (float(median(limits)) if limits else None))
+        return fleet_prior(models, cfg.markov, rows=prevs), (float(median(limits)) if limits else None)
 
     def _note_novel(self, st: _Agent, token: str, prev: str, sid: str, after_instr: bool) -> _Novel | None:
         """Remember a flagged call of a never-seen tool: the transition into it, and its session
