@@ -10,8 +10,10 @@ Never-seen tools: an unseen tool's surprisal grows with the model's mass, so a t
 meets while it is scored would, never being learned, be flagged on every call for good. Instead
 its findings share one dedup key per agent and tool (one alert while it recurs within the alert
 grouping window), and it is learned (the transitions into it that were flagged) at its first call
-in a new session once it has recurred in ``learn_novel_sessions`` distinct sessions that raised no
-other finding and where it did not follow an ``instructions`` result. A frozen agent learns none.
+in a new session once it has recurred in ``learn_novel_sessions`` distinct sessions that have ended
+(idle for ``session_idle_s`` or pushed out) without raising another finding, and where it did not
+follow an ``instructions`` result. Only an ended session vouches: an open one may still raise a
+finding, and learning cannot be taken back. A frozen agent learns none.
 
 Agent states (``agent_states()``, for a Prometheus gauge):
 
@@ -58,8 +60,8 @@ class SequenceConfig:
     max_open_sessions: int = 32
     session_idle_s: float = 1800.0
     learn_novel_sessions: int = 10
-    """A never-seen tool is learned once it has recurred in this many distinct sessions that raised
-    no other finding (0: never, every call of it stays a finding)."""
+    """A never-seen tool is learned once it has recurred in this many distinct sessions that ended
+    without another finding (0: never, every call of it stays a finding)."""
     max_novel_tools: int = 32
     """Never-seen tools waiting to be learned, per agent (the oldest is forgotten first)."""
     markov: MarkovConfig = field(default_factory=MarkovConfig)
@@ -87,7 +89,13 @@ class _Novel:
     the flagged transitions into it (previous token -> count), learned when it is accepted."""
 
     sessions: dict[str, None] = field(default_factory=dict)
+    """Sessions it was called in that have raised no other finding so far (open or ended)."""
     prevs: dict[str, float] = field(default_factory=dict)
+
+    def ended(self, open_sessions: dict[str, Session]) -> int:
+        """How many of ``sessions`` have ended (are no longer open): only those vouch for the tool,
+        since an open session may still raise another finding."""
+        return sum(1 for sid in self.sessions if sid not in open_sessions)
 
 
 class _Agent:
@@ -308,7 +316,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             novel = st.novel
             if novel and not frozen:
                 rec = novel.get(token)
-                if rec is not None and sid not in rec.sessions and len(rec.sessions) >= learn_novel:
+                if (rec is not None and sid not in rec.sessions and len(rec.sessions) >= learn_novel
+                        and rec.ended(opened) >= learn_novel):
                     self._accept(st, token, rec)
             uni = model.uni
             row = model.bi.get(prev)
@@ -456,7 +465,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             rec.sessions.pop(sid, None)
 
     def _accept(self, st: _Agent, token: str, rec: _Novel) -> None:
-        """Learn a never-seen tool that recurred in enough clean sessions: the flagged transitions
+        """Learn a never-seen tool that recurred in enough sessions that ended clean: the flagged transitions
         into it, with their counts."""
         del st.novel[token]
         self._vocab_epoch += 1
@@ -485,7 +494,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                 "after_instructions": after_instr,
                 "state": status,
                 "basis": "fleet_prior" if prior is not None else "agent",
-                **({"clean_sessions": len(novel.sessions), "learned_after_sessions": self.config.learn_novel_sessions}
+                **({"clean_sessions": novel.ended(st.sessions.open),
+                    "learned_after_sessions": self.config.learn_novel_sessions}
                    if novel is not None else {}),
             },
             # A never-seen tool recurs in many sessions until it is learned: one alert per agent and tool.

@@ -76,8 +76,12 @@ def test_same_findings_and_margins_as_main_with_the_novel_rule_off(stages, workl
     np.testing.assert_array_equal(new_m, old_m)
 
 
-def test_with_the_novel_rule_on_only_never_seen_tools_differ(stages):
-    _, calls = stages.workload(100_000, BATCH, 75_000, "fleet")
+@pytest.mark.parametrize("rate", [75_000, 5])
+def test_with_the_novel_rule_on_only_never_seen_tools_differ(stages, rate):
+    # A never-seen tool is learned only from sessions that have ended: at the benches' 75,000
+    # spans/s of event time these 100,000 calls last 1.3 s, so no session idles out (30 min) and
+    # nothing is learned; at 5/s they last 5.5 hours.
+    _, calls = stages.workload(100_000, BATCH, rate, "fleet")
     new_f, _ = run(SequenceDetector(), calls)
     old_f, _ = run(sequence_main.SequenceDetector(), calls)
     unseen = {(f.agent_id, f.server, f.tool) for f in old_f if f.evidence.get("unseen_tool")}
@@ -86,7 +90,7 @@ def test_with_the_novel_rule_on_only_never_seen_tools_differ(stages):
         return [f.to_dict() for f in found if (f.agent_id, f.server, f.tool) not in unseen]
 
     assert others(new_f) == others(old_f)
-    assert len(new_f) < len(old_f)
+    assert len(new_f) < len(old_f) if rate < 1000 else len(new_f) <= len(old_f)
 
 
 @given(st.lists(st.floats(25.0, 1e6), min_size=1, max_size=40))

@@ -1,5 +1,5 @@
 """A tool an agent first meets while it is scored (issue #4): one alert per agent and tool, learned
-after ``learn_novel_sessions`` clean sessions, never taught by attack-like sessions.
+after ``learn_novel_sessions`` sessions that ended clean, never taught by attack-like sessions.
 
 The mechanism: an unseen tool's surprisal is ``log2((c(p)+alpha)(N+beta)(V+1)/(alpha*beta))``, which
 grows with the model's mass ``N``; flagged calls are not learned, so once above the threshold such a
@@ -51,10 +51,13 @@ def test_new_routine_tool_is_one_alert_then_learned_after_clean_sessions():
     det = trained(SequenceDetector(SequenceConfig(**CFG)))
     found = C.feed(det, with_new_tool("a", 30, C.T0 + 10**6 * C.S))
     new = flagged_new(found)
-    assert [f.session_id for f in new] == [f"a-n{C.T0 + 10**6 * C.S}-{k}" for k in range(4)]
+    # A session vouches once it has ended clean: sessions start 600 s apart and end after 1800 s
+    # idle, so session k has ended when session k+4 starts. Sessions 0-3 have ended by session 7,
+    # whose call of the tool learns it.
+    assert [f.session_id for f in new] == [f"a-n{C.T0 + 10**6 * C.S}-{k}" for k in range(7)]
     assert {f.dedup_key for f in new} == {f"sequence:a:novel:{NEW}"}  # grouped into one alert
     assert all(f.evidence["unseen_tool"] for f in new)
-    assert [f.evidence["clean_sessions"] for f in new] == [1, 2, 3, 4]
+    assert [f.evidence["clean_sessions"] for f in new] == [0, 0, 0, 0, 1, 2, 3]
     assert new[0].evidence["learned_after_sessions"] == 4
     assert found == new  # learning it raised nothing else
     assert det.snapshot_agent("a")["model"]["bi"]["fs/list_dir"][NEW] >= 4
@@ -78,6 +81,31 @@ def test_sessions_with_other_findings_or_injections_teach_nothing():
         assert flagged_new(det.observe(Batch(calls=calls))), k
 
 
+def test_sessions_that_raise_another_finding_after_the_tool_teach_nothing():
+    """Found in issue #4: a session counted towards learning a tool while it was still open, so a
+    finding it raised later (after the tool had been learned) came too late to take that back. Here
+    four sessions call the tool and are still open when a fifth calls it (main's detector learned it
+    there); then each of the four makes a known call out of place. None of them ever vouched."""
+    det = trained(SequenceDetector(SequenceConfig(**CFG, threshold_bits=7.5)))
+    t = C.T0 + 10**6 * C.S
+    sessions = [f"a-open{k}" for k in range(5)]
+    calls = []
+    for k, sid in enumerate(sessions):
+        calls += C.session_calls("a", sid, ["fs/list_dir", NEW], t + k * 10 * C.S)
+    for k, sid in enumerate(sessions[:4]):  # list_dir -> commit: 8.0 bits, a finding at 7.5
+        calls += C.session_calls("a", sid, ["fs/list_dir", "git/commit"], t + (100 + k * 10) * C.S)
+    found = det.observe(Batch(calls=calls))
+    assert [f.session_id for f in flagged_new(found)] == sessions
+    assert sorted(f.dedup_key for f in found if not f.evidence["unseen_tool"]) == [
+        f"sequence:a:{sid}" for sid in sessions[:4]]
+    assert NEW not in det.snapshot_agent("a")["model"]["uni"]
+    # Hours later (all five ended; one of them clean) the tool is still news, and stays so until
+    # three more sessions have ended clean.
+    later = with_new_tool("a", 8, t + 10**4 * C.S)
+    assert len(flagged_new(C.feed(det, later))) == 6  # sessions 0-5; 0-2 have ended by session 6
+    assert NEW in det.snapshot_agent("a")["model"]["uni"]
+
+
 def test_frozen_agents_learn_no_new_tool_and_pending_state_survives_a_snapshot():
     det = trained(SequenceDetector(SequenceConfig(**CFG)))
     C.feed(det, with_new_tool("a", 3, C.T0 + 10**6 * C.S))
@@ -86,8 +114,9 @@ def test_frozen_agents_learn_no_new_tool_and_pending_state_survives_a_snapshot()
     restored.restore_agent("a", snap)
     det.freeze("a")
     assert len(flagged_new(C.feed(det, with_new_tool("a", 10, C.T0 + 10**7 * C.S)))) == 10
-    # Restored: 3 clean sessions remembered, so the 4th is the last flagged one.
-    assert len(flagged_new(C.feed(restored, with_new_tool("a", 10, C.T0 + 10**7 * C.S)))) == 1
+    # Restored: 3 clean sessions remembered (ended: idle since); the 4th is the first new one,
+    # which has ended when the 5th new one starts (see above), so 4 new ones are flagged.
+    assert len(flagged_new(C.feed(restored, with_new_tool("a", 10, C.T0 + 10**7 * C.S)))) == 4
 
 
 def test_learning_can_be_switched_off():
