@@ -260,15 +260,21 @@ def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = Non
     if n == 0:
         return None
     want = tuple(dict.fromkeys(p for bi, _ in scaled for p in bi) if rows is None else dict.fromkeys(rows))
+    # Sum of unit-mass models has mass n; rescale to one average member's mass so the prior's
+    # own smoothing behaves like that of a well-trained agent.
+    prior_scale = total / n / n
     bi: dict[str, dict[str, float]] = {}
-    for p in want:
-        mine = None
+    out: dict[str, float] = {}
+    for p in want:  # plain loops, no comprehensions: most rows hold two or three tokens
+        mine: dict[str, float] | None = None
         for member_bi, f in scaled:
             row = member_bi.get(p)
             if row is None:
                 continue
             if mine is None:
-                mine = {t: c * f for t, c in row.items()}
+                mine = {}
+                for t, c in row.items():
+                    mine[t] = c * f
             else:
                 for t, c in row.items():
                     if t in mine:
@@ -276,18 +282,19 @@ def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = Non
                     else:
                         mine[t] = c * f
         if mine is not None:
+            for t, c in mine.items():
+                mine[t] = c * prior_scale
             bi[p] = mine
-    # Sum of unit-mass models has mass n; rescale to one average member's mass so the prior's
-    # own smoothing behaves like that of a well-trained agent.
-    prior_scale = total / n / n
-    prior = MarkovModel(config) if rows is None else _PartialPrior(config, frozenset(want))
-    prior.uni = {t: c * prior_scale for t, c in uni.items()}
-    prior.bi = {p: {t: c * prior_scale for t, c in r.items()} for p, r in bi.items()}
-    if rows is None:
-        prior._recount()
-    else:  # _recount without n_transitions, which a partial prior cannot know
-        prior.out = {p: sum(row.values()) for p, row in prior.bi.items()}
-        prior.mass = sum(prior.uni.values())
+            out[p] = sum(mine.values())
+    for t, c in uni.items():
+        uni[t] = c * prior_scale
+    prior = MarkovModel.__new__(MarkovModel if rows is None else _PartialPrior)
+    prior.config = config or MarkovConfig()
+    prior.uni, prior.bi, prior.out = uni, bi, out
+    prior.mass = sum(uni.values())
+    prior.n_transitions = sum(len(r) for r in bi.values()) if rows is None else 0
+    if rows is not None:
+        prior._rows = frozenset(want)  # type: ignore[attr-defined]
     return prior
 
 
