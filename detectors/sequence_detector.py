@@ -146,18 +146,47 @@ class _PeerCache:
     similar: dict[frozenset[str], tuple[list[_Agent], list[MarkovModel]]] = field(default_factory=dict)
     """Per vocabulary, the peers whose models make its prior, and their models."""
 
-    def check_mature(self, mature: list[_Agent]) -> None:
-        """Forget everything if the mature agents changed (once per batch)."""
+    def check_mature(self, mature: list[_Agent], need: float) -> None:
+        """Follow a change of the mature agents (once per batch). Agents only joining (the usual
+        change: learning agents mature) keep every selection none of them qualifies for (``need``:
+        the containment that qualifies); any other change forgets everything."""
         old = self.mature
-        if len(old) != len(mature) or any(a is not b for a, b in zip(old, mature)):
-            self.mature, self.vocabs, self.similar = mature, None, {}
-        else:
+        if len(old) == len(mature) and all(a is b for a, b in zip(old, mature)):
             self.mature = mature
+            return
+        vocabs = self.vocabs
+        joined = _joined(old, mature) if vocabs is not None else None
+        self.mature = mature
+        if joined is None:
+            self.vocabs, self.similar = None, {}
+            return
+        new = {a: frozenset(a.model.vocab) for a in joined}
+        known = dict(vocabs)
+        known.update(new)
+        self.vocabs = [(a, known[a]) for a in mature]
+        # A selection lists its qualifying peers in mature order: one a joiner qualifies for must
+        # be made again (when next asked for); the others stand as they are.
+        added = list(new.values())
+        self.similar = {v: got for v, got in self.similar.items()
+                        if not any(len(v & w) / len(v) >= need for w in added)}
 
     def check_epoch(self, epoch: int) -> None:
         """Forget the vocabularies and selections if any mature agent's vocabulary changed."""
         if epoch != self.epoch:
             self.epoch, self.vocabs, self.similar = epoch, None, {}
+
+
+def _joined(old: list[_Agent], new: list[_Agent]) -> list[_Agent] | None:
+    """The agents of ``new`` not in ``old`` if ``old`` is ``new`` with them left out (same objects,
+    same order), else ``None``."""
+    joined: list[_Agent] = []
+    i, n = 0, len(old)
+    for a in new:
+        if i < n and a is old[i]:
+            i += 1
+        else:
+            joined.append(a)
+    return joined if i == n else None
 
 
 class SequenceDetector(PerAgentDetector[_Agent]):
@@ -229,7 +258,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         mature = [st for st in states.values() if st.status(cfg) != LEARNING]
         use_prior = cfg.use_fleet_prior
         if use_prior:
-            self._peers.check_mature(mature)
+            self._peers.check_mature(mature, cfg.prior_min_containment)
         priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
         batch_ctx: dict[str, tuple[set[str], set[str]]] | None = None
         """Per agent, the tokens and session ids of its calls in this batch (for its fleet prior)."""
@@ -240,7 +269,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         learn_novel = cfg.learn_novel_sessions
         length_k, length_floor = cfg.length_k, cfg.length_floor
         log2, exp, nan = math.log2, math.exp, math.nan
-        for c in calls:
+        tokens = [c.server + "/" + c.tool if c.server else c.tool for c in calls]  # ToolCall.token
+        for c, token in zip(calls, tokens):
             agent_id = c.agent_id
             st = states.get(agent_id)
             if st is None:
@@ -258,11 +288,11 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                 if got is None:
                     if batch_ctx is None:
                         batch_ctx = {}
-                        for x in calls:
+                        for x, tok in zip(calls, tokens):
                             ctx = batch_ctx.get(x.agent_id)
                             if ctx is None:
                                 ctx = batch_ctx[x.agent_id] = (set(), set())
-                            ctx[0].add(x.server + "/" + x.tool if x.server else x.tool)  # ToolCall.token
+                            ctx[0].add(tok)
                             ctx[1].add(x.session_id)
                     toks, sids = batch_ctx[agent_id]
                     # The previous tokens this agent's calls can have in this batch: a session's
@@ -309,7 +339,6 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             if n_in == 0:
                 st.n_sessions += 1
             server = c.server
-            token = server + "/" + c.tool if server else c.tool
             prev = s.prev
             scored = status != LEARNING or prior is not None
             model = st.model
