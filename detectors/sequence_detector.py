@@ -176,6 +176,35 @@ class _PeerCache:
             self.epoch, self.vocabs, self.similar = epoch, None, {}
 
 
+def _reachable_prevs(tracker: SessionTracker, own: list[tuple[str, str, int]]) -> set[str]:
+    """Every previous token an agent's calls in one batch (``own``: session id, token and event
+    time of each, in order) can be scored after, from its sessions as they stand before the first:
+    the open session's last token at a session's first call here, the session's call before it
+    here at the next ones, and ``START`` if any session may begin anew (a session not open, or
+    sessions idling out: the only ways one ends). Its fleet prior builds just these rows."""
+    opened = tracker.open
+    floor, idle = tracker.floor_ns, tracker.idle_ns
+    last: dict[str, str] = {}
+    prevs: set[str] = set()
+    start = not opened
+    for sid, tok, t in own:
+        p = last.get(sid)
+        if p is None:
+            s = opened.get(sid)
+            if s is None:
+                start = True  # a new session; it may push an open one out, which then begins anew
+            else:
+                prevs.add(s.prev)
+        else:
+            prevs.add(p)
+        last[sid] = tok
+        if t - floor > idle:
+            start = True
+    if start:
+        prevs.add(START)
+    return prevs
+
+
 def _joined(old: list[_Agent], new: list[_Agent]) -> list[_Agent] | None:
     """The agents of ``new`` not in ``old`` if ``old`` is ``new`` with them left out (same objects,
     same order), else ``None``."""
@@ -260,8 +289,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         if use_prior:
             self._peers.check_mature(mature, cfg.prior_min_containment)
         priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
-        batch_ctx: dict[str, tuple[set[str], set[str]]] | None = None
-        """Per agent, the tokens and session ids of its calls in this batch (for its fleet prior)."""
+        batch_ctx: dict[str, list[tuple[str, str, int]]] | None = None
+        """Per agent, its calls in this batch (session id, token, event time), for its fleet prior."""
         markov = cfg.markov  # every agent's model is built with it (new_state, state_from_dict)
         alpha, beta, prior_weight = markov.alpha, markov.beta, markov.prior_weight
         max_mass, max_tokens, max_transitions = markov.max_mass, markov.max_tokens, markov.max_transitions
@@ -289,17 +318,14 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     if batch_ctx is None:
                         batch_ctx = {}
                         for x, tok in zip(calls, tokens):
-                            ctx = batch_ctx.get(x.agent_id)
-                            if ctx is None:
-                                ctx = batch_ctx[x.agent_id] = (set(), set())
-                            ctx[0].add(tok)
-                            ctx[1].add(x.session_id)
-                    toks, sids = batch_ctx[agent_id]
-                    # The previous tokens this agent's calls can have in this batch: a session's
-                    # start, an open session's last call, or one of its calls here.
-                    open_now = st.sessions.open
-                    prevs = {START, *toks, *(open_now[x].prev for x in sids if x in open_now)}
-                    got = priors[agent_id] = self._fleet(frozenset(st.model.vocab | toks), mature, st, prevs)
+                            own = batch_ctx.get(x.agent_id)
+                            if own is None:
+                                batch_ctx[x.agent_id] = [(x.session_id, tok, x.time_ns)]
+                            else:
+                                own.append((x.session_id, tok, x.time_ns))
+                    own = batch_ctx[agent_id]
+                    got = priors[agent_id] = self._fleet(frozenset(st.model.vocab.union([x[1] for x in own])),
+                                                         mature, st, _reachable_prevs(st.sessions, own))
                 prior, peer_limit = got
             # Session context: SessionTracker.touch inlined (same operations).
             tracker = st.sessions

@@ -98,3 +98,58 @@ def test_peer_limit_median_is_numpys(limits):
     """The peers' session-length limit is now ``statistics.median``: the same float as main's np.median."""
     from statistics import median
     assert float(median(limits)) == float(np.median(limits))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_learning_agents_sessions_ending_inside_a_batch_read_the_same_prior_as_main(seed):
+    """A learning agent's prior holds only the rows its calls in the batch can read (``_reachable_prevs``):
+    here sessions begin, idle out, are pushed out and come back under the same id inside batches
+    (at most 3 open, 60 s idle), and every score must still be main's (a row left out would raise)."""
+    import conformance as C
+    from toolwatch.detectors.events import ToolCall
+
+    rng = np.random.default_rng(seed)
+    cfg = {"min_calls": 60, "min_sessions": 8, "max_open_sessions": 3, "session_idle_s": 60.0,
+           "threshold_bits": 4.0}
+    peers = [c for k, name in enumerate(("p1", "p2", "p3")) for c in C.routine_traffic(name, 30, seed=k)]
+    peers.sort(key=lambda c: c.time_ns)
+    toks = list(C.TOKENS) + ["evil/exfiltrate"]
+    t = C.T0 + 10**6 * C.S
+    newcomers = []
+    for i in range(1200):
+        # Phases: quiet (1 s apart: nothing idles out; sessions end by being pushed out), slow
+        # (90 s apart, two sessions per agent: they idle out and come back under the same id, with
+        # no new session id in the batch) and mixed.
+        phase = (i // 150) % 3
+        t += int((1 if phase == 0 else 90 if phase == 1 else rng.choice([1, 5, 30, 90])) * C.S)
+        tok = toks[int(rng.integers(len(toks)))]
+        server, tool = tok.split("/", 1)
+        if phase == 1:
+            sid = f"s{int(rng.integers(2))}"
+        else:
+            sid = f"s{int(rng.integers(6))}" if rng.random() < 0.7 else f"fresh{i}"
+        newcomers.append(ToolCall(time_ns=t, agent_id=f"n{i % 4}", tool=tool, server=server,
+                                  session_id=sid, span_id=f"x{i}", trace_id="x"))
+    new = SequenceDetector(SequenceConfig(**cfg, learn_novel_sessions=0))
+    old = sequence_main.SequenceDetector(sequence_main.SequenceConfig(**cfg))
+    for det in (new, old):
+        C.feed(det, peers)
+    assert set(new.agent_states().values()) == {"active"}
+    sizes = rng.integers(1, 40, size=200)
+    found = {"new": [], "old": []}
+    i = 0
+    for size in sizes:
+        chunk = newcomers[i : i + int(size)]
+        if not chunk:
+            break
+        i += int(size)
+        for name, det in (("new", new), ("old", old)):
+            f, m = det.observe_scored(Batch(calls=list(chunk), watermark_ns=chunk[-1].time_ns))
+            found[name].append(([as_old(x) if name == "new" else x.to_dict() for x in f], m))
+    assert any(x["evidence"]["basis"] == "fleet_prior" for f, _ in found["old"] for x in f)
+    for (fn, mn), (fo, mo) in zip(found["new"], found["old"]):
+        assert fn == fo
+        np.testing.assert_array_equal(mn, mo)
+    # main keeps no never-seen-tool bookkeeping ("novel", "dirty"): the rest must be the same
+    mine = {a: {k: v for k, v in new.snapshot_agent(a).items() if k not in ("novel", "dirty")} for a in new.agents()}
+    assert mine == {a: old.snapshot_agent(a) for a in old.agents()}
