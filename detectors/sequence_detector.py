@@ -284,9 +284,12 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         findings: list[Finding] = []
         states = self._state
         min_calls, min_sessions = cfg.min_calls, cfg.min_sessions
-        mature = [st for st in states.values() if st.status(cfg) != LEARNING]
         use_prior = cfg.use_fleet_prior
+        mature: list[_Agent] = []
         if use_prior:
+            # _Agent.status(cfg) != LEARNING, inlined (once per agent and batch).
+            mature = [st for st in states.values()
+                      if st.frozen or (st.n_calls >= min_calls and st.n_sessions >= min_sessions)]
             self._peers.check_mature(mature, cfg.prior_min_containment)
         priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
         batch_ctx: dict[str, list[tuple[str, str, int]]] | None = None
