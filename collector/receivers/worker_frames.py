@@ -74,9 +74,34 @@ def unframe(body: bytes) -> tuple[Any, ...]:
     return msg
 
 
+_SHARED = tuple(
+    _CALL_FIELDS.index(name)
+    for name in (
+        "agent_id", "tool", "server", "session_id", "request_id", "agent_name", "server_address", "error_type",
+        "args_json", "args_labels", "result_labels", "args_fingerprints", "result_fingerprints", "destinations",
+        "definition_sha256", "source",
+    )
+)  # fmt: skip
+"""Fields whose values repeat across a request's calls: strings and tuples of strings only, where
+equal values are also of equal type (unlike ints and floats, ``1 == 1.0``)."""
+
+
 def calls_to_tuples(calls: list[ToolCall]) -> list[tuple[Any, ...]]:
-    """Each call's fields in declaration order (``ToolCall(*t)`` rebuilds it)."""
-    return list(map(_call_values, calls))
+    """Each call's fields in declaration order (``ToolCall(*t)`` rebuilds it).
+
+    Equal values of the repeating fields are made one object per request: ``marshal`` then writes
+    each once and back-references the rest, so the daemon's ``marshal.loads`` (its own CPU, which
+    the detectors need) allocates one string per distinct agent, tool, session, ... instead of one
+    per call. The worker pays for that; the values are unchanged.
+    """
+    rows = list(map(_call_values, calls))
+    if len(rows) < 2:
+        return rows
+    cols = list(zip(*rows))
+    one = {}.setdefault
+    for i in _SHARED:
+        cols[i] = [one(v, v) for v in cols[i]]  # type: ignore[call-overload]
+    return list(zip(*cols))
 
 
 def tuples_to_calls(rows: list[tuple[Any, ...]]) -> list[ToolCall]:
