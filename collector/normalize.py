@@ -143,6 +143,10 @@ class Normalizer:
         self._markers = frozenset(k for d in dialects for k in d.marker_keys) if dialects is not DIALECTS else MARKER_KEYS
         # For map-typed attributes, asked key by key (GenAI's first: they decide the common case).
         self._marker_order = tuple(sorted(self._markers, key=lambda k: (k not in GENAI.marker_keys, k)))
+        # gen_ai.operation.name is read from every marked span anyway: where it is a marker, its
+        # value answers "marked?" too, and only the other markers are asked key by key.
+        self._op_marks = _OP in self._markers
+        self._other_markers = tuple(k for k in self._marker_order if k != _OP) if self._op_marks else self._marker_order
         # The GenAI fast path stands in for asking the dialects only where GenAI is asked first.
         self._fast = fast and bool(dialects) and dialects[0] is GENAI
 
@@ -152,7 +156,7 @@ class Normalizer:
         markers = self._markers
         # An AttrMapRequest's span attributes already are a {key: AnyValue} mapping (in C).
         mapped = is_attr_map(req)
-        has_marker = self._marker_order
+        op_marks, other_markers = self._op_marks, self._other_markers
         fast = self._genai_fast if self._fast else None
         for rs in req.resource_spans:
             service = ""
@@ -165,23 +169,26 @@ class Normalizer:
             # In span order: finished calls (fast path), or (span, attrs) left for the general path,
             # which runs once every invoke_agent span of this resource is known.
             items: list[Any] = []
+            deferred = 0
             for ss in rs.scope_spans:
                 spans = ss.spans
                 out.spans += len(spans)
                 for span in spans:
                     if mapped:
                         attrs = span.attributes
-                        for key in has_marker:
-                            if key in attrs:
-                                break
-                        else:
-                            continue  # not a tool span in any dialect: the cheap, common case
+                        av = attrs.get(_OP)
+                        if av is None or not op_marks:
+                            for key in other_markers:
+                                if key in attrs:
+                                    break
+                            else:
+                                continue  # not a tool span in any dialect: the cheap, common case
                     else:
                         attrs = {kv.key: kv.value for kv in span.attributes}
                         if markers.isdisjoint(attrs):
                             continue
-                    op = attrs.get(_OP)
-                    op = "" if op is None else op.string_value
+                        av = attrs.get(_OP)
+                    op = "" if av is None else av.string_value
                     if op == _INVOKE_AGENT:
                         agent = a.text(attrs, sc.GEN_AI_AGENT_ID) or a.text(attrs, sc.GEN_AI_AGENT_NAME)
                         if agent:
@@ -198,7 +205,11 @@ class Normalizer:
                             items.append(call)
                             continue
                     items.append((span, attrs))
+                    deferred += 1
             calls = out.calls
+            if deferred == 0:
+                calls.extend(items)  # every span took the fast path: nothing waits for the parents
+                continue
             for item in items:
                 if type(item) is ToolCall:
                     calls.append(item)
@@ -233,10 +244,10 @@ class Normalizer:
             return None  # the span-name fallback and the rejection live in the general path
         av = get(_ARGS)
         args_text = "" if av is None else (av.string_value[:GENAI_MAX_ARGS_TEXT] or a.text(attrs, _ARGS, GENAI_MAX_ARGS_TEXT))
-        if args_text:
-            av = get(_REDACTED)
-            if av is None or not av.bool_value:
-                return None  # raw arguments: redaction happens in the general path
+        # Each key is asked once: what decides the toolwatch edge below is kept from here.
+        redacted = get(_REDACTED)
+        if args_text and (redacted is None or not redacted.bool_value):
+            return None  # raw arguments: redaction happens in the general path
         av = get(_AGENT_NAME)
         agent_name = "" if av is None else (av.string_value[:MAX_NAME] or a.text(attrs, _AGENT_NAME))
         av = get(_AGENT_ID)
@@ -245,8 +256,8 @@ class Normalizer:
             return None
         av = get(_SERVER_ADDRESS)
         server_address = "" if av is None else (av.string_value[:MAX_NAME] or a.text(attrs, _SERVER_ADDRESS))
-        av = get(_TW_SERVER)
-        server = ("" if av is None else (av.string_value[:MAX_NAME] or a.text(attrs, _TW_SERVER))) or server_address
+        tw_server = get(_TW_SERVER)
+        server = ("" if tw_server is None else (tw_server.string_value[:MAX_NAME] or a.text(attrs, _TW_SERVER))) or server_address
         av = get(_SESSION)
         session_id = "" if av is None else (av.string_value[:MAX_NAME] or a.text(attrs, _SESSION))
         av = get(_ERROR)
@@ -255,18 +266,28 @@ class Normalizer:
             error = "error"
         av = get(_REQUEST_ID)
         request_id = "" if av is None else (av.string_value[:MAX_NAME] or a.text(attrs, _REQUEST_ID))
-        toolwatch = _TW_ARGS_BYTES in attrs
-        if toolwatch or _REDACTED in attrs or _TW_RESULT_BYTES in attrs or _TW_RESULT_LABELS in attrs or _TW_SERVER in attrs:
-            av = get(_TW_ARGS_BYTES)
+        args_bytes_av = get(_TW_ARGS_BYTES)
+        toolwatch = args_bytes_av is not None
+        result_bytes_av = get(_TW_RESULT_BYTES)
+        if (
+            toolwatch or redacted is not None or result_bytes_av is not None
+            or tw_server is not None or _TW_RESULT_LABELS in attrs
+        ):  # fmt: skip
+            av = args_bytes_av
             args_bytes = 0 if av is None else (av.int_value if av.int_value > 0 else a.count(attrs, _TW_ARGS_BYTES))
-            av = get(_TW_RESULT_BYTES)
+            av = result_bytes_av
             result_bytes = 0 if av is None else (av.int_value if av.int_value > 0 else a.count(attrs, _TW_RESULT_BYTES))
-            # Most spans carry few of these: an absent key costs a set lookup, not a call.
-            args_labels = _strings(attrs, _TW_ARGS_LABELS) if _TW_ARGS_LABELS in attrs else ()
-            result_labels = _strings(attrs, _TW_RESULT_LABELS) if _TW_RESULT_LABELS in attrs else ()
-            args_fps = _strings(attrs, _TW_ARGS_FPS) if _TW_ARGS_FPS in attrs else ()
-            result_fps = _strings(attrs, _TW_RESULT_FPS) if _TW_RESULT_FPS in attrs else ()
-            dests = _strings(attrs, _TW_DESTS) if _TW_DESTS in attrs else ()
+            # Most spans carry few of these: an absent key costs a lookup, not a call.
+            av = get(_TW_ARGS_LABELS)
+            args_labels = () if av is None else _strings(av, attrs, _TW_ARGS_LABELS)
+            av = get(_TW_RESULT_LABELS)
+            result_labels = () if av is None else _strings(av, attrs, _TW_RESULT_LABELS)
+            av = get(_TW_ARGS_FPS)
+            args_fps = () if av is None else _strings(av, attrs, _TW_ARGS_FPS)
+            av = get(_TW_RESULT_FPS)
+            result_fps = () if av is None else _strings(av, attrs, _TW_RESULT_FPS)
+            av = get(_TW_DESTS)
+            dests = () if av is None else _strings(av, attrs, _TW_DESTS)
             args_sketch = () if _TW_ARGS_SKETCH not in attrs else a.ints(attrs, _TW_ARGS_SKETCH)
             result_sketch = () if _TW_RESULT_SKETCH not in attrs else a.ints(attrs, _TW_RESULT_SKETCH)
             injection = 0.0 if _TW_INJECTION not in attrs else a.unit_float(attrs, _TW_INJECTION)
@@ -395,21 +416,22 @@ class Normalizer:
         )
 
 
-def _strings(attrs: a.Attrs, key: str) -> tuple[str, ...]:
-    """``a.strings`` for the common case (an array of non-empty strings) without asking each value's type."""
-    av = attrs.get(key)
-    if av is None:
-        return ()
+def _strings(av: Any, attrs: a.Attrs, key: str) -> tuple[str, ...]:
+    """``a.strings(attrs, key)`` of the present ``av`` for the common cases (an array of non-empty
+    strings, or an empty array) without asking each value's type."""
     values = av.array_value.values
     n = len(values)
     if n == 1:  # the usual one label: no list, no comprehension
         one = values[0].string_value[:MAX_NAME]
         if one:
             return (one,)
-    elif n and n <= _MAX_STRINGS:
-        out = [v.string_value[:MAX_NAME] for v in values]
-        if all(out):
-            return tuple(out)
+    elif n:
+        if n <= _MAX_STRINGS:
+            out = [v.string_value[:MAX_NAME] for v in values]
+            if all(out):
+                return tuple(out)
+    elif av.WhichOneof("value") == "array_value":
+        return ()  # an empty array (a string value reads as an empty array too: a.strings splits it)
     return a.strings(attrs, key)
 
 

@@ -101,6 +101,9 @@ class Pipeline:
         """Called with ``saved_seq`` after each successful state save, between batches (scale-out changelog)."""
         self.depth_listeners: list[Callable[[int], None]] = []
         """Called with the queue's depth whenever it changes (OTLP worker processes refuse early by it)."""
+        self.running_listeners: list[Callable[[bool], None]] = []
+        """Called with ``running`` when ``start`` or ``shutdown`` changes it (OTLP worker processes
+        refuse early only while the pipeline runs, as ``Ingest`` does)."""
         self._idle = asyncio.Event()
         self._idle.set()
         self.detector_lock = threading.Lock()
@@ -214,11 +217,15 @@ class Pipeline:
         if self._task is None:
             self.restore_state()
             self._task = asyncio.create_task(self._run(), name="pipeline")
+            for running_listener in self.running_listeners:
+                running_listener(True)
 
     async def shutdown(self) -> None:
         task, self._task = self._task, None
         if task is None:
             return
+        for running_listener in self.running_listeners:
+            running_listener(False)
         task.cancel()
         try:
             await task

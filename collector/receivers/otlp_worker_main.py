@@ -109,12 +109,19 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
     """``OtlpHttpReceiver`` whose admission is a round trip to the daemon."""
 
     def __init__(
-        self, sock: socket.socket, link: DaemonLink, normalizer: Normalizer, depth: Any, queue_max: int, **kw: Any
+        self,
+        sock: socket.socket,
+        link: DaemonLink,
+        normalizer: Normalizer,
+        depth: Any,
+        running: Any,
+        queue_max: int,
+        **kw: Any,
     ) -> None:
         host, port = sock.getsockname()[:2]
         super().__init__(host, port, None, None, **kw)  # type: ignore[arg-type]  # no Ingest or Metrics here
         self.sock, self.link, self.normalizer = sock, link, normalizer
-        self.depth, self.queue_max = depth, queue_max
+        self.depth, self.running, self.queue_max = depth, running, queue_max
 
     def _site(self, runner: web.AppRunner, ssl_context: Any) -> web.BaseSite:
         return web.SockSite(runner, self.sock, ssl_context=ssl_context)
@@ -123,9 +130,10 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
         self.link.send(wf.frame((wf.REJECTED, NAME, reason)))
 
     async def admit(self, decoded: otlp.Decoded) -> IngestResult:
-        # Ingest.__call__'s early refusal (Pipeline.full_for), against the depth the daemon shares.
+        # Ingest.__call__'s early refusal (Pipeline.full_for), against the depth the daemon shares,
+        # and like it only while the pipeline runs: a stopped one (draining) is the daemon's 503.
         spans, depth = span_count(decoded.request), self.depth.value
-        if full_for(depth, spans, self.queue_max):
+        if self.running.value and full_for(depth, spans, self.queue_max):
             self._count_rejected("queue_full")
             raise Overloaded(f"pipeline queue is full ({depth} events waiting); retry later")
         norm = self.normalizer.normalize(decoded.request)
@@ -139,7 +147,7 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
         return IngestResult(spans, rejected, message)
 
 
-async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any) -> None:
+async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, running: Any) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=conn_sock)
     settings = await read_frame(reader)
     if settings is None or settings[0] != wf.CONFIG:
@@ -149,7 +157,7 @@ async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any
     del key_text
     link = DaemonLink(reader, writer, reply_timeout)
     receiver = WorkerHttpReceiver(
-        listen_sock, link, normalizer, depth, queue_max,
+        listen_sock, link, normalizer, depth, running, queue_max,
         max_body_bytes=max_body, retry_after_s=retry_after, bearer_token=token,
         tls=TlsFiles(cert, key_file) if cert else None,
     )  # fmt: skip
@@ -165,7 +173,7 @@ async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any
     reading.cancel()
 
 
-def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, log_level: int) -> None:
+def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, running: Any, log_level: int) -> None:
     """The worker process's entry point (``multiprocessing`` target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -174,7 +182,7 @@ def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, log_l
     logging.getLogger("toolwatch.receiver.otlp_http").setLevel(max(log_level, logging.WARNING))
     code = 0
     try:
-        asyncio.run(serve(listen_sock, conn_sock, depth))
+        asyncio.run(serve(listen_sock, conn_sock, depth, running))
     except BaseException:
         log.exception("OTLP worker process %d failed", os.getpid())
         code = 1

@@ -10,8 +10,9 @@ socket pair. Every worker accepts on the same socket; ``otlp_worker_main`` is th
 Per worker, one asyncio reader here turns each INGEST frame into ``Ingest.consume`` (so metrics,
 event-time verdicts, admission and partial success are those of the in-process path) and answers
 with the outcome; REJECTED frames count the worker's own refusals. The queue's depth is shared
-(a ``RawValue`` updated on every submit and take) so a worker refuses a request that cannot fit
-before it normalises it, as ``Ingest.__call__`` does.
+(a ``RawValue`` updated on every submit and take), and so is whether the pipeline runs, so a
+worker refuses a request that cannot fit before it normalises it exactly when ``Ingest.__call__``
+would (429); while the pipeline is stopped (starting, draining) the daemon answers 503 instead.
 
 A worker that dies is logged and restarted (requests it had in flight see a connection error and
 are retried by exporters). ``shutdown`` drains: workers stop accepting, finish what is in flight
@@ -107,6 +108,7 @@ class OtlpHttpWorkers(NetworkReceiver):
         self._ctx = mp.get_context("spawn")
         self._sock: socket.socket | None = None
         self._depth: Any = None
+        self._running: Any = None
         self._workers: dict[int, _Worker] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -122,8 +124,11 @@ class OtlpHttpWorkers(NetworkReceiver):
             return
         self._closing = False
         self._sock = bind_listener(self.host, self.port)
-        self._depth = self._ctx.RawValue("q", self.ingest.pipeline.depth)
-        self.ingest.pipeline.depth_listeners.append(self._share_depth)
+        pipeline = self.ingest.pipeline
+        self._depth = self._ctx.RawValue("q", pipeline.depth)
+        self._running = self._ctx.RawValue("b", pipeline.running)
+        pipeline.depth_listeners.append(self._share_depth)
+        pipeline.running_listeners.append(self._share_running)
         try:
             await asyncio.gather(*(self._spawn(slot) for slot in range(self.processes)))
         except BaseException:
@@ -138,13 +143,16 @@ class OtlpHttpWorkers(NetworkReceiver):
     def _share_depth(self, depth: int) -> None:
         self._depth.value = depth
 
+    def _share_running(self, running: bool) -> None:
+        self._running.value = running
+
     async def _spawn(self, slot: int) -> None:
         """Start the worker of ``slot`` and wait until it accepts connections."""
         assert self._sock is not None
         parent, child = socket.socketpair()
         level = logging.getLogger().getEffectiveLevel()
         proc = self._ctx.Process(
-            target=worker_main, args=(self._sock, child, self._depth, level), name=f"toolwatch-otlp-{slot}", daemon=True
+            target=worker_main, args=(self._sock, child, self._depth, self._running, level), name=f"toolwatch-otlp-{slot}", daemon=True
         )
         try:
             proc.start()
@@ -264,6 +272,8 @@ class OtlpHttpWorkers(NetworkReceiver):
         self._workers.clear()
         if self._share_depth in self.ingest.pipeline.depth_listeners:
             self.ingest.pipeline.depth_listeners.remove(self._share_depth)
+        if self._share_running in self.ingest.pipeline.running_listeners:
+            self.ingest.pipeline.running_listeners.remove(self._share_running)
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()

@@ -242,6 +242,38 @@ def test_draining_pipeline_answers_503_through_the_worker(tmp_path):
         assert _rejected(d, "unavailable") == 1
 
 
+@pytest.mark.parametrize("processes", [0, 1])
+def test_a_full_queue_while_draining_answers_503_in_process_and_in_a_worker(tmp_path, processes):
+    """Draining with a full queue: the early queue-full refusal applies only while the pipeline
+    runs (``Ingest.__call__``), so both paths answer 503 (retry later), never 429."""
+    import asyncio
+
+    cfg = make_config(tmp_path, otlp_processes=processes)
+    cfg.pipeline.batch_max_size = 2
+    cfg.pipeline.queue_max_spans = 4
+    gate = Gate()
+    with DaemonThread(cfg, detectors=[gate]) as d:
+        h = {"Content-Type": "application/x-protobuf"}
+        try:
+            assert requests.post(d.otlp_http_url, data=_calls_body(2), headers=h, timeout=5).status_code == 200
+            assert gate.entered.wait(5)
+            assert requests.post(d.otlp_http_url, data=_calls_body(4), headers=h, timeout=5).status_code == 200
+            # Full: while running, one more span is refused early with 429 on both paths.
+            assert requests.post(d.otlp_http_url, data=_calls_body(1), headers=h, timeout=5).status_code == 429
+            # Drain: the pipeline stops running; the gate holds the drain with the queue still full.
+            draining = asyncio.run_coroutine_threadsafe(d.daemon.pipeline.shutdown(), d.loop)
+            _wait(lambda: not d.daemon.pipeline.running, what="the pipeline to stop running")
+            assert d.daemon.pipeline.depth == 4
+            r = requests.post(d.otlp_http_url, data=_calls_body(1), headers=h, timeout=5)
+            assert r.status_code == 503 and r.headers["Retry-After"] == "2"
+            assert "shutting down" in status_pb2.Status.FromString(r.content).message
+            assert _rejected(d, "unavailable") == 1
+            _wait(lambda: _rejected(d, "queue_full") == 1, what="queue_full counted")
+        finally:
+            gate.release.set()
+        draining.result(10)
+
+
 def test_tls_in_a_worker(tmp_path):
     cert, key = self_signed(tmp_path)
     with DaemonThread(make_config(tmp_path, tls_cert_file=str(cert), tls_key_file=str(key), otlp_processes=1)) as d:

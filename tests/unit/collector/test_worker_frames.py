@@ -66,6 +66,27 @@ def test_an_ingest_frame_gives_back_equal_calls_listings_and_counts(cs, ls, span
     assert all(type(t) is ToolDefinition for listing in got.listings for t in listing.tools)
 
 
+def test_equal_values_of_a_request_arrive_as_one_object_each():
+    """The worker shares equal agents, tools, servers, sessions and arguments: the daemon unmarshals each once."""
+    calls = [
+        ToolCall(time_ns=i, agent_id="".join(["agent-", "7"]), tool="".join(["read_", "file"]), session_id="s" + "1",
+                 server="".join(["fi", "les"]), args_json="".join(['{"p"', ':1}']), trace_id=f"{i:032x}",
+                 span_id=f"{i:016x}", source="genai")
+        for i in range(3)
+    ]  # fmt: skip
+    assert calls[0].agent_id is not calls[1].agent_id  # built apart, as the normaliser builds them
+    norm = Normalized(calls, [], 3, 0, [])
+    data = wf.ingest_frame(1, "otlp_http", norm, 0, ())
+    got = wf.read_ingest(_through_the_wire(data))[2]
+    assert got == norm
+    a, b, c = got.calls
+    for name in ("agent_id", "tool", "server", "session_id", "args_json"):
+        assert getattr(a, name) is getattr(b, name) is getattr(c, name), name
+    assert a.trace_id != b.trace_id
+    unshared = wf.frame((wf.INGEST, 1, "otlp_http", list(map(wf._call_values, calls)), [], 3, 0, (), 0, ()))
+    assert len(data) < len(unshared)
+
+
 def test_huge_strings_and_empty_tuples_round_trip():
     call = ToolCall(time_ns=2**63 - 1, agent_id="a" * 5_000_000, tool="\udcff\ud800", args_json="x" * 3_000_000)
     listing = ToolListing(time_ns=0, agent_id="", server="", tools=())
