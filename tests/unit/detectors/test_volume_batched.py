@@ -83,3 +83,22 @@ def test_batched_ingest_names_spans_and_sessions_like_call_by_call() -> None:
     assert json.dumps(snap) == json.dumps(reference.snapshot())
     win = next(iter(snap["open"][json.dumps(["agent", "a"])].values()))
     assert len(win["sessions"]) == 20 and len(win["fast"]) == len(win["big"]) == 10
+
+
+def test_a_batch_keeps_only_its_ten_best_rows_per_window_and_the_same_state() -> None:
+    """Evenly spaced calls (every fleet gap ties, as bench/stages.py's are): of a batch's rows for one
+    window, only its ten fastest/largest can ever be named, so only those are kept until reading,
+    and what is read is what call by call keeps."""
+    calls = [ToolCall(time_ns=10**12 + i * 13_333, agent_id=f"a{i % 7}", server="s", tool=f"t{i % 3}",
+                      span_id=f"{i:x}", session_id=f"x{i % 11}", args_bytes=(i * 7) % 5) for i in range(3000)]
+    batched, reference = VolumeSpikeDetector(), CallByCall()
+    for lo in range(0, len(calls), 500):
+        batch = calls[lo:lo + 500]
+        batched.observe(Batch(calls=list(batch), watermark_ns=batch[-1].time_ns))
+        reference.observe(Batch(calls=list(batch), watermark_ns=batch[-1].time_ns))
+        batched._flush()
+        # One slot per key (one window): at most ten rows per slot and batch in each top table.
+        slots = len(batched._open)
+        assert batched._win.fast.size <= 10 * slots * (lo // 500 + 1)
+        assert batched._win.big.size <= 10 * slots * (lo // 500 + 1)
+    assert json.dumps(batched.snapshot()) == json.dumps(reference.snapshot())
