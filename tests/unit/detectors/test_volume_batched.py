@@ -102,3 +102,49 @@ def test_a_batch_keeps_only_its_ten_best_rows_per_window_and_the_same_state() ->
         assert batched._win.fast.size <= 10 * slots * (lo // 500 + 1)
         assert batched._win.big.size <= 10 * slots * (lo // 500 + 1)
     assert json.dumps(batched.snapshot()) == json.dumps(reference.snapshot())
+
+
+def _same_bands(got: dict, want: dict) -> bool:
+    """Equal, NaN bands (warm-up) included, and in the same order."""
+    return list(got) == list(want) and all(
+        all(a == b or (a != a and b != b) for a, b in zip(got[k], want[k])) for k in got)
+
+
+def test_bands_asked_every_batch_are_what_call_by_call_gives() -> None:
+    """``bands`` answers from a cache between window closes; across closes, evictions, an agent
+    dropped and restored and a whole restore it must answer what main's detector does."""
+    cfg = {"window_s": 2, "max_keys": 30, "history_windows": 3, "idle_windows": 3, "min_history": 2}
+    calls = traffic(3, 4000)
+    rnd = random.Random(3)
+    batched, reference = VolumeSpikeDetector(VolumeConfig(**cfg)), CallByCall(volume_main.VolumeConfig(**cfg))
+    i = answered = 0
+    while i < len(calls):
+        chunk = calls[i:i + rnd.choice([1, 40, 300])]
+        i += len(chunk)
+        for d in (batched, reference):
+            d.observe(Batch(calls=list(chunk), watermark_ns=chunk[-1].time_ns))
+        if rnd.random() < 0.05:
+            agent = rnd.choice(batched.agents() or ["a0"])
+            saved = reference.snapshot_agent(agent)
+            for d in (batched, reference):
+                d.drop_agent(agent)
+            if saved is not None and rnd.random() < 0.5:
+                for d in (batched, reference):
+                    d.restore_agent(agent, saved)
+        if rnd.random() < 0.02:
+            state = reference.snapshot()
+            for d in (batched, reference):
+                d.restore(state)
+        for scope, metric in (("agent", "calls"), ("agent_tool", "bytes"), ("fleet", "error_rate")):
+            assert _same_bands(batched.bands(scope, metric), batched._bands(scope, metric))  # cached = worked out
+        # ``bands`` does not count held calls (fewer than _MIN_BATCH), which may still evict keys:
+        # count them, as call by call has, then the cache must see the evictions too.
+        batched._flush()
+        for scope, metric in (("agent", "calls"), ("agent_tool", "bytes"), ("fleet", "error_rate")):
+            got = batched.bands(scope, metric)
+            assert _same_bands(got, reference.bands(scope, metric))
+            got.clear()  # a caller's copy: clearing it changes nothing the detector answers next
+            assert _same_bands(batched.bands(scope, metric), reference.bands(scope, metric))
+        assert _same_bands(batched.rate_bands(), reference.rate_bands())
+        answered += bool(batched.rate_bands())
+    assert answered > 10  # windows closed, so there were bands to answer
