@@ -66,15 +66,20 @@ def _batch_best(ok: np.ndarray, slot: np.ndarray, seq: np.ndarray, val: np.ndarr
     if len(s) <= SPANS_NAMED:
         return ok
     counts = np.bincount(s)
-    if int(counts.max()) <= SPANS_NAMED:
+    heavy = np.flatnonzero(counts > SPANS_NAMED)
+    if not len(heavy):
         return ok
     at = np.flatnonzero(ok)
-    heavy = np.flatnonzero((counts > SPANS_NAMED)[s])  # rows (of ``at``) of slots with too many
-    rows = at[heavy]
-    order = np.lexsort((~seq[rows], ~val[rows], slot[rows]))  # per slot: best first, later first on ties
-    drop = rows[order[_rank(slot[rows][order]) >= SPANS_NAMED]]
     ok = ok.copy()
-    ok[drop] = False
+    if len(heavy) == 1:  # the usual case (the fleet's slot): no sort by slot
+        rows = at[s == int(heavy[0])]
+        best = rows[np.lexsort((~seq[rows], ~val[rows]))[:SPANS_NAMED]]  # best first, later first on ties
+        ok[rows] = False
+        ok[best] = True
+        return ok
+    rows = at[(counts > SPANS_NAMED)[s]]
+    order = np.lexsort((~seq[rows], ~val[rows], slot[rows]))  # per slot: best first, later first on ties
+    ok[rows[order[_rank(slot[rows][order]) >= SPANS_NAMED]]] = False
     return ok
 
 

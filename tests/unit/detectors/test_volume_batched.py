@@ -148,3 +148,26 @@ def test_bands_asked_every_batch_are_what_call_by_call_gives() -> None:
         assert _same_bands(batched.rate_bands(), reference.rate_bands())
         answered += bool(batched.rate_bands())
     assert answered > 10  # windows closed, so there were bands to answer
+
+
+def test_batch_best_keeps_each_slots_ten_best_by_value_then_later() -> None:
+    """``_batch_best`` against plain Python: per slot, the ten greatest (value, sequence) of the
+    rows ``ok`` lets in; one crowded slot (its own path) or many."""
+    import numpy as np
+
+    from toolwatch.detectors.volume_slots import _batch_best
+
+    rnd = random.Random(5)
+    for _ in range(300):
+        n = rnd.randrange(1, 400)
+        slots = rnd.choice([1, 2, 5, 40])
+        slot = np.array([rnd.randrange(slots) for _ in range(n)], np.int64)
+        seq = np.array(sorted(rnd.sample(range(10**6), n)), np.int64)
+        val = np.array([rnd.randrange(-4, 4) for _ in range(n)], np.int64)
+        ok = np.array([rnd.random() < 0.8 for _ in range(n)])
+        want = set()
+        for s in set(slot.tolist()):
+            rows = [i for i in range(n) if ok[i] and slot[i] == s]
+            want |= set(sorted(rows, key=lambda i: (val[i], seq[i]), reverse=True)[:10])
+        got = _batch_best(ok, slot, seq, val)
+        assert set(np.flatnonzero(got).tolist()) == want
