@@ -19,12 +19,24 @@ def severity_rank(severity: str) -> int:
         return 0
 
 
+class _CallToken:
+    """The slot ``ToolCall.token`` lives in: outside the dataclass's fields, so field order,
+    equality, ``repr`` and the worker frames' field tuples are what they were without it."""
+
+    __slots__ = ("token",)
+
+
 @dataclass(slots=True)
-class ToolCall:
+class ToolCall(_CallToken):
     """One tool call, normalised from whatever span convention carried it.
 
     Times are event times from the span (nanoseconds since the epoch), never arrival times, so
     a replay of recorded traffic gives the same findings as live ingestion.
+
+    ``token`` (``server/tool``, the unit of call-sequence models) is set once, when the call is
+    built: detectors read it several times per call, and an f-string per read cost more than
+    the rest of some of those reads. A call's ``server`` and ``tool`` are therefore settled when
+    it is built; to change one, build another call (``dataclasses.replace``).
     """
 
     time_ns: int
@@ -55,10 +67,8 @@ class ToolCall:
     source: str = ""
     """Which convention the span used (toolwatch, genai, openllmetry, openinference, …)."""
 
-    @property
-    def token(self) -> str:
-        """``server/tool``: the unit of call-sequence models."""
-        return f"{self.server}/{self.tool}" if self.server else self.tool
+    def __post_init__(self) -> None:
+        self.token = f"{self.server}/{self.tool}" if self.server else self.tool
 
     @property
     def is_error(self) -> bool:

@@ -185,7 +185,6 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
         cfg = self.config
         findings: list[Finding] = []
         states = self._state
-        tokens: dict[tuple[str, str], str] = {}
         carries: dict[tuple[str, ...], bool] = {}
         by_agent = cfg.arm_scope == "agent"
         ttl = cfg.session_ttl_s * NS
@@ -227,10 +226,7 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             profile = kinds[kind]
             kinds.move_to_end(kind)
             server = call.server
-            key = (server, call.tool)
-            token = tokens.get(key)
-            if token is None:
-                token = tokens[key] = call.token
+            token = call.token
             # ``table[v] = None; table.move_to_end(v)`` as KindProfile.learn does it: every value
             # is None, so a known value only moves, and a new one is appended (at the end).
             table = profile.tokens

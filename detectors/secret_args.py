@@ -26,7 +26,7 @@ __all__ = ["SecretArgsConfig", "SecretArgsDetector", "ToolSecretHistory"]
 
 SECRET_LABELS = ("secret", "credential", "password", "private_key", "api_key", "token", "jwt")
 _TIME = attrgetter("time_ns")
-_KEY = attrgetter("agent_id", "server", "tool")
+_KEY = attrgetter("agent_id", "token")
 _LABELS = attrgetter("args_labels")
 SEVERITY_SCORE = {"info": 0.1, "low": 0.25, "medium": 0.5, "high": 0.8, "critical": 1.0}
 
@@ -107,9 +107,9 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
         agent's table has room for every new tool of the batch (call by call adds nothing that
         could be evicted in between). A new agent (its state is made, and so ordered among the
         agents, at its first call) or a table that would have to evict falls back to call-by-call.
-        Two (server, tool) pairs with the same ``server/tool`` token (``a`` + ``b/c``, ``a/b`` +
-        ``c``) need no fallback: their counts add up on the one token, and its last move is at the
-        later of their last calls, as call by call.
+        Calls are counted per (agent, token): two (server, tool) pairs with the same ``server/tool``
+        token (``a`` + ``b/c``, ``a/b`` + ``c``) add up on the one token, and its last move is at
+        the later of their last calls, as call by call.
         """
         # Counted from the last call back, the keys come in the order of their last call, latest
         # first: one pass gives both the counts and the LRU order.
@@ -117,11 +117,10 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
         state = self._state
         plan = []
         added: dict[str, set[str]] = {}
-        for (agent, server, tool), n in reversed(counts.items()):  # order of last occurrence
+        for (agent, token), n in reversed(counts.items()):  # order of last occurrence
             st = state.get(agent)
             if st is None:
                 return False
-            token = f"{server}/{tool}" if server else tool
             if token not in st.tools:
                 added.setdefault(agent, set()).add(token)
             plan.append((st.tools, token, n))

@@ -3,6 +3,7 @@ replace: inlined Markov lookups and session bookkeeping, ``learn_many``, the sta
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -180,8 +181,8 @@ def reference_sequence(cfg: SequenceConfig, calls: list[ToolCall]) -> tuple[list
 def test_sequence_detector_equals_the_plain_per_call_code(seed):
     rnd = random.Random(seed)
     calls = random_calls(rnd, 1500, (0, 10**6, S, 2 * S, 3 * S, 40 * S))
-    for i, c in enumerate(calls):
-        c.tool = c.tool if rnd.random() > 0.02 else f"odd{i % 4}"  # a few never-seen tools
+    # A few never-seen tools (a new call: ``token`` is set when a call is built).
+    calls = [c if rnd.random() > 0.02 else dataclasses.replace(c, tool=f"odd{i % 4}") for i, c in enumerate(calls)]
     cfg = SequenceConfig(min_calls=100, min_sessions=5, use_fleet_prior=False, max_open_sessions=6,
                          session_idle_s=10.0, length_floor=3)
     det = SequenceDetector(cfg)

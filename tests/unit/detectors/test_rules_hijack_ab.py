@@ -8,6 +8,7 @@ shuffled and late batches); a state saved mid-stream by either restores in the o
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import random
@@ -198,9 +199,9 @@ def _with_new_tools(batches: Iterator[Batch], seed: int) -> Iterator[Batch]:
     more in one batch, sometimes)."""
     rnd = random.Random(seed)
     for batch in batches:
-        for c in batch.calls:
-            if rnd.random() < 0.01:
-                c.tool = f"fresh{rnd.randrange(40)}"
+        # A new call, not ``c.tool = ...``: a call's ``token`` is set when it is built.
+        batch.calls = [dataclasses.replace(c, tool=f"fresh{rnd.randrange(40)}") if rnd.random() < 0.01 else c
+                       for c in batch.calls]
         yield batch
 
 

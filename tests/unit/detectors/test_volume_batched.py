@@ -83,3 +83,91 @@ def test_batched_ingest_names_spans_and_sessions_like_call_by_call() -> None:
     assert json.dumps(snap) == json.dumps(reference.snapshot())
     win = next(iter(snap["open"][json.dumps(["agent", "a"])].values()))
     assert len(win["sessions"]) == 20 and len(win["fast"]) == len(win["big"]) == 10
+
+
+def test_a_batch_keeps_only_its_ten_best_rows_per_window_and_the_same_state() -> None:
+    """Evenly spaced calls (every fleet gap ties, as bench/stages.py's are): of a batch's rows for one
+    window, only its ten fastest/largest can ever be named, so only those are kept until reading,
+    and what is read is what call by call keeps."""
+    calls = [ToolCall(time_ns=10**12 + i * 13_333, agent_id=f"a{i % 7}", server="s", tool=f"t{i % 3}",
+                      span_id=f"{i:x}", session_id=f"x{i % 11}", args_bytes=(i * 7) % 5) for i in range(3000)]
+    batched, reference = VolumeSpikeDetector(), CallByCall()
+    for lo in range(0, len(calls), 500):
+        batch = calls[lo:lo + 500]
+        batched.observe(Batch(calls=list(batch), watermark_ns=batch[-1].time_ns))
+        reference.observe(Batch(calls=list(batch), watermark_ns=batch[-1].time_ns))
+        batched._flush()
+        # One slot per key (one window): at most ten rows per slot and batch in each top table.
+        slots = len(batched._open)
+        assert batched._win.fast.size <= 10 * slots * (lo // 500 + 1)
+        assert batched._win.big.size <= 10 * slots * (lo // 500 + 1)
+    assert json.dumps(batched.snapshot()) == json.dumps(reference.snapshot())
+
+
+def _same_bands(got: dict, want: dict) -> bool:
+    """Equal, NaN bands (warm-up) included, and in the same order."""
+    return list(got) == list(want) and all(
+        all(a == b or (a != a and b != b) for a, b in zip(got[k], want[k])) for k in got)
+
+
+def test_bands_asked_every_batch_are_what_call_by_call_gives() -> None:
+    """``bands`` answers from a cache between window closes; across closes, evictions, an agent
+    dropped and restored and a whole restore it must answer what main's detector does."""
+    cfg = {"window_s": 2, "max_keys": 30, "history_windows": 3, "idle_windows": 3, "min_history": 2}
+    calls = traffic(3, 4000)
+    rnd = random.Random(3)
+    batched, reference = VolumeSpikeDetector(VolumeConfig(**cfg)), CallByCall(volume_main.VolumeConfig(**cfg))
+    i = answered = 0
+    while i < len(calls):
+        chunk = calls[i:i + rnd.choice([1, 40, 300])]
+        i += len(chunk)
+        for d in (batched, reference):
+            d.observe(Batch(calls=list(chunk), watermark_ns=chunk[-1].time_ns))
+        if rnd.random() < 0.05:
+            agent = rnd.choice(batched.agents() or ["a0"])
+            saved = reference.snapshot_agent(agent)
+            for d in (batched, reference):
+                d.drop_agent(agent)
+            if saved is not None and rnd.random() < 0.5:
+                for d in (batched, reference):
+                    d.restore_agent(agent, saved)
+        if rnd.random() < 0.02:
+            state = reference.snapshot()
+            for d in (batched, reference):
+                d.restore(state)
+        for scope, metric in (("agent", "calls"), ("agent_tool", "bytes"), ("fleet", "error_rate")):
+            assert _same_bands(batched.bands(scope, metric), batched._bands(scope, metric))  # cached = worked out
+        # ``bands`` does not count held calls (fewer than _MIN_BATCH), which may still evict keys:
+        # count them, as call by call has, then the cache must see the evictions too.
+        batched._flush()
+        for scope, metric in (("agent", "calls"), ("agent_tool", "bytes"), ("fleet", "error_rate")):
+            got = batched.bands(scope, metric)
+            assert _same_bands(got, reference.bands(scope, metric))
+            got.clear()  # a caller's copy: clearing it changes nothing the detector answers next
+            assert _same_bands(batched.bands(scope, metric), reference.bands(scope, metric))
+        assert _same_bands(batched.rate_bands(), reference.rate_bands())
+        answered += bool(batched.rate_bands())
+    assert answered > 10  # windows closed, so there were bands to answer
+
+
+def test_batch_best_keeps_each_slots_ten_best_by_value_then_later() -> None:
+    """``_batch_best`` against plain Python: per slot, the ten greatest (value, sequence) of the
+    rows ``ok`` lets in; one crowded slot (its own path) or many."""
+    import numpy as np
+
+    from toolwatch.detectors.volume_slots import _batch_best
+
+    rnd = random.Random(5)
+    for _ in range(300):
+        n = rnd.randrange(1, 400)
+        slots = rnd.choice([1, 2, 5, 40])
+        slot = np.array([rnd.randrange(slots) for _ in range(n)], np.int64)
+        seq = np.array(sorted(rnd.sample(range(10**6), n)), np.int64)
+        val = np.array([rnd.randrange(-4, 4) for _ in range(n)], np.int64)
+        ok = np.array([rnd.random() < 0.8 for _ in range(n)])
+        want = set()
+        for s in set(slot.tolist()):
+            rows = [i for i in range(n) if ok[i] and slot[i] == s]
+            want |= set(sorted(rows, key=lambda i: (val[i], seq[i]), reverse=True)[:10])
+        got = _batch_best(ok, slot, seq, val)
+        assert set(np.flatnonzero(got).tolist()) == want
