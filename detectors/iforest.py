@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .array_codec import decode_matrix, encode_matrix
+
 if TYPE_CHECKING:  # scikit-learn takes ~3 s to import: only fitting needs it, so import it there
     from sklearn.ensemble import IsolationForest
 
@@ -392,7 +394,7 @@ class ForestModel:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sample": self.sample.tolist(), "params": {
+        return {"sample": encode_matrix(self.sample), "params": {
             "n_estimators": self.params.n_estimators, "max_samples": self.params.max_samples,
             "random_state": self.params.random_state, "target_alert_rate": self.params.target_alert_rate,
             "threshold_margin": self.params.threshold_margin, "range_k": self.params.range_k}}
@@ -400,7 +402,7 @@ class ForestModel:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ForestModel":
         """Refit from the stored training sample; same sample and params give the same scores."""
-        return cls(np.asarray(d["sample"], dtype=np.float64), ForestParams(**d["params"]))
+        return cls(decode_matrix(d["sample"], "iforest snapshot: model sample"), ForestParams(**d["params"]))
 
 
 class SlotConstants:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from .array_codec import decode_matrix, encode_matrix
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
@@ -126,7 +127,7 @@ def finding_severity(cfg: ForestConfig, margin: float, excess: float, range_k: f
 
 def _stored_rows(rows: Any, what: str) -> np.ndarray:
     """Feature rows from a snapshot as a float64 matrix, or an error that says what is wrong."""
-    X = np.asarray(rows, dtype=np.float64)
+    X = decode_matrix(rows, f"iforest snapshot: {what}")
     if X.size == 0:
         return X.reshape(0, N_FEATURES)
     if X.ndim != 2 or X.shape[1] != N_FEATURES:
@@ -269,9 +270,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         return _Agent(self.config)
 
     def state_to_dict(self, st: _Agent) -> dict[str, Any]:
-        return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": st.window().tolist(),
+        return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": encode_matrix(st.window()),
                 "since_fit": st.since_fit, "frozen": st.frozen,
-                "pending": {sid: rows_array(rows).tolist() for sid, rows in st.pending.items()},
+                "pending": {sid: encode_matrix(rows_array(rows)) for sid, rows in st.pending.items()},
                 "tainted": sorted(st.tainted)}
 
     def state_from_dict(self, d: dict[str, Any]) -> _Agent:

@@ -1,8 +1,8 @@
 """A/B: the IsolationForest detector against main's (``tests/helpers/iforest_detector_main.py`` with
 ``iforest_main.py``), same traffic, same batches.
 
-Findings (order, every field), margins (bit for bit), agent states and snapshots (byte for byte)
-must be identical: models refitted inline many times (so bank slots are reused), batches of one
+Findings (order, every field), margins (bit for bit), agent states and snapshots (byte for byte,
+once this detector's base64 matrices are written as main's nested lists) must be identical: models refitted inline many times (so bank slots are reused), batches of one
 row up to hundreds, agents scored by a group model, a restored model of another geometry (scored
 outside the bank beside banked ones), per-agent save/restore/drop and freeze mid-stream.
 """
@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers import iforest_detector_main as main_det
 from tests.helpers import iforest_main
+from toolwatch.detectors.array_codec import decode_matrix
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.iforest import ForestParams
 from toolwatch.detectors.iforest_detector import ForestConfig, IsolationForestDetector
@@ -49,6 +50,21 @@ def _same_findings(a: list[Any], b: list[Any]) -> None:
     assert [dataclasses.asdict(f) for f in a] == [dataclasses.asdict(f) for f in b]
 
 
+def _plain(state: Any) -> Any:
+    """A snapshot with every base64 matrix (``array_codec``) written as nested lists, as main writes them."""
+    if isinstance(state, dict):
+        if set(state) == {"f8", "shape"}:
+            return decode_matrix(state, "test").tolist()
+        return {k: _plain(v) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_plain(v) for v in state]
+    return state
+
+
+def _same_snapshot(new: Any, ref: Any) -> bool:
+    return json.dumps(_plain(new)) == json.dumps(ref)
+
+
 def _other_geometry(d: dict[str, Any]) -> dict[str, Any]:
     """An agent's snapshot whose model has fewer trees: it no longer fits the forest bank."""
     d = json.loads(json.dumps(d))
@@ -72,7 +88,7 @@ def test_findings_margins_and_snapshots_equal_mains(seed: int) -> None:
         n_findings += len(f_new)
         assert new.agent_states() == ref.agent_states()
         if i % 37 == 36:
-            assert json.dumps(new.snapshot()) == json.dumps(ref.snapshot()), f"batch {i}: snapshots differ"
+            assert _same_snapshot(new.snapshot(), ref.snapshot()), f"batch {i}: snapshots differ"
         agents = sorted(new.agent_states())
         if i == len(batches) // 3 and agents:
             odd = next(a for a in agents if a in new._models)  # a model outside the bank from now on
@@ -80,20 +96,20 @@ def test_findings_margins_and_snapshots_equal_mains(seed: int) -> None:
             ref.restore_agent(odd, _other_geometry(ref.snapshot_agent(odd)))
             moved = agents[-1]
             snap_new, snap_ref = new.snapshot_agent(moved), ref.snapshot_agent(moved)
-            assert json.dumps(snap_new) == json.dumps(snap_ref)
+            assert _same_snapshot(snap_new, snap_ref)
             new.drop_agent(moved)
             ref.drop_agent(moved)
             new.restore_agent(moved, snap_ref)  # each restores the other's state
-            ref.restore_agent(moved, snap_new)
+            ref.restore_agent(moved, _plain(snap_new))
             new.freeze(agents[0])
             ref.freeze(agents[0])
         if i == 2 * len(batches) // 3:
-            state = json.loads(json.dumps(ref.snapshot()))
+            state = json.loads(json.dumps(ref.snapshot()))  # main's nested lists: state saved before base64
             new, ref = _pair(12, 48)
             new.restore(state)
             ref.restore(json.loads(json.dumps(state)))
     assert n_findings > 20 and len(new._models) > 5  # the comparison saw real findings and models
-    assert json.dumps(new.snapshot()) == json.dumps(ref.snapshot())
+    assert _same_snapshot(new.snapshot(), ref.snapshot())
 
 
 def test_many_agents_scored_in_the_bank_equal_mains() -> None:
@@ -115,4 +131,4 @@ def test_many_agents_scored_in_the_bank_equal_mains() -> None:
         _same_findings(f_new, f_ref)
         assert m_new.tobytes() == m_ref.tobytes()
     assert sum(a in new._models for a in new.agent_states()) >= 40
-    assert json.dumps(new.snapshot()) == json.dumps(ref.snapshot())
+    assert _same_snapshot(new.snapshot(), ref.snapshot())

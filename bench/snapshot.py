@@ -1,0 +1,107 @@
+"""What one detector-state snapshot costs the daemon's event loop, per detector, after a fleet warm-up.
+
+    .venv/bin/python bench/snapshot.py [--warm 300000] [--workload fleet] [--rounds 3]
+
+The pipeline saves every detector's ``snapshot()`` as JSON into SQLite every
+``pipeline.snapshot_interval_s`` (30 s), on the event loop: while it runs, no batch is processed.
+Per detector: CPU ms of ``snapshot()``, of ``json.dumps`` and of ``Store.save_state`` (SQLite),
+medians of ``--rounds``, and the JSON size. The naive baseline, in the same run, writes the same
+state with float matrices as nested lists (how state was written before detectors/array_codec.py):
+its cost is ``tolist`` of each matrix plus ``json.dumps`` and the SQLite write of that text.
+Models are fitted after the warm-up (as in ``stages.py --fit``). Prints figures; never pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import stages  # noqa: E402
+import workloads as wl  # noqa: E402
+from toolwatch.collector.config import Config  # noqa: E402
+from toolwatch.collector.daemon import build_detectors  # noqa: E402
+from toolwatch.collector.store import Store  # noqa: E402
+from toolwatch.detectors.array_codec import decode_matrix  # noqa: E402
+
+
+def _decoded(state: Any) -> Any:
+    """The state with each base64 matrix as a NumPy array (untimed: the naive side starts from arrays)."""
+    if isinstance(state, dict):
+        if set(state) == {"f8", "shape"}:
+            return decode_matrix(state, "bench")
+        return {k: _decoded(v) for k, v in state.items()}
+    return [_decoded(v) for v in state] if isinstance(state, list) else state
+
+
+def _matrices(state: Any) -> list[np.ndarray]:
+    if isinstance(state, np.ndarray):
+        return [state]
+    values = state.values() if isinstance(state, dict) else state if isinstance(state, list) else ()
+    return [m for v in values for m in _matrices(v)]
+
+
+def _as_lists(state: Any) -> Any:
+    if isinstance(state, np.ndarray):
+        return state.tolist()
+    if isinstance(state, dict):
+        return {k: _as_lists(v) for k, v in state.items()}
+    return [_as_lists(v) for v in state] if isinstance(state, list) else state
+
+
+def _ms(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t = time.process_time()
+    out = fn()
+    return 1e3 * (time.process_time() - t), out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--warm", type=int, default=300_000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--rate", type=float, default=75_000, help="event-time spans/s")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workload", choices=wl.WORKLOADS, default=wl.DEFAULT_WORKLOAD, help="see bench/workloads.py")
+    args = ap.parse_args(argv)
+
+    _, calls = stages.workload(args.warm, args.batch, args.rate, args.workload, 0.001)
+    detectors = build_detectors(Config())
+    stages.warm_up(detectors, calls, args.batch, True, None, quiet=True)
+    print(f"toolwatch snapshot bench: state after {len(calls):,} calls of workload {wl.describe(args.workload, 0.001)}")
+    print(f"{'detector':14s} {'snapshot':>9s} {'save':>8s} {'total':>8s} {'MB':>7s}"
+          f" | naive: {'tolist':>8s} {'save':>8s} {'total':>8s} {'MB':>7s}   (CPU ms, medians; save = json + SQLite)")
+    sums = [0.0, 0.0]
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "state.db")
+        for det in detectors:
+            rounds: list[tuple[float, float, float, float]] = []
+            for _ in range(args.rounds):
+                t_snap, state = _ms(det.snapshot)
+                t_save, _ = _ms(lambda s=state: store.save_state(det.name, s))
+                arrays = _decoded(state)
+                t_lists, _ = _ms(lambda a=_matrices(arrays): [m.tolist() for m in a])
+                plain = _as_lists(arrays)
+                t_save_old, _ = _ms(lambda p=plain: store.save_state(det.name, p))
+                rounds.append((t_snap, t_save, t_lists, t_save_old))
+            snap, save, lists, save_old = (statistics.median(r[i] for r in rounds) for i in range(4))
+            mb, mb_old = (len(json.dumps(x, separators=(",", ":"))) / 1e6 for x in (state, plain))
+            # The naive side's snapshot() is this one's (its base64 included: a slight overstatement).
+            sums[0] += snap + save
+            sums[1] += snap + lists + save_old
+            print(f"{det.name:14s} {snap:9.1f} {save:8.1f} {snap + save:8.1f} {mb:7.2f}"
+                  f" | naive: {lists:8.1f} {save_old:8.1f} {snap + lists + save_old:8.1f} {mb_old:7.2f}")
+    print(f"all detectors: {sums[0]:.0f} ms of the event loop per snapshot (naive, matrices as lists: {sums[1]:.0f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
