@@ -41,8 +41,8 @@ from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
 from .iforest import ForestBank, ForestModel, ForestParams, SlotConstants
-from .sequence import MarkovConfig, MarkovModel, select_prior
-from .sessions import SessionTracker
+from .sequence import MarkovConfig, MarkovModel, fleet_prior, select_prior
+from .sessions import START, SessionTracker
 
 __all__ = ["ForestConfig", "IsolationForestDetector", "finding_severity"]
 
@@ -169,6 +169,13 @@ class _Agent:
         """Cache of ``IsolationForestDetector._servers`` (asked for every agent after every batch):
         the ``markov.uni`` dict it was computed from, that dict's size, its ``server/tool`` tokens
         still under ``habit_calls``, the servers, and their group key."""
+        self.vocab: tuple[dict[str, float], int, frozenset[str]] | None = None
+        """Cache of ``markov.vocab`` (asked for every learning agent in every batch): the ``uni``
+        dict it was computed from, that dict's size, and the vocabulary. Valid while the dict is
+        the same object of the same size (``MarkovModel`` only adds keys in place)."""
+        self.group: tuple[Any, dict[str, frozenset[str]], str | None] | None = None
+        """Cache of ``IsolationForestDetector._model_key``'s group choice: the ``habits`` tuple and
+        the groups dict (never changed in place) it was made from, and the group chosen."""
 
     def add_rows(self, rows: Sequence[bytes] | Sequence[Sequence[float]] | np.ndarray) -> None:
         """Append rows to the baseline window (only the last ``max_rows`` are kept). Rows are
@@ -241,6 +248,60 @@ def rows_array(rows: Sequence[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(rows), dtype=np.float64).reshape(-1, N_FEATURES)
 
 
+_UNBUILT: Any = object()
+
+
+class _Peers:
+    """Fleet priors of learning agents (``select_prior``), cheaper: which mature models make the
+    prior of a vocabulary is remembered while the mature models and their vocabularies stay the
+    same (containment against every mature model was computed per learning agent and batch), and
+    agents that choose the same models in a batch share one prior. Priors are rebuilt every batch
+    from the models as they stand (their counts change), with ``fleet_prior``'s lazy rows: the
+    same values as ``select_prior``'s prior, built only where read."""
+
+    def __init__(self) -> None:
+        self.models: list[MarkovModel] = []
+        self.seen: list[tuple[MarkovModel, dict[str, float], int]] = []
+        """Each mature model with its ``uni`` dict and that dict's size when ``vocabs`` was valid."""
+        self.vocabs: list[frozenset[str]] | None = None
+        self.similar: dict[frozenset[str], tuple[int, ...]] = {}
+        """Vocabulary -> positions in ``models`` of the mature models that hold enough of it."""
+        self.built: dict[tuple[int, ...], MarkovModel | None] = {}
+        """This batch's priors, per choice of models."""
+
+    def check(self, mature: dict[str, MarkovModel]) -> None:
+        """Start a batch: forget the choices if any mature model or its vocabulary changed
+        (``uni`` replaced or grown: ``MarkovModel`` only adds keys in place)."""
+        self.built = {}
+        seen = self.seen
+        models = list(mature.values())
+        if len(seen) == len(models) and all(m is s[0] and m.uni is s[1] and len(m.uni) == s[2]
+                                            for m, s in zip(models, seen)):
+            return
+        self.models = models
+        self.seen = [(m, m.uni, len(m.uni)) for m in models]
+        self.vocabs = None
+        self.similar = {}
+
+    def prior(self, vocab: frozenset[str], min_containment: float, config: MarkovConfig) -> MarkovModel | None:
+        """``select_prior(vocab, mature, min_containment, config)`` for this batch."""
+        if not vocab:
+            return None
+        chosen = self.similar.get(vocab)
+        if chosen is None:
+            if self.vocabs is None:
+                self.vocabs = [frozenset(m.vocab) for m in self.models]
+            n = len(vocab)
+            chosen = tuple(i for i, v in enumerate(self.vocabs) if len(vocab & v) / n >= min_containment)
+            if len(self.similar) >= 4096:  # bounded: vocabularies of agents that come and go
+                self.similar.clear()
+            self.similar[vocab] = chosen
+        prior = self.built.get(chosen, _UNBUILT)
+        if prior is _UNBUILT:
+            prior = self.built[chosen] = fleet_prior([self.models[i] for i in chosen], config, lazy_rows=True)
+        return prior
+
+
 class IsolationForestDetector(PerAgentDetector[_Agent]):
     """Per-agent (or per-group) IsolationForest over call features; see the module docstring."""
 
@@ -260,6 +321,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """The models dict's items when ``_banked`` was computed."""
         self._banked: dict[str, tuple[int, ForestModel]] = {}
         self._bank_consts: SlotConstants | None = None
+        self._peers = _Peers()
         self.fitter: Callable[[np.ndarray, ForestParams], ForestModel] = ForestModel
         """Fits one model in ``retrain``: in-process by default; the daemon sets its refit worker
         process's ``fit`` (same models, fitted on the other core)."""
@@ -449,17 +511,37 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def _model_key(self, agent_id: str, st: _Agent) -> str | None:
         if agent_id in self._models:
             return agent_id
-        if not self._groups:
+        groups = self._groups
+        if not groups:
             return None
-        best, best_cover = None, 0.0
-        mine = self._servers(st)
-        for key, servers in list(self._groups.items()):
-            if not mine:
-                continue
-            cover = len(mine & servers) / len(mine)
-            if cover >= self.config.prior_min_containment and cover > best_cover:
-                best, best_cover = key, cover
+        h = self._habits(st)
+        got = st.group
+        if got is not None and got[0] is h and got[1] is groups:
+            best = got[2]
+        else:  # the agent's servers or the groups changed: choose again
+            best, best_cover = None, 0.0
+            mine = h[3]
+            for key, servers in list(groups.items()):
+                if not mine:
+                    continue
+                cover = len(mine & servers) / len(mine)
+                if cover >= self.config.prior_min_containment and cover > best_cover:
+                    best, best_cover = key, cover
+            st.group = (h, groups, best)
         return best if best in self._models else None
+
+    @staticmethod
+    def _vocab(st: _Agent, agent_calls: list[ToolCall]) -> frozenset[str]:
+        """``st.markov.vocab`` plus the tokens of the agent's calls in this batch."""
+        uni = st.markov.uni
+        v = st.vocab
+        if v is None or v[0] is not uni or v[1] != len(uni):
+            v = st.vocab = (uni, len(uni), frozenset([t for t in uni if t != START]))
+        vocab = v[2]
+        for c in agent_calls:
+            if (f"{c.server}/{c.tool}" if c.server else c.tool) not in vocab:
+                return vocab | {c.token for c in agent_calls}
+        return vocab
 
     # --- detection -----------------------------------------------------------------------------
     def observe(self, batch: Batch) -> list[Finding]:
@@ -480,6 +562,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             by_agent.setdefault(c.agent_id, []).append(i)
         models = self._models
         mature = {a: self._state[a].markov for a in list(models) if a in self._state}
+        peers = self._peers
+        peers.check(mature)
         rows: list[tuple[float, ...]] = []
         prevs: list[str] = []
         tokens: list[str] = []
@@ -490,9 +574,12 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             agent_calls = [calls[i] for i in idx]
             prior = None
             if agent_id not in models and (len(mature) > 1 or (mature and agent_id not in mature)):
-                vocab = st.markov.vocab | {c.token for c in agent_calls}
-                prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
-                                     cfg.prior_min_containment, cfg.markov)
+                if agent_id in mature:  # its model was dropped meanwhile: it is no peer of itself
+                    vocab = st.markov.vocab | {c.token for c in agent_calls}
+                    prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
+                                         cfg.prior_min_containment, cfg.markov)
+                else:
+                    prior = peers.prior(self._vocab(st, agent_calls), cfg.prior_min_containment, cfg.markov)
             off = len(rows)
             append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior)
             warm = st.markov.mass >= cfg.warm_calls or prior is not None
