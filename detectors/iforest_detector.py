@@ -248,9 +248,6 @@ def rows_array(rows: Sequence[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(rows), dtype=np.float64).reshape(-1, N_FEATURES)
 
 
-_UNBUILT: Any = object()
-
-
 class _Peers:
     """Fleet priors of learning agents (``select_prior``), cheaper: which mature models make the
     prior of a vocabulary is remembered while the mature models and their vocabularies stay the
@@ -266,8 +263,9 @@ class _Peers:
         self.vocabs: list[frozenset[str]] | None = None
         self.similar: dict[frozenset[str], tuple[int, ...]] = {}
         """Vocabulary -> positions in ``models`` of the mature models that hold enough of it."""
-        self.built: dict[tuple[int, ...], MarkovModel | None] = {}
-        """This batch's priors, per choice of models."""
+        self.built: dict[tuple[int, ...], tuple[MarkovModel | None, dict[tuple[str, str], tuple[float, float]]]] = {}
+        """This batch's priors, per choice of models, each with its memo of probabilities for
+        ``append_rows`` (shared by the agents with that prior)."""
 
     def check(self, mature: dict[str, MarkovModel]) -> None:
         """Start a batch: forget the choices if any mature model or its vocabulary changed
@@ -283,10 +281,11 @@ class _Peers:
         self.vocabs = None
         self.similar = {}
 
-    def prior(self, vocab: frozenset[str], min_containment: float, config: MarkovConfig) -> MarkovModel | None:
-        """``select_prior(vocab, mature, min_containment, config)`` for this batch."""
+    def prior(self, vocab: frozenset[str], min_containment: float, config: MarkovConfig
+              ) -> tuple[MarkovModel | None, dict[tuple[str, str], tuple[float, float]] | None]:
+        """``select_prior(vocab, mature, min_containment, config)`` for this batch, and its memo."""
         if not vocab:
-            return None
+            return None, None
         chosen = self.similar.get(vocab)
         if chosen is None:
             if self.vocabs is None:
@@ -296,10 +295,10 @@ class _Peers:
             if len(self.similar) >= 4096:  # bounded: vocabularies of agents that come and go
                 self.similar.clear()
             self.similar[vocab] = chosen
-        prior = self.built.get(chosen, _UNBUILT)
-        if prior is _UNBUILT:
-            prior = self.built[chosen] = fleet_prior([self.models[i] for i in chosen], config, lazy_rows=True)
-        return prior
+        got = self.built.get(chosen)
+        if got is None:
+            got = self.built[chosen] = (fleet_prior([self.models[i] for i in chosen], config, lazy_rows=True), {})
+        return got
 
 
 class IsolationForestDetector(PerAgentDetector[_Agent]):
@@ -564,7 +563,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         mature = {a: self._state[a].markov for a in list(models) if a in self._state}
         peers = self._peers
         peers.check(mature)
-        rows: list[tuple[float, ...]] = []
+        rows: list[float] = []
         prevs: list[str] = []
         tokens: list[str] = []
         closed: list[tuple[str, Any]] = []
@@ -572,16 +571,16 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         for agent_id, idx in by_agent.items():
             st = self.state_for(agent_id)
             agent_calls = [calls[i] for i in idx]
-            prior = None
+            prior, memo = None, None
             if agent_id not in models and (len(mature) > 1 or (mature and agent_id not in mature)):
                 if agent_id in mature:  # its model was dropped meanwhile: it is no peer of itself
                     vocab = st.markov.vocab | {c.token for c in agent_calls}
                     prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
                                          cfg.prior_min_containment, cfg.markov)
                 else:
-                    prior = peers.prior(self._vocab(st, agent_calls), cfg.prior_min_containment, cfg.markov)
-            off = len(rows)
-            append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior)
+                    prior, memo = peers.prior(self._vocab(st, agent_calls), cfg.prior_min_containment, cfg.markov)
+            off = len(prevs)
+            append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior, prior_probs=memo, flat=True)
             warm = st.markov.mass >= cfg.warm_calls or prior is not None
             work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed],
                          agent_calls))
@@ -624,7 +623,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         else:
             look = set(keyed)
         findings: list[Finding] = []
-        max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
+        max_pending = cfg.max_pending_rows
+        trainable = (X_all[:, 0] <= cfg.train_max_surprisal).tolist()  # surprisal: no log transform
         xb: bytes | None = None  # X_all's bytes, once a row is kept for a session
         for w_i, (agent_id, st, idx, off, key, warm, closed_ids, agent_calls) in enumerate(work):
             n = len(idx)
@@ -658,7 +658,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                     continue
                 if c.destinations:
                     remember(c.destinations)
-                if warm and rows[off + j][0] <= max_surprisal and c.session_id not in tainted:
+                if warm and trainable[off + j] and c.session_id not in tainted:
                     sess_rows = pending.setdefault(c.session_id, [])
                     if len(sess_rows) < max_pending:
                         if xb is None:

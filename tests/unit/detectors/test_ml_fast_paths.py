@@ -14,7 +14,7 @@ from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.features import N_FEATURES, AgentContext, append_rows, extract, finish
 from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams, SlotConstants
 from toolwatch.detectors.iforest_detector import ForestConfig, _Agent
-from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel
+from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel, fleet_prior
 from toolwatch.detectors.sequence_detector import SequenceConfig, SequenceDetector
 from toolwatch.detectors.sessions import START, Session, SessionTracker
 
@@ -44,9 +44,9 @@ def random_calls(rnd: random.Random, n: int, steps: tuple[int, ...] = (0, 1, 10*
 
 
 def reference_extract(ctx: AgentContext, calls: list[ToolCall], model: MarkovModel,
-                      closed: list) -> tuple[np.ndarray, list[str]]:
+                      closed: list, prior: MarkovModel | None = None) -> tuple[np.ndarray, list[str]]:
     """``features.extract`` as it was written before the fast path, with its own session bookkeeping
-    (``expire`` on every call, ``advance`` spelled out)."""
+    (``expire`` on every call, ``advance`` spelled out) and surprisal by ``MarkovModel.surprisal``."""
     tracker, known, rows, prevs = ctx.sessions, ctx.destinations, [], []
     for c in calls:
         closed.extend(tracker.expire(c.time_ns))
@@ -59,7 +59,7 @@ def reference_extract(ctx: AgentContext, calls: list[ToolCall], model: MarkovMod
             tracker.open.move_to_end(c.session_id)
         prev = s.prev
         prevs.append(prev)
-        bits = model.surprisal(prev, c.token)
+        bits = model.surprisal(prev, c.token, prior)
         dests = set(c.destinations)
         new_dest = sum(1 for d in dests if d not in known) if dests else 0
         gap = (c.time_ns - s.last_ns) / 1e9 if s.n else 60.0
@@ -123,6 +123,36 @@ def test_append_rows_with_inline_surprisal_equals_extract_with_the_model(seed, m
     again_ctx = AgentContext(SessionTracker(max_open=max_open, idle_s=idle_s))
     X2, prevs2 = extract(again_ctx, calls, lambda p, t: model.surprisal(p, t))
     assert np.array_equal(X2, X) and prevs2 == prevs
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("kind", ["lazy", "eager", "massless"])
+def test_append_rows_with_a_shared_prior_equals_the_models_own_surprisal(seed, kind):
+    """Two agents with one fleet prior and one memo of its probabilities (as the IsolationForest
+    detector shares them within a batch), rows flat: bit for bit the rows of plain per-call code
+    that asks ``MarkovModel.surprisal(prev, token, prior)``."""
+    rnd = random.Random(seed)
+    peers = [trained_model(rnd) for _ in range(3)]
+    peers[0].learn("mail/read", "db/query")  # tokens and transitions the agents never saw
+    if kind == "massless":
+        prior = MarkovModel()
+    else:
+        prior = fleet_prior(peers, lazy_rows=kind == "lazy")
+    memo: dict = {}
+    for agent in range(2):
+        model = trained_model(rnd) if agent else MarkovModel()  # a brand-new agent, and a trained one
+        calls = random_calls(rnd, 200)
+        ref_ctx, fast_ctx = AgentContext(SessionTracker(max_open=8)), AgentContext(SessionTracker(max_open=8))
+        ref_closed: list = []
+        X, prevs = reference_extract(ref_ctx, calls, model, ref_closed, prior)
+        rows: list = []
+        fast_prevs: list[str] = []
+        fast_closed: list = []
+        append_rows(fast_ctx, calls, rows, fast_prevs, [], fast_closed, model, prior, prior_probs=memo, flat=True)
+        assert len(rows) == len(calls) * N_FEATURES
+        assert finish(rows).tobytes() == X.tobytes() and fast_prevs == prevs
+        assert fast_ctx.to_dict() == ref_ctx.to_dict()
+    assert memo or kind == "massless"
 
 
 def test_a_reloaded_tracker_still_closes_idle_sessions():
