@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import threading
-from itertools import chain
+from itertools import accumulate, chain
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -586,69 +586,47 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                          agent_calls))
             closed.clear()
         X_all = finish(rows)
-        # Models that fit the forest bank are scored together in one pass (rows in batch order,
-        # each walking its model's slot); others on their own, one pass per model.
-        scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        keyed = [w_i for w_i, w in enumerate(work) if w[4] is not None]
-        banked = self._bank_for(models) if keyed else {}
-        in_bank = [w_i for w_i in keyed if work[w_i][4] in banked]
-        if len(in_bank) < len(keyed):
-            by_model: dict[str, list[int]] = {}
-            for w_i in keyed:
-                if work[w_i][4] not in banked:
-                    by_model.setdefault(work[w_i][4], []).append(w_i)
-            for key, w_ids in by_model.items():
-                parts = [X_all[work[w][3] : work[w][3] + len(work[w][2])] for w in w_ids]
-                s, r, m = models[key].margins(parts[0] if len(parts) == 1 else np.concatenate(parts))
-                self._split(scores, work, w_ids, s, r, m)
-        if in_bank:
-            lens = np.array([len(work[w][2]) for w in in_bank], dtype=np.intp)
-            slots = np.repeat(np.array([banked[work[w][4]][0] for w in in_bank], dtype=np.intp), lens)
-            if len(in_bank) == len(work):
-                X_b = X_all  # every row is scored in the bank (the usual case once models are fitted)
-            else:
-                starts = np.array([work[w][3] for w in in_bank], dtype=np.intp)
-                # Row numbers in X_all of the banked work items' rows, in batch order.
-                sel = np.arange(int(lens.sum()), dtype=np.intp) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
-                X_b = X_all[sel]
-            assert self._bank is not None and self._bank_consts is not None
-            paths = self._bank.path_lengths(X_b, slots)
-            s, r, m = self._bank_consts.margins(slots, X_b, paths)
-            self._split(scores, work, in_bank, s, r, m)
-            # Margins and hits of all banked rows at once; only agents with a hit look at theirs.
-            margins[[i for w in in_bank for i in work[w][2]]] = m
-            at = np.flatnonzero(m > 0)
-            banked_hits = {in_bank[j] for j in np.searchsorted(np.cumsum(lens), at, side="right").tolist()}
-            look = {w_i for w_i in keyed if w_i in banked_hits or work[w_i][4] not in banked}
-        else:
-            look = set(keyed)
+        n_rows = len(prevs)
+        lens = [len(w[2]) for w in work]
+        ends = list(accumulate(lens))
+        m_all = s_all = r_all = None
+        if any(w[4] is not None for w in work):
+            s_all, r_all, m_all = self._score(work, lens, X_all, models)
+            # Rows are grouped by agent; margins go back to the calls' places in the batch.
+            margins[list(chain.from_iterable(w[2] for w in work))] = m_all
         findings: list[Finding] = []
+        flagged_rows: list[bool] | None = None
+        expl: dict[int, list[dict[str, Any]]] = {}
+        if m_all is not None:
+            hit_rows = np.flatnonzero(m_all > 0)  # NaN (not scored) is no hit
+            if len(hit_rows):
+                flagged_rows = (m_all > 0).tolist()
+                hit_list = hit_rows.tolist()
+                hit_work = np.searchsorted(ends, hit_rows, side="right").tolist()
+                expl = self._explanations(X_all, hit_list, [work[w][4] for w in hit_work], models)
         max_pending = cfg.max_pending_rows
         trainable = (X_all[:, 0] <= cfg.train_max_surprisal).tolist()  # surprisal: no log transform
-        xb: bytes | None = None  # X_all's bytes, once a row is kept for a session
-        for w_i, (agent_id, st, idx, off, key, warm, closed_ids, agent_calls) in enumerate(work):
-            n = len(idx)
-            flagged: list[bool] | None = None
-            if w_i in look:  # scored outside the bank, or a banked agent with a hit
-                assert key is not None
+        xb = X_all.tobytes() if n_rows else b""
+        for (agent_id, st, idx, off, key, warm, closed_ids, agent_calls), end in zip(work, ends):
+            flagged = None if flagged_rows is None else flagged_rows[off:end]
+            if flagged is not None and True in flagged:
+                assert key is not None and s_all is not None and r_all is not None
                 model = models[key]
-                X = X_all[off : off + n]
-                s, r, m = scores[w_i]
-                margins[idx] = m
-                hits = np.flatnonzero(m > 0)
-                if len(hits):
-                    flagged = (m > 0).tolist()
-                    status = self._status(agent_id, st)
-                    for j in hits:
-                        findings.append(self._finding(calls[idx[j]], X[j], float(s[j]), float(r[j]), model, key,
-                                                      status))
+                status = self._status(agent_id, st)
+                for j, hit in enumerate(flagged):
+                    if hit:
+                        row = off + j
+                        findings.append(self._finding(calls[idx[j]], X_all[row], float(s_all[row]), float(r_all[row]),
+                                                      model, key, status, expl[row]))
+            else:
+                flagged = None
             if st.frozen:
                 self._commit(st, closed_ids)
                 continue
             if flagged is None:
-                st.markov.learn_many(zip(prevs[off : off + n], tokens[off : off + n]))
+                st.markov.learn_many(zip(prevs[off:end], tokens[off:end]))
             else:
-                st.markov.learn_many((prevs[off + j], tokens[off + j]) for j in range(n) if not flagged[j])
+                st.markov.learn_many((prevs[off + j], tokens[off + j]) for j, hit in enumerate(flagged) if not hit)
             remember = st.ctx.remember
             pending, tainted = st.pending, st.tainted
             for j, c in enumerate(agent_calls):
@@ -661,8 +639,6 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 if warm and trainable[off + j] and c.session_id not in tainted:
                     sess_rows = pending.setdefault(c.session_id, [])
                     if len(sess_rows) < max_pending:
-                        if xb is None:
-                            xb = X_all.tobytes()
                         at = (off + j) * ROW_BYTES
                         sess_rows.append(xb[at : at + ROW_BYTES])
             self._commit(st, closed_ids)
@@ -672,15 +648,48 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 self.retrain(keys)
         return findings, margins
 
-    @staticmethod
-    def _split(scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], work: list[Any], w_ids: list[int],
-               s: np.ndarray, r: np.ndarray, m: np.ndarray) -> None:
-        """Hand each agent its slice of one model's scores (rows are in ``w_ids`` order)."""
-        off = 0
-        for w in w_ids:
-            n = len(work[w][2])
-            scores[w] = (s[off : off + n], r[off : off + n], m[off : off + n])
-            off += n
+    def _score(self, work: list[Any], lens: list[int], X_all: np.ndarray, models: dict[str, ForestModel]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Forest score, range excess and margin of every row of ``X_all`` (NaN where the agent has no
+        model yet). Rows of models that fit the forest bank are scored in one pass (each row walking
+        its model's slot, with that slot's constants); the others one pass per model."""
+        n = len(X_all)
+        banked = self._bank_for(models)
+        # Per work item: its model's bank slot, -1 without a model, -2 for a model outside the bank.
+        slot_of = [-1 if w[4] is None else banked[w[4]][0] if w[4] in banked else -2 for w in work]
+        row_slot = np.repeat(np.array(slot_of, dtype=np.intp), lens)
+        if min(slot_of) >= 0:  # every row is scored in the bank (the usual case once models are fitted)
+            assert self._bank is not None and self._bank_consts is not None
+            paths = self._bank.path_lengths(X_all, row_slot)
+            return self._bank_consts.margins(row_slot, X_all, paths)
+        s_all, r_all, m_all = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        sel = np.flatnonzero(row_slot >= 0)
+        if len(sel):
+            assert self._bank is not None and self._bank_consts is not None
+            X_b, slots = X_all[sel], row_slot[sel]
+            paths = self._bank.path_lengths(X_b, slots)
+            s_all[sel], r_all[sel], m_all[sel] = self._bank_consts.margins(slots, X_b, paths)
+        if -2 in slot_of:
+            starts = [e - k for e, k in zip(accumulate(lens), lens)]
+            by_model: dict[str, list[int]] = {}
+            for w_i, slot in enumerate(slot_of):
+                if slot == -2:
+                    by_model.setdefault(work[w_i][4], []).append(w_i)
+            for key, w_ids in by_model.items():
+                at = np.concatenate([np.arange(starts[w], starts[w] + lens[w]) for w in w_ids])
+                s_all[at], r_all[at], m_all[at] = models[key].margins(X_all[at])
+        return s_all, r_all, m_all
+
+    def _explanations(self, X_all: np.ndarray, rows: list[int], keys: list[str], models: dict[str, ForestModel]
+                      ) -> dict[int, list[dict[str, Any]]]:
+        """``ForestModel.explain`` of each hit row under its model (``keys``), one pass per model."""
+        by_model: dict[str, list[int]] = {}
+        for row, key in zip(rows, keys):
+            by_model.setdefault(key, []).append(row)
+        out: dict[int, list[dict[str, Any]]] = {}
+        for key, at in by_model.items():
+            out.update(zip(at, models[key].explain_rows(X_all[at], FEATURE_NAMES, self.config.explain_top)))
+        return out
 
     def _bank_for(self, models: dict[str, ForestModel]) -> dict[str, tuple[int, ForestModel]]:
         """Slot in the forest bank and model, per key of every current model that fits the bank's
@@ -719,8 +728,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             self._group_since += len(rows)
 
     def _finding(self, c: ToolCall, x: np.ndarray, score: float, excess: float, model: ForestModel,
-                 key: str, status: str) -> Finding:
-        expl = model.explain(x, FEATURE_NAMES, self.config.explain_top)
+                 key: str, status: str, expl: list[dict[str, Any]]) -> Finding:
         top = ", ".join(f"{e['feature']} {e['observed']:g} (usual {e['baseline']:g})" for e in expl)
         basis = "agent" if key == c.agent_id else key
         if score > model.threshold:
@@ -735,7 +743,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             score=round(score, 6),
             evidence={"explanation": expl, "threshold": round(model.threshold, 6), "model": basis,
                       "range_excess": round(excess, 4),
-                      "state": status, "features": {n: round(float(v), 4) for n, v in zip(FEATURE_NAMES, x)
+                      "state": status, "features": {n: round(v, 4) for n, v in zip(FEATURE_NAMES, x.tolist())
                                                     if math.isfinite(v)}},
             dedup_key=f"{self.name}:{c.agent_id}:{c.session_id}",
         )
