@@ -114,12 +114,14 @@ def finish(rows: list[float] | list[tuple[float, ...]]) -> np.ndarray:
 def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[Any], prevs: list[str],
                 tokens: list[str], closed: list[tuple[str, Session]], model: MarkovModel | None = None,
                 prior: MarkovModel | None = None, surprise: Callable[[str, str], float] | None = None,
-                prior_probs: dict[tuple[str, str], tuple[float, float]] | None = None, flat: bool = False) -> None:
+                prior_probs: dict[tuple[str, str], tuple[float, float]] | None = None, flat: bool = False,
+                call_tokens: Sequence[str] | None = None) -> None:
     """The per-call pass of ``extract`` for one agent's calls, appending raw rows (before the log
     transform of ``finish``), previous tokens, tokens and closed sessions to the given lists, so a
     detector builds one matrix per micro-batch. A row is a tuple, or with ``flat`` its
     ``N_FEATURES`` values appended to ``rows`` one by one (NumPy converts a flat list of numbers in
-    less than half the time of a list of tuples).
+    less than half the time of a list of tuples). ``call_tokens`` are the calls' tokens
+    (``ToolCall.token``) when the caller has them already.
 
     Surprisal is ``surprise(prev, token)`` when given, else ``model.surprisal(prev, token, prior)``,
     inlined (this runs per span) with the same operations in the same order. With a prior, the
@@ -150,7 +152,10 @@ def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[Any], p
             memo = {} if prior_probs is None else prior_probs
             p_uni, p_prob = prior.p_unigram, prior.prob
     put = rows.extend if flat else rows.append
-    for c in calls:
+    if call_tokens is None:
+        call_tokens = [f"{c.server}/{c.tool}" if c.server else c.tool for c in calls]
+    tokens.extend(call_tokens)
+    for c, token in zip(calls, call_tokens):
         # SessionTracker.touch, inlined.
         t = c.time_ns
         sid = c.session_id
@@ -166,8 +171,6 @@ def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[Any], p
         else:
             opened.move_to_end(sid)
         server = c.server
-        token = server + "/" + c.tool if server else c.tool
-        tokens.append(token)
         prev = s.prev
         prevs.append(prev)
         if inline:

@@ -499,8 +499,12 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         lim = self.config.habit_calls
         uni = st.markov.uni
         h = st.habits
-        if h is not None and h[0] is uni and h[1] == len(uni) and all(uni.get(t, 0.0) < lim for t in h[2]):
-            return h
+        if h is not None and h[0] is uni and h[1] == len(uni):
+            for t in h[2]:
+                if uni.get(t, 0.0) >= lim:
+                    break
+            else:
+                return h
         items = list(uni.items())  # one C-level copy: observe() may add tokens meanwhile (worker thread)
         servers = frozenset(t.split("/", 1)[0] for t, c in items if c >= lim and "/" in t)
         h = st.habits = (uni, len(items), [t for t, c in items if c < lim and "/" in t], servers,
@@ -530,17 +534,14 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         return best if best in self._models else None
 
     @staticmethod
-    def _vocab(st: _Agent, agent_calls: list[ToolCall]) -> frozenset[str]:
+    def _vocab(st: _Agent, agent_tokens: list[str]) -> frozenset[str]:
         """``st.markov.vocab`` plus the tokens of the agent's calls in this batch."""
         uni = st.markov.uni
         v = st.vocab
         if v is None or v[0] is not uni or v[1] != len(uni):
             v = st.vocab = (uni, len(uni), frozenset([t for t in uni if t != START]))
         vocab = v[2]
-        for c in agent_calls:
-            if (f"{c.server}/{c.tool}" if c.server else c.tool) not in vocab:
-                return vocab | {c.token for c in agent_calls}
-        return vocab
+        return vocab if vocab.issuperset(agent_tokens) else vocab.union(agent_tokens)
 
     # --- detection -----------------------------------------------------------------------------
     def observe(self, batch: Batch) -> list[Finding]:
@@ -571,16 +572,18 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         for agent_id, idx in by_agent.items():
             st = self.state_for(agent_id)
             agent_calls = [calls[i] for i in idx]
+            agent_tokens = [f"{c.server}/{c.tool}" if c.server else c.tool for c in agent_calls]
             prior, memo = None, None
             if agent_id not in models and (len(mature) > 1 or (mature and agent_id not in mature)):
                 if agent_id in mature:  # its model was dropped meanwhile: it is no peer of itself
-                    vocab = st.markov.vocab | {c.token for c in agent_calls}
+                    vocab = st.markov.vocab | set(agent_tokens)
                     prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
                                          cfg.prior_min_containment, cfg.markov)
                 else:
-                    prior, memo = peers.prior(self._vocab(st, agent_calls), cfg.prior_min_containment, cfg.markov)
+                    prior, memo = peers.prior(self._vocab(st, agent_tokens), cfg.prior_min_containment, cfg.markov)
             off = len(prevs)
-            append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior, prior_probs=memo, flat=True)
+            append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior, prior_probs=memo, flat=True,
+                        call_tokens=agent_tokens)
             warm = st.markov.mass >= cfg.warm_calls or prior is not None
             work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed],
                          agent_calls))
