@@ -599,28 +599,27 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             margins[list(chain.from_iterable(w[2] for w in work))] = m_all
         findings: list[Finding] = []
         flagged_rows: list[bool] | None = None
-        expl: dict[int, list[dict[str, Any]]] = {}
+        hits: dict[int, tuple[float, float, list[float], list[dict[str, Any]]]] = {}
         if m_all is not None:
             hit_rows = np.flatnonzero(m_all > 0)  # NaN (not scored) is no hit
             if len(hit_rows):
                 flagged_rows = (m_all > 0).tolist()
                 hit_list = hit_rows.tolist()
                 hit_work = np.searchsorted(ends, hit_rows, side="right").tolist()
-                expl = self._explanations(X_all, hit_list, [work[w][4] for w in hit_work], models)
+                assert s_all is not None and r_all is not None
+                hits = self._hits(X_all, s_all, r_all, hit_list, [work[w][4] for w in hit_work], models)
         max_pending = cfg.max_pending_rows
         trainable = (X_all[:, 0] <= cfg.train_max_surprisal).tolist()  # surprisal: no log transform
         xb = X_all.tobytes() if n_rows else b""
         for (agent_id, st, idx, off, key, warm, closed_ids, agent_calls), end in zip(work, ends):
             flagged = None if flagged_rows is None else flagged_rows[off:end]
             if flagged is not None and True in flagged:
-                assert key is not None and s_all is not None and r_all is not None
+                assert key is not None
                 model = models[key]
                 status = self._status(agent_id, st)
                 for j, hit in enumerate(flagged):
                     if hit:
-                        row = off + j
-                        findings.append(self._finding(calls[idx[j]], X_all[row], float(s_all[row]), float(r_all[row]),
-                                                      model, key, status, expl[row]))
+                        findings.append(self._finding(agent_calls[j], *hits[off + j], model, key, status))
             else:
                 flagged = None
             if st.frozen:
@@ -683,16 +682,18 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 s_all[at], r_all[at], m_all[at] = models[key].margins(X_all[at])
         return s_all, r_all, m_all
 
-    def _explanations(self, X_all: np.ndarray, rows: list[int], keys: list[str], models: dict[str, ForestModel]
-                      ) -> dict[int, list[dict[str, Any]]]:
-        """``ForestModel.explain`` of each hit row under its model (``keys``), one pass per model."""
+    def _hits(self, X_all: np.ndarray, s_all: np.ndarray, r_all: np.ndarray, rows: list[int], keys: list[str],
+              models: dict[str, ForestModel]) -> dict[int, tuple[float, float, list[float], list[dict[str, Any]]]]:
+        """Per hit row: its score, range excess, features and explanation under its model (``keys``),
+        the explanations with one ``ForestModel.explain_rows`` pass per model."""
         by_model: dict[str, list[int]] = {}
         for row, key in zip(rows, keys):
             by_model.setdefault(key, []).append(row)
-        out: dict[int, list[dict[str, Any]]] = {}
+        expl: dict[int, list[dict[str, Any]]] = {}
         for key, at in by_model.items():
-            out.update(zip(at, models[key].explain_rows(X_all[at], FEATURE_NAMES, self.config.explain_top)))
-        return out
+            expl.update(zip(at, models[key].explain_rows(X_all[at], FEATURE_NAMES, self.config.explain_top)))
+        return {row: (s, r, x, expl[row]) for row, s, r, x in
+                zip(rows, s_all[rows].tolist(), r_all[rows].tolist(), X_all[rows].tolist())}
 
     def _bank_for(self, models: dict[str, ForestModel]) -> dict[str, tuple[int, ForestModel]]:
         """Slot in the forest bank and model, per key of every current model that fits the bank's
@@ -730,8 +731,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             st.add_rows(rows)
             self._group_since += len(rows)
 
-    def _finding(self, c: ToolCall, x: np.ndarray, score: float, excess: float, model: ForestModel,
-                 key: str, status: str, expl: list[dict[str, Any]]) -> Finding:
+    def _finding(self, c: ToolCall, score: float, excess: float, x: list[float], expl: list[dict[str, Any]],
+                 model: ForestModel, key: str, status: str) -> Finding:
         top = ", ".join(f"{e['feature']} {e['observed']:g} (usual {e['baseline']:g})" for e in expl)
         basis = "agent" if key == c.agent_id else key
         if score > model.threshold:
@@ -746,7 +747,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             score=round(score, 6),
             evidence={"explanation": expl, "threshold": round(model.threshold, 6), "model": basis,
                       "range_excess": round(excess, 4),
-                      "state": status, "features": {n: round(v, 4) for n, v in zip(FEATURE_NAMES, x.tolist())
+                      "state": status, "features": {n: round(v, 4) for n, v in zip(FEATURE_NAMES, x)
                                                     if math.isfinite(v)}},
             dedup_key=f"{self.name}:{c.agent_id}:{c.session_id}",
         )
