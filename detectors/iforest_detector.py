@@ -559,7 +559,11 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         margins = np.full(len(calls), np.nan)
         by_agent: dict[str, list[int]] = {}
         for i, c in enumerate(calls):
-            by_agent.setdefault(c.agent_id, []).append(i)
+            got = by_agent.get(c.agent_id)
+            if got is None:
+                by_agent[c.agent_id] = [i]
+            else:
+                got.append(i)
         models = self._models
         mature = {a: self._state[a].markov for a in list(models) if a in self._state}
         peers = self._peers
@@ -569,8 +573,12 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         tokens: list[str] = []
         closed: list[tuple[str, Any]] = []
         work: list[tuple[str, _Agent, list[int], int, str | None, bool, list[str], list[ToolCall]]] = []
+        states = self._state
+        no_ids: list[str] = []
         for agent_id, idx in by_agent.items():
-            st = self.state_for(agent_id)
+            st = states.get(agent_id)
+            if st is None:
+                st = self.state_for(agent_id)
             agent_calls = [calls[i] for i in idx]
             agent_tokens = [f"{c.server}/{c.tool}" if c.server else c.tool for c in agent_calls]
             prior, memo = None, None
@@ -585,9 +593,12 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior, prior_probs=memo, flat=True,
                         call_tokens=agent_tokens)
             warm = st.markov.mass >= cfg.warm_calls or prior is not None
-            work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed],
-                         agent_calls))
-            closed.clear()
+            key = agent_id if agent_id in models else self._model_key(agent_id, st)
+            if closed:
+                work.append((agent_id, st, idx, off, key, warm, [sid for sid, _s in closed], agent_calls))
+                closed.clear()
+            else:
+                work.append((agent_id, st, idx, off, key, warm, no_ids, agent_calls))
         X_all = finish(rows)
         n_rows = len(prevs)
         lens = [len(w[2]) for w in work]
@@ -623,27 +634,30 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             else:
                 flagged = None
             if st.frozen:
-                self._commit(st, closed_ids)
+                if closed_ids:
+                    self._commit(st, closed_ids)
                 continue
             if flagged is None:
                 st.markov.learn_many(zip(prevs[off:end], tokens[off:end]))
             else:
                 st.markov.learn_many((prevs[off + j], tokens[off + j]) for j, hit in enumerate(flagged) if not hit)
-            remember = st.ctx.remember
             pending, tainted = st.pending, st.tainted
-            for j, c in enumerate(agent_calls):
-                if flagged is not None and flagged[j]:
-                    tainted.add(c.session_id)
-                    pending.pop(c.session_id, None)
+            for j, c in enumerate(agent_calls, off):
+                sid = c.session_id
+                if flagged is not None and flagged[j - off]:
+                    tainted.add(sid)
+                    pending.pop(sid, None)
                     continue
                 if c.destinations:
-                    remember(c.destinations)
-                if warm and trainable[off + j] and c.session_id not in tainted:
-                    sess_rows = pending.setdefault(c.session_id, [])
+                    st.ctx.remember(c.destinations)
+                if warm and trainable[j] and sid not in tainted:
+                    sess_rows = pending.get(sid)
+                    if sess_rows is None:
+                        sess_rows = pending[sid] = []
                     if len(sess_rows) < max_pending:
-                        at = (off + j) * ROW_BYTES
-                        sess_rows.append(xb[at : at + ROW_BYTES])
-            self._commit(st, closed_ids)
+                        sess_rows.append(xb[j * ROW_BYTES : (j + 1) * ROW_BYTES])
+            if closed_ids:
+                self._commit(st, closed_ids)
         if cfg.auto_retrain:
             keys = self.needs_retrain()
             if keys:
