@@ -344,11 +344,13 @@ def test_explain_rows_equals_explain_row_by_row(n, k, seed):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["learn", "learn", "learn", "scale", "prune", "reload", "swap"]),
+@given(st.lists(st.tuples(st.sampled_from(["learn", "learn", "learn", "scale", "prune", "reload", "swap", "groups",
+                                           "models"]),
                           st.lists(st.integers(0, 11), min_size=1, max_size=12)), min_size=1, max_size=30),
        st.floats(0.5, 6.0))
 def test_cached_habitual_servers_equal_a_fresh_computation(steps, habit_calls):
-    """``_servers`` (cached per agent) always equals the servers recomputed from the model."""
+    """``_servers``, the vocabulary and the group model chosen (cached per agent) always equal
+    what is recomputed from the model, the groups and the models."""
     from toolwatch.detectors.iforest_detector import IsolationForestDetector
 
     tokens = ["mail/read", "mail/send", "web/fetch", "files/read", "bare", "git/push", "git/pull",
@@ -360,9 +362,25 @@ def test_cached_habitual_servers_equal_a_fresh_computation(steps, habit_calls):
     def fresh() -> frozenset[str]:
         return frozenset(t.split("/", 1)[0] for t, c in agent.markov.uni.items() if c >= habit_calls and "/" in t)
 
+    servers = sorted({t.split("/", 1)[0] for t in tokens if "/" in t})
+
+    def fresh_key() -> str | None:
+        mine, best, best_cover = fresh(), None, 0.0
+        for key, group in det._groups.items():
+            cover = len(mine & group) / len(mine) if mine else 0.0
+            if cover >= det.config.prior_min_containment and cover > best_cover:
+                best, best_cover = key, cover
+        return best if best in det._models else None
+
     prev = START
     for op, toks in steps:
-        if op == "learn":
+        if op == "groups":  # refitted groups: a new dict, never changed in place
+            det._groups = {f"group:{i}": frozenset(servers[t % len(servers)] for t in toks[i:]) for i in range(len(toks))}
+            det._models.update((k, None) for k in det._groups)
+        elif op == "models":  # group models dropped
+            for i in toks:
+                det._models.pop(f"group:{i}", None)
+        elif op == "learn":
             pairs = []
             for i in toks:
                 pairs.append((prev, tokens[i]))
@@ -379,3 +397,75 @@ def test_cached_habitual_servers_equal_a_fresh_computation(steps, habit_calls):
             agent = det.state_for("a")
         assert det._servers(agent) == fresh()
         assert det._servers(agent) == fresh()  # and from the cache
+        for _ in range(2):
+            assert det._model_key("a", agent) == fresh_key()
+            assert det._vocab(agent, []) == agent.markov.vocab
+            assert det._vocab(agent, ["new/tool"]) == agent.markov.vocab | {"new/tool"}
+
+
+def test_the_group_choice_follows_refitted_groups_and_new_habits():
+    from toolwatch.detectors.iforest_detector import IsolationForestDetector
+
+    det = IsolationForestDetector(ForestConfig(habit_calls=2.0))
+    agent = det.state_for("a")
+    agent.markov.learn_many([(START, "mail/read"), ("mail/read", "web/fetch")] * 3)
+    det._groups = {"group:mail,web": frozenset({"mail", "web"})}
+    det._models = {"group:mail,web": None}
+    assert det._model_key("a", agent) == "group:mail,web"
+    det._groups = {"group:mail,web,x": frozenset({"mail", "web", "x"})}  # refitted: a new dict
+    assert det._model_key("a", agent) is None  # its model is not fitted yet
+    det._models["group:mail,web,x"] = None
+    assert det._model_key("a", agent) == "group:mail,web,x"
+    agent.markov.learn_many([(START, "db/query")] * 2)  # a third habitual server: 2/3 covered
+    det._groups = {"group:mail,web,x": frozenset({"mail", "web", "x"}), "group:db": frozenset({"db"})}
+    assert det._model_key("a", agent) == "group:mail,web,x"
+    agent.markov.learn_many([(START, "files/read")] * 2)  # 2/4 covered: under prior_min_containment
+    assert det._model_key("a", agent) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["learn", "learn", "new_token", "scale", "prune", "mature", "retire"]),
+                          st.integers(0, 5), st.lists(st.integers(0, 11), min_size=1, max_size=8)),
+                min_size=1, max_size=25),
+       st.floats(0.2, 1.0))
+def test_cached_prior_choices_equal_select_prior(steps, need):
+    """``_Peers`` (choices remembered while the mature vocabularies stay the same, one prior per
+    choice and batch) gives every learning agent the prior ``select_prior`` gives it: the same
+    probabilities, bit for bit."""
+    from toolwatch.detectors.iforest_detector import _Peers
+    from toolwatch.detectors.sequence import select_prior
+
+    tokens = ["mail/read", "mail/send", "web/fetch", "files/read", "bare", "git/push", "git/pull",
+              "db/query", "db/write", "x/y", "mail/list", "web/post"]
+    cfg = MarkovConfig(max_mass=60.0, max_tokens=8, min_count=0.25)
+    agents = [MarkovModel(cfg) for _ in range(6)]
+    for i, m in enumerate(agents):
+        m.learn_many([(START, tokens[(i + k) % 12]) for k in range(3)])
+    mature: dict[str, MarkovModel] = {"m0": agents[0], "m1": agents[1]}
+    peers = _Peers()
+    vocabs = [frozenset(tokens[i:i + 3]) for i in range(0, 12, 2)] + [frozenset(), frozenset(tokens)]
+    for op, who, toks in steps:
+        m = agents[who]
+        if op == "learn":
+            m.learn_many([(tokens[a], tokens[b]) for a, b in zip(toks, toks[1:] + toks[:1])])
+        elif op == "new_token":
+            m.learn(START, f"new/{len(m.uni)}")
+        elif op == "scale":
+            m._scale(0.5)
+        elif op == "prune":
+            m._prune()
+        elif op == "mature":
+            mature[f"m{who}"] = m
+        else:
+            mature.pop(f"m{who}", None)
+        peers.check(mature)  # a new batch
+        for vocab in vocabs + [frozenset(tokens[t] for t in toks)]:
+            for _ in range(2):  # the second time from the caches
+                got, _memo = peers.prior(vocab, need, cfg)
+                want = select_prior(set(vocab), mature, need, cfg)
+                assert (got is None) == (want is None)
+                if want is not None:
+                    for prev in [START, *tokens, "never/seen"]:
+                        for tok in [*tokens, "never/seen"]:
+                            assert got.prob(prev, tok) == want.prob(prev, tok)
+                            assert got.p_unigram(tok) == want.p_unigram(tok)
