@@ -29,7 +29,6 @@ import multiprocessing as mp
 import os
 import signal
 import threading
-import time
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Any
@@ -72,16 +71,16 @@ def decode_request(data: bytes) -> tuple[np.ndarray, ForestParams]:
     return arrays["sample"], ForestParams(**meta["params"])
 
 
-def encode_model(model: ForestModel, took_s: float) -> bytes:
-    return _pack(model.fitted_arrays(), {"took_s": took_s})
+def encode_model(model: ForestModel) -> bytes:
+    return _pack(model.fitted_arrays(), {})
 
 
-def decode_reply(data: bytes, params: ForestParams) -> tuple[ForestModel, float]:
-    """The fitted model and the worker's time for the fit; raises ``RuntimeError`` if the fit failed."""
+def decode_reply(data: bytes, params: ForestParams) -> ForestModel:
+    """The fitted model; raises ``RuntimeError`` if the fit failed."""
     arrays, meta = _unpack(data)
     if "error" in meta:
         raise RuntimeError(f"refit worker: {meta['error']}")
-    return ForestModel.from_fitted_arrays(arrays, params), float(meta["took_s"])
+    return ForestModel.from_fitted_arrays(arrays, params)
 
 
 def _serve(conn: Connection) -> None:
@@ -105,10 +104,9 @@ def _serve(conn: Connection) -> None:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        started = time.perf_counter()
         try:
             sample, params = decode_request(data)
-            reply = encode_model(ForestModel(sample, params), time.perf_counter() - started)
+            reply = encode_model(ForestModel(sample, params))
         except Exception as exc:  # a bad sample must not kill the worker: the parent logs it
             reply = _pack({}, {"error": f"{type(exc).__name__}: {exc}"})
         conn.send_bytes(reply)
@@ -127,8 +125,6 @@ class RefitWorker:
         self.in_process = False
         """Set when the worker could not be started: fits then run in the caller's thread."""
         self.starts = 0
-        self.busy_s = 0.0
-        """The worker's own time spent fitting (sum over fits)."""
         self._closed = False
 
     @property
@@ -164,9 +160,7 @@ class RefitWorker:
                 pid, code = self.pid, self._reap()
                 raise RefitWorkerDied(f"refit worker process {pid} died mid-fit (exit code {code}); the previous "
                                       "model stays in use and the refit is retried later in a new worker") from exc
-            model, took = decode_reply(reply, params)
-            self.busy_s += took
-            return model
+            return decode_reply(reply, params)
 
     def _start(self) -> None:
         ctx = mp.get_context("spawn")

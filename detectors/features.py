@@ -97,27 +97,37 @@ def extract(ctx: AgentContext, calls: Sequence[ToolCall], surprise: Callable[[st
     session's context past the call; it learns no baseline (that is the caller's decision, made
     after scoring, so that anomalous calls stay out of the baseline).
     """
-    rows: list[tuple[float, ...]] = []
+    rows: list[float] = []
     prevs: list[str] = []
-    append_rows(ctx, calls, rows, prevs, [], closed if closed is not None else [], surprise=surprise)
+    append_rows(ctx, calls, rows, prevs, [], closed if closed is not None else [], surprise=surprise, flat=True)
     return finish(rows), prevs
 
 
-def finish(rows: list[tuple[float, ...]]) -> np.ndarray:
-    """Raw rows from ``append_rows`` (any number of agents) as the feature matrix: one NumPy pass."""
-    raw = np.array(rows, dtype=np.float64).reshape(len(rows), N_FEATURES)
+def finish(rows: list[float] | list[tuple[float, ...]]) -> np.ndarray:
+    """Raw rows from ``append_rows`` (any number of agents; flat or as tuples) as the feature
+    matrix: one NumPy pass."""
+    raw = np.array(rows, dtype=np.float64).reshape(-1, N_FEATURES)
     raw[:, _LOG_COLS] = np.log1p(np.maximum(raw[:, _LOG_COLS], 0.0))
     return raw
 
 
-def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[tuple[float, ...]], prevs: list[str],
+def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[Any], prevs: list[str],
                 tokens: list[str], closed: list[tuple[str, Session]], model: MarkovModel | None = None,
-                prior: MarkovModel | None = None, surprise: Callable[[str, str], float] | None = None) -> None:
+                prior: MarkovModel | None = None, surprise: Callable[[str, str], float] | None = None,
+                prior_probs: dict[tuple[str, str], tuple[float, float]] | None = None, flat: bool = False,
+                call_tokens: Sequence[str] | None = None) -> None:
     """The per-call pass of ``extract`` for one agent's calls, appending raw rows (before the log
     transform of ``finish``), previous tokens, tokens and closed sessions to the given lists, so a
-    detector builds one matrix per micro-batch. Surprisal is ``surprise(prev, token)`` when given,
-    else ``model.surprisal(prev, token, prior)`` (inlined when there is no prior: this runs per span).
-    """
+    detector builds one matrix per micro-batch. A row is a tuple, or with ``flat`` its
+    ``N_FEATURES`` values appended to ``rows`` one by one (NumPy converts a flat list of numbers in
+    less than half the time of a list of tuples). ``call_tokens`` are the calls' tokens
+    (``ToolCall.token``) when the caller has them already.
+
+    Surprisal is ``surprise(prev, token)`` when given, else ``model.surprisal(prev, token, prior)``,
+    inlined (this runs per span) with the same operations in the same order. With a prior, the
+    prior's own probabilities (``p_unigram(token)``, ``prob(prev, token)``) are memoised in
+    ``prior_probs`` when given: agents that share a prior in a batch share it (pass one dict per
+    prior, used only while the prior does not change)."""
     tracker = ctx.sessions
     opened = tracker.open
     idle_ns = tracker.idle_ns
@@ -128,17 +138,24 @@ def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[tuple[f
     secret = _SECRET_LABELS
     exp = math.exp
     log2 = math.log2
-    inline = surprise is None and prior is None
+    inline = surprise is None
     if inline:
         assert model is not None, "append_rows needs a sequence model or a surprise function"
         uni, bi, out = model.uni, model.bi, model.out
         alpha, beta = model.config.alpha, model.config.beta
         p1_base = beta * (1.0 / (len(uni) + 1))
         p1_den = model.mass + beta
-    elif surprise is None:
-        seq, pr = model, prior
-        surprise = lambda p, t: seq.surprisal(p, t, pr)  # noqa: E731
-    for c in calls:
+        if prior is not None and prior.mass <= 0:
+            prior = None  # MarkovModel.prob ignores a prior without mass
+        if prior is not None:
+            w = model.config.prior_weight
+            memo = {} if prior_probs is None else prior_probs
+            p_uni, p_prob = prior.p_unigram, prior.prob
+    put = rows.extend if flat else rows.append
+    if call_tokens is None:
+        call_tokens = [f"{c.server}/{c.tool}" if c.server else c.tool for c in calls]
+    tokens.extend(call_tokens)
+    for c, token in zip(calls, call_tokens):
         # SessionTracker.touch, inlined.
         t = c.time_ns
         sid = c.session_id
@@ -154,16 +171,23 @@ def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[tuple[f
         else:
             opened.move_to_end(sid)
         server = c.server
-        token = server + "/" + c.tool if server else c.tool
-        tokens.append(token)
         prev = s.prev
         prevs.append(prev)
         if inline:
-            # MarkovModel.prob without a prior (same operations, same rounding).
             row = bi.get(prev)
-            bits = -log2(((row.get(token, 0.0) if row else 0.0)
-                          + alpha * ((uni.get(token, 0.0) + p1_base) / p1_den))
-                         / (out.get(prev, 0.0) + alpha))
+            if prior is None:
+                # MarkovModel.prob without a prior (same operations, same rounding).
+                bits = -log2(((row.get(token, 0.0) if row else 0.0)
+                              + alpha * ((uni.get(token, 0.0) + p1_base) / p1_den))
+                             / (out.get(prev, 0.0) + alpha))
+            else:
+                # MarkovModel.prob with a prior: P1 on the prior's unigram, plus w times its P2.
+                pq = memo.get((prev, token))
+                if pq is None:
+                    pq = memo[(prev, token)] = (p_uni(token), p_prob(prev, token))
+                bits = -log2(((row.get(token, 0.0) if row else 0.0) + w * pq[1]
+                              + alpha * ((uni.get(token, 0.0) + beta * pq[0]) / p1_den))
+                             / (out.get(prev, 0.0) + w + alpha))
         else:
             bits = surprise(prev, token)  # type: ignore[misc]
         dests = c.destinations
@@ -201,7 +225,7 @@ def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[tuple[f
         if c.result_fingerprints:
             tracker.remember_fps(s, c.result_fingerprints, server)
         labels = c.args_labels
-        rows.append((
+        put((
             bits, c.args_bytes, c.result_bytes, len(labels),
             1.0 if labels and secret.intersection(labels) else 0.0,
             len(res_labels), after, len(dests), new_dest, gap, s.rate, n, s.errors / n,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import threading
-from itertools import chain
+from itertools import accumulate, chain
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -42,8 +42,8 @@ from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
 from .iforest import ForestBank, ForestModel, ForestParams, SlotConstants
-from .sequence import MarkovConfig, MarkovModel, select_prior
-from .sessions import SessionTracker
+from .sequence import MarkovConfig, MarkovModel, fleet_prior, select_prior
+from .sessions import START, SessionTracker
 
 __all__ = ["ForestConfig", "IsolationForestDetector", "finding_severity"]
 
@@ -170,6 +170,13 @@ class _Agent:
         """Cache of ``IsolationForestDetector._servers`` (asked for every agent after every batch):
         the ``markov.uni`` dict it was computed from, that dict's size, its ``server/tool`` tokens
         still under ``habit_calls``, the servers, and their group key."""
+        self.vocab: tuple[dict[str, float], int, frozenset[str]] | None = None
+        """Cache of ``markov.vocab`` (asked for every learning agent in every batch): the ``uni``
+        dict it was computed from, that dict's size, and the vocabulary. Valid while the dict is
+        the same object of the same size (``MarkovModel`` only adds keys in place)."""
+        self.group: tuple[Any, dict[str, frozenset[str]], str | None] | None = None
+        """Cache of ``IsolationForestDetector._model_key``'s group choice: the ``habits`` tuple and
+        the groups dict (never changed in place) it was made from, and the group chosen."""
 
     def add_rows(self, rows: Sequence[bytes] | Sequence[Sequence[float]] | np.ndarray) -> None:
         """Append rows to the baseline window (only the last ``max_rows`` are kept). Rows are
@@ -242,6 +249,59 @@ def rows_array(rows: Sequence[bytes]) -> np.ndarray:
     return np.frombuffer(b"".join(rows), dtype=np.float64).reshape(-1, N_FEATURES)
 
 
+class _Peers:
+    """Fleet priors of learning agents (``select_prior``), cheaper: which mature models make the
+    prior of a vocabulary is remembered while the mature models and their vocabularies stay the
+    same (containment against every mature model was computed per learning agent and batch), and
+    agents that choose the same models in a batch share one prior. Priors are rebuilt every batch
+    from the models as they stand (their counts change), with ``fleet_prior``'s lazy rows: the
+    same values as ``select_prior``'s prior, built only where read."""
+
+    def __init__(self) -> None:
+        self.models: list[MarkovModel] = []
+        self.seen: list[tuple[MarkovModel, dict[str, float], int]] = []
+        """Each mature model with its ``uni`` dict and that dict's size when ``vocabs`` was valid."""
+        self.vocabs: list[frozenset[str]] | None = None
+        self.similar: dict[frozenset[str], tuple[int, ...]] = {}
+        """Vocabulary -> positions in ``models`` of the mature models that hold enough of it."""
+        self.built: dict[tuple[int, ...], tuple[MarkovModel | None, dict[tuple[str, str], tuple[float, float]]]] = {}
+        """This batch's priors, per choice of models, each with its memo of probabilities for
+        ``append_rows`` (shared by the agents with that prior)."""
+
+    def check(self, mature: dict[str, MarkovModel]) -> None:
+        """Start a batch: forget the choices if any mature model or its vocabulary changed
+        (``uni`` replaced or grown: ``MarkovModel`` only adds keys in place)."""
+        self.built = {}
+        seen = self.seen
+        models = list(mature.values())
+        if len(seen) == len(models) and all(m is s[0] and m.uni is s[1] and len(m.uni) == s[2]
+                                            for m, s in zip(models, seen)):
+            return
+        self.models = models
+        self.seen = [(m, m.uni, len(m.uni)) for m in models]
+        self.vocabs = None
+        self.similar = {}
+
+    def prior(self, vocab: frozenset[str], min_containment: float, config: MarkovConfig
+              ) -> tuple[MarkovModel | None, dict[tuple[str, str], tuple[float, float]] | None]:
+        """``select_prior(vocab, mature, min_containment, config)`` for this batch, and its memo."""
+        if not vocab:
+            return None, None
+        chosen = self.similar.get(vocab)
+        if chosen is None:
+            if self.vocabs is None:
+                self.vocabs = [frozenset(m.vocab) for m in self.models]
+            n = len(vocab)
+            chosen = tuple(i for i, v in enumerate(self.vocabs) if len(vocab & v) / n >= min_containment)
+            if len(self.similar) >= 4096:  # bounded: vocabularies of agents that come and go
+                self.similar.clear()
+            self.similar[vocab] = chosen
+        got = self.built.get(chosen)
+        if got is None:
+            got = self.built[chosen] = (fleet_prior([self.models[i] for i in chosen], config, lazy_rows=True), {})
+        return got
+
+
 class IsolationForestDetector(PerAgentDetector[_Agent]):
     """Per-agent (or per-group) IsolationForest over call features; see the module docstring."""
 
@@ -261,6 +321,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """The models dict's items when ``_banked`` was computed."""
         self._banked: dict[str, tuple[int, ForestModel]] = {}
         self._bank_consts: SlotConstants | None = None
+        self._peers = _Peers()
         self.fitter: Callable[[np.ndarray, ForestParams], ForestModel] = ForestModel
         """Fits one model in ``retrain``: in-process by default; the daemon sets its refit worker
         process's ``fit`` (same models, fitted on the other core)."""
@@ -439,8 +500,12 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         lim = self.config.habit_calls
         uni = st.markov.uni
         h = st.habits
-        if h is not None and h[0] is uni and h[1] == len(uni) and all(uni.get(t, 0.0) < lim for t in h[2]):
-            return h
+        if h is not None and h[0] is uni and h[1] == len(uni):
+            for t in h[2]:
+                if uni.get(t, 0.0) >= lim:
+                    break
+            else:
+                return h
         items = list(uni.items())  # one C-level copy: observe() may add tokens meanwhile (worker thread)
         servers = frozenset(t.split("/", 1)[0] for t, c in items if c >= lim and "/" in t)
         h = st.habits = (uni, len(items), [t for t, c in items if c < lim and "/" in t], servers,
@@ -450,17 +515,34 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def _model_key(self, agent_id: str, st: _Agent) -> str | None:
         if agent_id in self._models:
             return agent_id
-        if not self._groups:
+        groups = self._groups
+        if not groups:
             return None
-        best, best_cover = None, 0.0
-        mine = self._servers(st)
-        for key, servers in list(self._groups.items()):
-            if not mine:
-                continue
-            cover = len(mine & servers) / len(mine)
-            if cover >= self.config.prior_min_containment and cover > best_cover:
-                best, best_cover = key, cover
+        h = self._habits(st)
+        got = st.group
+        if got is not None and got[0] is h and got[1] is groups:
+            best = got[2]
+        else:  # the agent's servers or the groups changed: choose again
+            best, best_cover = None, 0.0
+            mine = h[3]
+            for key, servers in list(groups.items()):
+                if not mine:
+                    continue
+                cover = len(mine & servers) / len(mine)
+                if cover >= self.config.prior_min_containment and cover > best_cover:
+                    best, best_cover = key, cover
+            st.group = (h, groups, best)
         return best if best in self._models else None
+
+    @staticmethod
+    def _vocab(st: _Agent, agent_tokens: list[str]) -> frozenset[str]:
+        """``st.markov.vocab`` plus the tokens of the agent's calls in this batch."""
+        uni = st.markov.uni
+        v = st.vocab
+        if v is None or v[0] is not uni or v[1] != len(uni):
+            v = st.vocab = (uni, len(uni), frozenset([t for t in uni if t != START]))
+        vocab = v[2]
+        return vocab if vocab.issuperset(agent_tokens) else vocab.union(agent_tokens)
 
     # --- detection -----------------------------------------------------------------------------
     def observe(self, batch: Batch) -> list[Finding]:
@@ -478,123 +560,155 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         margins = np.full(len(calls), np.nan)
         by_agent: dict[str, list[int]] = {}
         for i, c in enumerate(calls):
-            by_agent.setdefault(c.agent_id, []).append(i)
+            got = by_agent.get(c.agent_id)
+            if got is None:
+                by_agent[c.agent_id] = [i]
+            else:
+                got.append(i)
         models = self._models
         mature = {a: self._state[a].markov for a in list(models) if a in self._state}
-        rows: list[tuple[float, ...]] = []
+        peers = self._peers
+        peers.check(mature)
+        rows: list[float] = []
         prevs: list[str] = []
         tokens: list[str] = []
         closed: list[tuple[str, Any]] = []
         work: list[tuple[str, _Agent, list[int], int, str | None, bool, list[str], list[ToolCall]]] = []
+        states = self._state
+        no_ids: list[str] = []
         for agent_id, idx in by_agent.items():
-            st = self.state_for(agent_id)
+            st = states.get(agent_id)
+            if st is None:
+                st = self.state_for(agent_id)
             agent_calls = [calls[i] for i in idx]
-            prior = None
+            agent_tokens = [f"{c.server}/{c.tool}" if c.server else c.tool for c in agent_calls]
+            prior, memo = None, None
             if agent_id not in models and (len(mature) > 1 or (mature and agent_id not in mature)):
-                vocab = st.markov.vocab | {c.token for c in agent_calls}
-                prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
-                                     cfg.prior_min_containment, cfg.markov)
-            off = len(rows)
-            append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior)
+                if agent_id in mature:  # its model was dropped meanwhile: it is no peer of itself
+                    vocab = st.markov.vocab | set(agent_tokens)
+                    prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
+                                         cfg.prior_min_containment, cfg.markov)
+                else:
+                    prior, memo = peers.prior(self._vocab(st, agent_tokens), cfg.prior_min_containment, cfg.markov)
+            off = len(prevs)
+            append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior, prior_probs=memo, flat=True,
+                        call_tokens=agent_tokens)
             warm = st.markov.mass >= cfg.warm_calls or prior is not None
-            work.append((agent_id, st, idx, off, self._model_key(agent_id, st), warm, [sid for sid, _s in closed],
-                         agent_calls))
-            closed.clear()
-        X_all = finish(rows)
-        # Models that fit the forest bank are scored together in one pass (rows in batch order,
-        # each walking its model's slot); others on their own, one pass per model.
-        scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        keyed = [w_i for w_i, w in enumerate(work) if w[4] is not None]
-        banked = self._bank_for(models) if keyed else {}
-        in_bank = [w_i for w_i in keyed if work[w_i][4] in banked]
-        if len(in_bank) < len(keyed):
-            by_model: dict[str, list[int]] = {}
-            for w_i in keyed:
-                if work[w_i][4] not in banked:
-                    by_model.setdefault(work[w_i][4], []).append(w_i)
-            for key, w_ids in by_model.items():
-                parts = [X_all[work[w][3] : work[w][3] + len(work[w][2])] for w in w_ids]
-                s, r, m = models[key].margins(parts[0] if len(parts) == 1 else np.concatenate(parts))
-                self._split(scores, work, w_ids, s, r, m)
-        if in_bank:
-            lens = np.array([len(work[w][2]) for w in in_bank], dtype=np.intp)
-            slots = np.repeat(np.array([banked[work[w][4]][0] for w in in_bank], dtype=np.intp), lens)
-            if len(in_bank) == len(work):
-                X_b = X_all  # every row is scored in the bank (the usual case once models are fitted)
+            key = agent_id if agent_id in models else self._model_key(agent_id, st)
+            if closed:
+                work.append((agent_id, st, idx, off, key, warm, [sid for sid, _s in closed], agent_calls))
+                closed.clear()
             else:
-                starts = np.array([work[w][3] for w in in_bank], dtype=np.intp)
-                # Row numbers in X_all of the banked work items' rows, in batch order.
-                sel = np.arange(int(lens.sum()), dtype=np.intp) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
-                X_b = X_all[sel]
-            assert self._bank is not None and self._bank_consts is not None
-            paths = self._bank.path_lengths(X_b, slots)
-            s, r, m = self._bank_consts.margins(slots, X_b, paths)
-            self._split(scores, work, in_bank, s, r, m)
-            # Margins and hits of all banked rows at once; only agents with a hit look at theirs.
-            margins[[i for w in in_bank for i in work[w][2]]] = m
-            at = np.flatnonzero(m > 0)
-            banked_hits = {in_bank[j] for j in np.searchsorted(np.cumsum(lens), at, side="right").tolist()}
-            look = {w_i for w_i in keyed if w_i in banked_hits or work[w_i][4] not in banked}
-        else:
-            look = set(keyed)
+                work.append((agent_id, st, idx, off, key, warm, no_ids, agent_calls))
+        X_all = finish(rows)
+        n_rows = len(prevs)
+        lens = [len(w[2]) for w in work]
+        ends = list(accumulate(lens))
+        m_all = s_all = r_all = None
+        if any(w[4] is not None for w in work):
+            s_all, r_all, m_all = self._score(work, lens, X_all, models)
+            # Rows are grouped by agent; margins go back to the calls' places in the batch.
+            margins[list(chain.from_iterable(w[2] for w in work))] = m_all
         findings: list[Finding] = []
-        max_surprisal, max_pending = cfg.train_max_surprisal, cfg.max_pending_rows
-        xb: bytes | None = None  # X_all's bytes, once a row is kept for a session
-        for w_i, (agent_id, st, idx, off, key, warm, closed_ids, agent_calls) in enumerate(work):
-            n = len(idx)
-            flagged: list[bool] | None = None
-            if w_i in look:  # scored outside the bank, or a banked agent with a hit
+        flagged_rows: list[bool] | None = None
+        hits: dict[int, tuple[float, float, list[float], list[dict[str, Any]]]] = {}
+        if m_all is not None:
+            hit_rows = np.flatnonzero(m_all > 0)  # NaN (not scored) is no hit
+            if len(hit_rows):
+                flagged_rows = (m_all > 0).tolist()
+                hit_list = hit_rows.tolist()
+                hit_work = np.searchsorted(ends, hit_rows, side="right").tolist()
+                assert s_all is not None and r_all is not None
+                hits = self._hits(X_all, s_all, r_all, hit_list, [work[w][4] for w in hit_work], models)
+        max_pending = cfg.max_pending_rows
+        trainable = (X_all[:, 0] <= cfg.train_max_surprisal).tolist()  # surprisal: no log transform
+        xb = X_all.tobytes() if n_rows else b""
+        for (agent_id, st, idx, off, key, warm, closed_ids, agent_calls), end in zip(work, ends):
+            flagged = None if flagged_rows is None else flagged_rows[off:end]
+            if flagged is not None and True in flagged:
                 assert key is not None
                 model = models[key]
-                X = X_all[off : off + n]
-                s, r, m = scores[w_i]
-                margins[idx] = m
-                hits = np.flatnonzero(m > 0)
-                if len(hits):
-                    flagged = (m > 0).tolist()
-                    status = self._status(agent_id, st)
-                    for j in hits:
-                        findings.append(self._finding(calls[idx[j]], X[j], float(s[j]), float(r[j]), model, key,
-                                                      status))
+                status = self._status(agent_id, st)
+                for j, hit in enumerate(flagged):
+                    if hit:
+                        findings.append(self._finding(agent_calls[j], *hits[off + j], model, key, status))
+            else:
+                flagged = None
             if st.frozen:
-                self._commit(st, closed_ids)
+                if closed_ids:
+                    self._commit(st, closed_ids)
                 continue
             if flagged is None:
-                st.markov.learn_many(zip(prevs[off : off + n], tokens[off : off + n]))
+                st.markov.learn_many(zip(prevs[off:end], tokens[off:end]))
             else:
-                st.markov.learn_many((prevs[off + j], tokens[off + j]) for j in range(n) if not flagged[j])
-            remember = st.ctx.remember
+                st.markov.learn_many((prevs[off + j], tokens[off + j]) for j, hit in enumerate(flagged) if not hit)
             pending, tainted = st.pending, st.tainted
-            for j, c in enumerate(agent_calls):
-                if flagged is not None and flagged[j]:
-                    tainted.add(c.session_id)
-                    pending.pop(c.session_id, None)
+            for j, c in enumerate(agent_calls, off):
+                sid = c.session_id
+                if flagged is not None and flagged[j - off]:
+                    tainted.add(sid)
+                    pending.pop(sid, None)
                     continue
                 if c.destinations:
-                    remember(c.destinations)
-                if warm and rows[off + j][0] <= max_surprisal and c.session_id not in tainted:
-                    sess_rows = pending.setdefault(c.session_id, [])
+                    st.ctx.remember(c.destinations)
+                if warm and trainable[j] and sid not in tainted:
+                    sess_rows = pending.get(sid)
+                    if sess_rows is None:
+                        sess_rows = pending[sid] = []
                     if len(sess_rows) < max_pending:
-                        if xb is None:
-                            xb = X_all.tobytes()
-                        at = (off + j) * ROW_BYTES
-                        sess_rows.append(xb[at : at + ROW_BYTES])
-            self._commit(st, closed_ids)
+                        sess_rows.append(xb[j * ROW_BYTES : (j + 1) * ROW_BYTES])
+            if closed_ids:
+                self._commit(st, closed_ids)
         if cfg.auto_retrain:
             keys = self.needs_retrain()
             if keys:
                 self.retrain(keys)
         return findings, margins
 
-    @staticmethod
-    def _split(scores: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], work: list[Any], w_ids: list[int],
-               s: np.ndarray, r: np.ndarray, m: np.ndarray) -> None:
-        """Hand each agent its slice of one model's scores (rows are in ``w_ids`` order)."""
-        off = 0
-        for w in w_ids:
-            n = len(work[w][2])
-            scores[w] = (s[off : off + n], r[off : off + n], m[off : off + n])
-            off += n
+    def _score(self, work: list[Any], lens: list[int], X_all: np.ndarray, models: dict[str, ForestModel]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Forest score, range excess and margin of every row of ``X_all`` (NaN where the agent has no
+        model yet). Rows of models that fit the forest bank are scored in one pass (each row walking
+        its model's slot, with that slot's constants); the others one pass per model."""
+        n = len(X_all)
+        banked = self._bank_for(models)
+        # Per work item: its model's bank slot, -1 without a model, -2 for a model outside the bank.
+        slot_of = [-1 if w[4] is None else banked[w[4]][0] if w[4] in banked else -2 for w in work]
+        row_slot = np.repeat(np.array(slot_of, dtype=np.intp), lens)
+        if min(slot_of) >= 0:  # every row is scored in the bank (the usual case once models are fitted)
+            assert self._bank is not None and self._bank_consts is not None
+            paths = self._bank.path_lengths(X_all, row_slot)
+            return self._bank_consts.margins(row_slot, X_all, paths)
+        s_all, r_all, m_all = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+        sel = np.flatnonzero(row_slot >= 0)
+        if len(sel):
+            assert self._bank is not None and self._bank_consts is not None
+            X_b, slots = X_all[sel], row_slot[sel]
+            paths = self._bank.path_lengths(X_b, slots)
+            s_all[sel], r_all[sel], m_all[sel] = self._bank_consts.margins(slots, X_b, paths)
+        if -2 in slot_of:
+            starts = [e - k for e, k in zip(accumulate(lens), lens)]
+            by_model: dict[str, list[int]] = {}
+            for w_i, slot in enumerate(slot_of):
+                if slot == -2:
+                    by_model.setdefault(work[w_i][4], []).append(w_i)
+            for key, w_ids in by_model.items():
+                at = np.concatenate([np.arange(starts[w], starts[w] + lens[w]) for w in w_ids])
+                s_all[at], r_all[at], m_all[at] = models[key].margins(X_all[at])
+        return s_all, r_all, m_all
+
+    def _hits(self, X_all: np.ndarray, s_all: np.ndarray, r_all: np.ndarray, rows: list[int], keys: list[str],
+              models: dict[str, ForestModel]) -> dict[int, tuple[float, float, list[float], list[dict[str, Any]]]]:
+        """Per hit row: its score, range excess, features and explanation under its model (``keys``),
+        the explanations with one ``ForestModel.explain_rows`` pass per model."""
+        by_model: dict[str, list[int]] = {}
+        for row, key in zip(rows, keys):
+            by_model.setdefault(key, []).append(row)
+        expl: dict[int, list[dict[str, Any]]] = {}
+        for key, at in by_model.items():
+            expl.update(zip(at, models[key].explain_rows(X_all[at], FEATURE_NAMES, self.config.explain_top)))
+        return {row: (s, r, x, expl[row]) for row, s, r, x in
+                zip(rows, s_all[rows].tolist(), r_all[rows].tolist(), X_all[rows].tolist())}
 
     def _bank_for(self, models: dict[str, ForestModel]) -> dict[str, tuple[int, ForestModel]]:
         """Slot in the forest bank and model, per key of every current model that fits the bank's
@@ -632,9 +746,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             st.add_rows(rows)
             self._group_since += len(rows)
 
-    def _finding(self, c: ToolCall, x: np.ndarray, score: float, excess: float, model: ForestModel,
-                 key: str, status: str) -> Finding:
-        expl = model.explain(x, FEATURE_NAMES, self.config.explain_top)
+    def _finding(self, c: ToolCall, score: float, excess: float, x: list[float], expl: list[dict[str, Any]],
+                 model: ForestModel, key: str, status: str) -> Finding:
         top = ", ".join(f"{e['feature']} {e['observed']:g} (usual {e['baseline']:g})" for e in expl)
         basis = "agent" if key == c.agent_id else key
         if score > model.threshold:
@@ -649,7 +762,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             score=round(score, 6),
             evidence={"explanation": expl, "threshold": round(model.threshold, 6), "model": basis,
                       "range_excess": round(excess, 4),
-                      "state": status, "features": {n: round(float(v), 4) for n, v in zip(FEATURE_NAMES, x)
+                      "state": status, "features": {n: round(v, 4) for n, v in zip(FEATURE_NAMES, x)
                                                     if math.isfinite(v)}},
             dedup_key=f"{self.name}:{c.agent_id}:{c.session_id}",
         )

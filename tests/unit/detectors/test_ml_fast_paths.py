@@ -15,7 +15,7 @@ from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.features import N_FEATURES, AgentContext, append_rows, extract, finish
 from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams, SlotConstants
 from toolwatch.detectors.iforest_detector import ForestConfig, _Agent
-from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel
+from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel, fleet_prior
 from toolwatch.detectors.sequence_detector import SequenceConfig, SequenceDetector
 from toolwatch.detectors.sessions import START, Session, SessionTracker
 
@@ -45,9 +45,9 @@ def random_calls(rnd: random.Random, n: int, steps: tuple[int, ...] = (0, 1, 10*
 
 
 def reference_extract(ctx: AgentContext, calls: list[ToolCall], model: MarkovModel,
-                      closed: list) -> tuple[np.ndarray, list[str]]:
+                      closed: list, prior: MarkovModel | None = None) -> tuple[np.ndarray, list[str]]:
     """``features.extract`` as it was written before the fast path, with its own session bookkeeping
-    (``expire`` on every call, ``advance`` spelled out)."""
+    (``expire`` on every call, ``advance`` spelled out) and surprisal by ``MarkovModel.surprisal``."""
     tracker, known, rows, prevs = ctx.sessions, ctx.destinations, [], []
     for c in calls:
         closed.extend(tracker.expire(c.time_ns))
@@ -60,7 +60,7 @@ def reference_extract(ctx: AgentContext, calls: list[ToolCall], model: MarkovMod
             tracker.open.move_to_end(c.session_id)
         prev = s.prev
         prevs.append(prev)
-        bits = model.surprisal(prev, c.token)
+        bits = model.surprisal(prev, c.token, prior)
         dests = set(c.destinations)
         new_dest = sum(1 for d in dests if d not in known) if dests else 0
         gap = (c.time_ns - s.last_ns) / 1e9 if s.n else 60.0
@@ -124,6 +124,36 @@ def test_append_rows_with_inline_surprisal_equals_extract_with_the_model(seed, m
     again_ctx = AgentContext(SessionTracker(max_open=max_open, idle_s=idle_s))
     X2, prevs2 = extract(again_ctx, calls, lambda p, t: model.surprisal(p, t))
     assert np.array_equal(X2, X) and prevs2 == prevs
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("kind", ["lazy", "eager", "massless"])
+def test_append_rows_with_a_shared_prior_equals_the_models_own_surprisal(seed, kind):
+    """Two agents with one fleet prior and one memo of its probabilities (as the IsolationForest
+    detector shares them within a batch), rows flat: bit for bit the rows of plain per-call code
+    that asks ``MarkovModel.surprisal(prev, token, prior)``."""
+    rnd = random.Random(seed)
+    peers = [trained_model(rnd) for _ in range(3)]
+    peers[0].learn("mail/read", "db/query")  # tokens and transitions the agents never saw
+    if kind == "massless":
+        prior = MarkovModel()
+    else:
+        prior = fleet_prior(peers, lazy_rows=kind == "lazy")
+    memo: dict = {}
+    for agent in range(2):
+        model = trained_model(rnd) if agent else MarkovModel()  # a brand-new agent, and a trained one
+        calls = random_calls(rnd, 200)
+        ref_ctx, fast_ctx = AgentContext(SessionTracker(max_open=8)), AgentContext(SessionTracker(max_open=8))
+        ref_closed: list = []
+        X, prevs = reference_extract(ref_ctx, calls, model, ref_closed, prior)
+        rows: list = []
+        fast_prevs: list[str] = []
+        fast_closed: list = []
+        append_rows(fast_ctx, calls, rows, fast_prevs, [], fast_closed, model, prior, prior_probs=memo, flat=True)
+        assert len(rows) == len(calls) * N_FEATURES
+        assert finish(rows).tobytes() == X.tobytes() and fast_prevs == prevs
+        assert fast_ctx.to_dict() == ref_ctx.to_dict()
+    assert memo or kind == "massless"
 
 
 def test_a_reloaded_tracker_still_closes_idle_sessions():
@@ -295,12 +325,33 @@ def test_slot_constants_margins_equal_each_models_own_margins_in_any_row_order(s
         assert g.tobytes() == w[perm].tobytes()
 
 
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_explain_rows_equals_explain_row_by_row(n, k, seed):
+    """Explanations of a batch's hits in one pass: the same dicts, bit for bit, as one ``explain``
+    per row, with ties, rows at the median (no deviation), huge and non-finite values."""
+    rnd = np.random.default_rng(seed)
+    sample = np.round(rnd.normal(size=(60, N_FEATURES)) * rnd.uniform(0.1, 50, N_FEATURES))
+    model = ForestModel(sample, ForestParams(n_estimators=3, max_samples=16))
+    X = np.round(rnd.normal(size=(n, N_FEATURES)) * 30, int(rnd.integers(0, 4)))
+    X[rnd.random(X.shape) < 0.05] = 1e300
+    X[rnd.random(X.shape) < 0.03] = np.nan
+    X[0] = model.median
+    names = [f"f{i}" for i in range(N_FEATURES)]
+    got = model.explain_rows(X, names, k)
+    want = [model.explain(x, names, k) for x in X]
+    assert repr(got) == repr(want)  # repr: NaN compares unequal to itself, its repr does not
+    assert got[0] == []
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["learn", "learn", "learn", "scale", "prune", "reload", "swap"]),
+@given(st.lists(st.tuples(st.sampled_from(["learn", "learn", "learn", "scale", "prune", "reload", "swap", "groups",
+                                           "models"]),
                           st.lists(st.integers(0, 11), min_size=1, max_size=12)), min_size=1, max_size=30),
        st.floats(0.5, 6.0))
 def test_cached_habitual_servers_equal_a_fresh_computation(steps, habit_calls):
-    """``_servers`` (cached per agent) always equals the servers recomputed from the model."""
+    """``_servers``, the vocabulary and the group model chosen (cached per agent) always equal
+    what is recomputed from the model, the groups and the models."""
     from toolwatch.detectors.iforest_detector import IsolationForestDetector
 
     tokens = ["mail/read", "mail/send", "web/fetch", "files/read", "bare", "git/push", "git/pull",
@@ -312,9 +363,25 @@ def test_cached_habitual_servers_equal_a_fresh_computation(steps, habit_calls):
     def fresh() -> frozenset[str]:
         return frozenset(t.split("/", 1)[0] for t, c in agent.markov.uni.items() if c >= habit_calls and "/" in t)
 
+    servers = sorted({t.split("/", 1)[0] for t in tokens if "/" in t})
+
+    def fresh_key() -> str | None:
+        mine, best, best_cover = fresh(), None, 0.0
+        for key, group in det._groups.items():
+            cover = len(mine & group) / len(mine) if mine else 0.0
+            if cover >= det.config.prior_min_containment and cover > best_cover:
+                best, best_cover = key, cover
+        return best if best in det._models else None
+
     prev = START
     for op, toks in steps:
-        if op == "learn":
+        if op == "groups":  # refitted groups: a new dict, never changed in place
+            det._groups = {f"group:{i}": frozenset(servers[t % len(servers)] for t in toks[i:]) for i in range(len(toks))}
+            det._models.update((k, None) for k in det._groups)
+        elif op == "models":  # group models dropped
+            for i in toks:
+                det._models.pop(f"group:{i}", None)
+        elif op == "learn":
             pairs = []
             for i in toks:
                 pairs.append((prev, tokens[i]))
@@ -331,3 +398,75 @@ def test_cached_habitual_servers_equal_a_fresh_computation(steps, habit_calls):
             agent = det.state_for("a")
         assert det._servers(agent) == fresh()
         assert det._servers(agent) == fresh()  # and from the cache
+        for _ in range(2):
+            assert det._model_key("a", agent) == fresh_key()
+            assert det._vocab(agent, []) == agent.markov.vocab
+            assert det._vocab(agent, ["new/tool"]) == agent.markov.vocab | {"new/tool"}
+
+
+def test_the_group_choice_follows_refitted_groups_and_new_habits():
+    from toolwatch.detectors.iforest_detector import IsolationForestDetector
+
+    det = IsolationForestDetector(ForestConfig(habit_calls=2.0))
+    agent = det.state_for("a")
+    agent.markov.learn_many([(START, "mail/read"), ("mail/read", "web/fetch")] * 3)
+    det._groups = {"group:mail,web": frozenset({"mail", "web"})}
+    det._models = {"group:mail,web": None}
+    assert det._model_key("a", agent) == "group:mail,web"
+    det._groups = {"group:mail,web,x": frozenset({"mail", "web", "x"})}  # refitted: a new dict
+    assert det._model_key("a", agent) is None  # its model is not fitted yet
+    det._models["group:mail,web,x"] = None
+    assert det._model_key("a", agent) == "group:mail,web,x"
+    agent.markov.learn_many([(START, "db/query")] * 2)  # a third habitual server: 2/3 covered
+    det._groups = {"group:mail,web,x": frozenset({"mail", "web", "x"}), "group:db": frozenset({"db"})}
+    assert det._model_key("a", agent) == "group:mail,web,x"
+    agent.markov.learn_many([(START, "files/read")] * 2)  # 2/4 covered: under prior_min_containment
+    assert det._model_key("a", agent) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["learn", "learn", "new_token", "scale", "prune", "mature", "retire"]),
+                          st.integers(0, 5), st.lists(st.integers(0, 11), min_size=1, max_size=8)),
+                min_size=1, max_size=25),
+       st.floats(0.2, 1.0))
+def test_cached_prior_choices_equal_select_prior(steps, need):
+    """``_Peers`` (choices remembered while the mature vocabularies stay the same, one prior per
+    choice and batch) gives every learning agent the prior ``select_prior`` gives it: the same
+    probabilities, bit for bit."""
+    from toolwatch.detectors.iforest_detector import _Peers
+    from toolwatch.detectors.sequence import select_prior
+
+    tokens = ["mail/read", "mail/send", "web/fetch", "files/read", "bare", "git/push", "git/pull",
+              "db/query", "db/write", "x/y", "mail/list", "web/post"]
+    cfg = MarkovConfig(max_mass=60.0, max_tokens=8, min_count=0.25)
+    agents = [MarkovModel(cfg) for _ in range(6)]
+    for i, m in enumerate(agents):
+        m.learn_many([(START, tokens[(i + k) % 12]) for k in range(3)])
+    mature: dict[str, MarkovModel] = {"m0": agents[0], "m1": agents[1]}
+    peers = _Peers()
+    vocabs = [frozenset(tokens[i:i + 3]) for i in range(0, 12, 2)] + [frozenset(), frozenset(tokens)]
+    for op, who, toks in steps:
+        m = agents[who]
+        if op == "learn":
+            m.learn_many([(tokens[a], tokens[b]) for a, b in zip(toks, toks[1:] + toks[:1])])
+        elif op == "new_token":
+            m.learn(START, f"new/{len(m.uni)}")
+        elif op == "scale":
+            m._scale(0.5)
+        elif op == "prune":
+            m._prune()
+        elif op == "mature":
+            mature[f"m{who}"] = m
+        else:
+            mature.pop(f"m{who}", None)
+        peers.check(mature)  # a new batch
+        for vocab in vocabs + [frozenset(tokens[t] for t in toks)]:
+            for _ in range(2):  # the second time from the caches
+                got, _memo = peers.prior(vocab, need, cfg)
+                want = select_prior(set(vocab), mature, need, cfg)
+                assert (got is None) == (want is None)
+                if want is not None:
+                    for prev in [START, *tokens, "never/seen"]:
+                        for tok in [*tokens, "never/seen"]:
+                            assert got.prob(prev, tok) == want.prob(prev, tok)
+                            assert got.p_unigram(tok) == want.p_unigram(tok)
