@@ -204,17 +204,26 @@ def containment(small: Iterable[str], big: set[str]) -> float:
 class _PartialPrior(MarkovModel):
     """A fleet prior with only some transition rows: a learning agent reads the rows of the few
     previous tokens its calls in one batch can have, so only those are summed. Every value it
-    holds is the one the full prior holds (the same products, summed in the same order); reading
-    another row is a programming error, not a smaller probability."""
+    holds is the one the full prior holds (``_prior_row``: the same products, summed in the same
+    order). Built with ``rows``, reading another row is a programming error, not a smaller
+    probability; built with ``lazy_rows``, a row is summed when first read (for callers, such as
+    agents sharing one prior in a batch, that cannot list their rows in advance)."""
 
-    def __init__(self, config: MarkovConfig | None, rows: frozenset[str]) -> None:
-        super().__init__(config)
-        self._rows = rows
+    _rows: set[str]
+    _scaled: "list[tuple[dict[str, dict[str, float]], float]] | None"
+    _scale: float
 
     def _check(self, prev: str) -> None:
-        if prev not in self._rows:
+        if prev in self._rows:
+            return
+        if self._scaled is None:
             raise LookupError(f"fleet prior row {prev!r} was not built (built: {sorted(self._rows)}); "
                               "pass every previous token the caller may read to fleet_prior(rows=...)")
+        self._rows.add(prev)
+        mine = _prior_row(self._scaled, prev, self._scale)
+        if mine is not None:
+            self.bi[prev] = mine
+            self.out[prev] = sum(mine.values())
 
     def row(self, prev: str) -> dict[str, float] | None:
         """The (scaled) transition row after ``prev``, ``None`` if no member has one."""
@@ -233,15 +242,42 @@ class _PartialPrior(MarkovModel):
         raise TypeError("a partial fleet prior has only some rows: it is not a model's state")
 
 
+def _prior_row(scaled: list[tuple[dict[str, dict[str, float]], float]], p: str,
+               prior_scale: float) -> dict[str, float] | None:
+    """Row ``p`` of a fleet prior: each member's row times its unit-mass factor, summed in member
+    order (0.0 + x is x, so a count's first member is copied scaled), then scaled to the prior's
+    mass; ``None`` if no member has the row."""
+    mine: dict[str, float] | None = None
+    for member_bi, f in scaled:  # plain loops, no comprehensions: most rows hold two or three tokens
+        row = member_bi.get(p)
+        if row is None:
+            continue
+        if mine is None:
+            mine = {}
+            for t, c in row.items():
+                mine[t] = c * f
+        else:
+            for t, c in row.items():
+                if t in mine:
+                    mine[t] += c * f
+                else:
+                    mine[t] = c * f
+    if mine is not None:
+        for t, c in mine.items():
+            mine[t] = c * prior_scale
+    return mine
+
+
 def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = None,
-                rows: Iterable[str] | None = None) -> MarkovModel | None:
+                rows: Iterable[str] | None = None, lazy_rows: bool = False) -> MarkovModel | None:
     """Average of several agents' models, each scaled to unit mass so no agent dominates. With
-    ``rows`` only the transition rows of those previous tokens are built, and only ``prob`` and
-    ``expected`` of them, ``uni`` and ``mass`` may be read (``_PartialPrior``)."""
+    ``rows`` only the transition rows of those previous tokens are built; with ``lazy_rows`` each
+    row is built when first read. Either way only ``prob``, ``expected`` and ``row`` of rows, and
+    ``uni`` and ``mass``, may be read (``_PartialPrior``)."""
     # add_scaled for each member, with one recount at the end instead of one per member: every
     # count is summed over the members in member order, as adding member after member does, so
-    # every value is the same (0.0 + x is x, so a count's first member is copied scaled). This
-    # runs per learning agent and batch; a row's sums involve that row only, hence ``rows``.
+    # every value is the same. This runs per learning agent and batch; a row's sums involve that
+    # row only, hence ``rows`` and ``lazy_rows``.
     uni: dict[str, float] = {}
     scaled: list[tuple[dict[str, dict[str, float]], float]] = []
     total = 0.0
@@ -259,42 +295,30 @@ def fleet_prior(models: Iterable[MarkovModel], config: MarkovConfig | None = Non
     n = len(scaled)
     if n == 0:
         return None
-    want = tuple(dict.fromkeys(p for bi, _ in scaled for p in bi) if rows is None else dict.fromkeys(rows))
     # Sum of unit-mass models has mass n; rescale to one average member's mass so the prior's
     # own smoothing behaves like that of a well-trained agent.
     prior_scale = total / n / n
     bi: dict[str, dict[str, float]] = {}
     out: dict[str, float] = {}
-    for p in want:  # plain loops, no comprehensions: most rows hold two or three tokens
-        mine: dict[str, float] | None = None
-        for member_bi, f in scaled:
-            row = member_bi.get(p)
-            if row is None:
-                continue
-            if mine is None:
-                mine = {}
-                for t, c in row.items():
-                    mine[t] = c * f
-            else:
-                for t, c in row.items():
-                    if t in mine:
-                        mine[t] += c * f
-                    else:
-                        mine[t] = c * f
-        if mine is not None:
-            for t, c in mine.items():
-                mine[t] = c * prior_scale
-            bi[p] = mine
-            out[p] = sum(mine.values())
+    if not lazy_rows:
+        want = dict.fromkeys(p for bi_, _ in scaled for p in bi_) if rows is None else dict.fromkeys(rows)
+        for p in want:
+            mine = _prior_row(scaled, p, prior_scale)
+            if mine is not None:
+                bi[p] = mine
+                out[p] = sum(mine.values())
     for t, c in uni.items():
         uni[t] = c * prior_scale
-    prior = MarkovModel.__new__(MarkovModel if rows is None else _PartialPrior)
+    partial = rows is not None or lazy_rows
+    prior = MarkovModel.__new__(_PartialPrior if partial else MarkovModel)
     prior.config = config or MarkovConfig()
     prior.uni, prior.bi, prior.out = uni, bi, out
     prior.mass = sum(uni.values())
-    prior.n_transitions = sum(len(r) for r in bi.values()) if rows is None else 0
-    if rows is not None:
-        prior._rows = frozenset(want)  # type: ignore[attr-defined]
+    prior.n_transitions = 0 if partial else sum(len(r) for r in bi.values())
+    if partial:
+        prior._rows = set() if lazy_rows else set(want)  # type: ignore[attr-defined]
+        prior._scaled = scaled if lazy_rows else None  # type: ignore[attr-defined]
+        prior._scale = prior_scale  # type: ignore[attr-defined]
     return prior
 
 
