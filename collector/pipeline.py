@@ -258,9 +258,12 @@ class Pipeline:
                     remaining = deadline - self.clock()
                     if remaining <= 0:
                         break
+                    # Not asyncio.wait_for: on Python 3.11 it swallows a cancel (shutdown) that arrives
+                    # once the wake-up is already done, and this loop then waited out the full delay.
                     try:
-                        await asyncio.wait_for(self._wake.wait(), remaining)
-                    except asyncio.TimeoutError:
+                        async with asyncio.timeout(remaining):
+                            await self._wake.wait()
+                    except TimeoutError:
                         break
                     self._wake.clear()
             await self._process(self._take())

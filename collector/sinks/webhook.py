@@ -157,9 +157,12 @@ class WebhookSink(Sink):
                 raise
             except Exception:  # never let one bad cycle stop delivery for good
                 log.exception("webhook %s: delivery cycle failed; will retry", self.name)
+            # Not asyncio.wait_for: on Python 3.11 it swallows a cancel (shutdown) that arrives once
+            # the wake-up is already done, and this loop then never stopped.
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=self._sleep_s())
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(self._sleep_s()):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
 

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 from opentelemetry.trace import Tracer
@@ -37,7 +37,6 @@ _HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
     "transfer-encoding", "upgrade", "host", "content-length",
 })
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 def _forwardable(headers: Any) -> list[tuple[str, str]]:
@@ -96,7 +95,7 @@ class HttpProxy:
         self.enforcement = enforcement
         """Opt-in (``--enforce``): screen ``tools/call``/``tools/list`` before forwarding (enforce_http.py)."""
         parts = urlsplit(upstream)
-        self._origin = (parts.scheme, parts.netloc)
+        self._scheme = parts.scheme
         self._endpoint_path = parts.path or "/"
         self._address = parts.hostname or ""
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -113,19 +112,15 @@ class HttpProxy:
             server_name=server_name, server_address=self._address, server_port=self._port,
             max_sessions=max_sessions)
         self._recorder: Recorder | SpanWorker = self.worker if self.worker is not None else Recorder()
-        self._client: aiohttp.ClientSession | None = None
-        """Used by enforcement (``--enforce``) only; the plain path forwards through ``_pool``."""
         self._pool: UpstreamPool | None = None
+        """Keep-alive connections to the upstream, for every exchange (plain and enforced): a request that
+        meets a connection the upstream has just closed (its idle timer) is sent again on a new one."""
         self._listener: Listener | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen; return the local base URL (with the upstream's MCP path)."""
-        self._client = aiohttp.ClientSession(
-            auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
-        )
-        self._pool = UpstreamPool(self._origin[0], self._address, self._port, connect_timeout=10)
+        self._pool = UpstreamPool(self._scheme, self._address, self._port, connect_timeout=10)
         if self.worker is not None:
             await self.worker.start()
         self._listener = Listener(self.handle, max_body=self.max_message_bytes)
@@ -137,9 +132,6 @@ class HttpProxy:
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -169,12 +161,6 @@ class HttpProxy:
             path = self._endpoint_path
         return f"{path}{sep}{query}"
 
-    def _target(self, request: Request) -> str:
-        path = request.path
-        if path in ("/", self._endpoint_path):
-            path = self._endpoint_path
-        return urlunsplit((*self._origin, path, request.query_string, ""))
-
     # -- forwarding -----------------------------------------------------------------------------
     async def handle(self, request: Request) -> StreamResponse:
         t_request = time.time_ns()
@@ -187,7 +173,7 @@ class HttpProxy:
                     f"({self.max_message_bytes}); raise it to forward larger messages")}},
                 status=413,
             )
-        assert self._client is not None, "HttpProxy.start() was not called"
+        assert self._pool is not None, "HttpProxy.start() was not called"
         if self.enforcement is not None:
             return await self._handle_enforced(request, body, t_request)
         if request.method == "GET":  # a long-lived event stream: not a hot path to protect
@@ -226,7 +212,7 @@ class HttpProxy:
     # -- enforcement (opt-in) --------------------------------------------------------------------
     async def _handle_enforced(self, request: Request, body: bytes, t_request: int) -> StreamResponse:
         """Screen tools/call and tools/list POSTs first; relay GET streams event by event (for injections)."""
-        assert self.enforcement is not None and self._client is not None
+        assert self.enforcement is not None and self._pool is not None
         session_id = request.headers.get(SESSION_HEADER) or ""
         screening: Screening | None = None
         enforcer = None
@@ -247,10 +233,7 @@ class HttpProxy:
                     return await self._answer(request, held, screening.answer_body())
         headers = [(k, v) for k, v in _forwardable(request.headers) if k.lower() != "accept-encoding"]
         try:
-            upstream = await self._client.request(
-                request.method, self._target(request), headers=headers,
-                data=body if body else None, allow_redirects=False, skip_auto_headers=_NO_AUTO_HEADERS,
-            )
+            upstream = await self._pool.request(request.method, self._raw_target(request), headers, body)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             if held is not None:
                 await self._answer(request, held, self._unreachable(body, exc).body)  # type: ignore[arg-type]
@@ -309,7 +292,7 @@ class HttpProxy:
         return held
 
     async def _relay_events(
-        self, request: Request, upstream: aiohttp.ClientResponse, tracker: CallTracker, body: bytes,
+        self, request: Request, upstream: UpstreamResponse, tracker: CallTracker, body: bytes,
         enforcer: Any, held: StreamResponse | None, session_id: str,
     ) -> StreamResponse:
         """Relay a response whole event by whole event (SSE) or as one filtered body (JSON)."""
@@ -369,7 +352,7 @@ class HttpProxy:
         return Response(status=502, text=message)
 
     async def _relay(
-        self, request: Request, upstream: aiohttp.ClientResponse | UpstreamResponse, tracker: CallTracker,
+        self, request: Request, upstream: UpstreamResponse, tracker: CallTracker,
         body: bytes,
     ) -> StreamResponse:
         response = StreamResponse(status=upstream.status, reason=upstream.reason)

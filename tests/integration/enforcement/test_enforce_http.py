@@ -58,7 +58,14 @@ async def mcp_session(url: str, **kw):
 
 
 def daemon_options(daemon, **extra) -> dict:
-    return {"daemon_url": daemon.api_url, "token": TOKEN, **extra}
+    """The decision client's options for the test daemon.
+
+    ``timeout_s``: the daemon runs in this process, sharing its interpreter lock with the proxy,
+    the MCP server and client and the span exporter; on a loaded machine a decision took up to
+    0.9 s against the 0.5 s production budget, and the proxy then (rightly) fails open for a
+    second, e.g. showing a quarantined tool. These tests are about enforcement, not that budget
+    (the fail modes have their own test below)."""
+    return {"daemon_url": daemon.api_url, "token": TOKEN, "timeout_s": 5.0, **extra}
 
 
 def text_of(result) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import pytest
 
@@ -178,3 +180,17 @@ async def test_group_by_sends_one_digest_per_agent(tmp_path, receiver):
         assert all("agent agent0" in line for line in bodies[0]["text"].splitlines()[1:])
     finally:
         await sink.shutdown()
+
+
+async def test_shutdown_right_after_an_emit_stops_the_delivery_loop(tmp_path, receiver):
+    """An emit wakes the delivery loop while it sleeps; a shutdown in the same turn of the event loop
+    cancels it. ``asyncio.wait_for`` (Python 3.11) swallowed that cancellation when the wake-up had
+    already completed the sleep, so the loop went on delivering and shutdown never returned."""
+    _, _, sink = make(tmp_path, receiver, Clock())
+    sink.poll_s = 600.0
+    await sink.start()
+    await asyncio.sleep(0.05)  # the loop now sleeps until woken (or 600 s)
+    sink.emit([])
+    started = time.monotonic()
+    await asyncio.wait_for(sink.shutdown(), 10)
+    assert time.monotonic() - started < 5

@@ -7,6 +7,7 @@ import asyncio
 import io
 import logging
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -166,6 +167,37 @@ def test_close_stops_the_worker_and_later_fits_run_in_process() -> None:
     rng = np.random.default_rng(1)
     sample, params = rng.normal(size=(50, N_FEATURES)), ForestParams(n_estimators=5)
     assert w.fit(sample, params).forest is not None and w.pid is None  # in-process, no new worker
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def test_a_closed_worker_exits_without_the_cost_of_a_full_interpreter_exit(caplog) -> None:
+    """The worker runs at nice +10; a normal interpreter exit after sklearn's imports costs it about
+    0.25 s of CPU, which on a loaded machine took longer than the 5 s ``join_timeout_s``: ``close``
+    then logged "did not exit; terminating it" and killed it. Measured in CPU time (what the worker
+    must be given to exit), not wall time, so the test means the same on a busy machine."""
+    w = RefitWorker()
+    w.fit(np.ones((4, N_FEATURES)), ForestParams(n_estimators=1))
+    pid = w.pid
+    before = _children_cpu_s() + _cpu_s(pid)  # the worker idles in recv_bytes: its CPU stays put
+    with caplog.at_level(logging.INFO, "toolwatch.refit_worker"):
+        w.close()
+    exit_cpu = _children_cpu_s() - before  # what reaping it added beyond its life so far: its exit
+    assert not _alive(pid)
+    assert exit_cpu < 0.08, f"the worker took {exit_cpu:.3f} s of CPU to exit"
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"refit worker process {pid} stopped (exit code 0)" in messages
+    assert not any("did not exit" in m for m in messages)
 
 
 def test_a_worker_that_cannot_start_falls_back_to_in_process_fits(monkeypatch, caplog) -> None:
