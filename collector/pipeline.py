@@ -88,6 +88,8 @@ class Pipeline:
         self._depth = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        """Set by ``shutdown``: the run loop returns after the batch in hand, never inside it."""
         self._watermark_ns = 0
         self.event_time = event_time or EventTimeRule()
         self.wall_clock = wall_clock
@@ -216,24 +218,41 @@ class Pipeline:
     async def start(self) -> None:
         if self._task is None:
             self.restore_state()
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="pipeline")
+            self._task.add_done_callback(self._ended)
             for running_listener in self.running_listeners:
                 running_listener(True)
 
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The run loop returned (shutdown) or died: workers must stop refusing as if it ran."""
+        for running_listener in self.running_listeners:
+            running_listener(False)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the pipeline's run loop stopped: %r; calls are queued but not processed until restart",
+                      task.exception(), exc_info=task.exception())
+
     async def shutdown(self) -> None:
+        """Stop after the batch in hand, process everything queued, save detector state.
+
+        Not by cancelling the run loop: a cancel lands while a batch is with the detectors (in the
+        worker thread, which goes on), and that batch's findings, alerts and accounting were lost
+        while its effect on detector state was saved."""
         task, self._task = self._task, None
         if task is None:
             return
-        for running_listener in self.running_listeners:
-            running_listener(False)
-        task.cancel()
+        self._stopping = True
+        self._wake.set()
         try:
             await task
         except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():
+                raise  # shutdown itself was cancelled, not just the run loop
+        except Exception:  # logged by _ended; still drain what is queued and save state
             pass
-        # Cancelling does not stop a batch already handed to the worker thread: wait for it, or the
-        # final snapshot reads detector state while that batch changes it (a soak ended this way
-        # lost the iforest state: "dictionary changed size during iteration").
+        # A run loop cancelled from outside leaves its batch in the worker thread: wait for it, or the
+        # final snapshot reads detector state while that batch changes it.
         await self.exclusive(lambda: None)
         await self._drain_all()
         self.save_state()
@@ -243,7 +262,7 @@ class Pipeline:
         await asyncio.wait_for(self._idle.wait(), timeout)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             if self._snapshot_wanted:
                 self.save_state()
             if not self._queue:
@@ -254,12 +273,12 @@ class Pipeline:
             # Give a partial batch a moment to fill, bounded by the max delay.
             if self._depth < self.batch_max_size:
                 deadline = self._queue[0].arrived + self.batch_max_delay_s
-                while self._depth < self.batch_max_size:
+                while self._depth < self.batch_max_size and not self._stopping:
                     remaining = deadline - self.clock()
                     if remaining <= 0:
                         break
-                    # Not asyncio.wait_for: on Python 3.11 it swallows a cancel (shutdown) that arrives
-                    # once the wake-up is already done, and this loop then waited out the full delay.
+                    # Not asyncio.wait_for: on Python 3.11 it swallows a cancel that arrives once the
+                    # wake-up is already done, and this loop then waited out the full delay.
                     try:
                         async with asyncio.timeout(remaining):
                             await self._wake.wait()

@@ -1,4 +1,5 @@
-"""Pipeline.shutdown stops the run loop at once, whatever the batch settings, and drains the queue."""
+"""Pipeline.shutdown stops the run loop at once, whatever the batch settings, finishes the batch in
+hand and drains the queue."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from toolwatch.collector.alerts import AlertRouter
 from toolwatch.collector.metrics import Metrics
 from toolwatch.collector.pipeline import Pipeline
 from toolwatch.collector.store import Store
-from toolwatch.detectors.events import ToolCall
+from tests.helpers.gate import Gate
+from toolwatch.detectors.events import Finding, ToolCall
 from toolwatch.detectors.new_tool import NewToolConfig, NewToolDetector
 
 
@@ -28,9 +30,9 @@ def slow_batching_pipeline(tmp_path) -> tuple[Pipeline, Store]:
 
 async def test_shutdown_right_after_a_submit_does_not_wait_for_the_batch_delay(tmp_path):
     """A submit wakes the run loop while it waits for its partial batch to fill; a shutdown in the
-    same turn of the event loop cancels it. ``asyncio.wait_for`` (Python 3.11) swallowed that
-    cancellation when the wake-up had already completed the wait, and the loop went back to
-    waiting out the 600 s batch delay: shutdown hung with the task stuck "cancelling"."""
+    same turn of the event loop stops it. When shutdown cancelled the loop, ``asyncio.wait_for``
+    (Python 3.11) swallowed that cancellation when the wake-up had already completed the wait, and
+    the loop went back to waiting out the 600 s batch delay: shutdown hung, stuck "cancelling"."""
     p, store = slow_batching_pipeline(tmp_path)
     await p.start()
     assert p.submit(calls(491), [])
@@ -51,3 +53,60 @@ async def test_shutdown_while_waiting_for_a_batch_to_fill(tmp_path):
     await asyncio.sleep(0.05)
     await asyncio.wait_for(p.shutdown(), 10)
     assert p.processed == 492 and store.load_state("new_tool")["agents"]["a"]["calls"] == 492
+
+
+class _FlagEveryAgentOnRelease(Gate):
+    """Holds the first batch, then finds one thing per agent in every batch."""
+
+    name = "flagger"
+
+    def observe(self, batch) -> list[Finding]:
+        super().observe(batch)
+        return [Finding(detector=self.name, severity="high", agent_id=a, reason="held batch", time_ns=1)
+                for a in sorted({c.agent_id for c in batch.calls})]
+
+
+async def test_shutdown_while_a_batch_is_with_the_detectors_keeps_its_findings(tmp_path):
+    """The batch in the worker thread when shutdown starts is finished, not abandoned: its alerts
+    are stored and its calls counted. Cancelling the run loop used to drop them, while the
+    detectors' state (saved next) already held the batch."""
+    store = Store(tmp_path / "t.db")
+    metrics = Metrics()
+    gate = _FlagEveryAgentOnRelease()
+    p = Pipeline([gate], AlertRouter(store, metrics, [], group_window_ns=0), store, metrics,
+                 batch_max_size=10, batch_max_delay_s=0.0, snapshot_interval_s=3600)
+    await p.start()
+    held = [ToolCall(time_ns=i, agent_id=f"held-{i}", tool="t") for i in range(3)]
+    assert p.submit(held, [])
+    assert await asyncio.to_thread(gate.entered.wait, 5)
+    assert p.submit([ToolCall(time_ns=9, agent_id="queued", tool="t")], [])
+    stopping = asyncio.create_task(p.shutdown())
+    await asyncio.sleep(0.1)  # shutdown is now waiting for the batch in hand
+    gate.release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert sorted(a.agent_id for a in store.list_alerts()) == ["held-0", "held-1", "held-2", "queued"]
+    assert p.processed == 4 and p.depth == 0 and p.done_seq >= 2
+
+
+async def test_a_run_loop_that_dies_says_so_and_shutdown_still_saves(tmp_path, caplog):
+    """OTLP worker processes refuse early only while the pipeline runs: they hear when its run
+    loop dies, not only when it is shut down; the error is logged and shutdown still saves state."""
+    p, store = slow_batching_pipeline(tmp_path)
+    p.batch_max_delay_s = 0.0
+    heard: list[bool] = []
+    p.running_listeners.append(heard.append)
+
+    def broken_listener(batch, findings) -> None:
+        raise RuntimeError("listener bug")
+
+    p.batch_listeners.append(broken_listener)
+    await p.start()
+    assert p.submit(calls(5), [])
+    for _ in range(100):
+        if not p.running:
+            break
+        await asyncio.sleep(0.01)
+    assert not p.running and heard == [True, False]
+    assert "the pipeline's run loop stopped" in caplog.text and "listener bug" in caplog.text
+    await asyncio.wait_for(p.shutdown(), 10)
+    assert store.load_state("new_tool")["agents"]["a"]["calls"] == 5
