@@ -225,7 +225,10 @@ class Pipeline:
                 running_listener(True)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
-        """The run loop returned (shutdown) or died: workers must stop refusing as if it ran."""
+        """The run loop died on its own (``shutdown`` clears ``_task`` first and tells the listeners
+        itself): log it, and the OTLP workers must stop refusing as if it ran."""
+        if self._task is not task:
+            return
         for running_listener in self.running_listeners:
             running_listener(False)
         if not task.cancelled() and task.exception() is not None:
@@ -241,6 +244,8 @@ class Pipeline:
         task, self._task = self._task, None
         if task is None:
             return
+        for running_listener in self.running_listeners:
+            running_listener(False)
         self._stopping = True
         self._wake.set()
         try:
