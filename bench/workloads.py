@@ -760,26 +760,38 @@ def kafka_records(workload: str, spans: int, per_record: int, *, seed: int = 0, 
 @dataclass
 class FindingTally:
     """Findings and the distinct spans they name: a pipeline listener (``pipeline.listeners``) or
-    fed by hand. ``share`` says how much of the traffic reached the alert path."""
+    fed by hand. ``share`` says how much of the traffic reached the alert path. Findings whose
+    evidence names a ``kind`` (exfiltration's six checks) are also counted per ``detector/kind``
+    with the agents they name, so a run whose share jumps says which check and how many agents."""
 
     findings: int = 0
     spans: set[str] = field(default_factory=set)
     by_detector: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    kind_agents: dict[str, set[str]] = field(default_factory=dict)
 
     def __call__(self, findings: Sequence[Any]) -> None:
         self.findings += len(findings)
         for f in findings:
             self.by_detector[f.detector] += 1
             self.spans.update(f.span_ids)
+            kind = f.evidence.get("kind") if isinstance(f.evidence, dict) else None
+            if isinstance(kind, str):
+                key = f"{f.detector}/{kind}"
+                self.by_kind[key] += 1
+                self.kind_agents.setdefault(key, set()).add(f.agent_id)
 
     def reset(self) -> None:
         self.findings = 0
         self.spans.clear()
         self.by_detector.clear()
+        self.by_kind.clear()
+        self.kind_agents.clear()
 
     def summary(self, n_spans: int) -> str:
         n = max(1, n_spans)
         top = ", ".join(f"{k} {v:,}" for k, v in self.by_detector.most_common(5))
+        kinds = ", ".join(f"{k} {v:,} ({len(self.kind_agents[k])} agents)" for k, v in self.by_kind.most_common(5))
         return (f"findings {self.findings:,} ({100 * self.findings / n:.2f} per 100 spans), spans named by a finding "
-                f"{len(self.spans):,} ({100 * len(self.spans) / n:.2f}%){'; ' + top if top else ''}")
-
+                f"{len(self.spans):,} ({100 * len(self.spans) / n:.2f}%){'; ' + top if top else ''}"
+                f"{'; by kind: ' + kinds if kinds else ''}")

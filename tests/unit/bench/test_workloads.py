@@ -168,5 +168,10 @@ def test_finding_tally_counts_findings_and_distinct_spans(wl):
                                                                               span_ids=("s1", "s2"))])
     assert (tally.findings, tally.spans, tally.by_detector["sequence"]) == (2, {"s1", "s2"}, 1)
     assert "findings 2 (1.00 per 100 spans)" in tally.summary(200) and "(1.00%)" in tally.summary(200)
+    tally([Finding("exfiltration", "low", "a", "z", 1, evidence={"kind": "sensitive_then_send"}),
+           Finding("exfiltration", "low", "b", "z", 1, evidence={"kind": "sensitive_then_send"})])
+    assert tally.by_kind["exfiltration/sensitive_then_send"] == 2
+    assert "by kind: exfiltration/sensitive_then_send 2 (2 agents)" in tally.summary(200)
     tally.reset()
-    assert tally.findings == 0 and not tally.spans
+    assert tally.findings == 0 and not tally.spans and not tally.by_kind and not tally.kind_agents
+
