@@ -12,7 +12,8 @@ every one. Lag is each request's arrival-to-processed time, taken from the pipel
 The naive baseline runs in the same run: one span per request, MessageToDict, every attribute
 walked, detectors called per span, a labelled metric inc() per span.
 The traffic is ``--workload`` from bench/workloads.py (default ``fleet``); each run prints the
-share of spans that raised findings.
+share of spans that raised findings, per detector, and per ``detector/kind`` (the evidence's kind,
+e.g. ``exfiltration/sensitive_then_send``) with how many agents those findings name.
 Prints figures; never pass/fail.
 """
 

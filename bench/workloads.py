@@ -27,7 +27,9 @@ request re-stamps in place: fresh trace/span ids, event times advancing with the
 offered rate, and a pass number written into every session id (and into the anomalies' tool names,
 destinations and fingerprints), so a replayed pool still ends its sessions and its anomalies are
 still news. All of that is fixed-width, so re-stamping is a few vectorised byte writes, not a
-protobuf walk.
+protobuf walk. The pass number is written in decimal digits: in hex its letters could spell a word
+the capability heuristics read (``..._3db1a2c3`` is a ``db`` tool that reads sensitive data), and
+one such pass made every later send of the agents given its unusual tools an exfiltration finding.
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ WORKLOADS = ("fleet", "random", "routine")
 DEFAULT_WORKLOAD = "fleet"
 
 STAMP = "~~~~~~~~"
-"""Placeholder for the pass number (8 hex digits) in session ids and anomaly names."""
+"""Placeholder for the pass number (8 decimal digits, ``STAMP_DIGITS``) in session ids and anomaly names.
+Digits only: the capability heuristics split names into words, and hex letters make words (``db``,
+``feed``) that would give a stamped tool capabilities its catalog tool does not have."""
+STAMP_DIGITS = 8
 _STAMP_BYTES = STAMP.encode()
 _TRACE_MARK = b"\xfe\xedTWtr"  # trace-id placeholder prefix (6 bytes) + span index (10 bytes)
 ANOMALY_KINDS = ("unusual_tool", "burst", "exfiltration")
@@ -583,6 +588,11 @@ def encode(calls: Sequence[Call], service: str = "bench-fleet") -> Template:
                     stamp_idx, n, sum(1 for c in calls if c.anomaly))
 
 
+def pass_stamp(pass_no: int) -> bytes:
+    """What replaces ``STAMP`` for pass ``pass_no``: its last ``STAMP_DIGITS`` decimal digits."""
+    return b"%0*d" % (STAMP_DIGITS, pass_no % 10 ** STAMP_DIGITS)
+
+
 def stamp(t: Template, times_ns: np.ndarray, pass_no: int, ids: bytes) -> bytes:
     """``t`` with these start times, ids (24 bytes a span) and pass number (in every STAMP)."""
     arr = np.frombuffer(t.body, np.uint8).copy()
@@ -591,7 +601,7 @@ def stamp(t: Template, times_ns: np.ndarray, pass_no: int, ids: bytes) -> bytes:
     arr[t.starts] = times.view(np.uint8)
     arr[t.ends] = (times + t.durations).astype("<i8").view(np.uint8)
     if len(t.stamps):
-        arr[t.stamps] = np.tile(np.frombuffer(b"%08x" % (pass_no & 0xFFFFFFFF), np.uint8), len(t.stamps) // 8)
+        arr[t.stamps] = np.tile(np.frombuffer(pass_stamp(pass_no), np.uint8), len(t.stamps) // 8)
     return arr.tobytes()
 
 
@@ -760,26 +770,38 @@ def kafka_records(workload: str, spans: int, per_record: int, *, seed: int = 0, 
 @dataclass
 class FindingTally:
     """Findings and the distinct spans they name: a pipeline listener (``pipeline.listeners``) or
-    fed by hand. ``share`` says how much of the traffic reached the alert path."""
+    fed by hand. ``share`` says how much of the traffic reached the alert path. Findings whose
+    evidence names a ``kind`` (exfiltration's six checks) are also counted per ``detector/kind``
+    with the agents they name, so a run whose share jumps says which check and how many agents."""
 
     findings: int = 0
     spans: set[str] = field(default_factory=set)
     by_detector: Counter[str] = field(default_factory=Counter)
+    by_kind: Counter[str] = field(default_factory=Counter)
+    kind_agents: dict[str, set[str]] = field(default_factory=dict)
 
     def __call__(self, findings: Sequence[Any]) -> None:
         self.findings += len(findings)
         for f in findings:
             self.by_detector[f.detector] += 1
             self.spans.update(f.span_ids)
+            kind = f.evidence.get("kind") if isinstance(f.evidence, dict) else None
+            if isinstance(kind, str):
+                key = f"{f.detector}/{kind}"
+                self.by_kind[key] += 1
+                self.kind_agents.setdefault(key, set()).add(f.agent_id)
 
     def reset(self) -> None:
         self.findings = 0
         self.spans.clear()
         self.by_detector.clear()
+        self.by_kind.clear()
+        self.kind_agents.clear()
 
     def summary(self, n_spans: int) -> str:
         n = max(1, n_spans)
         top = ", ".join(f"{k} {v:,}" for k, v in self.by_detector.most_common(5))
+        kinds = ", ".join(f"{k} {v:,} ({len(self.kind_agents[k])} agents)" for k, v in self.by_kind.most_common(5))
         return (f"findings {self.findings:,} ({100 * self.findings / n:.2f} per 100 spans), spans named by a finding "
-                f"{len(self.spans):,} ({100 * len(self.spans) / n:.2f}%){'; ' + top if top else ''}")
-
+                f"{len(self.spans):,} ({100 * len(self.spans) / n:.2f}%){'; ' + top if top else ''}"
+                f"{'; by kind: ' + kinds if kinds else ''}")

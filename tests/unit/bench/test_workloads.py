@@ -168,5 +168,48 @@ def test_finding_tally_counts_findings_and_distinct_spans(wl):
                                                                               span_ids=("s1", "s2"))])
     assert (tally.findings, tally.spans, tally.by_detector["sequence"]) == (2, {"s1", "s2"}, 1)
     assert "findings 2 (1.00 per 100 spans)" in tally.summary(200) and "(1.00%)" in tally.summary(200)
+    tally([Finding("exfiltration", "low", "a", "z", 1, evidence={"kind": "sensitive_then_send"}),
+           Finding("exfiltration", "low", "b", "z", 1, evidence={"kind": "sensitive_then_send"})])
+    assert tally.by_kind["exfiltration/sensitive_then_send"] == 2
+    assert "by kind: exfiltration/sensitive_then_send 2 (2 agents)" in tally.summary(200)
     tally.reset()
-    assert tally.findings == 0 and not tally.spans
+    assert tally.findings == 0 and not tally.spans and not tally.by_kind and not tally.kind_agents
+
+
+# A pass number whose hex spells ``db`` (the old stamp was ``%08x``): every unusual tool of that
+# pass, e.g. ``git/status_0db00000``, was a ``db`` tool that reads sensitive data.
+SPELLS_DB = 0x0DB00000
+
+
+def test_pass_stamps_are_digits_so_stamped_tools_keep_their_catalog_capabilities(wl):
+    from toolwatch.detectors.capabilities import heuristic_capabilities
+
+    assert wl.pass_stamp(7) == b"00000007"
+    templates = wl.fleet_templates(4_000, 500, config=wl.FleetConfig(seed=5, anomaly_rate=0.01))
+    specs = {(t.server, t.tool) for t in wl.CATALOG}
+    for base in (SPELLS_DB, 0x00FEED00, 0xFFFFFFFF):
+        traffic = wl.FleetTraffic(templates, rate=100_000, stamp_base=base)
+        calls = decode([traffic.body(i, now_ns=T0) for i in range(len(templates))])
+        stamped = {(c.server, c.tool) for c in calls} - specs
+        assert stamped  # the unusual tools, named anew per pass
+        for server, tool in stamped:
+            catalog_tool = tool.rsplit("_", 1)[0]
+            assert (server, catalog_tool) in specs
+            assert heuristic_capabilities(server, tool) == heuristic_capabilities(server, catalog_tool), (base, tool)
+
+
+def test_a_pass_whose_number_spelled_a_word_raises_no_exfiltration_burst(wl):
+    """The fleet bench's one-off 2.3 % of spans as exfiltration findings: the pass's unusual tools
+    became sensitive reads, and every later send of those agents a ``sensitive_then_send``."""
+    from toolwatch.detectors.events import Batch
+    from toolwatch.detectors.exfiltration import ExfiltrationDetector
+
+    templates = wl.fleet_templates(20_000, 500, config=wl.FleetConfig(seed=0, anomaly_rate=0.005))
+    traffic = wl.FleetTraffic(templates, rate=100_000, stamp_base=SPELLS_DB)
+    det = ExfiltrationDetector()
+    kinds = Counter()
+    for i in range(2 * len(templates)):  # two passes: the state outlives the pass that made it
+        found = det.observe(Batch(calls=decode([traffic.body(i, now_ns=T0)])))
+        kinds.update(f.evidence["kind"] for f in found)
+    # the injected leaks' reads and sends are the workload's only sensitive_then_send
+    assert kinds["sensitive_then_send"] <= kinds["cross_server_flow"], kinds
