@@ -71,11 +71,16 @@ _DESTRUCTIVE_PHRASES = re.compile(
     r"\b(permanently|irreversibly) (deletes?|removes?|destroys?)\b", re.IGNORECASE
 )
 _WORD = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_RUN = re.compile(r"[A-Za-z0-9]+")
+_HEX_ID = re.compile(r"(?=[A-Fa-f]*\d)[0-9A-Fa-f]{6,}")
+"""A hash or id in a name (``status_0db00000``, ``job_3fa2c1``): six or more hex digits, at least
+one a digit. Its letters are not words: ``0db00000`` would otherwise read as the noun ``db``."""
 
 
 def _words(text: str) -> list[str]:
-    """Split ``sendEmail``, ``send_email``, ``send-email`` alike into lower-case words."""
-    return [w.lower() for w in _WORD.findall(text)]
+    """Split ``sendEmail``, ``send_email``, ``send-email`` alike into lower-case words; hex ids
+    (``_HEX_ID``) between separators are skipped."""
+    return [w.lower() for run in _RUN.findall(text) if not _HEX_ID.fullmatch(run) for w in _WORD.findall(run)]
 
 
 def heuristic_capabilities(server: str, tool: str, description: str = "") -> frozenset[str]:

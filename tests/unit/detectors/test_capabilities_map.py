@@ -37,6 +37,23 @@ def test_heuristics_label_common_tools(server: str, tool: str, expected: set[str
     assert set(heuristic_capabilities(server, tool)) == expected
 
 
+@pytest.mark.parametrize(
+    ("server", "tool", "expected"),
+    [
+        ("git", "status_0db00000", set()),  # a hex id is not the noun "db"
+        ("git", "status_3db1a2c3", set()),
+        ("content", "get_article_00feed00", set()),  # nor the noun "feed"
+        ("jobs-0db123", "status", set()),
+        ("sql", "read_db", {READS_SENSITIVE}),  # real words around ids still count
+        ("sql", "query_db2", {READS_SENSITIVE}),
+        ("sql", "getDb", {READS_SENSITIVE}),
+        ("cache", "job_deadbeef", set()),  # letters only: words as before (none of them a noun)
+    ],
+)
+def test_hex_ids_in_names_are_not_words(server: str, tool: str, expected: set[str]) -> None:
+    assert set(heuristic_capabilities(server, tool)) == expected
+
+
 def test_description_phrase_marks_sender() -> None:
     assert SENDS_OUT in heuristic_capabilities("acme", "notify_team", "")
     assert SENDS_OUT in heuristic_capabilities("acme", "relay", "Sends the text as an e-mail to a recipient.")
