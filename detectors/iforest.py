@@ -202,7 +202,6 @@ class ForestBank:
         flat = X.ravel()
         roots = self.roots[slots]
         depth = int(self.depth[slots].max())
-        rest_min = self.rest_min[slots]
         alive = np.arange(n, dtype=np.intp)
         part: np.ndarray | None = None
         t0 = 0
@@ -217,7 +216,7 @@ class ForestBank:
             got = _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(t1 - t0, k)
             part = got.sum(axis=0) if part is None else np.concatenate([part[None], got]).sum(axis=0)
             if t1 < T:
-                keep = ~(part + rest_min[alive, t1] > limit[alive])
+                keep = ~(part + self.rest_min[slots[alive], t1] > limit[alive])
                 alive, part = alive[keep], part[keep]
                 if not len(alive):
                     break
