@@ -111,6 +111,10 @@ class ForestBank:
         self.leaf_value = np.zeros(0)
         self.roots = np.zeros((0, n_trees), dtype=np.intp)
         self.depth = np.zeros(0, dtype=np.intp)
+        self.rest_min = np.zeros((0, n_trees + 1))
+        """Per slot, ``rest_min[slot, t]``: the least the slot's trees ``t..`` can add to a row's
+        summed path length (sum of each tree's smallest reachable leaf value; ``-inf`` when
+        unknown): ``path_lengths_bounded``'s bound."""
         self._slot: dict[int, int] = {}
         """``id`` of a FlatForest -> its slot; with ``_held`` so ids are not reused while held."""
         self._held: dict[int, FlatForest] = {}
@@ -139,6 +143,9 @@ class ForestBank:
         self.leaf_value[lo : lo + n] = flat.leaf_value
         self.roots[slot] = flat.roots + lo
         self.depth[slot] = flat.depth
+        least = _least_leaf_per_tree(flat)
+        self.rest_min[slot, :-1] = np.cumsum(least[::-1])[::-1]
+        self.rest_min[slot, -1] = 0.0
         self._slot[id(flat)] = slot
         self._held[id(flat)] = flat
         return slot
@@ -157,6 +164,7 @@ class ForestBank:
         self.leaf_value = leaf_value
         self.roots = np.concatenate([self.roots, np.zeros((extra, self.n_trees), dtype=np.intp)])
         self.depth = np.concatenate([self.depth, np.zeros(extra, dtype=np.intp)])
+        self.rest_min = np.concatenate([self.rest_min, np.full((extra, self.n_trees + 1), -np.inf)])
         self._free.extend(range(old + extra - 1, old - 1, -1))
 
     def path_lengths(self, X: np.ndarray, slots: np.ndarray) -> np.ndarray:
@@ -170,6 +178,77 @@ class ForestBank:
         idx = self.roots[slots].T.ravel()  # tree-major, as in FlatForest
         depth = int(self.depth[slots].max()) if n else 0
         return _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(T, n).sum(axis=0)
+
+    def path_lengths_bounded(self, X: np.ndarray, slots: np.ndarray, limit: np.ndarray,
+                             stops: Sequence[float] = (0.4, 0.6, 0.75, 0.9)) -> np.ndarray:
+        """``path_lengths``, except that a row whose sum is proven above ``limit[i]`` is not walked
+        further and gets NaN: the detector's ``observe`` needs exact sums only of rows that can be
+        hits (a hit needs a short path), and most rows are proven clean part-way through the trees.
+
+        Trees are walked in chunks ending at ``stops`` (shares of the trees; on the fleet bench a
+        clean row's path needs over half its trees to pass a hit's, the least a tree adds being
+        about a third of a typical path); after each chunk a row's sum so far plus
+        ``rest_min`` (the least its remaining trees can add) is a lower bound of its full sum.
+        Rows walked to the end get ``path_lengths``'s sum bit for bit: NumPy sums a C-ordered
+        (trees, rows) matrix of two or more columns tree after tree, so the sum so far, stacked
+        over the next chunk's values, continues that same order (one column would be summed
+        pairwise: a lone row gets a twin). The limit must leave room for rounding: the bound
+        adds ``rest_min`` in another order."""
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        n, F = X.shape
+        T = self.n_trees
+        if n < 2:
+            return self.path_lengths(X, slots)
+        flat = X.ravel()
+        roots = self.roots[slots]
+        depth = int(self.depth[slots].max())
+        alive = np.arange(n, dtype=np.intp)
+        part: np.ndarray | None = None
+        t0 = 0
+        for t1 in sorted({int(f * T) for f in stops if 0 < int(f * T) < T}) + [T]:
+            k = len(alive)
+            if k == 1:  # see above: a lone row is summed as one of two columns
+                alive = np.repeat(alive, 2)
+                part = None if part is None else np.repeat(part, 2)
+                k = 2
+            idx = roots[alive, t0:t1].T.ravel()
+            rows = np.tile(alive * F, t1 - t0)
+            got = _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(t1 - t0, k)
+            part = got.sum(axis=0) if part is None else np.concatenate([part[None], got]).sum(axis=0)
+            if t1 < T:
+                keep = ~(part + self.rest_min[slots[alive], t1] > limit[alive])
+                alive, part = alive[keep], part[keep]
+                if not len(alive):
+                    break
+            t0 = t1
+        out = np.full(n, np.nan)
+        if len(alive):
+            out[alive] = part
+        return out
+
+
+def _least_leaf_per_tree(flat: FlatForest) -> np.ndarray:
+    """Per tree, the smallest leaf value a walk of ``flat.depth`` (or more) levels can end on: every
+    node reachable from the root, without asking which rows can reach it. ``-inf`` for a tree whose
+    walk would not have settled on a leaf by then (arrays that are not a proper forest): no bound."""
+    child = flat.nodes["child"]
+    T = len(flat.roots)
+    tree = np.arange(T, dtype=np.intp)
+    node = np.asarray(flat.roots, dtype=np.intp)
+    for _ in range(flat.depth):
+        c = child[node]
+        inner = c != node
+        if not inner.any():
+            break
+        ti, ci = tree[inner], c[inner]
+        tree = np.concatenate([tree[~inner], ti, ti])
+        node = np.concatenate([node[~inner], ci, ci + 1])
+    least = np.full(T, np.inf)
+    np.minimum.at(least, tree, flat.leaf_value[node])
+    unsettled = child[node] != node
+    if unsettled.any():
+        least[np.unique(tree[unsettled])] = -np.inf
+    return least
 
 
 def _walk(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.ndarray, idx: np.ndarray,
@@ -445,11 +524,37 @@ class SlotConstants:
     def margins(self, slots: np.ndarray, X: np.ndarray, paths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``margins_from_paths`` for rows ``X`` scored in bank slots ``slots`` (one per row), each
         under the model in its slot."""
+        return self.margins_given(slots, paths, self.excess(slots, X))
+
+    def excess(self, slots: np.ndarray, X: np.ndarray) -> np.ndarray:
+        """Per row, ``ForestModel.beyond_range`` under its slot's model."""
+        over = np.maximum(X - self.hi[slots], self.lo[slots] - X) / self.width[slots]
+        return np.maximum(over.max(axis=1), 0.0)
+
+    def margins_given(self, slots: np.ndarray, paths: np.ndarray, r: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``margins`` with the range excess ``r`` already computed (``excess``). A NaN path (a row
+        ``ForestBank.path_lengths_bounded`` proved clean) gives a NaN score and margin: no hit."""
         den = self.den[slots]
         with np.errstate(divide="ignore", invalid="ignore"):
             s = np.exp2(-paths / den)
         s[den == 0] = 1.0
-        over = np.maximum(X - self.hi[slots], self.lo[slots] - X) / self.width[slots]
-        r = np.maximum(over.max(axis=1), 0.0)
         m = np.maximum(s - self.thr[slots], np.minimum(0.1 * (r / self.range_k[slots] - 1.0), 0.5))
         return s, r, m
+
+    SLACK = 1e-6
+    """Relative room in ``hit_limits``: far above the rounding of a sum of a few hundred path
+    lengths in another order (~1e-13 relative) and of ``log2``/``exp2`` (an ulp), far below
+    any real difference between rows."""
+
+    def hit_limits(self, slots: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """Per row, a summed path length above which the row is certainly no hit: its forest score
+        ``exp2(-paths / den)`` is then below its threshold, and its range excess ``r`` alone does not
+        alert. ``inf`` (walk it all) where the range excess alerts or the slot has no denominator."""
+        den, thr = self.den[slots], self.thr[slots]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            limit = -den * np.log2(thr)
+        limit = limit + self.SLACK * (np.abs(limit) + 1.0)
+        range_hit = np.minimum(0.1 * (r / self.range_k[slots] - 1.0), 0.5) > 0
+        limit[range_hit | (den == 0) | ~(thr > 0)] = np.inf
+        return limit

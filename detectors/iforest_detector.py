@@ -546,7 +546,10 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     # --- detection -----------------------------------------------------------------------------
     def observe(self, batch: Batch) -> list[Finding]:
-        return self.observe_scored(batch)[0]
+        """``observe_scored``'s findings (the same, bit for bit). Only hits need exact scores, so rows
+        of banked models that are proven clean part-way through the trees are not walked further
+        (``ForestBank.path_lengths_bounded``)."""
+        return self._observe(batch, exact=False)[0]
 
     def observe_scored(self, batch: Batch) -> tuple[list[Finding], np.ndarray]:
         """Findings, and per call (aligned with ``batch.calls``) score minus threshold (> 0 alerts;
@@ -555,6 +558,10 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         Agents are handled in order of first appearance, each agent's calls in batch order; one
         feature matrix is built for the whole batch (rows grouped by agent) and scored with one
         forest pass per model."""
+        return self._observe(batch, exact=True)
+
+    def _observe(self, batch: Batch, exact: bool) -> tuple[list[Finding], np.ndarray]:
+        """``observe_scored``; with ``exact=False`` the margins of rows that are no hits may be NaN."""
         cfg = self.config
         calls = batch.calls
         margins = np.full(len(calls), np.nan)
@@ -606,7 +613,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         ends = list(accumulate(lens))
         m_all = s_all = r_all = None
         if any(w[4] is not None for w in work):
-            s_all, r_all, m_all = self._score(work, lens, X_all, models)
+            s_all, r_all, m_all = self._score(work, lens, X_all, models, exact)
             # Rows are grouped by agent; margins go back to the calls' places in the batch.
             margins[list(chain.from_iterable(w[2] for w in work))] = m_all
         findings: list[Finding] = []
@@ -665,11 +672,12 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 self.retrain(keys)
         return findings, margins
 
-    def _score(self, work: list[Any], lens: list[int], X_all: np.ndarray, models: dict[str, ForestModel]
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _score(self, work: list[Any], lens: list[int], X_all: np.ndarray, models: dict[str, ForestModel],
+               exact: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Forest score, range excess and margin of every row of ``X_all`` (NaN where the agent has no
         model yet). Rows of models that fit the forest bank are scored in one pass (each row walking
-        its model's slot, with that slot's constants); the others one pass per model."""
+        its model's slot, with that slot's constants); the others one pass per model. Without
+        ``exact``, banked rows proven to be no hits get NaN scores and margins (``_bank_margins``)."""
         n = len(X_all)
         banked = self._bank_for(models)
         # Per work item: its model's bank slot, -1 without a model, -2 for a model outside the bank.
@@ -677,15 +685,13 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         row_slot = np.repeat(np.array(slot_of, dtype=np.intp), lens)
         if min(slot_of) >= 0:  # every row is scored in the bank (the usual case once models are fitted)
             assert self._bank is not None and self._bank_consts is not None
-            paths = self._bank.path_lengths(X_all, row_slot)
-            return self._bank_consts.margins(row_slot, X_all, paths)
+            return self._bank_margins(X_all, row_slot, exact)
         s_all, r_all, m_all = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
         sel = np.flatnonzero(row_slot >= 0)
         if len(sel):
             assert self._bank is not None and self._bank_consts is not None
             X_b, slots = X_all[sel], row_slot[sel]
-            paths = self._bank.path_lengths(X_b, slots)
-            s_all[sel], r_all[sel], m_all[sel] = self._bank_consts.margins(slots, X_b, paths)
+            s_all[sel], r_all[sel], m_all[sel] = self._bank_margins(X_b, slots, exact)
         if -2 in slot_of:
             starts = [e - k for e, k in zip(accumulate(lens), lens)]
             by_model: dict[str, list[int]] = {}
@@ -696,6 +702,19 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 at = np.concatenate([np.arange(starts[w], starts[w] + lens[w]) for w in w_ids])
                 s_all[at], r_all[at], m_all[at] = models[key].margins(X_all[at])
         return s_all, r_all, m_all
+
+    def _bank_margins(self, X: np.ndarray, slots: np.ndarray, exact: bool
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``SlotConstants.margins`` of rows scored in the bank. Without ``exact``, the walk stops for
+        rows whose range excess does not alert and whose path sum is proven past their model's
+        hit limit (NaN score and margin); every other row's values are the exact ones."""
+        bank, consts = self._bank, self._bank_consts
+        assert bank is not None and consts is not None
+        if exact:
+            return consts.margins(slots, X, bank.path_lengths(X, slots))
+        r = consts.excess(slots, X)
+        paths = bank.path_lengths_bounded(X, slots, consts.hit_limits(slots, r))
+        return consts.margins_given(slots, paths, r)
 
     def _hits(self, X_all: np.ndarray, s_all: np.ndarray, r_all: np.ndarray, rows: list[int], keys: list[str],
               models: dict[str, ForestModel]) -> dict[int, tuple[float, float, list[float], list[dict[str, Any]]]]:
