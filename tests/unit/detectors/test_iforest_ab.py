@@ -112,8 +112,8 @@ def test_findings_margins_and_snapshots_equal_mains(seed: int) -> None:
     assert _same_snapshot(new.snapshot(), ref.snapshot())
 
 
-def test_many_agents_scored_in_the_bank_equal_mains() -> None:
-    """Fifty agents, every row scored in the bank (the daemon's case once models are fitted)."""
+def many_agents_batches() -> list[Batch]:
+    """Fifty agents' traffic with rare far-out-of-range calls, in batches (also test_iforest_bounded_walk's)."""
     rnd = random.Random(7)
     t = 1_780_000_000 * 10**9
     calls = []
@@ -124,8 +124,13 @@ def test_many_agents_scored_in_the_bank_equal_mains() -> None:
         calls.append(ToolCall(agent_id=f"agent-{a}", session_id=f"s{a}-{i // 40}", server=f"srv{a % 3}", tool=tool,
                               time_ns=t, args_bytes=rnd.randrange(10, 400) * (50 if tool == "exfil" else 1),
                               result_bytes=rnd.randrange(10, 4000)))
+    return _batches(calls, 3)
+
+
+def test_many_agents_scored_in_the_bank_equal_mains() -> None:
+    """Fifty agents, every row scored in the bank (the daemon's case once models are fitted)."""
     new, ref = _pair(10, 32)
-    for b in _batches(calls, 3):
+    for b in many_agents_batches():
         f_new, m_new = new.observe_scored(b)
         f_ref, m_ref = ref.observe_scored(b)
         _same_findings(f_new, f_ref)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.detectors.test_iforest_ab import SETTINGS, _batches
-from toolwatch.detectors.events import Batch, ToolCall
+from tests.unit.detectors.test_iforest_ab import SETTINGS, _batches, many_agents_batches
+from toolwatch.detectors.events import Batch
 from toolwatch.detectors.features import N_FEATURES
 from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams, SlotConstants
 from toolwatch.detectors.iforest_detector import ForestConfig, IsolationForestDetector
@@ -117,21 +116,6 @@ def _ab_traffic(seed: int) -> list[Batch]:
     return _batches(traffic.calls, seed)
 
 
-def _many_agents() -> list[Batch]:
-    """test_iforest_ab's fifty-agent traffic, with its rare far-out-of-range calls."""
-    rnd = random.Random(7)
-    t = 1_780_000_000 * 10**9
-    calls = []
-    for i in range(12_000):
-        a = rnd.randrange(50)
-        t += rnd.randrange(1, 3_000_000)
-        tool = rnd.choice(["read", "write", "list", "search"]) if rnd.random() > 0.002 else "exfil"
-        calls.append(ToolCall(agent_id=f"agent-{a}", session_id=f"s{a}-{i // 40}", server=f"srv{a % 3}", tool=tool,
-                              time_ns=t, args_bytes=rnd.randrange(10, 400) * (50 if tool == "exfil" else 1),
-                              result_bytes=rnd.randrange(10, 4000)))
-    return _batches(calls, 3)
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 def test_observe_finds_what_observe_scored_finds_on_ab_traffic(seed: int) -> None:
     new, ref = _ab_pair()
@@ -142,7 +126,7 @@ def test_observe_finds_what_observe_scored_finds_on_ab_traffic(seed: int) -> Non
 def test_observe_finds_what_observe_scored_finds_with_many_agents_in_the_bank() -> None:
     cfg = ForestConfig(forest=ForestParams(n_estimators=10, max_samples=32), **SETTINGS)
     new, ref = IsolationForestDetector(cfg), IsolationForestDetector(cfg)
-    seen = _both_ways(new, ref, _many_agents())
+    seen = _both_ways(new, ref, many_agents_batches())
     assert seen["findings"] > 5 and seen["range_only"] > 0 and seen["pruned"] > 0.2 * seen["rows"], seen
 
 
@@ -186,4 +170,4 @@ def test_a_bound_too_tight_fails_the_comparison(wrong: str, monkeypatch: pytest.
         monkeypatch.setattr(ForestBank, "_load", loose)
     cfg = ForestConfig(forest=ForestParams(n_estimators=10, max_samples=32), **SETTINGS)
     with pytest.raises(AssertionError, match="batch"):
-        _both_ways(IsolationForestDetector(cfg), IsolationForestDetector(cfg), _many_agents())
+        _both_ways(IsolationForestDetector(cfg), IsolationForestDetector(cfg), many_agents_batches())
