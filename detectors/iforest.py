@@ -227,6 +227,12 @@ class ForestBank:
         return out
 
 
+def range_margin(r: np.ndarray, range_k: Any) -> np.ndarray:
+    """The range excess ``r`` on the forest margin's scale: ``0.1 * (r / range_k - 1)``, capped at 0.5
+    (positive, i.e. alerting, beyond ``range_k`` widths outside the baseline's range)."""
+    return np.minimum(0.1 * (r / range_k - 1.0), 0.5)
+
+
 def _least_leaf_per_tree(flat: FlatForest) -> np.ndarray:
     """Per tree, the smallest leaf value a walk of ``flat.depth`` (or more) levels can end on: every
     node reachable from the root, without asking which rows can reach it. ``-inf`` for a tree whose
@@ -446,7 +452,7 @@ class ForestModel:
         den = self.flat.denominator
         s = np.ones(len(X)) if den == 0 else np.exp2(-paths / den)
         r = self.beyond_range(X)
-        m = np.maximum(s - self.threshold, np.minimum(0.1 * (r / self.params.range_k - 1.0), 0.5))
+        m = np.maximum(s - self.threshold, range_margin(r, self.params.range_k))
         return s, r, m
 
     def margins(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -458,7 +464,7 @@ class ForestModel:
         """
         s = self.score(X)
         r = self.beyond_range(X)
-        m = np.maximum(s - self.threshold, np.minimum(0.1 * (r / self.params.range_k - 1.0), 0.5))
+        m = np.maximum(s - self.threshold, range_margin(r, self.params.range_k))
         return s, r, m
 
     def explain(self, x: np.ndarray, names: Sequence[str], k: int = 3) -> list[dict[str, Any]]:
@@ -539,7 +545,7 @@ class SlotConstants:
         with np.errstate(divide="ignore", invalid="ignore"):
             s = np.exp2(-paths / den)
         s[den == 0] = 1.0
-        m = np.maximum(s - self.thr[slots], np.minimum(0.1 * (r / self.range_k[slots] - 1.0), 0.5))
+        m = np.maximum(s - self.thr[slots], range_margin(r, self.range_k[slots]))
         return s, r, m
 
     SLACK = 1e-6
@@ -555,6 +561,6 @@ class SlotConstants:
         with np.errstate(divide="ignore", invalid="ignore"):
             limit = -den * np.log2(thr)
         limit = limit + self.SLACK * (np.abs(limit) + 1.0)
-        range_hit = np.minimum(0.1 * (r / self.range_k[slots] - 1.0), 0.5) > 0
+        range_hit = range_margin(r, self.range_k[slots]) > 0
         limit[range_hit | (den == 0) | ~(thr > 0)] = np.inf
         return limit
