@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing as mp
+import os
 import re
+import signal
 import socket
 import sqlite3
 import time
@@ -165,3 +168,57 @@ async def test_a_daemon_that_cannot_start_stops_the_worker_processes_it_started(
     assert _gone(pid)
     assert not d.pipeline.running
     _assert_closed(d.store)
+
+
+async def _new_worker(exclude: int = 0) -> int:
+    """The pid of an OTLP worker process just started (before it can answer READY)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for p in mp.active_children():
+            if p.name.startswith("toolwatch-otlp-") and p.pid != exclude:
+                return p.pid
+        await asyncio.sleep(0.002)
+    raise AssertionError("no OTLP worker process was started")
+
+
+async def test_a_shutdown_during_a_worker_restart_leaves_no_worker_behind(tmp_path):
+    """Shutdown cancels a restart in progress; the replacement process it had started (not yet
+    READY, so not yet known to shutdown) was left running: it kept accepting on its copy of the
+    listening socket after the daemon closed its own."""
+    d = _daemon(_config(tmp_path, otlp_processes=1))
+    await d.start()
+    replacement = 0
+    try:
+        workers = d.receiver("otlp_http")
+        [first] = workers.pids
+        os.kill(first, signal.SIGKILL)
+        replacement = await _new_worker(exclude=first)
+        os.kill(replacement, signal.SIGSTOP)  # it cannot say READY: the restart stays in progress
+        assert workers.restarts == 0
+        await asyncio.wait_for(d.shutdown(), 60)
+        assert _gone(replacement)
+    finally:
+        if replacement and not _gone(replacement):
+            os.kill(replacement, signal.SIGKILL)
+        await d.shutdown()
+
+
+async def test_a_cancelled_start_leaves_no_worker_behind(tmp_path):
+    """A start cancelled while a worker process starts (a stop requested during start-up, a
+    caller's timeout): the process it had started was left running, unknown to shutdown."""
+    d = _daemon(_config(tmp_path, otlp_processes=1))
+    starting = asyncio.create_task(d.start())
+    pid = 0
+    try:
+        pid = await _new_worker()
+        os.kill(pid, signal.SIGSTOP)  # still starting when the cancel lands
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert _gone(pid)
+        assert not d.pipeline.running
+        _assert_closed(d.store)
+    finally:
+        if pid and not _gone(pid):
+            os.kill(pid, signal.SIGKILL)
+        await d.shutdown()
