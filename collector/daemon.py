@@ -208,7 +208,10 @@ class Daemon:
         try:
             await self._start()
         except BaseException:
-            await self.shutdown()
+            try:
+                await self.shutdown()
+            except Exception:  # each failed step is logged; the start's error is the one to report
+                pass
             raise
 
     async def _start(self) -> None:
