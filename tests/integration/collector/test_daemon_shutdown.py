@@ -155,7 +155,8 @@ async def test_a_daemon_that_cannot_start_stops_the_worker_processes_it_started(
         cfg = _config(tmp_path, otlp_processes=1)
         cfg.otlp_grpc = f"127.0.0.1:{taken.getsockname()[1]}"
         d = _daemon(cfg)
-        with caplog.at_level(logging.INFO, "toolwatch.receiver.otlp_workers"), pytest.raises((OSError, RuntimeError)):
+        with caplog.at_level(logging.INFO, "toolwatch.receiver.otlp_workers"), \
+                pytest.raises(OSError, match="otlp_grpc: cannot listen"):
             await d.start()
     finally:
         taken.close()
@@ -166,6 +167,24 @@ async def test_a_daemon_that_cannot_start_stops_the_worker_processes_it_started(
     while not _gone(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert _gone(pid)
+    assert not d.pipeline.running
+    _assert_closed(d.store)
+
+
+async def test_a_failed_start_reports_its_own_error_not_one_of_the_shutdown_after_it(tmp_path, caplog):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        cfg = _config(tmp_path)
+        cfg.otlp_grpc = f"127.0.0.1:{taken.getsockname()[1]}"
+        d = _daemon(cfg)
+        d.receivers.insert(0, _BrokenReceiver())
+        with pytest.raises(OSError, match="otlp_grpc: cannot listen"):
+            await d.start()
+    finally:
+        taken.close()
+    assert "shutdown: stopping receiver broken failed" in caplog.text  # logged, not raised
     assert not d.pipeline.running
     _assert_closed(d.store)
 
