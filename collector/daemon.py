@@ -9,7 +9,7 @@ import secrets
 import signal
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -201,6 +201,20 @@ class Daemon:
             self.metrics.agents.labels(state).set(n)
 
     async def start(self) -> None:
+        """Start every component; if one cannot start (a port in use), stop those already running.
+
+        Without that, the OTLP worker processes started before a failing receiver went on accepting
+        requests, and the daemon acknowledged calls it would never process."""
+        try:
+            await self._start()
+        except BaseException:
+            try:
+                await self.shutdown()
+            except Exception:  # each failed step is logged; the start's error is the one to report
+                pass
+            raise
+
+    async def _start(self) -> None:
         self.interpreter.apply()  # for the daemon's lifetime; shutdown gives Python's back
         await self.pipeline.start()
         self.enforcement.service.after_batch()  # the restored state, before the first batch
@@ -215,22 +229,55 @@ class Daemon:
         self._started = True
 
     async def shutdown(self) -> None:
-        """Stop accepting, drain the queue into the detectors and the store, then stop the sinks."""
+        """Stop accepting, drain the queue into the detectors and the store, then stop the sinks.
+
+        Every step runs, in order, even when an earlier one fails (logged; the first failure is
+        raised at the end) or this shutdown is cancelled (the steps run on in a task of their own;
+        the cancel is passed on once they are done). Stopping at the first problem left calls that
+        the receivers had acknowledged in the queue, never processed, and child processes (the
+        refit worker) running."""
+        steps = asyncio.create_task(self._shutdown_steps(), name="daemon-shutdown")
+        interrupted: asyncio.CancelledError | None = None
+        while not steps.done():
+            try:
+                await asyncio.wait({steps})  # a cancel of this task does not reach the steps
+            except asyncio.CancelledError as exc:
+                interrupted = exc
+        if interrupted is not None:
+            if not steps.cancelled():
+                steps.exception()  # logged by its step already; the cancel is what goes on
+            raise interrupted
+        steps.result()
+
+    async def _shutdown_steps(self) -> None:
+        failures: list[Exception] = []
+
+        async def step(what: str, action: Callable[[], Awaitable[object] | None]) -> None:
+            try:
+                result = action()
+                if result is not None:
+                    await result
+            except Exception as exc:
+                log.exception("shutdown: %s failed; the remaining shutdown steps still run", what)
+                failures.append(exc)
+
         self._started = False
         for r in self.receivers:
-            await r.shutdown()
+            await step(f"stopping receiver {r.name}", r.shutdown)
         if self.rules_watcher:
-            await self.rules_watcher.shutdown()
-        await self.pipeline.shutdown()
-        await self.retrainer.shutdown()
+            await step("stopping the rule file watcher", self.rules_watcher.shutdown)
+        await step("draining the pipeline", self.pipeline.shutdown)
+        await step("stopping the retrainer", self.retrainer.shutdown)
         if self.refit_worker is not None:
-            await asyncio.to_thread(self.refit_worker.close)
+            await step("stopping the refit worker", lambda: asyncio.to_thread(self.refit_worker.close))  # type: ignore[union-attr]
         for sink in self.sinks:
-            await sink.shutdown()
-        await self.hold_notifier.shutdown()
-        await self.api.shutdown()
-        self.store.close()
-        self.interpreter.restore()
+            await step(f"stopping sink {sink.name}", sink.shutdown)
+        await step("stopping the hold notifier", self.hold_notifier.shutdown)
+        await step("stopping the API", self.api.shutdown)
+        await step("closing the store", self.store.close)
+        await step("restoring the interpreter settings", self.interpreter.restore)
+        if failures:
+            raise failures[0]
 
     def request_stop(self) -> None:
         self._stop.set()

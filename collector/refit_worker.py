@@ -17,7 +17,8 @@ model with ``ForestModel.from_fitted_arrays``: bit-identical to an in-process fi
 
 If the worker cannot be started, fits run in-process from then on (logged once). If it dies
 mid-fit, ``fit`` raises ``RefitWorkerDied``: the caller keeps the previous model and retries later
-with a new worker.
+with a new worker. If the daemon dies (or closes the pipe) mid-fit, the worker exits at once and
+quietly: it does not finish a fit nobody will read.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import select
 import signal
 import sys
 import threading
@@ -110,7 +112,27 @@ def _serve(conn: Connection) -> None:
             reply = encode_model(ForestModel(sample, params))
         except Exception as exc:  # a bad sample must not kill the worker: the parent logs it
             reply = _pack({}, {"error": f"{type(exc).__name__}: {exc}"})
-        conn.send_bytes(reply)
+        try:
+            conn.send_bytes(reply)
+        except (EOFError, OSError):  # the parent closed its end or died mid-fit: nobody wants the reply
+            return
+
+
+def _exit_when_parent_goes(conn: Connection) -> None:
+    """Leave at once when the parent's end of the pipe closes, even in the middle of a fit.
+
+    The serving thread only notices at its next send or receive, which for a large fit is seconds
+    of CPU spent on a model nobody will read (and, at nice +10, a process lingering after its
+    daemon). ``POLLRDHUP`` wakes this thread on the hang-up only, not on a request arriving, so it
+    needs no coordination with the serving thread. Where it is missing the worker still leaves
+    quietly, after the fit."""
+    rdhup = getattr(select, "POLLRDHUP", None)
+    if rdhup is None:
+        return
+    poller = select.poll()
+    poller.register(conn.fileno(), rdhup)
+    poller.poll()  # returns on RDHUP, or HUP/ERR/NVAL, which are always reported
+    os._exit(0)
 
 
 def _worker_main(conn: Connection) -> None:
@@ -119,6 +141,7 @@ def _worker_main(conn: Connection) -> None:
     That exit (module and thread-pool teardown after sklearn's imports) costs about 0.25 s of CPU;
     at nice +10 on a busy machine it took longer than ``join_timeout_s``, and ``close`` killed the
     worker ("did not exit; terminating it"). The worker holds nothing that needs finalising."""
+    threading.Thread(target=_exit_when_parent_goes, args=(conn,), name="parent-watch", daemon=True).start()
     _serve(conn)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -76,10 +76,15 @@ class RuleFileWatcher:
             self._task = asyncio.create_task(self._run(), name="rules-watch")
 
     async def shutdown(self) -> None:
+        """Stop polling. The poll loop ends in a CancelledError of its own, which is swallowed; a
+        cancel of the task running this shutdown is passed on (a caller's timeout must see it)."""
+        me = asyncio.current_task()
+        cancels = me.cancelling() if me is not None else 0
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
             try:
                 await task
             except asyncio.CancelledError:
-                pass
+                if me is not None and me.cancelling() > cancels:
+                    raise  # this shutdown was cancelled, not only the poll loop

@@ -80,13 +80,16 @@ class OtlpGrpcReceiver(NetworkReceiver):
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_body_bytes)])
         server.add_generic_rpc_handlers((self._handler(),))
         addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-        if self.tls:
-            creds = grpc.ssl_server_credentials([self.tls.pem_pair()])
-            self.bound_port = server.add_secure_port(addr, creds)
-        else:
-            self.bound_port = server.add_insecure_port(addr)
+        try:
+            if self.tls:
+                creds = grpc.ssl_server_credentials([self.tls.pem_pair()])
+                self.bound_port = server.add_secure_port(addr, creds)
+            else:
+                self.bound_port = server.add_insecure_port(addr)
+        except RuntimeError:  # grpcio raises where older versions returned 0 (a port in use)
+            self.bound_port = 0
         if not self.bound_port:
-            raise OSError(f"otlp_grpc: cannot listen on {addr}")
+            raise OSError(f"otlp_grpc: cannot listen on {addr} (is the port in use? set otlp_grpc to a free port, or off)")
         await server.start()
         self._server = server
         log.info("OTLP/gRPC receiver on %s:%s%s", self.host, self.bound_port, " (TLS)" if self.tls else "")

@@ -16,7 +16,8 @@ would (429); while the pipeline is stopped (starting, draining) the daemon answe
 
 A worker that dies is logged and restarted (requests it had in flight see a connection error and
 are retried by exporters). ``shutdown`` drains: workers stop accepting, finish what is in flight
-(the daemon still answers) and exit. A worker whose daemon is gone (even SIGKILLed) reads EOF and exits.
+(the daemon still answers) and exit; a worker still starting then (a restart, a cancelled start) is
+killed. A worker whose daemon is gone (even SIGKILLed) reads EOF and exits.
 """
 
 from __future__ import annotations
@@ -156,9 +157,17 @@ class OtlpHttpWorkers(NetworkReceiver):
         )
         try:
             proc.start()
+        except BaseException:
+            parent.close()
+            raise
         finally:
             child.close()  # the child's end lives in the child only: its death is then EOF here
-        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        try:
+            reader, writer = await asyncio.open_unix_connection(sock=parent)
+        except BaseException:
+            parent.close()
+            self._abandon(proc)
+            raise
         writer.write(wf.frame((
             wf.CONFIG, self._key, self.bearer_token, self.max_body_bytes, self.retry_after_s,
             self.tls.cert_file if self.tls else "", self.tls.key_file if self.tls else "",
@@ -168,6 +177,10 @@ class OtlpHttpWorkers(NetworkReceiver):
             msg = await asyncio.wait_for(read_frame(reader), self.start_timeout_s)
         except asyncio.TimeoutError:
             msg = None
+        except BaseException:  # cancelled (shutdown during a restart, a cancelled start): not left running
+            writer.close()
+            self._abandon(proc)
+            raise
         if msg is None or msg[0] != wf.READY:
             writer.close()
             proc.kill()
@@ -181,6 +194,17 @@ class OtlpHttpWorkers(NetworkReceiver):
         worker.task = asyncio.create_task(self._serve(worker), name=f"otlp-worker-{slot}")
         if self._closing:
             writer.write(wf.frame((wf.STOP,)))
+
+    @staticmethod
+    def _abandon(proc: Any) -> None:
+        """Kill a worker that was started but is not served (its start was cancelled) and reap it.
+
+        Left alone, it went on accepting on its copy of the listening socket after the daemon
+        closed its own, and its requests waited for answers no one would send. Killed and joined
+        here, at once: a cancelled task cannot reliably wait in a thread, and a killed process is
+        gone within milliseconds."""
+        proc.kill()
+        proc.join(5)
 
     async def _serve(self, worker: _Worker) -> None:
         """Answer one worker's frames until it exits; then restart it unless shutting down."""
@@ -255,8 +279,11 @@ class OtlpHttpWorkers(NetworkReceiver):
     async def shutdown(self) -> None:
         """Workers stop accepting, finish their requests in flight (answered here) and exit."""
         self._closing = True
-        for task in list(self._tasks):
+        restarting = list(self._tasks)
+        for task in restarting:
             task.cancel()
+        if restarting:  # a restart in progress kills the worker it started (see _spawn)
+            await asyncio.wait(restarting)
         for worker in list(self._workers.values()):
             if not worker.writer.is_closing():
                 worker.writer.write(wf.frame((wf.STOP,)))

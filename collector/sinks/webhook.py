@@ -115,16 +115,27 @@ class WebhookSink(Sink):
             self._task = asyncio.create_task(self._run(), name=f"webhook:{self.name}")
 
     async def shutdown(self) -> None:
+        """Stop the delivery loop and close the HTTP session; what is not delivered stays in the outbox.
+
+        The loop ends in a CancelledError of its own, which is swallowed; a cancel of the task
+        running this shutdown is passed on once the session is closed (a caller's timeout, a
+        cancelled daemon shutdown). Nothing is lost either way: a message leaves the outbox only
+        when a receiver has answered 2xx, so one interrupted mid-POST is sent again next start."""
+        me = asyncio.current_task()
+        cancels = me.cancelling() if me is not None else 0
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        try:
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    if me is not None and me.cancelling() > cancels:
+                        raise  # this shutdown was cancelled, not only the delivery loop
+        finally:
+            session, self._session = self._session, None
+            if session is not None:
+                await session.close()
 
     def emit(self, alerts: list[StoredAlert]) -> None:
         self._wake.set()

@@ -53,3 +53,23 @@ def test_state_and_alerts_survive_restart(tmp_path):
             alerts = requests.get(tw.api_url + "/api/v1/alerts?detector=new_tool", timeout=5).json()["alerts"]
             time.sleep(0.1)
         assert [a["finding"]["tool"] for a in alerts] == ["send"]
+
+
+def test_a_port_in_use_is_named_and_what_started_is_stopped(tmp_path):
+    """The OTLP/gRPC port is taken: grpcio raises RuntimeError (not the OSError the CLI reports),
+    and the OTLP/HTTP worker process started just before was left to the interpreter's exit."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = taken.getsockname()[1]
+        out = run_cli("run", "--data-dir", str(tmp_path / "d"), "--otlp-http", "127.0.0.1:0", "--listen", "127.0.0.1:0",
+                      "--otlp-processes", "1", "--otlp-grpc", f"127.0.0.1:{port}", timeout=60)
+    finally:
+        taken.close()
+    assert out.returncode == 1, out.stderr
+    assert f"toolwatch: cannot start: otlp_grpc: cannot listen on 127.0.0.1:{port}" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "OTLP worker process" in out.stderr and "stopped (exit code 0)" in out.stderr, out.stderr

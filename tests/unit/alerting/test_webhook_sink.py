@@ -194,3 +194,61 @@ async def test_shutdown_right_after_an_emit_stops_the_delivery_loop(tmp_path, re
     started = time.monotonic()
     await asyncio.wait_for(sink.shutdown(), 10)
     assert time.monotonic() - started < 5
+
+
+async def test_a_cancelled_shutdown_is_passed_on_and_the_outbox_keeps_what_was_not_delivered(tmp_path, receiver):
+    """The delivery loop's own cancellation is swallowed by shutdown; a cancel of the task running
+    the shutdown was swallowed with it, so a caller's timeout or a cancelled daemon shutdown went
+    on as if nothing happened. It is passed on now, after the session is closed, and the alerts
+    whose POST it interrupted are still queued, for this store and for the next start."""
+    receiver.state.hang_s = 3.0
+    receiver.set_mode("hang")
+    store, _, sink = make(tmp_path, receiver, Clock())
+    alerts = queue(store, sink, 3)
+    await sink.start()
+    session = sink._session
+    for _ in range(500):  # the loop's POST is now with the receiver
+        if receiver.state.attempts:
+            break
+        await asyncio.sleep(0.01)
+    assert receiver.state.attempts == 1
+    stopping = asyncio.create_task(sink.shutdown())
+    await asyncio.sleep(0)  # shutdown has cancelled the loop and waits for it...
+    stopping.cancel()  # ...when it is cancelled itself
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert stopping.cancelled()
+    assert session.closed and sink._session is None and sink._task is None
+    assert store.outbox_depth("ops") == 3 and receiver.received == []
+    store.close()
+
+    receiver.set_mode("ok")  # the next start delivers all of them
+    store, _, sink = make(tmp_path, receiver, Clock())
+    try:
+        assert await sink.deliver_due() == 3
+        assert sorted(r.headers[IDEMPOTENCY_HEADER] for r in receiver.received) == sorted(a.id for a in alerts)
+        assert store.outbox_depth("ops") == 0
+    finally:
+        await sink.shutdown()
+        store.close()
+
+
+async def test_shutdown_in_a_task_cancelled_earlier_still_returns(tmp_path, receiver):
+    """Only a cancel that lands during this shutdown is passed on: a daemon shutdown that goes on
+    after an earlier step was cancelled (its task still counts that cancel) stops the sink normally."""
+    _, _, sink = make(tmp_path, receiver, Clock())
+    await sink.start()
+    session = sink._session
+
+    async def after_a_cancel() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # handled: the task goes on, its cancelling() count stays 1
+        await sink.shutdown()
+
+    task = asyncio.create_task(after_a_cancel())
+    await asyncio.sleep(0)
+    task.cancel()
+    await asyncio.wait_for(task, 10)
+    assert not task.cancelled() and session.closed and sink._task is None
