@@ -44,6 +44,7 @@ from .rules_watch import RuleFileWatcher
 from .sinks import Sink
 from .sinks.log import LogSink
 from .sinks.webhook import WebhookSink
+from .uncancellable import finish_despite_cancel
 from .store import Store
 
 log = logging.getLogger("toolwatch.daemon")
@@ -236,18 +237,7 @@ class Daemon:
         the cancel is passed on once they are done). Stopping at the first problem left calls that
         the receivers had acknowledged in the queue, never processed, and child processes (the
         refit worker) running."""
-        steps = asyncio.create_task(self._shutdown_steps(), name="daemon-shutdown")
-        interrupted: asyncio.CancelledError | None = None
-        while not steps.done():
-            try:
-                await asyncio.wait({steps})  # a cancel of this task does not reach the steps
-            except asyncio.CancelledError as exc:
-                interrupted = exc
-        if interrupted is not None:
-            if not steps.cancelled():
-                steps.exception()  # logged by its step already; the cancel is what goes on
-            raise interrupted
-        steps.result()
+        await finish_despite_cancel(self._shutdown_steps(), "daemon-shutdown")
 
     async def _shutdown_steps(self) -> None:
         failures: list[Exception] = []

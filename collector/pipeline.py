@@ -23,6 +23,7 @@ from .alerts import AlertRouter
 from .event_time import EventTimeRule, Verdict, judge
 from .metrics import Metrics
 from .store import Store
+from .uncancellable import finish_despite_cancel
 
 log = logging.getLogger("toolwatch.pipeline")
 _TIME = attrgetter("time_ns")
@@ -240,7 +241,10 @@ class Pipeline:
 
         Not by cancelling the run loop: a cancel lands while a batch is with the detectors (in the
         worker thread, which goes on), and that batch's findings, alerts and accounting were lost
-        while its effect on detector state was saved."""
+        while its effect on detector state was saved.
+
+        A cancel of this shutdown waits for all of it (``finish_despite_cancel``) and is passed on
+        then: awaiting the run loop directly handed the cancel on to it, mid-batch."""
         task, self._task = self._task, None
         if task is None:
             return
@@ -248,12 +252,13 @@ class Pipeline:
             running_listener(False)
         self._stopping = True
         self._wake.set()
+        await finish_despite_cancel(self._finish(task), "pipeline-shutdown")
+
+    async def _finish(self, task: asyncio.Task[None]) -> None:
         try:
             await task
         except asyncio.CancelledError:
-            me = asyncio.current_task()
-            if me is not None and me.cancelling():
-                raise  # shutdown itself was cancelled, not just the run loop
+            pass  # the run loop was cancelled from outside: still drain and save
         except Exception:  # logged by _ended; still drain what is queued and save state
             pass
         # A run loop cancelled from outside leaves its batch in the worker thread: wait for it, or the

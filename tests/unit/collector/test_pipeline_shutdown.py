@@ -110,3 +110,34 @@ async def test_a_run_loop_that_dies_says_so_and_shutdown_still_saves(tmp_path, c
     assert "the pipeline's run loop stopped" in caplog.text and "listener bug" in caplog.text
     await asyncio.wait_for(p.shutdown(), 10)
     assert store.load_state("new_tool")["agents"]["a"]["calls"] == 5
+
+
+async def test_a_cancelled_shutdown_still_finishes_the_batch_drains_and_saves_then_is_cancelled(tmp_path):
+    """A shutdown cancelled while the batch in hand is with the detectors (a supervisor's timeout,
+    a second Ctrl-C): awaiting the run loop handed the cancel on to it, so that batch's alerts and
+    the queue behind it were lost and no state was saved. Now the cancel waits for all of it."""
+    store = Store(tmp_path / "t.db")
+    metrics = Metrics()
+    gate = _FlagEveryAgentOnRelease()
+    p = Pipeline([gate], AlertRouter(store, metrics, [], group_window_ns=0), store, metrics,
+                 batch_max_size=10, batch_max_delay_s=0.0, snapshot_interval_s=3600)
+    saved: list[int] = []
+    p.state_listeners.append(saved.append)
+    await p.start()
+    assert p.submit([ToolCall(time_ns=i, agent_id=f"held-{i}", tool="t") for i in range(3)], [])
+    assert await asyncio.to_thread(gate.entered.wait, 5)
+    assert p.submit([ToolCall(time_ns=9, agent_id="queued", tool="t")], [])
+    stopping = asyncio.create_task(p.shutdown())
+    await asyncio.sleep(0.1)  # shutdown is now waiting for the batch in hand
+    stopping.cancel()
+    await asyncio.sleep(0.1)
+    assert not stopping.done()  # the cancel waits for the shutdown's work
+    gate.release.set()
+    try:
+        await asyncio.wait_for(stopping, 10)
+    except asyncio.CancelledError:
+        pass
+    else:
+        raise AssertionError("the cancel of shutdown was swallowed")
+    assert sorted(a.agent_id for a in store.list_alerts()) == ["held-0", "held-1", "held-2", "queued"]
+    assert p.processed == 4 and p.depth == 0 and saved and saved[-1] >= 2
