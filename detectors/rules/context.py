@@ -216,10 +216,18 @@ class SessionContext:
         if None in keys:
             if len(cache) > _MAX_CACHED_KEYS:
                 cache.clear()
-            for i, key in enumerate(keys):
+            find = keys.index  # to the next miss at C speed: most calls of a batch hit
+            i = find(None)
+            while True:
+                pair = _PAIR(calls[i])
+                key = cache.get(pair)
                 if key is None:
-                    agent, session = pair = _PAIR(calls[i])
-                    keys[i] = cache[pair] = _KEY(agent, session)
+                    key = cache[pair] = _KEY(*pair)
+                keys[i] = key
+                try:
+                    i = find(None, i + 1)
+                except ValueError:
+                    return keys
         return keys
 
     # --- one call at a time ------------------------------------------------------------------
