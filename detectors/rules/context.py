@@ -288,10 +288,14 @@ class SessionContext:
 
     def new_destinations(self, call: ToolCall) -> tuple[str, ...]:
         """Destinations of ``call`` this agent never used (none while the agent warms up)."""
-        if self._destination_calls.get(call.agent_id, 0) < self.limits.destination_warmup_calls:
+        agent = call.agent_id
+        if self._destination_calls.get(agent, 0) < self.limits.destination_warmup_calls:
             return ()
-        known = self._destinations.get(call.agent_id, {})
-        return tuple(d for d in self._keys_of(call.destinations) if d not in known)
+        keys = self._keys_of(call.destinations)
+        known = self._destinations.get(agent)
+        if not known:
+            return keys  # every one is new
+        return tuple([d for d in keys if d not in known])
 
     def _keys_of(self, destinations: tuple[str, ...]) -> tuple[str, ...]:
         """``destination_keys``, cached: an agent names the same few destinations call after call."""

@@ -105,6 +105,8 @@ class RuleEngine(Detector):
         self._correlations = [c for c in ruleset.correlations if c.enabled]
         self._feeds = {r.name: tuple(c for c in self._correlations if r.name in c.rules) for r in self._rules}
         """Rule name -> the correlations it feeds, in correlation order."""
+        self._alone = {r.name: frozenset((r.name,)) for r in self._rules}
+        """Rule name -> the set of matched names when it matches alone (built once, not per call)."""
         self._plans = {}
         self._windows.keep_only(tuple(self._correlations))
 
@@ -158,22 +160,30 @@ class RuleEngine(Detector):
 
     def _visit(self, ctx: LazyContext, plan: ToolPlan) -> None:
         """One call that may match: its rule findings, then what it feeds the correlations."""
-        matched: list[str] = []
+        matched: list[str] | None = None  # most calls visited match nothing: no list for them
         for rule, test in plan.rules:
             if test(ctx):
-                matched.append(rule.name)
+                if matched is None:
+                    matched = [rule.name]
+                else:
+                    matched.append(rule.name)
                 if rule.generate:
                     self._found.append(self._rule_finding(rule, ctx))
-        if not matched:
+        if matched is None:
             return
-        names = set(matched)
-        corrs = self._feeds[matched[0]] if len(matched) == 1 else \
-            [c for c in self._correlations if not names.isdisjoint(c.rules)]
-        if corrs:
-            for corr in corrs:
-                fired = self._windows.observe(corr, names, ctx)
-                if fired is not None:
-                    self._found.append(self._correlation_finding(fired, ctx))
+        if len(matched) == 1:
+            name = matched[0]
+            corrs = self._feeds[name]
+            if not corrs:
+                return
+            names = self._alone[name]
+        else:
+            names = frozenset(matched)
+            corrs = [c for c in self._correlations if not names.isdisjoint(c.rules)]
+        for corr in corrs:
+            fired = self._windows.observe(corr, names, ctx)
+            if fired is not None:
+                self._found.append(self._correlation_finding(fired, ctx))
 
     def matching_rules(self, call: ToolCall) -> list[str]:
         """Names of the single-call rules a call matches, without learning from it."""
