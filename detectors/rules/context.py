@@ -216,10 +216,18 @@ class SessionContext:
         if None in keys:
             if len(cache) > _MAX_CACHED_KEYS:
                 cache.clear()
-            for i, key in enumerate(keys):
+            find = keys.index  # to the next miss at C speed: most calls of a batch hit
+            i = find(None)
+            while True:
+                pair = _PAIR(calls[i])
+                key = cache.get(pair)
                 if key is None:
-                    agent, session = pair = _PAIR(calls[i])
-                    keys[i] = cache[pair] = _KEY(agent, session)
+                    key = cache[pair] = _KEY(*pair)
+                keys[i] = key
+                try:
+                    i = find(None, i + 1)
+                except ValueError:
+                    return keys
         return keys
 
     # --- one call at a time ------------------------------------------------------------------
@@ -280,10 +288,14 @@ class SessionContext:
 
     def new_destinations(self, call: ToolCall) -> tuple[str, ...]:
         """Destinations of ``call`` this agent never used (none while the agent warms up)."""
-        if self._destination_calls.get(call.agent_id, 0) < self.limits.destination_warmup_calls:
+        agent = call.agent_id
+        if self._destination_calls.get(agent, 0) < self.limits.destination_warmup_calls:
             return ()
-        known = self._destinations.get(call.agent_id, {})
-        return tuple(d for d in self._keys_of(call.destinations) if d not in known)
+        keys = self._keys_of(call.destinations)
+        known = self._destinations.get(agent)
+        if not known:
+            return keys  # every one is new
+        return tuple([d for d in keys if d not in known])
 
     def _keys_of(self, destinations: tuple[str, ...]) -> tuple[str, ...]:
         """``destination_keys``, cached: an agent names the same few destinations call after call."""

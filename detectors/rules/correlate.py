@@ -11,7 +11,7 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, Callable
+from typing import AbstractSet, Any, Callable
 
 from .fields import DIRECT, FIELDS, EvalContext
 from .model import Correlation
@@ -47,7 +47,7 @@ class CorrelationWindows:
         wanted = {c.name: list(map(_jsonable, c.signature())) for c in correlations}
         self._state = {n: s for n, s in self._state.items() if wanted.get(n) == s["signature"]}
 
-    def observe(self, corr: Correlation, matched: set[str], ctx: EvalContext) -> Fired | None:
+    def observe(self, corr: Correlation, matched: AbstractSet[str], ctx: EvalContext) -> Fired | None:
         """Feed one call that matched the rules in ``matched``; returns a finding when complete."""
         if matched.isdisjoint(corr.rules):
             return None
@@ -112,7 +112,7 @@ class CorrelationWindows:
         del groups[key]
         return spans, count, tuple(distinct[:20])
 
-    def _temporal(self, corr: Correlation, groups: Any, key: str, matched: set[str], now: int, span: str):
+    def _temporal(self, corr: Correlation, groups: Any, key: str, matched: AbstractSet[str], now: int, span: str):
         # chain[i] = [start_ns, [span ids]] of the most recent partial sequence reaching step i.
         chain: list[Any] = groups.setdefault(key, [None] * len(corr.rules))
         cutoff = now - corr.timespan_ns

@@ -59,8 +59,8 @@ class RuleEngineConfig:
 
 
 _TIME = attrgetter("time_ns")
-_SERVER = attrgetter("server")
-_TOOL = attrgetter("tool")
+_SERVER_TOOL = attrgetter("server", "tool")
+_TOKEN = attrgetter("token")
 MAX_PLANS = 10_000
 """Bound on cached per-tool plans (tool names come from agents, so they are not a fixed set)."""
 
@@ -105,6 +105,8 @@ class RuleEngine(Detector):
         self._correlations = [c for c in ruleset.correlations if c.enabled]
         self._feeds = {r.name: tuple(c for c in self._correlations if r.name in c.rules) for r in self._rules}
         """Rule name -> the correlations it feeds, in correlation order."""
+        self._alone = {r.name: frozenset((r.name,)) for r in self._rules}
+        """Rule name -> the set of matched names when it matches alone (built once, not per call)."""
         self._plans = {}
         self._windows.keep_only(tuple(self._correlations))
 
@@ -133,39 +135,55 @@ class RuleEngine(Detector):
         return self._run([call])
 
     def _run(self, calls: list[ToolCall]) -> list[Finding]:
-        tools = list(zip(map(_SERVER, calls), map(_TOOL, calls)))
         plans = self._plans
-        distinct = set(tools)
+        distinct = set(map(_SERVER_TOOL, calls))
         if len(plans) + len(distinct) > MAX_PLANS:
             plans.clear()
         of = self.capabilities.of
-        for server, tool in distinct:
+        by_token: dict[str, ToolPlan] = {}
+        for pair in distinct:
+            server, tool = pair
             caps = of(server, tool)  # once per tool and batch: listings may have changed them
-            plan = plans.get((server, tool))
+            plan = plans.get(pair)
             if plan is None or plan.capabilities != caps:
-                plans[(server, tool)] = plan_tool(self._rules, server, tool, caps)
+                plan = plans[pair] = plan_tool(self._rules, server, tool, caps)
+            by_token[f"{server}/{tool}" if server else tool] = plan  # ``ToolCall.token``
+        if len(by_token) == len(distinct):
+            # Each call's plan by its token (a string built once per call, hash cached): no
+            # (server, tool) tuple per call, which cost more than the lookup itself.
+            batch_plans = list(map(by_token.__getitem__, map(_TOKEN, calls)))
+        else:  # two tools of the batch share a token (a "/" in a name): look calls up by pair
+            batch_plans = list(map(plans.__getitem__, map(_SERVER_TOOL, calls)))
         self._found = found = []
-        self._context.walk(calls, list(map(plans.__getitem__, tools)), self._visit)
+        self._context.walk(calls, batch_plans, self._visit)
         return found
 
     def _visit(self, ctx: LazyContext, plan: ToolPlan) -> None:
         """One call that may match: its rule findings, then what it feeds the correlations."""
-        matched: list[str] = []
+        matched: list[str] | None = None  # most calls visited match nothing: no list for them
         for rule, test in plan.rules:
             if test(ctx):
-                matched.append(rule.name)
+                if matched is None:
+                    matched = [rule.name]
+                else:
+                    matched.append(rule.name)
                 if rule.generate:
                     self._found.append(self._rule_finding(rule, ctx))
-        if not matched:
+        if matched is None:
             return
-        names = set(matched)
-        corrs = self._feeds[matched[0]] if len(matched) == 1 else \
-            [c for c in self._correlations if not names.isdisjoint(c.rules)]
-        if corrs:
-            for corr in corrs:
-                fired = self._windows.observe(corr, names, ctx)
-                if fired is not None:
-                    self._found.append(self._correlation_finding(fired, ctx))
+        if len(matched) == 1:
+            name = matched[0]
+            corrs = self._feeds[name]
+            if not corrs:
+                return
+            names = self._alone[name]
+        else:
+            names = frozenset(matched)
+            corrs = [c for c in self._correlations if not names.isdisjoint(c.rules)]
+        for corr in corrs:
+            fired = self._windows.observe(corr, names, ctx)
+            if fired is not None:
+                self._found.append(self._correlation_finding(fired, ctx))
 
     def matching_rules(self, call: ToolCall) -> list[str]:
         """Names of the single-call rules a call matches, without learning from it."""

@@ -3,7 +3,8 @@
 Same traffic through both: findings (every field, in order) after every batch, and snapshots byte
 for byte, on the bench's fleet workload (through the real normaliser) and on random rule-heavy and
 hijack-heavy traffic (labels, mixed-case destinations, injection scores, TTL gaps, tight caps,
-shuffled and late batches); a state saved mid-stream by either restores in the other.
+shuffled and late batches), and on busy traffic with sixty rules and tools whose tokens collide;
+a state saved mid-stream by either restores in the other.
 """
 
 from __future__ import annotations
@@ -210,3 +211,118 @@ def _with_new_tools(batches: Iterator[Batch], seed: int) -> Iterator[Batch]:
 def test_new_tool_matches_main_on_random_traffic(seed: int, cfg: dict[str, Any]) -> None:
     new, old = _new_tool_pair(cfg)
     assert _run_pair(new, old, _with_new_tools(W.batches(seed, 150), seed), seed, lambda: _new_tool_pair(cfg)) > 5
+
+
+# --- plans looked up by token, session keys found by scanning for misses, many rules --------------
+COLLIDING_TOOLS = [("a", "b/c"), ("a/b", "c"), ("", "a/b/c"), ("web", "fetch"), ("", "web/fetch"),
+                   ("gmail", "send_email"), ("", "gmail/send_email"), ("vault", "read_secret")]
+"""Tools that share a token (``server/tool``) two or three ways; a batch holds them together."""
+
+COLLIDING_RULES = """
+- rule: server_a_b
+  condition: server = "a/b" and args.labels exists
+  priority: low
+- rule: bare_web_fetch
+  condition: server = "" and tool = "web/fetch" and args.labels exists
+  priority: low
+- rule: deep_token_not_a
+  condition: token = "a/b/c" and server != a and args.labels exists
+  priority: low
+- rule: any_a_tool
+  condition: token startswith "a/" and args.labels exists
+  priority: low
+"""
+
+
+def _many_rules(n: int = 60, seed: int = 7) -> str:
+    """``n`` rules over call, session and previous-call fields (every fifth only feeds the
+    correlations), and correlations of each type over them."""
+    rnd = random.Random(seed)
+    tools = [t for _, t in W.TOOLS + COLLIDING_TOOLS]
+    servers = sorted({s for s, _ in W.TOOLS + COLLIDING_TOOLS if s})
+    shapes = [
+        lambda: f'tool in ("{rnd.choice(tools)}", "{rnd.choice(tools)}") and args.labels intersects ({rnd.choice(W.ARGS_LABELS)})',
+        lambda: f'server = "{rnd.choice(servers)}" and result.labels contains {rnd.choice(W.RESULT_LABELS)}',
+        lambda: f'prev.tool = "{rnd.choice(tools)}" and session.calls >= {rnd.randrange(1, 6)}',
+        lambda: "destinations.new exists and capabilities contains sends_out",
+        lambda: f'session.result.labels contains {rnd.choice(W.RESULT_LABELS)} and tool = "{rnd.choice(tools)}"',
+        lambda: f'args.bytes > {rnd.randrange(100, 600)} or prev.server = "{rnd.choice(servers)}"',
+        lambda: f'not error exists and destinations endswith example and tool startswith {rnd.choice("sdfrhpqu")}',
+        lambda: f'session.servers contains "{rnd.choice(servers)}" and prev.capabilities contains reads_sensitive',
+        lambda: f'prev.result.labels intersects ({rnd.choice(W.RESULT_LABELS)}) and result.fingerprints exists',
+    ]
+    out = []
+    for i in range(n):
+        generate = "false" if i % 5 == 0 else "true"
+        cond = shapes[i % len(shapes)]()
+        out.append(f"- rule: many_{i}\n  condition: '{cond}'\n  output: \"%rule %token %destinations.new\"\n"
+                   f"  priority: low\n  generate: {generate}\n")
+    for i, kind in enumerate(["event_count", "value_count", "temporal_ordered"] * 3):
+        rules = sorted(rnd.sample(range(n), 2 if kind != "temporal_ordered" else 3))
+        cond = {"event_count": "  condition: {gte: 3}\n", "value_count": "  condition: {field: tool, gte: 2}\n",
+                "temporal_ordered": ""}[kind]
+        out.append(f"- correlation: many_corr_{i}\n  type: {kind}\n  rules: [{', '.join(f'many_{r}' for r in rules)}]\n"
+                   f"  group-by: [{rnd.choice(['agent_id', 'agent_id, session_id', 'tool'])}]\n  timespan: 1m\n{cond}"
+                   f"  priority: low\n")
+    return "".join(out)
+
+
+def _busy_batches(seed: int, n: int = 40_000) -> Iterator[Batch]:
+    """Many agents and sessions (so session keys keep missing), colliding tokens in every batch,
+    batches of 1 to 3,000 calls, some shuffled."""
+    rnd = random.Random(seed)
+    t = 10**18
+    tools = W.TOOLS + COLLIDING_TOOLS
+    left = n
+    while left > 0:
+        calls = []
+        for i in range(min(left, rnd.choice([1, 40, 700, 3000]))):
+            t += rnd.choice([0, 1, 100, 1000]) * 1_000_000
+            server, tool = rnd.choice(tools)
+            c = ToolCall(time_ns=t, agent_id=f"ag{rnd.randrange(40)}", tool=tool, server=server,
+                         session_id=f"s{rnd.randrange(30)}", span_id=f"sp{left}-{i}", args_bytes=rnd.randrange(600),
+                         error_type=rnd.choice(["", "", "timeout"]),
+                         args_labels=tuple(rnd.sample(W.ARGS_LABELS, rnd.randrange(0, 3))),
+                         result_labels=tuple(rnd.sample(W.RESULT_LABELS, rnd.randrange(0, 2))),
+                         result_fingerprints=("fp",) if rnd.random() < 0.2 else (),
+                         destinations=tuple(rnd.sample(W.DESTINATIONS, rnd.randrange(0, 3))))
+            calls.append(c)
+        left -= len(calls)
+        if rnd.random() < 0.2:
+            rnd.shuffle(calls)
+        yield Batch(calls=calls, watermark_ns=rnd.choice([0, t]))
+
+
+def _rules_pair_from(texts: list[tuple[str, str]], cfg: dict[str, Any]) -> tuple[Any, Any]:
+    ruleset = load_rule_files(texts)
+    new = RuleEngine(ruleset, CapabilityMap(), RuleEngineConfig(**cfg))
+    old = rules_engine_main.RuleEngine(ruleset, CapabilityMap(), rules_engine_main.RuleEngineConfig(**cfg))
+    return new, old
+
+
+def test_colliding_tokens_get_their_own_plans() -> None:
+    """``a``+``b/c``, ``a/b``+``c`` and ``""``+``a/b/c`` share the token ``a/b/c``: each call still gets
+    its own tool's rules, as in main."""
+    texts = FILES + [(COLLIDING_RULES, "colliding.yaml")]
+    new, old = _rules_pair_from(texts, {"destination_warmup_calls": 2})
+    fired: set[str] = set()
+    for batch in _busy_batches(3, 8_000):
+        got = [f.to_dict() for f in new.observe(Batch(list(batch.calls), [], batch.watermark_ns))]
+        assert got == [f.to_dict() for f in old.observe(Batch(list(batch.calls), [], batch.watermark_ns))]
+        fired |= {f["evidence"]["rule"] for f in got}
+    assert {"server_a_b", "bare_web_fetch", "deep_token_not_a", "any_a_tool"} <= fired
+    assert _dump(new) == _dump(old)
+
+
+@pytest.mark.parametrize("cached_keys", [3, 20_000])
+@pytest.mark.parametrize("config", sorted(RULE_CONFIGS))
+def test_many_rules_on_busy_traffic_match_main(config: str, cached_keys: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sixty rules and nine correlations, many sessions; with a tiny key cache the session keys are
+    rebuilt (and the cache cleared) in the middle of batches."""
+    from toolwatch.detectors.rules import context
+    monkeypatch.setattr(context, "_MAX_CACHED_KEYS", cached_keys)
+    texts = FILES + [(_many_rules(), "many.yaml"), (COLLIDING_RULES, "colliding.yaml")]
+    cfg = RULE_CONFIGS[config]
+    new, old = _rules_pair_from(texts, cfg)
+    found = _run_pair(new, old, _busy_batches(11, 8_000), 5, lambda: _rules_pair_from(texts, cfg))
+    assert found > 1_000
