@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import marshal
 import struct
+from array import array
 from dataclasses import fields
 from itertools import repeat
 from operator import attrgetter, is_, itemgetter
@@ -82,14 +83,21 @@ def unframe(body: bytes) -> tuple[Any, ...]:
 SAME = 0
 """(SAME, value): every call holds this very object (``is``: equal ints and floats may differ in type or sign)."""
 INDEXED = 1
-"""(INDEXED, values, indexes): the column is ``values[i] for i in indexes``; only for columns whose
-values are all str, or all tuples of str (the worker checks), so ``Canon`` may take them as they are."""
+"""(INDEXED, values, indexes): the column is ``values[i] for i in indexes`` (``indexes`` bytes when
+there are at most 256 values: one object to unmarshal, whose items are ints Python keeps anyway);
+only for columns whose values are all str, or all tuples of str (the worker checks), so ``Canon``
+may take them as they are."""
 PLAIN = 2
 """(PLAIN, values): one value per call."""
+INTS = 3
+"""(INTS, data): a column of ints (exactly ``int``, 64-bit) as the bytes of an ``array('q')``, which
+makes the ints faster than ``marshal`` reads them one by one (event times take five 15-bit digits)."""
+_INT64 = array("q").itemsize == 8
 
 _TYPE = {f.name: f.type for f in fields(ToolCall)} | {"token": "str"}
 _TEXT = frozenset(i for i, name in enumerate(_CALL_COLUMNS) if _TYPE[name] == "str")
 _TEXTS = frozenset(i for i, name in enumerate(_CALL_COLUMNS) if _TYPE[name] == "tuple[str, ...]")
+_INT = frozenset(i for i, name in enumerate(_CALL_COLUMNS) if _TYPE[name] == "int")
 """Columns of str and of tuples of str: the only ones whose equal values are sent as one (equal str
 are also of one type, unlike ints and floats: ``1 == 1.0 == True``, ``0.0 == -0.0``)."""
 _CANONICAL = frozenset(
@@ -117,7 +125,10 @@ def _column(col: tuple[Any, ...], i: int) -> tuple[Any, ...]:
             if len(values) == 1:
                 return (SAME, first)
             where = {v: n for n, v in enumerate(values)}
-            return (INDEXED, values, tuple(map(where.__getitem__, col)))
+            indexes = list(map(where.__getitem__, col))
+            return (INDEXED, values, bytes(indexes) if len(values) <= 256 else tuple(indexes))
+    elif i in _INT and _INT64 and set(map(type, col)) == {int} and -(1 << 63) <= min(col) and max(col) < 1 << 63:
+        return (INTS, array("q", col).tobytes())
     return (PLAIN, col)
 
 
@@ -173,6 +184,9 @@ def _unpack(entry: tuple[Any, ...], i: int, n: int, canon: Canon | None) -> Any:
     if kind == PLAIN:
         (_, values) = entry
         return values
+    if kind == INTS:
+        (_, data) = entry
+        return array("q", data).tolist()
     raise ValueError(f"call column {_CALL_COLUMNS[i]!r}: unknown encoding {kind!r}")
 
 

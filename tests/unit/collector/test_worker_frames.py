@@ -146,7 +146,7 @@ def test_fleet_requests_arrive_as_the_calls_the_in_process_path_builds():
                 type(getattr(b, f.name)) for f in dataclasses.fields(b)
             ]
     kinds = set().union(*map(set, encodings))
-    assert kinds == {wf.SAME, wf.INDEXED, wf.PLAIN}  # every encoding is exercised
+    assert kinds == {wf.SAME, wf.INDEXED, wf.PLAIN, wf.INTS}  # every encoding is exercised
 
 
 def test_canon_makes_equal_agents_tools_and_sessions_of_two_requests_one_object():
@@ -197,6 +197,8 @@ def test_equal_values_of_other_types_or_signs_are_never_merged():
         (lambda n, cols: (n + 1, cols), ValueError),  # fewer values than calls
         (lambda n, cols: (n, (*cols[:3], (wf.INDEXED, ("s",), (0, 5)), *cols[4:])), IndexError),  # an index past the values
         (lambda n, cols: (n, (*cols[:3], (wf.PLAIN,), *cols[4:])), ValueError),  # a malformed entry
+        (lambda n, cols: (n, ((wf.INTS, b"\x00" * 15), *cols[1:])), ValueError),  # ints of 7.5 bytes
+        (lambda n, cols: (n, ((wf.INTS, b"\x00" * 24), *cols[1:])), ValueError),  # three ints for two calls
     ],
 )
 def test_call_columns_that_do_not_fit_together_are_refused(mangle, error):
@@ -212,3 +214,11 @@ def test_canon_never_merges_values_of_other_types_across_requests():
         calls = [ToolCall(time_ns=i, agent_id=agent, tool="t") for i in range(3)]  # type: ignore[arg-type]
         got = wf.read_ingest(_through_the_wire(wf.ingest_frame(1, "r", Normalized(calls, [], 3, 0, []), 0, ())), canon)[2]
         assert [type(c.agent_id) for c in got.calls] == [type(agent)] * 3 and got.calls[0].agent_id == agent
+
+
+def test_int_columns_keep_big_negative_and_bool_values():
+    big = [2**63 - 1, -(2**63), 0, 2**63, True]
+    for values in ([big[0], big[1], 7], [big[0], big[3]], [1, big[4]], [5, -5]):
+        calls = [ToolCall(time_ns=v, agent_id="a", tool="t", duration_ns=v) for v in values]
+        got = wf.read_ingest(_through_the_wire(wf.ingest_frame(1, "r", Normalized(calls, [], 2, 0, []), 0, ())))[2]
+        assert [(c.time_ns, type(c.time_ns)) for c in got.calls] == [(v, type(v)) for v in values]
