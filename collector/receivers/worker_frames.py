@@ -121,7 +121,8 @@ def _column(col: tuple[Any, ...], i: int) -> tuple[Any, ...]:
         return (SAME, first)
     if i in _TEXT or i in _TEXTS:
         values = tuple(dict.fromkeys(col))
-        if len(values) < len(col) and _texts_only(values, i in _TEXTS):
+        # Columns the daemon keeps one object per value of (``Canon``) go indexed even without repeats.
+        if (len(values) < len(col) or i in _CANONICAL) and _texts_only(values, i in _TEXTS):
             if len(values) == 1:
                 return (SAME, first)
             where = {v: n for n, v in enumerate(values)}
