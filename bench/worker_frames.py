@@ -7,7 +7,7 @@ has to stay affordable. The old code is ``worker_frames.py`` of a git revision (
 ``main``), loaded beside this tree's; both run in this process on the same fleet requests, in
 interleaved rounds, and the medians of process CPU time are printed.
 
-    .venv/bin/python bench/worker_frames.py [--requests 80] [--rounds 9] [--ref main] [--detectors]
+    .venv/bin/python bench/worker_frames.py [--workload fleet] [--requests 80] [--rounds 9] [--ref main] [--detectors]
 
 ``--detectors``: also time every detector on the calls each path gives (fitted models, batches of
 ``--batch``), batch by batch in alternating order, to see what one object per equal agent, tool
@@ -51,9 +51,12 @@ def old_module(ref: str) -> ModuleType:
     return module
 
 
-def requests(n: int, spans: int) -> list[Normalized]:
+def requests(n: int, spans: int, workload: str = "fleet") -> list[Normalized]:
     normalizer = Normalizer()
-    bodies = wl.bodies("fleet", n * spans, spans, anomaly_rate=0.001, rate=75_000)
+    if workload == "random":
+        bodies = [wl.make_body(spans, seed) for seed in range(n)]
+    else:
+        bodies = wl.bodies(workload, n * spans, spans, anomaly_rate=0.001, rate=75_000)
     return [normalizer.normalize(otlp.decode_export(b, otlp.PROTOBUF).request) for b in bodies[:n]]
 
 
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=80)
     ap.add_argument("--spans", type=int, default=500, help="spans per request (bench/ingest.py sends 500)")
     ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--workload", choices=wl.WORKLOADS, default=wl.DEFAULT_WORKLOAD, help="see bench/workloads.py")
     ap.add_argument("--ref", default="main", help="git revision of the old worker_frames.py")
     ap.add_argument("--detectors", action="store_true", help="also time the detectors on each path's calls")
     ap.add_argument("--batch", type=int, default=2000, help="--detectors: calls per batch")
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
     old = old_module(args.ref)
     n_req = max(args.requests, (args.warm + 40_000) // args.spans if args.detectors else 0)
-    reqs = requests(n_req, args.spans)
+    reqs = requests(n_req, args.spans, args.workload)
     timed = reqs[: args.requests]
     n = sum(len(r.calls) for r in timed)
     old_frames = [old.ingest_frame(1, "otlp_http", r, 0, ()) for r in timed]
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         order = list(runs) if k % 2 == 0 else list(runs)[::-1]
         for name in order:
             figures[name].append(cpu_us(runs[name], n))
-    print(f"worker frames bench: {len(timed)} fleet requests of {args.spans} spans, {args.rounds} interleaved rounds, "
+    print(f"worker frames bench: {len(timed)} {args.workload} requests of {args.spans} spans, {args.rounds} interleaved rounds, "
           f"median CPU µs/span")
     width = max(map(len, runs))
     for name, values in figures.items():
