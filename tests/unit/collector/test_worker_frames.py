@@ -222,3 +222,15 @@ def test_int_columns_keep_big_negative_and_bool_values():
         calls = [ToolCall(time_ns=v, agent_id="a", tool="t", duration_ns=v) for v in values]
         got = wf.read_ingest(_through_the_wire(wf.ingest_frame(1, "r", Normalized(calls, [], 2, 0, []), 0, ())))[2]
         assert [(c.time_ns, type(c.time_ns)) for c in got.calls] == [(v, type(v)) for v in values]
+
+
+def test_more_than_256_distinct_values_of_a_column_round_trip():
+    """Indexes go as bytes up to 256 distinct values and as ints past that."""
+    for distinct in (256, 257, 700):
+        calls = [ToolCall(time_ns=i, agent_id=f"agent-{i % distinct}", tool="t", session_id=f"s{i % 3}") for i in range(800)]
+        n, columns = wf.calls_to_columns(calls)
+        kind, values, indexes = columns[wf._CALL_COLUMNS.index("agent_id")]
+        assert kind == wf.INDEXED and len(values) == distinct
+        assert type(indexes) is (bytes if distinct <= 256 else tuple)
+        got = wf.read_ingest(_through_the_wire(wf.ingest_frame(1, "r", Normalized(calls, [], 800, 0, []), 0, ())), wf.Canon())[2]
+        assert got.calls == calls and [c.token for c in got.calls] == ["t"] * 800
