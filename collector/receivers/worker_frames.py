@@ -97,9 +97,9 @@ _INT64 = array("q").itemsize == 8
 _TYPE = {f.name: f.type for f in fields(ToolCall)} | {"token": "str"}
 _TEXT = frozenset(i for i, name in enumerate(_CALL_COLUMNS) if _TYPE[name] == "str")
 _TEXTS = frozenset(i for i, name in enumerate(_CALL_COLUMNS) if _TYPE[name] == "tuple[str, ...]")
-_INT = frozenset(i for i, name in enumerate(_CALL_COLUMNS) if _TYPE[name] == "int")
 """Columns of str and of tuples of str: the only ones whose equal values are sent as one (equal str
 are also of one type, unlike ints and floats: ``1 == 1.0 == True``, ``0.0 == -0.0``)."""
+_INT = frozenset(i for i, name in enumerate(_CALL_COLUMNS) if _TYPE[name] == "int")
 _CANONICAL = frozenset(
     _CALL_COLUMNS.index(name)
     for name in ("agent_id", "tool", "server", "session_id", "args_json", "token", "args_labels",
@@ -138,9 +138,10 @@ def calls_to_columns(calls: list[ToolCall]) -> tuple[int, tuple[tuple[Any, ...],
 
     The daemon's interpreter is the bottleneck and the worker has CPU to spare (issue #4), so the
     worker finds what repeats: a column whose calls all hold one object is sent once (defaults,
-    per-request constants such as ``source``); a text column with repeated values is sent as its
-    distinct values and an index per call, so ``marshal.loads`` allocates one object per distinct
-    value instead of one per call. Values are unchanged, and so are their types.
+    per-request constants such as ``source``); a text column with repeated values (and every
+    ``_CANONICAL`` one) is sent as its distinct values and an index per call, so ``marshal.loads``
+    allocates one object per distinct value instead of one per call; int columns go packed.
+    Values are unchanged, and so are their types.
     """
     if not calls:
         return (0, ())
