@@ -114,6 +114,8 @@ class OtlpHttpWorkers(NetworkReceiver):
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self.restarts = 0
+        self._canon = wf.Canon()
+        """Equal agents, tools, sessions... of all workers' requests as one object each (worker_frames.Canon)."""
 
     @property
     def pids(self) -> list[int]:
@@ -265,7 +267,7 @@ class OtlpHttpWorkers(NetworkReceiver):
         """``Ingest.consume`` of one INGEST frame; the REPLY frame."""
         request_id = msg[1]
         try:
-            _, receiver, norm, decode_rejected, decode_errors = wf.read_ingest(msg)
+            _, receiver, norm, decode_rejected, decode_errors = wf.read_ingest(msg, self._canon)
             result = self.ingest.consume(receiver, norm, decode_rejected, decode_errors)
         except Overloaded as exc:
             return wf.frame((wf.REPLY, request_id, wf.OVERLOADED, 0, 0, str(exc)))

@@ -60,9 +60,10 @@ def test_an_ingest_frame_gives_back_equal_calls_listings_and_counts(cs, ls, span
     )
     assert (got_id, got_receiver, got_drej, got_derr) == (rid, recv, drej, tuple(derr))
     assert got == norm
-    # Field types survive too (tuples stay tuples: detectors hash them).
+    # Field types survive too (tuples stay tuples: detectors hash them), and the token each call was built with.
     for a, b in zip(got.calls, cs):
         assert [type(getattr(a, f.name)) for f in dataclasses.fields(a)] == [type(getattr(b, f.name)) for f in dataclasses.fields(b)]
+        assert type(a) is ToolCall and a.token == b.token
     assert all(type(t) is ToolDefinition for listing in got.listings for t in listing.tools)
 
 
@@ -83,8 +84,8 @@ def test_equal_values_of_a_request_arrive_as_one_object_each():
     for name in ("agent_id", "tool", "server", "session_id", "args_json"):
         assert getattr(a, name) is getattr(b, name) is getattr(c, name), name
     assert a.trace_id != b.trace_id
-    unshared = wf.frame((wf.INGEST, 1, "otlp_http", list(map(wf._call_values, calls)), [], 3, 0, (), 0, ()))
-    assert len(data) < len(unshared)
+    unshared = (3, tuple((wf.PLAIN, col) for col in zip(*map(wf._call_columns, calls))))
+    assert len(data) < len(wf.frame((wf.INGEST, 1, "otlp_http", unshared, [], 3, 0, (), 0, ())))
 
 
 def test_huge_strings_and_empty_tuples_round_trip():
@@ -111,3 +112,125 @@ def test_a_frame_is_never_unpickled_arbitrary_objects():
         wf.unframe(b"\x00\x01garbage")
     with pytest.raises(ValueError):
         wf.unframe(marshal.dumps(None))  # not a tuple: not a frame
+
+
+def _fleet_requests(n_requests: int) -> list[Normalized]:
+    """Normalised requests of the benches' fleet workload (bench/workloads.py), as a worker makes them."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+    import workloads as wl
+
+    from toolwatch.collector import otlp
+    from toolwatch.collector.normalize import Normalizer
+
+    normalizer = Normalizer()
+    bodies = wl.bodies("fleet", 500 * n_requests, 500, anomaly_rate=0.01, rate=75_000)
+    return [normalizer.normalize(otlp.decode_export(b, otlp.PROTOBUF).request) for b in bodies[:n_requests]]
+
+
+def test_fleet_requests_arrive_as_the_calls_the_in_process_path_builds():
+    """Calls equal to the normaliser's, field types and tokens included, however their columns travel."""
+    canon = wf.Canon()
+    requests = _fleet_requests(6)
+    encodings = set()
+    for norm in requests:
+        data = wf.ingest_frame(7, "otlp_http", norm, 0, ())
+        encodings.add(tuple(entry[0] for entry in wf.unframe(data[wf.HEADER.size :])[3][1]))
+        got = wf.read_ingest(_through_the_wire(data), canon)[2]
+        assert got == norm and len(got.calls) == 500
+        for a, b in zip(got.calls, norm.calls):
+            assert type(a) is ToolCall and a.token == b.token
+            assert [type(getattr(a, f.name)) for f in dataclasses.fields(a)] == [
+                type(getattr(b, f.name)) for f in dataclasses.fields(b)
+            ]
+    kinds = set().union(*map(set, encodings))
+    assert kinds == {wf.SAME, wf.INDEXED, wf.PLAIN, wf.INTS}  # every encoding is exercised
+
+
+def test_canon_makes_equal_agents_tools_and_sessions_of_two_requests_one_object():
+    canon = wf.Canon()
+    calls = [ToolCall(time_ns=i, agent_id="".join(["ag", "ent"]), tool="".join(["t", "1"]), server="s" + "v",
+                      session_id="".join(["se", "ss"]), trace_id="".join(["tr", "ace"])) for i in range(2)]  # fmt: skip
+    firsts = [wf.read_ingest(_through_the_wire(wf.ingest_frame(i, "r", Normalized(calls, [], 2, 0, []), 0, ())), canon)[2].calls[0] for i in range(2)]  # fmt: skip
+    a, b = firsts
+    assert a == b
+    for name in ("agent_id", "tool", "server", "session_id", "token"):
+        assert getattr(a, name) is getattr(b, name), name
+    assert a.trace_id is not b.trace_id  # trace ids are not kept across requests
+    without = [wf.read_ingest(_through_the_wire(wf.ingest_frame(i, "r", Normalized(calls, [], 2, 0, []), 0, ())))[2].calls[0] for i in range(2)]  # fmt: skip
+    assert without[0] == without[1] and without[0].agent_id is not without[1].agent_id
+
+
+def test_canon_is_bounded():
+    canon = wf.Canon(limit=10)
+    first = canon(tuple(f"v{i}" for i in range(5)))
+    assert canon(("".join(["v", "3"]),))[0] is first[3]
+    canon(tuple(f"w{i}" for i in range(6)))  # 11 kept: over the limit
+    again = canon(("".join(["v", "3"]),))[0]  # the full table was dropped before this one was kept
+    assert again == "v3" and again is not first[3] and len(canon._objects) == 1
+
+
+def test_equal_values_of_other_types_or_signs_are_never_merged():
+    """Only identical objects travel once, except str and tuples of str (equal means same type there)."""
+    calls = [
+        ToolCall(time_ns=1, agent_id="a", tool="t", result_injection_score=0.0, args_bytes=1, args_sketch=(1,)),
+        ToolCall(time_ns=1, agent_id="a", tool="t", result_injection_score=-0.0, args_bytes=True, args_sketch=(1.0,)),  # type: ignore[arg-type]
+        ToolCall(time_ns=1, agent_id=1, tool="t", result_injection_score=0.0, args_bytes=1, args_sketch=(True,)),  # type: ignore[arg-type]
+        ToolCall(time_ns=1, agent_id=1.0, tool="t", args_labels=(1,), destinations=("x",)),  # type: ignore[arg-type]
+        ToolCall(time_ns=1, agent_id=True, tool="t", args_labels=(1.0,), destinations=("x",)),  # type: ignore[arg-type]
+    ]
+    got = wf.read_ingest(_through_the_wire(wf.ingest_frame(1, "r", Normalized(calls, [], 5, 0, []), 0, ())), wf.Canon())[2]
+    for name in ("agent_id", "result_injection_score", "args_bytes", "args_sketch", "args_labels", "destinations"):
+        want = [getattr(c, name) for c in calls]
+        have = [getattr(c, name) for c in got.calls]
+        assert repr(have) == repr(want), name
+        assert [type(v) for v in have] == [type(v) for v in want], name
+
+
+@pytest.mark.parametrize(
+    "mangle, error",
+    [
+        (lambda n, cols: (n, cols[:-1]), ValueError),  # a column missing
+        (lambda n, cols: (n, (*cols[:3], (9, "x"), *cols[4:])), ValueError),  # an unknown encoding
+        (lambda n, cols: (n + 1, cols), ValueError),  # fewer values than calls
+        (lambda n, cols: (n, (*cols[:3], (wf.INDEXED, ("s",), (0, 5)), *cols[4:])), IndexError),  # an index past the values
+        (lambda n, cols: (n, (*cols[:3], (wf.PLAIN,), *cols[4:])), ValueError),  # a malformed entry
+        (lambda n, cols: (n, ((wf.INTS, b"\x00" * 15), *cols[1:])), ValueError),  # ints of 7.5 bytes
+        (lambda n, cols: (n, ((wf.INTS, b"\x00" * 24), *cols[1:])), ValueError),  # three ints for two calls
+    ],
+)
+def test_call_columns_that_do_not_fit_together_are_refused(mangle, error):
+    calls = [ToolCall(time_ns=i, agent_id="a", tool=f"t{i}", server="s" * (i + 1)) for i in range(2)]
+    n, cols = wf.calls_to_columns(calls)
+    with pytest.raises(error):
+        wf.columns_to_calls(mangle(n, cols), wf.Canon())
+
+
+def test_canon_never_merges_values_of_other_types_across_requests():
+    canon = wf.Canon()
+    for agent in (1, 1.0, True, "1", ("1",)):
+        calls = [ToolCall(time_ns=i, agent_id=agent, tool="t") for i in range(3)]  # type: ignore[arg-type]
+        got = wf.read_ingest(_through_the_wire(wf.ingest_frame(1, "r", Normalized(calls, [], 3, 0, []), 0, ())), canon)[2]
+        assert [type(c.agent_id) for c in got.calls] == [type(agent)] * 3 and got.calls[0].agent_id == agent
+
+
+def test_int_columns_keep_big_negative_and_bool_values():
+    big = [2**63 - 1, -(2**63), 0, 2**63, True]
+    for values in ([big[0], big[1], 7], [big[0], big[3]], [1, big[4]], [5, -5]):
+        calls = [ToolCall(time_ns=v, agent_id="a", tool="t", duration_ns=v) for v in values]
+        got = wf.read_ingest(_through_the_wire(wf.ingest_frame(1, "r", Normalized(calls, [], 2, 0, []), 0, ())))[2]
+        assert [(c.time_ns, type(c.time_ns)) for c in got.calls] == [(v, type(v)) for v in values]
+
+
+def test_more_than_256_distinct_values_of_a_column_round_trip():
+    """Indexes go as bytes up to 256 distinct values and as ints past that."""
+    for distinct in (256, 257, 700):
+        calls = [ToolCall(time_ns=i, agent_id=f"agent-{i % distinct}", tool="t", session_id=f"s{i % 3}") for i in range(800)]
+        n, columns = wf.calls_to_columns(calls)
+        kind, values, indexes = columns[wf._CALL_COLUMNS.index("agent_id")]
+        assert kind == wf.INDEXED and len(values) == distinct
+        assert type(indexes) is (bytes if distinct <= 256 else tuple)
+        got = wf.read_ingest(_through_the_wire(wf.ingest_frame(1, "r", Normalized(calls, [], 800, 0, []), 0, ())), wf.Canon())[2]
+        assert got.calls == calls and [c.token for c in got.calls] == ["t"] * 800

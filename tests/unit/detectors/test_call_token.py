@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from toolwatch.collector.receivers.worker_frames import calls_to_tuples, tuples_to_calls
+from toolwatch.collector.receivers.worker_frames import calls_to_columns, columns_to_calls
 from toolwatch.detectors.events import ToolCall
 
 
@@ -27,7 +27,7 @@ def test_token_is_not_a_field_so_equality_repr_and_frames_are_unchanged() -> Non
     call = ToolCall(time_ns=5, agent_id="a", tool="t", server="s", destinations=("x.com",))
     assert "token" not in repr(call)
     assert "token" not in dataclasses.asdict(call) and len(dataclasses.astuple(call)) == 25
-    (back,) = tuples_to_calls(calls_to_tuples([call]))
+    (back,) = columns_to_calls(calls_to_columns([call]))
     assert back == call and back.token == "s/t"
 
 
