@@ -176,9 +176,33 @@ class _PeerCache:
             self.epoch, self.vocabs, self.similar = epoch, None, {}
 
 
-def _reachable_prevs(tracker: SessionTracker, own: list[tuple[str, str, int]]) -> set[str]:
-    """Every previous token an agent's calls in one batch (``own``: session id, token and event
-    time of each, in order) can be scored after, from its sessions as they stand before the first:
+def _learners_calls(calls: list[ToolCall], states: dict[str, _Agent], min_calls: int,
+                    min_sessions: int) -> dict[str, list[ToolCall] | None]:
+    """Per agent of ``calls``, its calls in order if it is learning (or new) now, else ``None``.
+    Made at the first call of the batch that needs a fleet prior: every agent with a call before
+    it is mature (a learning one would have needed its prior there), and an agent's status
+    changes only at its own calls, so each agent that needs its prior later in the batch is
+    learning now. Mature agents' calls (most, once a fleet has settled) are not kept."""
+    own_of: dict[str, list[ToolCall] | None] = {}
+    for x in calls:
+        a = x.agent_id
+        if a in own_of:
+            own = own_of[a]
+            if own is not None:
+                own.append(x)
+        else:
+            st = states.get(a)
+            # _Agent.status(cfg) == LEARNING, inlined.
+            if st is None or not (st.frozen or (st.n_calls >= min_calls and st.n_sessions >= min_sessions)):
+                own_of[a] = [x]
+            else:
+                own_of[a] = None
+    return own_of
+
+
+def _reachable_prevs(tracker: SessionTracker, own: list[ToolCall]) -> set[str]:
+    """Every previous token an agent's calls in one batch (``own``, in order) can be scored
+    after, from its sessions as they stand before the first:
     the open session's last token at a session's first call here, the session's call before it
     here at the next ones, and ``START`` if any session may begin anew (a session not open, or
     sessions idling out: the only ways one ends). Its fleet prior builds just these rows."""
@@ -187,7 +211,8 @@ def _reachable_prevs(tracker: SessionTracker, own: list[tuple[str, str, int]]) -
     last: dict[str, str] = {}
     prevs: set[str] = set()
     start = not opened
-    for sid, tok, t in own:
+    for c in own:
+        sid, t = c.session_id, c.time_ns
         p = last.get(sid)
         if p is None:
             s = opened.get(sid)
@@ -197,7 +222,7 @@ def _reachable_prevs(tracker: SessionTracker, own: list[tuple[str, str, int]]) -
                 prevs.add(s.prev)
         else:
             prevs.add(p)
-        last[sid] = tok
+        last[sid] = c.token
         if t - floor > idle:
             start = True
     if start:
@@ -292,8 +317,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                       if st.frozen or (st.n_calls >= min_calls and st.n_sessions >= min_sessions)]
             self._peers.check_mature(mature, cfg.prior_min_containment)
         priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
-        batch_ctx: dict[str, list[tuple[str, str, int]]] | None = None
-        """Per agent, its calls in this batch (session id, token, event time), for its fleet prior."""
+        batch_ctx: dict[str, list[ToolCall] | None] | None = None
+        """Per learning agent, its calls in this batch, for its fleet prior (``_learners_calls``)."""
         markov = cfg.markov  # every agent's model is built with it (new_state, state_from_dict)
         alpha, beta, prior_weight = markov.alpha, markov.beta, markov.prior_weight
         max_mass, max_tokens, max_transitions = markov.max_mass, markov.max_tokens, markov.max_transitions
@@ -301,8 +326,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         learn_novel = cfg.learn_novel_sessions
         length_k, length_floor = cfg.length_k, cfg.length_floor
         log2, exp, nan = math.log2, math.exp, math.nan
-        tokens = [c.server + "/" + c.tool if c.server else c.tool for c in calls]  # ToolCall.token
-        for c, token in zip(calls, tokens):
+        for c in calls:
+            token = c.token
             agent_id = c.agent_id
             st = states.get(agent_id)
             if st is None:
@@ -319,15 +344,9 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                 got = priors.get(agent_id)
                 if got is None:
                     if batch_ctx is None:
-                        batch_ctx = {}
-                        for x, tok in zip(calls, tokens):
-                            own = batch_ctx.get(x.agent_id)
-                            if own is None:
-                                batch_ctx[x.agent_id] = [(x.session_id, tok, x.time_ns)]
-                            else:
-                                own.append((x.session_id, tok, x.time_ns))
+                        batch_ctx = _learners_calls(calls, states, min_calls, min_sessions)
                     own = batch_ctx[agent_id]
-                    got = priors[agent_id] = self._fleet(frozenset(st.model.vocab.union([x[1] for x in own])),
+                    got = priors[agent_id] = self._fleet(frozenset(st.model.vocab.union([x.token for x in own])),
                                                          mature, st, _reachable_prevs(st.sessions, own))
                 prior, peer_limit = got
             # Session context: SessionTracker.touch inlined (same operations).
@@ -491,7 +510,9 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         if st in similar:  # never, in practice: a learning agent is not mature
             similar = [p for p in similar if p is not st]
             models = [p.model for p in similar]
-        limits = [p.length_limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
+        # _Agent.length_limit inlined: a peer's cached limit unless its lengths changed since.
+        k, floor = cfg.length_k, cfg.length_floor
+        limits = [p.length_limit(k, floor) if p.limit_stale else p.limit for p in similar if p.lengths.n >= 5]
         # statistics.median: the same value as np.median ((a + b) / 2 of the middle pair), without an array.
         return fleet_prior(models, cfg.markov, rows=prevs), (float(median(limits)) if limits else None)
 
