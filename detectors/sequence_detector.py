@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import attrgetter
 from statistics import median
 from typing import Any
 
@@ -43,6 +45,12 @@ from .sessions import START, Session, SessionTracker
 __all__ = ["SequenceConfig", "SequenceDetector"]
 
 LEARNING, ACTIVE, FROZEN = "learning", "active", "frozen"
+
+_TOKENS_MAX = 4096
+"""Distinct tokens ``SequenceDetector._tokens`` holds before it starts over (a bound against
+endless made-up tool names; starting over costs speed only)."""
+
+_agent_id = attrgetter("agent_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,26 +185,26 @@ class _PeerCache:
 
 
 def _learners_calls(calls: list[ToolCall], states: dict[str, _Agent], min_calls: int,
-                    min_sessions: int) -> dict[str, list[ToolCall] | None]:
-    """Per agent of ``calls``, its calls in order if it is learning (or new) now, else ``None``.
-    Made at the first call of the batch that needs a fleet prior: every agent with a call before
-    it is mature (a learning one would have needed its prior there), and an agent's status
-    changes only at its own calls, so each agent that needs its prior later in the batch is
-    learning now. Mature agents' calls (most, once a fleet has settled) are not kept."""
-    own_of: dict[str, list[ToolCall] | None] = {}
-    for x in calls:
-        a = x.agent_id
-        if a in own_of:
-            own = own_of[a]
-            if own is not None:
-                own.append(x)
+                    min_sessions: int) -> dict[str, list[ToolCall]]:
+    """Per agent of ``calls`` learning (or new) now, its calls in order. Made at the first call of
+    the batch that needs a fleet prior: every agent with a call before it is mature (a learning
+    one would have needed its prior there), and an agent's status changes only at its own calls,
+    so each agent that needs its prior later in the batch is learning now. Mature agents' calls
+    (most, once a fleet has settled) are only passed over."""
+    ids = list(map(_agent_id, calls))
+    learning: set[str] = set()
+    for a in set(ids):
+        st = states.get(a)
+        # _Agent.status(cfg) == LEARNING, inlined.
+        if st is None or not (st.frozen or (st.n_calls >= min_calls and st.n_sessions >= min_sessions)):
+            learning.add(a)
+    own_of: dict[str, list[ToolCall]] = {}
+    for x in compress(calls, map(learning.__contains__, ids)):
+        own = own_of.get(x.agent_id)
+        if own is None:
+            own_of[x.agent_id] = [x]
         else:
-            st = states.get(a)
-            # _Agent.status(cfg) == LEARNING, inlined.
-            if st is None or not (st.frozen or (st.n_calls >= min_calls and st.n_sessions >= min_sessions)):
-                own_of[a] = [x]
-            else:
-                own_of[a] = None
+            own.append(x)
     return own_of
 
 
@@ -255,6 +263,11 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         """Bumped whenever a non-learning agent's vocabulary may have changed (a token learned or
         dropped): the peer selections below are valid while it stands still."""
         self._peers = _PeerCache()
+        self._tokens: dict[str, str] = {}
+        """One string object per token, used for every token this detector stores or looks up:
+        the models' keys are then those objects, and a lookup matches a key by identity instead of
+        comparing it character by character with a string somewhere in memory (each key of each
+        agent a likely cache miss). The same strings, so the same keys, values and order."""
 
     # --- PerAgentDetector ----------------------------------------------------------------------
     def new_state(self) -> _Agent:
@@ -279,7 +292,30 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                                    {str(p): float(c) for p, c in r["prevs"].items()})
                     for t, r in d.get("novel", {}).items()}
         st.dirty = dict.fromkeys(map(str, d.get("dirty", ())))
+        self._own_tokens(st)
         return st
+
+    def _token(self, token: str) -> str:
+        """This detector's object for ``token`` (see ``_tokens``)."""
+        tokens = self._tokens
+        same = tokens.get(token)
+        if same is None:
+            if len(tokens) >= _TOKENS_MAX:
+                tokens.clear()
+            tokens[token] = same = token
+        return same
+
+    def _own_tokens(self, st: _Agent) -> None:
+        """Key a loaded agent's model, sessions and never-seen tools with this detector's token
+        objects (``_tokens``): the same keys in the same order with the same values."""
+        tok = self._token
+        m = st.model
+        m.uni = {tok(t): c for t, c in m.uni.items()}
+        m.bi = {tok(p): {tok(t): c for t, c in row.items()} for p, row in m.bi.items()}
+        m.out = {tok(p): c for p, c in m.out.items()}
+        for s in st.sessions.open.values():
+            s.prev = tok(s.prev)
+        st.novel = {tok(t): _Novel(r.sessions, {tok(p): c for p, c in r.prevs.items()}) for t, r in st.novel.items()}
 
     # --- operator controls and gauges ----------------------------------------------------------
     def agent_states(self) -> dict[str, str]:
@@ -317,7 +353,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                       if st.frozen or (st.n_calls >= min_calls and st.n_sessions >= min_sessions)]
             self._peers.check_mature(mature, cfg.prior_min_containment)
         priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
-        batch_ctx: dict[str, list[ToolCall] | None] | None = None
+        batch_ctx: dict[str, list[ToolCall]] | None = None
         """Per learning agent, its calls in this batch, for its fleet prior (``_learners_calls``)."""
         markov = cfg.markov  # every agent's model is built with it (new_state, state_from_dict)
         alpha, beta, prior_weight = markov.alpha, markov.beta, markov.prior_weight
@@ -326,8 +362,17 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         learn_novel = cfg.learn_novel_sessions
         length_k, length_floor = cfg.length_k, cfg.length_floor
         log2, exp, nan = math.log2, math.exp, math.nan
+        same_tokens = self._tokens
         for c in calls:
             token = c.token
+            # self._token(c.token), inlined.
+            same = same_tokens.get(token)
+            if same is None:
+                if len(same_tokens) >= _TOKENS_MAX:
+                    same_tokens.clear()
+                same_tokens[token] = token
+            else:
+                token = same
             agent_id = c.agent_id
             st = states.get(agent_id)
             if st is None:

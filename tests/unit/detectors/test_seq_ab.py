@@ -153,3 +153,45 @@ def test_learning_agents_sessions_ending_inside_a_batch_read_the_same_prior_as_m
     # main keeps no never-seen-tool bookkeeping ("novel", "dirty"): the rest must be the same
     mine = {a: {k: v for k, v in new.snapshot_agent(a).items() if k not in ("novel", "dirty")} for a in new.agents()}
     assert mine == {a: old.snapshot_agent(a) for a in old.agents()}
+
+
+@pytest.mark.parametrize("config", ["default", "quick"])
+def test_restored_midway_it_goes_on_as_without_the_restart(stages, config):
+    """A snapshot restored into a new detector (JSON in between, as the store keeps it) goes on
+    with the same findings, margins (bit for bit) and state as the detector that was never
+    stopped: the restored keys are re-made with the new detector's token objects (``_tokens``)."""
+    import json
+
+    _, calls = stages.workload(40_000, BATCH, 75_000, "fleet")
+    cfg = SequenceConfig(**CONFIGS[config])
+    kept = SequenceDetector(cfg)
+    first, rest = calls[:24_000], calls[24_000:]
+    run(kept, first)
+    restored = SequenceDetector(cfg)
+    restored.restore(json.loads(json.dumps(kept.snapshot())))
+    assert restored.snapshot() == kept.snapshot()
+    got_f, got_m = run(restored, rest)
+    want_f, want_m = run(kept, rest)
+    assert len(want_f) > 5 and [f.to_dict() for f in got_f] == [f.to_dict() for f in want_f]
+    assert got_m.tobytes() == want_m.tobytes()
+    assert json.dumps(restored.snapshot()) == json.dumps(kept.snapshot())  # key order too
+    own = restored._tokens
+    for a in restored.agents():
+        m = restored._state[a].model
+        keys = list(m.uni) + list(m.bi) + list(m.out) + [t for r in m.bi.values() for t in r]
+        assert all(own.get(k) is k for k in keys if k != "^")
+
+
+def test_a_full_token_table_starts_over_and_nothing_else_changes(stages, monkeypatch):
+    """``_tokens`` is bounded: when it is full it starts over, so a model keeps keys made with an
+    older object; lookups then compare characters. Findings and margins stay main's."""
+    from toolwatch.detectors import sequence_detector
+
+    monkeypatch.setattr(sequence_detector, "_TOKENS_MAX", 7)
+    _, calls = stages.workload(30_000, BATCH, 75_000, "fleet")
+    det = SequenceDetector(SequenceConfig(**CONFIGS["quick"], learn_novel_sessions=0))
+    new_f, new_m = run(det, calls)
+    old_f, old_m = run(sequence_main.SequenceDetector(sequence_main.SequenceConfig(**CONFIGS["quick"])), calls)
+    assert len(det._tokens) <= 7
+    assert len(old_f) > 20 and [as_old(f) for f in new_f] == [f.to_dict() for f in old_f]
+    assert new_m.tobytes() == old_m.tobytes()
