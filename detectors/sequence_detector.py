@@ -391,8 +391,12 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     if batch_ctx is None:
                         batch_ctx = _learners_calls(calls, states, min_calls, min_sessions)
                     own = batch_ctx[agent_id]
-                    got = priors[agent_id] = self._fleet(frozenset(st.model.vocab.union([x.token for x in own])),
-                                                         mature, st, _reachable_prevs(st.sessions, own))
+                    # frozenset(st.model.vocab | own tokens), without the set made for model.vocab.
+                    own_toks = [x.token for x in own]
+                    vocab = frozenset(st.model.uni).union(own_toks)
+                    if START in vocab and START not in own_toks:
+                        vocab = vocab - {START}
+                    got = priors[agent_id] = self._fleet(vocab, mature, st, _reachable_prevs(st.sessions, own))
                 prior, peer_limit = got
             # Session context: SessionTracker.touch inlined (same operations).
             tracker = st.sessions
