@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from itertools import compress
-from operator import attrgetter
+from operator import attrgetter, is_
 from statistics import median
 from typing import Any
 
@@ -159,7 +159,7 @@ class _PeerCache:
         change: learning agents mature) keep every selection none of them qualifies for (``need``:
         the containment that qualifies); any other change forgets everything."""
         old = self.mature
-        if len(old) == len(mature) and all(a is b for a, b in zip(old, mature)):
+        if len(old) == len(mature) and all(map(is_, old, mature)):
             self.mature = mature
             return
         vocabs = self.vocabs
