@@ -114,29 +114,49 @@ class MarkovModel:
             self._prune()
 
     def learn_many(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """``learn(prev, tok)`` for each pair in turn (weight 1), with the lookups kept local."""
+        """``learn(prev, tok)`` for each pair in turn (weight 1), with the lookups kept local. The
+        bounds are checked after the first pair, then only after a pair that adds a token or a
+        transition: before it the model is within them (checked, or pruned to within), and
+        nothing else makes it grow (decay only drops counts)."""
         cfg = self.config
         max_mass, max_tokens, max_transitions = cfg.max_mass, cfg.max_tokens, cfg.max_transitions
         uni, bi, out = self.uni, self.bi, self.out
-        for prev, tok in pairs:
-            uni[tok] = uni.get(tok, 0.0) + 1.0
-            row = bi.get(prev)
-            if row is None:
-                row = bi[prev] = {}
-            c = row.get(tok)
-            if c is None:
-                self.n_transitions += 1
-                row[tok] = 1.0
-            else:
-                row[tok] = c + 1.0
-            out[prev] = out.get(prev, 0.0) + 1.0
-            self.mass += 1.0
-            if self.mass > max_mass:
-                self._scale(0.5)
-                uni, bi, out = self.uni, self.bi, self.out
-            if len(uni) > max_tokens or self.n_transitions > max_transitions:
-                self._prune()
-                uni, bi, out = self.uni, self.bi, self.out
+        mass, n_transitions = self.mass, self.n_transitions
+        check = True
+        try:
+            for prev, tok in pairs:
+                c = uni.get(tok)
+                if c is None:
+                    uni[tok] = 1.0  # 0.0 + 1.0, as learn adds
+                    check = True
+                else:
+                    uni[tok] = c + 1.0
+                row = bi.get(prev)
+                if row is None:
+                    row = bi[prev] = {}
+                c = row.get(tok)
+                if c is None:
+                    n_transitions += 1
+                    row[tok] = 1.0
+                    check = True
+                else:
+                    row[tok] = c + 1.0
+                out[prev] = out.get(prev, 0.0) + 1.0
+                mass += 1.0
+                if mass > max_mass:
+                    self.mass, self.n_transitions = mass, n_transitions
+                    self._scale(0.5)
+                    uni, bi, out = self.uni, self.bi, self.out
+                    mass, n_transitions = self.mass, self.n_transitions
+                if check:
+                    check = False
+                    if len(uni) > max_tokens or n_transitions > max_transitions:
+                        self.mass, self.n_transitions = mass, n_transitions
+                        self._prune()
+                        uni, bi, out = self.uni, self.bi, self.out
+                        mass, n_transitions = self.mass, self.n_transitions
+        finally:
+            self.mass, self.n_transitions = mass, n_transitions
 
     def _scale(self, f: float) -> None:
         """Decay: multiply every count by ``f`` and drop what falls under ``min_count``."""

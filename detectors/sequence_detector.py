@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import attrgetter, is_
 from statistics import median
 from typing import Any
 
@@ -43,6 +45,12 @@ from .sessions import START, Session, SessionTracker
 __all__ = ["SequenceConfig", "SequenceDetector"]
 
 LEARNING, ACTIVE, FROZEN = "learning", "active", "frozen"
+
+_TOKENS_MAX = 4096
+"""Distinct tokens ``SequenceDetector._tokens`` holds before it starts over (a bound against
+endless made-up tool names; starting over costs speed only)."""
+
+_agent_id = attrgetter("agent_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +159,7 @@ class _PeerCache:
         change: learning agents mature) keep every selection none of them qualifies for (``need``:
         the containment that qualifies); any other change forgets everything."""
         old = self.mature
-        if len(old) == len(mature) and all(a is b for a, b in zip(old, mature)):
+        if len(old) == len(mature) and all(map(is_, old, mature)):
             self.mature = mature
             return
         vocabs = self.vocabs
@@ -176,9 +184,33 @@ class _PeerCache:
             self.epoch, self.vocabs, self.similar = epoch, None, {}
 
 
-def _reachable_prevs(tracker: SessionTracker, own: list[tuple[str, str, int]]) -> set[str]:
-    """Every previous token an agent's calls in one batch (``own``: session id, token and event
-    time of each, in order) can be scored after, from its sessions as they stand before the first:
+def _learners_calls(calls: list[ToolCall], states: dict[str, _Agent], min_calls: int,
+                    min_sessions: int) -> dict[str, list[ToolCall]]:
+    """Per agent of ``calls`` learning (or new) now, its calls in order. Made at the first call of
+    the batch that needs a fleet prior: every agent with a call before it is mature (a learning
+    one would have needed its prior there), and an agent's status changes only at its own calls,
+    so each agent that needs its prior later in the batch is learning now. Mature agents' calls
+    (most, once a fleet has settled) are only passed over."""
+    ids = list(map(_agent_id, calls))
+    learning: set[str] = set()
+    for a in set(ids):
+        st = states.get(a)
+        # _Agent.status(cfg) == LEARNING, inlined.
+        if st is None or not (st.frozen or (st.n_calls >= min_calls and st.n_sessions >= min_sessions)):
+            learning.add(a)
+    own_of: dict[str, list[ToolCall]] = {}
+    for x in compress(calls, map(learning.__contains__, ids)):
+        own = own_of.get(x.agent_id)
+        if own is None:
+            own_of[x.agent_id] = [x]
+        else:
+            own.append(x)
+    return own_of
+
+
+def _reachable_prevs(tracker: SessionTracker, own: list[ToolCall]) -> set[str]:
+    """Every previous token an agent's calls in one batch (``own``, in order) can be scored
+    after, from its sessions as they stand before the first:
     the open session's last token at a session's first call here, the session's call before it
     here at the next ones, and ``START`` if any session may begin anew (a session not open, or
     sessions idling out: the only ways one ends). Its fleet prior builds just these rows."""
@@ -187,7 +219,8 @@ def _reachable_prevs(tracker: SessionTracker, own: list[tuple[str, str, int]]) -
     last: dict[str, str] = {}
     prevs: set[str] = set()
     start = not opened
-    for sid, tok, t in own:
+    for c in own:
+        sid, t = c.session_id, c.time_ns
         p = last.get(sid)
         if p is None:
             s = opened.get(sid)
@@ -197,7 +230,7 @@ def _reachable_prevs(tracker: SessionTracker, own: list[tuple[str, str, int]]) -
                 prevs.add(s.prev)
         else:
             prevs.add(p)
-        last[sid] = tok
+        last[sid] = c.token
         if t - floor > idle:
             start = True
     if start:
@@ -230,6 +263,11 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         """Bumped whenever a non-learning agent's vocabulary may have changed (a token learned or
         dropped): the peer selections below are valid while it stands still."""
         self._peers = _PeerCache()
+        self._tokens: dict[str, str] = {}
+        """One string object per token, used for every token this detector stores or looks up:
+        the models' keys are then those objects, and a lookup matches a key by identity instead of
+        comparing it character by character with a string somewhere in memory (each key of each
+        agent a likely cache miss). The same strings, so the same keys, values and order."""
 
     # --- PerAgentDetector ----------------------------------------------------------------------
     def new_state(self) -> _Agent:
@@ -254,7 +292,30 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                                    {str(p): float(c) for p, c in r["prevs"].items()})
                     for t, r in d.get("novel", {}).items()}
         st.dirty = dict.fromkeys(map(str, d.get("dirty", ())))
+        self._own_tokens(st)
         return st
+
+    def _token(self, token: str) -> str:
+        """This detector's object for ``token`` (see ``_tokens``)."""
+        tokens = self._tokens
+        same = tokens.get(token)
+        if same is None:
+            if len(tokens) >= _TOKENS_MAX:
+                tokens.clear()
+            tokens[token] = same = token
+        return same
+
+    def _own_tokens(self, st: _Agent) -> None:
+        """Key a loaded agent's model, sessions and never-seen tools with this detector's token
+        objects (``_tokens``): the same keys in the same order with the same values."""
+        tok = self._token
+        m = st.model
+        m.uni = {tok(t): c for t, c in m.uni.items()}
+        m.bi = {tok(p): {tok(t): c for t, c in row.items()} for p, row in m.bi.items()}
+        m.out = {tok(p): c for p, c in m.out.items()}
+        for s in st.sessions.open.values():
+            s.prev = tok(s.prev)
+        st.novel = {tok(t): _Novel(r.sessions, {tok(p): c for p, c in r.prevs.items()}) for t, r in st.novel.items()}
 
     # --- operator controls and gauges ----------------------------------------------------------
     def agent_states(self) -> dict[str, str]:
@@ -292,8 +353,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                       if st.frozen or (st.n_calls >= min_calls and st.n_sessions >= min_sessions)]
             self._peers.check_mature(mature, cfg.prior_min_containment)
         priors: dict[str, tuple[MarkovModel | None, float | None]] = {}
-        batch_ctx: dict[str, list[tuple[str, str, int]]] | None = None
-        """Per agent, its calls in this batch (session id, token, event time), for its fleet prior."""
+        batch_ctx: dict[str, list[ToolCall]] | None = None
+        """Per learning agent, its calls in this batch, for its fleet prior (``_learners_calls``)."""
         markov = cfg.markov  # every agent's model is built with it (new_state, state_from_dict)
         alpha, beta, prior_weight = markov.alpha, markov.beta, markov.prior_weight
         max_mass, max_tokens, max_transitions = markov.max_mass, markov.max_tokens, markov.max_transitions
@@ -301,8 +362,17 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         learn_novel = cfg.learn_novel_sessions
         length_k, length_floor = cfg.length_k, cfg.length_floor
         log2, exp, nan = math.log2, math.exp, math.nan
-        tokens = [c.server + "/" + c.tool if c.server else c.tool for c in calls]  # ToolCall.token
-        for c, token in zip(calls, tokens):
+        same_tokens = self._tokens
+        for c in calls:
+            token = c.token
+            # self._token(c.token), inlined.
+            same = same_tokens.get(token)
+            if same is None:
+                if len(same_tokens) >= _TOKENS_MAX:
+                    same_tokens.clear()
+                same_tokens[token] = token
+            else:
+                token = same
             agent_id = c.agent_id
             st = states.get(agent_id)
             if st is None:
@@ -319,16 +389,14 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                 got = priors.get(agent_id)
                 if got is None:
                     if batch_ctx is None:
-                        batch_ctx = {}
-                        for x, tok in zip(calls, tokens):
-                            own = batch_ctx.get(x.agent_id)
-                            if own is None:
-                                batch_ctx[x.agent_id] = [(x.session_id, tok, x.time_ns)]
-                            else:
-                                own.append((x.session_id, tok, x.time_ns))
+                        batch_ctx = _learners_calls(calls, states, min_calls, min_sessions)
                     own = batch_ctx[agent_id]
-                    got = priors[agent_id] = self._fleet(frozenset(st.model.vocab.union([x[1] for x in own])),
-                                                         mature, st, _reachable_prevs(st.sessions, own))
+                    # frozenset(st.model.vocab | own tokens), without the set made for model.vocab.
+                    own_toks = [x.token for x in own]
+                    vocab = frozenset(st.model.uni).union(own_toks)
+                    if START in vocab and START not in own_toks:
+                        vocab = vocab - {START}
+                    got = priors[agent_id] = self._fleet(vocab, mature, st, _reachable_prevs(st.sessions, own))
                 prior, peer_limit = got
             # Session context: SessionTracker.touch inlined (same operations).
             tracker = st.sessions
@@ -491,7 +559,9 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         if st in similar:  # never, in practice: a learning agent is not mature
             similar = [p for p in similar if p is not st]
             models = [p.model for p in similar]
-        limits = [p.length_limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
+        # _Agent.length_limit inlined: a peer's cached limit unless its lengths changed since.
+        k, floor = cfg.length_k, cfg.length_floor
+        limits = [p.length_limit(k, floor) if p.limit_stale else p.limit for p in similar if p.lengths.n >= 5]
         # statistics.median: the same value as np.median ((a + b) / 2 of the middle pair), without an array.
         return fleet_prior(models, cfg.markov, rows=prevs), (float(median(limits)) if limits else None)
 

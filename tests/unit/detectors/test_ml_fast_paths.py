@@ -244,6 +244,40 @@ def test_learn_many_equals_learn_one_at_a_time(cfg):
     assert (many.mass, many.n_transitions, many.out) == (one.mass, one.n_transitions, one.out)
 
 
+def order(m: MarkovModel) -> tuple:
+    """Every count of a model with its key order (fleet priors sum members' counts in it)."""
+    return (list(m.uni.items()), [(p, list(r.items())) for p, r in m.bi.items()], list(m.out.items()),
+            m.mass, m.n_transitions)
+
+
+@pytest.mark.parametrize("cfg", [MarkovConfig(), MarkovConfig(max_mass=50.0, min_count=1.0),
+                                 MarkovConfig(max_tokens=4, max_transitions=6),
+                                 MarkovConfig(max_mass=30.0, max_tokens=5, max_transitions=9)])
+@pytest.mark.parametrize("seed", range(4))
+def test_learn_many_in_chunks_keeps_learns_counts_and_key_order(cfg, seed):
+    """``learn_many`` checks the bounds only when a pair adds a token or a transition: chunks of
+    any size (the iforest detector passes one agent's calls per batch) give what ``learn`` one
+    pair at a time gives, counts and key order, also from a model loaded over its bounds (a
+    snapshot taken with larger ones), which the first pair prunes as ``learn`` does."""
+    rnd = random.Random(seed)
+    n_tok = rnd.choice([3, 9, 30])
+    pairs = [(f"t{rnd.randrange(n_tok)}", f"t{rnd.randrange(n_tok)}") for _ in range(600)]
+    big = MarkovModel(MarkovConfig(max_tokens=64, max_transitions=512))
+    for p, t in pairs[:200]:
+        big.learn(p, t)
+    for start in (MarkovModel(cfg), MarkovModel.from_dict(big.to_dict(), cfg)):
+        one, many = MarkovModel.from_dict(start.to_dict(), cfg), MarkovModel.from_dict(start.to_dict(), cfg)
+        assert order(one) == order(many)
+        i = 200
+        while i < len(pairs):
+            k = rnd.choice([0, 1, 2, 5, 40])
+            for p, t in pairs[i : i + k]:
+                one.learn(p, t)
+            many.learn_many(iter(pairs[i : i + k]))
+            assert order(many) == order(one)
+            i += k
+
+
 class NaiveRing:
     """The window as it was: every row written to the ring buffer one by one."""
 

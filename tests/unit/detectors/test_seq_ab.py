@@ -100,8 +100,8 @@ def test_peer_limit_median_is_numpys(limits):
     assert float(median(limits)) == float(np.median(limits))
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_learning_agents_sessions_ending_inside_a_batch_read_the_same_prior_as_main(seed):
+@pytest.mark.parametrize("seed,start_tool", [(s, False) for s in range(6)] + [(s, True) for s in range(3)])
+def test_learning_agents_sessions_ending_inside_a_batch_read_the_same_prior_as_main(seed, start_tool):
     """A learning agent's prior holds only the rows its calls in the batch can read (``_reachable_prevs``):
     here sessions begin, idle out, are pushed out and come back under the same id inside batches
     (at most 3 open, 60 s idle), and every score must still be main's (a row left out would raise)."""
@@ -113,7 +113,9 @@ def test_learning_agents_sessions_ending_inside_a_batch_read_the_same_prior_as_m
            "threshold_bits": 4.0}
     peers = [c for k, name in enumerate(("p1", "p2", "p3")) for c in C.routine_traffic(name, 30, seed=k)]
     peers.sort(key=lambda c: c.time_ns)
-    toks = list(C.TOKENS) + ["evil/exfiltrate"]
+    # start_tool: a tool named like the session-start token ("^"), which a vocabulary leaves out
+    # unless a call of the batch names it.
+    toks = list(C.TOKENS) + ["evil/exfiltrate"] + (["^"] * 3 if start_tool else [])
     t = C.T0 + 10**6 * C.S
     newcomers = []
     for i in range(1200):
@@ -123,7 +125,7 @@ def test_learning_agents_sessions_ending_inside_a_batch_read_the_same_prior_as_m
         phase = (i // 150) % 3
         t += int((1 if phase == 0 else 90 if phase == 1 else rng.choice([1, 5, 30, 90])) * C.S)
         tok = toks[int(rng.integers(len(toks)))]
-        server, tool = tok.split("/", 1)
+        server, tool = tok.split("/", 1) if "/" in tok else ("", tok)
         if phase == 1:
             sid = f"s{int(rng.integers(2))}"
         else:
@@ -153,3 +155,45 @@ def test_learning_agents_sessions_ending_inside_a_batch_read_the_same_prior_as_m
     # main keeps no never-seen-tool bookkeeping ("novel", "dirty"): the rest must be the same
     mine = {a: {k: v for k, v in new.snapshot_agent(a).items() if k not in ("novel", "dirty")} for a in new.agents()}
     assert mine == {a: old.snapshot_agent(a) for a in old.agents()}
+
+
+@pytest.mark.parametrize("config", ["default", "quick"])
+def test_restored_midway_it_goes_on_as_without_the_restart(stages, config):
+    """A snapshot restored into a new detector (JSON in between, as the store keeps it) goes on
+    with the same findings, margins (bit for bit) and state as the detector that was never
+    stopped: the restored keys are re-made with the new detector's token objects (``_tokens``)."""
+    import json
+
+    _, calls = stages.workload(40_000, BATCH, 75_000, "fleet")
+    cfg = SequenceConfig(**CONFIGS[config])
+    kept = SequenceDetector(cfg)
+    first, rest = calls[:24_000], calls[24_000:]
+    run(kept, first)
+    restored = SequenceDetector(cfg)
+    restored.restore(json.loads(json.dumps(kept.snapshot())))
+    assert restored.snapshot() == kept.snapshot()
+    got_f, got_m = run(restored, rest)
+    want_f, want_m = run(kept, rest)
+    assert len(want_f) > 5 and [f.to_dict() for f in got_f] == [f.to_dict() for f in want_f]
+    assert got_m.tobytes() == want_m.tobytes()
+    assert json.dumps(restored.snapshot()) == json.dumps(kept.snapshot())  # key order too
+    own = restored._tokens
+    for a in restored.agents():
+        m = restored._state[a].model
+        keys = list(m.uni) + list(m.bi) + list(m.out) + [t for r in m.bi.values() for t in r]
+        assert all(own.get(k) is k for k in keys if k != "^")
+
+
+def test_a_full_token_table_starts_over_and_nothing_else_changes(stages, monkeypatch):
+    """``_tokens`` is bounded: when it is full it starts over, so a model keeps keys made with an
+    older object; lookups then compare characters. Findings and margins stay main's."""
+    from toolwatch.detectors import sequence_detector
+
+    monkeypatch.setattr(sequence_detector, "_TOKENS_MAX", 7)
+    _, calls = stages.workload(30_000, BATCH, 75_000, "fleet")
+    det = SequenceDetector(SequenceConfig(**CONFIGS["quick"], learn_novel_sessions=0))
+    new_f, new_m = run(det, calls)
+    old_f, old_m = run(sequence_main.SequenceDetector(sequence_main.SequenceConfig(**CONFIGS["quick"])), calls)
+    assert len(det._tokens) <= 7
+    assert len(old_f) > 20 and [as_old(f) for f in new_f] == [f.to_dict() for f in old_f]
+    assert new_m.tobytes() == old_m.tobytes()
