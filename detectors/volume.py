@@ -103,7 +103,8 @@ def robust_band(history: list[float], k: float, floor: float) -> tuple[float, fl
 _METRICS = ("calls", "bytes", "error_rate")
 _MIN_BATCH = 32
 """Calls are held until this many have come (or anything reads the state): numpy set-up per ingest
-costs about what 30 calls do, and nothing observable happens between two window closes."""
+costs about what 30 calls do, and nothing observable happens between two window closes but
+evictions (``bands`` counts held calls that could evict before it answers)."""
 _FIRST_GAP = 10**15
 """Gap credited to a key's very first call (no earlier call to follow)."""
 _MAX_SIZE = 1 << 48
@@ -615,7 +616,12 @@ class VolumeSpikeDetector(Detector):
     def bands(self, scope: str = "agent", metric: str = "calls") -> dict[str, tuple[float, float, float]]:
         """Last closed window per key: (value per second for counts, else value; low; high). NaN band in warm-up.
 
-        Worked out again only when windows closed or keys went (or were restored) since the last call."""
+        Worked out again only when windows closed or keys went (or were restored) since the last call.
+        Held calls (fewer than ``_MIN_BATCH``) are counted first when they could evict a key: that
+        is the one way they change an answer (their keys have no closed window yet), and an evicted
+        key shown, or a new key's victim kept, was not what the calls observed so far leave."""
+        if self._pending and len(self._pending) * self._kid_matrix.shape[1] > self.config.max_keys - len(self._keys):
+            self._flush()
         cached = self._bands_cache.get((scope, metric))
         if cached is not None and cached[0] == self._bands_version:
             return dict(cached[1])
