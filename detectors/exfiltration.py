@@ -20,7 +20,8 @@ Six checks, each a finding ``kind`` in the evidence:
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -111,7 +112,7 @@ class ExfiltrationConfig:
         return cfg
 
 
-def median_mad(values: list[int]) -> tuple[float, float]:
+def median_mad(values: Collection[int]) -> tuple[float, float]:
     """``(median, MAD)`` of ``values``, the same floats ``statistics.median`` gives for the values
     and for their absolute deviations from the median, with one sort instead of two.
 
@@ -156,7 +157,9 @@ class AgentFlows:
     sessions: OrderedDict[str, SessionFlows] = field(default_factory=OrderedDict)
     destinations: OrderedDict[str, None] = field(default_factory=OrderedDict)
     destination_calls: int = 0
-    payloads: list[int] = field(default_factory=list)
+    payloads: deque[int] = field(default_factory=deque)
+    """The newest argument sizes of sends, oldest first: a deque bounded by ``payload_history``
+    drops the oldest in O(1), where trimming a list moved every size at every send."""
     payload_stats: tuple[float, float] | None = None
     """(median, MAD) of ``payloads`` as of the last refresh."""
     payload_stale: int = 0
@@ -192,7 +195,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
 
     # --- state ------------------------------------------------------------------------------
     def new_state(self) -> AgentFlows:
-        return AgentFlows()
+        return AgentFlows(payloads=deque(maxlen=self.config.payload_history))
 
     def state_to_dict(self, state: AgentFlows) -> dict[str, Any]:
         return {
@@ -209,11 +212,17 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             sessions=OrderedDict((sid, SessionFlows.from_dict(s)) for sid, s in data.get("sessions", [])),
             destinations=OrderedDict.fromkeys(data.get("destinations", [])),
             destination_calls=int(data.get("destination_calls", 0)),
-            payloads=[int(b) for b in data.get("payloads", [])],
+            payloads=self._payloads([int(b) for b in data.get("payloads", [])]),
             payload_stats=None if data.get("payload_stats") is None else (
                 float(data["payload_stats"][0]), float(data["payload_stats"][1])),
             payload_stale=int(data.get("payload_stale", 0)),
         )
+
+    def _payloads(self, sizes: list[int]) -> deque[int]:
+        """Loaded sizes: bounded by ``payload_history``, unless a state saved under a longer one has
+        more (kept whole until the next send trims them, as before)."""
+        limit = self.config.payload_history
+        return deque(sizes, maxlen=limit if len(sizes) <= limit else None)
 
     # --- detection --------------------------------------------------------------------------
     def observe(self, batch: Batch) -> list[Finding]:
@@ -558,8 +567,8 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
                             "baseline_calls": len(hist)}
                 return self._finding(call, tool, "large_outbound_payload", "medium", reason, evidence)
         hist.append(size)
-        if len(hist) > cfg.payload_history:
-            del hist[:-cfg.payload_history]
+        if hist.maxlen != cfg.payload_history:  # loaded longer than payload_history, or built elsewhere
+            agent.payloads = deque(hist, maxlen=cfg.payload_history)  # the newest payload_history
         agent.payload_stale += 1
         return None
 
