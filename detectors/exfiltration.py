@@ -23,7 +23,6 @@ from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
 
 from .base import PerAgentDetector
@@ -39,7 +38,6 @@ SEVERITY_SCORE = {"info": 0.1, "low": 0.25, "medium": 0.5, "high": 0.8, "critica
 SECRET_LABELS = ("secret", "credential", "password", "private_key", "api_key", "token", "jwt")
 MAX_SENSITIVE_READS = 16
 """Sensitive reads remembered per session (the newest)."""
-_BY_TIME = attrgetter("time_ns")
 
 
 @dataclass(slots=True)
@@ -235,7 +233,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         tools: dict[tuple[str, str], _Tool] = {}
         fast = self.config.flow_scope == "agent"
         ttl = self.config.session_ttl_s * NS
-        for call in sorted(batch.calls, key=_BY_TIME):
+        for call in batch.by_time():
             key = (call.server, call.tool)
             tool = tools.get(key)
             if tool is None:

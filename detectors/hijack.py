@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
 
 from .base import PerAgentDetector
@@ -22,7 +21,6 @@ from .events import Batch, Finding, ToolCall
 __all__ = ["HijackConfig", "HijackDetector"]
 
 NS = 1_000_000_000
-_BY_TIME = attrgetter("time_ns")
 SESSION_KINDS = ("first_tool", "agent")
 
 
@@ -191,7 +189,7 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
         threshold = cfg.injection_score_threshold
         cap = cfg.max_items_per_kind
         max_sessions = cfg.max_sessions_per_agent
-        for call in sorted(batch.calls, key=_BY_TIME):
+        for call in batch.by_time():
             agent = states.get(call.agent_id)
             if agent is None:
                 agent = states[call.agent_id] = self.new_state()

@@ -25,7 +25,6 @@ from .events import SEVERITIES, Batch, Finding, ToolCall
 __all__ = ["SecretArgsConfig", "SecretArgsDetector", "ToolSecretHistory"]
 
 SECRET_LABELS = ("secret", "credential", "password", "private_key", "api_key", "token", "jwt")
-_TIME = attrgetter("time_ns")
 _KEY = attrgetter("agent_id", "token")
 _LABELS = attrgetter("args_labels")
 SEVERITY_SCORE = {"info": 0.1, "low": 0.25, "medium": 0.5, "high": 0.8, "critical": 1.0}
@@ -86,7 +85,7 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
         return ToolSecretHistory(OrderedDict((str(t), [int(n), int(s)]) for t, n, s in data.get("tools", [])))
 
     def observe(self, batch: Batch) -> list[Finding]:
-        calls = sorted(batch.calls, key=_TIME)
+        calls = batch.by_time()
         if not calls:
             return []
         if self._labels.isdisjoint(chain.from_iterable(map(_LABELS, calls))) and self._count_known(calls):
