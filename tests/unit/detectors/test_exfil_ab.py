@@ -138,3 +138,37 @@ def test_fleet_traffic_matches_main() -> None:
         found += len(got)
     assert _dump(new) == _dump(old)
     assert found > 0, "no findings: a weak test"
+
+
+def test_a_tool_learnt_to_send_between_batches_is_judged_as_a_sender() -> None:
+    """What a tool means is kept across batches: a listing (or a restored capability map) that makes
+    it a sender, or no longer one, counts from the next call on, as main's per-batch look-up did."""
+    from toolwatch.detectors.capabilities import CapabilityMap
+    from toolwatch.detectors.events import ToolDefinition, ToolListing
+
+    def listing(t: int, hint: bool) -> ToolListing:
+        return ToolListing(time_ns=T0 + t * S, agent_id="a", server="crm",
+                           tools=(ToolDefinition("lookup", "Look a contact up.", annotations={"openWorldHint": hint}),))
+
+    caps_new, caps_old = CapabilityMap(), CapabilityMap()
+    new = ExfiltrationDetector(capabilities=caps_new)
+    old = exfiltration_main.ExfiltrationDetector(capabilities=caps_old)
+
+    def call(t: int) -> ToolCall:
+        return ToolCall(time_ns=T0 + t * S, agent_id="a", server="crm", tool="lookup", span_id=f"x{t}",
+                        args_labels=("secret",), args_bytes=100)
+
+    kinds = []
+    for t, listings in [(1, []), (2, [listing(2, True)]), (3, []), (4, [listing(4, False)]), (5, []),
+                        (6, "restore"), (7, [])]:
+        if listings == "restore":  # back to the map as it was after the first listing
+            saved = {"definitions": [["crm/lookup", "Look a contact up.", {"openWorldHint": True}]]}
+            caps_new.restore(saved)
+            caps_old.restore(saved)
+            listings = []
+        b = Batch(calls=[call(t)], listings=list(listings), watermark_ns=T0 + t * S)
+        got = [f.to_dict() for f in new.observe(b)]
+        assert got == [f.to_dict() for f in old.observe(b)]
+        kinds.append([f["evidence"]["kind"] for f in got])
+    assert kinds == [[], ["secret_in_outbound_args"], ["secret_in_outbound_args"], [], [],
+                     ["secret_in_outbound_args"], ["secret_in_outbound_args"]]
