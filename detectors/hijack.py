@@ -199,7 +199,13 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             labels = call.result_labels
             t = call.time_ns
             if (session is None or session.last_ns < t - ttl or len(sessions) > max_sessions
-                    or call.result_injection_score >= threshold or session.kind not in agent.kinds):
+                    or call.result_injection_score >= threshold):
+                findings.extend(self._observe_slow(call, agent))
+                continue
+            kinds = agent.kinds
+            kind = session.kind
+            profile = kinds.get(kind)  # looked up once: here and for the learning below
+            if profile is None:
                 findings.extend(self._observe_slow(call, agent))
                 continue
             if labels:
@@ -219,9 +225,6 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             if t > session.last_ns:
                 session.last_ns = t
             sessions.move_to_end(sid)
-            kind = session.kind
-            kinds = agent.kinds
-            profile = kinds[kind]
             kinds.move_to_end(kind)
             server = call.server
             token = call.token
