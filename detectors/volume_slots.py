@@ -117,6 +117,19 @@ def _top(rows: np.ndarray, seq: np.ndarray, val: np.ndarray) -> np.ndarray:
     return rows[keep]
 
 
+class _Codes(dict[str, int]):
+    """Session id -> code; an id not seen yet gets the next code when looked up.
+
+    Why: codes for a batch in one pass (``map(codes.__getitem__, ...)``); new sessions come in most
+    batches, and looking them up, scanning for misses and making a second list cost ~0.1 µs a call."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: str) -> int:
+        code = self[key] = len(self)
+        return code
+
+
 class _Table:
     """Rows (slot, seq, value, text, count) in appended chunks; ``rows()`` joins them."""
 
@@ -159,7 +172,7 @@ class OpenWindows:
         self.low = np.full((2, 64), _NONE, np.int64)  # per top list: value a candidate must reach
         self.sess_full = np.zeros(64, bool)  # MAX_SESSIONS sessions known (as of the last reduction) ...
         self.sess_set = np.full((64, MAX_SESSIONS), -1, np.int64)  # ... these: no other can enter any more
-        self.sess_code: dict[str, int] = {}  # session id -> code (the sessions table holds codes)
+        self.sess_code = _Codes()  # session id -> code (the sessions table holds codes)
         self.free: list[int] = []
         self.dead: list[int] = []
         """Released slots whose table rows are still there: reused only after ``_compact`` drops the rows."""
@@ -220,20 +233,12 @@ class OpenWindows:
 
     # ----------------------------------------------------------------- ingest
     def session_codes(self, sessions: list[str]) -> np.ndarray:
-        """Codes of session ids (new ids get new codes)."""
-        codes = self.sess_code
-        out = list(map(codes.get, sessions))
-        if None in out:
-            out = [codes.setdefault(x, len(codes)) if c is None else c for c, x in zip(out, sessions)]
-        return np.fromiter(out, np.int64, len(out))
+        """Codes of session ids (new ids get new codes, in order)."""
+        return np.fromiter(map(self.sess_code.__getitem__, sessions), np.int64, len(sessions))
 
     def session_code(self, session: str) -> int:
         """``session_codes`` for one id."""
-        codes = self.sess_code
-        code = codes.get(session)
-        if code is None:
-            code = codes[session] = len(codes)
-        return code
+        return self.sess_code[session]
 
     def add_one(self, slot: int, seq: int, size: int, error: bool, fast: int, span: str, session: int) -> None:
         """``add_rows`` for one row, in scalars (``span`` "" and ``session`` -1 when not set): a call
@@ -359,7 +364,7 @@ class OpenWindows:
         if len(self.sess_code) > max(1 << 18, 4 * len(s)):  # codes of sessions long gone: renumber
             names = list(self.sess_code)
             live = np.unique(k)
-            self.sess_code = {names[x]: i for i, x in enumerate(live.tolist())}
+            self.sess_code = _Codes({names[x]: i for i, x in enumerate(live.tolist())})
             k = np.searchsorted(live, k)
         self.sess_full[:] = False
         self.sess_set[:] = -1
