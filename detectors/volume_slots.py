@@ -285,9 +285,11 @@ class OpenWindows:
                     table.add(s[ok], q[ok], val[ok], span[c[ok]], one[ok])
         if has_session.any():
             s, k = slot[has_session], session[call[has_session]]
-            ok = ~self.sess_full[s]
-            if not ok.all():  # a full window counts only its own sessions
-                ok |= (self.sess_set[s] == k[:, None]).any(1)
+            full = self.sess_full[s]
+            ok = ~full
+            if full.any():  # a full window counts only its own sessions (looked up for its rows only)
+                at = np.flatnonzero(full)
+                ok[at] = (self.sess_set[s[at]] == k[at, None]).any(1)
             s, k = s[ok], k[ok]
             self.sessions.add(s, seq[has_session][ok], k, k, np.ones(len(s), np.int64))
         self._reduce_if_large()
