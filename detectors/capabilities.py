@@ -214,6 +214,9 @@ class CapabilityMap:
         self.config.validate()
         self._definitions: OrderedDict[str, tuple[str, Any]] = OrderedDict()
         self._cache: dict[str, frozenset[str]] = {}
+        self.version = 0
+        """Changes whenever an answer of ``of`` may change (a definition learnt or dropped, a
+        restore): what a holder derived from ``of`` stays true while it stands."""
 
     def learn(self, listings: Iterable[ToolListing]) -> None:
         """Remember descriptions and annotations from ``tools/list`` results."""
@@ -230,6 +233,7 @@ class CapabilityMap:
         self._definitions[key] = value
         self._definitions.move_to_end(key)
         self._cache.pop(key, None)
+        self.version += 1
         while len(self._definitions) > self.config.max_tools:
             old, _ = self._definitions.popitem(last=False)
             self._cache.pop(old, None)
@@ -264,6 +268,7 @@ class CapabilityMap:
     def restore(self, state: Mapping[str, Any]) -> None:
         self._definitions = OrderedDict((str(k), (str(d), a)) for k, d, a in state.get("definitions", []))
         self._cache.clear()
+        self.version += 1
 
 
 def _token(server: str, tool: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
@@ -123,6 +124,9 @@ class ToolListing:
     source: str = ""
 
 
+_CALL_TIME = attrgetter("time_ns")
+
+
 @dataclass(slots=True)
 class Batch:
     """A micro-batch handed to every detector; ``watermark_ns`` is the event-time clock."""
@@ -130,9 +134,22 @@ class Batch:
     calls: list[ToolCall] = field(default_factory=list)
     listings: list[ToolListing] = field(default_factory=list)
     watermark_ns: int = 0
+    _by_time: tuple[list[ToolCall], int, list[ToolCall]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.calls) + len(self.listings)
+
+    def by_time(self) -> list[ToolCall]:
+        """The calls in event-time order (a stable sort): made once per batch and shared, not modified.
+
+        Why: several detectors walk a batch in time order, and each sorted it (~30 ns a call).
+        Sorted again when ``calls`` is another list or another length than it was."""
+        calls = self.calls
+        memo = self._by_time
+        if memo is None or memo[0] is not calls or memo[1] != len(calls):
+            memo = self._by_time = (calls, len(calls), sorted(calls, key=_CALL_TIME))
+        return memo[2]
 
 
 @dataclass(slots=True)

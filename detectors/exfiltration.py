@@ -20,9 +20,9 @@ Six checks, each a finding ``kind`` in the evidence:
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
 
 from .base import PerAgentDetector
@@ -38,7 +38,6 @@ SEVERITY_SCORE = {"info": 0.1, "low": 0.25, "medium": 0.5, "high": 0.8, "critica
 SECRET_LABELS = ("secret", "credential", "password", "private_key", "api_key", "token", "jwt")
 MAX_SENSITIVE_READS = 16
 """Sensitive reads remembered per session (the newest)."""
-_BY_TIME = attrgetter("time_ns")
 
 
 @dataclass(slots=True)
@@ -111,7 +110,7 @@ class ExfiltrationConfig:
         return cfg
 
 
-def median_mad(values: list[int]) -> tuple[float, float]:
+def median_mad(values: Collection[int]) -> tuple[float, float]:
     """``(median, MAD)`` of ``values``, the same floats ``statistics.median`` gives for the values
     and for their absolute deviations from the median, with one sort instead of two.
 
@@ -156,7 +155,9 @@ class AgentFlows:
     sessions: OrderedDict[str, SessionFlows] = field(default_factory=OrderedDict)
     destinations: OrderedDict[str, None] = field(default_factory=OrderedDict)
     destination_calls: int = 0
-    payloads: list[int] = field(default_factory=list)
+    payloads: deque[int] = field(default_factory=deque)
+    """The newest argument sizes of sends, oldest first: a deque bounded by ``payload_history``
+    drops the oldest in O(1), where trimming a list moved every size at every send."""
     payload_stats: tuple[float, float] | None = None
     """(median, MAD) of ``payloads`` as of the last refresh."""
     payload_stale: int = 0
@@ -186,13 +187,18 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         self._read_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
         """Label sets seen in the current batch, and what they mean under the config."""
         self._dest_memo: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._tools: dict[tuple[str, str], _Tool] = {}
+        """What each (server, tool) means, as of ``capabilities.version`` ``_tools_version``: kept
+        across batches, since making them afresh per batch (a frozen dataclass and a capability
+        look-up per tool) cost ~0.1 µs a call."""
+        self._tools_version = -1
         """Destination tuples seen in the current batch: (lower-cased, once each; destination keys).
         Why: most calls that name destinations name the same few, and each was lower-cased three
         times and parsed once per call."""
 
     # --- state ------------------------------------------------------------------------------
     def new_state(self) -> AgentFlows:
-        return AgentFlows()
+        return AgentFlows(payloads=deque(maxlen=self.config.payload_history))
 
     def state_to_dict(self, state: AgentFlows) -> dict[str, Any]:
         return {
@@ -209,11 +215,17 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             sessions=OrderedDict((sid, SessionFlows.from_dict(s)) for sid, s in data.get("sessions", [])),
             destinations=OrderedDict.fromkeys(data.get("destinations", [])),
             destination_calls=int(data.get("destination_calls", 0)),
-            payloads=[int(b) for b in data.get("payloads", [])],
+            payloads=self._payloads([int(b) for b in data.get("payloads", [])]),
             payload_stats=None if data.get("payload_stats") is None else (
                 float(data["payload_stats"][0]), float(data["payload_stats"][1])),
             payload_stale=int(data.get("payload_stale", 0)),
         )
+
+    def _payloads(self, sizes: list[int]) -> deque[int]:
+        """Loaded sizes: bounded by ``payload_history``, unless a state saved under a longer one has
+        more (kept whole until the next send trims them, as before)."""
+        limit = self.config.payload_history
+        return deque(sizes, maxlen=limit if len(sizes) <= limit else None)
 
     # --- detection --------------------------------------------------------------------------
     def observe(self, batch: Batch) -> list[Finding]:
@@ -223,10 +235,13 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
         self._dest_memo.clear()
         findings: list[Finding] = []
         states = self._state
-        tools: dict[tuple[str, str], _Tool] = {}
+        tools = self._tools
+        if self._tools_version != self.capabilities.version or len(tools) > 4_096:
+            tools = self._tools = {}
+            self._tools_version = self.capabilities.version
         fast = self.config.flow_scope == "agent"
         ttl = self.config.session_ttl_s * NS
-        for call in sorted(batch.calls, key=_BY_TIME):
+        for call in batch.by_time():
             key = (call.server, call.tool)
             tool = tools.get(key)
             if tool is None:
@@ -558,8 +573,8 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
                             "baseline_calls": len(hist)}
                 return self._finding(call, tool, "large_outbound_payload", "medium", reason, evidence)
         hist.append(size)
-        if len(hist) > cfg.payload_history:
-            del hist[:-cfg.payload_history]
+        if hist.maxlen != cfg.payload_history:  # loaded longer than payload_history, or built elsewhere
+            agent.payloads = deque(hist, maxlen=cfg.payload_history)  # the newest payload_history
         agent.payload_stale += 1
         return None
 

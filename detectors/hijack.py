@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
 
 from .base import PerAgentDetector
@@ -22,7 +21,6 @@ from .events import Batch, Finding, ToolCall
 __all__ = ["HijackConfig", "HijackDetector"]
 
 NS = 1_000_000_000
-_BY_TIME = attrgetter("time_ns")
 SESSION_KINDS = ("first_tool", "agent")
 
 
@@ -191,7 +189,7 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
         threshold = cfg.injection_score_threshold
         cap = cfg.max_items_per_kind
         max_sessions = cfg.max_sessions_per_agent
-        for call in sorted(batch.calls, key=_BY_TIME):
+        for call in batch.by_time():
             agent = states.get(call.agent_id)
             if agent is None:
                 agent = states[call.agent_id] = self.new_state()
@@ -201,7 +199,13 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             labels = call.result_labels
             t = call.time_ns
             if (session is None or session.last_ns < t - ttl or len(sessions) > max_sessions
-                    or call.result_injection_score >= threshold or session.kind not in agent.kinds):
+                    or call.result_injection_score >= threshold):
+                findings.extend(self._observe_slow(call, agent))
+                continue
+            kinds = agent.kinds
+            kind = session.kind
+            profile = kinds.get(kind)  # looked up once: here and for the learning below
+            if profile is None:
                 findings.extend(self._observe_slow(call, agent))
                 continue
             if labels:
@@ -221,9 +225,6 @@ class HijackDetector(PerAgentDetector[AgentHijack]):
             if t > session.last_ns:
                 session.last_ns = t
             sessions.move_to_end(sid)
-            kind = session.kind
-            kinds = agent.kinds
-            profile = kinds[kind]
             kinds.move_to_end(kind)
             server = call.server
             token = call.token

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from itertools import chain
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from .base import PerAgentDetector
@@ -25,9 +25,9 @@ from .events import SEVERITIES, Batch, Finding, ToolCall
 __all__ = ["SecretArgsConfig", "SecretArgsDetector", "ToolSecretHistory"]
 
 SECRET_LABELS = ("secret", "credential", "password", "private_key", "api_key", "token", "jwt")
-_TIME = attrgetter("time_ns")
 _KEY = attrgetter("agent_id", "token")
 _LABELS = attrgetter("args_labels")
+_FIRST = itemgetter(0)
 SEVERITY_SCORE = {"info": 0.1, "low": 0.25, "medium": 0.5, "high": 0.8, "critical": 1.0}
 
 
@@ -86,7 +86,7 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
         return ToolSecretHistory(OrderedDict((str(t), [int(n), int(s)]) for t, n, s in data.get("tools", [])))
 
     def observe(self, batch: Batch) -> list[Finding]:
-        calls = sorted(batch.calls, key=_TIME)
+        calls = batch.by_time()
         if not calls:
             return []
         if self._labels.isdisjoint(chain.from_iterable(map(_LABELS, calls))) and self._count_known(calls):
@@ -115,6 +115,25 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
         # first: one pass gives both the counts and the LRU order.
         counts = Counter(map(_KEY, reversed(calls)))
         state = self._state
+        limit = self.config.max_tools_per_agent
+        tables = {}
+        for agent in set(map(_FIRST, counts)):
+            st = state.get(agent)
+            if st is None:
+                return False
+            tables[agent] = st.tools
+        if max(map(len, tables.values())) + len(counts) <= limit:
+            # Room for every tool of the batch in every agent's table: nothing to find out first
+            # (which tools are new, per agent), the counts go in at once, in the same order.
+            for (agent, token), n in reversed(counts.items()):  # order of last occurrence
+                tools = tables[agent]
+                have = tools.get(token)
+                if have is None:
+                    tools[token] = [n, 0]
+                else:
+                    tools.move_to_end(token)
+                    have[0] += n
+            return True
         plan = []
         added: dict[str, set[str]] = {}
         for (agent, token), n in reversed(counts.items()):  # order of last occurrence
@@ -124,7 +143,6 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
             if token not in st.tools:
                 added.setdefault(agent, set()).add(token)
             plan.append((st.tools, token, n))
-        limit = self.config.max_tools_per_agent
         for agent, tokens in added.items():
             if len(state[agent].tools) + len(tokens) > limit:
                 return False

@@ -137,9 +137,8 @@ def test_bands_asked_every_batch_are_what_call_by_call_gives() -> None:
                 d.restore(state)
         for scope, metric in (("agent", "calls"), ("agent_tool", "bytes"), ("fleet", "error_rate")):
             assert _same_bands(batched.bands(scope, metric), batched._bands(scope, metric))  # cached = worked out
-        # ``bands`` does not count held calls (fewer than _MIN_BATCH), which may still evict keys:
-        # count them, as call by call has, then the cache must see the evictions too.
-        batched._flush()
+        # No flush here: held calls (fewer than _MIN_BATCH) that evict keys must show in ``bands``
+        # as they do call by call, and the cache must see those evictions too.
         for scope, metric in (("agent", "calls"), ("agent_tool", "bytes"), ("fleet", "error_rate")):
             got = batched.bands(scope, metric)
             assert _same_bands(got, reference.bands(scope, metric))
@@ -148,6 +147,27 @@ def test_bands_asked_every_batch_are_what_call_by_call_gives() -> None:
         assert _same_bands(batched.rate_bands(), reference.rate_bands())
         answered += bool(batched.rate_bands())
     assert answered > 10  # windows closed, so there were bands to answer
+
+
+def test_bands_reflect_held_calls_that_evict() -> None:
+    """A call held below _MIN_BATCH whose new key evicts another: ``bands`` no longer shows the
+    evicted key (it showed it until 31 more calls came or a window closed), as call by call."""
+    cfg = {"window_s": 1, "max_keys": 10, "per_tool": False, "fleet": False, "min_history": 1}
+    batched, reference = VolumeSpikeDetector(VolumeConfig(**cfg)), CallByCall(volume_main.VolumeConfig(**cfg))
+    t0 = 1_700_000_000_000_000_000
+    first = [ToolCall(time_ns=t0 + i, agent_id=f"k{i}", tool="t") for i in range(10)]  # fills the table
+    for d in (batched, reference):
+        d.observe(Batch(calls=first, watermark_ns=t0 + 1_500_000_000))  # window 0 closes: k0..k9 have bands
+    assert sorted(batched.rate_bands()) == [f"k{i}" for i in range(10)]
+    for n, agent in enumerate(["n1", "n2", "k5"]):
+        b = Batch(calls=[ToolCall(time_ns=t0 + 1_600_000_000 + n, agent_id=agent, tool="t")],
+                  watermark_ns=t0 + 1_600_000_000 + n)
+        for d in (batched, reference):
+            d.observe(b)
+        assert _same_bands(batched.rate_bands(), reference.rate_bands())
+    assert "k0" not in batched.rate_bands() and "k1" not in batched.rate_bands()
+    assert sorted(batched.rate_bands()) == [f"k{i}" for i in range(2, 10)]
+    assert batched.snapshot() == reference.snapshot()
 
 
 def test_batch_best_keeps_each_slots_ten_best_by_value_then_later() -> None:
