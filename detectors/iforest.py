@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .array_codec import decode_matrix, encode_matrix
+from .pyround import py_round
 
 if TYPE_CHECKING:  # scikit-learn takes ~3 s to import: only fitting needs it, so import it there
     from sklearn.ensemble import IsolationForest
@@ -480,17 +481,18 @@ class ForestModel:
 
     def explain_rows(self, X: np.ndarray, names: Sequence[str], k: int = 3) -> list[list[dict[str, Any]]]:
         """``explain`` of each row of ``X`` (the same values: elementwise NumPy on all rows at once,
-        each row's sum and stable sort as in ``explain``), for a batch's findings of one model."""
+        each row's sum and stable sort as in ``explain``, Python's rounding by ``py_round``), for a
+        batch's findings of one model."""
         dev = np.abs(X - self.median) / self.spread
-        totals = dev.sum(axis=1).tolist()
-        tops = np.argsort(-dev, axis=1, kind="stable")[:, :k].tolist()
-        median = [round(v, 4) for v in self.median.tolist()]
-        out = []
-        for x, d, total, top in zip(X.tolist(), dev.tolist(), totals, tops):
-            total = total or 1.0
-            out.append([{"feature": names[j], "observed": round(x[j], 4), "baseline": median[j],
-                         "contribution": round(d[j] / total, 4)} for j in top if d[j] > 0])
-        return out
+        totals = dev.sum(axis=1)
+        tops = np.argsort(-dev, axis=1, kind="stable")[:, :k]
+        top_dev = np.take_along_axis(dev, tops, axis=1)
+        contribution = py_round(top_dev / np.where(totals == 0, 1.0, totals)[:, None], 4).tolist()
+        observed = py_round(np.take_along_axis(X, tops, axis=1), 4).tolist()
+        median = py_round(self.median, 4).tolist()
+        return [[{"feature": names[j], "observed": o, "baseline": median[j], "contribution": c}
+                 for j, d, o, c in zip(top, ds, obs, cs) if d > 0]
+                for top, ds, obs, cs in zip(tops.tolist(), top_dev.tolist(), observed, contribution)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"sample": encode_matrix(self.sample), "params": {

@@ -33,7 +33,7 @@ import math
 import threading
 from itertools import chain
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
 from .iforest import ForestBank, ForestModel, ForestParams, SlotConstants
+from .pyround import py_round
 from .sequence import MarkovConfig, MarkovModel, fleet_prior, select_prior
 from .sessions import START, SessionTracker
 
@@ -134,6 +135,18 @@ def _stored_rows(rows: Any, what: str) -> np.ndarray:
         raise ValueError(f"iforest snapshot: {what} must be rows of {N_FEATURES} features (got shape {X.shape}); "
                          "the snapshot is from another feature list: drop the agent's state to relearn it")
     return X
+
+
+class _Hit(NamedTuple):
+    """What a finding about one hit row shows: its score and range excess, and those rounded as the
+    finding stores them, its features rounded, its explanation."""
+
+    score: float
+    excess: float
+    features4: list[float]
+    explanation: list[dict[str, Any]]
+    score6: float
+    excess4: float
 
 
 def _group_key(servers: Iterable[str]) -> str:
@@ -620,7 +633,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             s_all, r_all, m_all = self._score(work, X_all, models, exact)
         findings: list[Finding] = []
         flagged_rows: list[bool] | None = None
-        hits: dict[int, tuple[float, float, list[float], list[dict[str, Any]]]] = {}
+        hits: dict[int, _Hit] = {}
         if m_all is not None:
             hit_rows = np.flatnonzero(m_all > 0)  # NaN (not scored) is no hit
             if len(hit_rows):
@@ -639,9 +652,10 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 assert key is not None
                 model = models[key]
                 status = self._status(agent_id, st)
+                threshold6 = round(model.threshold, 6)
                 for j, hit in enumerate(flagged):
                     if hit:
-                        findings.append(self._finding(agent_calls[j], *hits[off + j], model, key, status))
+                        findings.append(self._finding(agent_calls[j], hits[off + j], model, key, status, threshold6))
             else:
                 flagged = None
             if st.frozen:
@@ -725,17 +739,20 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         return consts.margins_given(slots, paths, r)
 
     def _hits(self, X_all: np.ndarray, s_all: np.ndarray, r_all: np.ndarray, rows: list[int], keys: list[str],
-              models: dict[str, ForestModel]) -> dict[int, tuple[float, float, list[float], list[dict[str, Any]]]]:
-        """Per hit row: its score, range excess, features and explanation under its model (``keys``),
-        the explanations with one ``ForestModel.explain_rows`` pass per model."""
+              models: dict[str, ForestModel]) -> dict[int, _Hit]:
+        """Per hit row: its score, range excess, rounded features and explanation under its model
+        (``keys``), the explanations with one ``ForestModel.explain_rows`` pass per model and every
+        number a finding shows rounded at once (``py_round``: Python's ``round``, bit for bit)."""
         by_model: dict[str, list[int]] = {}
         for row, key in zip(rows, keys):
             by_model.setdefault(key, []).append(row)
         expl: dict[int, list[dict[str, Any]]] = {}
         for key, at in by_model.items():
             expl.update(zip(at, models[key].explain_rows(X_all[at], FEATURE_NAMES, self.config.explain_top)))
-        return {row: (s, r, x, expl[row]) for row, s, r, x in
-                zip(rows, s_all[rows].tolist(), r_all[rows].tolist(), X_all[rows].tolist())}
+        s, r = s_all[rows], r_all[rows]
+        return {row: _Hit(sc, ex, x4, expl[row], s6, r4) for row, sc, ex, x4, s6, r4 in
+                zip(rows, s.tolist(), r.tolist(), py_round(X_all[rows], 4).tolist(), py_round(s, 6).tolist(),
+                    py_round(r, 4).tolist())}
 
     def _bank_for(self, models: dict[str, ForestModel]) -> dict[str, tuple[int, ForestModel]]:
         """Slot in the forest bank and model, per key of every current model that fits the bank's
@@ -773,8 +790,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             st.add_rows(rows)
             self._group_since += len(rows)
 
-    def _finding(self, c: ToolCall, score: float, excess: float, x: list[float], expl: list[dict[str, Any]],
-                 model: ForestModel, key: str, status: str) -> Finding:
+    def _finding(self, c: ToolCall, hit: _Hit, model: ForestModel, key: str, status: str, threshold6: float
+                 ) -> Finding:
+        score, excess, expl = hit.score, hit.excess, hit.explanation
         top = ", ".join(f"{e['feature']} {e['observed']:g} (usual {e['baseline']:g})" for e in expl)
         basis = "agent" if key == c.agent_id else key
         if score > model.threshold:
@@ -786,10 +804,10 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             detector=self.name,
             severity=finding_severity(self.config, score - model.threshold, excess, model.params.range_k),
             reason=f"call {c.token} unlike the baseline ({basis}): {why}; {top}",
-            score=round(score, 6),
-            evidence={"explanation": expl, "threshold": round(model.threshold, 6), "model": basis,
-                      "range_excess": round(excess, 4),
-                      "state": status, "features": {n: round(v, 4) for n, v in zip(FEATURE_NAMES, x)
+            score=hit.score6,
+            evidence={"explanation": expl, "threshold": threshold6, "model": basis,
+                      "range_excess": hit.excess4,
+                      "state": status, "features": {n: v for n, v in zip(FEATURE_NAMES, hit.features4)
                                                     if math.isfinite(v)}},
             dedup_key=f"{self.name}:{c.agent_id}:{c.session_id}",
         )
