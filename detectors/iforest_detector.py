@@ -41,7 +41,7 @@ from .array_codec import decode_matrix, encode_matrix
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
-from .iforest import ForestBank, ForestModel, ForestParams, SlotConstants
+from .iforest import ForestBank, ForestModel, ForestParams, SlotConstants, explain_many
 from .pyround import py_round
 from .sequence import MarkovConfig, MarkovModel, fleet_prior, select_prior
 from .sessions import START, SessionTracker
@@ -741,18 +741,18 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def _hits(self, X_all: np.ndarray, s_all: np.ndarray, r_all: np.ndarray, rows: list[int], keys: list[str],
               models: dict[str, ForestModel]) -> dict[int, _Hit]:
         """Per hit row: its score, range excess, rounded features and explanation under its model
-        (``keys``), the explanations with one ``ForestModel.explain_rows`` pass per model and every
-        number a finding shows rounded at once (``py_round``: Python's ``round``, bit for bit)."""
-        by_model: dict[str, list[int]] = {}
-        for row, key in zip(rows, keys):
-            by_model.setdefault(key, []).append(row)
-        expl: dict[int, list[dict[str, Any]]] = {}
-        for key, at in by_model.items():
-            expl.update(zip(at, models[key].explain_rows(X_all[at], FEATURE_NAMES, self.config.explain_top)))
+        (``keys``): one ``explain_many`` pass and one rounding of the numbers findings show
+        (``py_round``: Python's ``round``, bit for bit) for all of a batch's hits, whatever their models."""
+        X = X_all[rows]
+        hit_models = [models[k] for k in keys]
+        expl = explain_many(X, np.array([m.median for m in hit_models]), np.array([m.spread for m in hit_models]),
+                            FEATURE_NAMES, self.config.explain_top)
         s, r = s_all[rows], r_all[rows]
-        return {row: _Hit(sc, ex, x4, expl[row], s6, r4) for row, sc, ex, x4, s6, r4 in
-                zip(rows, s.tolist(), r.tolist(), py_round(X_all[rows], 4).tolist(), py_round(s, 6).tolist(),
-                    py_round(r, 4).tolist())}
+        n = len(rows)
+        rounded = py_round(np.concatenate([r, X.ravel()]), 4)
+        features = rounded[n:].reshape(X.shape).tolist()
+        return {row: _Hit(sc, ex, x4, e, s6, r4) for row, sc, ex, x4, e, s6, r4 in
+                zip(rows, s.tolist(), r.tolist(), features, expl, py_round(s, 6).tolist(), rounded[:n].tolist())}
 
     def _bank_for(self, models: dict[str, ForestModel]) -> dict[str, tuple[int, ForestModel]]:
         """Slot in the forest bank and model, per key of every current model that fits the bank's
