@@ -214,7 +214,7 @@ class ForestBank:
                 part = None if part is None else np.repeat(part, 2)
                 k = 2
             idx = roots[alive, t0:t1].T.ravel()
-            rows = np.tile(alive * F, t1 - t0)
+            rows = (alive * F)[None].repeat(t1 - t0, axis=0).ravel()  # np.tile's values, without its Python
             got = _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(t1 - t0, k)
             part = got.sum(axis=0) if part is None else np.concatenate([part[None], got]).sum(axis=0)
             if t1 < T:
@@ -549,7 +549,7 @@ class SlotConstants:
     def excess(self, slots: np.ndarray, X: np.ndarray) -> np.ndarray:
         """Per row, ``ForestModel.beyond_range`` under its slot's model."""
         over = np.maximum(X - self.hi[slots], self.lo[slots] - X) / self.width[slots]
-        return np.maximum(over.max(axis=1), 0.0)
+        return np.maximum(np.maximum.reduce(over, axis=1), 0.0)  # over.max(axis=1), without its Python wrapper
 
     def margins_given(self, slots: np.ndarray, paths: np.ndarray, r: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

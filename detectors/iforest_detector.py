@@ -409,11 +409,12 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """Model keys worth (re)fitting now: agents with enough new clean rows, then the groups."""
         cfg = self.config
         agents = list(self._state.items())  # observe() may add agents meanwhile (worker thread)
+        models, min_rows, every = self._models, cfg.min_rows, cfg.retrain_every
         keys = [a for a, st in agents
-                if not st.frozen and st.n_buf >= cfg.min_rows
-                and (a not in self._models or st.since_fit >= cfg.retrain_every)]
-        with_model = [st for a, st in agents if a in self._models or a in keys]
-        uncovered = any(self._habits(st)[4] not in self._groups for st in with_model)
+                if not st.frozen and st.n_buf >= min_rows and (a not in models or st.since_fit >= every)]
+        due, habits, groups = set(keys), self._habits, self._groups  # asked after every batch: no list scans
+        with_model = [st for a, st in agents if a in models or a in due]
+        uncovered = any(habits(st)[4] not in groups for st in with_model)
         if with_model and (uncovered or self._group_since >= cfg.group_retrain_every):
             keys.append(GROUPS)
         return keys
