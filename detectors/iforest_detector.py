@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import math
 import threading
-from itertools import accumulate, chain
+from itertools import chain
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -41,7 +41,8 @@ from .array_codec import decode_matrix, encode_matrix
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
 from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
-from .iforest import ForestBank, ForestModel, ForestParams, SlotConstants
+from .iforest import ForestBank, ForestModel, ForestParams, SlotConstants, explain_many
+from .pyround import py_round
 from .sequence import MarkovConfig, MarkovModel, fleet_prior, select_prior
 from .sessions import START, SessionTracker
 
@@ -134,6 +135,18 @@ def _stored_rows(rows: Any, what: str) -> np.ndarray:
         raise ValueError(f"iforest snapshot: {what} must be rows of {N_FEATURES} features (got shape {X.shape}); "
                          "the snapshot is from another feature list: drop the agent's state to relearn it")
     return X
+
+
+class _Hit(NamedTuple):
+    """What a finding about one hit row shows: its score and range excess, and those rounded as the
+    finding stores them, its features rounded, its explanation."""
+
+    score: float
+    excess: float
+    features4: list[float]
+    explanation: list[dict[str, Any]]
+    score6: float
+    excess4: float
 
 
 def _group_key(servers: Iterable[str]) -> str:
@@ -396,11 +409,12 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """Model keys worth (re)fitting now: agents with enough new clean rows, then the groups."""
         cfg = self.config
         agents = list(self._state.items())  # observe() may add agents meanwhile (worker thread)
+        models, min_rows, every = self._models, cfg.min_rows, cfg.retrain_every
         keys = [a for a, st in agents
-                if not st.frozen and st.n_buf >= cfg.min_rows
-                and (a not in self._models or st.since_fit >= cfg.retrain_every)]
-        with_model = [st for a, st in agents if a in self._models or a in keys]
-        uncovered = any(self._habits(st)[4] not in self._groups for st in with_model)
+                if not st.frozen and st.n_buf >= min_rows and (a not in models or st.since_fit >= every)]
+        due, habits, groups = set(keys), self._habits, self._groups  # asked after every batch: no list scans
+        with_model = [st for a, st in agents if a in models or a in due]
+        uncovered = any(habits(st)[4] not in groups for st in with_model)
         if with_model and (uncovered or self._group_since >= cfg.group_retrain_every):
             keys.append(GROUPS)
         return keys
@@ -548,8 +562,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def observe(self, batch: Batch) -> list[Finding]:
         """``observe_scored``'s findings (the same, bit for bit). Only hits need exact scores, so rows
         of banked models that are proven clean part-way through the trees are not walked further
-        (``ForestBank.path_lengths_bounded``)."""
-        return self._observe(batch, exact=False)[0]
+        (``ForestBank.path_lengths_bounded``), and no margins are put back in batch order."""
+        return self._observe(batch, exact=False, with_margins=False)[0]
 
     def observe_scored(self, batch: Batch) -> tuple[list[Finding], np.ndarray]:
         """Findings, and per call (aligned with ``batch.calls``) score minus threshold (> 0 alerts;
@@ -560,85 +574,89 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         forest pass per model."""
         return self._observe(batch, exact=True)
 
-    def _observe(self, batch: Batch, exact: bool) -> tuple[list[Finding], np.ndarray]:
-        """``observe_scored``; with ``exact=False`` the margins of rows that are no hits may be NaN."""
+    def _observe(self, batch: Batch, exact: bool, with_margins: bool = True) -> tuple[list[Finding], np.ndarray]:
+        """``observe_scored``; with ``exact=False`` the margins of rows that are no hits may be NaN;
+        without ``with_margins`` the margins returned are all NaN (``observe`` needs none).
+
+        A batch of the fleet holds a few calls per agent, so the per-agent steps are kept lean:
+        calls are grouped once (no index lists), tokens are ``ToolCall.token``."""
         cfg = self.config
         calls = batch.calls
-        margins = np.full(len(calls), np.nan)
-        by_agent: dict[str, list[int]] = {}
-        for i, c in enumerate(calls):
+        by_agent: dict[str, list[ToolCall]] = {}
+        for c in calls:
             got = by_agent.get(c.agent_id)
             if got is None:
-                by_agent[c.agent_id] = [i]
+                by_agent[c.agent_id] = [c]
             else:
-                got.append(i)
+                got.append(c)
         models = self._models
-        mature = {a: self._state[a].markov for a in list(models) if a in self._state}
+        states = self._state
+        mature = {a: states[a].markov for a in list(models) if a in states}
         peers = self._peers
         peers.check(mature)
         rows: list[float] = []
         prevs: list[str] = []
         tokens: list[str] = []
         closed: list[tuple[str, Any]] = []
-        work: list[tuple[str, _Agent, list[int], int, str | None, bool, list[str], list[ToolCall]]] = []
-        states = self._state
+        work: list[tuple[str, _Agent, int, int, str | None, bool, list[str], list[ToolCall]]] = []
         no_ids: list[str] = []
-        for agent_id, idx in by_agent.items():
+        with_peers = len(mature) > 1
+        off = 0
+        for agent_id, agent_calls in by_agent.items():
             st = states.get(agent_id)
             if st is None:
                 st = self.state_for(agent_id)
-            agent_calls = [calls[i] for i in idx]
-            agent_tokens = [f"{c.server}/{c.tool}" if c.server else c.tool for c in agent_calls]
+            agent_tokens = [c.token for c in agent_calls]
             prior, memo = None, None
-            if agent_id not in models and (len(mature) > 1 or (mature and agent_id not in mature)):
+            own = agent_id in models
+            if not own and (with_peers or (mature and agent_id not in mature)):
                 if agent_id in mature:  # its model was dropped meanwhile: it is no peer of itself
                     vocab = st.markov.vocab | set(agent_tokens)
                     prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
                                          cfg.prior_min_containment, cfg.markov)
                 else:
                     prior, memo = peers.prior(self._vocab(st, agent_tokens), cfg.prior_min_containment, cfg.markov)
-            off = len(prevs)
             append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior, prior_probs=memo, flat=True,
                         call_tokens=agent_tokens)
-            warm = st.markov.mass >= cfg.warm_calls or prior is not None
-            key = agent_id if agent_id in models else self._model_key(agent_id, st)
+            warm = prior is not None or st.markov.mass >= cfg.warm_calls
+            key = agent_id if own else self._model_key(agent_id, st)
+            end = off + len(agent_calls)
             if closed:
-                work.append((agent_id, st, idx, off, key, warm, [sid for sid, _s in closed], agent_calls))
+                work.append((agent_id, st, off, end, key, warm, [sid for sid, _s in closed], agent_calls))
                 closed.clear()
             else:
-                work.append((agent_id, st, idx, off, key, warm, no_ids, agent_calls))
+                work.append((agent_id, st, off, end, key, warm, no_ids, agent_calls))
+            off = end
         X_all = finish(rows)
-        n_rows = len(prevs)
-        lens = [len(w[2]) for w in work]
-        ends = list(accumulate(lens))
+        n_rows = off
         m_all = s_all = r_all = None
         if any(w[4] is not None for w in work):
-            s_all, r_all, m_all = self._score(work, lens, X_all, models, exact)
-            # Rows are grouped by agent; margins go back to the calls' places in the batch.
-            margins[list(chain.from_iterable(w[2] for w in work))] = m_all
+            s_all, r_all, m_all = self._score(work, X_all, models, exact)
         findings: list[Finding] = []
         flagged_rows: list[bool] | None = None
-        hits: dict[int, tuple[float, float, list[float], list[dict[str, Any]]]] = {}
+        hits: dict[int, _Hit] = {}
         if m_all is not None:
             hit_rows = np.flatnonzero(m_all > 0)  # NaN (not scored) is no hit
             if len(hit_rows):
                 flagged_rows = (m_all > 0).tolist()
                 hit_list = hit_rows.tolist()
+                ends = [w[3] for w in work]
                 hit_work = np.searchsorted(ends, hit_rows, side="right").tolist()
                 assert s_all is not None and r_all is not None
                 hits = self._hits(X_all, s_all, r_all, hit_list, [work[w][4] for w in hit_work], models)
         max_pending = cfg.max_pending_rows
         trainable = (X_all[:, 0] <= cfg.train_max_surprisal).tolist()  # surprisal: no log transform
         xb = X_all.tobytes() if n_rows else b""
-        for (agent_id, st, idx, off, key, warm, closed_ids, agent_calls), end in zip(work, ends):
+        for agent_id, st, off, end, key, warm, closed_ids, agent_calls in work:
             flagged = None if flagged_rows is None else flagged_rows[off:end]
             if flagged is not None and True in flagged:
                 assert key is not None
                 model = models[key]
                 status = self._status(agent_id, st)
+                threshold6 = round(model.threshold, 6)
                 for j, hit in enumerate(flagged):
                     if hit:
-                        findings.append(self._finding(agent_calls[j], *hits[off + j], model, key, status))
+                        findings.append(self._finding(agent_calls[j], hits[off + j], model, key, status, threshold6))
             else:
                 flagged = None
             if st.frozen:
@@ -666,13 +684,18 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                         sess_rows.append(xb[j * ROW_BYTES : (j + 1) * ROW_BYTES])
             if closed_ids:
                 self._commit(st, closed_ids)
+        margins = np.full(len(calls), np.nan)
+        if with_margins and m_all is not None:
+            # Rows are grouped by agent; margins go back to the calls' places in the batch.
+            rank = {a: k for k, a in enumerate(by_agent)}
+            margins[np.argsort([rank[c.agent_id] for c in calls], kind="stable")] = m_all
         if cfg.auto_retrain:
             keys = self.needs_retrain()
             if keys:
                 self.retrain(keys)
         return findings, margins
 
-    def _score(self, work: list[Any], lens: list[int], X_all: np.ndarray, models: dict[str, ForestModel],
+    def _score(self, work: list[Any], X_all: np.ndarray, models: dict[str, ForestModel],
                exact: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Forest score, range excess and margin of every row of ``X_all`` (NaN where the agent has no
         model yet). Rows of models that fit the forest bank are scored in one pass (each row walking
@@ -682,6 +705,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         banked = self._bank_for(models)
         # Per work item: its model's bank slot, -1 without a model, -2 for a model outside the bank.
         slot_of = [-1 if w[4] is None else banked[w[4]][0] if w[4] in banked else -2 for w in work]
+        lens = [w[3] - w[2] for w in work]
         row_slot = np.repeat(np.array(slot_of, dtype=np.intp), lens)
         if min(slot_of) >= 0:  # every row is scored in the bank (the usual case once models are fitted)
             assert self._bank is not None and self._bank_consts is not None
@@ -693,13 +717,12 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             X_b, slots = X_all[sel], row_slot[sel]
             s_all[sel], r_all[sel], m_all[sel] = self._bank_margins(X_b, slots, exact)
         if -2 in slot_of:
-            starts = [e - k for e, k in zip(accumulate(lens), lens)]
             by_model: dict[str, list[int]] = {}
             for w_i, slot in enumerate(slot_of):
                 if slot == -2:
                     by_model.setdefault(work[w_i][4], []).append(w_i)
             for key, w_ids in by_model.items():
-                at = np.concatenate([np.arange(starts[w], starts[w] + lens[w]) for w in w_ids])
+                at = np.concatenate([np.arange(work[w][2], work[w][3]) for w in w_ids])
                 s_all[at], r_all[at], m_all[at] = models[key].margins(X_all[at])
         return s_all, r_all, m_all
 
@@ -717,17 +740,20 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         return consts.margins_given(slots, paths, r)
 
     def _hits(self, X_all: np.ndarray, s_all: np.ndarray, r_all: np.ndarray, rows: list[int], keys: list[str],
-              models: dict[str, ForestModel]) -> dict[int, tuple[float, float, list[float], list[dict[str, Any]]]]:
-        """Per hit row: its score, range excess, features and explanation under its model (``keys``),
-        the explanations with one ``ForestModel.explain_rows`` pass per model."""
-        by_model: dict[str, list[int]] = {}
-        for row, key in zip(rows, keys):
-            by_model.setdefault(key, []).append(row)
-        expl: dict[int, list[dict[str, Any]]] = {}
-        for key, at in by_model.items():
-            expl.update(zip(at, models[key].explain_rows(X_all[at], FEATURE_NAMES, self.config.explain_top)))
-        return {row: (s, r, x, expl[row]) for row, s, r, x in
-                zip(rows, s_all[rows].tolist(), r_all[rows].tolist(), X_all[rows].tolist())}
+              models: dict[str, ForestModel]) -> dict[int, _Hit]:
+        """Per hit row: its score, range excess, rounded features and explanation under its model
+        (``keys``): one ``explain_many`` pass and one rounding of the numbers findings show
+        (``py_round``: Python's ``round``, bit for bit) for all of a batch's hits, whatever their models."""
+        X = X_all[rows]
+        hit_models = [models[k] for k in keys]
+        expl = explain_many(X, np.array([m.median for m in hit_models]), np.array([m.spread for m in hit_models]),
+                            FEATURE_NAMES, self.config.explain_top)
+        s, r = s_all[rows], r_all[rows]
+        n = len(rows)
+        rounded = py_round(np.concatenate([r, X.ravel()]), 4)
+        features = rounded[n:].reshape(X.shape).tolist()
+        return {row: _Hit(sc, ex, x4, e, s6, r4) for row, sc, ex, x4, e, s6, r4 in
+                zip(rows, s.tolist(), r.tolist(), features, expl, py_round(s, 6).tolist(), rounded[:n].tolist())}
 
     def _bank_for(self, models: dict[str, ForestModel]) -> dict[str, tuple[int, ForestModel]]:
         """Slot in the forest bank and model, per key of every current model that fits the bank's
@@ -765,8 +791,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             st.add_rows(rows)
             self._group_since += len(rows)
 
-    def _finding(self, c: ToolCall, score: float, excess: float, x: list[float], expl: list[dict[str, Any]],
-                 model: ForestModel, key: str, status: str) -> Finding:
+    def _finding(self, c: ToolCall, hit: _Hit, model: ForestModel, key: str, status: str, threshold6: float
+                 ) -> Finding:
+        score, excess, expl = hit.score, hit.excess, hit.explanation
         top = ", ".join(f"{e['feature']} {e['observed']:g} (usual {e['baseline']:g})" for e in expl)
         basis = "agent" if key == c.agent_id else key
         if score > model.threshold:
@@ -778,10 +805,10 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             detector=self.name,
             severity=finding_severity(self.config, score - model.threshold, excess, model.params.range_k),
             reason=f"call {c.token} unlike the baseline ({basis}): {why}; {top}",
-            score=round(score, 6),
-            evidence={"explanation": expl, "threshold": round(model.threshold, 6), "model": basis,
-                      "range_excess": round(excess, 4),
-                      "state": status, "features": {n: round(v, 4) for n, v in zip(FEATURE_NAMES, x)
+            score=hit.score6,
+            evidence={"explanation": expl, "threshold": threshold6, "model": basis,
+                      "range_excess": hit.excess4,
+                      "state": status, "features": {n: v for n, v in zip(FEATURE_NAMES, hit.features4)
                                                     if math.isfinite(v)}},
             dedup_key=f"{self.name}:{c.agent_id}:{c.session_id}",
         )

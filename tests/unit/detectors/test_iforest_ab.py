@@ -137,3 +137,17 @@ def test_many_agents_scored_in_the_bank_equal_mains() -> None:
         assert m_new.tobytes() == m_ref.tobytes()
     assert sum(a in new._models for a in new.agent_states()) >= 40
     assert _same_snapshot(new.snapshot(), ref.snapshot())
+
+
+def test_observe_equals_mains_observe() -> None:
+    """``observe`` itself (the daemon's call: bounded walk, no margins put back in batch order) finds
+    what main's ``observe`` finds, every field, and leaves the same state."""
+    new, ref = _pair(10, 32)
+    n_findings = 0
+    for b in many_agents_batches():
+        f_new, f_ref = new.observe(b), ref.observe(b)
+        _same_findings(f_new, f_ref)
+        n_findings += len(f_new)
+    assert n_findings > 5
+    assert new.agent_states() == ref.agent_states()
+    assert _same_snapshot(new.snapshot(), ref.snapshot())

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.features import N_FEATURES, AgentContext, append_rows, extract, finish
-from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams, SlotConstants
+from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams, SlotConstants, explain_many
 from toolwatch.detectors.iforest_detector import ForestConfig, _Agent
 from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel, fleet_prior
 from toolwatch.detectors.sequence_detector import SequenceConfig, SequenceDetector
@@ -504,3 +504,23 @@ def test_cached_prior_choices_equal_select_prior(steps, need):
                         for tok in [*tokens, "never/seen"]:
                             assert got.prob(prev, tok) == want.prob(prev, tok)
                             assert got.p_unigram(tok) == want.p_unigram(tok)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 30), st.integers(1, 6), st.integers(0, 2**32 - 1))
+def test_explain_many_equals_each_rows_own_models_explain(n, k, seed):
+    """A batch's hits of several models explained in one pass (``explain_many`` with per-row baselines,
+    as the detector does): each row's explanation is its own model's ``explain``, bit for bit."""
+    rnd = np.random.default_rng(seed)
+    models = [ForestModel(np.round(rnd.normal(size=(40, N_FEATURES)) * rnd.uniform(0.1, 50, N_FEATURES), 1),
+                          ForestParams(n_estimators=2, max_samples=16)) for _ in range(3)]
+    pick = [models[i] for i in rnd.integers(0, 3, n)]
+    X = np.round(rnd.normal(size=(n, N_FEATURES)) * 30, int(rnd.integers(0, 5)))
+    X[rnd.random(X.shape) < 0.05] = 1e300
+    X[rnd.random(X.shape) < 0.03] = np.nan
+    X[0] = pick[0].median
+    names = [f"f{i}" for i in range(N_FEATURES)]
+    got = explain_many(X, np.array([m.median for m in pick]), np.array([m.spread for m in pick]), names, k)
+    want = [m.explain(x, names, k) for m, x in zip(pick, X)]
+    assert repr(got) == repr(want)
+    assert got[0] == []
