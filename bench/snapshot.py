@@ -8,6 +8,9 @@ Per detector: CPU ms of ``snapshot()``, of ``json.dumps`` and of ``Store.save_st
 medians of ``--rounds``, and the JSON size. The naive baseline, in the same run, writes the same
 state with float matrices as nested lists (how state was written before detectors/array_codec.py):
 its cost is ``tolist`` of each matrix plus ``json.dumps`` and the SQLite write of that text.
+Per-detector figures are taken with garbage collection paused as ``Pipeline.save_state`` pauses it
+(collector/gc_pause.py; code from before it had no pause, and this bench then times without one).
+The last line times ``Pipeline.save_state`` itself, all detectors in one go, as the daemon runs it.
 Models are fitted after the warm-up (as in ``stages.py --fit``). Prints figures; never pass/fail.
 """
 
@@ -19,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,10 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stages  # noqa: E402
 import workloads as wl  # noqa: E402
+from toolwatch.collector.alerts import AlertRouter  # noqa: E402
 from toolwatch.collector.config import Config  # noqa: E402
 from toolwatch.collector.daemon import build_detectors  # noqa: E402
+from toolwatch.collector.metrics import Metrics  # noqa: E402
+from toolwatch.collector.pipeline import Pipeline  # noqa: E402
 from toolwatch.collector.store import Store  # noqa: E402
 from toolwatch.detectors.array_codec import decode_matrix  # noqa: E402
+
+try:
+    from toolwatch.collector.gc_pause import gc_paused
+except ImportError:  # code from before the pause (run against an older checkout to compare)
+    gc_paused = nullcontext
 
 
 def _decoded(state: Any) -> Any:
@@ -85,12 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         for det in detectors:
             rounds: list[tuple[float, float, float, float]] = []
             for _ in range(args.rounds):
-                t_snap, state = _ms(det.snapshot)
-                t_save, _ = _ms(lambda s=state: store.save_state(det.name, s))
+                with gc_paused():
+                    t_snap, state = _ms(det.snapshot)
+                    t_save, _ = _ms(lambda s=state: store.save_state(det.name, s))
                 arrays = _decoded(state)
-                t_lists, _ = _ms(lambda a=_matrices(arrays): [m.tolist() for m in a])
-                plain = _as_lists(arrays)
-                t_save_old, _ = _ms(lambda p=plain: store.save_state(det.name, p))
+                with gc_paused():
+                    t_lists, _ = _ms(lambda a=_matrices(arrays): [m.tolist() for m in a])
+                    plain = _as_lists(arrays)
+                    t_save_old, _ = _ms(lambda p=plain: store.save_state(det.name, p))
                 rounds.append((t_snap, t_save, t_lists, t_save_old))
             snap, save, lists, save_old = (statistics.median(r[i] for r in rounds) for i in range(4))
             mb, mb_old = (len(json.dumps(x, separators=(",", ":"))) / 1e6 for x in (state, plain))
@@ -99,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
             sums[1] += snap + lists + save_old
             print(f"{det.name:14s} {snap:9.1f} {save:8.1f} {snap + save:8.1f} {mb:7.2f}"
                   f" | naive: {lists:8.1f} {save_old:8.1f} {snap + lists + save_old:8.1f} {mb_old:7.2f}")
-    print(f"all detectors: {sums[0]:.0f} ms of the event loop per snapshot (naive, matrices as lists: {sums[1]:.0f} ms)")
+        print(f"all detectors: {sums[0]:.0f} ms of the event loop per snapshot (naive, matrices as lists: {sums[1]:.0f} ms)")
+        metrics = Metrics()
+        pipeline = Pipeline(detectors, AlertRouter(store, metrics, [], group_window_ns=0), store, metrics)
+        whole = statistics.median(_ms(pipeline.save_state)[0] for _ in range(args.rounds))
+        print(f"Pipeline.save_state: {whole:.0f} ms (all detectors, median of {args.rounds})")
     return 0
 
 
