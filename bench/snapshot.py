@@ -11,12 +11,15 @@ its cost is ``tolist`` of each matrix plus ``json.dumps`` and the SQLite write o
 Per-detector figures are taken with garbage collection paused as ``Pipeline.save_state`` pauses it
 (collector/gc_pause.py; code from before it had no pause, and this bench then times without one).
 The last line times ``Pipeline.save_state`` itself, all detectors in one go, as the daemon runs it.
+Timed with the daemon's generation-0 GC threshold (``pipeline.gc_young_threshold``) unless
+``--gc-young-threshold`` says otherwise (0: Python's default, as this bench timed before).
 Models are fitted after the warm-up (as in ``stages.py --fit``). Prints figures; never pass/fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -35,6 +38,7 @@ import workloads as wl  # noqa: E402
 from toolwatch.collector.alerts import AlertRouter  # noqa: E402
 from toolwatch.collector.config import Config  # noqa: E402
 from toolwatch.collector.daemon import build_detectors  # noqa: E402
+from toolwatch.collector.interpreter import InterpreterSettings  # noqa: E402
 from toolwatch.collector.metrics import Metrics  # noqa: E402
 from toolwatch.collector.pipeline import Pipeline  # noqa: E402
 from toolwatch.collector.store import Store  # noqa: E402
@@ -83,12 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=75_000, help="event-time spans/s")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workload", choices=wl.WORKLOADS, default=wl.DEFAULT_WORKLOAD, help="see bench/workloads.py")
+    ap.add_argument("--gc-young-threshold", type=int, default=Config().pipeline.gc_young_threshold,
+                    help="generation-0 GC threshold while timing, as the daemon sets it (0: Python's default, 700)")
     args = ap.parse_args(argv)
 
     _, calls = stages.workload(args.warm, args.batch, args.rate, args.workload, 0.001)
     detectors = build_detectors(Config())
     stages.warm_up(detectors, calls, args.batch, True, None, quiet=True)
     print(f"toolwatch snapshot bench: state after {len(calls):,} calls of workload {wl.describe(args.workload, 0.001)}")
+    interpreter = InterpreterSettings(args.gc_young_threshold, 0)
+    interpreter.apply()  # as the daemon runs (pipeline.gc_young_threshold)
+    print(f"GC thresholds while timing: {gc.get_threshold()}")
     print(f"{'detector':14s} {'snapshot':>9s} {'save':>8s} {'total':>8s} {'MB':>7s}"
           f" | naive: {'tolist':>8s} {'save':>8s} {'total':>8s} {'MB':>7s}   (CPU ms, medians; save = json + SQLite)")
     sums = [0.0, 0.0]
@@ -118,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = Pipeline(detectors, AlertRouter(store, metrics, [], group_window_ns=0), store, metrics)
         whole = statistics.median(_ms(pipeline.save_state)[0] for _ in range(args.rounds))
         print(f"Pipeline.save_state: {whole:.0f} ms (all detectors, median of {args.rounds})")
+    interpreter.restore()
     return 0
 
 
