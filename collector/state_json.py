@@ -19,9 +19,18 @@ import numpy as np
 
 __all__ = ["dumps_state"]
 
-BIG = 1 << 15
-"""Strings shorter than this are left to ``json`` (a NumPy check costs more than it saves)."""
-_MAX_DEPTH = 8
+BIG = 1024
+"""Strings shorter than this are left to ``json`` (a NumPy check costs more than it saves). The
+IsolationForest's pending session rows are ~1-10 KB of base64 each, its windows ~330 KB."""
+_MAX_DEPTH = 6
+"""Dict levels searched: IsolationForest pending rows are at state/agents/<agent>/pending/<session>."""
+_SEARCH = 10_000
+"""Dict entries searched before a state with no big string yet is left to ``json`` whole: a state
+without matrices (volume's thousands of windows) should not pay for a walk of all of it."""
+
+
+class _NoneBig(Exception):
+    """The first ``_SEARCH`` entries held no big string."""
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
 """What ``json.dumps(obj, separators=(",", ":"))`` calls, built once."""
 
@@ -30,7 +39,10 @@ def dumps_state(state: Any, big: int = BIG) -> str:
     """``json.dumps(state, separators=(",", ":"))``, character for character."""
     marker = secrets.token_hex(16)
     strings: list[str] = []
-    skeleton = _swap(state, marker, strings, big, _MAX_DEPTH)
+    try:
+        skeleton = _swap(state, marker, strings, big, _MAX_DEPTH, [_SEARCH])
+    except _NoneBig:
+        return _ENCODE(state)
     if not strings:
         return _ENCODE(state)
     parts = _ENCODE(skeleton).split(f'"{marker}"')
@@ -42,12 +54,17 @@ def dumps_state(state: Any, big: int = BIG) -> str:
     return "".join(out)
 
 
-def _swap(obj: Any, marker: str, strings: list[str], big: int, depth: int) -> Any:
+def _swap(obj: Any, marker: str, strings: list[str], big: int, depth: int, budget: list[int]) -> Any:
     """``obj`` with each big plain string found through nested dicts replaced by ``marker`` (dicts on
     the way copied, ``obj`` itself untouched), the strings appended to ``strings`` in the order
-    ``json`` writes them. Lists are not searched: matrices sit in dicts, and lists are long."""
+    ``json`` writes them. Lists are not searched: matrices sit in dicts, and lists are long.
+    ``_NoneBig`` once ``budget[0]`` entries are searched without finding a string."""
     if type(obj) is not dict or not depth:
         return obj
+    if not strings:
+        budget[0] -= len(obj)
+        if budget[0] < 0:
+            raise _NoneBig
     out = None
     for k, v in obj.items():
         if type(v) is str:
@@ -56,7 +73,7 @@ def _swap(obj: Any, marker: str, strings: list[str], big: int, depth: int) -> An
             strings.append(v)
             new: Any = marker
         elif type(v) is dict:
-            new = _swap(v, marker, strings, big, depth - 1)
+            new = _swap(v, marker, strings, big, depth - 1, budget)
             if new is v:
                 continue
         else:

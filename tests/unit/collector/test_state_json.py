@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,7 +26,7 @@ def iforest_like(rng: np.random.Generator) -> dict:
     agents = {
         f"agent-{i}": {"ctx": {"n": i, "names": ["a", "b"]}, "markov": {"counts": {"x": 1.5}},
                        "rows": encode_matrix(rng.normal(size=(2048, 15))), "since_fit": i, "frozen": False,
-                       "pending": {"s1": encode_matrix(rng.normal(size=(3, 15))),
+                       "pending": {"s1": encode_matrix(rng.normal(size=(12, 15))),
                                    "s2": encode_matrix(rng.normal(size=(0, 15)))},
                        "tainted": ["s1"]}
         for i in range(4)
@@ -38,8 +39,8 @@ def iforest_like(rng: np.random.Generator) -> dict:
 def test_iforest_state_is_spliced_and_written_as_before():
     state = iforest_like(np.random.default_rng(1))
     strings: list[str] = []
-    skeleton = state_json._swap(state, "M", strings, state_json.BIG, 8)
-    assert len(strings) == 8  # four windows, four model samples: the fast path is the one tested
+    skeleton = state_json._swap(state, "M", strings, state_json.BIG, 8, [10**9])
+    assert len(strings) == 12  # four windows, four model samples, four pending sessions of 12 rows: the fast path is tested
     assert skeleton["agents"]["agent-0"]["rows"]["f8"] == "M" and state["agents"]["agent-0"]["rows"]["f8"] != "M"
     assert dumps_state(state) == old(state)
 
@@ -90,3 +91,14 @@ def test_store_saves_the_same_text_and_loads_it_back(tmp_path):
     assert loaded == state
     a = decode_matrix(loaded["agents"]["agent-3"]["rows"], "test")
     assert np.array_equal(a, decode_matrix(state["agents"]["agent-3"]["rows"], "test"))
+
+
+def test_a_state_without_big_strings_early_is_left_to_json_whole():
+    many = {f"key{i}": {"calls": i, "spans": ["a"]} for i in range(state_json._SEARCH + 1)}
+    state = {"keys": many, "late": {"f8": "G" * 40_000}}
+    with pytest.raises(state_json._NoneBig):
+        state_json._swap(state, "M", [], state_json.BIG, 8, [state_json._SEARCH])
+    assert dumps_state(state) == old(state)
+    found: list[str] = []
+    state_json._swap({"early": {"f8": "G" * 40_000}, "keys": many}, "M", found, state_json.BIG, 8, [state_json._SEARCH])
+    assert len(found) == 1  # once one is found, the rest is searched whatever its size
