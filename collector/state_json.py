@@ -28,11 +28,12 @@ _SEARCH = 10_000
 """Dict entries searched before a state with no big string yet is left to ``json`` whole: a state
 without matrices (volume's thousands of windows) should not pay for a walk of all of it."""
 
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+"""What ``json.dumps(obj, separators=(",", ":"))`` calls, built once."""
+
 
 class _NoneBig(Exception):
     """The first ``_SEARCH`` entries held no big string."""
-_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
-"""What ``json.dumps(obj, separators=(",", ":"))`` calls, built once."""
 
 
 def dumps_state(state: Any, big: int = BIG) -> str:
