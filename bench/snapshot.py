@@ -8,17 +8,24 @@ Per detector: CPU ms of ``snapshot()``, of ``json.dumps`` and of ``Store.save_st
 medians of ``--rounds``, and the JSON size. The naive baseline, in the same run, writes the same
 state with float matrices as nested lists (how state was written before detectors/array_codec.py):
 its cost is ``tolist`` of each matrix plus ``json.dumps`` and the SQLite write of that text.
+Per-detector figures are taken with garbage collection paused as ``Pipeline.save_state`` pauses it
+(collector/gc_pause.py; code from before it had no pause, and this bench then times without one).
+The last line times ``Pipeline.save_state`` itself, all detectors in one go, as the daemon runs it.
+Timed with the daemon's generation-0 GC threshold (``pipeline.gc_young_threshold``) unless
+``--gc-young-threshold`` says otherwise (0: Python's default, as this bench timed before).
 Models are fitted after the warm-up (as in ``stages.py --fit``). Prints figures; never pass/fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,10 +35,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import stages  # noqa: E402
 import workloads as wl  # noqa: E402
+from toolwatch.collector.alerts import AlertRouter  # noqa: E402
 from toolwatch.collector.config import Config  # noqa: E402
 from toolwatch.collector.daemon import build_detectors  # noqa: E402
+from toolwatch.collector.interpreter import InterpreterSettings  # noqa: E402
+from toolwatch.collector.metrics import Metrics  # noqa: E402
+from toolwatch.collector.pipeline import Pipeline  # noqa: E402
 from toolwatch.collector.store import Store  # noqa: E402
 from toolwatch.detectors.array_codec import decode_matrix  # noqa: E402
+
+try:
+    from toolwatch.collector.gc_pause import gc_paused
+except ImportError:  # code from before the pause (run against an older checkout to compare)
+    gc_paused = nullcontext
 
 
 def _decoded(state: Any) -> Any:
@@ -71,12 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=75_000, help="event-time spans/s")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workload", choices=wl.WORKLOADS, default=wl.DEFAULT_WORKLOAD, help="see bench/workloads.py")
+    ap.add_argument("--gc-young-threshold", type=int, default=Config().pipeline.gc_young_threshold,
+                    help="generation-0 GC threshold while timing, as the daemon sets it (0: Python's default, 700)")
     args = ap.parse_args(argv)
 
     _, calls = stages.workload(args.warm, args.batch, args.rate, args.workload, 0.001)
     detectors = build_detectors(Config())
     stages.warm_up(detectors, calls, args.batch, True, None, quiet=True)
     print(f"toolwatch snapshot bench: state after {len(calls):,} calls of workload {wl.describe(args.workload, 0.001)}")
+    interpreter = InterpreterSettings(args.gc_young_threshold, 0)
+    interpreter.apply()  # as the daemon runs (pipeline.gc_young_threshold)
+    print(f"GC thresholds while timing: {gc.get_threshold()}")
     print(f"{'detector':14s} {'snapshot':>9s} {'save':>8s} {'total':>8s} {'MB':>7s}"
           f" | naive: {'tolist':>8s} {'save':>8s} {'total':>8s} {'MB':>7s}   (CPU ms, medians; save = json + SQLite)")
     sums = [0.0, 0.0]
@@ -85,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
         for det in detectors:
             rounds: list[tuple[float, float, float, float]] = []
             for _ in range(args.rounds):
-                t_snap, state = _ms(det.snapshot)
-                t_save, _ = _ms(lambda s=state: store.save_state(det.name, s))
+                with gc_paused():
+                    t_snap, state = _ms(det.snapshot)
+                    t_save, _ = _ms(lambda s=state: store.save_state(det.name, s))
                 arrays = _decoded(state)
-                t_lists, _ = _ms(lambda a=_matrices(arrays): [m.tolist() for m in a])
-                plain = _as_lists(arrays)
-                t_save_old, _ = _ms(lambda p=plain: store.save_state(det.name, p))
+                with gc_paused():
+                    t_lists, _ = _ms(lambda a=_matrices(arrays): [m.tolist() for m in a])
+                    plain = _as_lists(arrays)
+                    t_save_old, _ = _ms(lambda p=plain: store.save_state(det.name, p))
                 rounds.append((t_snap, t_save, t_lists, t_save_old))
             snap, save, lists, save_old = (statistics.median(r[i] for r in rounds) for i in range(4))
             mb, mb_old = (len(json.dumps(x, separators=(",", ":"))) / 1e6 for x in (state, plain))
@@ -99,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
             sums[1] += snap + lists + save_old
             print(f"{det.name:14s} {snap:9.1f} {save:8.1f} {snap + save:8.1f} {mb:7.2f}"
                   f" | naive: {lists:8.1f} {save_old:8.1f} {snap + lists + save_old:8.1f} {mb_old:7.2f}")
-    print(f"all detectors: {sums[0]:.0f} ms of the event loop per snapshot (naive, matrices as lists: {sums[1]:.0f} ms)")
+        print(f"all detectors: {sums[0]:.0f} ms of the event loop per snapshot (naive, matrices as lists: {sums[1]:.0f} ms)")
+        metrics = Metrics()
+        pipeline = Pipeline(detectors, AlertRouter(store, metrics, [], group_window_ns=0), store, metrics)
+        whole = statistics.median(_ms(pipeline.save_state)[0] for _ in range(args.rounds))
+        print(f"Pipeline.save_state: {whole:.0f} ms (all detectors, median of {args.rounds})")
+    interpreter.restore()
     return 0
 
 

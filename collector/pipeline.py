@@ -21,6 +21,7 @@ from toolwatch.detectors.events import Batch, Finding, ToolCall, ToolListing
 
 from .alerts import AlertRouter
 from .event_time import EventTimeRule, Verdict, judge
+from .gc_pause import gc_paused
 from .metrics import Metrics
 from .store import Store
 from .uncancellable import finish_despite_cancel
@@ -151,12 +152,13 @@ class Pipeline:
 
     def save_state(self) -> None:
         saved = True
-        for det in self.detectors:
-            try:
-                self.store.save_state(det.name, det.snapshot())
-            except Exception:
-                saved = False
-                log.exception("detector %s: state could not be saved", det.name)
+        with gc_paused():  # see gc_pause: a snapshot's own lists triggered full collections
+            for det in self.detectors:
+                try:
+                    self.store.save_state(det.name, det.snapshot())
+                except Exception:
+                    saved = False
+                    log.exception("detector %s: state could not be saved", det.name)
         self._last_snapshot = self.clock()
         self._snapshot_wanted = False
         if saved:

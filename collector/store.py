@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
+from .state_json import dumps_state
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
     id TEXT PRIMARY KEY,
@@ -378,7 +380,7 @@ class Store:
         self.db.execute(
             "INSERT INTO detector_state(name, state, updated_at) VALUES (?,?,?)"
             " ON CONFLICT(name) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
-            (name, json.dumps(state, separators=(",", ":")), self.clock()),
+            (name, dumps_state(state), self.clock()),
         )
 
     def load_state(self, name: str) -> dict[str, Any] | None:
