@@ -226,6 +226,7 @@ def run_load(runner: DaemonRunner, proto: str, traffics: list[Any], spans_per_bo
         for k in range(clients)]
     total = n_requests * clients * spans_per_body
     runner.waiter.expect(total)
+    budget = CpuBudget(runner)
     t0 = time.perf_counter()
     for p in procs:
         p.start()
@@ -235,6 +236,7 @@ def run_load(runner: DaemonRunner, proto: str, traffics: list[Any], spans_per_bo
     results = [q.get(timeout=60) for _ in procs]
     for p in procs:
         p.join(10)
+    cpu = budget.line(total)
     lags = sorted(runner.lag.values)
     return {
         "spans": total,
@@ -244,6 +246,7 @@ def run_load(runner: DaemonRunner, proto: str, traffics: list[Any], spans_per_bo
         "lag_p99_ms": 1000 * lags[min(len(lags) - 1, int(len(lags) * 0.99))] if lags else float("nan"),
         "retries": sum(r[1] for r in results),
         "findings": runner.tally.summary(total),
+        "cpu": cpu,
     }
 
 
@@ -253,6 +256,61 @@ def _rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of a live process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def _child_cpu(runner: "DaemonRunner") -> dict[int, tuple[str, float]]:
+    """CPU seconds of the daemon's child processes (OTLP workers, the refit worker), by pid, with their role."""
+    roles: dict[int, str] = {}
+    http = runner.daemon.receiver("otlp_http")
+    for pid in getattr(http, "pids", []):
+        roles[pid] = "OTLP workers"
+    worker = runner.daemon.refit_worker
+    if worker is not None and worker.pid is not None:
+        roles[worker.pid] = "refit worker"
+    return {pid: (role, _proc_cpu(pid)) for pid, role in roles.items()}
+
+
+class CpuBudget:
+    """CPU seconds per process role over a run, as µs per span: where the machine's two cores go
+    (the daemon's interpreter, its OTLP worker processes, the refit worker, the load generators),
+    and so what rate the whole machine could reach at this cost per span."""
+
+    def __init__(self, runner: "DaemonRunner") -> None:
+        self.runner = runner
+        self.daemon0 = _cpu_s()
+        self.children0 = _child_cpu(runner)
+        self.loadgen0 = _loadgen_s()
+
+    def line(self, spans: int) -> str:
+        roles: dict[str, float] = {"daemon": _cpu_s() - self.daemon0}
+        for pid, (role, cpu) in _child_cpu(self.runner).items():
+            roles[role] = roles.get(role, 0.0) + cpu - self.children0.get(pid, (role, 0.0))[1]
+        roles["load generators"] = _loadgen_s() - self.loadgen0
+        per = {k: 1e6 * v / spans for k, v in roles.items()}
+        total = sum(per.values())
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in per.items())
+        return (f"CPU µs/span: {parts}; total {total:.1f} -> {os.cpu_count()} cores at this cost: "
+                f"{os.cpu_count() * 1e6 / total:,.0f} spans/s")
+
+
+def _loadgen_s() -> float:
+    """CPU seconds of children already waited for (the load generators, once joined)."""
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def _cpu_s() -> float:
@@ -455,7 +513,7 @@ def calibrate(bodies: list[bytes]) -> float:
 def fmt(name: str, r: dict[str, Any]) -> str:
     return (f"{name:<34} {r['spans']:>9,.0f} spans {r['seconds']:>6.2f} s {r['spans_per_s']:>10,.0f} spans/s"
             f"   lag p50 {r['lag_p50_ms']:>7.1f} ms  p99 {r['lag_p99_ms']:>7.1f} ms  retries {r['retries']:.0f}"
-            f"\n{'':<34} {r['findings']}")
+            f"\n{'':<34} {r['findings']}" + (f"\n{'':<34} {r['cpu']}" if "cpu" in r else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
