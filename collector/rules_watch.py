@@ -11,6 +11,7 @@ from toolwatch.detectors.rules import RuleEngine, RuleError
 from .detector_registry import rule_files
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .uncancellable import stop_task
 
 log = logging.getLogger("toolwatch.rules")
 
@@ -78,13 +79,5 @@ class RuleFileWatcher:
     async def shutdown(self) -> None:
         """Stop polling. The poll loop ends in a CancelledError of its own, which is swallowed; a
         cancel of the task running this shutdown is passed on (a caller's timeout must see it)."""
-        me = asyncio.current_task()
-        cancels = me.cancelling() if me is not None else 0
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                if me is not None and me.cancelling() > cancels:
-                    raise  # this shutdown was cancelled, not only the poll loop
+        await stop_task(task)

@@ -29,3 +29,18 @@ async def finish_despite_cancel(coro: Coroutine[object, object, T], name: str) -
             task.exception()  # retrieved, so asyncio does not report it as never retrieved
         raise interrupted
     return task.result()
+
+
+async def stop_task(task: asyncio.Task[object] | None) -> None:
+    """Cancel a background loop and wait for it to end. Its own ``CancelledError`` is swallowed; a
+    cancel of the task calling this (a caller's timeout, a cancelled shutdown) is passed on."""
+    if task is None:
+        return
+    me = asyncio.current_task()
+    cancels = me.cancelling() if me is not None else 0
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        if me is not None and me.cancelling() > cancels:
+            raise  # the caller was cancelled, not only the loop

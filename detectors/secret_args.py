@@ -65,6 +65,16 @@ class ToolSecretHistory:
     tools: OrderedDict[str, list[int]] = field(default_factory=OrderedDict)
 
 
+def _add_calls(tools: "OrderedDict[str, list[int]]", token: str, n: int) -> None:
+    """Count ``n`` more calls of ``token`` in an agent's table, as its most recent tool."""
+    have = tools.get(token)
+    if have is None:
+        tools[token] = [n, 0]
+    else:
+        tools.move_to_end(token)
+        have[0] += n
+
+
 class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
     """Learned per agent×tool: is a secret in this tool's arguments unusual?"""
 
@@ -127,12 +137,7 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
             # (which tools are new, per agent), the counts go in at once, in the same order.
             for (agent, token), n in reversed(counts.items()):  # order of last occurrence
                 tools = tables[agent]
-                have = tools.get(token)
-                if have is None:
-                    tools[token] = [n, 0]
-                else:
-                    tools.move_to_end(token)
-                    have[0] += n
+                _add_calls(tools, token, n)
             return True
         plan = []
         added: dict[str, set[str]] = {}
@@ -147,12 +152,7 @@ class SecretArgsDetector(PerAgentDetector[ToolSecretHistory]):
             if len(state[agent].tools) + len(tokens) > limit:
                 return False
         for tools, token, n in plan:
-            have = tools.get(token)
-            if have is None:
-                tools[token] = [n, 0]
-            else:
-                tools.move_to_end(token)
-                have[0] += n
+            _add_calls(tools, token, n)
         return True
 
     def observe_call(self, call: ToolCall) -> Finding | None:

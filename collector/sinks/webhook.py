@@ -25,6 +25,7 @@ import aiohttp
 from ..config import WebhookConfig
 from ..metrics import Metrics
 from ..store import Store, StoredAlert
+from ..uncancellable import stop_task
 from . import Sink
 from .formats import MAX_BATCH, SCHEMA_VERSION, digest_chunks, idempotency_key, render
 from .ratelimit import TokenBucket
@@ -121,17 +122,9 @@ class WebhookSink(Sink):
         running this shutdown is passed on once the session is closed (a caller's timeout, a
         cancelled daemon shutdown). Nothing is lost either way: a message leaves the outbox only
         when a receiver has answered 2xx, so one interrupted mid-POST is sent again next start."""
-        me = asyncio.current_task()
-        cancels = me.cancelling() if me is not None else 0
         task, self._task = self._task, None
         try:
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    if me is not None and me.cancelling() > cancels:
-                        raise  # this shutdown was cancelled, not only the delivery loop
+            await stop_task(task)
         finally:
             session, self._session = self._session, None
             if session is not None:
