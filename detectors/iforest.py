@@ -480,10 +480,6 @@ class ForestModel:
             for j in top if dev[j] > 0
         ]
 
-    def explain_rows(self, X: np.ndarray, names: Sequence[str], k: int = 3) -> list[list[dict[str, Any]]]:
-        """``explain`` of each row of ``X`` (``explain_many`` with this model's baseline for every row)."""
-        return explain_many(X, self.median, self.spread, names, k)
-
     def to_dict(self) -> dict[str, Any]:
         return {"sample": encode_matrix(self.sample), "params": {
             "n_estimators": self.params.n_estimators, "max_samples": self.params.max_samples,
@@ -499,17 +495,16 @@ class ForestModel:
 def explain_many(X: np.ndarray, median: np.ndarray, spread: np.ndarray, names: Sequence[str], k: int = 3
                  ) -> list[list[dict[str, Any]]]:
     """``ForestModel.explain`` of each row of ``X`` under its own baseline (``median`` and ``spread``:
-    one row per row of ``X``, or one for all), in one pass for a batch's hits of any number of models.
+    one row per row of ``X``), in one pass for a batch's hits of any number of models.
     The same values bit for bit: elementwise NumPy, each row's sum and stable sort as in ``explain``,
     Python's rounding by one ``py_round``."""
     X = np.asarray(X, dtype=np.float64)
-    M = median if np.shape(median) == X.shape else np.broadcast_to(median, X.shape)
-    dev = np.abs(X - M) / spread
+    dev = np.abs(X - median) / spread
     totals = dev.sum(axis=1)
     tops = np.argsort(-dev, axis=1, kind="stable")[:, :k]
     at = np.arange(len(X))[:, None], tops
     top_dev = dev[at]
-    parts = (top_dev / np.where(totals == 0, 1.0, totals)[:, None], X[at], M[at])
+    parts = (top_dev / np.where(totals == 0, 1.0, totals)[:, None], X[at], median[at])
     n = top_dev.size
     rounded = py_round(np.concatenate([p.ravel() for p in parts]), 4)
     contribution, observed, baseline = (rounded[i * n : (i + 1) * n].reshape(top_dev.shape).tolist() for i in range(3))

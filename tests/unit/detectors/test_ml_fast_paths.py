@@ -361,9 +361,9 @@ def test_slot_constants_margins_equal_each_models_own_margins_in_any_row_order(s
 
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 40), st.integers(1, 6), st.integers(0, 2**32 - 1))
-def test_explain_rows_equals_explain_row_by_row(n, k, seed):
-    """Explanations of a batch's hits in one pass: the same dicts, bit for bit, as one ``explain``
-    per row, with ties, rows at the median (no deviation), huge and non-finite values."""
+def test_explain_many_of_one_model_equals_explain_row_by_row(n, k, seed):
+    """Explanations of a batch's hits of one model in one pass: the same dicts, bit for bit, as one
+    ``explain`` per row, with ties, rows at the median (no deviation), huge and non-finite values."""
     rnd = np.random.default_rng(seed)
     sample = np.round(rnd.normal(size=(60, N_FEATURES)) * rnd.uniform(0.1, 50, N_FEATURES))
     model = ForestModel(sample, ForestParams(n_estimators=3, max_samples=16))
@@ -372,7 +372,7 @@ def test_explain_rows_equals_explain_row_by_row(n, k, seed):
     X[rnd.random(X.shape) < 0.03] = np.nan
     X[0] = model.median
     names = [f"f{i}" for i in range(N_FEATURES)]
-    got = model.explain_rows(X, names, k)
+    got = explain_many(X, np.tile(model.median, (n, 1)), np.tile(model.spread, (n, 1)), names, k)
     want = [model.explain(x, names, k) for x in X]
     assert repr(got) == repr(want)  # repr: NaN compares unequal to itself, its repr does not
     assert got[0] == []
