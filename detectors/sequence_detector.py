@@ -559,9 +559,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         if st in similar:  # never, in practice: a learning agent is not mature
             similar = [p for p in similar if p is not st]
             models = [p.model for p in similar]
-        # _Agent.length_limit inlined: a peer's cached limit unless its lengths changed since.
-        k, floor = cfg.length_k, cfg.length_floor
-        limits = [p.length_limit(k, floor) if p.limit_stale else p.limit for p in similar if p.lengths.n >= 5]
+        limits = [p.length_limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
         # statistics.median: the same value as np.median ((a + b) / 2 of the middle pair), without an array.
         return fleet_prior(models, cfg.markov, rows=prevs), (float(median(limits)) if limits else None)
 
