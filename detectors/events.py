@@ -27,6 +27,12 @@ class _CallToken:
     __slots__ = ("token",)
 
 
+def tool_token(server: str, tool: str) -> str:
+    """``server/tool`` (just ``tool`` without a server): a call's ``token``, the unit of call-sequence
+    models, for code that has a server and tool but no call."""
+    return f"{server}/{tool}" if server else tool
+
+
 @dataclass(slots=True)
 class ToolCall(_CallToken):
     """One tool call, normalised from whatever span convention carried it.
@@ -69,7 +75,7 @@ class ToolCall(_CallToken):
     """Which convention the span used (toolwatch, genai, openllmetry, openinference, …)."""
 
     def __post_init__(self) -> None:
-        self.token = f"{self.server}/{self.tool}" if self.server else self.tool
+        self.token = f"{self.server}/{self.tool}" if self.server else self.tool  # tool_token, inlined (per call)
 
     @property
     def is_error(self) -> bool:

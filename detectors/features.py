@@ -153,7 +153,7 @@ def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[Any], p
             p_uni, p_prob = prior.p_unigram, prior.prob
     put = rows.extend if flat else rows.append
     if call_tokens is None:
-        call_tokens = [f"{c.server}/{c.tool}" if c.server else c.tool for c in calls]
+        call_tokens = [c.token for c in calls]
     tokens.extend(call_tokens)
     for c, token in zip(calls, call_tokens):
         # SessionTracker.touch, inlined.

@@ -24,7 +24,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 
 from .base import Detector
-from .events import Batch, Finding, ToolCall, ToolListing, canonical_sha256
+from .events import Batch, Finding, ToolCall, ToolListing, canonical_sha256, tool_token
 from .policy_config import ArgumentRule, PolicyConfig
 
 __all__ = ["CallView", "Decision", "PolicyDetector", "ToolFacts", "decide"]
@@ -147,7 +147,7 @@ def decide(config: PolicyConfig, call_like: Any, facts: ToolFacts | None = None,
     agent_roles = roles_of(config, call.agent_id)
     subjects = [s for s in config.subjects if _applies(s.agents, s.roles, call.agent_id, agent_roles)]
     found: list[tuple[str, str, str]] = []
-    where = f"{call.server}/{call.tool}" if call.server else call.tool
+    where = tool_token(call.server, call.tool)
 
     for s in subjects:
         if _any(s.deny_servers, call.server):

@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Union
 
 from .condition import And, Compare, Const, Node, Not, Or
 from .fields import DIRECT, Value
+from ..events import tool_token
 from .model import Rule
 
 Test = Callable[[object], bool]
@@ -154,7 +155,7 @@ def plan_tool(rules: tuple[Rule, ...], server: str, tool: str, capabilities: fro
     known: dict[str, Value] = {
         "tool": tool,
         "server": server,
-        "token": f"{server}/{tool}" if server else tool,
+        "token": tool_token(server, tool),
         "capabilities": caps,
     }
     kept: list[tuple[Rule, Test]] = []

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..base import Detector
 from ..capabilities import CapabilityMap
-from ..events import Batch, Finding, ToolCall
+from ..events import Batch, Finding, ToolCall, tool_token
 from .compile import ToolPlan, plan_tool
 from .context import ContextLimits, LazyContext, SessionContext
 from .correlate import CorrelationWindows, Fired
@@ -147,7 +147,7 @@ class RuleEngine(Detector):
             plan = plans.get(pair)
             if plan is None or plan.capabilities != caps:
                 plan = plans[pair] = plan_tool(self._rules, server, tool, caps)
-            by_token[f"{server}/{tool}" if server else tool] = plan  # ``ToolCall.token``
+            by_token[tool_token(server, tool)] = plan
         if len(by_token) == len(distinct):
             # Each call's plan by its token (a string built once per call, hash cached): no
             # (server, tool) tuple per call, which cost more than the lookup itself.
