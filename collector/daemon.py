@@ -129,7 +129,8 @@ class Daemon:
                 if hasattr(d, "fitter") and hasattr(d, "retrain"):
                     d.fitter = self.refit_worker.fit  # type: ignore[attr-defined]
         self.retrainer = Retrainer(self.detectors, max_share=p.retrain_max_share,
-                                   max_models=p.retrain_max_models or None)
+                                   max_models=p.retrain_max_models or None,
+                                   abort=self.refit_worker.abort if self.refit_worker is not None else None)
         self.pipeline.batch_listeners.append(self.retrainer)
         self.ingest = Ingest(Normalizer(redact_args or ingest_redactor(cfg)), self.pipeline, self.metrics)
         self.receivers: list[Receiver] = []
@@ -252,12 +253,15 @@ class Daemon:
                 failures.append(exc)
 
         self._started = False
+        # First, so every snapshot the stop takes (the Kafka receiver's hand-over, the drain's) comes
+        # after the refit in flight has either finished (its model is saved) or been dropped within a
+        # few seconds (the state saved asks for it again), never halfway.
+        await step("stopping the retrainer", self.retrainer.shutdown)
         for r in self.receivers:
             await step(f"stopping receiver {r.name}", r.shutdown)
         if self.rules_watcher:
             await step("stopping the rule file watcher", self.rules_watcher.shutdown)
         await step("draining the pipeline", self.pipeline.shutdown)
-        await step("stopping the retrainer", self.retrainer.shutdown)
         if self.refit_worker is not None:
             await step("stopping the refit worker", lambda: asyncio.to_thread(self.refit_worker.close))  # type: ignore[union-attr]
         for sink in self.sinks:

@@ -18,7 +18,9 @@ model with ``ForestModel.from_fitted_arrays``: bit-identical to an in-process fi
 If the worker cannot be started, fits run in-process from then on (logged once). If it dies
 mid-fit, ``fit`` raises ``RefitWorkerDied``: the caller keeps the previous model and retries later
 with a new worker. If the daemon dies (or closes the pipe) mid-fit, the worker exits at once and
-quietly: it does not finish a fit nobody will read.
+quietly: it does not finish a fit nobody will read. ``abort`` (the daemon's shutdown, when a refit
+outlasts its grace) stops the worker mid-fit: the fit in flight raises ``RefitWorkerDied`` and is
+dropped, so a stop never waits ``fit_timeout_s`` for a stuck worker.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import signal
 import sys
 import threading
 from dataclasses import asdict
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import numpy as np
@@ -151,8 +153,11 @@ def _worker_main(conn: Connection) -> None:
 class RefitWorker:
     """Fits ``ForestModel``s in one worker process; ``fit`` is thread-safe (one fit at a time)."""
 
-    def __init__(self, *, join_timeout_s: float = 5.0, fit_timeout_s: float = 600.0) -> None:
+    def __init__(self, *, join_timeout_s: float = 5.0, fit_timeout_s: float = 600.0,
+                 abort_grace_s: float = 2.0) -> None:
         self.join_timeout_s = join_timeout_s
+        self.abort_grace_s = abort_grace_s
+        """How long ``abort`` lets the worker exit on SIGTERM before it kills it."""
         self.fit_timeout_s = fit_timeout_s
         """A fit takes well under a second; a worker silent this long is stuck and is killed."""
         self._lock = threading.Lock()
@@ -162,6 +167,7 @@ class RefitWorker:
         """Set when the worker could not be started: fits then run in the caller's thread."""
         self.starts = 0
         self._closed = False
+        self._aborted = False
 
     @property
     def pid(self) -> int | None:
@@ -183,6 +189,8 @@ class RefitWorker:
                     return ForestModel(sample, params)
             assert self._conn is not None
             try:
+                if self._aborted:  # ``abort`` came while the worker started, before it saw the process
+                    raise EOFError("aborted")
                 self._conn.send_bytes(encode_request(sample, params))
                 if not self._conn.poll(self.fit_timeout_s):
                     pid = self.pid
@@ -194,6 +202,10 @@ class RefitWorker:
                 reply = self._conn.recv_bytes()
             except (EOFError, OSError) as exc:
                 pid, code = self.pid, self._reap()
+                if self._aborted:
+                    raise RefitWorkerDied(f"refit worker process {pid} was stopped mid-fit by the daemon's shutdown "
+                                          f"(exit code {code}); this refit is dropped and asked for again after the "
+                                          "restart (the previous model stays in the saved state)") from exc
                 raise RefitWorkerDied(f"refit worker process {pid} died mid-fit (exit code {code}); the previous "
                                       "model stays in use and the refit is retried later in a new worker") from exc
             return decode_reply(reply, params)
@@ -228,6 +240,28 @@ class RefitWorker:
         code = proc.exitcode
         proc.close()
         return code
+
+    def abort(self) -> None:
+        """Stop the worker now, even mid-fit: SIGTERM, then SIGKILL after ``abort_grace_s``.
+
+        For a shutdown that cannot wait for a refit (a stuck worker is otherwise waited for up to
+        ``fit_timeout_s``, far beyond a service manager's stop timeout). Takes no lock, since the
+        fit in flight holds it: that fit reads EOF, reaps the process and raises ``RefitWorkerDied``.
+        Fits after this run in-process (as after ``close``); call ``close`` afterwards to reap a
+        worker that was idle."""
+        self._closed = True
+        self._aborted = True
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            proc.terminate()
+            if not wait([proc.sentinel], self.abort_grace_s):
+                log.warning("refit worker process %d did not exit on SIGTERM in %g s; killing it",
+                            proc.pid, self.abort_grace_s)
+                proc.kill()
+        except ValueError:  # the fit's thread reaped and closed it meanwhile: it is gone already
+            pass
 
     def close(self) -> None:
         """Stop the worker (waits for a fit in progress) and fit in-process from then on."""

@@ -47,10 +47,17 @@ class Retrainer:
     spread the same share evenly over time; each model is fitted from its agent's window as
     before, only the time of each fit changes. None fits every key asked for in one run (as the
     replay harness does).
+
+    ``shutdown`` starts no more runs and gives the one in flight ``stop_grace_s``; then ``abort``
+    (the daemon passes its refit worker's) stops the fit in progress, which is dropped: the
+    detector keeps its previous model and asks for the refit again after the restart. Waiting for
+    the fit instead held a daemon's stop for up to the refit worker's ``fit_timeout_s`` (600 s)
+    when the worker was stuck, far beyond a service manager's stop timeout.
     """
 
     def __init__(self, detectors: list[Any], *, max_share: float = 0.25, max_models: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, stop_grace_s: float = 5.0,
+                 abort: Callable[[], None] | None = None) -> None:
         if max_models is not None and max_models < 1:
             raise ValueError(f"Retrainer: max_models must be >= 1 or None (got {max_models})")
         self.detectors: list[Retrainable] = [d for d in detectors if hasattr(d, "needs_retrain") and hasattr(d, "retrain")]
@@ -60,8 +67,14 @@ class Retrainer:
         self.max_models = max_models
         self.clock = clock
         self._not_before = 0.0
+        self.stop_grace_s = stop_grace_s
+        self.abort = abort
+        """Makes a fit in progress return at once (it raises); None: ``shutdown`` waits for it."""
+        self._closed = False
 
     def __call__(self, batch: Batch, findings: list[Finding]) -> None:
+        if self._closed:
+            return
         if self._task is not None and not self._task.done():
             return
         if self.clock() < self._not_before:
@@ -74,18 +87,36 @@ class Retrainer:
     async def _run(self, work: list[tuple[Retrainable, list[str]]]) -> None:
         started = self.clock()
         for det, keys in work:
+            if self._closed:
+                break
             try:
                 done = await asyncio.to_thread(det.retrain, keys)
                 self.fitted += len(done)
                 log.debug("%s: refitted %d model(s)", det.name, len(done))
             except RefitWorkerDied as exc:
-                log.error("%s: %s", det.name, exc)
+                log.log(logging.WARNING if self._closed else logging.ERROR, "%s: %s", det.name, exc)
             except Exception:
                 log.exception("%s: retraining failed; the previous models stay in use", det.name)
         took = self.clock() - started
         self._not_before = self.clock() + took * (1.0 / self.max_share - 1.0)
 
-    async def shutdown(self) -> None:
-        task, self._task = self._task, None
+    async def wait(self) -> None:
+        """Wait for the run in flight, however long it takes; later batches may start new runs
+        (the replay harness settles on this between chunks)."""
+        task = self._task
         if task is not None:
             await task
+
+    async def shutdown(self) -> None:
+        """Start no more runs; the run in flight gets ``stop_grace_s``, then ``abort`` ends its fit."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        await asyncio.wait({task}, timeout=self.stop_grace_s)
+        if not task.done() and self.abort is not None:
+            log.warning("a model refit is still running %g s into the shutdown: stopping it (it is dropped; "
+                        "the previous model stays and the refit is asked for again after the restart)",
+                        self.stop_grace_s)
+            await asyncio.to_thread(self.abort)
+        await task

@@ -64,7 +64,7 @@ async def run_pipeline(
             await pipe.drained(timeout=600)
             # A replay runs far faster than event time; waiting for the refit keeps it deterministic
             # and gives the models a live daemon would have had by then.
-            await retrainer.shutdown()
+            await retrainer.wait()
 
         for i in range(0, len(events), submit_chunk):
             chunk = events[i:i + submit_chunk]

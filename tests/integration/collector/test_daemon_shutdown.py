@@ -24,8 +24,10 @@ from toolwatch.collector.config import Config
 from toolwatch.collector.daemon import Daemon
 from toolwatch.collector.receivers import Receiver
 from toolwatch.collector.store import Store
+from toolwatch.detectors.events import Batch
 from toolwatch.detectors.features import N_FEATURES
-from toolwatch.detectors.iforest import ForestParams
+from toolwatch.detectors.iforest import ForestModel, ForestParams
+from toolwatch.detectors.iforest_detector import ForestConfig, IsolationForestDetector
 from toolwatch.detectors.new_tool import NewToolConfig, NewToolDetector
 from toolwatch.instrumentation import semconv as sc
 
@@ -241,3 +243,78 @@ async def test_a_cancelled_start_leaves_no_worker_behind(tmp_path):
         if pid and not _gone(pid):
             os.kill(pid, signal.SIGKILL)
         await d.shutdown()
+
+
+def _forest_daemon(cfg: Config) -> tuple[Daemon, IsolationForestDetector, dict]:
+    """A daemon whose IsolationForest has agent "a" due for a refit (its old model kept meanwhile)."""
+    det = IsolationForestDetector(ForestConfig(forest=ForestParams(n_estimators=20, max_samples=64), min_rows=60,
+                                               max_rows=256, retrain_every=200, auto_retrain=False))
+    st = det.state_for("a")
+    st.add_rows(np.random.default_rng(5).normal(size=(120, N_FEATURES)))
+    det._models["a"] = ForestModel(st.window(), ForestParams(n_estimators=5))
+    st.since_fit = 500
+    return Daemon(cfg, detectors=[det]), det, det._models["a"].to_dict()
+
+
+async def test_a_stuck_refit_worker_does_not_hold_the_stop_and_the_saved_state_asks_for_the_refit_again(
+        tmp_path, caplog):
+    """Shutdown waited for the refit in flight for up to the worker's ``fit_timeout_s`` (600 s): a
+    stuck worker held a SIGTERM'd daemon far beyond a service manager's stop timeout (30 s in
+    Kubernetes), which then killed it before it drained and saved anything. Now the refit gets a
+    few seconds, then the worker is stopped and the refit dropped; the state saved still asks for it."""
+    cfg = _config(tmp_path)
+    d, det, old = _forest_daemon(cfg)
+    await d.start()
+    stuck = 0
+    try:
+        stuck = await _start_refit_worker(d)
+        os.kill(stuck, signal.SIGSTOP)  # hung: it never answers
+        d.retrainer(Batch(), [])  # as after a batch: agent "a" is due
+        await asyncio.sleep(0.5)  # the fit's request is with the worker
+        assert d.retrainer._task is not None and not d.retrainer._task.done()
+        await _post(d, 2, "acked")
+        t0 = time.monotonic()
+        stopping = asyncio.create_task(d.shutdown())
+        with caplog.at_level(logging.WARNING):
+            done, _ = await asyncio.wait({stopping}, timeout=40)
+        assert done, "shutdown still waits for the stuck refit worker"
+        took = time.monotonic() - t0
+        await stopping
+        assert took < 40
+        assert _gone(stuck)
+        assert "a model refit is still running 5 s into the shutdown: stopping it" in caplog.text
+        assert f"refit worker process {stuck} was stopped mid-fit by the daemon's shutdown" in caplog.text
+        assert d.pipeline.processed == 2
+        _assert_closed(d.store)
+    finally:
+        if stuck and not _gone(stuck):
+            os.kill(stuck, signal.SIGKILL)
+        await d.shutdown()
+    # The restart has the old model and asks for the refit at once (not 200 rows later).
+    d2, det2, _old = _forest_daemon(cfg)
+    d2.pipeline.restore_state()
+    try:
+        assert det2._models["a"].to_dict() == old
+        assert det2._state["a"].since_fit == 500 and "a" in det2.needs_retrain()
+    finally:
+        d2.store.close()
+
+
+async def test_a_refit_that_finishes_within_the_grace_is_kept(tmp_path):
+    """The grace is not a cut-off for healthy refits: one that finishes in time is saved."""
+    cfg = _config(tmp_path)
+    d, det, old = _forest_daemon(cfg)
+    await d.start()
+    try:
+        await _start_refit_worker(d)
+        d.retrainer(Batch(), [])
+        await asyncio.wait_for(d.shutdown(), 60)
+    finally:
+        await d.shutdown()
+    assert d.retrainer.fitted >= 1
+    d2, det2, _old = _forest_daemon(cfg)
+    d2.pipeline.restore_state()
+    try:
+        assert det2._models["a"].to_dict() != old and det2._state["a"].since_fit == 0
+    finally:
+        d2.store.close()

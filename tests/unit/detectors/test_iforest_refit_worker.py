@@ -251,3 +251,67 @@ def test_the_worker_exits_when_its_parent_is_killed() -> None:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid)
+
+
+def test_abort_ends_a_fit_in_flight_at_once_and_later_fits_run_in_process() -> None:
+    """``abort`` is the shutdown's way out of a refit it cannot wait for: the fit raises now."""
+    w = RefitWorker()
+    try:
+        w.fit(np.ones((4, N_FEATURES)), ForestParams(n_estimators=1))
+        pid = w.pid
+        threading.Timer(0.3, w.abort).start()
+        t0 = time.monotonic()
+        with pytest.raises(RefitWorkerDied, match=f"process {pid} was stopped mid-fit by the daemon's shutdown"):
+            w.fit(np.random.default_rng(0).normal(size=(2048, N_FEATURES)), ForestParams(n_estimators=4000))
+        assert time.monotonic() - t0 < 20
+        assert not _alive(pid) and w.pid is None
+        rng = np.random.default_rng(1)
+        assert w.fit(rng.normal(size=(50, N_FEATURES)), ForestParams(n_estimators=5)).forest is not None
+        assert w.pid is None  # in-process: no new worker after an abort
+    finally:
+        w.close()
+
+
+def test_abort_kills_a_worker_that_does_not_exit_on_sigterm(monkeypatch, caplog) -> None:
+    """The worker has no SIGTERM handler, so Linux ends it on SIGTERM even when it is stopped; one in
+    uninterruptible sleep would not exit: that SIGTERM is left out here (the worker is real)."""
+    w = RefitWorker(abort_grace_s=0.5)
+    try:
+        w.fit(np.ones((4, N_FEATURES)), ForestParams(n_estimators=1))
+        pid = w.pid
+        monkeypatch.setattr(w._proc, "terminate", lambda: None)
+        with caplog.at_level(logging.WARNING, "toolwatch.refit_worker"):
+            w.abort()
+        w.close()
+        assert not _alive(pid) and w.pid is None
+        assert f"refit worker process {pid} did not exit on SIGTERM in 0.5 s; killing it" in caplog.text
+    finally:
+        w.close()
+
+
+def test_a_stopped_retrainer_starts_no_refit_and_aborts_the_one_in_flight(worker, caplog) -> None:
+    det = IsolationForestDetector(_cfg(auto_retrain=False, forest=ForestParams(n_estimators=3000, max_samples=256)))
+    C.feed(det, C.routine_traffic("a", 40))
+    det._models["a"] = old = ForestModel(det._state["a"].window(), ForestParams(n_estimators=5))
+    det._state["a"].since_fit = since = 500
+    w = RefitWorker()
+    det.fitter = w.fit
+    rt = Retrainer([det], max_share=1.0, stop_grace_s=0.2, abort=w.abort)
+
+    async def run() -> None:
+        rt(Batch(), [])
+        assert rt._task is not None
+        await asyncio.sleep(0.5)  # the fit is with the worker (its start-up alone takes longer)
+        with caplog.at_level(logging.WARNING, "toolwatch.retrain"):
+            await asyncio.wait_for(rt.shutdown(), 30)
+        rt(Batch(), [])  # a batch drained after the stop: no new run
+        assert rt._task is None
+
+    try:
+        asyncio.run(run())
+        assert det._models["a"] is old and det._state["a"].since_fit == since and rt.fitted == 0
+        assert "a model refit is still running 0.2 s into the shutdown" in caplog.text
+        assert any(r.levelno == logging.WARNING and "stopped mid-fit by the daemon's shutdown" in r.getMessage()
+                   for r in caplog.records)
+    finally:
+        w.close()
