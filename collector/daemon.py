@@ -45,6 +45,7 @@ from .sinks import Sink
 from .sinks.log import LogSink
 from .sinks.webhook import WebhookSink
 from .uncancellable import finish_despite_cancel
+from .stop_signals import stop_signals
 from .store import Store
 
 log = logging.getLogger("toolwatch.daemon")
@@ -276,16 +277,23 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _on_signal(self, sig: signal.Signals) -> None:
+        """Stop; a repeated signal says what the stop is still doing rather than doing nothing unseen."""
+        if not self._stop.is_set():
+            log.info("%s received: stopping (draining %d queued calls, saving state)", sig.name, self.pipeline.depth)
+            self.request_stop()
+            return
+        log.warning("%s received again: the stop is still running (it processes and saves the calls already "
+                    "accepted, then ends on its own). SIGKILL ends it at once but loses those calls and the "
+                    "detector state since the last snapshot", sig.name)
+
     async def run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        """Start, run until SIGINT/SIGTERM (or ``request_stop``), shut down; the signal handlers that
+        were installed before are back when this returns."""
+        with stop_signals(asyncio.get_running_loop(), self._on_signal):
+            await self.start()
+            log.info("toolwatch is running; data in %s", Path(self.cfg.data_dir).resolve())
             try:
-                loop.add_signal_handler(sig, self.request_stop)
-            except (NotImplementedError, RuntimeError):
-                pass
-        await self.start()
-        log.info("toolwatch is running; data in %s", Path(self.cfg.data_dir).resolve())
-        try:
-            await self._stop.wait()
-        finally:
-            await self.shutdown()
+                await self._stop.wait()
+            finally:
+                await self.shutdown()
