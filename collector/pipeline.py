@@ -122,6 +122,8 @@ class Pipeline:
         self.saved_seq = 0
         self._snapshot_wanted = False
         self._progress = asyncio.Event()
+        self._reported: asyncio.Task[None] | None = None
+        """The run loop whose death ``_ended`` logged (``_finish`` logs any other)."""
 
     async def exclusive(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` while no batch is being observed: for approvals and rule reloads, which
@@ -235,6 +237,7 @@ class Pipeline:
         for running_listener in self.running_listeners:
             running_listener(False)
         if not task.cancelled() and task.exception() is not None:
+            self._reported = task
             log.error("the pipeline's run loop stopped: %r; calls are queued but not processed until restart",
                       task.exception(), exc_info=task.exception())
 
@@ -259,10 +262,12 @@ class Pipeline:
     async def _finish(self, task: asyncio.Task[None]) -> None:
         try:
             await task
-        except asyncio.CancelledError:
-            pass  # the run loop was cancelled from outside: still drain and save
-        except Exception:  # logged by _ended; still drain what is queued and save state
-            pass
+        except (asyncio.CancelledError, Exception) as exc:  # cancelled from outside, or died: still drain and save
+            # ``_ended`` logs a death only while the loop is the running one; one during the stop
+            # (the batch in hand failing after shutdown took the task) went unlogged.
+            if isinstance(exc, Exception) and self._reported is not task:
+                log.error("the pipeline's run loop failed while stopping: %r; the queued calls are still processed "
+                          "and detector state saved; report this error", exc, exc_info=exc)
         # A run loop cancelled from outside leaves its batch in the worker thread: wait for it, or the
         # final snapshot reads detector state while that batch changes it.
         await self.exclusive(lambda: None)
@@ -314,8 +319,15 @@ class Pipeline:
         return items
 
     async def _drain_all(self) -> None:
+        """Process everything queued (at shutdown). A batch that fails after the detectors saw it (a
+        batch listener's error) is logged and the draining goes on: stopping at it left the calls
+        behind it, already acknowledged, unprocessed, and the detector state unsaved."""
         while self._queue:
-            await self._process(self._take())
+            try:
+                await self._process(self._take())
+            except Exception:
+                log.exception("a batch failed while the pipeline drained for shutdown; the rest of the queue is "
+                              "still processed and detector state saved; report this error")
         self._idle.set()
 
     async def _process(self, items: list[_Item]) -> None:

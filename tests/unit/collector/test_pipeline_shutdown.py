@@ -140,3 +140,52 @@ async def test_a_cancelled_shutdown_still_finishes_the_batch_drains_and_saves_th
         raise AssertionError("the cancel of shutdown was swallowed")
     assert sorted(a.agent_id for a in store.list_alerts()) == ["held-0", "held-1", "held-2", "queued"]
     assert p.processed == 4 and p.depth == 0 and saved and saved[-1] >= 2
+
+
+async def test_a_run_loop_failing_during_the_stop_is_logged_and_the_rest_still_drained_and_saved(tmp_path, caplog):
+    """The batch in hand when shutdown starts fails after the detectors (a batch listener's error):
+    shutdown had taken the task, so ``_ended`` did not log it, and ``_finish`` passed over it: the
+    error was never seen. The drain then stopped at the next failing batch, leaving the calls behind
+    it (acknowledged) unprocessed and the detector state unsaved."""
+    store = Store(tmp_path / "t.db")
+    metrics = Metrics()
+    gate = _FlagEveryAgentOnRelease()
+    counted = NewToolDetector(NewToolConfig(min_calls=1))
+    p = Pipeline([gate, counted], AlertRouter(store, metrics, [], group_window_ns=0), store, metrics,
+                 batch_max_size=1, batch_max_delay_s=0.0, snapshot_interval_s=3600)
+
+    def broken_listener(batch, findings) -> None:
+        raise RuntimeError("listener bug")
+
+    p.batch_listeners.append(broken_listener)
+    await p.start()
+    assert p.submit([ToolCall(time_ns=1, agent_id="a", tool="held")], [])
+    assert await asyncio.to_thread(gate.entered.wait, 5)
+    for i in range(3):
+        assert p.submit([ToolCall(time_ns=2 + i, agent_id="a", tool=f"queued{i}")], [])
+    stopping = asyncio.create_task(p.shutdown())
+    await asyncio.sleep(0.1)  # shutdown is now waiting for the batch in hand
+    gate.release.set()
+    await asyncio.wait_for(stopping, 10)
+    assert "the pipeline's run loop failed while stopping: RuntimeError('listener bug')" in caplog.text
+    drained = [r for r in caplog.records if "a batch failed while the pipeline drained for shutdown" in r.getMessage()]
+    assert len(drained) == 3 and all(r.exc_info and "listener bug" in str(r.exc_info[1]) for r in drained)
+    assert store.load_state("new_tool")["agents"]["a"]["calls"] == 4
+    assert p.depth == 0
+
+
+async def test_a_run_loop_that_died_before_the_stop_is_logged_once(tmp_path, caplog):
+    p, store = slow_batching_pipeline(tmp_path)
+    p.batch_max_delay_s = 0.0
+
+    def broken_listener(batch, findings) -> None:
+        raise RuntimeError("listener bug")
+
+    p.batch_listeners.append(broken_listener)
+    await p.start()
+    assert p.submit(calls(5), [])
+    deadline = time.monotonic() + 20
+    while p.running and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(p.shutdown(), 10)
+    assert sum("listener bug" in r.getMessage() for r in caplog.records) == 1
