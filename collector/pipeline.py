@@ -122,6 +122,8 @@ class Pipeline:
         self.saved_seq = 0
         self._snapshot_wanted = False
         self._progress = asyncio.Event()
+        self._failed_seq = 0
+        """The ticket of the first batch whose accounting (alerts, listeners) failed; 0: none did."""
         self._reported: asyncio.Task[None] | None = None
         """The run loop whose death ``_ended`` logged (``_finish`` logs any other)."""
 
@@ -341,7 +343,14 @@ class Pipeline:
             self._watermark_ns = max(self._watermark_ns, t)
         batch.watermark_ns = self._watermark_ns
         findings = await asyncio.to_thread(self._observe, batch)
-        self._account(items, batch, findings)
+        try:
+            self._account(items, batch, findings)
+        except Exception:
+            # Its alerts may not be stored: ``done_seq`` stays below it from now on, so an
+            # at-least-once source (Kafka) never commits it, however many batches follow.
+            if not self._failed_seq:
+                self._failed_seq = items[0].seq
+            raise
 
     def _account(self, items: list[_Item], batch: Batch, findings: list[Finding]) -> None:
         """Everything after the detectors, on the loop: metrics, alerts, listeners, lag, progress.
@@ -364,6 +373,8 @@ class Pipeline:
             self.metrics.lag.observe(max(0.0, now - item.arrived))
         self.processed += len(batch)
         self.done_seq = max(self.done_seq, max(item.seq for item in items))
+        if self._failed_seq:
+            self.done_seq = min(self.done_seq, self._failed_seq - 1)
         self._progress.set()
 
     def _observe(self, batch: Batch) -> list[Finding]:

@@ -189,3 +189,35 @@ async def test_a_run_loop_that_died_before_the_stop_is_logged_once(tmp_path, cap
         await asyncio.sleep(0.01)
     await asyncio.wait_for(p.shutdown(), 10)
     assert sum("listener bug" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_a_batch_that_failed_after_the_detectors_is_never_counted_done(tmp_path):
+    """``done_seq`` (and so ``saved_seq``, up to which Kafka commits offsets) went past a batch whose
+    accounting failed (its alerts perhaps never stored) as soon as a later batch succeeded: the
+    drain at shutdown processed the rest, and the failed batch's offsets could be committed."""
+    p, store = slow_batching_pipeline(tmp_path)
+    p.batch_max_size, p.batch_max_delay_s = 1, 0.0
+    failing = {2}
+    seen = 0
+
+    def listener_failing_on_the_second_batch(batch, findings) -> None:
+        nonlocal seen
+        seen += 1
+        if seen in failing:
+            raise RuntimeError("listener bug")
+
+    p.batch_listeners.append(listener_failing_on_the_second_batch)
+    gate = Gate()
+    p.detectors.insert(0, gate)  # holds the first batch until all three are queued
+    await p.start()
+    for i in range(3):
+        assert p.submit([ToolCall(time_ns=i, agent_id="a", tool=f"t{i}")], [])
+    assert await asyncio.to_thread(gate.entered.wait, 5)
+    gate.release.set()
+    deadline = time.monotonic() + 20
+    while p.running and time.monotonic() < deadline:  # the second batch kills the run loop
+        await asyncio.sleep(0.01)
+    assert not p.running and p.done_seq == 1
+    await asyncio.wait_for(p.shutdown(), 10)  # drains the third
+    assert store.load_state("new_tool")["agents"]["a"]["calls"] == 3
+    assert p.done_seq == 1 and p.saved_seq == 1
