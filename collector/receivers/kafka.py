@@ -44,6 +44,10 @@ DEAD_LETTER_FILE = "kafka-dead-letter.jsonl"
 SNAPSHOT_COST_FACTOR = 10
 """A state snapshot is requested at most every ``commit_interval_ms`` and at most every this many times
 the last save took: snapshots (every detector's state to SQLite) never take more than ~1/10 of the time."""
+STOP_TIMEOUT_MS = 5_000
+"""How long the stop's last offset commit, and the consumer's close, may wait for the broker. The
+client's default (``request_timeout_ms``, 30 s) each made a stop with an unresponsive broker outlast
+a service manager's stop timeout; what is not committed is redelivered after the restart."""
 EVENTS_PER_POLL = 20_000
 """Spans decoded between two polls, at most (about): with records of hundreds of spans, ``max_poll_records``
 alone let one poll take longer to decode than ``max_poll_interval_ms`` (the group then evicts the member)."""
@@ -167,6 +171,10 @@ class KafkaReceiver(Receiver):
             return
         self._stop.set()
         await asyncio.get_running_loop().run_in_executor(None, thread.join, self.settle_timeout_s + 15)
+        if thread.is_alive():
+            log.warning("Kafka receiver: the consumer thread did not stop within %g s; the stop goes on without "
+                        "it (records after the last commit are redelivered after the restart)",
+                        self.settle_timeout_s + 15)
 
     # --- the consumer thread ------------------------------------------------------------------
     def _main(self) -> None:
@@ -185,7 +193,7 @@ class KafkaReceiver(Receiver):
             consumer, self._consumer = self._consumer, None
             if consumer is not None:
                 try:
-                    consumer.close(autocommit=False)
+                    consumer.close(autocommit=False, timeout_ms=STOP_TIMEOUT_MS)
                 except Exception:
                     log.exception("Kafka consumer did not close cleanly")
             try:
@@ -307,7 +315,7 @@ class KafkaReceiver(Receiver):
         self._paused = paused
         self.metrics.kafka_paused.set(1 if paused else 0)
 
-    def _maybe_commit(self, consumer: Any, *, force: bool = False) -> None:
+    def _maybe_commit(self, consumer: Any, *, force: bool = False, stopping: bool = False) -> None:
         now = self.clock()
         ready = bool(self._snapshot_for) and self.pipeline.saved_seq >= self._snapshot_for
         if ready:  # the snapshot asked for is saved: commit what it covers now, not at the next interval
@@ -326,7 +334,7 @@ class KafkaReceiver(Receiver):
         offsets = {tp: nxt for _, tp, nxt in done}
         if states and not self._write_states(states, offsets):
             self._uncommitted.extendleft(reversed(done))  # neither state nor offsets move: retried next time
-        elif done and not self._commit(consumer, offsets, len(done)):
+        elif done and not self._commit(consumer, offsets, len(done), stopping=stopping):
             self._uncommitted.extendleft(reversed(done))  # retried at the next commit
         if due and self._uncommitted and self._uncommitted[0][0] <= self.pipeline.done_seq and self._loop is not None:
             # Processed but not yet in a state snapshot: ask for one; commit as soon as it is saved.
@@ -350,15 +358,25 @@ class KafkaReceiver(Receiver):
     def _on_saved(self, _saved_seq: int) -> None:
         self._snapshot_cost = max(0.0, self.clock() - max(self._asked_at, self._batch_done_at))
 
-    def _commit(self, consumer: Any, offsets: dict[Any, int], records: int) -> bool:
+    def _commit(self, consumer: Any, offsets: dict[Any, int], records: int, *, stopping: bool = False) -> bool:
+        """Commit ``offsets`` (dead letters flushed first); False when it failed. ``stopping``: the
+        last commit, bounded by ``STOP_TIMEOUT_MS``."""
         from kafka.structs import OffsetAndMetadata
 
         try:
             self.dead_letter.flush()
-            consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+            committed = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
+            if stopping:
+                consumer.commit(committed, timeout_ms=STOP_TIMEOUT_MS)
+            else:
+                consumer.commit(committed)
         except Exception as exc:  # e.g. a rebalance took the partition: the new owner re-reads it
             self.metrics.kafka_commits.labels("failed").inc()
-            log.warning("Kafka: offset commit failed (%s); retrying at the next commit", exc)
+            if stopping:
+                log.warning("Kafka: offset commit failed at stop (%s); the %d records since the last commit are "
+                            "redelivered after the restart", exc, records)
+            else:
+                log.warning("Kafka: offset commit failed (%s); retrying at the next commit", exc)
             return False
         self.committed_records += records
         self.metrics.kafka_commits.labels("ok").inc()
@@ -371,7 +389,7 @@ class KafkaReceiver(Receiver):
         except Exception as exc:
             log.warning("Kafka: pipeline did not drain on shutdown (%s); uncommitted records will be redelivered", exc)
             return
-        self._maybe_commit(consumer, force=True)
+        self._maybe_commit(consumer, force=True, stopping=True)
 
     def _drain_and_save(self) -> None:
         """Let the pipeline finish what it took and snapshot (which captures the touched agents' state)."""

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
+import signal
+import time
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
@@ -134,3 +138,29 @@ def test_full_pipeline_pauses_partitions_then_catches_up(tmp_path, kafka_broker)
         assert rx.pauses >= 1, "the receiver never paused although the queue holds only two records"
         assert d.metric("toolwatch_spans_received_total", {"receiver": "kafka"}) == len(calls)
         assert d.daemon.pipeline.processed == len(calls)
+
+
+def test_a_stop_while_the_broker_is_down_is_bounded_and_commits_nothing(tmp_path, kafka_broker, caplog):
+    """The stop's last commit and the consumer's close waited for the broker up to its request
+    timeout each (30 s), and the receiver's shutdown gave up on its thread silently after 45 s: with
+    the broker down a stop took longer than a service manager's stop timeout (30 s in Kubernetes),
+    which then killed the daemon before it drained, saved and closed. Now both are bounded, and
+    what was not committed is said to be redelivered."""
+    kafka_broker.create_topic("otlp_spans", partitions=1)
+    calls = workload(agents=2, calls_per_agent=8, new_tool_every=5)
+    produce(kafka_broker, "otlp_spans", [(c.agent.encode(), request([c]).SerializeToString()) for c in calls])
+    cfg = make_config(tmp_path, kafka=kafka_cfg(kafka_broker, commit_interval_ms=600_000))
+    d = DaemonThread(cfg)
+    with caplog.at_level(logging.WARNING, "toolwatch.receiver.kafka"):
+        with d:
+            rx = d.daemon.receiver("kafka")
+            _wait(lambda: d.daemon.pipeline.processed == len(calls), what="all calls processed")
+            assert rx.committed_records == 0  # nothing committed yet: the stop's commit is the first
+            os.kill(kafka_broker._proc.pid, signal.SIGSTOP)  # unresponsive: connections stay open, unanswered
+            t0 = time.monotonic()
+            d.call(d.daemon.shutdown(), timeout=120)
+            took = time.monotonic() - t0
+            d.daemon = None
+    assert rx.committed_records == 0
+    assert "offset commit failed at stop" in caplog.text and "redelivered after the restart" in caplog.text
+    assert took < 20, f"the stop took {took:.1f} s with the broker down"
