@@ -91,6 +91,7 @@ class WebhookSink(Sink):
         poll_s: float = 1.0,
         backoff_base_s: float | None = None,
         rng: Callable[[], float] = random.random,
+        stop_flush_s: float = 3.0,
     ) -> None:
         self.conf = conf
         self.name = conf.name
@@ -101,6 +102,8 @@ class WebhookSink(Sink):
         self.poll_s = poll_s
         self.backoff_base_s = conf.backoff_base_s if backoff_base_s is None else backoff_base_s
         self.rng = rng
+        self.stop_flush_s = stop_flush_s
+        """How long ``shutdown`` may spend on a last delivery of what is due (the alerts of the final drain)."""
         self.route = Route.of(conf.min_severity, conf.detectors, conf.agents)
         self.bucket = (
             TokenBucket(conf.rate_limit_per_min / 60.0, conf.rate_limit_burst, clock()) if conf.rate_limit_per_min > 0 else None
@@ -116,7 +119,13 @@ class WebhookSink(Sink):
             self._task = asyncio.create_task(self._run(), name=f"webhook:{self.name}")
 
     async def shutdown(self) -> None:
-        """Stop the delivery loop and close the HTTP session; what is not delivered stays in the outbox.
+        """Stop the delivery loop, deliver what is due once more (for at most ``stop_flush_s``), and
+        close the HTTP session; what is not delivered stays in the outbox.
+
+        The last delivery is for the alerts of the queue the daemon drains just before it stops its
+        sinks: the loop was stopped before it sent them, so they waited in the outbox for the next
+        start with this data_dir, which for a member scaled in for good never comes. Rate limits and
+        backoff still hold; a receiver that is down or slow costs at most ``stop_flush_s``.
 
         The loop ends in a CancelledError of its own, which is swallowed; a cancel of the task
         running this shutdown is passed on once the session is closed (a caller's timeout, a
@@ -125,10 +134,26 @@ class WebhookSink(Sink):
         task, self._task = self._task, None
         try:
             await stop_task(task)
+            if task is not None:  # started: not a store driven by hand (tests, one-shot tools)
+                await self._deliver_at_stop()
         finally:
             session, self._session = self._session, None
             if session is not None:
                 await session.close()
+
+    async def _deliver_at_stop(self) -> None:
+        if self.stop_flush_s > 0 and self.clock() >= self._hold_until:
+            try:
+                async with asyncio.timeout(self.stop_flush_s):
+                    await self.deliver_due()
+            except TimeoutError:
+                pass
+            except Exception:
+                log.exception("webhook %s: last delivery at stop failed", self.name)
+        left = self.store.outbox_depth(self.name)
+        if left:
+            log.info("webhook %s: %d message(s) not delivered at stop stay in the outbox; the next start with "
+                     "this data_dir delivers them", self.name, left)
 
     def emit(self, alerts: list[StoredAlert]) -> None:
         self._wake.set()

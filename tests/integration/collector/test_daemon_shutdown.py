@@ -20,7 +20,8 @@ import pytest
 import requests
 
 from helpers.otlp_build import add_span, request
-from toolwatch.collector.config import Config
+from helpers.webhook_receiver import WebhookReceiver
+from toolwatch.collector.config import Config, WebhookConfig
 from toolwatch.collector.daemon import Daemon
 from toolwatch.collector.receivers import Receiver
 from toolwatch.collector.store import Store
@@ -318,3 +319,26 @@ async def test_a_refit_that_finishes_within_the_grace_is_kept(tmp_path):
         assert det2._models["a"].to_dict() != old and det2._state["a"].since_fit == 0
     finally:
         d2.store.close()
+
+
+async def test_the_alerts_of_the_final_drain_are_delivered_before_the_daemon_stops(tmp_path):
+    """The calls acknowledged before the stop are drained into alerts; the webhook sink used to be
+    stopped before it sent them: they waited in the outbox for the next start with this data_dir."""
+    with WebhookReceiver() as hook:
+        cfg = _config(tmp_path, webhooks=[WebhookConfig(url=hook.url, name="ops")])
+        d = _daemon(cfg)
+        await d.start()
+        try:
+            await _post(d, 3, "acked")
+            assert d.pipeline.depth == 3
+            await asyncio.wait_for(d.shutdown(), 60)
+        finally:
+            await d.shutdown()
+        ids = {r.headers["X-Toolwatch-Alert-Ids"] for r in hook.received}
+    store = Store(cfg.data_path / "toolwatch.db")
+    try:
+        stored = {a.id for a in store.list_alerts()}
+        assert len(stored) == 2  # tool1 and tool2 are new after tool0 (min_calls=1)
+        assert set(",".join(sorted(ids)).split(",")) == stored and store.outbox_depth("ops") == 0
+    finally:
+        store.close()

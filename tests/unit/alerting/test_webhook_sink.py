@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import pytest
@@ -252,3 +253,52 @@ async def test_shutdown_in_a_task_cancelled_earlier_still_returns(tmp_path, rece
     task.cancel()
     await asyncio.wait_for(task, 10)
     assert not task.cancelled() and session.closed and sink._task is None
+
+
+async def test_shutdown_delivers_what_was_queued_just_before_it(tmp_path, receiver, caplog):
+    """The daemon drains its queue (storing the last alerts) and then stops its sinks: the delivery
+    loop was cancelled before it sent them, so they waited in the outbox for a next start with
+    this data_dir, which a member scaled in for good never has."""
+    store, _, sink = make(tmp_path, receiver, Clock())
+    sink.poll_s = 600.0
+    await sink.start()
+    await asyncio.sleep(0.05)  # the loop sleeps (up to 600 s) when the last alerts are stored
+    alerts = queue(store, sink, 3)
+    await asyncio.wait_for(sink.shutdown(), 10)
+    assert sorted(r.headers[IDEMPOTENCY_HEADER] for r in receiver.received) == sorted(a.id for a in alerts)
+    assert store.outbox_depth("ops") == 0
+    assert "stay in the outbox" not in caplog.text
+
+
+async def test_the_last_delivery_at_shutdown_is_bounded_and_keeps_the_rest(tmp_path, receiver, caplog):
+    receiver.state.hang_s = 5.0
+    receiver.set_mode("hang")
+    store, _, sink = make(tmp_path, receiver, Clock())
+    sink.poll_s, sink.stop_flush_s = 600.0, 0.5
+    await sink.start()
+    await asyncio.sleep(0.05)
+    queue(store, sink, 2)
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, "toolwatch.webhook"):
+        await asyncio.wait_for(sink.shutdown(), 10)
+    assert time.monotonic() - started < 3
+    assert receiver.state.attempts == 1 and receiver.received == []
+    assert store.outbox_depth("ops") == 2
+    assert "webhook ops: 2 message(s) not delivered at stop stay in the outbox" in caplog.text
+
+
+async def test_no_delivery_at_shutdown_while_the_receiver_is_held(tmp_path, receiver):
+    """Backoff (and the rate limit) still hold at shutdown: a failing receiver is not tried again."""
+    receiver.set_mode("fail")
+    clock = Clock()
+    store, _, sink = make(tmp_path, receiver, clock, backoff_base_s=30.0)
+    sink.poll_s = 600.0
+    queue(store, sink, 1)
+    await sink.start()
+    for _ in range(500):
+        if receiver.state.attempts:
+            break
+        await asyncio.sleep(0.01)
+    assert receiver.state.attempts == 1
+    await asyncio.wait_for(sink.shutdown(), 10)
+    assert receiver.state.attempts == 1 and store.outbox_depth("ops") == 1
