@@ -84,6 +84,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"toolwatch: cannot start: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # A Ctrl-C once the daemon's own handlers are gone again (its stop is done, asyncio.run is
+        # closing): nothing is left to save, so no traceback, just the usual exit status.
+        print("toolwatch: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

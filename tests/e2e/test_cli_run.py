@@ -5,7 +5,7 @@ from __future__ import annotations
 import requests
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-from helpers.procs import ToolwatchProcess, run_cli
+from helpers.procs import ToolwatchProcess, run_cli, wait_until
 from helpers.spans import emit_call, provider
 
 
@@ -73,3 +73,121 @@ def test_a_port_in_use_is_named_and_what_started_is_stopped(tmp_path):
     assert f"toolwatch: cannot start: otlp_grpc: cannot listen on 127.0.0.1:{port}" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr, out.stderr
     assert "OTLP worker process" in out.stderr and "stopped (exit code 0)" in out.stderr, out.stderr
+
+
+def _children(pid: int) -> list[int]:
+    from pathlib import Path
+
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _gone(pid: int) -> bool:
+    from pathlib import Path
+
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def _stop_the_group(tmp_path, *signals) -> tuple[int, str, list[int], int]:
+    """``toolwatch run`` with an OTLP worker process in a process group of its own; 5 calls are
+    acknowledged and wait in its queue when ``signals`` go to the whole group, as systemd's
+    control-group stop (SIGTERM) or a terminal's Ctrl-C (SIGINT) send them. Returns the exit code,
+    the output, the children it had, and the calls the saved state holds."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from helpers.otlp_build import add_span, request
+    from toolwatch.collector.store import Store
+    from toolwatch.instrumentation import semconv as sc
+
+    data = tmp_path / "data"
+    cfg = tmp_path / "tw.yaml"
+    cfg.write_text("detectors:\n  new_tool:\n    min_calls: 1\n"
+                   "pipeline:\n  batch_max_delay_ms: 600000\n  batch_max_size: 100000\n")
+    tw = ToolwatchProcess(data, "--config", str(cfg), "--otlp-processes", "1", "--otlp-grpc", "off",
+                          env={"TOOLWATCH_FINGERPRINT_KEY": "k" * 32})
+    original = subprocess.Popen
+
+    def in_own_group(*a, **kw):
+        return original(*a, start_new_session=True, **kw)
+
+    subprocess.Popen = in_own_group
+    try:
+        tw.start(60)
+    finally:
+        subprocess.Popen = original
+    try:
+        req = request("svc")
+        for i in range(5):
+            add_span(req, {sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.GEN_AI_TOOL_NAME: f"tool{i}",
+                           sc.GEN_AI_AGENT_ID: "a"}, start_ns=time.time_ns())
+        r = requests.post(tw.otlp_http_url, data=req.SerializeToString(), timeout=10,
+                          headers={"Content-Type": "application/x-protobuf"})
+        assert r.status_code == 200
+        children = _children(tw.proc.pid)
+        assert children
+        for sig in signals:
+            os.killpg(tw.proc.pid, sig)
+            time.sleep(0.02)
+        code = tw.proc.wait(30)
+    finally:
+        tw.__exit__()
+    store = Store(data / "toolwatch.db")
+    try:
+        calls = store.load_state("new_tool")["agents"]["a"]["calls"]
+    finally:
+        store.close()
+    return code, tw.output(), children, calls
+
+
+def test_sigterm_to_the_whole_group_drains_saves_and_leaves_no_child(tmp_path):
+    code, out, children, calls = _stop_the_group(tmp_path, __import__("signal").SIGTERM)
+    assert code == 0, out
+    assert calls == 5, out
+    wait_until(lambda: all(_gone(p) for p in children), 10, "every child process to exit")
+    assert "SIGTERM received: stopping" in out and "Traceback" not in out, out
+
+
+def test_ctrl_c_twice_still_drains_saves_and_exits_without_a_traceback(tmp_path):
+    import signal
+
+    code, out, children, calls = _stop_the_group(tmp_path, signal.SIGINT, signal.SIGINT)
+    assert code in (0, 130), out  # 130: the second Ctrl-C came after the stop had finished
+    assert calls == 5, out
+    wait_until(lambda: all(_gone(p) for p in children), 10, "every child process to exit")
+    assert "Traceback" not in out, out
+
+
+def test_a_ctrl_c_after_the_stop_exits_130_without_a_traceback(tmp_path):
+    """Once ``run_forever`` has given asyncio.run its Ctrl-C handler back, a further Ctrl-C raises
+    KeyboardInterrupt out of asyncio.run; the CLI printed its traceback. The script sends the two
+    Ctrl-Cs (real signals) right when the daemon's stop is done, then runs the CLI as installed."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "from toolwatch import cli\n"
+        "from toolwatch.collector.daemon import Daemon\n"
+        "run = Daemon.run_forever\n"
+        "async def run_then_ctrl_c_twice(self):\n"
+        "    self.request_stop()\n"
+        "    await run(self)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "Daemon.run_forever = run_then_ctrl_c_twice\n"
+        "sys.exit(cli.main(sys.argv[1:]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, "run", "--data-dir", str(tmp_path / "d"), "--otlp-http",
+                          "127.0.0.1:0", "--otlp-grpc", "off", "--listen", "127.0.0.1:0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 130, out.stderr
+    assert "toolwatch: interrupted" in out.stderr and "Traceback" not in out.stderr, out.stderr
