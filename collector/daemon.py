@@ -268,6 +268,7 @@ class Daemon:
         for sink in self.sinks:
             await step(f"stopping sink {sink.name}", sink.shutdown)
         await step("stopping the hold notifier", self.hold_notifier.shutdown)
+        await step("answering the held calls' long-polls", self.enforcement.holds.stop_waits)
         await step("stopping the API", self.api.shutdown)
         await step("closing the store", self.store.close)
         await step("restoring the interpreter settings", self.interpreter.restore)

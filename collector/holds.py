@@ -69,6 +69,7 @@ class HoldBook:
     """Called once per hold when it is decided or times out (the daemon counts outcomes)."""
     _holds: "OrderedDict[str, Hold]" = field(default_factory=OrderedDict)
     _events: dict[str, asyncio.Event] = field(default_factory=dict)
+    _stopping: bool = False
 
     def create(self, body: Any) -> Hold:
         """Open a hold from the proxy's request body (fields validated, errors name them)."""
@@ -119,7 +120,7 @@ class HoldBook:
     async def wait(self, hold_id: str, wait_s: float) -> Hold:
         """The hold once decided or expired, or as it is after ``wait_s`` seconds."""
         hold = self.get(hold_id)
-        if hold.status != "pending":
+        if hold.status != "pending" or self._stopping:
             return hold
         remaining = max(0.0, hold.expires_at - self.clock())
         try:
@@ -127,6 +128,15 @@ class HoldBook:
         except asyncio.TimeoutError:
             pass
         return self.get(hold_id)
+
+    def stop_waits(self) -> None:
+        """Answer every long-poll now, and later ones at once, with the hold as it is (the daemon is
+        stopping). Its API's stop waited for them (up to the 30 s a proxy polls for, 60 s at most),
+        past a service manager's stop timeout; the proxies re-poll, find the daemon gone and apply
+        their fail mode, as they do when it dies."""
+        self._stopping = True
+        for event in self._events.values():
+            event.set()
 
     def _expire(self, hold: Hold) -> None:
         if hold.status == "pending" and self.clock() >= hold.expires_at:

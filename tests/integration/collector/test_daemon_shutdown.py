@@ -342,3 +342,29 @@ async def test_the_alerts_of_the_final_drain_are_delivered_before_the_daemon_sto
         assert set(",".join(sorted(ids)).split(",")) == stored and store.outbox_depth("ops") == 0
     finally:
         store.close()
+
+
+async def test_a_proxy_long_polling_a_hold_does_not_hold_the_stop(tmp_path):
+    """The API's stop waited for the long-poll of a held call (a proxy asks for up to 30 s at a
+    time, the API allows 60): the daemon's stop took that long. Now the poll is answered at once
+    with the hold still pending; the proxy's next poll finds the daemon gone (its fail mode)."""
+    d = _daemon(_config(tmp_path))
+    await d.start()
+    base = f"http://127.0.0.1:{d.api.bound_port}/api/v1/holds"
+    try:
+        r = await asyncio.to_thread(requests.post, base, json={"tool": "t", "agent_id": "a"}, timeout=10)
+        assert r.status_code == 201
+        hold = r.json()["id"]
+        poll = asyncio.create_task(asyncio.to_thread(requests.get, f"{base}/{hold}?wait=30", timeout=90))
+        await asyncio.sleep(0.5)  # the poll waits in the API
+        assert not poll.done()
+        t0 = time.monotonic()
+        stopping = asyncio.create_task(d.shutdown())
+        done, _ = await asyncio.wait({stopping}, timeout=20)
+        assert done, "the stop waits for the long-poll"
+        await stopping
+        assert time.monotonic() - t0 < 20
+        answer = await asyncio.wait_for(poll, 10)
+        assert answer.status_code == 200 and answer.json()["status"] == "pending"
+    finally:
+        await d.shutdown()
