@@ -176,6 +176,9 @@ class RefitWorker:
     def fit(self, sample: np.ndarray, params: ForestParams) -> ForestModel:
         """``ForestModel(sample, params)``, fitted in the worker process."""
         with self._lock:
+            if self._aborted:  # the next key of a refit run that ``abort`` cut short: dropped too
+                raise RefitWorkerDied("the refit worker was stopped by the daemon's shutdown; this refit is dropped "
+                                      "and asked for again after the restart")
             if self.in_process or self._closed:
                 return ForestModel(sample, params)
             if self._proc is None or not self._proc.is_alive():
@@ -247,8 +250,9 @@ class RefitWorker:
         For a shutdown that cannot wait for a refit (a stuck worker is otherwise waited for up to
         ``fit_timeout_s``, far beyond a service manager's stop timeout). Takes no lock, since the
         fit in flight holds it: that fit reads EOF, reaps the process and raises ``RefitWorkerDied``.
-        Fits after this run in-process (as after ``close``); call ``close`` afterwards to reap a
-        worker that was idle."""
+        Fits after this raise ``RefitWorkerDied`` too (not in-process, as after ``close``: the
+        shutdown must not spend the daemon's interpreter on refits it drops); call ``close``
+        afterwards to reap a worker that was idle."""
         self._closed = True
         self._aborted = True
         proc = self._proc
