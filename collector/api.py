@@ -19,6 +19,9 @@ from .metrics import Metrics
 from .store import Store
 
 log = logging.getLogger("toolwatch.api")
+STOP_GRACE_S = 5.0
+"""How long a stop lets requests in flight finish: aiohttp's default (60 s) let one stalled client
+hold the daemon's stop past a service manager's stop timeout."""
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -76,7 +79,7 @@ class Api:
     async def start(self) -> None:
         if self._runner is not None:
             return
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=STOP_GRACE_S)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

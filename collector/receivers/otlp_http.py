@@ -22,6 +22,11 @@ from . import IngestResult, NetworkReceiver, Overloaded, Unavailable
 log = logging.getLogger("toolwatch.receiver.otlp_http")
 NAME = "otlp_http"
 _HTTP_FOR = {"too_large": 413, "bad_content_type": 415}
+STOP_GRACE_S = 5.0
+"""How long a stop lets requests in flight finish before it closes their connections. aiohttp's
+default (60 s) let one slow or stalled client, its body half sent, hold the daemon's stop (or an
+OTLP worker's, which the daemon then killed after 20 s) past a service manager's stop timeout. A
+request cut off was not admitted; the exporter sends it again, as after any connection error."""
 
 
 def _status_body(content_type: str, code: int, message: str) -> tuple[bytes, str]:
@@ -45,7 +50,7 @@ class OtlpHttpReceiver(NetworkReceiver):
     async def start(self) -> None:
         if self._runner is not None:
             return
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=STOP_GRACE_S)
         await self._runner.setup()
         site = self._site(self._runner, self.tls.ssl_context() if self.tls else None)
         await site.start()

@@ -368,3 +368,27 @@ async def test_a_proxy_long_polling_a_hold_does_not_hold_the_stop(tmp_path):
         assert answer.status_code == 200 and answer.json()["status"] == "pending"
     finally:
         await d.shutdown()
+
+
+@pytest.mark.parametrize("where,processes", [("otlp_http", 0), ("otlp_http", 1), ("api", 0)])
+async def test_a_client_stalled_mid_request_does_not_hold_the_stop(tmp_path, where, processes):
+    """A client that sent the headers and part of the body, then nothing: aiohttp's stop waited 60 s
+    for that request (in an OTLP worker process the daemon killed the worker after 20 s)."""
+    d = _daemon(_config(tmp_path, otlp_processes=processes))
+    await d.start()
+    try:
+        port = d.receiver("otlp_http").bound_port if where == "otlp_http" else d.api.bound_port
+        path = "/v1/traces" if where == "otlp_http" else "/api/v1/holds"
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+                        "Content-Length: 1000\r\n\r\nabc".encode())
+        await asyncio.sleep(0.5)  # the request is with the server, waiting for the rest of its body
+        t0 = time.monotonic()
+        stopping = asyncio.create_task(d.shutdown())
+        done, _ = await asyncio.wait({stopping}, timeout=15)
+        assert done, "the stop waits for the stalled request"
+        await stopping
+        assert time.monotonic() - t0 < 15
+        stalled.close()
+    finally:
+        await d.shutdown()
