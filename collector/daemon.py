@@ -44,9 +44,9 @@ from .rules_watch import RuleFileWatcher
 from .sinks import Sink
 from .sinks.log import LogSink
 from .sinks.webhook import WebhookSink
-from .uncancellable import finish_despite_cancel
 from .stop_signals import stop_signals
 from .store import Store
+from .uncancellable import finish_despite_cancel
 
 log = logging.getLogger("toolwatch.daemon")
 
