@@ -138,7 +138,7 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
             raise Overloaded(f"pipeline queue is full ({depth} events waiting); retry later")
         norm = self.normalizer.normalize(decoded.request)
         errors = tuple(decoded.errors)
-        reply = await self.link.ask(lambda rid: wf.ingest_frame(rid, NAME, norm, decoded.rejected, errors))
+        reply = await self.link.ask(lambda rid: wf.ingest_frame(rid, NAME, norm, decoded.rejected, errors, rows=self.normalizer.rows))
         _, _, outcome, spans, rejected, message = reply
         if outcome == wf.OVERLOADED:
             raise Overloaded(message)
@@ -153,7 +153,8 @@ async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any
     if settings is None or settings[0] != wf.CONFIG:
         return  # the daemon went away before configuring us
     _, key_text, token, max_body, retry_after, cert, key_file, reply_timeout, queue_max = settings
-    normalizer = Normalizer(Redactor(key_from_text(key_text)).redact_json_text)
+    # Rows, not ToolCalls: the values only travel on as columns (worker_frames.rows_to_columns).
+    normalizer = Normalizer(Redactor(key_from_text(key_text)).redact_json_text, rows=True)
     del key_text
     link = DaemonLink(reader, writer, reply_timeout)
     receiver = WorkerHttpReceiver(
