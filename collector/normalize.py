@@ -65,8 +65,8 @@ if tuple(f.name for f in fields(ToolCall)) != _TOOLCALL_FIELDS:
         "ToolCall's fields changed order or number: update _TOOLCALL_FIELDS and the positional "
         "ToolCall(...) and row in Normalizer._genai_fast (collector/normalize.py) to match"
     )
-_call_row = attrgetter(*_TOOLCALL_FIELDS, "token")
-"""A built call as a row of ``Normalizer(rows=True)``: its fields in order, then its token."""
+_call_row = attrgetter(*_TOOLCALL_FIELDS)
+"""A built call as a row of ``Normalizer(rows=True)``: its fields in order."""
 
 
 class RedactedArgs(Protocol):
@@ -138,9 +138,9 @@ def _definitions(text: str) -> tuple[ToolDefinition, ...] | None:
 class Normalizer:
     """Stateless apart from its redactor; one instance per receiver is fine.
 
-    ``rows``: give each call as a row, the tuple of its fields in ``ToolCall`` order and then its
-    ``token``, instead of a ``ToolCall`` (the OTLP worker processes': they only send the values on,
-    as columns, and the daemon builds the calls; ``worker_frames.rows_to_columns``).
+    ``rows``: give each call as a row, the tuple of its fields in ``ToolCall`` order, instead of a
+    ``ToolCall`` (the OTLP worker processes': they only send the values on, as columns, and the
+    daemon builds the calls; ``worker_frames.rows_to_columns`` works out the tokens).
     """
 
     def __init__(
@@ -250,7 +250,7 @@ class Normalizer:
         ``op`` is the span's ``gen_ai.operation.name`` string ('' if absent), already read by the caller.
         Key tests are ``in`` (a hash lookup, no wrapper) rather than set operations, which would
         walk every key of a map-typed ``attrs``. In ``rows`` mode the call is its row (the same
-        values, and the token ``ToolCall.__post_init__`` would set), which costs a tenth of the call.
+        values, without the token), which costs a tenth of the call.
         """
         get = attrs.get
         if op != _EXECUTE_TOOL:
@@ -319,12 +319,12 @@ class Normalizer:
         trace_id = span.trace_id.hex()
         start = span.start_time_unix_nano
         end = span.end_time_unix_nano
-        if self.rows:  # the same values as the ToolCall below, in the same order, and the token
+        if self.rows:  # the same values as the ToolCall below, in the same order
             return (
                 start, agent, tool, server, session_id or trace_id, end - start if end > start else 0, trace_id,
                 span.span_id.hex(), request_id, agent_name, server_address, error, args_text, args_bytes, result_bytes,
                 args_labels, result_labels, args_fps, result_fps, args_sketch, result_sketch, injection, dests,
-                definition, "toolwatch" if toolwatch else GENAI.name, f"{server}/{tool}" if server else tool,
+                definition, "toolwatch" if toolwatch else GENAI.name,
             )  # fmt: skip
         # Positional (in ``_TOOLCALL_FIELDS`` order): a third of the cost of 25 keywords.
         return ToolCall(

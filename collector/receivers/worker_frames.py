@@ -17,7 +17,7 @@ import struct
 from array import array
 from dataclasses import fields
 from itertools import chain, repeat
-from operator import attrgetter, is_, itemgetter
+from operator import add, attrgetter, is_, itemgetter, mul
 from typing import Any, Iterable
 
 from toolwatch.detectors.events import ToolCall, ToolDefinition, ToolListing
@@ -112,6 +112,7 @@ _PLAN = tuple(
     else {"str": _TEXT, "tuple[str, ...]": _TEXTS, "int": _INT}.get(_TYPE[name], _OTHER)
     for name in _CALL_COLUMNS
 )  # fmt: skip
+_SERVER, _TOOL, _TOKEN = _CALL_COLUMNS.index("server"), _CALL_COLUMNS.index("tool"), _CALL_COLUMNS.index("token")
 _TEXTS_PLANS = frozenset(i for i, plan in enumerate(_PLAN) if plan == _TEXTS)
 _STR_TYPE, _TUPLE_TYPE, _INT_TYPE = {str}, {tuple}, {int}
 
@@ -169,8 +170,8 @@ def _repeats(col: tuple[Any, ...]) -> bool:
 def rows_to_columns(rows: list[tuple[Any, ...]]) -> tuple[int, tuple[tuple[Any, ...], ...]]:
     """(number of calls, one entry per column of ``_CALL_COLUMNS``): what the daemon rebuilds fastest.
 
-    ``rows``: each call's values in ``_CALL_COLUMNS`` order (its fields, then its token), as
-    ``Normalizer(rows=True)`` gives them without building a ``ToolCall``.
+    ``rows``: each call's fields in ``ToolCall`` order, as ``Normalizer(rows=True)`` gives them
+    without building a ``ToolCall``; the token column is worked out here (``_token_column``).
 
     The daemon's interpreter is the bottleneck and the worker has CPU to spare (issue #4), so the
     worker finds what repeats: a column whose calls all hold one object is sent once (defaults,
@@ -181,12 +182,82 @@ def rows_to_columns(rows: list[tuple[Any, ...]]) -> tuple[int, tuple[tuple[Any, 
     """
     if not rows:
         return (0, ())
-    return (len(rows), tuple(map(_column, zip(*rows), range(len(_CALL_COLUMNS)))))
+    cols = tuple(zip(*rows))
+    if len(cols) != _TOKEN:
+        raise ValueError(f"rows of {len(cols)} values; a call has {_TOKEN} fields")
+    entries = list(map(_column, cols, range(_TOKEN)))
+    entries.append(_token_column(entries[_SERVER], entries[_TOOL], cols[_SERVER], cols[_TOOL]))
+    return (len(rows), tuple(entries))
+
+
+def _token_column(server: tuple[Any, ...], tool: tuple[Any, ...], servers: tuple[Any, ...], tools: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The entry ``_column`` gives the calls' tokens, from the server and tool entries: one
+    ``tool_token`` per distinct (server, tool) pair instead of one f-string per call.
+
+    Distinct pairs come in order of first appearance and equal tokens of two pairs merge, so the
+    values and indexes are those of the tokens column itself. Columns that are not all str (a
+    type-violating call) take the tokens ``ToolCall.__post_init__`` gives, call by call.
+    """
+    n = len(servers)
+    s_values, s_indexes = _text_index(server, n)
+    t_values, t_indexes = _text_index(tool, n)
+    if s_values is None or t_values is None:
+        return _column(tuple(f"{s}/{t}" if s else t for s, t in zip(servers, tools)), _TOKEN)
+    if type(s_indexes) is bytes and type(t_indexes) is bytes:
+        found = _tokens_by_tool(s_values, s_indexes, t_values, t_indexes)
+        if found is not None:
+            return found
+    # A pair as one int (server index * tools + tool index): ints hash for less than tuples.
+    width = len(t_values)
+    pairs: dict[int, int] = {}
+    per_call = list(map(pairs.setdefault, map(add, map(mul, s_indexes, repeat(width)), t_indexes), map(len, repeat(pairs))))
+    tokens: dict[str, int] = {}
+    of_pair = []  # the token index of each distinct pair, in the pairs' order
+    for pair in pairs:
+        s, t = s_values[pair // width], t_values[pair % width]
+        of_pair.append(tokens.setdefault(f"{s}/{t}" if s else t, len(tokens)))
+    if len(tokens) == 1:
+        return (SAME, next(iter(tokens)))
+    indexes = list(map(of_pair.__getitem__, per_call))
+    return (INDEXED, tuple(tokens), bytes(indexes) if len(tokens) <= 256 else tuple(indexes))
+
+
+def _tokens_by_tool(s_values: tuple[str, ...], s_indexes: bytes, t_values: tuple[str, ...], t_indexes: bytes) -> tuple[Any, ...] | None:
+    """``_token_column`` where each tool of the request has one server (the usual case), with
+    ``bytes.translate`` for every per-call step; None where a tool has calls on two servers.
+
+    A tool's index is that of its first call (``_distinct`` numbers values in order of first
+    appearance), so the tokens, numbered in the tools' order, are in order of first appearance too.
+    """
+    server_of = bytearray(256)
+    for t in range(len(t_values)):
+        server_of[t] = s_indexes[t_indexes.index(t)]  # the server of the tool's first call
+    if t_indexes.translate(server_of) != s_indexes:
+        return None
+    tokens: dict[str, int] = {}
+    token_of = bytearray(256)
+    for t, tool in enumerate(t_values):
+        server = s_values[server_of[t]]
+        token_of[t] = tokens.setdefault(f"{server}/{tool}" if server else tool, len(tokens))
+    if len(tokens) == 1:
+        return (SAME, next(iter(tokens)))
+    return (INDEXED, tuple(tokens), t_indexes.translate(token_of))
+
+
+def _text_index(entry: tuple[Any, ...], n: int) -> tuple[tuple[str, ...], Any] | tuple[None, None]:
+    """(values, an index per call) of a str column's entry (SAME or INDEXED), else (None, None)."""
+    if entry[0] == INDEXED:
+        return entry[1], entry[2]  # INDEXED text columns hold str only (``_texts_only``)
+    if entry[0] == SAME and type(entry[1]) is str:
+        return (entry[1],), bytes(n)
+    return None, None
 
 
 def calls_to_columns(calls: list[ToolCall]) -> tuple[int, tuple[tuple[Any, ...], ...]]:
-    """``rows_to_columns`` of built calls (each call's fields and token)."""
-    return rows_to_columns(list(map(_call_columns, calls)))
+    """``rows_to_columns`` of built calls, whose own tokens are sent."""
+    if not calls:
+        return (0, ())
+    return (len(calls), tuple(map(_column, zip(*map(_call_columns, calls)), range(len(_CALL_COLUMNS)))))
 
 
 class Canon:

@@ -270,3 +270,20 @@ def test_columns_are_mains_encoding_but_span_ids_are_never_searched_for_repeats(
     assert got[span_id][0] in (wf.SAME, wf.PLAIN)
     back = wf.columns_to_calls(_through_the_wire(wf.frame((n, got))), wf.Canon())
     assert repr(back) == repr(cs) and [c.token for c in back] == [c.token for c in cs]
+
+
+odd_tokens = st.builds(ToolCall, time_ns=ints, agent_id=few_texts, tool=few_values | texts, server=few_values | texts)
+
+
+@given(st.lists(repeating_calls | calls | odd_tokens, min_size=1, max_size=12))
+def test_rows_give_the_entries_of_their_calls_tokens_included(cs):
+    """A worker's rows carry no token: the token entry worked out from the server and tool entries
+    is the one the calls' own tokens give (servers or tools of other types too)."""
+    rows = [wf._call_columns(c)[:-1] for c in cs]
+    assert repr(wf.rows_to_columns(rows)) == repr(wf.calls_to_columns(cs))
+
+
+def test_rows_of_another_length_are_refused():
+    row = wf._call_columns(ToolCall(time_ns=1, agent_id="a", tool="t"))
+    with pytest.raises(ValueError, match="rows of 26 values"):
+        wf.rows_to_columns([row])
