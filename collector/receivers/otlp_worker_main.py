@@ -138,7 +138,8 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
             raise Overloaded(f"pipeline queue is full ({depth} events waiting); retry later")
         norm = self.normalizer.normalize(decoded.request)
         errors = tuple(decoded.errors)
-        reply = await self.link.ask(lambda rid: wf.ingest_frame(rid, NAME, norm, decoded.rejected, errors, rows=self.normalizer.rows))
+        rows = self.normalizer.rows
+        reply = await self.link.ask(lambda rid: wf.ingest_frame(rid, NAME, norm, decoded.rejected, errors, rows=rows))
         _, _, outcome, spans, rejected, message = reply
         if outcome == wf.OVERLOADED:
             raise Overloaded(message)

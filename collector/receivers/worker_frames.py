@@ -26,8 +26,8 @@ from ..normalize import Normalized
 
 __all__ = [
     "CONFIG", "INGEST", "READY", "REJECTED", "STOP", "REPLY", "OK", "OVERLOADED", "UNAVAILABLE",
-    "HEADER", "frame", "unframe", "rows_to_columns", "calls_to_columns", "columns_to_calls", "Canon", "listings_to_tuples",
-    "tuples_to_listings", "ingest_frame", "read_ingest",
+    "HEADER", "frame", "unframe", "rows_to_columns", "calls_to_columns", "columns_to_calls", "Canon",
+    "listings_to_tuples", "tuples_to_listings", "ingest_frame", "read_ingest",
 ]  # fmt: skip
 
 # Kinds, worker -> daemon
@@ -190,7 +190,9 @@ def rows_to_columns(rows: list[tuple[Any, ...]]) -> tuple[int, tuple[tuple[Any, 
     return (len(rows), tuple(entries))
 
 
-def _token_column(server: tuple[Any, ...], tool: tuple[Any, ...], servers: tuple[Any, ...], tools: tuple[Any, ...]) -> tuple[Any, ...]:
+def _token_column(
+    server: tuple[Any, ...], tool: tuple[Any, ...], servers: tuple[Any, ...], tools: tuple[Any, ...]
+) -> tuple[Any, ...]:
     """The entry ``_column`` gives the calls' tokens, from the server and tool entries: one
     ``tool_token`` per distinct (server, tool) pair instead of one f-string per call.
 
@@ -210,7 +212,8 @@ def _token_column(server: tuple[Any, ...], tool: tuple[Any, ...], servers: tuple
     # A pair as one int (server index * tools + tool index): ints hash for less than tuples.
     width = len(t_values)
     pairs: dict[int, int] = {}
-    per_call = list(map(pairs.setdefault, map(add, map(mul, s_indexes, repeat(width)), t_indexes), map(len, repeat(pairs))))
+    keys = map(add, map(mul, s_indexes, repeat(width)), t_indexes)
+    per_call = list(map(pairs.setdefault, keys, map(len, repeat(pairs))))
     tokens: dict[str, int] = {}
     of_pair = []  # the token index of each distinct pair, in the pairs' order
     for pair in pairs:
@@ -222,7 +225,9 @@ def _token_column(server: tuple[Any, ...], tool: tuple[Any, ...], servers: tuple
     return (INDEXED, tuple(tokens), bytes(indexes) if len(tokens) <= 256 else tuple(indexes))
 
 
-def _tokens_by_tool(s_values: tuple[str, ...], s_indexes: bytes, t_values: tuple[str, ...], t_indexes: bytes) -> tuple[Any, ...] | None:
+def _tokens_by_tool(
+    s_values: tuple[str, ...], s_indexes: bytes, t_values: tuple[str, ...], t_indexes: bytes
+) -> tuple[Any, ...] | None:
     """``_token_column`` where each tool of the request has one server (the usual case), with
     ``bytes.translate`` for every per-call step; None where a tool has calls on two servers.
 
