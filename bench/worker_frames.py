@@ -135,13 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     old_frames = [old.ingest_frame(1, "otlp_http", r, 0, ()) for r in timed]
     new_frames = [new.ingest_frame(1, "otlp_http", r, 0, ()) for r in timed]
     canon = new.Canon()
+    old_canon = old.Canon() if hasattr(old, "Canon") else None  # the same work on both sides, where the ref has one
     for got, r in zip(daemon_side(new, new_frames, canon), timed):
         assert got == r.calls and [c.token for c in got] == [c.token for c in r.calls]
     worker_frames = [new.ingest_frame(1, "otlp_http", worker.normalize(r), 0, (), **kw) for r in raw]
     for got, r in zip(daemon_side(new, worker_frames, new.Canon()), timed):
         assert got == r.calls and [c.token for c in got] == [c.token for c in r.calls]
     runs: dict[str, Callable[[], Any]] = {
-        f"daemon: unframe + read_ingest, {args.ref}": lambda: daemon_side(old, old_frames, None),
+        f"daemon: unframe + read_ingest, {args.ref}": lambda: daemon_side(old, old_frames, old_canon),
         "daemon: unframe + read_ingest, this tree": lambda: daemon_side(new, new_frames, canon),
         f"worker: ingest_frame, {args.ref}": lambda: [old.ingest_frame(1, "otlp_http", r, 0, ()) for r in timed],
         "worker: ingest_frame, this tree": lambda: [new.ingest_frame(1, "otlp_http", r, 0, ()) for r in timed],
