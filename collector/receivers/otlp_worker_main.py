@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any
+from typing import Any, Coroutine
 
 from aiohttp import web
 
@@ -175,6 +175,20 @@ async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any
     reading.cancel()
 
 
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` on uvloop where it is installed, else the default loop.
+
+    The worker's event loop carries every request body in and every frame out; uvloop's costs
+    less CPU per request than the default selector loop (as for the HTTP proxy,
+    ``instrumentation/proxy/listener.run``), and the worker runs nothing else that would mind.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, running: Any, log_level: int) -> None:
     """The worker process's entry point (``multiprocessing`` target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -184,7 +198,7 @@ def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, runni
     logging.getLogger("toolwatch.receiver.otlp_http").setLevel(max(log_level, logging.WARNING))
     code = 0
     try:
-        asyncio.run(serve(listen_sock, conn_sock, depth, running))
+        _run(serve(listen_sock, conn_sock, depth, running))
     except BaseException:
         log.exception("OTLP worker process %d failed", os.getpid())
         code = 1
