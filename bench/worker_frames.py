@@ -5,7 +5,10 @@ turning a worker's INGEST frame back into calls (``unframe`` + ``read_ingest``) 
 detectors then spend on those calls are what count; the worker's share (``ingest_frame``) only
 has to stay affordable. The old code is ``worker_frames.py`` of a git revision (``--ref``, default
 ``main``), loaded beside this tree's; both run in this process on the same fleet requests, in
-interleaved rounds, and the medians of process CPU time are printed.
+interleaved rounds, and the medians of process CPU time are printed. "worker: normalise +
+ingest_frame" times the worker's whole path from a decoded request: this tree's worker normalises
+into rows (``Normalizer(rows=True)``, when this tree's ``ingest_frame`` takes them) and the old
+code normalises into ``ToolCall``s, with this tree's normaliser in both.
 
     .venv/bin/python bench/worker_frames.py [--workload fleet] [--requests 80] [--rounds 9] [--ref main] [--detectors]
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import inspect
 import statistics
 import subprocess
 import sys
@@ -31,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import workloads as wl  # noqa: E402
 from toolwatch.collector import otlp  # noqa: E402
-from toolwatch.collector.normalize import Normalized, Normalizer  # noqa: E402
+from toolwatch.collector.normalize import Normalizer  # noqa: E402
 from toolwatch.collector.receivers import worker_frames as new  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,13 +55,12 @@ def old_module(ref: str) -> ModuleType:
     return module
 
 
-def requests(n: int, spans: int, workload: str = "fleet") -> list[Normalized]:
-    normalizer = Normalizer()
+def decoded(n: int, spans: int, workload: str = "fleet") -> list[Any]:
     if workload == "random":
         bodies = [wl.make_body(spans, seed) for seed in range(n)]
     else:
         bodies = wl.bodies(workload, n * spans, spans, anomaly_rate=0.001, rate=75_000)
-    return [normalizer.normalize(otlp.decode_export(b, otlp.PROTOBUF).request) for b in bodies[:n]]
+    return [otlp.decode_export(b, otlp.PROTOBUF).request for b in bodies[:n]]
 
 
 def cpu_us(fn: Callable[[], Any], n_spans: int) -> float:
@@ -121,19 +124,34 @@ def main(argv: list[str] | None = None) -> int:
 
     old = old_module(args.ref)
     n_req = max(args.requests, (args.warm + 40_000) // args.spans if args.detectors else 0)
-    reqs = requests(n_req, args.spans, args.workload)
-    timed = reqs[: args.requests]
+    raw = decoded(n_req, args.spans, args.workload)
+    in_process = Normalizer()
+    reqs = [in_process.normalize(r) for r in raw]
+    timed, raw = reqs[: args.requests], raw[: args.requests]
+    rows = "rows" in inspect.signature(new.ingest_frame).parameters
+    worker = Normalizer(rows=True) if rows else Normalizer()
+    kw = {"rows": True} if rows else {}
     n = sum(len(r.calls) for r in timed)
     old_frames = [old.ingest_frame(1, "otlp_http", r, 0, ()) for r in timed]
     new_frames = [new.ingest_frame(1, "otlp_http", r, 0, ()) for r in timed]
     canon = new.Canon()
+    old_canon = old.Canon() if hasattr(old, "Canon") else None  # the same work on both sides, where the ref has one
     for got, r in zip(daemon_side(new, new_frames, canon), timed):
         assert got == r.calls and [c.token for c in got] == [c.token for c in r.calls]
+    worker_frames = [new.ingest_frame(1, "otlp_http", worker.normalize(r), 0, (), **kw) for r in raw]
+    for got, r in zip(daemon_side(new, worker_frames, new.Canon()), timed):
+        assert got == r.calls and [c.token for c in got] == [c.token for c in r.calls]
     runs: dict[str, Callable[[], Any]] = {
-        f"daemon: unframe + read_ingest, {args.ref}": lambda: daemon_side(old, old_frames, None),
+        f"daemon: unframe + read_ingest, {args.ref}": lambda: daemon_side(old, old_frames, old_canon),
         "daemon: unframe + read_ingest, this tree": lambda: daemon_side(new, new_frames, canon),
         f"worker: ingest_frame, {args.ref}": lambda: [old.ingest_frame(1, "otlp_http", r, 0, ()) for r in timed],
         "worker: ingest_frame, this tree": lambda: [new.ingest_frame(1, "otlp_http", r, 0, ()) for r in timed],
+        f"worker: normalise + ingest_frame, {args.ref}": lambda: [
+            old.ingest_frame(1, "otlp_http", in_process.normalize(r), 0, ()) for r in raw
+        ],
+        "worker: normalise + ingest_frame, this tree": lambda: [
+            new.ingest_frame(1, "otlp_http", worker.normalize(r), 0, (), **kw) for r in raw
+        ],
     }
     figures: dict[str, list[float]] = {name: [] for name in runs}
     for k in range(args.rounds):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any, Callable, Iterable, Protocol
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -62,8 +63,10 @@ _TOOLCALL_FIELDS = (
 if tuple(f.name for f in fields(ToolCall)) != _TOOLCALL_FIELDS:
     raise ImportError(
         "ToolCall's fields changed order or number: update _TOOLCALL_FIELDS and the positional "
-        "ToolCall(...) in Normalizer._genai_fast (collector/normalize.py) to match"
+        "ToolCall(...) and row in Normalizer._genai_fast (collector/normalize.py) to match"
     )
+_call_row = attrgetter(*_TOOLCALL_FIELDS)
+"""A built call as a row of ``Normalizer(rows=True)``: its fields in order."""
 
 
 class RedactedArgs(Protocol):
@@ -133,12 +136,23 @@ def _definitions(text: str) -> tuple[ToolDefinition, ...] | None:
 
 
 class Normalizer:
-    """Stateless apart from its redactor; one instance per receiver is fine."""
+    """Stateless apart from its redactor; one instance per receiver is fine.
+
+    ``rows``: give each call as a row, the tuple of its fields in ``ToolCall`` order, instead of a
+    ``ToolCall`` (the OTLP worker processes': they only send the values on, as columns, and the
+    daemon builds the calls; ``worker_frames.rows_to_columns`` works out the tokens).
+    """
 
     def __init__(
-        self, redact_args: ArgsRedactor = drop_raw_args, dialects: tuple[Dialect, ...] = DIALECTS, *, fast: bool = True
+        self,
+        redact_args: ArgsRedactor = drop_raw_args,
+        dialects: tuple[Dialect, ...] = DIALECTS,
+        *,
+        fast: bool = True,
+        rows: bool = False,
     ) -> None:
         self.redact_args = redact_args
+        self.rows = rows
         self.dialects = dialects
         self._markers = frozenset(k for d in dialects for k in d.marker_keys) if dialects is not DIALECTS else MARKER_KEYS
         # For map-typed attributes, asked key by key (GenAI's first: they decide the common case).
@@ -158,6 +172,7 @@ class Normalizer:
         mapped = is_attr_map(req)
         op_marks, other_markers = self._op_marks, self._other_markers
         fast = self._genai_fast if self._fast else None
+        general = False  # whether any call came from the general path (a ToolCall, in rows mode too)
         for rs in req.resource_spans:
             service = ""
             for kv in rs.resource.attributes:
@@ -204,14 +219,15 @@ class Normalizer:
                         if call is not None:
                             items.append(call)
                             continue
-                    items.append((span, attrs))
+                    items.append([span, attrs])  # a list: a finished call is a ToolCall or a row (tuple)
                     deferred += 1
             calls = out.calls
             if deferred == 0:
                 calls.extend(items)  # every span took the fast path: nothing waits for the parents
                 continue
+            general = True
             for item in items:
-                if type(item) is ToolCall:
+                if type(item) is not list:
                     calls.append(item)
                     continue
                 span, attrs = item
@@ -219,9 +235,11 @@ class Normalizer:
                     self._one(span, attrs, service, parents, out)
                 except Exception as exc:  # one bad span never costs the rest of the request
                     out.reject(f"span {span.span_id.hex() or '?'}: {type(exc).__name__}: {exc}"[:300])
+        if self.rows and general:
+            out.calls = [c if type(c) is tuple else _call_row(c) for c in out.calls]  # type: ignore[misc]
         return out
 
-    def _genai_fast(self, span: Any, attrs: a.Attrs, op: str) -> ToolCall | None:
+    def _genai_fast(self, span: Any, attrs: a.Attrs, op: str) -> ToolCall | tuple[Any, ...] | None:
         """The common case (a GenAI/toolwatch ``execute_tool`` span with string-typed values), inline.
 
         Gives exactly what ``GENAI.call`` + ``_call`` give, or None whenever anything is unusual (a
@@ -231,7 +249,8 @@ class Normalizer:
         asking its type; an empty or non-string value falls through to the general reader.
         ``op`` is the span's ``gen_ai.operation.name`` string ('' if absent), already read by the caller.
         Key tests are ``in`` (a hash lookup, no wrapper) rather than set operations, which would
-        walk every key of a map-typed ``attrs``.
+        walk every key of a map-typed ``attrs``. In ``rows`` mode the call is its row (the same
+        values, without the token), which costs a tenth of the call.
         """
         get = attrs.get
         if op != _EXECUTE_TOOL:
@@ -300,6 +319,13 @@ class Normalizer:
         trace_id = span.trace_id.hex()
         start = span.start_time_unix_nano
         end = span.end_time_unix_nano
+        if self.rows:  # the same values as the ToolCall below, in the same order
+            return (
+                start, agent, tool, server, session_id or trace_id, end - start if end > start else 0, trace_id,
+                span.span_id.hex(), request_id, agent_name, server_address, error, args_text, args_bytes, result_bytes,
+                args_labels, result_labels, args_fps, result_fps, args_sketch, result_sketch, injection, dests,
+                definition, "toolwatch" if toolwatch else GENAI.name,
+            )  # fmt: skip
         # Positional (in ``_TOOLCALL_FIELDS`` order): a third of the cost of 25 keywords.
         return ToolCall(
             start, agent, tool, server, session_id or trace_id, end - start if end > start else 0, trace_id,

@@ -16,8 +16,8 @@ import marshal
 import struct
 from array import array
 from dataclasses import fields
-from itertools import repeat
-from operator import attrgetter, is_, itemgetter
+from itertools import chain, repeat
+from operator import add, attrgetter, is_, itemgetter, mul
 from typing import Any, Iterable
 
 from toolwatch.detectors.events import ToolCall, ToolDefinition, ToolListing
@@ -26,8 +26,8 @@ from ..normalize import Normalized
 
 __all__ = [
     "CONFIG", "INGEST", "READY", "REJECTED", "STOP", "REPLY", "OK", "OVERLOADED", "UNAVAILABLE",
-    "HEADER", "frame", "unframe", "calls_to_columns", "columns_to_calls", "Canon", "listings_to_tuples",
-    "tuples_to_listings", "ingest_frame", "read_ingest",
+    "HEADER", "frame", "unframe", "rows_to_columns", "calls_to_columns", "columns_to_calls", "Canon",
+    "listings_to_tuples", "tuples_to_listings", "ingest_frame", "read_ingest",
 ]  # fmt: skip
 
 # Kinds, worker -> daemon
@@ -95,11 +95,6 @@ makes the ints faster than ``marshal`` reads them one by one (event times take f
 _INT64 = array("q").itemsize == 8
 
 _TYPE = {f.name: f.type for f in fields(ToolCall)} | {"token": "str"}
-_TEXT = frozenset(i for i, name in enumerate(_CALL_COLUMNS) if _TYPE[name] == "str")
-_TEXTS = frozenset(i for i, name in enumerate(_CALL_COLUMNS) if _TYPE[name] == "tuple[str, ...]")
-"""Columns of str and of tuples of str: the only ones whose equal values are sent as one (equal str
-are also of one type, unlike ints and floats: ``1 == 1.0 == True``, ``0.0 == -0.0``)."""
-_INT = frozenset(i for i, name in enumerate(_CALL_COLUMNS) if _TYPE[name] == "int")
 _CANONICAL = frozenset(
     _CALL_COLUMNS.index(name)
     for name in ("agent_id", "tool", "server", "session_id", "args_json", "token", "args_labels",
@@ -108,45 +103,166 @@ _CANONICAL = frozenset(
 """Columns whose values the daemon makes one object across requests (``Canon``): the keys of the
 detectors' dicts, which compare an identical key without reading its characters."""
 
+# What the worker tries on a column, decided once per column from ToolCall's field types rather
+# than per request: equal str are also of one type (unlike ints and floats: ``1 == 1.0 == True``,
+# ``0.0 == -0.0``), so str and tuple-of-str columns are the only ones whose equal values go as one.
+_TEXT, _TEXTS, _INT, _OTHER, _UNIQUE = range(5)
+_PLAN = tuple(
+    _UNIQUE if name == "span_id"  # one per span: looking for repeats only costs (about 0.1 µs a call)
+    else {"str": _TEXT, "tuple[str, ...]": _TEXTS, "int": _INT}.get(_TYPE[name], _OTHER)
+    for name in _CALL_COLUMNS
+)  # fmt: skip
+_SERVER, _TOOL, _TOKEN = _CALL_COLUMNS.index("server"), _CALL_COLUMNS.index("tool"), _CALL_COLUMNS.index("token")
+_TEXTS_PLANS = frozenset(i for i, plan in enumerate(_PLAN) if plan == _TEXTS)
+_STR_TYPE, _TUPLE_TYPE, _INT_TYPE = {str}, {tuple}, {int}
+
 
 def _texts_only(values: tuple[Any, ...], tuples: bool) -> bool:
+    """Whether ``values`` are all str (``tuples``: all tuples of str), with C loops (no generator)."""
     if tuples:
-        return all(type(v) is tuple for v in values) and all(type(x) is str for v in values for x in v)
-    return all(type(v) is str for v in values)
+        return {*map(type, values)} == _TUPLE_TYPE and {*map(type, chain.from_iterable(values))} <= _STR_TYPE
+    return {*map(type, values)} == _STR_TYPE
+
+
+def _distinct(col: tuple[Any, ...]) -> tuple[dict[Any, int], list[int]] | None:
+    """{value: its index} in order of first appearance and each call's index, in one pass in C.
+
+    ``map`` asks ``len(where)`` before each ``setdefault``: a new value gets the next index, a seen
+    one keeps its own. None for unhashable values (only a type-violating column has them).
+    """
+    where: dict[Any, int] = {}
+    try:
+        return where, list(map(where.setdefault, col, map(len, repeat(where))))
+    except TypeError:
+        return None
 
 
 def _column(col: tuple[Any, ...], i: int) -> tuple[Any, ...]:
     first = col[0]
     if all(map(is_, col, repeat(first))):
         return (SAME, first)
-    if i in _TEXT or i in _TEXTS:
-        values = tuple(dict.fromkeys(col))
-        # Columns the daemon keeps one object per value of (``Canon``) go indexed even without repeats.
-        if (len(values) < len(col) or i in _CANONICAL) and _texts_only(values, i in _TEXTS):
-            if len(values) == 1:
-                return (SAME, first)
-            where = {v: n for n, v in enumerate(values)}
-            indexes = list(map(where.__getitem__, col))
-            return (INDEXED, values, bytes(indexes) if len(values) <= 256 else tuple(indexes))
-    elif i in _INT and _INT64 and set(map(type, col)) == {int} and -(1 << 63) <= min(col) and max(col) < 1 << 63:
-        return (INTS, array("q", col).tobytes())
+    plan = _PLAN[i]
+    if plan == _TEXT or plan == _TEXTS:
+        # Columns the daemon keeps one object per value of (``Canon``) go indexed even without
+        # repeats; the others only with repeats, which a set (no indexes) tells for less.
+        found = _distinct(col) if i in _CANONICAL or _repeats(col) else None
+        if found is not None:
+            where, indexes = found
+            if _texts_only(tuple(where), plan == _TEXTS):
+                if len(where) == 1:
+                    return (SAME, first)
+                return (INDEXED, tuple(where), bytes(indexes) if len(where) <= 256 else tuple(indexes))
+    elif plan == _INT and _INT64 and {*map(type, col)} == _INT_TYPE:
+        try:
+            return (INTS, array("q", col).tobytes())
+        except OverflowError:
+            pass  # an int past 64 bits: sent as it is
     return (PLAIN, col)
 
 
-def calls_to_columns(calls: list[ToolCall]) -> tuple[int, tuple[tuple[Any, ...], ...]]:
+def _repeats(col: tuple[Any, ...]) -> bool:
+    try:
+        return len(set(col)) < len(col)
+    except TypeError:
+        return False  # unhashable: only a type-violating column has such values
+
+
+def rows_to_columns(rows: list[tuple[Any, ...]]) -> tuple[int, tuple[tuple[Any, ...], ...]]:
     """(number of calls, one entry per column of ``_CALL_COLUMNS``): what the daemon rebuilds fastest.
+
+    ``rows``: each call's fields in ``ToolCall`` order, as ``Normalizer(rows=True)`` gives them
+    without building a ``ToolCall``; the token column is worked out here (``_token_column``).
 
     The daemon's interpreter is the bottleneck and the worker has CPU to spare (issue #4), so the
     worker finds what repeats: a column whose calls all hold one object is sent once (defaults,
     per-request constants such as ``source``); a text column with repeated values (and every
     ``_CANONICAL`` one) is sent as its distinct values and an index per call, so ``marshal.loads``
     allocates one object per distinct value instead of one per call; int columns go packed.
-    Values are unchanged, and so are their types.
+    ``span_id`` (one per span) is not searched for repeats. Values are unchanged, and so are their types.
     """
+    if not rows:
+        return (0, ())
+    cols = tuple(zip(*rows))
+    if len(cols) != _TOKEN:
+        raise ValueError(f"rows of {len(cols)} values; a call has {_TOKEN} fields")
+    entries = list(map(_column, cols, range(_TOKEN)))
+    entries.append(_token_column(entries[_SERVER], entries[_TOOL], cols[_SERVER], cols[_TOOL]))
+    return (len(rows), tuple(entries))
+
+
+def _token_column(
+    server: tuple[Any, ...], tool: tuple[Any, ...], servers: tuple[Any, ...], tools: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    """The entry ``_column`` gives the calls' tokens, from the server and tool entries: one
+    ``tool_token`` per distinct (server, tool) pair instead of one f-string per call.
+
+    Distinct pairs come in order of first appearance and equal tokens of two pairs merge, so the
+    values and indexes are those of the tokens column itself. Columns that are not all str (a
+    type-violating call) take the tokens ``ToolCall.__post_init__`` gives, call by call.
+    """
+    n = len(servers)
+    s_values, s_indexes = _text_index(server, n)
+    t_values, t_indexes = _text_index(tool, n)
+    if s_values is None or t_values is None:
+        return _column(tuple(f"{s}/{t}" if s else t for s, t in zip(servers, tools)), _TOKEN)
+    if type(s_indexes) is bytes and type(t_indexes) is bytes:
+        found = _tokens_by_tool(s_values, s_indexes, t_values, t_indexes)
+        if found is not None:
+            return found
+    # A pair as one int (server index * tools + tool index): ints hash for less than tuples.
+    width = len(t_values)
+    pairs: dict[int, int] = {}
+    keys = map(add, map(mul, s_indexes, repeat(width)), t_indexes)
+    per_call = list(map(pairs.setdefault, keys, map(len, repeat(pairs))))
+    tokens: dict[str, int] = {}
+    of_pair = []  # the token index of each distinct pair, in the pairs' order
+    for pair in pairs:
+        s, t = s_values[pair // width], t_values[pair % width]
+        of_pair.append(tokens.setdefault(f"{s}/{t}" if s else t, len(tokens)))
+    if len(tokens) == 1:
+        return (SAME, next(iter(tokens)))
+    indexes = list(map(of_pair.__getitem__, per_call))
+    return (INDEXED, tuple(tokens), bytes(indexes) if len(tokens) <= 256 else tuple(indexes))
+
+
+def _tokens_by_tool(
+    s_values: tuple[str, ...], s_indexes: bytes, t_values: tuple[str, ...], t_indexes: bytes
+) -> tuple[Any, ...] | None:
+    """``_token_column`` where each tool of the request has one server (the usual case), with
+    ``bytes.translate`` for every per-call step; None where a tool has calls on two servers.
+
+    A tool's index is that of its first call (``_distinct`` numbers values in order of first
+    appearance), so the tokens, numbered in the tools' order, are in order of first appearance too.
+    """
+    server_of = bytearray(256)
+    for t in range(len(t_values)):
+        server_of[t] = s_indexes[t_indexes.index(t)]  # the server of the tool's first call
+    if t_indexes.translate(server_of) != s_indexes:
+        return None
+    tokens: dict[str, int] = {}
+    token_of = bytearray(256)
+    for t, tool in enumerate(t_values):
+        server = s_values[server_of[t]]
+        token_of[t] = tokens.setdefault(f"{server}/{tool}" if server else tool, len(tokens))
+    if len(tokens) == 1:
+        return (SAME, next(iter(tokens)))
+    return (INDEXED, tuple(tokens), t_indexes.translate(token_of))
+
+
+def _text_index(entry: tuple[Any, ...], n: int) -> tuple[tuple[str, ...], Any] | tuple[None, None]:
+    """(values, an index per call) of a str column's entry (SAME or INDEXED), else (None, None)."""
+    if entry[0] == INDEXED:
+        return entry[1], entry[2]  # INDEXED text columns hold str only (``_texts_only``)
+    if entry[0] == SAME and type(entry[1]) is str:
+        return (entry[1],), bytes(n)
+    return None, None
+
+
+def calls_to_columns(calls: list[ToolCall]) -> tuple[int, tuple[tuple[Any, ...], ...]]:
+    """``rows_to_columns`` of built calls, whose own tokens are sent."""
     if not calls:
         return (0, ())
-    cols = zip(*map(_call_columns, calls))
-    return (len(calls), tuple(map(_column, cols, range(len(_CALL_COLUMNS)))))
+    return (len(calls), tuple(map(_column, zip(*map(_call_columns, calls)), range(len(_CALL_COLUMNS)))))
 
 
 class Canon:
@@ -173,7 +289,7 @@ def _unpack(entry: tuple[Any, ...], i: int, n: int, canon: Canon | None) -> Any:
     kind = entry[0]
     if kind == SAME:
         (_, value) = entry
-        if canon is not None and i in _CANONICAL and _texts_only((value,), i in _TEXTS):
+        if canon is not None and i in _CANONICAL and _texts_only((value,), i in _TEXTS_PLANS):
             (value,) = canon((value,))
         return repeat(value, n)
     if kind == INDEXED:
@@ -212,58 +328,33 @@ def _build(rows: Iterable[tuple[Any, ...]], new: Any = object.__new__, cls: type
     """``ToolCall(*row[:-1])`` with the token ``row[-1]``, without ``__init__`` and ``__post_init__``.
 
     Setting the slots here costs the daemon less than the generated ``__init__`` (25 arguments) and
-    ``__post_init__`` (a frame and an f-string per call). The names are checked against
+    ``__post_init__`` (a frame and an f-string per call); unpacking a row straight into the slots
+    (no locals in between) costs a tenth less again. The names are checked against
     ``_CALL_COLUMNS`` when this module is imported.
     """
     out: list[ToolCall] = []
     append = out.append
-    for (
-        time_ns, agent_id, tool, server, session_id, duration_ns, trace_id, span_id, request_id, agent_name,
-        server_address, error_type, args_json, args_bytes, result_bytes, args_labels, result_labels,
-        args_fingerprints, result_fingerprints, args_sketch, result_sketch, result_injection_score, destinations,
-        definition_sha256, source, token,
-    ) in rows:  # fmt: skip
+    for row in rows:
         call = new(cls)
-        call.time_ns = time_ns
-        call.agent_id = agent_id
-        call.tool = tool
-        call.server = server
-        call.session_id = session_id
-        call.duration_ns = duration_ns
-        call.trace_id = trace_id
-        call.span_id = span_id
-        call.request_id = request_id
-        call.agent_name = agent_name
-        call.server_address = server_address
-        call.error_type = error_type
-        call.args_json = args_json
-        call.args_bytes = args_bytes
-        call.result_bytes = result_bytes
-        call.args_labels = args_labels
-        call.result_labels = result_labels
-        call.args_fingerprints = args_fingerprints
-        call.result_fingerprints = result_fingerprints
-        call.args_sketch = args_sketch
-        call.result_sketch = result_sketch
-        call.result_injection_score = result_injection_score
-        call.destinations = destinations
-        call.definition_sha256 = definition_sha256
-        call.source = source
-        call.token = token
+        (
+            call.time_ns, call.agent_id, call.tool, call.server, call.session_id, call.duration_ns, call.trace_id,
+            call.span_id, call.request_id, call.agent_name, call.server_address, call.error_type, call.args_json,
+            call.args_bytes, call.result_bytes, call.args_labels, call.result_labels, call.args_fingerprints,
+            call.result_fingerprints, call.args_sketch, call.result_sketch, call.result_injection_score,
+            call.destinations, call.definition_sha256, call.source, call.token,
+        ) = row  # fmt: skip
         append(call)
     return out
 
 
-_code = _build.__code__
 _SLOTS = {name for klass in ToolCall.__mro__ for name in getattr(klass, "__slots__", ())}
-if _code.co_varnames[_code.co_argcount + 2 : _code.co_argcount + 2 + len(_CALL_COLUMNS)] != _CALL_COLUMNS or (
-    _SLOTS != set(_CALL_COLUMNS)
-):
+_SET = tuple(name for name in _build.__code__.co_names if name in _SLOTS)
+if _SET != _CALL_COLUMNS or _SLOTS != set(_CALL_COLUMNS):
     raise ImportError(
         "ToolCall's fields or slots changed: update worker_frames._build, which sets every slot itself "
         f"(expected the columns {_CALL_COLUMNS}, ToolCall has the slots {sorted(_SLOTS)})"
     )
-del _code
+del _SET
 
 
 def listings_to_tuples(listings: list[ToolListing]) -> list[tuple[Any, ...]]:
@@ -285,10 +376,13 @@ def tuples_to_listings(rows: list[tuple[Any, ...]]) -> list[ToolListing]:
 
 
 def ingest_frame(
-    request_id: int, receiver: str, norm: Normalized, decode_rejected: int, decode_errors: tuple[str, ...]
+    request_id: int, receiver: str, norm: Normalized, decode_rejected: int, decode_errors: tuple[str, ...],
+    *, rows: bool = False,
 ) -> bytes:
+    """The INGEST frame of ``norm``; ``rows``: its calls are rows (``Normalizer(rows=True)``), not ``ToolCall``s."""
+    calls = rows_to_columns(norm.calls) if rows else calls_to_columns(norm.calls)  # type: ignore[arg-type]
     return frame((
-        INGEST, request_id, receiver, calls_to_columns(norm.calls), listings_to_tuples(norm.listings),
+        INGEST, request_id, receiver, calls, listings_to_tuples(norm.listings),
         norm.spans, norm.rejected, tuple(norm.errors), decode_rejected, tuple(decode_errors),
     ))  # fmt: skip
 

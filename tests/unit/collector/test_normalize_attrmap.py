@@ -5,10 +5,15 @@ it as an ``ExportTraceServiceRequest``, the current one reads what ``otlp.decode
 (an ``AttrMapRequest``) and the ``ExportTraceServiceRequest`` too (the OTLP/JSON and salvage
 paths). Spans follow every convention of the docs' mapping table, with keys dropped, values of any
 type, keys repeated (the last one wins) and attributes in any order, through a real redactor.
+
+The OTLP worker processes' rows (``Normalizer(rows=True)``, no ToolCall built) are held to the
+calls the in-process normaliser builds on the same requests: the same frame message
+(``worker_frames``), and calls equal in value, type and token once the daemon reads it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from hypothesis import HealthCheck, given, settings
@@ -20,7 +25,9 @@ from helpers.otlp_build import T0, add_span, request, set_any
 from toolwatch.collector import otlp
 from toolwatch.collector.normalize import Normalized, Normalizer, drop_raw_args
 from toolwatch.collector.otlp_attrmap import AttrMapRequest, is_attr_map, parse
+from toolwatch.collector.receivers import worker_frames as wf
 from toolwatch.collector.receivers.kafka_records import decode_record
+from toolwatch.detectors.events import ToolCall
 from toolwatch.instrumentation import semconv as sc
 from toolwatch.instrumentation.fingerprint import key_from_text
 from toolwatch.instrumentation.redact import Redactor
@@ -286,3 +293,45 @@ def test_one_map_or_list_decode_serves_both_receivers_as_before(body, edits, noi
         if value:
             assert _outcome(decode_record, value, "otlp_proto", 1 << 30, attr_map=True) == \
                 _outcome(_decode_record_before, value)
+
+
+# --- the worker's rows -------------------------------------------------------------------------
+def _message(data: bytes) -> tuple:
+    return wf.unframe(data[wf.HEADER.size :])
+
+
+def _arrives_as_built(req, redact, fast: bool) -> Normalized:
+    built = Normalizer(redact, fast=fast).normalize(req)
+    rows = Normalizer(redact, fast=fast, rows=True).normalize(req)
+    assert all(type(r) is tuple and len(r) == len(dataclasses.fields(ToolCall)) for r in rows.calls)  # no token
+    assert (rows.spans, rows.rejected, rows.errors, rows.listings) == (built.spans, built.rejected, built.errors, built.listings)
+    sent = _message(wf.ingest_frame(3, "otlp_http", rows, 1, ("e",), rows=True))
+    # The very message the in-process calls make (repr: 1 and True, 0.0 and -0.0 differ).
+    assert repr(sent) == repr(_message(wf.ingest_frame(3, "otlp_http", built, 1, ("e",))))
+    got = wf.read_ingest(sent, wf.Canon())[2]
+    assert got == built
+    for a, b in zip(got.calls, built.calls):
+        assert type(a) is ToolCall and a.token == b.token
+        assert [type(getattr(a, f.name)) for f in dataclasses.fields(a)] == [type(getattr(b, f.name)) for f in dataclasses.fields(b)]
+    return built
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(requests(), st.sampled_from([REDACT, drop_raw_args]), st.booleans())
+def test_rows_arrive_as_the_calls_the_in_process_normaliser_builds(body, redact, fast):
+    decoded = otlp.decode_export(body, otlp.PROTOBUF)
+    _arrives_as_built(decoded.request, redact, fast)
+    _arrives_as_built(ExportTraceServiceRequest.FromString(body), redact, fast)
+
+
+def test_fleet_rows_arrive_as_the_calls_the_in_process_normaliser_builds():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
+    import workloads as wl
+
+    calls = 0
+    for body in wl.bodies("fleet", 500 * 4, 500, anomaly_rate=0.01, rate=75_000)[:4]:
+        calls += len(_arrives_as_built(otlp.decode_export(body, otlp.PROTOBUF).request, REDACT, True).calls)
+    assert calls == 2000

@@ -234,3 +234,56 @@ def test_more_than_256_distinct_values_of_a_column_round_trip():
         assert type(indexes) is (bytes if distinct <= 256 else tuple)
         got = wf.read_ingest(_through_the_wire(wf.ingest_frame(1, "r", Normalized(calls, [], 800, 0, []), 0, ())), wf.Canon())[2]
         assert got.calls == calls and [c.token for c in got.calls] == ["t"] * 800
+
+
+# Calls whose values repeat across a request (as agents, tools and sessions do), of any type the
+# fields may wrongly hold too: the encodings that look for repeats all run.
+few_texts = st.sampled_from(["", "a", "b", "ab", "\udcff"])
+few_values = few_texts | st.sampled_from([0, 1, True, 1.0, -0.0, 0.0, 2**63, -(2**63), 2**64, ("a",), (), (1,)])
+few_tuples = st.lists(few_texts, max_size=2).map(tuple) | st.sampled_from([(), ("a",), (1,), ("a", 1.0)])
+repeating_calls = st.builds(
+    ToolCall,
+    time_ns=st.sampled_from([0, 1, 2**63 - 1, 2**63, -(2**63), True]) | ints, agent_id=few_values, tool=few_texts,
+    server=few_texts, session_id=few_values, duration_ns=few_values, trace_id=few_texts | texts, span_id=few_values,
+    request_id=few_texts, agent_name=few_texts, server_address=few_texts, error_type=few_texts, args_json=few_values,
+    args_bytes=few_values, result_bytes=ints, args_labels=few_tuples, result_labels=few_tuples,
+    args_fingerprints=few_tuples | few_values, result_fingerprints=few_tuples, args_sketch=int_tuples | few_tuples,
+    result_sketch=int_tuples, result_injection_score=few_values, destinations=few_tuples, definition_sha256=few_texts,
+    source=few_texts,
+)  # fmt: skip
+
+
+@given(st.lists(repeating_calls | calls, min_size=1, max_size=12))
+def test_columns_are_mains_encoding_but_span_ids_are_never_searched_for_repeats(cs):
+    """A/B against main's encoder (frozen in helpers/worker_frames_main.py): the same entry for every
+    column, except that span ids, one per span, go as they are (equal values either way)."""
+    from helpers import worker_frames_main as main
+
+    n, got = wf.calls_to_columns(cs)
+    ref_n, ref = main.calls_to_columns(cs)
+    span_id = wf._CALL_COLUMNS.index("span_id")
+    assert n == ref_n and len(got) == len(ref)
+    for i, (a, b) in enumerate(zip(got, ref)):
+        if i != span_id:
+            assert repr(a) == repr(b), wf._CALL_COLUMNS[i]  # repr: 1 and True, 0.0 and -0.0 differ
+            assert [type(v) for v in a[1:]] == [type(v) for v in b[1:]]
+    assert got[span_id][0] in (wf.SAME, wf.PLAIN)
+    back = wf.columns_to_calls(_through_the_wire(wf.frame((n, got))), wf.Canon())
+    assert repr(back) == repr(cs) and [c.token for c in back] == [c.token for c in cs]
+
+
+odd_tokens = st.builds(ToolCall, time_ns=ints, agent_id=few_texts, tool=few_values | texts, server=few_values | texts)
+
+
+@given(st.lists(repeating_calls | calls | odd_tokens, min_size=1, max_size=12))
+def test_rows_give_the_entries_of_their_calls_tokens_included(cs):
+    """A worker's rows carry no token: the token entry worked out from the server and tool entries
+    is the one the calls' own tokens give (servers or tools of other types too)."""
+    rows = [wf._call_columns(c)[:-1] for c in cs]
+    assert repr(wf.rows_to_columns(rows)) == repr(wf.calls_to_columns(cs))
+
+
+def test_rows_of_another_length_are_refused():
+    row = wf._call_columns(ToolCall(time_ns=1, agent_id="a", tool="t"))
+    with pytest.raises(ValueError, match="rows of 26 values"):
+        wf.rows_to_columns([row])
