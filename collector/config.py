@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from . import envvars
+from .metrics import TOOL_LABEL_CAP
 
 if TYPE_CHECKING:
     from .event_time import EventTimeRule
@@ -250,6 +251,9 @@ class Config:
     """Seconds clients are told to wait (Retry-After, gRPC RetryInfo) when the daemon is overloaded."""
     allow_remote: bool = False
     """Binding a non-loopback address must be asked for explicitly."""
+    tool_label_cap: int = TOOL_LABEL_CAP
+    """Distinct (agent, server, tool) series of ``toolwatch_tool_calls_total``; later ones count as
+    ``other`` (collector/metrics.py, ``CallTally``). The default covers a fleet of a few hundred agents."""
     webhooks: list[WebhookConfig] = field(default_factory=list)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
@@ -287,6 +291,11 @@ class Config:
             path = getattr(self, key)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{key}: {path!r} is not a readable file")
+        if isinstance(self.tool_label_cap, bool) or not isinstance(self.tool_label_cap, int) or not 1 <= self.tool_label_cap <= 1_000_000:
+            raise ConfigError(
+                "tool_label_cap: must be a whole number from 1 to 1000000 (series of toolwatch_tool_calls_total "
+                f"before further agent/server/tool combinations count as 'other'), got {self.tool_label_cap!r}"
+            )
         if not 1 <= self.retry_after_s <= 3600:
             raise ConfigError(f"retry_after_s: must be between 1 and 3600 seconds, got {self.retry_after_s}")
         names = set()

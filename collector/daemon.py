@@ -99,7 +99,7 @@ class Daemon:
             )
         self.cfg = cfg
         cfg.data_path.mkdir(parents=True, exist_ok=True)
-        self.metrics = Metrics(registry)
+        self.metrics = Metrics(registry, tool_label_cap=cfg.tool_label_cap)
         self.store = Store(cfg.data_path / "toolwatch.db", clock=clock)
         self.detectors = build_detectors(cfg) if detectors is None else detectors
         secret = webhook_secret(cfg) if any(not h.secret for h in cfg.webhooks) else b""

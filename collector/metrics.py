@@ -19,6 +19,15 @@ from toolwatch import __version__
 from toolwatch.detectors.events import SEVERITIES, Finding
 
 OTHER = "other"
+TOOL_LABEL_CAP = 10_000
+"""Default most (agent, server, tool) series of ``toolwatch_tool_calls_total`` (config ``tool_label_cap``).
+
+A fleet of a few hundred agents, each using a handful to a few dozen tools, has thousands of
+combinations (bench/workloads.py's fleet: 200 agents, ~1,100); the cap is there so that traffic
+with made-up names (a bug, an attacker) cannot grow the series without bound, not to trim a normal
+fleet. 10,000 series is about 1 MB per scrape and well within what one Prometheus holds; an
+operator with a larger fleet raises it. (It was 500: a fleet of 200 agents folded over a quarter of its calls
+into ``other``, and every batch added and folded the same keys again.)"""
 
 
 def observe_many(child: Any, amounts: Sequence[float]) -> None:
@@ -121,7 +130,7 @@ class CallTally:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None, *, tool_label_cap: int = 500) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, tool_label_cap: int = TOOL_LABEL_CAP) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.build_info = Info("toolwatch_build", "toolwatch build information.", registry=r)

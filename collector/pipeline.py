@@ -338,6 +338,7 @@ class Pipeline:
             batch.calls.extend(item.calls)
             batch.listings.extend(item.listings)
         batch.calls.sort(key=_TIME)
+        batch.calls_in_time_order()  # detectors' by_time() is then the sorted list itself
         batch.listings.sort(key=_TIME)
         for t in (batch.calls[-1].time_ns if batch.calls else 0, batch.listings[-1].time_ns if batch.listings else 0):
             self._watermark_ns = max(self._watermark_ns, t)

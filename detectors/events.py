@@ -157,6 +157,13 @@ class Batch:
             memo = self._by_time = (calls, len(calls), sorted(calls, key=_CALL_TIME))
         return memo[2]
 
+    def calls_in_time_order(self) -> None:
+        """Declare ``calls`` already stably sorted by event time (the pipeline sorts every batch):
+        ``by_time`` then hands out ``calls`` itself instead of sorting a copy of a sorted list
+        (~25 ns a call), until ``calls`` is replaced or changes length."""
+        calls = self.calls
+        self._by_time = (calls, len(calls), calls)
+
 
 @dataclass(slots=True)
 class Finding:

@@ -58,7 +58,6 @@ class RuleEngineConfig:
         return cfg
 
 
-_TIME = attrgetter("time_ns")
 _SERVER_TOOL = attrgetter("server", "tool")
 _TOKEN = attrgetter("token")
 MAX_PLANS = 10_000
@@ -125,7 +124,7 @@ class RuleEngine(Detector):
 
     def observe(self, batch: Batch) -> list[Finding]:
         self.capabilities.learn(batch.listings)
-        findings = self._run(sorted(batch.calls, key=_TIME))
+        findings = self._run(batch.by_time())
         if batch.watermark_ns:
             self._context.expire(batch.watermark_ns)
         return findings

@@ -52,6 +52,26 @@ def test_tool_call_counts_across_batches_match_a_call_by_call_label_guard():
     assert got == expected and len(got) == 11
 
 
+def test_daemon_caps_tool_call_series_at_the_configured_tool_label_cap(tmp_path):
+    from toolwatch.collector.daemon import Daemon
+
+    d = Daemon(make_config(tmp_path, tool_label_cap=2))
+    try:
+        d.metrics.count_calls([("a1", "s", "t"), ("a2", "s", "t"), ("a3", "s", "t"), ("a1", "s", "t")])
+        assert value(d.metrics, "toolwatch_tool_calls_total", {"agent": "a1", "server": "s", "tool": "t"}) == 2
+        assert value(d.metrics, "toolwatch_tool_calls_total", {"agent": "a3", "server": "s", "tool": "t"}) is None
+        assert value(d.metrics, "toolwatch_tool_calls_total", {"agent": OTHER, "server": OTHER, "tool": OTHER}) == 1
+    finally:
+        d.store.close()
+
+
+def test_default_tool_label_cap_keeps_a_fleet_of_a_few_hundred_agents_unfolded():
+    m = Metrics()
+    m.count_calls((f"agent{i}", f"srv{j % 5}", f"tool{j}") for i in range(300) for j in range(30))
+    assert value(m, "toolwatch_tool_calls_total", {"agent": OTHER, "server": OTHER, "tool": OTHER}) is None
+    assert value(m, "toolwatch_tool_calls_total", {"agent": "agent299", "server": "srv4", "tool": "tool29"}) == 1
+
+
 def test_anomaly_scores_by_detector():
     m = Metrics()
     m.observe_scores([finding(0, score=0.3), finding(1, score=0.97), finding(2, detector="volume", score=4.0)])

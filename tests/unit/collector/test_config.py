@@ -48,6 +48,10 @@ def test_env_names_config_file_and_webhooks(tmp_path):
         ("- just\n- a list\n", "top level"),
         ("listen: [unclosed\n", "line"),
         ("detectors:\n  new_tool: 3\n", "detectors.new_tool"),
+        ("tool_label_cap: 0\n", "tool_label_cap"),
+        ("tool_label_cap: 2000000\n", "tool_label_cap"),
+        ("tool_label_cap: true\n", "tool_label_cap"),
+        ("tool_label_cap: 1.5\n", "tool_label_cap"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, needle):
@@ -69,3 +73,8 @@ def test_remote_bind_allowed_when_asked(tmp_path):
 @pytest.mark.parametrize("value, expected", [("127.0.0.1:1", ("127.0.0.1", 1)), ("[::1]:80", ("::1", 80)), ("localhost:0", ("localhost", 0))])
 def test_parse_hostport(value, expected):
     assert parse_hostport(value, "k") == expected
+
+
+def test_tool_label_cap_is_read_from_the_file(tmp_path):
+    assert load_config(environ={}).tool_label_cap == 10_000
+    assert load_config(write(tmp_path, "tool_label_cap: 2500\n"), environ={}).tool_label_cap == 2500

@@ -33,3 +33,14 @@ def test_by_time_is_sorted_once_and_again_when_the_calls_change() -> None:
     b2 = Batch(calls=_calls(3, 4))
     b2.by_time()
     assert b2 == Batch(calls=_calls(3, 4)) and "by_time" not in repr(b2)
+
+
+def test_calls_in_time_order_makes_by_time_the_calls_themselves_until_they_change() -> None:
+    calls = sorted(_calls(100, 5), key=lambda c: c.time_ns)
+    b = Batch(calls=calls)
+    b.calls_in_time_order()
+    assert b.by_time() is calls  # no sorted copy of a sorted list
+    late = ToolCall(time_ns=-1, agent_id="late", tool="t")
+    b.calls.append(late)  # another length: sorted again, as without the declaration
+    assert b.by_time() is not calls and b.by_time()[0] is late
+    assert b.by_time() == sorted(b.calls, key=lambda c: c.time_ns)
