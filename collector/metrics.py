@@ -28,6 +28,9 @@ with made-up names (a bug, an attacker) cannot grow the series without bound, no
 fleet. 10,000 series is about 1 MB per scrape and well within what one Prometheus holds; an
 operator with a larger fleet raises it. (It was 500: a fleet of 200 agents folded over a quarter of its calls
 into ``other``, and every batch added and folded the same keys again.)"""
+SERVER_LABEL_CAP = 1_000
+"""Most ``server`` series of ``toolwatch_tool_listings_total``: a fleet has tens of MCP servers, not
+thousands; the names come from the traffic, so made-up ones fold into ``other`` past the cap."""
 
 
 def observe_many(child: Any, amounts: Sequence[float]) -> None:
@@ -274,6 +277,7 @@ class Metrics:
             ["outcome"], registry=r,
         )
         self._detector_guard = LabelGuard(64)
+        self._server_guard = LabelGuard(SERVER_LABEL_CAP)
         # Children of admitted detectors: ``labels()`` costs a lock and a dict lookup per call.
         self._score_children: dict[str, Any] = {}
         self._pending_last = 0.0
@@ -328,6 +332,11 @@ class Metrics:
             return self._pending_last
 
         self.pending_approvals.set_function(value)
+
+    def count_listing(self, server: str) -> None:
+        """Count one ``tools/list`` result; server names come from the traffic, so capped like tool labels."""
+        (label,) = self._server_guard((server or "unknown",))
+        self.tool_listings.labels(label).inc()
 
     def count_calls(self, keys: Iterable[tuple[str, str, str]]) -> None:
         """Count tool calls by (agent, server, tool), capped (see ``CallTally``); call once per batch."""

@@ -361,7 +361,7 @@ class Pipeline:
         self.metrics.batch_size.observe(len(batch))
         self.metrics.count_calls(map(_CALL_LABELS, batch.calls))
         for listing in batch.listings:
-            self.metrics.tool_listings.labels(listing.server or "unknown").inc()
+            self.metrics.count_listing(listing.server)
         if findings:
             self.metrics.observe_scores(findings)
             self.router.route(findings)

@@ -11,7 +11,7 @@ from helpers.alert_builders import finding
 from helpers.daemon import DaemonThread, make_config
 from helpers.spans import emit_call, provider
 from toolwatch.collector.config import WebhookConfig
-from toolwatch.collector.metrics import OTHER, LabelGuard, Metrics
+from toolwatch.collector.metrics import OTHER, SERVER_LABEL_CAP, LabelGuard, Metrics
 
 
 def value(m: Metrics, name: str, labels: dict | None = None) -> float | None:
@@ -70,6 +70,19 @@ def test_default_tool_label_cap_keeps_a_fleet_of_a_few_hundred_agents_unfolded()
     m.count_calls((f"agent{i}", f"srv{j % 5}", f"tool{j}") for i in range(300) for j in range(30))
     assert value(m, "toolwatch_tool_calls_total", {"agent": OTHER, "server": OTHER, "tool": OTHER}) is None
     assert value(m, "toolwatch_tool_calls_total", {"agent": "agent299", "server": "srv4", "tool": "tool29"}) == 1
+
+
+def test_tool_listing_servers_past_the_cap_count_under_other():
+    m = Metrics()
+    for n in range(SERVER_LABEL_CAP + 5):
+        m.count_listing(f"server-{n}")
+    m.count_listing("server-0")
+    m.count_listing("")
+    families = {s.labels["server"]: s.value for s in m.tool_listings.collect()[0].samples if s.name.endswith("_total")}
+    assert len(families) == SERVER_LABEL_CAP + 1
+    assert families["server-0"] == 2
+    assert "unknown" not in families and families[OTHER] == 6  # five newcomers and the nameless one
+    assert sum(families.values()) == SERVER_LABEL_CAP + 7
 
 
 def test_anomaly_scores_by_detector():
