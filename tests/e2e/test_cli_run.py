@@ -16,7 +16,8 @@ from helpers.spans import emit_call, provider
 def test_help_documents_every_option():
     out = run_cli("run", "--help")
     assert out.returncode == 0
-    for flag in ("--config", "--otlp-http", "--otlp-grpc", "--listen", "--data-dir", "--webhook", "--api-token", "TOOLWATCH_"):
+    for flag in ("--config", "--otlp-http", "--otlp-grpc", "--listen", "--data-dir", "--webhook", "--api-token", "TOOLWATCH_",
+                 "--otlp-processes N|auto"):
         assert flag in out.stdout, flag
     assert run_cli("--help").returncode == 0
 
