@@ -60,7 +60,7 @@ def parse_otlp_processes(value: Any) -> int | str:
         text = value.strip()
         if text.lower() == AUTO:
             return AUTO
-        if text.isdigit():
+        if text.isascii() and text.isdigit():
             return int(text)
     elif isinstance(value, float) and value.is_integer():
         return int(value)

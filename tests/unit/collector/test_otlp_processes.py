@@ -72,7 +72,7 @@ def test_bad_values_name_the_key_and_what_is_allowed(bad):
     assert "0 to 64" in str(err.value) and repr(bad) in str(err.value)
 
 
-@pytest.mark.parametrize("bad", ["two", "", "1.5", "-1", "65", "0x2"])
+@pytest.mark.parametrize("bad", ["two", "", "1.5", "-1", "65", "0x2", "²"])
 def test_bad_flag_values_name_the_key_and_what_is_allowed(bad):
     with pytest.raises(ConfigError, match="^otlp_processes: must be auto .*0 to 64"):
         load_config(environ={}, overrides={"otlp_processes": bad})
