@@ -17,6 +17,7 @@ import yaml
 
 from . import envvars
 from .metrics import TOOL_LABEL_CAP
+from .otlp_processes import AUTO, MAX_PROCESSES
 
 if TYPE_CHECKING:
     from .event_time import EventTimeRule
@@ -42,6 +43,31 @@ def parse_hostport(value: str, key: str) -> tuple[str, int]:
     if not 0 <= num <= 65535:
         raise ConfigError(f"{key}: port {num} in {value!r} is outside 0-65535")
     return host, num
+
+
+def otlp_processes_error(value: object) -> str:
+    """What ``otlp_processes`` accepts, for every place that reads it (file, flag, Config)."""
+    return (f"otlp_processes: must be auto (one OTLP/HTTP worker process when this process can use at least "
+            f"2 CPUs, else 0) or a whole number from 0 to {MAX_PROCESSES} (0 = OTLP/HTTP in the daemon's process), "
+            f"got {value!r}")
+
+
+def parse_otlp_processes(value: Any) -> int | str:
+    """``otlp_processes`` from a config file or a flag: ``auto`` (any case) or a whole number.
+
+    Flags arrive as text, YAML as int (or a whole float, which the old int-only key accepted);
+    the range is checked by ``Config.validate``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == AUTO:
+            return AUTO
+        if text.isascii() and text.isdigit():
+            return int(text)
+    elif isinstance(value, float) and value.is_integer():
+        return int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ConfigError(otlp_processes_error(value))
 
 
 def is_loopback(host: str) -> bool:
@@ -231,9 +257,10 @@ class KafkaConfig:
 class Config:
     otlp_http: str = "127.0.0.1:4318"
     otlp_grpc: str = "127.0.0.1:4317"
-    otlp_processes: int = 0
+    otlp_processes: int | str = AUTO
     """OTLP/HTTP in this many worker processes (receive, decode, normalise there; the daemon keeps the
-    detectors); 0 = in the daemon's own process."""
+    detectors); 0 = in the daemon's own process; ``auto`` = 1 when this process can use at least 2
+    CPUs, else 0 (collector/otlp_processes.py)."""
     listen: str = "127.0.0.1:9464"
     data_dir: str = "./toolwatch-data"
     api_token: str = ""
@@ -274,11 +301,9 @@ class Config:
                     f"{key}: {value!r} is not a loopback address; set allow_remote: true "
                     "(or --allow-remote) to listen beyond this host, ideally with api_token set"
                 )
-        if isinstance(self.otlp_processes, bool) or not isinstance(self.otlp_processes, int) or not 0 <= self.otlp_processes <= 64:
-            raise ConfigError(
-                f"otlp_processes: must be a whole number from 0 to 64 (0 = OTLP/HTTP in the daemon's process), "
-                f"got {self.otlp_processes!r}"
-            )
+        value = self.otlp_processes
+        if value != AUTO and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PROCESSES):
+            raise ConfigError(otlp_processes_error(value))
         if self.log_level not in self.LOG_LEVELS:
             raise ConfigError(f"log_level: {self.log_level!r} is not one of {', '.join(self.LOG_LEVELS)}")
         if self.max_body_bytes < 1024:
@@ -360,7 +385,9 @@ def config_from_mapping(data: Any, source: str = "config") -> Config:
     detectors = data.pop("detectors", {}) or {}
     kafka = data.pop("kafka", {}) or {}
     data.pop("source", None)
+    otlp_processes = parse_otlp_processes(data.pop("otlp_processes")) if "otlp_processes" in data else AUTO
     cfg = _dataclass_from(Config, data, source)
+    cfg.otlp_processes = otlp_processes
     if not isinstance(webhooks, list):
         raise ConfigError(f"{source}: webhooks must be a list of {{url: ..., name: ...}} entries")
     for i, hook in enumerate(webhooks):
@@ -418,6 +445,8 @@ def load_config(
             cfg.kafka.bootstrap_servers, cfg.kafka.enabled = value, True
         elif name == "webhooks":
             cfg.webhooks.extend(WebhookConfig(url=u) for u in value)
+        elif name == "otlp_processes":
+            cfg.otlp_processes = parse_otlp_processes(value)
         else:
             setattr(cfg, name, value)
     if cfg.webhook_secret:

@@ -31,6 +31,7 @@ from .interpreter import InterpreterSettings
 from .holds import HoldBook
 from .metrics import Metrics
 from .normalize import ArgsRedactor, Normalizer
+from .otlp_processes import AUTO, choose_otlp_processes
 from .pipeline import Pipeline
 from .receivers import Ingest, Receiver
 from .receivers.tls import tls_files
@@ -92,11 +93,17 @@ class Daemon:
         redact_args: ArgsRedactor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if cfg.otlp_processes and redact_args is not None and cfg.enabled("otlp_http"):
+        http = cfg.enabled("otlp_http")
+        choice = choose_otlp_processes(cfg.otlp_processes, redact_args_given=redact_args is not None)
+        if http and choice.processes and redact_args is not None:
             raise ValueError(
                 "redact_args cannot be used with otlp_processes > 0: the worker processes build the ingest "
-                "redactor from fingerprint_key; pass otlp_processes=0 or drop redact_args"
+                "redactor from fingerprint_key; pass otlp_processes=0 (or auto) or drop redact_args"
             )
+        if http and cfg.otlp_processes == AUTO:
+            log.info("otlp_processes: auto chose %d (%s)", choice.processes, choice.reason)
+        self.otlp_processes = choice.processes if http else 0
+        """OTLP/HTTP worker processes this daemon runs (``cfg.otlp_processes`` with ``auto`` resolved)."""
         self.cfg = cfg
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics(registry, tool_label_cap=cfg.tool_label_cap)
@@ -144,10 +151,10 @@ class Daemon:
                     bearer_token=cfg.receiver_token,
                     tls=tls_files(cfg),
                 )
-                if key == "otlp_http" and cfg.otlp_processes:
+                if key == "otlp_http" and self.otlp_processes:
                     self.receivers.append(
                         OtlpHttpWorkers(
-                            host, port, self.ingest, self.metrics, processes=cfg.otlp_processes,
+                            host, port, self.ingest, self.metrics, processes=self.otlp_processes,
                             fingerprint_key=fingerprint_key_text(cfg), **common,  # type: ignore[arg-type]
                         )
                     )

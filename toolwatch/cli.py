@@ -40,7 +40,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--otlp-http", metavar="HOST:PORT", help="OTLP/HTTP receiver address (default 127.0.0.1:4318)")
     p.add_argument("--otlp-grpc", metavar="HOST:PORT", help="OTLP/gRPC receiver address (default 127.0.0.1:4317)")
     p.add_argument(
-        "--otlp-processes", metavar="N", type=int, help="serve OTLP/HTTP in N worker processes (default 0: in the daemon)"
+        "--otlp-processes", metavar="N|auto",
+        help="serve OTLP/HTTP in N worker processes (0: in the daemon; default auto: 1 if this process can use "
+        "at least 2 CPUs, else 0)",
     )
     p.add_argument("--listen", metavar="HOST:PORT", help="HTTP API and /metrics address (default 127.0.0.1:9464)")
     p.add_argument("--data-dir", metavar="DIR", help="where the SQLite store lives (default ./toolwatch-data)")

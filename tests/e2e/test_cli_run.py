@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import time
+
+import pytest
 import requests
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -12,7 +16,8 @@ from helpers.spans import emit_call, provider
 def test_help_documents_every_option():
     out = run_cli("run", "--help")
     assert out.returncode == 0
-    for flag in ("--config", "--otlp-http", "--otlp-grpc", "--listen", "--data-dir", "--webhook", "--api-token", "TOOLWATCH_"):
+    for flag in ("--config", "--otlp-http", "--otlp-grpc", "--listen", "--data-dir", "--webhook", "--api-token", "TOOLWATCH_",
+                 "--otlp-processes N|auto"):
         assert flag in out.stdout, flag
     assert run_cli("--help").returncode == 0
 
@@ -45,8 +50,6 @@ def test_state_and_alerts_survive_restart(tmp_path):
         emit_call(tp, agent="a", server="files", tool="read")  # known: learned before the restart
         emit_call(tp, agent="a", server="mail", tool="send")  # new after the learning period
         tp.shutdown()
-        import time
-
         deadline = time.time() + 10
         alerts = []
         while time.time() < deadline and not alerts:
@@ -191,3 +194,48 @@ def test_a_ctrl_c_after_the_stop_exits_130_without_a_traceback(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 130, out.stderr
     assert "toolwatch: interrupted" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def _received_http_spans(tw: ToolwatchProcess, n: int) -> None:
+    deadline = time.time() + 10
+    text = ""
+    while time.time() < deadline:
+        text = requests.get(tw.api_url + "/metrics", timeout=5).text
+        if f'toolwatch_spans_received_total{{receiver="otlp_http"}} {float(n)}' in text:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{n} OTLP/HTTP spans not counted:\n" + "\n".join(
+        line for line in text.splitlines() if "spans_received" in line))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="auto runs a worker only with 2+ usable CPUs")
+def test_by_default_otlp_http_runs_in_one_worker_process_and_the_choice_is_logged(tmp_path):
+    with ToolwatchProcess(tmp_path / "data") as tw:
+        tp = provider(OTLPSpanExporter(endpoint=tw.otlp_http_url))
+        for _ in range(2):
+            emit_call(tp, agent="a", server="files", tool="read")
+        tp.shutdown()
+        _received_http_spans(tw, 2)
+        assert tw.stop() == 0
+    log = tw.output()
+    assert "otlp_processes: auto chose 1 (one OTLP/HTTP worker process: " in log, log
+    assert "/v1/traces in 1 worker processes (pids" in log, log
+
+
+def test_auto_on_one_usable_cpu_serves_otlp_http_in_the_daemon(tmp_path):
+    with ToolwatchProcess(tmp_path / "data", "--otlp-processes", "auto", cpus={min(os.sched_getaffinity(0))}) as tw:
+        tp = provider(OTLPSpanExporter(endpoint=tw.otlp_http_url))
+        emit_call(tp, agent="a", server="files", tool="read")
+        tp.shutdown()
+        _received_http_spans(tw, 1)
+        assert tw.stop() == 0
+    log = tw.output()
+    assert "otlp_processes: auto chose 0 (OTLP/HTTP in the daemon's process: only 1 CPU usable" in log, log
+    assert f"OTLP/HTTP receiver on http://127.0.0.1:{tw.http_port}/v1/traces\n" in log, log
+    assert "OTLP worker process" not in log and "worker processes (pids" not in log, log
+
+
+def test_a_bad_otlp_processes_flag_names_the_key_and_the_allowed_values(tmp_path):
+    out = run_cli("run", "--otlp-processes", "two", "--data-dir", str(tmp_path / "d"))
+    assert out.returncode == 2
+    assert "configuration error: otlp_processes: must be auto" in out.stderr and "0 to 64" in out.stderr, out.stderr

@@ -81,8 +81,11 @@ BIN = Path(sys.executable).parent / "toolwatch"
 class ToolwatchProcess:
     """``toolwatch run`` in a child process; ``kill()`` is SIGKILL, ``stop()`` is SIGTERM."""
 
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None,
+                 cpus: set[int] | None = None) -> None:
+        """``cpus``: the child's CPU affinity (as ``taskset`` sets it); None = this process's."""
         self.data_dir = data_dir
+        self.cpus = cpus
         self.http_port, self.grpc_port, self.api_port = free_port(), free_port(), free_port()
         self.args = [
             str(BIN),
@@ -111,7 +114,10 @@ class ToolwatchProcess:
 
     def start(self, timeout: float = 20.0) -> "ToolwatchProcess":
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        cpus = self.cpus
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+                                     preexec_fn=pin)
         wait_until(
             lambda: requests.get(self.api_url + "/readyz", timeout=0.5).status_code == 200,
             timeout,

@@ -30,6 +30,7 @@ def test_sigkill_with_undelivered_alerts_loses_nothing_and_duplicates_nothing(tm
         cfg = {
             "otlp_http": f"127.0.0.1:{http_port}",
             "otlp_grpc": "off",
+            "otlp_processes": 0,  # about the outbox: no OTLP worker process to start and outlive a SIGKILL
             "listen": f"127.0.0.1:{api_port}",
             "data_dir": str(tmp_path / "data"),
             "webhook_secret": SECRET,

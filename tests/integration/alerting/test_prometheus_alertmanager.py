@@ -58,7 +58,7 @@ def alertnames(hook: WebhookReceiver) -> dict[str, dict]:
 def test_shipped_rules_fire_through_alertmanager_to_a_webhook(tmp_path):
     prom_bin, am_bin = need("prometheus"), need("prometheus-alertmanager")
     prom_port, am_port = free_port(), free_port()
-    cfg = make_config(tmp_path)
+    cfg = make_config(tmp_path, otlp_processes=0)
     detectors = [NewToolDetector(NewToolConfig(min_calls=1, severity="high")), OnePending()]
     with WebhookReceiver() as hook, DaemonThread(cfg, detectors=detectors) as d:
         daemon_target = d.api_url.removeprefix("http://")

@@ -42,7 +42,7 @@ class DocsVerifier:
 
 def test_signature_verifies_independently_and_tampering_and_replays_are_caught(tmp_path):
     with WebhookReceiver() as hook:
-        cfg = make_config(tmp_path, webhooks=[WebhookConfig(url=hook.url, name="ops", secret=SECRET.decode(), detectors=["new_tool"])])
+        cfg = make_config(tmp_path, otlp_processes=0, webhooks=[WebhookConfig(url=hook.url, name="ops", secret=SECRET.decode(), detectors=["new_tool"])])
         cfg.detectors = {"new_tool": {"min_calls": 1, "severity": "high"}}
         with DaemonThread(cfg) as d:
             tp = provider(OTLPSpanExporter(endpoint=d.otlp_http_url))

@@ -36,7 +36,9 @@ PB = {"Content-Type": "application/x-protobuf"}
 
 
 def _config(tmp_path: Path, **kw) -> Config:
-    """A daemon whose queued calls wait (a batch fills for up to 600 s) until shutdown drains them."""
+    """A daemon whose queued calls wait (a batch fills for up to 600 s) until shutdown drains them;
+    OTLP/HTTP in the daemon's process unless a test asks for worker processes."""
+    kw.setdefault("otlp_processes", 0)
     cfg = Config(otlp_http="127.0.0.1:0", otlp_grpc="off", listen="127.0.0.1:0", data_dir=str(tmp_path / "data"), **kw)
     cfg.pipeline.batch_max_size = 100_000
     cfg.pipeline.batch_max_delay_ms = 600_000

@@ -61,7 +61,7 @@ def test_spans_from_kafka_are_processed_alerted_and_committed(tmp_path, kafka_br
         records += [(agent.encode(), encode(request(mine[i : i + 4]))) for i in range(0, len(mine), 4)]
     ends = produce(kafka_broker, "otlp_spans", records)
 
-    cfg = make_config(tmp_path, kafka=kafka_cfg(kafka_broker, encoding=encoding))
+    cfg = make_config(tmp_path, otlp_processes=0, kafka=kafka_cfg(kafka_broker, encoding=encoding))
     cfg.detectors = {"new_tool": {"min_calls": 5}}
     with DaemonThread(cfg) as d:
         rx = d.daemon.receiver("kafka")
@@ -85,7 +85,7 @@ def test_poison_record_goes_to_dead_letter_topic_and_partition_keeps_flowing(tmp
     poison = b"\xff\xfe definitely not OTLP"
     produce(kafka_broker, "otlp_spans", [(b"a", good1), (b"a", poison), (b"a", b'{"resourceSpans": 7}'), (b"a", good2)])
 
-    cfg = make_config(tmp_path, kafka=kafka_cfg(kafka_broker, dead_letter_topic="otlp_spans_dlq", encoding="auto"))
+    cfg = make_config(tmp_path, otlp_processes=0, kafka=kafka_cfg(kafka_broker, dead_letter_topic="otlp_spans_dlq", encoding="auto"))
     with DaemonThread(cfg) as d:
         rx = d.daemon.receiver("kafka")
         _wait(lambda: rx.committed_records == 4, what="all four records committed")
@@ -113,7 +113,7 @@ def test_poison_record_goes_to_dead_letter_topic_and_partition_keeps_flowing(tmp
 def test_dead_letter_file_when_no_topic_is_configured(tmp_path, kafka_broker):
     kafka_broker.create_topic("otlp_spans", partitions=1)
     produce(kafka_broker, "otlp_spans", [(b"k", b""), (b"k", request([Call("a", "s", "t", 1)]).SerializeToString())])
-    cfg = make_config(tmp_path, kafka=kafka_cfg(kafka_broker))
+    cfg = make_config(tmp_path, otlp_processes=0, kafka=kafka_cfg(kafka_broker))
     with DaemonThread(cfg) as d:
         rx = d.daemon.receiver("kafka")
         _wait(lambda: rx.committed_records == 2, what="both records committed")
@@ -129,7 +129,7 @@ def test_full_pipeline_pauses_partitions_then_catches_up(tmp_path, kafka_broker)
     calls = workload(agents=2, calls_per_agent=200)
     records = [(b"k", request(calls[i : i + 50]).SerializeToString()) for i in range(0, len(calls), 50)]
     produce(kafka_broker, "otlp_spans", records)
-    cfg = make_config(tmp_path, kafka=kafka_cfg(kafka_broker))
+    cfg = make_config(tmp_path, otlp_processes=0, kafka=kafka_cfg(kafka_broker))
     cfg.pipeline.batch_max_size = 50
     cfg.pipeline.queue_max_spans = 100  # two records fit: the receiver must wait for the detectors
     with DaemonThread(cfg) as d:

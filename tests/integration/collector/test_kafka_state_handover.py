@@ -32,7 +32,7 @@ def produce(broker, first: int, last: int, new_tool_at: int | None = None) -> in
 
 
 def config(tmp_path, name, broker):
-    cfg = make_config(tmp_path / name, kafka=KafkaConfig(
+    cfg = make_config(tmp_path / name, otlp_processes=0, kafka=KafkaConfig(
         enabled=True, bootstrap_servers=broker.bootstrap, max_poll_interval_ms=1000, session_timeout_ms=6000,
         commit_interval_ms=100, state_changelog_topic="toolwatch_agent_state"))
     cfg.detectors = {"new_tool": {"min_calls": 50}}

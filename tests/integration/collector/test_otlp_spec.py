@@ -1,5 +1,8 @@
 """OTLP receivers to spec, against a running daemon: SDK exporters, partial success, retryable
-answers under overload and while draining, bearer token, TLS, and bad input among good."""
+answers under overload and while draining, bearer token, TLS, and bad input among good.
+
+Each runs on the daemon's default (``otlp_processes: auto``: OTLP/HTTP in a worker process where 2+
+CPUs are usable) and with OTLP/HTTP in the daemon's own process (``otlp_processes: 0``)."""
 
 from __future__ import annotations
 
@@ -35,6 +38,22 @@ def _calls_body(n: int, *, bad: int = 0, agent: str = "a1", start_ns: int | None
     return req.SerializeToString().replace(b"NOTUTF8!!", b"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8\xf7")
 
 
+@pytest.fixture(params=["default", "in-process"])
+def procs(request) -> dict:
+    """``make_config`` keyword arguments: the default ``otlp_processes``, or OTLP/HTTP in the daemon."""
+    return {} if request.param == "default" else {"otlp_processes": 0}
+
+
+def _wait(pred, timeout: float = 10.0) -> bool:
+    """Worker processes count the requests they refuse in the daemon a few milliseconds after answering."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def _grpc_export(target: str, body: bytes, *, creds=None, metadata=None):
     channel = grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
     with channel:
@@ -52,8 +71,8 @@ def _calls(d, agent: str = "a1") -> float:
     )
 
 
-def test_sdk_grpc_and_http_exporters_are_both_recognised(tmp_path):
-    with DaemonThread(make_config(tmp_path)) as d:
+def test_sdk_grpc_and_http_exporters_are_both_recognised(tmp_path, procs):
+    with DaemonThread(make_config(tmp_path, **procs)) as d:
         for exporter, agent in ((GrpcExporter(endpoint=d.otlp_grpc_target, insecure=True), "via-grpc"), (HttpExporter(endpoint=d.otlp_http_url), "via-http")):
             tp = provider(exporter)
             for _ in range(3):
@@ -64,8 +83,8 @@ def test_sdk_grpc_and_http_exporters_are_both_recognised(tmp_path):
         assert d.metric("toolwatch_spans_received_total", {"receiver": "otlp_grpc"}) == 3
 
 
-def test_one_bad_span_among_good_ones_is_partial_success_on_http_and_grpc(tmp_path):
-    with DaemonThread(make_config(tmp_path)) as d:
+def test_one_bad_span_among_good_ones_is_partial_success_on_http_and_grpc(tmp_path, procs):
+    with DaemonThread(make_config(tmp_path, **procs)) as d:
         r = requests.post(d.otlp_http_url, data=_calls_body(4, bad=1, agent="h"), headers=PB, timeout=5)
         assert r.status_code == 200
         resp = ExportTraceServiceResponse.FromString(r.content)
@@ -78,8 +97,8 @@ def test_one_bad_span_among_good_ones_is_partial_success_on_http_and_grpc(tmp_pa
         assert d.metric("toolwatch_spans_received_total", {"receiver": "otlp_grpc"}) == 6
 
 
-def test_event_time_rejections_are_reported_as_partial_success(tmp_path):
-    cfg = make_config(tmp_path)
+def test_event_time_rejections_are_reported_as_partial_success(tmp_path, procs):
+    cfg = make_config(tmp_path, **procs)
     cfg.pipeline.future_policy = "reject"
     with DaemonThread(cfg) as d:
         far = time.time_ns() + 86400 * 10**9
@@ -91,8 +110,8 @@ def test_event_time_rejections_are_reported_as_partial_success(tmp_path):
         assert d.metric("toolwatch_spans_event_time_total", {"action": "rejected", "reason": "future"}) == 2
 
 
-def test_garbage_never_takes_the_daemon_down(tmp_path):
-    with DaemonThread(make_config(tmp_path)) as d:
+def test_garbage_never_takes_the_daemon_down(tmp_path, procs):
+    with DaemonThread(make_config(tmp_path, **procs)) as d:
         for body, ctype in ((b"\x00\xff" * 100, "application/x-protobuf"), (b"{[", "application/json"), (b"\xff", "application/json")):
             assert requests.post(d.otlp_http_url, data=body, headers={"Content-Type": ctype}, timeout=5).status_code == 400
         with pytest.raises(grpc.RpcError) as err:
@@ -103,8 +122,8 @@ def test_garbage_never_takes_the_daemon_down(tmp_path):
         assert _calls(d, "after") == 2
 
 
-def test_overload_answers_429_and_resource_exhausted_with_retry_hints(tmp_path):
-    cfg = make_config(tmp_path, retry_after_s=7)
+def test_overload_answers_429_and_resource_exhausted_with_retry_hints(tmp_path, procs):
+    cfg = make_config(tmp_path, retry_after_s=7, **procs)
     cfg.pipeline.batch_max_size = 2
     cfg.pipeline.queue_max_spans = 4
     gate = Gate()
@@ -122,15 +141,16 @@ def test_overload_answers_429_and_resource_exhausted_with_retry_hints(tmp_path):
             details = dict(err.value.trailing_metadata())["grpc-status-details-bin"]
             info = error_details_pb2.RetryInfo()
             assert status_pb2.Status.FromString(details).details[0].Unpack(info) and info.retry_delay.seconds == 7
-            assert d.metric("toolwatch_requests_rejected_total", {"receiver": "otlp_http", "reason": "queue_full"}) == 1
+            assert _wait(lambda: d.metric("toolwatch_requests_rejected_total",
+                                          {"receiver": "otlp_http", "reason": "queue_full"}) == 1)
         finally:
             gate.release.set()
         d.drain()
         assert d.metric("toolwatch_spans_received_total", {"receiver": "otlp_http"}) == 6
 
 
-def test_draining_daemon_answers_503_and_unavailable(tmp_path):
-    with DaemonThread(make_config(tmp_path)) as d:
+def test_draining_daemon_answers_503_and_unavailable(tmp_path, procs):
+    with DaemonThread(make_config(tmp_path, **procs)) as d:
         d.call(d.daemon.pipeline.shutdown())
         r = requests.post(d.otlp_http_url, data=_calls_body(1), headers=PB, timeout=5)
         assert r.status_code == 503 and r.headers["Retry-After"] == "2"
@@ -139,8 +159,8 @@ def test_draining_daemon_answers_503_and_unavailable(tmp_path):
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_bearer_token_is_required_on_both_receivers(tmp_path):
-    with DaemonThread(make_config(tmp_path, receiver_token="t0ken")) as d:
+def test_bearer_token_is_required_on_both_receivers(tmp_path, procs):
+    with DaemonThread(make_config(tmp_path, receiver_token="t0ken", **procs)) as d:
         assert requests.post(d.otlp_http_url, data=_calls_body(1), headers=PB, timeout=5).status_code == 401
         ok = requests.post(d.otlp_http_url, data=_calls_body(1, agent="tok"), headers={**PB, "Authorization": "Bearer t0ken"}, timeout=5)
         assert ok.status_code == 200
@@ -154,9 +174,9 @@ def test_bearer_token_is_required_on_both_receivers(tmp_path):
         assert _calls(d, "tok") == 2
 
 
-def test_tls_on_both_receivers_with_a_self_signed_certificate(tmp_path):
+def test_tls_on_both_receivers_with_a_self_signed_certificate(tmp_path, procs):
     cert, key = self_signed(tmp_path)
-    with DaemonThread(make_config(tmp_path, tls_cert_file=str(cert), tls_key_file=str(key))) as d:
+    with DaemonThread(make_config(tmp_path, tls_cert_file=str(cert), tls_key_file=str(key), **procs)) as d:
         url = d.otlp_http_url.replace("http://", "https://")
         with pytest.raises(requests.exceptions.SSLError):
             requests.post(url, data=_calls_body(1), headers=PB, timeout=5)  # untrusted without the cert
@@ -167,8 +187,8 @@ def test_tls_on_both_receivers_with_a_self_signed_certificate(tmp_path):
         assert _calls(d, "tls") == 2
 
 
-def test_json_partial_success_is_json(tmp_path):
-    with DaemonThread(make_config(tmp_path)) as d:
+def test_json_partial_success_is_json(tmp_path, procs):
+    with DaemonThread(make_config(tmp_path, **procs)) as d:
         spans = [
             {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "00000000000000a1", "name": "x", "startTimeUnixNano": str(time.time_ns()),
              "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": "execute_tool"}},
@@ -180,11 +200,11 @@ def test_json_partial_success_is_json(tmp_path):
         assert r.status_code == 200 and r.json()["partialSuccess"]["rejectedSpans"] == "1"
 
 
-def test_fuzzed_bodies_never_take_the_daemon_down_and_good_input_still_counts(tmp_path):
+def test_fuzzed_bodies_never_take_the_daemon_down_and_good_input_still_counts(tmp_path, procs):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    with DaemonThread(make_config(tmp_path)) as d:
+    with DaemonThread(make_config(tmp_path, **procs)) as d:
         good = _calls_body(3, agent="fz")
 
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

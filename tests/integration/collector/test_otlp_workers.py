@@ -94,6 +94,50 @@ def test_a_redactor_object_cannot_reach_worker_processes(tmp_path):
         Daemon(make_config(tmp_path, otlp_processes=1), redact_args=drop_raw_args)
 
 
+def test_auto_with_a_redactor_object_serves_otlp_http_in_the_daemon_and_says_why(tmp_path, caplog):
+    """``auto`` cannot hand a Python redactor to a worker: it serves in-process, where the redactor runs."""
+    import logging
+
+    from toolwatch.collector.normalize import drop_raw_args
+    from toolwatch.collector.receivers.otlp_http import OtlpHttpReceiver
+
+    seen: list[str] = []
+
+    def redactor(text: str):
+        seen.append(text)
+        return drop_raw_args(text)
+
+    caplog.set_level(logging.INFO, "toolwatch.daemon")
+    with DaemonThread(make_config(tmp_path, otlp_processes="auto"), redact_args=redactor) as d:
+        assert d.daemon.otlp_processes == 0
+        assert type(d.daemon.receiver("otlp_http")) is OtlpHttpReceiver
+        req = request("svc")
+        add_span(req, {sc.GEN_AI_OPERATION_NAME: sc.OP_EXECUTE_TOOL, sc.GEN_AI_TOOL_NAME: "t", sc.GEN_AI_AGENT_ID: "r",
+                       sc.GEN_AI_TOOL_CALL_ARGUMENTS: '{"path": "/etc/passwd"}'}, start_ns=time.time_ns())
+        r = requests.post(d.otlp_http_url, data=req.SerializeToString(),
+                          headers={"Content-Type": "application/x-protobuf"}, timeout=5)
+        assert r.status_code == 200
+        d.drain()
+        assert _calls(d, "r") == 1
+    assert seen == ['{"path": "/etc/passwd"}']
+    assert "otlp_processes: auto chose 0 (OTLP/HTTP in the daemon's process: a redact_args object was given" in caplog.text
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="auto runs a worker only with 2+ usable CPUs")
+def test_the_default_config_serves_otlp_http_in_one_worker_process(tmp_path):
+    from toolwatch.collector.receivers.otlp_workers import OtlpHttpWorkers
+
+    with DaemonThread(make_config(tmp_path)) as d:
+        assert d.daemon.cfg.otlp_processes == "auto" and d.daemon.otlp_processes == 1
+        workers = d.daemon.receiver("otlp_http")
+        assert type(workers) is OtlpHttpWorkers and len(workers.pids) == 1
+        r = requests.post(d.otlp_http_url, data=_calls_body(2, agent="dflt"),
+                          headers={"Content-Type": "application/x-protobuf"}, timeout=5)
+        assert r.status_code == 200
+        d.drain()
+        assert _calls(d, "dflt") == 2
+
+
 def test_sdk_exporter_through_workers_with_token_gzip_and_partial_success(shared):
     d = shared
     assert len(d.daemon.receiver("otlp_http").pids) == 2

@@ -20,7 +20,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_the_daemon_refits_in_its_worker_and_stops_it_on_shutdown(tmp_path) -> None:
-    with DaemonThread(make_config(tmp_path)) as d:
+    with DaemonThread(make_config(tmp_path, otlp_processes=0)) as d:
         worker = d.daemon.refit_worker
         forests = [x for x in d.daemon.detectors if isinstance(x, IsolationForestDetector)]
         assert worker is not None and forests and all(f.fitter == worker.fit for f in forests)
@@ -33,7 +33,7 @@ def test_the_daemon_refits_in_its_worker_and_stops_it_on_shutdown(tmp_path) -> N
 
 
 def test_refit_in_process_keeps_fits_in_the_daemons_process(tmp_path) -> None:
-    cfg = make_config(tmp_path)
+    cfg = make_config(tmp_path, otlp_processes=0)
     cfg.pipeline.refit_in_process = True
     with DaemonThread(cfg) as d:
         assert d.daemon.refit_worker is None

@@ -37,7 +37,7 @@ def recorded_requests():
 def test_replay_gives_the_same_alerts_as_live_ingestion(tmp_path):
     reqs = recorded_requests()
     detectors_cfg = {"new_tool": {"min_calls": 10}}
-    cfg = make_config(tmp_path / "live")
+    cfg = make_config(tmp_path / "live", otlp_processes=0)
     cfg.detectors = detectors_cfg
     with DaemonThread(cfg) as d:
         for req in reqs:

@@ -39,7 +39,7 @@ def _bump(path, text):
 def test_broken_rule_file_keeps_last_good_rules(tmp_path):
     rules = tmp_path / "ops.rules.yaml"
     rules.write_text(GOOD)
-    cfg = make_config(tmp_path)
+    cfg = make_config(tmp_path, otlp_processes=0)
     cfg.detectors = {"rules": {"files": [str(rules)]}}
     with DaemonThread(cfg) as d:
         watcher = d.daemon.rules_watcher

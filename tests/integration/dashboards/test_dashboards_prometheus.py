@@ -119,7 +119,7 @@ def _has_data(answer: dict[str, Any]) -> bool:
 
 def test_every_panel_query_against_real_prometheus_and_daemon(tmp_path):
     with WebhookReceiver() as hook:
-        cfg = make_config(tmp_path, webhooks=[WebhookConfig(url=hook.url, secret="s3cret")])
+        cfg = make_config(tmp_path, otlp_processes=0, webhooks=[WebhookConfig(url=hook.url, secret="s3cret")])
         cfg.detectors = {
             "new_tool": {"min_calls": 10},
             "volume": {"window_s": 1, "history_windows": 5, "min_history": 3, "min_calls_agent": 10,

@@ -25,7 +25,7 @@ def hooks():
 
 @pytest.fixture
 def daemon(tmp_path, hooks):
-    cfg = make_config(tmp_path, api_token=TOKEN, detectors={"policy": POLICY},
+    cfg = make_config(tmp_path, otlp_processes=0, api_token=TOKEN, detectors={"policy": POLICY},
                       webhooks=[WebhookConfig(url=hooks.url, secret=HOOK_SECRET)])
     with DaemonThread(cfg) as d:
         yield d

@@ -56,7 +56,7 @@ class PinsDetector(Detector):
 @pytest.fixture
 def daemon(tmp_path):
     pins = PinsDetector()
-    cfg = make_config(tmp_path, api_token=TOKEN, webhooks=[WebhookConfig(url="http://127.0.0.1:9/hook", name="ops", secret="k")])
+    cfg = make_config(tmp_path, otlp_processes=0, api_token=TOKEN, webhooks=[WebhookConfig(url="http://127.0.0.1:9/hook", name="ops", secret="k")])
     with DaemonThread(cfg, detectors=[pins]) as d:
         d.pins = pins
 
@@ -151,7 +151,7 @@ def test_approvals_list_approve_reject_and_unknown(daemon):
 
 
 def test_approvals_without_a_capable_detector_say_what_to_enable(tmp_path):
-    cfg = make_config(tmp_path)
+    cfg = make_config(tmp_path, otlp_processes=0)
     cfg.detectors = {"rugpull": {"enabled": False}}
     with DaemonThread(cfg) as d:
         r = requests.get(d.api_url + "/api/v1/approvals", timeout=5)

@@ -123,7 +123,7 @@ def test_known_series_start_at_zero():
 def test_live_metrics_endpoint_is_promtool_clean(tmp_path):
     promtool = shutil.which("promtool")
     assert promtool, "promtool not found: run 'make services'"
-    cfg = make_config(tmp_path, webhooks=[WebhookConfig(url="http://127.0.0.1:9/hook", name="ops", secret="k")])
+    cfg = make_config(tmp_path, otlp_processes=0, webhooks=[WebhookConfig(url="http://127.0.0.1:9/hook", name="ops", secret="k")])
     cfg.detectors = {"new_tool": {"min_calls": 1, "severity": "high"}}
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
