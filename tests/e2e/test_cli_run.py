@@ -102,10 +102,7 @@ def _stop_the_group(tmp_path, *signals) -> tuple[int, str, list[int], int]:
     acknowledged and wait in its queue when ``signals`` go to the whole group, as systemd's
     control-group stop (SIGTERM) or a terminal's Ctrl-C (SIGINT) send them. Returns the exit code,
     the output, the children it had, and the calls the saved state holds."""
-    import os
-    import signal
     import subprocess
-    import time
 
     from helpers.otlp_build import add_span, request
     from toolwatch.collector.store import Store
