@@ -8,8 +8,11 @@ in the daemon's process there.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 AUTO = "auto"
 """The ``otlp_processes`` setting that lets the daemon choose (the default)."""
@@ -17,13 +20,66 @@ AUTO = "auto"
 MAX_PROCESSES = 64
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask (taskset, cpusets) where the OS has one,
-    else the machine's count. A CPU quota (``docker --cpus``) does not narrow either."""
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"), proc_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """CPUs this process may use: its affinity mask (taskset, cpusets) where the OS has one, else the
+    machine's count, lowered to a cgroup CPU quota (``docker --cpus``, a Kubernetes CPU limit) rounded
+    down, at least 1: two cores' affinity under a 1-CPU quota gives one CPU's time, and a worker
+    process there only competes with the detectors."""
     getaffinity = getattr(os, "sched_getaffinity", None)
-    if getaffinity is not None:
-        return len(getaffinity(0))
-    return os.cpu_count() or 1
+    cpus = len(getaffinity(0)) if getaffinity is not None else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(cgroup_root, proc_cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.floor(quota)))
+    return cpus
+
+
+def cgroup_cpu_quota(cgroup_root: Path, proc_cgroup: Path) -> float | None:
+    """The tightest CPU quota (in CPUs) on this process's cgroup and its parents, or None without one.
+
+    cgroup v2: ``cpu.max`` (``max 100000`` or ``QUOTA PERIOD``) along the ``0::`` path; cgroup v1:
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` (quota -1: none) along the ``cpu`` controller's path.
+    Files that are missing or unreadable count as no quota: this only tunes a default.
+    """
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    quotas: list[float] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            quotas += _along(cgroup_root, path, _v2_quota)
+        elif "cpu" in controllers.split(","):
+            quotas += _along(cgroup_root / controllers, path, _v1_quota)
+    return min(quotas, default=None)
+
+
+def _along(base: Path, path: str, read: Callable[[Path], float | None]) -> list[float]:
+    parts = [p for p in path.split("/") if p and p not in (".", "..")]
+    found = []
+    for depth in range(len(parts), -1, -1):
+        quota = read(base.joinpath(*parts[:depth]))
+        if quota is not None:
+            found.append(quota)
+    return found
+
+
+def _v2_quota(directory: Path) -> float | None:
+    try:
+        quota, period = (directory / "cpu.max").read_text().split()[:2]
+        return int(quota) / int(period) if quota != "max" and int(period) > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def _v1_quota(directory: Path) -> float | None:
+    try:
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from toolwatch.collector.config import Config, ConfigError, config_from_mapping, load_config
-from toolwatch.collector.otlp_processes import AUTO, choose_otlp_processes, usable_cpus
+from toolwatch.collector.otlp_processes import AUTO, cgroup_cpu_quota, choose_otlp_processes, usable_cpus
 
 needs_affinity = pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
 
@@ -42,8 +42,54 @@ def test_auto_with_a_redactor_object_stays_in_the_daemon_and_says_why():
 
 
 @needs_affinity
-def test_usable_cpus_is_this_process_affinity():
-    assert usable_cpus() == len(os.sched_getaffinity(0))
+def test_usable_cpus_is_this_process_affinity_without_a_cpu_quota(tmp_path):
+    (tmp_path / "cgroup").write_text("0::/\n")
+    assert usable_cpus(tmp_path, tmp_path / "cgroup") == len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path, tmp_path / "no-such-file") == len(os.sched_getaffinity(0))
+
+
+def _v2(root, path: str, cpu_max: dict[str, str]) -> None:
+    for where, text in cpu_max.items():
+        (root / where).mkdir(parents=True, exist_ok=True)
+        (root / where / "cpu.max").write_text(text)
+    (root / "self-cgroup").write_text(f"0::{path}\n")
+
+
+@pytest.mark.parametrize("cpu_max, quota", [
+    ({"k8s/pod": "100000 100000"}, 1.0),                     # docker --cpus 1 / limits.cpu: 1
+    ({"k8s/pod": "150000 100000"}, 1.5),
+    ({"k8s/pod": "max 100000"}, None),                        # no limit
+    ({"k8s": "50000 100000", "k8s/pod": "max 100000"}, 0.5),  # a parent's limit binds the child
+    ({"k8s/pod": "400000 100000", "k8s": "200000 100000"}, 2.0),
+    ({"k8s/pod": "garbage"}, None),
+    ({"k8s/pod": "100000 0"}, None),
+])  # fmt: skip
+def test_a_cgroup_v2_cpu_quota_is_read_along_the_path(tmp_path, cpu_max, quota):
+    _v2(tmp_path, "/k8s/pod", cpu_max)
+    assert cgroup_cpu_quota(tmp_path, tmp_path / "self-cgroup") == quota
+
+
+def test_a_cgroup_v1_cfs_quota_is_read_on_the_cpu_controller(tmp_path):
+    cpu = tmp_path / "cpu,cpuacct" / "docker" / "abc"
+    cpu.mkdir(parents=True)
+    (cpu / "cpu.cfs_quota_us").write_text("100000\n")
+    (cpu / "cpu.cfs_period_us").write_text("100000\n")
+    (tmp_path / "self-cgroup").write_text("4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n")
+    assert cgroup_cpu_quota(tmp_path, tmp_path / "self-cgroup") == 1.0
+    (cpu / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
+    assert cgroup_cpu_quota(tmp_path, tmp_path / "self-cgroup") is None
+
+
+@needs_affinity
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs 2+ CPUs")
+def test_a_one_cpu_quota_over_two_cores_makes_auto_stay_in_process(tmp_path):
+    """``docker --cpus 1`` leaves the affinity at every core; the quota is what limits the process."""
+    _v2(tmp_path, "/", {".": "100000 100000"})
+    cpus = usable_cpus(tmp_path, tmp_path / "self-cgroup")
+    assert cpus == 1
+    assert choose_otlp_processes(AUTO, cpus=cpus).processes == 0
+    _v2(tmp_path, "/", {".": "250000 100000"})
+    assert usable_cpus(tmp_path, tmp_path / "self-cgroup") == min(2, len(os.sched_getaffinity(0)))
 
 
 @needs_affinity
