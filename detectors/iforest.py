@@ -286,7 +286,7 @@ def _walk(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.
             take_x(p, out=xx, mode="clip")
             greater(xx, threshold, out=go)
             add(child, go, out=at)
-    return leaf_value[idx]
+    return leaf_value.take(idx, mode="clip")  # in range as above; take skips fancy indexing's set-up
 
 
 def _float32_floor(t: np.ndarray) -> np.ndarray:

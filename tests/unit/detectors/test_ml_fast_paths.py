@@ -156,6 +156,28 @@ def test_append_rows_with_a_shared_prior_equals_the_models_own_surprisal(seed, k
     assert memo or kind == "massless"
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**70, 2**70), st.booleans()),
+                min_size=N_FEATURES, max_size=N_FEATURES * 6).map(lambda v: v[: len(v) // N_FEATURES * N_FEATURES]))
+def test_finish_of_flat_rows_equals_numpys_conversion_bit_for_bit(values):
+    """``finish`` packs flat rows with ``struct``: every value (NaN, infinities, -0.0, ints beyond
+    2**53 and 2**63, bools) must become the double ``np.array`` made of it, then the same log
+    transform."""
+    expected = np.array(values, dtype=np.float64).reshape(-1, N_FEATURES)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected[:, [1, 2, 9, 11]] = np.log1p(np.maximum(expected[:, [1, 2, 9, 11]], 0.0))
+        got = finish(list(values))
+    assert got.tobytes() == expected.tobytes() and got.flags.writeable
+
+
+def test_finish_takes_numpys_path_for_what_struct_refuses_and_for_tuples():
+    row = [1.5, 3, 7, 0, 0.0, 1, 0.0, 0, 0, 60.0, 1.0, 2, 0.0, 1, 0]
+    odd = [None] + row[1:]  # struct refuses None; np.array makes it NaN
+    assert np.isnan(finish(odd)[0, 0]) and finish(odd)[0, 1:].tobytes() == finish(row)[0, 1:].tobytes()
+    assert finish([tuple(row), tuple(row)]).tobytes() == finish(row + row).tobytes()
+    assert finish([]).shape == (0, N_FEATURES)
+
+
 def test_a_reloaded_tracker_still_closes_idle_sessions():
     tracker = SessionTracker(max_open=8, idle_s=10)
     for i, t in enumerate([20 * S, 25 * S, 23 * S, 28 * S]):
