@@ -242,7 +242,7 @@ def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[Any], p
         labels = c.args_labels
         put((
             bits, c.args_bytes, c.result_bytes, len(labels),
-            1.0 if labels and secret.intersection(labels) else 0.0,
+            0.0 if not labels or secret.isdisjoint(labels) else 1.0,  # no set built, unlike intersection
             len(res_labels), after, len(dests), new_dest, gap, s.rate, n, s.errors / n,
             len(servers), reuse,
         ))
