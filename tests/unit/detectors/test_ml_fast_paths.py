@@ -327,13 +327,8 @@ def test_staged_window_equals_a_row_by_row_ring_buffer():
     added = 0
     for size in [1, 3, 0, 39, 40, 41, 2, 100, 7, 7, 7, 7, 7, 7, 1, 80] + list(rnd.integers(0, 12, 60)):
         rows = rnd.normal(size=(int(size), N_FEATURES))
-        kind = added % 3
-        if kind == 0:  # float rows: lists or a matrix
-            st.add_rows(rows.tolist() if size % 2 else rows)
-        elif kind == 1:  # one run of rows, as observe commits a session (a bytearray)
-            st.add_bytes(bytearray(rows.tobytes()))
-        else:  # one bytes object per row
-            st.add_rows([r.tobytes() for r in rows])
+        as_lists = rows.tolist() if size % 2 else rows  # both kinds of rows are accepted
+        st.add_rows(as_lists)
         ref.add(rows)
         added += int(size)
         assert st.n_buf == ref.n and st.since_fit == added
