@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import threading
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
@@ -164,12 +165,9 @@ class _Agent:
         self.head = 0
         self.n_flushed = 0
         """Rows held in ``buf`` (at most ``max_rows``)."""
-        self.staged: list[bytes | bytearray] = []
-        """Newer rows not yet written to ``buf``, as chunks of ``ROW_BYTES`` rows one after the other
-        (a commit's rows are one chunk): commits are a few rows per session, so they are written to
-        the ring buffer in bulk (one ``frombuffer`` per ``max_rows`` rows)."""
-        self.n_staged = 0
-        """Rows in ``staged``."""
+        self.staged: list[bytes] = []
+        """Newer rows not yet written to ``buf``: commits are a few rows per session, so they are
+        written to the ring buffer in bulk (one ``frombuffer`` per ``max_rows`` rows)."""
         self.n_buf = 0
         """Rows in the window (``buf`` and ``staged`` together, at most ``max_rows``)."""
         self.window_lock = threading.Lock()
@@ -177,9 +175,8 @@ class _Agent:
         the window from another thread and must never see rows in neither place (an empty window)."""
         self.since_fit = 0
         self.frozen = False
-        self.pending: dict[str, bytearray] = {}
-        """Rows of open sessions (``ROW_BYTES`` each, one after the other), committed to the window
-        when the session closes clean."""
+        self.pending: dict[str, list[bytes]] = {}
+        """Rows of open sessions, committed to the window when the session closes clean."""
         self.tainted: set[str] = set()
         """Open sessions with a finding: none of their rows will join the baseline."""
         self.habits: tuple[dict[str, float], int, list[str], frozenset[str], str] | None = None
@@ -195,27 +192,19 @@ class _Agent:
         the groups dict (never changed in place) it was made from, and the group chosen."""
 
     def add_rows(self, rows: Sequence[bytes] | Sequence[Sequence[float]] | np.ndarray) -> None:
-        """Append rows to the baseline window (only the last ``max_rows`` are kept): ``ROW_BYTES``
-        each, or float rows (converted)."""
-        if len(rows) and not isinstance(rows[0], (bytes, bytearray)):
-            self.add_bytes(np.ascontiguousarray(rows, dtype=np.float64).reshape(-1, N_FEATURES).tobytes())
-        else:
-            self.add_bytes(b"".join(rows))  # type: ignore[arg-type]
-
-    def add_bytes(self, data: bytes | bytearray) -> None:
-        """``add_rows`` of rows given as one run of ``ROW_BYTES`` rows, as ``observe`` keeps them
-        (``pending``); ``data`` is kept, not copied: its owner must not change it afterwards."""
+        """Append rows to the baseline window (only the last ``max_rows`` are kept). Rows are
+        ``ROW_BYTES`` each (``row_bytes``), as ``observe`` keeps them; float rows are converted."""
+        if len(rows) and not isinstance(rows[0], bytes):
+            rows = row_bytes(np.asarray(rows, dtype=np.float64).reshape(-1, N_FEATURES))
         cap = len(self.buf)
-        n = len(data) // ROW_BYTES
+        n = len(rows)
         if n >= cap:  # the whole window is these rows
             with self.window_lock:
-                self.staged = [data[len(data) - cap * ROW_BYTES :]]
-                self.n_staged = cap
+                self.staged = list(rows[-cap:])
                 self.head = self.n_flushed = 0
-        elif n:
-            self.staged.append(data)
-            self.n_staged += n
-        if self.n_staged >= cap:
+        else:
+            self.staged.extend(rows)  # type: ignore[arg-type]
+        if len(self.staged) >= cap:
             self._flush()
         self.n_buf = min(cap, self.n_buf + n)
         self.since_fit += n
@@ -227,7 +216,6 @@ class _Agent:
 
     def _flush_locked(self) -> None:
         staged, self.staged = self.staged, []
-        self.n_staged = 0
         cap = len(self.buf)
         keep = rows_array(staged)[-cap:]
         k = len(keep)
@@ -258,17 +246,20 @@ class _Agent:
 
 ROW_BYTES = N_FEATURES * 8
 """A feature row as kept between batches (pending in a session, staged for the window): its
-float64 values as bytes, the rows of a session one after the other in a ``bytearray``. Each row
-is copied out of the batch's matrix with one slice, the rows turn back into a matrix with one
-``frombuffer``, and none is tracked by the garbage collector: rows kept as lists of floats (tens
-of thousands per agent) made every full collection walk them all. One ``bytes`` object per row
-cost an allocation per span in memory long gone cold (the object outlives many batches) and a
-free per row at commit; a session's ``bytearray`` grows in place."""
+float64 values as ``bytes``. Bytes are copied out of the batch's matrix in one slice, turn back
+into a matrix with one ``frombuffer``, and are not tracked by the garbage collector: rows kept
+as lists of floats (tens of thousands per agent) made every full collection walk them all."""
 
 
-def rows_array(chunks: Sequence[bytes | bytearray]) -> np.ndarray:
-    """Runs of ``ROW_BYTES`` rows, one after the other, as one (read-only) float64 matrix."""
-    return np.frombuffer(b"".join(chunks), dtype=np.float64).reshape(-1, N_FEATURES)
+def row_bytes(X: np.ndarray) -> list[bytes]:
+    """Each row of a float64 feature matrix as ``ROW_BYTES`` bytes."""
+    b = np.ascontiguousarray(X, dtype=np.float64).tobytes()
+    return [b[i : i + ROW_BYTES] for i in range(0, len(b), ROW_BYTES)]
+
+
+def rows_array(rows: Sequence[bytes]) -> np.ndarray:
+    """Rows from ``row_bytes`` as one (read-only) float64 matrix."""
+    return np.frombuffer(b"".join(rows), dtype=np.float64).reshape(-1, N_FEATURES)
 
 
 class _Peers:
@@ -355,7 +346,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def state_to_dict(self, st: _Agent) -> dict[str, Any]:
         return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": encode_matrix(st.window()),
                 "since_fit": st.since_fit, "frozen": st.frozen,
-                "pending": {sid: encode_matrix(rows_array([rows])) for sid, rows in st.pending.items()},
+                "pending": {sid: encode_matrix(rows_array(rows)) for sid, rows in st.pending.items()},
                 "tainted": sorted(st.tainted)}
 
     def state_from_dict(self, d: dict[str, Any]) -> _Agent:
@@ -365,7 +356,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         st.add_rows(_stored_rows(d["rows"], "window rows"))
         st.since_fit = int(d["since_fit"])
         st.frozen = bool(d["frozen"])
-        st.pending = {str(k): bytearray(np.ascontiguousarray(_stored_rows(v, f"pending rows of session {k!r}")).tobytes())
+        st.pending = {str(k): row_bytes(_stored_rows(v, f"pending rows of session {k!r}"))
                       for k, v in d.get("pending", {}).items()}
         st.tainted = set(d.get("tainted", []))
         return st
@@ -653,7 +644,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 hit_work = np.searchsorted(ends, hit_rows, side="right").tolist()
                 assert s_all is not None and r_all is not None
                 hits = self._hits(X_all, s_all, r_all, hit_list, [work[w][4] for w in hit_work], models)
-        max_pending = cfg.max_pending_rows * ROW_BYTES
+        max_pending = cfg.max_pending_rows
         trainable = (X_all[:, 0] <= cfg.train_max_surprisal).tolist()  # surprisal: no log transform
         xb = X_all.tobytes() if n_rows else b""
         for agent_id, st, off, end, key, warm, closed_ids, agent_calls in work:
@@ -688,9 +679,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 if warm and trainable[j] and sid not in tainted:
                     sess_rows = pending.get(sid)
                     if sess_rows is None:
-                        sess_rows = pending[sid] = bytearray()
+                        sess_rows = pending[sid] = []
                     if len(sess_rows) < max_pending:
-                        sess_rows += xb[j * ROW_BYTES : (j + 1) * ROW_BYTES]
+                        sess_rows.append(xb[j * ROW_BYTES : (j + 1) * ROW_BYTES])
             if closed_ids:
                 self._commit(st, closed_ids)
         margins = np.full(len(calls), np.nan)
@@ -788,7 +779,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """Closed sessions: clean ones join the baseline window, tainted ones are forgotten."""
         if not closed:
             return
-        chunks: list[bytearray] = []
+        chunks: list[list[bytes]] = []
         for sid in closed:
             rows = st.pending.pop(sid, None)
             if sid in st.tainted:
@@ -796,9 +787,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             elif rows and not st.frozen:
                 chunks.append(rows)
         if chunks:  # one append for the batch: the window is the same as after one per session
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-            st.add_bytes(data)
-            self._group_since += len(data) // ROW_BYTES
+            rows = chunks[0] if len(chunks) == 1 else list(chain.from_iterable(chunks))
+            st.add_rows(rows)
+            self._group_since += len(rows)
 
     def _finding(self, c: ToolCall, hit: _Hit, model: ForestModel, key: str, status: str, threshold6: float
                  ) -> Finding:
