@@ -10,6 +10,14 @@ Two process-wide knobs matter for a Python daemon that keeps large, long-lived d
   lists, tuples and numpy arrays with no reference cycles to find, so collecting less often loses
   nothing but a little memory held between collections;
 * the thread switch interval (see ``pipeline.switch_interval_ms``).
+
+``gc.freeze()`` (after a state restore, after each refit) was measured and left out: with the
+young threshold above, a daemon under fleet load made no full collection at all in 210 s and
+2.7 million spans (bench/ingest.py --soak, gc.callbacks from process start), so there was nothing
+for freezing to skip (a full collection of a warmed fleet heap costs 0.2-0.9 s of CPU; the only
+one seen came after the soak had ended). Freezing would also keep for good every object alive at that
+moment that later ends in a reference cycle (asyncio futures and tasks among them): a leak per
+refit for no measured gain.
 """
 
 from __future__ import annotations

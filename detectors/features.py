@@ -29,6 +29,7 @@ plus at most ``max_destinations`` remembered destinations.
 from __future__ import annotations
 
 import math
+import struct
 from collections import OrderedDict
 from typing import Any, Callable, Sequence
 
@@ -105,8 +106,22 @@ def extract(ctx: AgentContext, calls: Sequence[ToolCall], surprise: Callable[[st
 
 def finish(rows: list[float] | list[tuple[float, ...]]) -> np.ndarray:
     """Raw rows from ``append_rows`` (any number of agents; flat or as tuples) as the feature
-    matrix: one NumPy pass."""
-    raw = np.array(rows, dtype=np.float64).reshape(-1, N_FEATURES)
+    matrix: one NumPy pass.
+
+    Flat rows are packed as C doubles by ``struct`` (each number through ``PyFloat_AsDouble``:
+    the same double NumPy makes of a Python float or int, correctly rounded) in about two thirds
+    of ``np.array``'s time on a list of numbers, which checks every element's type and shape
+    first. Anything ``struct`` refuses takes ``np.array``'s path, which decides as before."""
+    raw = None
+    if rows and not isinstance(rows[0], tuple):
+        raw = np.empty(len(rows), dtype=np.float64)
+        try:
+            struct.pack_into(f"{len(rows)}d", raw, 0, *rows)
+        except (TypeError, struct.error):
+            raw = None
+    if raw is None:
+        raw = np.array(rows, dtype=np.float64)
+    raw = raw.reshape(-1, N_FEATURES)
     raw[:, _LOG_COLS] = np.log1p(np.maximum(raw[:, _LOG_COLS], 0.0))
     return raw
 
@@ -227,7 +242,7 @@ def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[Any], p
         labels = c.args_labels
         put((
             bits, c.args_bytes, c.result_bytes, len(labels),
-            1.0 if labels and secret.intersection(labels) else 0.0,
+            0.0 if not labels or secret.isdisjoint(labels) else 1.0,  # no set built, unlike intersection
             len(res_labels), after, len(dests), new_dest, gap, s.rate, n, s.errors / n,
             len(servers), reuse,
         ))

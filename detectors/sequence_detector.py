@@ -330,7 +330,9 @@ class SequenceDetector(PerAgentDetector[_Agent]):
 
     # --- detection -----------------------------------------------------------------------------
     def observe(self, batch: Batch) -> list[Finding]:
-        return self.observe_scored(batch)[0]
+        """``observe_scored``'s findings, without the margins (the daemon reads none: building
+        them was a list append per span and an array per batch)."""
+        return self._observe(batch, with_margins=False)[0]
 
     def observe_scored(self, batch: Batch) -> tuple[list[Finding], np.ndarray]:
         """Findings, and per call (aligned with ``batch.calls``) the margin over the threshold in
@@ -339,6 +341,11 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         Calls are handled in batch order (a learning agent's fleet prior is read from its peers'
         models as they stand at its first call), in one loop with the Markov lookups and session
         bookkeeping inlined: this runs once per span."""
+        return self._observe(batch, with_margins=True)
+
+    def _observe(self, batch: Batch, with_margins: bool) -> tuple[list[Finding], np.ndarray]:
+        """``observe_scored``; without ``with_margins`` the margins returned are empty (findings and
+        state are the same either way: margins are only read off the loop's values)."""
         cfg = self.config
         calls = batch.calls
         margins: list[float] = []
@@ -534,7 +541,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                 st.mean_bits += (bits - st.mean_bits) / (n if n < 500 else 500)
                 if novel and n_tok == 0.0:
                     novel.pop(token, None)  # learned the ordinary way (e.g. a prior now holds it)
-            margins.append((bits - thr) if scored else nan)
+            if with_margins:
+                margins.append((bits - thr) if scored else nan)
         return findings, np.array(margins, dtype=np.float64)
 
     def _fleet(self, vocab: frozenset[str], mature: list[_Agent], st: _Agent,

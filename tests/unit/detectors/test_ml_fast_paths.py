@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.features import N_FEATURES, AgentContext, append_rows, extract, finish
-from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams, SlotConstants, explain_many
+from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams, SlotConstants, _low_bytes, _walk, explain_many
 from toolwatch.detectors.iforest_detector import ForestConfig, _Agent
 from toolwatch.detectors.sequence import LengthStats, MarkovConfig, MarkovModel, fleet_prior
 from toolwatch.detectors.sequence_detector import SequenceConfig, SequenceDetector
@@ -154,6 +154,28 @@ def test_append_rows_with_a_shared_prior_equals_the_models_own_surprisal(seed, k
         assert finish(rows).tobytes() == X.tobytes() and fast_prevs == prevs
         assert fast_ctx.to_dict() == ref_ctx.to_dict()
     assert memo or kind == "massless"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**70, 2**70), st.booleans()),
+                min_size=N_FEATURES, max_size=N_FEATURES * 6).map(lambda v: v[: len(v) // N_FEATURES * N_FEATURES]))
+def test_finish_of_flat_rows_equals_numpys_conversion_bit_for_bit(values):
+    """``finish`` packs flat rows with ``struct``: every value (NaN, infinities, -0.0, ints beyond
+    2**53 and 2**63, bools) must become the double ``np.array`` made of it, then the same log
+    transform."""
+    expected = np.array(values, dtype=np.float64).reshape(-1, N_FEATURES)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected[:, [1, 2, 9, 11]] = np.log1p(np.maximum(expected[:, [1, 2, 9, 11]], 0.0))
+        got = finish(list(values))
+    assert got.tobytes() == expected.tobytes() and got.flags.writeable
+
+
+def test_finish_takes_numpys_path_for_what_struct_refuses_and_for_tuples():
+    row = [1.5, 3, 7, 0, 0.0, 1, 0.0, 0, 0, 60.0, 1.0, 2, 0.0, 1, 0]
+    odd = [None] + row[1:]  # struct refuses None; np.array makes it NaN
+    assert np.isnan(finish(odd)[0, 0]) and finish(odd)[0, 1:].tobytes() == finish(row)[0, 1:].tobytes()
+    assert finish([tuple(row), tuple(row)]).tobytes() == finish(row + row).tobytes()
+    assert finish([]).shape == (0, N_FEATURES)
 
 
 def test_a_reloaded_tracker_still_closes_idle_sessions():
@@ -311,6 +333,40 @@ def test_staged_window_equals_a_row_by_row_ring_buffer():
         added += int(size)
         assert st.n_buf == ref.n and st.since_fit == added
         assert np.array_equal(st.window(), ref.window())
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 8192])
+def test_walk_equals_a_plain_level_by_level_walk_bit_for_bit(block):
+    """``_walk`` (compare into the low bytes of int64s, blocks, preallocated buffers) against the
+    plain walk: the same leaves, so the same leaf values, whole blocks and a partial last one."""
+    rnd = np.random.default_rng(11)
+    model = ForestModel(rnd.normal(size=(300, N_FEATURES)), ForestParams(n_estimators=12))
+    f = model.flat
+    X = np.ascontiguousarray(np.concatenate([rnd.normal(size=(50, N_FEATURES)), 4 * rnd.normal(size=(23, N_FEATURES))]),
+                             dtype=np.float32)
+    inner = np.flatnonzero(f.nodes["child"] != np.arange(len(f.nodes)))
+    for i, node in enumerate(rnd.choice(inner, 40)):  # values on a split threshold: ties go left
+        X[i, f.nodes["feature"][node]] = f.nodes["threshold"][node]
+    n = len(X)
+    rows = np.tile(np.arange(n, dtype=np.intp) * N_FEATURES, len(f.roots))
+    idx = np.repeat(f.roots, n)
+    at = idx.copy()
+    for _ in range(f.depth):
+        rec = f.nodes[at]
+        at = rec["child"] + (X.ravel()[rows + rec["feature"]] > rec["threshold"])
+    want = f.leaf_value[at]
+    got = _walk(f.nodes, f.leaf_value, X.ravel(), rows, idx.copy(), f.depth, block=block)
+    assert got.tobytes() == want.tobytes()
+    assert (f.leaf_value[at] != f.leaf_value[np.repeat(f.roots, n)]).any()  # the walk went somewhere
+
+
+def test_low_bytes_turn_zeroed_int64s_into_zeros_and_ones():
+    a = np.zeros(6, dtype=np.int64)
+    v = _low_bytes(a)
+    v[:] = [True, False, True, True, False, True]
+    assert a.tolist() == [1, 0, 1, 1, 0, 1]
+    v[:4] = False
+    assert a.tolist() == [0, 0, 0, 0, 0, 1]
 
 
 def test_forest_bank_scores_every_model_like_its_own_flat_forest():

@@ -197,3 +197,22 @@ def test_a_full_token_table_starts_over_and_nothing_else_changes(stages, monkeyp
     assert len(det._tokens) <= 7
     assert len(old_f) > 20 and [as_old(f) for f in new_f] == [f.to_dict() for f in old_f]
     assert new_m.tobytes() == old_m.tobytes()
+
+
+@pytest.mark.parametrize("config", ["default", "quick"])
+def test_observe_finds_and_learns_what_observe_scored_does(stages, config):
+    """``observe`` builds no margins (the daemon reads none): its findings, batch by batch, and the
+    state it leaves must be ``observe_scored``'s, novel rule on (its default)."""
+    import json
+
+    _, calls = stages.workload(40_000, BATCH, 75_000, "fleet")
+    plain, scored = SequenceDetector(SequenceConfig(**CONFIGS[config])), SequenceDetector(SequenceConfig(**CONFIGS[config]))
+    n = 0
+    for i in range(0, len(calls), BATCH):
+        chunk = calls[i : i + BATCH]
+        got = plain.observe(Batch(calls=list(chunk), watermark_ns=chunk[-1].time_ns))
+        want, margins = scored.observe_scored(Batch(calls=list(chunk), watermark_ns=chunk[-1].time_ns))
+        assert [f.to_dict() for f in got] == [f.to_dict() for f in want] and len(margins) == len(chunk)
+        n += len(got)
+    assert n > 20
+    assert json.dumps(plain.snapshot()) == json.dumps(scored.snapshot())
