@@ -177,10 +177,12 @@ class Pipeline:
     async def save_state_exclusive(self) -> None:
         """``save_state`` between batches and with the detector lock held, without blocking the loop.
 
-        For saves from outside the run loop (the Kafka receiver's hand-over at a rebalance): a batch
-        may be in the detectors (the worker thread) meanwhile, or an approval or a rule reload
-        (``exclusive``) changing their state, and the snapshot read that state halfway ("dict
-        changed size during iteration", or an inconsistent snapshot). The lock is only tried on the
+        Every snapshot of a running daemon: from outside the run loop (the Kafka receiver's hand-over
+        at a rebalance) a batch may be in the detectors (the worker thread) meanwhile, and at any
+        time an approval or a rule reload (``exclusive``) may be changing their state; the snapshot
+        read that state halfway ("dict changed size during iteration", or an inconsistent
+        snapshot). Uncontended (the run loop's own saves, between its batches) it takes the lock
+        without yielding, so they happen exactly when they did. The lock is only tried on the
         loop (the detector thread holds it for a whole batch, whose end the loop must go on to
         process), and not between a batch's detectors and its accounting either, so ``saved_seq``
         covers exactly the batches in the state saved, as for the run loop's own snapshots.
@@ -296,7 +298,7 @@ class Pipeline:
         # final snapshot reads detector state while that batch changes it.
         await self.exclusive(lambda: None)
         await self._drain_all()
-        self.save_state()
+        await self.save_state_exclusive()
 
     async def drained(self, timeout: float = 10.0) -> None:
         """Wait until everything submitted so far has been processed (tests, replay)."""
@@ -305,7 +307,7 @@ class Pipeline:
     async def _run(self) -> None:
         while not self._stopping:
             if self._snapshot_wanted:
-                self.save_state()
+                await self.save_state_exclusive()
             if not self._queue:
                 self._idle.set()
                 await self._wake.wait()
@@ -328,7 +330,7 @@ class Pipeline:
                     self._wake.clear()
             await self._process(self._take())
             if self.clock() - self._last_snapshot >= self.snapshot_interval_s:
-                self.save_state()
+                await self.save_state_exclusive()
 
     def _take(self) -> list[_Item]:
         items, n = [], 0

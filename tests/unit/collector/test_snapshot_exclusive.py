@@ -117,3 +117,40 @@ async def test_a_save_from_outside_the_run_loop_waits_for_the_batch_in_the_detec
         det.release.set()
         await p.shutdown()
         store.close()
+
+
+async def test_the_run_loops_own_snapshot_waits_for_an_approval_or_rule_reload_holding_the_detector_lock(tmp_path):
+    """The periodic (and the Kafka commit's) snapshot came between batches, but not between an
+    approval's or a rule reload's changes, which run in a worker thread under the detector lock."""
+    p, det, store = _pipeline(tmp_path)
+    held = _locked_at_save(p)
+    await p.start()
+    release = threading.Event()
+    try:
+        assert p.submit(_calls(3, "a"), [])
+        await p.drained()
+        inside = threading.Event()
+
+        def reload() -> None:
+            inside.set()
+            assert release.wait(20)
+            det.state_for("reloaded")
+
+        holder = asyncio.create_task(p.exclusive(reload))
+        assert await asyncio.to_thread(inside.wait, 10)
+        p.request_snapshot()
+        await asyncio.sleep(0.2)
+        assert store.load_state("new_tool") is None and p.saved_seq == 0  # was saved here, mid-reload
+        release.set()
+        await holder
+        for _ in range(200):
+            if p.saved_seq:
+                break
+            await asyncio.sleep(0.01)
+        assert p.saved_seq == p.done_seq
+        assert set(store.load_state("new_tool")["agents"]) == {"a", "reloaded"}
+        assert held == [True]
+    finally:
+        release.set()
+        await p.shutdown()
+        store.close()
