@@ -31,6 +31,8 @@ _TIME = attrgetter("time_ns")
 _CALL_LABELS = attrgetter("agent_id", "server", "tool")
 """The ``toolwatch_tool_calls_total`` labels of a call, read at C speed."""
 T = TypeVar("T")
+LOCK_POLL_S = 0.005
+"""How often ``save_state_exclusive`` looks again while a batch or a holder of the detector lock is busy."""
 
 
 def full_for(depth: int, spans: int, queue_max: int) -> bool:
@@ -112,6 +114,8 @@ class Pipeline:
         self._idle.set()
         self.detector_lock = threading.Lock()
         """Held while detectors observe a batch; hold it to call into a detector from elsewhere (approvals)."""
+        self._observing = False
+        """A batch is with the detectors or not yet accounted (``_process``): no snapshot in between."""
 
         # At-least-once sources (Kafka) need to know when what they handed over is done:
         # every accepted submit gets a ticket (a sequence number, see ``last_ticket``); items are
@@ -169,6 +173,26 @@ class Pipeline:
             self.saved_seq = self.done_seq
             for state_listener in self.state_listeners:
                 state_listener(self.saved_seq)
+
+    async def save_state_exclusive(self) -> None:
+        """``save_state`` between batches and with the detector lock held, without blocking the loop.
+
+        Every snapshot of a running daemon: from outside the run loop (the Kafka receiver's hand-over
+        at a rebalance) a batch may be in the detectors (the worker thread) meanwhile, and at any
+        time an approval or a rule reload (``exclusive``) may be changing their state; the snapshot
+        read that state halfway ("dict changed size during iteration", or an inconsistent
+        snapshot). Uncontended (the run loop's own saves, between its batches) it takes the lock
+        without yielding, so they happen exactly when they did. The lock is only tried on the
+        loop (the detector thread holds it for a whole batch, whose end the loop must go on to
+        process), and not between a batch's detectors and its accounting either, so ``saved_seq``
+        covers exactly the batches in the state saved, as for the run loop's own snapshots.
+        """
+        while self._observing or not self.detector_lock.acquire(blocking=False):
+            await asyncio.sleep(LOCK_POLL_S)
+        try:
+            self.save_state()
+        finally:
+            self.detector_lock.release()
 
     @property
     def last_ticket(self) -> int:
@@ -274,7 +298,7 @@ class Pipeline:
         # final snapshot reads detector state while that batch changes it.
         await self.exclusive(lambda: None)
         await self._drain_all()
-        self.save_state()
+        await self.save_state_exclusive()
 
     async def drained(self, timeout: float = 10.0) -> None:
         """Wait until everything submitted so far has been processed (tests, replay)."""
@@ -283,7 +307,7 @@ class Pipeline:
     async def _run(self) -> None:
         while not self._stopping:
             if self._snapshot_wanted:
-                self.save_state()
+                await self.save_state_exclusive()
             if not self._queue:
                 self._idle.set()
                 await self._wake.wait()
@@ -306,7 +330,7 @@ class Pipeline:
                     self._wake.clear()
             await self._process(self._take())
             if self.clock() - self._last_snapshot >= self.snapshot_interval_s:
-                self.save_state()
+                await self.save_state_exclusive()
 
     def _take(self) -> list[_Item]:
         items, n = [], 0
@@ -343,15 +367,19 @@ class Pipeline:
         for t in (batch.calls[-1].time_ns if batch.calls else 0, batch.listings[-1].time_ns if batch.listings else 0):
             self._watermark_ns = max(self._watermark_ns, t)
         batch.watermark_ns = self._watermark_ns
-        findings = await asyncio.to_thread(self._observe, batch)
+        self._observing = True
         try:
-            self._account(items, batch, findings)
-        except Exception:
-            # Its alerts may not be stored: ``done_seq`` stays below it from now on, so an
-            # at-least-once source (Kafka) never commits it, however many batches follow.
-            if not self._failed_seq:
-                self._failed_seq = items[0].seq
-            raise
+            findings = await asyncio.to_thread(self._observe, batch)
+            try:
+                self._account(items, batch, findings)
+            except Exception:
+                # Its alerts may not be stored: ``done_seq`` stays below it from now on, so an
+                # at-least-once source (Kafka) never commits it, however many batches follow.
+                if not self._failed_seq:
+                    self._failed_seq = items[0].seq
+                raise
+        finally:
+            self._observing = False
 
     def _account(self, items: list[_Item], batch: Batch, findings: list[Finding]) -> None:
         """Everything after the detectors, on the loop: metrics, alerts, listeners, lag, progress.

@@ -174,6 +174,11 @@ class _Agent:
         """Held while rows move from ``staged`` to ``buf``, and by ``window()``: the retrainer reads
         the window from another thread and must never see rows in neither place (an empty window)."""
         self.since_fit = 0
+        self.refitting = 0
+        """``since_fit`` as it was when the refit in flight started (0: none is): the refit zeroes
+        ``since_fit`` when it starts, so a snapshot taken before its model is in place adds this back
+        and records the refit as still wanted (a restart from it refits at once, not
+        ``retrain_every`` rows later)."""
         self.frozen = False
         self.pending: dict[str, list[bytes]] = {}
         """Rows of open sessions, committed to the window when the session closes clean."""
@@ -328,6 +333,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         """Group key -> servers its members use."""
         self._group_since = 0
         """Rows committed to any window since the group models were fitted."""
+        self._group_refitting = 0
+        """``_group_since`` as it was when the full group refit in flight started (0: none is); a
+        snapshot adds it back, as ``_Agent.refitting``."""
         self._bank: ForestBank | None = None
         """Every model's trees in one set of arrays, for one scoring pass per batch."""
         self._bank_items: list[tuple[str, ForestModel]] | None = None
@@ -345,7 +353,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def state_to_dict(self, st: _Agent) -> dict[str, Any]:
         return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": encode_matrix(st.window()),
-                "since_fit": st.since_fit, "frozen": st.frozen,
+                "since_fit": st.since_fit + st.refitting, "frozen": st.frozen,
                 "pending": {sid: encode_matrix(rows_array(rows)) for sid, rows in st.pending.items()},
                 "tainted": sorted(st.tainted)}
 
@@ -362,10 +370,13 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         return st
 
     def snapshot(self) -> dict[str, Any]:
+        # A refit may end meanwhile (retrainer thread): read its marks before the models, so a mark
+        # read as cleared means its model is among those read (a mark still set at worst refits twice).
         out = super().snapshot()
+        group_since = self._group_since + self._group_refitting
         out["models"] = {k: m.to_dict() for k, m in list(self._models.items())}
         out["groups"] = {k: sorted(v) for k, v in list(self._groups.items())}
-        out["group_since"] = self._group_since
+        out["group_since"] = group_since
         return out
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -446,12 +457,17 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             st = self._state.get(k)
             if st is None or st.n_buf < cfg.min_rows:
                 continue
+            # ``refitting`` first: a snapshot between the two lines counts the rows twice (still due),
+            # never zero; it is cleared only once the new model is in ``_models``.
+            st.refitting = st.since_fit
             since, st.since_fit = st.since_fit, 0
             try:
                 self._models[k] = self.fitter(st.window(), cfg.forest)
             except BaseException:
                 st.since_fit += since  # not refitted: ask again at the next check
                 raise
+            finally:
+                st.refitting = 0
             done.append(k)
         if GROUPS in keys:
             done += self._fit_groups()
@@ -468,6 +484,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         full = self._group_since >= cfg.group_retrain_every
         since = self._group_since
         if full:
+            self._group_refitting = since  # first, as in ``retrain``
             self._group_since = 0
         try:
             new_models = self._fit_group_models(mature, full)
@@ -475,6 +492,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             if full:
                 self._group_since += since  # not refitted: ask again at the next check
             raise
+        finally:
+            self._group_refitting = 0
         return new_models
 
     def _fit_group_models(self, mature: dict[str, _Agent], full: bool) -> list[str]:

@@ -397,9 +397,16 @@ class KafkaReceiver(Receiver):
 
         async def drain_and_save() -> None:
             await self.pipeline.drained(self.settle_timeout_s)
-            self.pipeline.save_state()
+            # Not ``save_state``: OTLP traffic, an approval or a rule reload may be in the detectors
+            # by now; this waits for them (the detector lock) as the pipeline's own snapshots do.
+            await self.pipeline.save_state_exclusive()
 
-        asyncio.run_coroutine_threadsafe(drain_and_save(), self._loop).result(self.settle_timeout_s + 5)
+        done = asyncio.run_coroutine_threadsafe(drain_and_save(), self._loop)
+        try:
+            done.result(self.settle_timeout_s + 5)
+        except TimeoutError:
+            done.cancel()  # no save at some later point, after this hand-over has gone on without it
+            raise
 
     # --- rebalances (called inside poll, on the consumer thread) ------------------------------
     def _on_revoked(self, revoked: set[Any]) -> None:

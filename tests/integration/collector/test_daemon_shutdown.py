@@ -303,6 +303,50 @@ async def test_a_stuck_refit_worker_does_not_hold_the_stop_and_the_saved_state_a
         d2.store.close()
 
 
+def _restored_forest(cfg: Config) -> tuple[dict, int, list[str]]:
+    """What a daemon restarted from the stored state (as after a crash) has for agent "a": its
+    model, its ``since_fit`` and the keys it asks to refit at once."""
+    _d, det, _old = _forest_daemon(cfg)
+    _d.store.close()
+    store = Store(cfg.data_path / "toolwatch.db")
+    try:
+        det.restore(store.load_state("iforest"))
+    finally:
+        store.close()
+    return det._models["a"].to_dict(), det._state["a"].since_fit, det.needs_retrain()
+
+
+async def test_a_snapshot_taken_mid_refit_asks_for_the_refit_again_and_one_after_it_keeps_the_model(tmp_path):
+    """The periodic snapshot taken while a refit was with the refit worker saved ``since_fit`` 0
+    without the new model: a daemon that crashed then came back with the old model and refitted
+    only ``retrain_every`` (here 200) rows later. Now that snapshot records the refit as wanted."""
+    cfg = _config(tmp_path)
+    d, det, old = _forest_daemon(cfg)
+    await d.start()
+    worker = 0
+    try:
+        worker = await _start_refit_worker(d)
+        os.kill(worker, signal.SIGSTOP)  # the fit stays in flight until SIGCONT
+        d.retrainer(Batch(), [])  # as after a batch: agent "a" is due
+        await asyncio.sleep(0.5)  # the fit's request is with the worker
+        assert d.retrainer._task is not None and not d.retrainer._task.done()
+        d.pipeline.save_state()  # the periodic snapshot (between batches), mid-refit
+        model, since, due = _restored_forest(cfg)
+        assert since == 500 and "a" in due  # was 0: no refit until 200 more rows
+        assert model == old
+        os.kill(worker, signal.SIGCONT)
+        await asyncio.wait_for(d.retrainer.wait(), 60)
+        assert d.retrainer.fitted >= 1
+        d.pipeline.save_state()  # the next snapshot, with the new model in place
+        model, since, due = _restored_forest(cfg)
+        assert since == 0 and "a" not in due
+        assert model != old and model == det._models["a"].to_dict()
+    finally:
+        if worker and not _gone(worker):
+            os.kill(worker, signal.SIGCONT)
+        await d.shutdown()
+
+
 async def test_a_refit_that_finishes_within_the_grace_is_kept(tmp_path):
     """The grace is not a cut-off for healthy refits: one that finishes in time is saved."""
     cfg = _config(tmp_path)
