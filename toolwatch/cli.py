@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from typing import Callable, Sequence
 
@@ -83,6 +84,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     try:
         asyncio.run(daemon.run_forever())
+        # The stop is done and saved: a Ctrl-C from here on (a second press, landing while the
+        # interpreter exits) has nothing left to interrupt, and used to kill the exit with SIGINT.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     except OSError as exc:
         print(f"toolwatch: cannot start: {exc}", file=sys.stderr)
         return 1
