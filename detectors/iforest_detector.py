@@ -110,6 +110,9 @@ class ForestConfig:
         if self.max_open_sessions < 1 or self.session_idle_s <= 0 or self.max_destinations < 1:
             raise ValueError("iforest.max_open_sessions and iforest.max_destinations must be >= 1, "
                              "iforest.session_idle_s > 0")
+        if self.max_pending_rows < 1:
+            raise ValueError(f"iforest.max_pending_rows must be >= 1 (got {self.max_pending_rows}): "
+                             "the rows an open session holds until it closes")
         if not 0.0 <= self.medium_margin <= self.high_margin or not 0.0 <= self.medium_range_excess <= 4.0:
             raise ValueError("iforest.medium_margin must be in [0, high_margin] and "
                              "iforest.medium_range_excess in [0, 4]")

@@ -86,7 +86,8 @@ def test_frozen_agents_keep_their_baseline():
 
 
 @pytest.mark.parametrize("field,value", [("min_rows", 4), ("retrain_every", 0), ("max_rows", 10),
-                                         ("prior_min_containment", 0.0), ("explain_top", 0)])
+                                         ("prior_min_containment", 0.0), ("explain_top", 0),
+                                         ("max_pending_rows", 0), ("max_pending_rows", -5)])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         IsolationForestDetector(config(**{field: value}))
