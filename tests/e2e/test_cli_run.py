@@ -9,7 +9,7 @@ import pytest
 import requests
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-from helpers.procs import ToolwatchProcess, run_cli, wait_until
+from helpers.procs import ToolwatchProcess, child_pids, process_gone, run_cli, wait_until
 from helpers.spans import emit_call, provider
 
 
@@ -78,25 +78,6 @@ def test_a_port_in_use_is_named_and_what_started_is_stopped(tmp_path):
     assert "OTLP worker process" in out.stderr and "stopped (exit code 0)" in out.stderr, out.stderr
 
 
-def _children(pid: int) -> list[int]:
-    from pathlib import Path
-
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def _gone(pid: int) -> bool:
-    from pathlib import Path
-
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
 def _stop_the_group(tmp_path, *signals) -> tuple[int, str, list[int], int]:
     """``toolwatch run`` with an OTLP worker process in a process group of its own; 5 calls are
     acknowledged and wait in its queue when ``signals`` go to the whole group, as systemd's
@@ -132,7 +113,7 @@ def _stop_the_group(tmp_path, *signals) -> tuple[int, str, list[int], int]:
         r = requests.post(tw.otlp_http_url, data=req.SerializeToString(), timeout=10,
                           headers={"Content-Type": "application/x-protobuf"})
         assert r.status_code == 200
-        children = _children(tw.proc.pid)
+        children = child_pids(tw.proc.pid)
         assert children
         for sig in signals:
             os.killpg(tw.proc.pid, sig)
@@ -152,7 +133,7 @@ def test_sigterm_to_the_whole_group_drains_saves_and_leaves_no_child(tmp_path):
     code, out, children, calls = _stop_the_group(tmp_path, __import__("signal").SIGTERM)
     assert code == 0, out
     assert calls == 5, out
-    wait_until(lambda: all(_gone(p) for p in children), 10, "every child process to exit")
+    wait_until(lambda: all(process_gone(p) for p in children), 10, "every child process to exit")
     assert "SIGTERM received: stopping" in out and "Traceback" not in out, out
 
 
@@ -162,7 +143,7 @@ def test_ctrl_c_twice_still_drains_saves_and_exits_without_a_traceback(tmp_path)
     code, out, children, calls = _stop_the_group(tmp_path, signal.SIGINT, signal.SIGINT)
     assert code in (0, 130), out  # 130: the second Ctrl-C came after the stop had finished
     assert calls == 5, out
-    wait_until(lambda: all(_gone(p) for p in children), 10, "every child process to exit")
+    wait_until(lambda: all(process_gone(p) for p in children), 10, "every child process to exit")
     assert "Traceback" not in out, out
 
 

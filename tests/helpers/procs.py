@@ -46,6 +46,23 @@ def wait_until(pred: Callable[[], object], timeout: float, what: str, proc: subp
     raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{tail}")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux ``/proc``), over all its threads."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def process_gone(pid: int) -> bool:
+    """Whether ``pid`` has exited: no such process, or a zombie no one reaps (it has exited too)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
 class Proc:
     """A subprocess with its output in a log file; stopped (terminate, then kill) on exit."""
 

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from helpers.otlp_build import add_span, request
+from helpers.procs import process_gone
 from helpers.webhook_receiver import WebhookReceiver
 from toolwatch.collector.config import Config, WebhookConfig
 from toolwatch.collector.daemon import Daemon
@@ -60,14 +61,6 @@ def _body(n: int, agent: str) -> bytes:
     return req.SerializeToString()
 
 
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
 async def _post(d: Daemon, n: int, agent: str) -> None:
     """``n`` calls sent and acknowledged (200); they wait in the daemon's queue."""
     url = f"http://127.0.0.1:{d.receiver('otlp_http').bound_port}/v1/traces"
@@ -79,7 +72,7 @@ async def _start_refit_worker(d: Daemon) -> int:
     assert d.refit_worker is not None
     await asyncio.to_thread(d.refit_worker.fit, np.ones((4, N_FEATURES)), ForestParams(n_estimators=1))
     pid = d.refit_worker.pid
-    assert pid is not None and not _gone(pid)
+    assert pid is not None and not process_gone(pid)
     return pid
 
 
@@ -115,7 +108,7 @@ async def test_a_cancelled_shutdown_still_drains_what_was_acknowledged_and_stops
             await stopping
         assert d.pipeline.processed == 3
         assert _stored_calls(cfg, "acked") == 3
-        assert all(_gone(p) for p in workers) and _gone(refit)
+        assert all(process_gone(p) for p in workers) and process_gone(refit)
         _assert_closed(d.store)
     finally:
         await d.shutdown()  # safe twice; stops what a failing run left behind
@@ -145,7 +138,7 @@ async def test_a_failing_shutdown_step_does_not_stop_the_others(tmp_path, caplog
         await asyncio.wait_for(d.shutdown(), 60)
     assert "shutdown: stopping receiver broken failed; the remaining shutdown steps still run" in caplog.text
     assert d.pipeline.processed == 4 and _stored_calls(cfg, "acked") == 4
-    assert _gone(refit)
+    assert process_gone(refit)
     _assert_closed(d.store)
 
 
@@ -169,9 +162,9 @@ async def test_a_daemon_that_cannot_start_stops_the_worker_processes_it_started(
     assert started, "the OTLP/HTTP workers should have started before the gRPC receiver failed"
     pid = int(started.group(1))
     deadline = time.monotonic() + 30
-    while not _gone(pid) and time.monotonic() < deadline:
+    while not process_gone(pid) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
-    assert _gone(pid)
+    assert process_gone(pid)
     assert not d.pipeline.running
     _assert_closed(d.store)
 
@@ -220,9 +213,9 @@ async def test_a_shutdown_during_a_worker_restart_leaves_no_worker_behind(tmp_pa
         os.kill(replacement, signal.SIGSTOP)  # it cannot say READY: the restart stays in progress
         assert workers.restarts == 0
         await asyncio.wait_for(d.shutdown(), 60)
-        assert _gone(replacement)
+        assert process_gone(replacement)
     finally:
-        if replacement and not _gone(replacement):
+        if replacement and not process_gone(replacement):
             os.kill(replacement, signal.SIGKILL)
         await d.shutdown()
 
@@ -239,11 +232,11 @@ async def test_a_cancelled_start_leaves_no_worker_behind(tmp_path):
         starting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await starting
-        assert _gone(pid)
+        assert process_gone(pid)
         assert not d.pipeline.running
         _assert_closed(d.store)
     finally:
-        if pid and not _gone(pid):
+        if pid and not process_gone(pid):
             os.kill(pid, signal.SIGKILL)
         await d.shutdown()
 
@@ -284,13 +277,13 @@ async def test_a_stuck_refit_worker_does_not_hold_the_stop_and_the_saved_state_a
         took = time.monotonic() - t0
         await stopping
         assert took < 40
-        assert _gone(stuck)
+        assert process_gone(stuck)
         assert "a model refit is still running 5 s into the shutdown: stopping it" in caplog.text
         assert f"refit worker process {stuck} was stopped mid-fit by the daemon's shutdown" in caplog.text
         assert d.pipeline.processed == 2
         _assert_closed(d.store)
     finally:
-        if stuck and not _gone(stuck):
+        if stuck and not process_gone(stuck):
             os.kill(stuck, signal.SIGKILL)
         await d.shutdown()
     # The restart has the old model and asks for the refit at once (not 200 rows later).
@@ -342,7 +335,7 @@ async def test_a_snapshot_taken_mid_refit_asks_for_the_refit_again_and_one_after
         assert since == 0 and "a" not in due
         assert model != old and model == det._models["a"].to_dict()
     finally:
-        if worker and not _gone(worker):
+        if worker and not process_gone(worker):
             os.kill(worker, signal.SIGCONT)
         await d.shutdown()
 

@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from helpers.daemon import DaemonThread, make_config
 from helpers.gate import Gate
 from helpers.otlp_build import add_span, request
-from helpers.procs import ToolwatchProcess, wait_until
+from helpers.procs import ToolwatchProcess, child_pids, process_gone, wait_until
 from helpers.spans import emit_call, provider
 from helpers.tls import self_signed
 from toolwatch.collector.config import Config, ConfigError, config_from_mapping
@@ -347,21 +347,6 @@ def test_a_killed_worker_is_logged_and_restarted(shared, caplog):
     assert _calls(d, "after-kill") == before + 6
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def _gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")  # a zombie no one reaps has exited too
-
-
 def test_sigkill_of_the_daemon_leaves_no_worker_behind(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -369,10 +354,10 @@ def test_sigkill_of_the_daemon_leaves_no_worker_behind(tmp_path):
                           ) as tw:
         r = requests.post(tw.otlp_http_url, data=_calls_body(1), headers={"Content-Type": "application/x-protobuf"}, timeout=5)
         assert r.status_code == 200
-        workers = [p for p in _children(tw.proc.pid) if "spawn_main" in _cmdline(p)]
-        assert len(workers) == 2, _children(tw.proc.pid)
+        workers = [p for p in child_pids(tw.proc.pid) if "spawn_main" in _cmdline(p)]
+        assert len(workers) == 2, child_pids(tw.proc.pid)
         tw.kill()
-        wait_until(lambda: all(_gone(p) for p in workers), 10, "the worker processes to exit")
+        wait_until(lambda: all(process_gone(p) for p in workers), 10, "the worker processes to exit")
 
 
 def _cmdline(pid: int) -> str:
@@ -411,4 +396,4 @@ def test_shutdown_finishes_requests_in_flight_then_the_workers_exit(tmp_path):
     assert answers and answers[0].status_code == 200, answers
     assert d.metric("toolwatch_spans_received_total", {"receiver": "otlp_http"}) == 3
     assert _calls(d, "inflight") == 3  # admitted before the pipeline drained into the detectors
-    assert all(_gone(p) for p in pids)
+    assert all(process_gone(p) for p in pids)
