@@ -1,72 +1,19 @@
-"""main's worker_frames at 964c8dc, frozen: the reference the A/B tests hold the frame encoding to (tests only)."""
+"""main's worker_frames encoder at 964c8dc, frozen: the reference the A/B test holds the frame
+encoding (``calls_to_columns``) to (tests only). The rest of the module is not compared, so not kept."""
 
 from __future__ import annotations
 
-import marshal
-import struct
 from array import array
 from dataclasses import fields
 from itertools import repeat
-from operator import attrgetter, is_, itemgetter
-from typing import Any, Iterable
+from operator import attrgetter, is_
+from typing import Any
 
-from toolwatch.detectors.events import ToolCall, ToolDefinition, ToolListing
-
-from toolwatch.collector.normalize import Normalized
-
-__all__ = [
-    "CONFIG", "INGEST", "READY", "REJECTED", "STOP", "REPLY", "OK", "OVERLOADED", "UNAVAILABLE",
-    "HEADER", "frame", "unframe", "calls_to_columns", "columns_to_calls", "Canon", "listings_to_tuples",
-    "tuples_to_listings", "ingest_frame", "read_ingest",
-]  # fmt: skip
-
-# Kinds, worker -> daemon
-READY = 1
-"""The worker's HTTP server accepts on the listening socket."""
-INGEST = 2
-"""A normalised request: (INGEST, request id, receiver, calls, listings, spans, rejected, errors,
-decode_rejected, decode_errors); the daemon answers with a REPLY."""
-REJECTED = 3
-"""(REJECTED, receiver, reason): a request the worker refused (401/413/415/400/queue_full), to count."""
-# Kinds, daemon -> worker
-CONFIG = 10
-"""The worker's settings (the first frame it reads), secrets included: never argv or environment."""
-REPLY = 11
-"""(REPLY, request id, outcome, spans, rejected, message)."""
-STOP = 12
-"""Stop accepting, finish the requests in flight, exit."""
-# Outcomes of an INGEST
-OK, OVERLOADED, UNAVAILABLE = 0, 1, 2
-
-HEADER = struct.Struct("!I")
-_MAX_FRAME = 0xFFFF_FFFF
+from toolwatch.detectors.events import ToolCall
 
 _CALL_FIELDS = tuple(f.name for f in fields(ToolCall))
-_LISTING_FIELDS = tuple(f.name for f in fields(ToolListing))
-_DEFINITION_FIELDS = tuple(f.name for f in fields(ToolDefinition))
 _CALL_COLUMNS = (*_CALL_FIELDS, "token")
-"""A call's columns in a frame: its fields in declaration order, then its ``token``, which the
-worker's call already holds (the daemon need not format it again)."""
 _call_columns = attrgetter(*_CALL_COLUMNS)
-_listing_values = attrgetter(*_LISTING_FIELDS)
-_definition_values = attrgetter(*_DEFINITION_FIELDS)
-_TOOLS = _LISTING_FIELDS.index("tools")
-
-
-def frame(msg: tuple[Any, ...]) -> bytes:
-    """One frame: length prefix and marshalled ``msg`` (primitives, tuples, lists, dicts only)."""
-    body = marshal.dumps(msg)
-    if len(body) > _MAX_FRAME:
-        raise ValueError(f"frame of {len(body)} bytes exceeds the 4 GiB frame limit")
-    return HEADER.pack(len(body)) + body
-
-
-def unframe(body: bytes) -> tuple[Any, ...]:
-    """The message of a frame's body (without its length prefix)."""
-    msg = marshal.loads(body)
-    if not isinstance(msg, tuple) or not msg:
-        raise ValueError(f"not a frame: {type(msg).__name__}")
-    return msg
 
 
 # How a column of a request's calls travels (the first item of its entry):
@@ -137,157 +84,3 @@ def calls_to_columns(calls: list[ToolCall]) -> tuple[int, tuple[tuple[Any, ...],
         return (0, ())
     cols = zip(*map(_call_columns, calls))
     return (len(calls), tuple(map(_column, cols, range(len(_CALL_COLUMNS)))))
-
-
-class Canon:
-    """One object per equal value across the requests of the daemon's workers (at most ``limit`` kept).
-
-    Each frame unmarshals its own strings: without this, the same agent, tool or session of two
-    requests are two objects, and every dict lookup the detectors make by them compares characters
-    instead of identity (about 1 µs of detector CPU per call on the fleet workload). Dropping the
-    whole table when it is full keeps it bounded (sessions keep coming) and costs no correctness.
-    """
-
-    def __init__(self, limit: int = 1 << 16) -> None:
-        self.limit = limit
-        self._objects: dict[Any, Any] = {}
-
-    def __call__(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
-        objects = self._objects
-        if len(objects) > self.limit:
-            objects.clear()
-        return tuple(map(objects.setdefault, values, values))
-
-
-def _unpack(entry: tuple[Any, ...], i: int, n: int, canon: Canon | None) -> Any:
-    kind = entry[0]
-    if kind == SAME:
-        (_, value) = entry
-        if canon is not None and i in _CANONICAL and _texts_only((value,), i in _TEXTS):
-            (value,) = canon((value,))
-        return repeat(value, n)
-    if kind == INDEXED:
-        (_, values, indexes) = entry
-        if canon is not None and i in _CANONICAL:
-            values = canon(values)
-        if len(indexes) == 1:
-            return (values[indexes[0]],)
-        return itemgetter(*indexes)(values)
-    if kind == PLAIN:
-        (_, values) = entry
-        return values
-    if kind == INTS:
-        (_, data) = entry
-        return array("q", data).tolist()
-    raise ValueError(f"call column {_CALL_COLUMNS[i]!r}: unknown encoding {kind!r}")
-
-
-def columns_to_calls(
-    encoded: tuple[int, tuple[tuple[Any, ...], ...]], canon: Canon | None = None
-) -> list[ToolCall]:
-    """The calls of ``calls_to_columns``, equal to the worker's and with the same ``token``.
-
-    Raises ``ValueError`` (or ``IndexError``) for columns that do not fit together.
-    """
-    n, entries = encoded
-    if not n:
-        return []
-    if len(entries) != len(_CALL_COLUMNS):
-        raise ValueError(f"a frame's calls have {len(entries)} columns; this daemon expects {len(_CALL_COLUMNS)}")
-    cols = [_unpack(entry, i, n, canon) for i, entry in enumerate(entries)]
-    return _build(zip(*cols, strict=True))
-
-
-def _build(rows: Iterable[tuple[Any, ...]], new: Any = object.__new__, cls: type[ToolCall] = ToolCall) -> list[ToolCall]:
-    """``ToolCall(*row[:-1])`` with the token ``row[-1]``, without ``__init__`` and ``__post_init__``.
-
-    Setting the slots here costs the daemon less than the generated ``__init__`` (25 arguments) and
-    ``__post_init__`` (a frame and an f-string per call). The names are checked against
-    ``_CALL_COLUMNS`` when this module is imported.
-    """
-    out: list[ToolCall] = []
-    append = out.append
-    for (
-        time_ns, agent_id, tool, server, session_id, duration_ns, trace_id, span_id, request_id, agent_name,
-        server_address, error_type, args_json, args_bytes, result_bytes, args_labels, result_labels,
-        args_fingerprints, result_fingerprints, args_sketch, result_sketch, result_injection_score, destinations,
-        definition_sha256, source, token,
-    ) in rows:  # fmt: skip
-        call = new(cls)
-        call.time_ns = time_ns
-        call.agent_id = agent_id
-        call.tool = tool
-        call.server = server
-        call.session_id = session_id
-        call.duration_ns = duration_ns
-        call.trace_id = trace_id
-        call.span_id = span_id
-        call.request_id = request_id
-        call.agent_name = agent_name
-        call.server_address = server_address
-        call.error_type = error_type
-        call.args_json = args_json
-        call.args_bytes = args_bytes
-        call.result_bytes = result_bytes
-        call.args_labels = args_labels
-        call.result_labels = result_labels
-        call.args_fingerprints = args_fingerprints
-        call.result_fingerprints = result_fingerprints
-        call.args_sketch = args_sketch
-        call.result_sketch = result_sketch
-        call.result_injection_score = result_injection_score
-        call.destinations = destinations
-        call.definition_sha256 = definition_sha256
-        call.source = source
-        call.token = token
-        append(call)
-    return out
-
-
-_code = _build.__code__
-_SLOTS = {name for klass in ToolCall.__mro__ for name in getattr(klass, "__slots__", ())}
-if _code.co_varnames[_code.co_argcount + 2 : _code.co_argcount + 2 + len(_CALL_COLUMNS)] != _CALL_COLUMNS or (
-    _SLOTS != set(_CALL_COLUMNS)
-):
-    raise ImportError(
-        "ToolCall's fields or slots changed: update worker_frames._build, which sets every slot itself "
-        f"(expected the columns {_CALL_COLUMNS}, ToolCall has the slots {sorted(_SLOTS)})"
-    )
-del _code
-
-
-def listings_to_tuples(listings: list[ToolListing]) -> list[tuple[Any, ...]]:
-    out = []
-    for listing in listings:
-        row = list(_listing_values(listing))
-        row[_TOOLS] = tuple(map(_definition_values, listing.tools))
-        out.append(tuple(row))
-    return out
-
-
-def tuples_to_listings(rows: list[tuple[Any, ...]]) -> list[ToolListing]:
-    out = []
-    for row in rows:
-        values = list(row)
-        values[_TOOLS] = tuple(ToolDefinition(*d) for d in values[_TOOLS])
-        out.append(ToolListing(*values))
-    return out
-
-
-def ingest_frame(
-    request_id: int, receiver: str, norm: Normalized, decode_rejected: int, decode_errors: tuple[str, ...]
-) -> bytes:
-    return frame((
-        INGEST, request_id, receiver, calls_to_columns(norm.calls), listings_to_tuples(norm.listings),
-        norm.spans, norm.rejected, tuple(norm.errors), decode_rejected, tuple(decode_errors),
-    ))  # fmt: skip
-
-
-def read_ingest(msg: tuple[Any, ...], canon: Canon | None = None) -> tuple[int, str, Normalized, int, tuple[str, ...]]:
-    """(request id, receiver, the worker's ``Normalized``, decode_rejected, decode_errors) of an INGEST.
-
-    ``canon``: the daemon's ``Canon`` (one object per equal agent, tool, session... across requests).
-    """
-    _, request_id, receiver, calls, listings, spans, rejected, errors, decode_rejected, decode_errors = msg
-    norm = Normalized(columns_to_calls(calls, canon), tuples_to_listings(listings), spans, rejected, list(errors))
-    return request_id, receiver, norm, decode_rejected, tuple(decode_errors)
