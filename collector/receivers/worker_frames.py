@@ -20,7 +20,7 @@ from itertools import chain, repeat
 from operator import add, attrgetter, is_, itemgetter, mul
 from typing import Any, Iterable
 
-from toolwatch.detectors.events import ToolCall, ToolDefinition, ToolListing
+from toolwatch.detectors.events import ToolCall, ToolDefinition, ToolListing, tool_token
 
 from ..normalize import Normalized
 
@@ -198,13 +198,13 @@ def _token_column(
 
     Distinct pairs come in order of first appearance and equal tokens of two pairs merge, so the
     values and indexes are those of the tokens column itself. Columns that are not all str (a
-    type-violating call) take the tokens ``ToolCall.__post_init__`` gives, call by call.
+    type-violating call) take ``tool_token`` call by call, as ``ToolCall.__post_init__`` does.
     """
     n = len(servers)
     s_values, s_indexes = _text_index(server, n)
     t_values, t_indexes = _text_index(tool, n)
     if s_values is None or t_values is None:
-        return _column(tuple(f"{s}/{t}" if s else t for s, t in zip(servers, tools)), _TOKEN)
+        return _column(tuple(map(tool_token, servers, tools)), _TOKEN)
     if type(s_indexes) is bytes and type(t_indexes) is bytes:
         found = _tokens_by_tool(s_values, s_indexes, t_values, t_indexes)
         if found is not None:
@@ -218,7 +218,7 @@ def _token_column(
     of_pair = []  # the token index of each distinct pair, in the pairs' order
     for pair in pairs:
         s, t = s_values[pair // width], t_values[pair % width]
-        of_pair.append(tokens.setdefault(f"{s}/{t}" if s else t, len(tokens)))
+        of_pair.append(tokens.setdefault(tool_token(s, t), len(tokens)))
     if len(tokens) == 1:
         return (SAME, next(iter(tokens)))
     indexes = list(map(of_pair.__getitem__, per_call))
@@ -243,7 +243,7 @@ def _tokens_by_tool(
     token_of = bytearray(256)
     for t, tool in enumerate(t_values):
         server = s_values[server_of[t]]
-        token_of[t] = tokens.setdefault(f"{server}/{tool}" if server else tool, len(tokens))
+        token_of[t] = tokens.setdefault(tool_token(server, tool), len(tokens))
     if len(tokens) == 1:
         return (SAME, next(iter(tokens)))
     return (INDEXED, tuple(tokens), t_indexes.translate(token_of))
