@@ -3,29 +3,22 @@ exactly the calls it planned, keeps its anomaly share, and re-stamps without re-
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tests.helpers.bench_workloads import workloads
 from toolwatch.collector import otlp
 from toolwatch.collector.normalize import Normalizer
 
-ROOT = Path(__file__).resolve().parents[3]
 T0 = 1_765_000_000_000_000_000
 N = 30_000
 
 
 @pytest.fixture(scope="module")
 def wl():
-    spec = importlib.util.spec_from_file_location("bench_workloads", ROOT / "bench" / "workloads.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
+    return workloads()
 
 
 def decode(bodies):

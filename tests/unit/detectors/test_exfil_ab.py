@@ -7,16 +7,14 @@ and agents moved mid-stream. What changed is how the payload history is kept (a 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.helpers import exfiltration_main
+from tests.helpers.bench_workloads import fleet_calls
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.exfiltration import ExfiltrationConfig, ExfiltrationDetector
 
@@ -116,18 +114,7 @@ def test_a_history_saved_longer_than_payload_history_is_kept_until_the_next_send
 
 def test_fleet_traffic_matches_main() -> None:
     """bench/workloads.py's fleet (200 agents with routines, 1% anomalies) in the bench's batches of 500."""
-    from toolwatch.collector import otlp
-    from toolwatch.collector.normalize import Normalizer
-
-    spec = importlib.util.spec_from_file_location("bench_workloads_exfil_ab",
-                                                  Path(__file__).resolve().parents[3] / "bench" / "workloads.py")
-    wl = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = wl  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(wl)
-    norm = Normalizer()
-    calls: list[ToolCall] = []
-    for body in wl.bodies("fleet", 30_000, 500, seed=3, anomaly_rate=0.01, start_ns=T0, rate=2_000.0):
-        calls += norm.normalize(otlp.decode_export(body, otlp.PROTOBUF).request).calls
+    calls = fleet_calls(30_000, seed=3, anomaly_rate=0.01, start_ns=T0, rate=2_000.0)
     new, old = _pair()
     found = 0
     for i in range(0, len(calls), 500):

@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import bench_workloads
 from toolwatch.detectors.events import ToolCall
 from toolwatch.detectors.exfiltration import median_mad
 
@@ -281,38 +282,21 @@ def test_median_mad_is_what_statistics_median_gives(values: list[int]) -> None:
     assert repr(got) == repr(want)
 
 
-@pytest.fixture(scope="module")
-def fleet() -> Any:
-    """bench/workloads.py, whose ``fleet`` is the traffic these detectors were tuned on."""
-    root = Path(__file__).resolve().parents[3]
-    spec = importlib.util.spec_from_file_location("bench_workloads_flow_ab", root / "bench" / "workloads.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @functools.lru_cache(maxsize=2)
-def fleet_calls(wl: Any, rate: float, spans: int = 30_000) -> list[ToolCall]:
-    """Decoded once per rate (the detectors never change a call's fields)."""
-    from toolwatch.collector import otlp
-    from toolwatch.collector.normalize import Normalizer
-
-    norm = Normalizer()
-    calls: list[ToolCall] = []
-    for body in wl.bodies("fleet", spans, 500, seed=3, anomaly_rate=0.01, start_ns=T0, rate=rate):
-        calls += norm.normalize(otlp.decode_export(body, otlp.PROTOBUF).request).calls
-    return calls
+def fleet_calls(rate: float, spans: int = 30_000) -> list[ToolCall]:
+    """bench/workloads.py's ``fleet``, the traffic these detectors were tuned on, decoded once per
+    rate (the detectors never change a call's fields)."""
+    return bench_workloads.fleet_calls(spans, seed=3, anomaly_rate=0.01, start_ns=T0, rate=rate)
 
 
 @pytest.mark.parametrize("rate", [75_000.0, 4.0], ids=["busy", "slow"])  # slow: sessions outlive their TTL
 @pytest.mark.parametrize("name,cfg", [c for c in CONFIGS if c[0] in ("exfiltration", "secret_args")],
                          ids=lambda v: v if isinstance(v, str) else json.dumps(v)[:40])
-def test_fleet_traffic_matches_the_reference(ref: ModuleType, fleet: Any, name: str, cfg: dict[str, Any],
+def test_fleet_traffic_matches_the_reference(ref: ModuleType, name: str, cfg: dict[str, Any],
                                              rate: float) -> None:
     """The fleet workload (agents with routines, sessions that end, values and destinations on some
     calls, 1% anomalies) in the bench's batches of 500: same findings, same state."""
-    calls = fleet_calls(fleet, rate)
+    calls = fleet_calls(rate)
     cuts = list(range(500, len(calls), 500))
     got = run("toolwatch.detectors", name, cfg, calls, cuts, 20, None)
     want = run(PKG, name, cfg, calls, cuts, 20, None)

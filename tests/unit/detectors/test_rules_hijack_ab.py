@@ -10,18 +10,14 @@ a state saved mid-stream by either restores in the other.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import random
-import sys
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 
 from tests.helpers import hijack_main, new_tool_main, rules_engine_main
-from toolwatch.collector import otlp
-from toolwatch.collector.normalize import Normalizer
+from tests.helpers.bench_workloads import fleet_calls
 from toolwatch.collector.rules_cli import default_rules_text
 from toolwatch.detectors.capabilities import CapabilityMap
 from toolwatch.detectors.events import Batch, ToolCall
@@ -31,7 +27,6 @@ from toolwatch.detectors.rules import RuleEngine, RuleEngineConfig, load_rule_fi
 
 import rules_workload as W  # noqa: E402  (tests/unit/detectors is on sys.path via conftest)
 
-ROOT = Path(__file__).resolve().parents[3]
 FILES = [(default_rules_text(), "default.yaml"), (W.EXTRA_RULES, "extra.yaml")]
 RULESETS = {"default": FILES[:1], "extra": FILES}
 """The shipped rules alone (a destructive tool's plan then has a session guard), and with rules that
@@ -39,15 +34,7 @@ read the session and call fields no guard covers."""
 
 
 def _fleet_calls(n: int = 24_000, batch: int = 500) -> list[ToolCall]:
-    spec = importlib.util.spec_from_file_location("bench_workloads_ab", ROOT / "bench" / "workloads.py")
-    wl = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = wl  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(wl)
-    norm = Normalizer()
-    calls: list[ToolCall] = []
-    for body in wl.bodies("fleet", n, batch, anomaly_rate=0.01, rate=2_000.0):
-        calls += norm.normalize(otlp.decode_export(body, otlp.PROTOBUF).request).calls
-    return calls
+    return fleet_calls(n, batch, anomaly_rate=0.01, rate=2_000.0)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import volume_main
+from tests.helpers.bench_workloads import fleet_calls
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.volume import VolumeConfig, VolumeSpikeDetector
 
@@ -130,22 +131,7 @@ def test_bench_like_traffic_matches_main() -> None:
 def test_fleet_traffic_matches_main(rate: float) -> None:
     """bench/workloads.py's fleet (200 agents with routines, sessions that end, 1% anomalies) in the
     bench's batches of 500: tables grow and are reduced between window closes, as in the daemon."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    from toolwatch.collector import otlp
-    from toolwatch.collector.normalize import Normalizer
-
-    spec = importlib.util.spec_from_file_location("bench_workloads_volume_ab",
-                                                  Path(__file__).resolve().parents[3] / "bench" / "workloads.py")
-    wl = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = wl  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(wl)
-    norm = Normalizer()
-    calls: list[ToolCall] = []
-    for body in wl.bodies("fleet", 40_000, 500, seed=2, anomaly_rate=0.01, start_ns=T0, rate=rate):
-        calls += norm.normalize(otlp.decode_export(body, otlp.PROTOBUF).request).calls
+    calls = fleet_calls(40_000, seed=2, anomaly_rate=0.01, start_ns=T0, rate=rate)
     cfg = {"window_s": 5, "min_history": 3, "history_windows": 4, "min_calls_agent": 5, "min_calls_tool": 3,
            "min_calls_fleet": 20, "min_bytes": 10_000, "min_calls_bytes": 2, "min_errors": 2}
     new, old = _pair(cfg)
