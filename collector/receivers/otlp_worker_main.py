@@ -21,10 +21,11 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Coroutine, TypeVar
+from typing import Any
 
 from aiohttp import web
 
+from toolwatch.event_loop import run
 from toolwatch.instrumentation.fingerprint import key_from_text
 from toolwatch.instrumentation.redact import Redactor
 
@@ -37,7 +38,6 @@ from .otlp_http import NAME, OtlpHttpReceiver
 from .tls import TlsFiles
 
 log = logging.getLogger("toolwatch.receiver.otlp_worker")
-T = TypeVar("T")
 
 
 class DaemonLink:
@@ -176,20 +176,6 @@ async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any
     reading.cancel()
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on uvloop where it is installed, else the default loop.
-
-    The worker's event loop carries every request body in and every frame out; on uvloop the
-    worker spent about 0.4 µs less CPU per span (bench/ingest.py, fleet, ``otlp_processes: 1``),
-    as the HTTP proxy does (``instrumentation/proxy/listener.run``).
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, running: Any, log_level: int) -> None:
     """The worker process's entry point (``multiprocessing`` target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -199,7 +185,7 @@ def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, runni
     logging.getLogger("toolwatch.receiver.otlp_http").setLevel(max(log_level, logging.WARNING))
     code = 0
     try:
-        _run(serve(listen_sock, conn_sock, depth, running))
+        run(serve(listen_sock, conn_sock, depth, running))  # on uvloop: every body in and frame out
     except BaseException:
         log.exception("OTLP worker process %d failed", os.getpid())
         code = 1

@@ -146,7 +146,7 @@ def run_proxy(args: argparse.Namespace, *, redactor: Any = None) -> int:
     try:
         if args.listen:
             from .http import serve_http_proxy
-            from .listener import run
+            from toolwatch.event_loop import run
 
             host, port = args.listen
             if not (args.enforce or args.in_process_spans or redactor is not None):

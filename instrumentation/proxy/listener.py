@@ -23,7 +23,7 @@ import json
 import sys
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["Listener", "Request", "Response", "StreamResponse", "json_response", "run"]
+__all__ = ["Listener", "Request", "Response", "StreamResponse", "json_response"]
 
 Handler = Callable[["Request"], Awaitable["StreamResponse"]]
 T = TypeVar("T")
@@ -561,12 +561,3 @@ class Listener:
                 await asyncio.wait(pending, timeout=1.0)
         for conn in list(self._connections):
             conn._close()
-
-
-def run(main: Coroutine[Any, Any, T]) -> T:
-    """``asyncio.run`` on uvloop where it is installed (a cheaper event loop), else the default."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)

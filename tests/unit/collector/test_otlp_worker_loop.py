@@ -15,11 +15,11 @@ async def _loop_type() -> type:
 
 def test_the_worker_runs_on_uvloop_where_installed():
     uvloop = pytest.importorskip("uvloop")
-    assert otlp_worker_main._run(_loop_type()) is uvloop.Loop
+    assert otlp_worker_main.run(_loop_type()) is uvloop.Loop
 
 
 def test_the_worker_runs_on_the_default_loop_without_uvloop(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "uvloop", None)  # import uvloop now raises ImportError
-    assert not otlp_worker_main._run(_loop_type()).__module__.startswith("uvloop")
+    assert not otlp_worker_main.run(_loop_type()).__module__.startswith("uvloop")
