@@ -348,10 +348,32 @@ class CpuSplit:
 
     def __init__(self, runner: DaemonRunner) -> None:
         self.observe = self.refit = 0.0
+        self.by_detector: dict[str, float] = {}
+        """Thread CPU seconds per detector's ``observe``: which detector grows as baselines mature."""
         pipe = runner.daemon.pipeline
         pipe._observe = self._timed(pipe._observe, "observe")  # type: ignore[method-assign]
         for det in runner.daemon.retrainer.detectors:
             det.retrain = self._timed(det.retrain, "refit")  # type: ignore[method-assign]
+        for det in runner.daemon.detectors:
+            det.observe = self._timed_detector(det.observe, det.name)  # type: ignore[method-assign]
+
+    def _timed_detector(self, fn: Any, name: str) -> Any:
+        by = self.by_detector
+        by[name] = 0.0
+
+        def timed(batch: Any) -> Any:
+            t = time.thread_time()
+            try:
+                return fn(batch)
+            finally:
+                by[name] += time.thread_time() - t
+
+        return timed
+
+    def per_span(self, last: dict[str, float], spans: int, top: int = 6) -> str:
+        """The ``top`` detectors' thread CPU per span since ``last`` (µs), biggest first."""
+        got = sorted(((v - last.get(k, 0.0), k) for k, v in self.by_detector.items()), reverse=True)
+        return " ".join(f"{k} {1e6 * d / max(1, spans):.1f}" for d, k in got[:top])
 
     def _timed(self, fn: Any, field: str) -> Any:
         def timed(*args: Any) -> Any:
@@ -415,6 +437,7 @@ def soak(runner: DaemonRunner, traffics: list[Any], seconds: float, interval: fl
     split = CpuSplit(runner)
     last_cpu, last_refused, last_fits = _cpu_s(), refused(), runner.daemon.retrainer.fitted
     last_split = (0.0, 0.0)
+    last_by = dict(split.by_detector)
     while True:
         time.sleep(interval - ((time.perf_counter() - t0) % interval))
         now, n = time.perf_counter(), pipe.processed
@@ -429,8 +452,9 @@ def soak(runner: DaemonRunner, traffics: list[Any], seconds: float, interval: fl
               f"{100 * (split.observe - last_split[0]) / max(1e-9, _cpu_s() - last_cpu):5.0f} "
               f"{100 * (split.refit - last_split[1]) / max(1e-9, _cpu_s() - last_cpu):7.0f} "
               f"{os.getloadavg()[0]:5.1f}  {state_sizes(runner)}", flush=True)
+        print(f"   detector CPU µs/span: {split.per_span(last_by, n - last_n)}", flush=True)
         last_cpu, last_refused, last_fits = _cpu_s(), refused(), runner.daemon.retrainer.fitted
-        last_split = (split.observe, split.refit)
+        last_split, last_by = (split.observe, split.refit), dict(split.by_detector)
         if with_census:
             print("   census:", census(), flush=True)
         last_t, last_n, last_lag, last_gc = now, n, len(runner.lag.values), gc_now
