@@ -111,7 +111,7 @@ class _Agent:
 
     def __init__(self, cfg: SequenceConfig) -> None:
         self.model = MarkovModel(cfg.markov)
-        self.sessions = SessionTracker(max_open=cfg.max_open_sessions, idle_s=cfg.session_idle_s)
+        self.sessions = self.new_tracker(cfg)
         self.lengths = LengthStats()
         self.n_calls = 0
         self.n_sessions = 0
@@ -125,6 +125,11 @@ class _Agent:
         self.dirty: dict[str, None] = {}
         """Recent sessions that raised a finding other than a never-seen tool (bounded): they do not
         count towards learning a never-seen tool."""
+
+    @staticmethod
+    def new_tracker(cfg: SequenceConfig) -> SessionTracker:
+        """An agent's session tracker (one place, so the batch loop may read its settings from any)."""
+        return SessionTracker(max_open=cfg.max_open_sessions, idle_s=cfg.session_idle_s)
 
     def length_limit(self, k: float, floor: int) -> float | None:
         """Session length above which a session is unusual (``None`` with under 5 sessions seen);
@@ -238,6 +243,15 @@ def _reachable_prevs(tracker: SessionTracker, own: list[ToolCall]) -> set[str]:
     return prevs
 
 
+def _keeps_own_limit(lengths: LengthStats) -> bool:
+    """Whether an agent has its own session-length limit now and at every later call: it has one
+    from 5 sessions on (``_Agent.length_limit``), and ``n`` then never falls back under 5
+    (``n * decay + 1 >= 5`` for ``n >= 5`` when ``decay >= 0.8``). A learning agent for which this
+    holds never reads its peers' limit, so its fleet prior does not work it out (a list and a
+    median over its peers per learning agent and batch)."""
+    return lengths.n >= 5 and lengths.decay >= 0.8
+
+
 def _joined(old: list[_Agent], new: list[_Agent]) -> list[_Agent] | None:
     """The agents of ``new`` not in ``old`` if ``old`` is ``new`` with them left out (same objects,
     same order), else ``None``."""
@@ -263,6 +277,8 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         """Bumped whenever a non-learning agent's vocabulary may have changed (a token learned or
         dropped): the peer selections below are valid while it stands still."""
         self._peers = _PeerCache()
+        self._session_rules = _Agent.new_tracker(self.config)
+        """A tracker made as every agent's is: the settings the batch loop reads once per batch."""
         self._tokens: dict[str, str] = {}
         """One string object per token, used for every token this detector stores or looks up:
         the models' keys are then those objects, and a lookup matches a key by identity instead of
@@ -370,6 +386,9 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         length_k, length_floor = cfg.length_k, cfg.length_floor
         log2, exp, nan = math.log2, math.exp, math.nan
         same_tokens = self._tokens
+        # Every agent's tracker is made with the same settings (_Agent; load keeps them).
+        rules = self._session_rules
+        idle_ns, max_open, rate_window_s, max_servers = rules.idle_ns, rules.max_open, rules.rate_window_s, rules.max_servers
         for c in calls:
             token = c.token
             # self._token(c.token), inlined.
@@ -410,7 +429,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             opened = tracker.open
             t = c.time_ns
             sid = c.session_id
-            if opened and t - tracker.floor_ns > tracker.idle_ns:
+            if opened and t - tracker.floor_ns > idle_ns:
                 closed = tracker.expire(t)
                 if closed and not frozen:
                     add_length = st.lengths.add
@@ -424,7 +443,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                 # last to leave becomes the new session: nothing else holds it, and reusing it
                 # spares an allocation and a release per new session at high session churn.
                 old = None
-                while len(opened) >= tracker.max_open:
+                while len(opened) >= max_open:
                     old = opened.popitem(False)[1]
                     if not frozen:
                         st.lengths.add(old.n)
@@ -488,7 +507,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             # SessionTracker.advance inlined.
             if n_in:
                 d_ns = t - s.last_ns
-                s.rate = s.rate * exp(-(d_ns if d_ns > 0 else 0) / 1e9 / tracker.rate_window_s) + 1.0
+                s.rate = s.rate * exp(-(d_ns if d_ns > 0 else 0) / 1e9 / rate_window_s) + 1.0
             else:
                 s.rate = s.rate * 0.0 + 1.0
             s.prev = token
@@ -500,12 +519,13 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             labels = c.result_labels
             s.prev_instructions = c.result_injection_score >= 0.5 or (bool(labels) and "instructions" in labels)
             servers = s.servers
-            if server not in servers and len(servers) < tracker.max_servers:
+            if server not in servers and len(servers) < max_servers:
                 servers.append(server)
             if c.result_fingerprints:
                 tracker.remember_fps(s, c.result_fingerprints, server)
             if scored and not s.flagged_length and s.n > length_floor:  # every limit is >= the floor
-                limit = st.length_limit(length_k, length_floor)
+                # st.length_limit(length_k, length_floor), its cached value read inline.
+                limit = st.length_limit(length_k, length_floor) if st.limit_stale else st.limit
                 if limit is None and prior is not None:
                     limit = peer_limit
                 if limit is not None and s.n > limit:
@@ -567,9 +587,12 @@ class SequenceDetector(PerAgentDetector[_Agent]):
         if st in similar:  # never, in practice: a learning agent is not mature
             similar = [p for p in similar if p is not st]
             models = [p.model for p in similar]
+        prior = fleet_prior(models, cfg.markov, rows=prevs)
+        if _keeps_own_limit(st.lengths):
+            return prior, None  # the peers' limit would never be read this batch
         limits = [p.length_limit(cfg.length_k, cfg.length_floor) for p in similar if p.lengths.n >= 5]
         # statistics.median: the same value as np.median ((a + b) / 2 of the middle pair), without an array.
-        return fleet_prior(models, cfg.markov, rows=prevs), (float(median(limits)) if limits else None)
+        return prior, (float(median(limits)) if limits else None)
 
     def _note_novel(self, st: _Agent, token: str, prev: str, sid: str, after_instr: bool) -> _Novel | None:
         """Remember a flagged call of a never-seen tool: the transition into it, and its session
