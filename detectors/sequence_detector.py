@@ -473,28 +473,28 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     self._accept(st, token, rec)
             uni = model.uni
             row = model.bi.get(prev)
+            mass = model.mass
+            n_out = model.out.get(prev, 0.0)
             if prior is None:
                 # MarkovModel.prob without a prior, inlined (same operations, same rounding); the
                 # counts read here are the ones learning below adds to (nothing changes in between).
                 n_tok = uni.get(token, 0.0)
-                p1 = (n_tok + beta * (1.0 / (len(uni) + 1))) / (model.mass + beta)
+                p1 = (n_tok + beta * (1.0 / (len(uni) + 1))) / (mass + beta)
                 n_pt = row.get(token) if row is not None else None
-                n_out = model.out.get(prev, 0.0)
                 bits = -log2(((0.0 if n_pt is None else n_pt) + alpha * p1) / (n_out + alpha))
             else:
                 # MarkovModel.surprisal(prev, token, prior) inlined: the prior's own P1 and P2 (it
                 # has no prior: weight 0), then the agent's; the same operations in the same order.
                 n_tok = uni.get(token, 0.0)
                 n_pt = row.get(token) if row is not None else None
-                n_out = None
                 p_uni = prior.uni
                 base = (p_uni.get(token, 0.0) + beta * (1.0 / (len(p_uni) + 1))) / (prior.mass + beta)
                 p_row = prior.row(prev)
                 q = (((p_row.get(token, 0.0) if p_row else 0.0) + 0.0 * 0.0 + alpha * base)
                      / (prior.out.get(prev, 0.0) + 0.0 + alpha))
-                p1 = (n_tok + beta * base) / (model.mass + beta)
+                p1 = (n_tok + beta * base) / (mass + beta)
                 bits = -log2(((0.0 if n_pt is None else n_pt) + prior_weight * q + alpha * p1)
-                             / (model.out.get(prev, 0.0) + prior_weight + alpha))
+                             / (n_out + prior_weight + alpha))
             after_instr = s.prev_instructions
             thr = thr_instr if after_instr else thr_plain
             flagged = scored and bits >= thr
@@ -511,7 +511,7 @@ class SequenceDetector(PerAgentDetector[_Agent]):
             else:
                 s.rate = s.rate * 0.0 + 1.0
             s.prev = token
-            s.n = n_in + 1
+            s.n = n_now = n_in + 1
             if t > s.last_ns:
                 s.last_ns = t
             if c.error_type:
@@ -523,15 +523,15 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                 servers.append(server)
             if c.result_fingerprints:
                 tracker.remember_fps(s, c.result_fingerprints, server)
-            if scored and not s.flagged_length and s.n > length_floor:  # every limit is >= the floor
+            if scored and not s.flagged_length and n_now > length_floor:  # every limit is >= the floor
                 # st.length_limit(length_k, length_floor), its cached value read inline.
                 limit = st.length_limit(length_k, length_floor) if st.limit_stale else st.limit
                 if limit is None and prior is not None:
                     limit = peer_limit
-                if limit is not None and s.n > limit:
+                if limit is not None and n_now > limit:
                     s.flagged_length = True
                     self._dirty(st, sid)
-                    findings.append(self._length_finding(st, c, s.n, limit, status))
+                    findings.append(self._length_finding(st, c, n_now, limit, status))
             st.n_calls += 1
             if not flagged and not frozen:
                 # MarkovModel.learn(prev, token) inlined (same operations, same order), on the
@@ -544,14 +544,12 @@ class SequenceDetector(PerAgentDetector[_Agent]):
                     row[token] = 1.0
                 else:
                     row[token] = n_pt + 1.0
-                out = model.out
-                if n_out is None:
-                    n_out = out.get(prev, 0.0)
-                out[prev] = n_out + 1.0
-                model.mass += 1.0
+                model.out[prev] = n_out + 1.0
+                mass += 1.0
+                model.mass = mass
                 if n_tok == 0.0 and status != LEARNING:
                     self._vocab_epoch += 1
-                if model.mass > max_mass:
+                if mass > max_mass:
                     model._scale(0.5)
                     self._vocab_epoch += 1
                 if len(model.uni) > max_tokens or model.n_transitions > max_transitions:
