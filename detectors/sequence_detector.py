@@ -245,7 +245,8 @@ def _reachable_prevs(tracker: SessionTracker, own: list[ToolCall]) -> set[str]:
 
 def _keeps_own_limit(lengths: LengthStats) -> bool:
     """Whether an agent has its own session-length limit now and at every later call: it has one
-    from 5 sessions on (``_Agent.length_limit``), and ``n`` then never falls back under 5
+    once its decayed count of ended sessions ``n`` reaches 5 (``_Agent.length_limit``; at the
+    sixth), and ``n`` then never falls back under 5
     (``n * decay + 1 >= 5`` for ``n >= 5`` when ``decay >= 0.8``). A learning agent for which this
     holds never reads its peers' limit, so its fleet prior does not work it out (a list and a
     median over its peers per learning agent and batch)."""

@@ -98,9 +98,10 @@ def test_an_agent_with_its_own_length_limit_keeps_one(n, decay, lengths):
 
 @pytest.mark.parametrize("own_sessions,at", [(2, 13), (6, 33)])
 def test_a_learning_agent_reads_its_peers_length_limit_until_it_has_its_own(own_sessions, at):
-    """A newcomer with under 5 ended sessions is held to its peers' session-length limit (short
-    sessions: reported at 13 calls), one with 5 or more to its own (long sessions: at 33), as
-    main's detector does; the prior does not work the peers' limit out for the latter."""
+    """A newcomer with 2 ended sessions is held to its peers' session-length limit (short
+    sessions: reported at 13 calls), one with 6 (a decayed count over 5) to its own (long
+    sessions: at 33), as main's detector does; the prior does not work the peers' limit out for
+    the latter."""
     cfg = dict(min_calls=60, min_sessions=8, length_floor=10, session_idle_s=60)
     routine = ["fs/list_dir", "fs/read_file", "fs/write_file", "shell/run_tests"]
     calls = C.routine_traffic("p1", 30) + C.routine_traffic("p2", 30, seed=1)
