@@ -121,6 +121,9 @@ class ForestBank:
         self.nodes = np.zeros(0, dtype=BANK_NODE)
         self.leaf_value = np.zeros(0)
         self.roots = np.zeros((0, n_trees), dtype=np.intp)
+        self.roots_by_tree = np.zeros((n_trees, 0), dtype=np.intp)
+        """``roots`` transposed (one row per tree, C-ordered): ``path_lengths_bounded`` takes a chunk
+        of trees for its rows' slots with one ``take``, already in the walk's tree-major order."""
         self.depth = np.zeros(0, dtype=np.intp)
         self.rest_min = np.zeros((0, n_trees + 1))
         """Per slot, ``rest_min[slot, t]``: the least the slot's trees ``t..`` can add to a row's
@@ -161,6 +164,7 @@ class ForestBank:
         at["threshold"] = flat.nodes["threshold"]
         self.leaf_value[lo : lo + n] = flat.leaf_value
         self.roots[slot] = flat.roots + lo
+        self.roots_by_tree[:, slot] = self.roots[slot]
         self.depth[slot] = flat.depth
         least = _least_leaf_per_tree(flat)
         self.rest_min[slot, :-1] = np.cumsum(least[::-1])[::-1]
@@ -180,6 +184,7 @@ class ForestBank:
         leaf_value[:n_old] = self.leaf_value
         self.leaf_value = leaf_value
         self.roots = np.concatenate([self.roots, np.zeros((extra, self.n_trees), dtype=np.intp)])
+        self.roots_by_tree = np.ascontiguousarray(self.roots.T)
         self.depth = np.concatenate([self.depth, np.zeros(extra, dtype=np.intp)])
         self.rest_min = np.concatenate([self.rest_min, np.full((extra, self.n_trees + 1), -np.inf)])
         self._free.extend(range(old + extra - 1, old - 1, -1))
@@ -217,7 +222,6 @@ class ForestBank:
         if n < 2:
             return self.path_lengths(X, slots)
         flat = X.ravel()
-        roots = self.roots[slots]
         depth = int(self.depth[slots].max())
         alive = np.arange(n, dtype=np.intp)
         part: np.ndarray | None = None
@@ -228,12 +232,13 @@ class ForestBank:
                 alive = np.repeat(alive, 2)
                 part = None if part is None else np.repeat(part, 2)
                 k = 2
-            idx = roots[alive, t0:t1].T.ravel()
+            live = slots[alive]
+            idx = self.roots_by_tree[t0:t1].take(live, axis=1).ravel()  # tree-major (t1 - t0, k): no copy
             rows = (alive * F)[None].repeat(t1 - t0, axis=0).ravel()  # np.tile's values, without its Python
             got = _walk_rel(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(t1 - t0, k)
             part = got.sum(axis=0) if part is None else np.concatenate([part[None], got]).sum(axis=0)
             if t1 < T:
-                keep = ~(part + self.rest_min[slots[alive], t1] > limit[alive])
+                keep = ~(part + self.rest_min[live, t1] > limit[alive])
                 alive, part = alive[keep], part[keep]
                 if not len(alive):
                     break

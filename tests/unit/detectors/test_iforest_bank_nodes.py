@@ -66,7 +66,7 @@ def test_offsets_beyond_16_bits_keep_a_forest_out_of_the_bank():
 
 
 def test_a_smaller_refit_in_a_reused_slot_scores_like_its_own_forest():
-    """A slot freed by a large forest and taken by a smaller one: only the new forest's nodes count."""
+    """A slot freed by a large forest and taken by a smaller one: only the new forest's nodes and roots count."""
     big, small = _model(1, 9), ForestModel(np.random.default_rng(2).normal(size=(20, N_FEATURES)),
                                            ForestParams(n_estimators=9, max_samples=16))
     assert len(small.flat.nodes) < len(big.flat.nodes)
@@ -74,5 +74,9 @@ def test_a_smaller_refit_in_a_reused_slot_scores_like_its_own_forest():
     first = bank.sync([big.flat])[0]
     assert bank.sync([small.flat]) == [first]
     X = np.random.default_rng(3).normal(scale=3.0, size=(50, N_FEATURES))
-    paths = bank.path_lengths(X, np.full(len(X), first, dtype=np.intp))
+    at = np.full(len(X), first, dtype=np.intp)
+    paths = bank.path_lengths(X, at)
     assert paths.tobytes() == small.flat._depths(np.ascontiguousarray(X, dtype=np.float32)).tobytes()
+    # the bounded walk takes its roots from ``roots_by_tree``, which must follow the slot's new forest
+    assert bank.path_lengths_bounded(X, at, np.full(len(X), np.inf)).tobytes() == paths.tobytes()
+    assert np.array_equal(bank.roots_by_tree, bank.roots.T)
