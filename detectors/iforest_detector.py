@@ -21,7 +21,7 @@ Agent states (``agent_states()``): ``learning`` (no own model yet; scored by a g
 covers it), ``active`` (own model), ``frozen`` (scores, learns and retrains nothing).
 
 Memory per agent: ``max_rows x 15`` float64 (240 KB at 2048 rows), its fitted model (the sample
-again plus ~100 trees of <= 511 nodes: ~1.5 MB) and its bank slot (~1.2 MB), the session tracker
+again plus ~100 trees of <= 511 nodes: ~1.5 MB) and its bank slot (~0.8 MB), the session tracker
 and destination bounds, and
 the sequence model's bounds. Snapshots store training samples, never pickles; restore refits
 deterministically (same ``random_state``), so restored models give identical scores.
