@@ -302,8 +302,9 @@ class OpenWindows:
         self._reduce_if_large()
 
     def _reduce_if_large(self) -> None:
-        live = int(np.count_nonzero(self.alive[:self.used]))
-        if (self.named.size + self.fast.size + self.big.size + self.sessions.size > max(1 << 16, 96 * live)
+        rows = self.named.size + self.fast.size + self.big.size + self.sessions.size
+        # The live slots are counted only when the rows pass the floor (a scan of every slot per batch).
+        if ((rows > 1 << 16 and rows > 96 * int(np.count_nonzero(self.alive[:self.used])))
                 or len(self.sess_code) > (1 << 18) + 4 * self.sessions.size):  # (codes of dropped sessions)
             self.reduce()
 
