@@ -19,7 +19,7 @@ Six checks, each a finding ``kind`` in the evidence:
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections import OrderedDict, deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -119,11 +119,7 @@ def median_mad(values: Collection[int]) -> tuple[float, float]:
     below the median give one ascending run of deviations (``med - x``, read right to left) and
     the others another (``x - med``); the middle deviations are picked out of the two runs by
     binary search. ``med - x`` equals ``abs(x - med)`` exactly (IEEE subtraction is symmetric)."""
-    return median_mad_sorted(sorted(values))
-
-
-def median_mad_sorted(s: list[int]) -> tuple[float, float]:
-    """``median_mad`` of values already sorted (ascending)."""
+    s = sorted(values)
     n = len(s)
     h = n // 2
     med = s[h] if n % 2 else (s[h - 1] + s[h]) / 2
@@ -168,10 +164,6 @@ class AgentFlows:
     """Sizes added since the last refresh."""
     payload_limit: float | None = None
     """Size above which a payload is large, derived from ``payload_stats`` (not stored)."""
-    payload_sorted: tuple[deque[int], list[int]] | None = field(default=None, compare=False, repr=False)
-    """``payloads`` (the deque itself) and its sizes sorted, kept in step at each send (not stored).
-    Why: sorting the history at every refresh was most of ``median_mad``'s cost, which grew with
-    the history to ~8 % of the detector in steady state; an insort and a delete are O(log n) compares."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -564,7 +556,7 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
             if agent.payload_stats is None or agent.payload_stale >= PAYLOAD_REFRESH:
                 # Median/MAD over the history, refreshed every PAYLOAD_REFRESH new sizes: a robust
                 # baseline barely moves per sample, and this keeps the check O(1) per call.
-                agent.payload_stats = median_mad_sorted(self._sorted_payloads(agent))
+                agent.payload_stats = median_mad(hist)
                 agent.payload_stale = 0
                 agent.payload_limit = None
             limit = agent.payload_limit
@@ -580,37 +572,11 @@ class ExfiltrationDetector(PerAgentDetector[AgentFlows]):
                 evidence = {"args_bytes": size, "median_bytes": median, "mad_bytes": mad, "limit_bytes": round(limit),
                             "baseline_calls": len(hist)}
                 return self._finding(call, tool, "large_outbound_payload", "medium", reason, evidence)
-        # The sorted copy follows this append (the only change made to ``payloads`` in place; a
-        # history replaced, or of another length, is sorted afresh at the next refresh).
-        kept = agent.payload_sorted
-        if kept is not None and kept[0] is hist and len(kept[1]) == len(hist):
-            ordered = kept[1]
-            if len(hist) == hist.maxlen:  # the append below drops the oldest
-                at = bisect_left(ordered, hist[0])
-                if at < len(ordered) and ordered[at] == hist[0]:
-                    del ordered[at]
-                    insort(ordered, size)
-                else:
-                    agent.payload_sorted = None
-            else:
-                insort(ordered, size)
-        else:
-            agent.payload_sorted = None
         hist.append(size)
         if hist.maxlen != cfg.payload_history:  # loaded longer than payload_history, or built elsewhere
             agent.payloads = deque(hist, maxlen=cfg.payload_history)  # the newest payload_history
-            agent.payload_sorted = None
         agent.payload_stale += 1
         return None
-
-    @staticmethod
-    def _sorted_payloads(agent: AgentFlows) -> list[int]:
-        """``agent.payloads`` sorted: the list kept in step with it, else made (and kept from now on)."""
-        hist = agent.payloads
-        kept = agent.payload_sorted
-        if kept is None or kept[0] is not hist or len(kept[1]) != len(hist):
-            kept = agent.payload_sorted = (hist, sorted(hist))
-        return kept[1]
 
     def _finding(
         self, call: ToolCall, tool: _Tool, kind: str, severity: str, reason: str, evidence: dict[str, Any],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections import deque
 from typing import Any
 
 import pytest
@@ -160,36 +159,3 @@ def test_a_tool_learnt_to_send_between_batches_is_judged_as_a_sender() -> None:
         kinds.append([f["evidence"]["kind"] for f in got])
     assert kinds == [[], ["secret_in_outbound_args"], ["secret_in_outbound_args"], [], [],
                      ["secret_in_outbound_args"], ["secret_in_outbound_args"]]
-
-
-@pytest.mark.parametrize("history", [5, 30])
-def test_the_sorted_payloads_kept_in_step_are_the_history_sorted(history: int) -> None:
-    """The sorted sizes kept beside each agent's payload history (so a refresh needs no sort) equal
-    the history sorted after every batch, across restores under another ``payload_history`` and
-    payloads replaced from outside; the stats they give are ``median_mad``'s of the history."""
-    from toolwatch.detectors.exfiltration import median_mad
-
-    rnd = random.Random(history)
-    det = ExfiltrationDetector(ExfiltrationConfig(payload_history=history, payload_min_samples=3,
-                                                  payload_min_bytes=1000))
-    calls = [c for c in traffic(5, 4000, 3) if c.server in ("mail", "http")]  # the senders
-    checked = 0
-    for i in range(0, len(calls), 37):
-        det.observe(Batch(calls=calls[i:i + 37], watermark_ns=calls[i].time_ns))
-        for agent in det._state.values():
-            kept = agent.payload_sorted
-            if kept is not None and kept[0] is agent.payloads and len(kept[1]) == len(agent.payloads):
-                assert kept[1] == sorted(agent.payloads)
-                checked += 1
-            if agent.payload_stats is not None and agent.payload_stale == 0:
-                assert agent.payload_stats == median_mad(list(agent.payloads))
-        roll = rnd.random()
-        if roll < 0.05:
-            state = det.snapshot()
-            det = ExfiltrationDetector(ExfiltrationConfig(payload_history=rnd.choice([3, history, 2 * history]),
-                                                          payload_min_samples=3, payload_min_bytes=1000))
-            det.restore(state)
-        elif roll < 0.08:
-            agent = next(iter(det._state.values()))  # a history replaced from outside: sorted afresh
-            agent.payloads = deque(rnd.sample(list(agent.payloads), len(agent.payloads) // 2), maxlen=history)
-    assert checked > 50
