@@ -281,6 +281,23 @@ class VolumeSpikeDetector(Detector):
                 self._last_ok, self._last_dirty = grow(self._last_ok, False), grow(self._last_dirty, False)
         return row
 
+    def _rows_making_new(self, calls: list[ToolCall]) -> list[int]:
+        """Each call's ``_kid_matrix`` row, rows for new (agent, server, tool)s made in call order.
+
+        Only the calls that miss go through Python, found with ``list.index`` at C speed: a third
+        of the fleet's batches bring a new triple (anomalies, new sessions' tools), and a
+        comprehension over the whole batch for them cost ~0.2 µs a call on average."""
+        triples = list(map(_TRIPLE, calls))
+        rows = list(map(self._trow.get, triples))
+        find = rows.index
+        i = -1
+        while True:
+            try:
+                i = find(None, i + 1)
+            except ValueError:
+                return rows
+            rows[i] = self._triple_row(triples[i])  # a later call of the same triple: the row made here
+
     def _forget_hot(self) -> None:
         """Windows closed or keys went: look every key's window up again."""
         self._cur_win[:] = _NO_WIN
@@ -325,9 +342,7 @@ class VolumeSpikeDetector(Detector):
         try:  # no lists in between (and no scan for None): ~40 ns a call
             rows = np.fromiter(map(self._trow.get, map(_TRIPLE, calls)), np.int64, n)
         except TypeError:  # an (agent, server, tool) new to the detector: its row is made
-            rows = np.fromiter([self._triple_row(x) if r is None else r
-                                for r, x in zip(map(self._trow.get, map(_TRIPLE, calls)), map(_TRIPLE, calls))],
-                               np.int64, n)
+            rows = np.fromiter(self._rows_making_new(calls), np.int64, n)
         kid_rows = self._kid_matrix[rows]  # (call, scope)
         if n > 1 and int(t.max()) - int(t.min()) >= 2**62 // (kid_rows.size + 1):
             half = n // 2  # the per-key running max below needs key × time span to fit int64

@@ -173,6 +173,10 @@ class OpenWindows:
         self.sess_full = np.zeros(64, bool)  # MAX_SESSIONS sessions known (as of the last reduction) ...
         self.sess_set = np.full((64, MAX_SESSIONS), -1, np.int64)  # ... these: no other can enter any more
         self.sess_code = _Codes()  # session id -> code (the sessions table holds codes)
+        self.sess_member = np.zeros(1, bool)
+        """Per session code: in the set of some full slot (as of the last reduction; codes past the
+        end are not). A full slot's row whose session is not a member cannot count, so its set is
+        not looked at: once a window's first sessions have gone by, that is nearly every row."""
         self.free: list[int] = []
         self.dead: list[int] = []
         """Released slots whose table rows are still there: reused only after ``_compact`` drops the rows."""
@@ -289,14 +293,18 @@ class OpenWindows:
             ok = ~full
             if full.any():  # a full window counts only its own sessions (looked up for its rows only)
                 at = np.flatnonzero(full)
-                ok[at] = (self.sess_set[s[at]] == k[at, None]).any(1)
+                member = self.sess_member
+                at = at[member[np.minimum(k[at], len(member) - 1)]]
+                if len(at):
+                    ok[at] = (self.sess_set[s[at]] == k[at, None]).any(1)
             s, k = s[ok], k[ok]
             self.sessions.add(s, seq[has_session][ok], k, k, np.ones(len(s), np.int64))
         self._reduce_if_large()
 
     def _reduce_if_large(self) -> None:
-        live = int(np.count_nonzero(self.alive[:self.used]))
-        if (self.named.size + self.fast.size + self.big.size + self.sessions.size > max(1 << 16, 96 * live)
+        rows = self.named.size + self.fast.size + self.big.size + self.sessions.size
+        # The live slots are counted only when the rows pass the floor (a scan of every slot per batch).
+        if ((rows > 1 << 16 and rows > 96 * int(np.count_nonzero(self.alive[:self.used])))
                 or len(self.sess_code) > (1 << 18) + 4 * self.sessions.size):  # (codes of dropped sessions)
             self.reduce()
 
@@ -386,6 +394,9 @@ class OpenWindows:
             s, q, k, c, rank = s[keep], q[keep], k[keep], c[keep], rank[keep]
             self.sess_set[s, rank] = k
             self.sess_full[s[rank == MAX_SESSIONS - 1]] = True
+        member = np.zeros(len(self.sess_code) + 1, bool)  # the last: every code made after this
+        member[self.sess_set[self.sess_full].reshape(-1)] = True  # a full slot's set has no -1
+        self.sess_member = member
         self.sessions.set((s, q, k, k, c))
         self.reduced = True
 
