@@ -40,7 +40,7 @@ import numpy as np
 from .array_codec import decode_matrix, encode_matrix
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
-from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
+from .features import FEATURE_NAMES, N_FEATURES, AgentContext, Group, append_batch, finish
 from .iforest import ForestBank, ForestModel, ForestParams, SlotConstants, explain_many
 from .pyround import py_round
 from .sequence import MarkovConfig, MarkovModel, fleet_prior, select_prior
@@ -619,10 +619,11 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         rows: list[float] = []
         prevs: list[str] = []
         tokens: list[str] = []
-        closed: list[tuple[str, Any]] = []
+        groups: list[Group] = []
         work: list[tuple[str, _Agent, int, int, str | None, bool, list[str], list[ToolCall]]] = []
         no_ids: list[str] = []
         with_peers = len(mature) > 1
+        min_containment, markov_cfg, warm_calls = cfg.prior_min_containment, cfg.markov, cfg.warm_calls
         off = 0
         for agent_id, agent_calls in by_agent.items():
             st = states.get(agent_id)
@@ -635,20 +636,20 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 if agent_id in mature:  # its model was dropped meanwhile: it is no peer of itself
                     vocab = st.markov.vocab | set(agent_tokens)
                     prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
-                                         cfg.prior_min_containment, cfg.markov)
+                                         min_containment, markov_cfg)
                 else:
-                    prior, memo = peers.prior(self._vocab(st, agent_tokens), cfg.prior_min_containment, cfg.markov)
-            append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior, prior_probs=memo, flat=True,
-                        call_tokens=agent_tokens)
-            warm = prior is not None or st.markov.mass >= cfg.warm_calls
+                    prior, memo = peers.prior(self._vocab(st, agent_tokens), min_containment, markov_cfg)
+            markov = st.markov
+            groups.append((st.ctx, agent_calls, agent_tokens, markov, prior, memo, None))
+            warm = prior is not None or markov.mass >= warm_calls
             key = agent_id if own else self._model_key(agent_id, st)
             end = off + len(agent_calls)
-            if closed:
-                work.append((agent_id, st, off, end, key, warm, [sid for sid, _s in closed], agent_calls))
-                closed.clear()
-            else:
-                work.append((agent_id, st, off, end, key, warm, no_ids, agent_calls))
+            work.append((agent_id, st, off, end, key, warm, no_ids, agent_calls))
             off = end
+        closed_by = append_batch(groups, rows, prevs, tokens)
+        for g, closed in closed_by.items():
+            w = work[g]
+            work[g] = w[:6] + ([sid for sid, _s in closed], w[7])
         X_all = finish(rows)
         n_rows = off
         m_all = s_all = r_all = None
