@@ -49,6 +49,7 @@ from .sessions import START, SessionTracker
 __all__ = ["ForestConfig", "IsolationForestDetector", "finding_severity"]
 
 LEARNING, ACTIVE, FROZEN = "learning", "active", "frozen"
+_MAX_TOKENS = 16384
 GROUPS = "groups"
 """The key that asks ``retrain`` to refit the group models."""
 
@@ -346,6 +347,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         self._banked: dict[str, tuple[int, ForestModel]] = {}
         self._bank_consts: SlotConstants | None = None
         self._peers = _Peers()
+        self._tokens: dict[str, str] = {}
+        """Token -> the one string object used for it (``_canonical_token``)."""
         self.fitter: Callable[[np.ndarray, ForestParams], ForestModel] = ForestModel
         """Fits one model in ``retrain``: in-process by default; the daemon sets its refit worker
         process's ``fit`` (same models, fitted on the other core)."""
@@ -363,7 +366,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def state_from_dict(self, d: dict[str, Any]) -> _Agent:
         st = _Agent(self.config)
         st.ctx.load(d["ctx"])
-        st.markov = MarkovModel.from_dict(d["markov"], self.config.markov)
+        st.markov = self._canonical_model(MarkovModel.from_dict(d["markov"], self.config.markov))
+        for s in st.ctx.sessions.open.values():
+            s.prev = self._tokens.get(s.prev) or self._canonical_token(s.prev)
         st.add_rows(_stored_rows(d["rows"], "window rows"))
         st.since_fit = int(d["since_fit"])
         st.frozen = bool(d["frozen"])
@@ -570,6 +575,29 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             st.group = (h, groups, best)
         return best if best in self._models else None
 
+    def _canonical_token(self, token: str) -> str:
+        """``token`` as the one string object this detector uses for it from now on. Each call
+        brings its own copy of its token; with one object per token, the sequence models' dict
+        lookups (and the session's previous token) match by identity, without reading the stored
+        key's characters, which in a daemon under load are mostly out of the CPU caches. Bounded:
+        past ``_MAX_TOKENS`` tokens (tools named anew) it starts over, which costs only speed."""
+        if len(self._tokens) >= _MAX_TOKENS:
+            self._tokens.clear()
+        self._tokens[token] = token
+        return token
+
+    def _canonical_model(self, m: MarkovModel) -> MarkovModel:
+        """``m`` with its tokens as ``_canonical_token``'s objects (same counts, same order)."""
+        canon = self._tokens
+
+        def one(t: str) -> str:
+            return canon.get(t) or self._canonical_token(t)
+
+        m.uni = {one(t): c for t, c in m.uni.items()}
+        m.bi = {one(p): {one(t): c for t, c in row.items()} for p, row in m.bi.items()}
+        m.out = {one(p): c for p, c in m.out.items()}
+        return m
+
     @staticmethod
     def _vocab(st: _Agent, agent_tokens: list[str]) -> frozenset[str]:
         """``st.markov.vocab`` plus the tokens of the agent's calls in this batch."""
@@ -604,13 +632,19 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         calls are grouped once (no index lists), tokens are ``ToolCall.token``."""
         cfg = self.config
         calls = batch.calls
-        by_agent: dict[str, list[ToolCall]] = {}
+        by_agent: dict[str, tuple[list[ToolCall], list[str]]] = {}
+        canon = self._tokens
         for c in calls:
+            token = c.token
+            same = canon.get(token)
+            if same is None:
+                same = self._canonical_token(token)
             got = by_agent.get(c.agent_id)
             if got is None:
-                by_agent[c.agent_id] = [c]
+                by_agent[c.agent_id] = ([c], [same])
             else:
-                got.append(c)
+                got[0].append(c)
+                got[1].append(same)
         models = self._models
         states = self._state
         mature = {a: states[a].markov for a in list(models) if a in states}
@@ -625,11 +659,10 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         with_peers = len(mature) > 1
         min_containment, markov_cfg, warm_calls = cfg.prior_min_containment, cfg.markov, cfg.warm_calls
         off = 0
-        for agent_id, agent_calls in by_agent.items():
+        for agent_id, (agent_calls, agent_tokens) in by_agent.items():
             st = states.get(agent_id)
             if st is None:
                 st = self.state_for(agent_id)
-            agent_tokens = [c.token for c in agent_calls]
             prior, memo = None, None
             own = agent_id in models
             if not own and (with_peers or (mature and agent_id not in mature)):

@@ -97,3 +97,28 @@ def test_simulated_traffic_equals_mains(seed: int) -> None:
                        new_agents_per_archetype=2, new_agent_sessions=10)
     n_findings, n_models = _run(traffic.calls, seed)
     assert n_findings > 5 and n_models > 3
+
+
+def test_equal_tokens_become_one_object_in_the_models_and_sessions() -> None:
+    """Each call brings its own copy of its token; the detector keeps one object per token (so its
+    dict lookups match by identity), in what it learns and in what it restores."""
+    det = IsolationForestDetector(ForestConfig(**SETTINGS))
+    t0 = 1_780_000_000 * 10**9
+
+    def call(i: int) -> ToolCall:
+        c = ToolCall(agent_id="a", session_id="s", server="fs", tool="read", time_ns=t0 + i * 10**6)
+        c.token = "".join(["fs/", "read"])  # a fresh, equal string: as every decoded request brings
+        return c
+
+    for i in range(3):
+        det.observe(Batch([call(2 * i), call(2 * i + 1)]))
+    m = det._state["a"].markov
+    (key,) = [t for t in m.uni]
+    assert all(k is key for k in m.bi["fs/read"]) and [k for k in m.out if k == key][0] is key
+    assert det._state["a"].ctx.sessions.open["s"].prev is key
+    state = json.loads(json.dumps(det.snapshot()))
+    again = IsolationForestDetector(ForestConfig(**SETTINGS))
+    again.restore(state)
+    m2 = again._state["a"].markov
+    keys = [*m2.uni, *m2.bi, *m2.bi["fs/read"], *m2.out, again._state["a"].ctx.sessions.open["s"].prev]
+    assert len({id(k) for k in keys if k == "fs/read"}) == 1
