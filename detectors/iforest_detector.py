@@ -689,7 +689,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         if any(w[4] is not None for w in work):
             s_all, r_all, m_all = self._score(work, X_all, models, exact)
         findings: list[Finding] = []
-        flagged_rows: list[bool] | None = None
+        flagged_rows: list[bool] = []
+        hit_work: set[int] = set()
         hits: dict[int, _Hit] = {}
         if m_all is not None:
             hit_rows = np.flatnonzero(m_all > 0)  # NaN (not scored) is no hit
@@ -697,41 +698,49 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 flagged_rows = (m_all > 0).tolist()
                 hit_list = hit_rows.tolist()
                 ends = [w[3] for w in work]
-                hit_work = np.searchsorted(ends, hit_rows, side="right").tolist()
+                work_of_hit = np.searchsorted(ends, hit_rows, side="right").tolist()
+                hit_work = set(work_of_hit)
                 assert s_all is not None and r_all is not None
-                hits = self._hits(X_all, s_all, r_all, hit_list, [work[w][4] for w in hit_work], models)
+                hits = self._hits(X_all, s_all, r_all, hit_list, [work[w][4] for w in work_of_hit], models)
         max_pending = cfg.max_pending_rows
         trainable = (X_all[:, 0] <= cfg.train_max_surprisal).tolist()  # surprisal: no log transform
         xb = X_all.tobytes() if n_rows else b""
-        for agent_id, st, off, end, key, warm, closed_ids, agent_calls in work:
-            flagged = None if flagged_rows is None else flagged_rows[off:end]
-            if flagged is not None and True in flagged:
+        for w_i, (agent_id, st, off, end, key, warm, closed_ids, agent_calls) in enumerate(work):
+            flagged = None
+            if w_i in hit_work:
                 assert key is not None
+                flagged = flagged_rows[off:end]
                 model = models[key]
                 status = self._status(agent_id, st)
                 threshold6 = round(model.threshold, 6)
                 for j, hit in enumerate(flagged):
                     if hit:
                         findings.append(self._finding(agent_calls[j], hits[off + j], model, key, status, threshold6))
-            else:
-                flagged = None
             if st.frozen:
                 if closed_ids:
                     self._commit(st, closed_ids)
                 continue
+            pending, tainted = st.pending, st.tainted
             if flagged is None:
                 st.markov.learn_many(zip(prevs[off:end], tokens[off:end]))
             else:
                 st.markov.learn_many((prevs[off + j], tokens[off + j]) for j, hit in enumerate(flagged) if not hit)
-            pending, tainted = st.pending, st.tainted
+            ctx = st.ctx
             for j, c in enumerate(agent_calls, off):
                 sid = c.session_id
                 if flagged is not None and flagged[j - off]:
                     tainted.add(sid)
                     pending.pop(sid, None)
                     continue
-                if c.destinations:
-                    st.ctx.remember(c.destinations)
+                dests = c.destinations
+                if dests:
+                    # AgentContext.remember, inlined (a third of the calls name a destination).
+                    known = ctx.destinations
+                    for d in dests:
+                        known[d] = None
+                        known.move_to_end(d)
+                        if len(known) > ctx.max_destinations:
+                            known.popitem(last=False)
                 if warm and trainable[j] and sid not in tainted:
                     sess_rows = pending.get(sid)
                     if sess_rows is None:
