@@ -50,6 +50,7 @@ __all__ = ["ForestConfig", "IsolationForestDetector", "finding_severity"]
 
 LEARNING, ACTIVE, FROZEN = "learning", "active", "frozen"
 _MAX_TOKENS = 16384
+"""Bound of the detector's table of token objects (``IsolationForestDetector._canonical_token``)."""
 GROUPS = "groups"
 """The key that asks ``retrain`` to refit the group models."""
 
@@ -367,8 +368,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         st = _Agent(self.config)
         st.ctx.load(d["ctx"])
         st.markov = self._canonical_model(MarkovModel.from_dict(d["markov"], self.config.markov))
-        for s in st.ctx.sessions.open.values():
-            s.prev = self._tokens.get(s.prev) or self._canonical_token(s.prev)
+        for sess in st.ctx.sessions.open.values():
+            sess.prev = self._tokens.get(sess.prev) or self._canonical_token(sess.prev)
         st.add_rows(_stored_rows(d["rows"], "window rows"))
         st.since_fit = int(d["since_fit"])
         st.frozen = bool(d["frozen"])
@@ -629,7 +630,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         without ``with_margins`` the margins returned are all NaN (``observe`` needs none).
 
         A batch of the fleet holds a few calls per agent, so the per-agent steps are kept lean:
-        calls are grouped once (no index lists), tokens are ``ToolCall.token``."""
+        calls are grouped once (no index lists), tokens are ``ToolCall.token`` as one object per token
+        (``_canonical_token``), and the per-call pass is one ``append_batch`` for all agents."""
         cfg = self.config
         calls = batch.calls
         by_agent: dict[str, tuple[list[ToolCall], list[str]]] = {}
