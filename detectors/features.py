@@ -39,7 +39,7 @@ from .events import ToolCall
 from .sequence import MarkovModel
 from .sessions import START, Session, SessionTracker
 
-__all__ = ["FEATURE_NAMES", "N_FEATURES", "AgentContext", "append_rows", "extract", "finish"]
+__all__ = ["FEATURE_NAMES", "N_FEATURES", "AgentContext", "append_batch", "append_rows", "extract", "finish"]
 
 FEATURE_NAMES: tuple[str, ...] = (
     "surprisal",
@@ -142,107 +142,137 @@ def append_rows(ctx: AgentContext, calls: Sequence[ToolCall], rows: list[Any], p
     inlined (this runs per span) with the same operations in the same order. With a prior, the
     prior's own probabilities (``p_unigram(token)``, ``prob(prev, token)``) are memoised in
     ``prior_probs`` when given: agents that share a prior in a batch share it (pass one dict per
-    prior, used only while the prior does not change)."""
-    tracker = ctx.sessions
-    opened = tracker.open
-    idle_ns = tracker.idle_ns
-    max_open = tracker.max_open
-    rate_window_s = tracker.rate_window_s
-    max_servers = tracker.max_servers
-    known = ctx.destinations
+    prior, used only while the prior does not change). ``append_batch`` of one agent."""
+    if surprise is None:
+        assert model is not None, "append_rows needs a sequence model or a surprise function"
+    if call_tokens is None:
+        call_tokens = [c.token for c in calls]
+    got = append_batch([(ctx, calls, call_tokens, model, prior, prior_probs, surprise)], rows, prevs, tokens, flat)
+    if got:
+        closed.extend(got[0])
+
+
+Group = tuple[AgentContext, Sequence[ToolCall], Sequence[str], "MarkovModel | None", "MarkovModel | None",
+              "dict[tuple[str, str], tuple[float, float]] | None", "Callable[[str, str], float] | None"]
+"""One agent's part of a batch for ``append_batch``: its context, its calls in time order and their
+tokens, its sequence model, the fleet prior (or ``None``) and that prior's memo of probabilities
+(or ``None``), and a surprise function that replaces the model (or ``None``)."""
+
+
+def append_batch(groups: Sequence[Group], rows: list[Any], prevs: list[str], tokens: list[str],
+                 flat: bool = True) -> dict[int, list[tuple[str, Session]]]:
+    """``append_rows`` for several agents' calls at once (a micro-batch, grouped by agent): rows,
+    previous tokens and tokens are appended group after group; returns the sessions each group
+    closed, by position in ``groups`` (groups that closed none are left out).
+
+    A fleet batch holds about three calls per agent, so what is the same for every agent (the
+    functions and constants of the loop) is loaded once per batch, not once per agent."""
     secret = _SECRET_LABELS
     exp = math.exp
     log2 = math.log2
-    inline = surprise is None
-    if inline:
-        assert model is not None, "append_rows needs a sequence model or a surprise function"
-        uni, bi, out = model.uni, model.bi, model.out
-        alpha, beta = model.config.alpha, model.config.beta
-        p1_base = beta * (1.0 / (len(uni) + 1))
-        p1_den = model.mass + beta
-        if prior is not None and prior.mass <= 0:
-            prior = None  # MarkovModel.prob ignores a prior without mass
-        if prior is not None:
-            w = model.config.prior_weight
-            memo = {} if prior_probs is None else prior_probs
-            p_uni, p_prob = prior.p_unigram, prior.prob
+    first_gap = _FIRST_GAP_S
     put = rows.extend if flat else rows.append
-    if call_tokens is None:
-        call_tokens = [c.token for c in calls]
-    tokens.extend(call_tokens)
-    for c, token in zip(calls, call_tokens):
-        # SessionTracker.touch, inlined.
-        t = c.time_ns
-        sid = c.session_id
-        if opened and t - tracker.floor_ns > idle_ns:
-            closed.extend(tracker.expire(t))
-        s = opened.get(sid)
-        if s is None:
-            s = opened[sid] = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
-            if t < tracker.floor_ns:
-                tracker.floor_ns = t
-            while len(opened) > max_open:
-                closed.append(opened.popitem(False))
-        else:
-            opened.move_to_end(sid)
-        server = c.server
-        prev = s.prev
-        prevs.append(prev)
+    prev_append = prevs.append
+    closed_by: dict[int, list[tuple[str, Session]]] = {}
+    for g, (ctx, calls, call_tokens, model, prior, prior_probs, surprise) in enumerate(groups):
+        tracker = ctx.sessions
+        opened = tracker.open
+        idle_ns = tracker.idle_ns
+        max_open = tracker.max_open
+        rate_window_s = tracker.rate_window_s
+        max_servers = tracker.max_servers
+        known = ctx.destinations
+        closed: list[tuple[str, Session]] = []
+        inline = surprise is None
         if inline:
-            row = bi.get(prev)
-            if prior is None:
-                # MarkovModel.prob without a prior (same operations, same rounding).
-                bits = -log2(((row.get(token, 0.0) if row else 0.0)
-                              + alpha * ((uni.get(token, 0.0) + p1_base) / p1_den))
-                             / (out.get(prev, 0.0) + alpha))
+            uni, bi, out = model.uni, model.bi, model.out  # type: ignore[union-attr]
+            mcfg = model.config  # type: ignore[union-attr]
+            alpha, beta = mcfg.alpha, mcfg.beta
+            p1_base = beta * (1.0 / (len(uni) + 1))
+            p1_den = model.mass + beta  # type: ignore[union-attr]
+            if prior is not None and prior.mass <= 0:
+                prior = None  # MarkovModel.prob ignores a prior without mass
+            if prior is not None:
+                w = mcfg.prior_weight
+                memo = {} if prior_probs is None else prior_probs
+                p_uni, p_prob = prior.p_unigram, prior.prob
+        tokens.extend(call_tokens)
+        for c, token in zip(calls, call_tokens):
+            # SessionTracker.touch, inlined.
+            t = c.time_ns
+            sid = c.session_id
+            if opened and t - tracker.floor_ns > idle_ns:
+                closed.extend(tracker.expire(t))
+            s = opened.get(sid)
+            if s is None:
+                s = opened[sid] = Session(START, 0, t, t, 0, 0.0, False, False, [], {})
+                if t < tracker.floor_ns:
+                    tracker.floor_ns = t
+                while len(opened) > max_open:
+                    closed.append(opened.popitem(False))
             else:
-                # MarkovModel.prob with a prior: P1 on the prior's unigram, plus w times its P2.
-                pq = memo.get((prev, token))
-                if pq is None:
-                    pq = memo[(prev, token)] = (p_uni(token), p_prob(prev, token))
-                bits = -log2(((row.get(token, 0.0) if row else 0.0) + w * pq[1]
-                              + alpha * ((uni.get(token, 0.0) + beta * pq[0]) / p1_den))
-                             / (out.get(prev, 0.0) + w + alpha))
-        else:
-            bits = surprise(prev, token)  # type: ignore[misc]
-        dests = c.destinations
-        if dests:
-            dests = set(dests)
-            new_dest = sum(1 for d in dests if d not in known)
-        else:
-            new_dest = 0
-        n_in = s.n
-        last = s.last_ns
-        after = 1.0 if s.prev_instructions else 0.0
-        reuse = 0
-        if c.args_fingerprints:
-            fps = s.result_fps
-            reuse = sum(1 for fp in c.args_fingerprints if fps.get(fp, server) != server)
-        # SessionTracker.advance, inlined.
-        if n_in:
-            gap = (t - last) / 1e9
-            d_ns = t - last
-            s.rate = s.rate * exp(-(d_ns if d_ns > 0 else 0) / 1e9 / rate_window_s) + 1.0
-        else:
-            gap = _FIRST_GAP_S
-            s.rate = s.rate * 0.0 + 1.0
-        s.prev = token
-        n = s.n = n_in + 1
-        if t > last:
-            s.last_ns = t
-        if c.error_type:
-            s.errors += 1
-        res_labels = c.result_labels
-        s.prev_instructions = c.result_injection_score >= 0.5 or (bool(res_labels) and "instructions" in res_labels)
-        servers = s.servers
-        if server not in servers and len(servers) < max_servers:
-            servers.append(server)
-        if c.result_fingerprints:
-            tracker.remember_fps(s, c.result_fingerprints, server)
-        labels = c.args_labels
-        put((
-            bits, c.args_bytes, c.result_bytes, len(labels),
-            0.0 if not labels or secret.isdisjoint(labels) else 1.0,  # no set built, unlike intersection
-            len(res_labels), after, len(dests), new_dest, gap, s.rate, n, s.errors / n,
-            len(servers), reuse,
-        ))
+                opened.move_to_end(sid)
+            server = c.server
+            prev = s.prev
+            prev_append(prev)
+            if inline:
+                row = bi.get(prev)
+                if prior is None:
+                    # MarkovModel.prob without a prior (same operations, same rounding).
+                    bits = -log2(((row.get(token, 0.0) if row else 0.0)
+                                  + alpha * ((uni.get(token, 0.0) + p1_base) / p1_den))
+                                 / (out.get(prev, 0.0) + alpha))
+                else:
+                    # MarkovModel.prob with a prior: P1 on the prior's unigram, plus w times its P2.
+                    pq = memo.get((prev, token))
+                    if pq is None:
+                        pq = memo[(prev, token)] = (p_uni(token), p_prob(prev, token))
+                    bits = -log2(((row.get(token, 0.0) if row else 0.0) + w * pq[1]
+                                  + alpha * ((uni.get(token, 0.0) + beta * pq[0]) / p1_den))
+                                 / (out.get(prev, 0.0) + w + alpha))
+            else:
+                bits = surprise(prev, token)  # type: ignore[misc]
+            dests = c.destinations
+            if dests:
+                dests = set(dests)
+                new_dest = sum(1 for d in dests if d not in known)
+            else:
+                new_dest = 0
+            n_in = s.n
+            last = s.last_ns
+            after = 1.0 if s.prev_instructions else 0.0
+            reuse = 0
+            if c.args_fingerprints:
+                fps = s.result_fps
+                reuse = sum(1 for fp in c.args_fingerprints if fps.get(fp, server) != server)
+            # SessionTracker.advance, inlined.
+            if n_in:
+                gap = (t - last) / 1e9
+                d_ns = t - last
+                s.rate = s.rate * exp(-(d_ns if d_ns > 0 else 0) / 1e9 / rate_window_s) + 1.0
+            else:
+                gap = first_gap
+                s.rate = s.rate * 0.0 + 1.0
+            s.prev = token
+            n = s.n = n_in + 1
+            if t > last:
+                s.last_ns = t
+            if c.error_type:
+                s.errors += 1
+            res_labels = c.result_labels
+            s.prev_instructions = c.result_injection_score >= 0.5 or (bool(res_labels) and "instructions" in res_labels)
+            servers = s.servers
+            if server not in servers and len(servers) < max_servers:
+                servers.append(server)
+            if c.result_fingerprints:
+                tracker.remember_fps(s, c.result_fingerprints, server)
+            labels = c.args_labels
+            put((
+                bits, c.args_bytes, c.result_bytes, len(labels),
+                0.0 if not labels or secret.isdisjoint(labels) else 1.0,  # no set built, unlike intersection
+                len(res_labels), after, len(dests), new_dest, gap, s.rate, n, s.errors / n,
+                len(servers), reuse,
+            ))
+        if closed:
+            closed_by[g] = closed
+    return closed_by

@@ -40,7 +40,7 @@ import numpy as np
 from .array_codec import decode_matrix, encode_matrix
 from .base import PerAgentDetector
 from .events import Batch, Finding, ToolCall
-from .features import FEATURE_NAMES, N_FEATURES, AgentContext, append_rows, finish
+from .features import FEATURE_NAMES, N_FEATURES, AgentContext, Group, append_batch, finish
 from .iforest import ForestBank, ForestModel, ForestParams, SlotConstants, explain_many
 from .pyround import py_round
 from .sequence import MarkovConfig, MarkovModel, fleet_prior, select_prior
@@ -49,6 +49,8 @@ from .sessions import START, SessionTracker
 __all__ = ["ForestConfig", "IsolationForestDetector", "finding_severity"]
 
 LEARNING, ACTIVE, FROZEN = "learning", "active", "frozen"
+_MAX_TOKENS = 16384
+"""Bound of the detector's table of token objects (``IsolationForestDetector._canonical_token``)."""
 GROUPS = "groups"
 """The key that asks ``retrain`` to refit the group models."""
 
@@ -346,6 +348,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         self._banked: dict[str, tuple[int, ForestModel]] = {}
         self._bank_consts: SlotConstants | None = None
         self._peers = _Peers()
+        self._tokens: dict[str, str] = {}
+        """Token -> the one string object used for it (``_canonical_token``)."""
         self.fitter: Callable[[np.ndarray, ForestParams], ForestModel] = ForestModel
         """Fits one model in ``retrain``: in-process by default; the daemon sets its refit worker
         process's ``fit`` (same models, fitted on the other core)."""
@@ -363,7 +367,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def state_from_dict(self, d: dict[str, Any]) -> _Agent:
         st = _Agent(self.config)
         st.ctx.load(d["ctx"])
-        st.markov = MarkovModel.from_dict(d["markov"], self.config.markov)
+        st.markov = self._canonical_model(MarkovModel.from_dict(d["markov"], self.config.markov))
+        for sess in st.ctx.sessions.open.values():
+            sess.prev = self._tokens.get(sess.prev) or self._canonical_token(sess.prev)
         st.add_rows(_stored_rows(d["rows"], "window rows"))
         st.since_fit = int(d["since_fit"])
         st.frozen = bool(d["frozen"])
@@ -570,6 +576,29 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             st.group = (h, groups, best)
         return best if best in self._models else None
 
+    def _canonical_token(self, token: str) -> str:
+        """``token`` as the one string object this detector uses for it from now on. Each call
+        brings its own copy of its token; with one object per token, the sequence models' dict
+        lookups (and the session's previous token) match by identity, without reading the stored
+        key's characters, which in a daemon under load are mostly out of the CPU caches. Bounded:
+        past ``_MAX_TOKENS`` tokens (tools named anew) it starts over, which costs only speed."""
+        if len(self._tokens) >= _MAX_TOKENS:
+            self._tokens.clear()
+        self._tokens[token] = token
+        return token
+
+    def _canonical_model(self, m: MarkovModel) -> MarkovModel:
+        """``m`` with its tokens as ``_canonical_token``'s objects (same counts, same order)."""
+        canon = self._tokens
+
+        def one(t: str) -> str:
+            return canon.get(t) or self._canonical_token(t)
+
+        m.uni = {one(t): c for t, c in m.uni.items()}
+        m.bi = {one(p): {one(t): c for t, c in row.items()} for p, row in m.bi.items()}
+        m.out = {one(p): c for p, c in m.out.items()}
+        return m
+
     @staticmethod
     def _vocab(st: _Agent, agent_tokens: list[str]) -> frozenset[str]:
         """``st.markov.vocab`` plus the tokens of the agent's calls in this batch."""
@@ -601,16 +630,23 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         without ``with_margins`` the margins returned are all NaN (``observe`` needs none).
 
         A batch of the fleet holds a few calls per agent, so the per-agent steps are kept lean:
-        calls are grouped once (no index lists), tokens are ``ToolCall.token``."""
+        calls are grouped once (no index lists), tokens are ``ToolCall.token`` as one object per token
+        (``_canonical_token``), and the per-call pass is one ``append_batch`` for all agents."""
         cfg = self.config
         calls = batch.calls
-        by_agent: dict[str, list[ToolCall]] = {}
+        by_agent: dict[str, tuple[list[ToolCall], list[str]]] = {}
+        canon = self._tokens
         for c in calls:
+            token = c.token
+            same = canon.get(token)
+            if same is None:
+                same = self._canonical_token(token)
             got = by_agent.get(c.agent_id)
             if got is None:
-                by_agent[c.agent_id] = [c]
+                by_agent[c.agent_id] = ([c], [same])
             else:
-                got.append(c)
+                got[0].append(c)
+                got[1].append(same)
         models = self._models
         states = self._state
         mature = {a: states[a].markov for a in list(models) if a in states}
@@ -619,43 +655,44 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         rows: list[float] = []
         prevs: list[str] = []
         tokens: list[str] = []
-        closed: list[tuple[str, Any]] = []
+        groups: list[Group] = []
         work: list[tuple[str, _Agent, int, int, str | None, bool, list[str], list[ToolCall]]] = []
         no_ids: list[str] = []
         with_peers = len(mature) > 1
+        min_containment, markov_cfg, warm_calls = cfg.prior_min_containment, cfg.markov, cfg.warm_calls
         off = 0
-        for agent_id, agent_calls in by_agent.items():
+        for agent_id, (agent_calls, agent_tokens) in by_agent.items():
             st = states.get(agent_id)
             if st is None:
                 st = self.state_for(agent_id)
-            agent_tokens = [c.token for c in agent_calls]
             prior, memo = None, None
             own = agent_id in models
             if not own and (with_peers or (mature and agent_id not in mature)):
                 if agent_id in mature:  # its model was dropped meanwhile: it is no peer of itself
                     vocab = st.markov.vocab | set(agent_tokens)
                     prior = select_prior(vocab, {a: m for a, m in mature.items() if a != agent_id},
-                                         cfg.prior_min_containment, cfg.markov)
+                                         min_containment, markov_cfg)
                 else:
-                    prior, memo = peers.prior(self._vocab(st, agent_tokens), cfg.prior_min_containment, cfg.markov)
-            append_rows(st.ctx, agent_calls, rows, prevs, tokens, closed, st.markov, prior, prior_probs=memo, flat=True,
-                        call_tokens=agent_tokens)
-            warm = prior is not None or st.markov.mass >= cfg.warm_calls
+                    prior, memo = peers.prior(self._vocab(st, agent_tokens), min_containment, markov_cfg)
+            markov = st.markov
+            groups.append((st.ctx, agent_calls, agent_tokens, markov, prior, memo, None))
+            warm = prior is not None or markov.mass >= warm_calls
             key = agent_id if own else self._model_key(agent_id, st)
             end = off + len(agent_calls)
-            if closed:
-                work.append((agent_id, st, off, end, key, warm, [sid for sid, _s in closed], agent_calls))
-                closed.clear()
-            else:
-                work.append((agent_id, st, off, end, key, warm, no_ids, agent_calls))
+            work.append((agent_id, st, off, end, key, warm, no_ids, agent_calls))
             off = end
+        closed_by = append_batch(groups, rows, prevs, tokens)
+        for g, closed in closed_by.items():
+            w = work[g]
+            work[g] = w[:6] + ([sid for sid, _s in closed], w[7])
         X_all = finish(rows)
         n_rows = off
         m_all = s_all = r_all = None
         if any(w[4] is not None for w in work):
             s_all, r_all, m_all = self._score(work, X_all, models, exact)
         findings: list[Finding] = []
-        flagged_rows: list[bool] | None = None
+        flagged_rows: list[bool] = []
+        hit_work: set[int] = set()
         hits: dict[int, _Hit] = {}
         if m_all is not None:
             hit_rows = np.flatnonzero(m_all > 0)  # NaN (not scored) is no hit
@@ -663,41 +700,49 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                 flagged_rows = (m_all > 0).tolist()
                 hit_list = hit_rows.tolist()
                 ends = [w[3] for w in work]
-                hit_work = np.searchsorted(ends, hit_rows, side="right").tolist()
+                work_of_hit = np.searchsorted(ends, hit_rows, side="right").tolist()
+                hit_work = set(work_of_hit)
                 assert s_all is not None and r_all is not None
-                hits = self._hits(X_all, s_all, r_all, hit_list, [work[w][4] for w in hit_work], models)
+                hits = self._hits(X_all, s_all, r_all, hit_list, [work[w][4] for w in work_of_hit], models)
         max_pending = cfg.max_pending_rows
         trainable = (X_all[:, 0] <= cfg.train_max_surprisal).tolist()  # surprisal: no log transform
         xb = X_all.tobytes() if n_rows else b""
-        for agent_id, st, off, end, key, warm, closed_ids, agent_calls in work:
-            flagged = None if flagged_rows is None else flagged_rows[off:end]
-            if flagged is not None and True in flagged:
+        for w_i, (agent_id, st, off, end, key, warm, closed_ids, agent_calls) in enumerate(work):
+            flagged = None
+            if w_i in hit_work:
                 assert key is not None
+                flagged = flagged_rows[off:end]
                 model = models[key]
                 status = self._status(agent_id, st)
                 threshold6 = round(model.threshold, 6)
                 for j, hit in enumerate(flagged):
                     if hit:
                         findings.append(self._finding(agent_calls[j], hits[off + j], model, key, status, threshold6))
-            else:
-                flagged = None
             if st.frozen:
                 if closed_ids:
                     self._commit(st, closed_ids)
                 continue
+            pending, tainted = st.pending, st.tainted
             if flagged is None:
                 st.markov.learn_many(zip(prevs[off:end], tokens[off:end]))
             else:
                 st.markov.learn_many((prevs[off + j], tokens[off + j]) for j, hit in enumerate(flagged) if not hit)
-            pending, tainted = st.pending, st.tainted
+            ctx = st.ctx
             for j, c in enumerate(agent_calls, off):
                 sid = c.session_id
                 if flagged is not None and flagged[j - off]:
                     tainted.add(sid)
                     pending.pop(sid, None)
                     continue
-                if c.destinations:
-                    st.ctx.remember(c.destinations)
+                dests = c.destinations
+                if dests:
+                    # AgentContext.remember, inlined (a third of the calls name a destination).
+                    known = ctx.destinations
+                    for d in dests:
+                        known[d] = None
+                        known.move_to_end(d)
+                        if len(known) > ctx.max_destinations:
+                            known.popitem(last=False)
                 if warm and trainable[j] and sid not in tainted:
                     sess_rows = pending.get(sid)
                     if sess_rows is None:

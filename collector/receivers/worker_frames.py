@@ -102,6 +102,13 @@ _CANONICAL = frozenset(
 )  # fmt: skip
 """Columns whose values the daemon makes one object across requests (``Canon``): the keys of the
 detectors' dicts, which compare an identical key without reading its characters."""
+_LASTING = frozenset(
+    _CALL_COLUMNS.index(name)
+    for name in ("agent_id", "tool", "server", "token", "args_labels", "result_labels", "destinations", "source")
+)  # fmt: skip
+"""Of those, the columns of few values that the detectors keep for the daemon's lifetime (agents,
+tools, servers, labels, destinations): ``Canon`` keeps them apart from the ones that keep coming
+(sessions, arguments, fingerprints), so dropping those does not drop these."""
 
 # What the worker tries on a column, decided once per column from ToolCall's field types rather
 # than per request: equal str are also of one type (unlike ints and floats: ``1 == 1.0 == True``,
@@ -266,20 +273,27 @@ def calls_to_columns(calls: list[ToolCall]) -> tuple[int, tuple[tuple[Any, ...],
 
 
 class Canon:
-    """One object per equal value across the requests of the daemon's workers (at most ``limit`` kept).
+    """One object per equal value across the requests of the daemon's workers (at most ``limit`` kept
+    per table).
 
     Each frame unmarshals its own strings: without this, the same agent, tool or session of two
     requests are two objects, and every dict lookup the detectors make by them compares characters
     instead of identity (about 1 µs of detector CPU per call on the fleet workload). Dropping the
     whole table when it is full keeps it bounded (sessions keep coming) and costs no correctness.
-    """
+
+    ``lasting`` values (``_LASTING`` columns: agents, tools, servers...) have a table of their own:
+    sessions and fingerprints fill the other one every few hundred thousand calls, and had it taken
+    the agents and tools with it, every key the detectors stored before (their per-agent state, the
+    sequence models' tokens) would from then on be another object than the calls' own, for good
+    (a dict keeps its first key object): lookups reading characters again, out of cache."""
 
     def __init__(self, limit: int = 1 << 16) -> None:
         self.limit = limit
         self._objects: dict[Any, Any] = {}
+        self._lasting: dict[Any, Any] = {}
 
-    def __call__(self, values: tuple[Any, ...]) -> tuple[Any, ...]:
-        objects = self._objects
+    def __call__(self, values: tuple[Any, ...], lasting: bool = False) -> tuple[Any, ...]:
+        objects = self._lasting if lasting else self._objects
         if len(objects) > self.limit:
             objects.clear()
         return tuple(map(objects.setdefault, values, values))
@@ -290,12 +304,12 @@ def _unpack(entry: tuple[Any, ...], i: int, n: int, canon: Canon | None) -> Any:
     if kind == SAME:
         (_, value) = entry
         if canon is not None and i in _CANONICAL and _texts_only((value,), i in _TEXTS_PLANS):
-            (value,) = canon((value,))
+            (value,) = canon((value,), i in _LASTING)
         return repeat(value, n)
     if kind == INDEXED:
         (_, values, indexes) = entry
         if canon is not None and i in _CANONICAL:
-            values = canon(values)
+            values = canon(values, i in _LASTING)
         if len(indexes) == 1:
             return (values[indexes[0]],)
         return itemgetter(*indexes)(values)

@@ -172,6 +172,24 @@ def test_canon_is_bounded():
     assert again == "v3" and again is not first[3] and len(canon._objects) == 1
 
 
+def test_agents_and_tools_stay_one_object_when_sessions_fill_the_canon():
+    """Sessions keep coming and fill their table; dropping it keeps agents, tools and tokens."""
+    canon = wf.Canon(limit=10)
+
+    def first_call(i: int) -> ToolCall:
+        call = ToolCall(time_ns=i, agent_id="".join(["ag", "ent"]), tool="".join(["t", "1"]), server="s" + "v",
+                        session_id=f"session-{i}")  # fmt: skip
+        frame = wf.ingest_frame(i, "r", Normalized([call], [], 1, 0, []), 0, ())
+        return wf.read_ingest(_through_the_wire(frame), canon)[2].calls[0]
+
+    first = first_call(0)
+    for i in range(1, 30):  # 29 more sessions: their table is dropped twice
+        got = first_call(i)
+        for name in ("agent_id", "tool", "server", "token"):
+            assert getattr(got, name) is getattr(first, name), (i, name)
+    assert len(canon._objects) <= 11 and set(canon._lasting) == {"agent", "t1", "sv", "sv/t1", "", ()}
+
+
 def test_equal_values_of_other_types_or_signs_are_never_merged():
     """Only identical objects travel once, except str and tuples of str (equal means same type there)."""
     calls = [
