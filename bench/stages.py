@@ -9,6 +9,12 @@ routines and rare anomalies; ``random``: make_body's 50 agents, 6 tools, 500 nev
 ``--rate`` spans/s so windows and sessions turn over as they would under that load.
 Every detector first sees ``--warm`` calls (so baselines leave their learning phase), then the
 next ``--measure`` calls are timed, detector by detector, in micro-batches of ``--batch``.
+The calls are the daemon's: they go through the OTLP worker's column frames and back with one
+``worker_frames.Canon`` (so equal agents, tools and sessions are one string object, as detectors
+see them in a daemon with ``otlp_processes`` >= 1; ``--fresh-strings`` keeps the normaliser's own
+objects), each micro-batch is one ``Batch`` that every detector shares, declared in time order as
+the pipeline does, and the garbage collector runs at the daemon's young threshold
+(``pipeline.gc_young_threshold``).
 Times are CPU time of this process, so neighbours on a shared machine inflate them less.
 The implied single-core ceiling is 1e6 / (sum of µs/span). A naive baseline (one call per
 batch through every detector) runs on a slice of the same calls in the same run.
@@ -18,7 +24,8 @@ detector has fitted models unless ``--fit`` is given: it then fits every model t
 for (``retrain()`` until ``needs_retrain()`` is empty; its CPU time is printed, not in the total)
 before the last warm-up batch (which so pays the one-off loading of the new models), and the
 timed runs also make the daemon's per-batch ``needs_retrain()`` call. Scoring then walks real
-forests, as in a daemon that has been up a while.
+forests, as in a daemon that has been up a while. With the default warm-up a third of the fleet's
+agents are still learning; ``--warm 300000`` comes close to the soak's steady state.
 Prints figures; never pass/fail.
 """
 
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import marshal
 import sys
 import time
 from operator import attrgetter
@@ -43,6 +51,7 @@ from toolwatch.collector.daemon import build_detectors  # noqa: E402
 from toolwatch.collector.event_time import EventTimeRule, judge  # noqa: E402
 from toolwatch.collector.metrics import Metrics  # noqa: E402
 from toolwatch.collector.normalize import Normalizer  # noqa: E402
+from toolwatch.collector.receivers import worker_frames  # noqa: E402
 from toolwatch.detectors.events import Batch, ToolCall  # noqa: E402
 
 
@@ -66,6 +75,25 @@ def workload(n: int, batch: int, rate: float, name: str = "random",
             calls.append(c)
         i += 1
     return bodies, calls[:n]
+
+
+def as_daemon_sees(calls: list[ToolCall], batch: int) -> list[ToolCall]:
+    """``calls`` as the daemon rebuilds them from an OTLP worker's frames, ``batch`` per frame, with
+    one ``Canon`` for the run: detectors' dict lookups then compare identical string objects, as
+    in the daemon (fresh strings per call would charge them a character compare per lookup)."""
+    canon = worker_frames.Canon()
+    out: list[ToolCall] = []
+    for i in range(0, len(calls), batch):
+        cols = marshal.loads(marshal.dumps(worker_frames.calls_to_columns(calls[i : i + batch])))
+        out.extend(worker_frames.columns_to_calls(cols, canon))
+    return out
+
+
+def batch_of(chunk: list[ToolCall]) -> Batch:
+    """One micro-batch as the pipeline hands it to the detectors: its calls in time order, declared."""
+    b = Batch(calls=list(chunk), watermark_ns=chunk[-1].time_ns)
+    b.calls_in_time_order()
+    return b
 
 
 def decode(body: bytes) -> object:
@@ -108,8 +136,7 @@ def warm_up(detectors: list, warm: list[ToolCall], batch: int, with_fit: bool, o
     for i in starts:
         if with_fit and i == starts[-1]:
             fit(detectors, only, quiet)
-        chunk = warm[i : i + batch]
-        b = Batch(calls=list(chunk), watermark_ns=chunk[-1].time_ns)
+        b = batch_of(warm[i : i + batch])
         for det in detectors:
             det.observe(b)
 
@@ -125,14 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit", action="store_true", help="fit the detectors' models after the warm-up")
     ap.add_argument("--workload", choices=wl.WORKLOADS, default=wl.DEFAULT_WORKLOAD, help="see bench/workloads.py")
     ap.add_argument("--anomaly-rate", type=float, default=0.001, help="fleet: share of calls in injected anomalies")
+    ap.add_argument("--fresh-strings", action="store_true",
+                    help="detectors see the normaliser's own calls, not the daemon's rebuilt ones (one string object per equal value)")
     args = ap.parse_args(argv)
+    _, *older = gc.get_threshold()
+    gc.set_threshold(Config().pipeline.gc_young_threshold, *older)  # as the daemon runs (collector/interpreter.py)
 
     bodies, calls = workload(args.warm + args.measure, args.batch, args.rate, args.workload, args.anomaly_rate)
+    if not args.fresh_strings:
+        calls = as_daemon_sees(calls, args.batch)
     warm, measured = calls[: args.warm], calls[args.warm :]
     batches = [measured[i : i + args.batch] for i in range(0, len(measured), args.batch)]
     n = len(measured)
     print(f"toolwatch stages bench: {n:,} calls timed after {len(warm):,} warm-up, batches of {args.batch}, "
-          f"event rate {args.rate:,.0f}/s")
+          f"event rate {args.rate:,.0f}/s, {'fresh strings per call' if args.fresh_strings else 'calls as the daemon rebuilds them'}, "
+          f"GC young threshold {gc.get_threshold()[0]:,}")
     print(f"workload {wl.describe(args.workload, args.anomaly_rate)}")
 
     rows: list[tuple[str, float]] = []
@@ -157,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     warm_up(detectors, warm, args.batch, args.fit, args.only)
     findings: dict[str, int] = {}
     tally = wl.FindingTally()
+    shared = [batch_of(chunk) for chunk in batches]  # one Batch per micro-batch for every detector, as the pipeline does
     for det in detectors:
         if args.only and det.name not in args.only:
             continue
@@ -165,15 +200,15 @@ def main(argv: list[str] | None = None) -> int:
 
         got: list = []
 
-        def run(chunk: list[ToolCall], det=det, asks=asks, got=got) -> None:
+        def run(b: Batch, det=det, asks=asks, got=got) -> None:
             nonlocal found
-            out = det.observe(Batch(calls=list(chunk), watermark_ns=chunk[-1].time_ns))
+            out = det.observe(b)
             found += len(out)
             got.extend(out)
             if asks is not None:
                 asks()  # the daemon's Retrainer asks after every batch
 
-        rows.append((f"detector {det.name}", per_span(run, batches, n)))
+        rows.append((f"detector {det.name}", per_span(run, shared, n)))
         findings[det.name] = found
         tally(got)
 
