@@ -18,7 +18,7 @@ from array import array
 from dataclasses import fields
 from itertools import chain, compress, repeat
 from operator import add, attrgetter, is_, itemgetter, le, mul
-from typing import Any, Iterable
+from typing import Any
 
 from toolwatch.detectors.events import ToolCall, ToolDefinition, ToolListing, tool_token
 
@@ -345,6 +345,10 @@ def columns_to_calls(
     return _build(n, [_unpack(entry, i, n, canon, table) for i, entry in enumerate(entries)])
 
 
+_TABLE_SLOTS = 1 << 16
+"""Most values of a value table: its slots travel as 16 bits."""
+
+
 class OutOfStep(ValueError):
     """A frame's value-table slots do not follow the daemon's mirror of them: the worker is broken."""
 
@@ -361,8 +365,8 @@ class ValueTable:
     which holds the canonical objects themselves.
     """
 
-    def __init__(self, limit: int = 1 << 16) -> None:
-        if not 0 < limit <= 1 << 16:
+    def __init__(self, limit: int = _TABLE_SLOTS) -> None:
+        if not 0 < limit <= _TABLE_SLOTS:
             raise ValueError("a value table holds at most 65536 values (slots travel as 16 bits)")
         self.limit = limit
         self.generation = 0
@@ -418,7 +422,7 @@ class TableMirror:
         generation, base, new = definitions
         if generation != self.generation:
             self.generation, self.values = generation, []
-        if base != len(self.values) or type(new) is not tuple:
+        if base != len(self.values) or type(new) is not tuple or base + len(new) > _TABLE_SLOTS:
             raise OutOfStep(
                 f"a frame defines value-table slots from {base!r} on; this connection has {len(self.values)}"
             )

@@ -129,3 +129,9 @@ def test_a_frame_that_cannot_be_built_is_forgotten_and_the_next_one_starts_over(
 def test_a_table_holds_at_most_what_two_byte_slots_address():
     with pytest.raises(ValueError):
         wf.ValueTable(limit=(1 << 16) + 1)
+
+
+def test_a_mirror_never_holds_more_than_a_table_may():
+    mirror = wf.TableMirror()
+    with pytest.raises(wf.OutOfStep):
+        mirror.define((0, 0, tuple(f"v{i}" for i in range((1 << 16) + 1))), None)
