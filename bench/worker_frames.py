@@ -12,6 +12,9 @@ code normalises into ``ToolCall``s, with this tree's normaliser in both.
 
     .venv/bin/python bench/worker_frames.py [--workload fleet] [--requests 80] [--rounds 9] [--ref main] [--detectors]
 
+Where this tree has a value table (``worker_frames.ValueTable``), the daemon's side of its frames is
+timed too, in the steady state: a mirror that has read the frames of the next ``--requests`` requests first.
+
 ``--detectors``: also time every detector on the calls each path gives (fitted models, batches of
 ``--batch``), batch by batch in alternating order, to see what one object per equal agent, tool
 and session across requests (``worker_frames.Canon``) saves the detectors.
@@ -27,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
@@ -63,12 +67,13 @@ def decoded(n: int, spans: int, workload: str = "fleet") -> list[Any]:
     return [otlp.decode_export(b, otlp.PROTOBUF).request for b in bodies[:n]]
 
 
-def cpu_us(fn: Callable[[], Any], n_spans: int) -> float:
+def cpu_us(fn: Callable[[], Any] | Primed, n_spans: int) -> float:
+    state = fn.setup() if isinstance(fn, Primed) else None
     gc.collect()
     gc.disable()
     try:
         t0 = time.process_time_ns()
-        fn()
+        fn.run(state) if isinstance(fn, Primed) else fn()
         return (time.process_time_ns() - t0) / n_spans / 1e3
     finally:
         gc.enable()
@@ -79,6 +84,28 @@ def daemon_side(wf: ModuleType, frames: list[bytes], canon: Any) -> list[list[An
     if canon is None:
         return [wf.read_ingest(wf.unframe(f[size:]))[2].calls for f in frames]
     return [wf.read_ingest(wf.unframe(f[size:]), canon)[2].calls for f in frames]
+
+
+@dataclass
+class Primed:
+    """A timed run that needs state made first, untimed (``cpu_us`` calls ``setup`` before its clock)."""
+
+    setup: Callable[[], Any]
+    run: Callable[[Any], Any]
+
+
+def tabled_side(wf: ModuleType, frames: list[bytes], canon: Any, mirror: Any) -> list[list[Any]]:
+    """``daemon_side`` of frames built with a ``ValueTable``, read with its ``mirror``."""
+    size = wf.HEADER.size
+    return [wf.read_ingest(wf.unframe(f[size:]), canon, mirror)[2].calls for f in frames]
+
+
+def primed(wf: ModuleType, primer: list[bytes], canon: Any) -> Any:
+    """A ``TableMirror`` that has read ``primer``: the steady state, where most values are defined."""
+    mirror, size = wf.TableMirror(), wf.HEADER.size
+    for f in primer:
+        wf.read_ingest(wf.unframe(f[size:]), canon, mirror)
+    return mirror
 
 
 def detectors_on(paths: dict[str, list[Any]], batch: int, warm: int) -> dict[str, dict[str, float]]:
@@ -141,9 +168,24 @@ def main(argv: list[str] | None = None) -> int:
     worker_frames = [new.ingest_frame(1, "otlp_http", worker.normalize(r), 0, (), **kw) for r in raw]
     for got, r in zip(daemon_side(new, worker_frames, new.Canon()), timed):
         assert got == r.calls and [c.token for c in got] == [c.token for c in r.calls]
-    runs: dict[str, Callable[[], Any]] = {
+    # A worker connection's value table (where this tree has one), in its steady state: the frames
+    # of the requests before the timed ones define most values (``tabled_side`` reads those first).
+    tabled_frames: tuple[list[bytes], list[bytes]] | None = None
+    if hasattr(new, "ValueTable"):
+        table, primer = new.ValueTable(), decoded(2 * args.requests, args.spans, args.workload)[args.requests :]
+        tabled_frames = (
+            [new.ingest_frame(1, "otlp_http", in_process.normalize(r), 0, (), table=table) for r in primer],
+            [new.ingest_frame(1, "otlp_http", r, 0, (), table=table) for r in timed],
+        )
+        check = new.Canon()
+        for got, r in zip(tabled_side(new, tabled_frames[1], check, primed(new, tabled_frames[0], check)), timed):
+            assert got == r.calls and [c.token for c in got] == [c.token for c in r.calls]
+    runs: dict[str, Callable[[], Any] | Primed] = {
         f"daemon: unframe + read_ingest, {args.ref}": lambda: daemon_side(old, old_frames, old_canon),
         "daemon: unframe + read_ingest, this tree": lambda: daemon_side(new, new_frames, canon),
+        **({"daemon: unframe + read_ingest, this tree, value table": Primed(
+            lambda: primed(new, tabled_frames[0], canon), lambda mirror: tabled_side(new, tabled_frames[1], canon, mirror)
+        )} if tabled_frames else {}),
         f"worker: ingest_frame, {args.ref}": lambda: [old.ingest_frame(1, "otlp_http", r, 0, ()) for r in timed],
         "worker: ingest_frame, this tree": lambda: [new.ingest_frame(1, "otlp_http", r, 0, ()) for r in timed],
         f"worker: normalise + ingest_frame, {args.ref}": lambda: [

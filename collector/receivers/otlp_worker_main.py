@@ -51,6 +51,9 @@ class DaemonLink:
         self.stop = asyncio.Event()
         """Set by a STOP frame or when the daemon is gone (``gone``)."""
         self.gone = False
+        self.table = wf.ValueTable()
+        """This connection's values sent as slots (worker_frames.ValueTable): frames are built in
+        ``ask`` and written at once, so the daemon reads them in the order they were built."""
 
     async def run(self) -> None:
         """Read replies until STOP or EOF; on EOF fail every request still waiting."""
@@ -140,7 +143,9 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
         norm = self.normalizer.normalize(decoded.request)
         errors = tuple(decoded.errors)
         rows = self.normalizer.rows
-        reply = await self.link.ask(lambda rid: wf.ingest_frame(rid, NAME, norm, decoded.rejected, errors, rows=rows))
+        reply = await self.link.ask(lambda rid: wf.ingest_frame(
+            rid, NAME, norm, decoded.rejected, errors, rows=rows, table=self.link.table
+        ))
         _, _, outcome, spans, rejected, message = reply
         if outcome == wf.OVERLOADED:
             raise Overloaded(message)

@@ -71,6 +71,8 @@ class _Worker:
     reader: asyncio.StreamReader
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
+    mirror: wf.TableMirror = field(default_factory=wf.TableMirror)
+    """The daemon's side of the worker's value table (worker_frames.ValueTable): per connection."""
 
 
 class OtlpHttpWorkers(NetworkReceiver):
@@ -218,7 +220,7 @@ class OtlpHttpWorkers(NetworkReceiver):
                     break
                 kind = msg[0]
                 if kind == wf.INGEST:
-                    writer.write(self._consume(msg))
+                    writer.write(self._consume(msg, worker.mirror))
                     transport = writer.transport
                     if transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
                         await writer.drain()
@@ -263,12 +265,17 @@ class OtlpHttpWorkers(NetworkReceiver):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _consume(self, msg: tuple[Any, ...]) -> bytes:
-        """``Ingest.consume`` of one INGEST frame; the REPLY frame."""
+    def _consume(self, msg: tuple[Any, ...], mirror: wf.TableMirror | None = None) -> bytes:
+        """``Ingest.consume`` of one INGEST frame; the REPLY frame.
+
+        ``OutOfStep`` (the frame's value-table slots do not follow ``mirror``) is raised: every later
+        frame of that worker would be misread, so it is stopped and replaced like a broken one."""
         request_id = msg[1]
         try:
-            _, receiver, norm, decode_rejected, decode_errors = wf.read_ingest(msg, self._canon)
+            _, receiver, norm, decode_rejected, decode_errors = wf.read_ingest(msg, self._canon, mirror)
             result = self.ingest.consume(receiver, norm, decode_rejected, decode_errors)
+        except wf.OutOfStep:
+            raise
         except Overloaded as exc:
             return wf.frame((wf.REPLY, request_id, wf.OVERLOADED, 0, 0, str(exc)))
         except Unavailable as exc:

@@ -16,9 +16,9 @@ import marshal
 import struct
 from array import array
 from dataclasses import fields
-from itertools import chain, repeat
-from operator import add, attrgetter, is_, itemgetter, mul
-from typing import Any, Iterable
+from itertools import chain, compress, repeat
+from operator import add, attrgetter, is_, itemgetter, le, mul
+from typing import Any
 
 from toolwatch.detectors.events import ToolCall, ToolDefinition, ToolListing, tool_token
 
@@ -27,7 +27,8 @@ from ..normalize import Normalized
 __all__ = [
     "CONFIG", "INGEST", "READY", "REJECTED", "STOP", "REPLY", "OK", "OVERLOADED", "UNAVAILABLE",
     "HEADER", "frame", "unframe", "rows_to_columns", "calls_to_columns", "columns_to_calls", "Canon",
-    "listings_to_tuples", "tuples_to_listings", "ingest_frame", "read_ingest",
+    "listings_to_tuples", "tuples_to_listings", "ingest_frame", "read_ingest", "ValueTable", "TableMirror",
+    "OutOfStep",
 ]  # fmt: skip
 
 # Kinds, worker -> daemon
@@ -93,6 +94,10 @@ INTS = 3
 """(INTS, data): a column of ints (exactly ``int``, 64-bit) as the bytes of an ``array('q')``, which
 makes the ints faster than ``marshal`` reads them one by one (event times take five 15-bit digits)."""
 _INT64 = array("q").itemsize == 8
+TABLED = 4
+"""(TABLED, slots, indexes): an INDEXED entry of a ``_CANONICAL`` column whose values are slots of the
+connection's value table (``ValueTable``), as the bytes of an ``array('H')``; ``indexes`` as for INDEXED.
+Only in frames built with a table, whose calls carry the table's new values (``ValueTable.encode``)."""
 
 _TYPE = {f.name: f.type for f in fields(ToolCall)} | {"token": "str"}
 _CANONICAL = frozenset(
@@ -121,6 +126,8 @@ _PLAN = tuple(
 )  # fmt: skip
 _SERVER, _TOOL, _TOKEN = _CALL_COLUMNS.index("server"), _CALL_COLUMNS.index("tool"), _CALL_COLUMNS.index("token")
 _TEXTS_PLANS = frozenset(i for i, plan in enumerate(_PLAN) if plan == _TEXTS)
+_TABLE_COLUMNS = tuple(sorted(_CANONICAL))
+"""The columns ``ValueTable`` sends as slots, in column order (which fixes the order of new slots)."""
 _STR_TYPE, _TUPLE_TYPE, _INT_TYPE = {str}, {tuple}, {int}
 
 
@@ -299,8 +306,14 @@ class Canon:
         return tuple(map(objects.setdefault, values, values))
 
 
-def _unpack(entry: tuple[Any, ...], i: int, n: int, canon: Canon | None) -> Any:
+def _unpack(entry: tuple[Any, ...], i: int, n: int, canon: Canon | None, table: list[Any] | None = None) -> Any:
     kind = entry[0]
+    if kind == TABLED and table is not None:
+        (_, slots, indexes) = entry
+        values = tuple(map(table.__getitem__, array("H", slots)))  # canonical when they were defined
+        if len(indexes) == 1:
+            return (values[indexes[0]],)
+        return itemgetter(*indexes)(values)
     if kind == SAME:
         (_, value) = entry
         if canon is not None and i in _CANONICAL and _texts_only((value,), i in _TEXTS_PLANS):
@@ -323,41 +336,134 @@ def _unpack(entry: tuple[Any, ...], i: int, n: int, canon: Canon | None) -> Any:
 
 
 def columns_to_calls(
-    encoded: tuple[int, tuple[tuple[Any, ...], ...]], canon: Canon | None = None
+    encoded: tuple[Any, ...], canon: Canon | None = None, mirror: TableMirror | None = None
 ) -> list[ToolCall]:
     """The calls of ``calls_to_columns``, equal to the worker's and with the same ``token``.
 
-    Raises ``ValueError`` (or ``IndexError``) for columns that do not fit together.
+    ``mirror``: the connection's ``TableMirror``, for calls encoded with its worker's ``ValueTable``.
+    Raises ``ValueError`` (or ``IndexError``) for columns that do not fit together, ``OutOfStep``
+    for table slots the mirror does not follow.
     """
-    n, entries = encoded
+    table = None
+    if len(encoded) == 3:  # (n, entries, definitions): see ValueTable.encode
+        if mirror is None:
+            raise ValueError("a frame's calls use a value table, and this connection keeps none")
+        n, entries, definitions = encoded
+        table = mirror.define(definitions, canon)
+    else:
+        n, entries = encoded
     if not n:
         return []
     if len(entries) != len(_CALL_COLUMNS):
         raise ValueError(f"a frame's calls have {len(entries)} columns; this daemon expects {len(_CALL_COLUMNS)}")
-    cols = [_unpack(entry, i, n, canon) for i, entry in enumerate(entries)]
-    return _build(zip(*cols, strict=True))
+    return _build(n, [_unpack(entry, i, n, canon, table) for i, entry in enumerate(entries)])
 
 
-def _build(rows: Iterable[tuple[Any, ...]], new: Any = object.__new__, cls: type[ToolCall] = ToolCall) -> list[ToolCall]:
-    """``ToolCall(*row[:-1])`` with the token ``row[-1]``, without ``__init__`` and ``__post_init__``.
+_TABLE_SLOTS = 1 << 16
+"""Most values of a value table: its slots travel as 16 bits."""
+
+
+class OutOfStep(ValueError):
+    """A frame's value-table slots do not follow the daemon's mirror of them: the worker is broken."""
+
+
+class ValueTable:
+    """The worker's side of a connection's value table: each value of a ``_CANONICAL`` column it has
+    sent, by slot (at most ``limit``, then it starts over).
+
+    Most of a request's agents, sessions, tools, arguments and fingerprints were in earlier requests.
+    Sent as values, the daemon unmarshalled each again and looked it up in its ``Canon`` (hashing
+    a fresh string, in a table the detectors keep out of the cache), only to drop it for the object
+    it already had: about half a µs of its interpreter per call (issue #4). Here each distinct
+    value goes once per connection, and after that as a 2-byte slot of the daemon's ``TableMirror``,
+    which holds the canonical objects themselves.
+    """
+
+    def __init__(self, limit: int = _TABLE_SLOTS) -> None:
+        if not 0 < limit <= _TABLE_SLOTS:
+            raise ValueError("a value table holds at most 65536 values (slots travel as 16 bits)")
+        self.limit = limit
+        self.generation = 0
+        self._slots: dict[Any, int] = {}
+
+    def encode(self, calls: tuple[int, tuple[tuple[Any, ...], ...]]) -> tuple[Any, ...]:
+        """``calls`` (of ``rows_to_columns``/``calls_to_columns``) with their ``_CANONICAL`` INDEXED
+        entries as TABLED, and the table's new values: (n, entries, (generation, base, new values)).
+
+        Values are keys of one dict across columns, as in ``Canon`` (only str and tuples of str
+        are INDEXED, so equal values are of one type). A frame that would take the table past its
+        limit starts a new generation, which the mirror starts over with. Call ``forget`` when the
+        frame is not sent after all: the daemon must see every definition, in order.
+        """
+        n, entries = calls
+        tabled = [i for i in _TABLE_COLUMNS if entries[i][0] == INDEXED] if n else []
+        if not tabled:
+            return calls
+        slots = self._slots
+        need = sum(len(entries[i][1]) for i in tabled)
+        if need > self.limit:
+            return calls  # more distinct values than any table holds: sent as values
+        if len(slots) + need > self.limit:
+            slots.clear()
+            self.generation += 1
+        base = len(slots)
+        out = list(entries)
+        new: list[Any] = []
+        for i in tabled:
+            (_, values, indexes) = entries[i]
+            start = len(slots)  # not ``base``: a value new in an earlier column of the frame is slotted there
+            ids = list(map(slots.setdefault, values, map(len, repeat(slots))))
+            new += compress(values, map(le, repeat(start), ids))  # the values slotted just now, in slot order
+            out[i] = (TABLED, array("H", ids).tobytes(), indexes)
+        return (n, tuple(out), (self.generation, base, tuple(new)))
+
+    def forget(self) -> None:
+        """Start over (a new generation): the last ``encode`` was not sent, so the mirror lacks its values."""
+        self._slots.clear()
+        self.generation += 1
+
+
+class TableMirror:
+    """The daemon's side of a connection's ``ValueTable``: the canonical object of each slot."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self.values: list[Any] = []
+
+    def define(self, definitions: tuple[Any, ...], canon: Canon | None) -> list[Any]:
+        """Take a frame's new values (after ``canon``, which makes them one object with equal values
+        of other connections and of untabled columns); the table its TABLED entries index."""
+        generation, base, new = definitions
+        if generation != self.generation:
+            self.generation, self.values = generation, []
+        if base != len(self.values) or type(new) is not tuple or base + len(new) > _TABLE_SLOTS:
+            raise OutOfStep(
+                f"a frame defines value-table slots from {base!r} on; this connection has {len(self.values)}"
+            )
+        self.values += canon(new) if canon is not None else new
+        return self.values
+
+
+def _build(n: int, cols: list[Any], new: Any = object.__new__, cls: type[ToolCall] = ToolCall) -> list[ToolCall]:
+    """``ToolCall(*row[:-1])`` with the token ``row[-1]`` for each row of ``cols``, without ``__init__``
+    and ``__post_init__``; ``ValueError`` when a column has other than ``n`` values.
 
     Setting the slots here costs the daemon less than the generated ``__init__`` (25 arguments) and
-    ``__post_init__`` (a frame and an f-string per call); unpacking a row straight into the slots
-    (no locals in between) costs a tenth less again. The names are checked against
-    ``_CALL_COLUMNS`` when this module is imported.
+    ``__post_init__`` (a frame and an f-string per call). The ``n`` objects are made at once in C, and
+    the loop's target takes each row straight into the slots of its call (``call`` is the row's
+    first item, bound before the slots are set) with an empty body: no call, no append, and ``zip``
+    reuses its row tuple (27 items: past the tuple free list) instead of allocating one per call.
+    The names are checked against ``_CALL_COLUMNS`` when this module is imported.
     """
-    out: list[ToolCall] = []
-    append = out.append
-    for row in rows:
-        call = new(cls)
-        (
-            call.time_ns, call.agent_id, call.tool, call.server, call.session_id, call.duration_ns, call.trace_id,
-            call.span_id, call.request_id, call.agent_name, call.server_address, call.error_type, call.args_json,
-            call.args_bytes, call.result_bytes, call.args_labels, call.result_labels, call.args_fingerprints,
-            call.result_fingerprints, call.args_sketch, call.result_sketch, call.result_injection_score,
-            call.destinations, call.definition_sha256, call.source, call.token,
-        ) = row  # fmt: skip
-        append(call)
+    out: list[ToolCall] = list(map(new, repeat(cls, n)))
+    for (
+        call, call.time_ns, call.agent_id, call.tool, call.server, call.session_id, call.duration_ns, call.trace_id,
+        call.span_id, call.request_id, call.agent_name, call.server_address, call.error_type, call.args_json,
+        call.args_bytes, call.result_bytes, call.args_labels, call.result_labels, call.args_fingerprints,
+        call.result_fingerprints, call.args_sketch, call.result_sketch, call.result_injection_score,
+        call.destinations, call.definition_sha256, call.source, call.token,
+    ) in zip(out, *cols, strict=True):  # fmt: skip
+        pass
     return out
 
 
@@ -391,21 +497,34 @@ def tuples_to_listings(rows: list[tuple[Any, ...]]) -> list[ToolListing]:
 
 def ingest_frame(
     request_id: int, receiver: str, norm: Normalized, decode_rejected: int, decode_errors: tuple[str, ...],
-    *, rows: bool = False,
+    *, rows: bool = False, table: ValueTable | None = None,
 ) -> bytes:
-    """The INGEST frame of ``norm``; ``rows``: its calls are rows (``Normalizer(rows=True)``), not ``ToolCall``s."""
-    calls = rows_to_columns(norm.calls) if rows else calls_to_columns(norm.calls)  # type: ignore[arg-type]
-    return frame((
-        INGEST, request_id, receiver, calls, listings_to_tuples(norm.listings),
-        norm.spans, norm.rejected, tuple(norm.errors), decode_rejected, tuple(decode_errors),
-    ))  # fmt: skip
+    """The INGEST frame of ``norm``; ``rows``: its calls are rows (``Normalizer(rows=True)``), not ``ToolCall``s.
+
+    ``table``: the connection's ``ValueTable`` (the daemon reads the frame with its ``TableMirror``);
+    the frame must then be sent, and in the order built."""
+    calls: tuple[Any, ...] = rows_to_columns(norm.calls) if rows else calls_to_columns(norm.calls)  # type: ignore[arg-type]
+    try:
+        if table is not None:
+            calls = table.encode(calls)  # type: ignore[arg-type]
+        return frame((
+            INGEST, request_id, receiver, calls, listings_to_tuples(norm.listings),
+            norm.spans, norm.rejected, tuple(norm.errors), decode_rejected, tuple(decode_errors),
+        ))  # fmt: skip
+    except BaseException:
+        if table is not None:
+            table.forget()
+        raise
 
 
-def read_ingest(msg: tuple[Any, ...], canon: Canon | None = None) -> tuple[int, str, Normalized, int, tuple[str, ...]]:
+def read_ingest(
+    msg: tuple[Any, ...], canon: Canon | None = None, mirror: TableMirror | None = None
+) -> tuple[int, str, Normalized, int, tuple[str, ...]]:
     """(request id, receiver, the worker's ``Normalized``, decode_rejected, decode_errors) of an INGEST.
 
-    ``canon``: the daemon's ``Canon`` (one object per equal agent, tool, session... across requests).
+    ``canon``: the daemon's ``Canon`` (one object per equal agent, tool, session... across requests);
+    ``mirror``: the connection's ``TableMirror`` (frames built with a ``ValueTable``).
     """
     _, request_id, receiver, calls, listings, spans, rejected, errors, decode_rejected, decode_errors = msg
-    norm = Normalized(columns_to_calls(calls, canon), tuples_to_listings(listings), spans, rejected, list(errors))
+    norm = Normalized(columns_to_calls(calls, canon, mirror), tuples_to_listings(listings), spans, rejected, list(errors))
     return request_id, receiver, norm, decode_rejected, tuple(decode_errors)
