@@ -126,7 +126,9 @@ _PLAN = tuple(
 )  # fmt: skip
 _SERVER, _TOOL, _TOKEN = _CALL_COLUMNS.index("server"), _CALL_COLUMNS.index("tool"), _CALL_COLUMNS.index("token")
 _TEXTS_PLANS = frozenset(i for i, plan in enumerate(_PLAN) if plan == _TEXTS)
-_TABLE_COLUMNS = tuple(sorted(_CANONICAL))
+_TABLE_COLUMNS = tuple(sorted(_CANONICAL, key=lambda i: (i not in _LASTING, i)))
+"""The ``_LASTING`` columns first: a frame's new values then start with theirs, which the mirror
+keeps in ``Canon``'s lasting table (see ``TableMirror.define``)."""
 """The columns ``ValueTable`` sends as slots, in column order (which fixes the order of new slots)."""
 _STR_TYPE, _TUPLE_TYPE, _INT_TYPE = {str}, {tuple}, {int}
 
@@ -388,7 +390,8 @@ class ValueTable:
 
     def encode(self, calls: tuple[int, tuple[tuple[Any, ...], ...]]) -> tuple[Any, ...]:
         """``calls`` (of ``rows_to_columns``/``calls_to_columns``) with their ``_CANONICAL`` INDEXED
-        entries as TABLED, and the table's new values: (n, entries, (generation, base, new values)).
+        entries as TABLED, and the table's new values: (n, entries, (generation, base, new values,
+        how many of them, the first, are of ``_LASTING`` columns)).
 
         Values are keys of one dict across columns, as in ``Canon`` (only str and tuples of str
         are INDEXED, so equal values are of one type). A frame that would take the table past its
@@ -409,13 +412,16 @@ class ValueTable:
         base = len(slots)
         out = list(entries)
         new: list[Any] = []
+        lasting = 0  # how many of ``new`` (the first) are values of ``_LASTING`` columns
         for i in tabled:
             (_, values, indexes) = entries[i]
             start = len(slots)  # not ``base``: a value new in an earlier column of the frame is slotted there
             ids = list(map(slots.setdefault, values, map(len, repeat(slots))))
             new += compress(values, map(le, repeat(start), ids))  # the values slotted just now, in slot order
             out[i] = (TABLED, array("H", ids).tobytes(), indexes)
-        return (n, tuple(out), (self.generation, base, tuple(new)))
+            if i in _LASTING:
+                lasting = len(new)
+        return (n, tuple(out), (self.generation, base, tuple(new), lasting))
 
     def forget(self) -> None:
         """Start over (a new generation): the last ``encode`` was not sent, so the mirror lacks its values."""
@@ -433,14 +439,20 @@ class TableMirror:
     def define(self, definitions: tuple[Any, ...], canon: Canon | None) -> list[Any]:
         """Take a frame's new values (after ``canon``, which makes them one object with equal values
         of other connections and of untabled columns); the table its TABLED entries index."""
-        generation, base, new = definitions
+        generation, base, new, lasting = definitions
         if generation != self.generation:
             self.generation, self.values = generation, []
-        if base != len(self.values) or type(new) is not tuple or base + len(new) > _TABLE_SLOTS:
+        if (base != len(self.values) or type(new) is not tuple or base + len(new) > _TABLE_SLOTS
+                or type(lasting) is not int or not 0 <= lasting <= len(new)):
             raise OutOfStep(
-                f"a frame defines value-table slots from {base!r} on; this connection has {len(self.values)}"
+                f"a frame defines value-table slots from {base!r} on ({lasting!r} lasting); this connection has "
+                f"{len(self.values)}"
             )
-        self.values += canon(new) if canon is not None else new
+        if canon is None:
+            self.values += new
+        else:  # agents, tools... in Canon's lasting table, as when they come as values (``_unpack``)
+            self.values += canon(new[:lasting], True) if lasting else ()
+            self.values += canon(new[lasting:])
         return self.values
 
 

@@ -52,12 +52,14 @@ def test_requests_through_a_table_give_the_calls_and_objects_of_requests_without
         plain = _read(_frame(cs, None), canon_plain, None)
         _assert_same_calls(tabled, cs)
         _assert_same_calls(plain, cs)
-    # One object per equal value across requests, as with Canon alone.
+    # One object per equal value across requests, as with Canon alone: one among the lasting columns
+    # (agents, tools, tokens...), one among the others (sessions...), Canon having a table for each.
+    lasting = {wf._CALL_COLUMNS[i] for i in wf._LASTING}
     seen: dict[object, object] = {}
     for call in [c for cs in requests for c in _read(_frame(cs, table), canon_tabled, mirror)]:
         for name in ("agent_id", "tool", "server", "session_id", "args_labels", "destinations", "token"):
             value = getattr(call, name)
-            assert seen.setdefault((type(value), value), value) is value
+            assert seen.setdefault((name in lasting, type(value), value), value) is value
 
 
 def test_fleet_requests_send_each_value_once_per_connection():
@@ -68,7 +70,7 @@ def test_fleet_requests_send_each_value_once_per_connection():
     for cs in requests:
         data = _frame(cs, table, rows=False)
         msg = wf.unframe(data[wf.HEADER.size :])
-        n, entries, (generation, base, new) = msg[3]
+        n, entries, (generation, base, new, _lasting) = msg[3]
         assert generation == 0 and base == len(mirror.values)
         assert {entries[i][0] for i in wf._TABLE_COLUMNS} <= {wf.TABLED, wf.SAME}
         defined += new
@@ -134,4 +136,24 @@ def test_a_table_holds_at_most_what_two_byte_slots_address():
 def test_a_mirror_never_holds_more_than_a_table_may():
     mirror = wf.TableMirror()
     with pytest.raises(wf.OutOfStep):
-        mirror.define((0, 0, tuple(f"v{i}" for i in range((1 << 16) + 1))), None)
+        mirror.define((0, 0, tuple(f"v{i}" for i in range((1 << 16) + 1)), 0), None)
+
+
+def test_agents_and_tools_defined_through_tables_stay_one_object_when_sessions_fill_the_canon():
+    """Each request on a new connection (a restarted worker, a new table generation) defines its
+    values again; sessions fill their Canon table, and dropping it keeps agents, tools and tokens."""
+    canon = wf.Canon(limit=10)
+
+    def first_call(i: int) -> ToolCall:
+        calls = [ToolCall(time_ns=i, agent_id="".join(["ag", "ent", k]), tool="".join(["t", "1", k]), server="s" + "v" + k,
+                          session_id=f"session-{i}{k}") for k in ("", "2")]  # fmt: skip
+        data = _frame(calls, wf.ValueTable(), rows=False)
+        assert wf.unframe(data[wf.HEADER.size :])[3][1][wf._CALL_COLUMNS.index("agent_id")][0] == wf.TABLED
+        return _read(data, canon, wf.TableMirror())[0]
+
+    first = first_call(0)
+    for i in range(1, 30):  # 29 more sessions: their table is dropped twice
+        got = first_call(i)
+        for name in ("agent_id", "tool", "server", "token"):
+            assert getattr(got, name) is getattr(first, name), (i, name)
+    assert len(canon._objects) <= 11 and {"agent", "t1", "sv", "sv/t1"} <= set(canon._lasting)
