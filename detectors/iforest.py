@@ -50,7 +50,7 @@ BANK_NODE = np.dtype([("rel", np.int16), ("feature", np.int16), ("threshold", np
 """A ``NODE`` as ``ForestBank`` holds it, in 8 bytes: ``rel`` is the left child's offset from the
 node itself (0 at a leaf), so it does not depend on the slot. With a bank of ~200 models far
 larger than the CPU's L2, the walk waits on node fetches; half the bytes per node make it
-~10 % cheaper there (``_walk_rel``: the same leaves). Laying each tree out in cache-line blocks
+~10 % cheaper there (``_walk`` over them: the same leaves). Laying each tree out in cache-line blocks
 of two levels as well gained nothing measurable on top, so slots keep the forest's order."""
 REL_MAX = int(np.iinfo(np.int16).max)
 
@@ -199,7 +199,7 @@ class ForestBank:
         rows = np.tile(np.arange(n, dtype=np.intp) * F, T)
         idx = self.roots[slots].T.ravel()  # tree-major, as in FlatForest
         depth = int(self.depth[slots].max()) if n else 0
-        return _walk_rel(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(T, n).sum(axis=0)
+        return _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(T, n).sum(axis=0)
 
     def path_lengths_bounded(self, X: np.ndarray, slots: np.ndarray, limit: np.ndarray,
                              stops: Sequence[float] = (0.4, 0.6, 0.75, 0.9)) -> np.ndarray:
@@ -235,7 +235,7 @@ class ForestBank:
             live = slots[alive]
             idx = self.roots_by_tree[t0:t1].take(live, axis=1).ravel()  # tree-major (t1 - t0, k): no copy
             rows = (alive * F)[None].repeat(t1 - t0, axis=0).ravel()  # np.tile's values, without its Python
-            got = _walk_rel(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(t1 - t0, k)
+            got = _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(t1 - t0, k)
             part = got.sum(axis=0) if part is None else np.concatenate([part[None], got]).sum(axis=0)
             if t1 < T:
                 keep = ~(part + self.rest_min[live, t1] > limit[alive])
@@ -287,18 +287,23 @@ def _low_bytes(a: np.ndarray) -> np.ndarray:
 
 def _walk(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.ndarray, idx: np.ndarray,
           depth: int, block: int = 8192) -> np.ndarray:
-    """Walk every (tree, row) pair ``depth`` levels down the ``NODE`` records; the leaf values reached.
+    """Walk every (tree, row) pair ``depth`` levels down the ``NODE`` or ``BANK_NODE`` records; the
+    leaf values reached.
 
-    ``idx`` (tree-major start nodes) is walked in place. Per level: one 16-byte gather of the
-    nodes, one gather of the rows' feature values, a compare and an add, all into preallocated
-    buffers; take(mode="clip") skips bounds checks, every index being in range by construction
-    (leaves point at themselves). Pairs are walked ``block`` at a time so the buffers stay in the
-    CPU cache across the levels (~20 % faster than whole-batch steps at 50k pairs).
+    ``idx`` (tree-major start nodes) is walked in place. Per level: one gather of the nodes, one
+    gather of the rows' feature values, a compare and an add, all into preallocated buffers;
+    take(mode="clip") skips bounds checks, every index being in range by construction (leaves
+    point at themselves). Pairs are walked ``block`` at a time so the buffers stay in the CPU
+    cache across the levels (~20 % faster than whole-batch steps at 50k pairs).
     The compare writes its 0/1 into the low byte of zeroed int64s (``_low_bytes``), so the add
     to ``child`` is int64 + int64: with a bool operand NumPy cast it through a buffer on every
-    level (the walk ~5 % faster on the fleet bench; the same sums, the values added being the same)."""
+    level (the walk ~5 % faster on the fleet bench; the same sums, the values added being the same).
+    ``BANK_NODE`` records hold the left child as the node plus ``rel``: two adds per level instead
+    of one, but half the bytes fetched per node, which is what the walk waits on in a bank of many
+    models (the mixed int16/int64 adds cost less than the fetches they save)."""
+    relative = nodes.dtype == BANK_NODE
     m = min(len(idx), block)
-    rec = np.empty(m, dtype=NODE)
+    rec = np.empty(m, dtype=nodes.dtype)
     pos = np.empty(m, dtype=np.intp)
     x = np.empty(m, dtype=np.float32)
     right64 = np.zeros(m, dtype=np.int64)
@@ -309,49 +314,23 @@ def _walk(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.
         k = len(at)
         r, p, xx, go, go64 = ((rec, pos, x, right, right64) if k == m
                               else (rec[:k], pos[:k], x[:k], right[:k], right64[:k]))
-        child, feature, threshold = r["child"], r["feature"], r["threshold"]
+        link, feature, threshold = r["rel" if relative else "child"], r["feature"], r["threshold"]
         step = rows[lo : lo + block]
         for _ in range(depth):
             take_node(at, out=r, mode="clip")
             add(feature, step, out=p)
             take_x(p, out=xx, mode="clip")
             greater(xx, threshold, out=go)
-            add(child, go64, out=at)
+            if relative:
+                add(at, link, out=at)
+                add(at, go64, out=at)
+            else:
+                add(link, go64, out=at)
     return leaf_value.take(idx, mode="clip")  # in range as above; take skips fancy indexing's set-up
 
 
 _UNUSED = np.array((0, 0, np.inf), dtype=BANK_NODE)
 """A bank node no forest uses: it loops on itself."""
-
-
-def _walk_rel(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.ndarray, idx: np.ndarray,
-              depth: int, block: int = 8192) -> np.ndarray:
-    """``_walk`` over ``BANK_NODE`` records: the same leaves, the left child being the node plus
-    ``rel``. Two adds per level instead of one, but half the bytes fetched per node, which is
-    what the walk waits on in a bank of many models (the mixed int16/int64 adds cost less than
-    the fetches they save)."""
-    m = min(len(idx), block)
-    rec = np.empty(m, dtype=BANK_NODE)
-    pos = np.empty(m, dtype=np.intp)
-    x = np.empty(m, dtype=np.float32)
-    right64 = np.zeros(m, dtype=np.int64)
-    right = _low_bytes(right64)
-    take_node, take_x, add, greater = nodes.take, flat.take, np.add, np.greater
-    for lo in range(0, len(idx), block):
-        at = idx[lo : lo + block]
-        k = len(at)
-        r, p, xx, go, go64 = ((rec, pos, x, right, right64) if k == m
-                              else (rec[:k], pos[:k], x[:k], right[:k], right64[:k]))
-        rel, feature, threshold = r["rel"], r["feature"], r["threshold"]
-        step = rows[lo : lo + block]
-        for _ in range(depth):
-            take_node(at, out=r, mode="clip")
-            add(feature, step, out=p)
-            take_x(p, out=xx, mode="clip")
-            greater(xx, threshold, out=go)
-            add(at, rel, out=at)
-            add(at, go64, out=at)
-    return leaf_value.take(idx, mode="clip")
 
 
 def _float32_floor(t: np.ndarray) -> np.ndarray:

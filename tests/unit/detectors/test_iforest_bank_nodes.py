@@ -1,5 +1,5 @@
 """``ForestBank``'s 8-byte ``BANK_NODE`` records (left child as an offset from the node) walked by
-``_walk_rel``: the same leaves as ``_walk`` over the forest's own ``NODE`` records, bit for bit, and
+``_walk`` over ``BANK_NODE`` records: the same leaves as ``_walk`` over the forest's own ``NODE`` records, bit for bit, and
 forests whose offsets or features do not fit 16 bits are left out of the bank (scored on their own)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from toolwatch.detectors.features import N_FEATURES
 from toolwatch.detectors.iforest import (BANK_NODE, NODE, REL_MAX, FlatForest, ForestBank, ForestModel, ForestParams,
-                                         _walk, _walk_rel)
+                                         _walk)
 
 
 def _model(seed: int, n_estimators: int = 9) -> ForestModel:
@@ -18,7 +18,7 @@ def _model(seed: int, n_estimators: int = 9) -> ForestModel:
 
 
 @pytest.mark.parametrize("block", [1, 5, 333, 8192])
-def test_walk_rel_over_the_bank_reaches_the_leaves_walk_reaches(block):
+def test_walk_over_the_bank_reaches_the_leaves_it_reaches_over_the_forests_own_nodes(block):
     """Rows walked through their models' bank slots end on the leaves (so the values) ``_walk``
     reaches through each model's own arrays, values on split thresholds (ties go left) included."""
     models = [_model(s) for s in range(3)]
@@ -34,7 +34,7 @@ def test_walk_rel_over_the_bank_reaches_the_leaves_walk_reaches(block):
     n, F = X.shape
     rows = np.tile(np.arange(n, dtype=np.intp) * F, 9)
     idx = bank.roots[np.array(slots)[owner]].T.ravel()
-    got = _walk_rel(bank.nodes, bank.leaf_value, X.ravel(), rows, idx.copy(), int(bank.depth.max()), block)
+    got = _walk(bank.nodes, bank.leaf_value, X.ravel(), rows, idx.copy(), int(bank.depth.max()), block)
     want = np.empty((9, n))
     for i in range(n):
         f = models[owner[i]].flat
