@@ -120,10 +120,10 @@ class ForestBank:
         self.n_features = n_features
         self.nodes = np.zeros(0, dtype=BANK_NODE)
         self.leaf_value = np.zeros(0)
-        self.roots = np.zeros((0, n_trees), dtype=np.intp)
-        self.roots_by_tree = np.zeros((n_trees, 0), dtype=np.intp)
-        """``roots`` transposed (one row per tree, C-ordered): ``path_lengths_bounded`` takes a chunk
-        of trees for its rows' slots with one ``take``, already in the walk's tree-major order."""
+        self.roots = np.zeros((n_trees, 0), dtype=np.intp)
+        """``roots[t, slot]``: the root of tree ``t`` of the slot's forest. One row per tree (C-ordered),
+        so the walks take a chunk of trees for their rows' slots with one ``take``, already in the
+        walk's tree-major order."""
         self.depth = np.zeros(0, dtype=np.intp)
         self.rest_min = np.zeros((0, n_trees + 1))
         """Per slot, ``rest_min[slot, t]``: the least the slot's trees ``t..`` can add to a row's
@@ -163,8 +163,7 @@ class ForestBank:
         at["feature"] = flat.nodes["feature"]
         at["threshold"] = flat.nodes["threshold"]
         self.leaf_value[lo : lo + n] = flat.leaf_value
-        self.roots[slot] = flat.roots + lo
-        self.roots_by_tree[:, slot] = self.roots[slot]
+        self.roots[:, slot] = flat.roots + lo
         self.depth[slot] = flat.depth
         least = _least_leaf_per_tree(flat)
         self.rest_min[slot, :-1] = np.cumsum(least[::-1])[::-1]
@@ -183,8 +182,7 @@ class ForestBank:
         leaf_value = np.zeros(n)
         leaf_value[:n_old] = self.leaf_value
         self.leaf_value = leaf_value
-        self.roots = np.concatenate([self.roots, np.zeros((extra, self.n_trees), dtype=np.intp)])
-        self.roots_by_tree = np.ascontiguousarray(self.roots.T)
+        self.roots = np.concatenate([self.roots, np.zeros((self.n_trees, extra), dtype=np.intp)], axis=1)
         self.depth = np.concatenate([self.depth, np.zeros(extra, dtype=np.intp)])
         self.rest_min = np.concatenate([self.rest_min, np.full((extra, self.n_trees + 1), -np.inf)])
         self._free.extend(range(old + extra - 1, old - 1, -1))
@@ -197,7 +195,7 @@ class ForestBank:
         T = self.n_trees
         flat = X.ravel()
         rows = np.tile(np.arange(n, dtype=np.intp) * F, T)
-        idx = self.roots[slots].T.ravel()  # tree-major, as in FlatForest
+        idx = self.roots.take(slots, axis=1).ravel()  # tree-major, as in FlatForest
         depth = int(self.depth[slots].max()) if n else 0
         return _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(T, n).sum(axis=0)
 
@@ -233,7 +231,7 @@ class ForestBank:
                 part = None if part is None else np.repeat(part, 2)
                 k = 2
             live = slots[alive]
-            idx = self.roots_by_tree[t0:t1].take(live, axis=1).ravel()  # tree-major (t1 - t0, k): no copy
+            idx = self.roots[t0:t1].take(live, axis=1).ravel()  # tree-major (t1 - t0, k): no copy
             rows = (alive * F)[None].repeat(t1 - t0, axis=0).ravel()  # np.tile's values, without its Python
             got = _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(t1 - t0, k)
             part = got.sum(axis=0) if part is None else np.concatenate([part[None], got]).sum(axis=0)

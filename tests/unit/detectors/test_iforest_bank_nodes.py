@@ -33,7 +33,7 @@ def test_walk_over_the_bank_reaches_the_leaves_it_reaches_over_the_forests_own_n
         X[i, f.nodes["feature"][node]] = f.nodes["threshold"][node]
     n, F = X.shape
     rows = np.tile(np.arange(n, dtype=np.intp) * F, 9)
-    idx = bank.roots[np.array(slots)[owner]].T.ravel()
+    idx = bank.roots[:, np.array(slots)[owner]].ravel()
     got = _walk(bank.nodes, bank.leaf_value, X.ravel(), rows, idx.copy(), int(bank.depth.max()), block)
     want = np.empty((9, n))
     for i in range(n):
@@ -77,6 +77,6 @@ def test_a_smaller_refit_in_a_reused_slot_scores_like_its_own_forest():
     at = np.full(len(X), first, dtype=np.intp)
     paths = bank.path_lengths(X, at)
     assert paths.tobytes() == small.flat._depths(np.ascontiguousarray(X, dtype=np.float32)).tobytes()
-    # the bounded walk takes its roots from ``roots_by_tree``, which must follow the slot's new forest
+    # the bounded walk takes its roots by chunks of trees, which must follow the slot's new forest
     assert bank.path_lengths_bounded(X, at, np.full(len(X), np.inf)).tobytes() == paths.tobytes()
-    assert np.array_equal(bank.roots_by_tree, bank.roots.T)
+    assert np.array_equal(bank.roots[:, first], small.flat.roots + first * bank.slot_nodes)
