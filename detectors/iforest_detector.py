@@ -369,7 +369,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         st.ctx.load(d["ctx"])
         st.markov = self._canonical_model(MarkovModel.from_dict(d["markov"], self.config.markov))
         for sess in st.ctx.sessions.open.values():
-            sess.prev = self._tokens.get(sess.prev) or self._canonical_token(sess.prev)
+            sess.prev = self._canonical_token(sess.prev)
         st.add_rows(_stored_rows(d["rows"], "window rows"))
         st.since_fit = int(d["since_fit"])
         st.frozen = bool(d["frozen"])
@@ -582,6 +582,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         lookups (and the session's previous token) match by identity, without reading the stored
         key's characters, which in a daemon under load are mostly out of the CPU caches. Bounded:
         past ``_MAX_TOKENS`` tokens (tools named anew) it starts over, which costs only speed."""
+        same = self._tokens.get(token)
+        if same is not None:
+            return same
         if len(self._tokens) >= _MAX_TOKENS:
             self._tokens.clear()
         self._tokens[token] = token
@@ -589,11 +592,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
 
     def _canonical_model(self, m: MarkovModel) -> MarkovModel:
         """``m`` with its tokens as ``_canonical_token``'s objects (same counts, same order)."""
-        canon = self._tokens
-
-        def one(t: str) -> str:
-            return canon.get(t) or self._canonical_token(t)
-
+        one = self._canonical_token
         m.uni = {one(t): c for t, c in m.uni.items()}
         m.bi = {one(p): {one(t): c for t, c in row.items()} for p, row in m.bi.items()}
         m.out = {one(p): c for p, c in m.out.items()}
