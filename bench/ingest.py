@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ingest.py [--seconds 8] [--batch 500] [--clients 2] [--profile]
                                      [--workload fleet|random|routine] [--anomaly-rate 0.001] [--otlp-processes N]
+                                     [--cpu-affinity auto|off|CPUS]
     .venv/bin/python bench/ingest.py --soak 600 [--interval 20] [--traffic live|replay]
 
 A real Daemon (all built-in detectors on) runs in this process; load generators in separate
@@ -170,9 +171,9 @@ class ProcessedWaiter:
 
 
 class DaemonRunner:
-    def __init__(self, data_dir: str, otlp_processes: int = 0) -> None:
+    def __init__(self, data_dir: str, otlp_processes: int = 0, cpu_affinity: str = "auto") -> None:
         cfg = Config(otlp_http="127.0.0.1:0", otlp_grpc="127.0.0.1:0", listen="127.0.0.1:0", data_dir=data_dir,
-                     otlp_processes=otlp_processes)
+                     otlp_processes=otlp_processes, cpu_affinity=cpu_affinity)
         cfg.pipeline.batch_max_size = 4096
         cfg.pipeline.batch_max_delay_ms = 50
         cfg.pipeline.snapshot_interval_s = 3600
@@ -564,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--honour-retry-after", action="store_true",
                     help="soak: resend a refused request after the daemon's Retry-After, not after 20 ms")
     ap.add_argument("--otlp-processes", type=int, default=0, help="OTLP/HTTP worker processes (config otlp_processes)")
+    ap.add_argument("--cpu-affinity", default="auto",
+                    help="the daemon's config cpu_affinity (auto: its threads on one CPU; off: the OS places them)")
     args = ap.parse_args(argv)
     only = set(args.only or ["http", "grpc", "paced", "naive"])
     t = time.process_time()
@@ -582,7 +585,8 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     if args.soak:
         with tempfile.TemporaryDirectory() as tmp:
-            runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes)
+            runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity)
+            print(f"cpu_affinity: {runner.daemon.affinity.choice.reason}", flush=True)
             try:
                 if args.workload == "random":
                     label = args.traffic
@@ -595,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
                 runner.close()
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes)
+        runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity)
+        print(f"cpu_affinity: {runner.daemon.affinity.choice.reason}", flush=True)
         try:
             run_load(runner, "http", traffics, args.batch, 1, 0.5, None)  # warm-up
             if "http" in only:

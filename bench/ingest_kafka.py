@@ -64,8 +64,9 @@ def detector_config(detectors_on: bool) -> dict:
     return {name: {"enabled": False} for name in FACTORIES}
 
 
-def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detectors_on: bool) -> dict:
-    cfg = Config(otlp_http="off", otlp_grpc="off", listen="127.0.0.1:0", data_dir=data_dir)
+def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detectors_on: bool,
+               cpu_affinity: str = "auto") -> dict:
+    cfg = Config(otlp_http="off", otlp_grpc="off", listen="127.0.0.1:0", data_dir=data_dir, cpu_affinity=cpu_affinity)
     cfg.pipeline.queue_max_spans = queue_max
     cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id=f"bench-{detectors_on}",
                             max_poll_interval_ms=10000, session_timeout_ms=6000)
@@ -196,6 +197,8 @@ def main() -> None:
     ap.add_argument("--anomaly-rate", type=float, default=0.001, help="fleet: share of calls in injected anomalies")
     ap.add_argument("--naive-spans", type=int, default=30_000)
     ap.add_argument("--queue-max", type=int, default=200_000, help="pipeline.queue_max_spans")
+    ap.add_argument("--cpu-affinity", default="auto",
+                    help="the daemon's config cpu_affinity (auto: its threads on one CPU; off: the OS places them)")
     ap.add_argument("--detectors", choices=("both", "on", "off"), default="both",
                     help="off: every detector disabled, the receiver path alone")
     args = ap.parse_args()
@@ -221,7 +224,8 @@ def main() -> None:
             modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.detectors]
             for on in modes:
                 label = "all detectors on" if on else "detectors off (receiver path alone)"
-                r = run_daemon(broker.bootstrap, total, str(Path(tmp) / f"data-{on}"), args.queue_max, on)
+                r = run_daemon(broker.bootstrap, total, str(Path(tmp) / f"data-{on}"), args.queue_max, on,
+                               args.cpu_affinity)
                 print(f"[{label}] toolwatch Kafka receiver + pipeline: {r['rate']:,.0f} spans/s end to end "
                       f"({r['seconds']:.1f}s; {r['batches']:,.0f} batches, {r['commits']:,.0f} commits, "
                       f"{r['saves']} state saves); last offsets committed {r['commit_lag']:.2f}s after the last span")

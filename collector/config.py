@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from . import envvars
+from .cpu_affinity import CpuAffinitySetting, choose_cpu_affinity, parse_cpu_affinity
 from .metrics import TOOL_LABEL_CAP
 from .otlp_processes import AUTO, MAX_PROCESSES
 
@@ -68,6 +69,13 @@ def parse_otlp_processes(value: Any) -> int | str:
     elif isinstance(value, int) and not isinstance(value, bool):
         return value
     raise ConfigError(otlp_processes_error(value))
+
+
+def _cpu_affinity(value: Any) -> CpuAffinitySetting:
+    try:
+        return parse_cpu_affinity(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -261,6 +269,10 @@ class Config:
     """OTLP/HTTP in this many worker processes (receive, decode, normalise there; the daemon keeps the
     detectors); 0 = in the daemon's own process; ``auto`` = 1 when this process can use at least 2
     CPUs, else 0 (collector/otlp_processes.py)."""
+    cpu_affinity: CpuAffinitySetting = AUTO
+    """The CPUs the daemon's own threads (event loop, detectors) keep to; its worker processes keep
+    the rest. ``auto`` = the highest-numbered usable CPU when the daemon has worker processes and
+    at least 2 CPUs, ``off`` = the OS places them (collector/cpu_affinity.py)."""
     listen: str = "127.0.0.1:9464"
     data_dir: str = "./toolwatch-data"
     api_token: str = ""
@@ -304,6 +316,13 @@ class Config:
         value = self.otlp_processes
         if value != AUTO and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PROCESSES):
             raise ConfigError(otlp_processes_error(value))
+        try:
+            affinity = parse_cpu_affinity(self.cpu_affinity)
+            if isinstance(affinity, tuple):  # are they CPUs this process may use?
+                choose_cpu_affinity(affinity, helpers=True)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.cpu_affinity = affinity
         if self.log_level not in self.LOG_LEVELS:
             raise ConfigError(f"log_level: {self.log_level!r} is not one of {', '.join(self.LOG_LEVELS)}")
         if self.max_body_bytes < 1024:
@@ -386,8 +405,10 @@ def config_from_mapping(data: Any, source: str = "config") -> Config:
     kafka = data.pop("kafka", {}) or {}
     data.pop("source", None)
     otlp_processes = parse_otlp_processes(data.pop("otlp_processes")) if "otlp_processes" in data else AUTO
+    cpu_affinity = _cpu_affinity(data.pop("cpu_affinity")) if "cpu_affinity" in data else AUTO
     cfg = _dataclass_from(Config, data, source)
     cfg.otlp_processes = otlp_processes
+    cfg.cpu_affinity = cpu_affinity
     if not isinstance(webhooks, list):
         raise ConfigError(f"{source}: webhooks must be a list of {{url: ..., name: ...}} entries")
     for i, hook in enumerate(webhooks):
@@ -447,6 +468,8 @@ def load_config(
             cfg.webhooks.extend(WebhookConfig(url=u) for u in value)
         elif name == "otlp_processes":
             cfg.otlp_processes = parse_otlp_processes(value)
+        elif name == "cpu_affinity":
+            cfg.cpu_affinity = _cpu_affinity(value)
         else:
             setattr(cfg, name, value)
     if cfg.webhook_secret:

@@ -27,6 +27,7 @@ from .detector_registry import build_detectors
 from .enforcement import EnforcementService
 from .enforcement_api import EnforcementApi
 from .hold_notify import HoldNotifier, HoldTarget
+from .cpu_affinity import ThreadAffinity, choose_cpu_affinity, parse_cpu_affinity
 from .interpreter import InterpreterSettings
 from .holds import HoldBook
 from .metrics import Metrics
@@ -130,9 +131,13 @@ class Daemon:
         self.agent_metrics = AgentMetrics(self.metrics.registry, self.detectors, clock=clock)
         self.pipeline.batch_listeners.append(self.agent_metrics.after_batch)
         self.pipeline.batch_listeners.append(lambda _batch, _findings: self._update_agent_gauge())
+        self.affinity = ThreadAffinity(choose_cpu_affinity(
+            parse_cpu_affinity(cfg.cpu_affinity), helpers=bool(self.otlp_processes) or not p.refit_in_process))
+        """The daemon's threads on one CPU while it runs (``cpu_affinity``); child processes start outside it."""
+        log.info("cpu_affinity: %s", self.affinity.choice.reason)
         self.refit_worker: RefitWorker | None = None
         if not p.refit_in_process:
-            self.refit_worker = RefitWorker()
+            self.refit_worker = RefitWorker(spawn_guard=self.affinity.released)
             for d in self.detectors:
                 if hasattr(d, "fitter") and hasattr(d, "retrain"):
                     d.fitter = self.refit_worker.fit  # type: ignore[attr-defined]
@@ -155,7 +160,8 @@ class Daemon:
                     self.receivers.append(
                         OtlpHttpWorkers(
                             host, port, self.ingest, self.metrics, processes=self.otlp_processes,
-                            fingerprint_key=fingerprint_key_text(cfg), **common,  # type: ignore[arg-type]
+                            fingerprint_key=fingerprint_key_text(cfg), spawn_guard=self.affinity.released,
+                            **common,  # type: ignore[arg-type]
                         )
                     )
                 else:
@@ -226,6 +232,7 @@ class Daemon:
 
     async def _start(self) -> None:
         self.interpreter.apply()  # for the daemon's lifetime; shutdown gives Python's back
+        self.affinity.apply()  # before the pipeline starts its detector thread, which inherits it
         await self.pipeline.start()
         self.enforcement.service.after_batch()  # the restored state, before the first batch
         for sink in self.sinks:
@@ -279,6 +286,7 @@ class Daemon:
         await step("stopping the API", self.api.shutdown)
         await step("closing the store", self.store.close)
         await step("restoring the interpreter settings", self.interpreter.restore)
+        await step("restoring the threads' CPU affinity", self.affinity.restore)
         if failures:
             raise failures[0]
 

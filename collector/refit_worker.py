@@ -25,6 +25,7 @@ dropped, so a stop never waits ``fit_timeout_s`` for a stuck worker.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -36,7 +37,7 @@ import sys
 import threading
 from dataclasses import asdict
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 
@@ -154,8 +155,11 @@ class RefitWorker:
     """Fits ``ForestModel``s in one worker process; ``fit`` is thread-safe (one fit at a time)."""
 
     def __init__(self, *, join_timeout_s: float = 5.0, fit_timeout_s: float = 600.0,
-                 abort_grace_s: float = 2.0) -> None:
+                 abort_grace_s: float = 2.0,
+                 spawn_guard: Callable[[], ContextManager[None]] = contextlib.nullcontext) -> None:
         self.join_timeout_s = join_timeout_s
+        self._spawn_guard = spawn_guard
+        """Entered around the worker's start: the daemon's ``ThreadAffinity.released`` (cpu_affinity)."""
         self.abort_grace_s = abort_grace_s
         """How long ``abort`` lets the worker exit on SIGTERM before it kills it."""
         self.fit_timeout_s = fit_timeout_s
@@ -218,7 +222,8 @@ class RefitWorker:
         parent, child = ctx.Pipe(duplex=True)
         proc = ctx.Process(target=_worker_main, args=(child,), name="toolwatch-refit", daemon=True)
         try:
-            proc.start()
+            with self._spawn_guard():
+                proc.start()
         finally:
             child.close()  # the child's end lives in the child only: its death is then EOF here
         self._proc, self._conn = proc, parent

@@ -45,6 +45,11 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="serve OTLP/HTTP in N worker processes (0: in the daemon; default auto: 1 if this process can use "
         "at least 2 CPUs, else 0)",
     )
+    p.add_argument(
+        "--cpu-affinity", metavar="auto|off|CPUS",
+        help="keep the daemon's own threads on these CPUs (e.g. 3 or 2-3); default auto: on the highest usable CPU "
+        "when it has worker processes and at least 2 CPUs; off: the OS places them",
+    )
     p.add_argument("--listen", metavar="HOST:PORT", help="HTTP API and /metrics address (default 127.0.0.1:9464)")
     p.add_argument("--data-dir", metavar="DIR", help="where the SQLite store lives (default ./toolwatch-data)")
     p.add_argument("--webhook", metavar="URL", action="append", help="send alerts to this URL (repeatable)")
@@ -66,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "otlp_http": args.otlp_http,
         "otlp_grpc": args.otlp_grpc,
         "otlp_processes": args.otlp_processes,
+        "cpu_affinity": args.cpu_affinity,
         "listen": args.listen,
         "data_dir": args.data_dir,
         "webhooks": args.webhook,

@@ -23,12 +23,13 @@ killed. A worker whose daemon is gone (even SIGKILLed) reads EOF and exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing as mp
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 from ..metrics import Metrics
 from . import Ingest, NetworkReceiver, Overloaded, Unavailable
@@ -96,6 +97,7 @@ class OtlpHttpWorkers(NetworkReceiver):
         reply_timeout_s: float | None = None,
         start_timeout_s: float = 60.0,
         restart_delay_s: float = 1.0,
+        spawn_guard: Callable[[], ContextManager[None]] = contextlib.nullcontext,
     ) -> None:
         super().__init__(
             host, port, ingest, metrics,
@@ -108,6 +110,8 @@ class OtlpHttpWorkers(NetworkReceiver):
         self.start_timeout_s = start_timeout_s
         self.restart_delay_s = restart_delay_s
         """Least time between a worker's start and its replacement's (no tight loop of crashes)."""
+        self._spawn_guard = spawn_guard
+        """Entered around each worker's start: the daemon's ``ThreadAffinity.released`` (cpu_affinity)."""
         self._ctx = mp.get_context("spawn")
         self._sock: socket.socket | None = None
         self._depth: Any = None
@@ -160,7 +164,8 @@ class OtlpHttpWorkers(NetworkReceiver):
             target=worker_main, args=(self._sock, child, self._depth, self._running, level), name=f"toolwatch-otlp-{slot}", daemon=True
         )
         try:
-            proc.start()
+            with self._spawn_guard():
+                proc.start()
         except BaseException:
             parent.close()
             raise
