@@ -18,6 +18,7 @@ threads of the process keep theirs, so a program or test embedding the daemon is
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from .otlp_processes import usable_cpus
 
 AUTO = "auto"
 OFF = "off"
+
+log = logging.getLogger("toolwatch.cpu_affinity")
 
 CpuAffinitySetting = str | tuple[int, ...]
 """``auto``, ``off`` or the CPUs to pin the daemon to, in order."""
@@ -142,12 +145,19 @@ class ThreadAffinity:
         return self._saved is not None
 
     def apply(self) -> None:
+        """Pin the calling thread; if the OS refuses (a CPU gone offline, a cpuset changed since
+        start-up), the daemon runs unpinned and says so, rather than not starting over a tuning."""
         if self.choice.cpus is None or self._saved is not None:
             return
-        self._saved = set(os.sched_getaffinity(0))
-        self._tid = threading.get_native_id()
-        self._before = self._thread_ids()
-        os.sched_setaffinity(0, self.choice.cpus)
+        saved = set(os.sched_getaffinity(0))
+        try:
+            os.sched_setaffinity(0, self.choice.cpus)
+        except OSError as exc:
+            log.warning("cpu_affinity: could not keep the daemon's threads on CPU %s (%s); they run wherever the "
+                        "OS puts them. Set cpu_affinity to CPUs this process may use, or off",
+                        _cpulist(self.choice.cpus), exc.strerror or exc)
+            return
+        self._saved, self._tid, self._before = saved, threading.get_native_id(), self._thread_ids()
 
     def restore(self) -> None:
         """The applying thread and every thread started since get the mask from before ``apply``

@@ -161,3 +161,14 @@ def test_released_leaves_an_unpinned_thread_alone() -> None:
         assert _mask(0) == before
     assert _mask(0) == before
     aff.restore()
+
+
+def test_a_pin_the_os_refuses_leaves_the_thread_as_it_was_and_says_why(caplog) -> None:
+    gone = max(ALLOWED) + 1  # a CPU this process may not use: sched_setaffinity answers EINVAL
+    aff = ThreadAffinity(AffinityChoice(frozenset({gone}), "test"))
+    before = _mask(0)
+    with caplog.at_level("WARNING", logger="toolwatch.cpu_affinity"):
+        _in_thread(aff.apply)
+    assert not aff.pinned and _mask(0) == before
+    assert f"could not keep the daemon's threads on CPU {gone}" in caplog.text
+    aff.restore()
