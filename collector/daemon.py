@@ -23,11 +23,11 @@ from .alerts import AlertRouter
 from .approvals import Approvals, find_approval_source
 from .api import Api
 from .config import Config, parse_hostport
+from .cpu_affinity import ThreadAffinity, choose_cpu_affinity, parse_cpu_affinity
 from .detector_registry import build_detectors
 from .enforcement import EnforcementService
 from .enforcement_api import EnforcementApi
 from .hold_notify import HoldNotifier, HoldTarget
-from .cpu_affinity import ThreadAffinity, choose_cpu_affinity, parse_cpu_affinity
 from .interpreter import InterpreterSettings
 from .holds import HoldBook
 from .metrics import Metrics
