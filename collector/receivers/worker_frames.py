@@ -127,9 +127,9 @@ _PLAN = tuple(
 _SERVER, _TOOL, _TOKEN = _CALL_COLUMNS.index("server"), _CALL_COLUMNS.index("tool"), _CALL_COLUMNS.index("token")
 _TEXTS_PLANS = frozenset(i for i, plan in enumerate(_PLAN) if plan == _TEXTS)
 _TABLE_COLUMNS = tuple(sorted(_CANONICAL, key=lambda i: (i not in _LASTING, i)))
-"""The ``_LASTING`` columns first: a frame's new values then start with theirs, which the mirror
-keeps in ``Canon``'s lasting table (see ``TableMirror.define``)."""
-"""The columns ``ValueTable`` sends as slots, in column order (which fixes the order of new slots)."""
+"""The columns ``ValueTable`` sends as slots, in the order that fixes the order of new slots: the
+``_LASTING`` columns first, then the others, each group in column order. A frame's new values then
+start with the lasting ones, which the mirror keeps in ``Canon``'s lasting table (``TableMirror.define``)."""
 _STR_TYPE, _TUPLE_TYPE, _INT_TYPE = {str}, {tuple}, {int}
 
 
