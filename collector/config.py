@@ -10,7 +10,7 @@ import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 import yaml
@@ -53,8 +53,16 @@ def otlp_processes_error(value: object) -> str:
             f"got {value!r}")
 
 
-def parse_otlp_processes(value: Any) -> int | str:
-    """``otlp_processes`` from a config file or a flag: ``auto`` (any case) or a whole number.
+def decode_processes_error(value: object) -> str:
+    """What ``kafka.decode_processes`` accepts (file, Config)."""
+    return (f"kafka.decode_processes: must be auto (one decode worker process when this process can use at "
+            f"least 2 CPUs, else 0) or a whole number from 0 to {MAX_PROCESSES} (0 = decode in the consumer "
+            f"thread), got {value!r}")
+
+
+def parse_otlp_processes(value: Any, error: Callable[[object], str] = otlp_processes_error) -> int | str:
+    """``otlp_processes`` (or ``kafka.decode_processes``, with its ``error``) from a config file or a flag:
+    ``auto`` (any case) or a whole number.
 
     Flags arrive as text, YAML as int (or a whole float, which the old int-only key accepted);
     the range is checked by ``Config.validate``."""
@@ -68,7 +76,13 @@ def parse_otlp_processes(value: Any) -> int | str:
         return int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         return value
-    raise ConfigError(otlp_processes_error(value))
+    raise ConfigError(error(value))
+
+
+def check_process_count(value: object, error: Callable[[object], str]) -> None:
+    """``auto`` or a whole number from 0 to ``MAX_PROCESSES``, else ``ConfigError(error(value))``."""
+    if value != AUTO and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PROCESSES):
+        raise ConfigError(error(value))
 
 
 def _cpu_affinity(value: Any) -> CpuAffinitySetting:
@@ -234,6 +248,9 @@ class KafkaConfig:
     state_changelog_topic: str = ""
     """Scale-out (several daemons, one group): compacted topic, co-partitioned with ``topic``, holding
     each agent's detector state so it moves with its partition. Empty = single node (SQLite only)."""
+    decode_processes: int | str = AUTO
+    """Records decoded and normalised in this many worker processes; 0 = in the consumer thread;
+    ``auto`` = 1 when this process can use at least 2 CPUs, else 0 (receivers/decode_workers.py)."""
 
     ENCODINGS = ("otlp_proto", "otlp_json", "auto")
 
@@ -259,6 +276,7 @@ class KafkaConfig:
         for key in ("commit_interval_ms", "max_poll_records", "max_poll_interval_ms", "session_timeout_ms"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"kafka.{key}: must be at least 1")
+        check_process_count(self.decode_processes, decode_processes_error)
 
 
 @dataclass
@@ -313,9 +331,7 @@ class Config:
                     f"{key}: {value!r} is not a loopback address; set allow_remote: true "
                     "(or --allow-remote) to listen beyond this host, ideally with api_token set"
                 )
-        value = self.otlp_processes
-        if value != AUTO and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PROCESSES):
-            raise ConfigError(otlp_processes_error(value))
+        check_process_count(self.otlp_processes, otlp_processes_error)
         try:
             affinity = parse_cpu_affinity(self.cpu_affinity)
             if isinstance(affinity, tuple):  # are they CPUs this process may use?
@@ -403,6 +419,10 @@ def config_from_mapping(data: Any, source: str = "config") -> Config:
     alerts = data.pop("alerts", {}) or {}
     detectors = data.pop("detectors", {}) or {}
     kafka = data.pop("kafka", {}) or {}
+    decode_processes: int | str = AUTO
+    if isinstance(kafka, Mapping) and "decode_processes" in kafka:
+        kafka = dict(kafka)
+        decode_processes = parse_otlp_processes(kafka.pop("decode_processes"), decode_processes_error)
     data.pop("source", None)
     otlp_processes = parse_otlp_processes(data.pop("otlp_processes")) if "otlp_processes" in data else AUTO
     cpu_affinity = _cpu_affinity(data.pop("cpu_affinity")) if "cpu_affinity" in data else AUTO
@@ -420,6 +440,7 @@ def config_from_mapping(data: Any, source: str = "config") -> Config:
     cfg.pipeline = _dataclass_from(PipelineConfig, pipeline, "pipeline")
     cfg.alerts = _dataclass_from(AlertsConfig, alerts, "alerts")
     cfg.kafka = _dataclass_from(KafkaConfig, kafka, "kafka")
+    cfg.kafka.decode_processes = decode_processes
     if not isinstance(detectors, Mapping):
         raise ConfigError("detectors: must be a mapping of detector name -> settings")
     cfg.detectors = {str(k): (dict(v) if isinstance(v, Mapping) else v) for k, v in detectors.items()}

@@ -32,11 +32,12 @@ from .interpreter import InterpreterSettings
 from .holds import HoldBook
 from .metrics import Metrics
 from .normalize import ArgsRedactor, Normalizer
-from .otlp_processes import AUTO, choose_otlp_processes
+from .otlp_processes import AUTO, choose_decode_processes, choose_otlp_processes
 from .pipeline import Pipeline
 from .receivers import Ingest, Receiver
 from .receivers.tls import tls_files
 from .receivers.otlp_grpc import OtlpGrpcReceiver
+from .receivers.decode_workers import DecodeWorkers
 from .receivers.kafka import build_kafka_receiver
 from .receivers.otlp_http import OtlpHttpReceiver
 from .receivers.otlp_workers import OtlpHttpWorkers
@@ -105,6 +106,16 @@ class Daemon:
             log.info("otlp_processes: auto chose %d (%s)", choice.processes, choice.reason)
         self.otlp_processes = choice.processes if http else 0
         """OTLP/HTTP worker processes this daemon runs (``cfg.otlp_processes`` with ``auto`` resolved)."""
+        decode = choose_decode_processes(cfg.kafka.decode_processes, redact_args_given=redact_args is not None)
+        if cfg.kafka.enabled and decode.processes and redact_args is not None:
+            raise ValueError(
+                "redact_args cannot be used with kafka.decode_processes > 0: the decode workers build the ingest "
+                "redactor from fingerprint_key; pass kafka.decode_processes=0 (or auto) or drop redact_args"
+            )
+        if cfg.kafka.enabled and cfg.kafka.decode_processes == AUTO:
+            log.info("kafka.decode_processes: auto chose %d (%s)", decode.processes, decode.reason)
+        self.decode_processes = decode.processes if cfg.kafka.enabled else 0
+        """Kafka decode worker processes this daemon runs (``kafka.decode_processes`` resolved)."""
         self.cfg = cfg
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics(registry, tool_label_cap=cfg.tool_label_cap)
@@ -132,7 +143,7 @@ class Daemon:
         self.pipeline.batch_listeners.append(self.agent_metrics.after_batch)
         self.pipeline.batch_listeners.append(lambda _batch, _findings: self._update_agent_gauge())
         self.affinity = ThreadAffinity(choose_cpu_affinity(
-            parse_cpu_affinity(cfg.cpu_affinity), helpers=bool(self.otlp_processes) or not p.refit_in_process))
+            parse_cpu_affinity(cfg.cpu_affinity), helpers=bool(self.otlp_processes or self.decode_processes) or not p.refit_in_process))
         """The daemon's threads on one CPU while it runs (``cpu_affinity``); child processes start outside it."""
         log.info("cpu_affinity: %s", self.affinity.choice.reason)
         self.refit_worker: RefitWorker | None = None
@@ -171,6 +182,11 @@ class Daemon:
                 build_kafka_receiver(
                     cfg.kafka, cfg.data_path, self.ingest.normalizer, self.pipeline, self.metrics,
                     max_record_bytes=cfg.max_body_bytes,
+                    decoders=DecodeWorkers(
+                        self.decode_processes, fingerprint_key=fingerprint_key_text(cfg), encoding=cfg.kafka.encoding,
+                        max_record_bytes=cfg.max_body_bytes, spawn_guard=self.affinity.released,
+                        reply_timeout_s=cfg.kafka.max_poll_interval_ms / 2000,
+                    ) if self.decode_processes else None,
                 )
             )
         self.metrics.init_labels(

@@ -97,12 +97,25 @@ def choose_otlp_processes(setting: int | str, *, redact_args_given: bool = False
     ``auto`` is 0 when the caller hands the daemon a redactor object (``Daemon(redact_args=...)``):
     a Python callable cannot reach a worker process, and in-process is the only way to honour it.
     """
+    return _choose(setting, "one OTLP/HTTP worker process", "OTLP/HTTP in the daemon's process",
+                   redact_args_given=redact_args_given, cpus=cpus)
+
+
+def choose_decode_processes(setting: int | str, *, redact_args_given: bool = False,
+                            cpus: int | None = None) -> OtlpProcessesChoice:
+    """Resolve a validated ``kafka.decode_processes`` setting, by ``choose_otlp_processes``'s rule."""
+    return _choose(setting, "one Kafka decode worker process", "Kafka records decoded in the consumer thread",
+                   redact_args_given=redact_args_given, cpus=cpus)
+
+
+def _choose(setting: int | str, one: str, none: str, *, redact_args_given: bool, cpus: int | None
+            ) -> OtlpProcessesChoice:
     if setting != AUTO:
         return OtlpProcessesChoice(int(setting), "set explicitly")
     if redact_args_given:
-        return OtlpProcessesChoice(0, "OTLP/HTTP in the daemon's process: a redact_args object was given, "
+        return OtlpProcessesChoice(0, f"{none}: a redact_args object was given, "
                                       "and worker processes can only build the redactor from fingerprint_key")
     cpus = usable_cpus() if cpus is None else cpus
     if cpus >= 2:
-        return OtlpProcessesChoice(1, f"one OTLP/HTTP worker process: {cpus} CPUs usable by this process")
-    return OtlpProcessesChoice(0, f"OTLP/HTTP in the daemon's process: only {cpus} CPU usable by this process")
+        return OtlpProcessesChoice(1, f"{one}: {cpus} CPUs usable by this process")
+    return OtlpProcessesChoice(0, f"{none}: only {cpus} CPU usable by this process")

@@ -35,6 +35,7 @@ from ..pipeline import Pipeline
 from . import Receiver
 from .agent_state_capture import AgentStateCapture
 from .dead_letter import DeadLetter, DeadRecord, FileDeadLetter, KafkaDeadLetter
+from .decode_workers import DeadValue, DecodeWorkers, Result, Sent
 from .kafka_records import decode_record
 from .state_changelog import AgentRecord, AgentStates, StateChangelog
 
@@ -48,6 +49,10 @@ STOP_TIMEOUT_MS = 5_000
 """How long the stop's last offset commit, and the consumer's close, may wait for the broker. The
 client's default (``request_timeout_ms``, 30 s) each made a stop with an unresponsive broker outlast
 a service manager's stop timeout; what is not committed is redelivered after the restart."""
+DECODE_AHEAD = 1
+"""Polls whose records stay with the decode workers while the consumer thread polls again: one run
+always waits in the worker behind the one it decodes, so it never idles while the consumer thread
+waits for the interpreter lock (the detectors hold it most of the time)."""
 EVENTS_PER_POLL = 20_000
 """Spans decoded between two polls, at most (about): with records of hundreds of spans, ``max_poll_records``
 alone let one poll take longer to decode than ``max_poll_interval_ms`` (the group then evicts the member)."""
@@ -104,8 +109,11 @@ class KafkaReceiver(Receiver):
         settle_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         changelog: StateChangelog | None = None,
+        decoders: DecodeWorkers | None = None,
     ) -> None:
         self.cfg = cfg
+        self.decoders = decoders
+        """Decode and normalise in worker processes (``kafka.decode_processes``); None: in the consumer thread."""
         self.changelog = changelog
         self._agent_partition: dict[str, int] = {}
         """Scale-out: the input partition each agent was last seen on (whose changelog holds its state)."""
@@ -137,6 +145,8 @@ class KafkaReceiver(Receiver):
         self._stop = threading.Event()
         self._consumer: Any = None
         self._pending: deque[_Record] = deque()
+        self._in_decode: deque[tuple[list[tuple[Any, Any]], Sent]] = deque()
+        """The last polls' records while the decode workers have them (at most ``DECODE_AHEAD`` after a poll)."""
         self._uncommitted: deque[tuple[int, Any, int]] = deque()  # (ticket, partition, next offset)
         self._ticket = 0
         self._last_request = clock()
@@ -179,6 +189,8 @@ class KafkaReceiver(Receiver):
     # --- the consumer thread ------------------------------------------------------------------
     def _main(self) -> None:
         try:
+            if self.decoders is not None:
+                self.decoders.start()
             consumer = self._connect()
             if consumer is None:
                 return
@@ -200,6 +212,11 @@ class KafkaReceiver(Receiver):
                 self.dead_letter.close()
             except Exception:
                 log.exception("dead letter did not close cleanly")
+            if self.decoders is not None:
+                try:
+                    self.decoders.close()
+                except Exception:
+                    log.exception("Kafka decode workers did not stop cleanly")
 
     def _connect(self) -> Any:
         delay = 0.5
@@ -217,12 +234,15 @@ class KafkaReceiver(Receiver):
             self._offer()
         self._set_paused(consumer, bool(self._pending))
         polled = consumer.poll(timeout_ms=self.poll_timeout_ms, max_records=self._poll_records())
-        n = events = 0
-        for tp, records in polled.items():
-            for rec in records:
-                r = self._decode(tp, rec)
-                self._pending.append(r)
-                n, events = n + 1, events + r.events
+        got = [(tp, rec) for tp, records in polled.items() for rec in records]
+        if self.decoders is None:
+            records = [self._decode(tp, rec) for tp, rec in got]
+        else:  # the workers decode this poll's records while the last ones' go to the pipeline
+            if got:
+                self._in_decode.append((got, self.decoders.send([rec.value for _tp, rec in got])))
+            records = self._decoded(keep=DECODE_AHEAD if got else 0)
+        self._pending.extend(records)
+        n, events = len(records), sum(r.events for r in records)
         if n:
             self._events_per_record = 0.8 * self._events_per_record + 0.2 * max(1.0, events / n)
         if self._pending:
@@ -233,14 +253,30 @@ class KafkaReceiver(Receiver):
         """``max_poll_records``, fewer when records are large: a poll's worth is decoded in about a second."""
         return max(1, min(self.cfg.max_poll_records, int(EVENTS_PER_POLL / self._events_per_record)))
 
-    def _decode(self, tp: Any, rec: Any) -> _Record:
+    def _decoded(self, keep: int = 0) -> list[_Record]:
+        """The records the decode workers have, decoded, oldest first, leaving the newest ``keep`` polls' with them."""
+        out: list[_Record] = []
+        while len(self._in_decode) > keep:
+            got, sent = self._in_decode.popleft()
+            assert self.decoders is not None
+            out += [self._decode(tp, rec, res) for (tp, rec), res in zip(got, self.decoders.receive(sent))]
+        return out
+
+    def _decode(self, tp: Any, rec: Any, done: Result = None) -> _Record:
+        """The record as the pipeline takes it; ``done``: a decode worker's result for it (None: decode here)."""
         out = _Record(tp, rec.offset)
-        try:
-            req = decode_record(rec.value, self.cfg.encoding, self.max_record_bytes, attr_map=True)
-        except otlp.DecodeError as exc:
-            self._dead(tp, rec, exc.reason, str(exc))
+        if isinstance(done, DeadValue):
+            self._dead(tp, rec, done.reason, done.message)
             return out
-        norm = self.normalizer.normalize(req)
+        if done is not None:
+            norm = done
+        else:
+            try:
+                req = decode_record(rec.value, self.cfg.encoding, self.max_record_bytes, attr_map=True)
+            except otlp.DecodeError as exc:
+                self._dead(tp, rec, exc.reason, str(exc))
+                return out
+            norm = self.normalizer.normalize(req)
         out.calls, out.listings, out.spans, out.rejected = norm.calls, norm.listings, norm.spans, norm.rejected
         if self.changelog is not None:
             if self._skip:
@@ -410,6 +446,7 @@ class KafkaReceiver(Receiver):
 
     # --- rebalances (called inside poll, on the consumer thread) ------------------------------
     def _on_revoked(self, revoked: set[Any]) -> None:
+        self._pending.extend(self._decoded())  # filtered below like the rest of the pending records
         if self.changelog is not None and revoked:
             try:
                 self._drain_and_save()  # the commit below writes the touched agents' state first
@@ -432,6 +469,7 @@ class KafkaReceiver(Receiver):
     def _on_lost(self, lost: set[Any]) -> None:
         """Evicted from the group: the partitions may already be someone else's, so no drain, no write, no
         commit (the new owner restores the last committed state and re-reads the rest); forget them."""
+        self._pending.extend(self._decoded())  # filtered below like the rest of the pending records
         if self.changelog is not None and lost:
             try:
                 self._drop_agents({tp.partition for tp in lost}, wait=False)
@@ -603,7 +641,8 @@ def make_changelog(cfg: KafkaConfig) -> StateChangelog | None:
 
 
 def build_kafka_receiver(
-    cfg: KafkaConfig, data_dir: Path, normalizer: Normalizer, pipeline: Pipeline, metrics: Metrics, *, max_record_bytes: int
+    cfg: KafkaConfig, data_dir: Path, normalizer: Normalizer, pipeline: Pipeline, metrics: Metrics, *,
+    max_record_bytes: int, decoders: DecodeWorkers | None = None,
 ) -> KafkaReceiver:
     """What the daemon calls when ``kafka.enabled``: the receiver with its consumer and dead letter."""
     return KafkaReceiver(
@@ -615,4 +654,5 @@ def build_kafka_receiver(
         make_consumer_factory(cfg, max_record_bytes),
         max_record_bytes=max_record_bytes,
         changelog=make_changelog(cfg),
+        decoders=decoders,
     )

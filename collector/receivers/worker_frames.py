@@ -27,8 +27,8 @@ from ..normalize import Normalized
 __all__ = [
     "CONFIG", "INGEST", "READY", "REJECTED", "STOP", "REPLY", "OK", "OVERLOADED", "UNAVAILABLE",
     "HEADER", "frame", "unframe", "rows_to_columns", "calls_to_columns", "columns_to_calls", "Canon",
-    "listings_to_tuples", "tuples_to_listings", "ingest_frame", "read_ingest", "ValueTable", "TableMirror",
-    "OutOfStep",
+    "listings_to_tuples", "tuples_to_listings", "ingest_frame", "ingest_message", "read_ingest", "ValueTable",
+    "TableMirror", "OutOfStep",
 ]  # fmt: skip
 
 # Kinds, worker -> daemon
@@ -515,14 +515,28 @@ def ingest_frame(
 
     ``table``: the connection's ``ValueTable`` (the daemon reads the frame with its ``TableMirror``);
     the frame must then be sent, and in the order built."""
+    msg = ingest_message(request_id, receiver, norm, decode_rejected, decode_errors, rows=rows, table=table)
+    try:
+        return frame(msg)
+    except BaseException:
+        if table is not None:
+            table.forget()
+        raise
+
+
+def ingest_message(
+    request_id: int, receiver: str, norm: Normalized, decode_rejected: int, decode_errors: tuple[str, ...],
+    *, rows: bool = False, table: ValueTable | None = None,
+) -> tuple[Any, ...]:
+    """``ingest_frame``'s message, not yet framed (several travel in one frame: decode_worker_main)."""
     calls: tuple[Any, ...] = rows_to_columns(norm.calls) if rows else calls_to_columns(norm.calls)  # type: ignore[arg-type]
     try:
         if table is not None:
             calls = table.encode(calls)  # type: ignore[arg-type]
-        return frame((
+        return (
             INGEST, request_id, receiver, calls, listings_to_tuples(norm.listings),
             norm.spans, norm.rejected, tuple(norm.errors), decode_rejected, tuple(decode_errors),
-        ))  # fmt: skip
+        )  # fmt: skip
     except BaseException:
         if table is not None:
             table.forget()

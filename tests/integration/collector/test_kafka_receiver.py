@@ -50,8 +50,9 @@ def expected_new_tool(calls: list[Call], min_calls: int) -> set[tuple[str, str]]
     return {(f.agent_id, f.tool) for f in det.observe(batch)}
 
 
+@pytest.mark.parametrize("decode_processes", [0, 1])
 @pytest.mark.parametrize("encoding", ["otlp_proto", "otlp_json"])
-def test_spans_from_kafka_are_processed_alerted_and_committed(tmp_path, kafka_broker, encoding):
+def test_spans_from_kafka_are_processed_alerted_and_committed(tmp_path, kafka_broker, encoding, decode_processes):
     kafka_broker.create_topic("otlp_spans", partitions=2)
     calls = workload(agents=3, calls_per_agent=12, new_tool_every=10)
     encode = (lambda r: r.SerializeToString()) if encoding == "otlp_proto" else to_otlp_json
@@ -61,10 +62,12 @@ def test_spans_from_kafka_are_processed_alerted_and_committed(tmp_path, kafka_br
         records += [(agent.encode(), encode(request(mine[i : i + 4]))) for i in range(0, len(mine), 4)]
     ends = produce(kafka_broker, "otlp_spans", records)
 
-    cfg = make_config(tmp_path, otlp_processes=0, kafka=kafka_cfg(kafka_broker, encoding=encoding))
+    cfg = make_config(tmp_path, otlp_processes=0,
+                      kafka=kafka_cfg(kafka_broker, encoding=encoding, decode_processes=decode_processes))
     cfg.detectors = {"new_tool": {"min_calls": 5}}
     with DaemonThread(cfg) as d:
         rx = d.daemon.receiver("kafka")
+        assert d.daemon.decode_processes == decode_processes and (rx.decoders is not None) == bool(decode_processes)
         _wait(lambda: rx.committed_records == len(records), what="all records committed")
         assert d.metric("toolwatch_spans_received_total", {"receiver": "kafka"}) == len(calls)
         assert d.metric("toolwatch_kafka_records_total", {"outcome": "accepted"}) == len(records)
@@ -75,9 +78,12 @@ def test_spans_from_kafka_are_processed_alerted_and_committed(tmp_path, kafka_br
         committed = {tp.partition: consumer.committed(tp) for tp in rx.assigned if tp.partition in ends}
         consumer.close()
         assert committed == ends
+        if decode_processes:  # the workers decoded every record: none fell back to the consumer thread
+            assert rx.decoders.fallbacks == 0 and all(rx.decoders.pids)
 
 
-def test_poison_record_goes_to_dead_letter_topic_and_partition_keeps_flowing(tmp_path, kafka_broker):
+@pytest.mark.parametrize("decode_processes", [0, 1])
+def test_poison_record_goes_to_dead_letter_topic_and_partition_keeps_flowing(tmp_path, kafka_broker, decode_processes):
     kafka_broker.create_topic("otlp_spans", partitions=1)
     kafka_broker.create_topic("otlp_spans_dlq", partitions=1)
     good1 = request([Call("a", "files", "read_file", n) for n in range(3)]).SerializeToString()
@@ -85,7 +91,8 @@ def test_poison_record_goes_to_dead_letter_topic_and_partition_keeps_flowing(tmp
     poison = b"\xff\xfe definitely not OTLP"
     produce(kafka_broker, "otlp_spans", [(b"a", good1), (b"a", poison), (b"a", b'{"resourceSpans": 7}'), (b"a", good2)])
 
-    cfg = make_config(tmp_path, otlp_processes=0, kafka=kafka_cfg(kafka_broker, dead_letter_topic="otlp_spans_dlq", encoding="auto"))
+    cfg = make_config(tmp_path, otlp_processes=0, kafka=kafka_cfg(
+        kafka_broker, dead_letter_topic="otlp_spans_dlq", encoding="auto", decode_processes=decode_processes))
     with DaemonThread(cfg) as d:
         rx = d.daemon.receiver("kafka")
         _wait(lambda: rx.committed_records == 4, what="all four records committed")
