@@ -4,10 +4,11 @@
 
 The pipeline saves every detector's ``snapshot()`` as JSON into SQLite every
 ``pipeline.snapshot_interval_s`` (30 s), on the event loop: while it runs, no batch is processed.
-Per detector: CPU ms of ``snapshot()``, of ``json.dumps`` and of ``Store.save_state`` (SQLite),
-medians of ``--rounds``, and the JSON size. The naive baseline, in the same run, writes the same
-state with float matrices as nested lists (how state was written before detectors/array_codec.py):
-its cost is ``tolist`` of each matrix plus ``json.dumps`` and the SQLite write of that text.
+Per detector: CPU ms of ``snapshot()`` and of ``Store.save_state`` (msgspec's JSON, collector/state_json.py,
+and SQLite), medians of ``--rounds``, and the JSON size. The naive baseline, in the same run, writes
+the same state with float matrices as nested lists of float64 (how state was written before
+detectors/array_codec.py) by ``json.dumps`` (as before collector/state_json.py): its cost is ``tolist``
+of each matrix plus ``json.dumps`` and the SQLite write of that text.
 Per-detector figures are taken with garbage collection paused as ``Pipeline.save_state`` pauses it
 (collector/gc_pause.py; code from before it had no pause, and this bench then times without one).
 The last line times ``Pipeline.save_state`` itself, all detectors in one go, as the daemon runs it.
@@ -53,7 +54,7 @@ except ImportError:  # code from before the pause (run against an older checkout
 def _decoded(state: Any) -> Any:
     """The state with each base64 matrix as a NumPy array (untimed: the naive side starts from arrays)."""
     if isinstance(state, dict):
-        if set(state) == {"f8", "shape"}:
+        if "f8" in state and "shape" in state:
             return decode_matrix(state, "bench")
         return {k: _decoded(v) for k, v in state.items()}
     return [_decoded(v) for v in state] if isinstance(state, list) else state
@@ -72,6 +73,14 @@ def _as_lists(state: Any) -> Any:
     if isinstance(state, dict):
         return {k: _as_lists(v) for k, v in state.items()}
     return [_as_lists(v) for v in state] if isinstance(state, list) else state
+
+
+def _save_json(store: Store, name: str, state: Any) -> None:
+    """``Store.save_state`` as it was before msgspec: ``json.dumps`` text."""
+    store.db.execute(
+        "INSERT INTO detector_state(name, state, updated_at) VALUES (?,?,?)"
+        " ON CONFLICT(name) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
+        (name, json.dumps(state, separators=(",", ":")), 0.0))
 
 
 def _ms(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -99,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     interpreter.apply()  # as the daemon runs (pipeline.gc_young_threshold)
     print(f"GC thresholds while timing: {gc.get_threshold()}")
     print(f"{'detector':14s} {'snapshot':>9s} {'save':>8s} {'total':>8s} {'MB':>7s}"
-          f" | naive: {'tolist':>8s} {'save':>8s} {'total':>8s} {'MB':>7s}   (CPU ms, medians; save = json + SQLite)")
+          f" | naive: {'tolist':>8s} {'save':>8s} {'total':>8s} {'MB':>7s}   (CPU ms, medians; save = JSON + SQLite)")
     sums = [0.0, 0.0]
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "state.db")
@@ -113,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 with gc_paused():
                     t_lists, _ = _ms(lambda a=_matrices(arrays): [m.tolist() for m in a])
                     plain = _as_lists(arrays)
-                    t_save_old, _ = _ms(lambda p=plain: store.save_state(det.name, p))
+                    t_save_old, _ = _ms(lambda p=plain: _save_json(store, det.name, p))
                 rounds.append((t_snap, t_save, t_lists, t_save_old))
             snap, save, lists, save_old = (statistics.median(r[i] for r in rounds) for i in range(4))
             mb, mb_old = (len(json.dumps(x, separators=(",", ":"))) / 1e6 for x in (state, plain))

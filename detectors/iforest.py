@@ -523,7 +523,16 @@ class ForestModel:
         ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sample": encode_matrix(self.sample), "params": {
+        """The sample and params; built once (a fitted model never changes) and shared by every
+        snapshot after, so the caller must not change it: each periodic snapshot re-encoded every
+        model's sample."""
+        cached = getattr(self, "_as_dict", None)
+        if cached is None:
+            cached = self._as_dict = self._to_dict()
+        return cached
+
+    def _to_dict(self) -> dict[str, Any]:
+        return {"sample": encode_matrix(self.sample, narrow=True), "params": {
             "n_estimators": self.params.n_estimators, "max_samples": self.params.max_samples,
             "random_state": self.params.random_state, "target_alert_rate": self.params.target_alert_rate,
             "threshold_margin": self.params.threshold_margin, "range_k": self.params.range_k}}

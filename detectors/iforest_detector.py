@@ -142,6 +142,34 @@ def _stored_rows(rows: Any, what: str) -> np.ndarray:
     return X
 
 
+def _pending_to_dict(pending: dict[str, list[bytes]]) -> dict[str, Any]:
+    """Pending session rows as one matrix (sessions' rows one after the other) with the sessions and
+    their row counts beside it. Why: a fleet has thousands of open sessions with a few rows each, and
+    a matrix per session (the older ``"pending"`` form, still read) cost a base64 string, a dict and
+    a shape list each, every snapshot."""
+    return {"pending_sessions": list(pending), "pending_counts": [len(rows) for rows in pending.values()],
+            "pending_rows": encode_matrix(rows_array([r for rows in pending.values() for r in rows]), narrow=True)}
+
+
+def _pending_from_dict(d: dict[str, Any]) -> dict[str, list[bytes]]:
+    """``_pending_to_dict``'s form, or the older one (``"pending"``: a matrix per session)."""
+    if "pending_rows" not in d:
+        return {str(k): row_bytes(_stored_rows(v, f"pending rows of session {k!r}"))
+                for k, v in d.get("pending", {}).items()}
+    sessions, counts = d["pending_sessions"], d["pending_counts"]
+    rows = row_bytes(_stored_rows(d["pending_rows"], "pending rows"))
+    if (not isinstance(sessions, list) or not isinstance(counts, list) or len(sessions) != len(counts)
+            or not all(type(n) is int and n >= 0 for n in counts) or sum(counts) != len(rows)):
+        raise ValueError("iforest snapshot: pending_sessions and pending_counts must match, one count a "
+                         f"session, counting the {len(rows)} pending rows")
+    out: dict[str, list[bytes]] = {}
+    at = 0
+    for sid, n in zip(sessions, counts):
+        out[str(sid)] = rows[at : at + n]
+        at += n
+    return out
+
+
 class _Hit(NamedTuple):
     """What a finding about one hit row shows: its score and range excess, and those rounded as the
     finding stores them, its features rounded, its explanation."""
@@ -359,10 +387,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         return _Agent(self.config)
 
     def state_to_dict(self, st: _Agent) -> dict[str, Any]:
-        return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": encode_matrix(st.window()),
+        return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": encode_matrix(st.window(), narrow=True),
                 "since_fit": st.since_fit + st.refitting, "frozen": st.frozen,
-                "pending": {sid: encode_matrix(rows_array(rows)) for sid, rows in st.pending.items()},
-                "tainted": sorted(st.tainted)}
+                **_pending_to_dict(st.pending), "tainted": sorted(st.tainted)}
 
     def state_from_dict(self, d: dict[str, Any]) -> _Agent:
         st = _Agent(self.config)
@@ -373,8 +400,7 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         st.add_rows(_stored_rows(d["rows"], "window rows"))
         st.since_fit = int(d["since_fit"])
         st.frozen = bool(d["frozen"])
-        st.pending = {str(k): row_bytes(_stored_rows(v, f"pending rows of session {k!r}"))
-                      for k, v in d.get("pending", {}).items()}
+        st.pending = _pending_from_dict(d)
         st.tainted = set(d.get("tainted", []))
         return st
 

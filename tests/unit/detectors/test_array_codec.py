@@ -50,3 +50,42 @@ def test_malformed_matrices_are_refused_by_name(data: object, message: str) -> N
     with pytest.raises(ValueError, match="window rows") as err:
         decode_matrix(data, "window rows")
     assert message in str(err.value)
+
+
+narrowable = st.tuples(st.integers(0, 20), st.integers(1, 16)).flatmap(
+    lambda shape: arrays(np.float64, shape, elements=st.one_of(
+        st.integers(0, 255).map(float), st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([-0.0, 256.0, -1.0, 0.5]))))
+
+
+@given(narrowable | matrices)
+def test_narrow_round_trip_through_json_is_bit_exact(X: np.ndarray) -> None:
+    data = encode_matrix(X, narrow=True)
+    back = decode_matrix(json.loads(json.dumps(data)), "m")
+    assert back.shape == X.shape and back.dtype == np.float64
+    assert back.tobytes() == np.ascontiguousarray(X).tobytes()
+    if "u1_cols" in data:  # only columns of bytes 0-255 (not -0.0) are narrowed
+        narrowed = X[:, data["u1_cols"]]
+        assert ((narrowed >= 0) & (narrowed <= 255) & (narrowed == np.round(narrowed))).all()
+        assert not np.signbit(narrowed).any()
+
+
+def test_narrow_writes_byte_columns_apart_and_the_plain_form_otherwise() -> None:
+    X = np.array([[0.5, 1.0, 3.0], [1.5, 0.0, 255.0]])
+    data = encode_matrix(X, narrow=True)
+    assert data["u1_cols"] == [1, 2] and set(data) == {"f8", "u1", "u1_cols", "shape"}
+    assert encode_matrix(X[:, :1], narrow=True) == encode_matrix(X[:, :1])  # nothing to narrow: the older form
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"u1_cols": [1, 1]}, "distinct columns"),
+    ({"u1_cols": [3]}, "distinct columns"),
+    ({"u1_cols": [True]}, "distinct columns"),
+    ({"u1": 5}, "distinct columns"),
+    ({"u1": "not base64!"}, "'u1' is not base64"),
+    ({"u1_cols": [1]}, "not the 2 rows of 2 float64 and 1 byte columns"),
+])
+def test_malformed_narrow_matrices_are_refused_by_name(change: dict, message: str) -> None:
+    data = {**encode_matrix(np.array([[0.5, 1.0, 3.0], [1.5, 0.0, 255.0]]), narrow=True), **change}
+    with pytest.raises(ValueError, match="window rows") as err:
+        decode_matrix(data, "window rows")
+    assert message in str(err.value)

@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers import iforest_detector_main as main_det
 from tests.helpers import iforest_main
+from tests.helpers.iforest_state import main_form
 from toolwatch.detectors.array_codec import decode_matrix
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.iforest import ForestParams
@@ -52,13 +53,7 @@ def _same_findings(a: list[Any], b: list[Any]) -> None:
 
 def _plain(state: Any) -> Any:
     """A snapshot with every base64 matrix (``array_codec``) written as nested lists, as main writes them."""
-    if isinstance(state, dict):
-        if set(state) == {"f8", "shape"}:
-            return decode_matrix(state, "test").tolist()
-        return {k: _plain(v) for k, v in state.items()}
-    if isinstance(state, list):
-        return [_plain(v) for v in state]
-    return state
+    return main_form(state, lambda m: decode_matrix(m, "test").tolist())
 
 
 def _same_snapshot(new: Any, ref: Any) -> bool:
