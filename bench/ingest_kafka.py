@@ -81,10 +81,11 @@ def proc_cpu(pid: int) -> float:
 
 
 def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detectors_on: bool,
-               cpu_affinity: str = "auto", decode_processes: int | str = "auto", broker_pid: int | None = None) -> dict:
+               cpu_affinity: str = "auto", decode_processes: int | str = "auto", broker_pid: int | None = None,
+               run: int = 0) -> dict:
     cfg = Config(otlp_http="off", otlp_grpc="off", listen="127.0.0.1:0", data_dir=data_dir, cpu_affinity=cpu_affinity)
     cfg.pipeline.queue_max_spans = queue_max
-    cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id=f"bench-{detectors_on}-{decode_processes}",
+    cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id=f"bench-{detectors_on}-{run}",
                             max_poll_interval_ms=10000, session_timeout_ms=6000, decode_processes=decode_processes)
     cfg.detectors = detector_config(detectors_on)
     cfg.validate()
@@ -250,9 +251,9 @@ def main() -> None:
             modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.detectors]
             for on in modes:
                 label = "all detectors on" if on else "detectors off (receiver path alone)"
-                for decode in decode_settings:
-                    r = run_daemon(broker.bootstrap, total, str(Path(tmp) / f"data-{on}-{decode}"), args.queue_max, on,
-                                   args.cpu_affinity, decode, broker._proc.pid if broker._proc else None)
+                for run, decode in enumerate(decode_settings):  # each run its own group: each reads the whole topic
+                    r = run_daemon(broker.bootstrap, total, str(Path(tmp) / f"data-{on}-{run}"), args.queue_max, on,
+                                   args.cpu_affinity, decode, broker._proc.pid if broker._proc else None, run)
                     print(f"[{label}, decode_processes {decode} -> {r['decode_processes']}] toolwatch Kafka receiver "
                           f"+ pipeline: {r['rate']:,.0f} spans/s end to end ({r['seconds']:.1f}s; "
                           f"{r['batches']:,.0f} batches, {r['commits']:,.0f} commits, {r['saves']} state saves); "

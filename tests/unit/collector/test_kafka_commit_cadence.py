@@ -1,5 +1,5 @@
 """Snapshot and commit cadence of the Kafka receiver: a snapshot is asked for when the commit interval
-is due (never again straight after each save), and never more often than ten times what the last save took."""
+is due (never again straight after each save), and never more often than ``SNAPSHOT_COST_FACTOR`` times what the last save took."""
 
 from __future__ import annotations
 
