@@ -262,7 +262,7 @@ def _rss_mb() -> float:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _proc_cpu(pid: int) -> float:
+def proc_cpu(pid: int) -> float:
     """CPU seconds of a live process (0 if it is gone)."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
@@ -282,7 +282,7 @@ def _child_cpu(runner: "DaemonRunner") -> dict[int, tuple[str, float]]:
     worker = runner.daemon.refit_worker
     if worker is not None and worker.pid is not None:
         roles[worker.pid] = "refit worker"
-    return {pid: (role, _proc_cpu(pid)) for pid, role in roles.items()}
+    return {pid: (role, proc_cpu(pid)) for pid, role in roles.items()}
 
 
 class CpuBudget:

@@ -41,6 +41,7 @@ from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 sys.path.insert(0, str(ROOT / "bench"))
 
 import workloads as wl  # noqa: E402
+from ingest import proc_cpu  # noqa: E402
 from helpers.kafka_broker import KafkaBroker  # noqa: E402
 from toolwatch.collector.config import Config, KafkaConfig, decode_processes_error, parse_otlp_processes  # noqa: E402
 from toolwatch.collector.daemon import Daemon, build_detectors  # noqa: E402
@@ -67,17 +68,6 @@ def detector_config(detectors_on: bool) -> dict:
     if detectors_on:
         return {"new_tool": {"min_calls": 50}}
     return {name: {"enabled": False} for name in FACTORIES}
-
-
-def proc_cpu(pid: int) -> float:
-    """CPU seconds of a live process (0 if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detectors_on: bool,

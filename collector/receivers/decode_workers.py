@@ -28,6 +28,7 @@ from ..normalize import Normalized
 from . import worker_frames as wf
 from .decode_worker_main import DEAD, DECODE, FAILED, RESULTS, read_frame
 from .decode_worker_main import main as worker_main
+from .otlp_workers import start_worker
 
 log = logging.getLogger("toolwatch.receiver.kafka_decode")
 
@@ -102,36 +103,28 @@ class DecodeWorkers:
         return [w.proc.pid if w is not None else None for w in self._workers]
 
     def start(self) -> None:
-        """Start every worker; one that does not start is logged and retried later (see ``decode``)."""
+        """Start every worker; one that does not start is logged and retried later (see ``send``)."""
         for slot in range(self.processes):
-            self._start(slot)
+            self._start(slot, self.start_timeout_s)
 
-    def _start(self, slot: int) -> bool:
+    def _start(self, slot: int, timeout_s: float) -> bool:
         self._retry_at[slot] = self.clock() + self.restart_delay_s
         try:
-            self._workers[slot] = self._spawn(slot)
+            self._workers[slot] = self._spawn(slot, timeout_s)
             return True
         except Exception as exc:
             log.warning("Kafka decode worker %d did not start (%s); its records are decoded in the consumer "
                         "thread until it does", slot, exc)
             return False
 
-    def _spawn(self, slot: int) -> _Worker:
-        parent, child = socket.socketpair()
-        proc = self._ctx.Process(target=worker_main, args=(child, logging.getLogger().getEffectiveLevel()),
-                                 name=f"toolwatch-kafka-decode-{slot}", daemon=True)
-        try:
-            with self._spawn_guard():
-                proc.start()
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()  # the child's end lives in the child only: its death is then EOF here
+    def _spawn(self, slot: int, timeout_s: float) -> _Worker:
+        level = logging.getLogger().getEffectiveLevel()
+        proc, parent = start_worker(self._ctx, lambda child: (child, level), worker_main,
+                                    f"toolwatch-kafka-decode-{slot}", self._spawn_guard)
         stream = parent.makefile("rb")
         try:
             parent.sendall(wf.frame((wf.CONFIG, self._key, self.encoding, self.max_record_bytes)))
-            parent.settimeout(self.start_timeout_s)
+            parent.settimeout(timeout_s)
             msg = read_frame(stream)
             parent.settimeout(self.reply_timeout_s)
             if msg is None or msg[0] != wf.READY:
@@ -223,7 +216,8 @@ class DecodeWorkers:
             return True
         if self._closed or self.clock() < self._retry_at[slot]:
             return False
-        if self._start(slot):
+        # A restart happens between polls: bounded like an answer, so the group keeps this member.
+        if self._start(slot, min(self.start_timeout_s, self.reply_timeout_s)):
             self.restarts += 1
             return True
         return False

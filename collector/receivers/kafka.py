@@ -42,12 +42,9 @@ from .state_changelog import AgentRecord, AgentStates, StateChangelog
 log = logging.getLogger("toolwatch.receiver.kafka")
 NAME = "kafka"
 DEAD_LETTER_FILE = "kafka-dead-letter.jsonl"
-SNAPSHOT_COST_FACTOR = 20
+SNAPSHOT_COST_FACTOR = 10
 """A state snapshot is requested at most every ``commit_interval_ms`` and at most every this many times
-the last save took: snapshots (every detector's state to SQLite, on the event loop, no batch processed
-meanwhile) never take more than ~1/20 of the time. At 10, fleet traffic spent ~14 % of the daemon's
-interpreter in saves of ~0.35 s each (200 agents); the price is a longer commit interval (here ~7 s),
-so a crash redelivers that much more."""
+the last save took: snapshots (every detector's state to SQLite) never take more than ~1/10 of the time."""
 STOP_TIMEOUT_MS = 5_000
 """How long the stop's last offset commit, and the consumer's close, may wait for the broker. The
 client's default (``request_timeout_ms``, 30 s) each made a stop with an unresponsive broker outlast

@@ -64,6 +64,24 @@ def bind_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return sock
 
 
+def start_worker(ctx: Any, args: Callable[[socket.socket], tuple[Any, ...]], target: Callable[..., None], name: str,
+                 guard: Callable[[], ContextManager[None]]) -> tuple[Any, socket.socket]:
+    """Start a worker process with one end of a new Unix socket pair (``args(child_end)`` are its
+    arguments), inside ``guard`` (cpu_affinity's ``released``); the process and the daemon's end.
+    The child's end is closed here, so the worker's death reads as EOF on the daemon's end."""
+    parent, child = socket.socketpair()
+    proc = ctx.Process(target=target, args=args(child), name=name, daemon=True)
+    try:
+        with guard():
+            proc.start()
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()
+    return proc, parent
+
+
 @dataclass
 class _Worker:
     slot: int
@@ -158,19 +176,11 @@ class OtlpHttpWorkers(NetworkReceiver):
     async def _spawn(self, slot: int) -> None:
         """Start the worker of ``slot`` and wait until it accepts connections."""
         assert self._sock is not None
-        parent, child = socket.socketpair()
         level = logging.getLogger().getEffectiveLevel()
-        proc = self._ctx.Process(
-            target=worker_main, args=(self._sock, child, self._depth, self._running, level), name=f"toolwatch-otlp-{slot}", daemon=True
-        )
-        try:
-            with self._spawn_guard():
-                proc.start()
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()  # the child's end lives in the child only: its death is then EOF here
+        proc, parent = start_worker(
+            self._ctx, lambda child: (self._sock, child, self._depth, self._running, level), worker_main,
+            f"toolwatch-otlp-{slot}", self._spawn_guard,
+        )  # fmt: skip
         try:
             reader, writer = await asyncio.open_unix_connection(sock=parent)
         except BaseException:

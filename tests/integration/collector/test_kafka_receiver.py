@@ -80,6 +80,9 @@ def test_spans_from_kafka_are_processed_alerted_and_committed(tmp_path, kafka_br
         assert committed == ends
         if decode_processes:  # the workers decoded every record: none fell back to the consumer thread
             assert rx.decoders.fallbacks == 0 and all(rx.decoders.pids)
+            pinned = d.daemon.affinity.choice.cpus
+            if pinned:  # started from the pinned consumer thread, with the mask from before the pin
+                assert os.sched_getaffinity(rx.decoders.pids[0]) == os.sched_getaffinity(0) != set(pinned)
 
 
 @pytest.mark.parametrize("decode_processes", [0, 1])
