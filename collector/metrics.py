@@ -221,6 +221,12 @@ class Metrics:
         self.kafka_paused = Gauge(
             "toolwatch_kafka_paused", "1 while the Kafka receiver pauses its partitions (pipeline queue full).", registry=r
         )
+        self.kafka_decode_fallbacks = Counter(
+            "toolwatch_kafka_decode_fallback_records_total",
+            "Kafka records the decode workers handed back (a worker died, hung or failed them), decoded in the "
+            "consumer thread instead.",
+            registry=r,
+        )
         self.kafka_assigned_partitions = Gauge(
             "toolwatch_kafka_assigned_partitions", "Input partitions this member of the consumer group owns.", registry=r
         )

@@ -259,7 +259,11 @@ class KafkaReceiver(Receiver):
         while len(self._in_decode) > keep:
             got, sent = self._in_decode.popleft()
             assert self.decoders is not None
-            out += [self._decode(tp, rec, res) for (tp, rec), res in zip(got, self.decoders.receive(sent))]
+            results = self.decoders.receive(sent)
+            handed_back = results.count(None)
+            if handed_back:
+                self.metrics.kafka_decode_fallbacks.inc(handed_back)
+            out += [self._decode(tp, rec, res) for (tp, rec), res in zip(got, results)]
         return out
 
     def _decode(self, tp: Any, rec: Any, done: Result = None) -> _Record:

@@ -85,6 +85,40 @@ def test_spans_from_kafka_are_processed_alerted_and_committed(tmp_path, kafka_br
                 assert os.sched_getaffinity(rx.decoders.pids[0]) == os.sched_getaffinity(0) != set(pinned)
 
 
+def test_a_killed_decode_worker_loses_no_record_and_is_started_again(tmp_path, kafka_broker):
+    kafka_broker.create_topic("otlp_spans", partitions=2)
+    calls = workload(agents=3, calls_per_agent=24, new_tool_every=10)
+
+    def records_of(part: list[Call]) -> list[tuple[bytes, bytes]]:
+        out = []
+        for agent in sorted({c.agent for c in part}):
+            mine = [c for c in part if c.agent == agent]
+            out += [(agent.encode(), request(mine[i : i + 4]).SerializeToString()) for i in range(0, len(mine), 4)]
+        return out
+
+    half = len(calls) // 2  # each agent's first twelve calls, then its last twelve
+    first, second = records_of(calls[:half]), records_of(calls[half:])
+    cfg = make_config(tmp_path, otlp_processes=0, kafka=kafka_cfg(kafka_broker, decode_processes=1))
+    cfg.detectors = {"new_tool": {"min_calls": 5}}
+    with DaemonThread(cfg) as d:
+        rx = d.daemon.receiver("kafka")
+        _wait(lambda: rx.decoders.pids[0] is not None and rx.assigned, what="the decode worker and the partitions")
+        killed = rx.decoders.pids[0]
+        os.kill(killed, signal.SIGKILL)
+        produce(kafka_broker, "otlp_spans", first)
+        _wait(lambda: rx.committed_records == len(first), what="the first records committed")
+        handed_back = d.metric("toolwatch_kafka_decode_fallback_records_total")
+        assert handed_back >= 1  # the dead worker's run, decoded in the consumer thread
+        time.sleep(rx.decoders.restart_delay_s + 0.5)  # a new worker starts at the first poll after the delay
+        produce(kafka_broker, "otlp_spans", second)
+        _wait(lambda: rx.committed_records == len(first) + len(second), what="every record committed")
+        assert rx.decoders.restarts == 1 and rx.decoders.pids[0] not in (None, killed)
+        assert d.metric("toolwatch_kafka_decode_fallback_records_total") == handed_back  # the new worker took the rest
+        assert d.metric("toolwatch_spans_received_total", {"receiver": "kafka"}) == len(calls)
+        got = {(a.agent_id, a.finding["tool"]) for a in d.daemon.store.list_alerts(limit=1000)}
+        assert got == expected_new_tool(calls, 5) and got
+
+
 @pytest.mark.parametrize("decode_processes", [0, 1])
 def test_poison_record_goes_to_dead_letter_topic_and_partition_keeps_flowing(tmp_path, kafka_broker, decode_processes):
     kafka_broker.create_topic("otlp_spans", partitions=1)
