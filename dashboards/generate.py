@@ -227,9 +227,12 @@ DAEMON = DashboardSpec(
                 Q("sum by (outcome) (rate(toolwatch_kafka_records_total[$__rate_interval]))",
                   "records {{outcome}}", expect_data=False),
                 Q("max(toolwatch_kafka_paused)", "paused", expect_data=False),
-            ), "Records behind the partitions' high-water marks, records consumed per second, and 1 while the "
-               "receiver pauses (pipeline full). Empty when the Kafka receiver is off.", unit="short",
-                expect_data=False),
+                Q("sum(rate(toolwatch_kafka_decode_fallback_records_total[$__rate_interval]))",
+                  "decoded in the consumer thread", expect_data=False),
+            ), "Records behind the partitions' high-water marks, records consumed per second, 1 while the "
+               "receiver pauses (pipeline full), and records the decode workers handed back to the consumer "
+               "thread per second (a worker died, hung or failed them; see the log). Empty when the Kafka "
+               "receiver is off.", unit="short", expect_data=False),
             PanelSpec("Webhook outbox depth", "timeseries", (
                 Q("sum by (receiver) (toolwatch_webhook_outbox_depth)", "{{receiver}}"),
             ), "Undelivered webhook messages per receiver.", unit="short"),
