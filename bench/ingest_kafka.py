@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import workloads as wl  # noqa: E402
 from ingest import proc_cpu  # noqa: E402
 from helpers.kafka_broker import KafkaBroker  # noqa: E402
-from toolwatch.collector.config import Config, KafkaConfig, decode_processes_error, parse_otlp_processes  # noqa: E402
+from toolwatch.collector.config import Config, KafkaConfig, decode_processes_error, parse_process_count  # noqa: E402
 from toolwatch.collector.daemon import Daemon, build_detectors  # noqa: E402
 from toolwatch.collector.detector_registry import FACTORIES  # noqa: E402
 from toolwatch.collector.normalize import Normalizer  # noqa: E402
@@ -218,7 +218,7 @@ def main() -> None:
                     help="the daemon's kafka.decode_processes; a comma list (auto,0) runs the daemon once per value, "
                          "alternating, in the same run")
     args = ap.parse_args()
-    decode_settings = [parse_otlp_processes(v, decode_processes_error) for v in args.decode_processes.split(",")]
+    decode_settings = [parse_process_count(v, decode_processes_error) for v in args.decode_processes.split(",")]
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory() as tmp:

@@ -60,7 +60,7 @@ def decode_processes_error(value: object) -> str:
             f"thread), got {value!r}")
 
 
-def parse_otlp_processes(value: Any, error: Callable[[object], str] = otlp_processes_error) -> int | str:
+def parse_process_count(value: Any, error: Callable[[object], str] = otlp_processes_error) -> int | str:
     """``otlp_processes`` (or ``kafka.decode_processes``, with its ``error``) from a config file or a flag:
     ``auto`` (any case) or a whole number.
 
@@ -422,9 +422,9 @@ def config_from_mapping(data: Any, source: str = "config") -> Config:
     decode_processes: int | str = AUTO
     if isinstance(kafka, Mapping) and "decode_processes" in kafka:
         kafka = dict(kafka)
-        decode_processes = parse_otlp_processes(kafka.pop("decode_processes"), decode_processes_error)
+        decode_processes = parse_process_count(kafka.pop("decode_processes"), decode_processes_error)
     data.pop("source", None)
-    otlp_processes = parse_otlp_processes(data.pop("otlp_processes")) if "otlp_processes" in data else AUTO
+    otlp_processes = parse_process_count(data.pop("otlp_processes")) if "otlp_processes" in data else AUTO
     cpu_affinity = _cpu_affinity(data.pop("cpu_affinity")) if "cpu_affinity" in data else AUTO
     cfg = _dataclass_from(Config, data, source)
     cfg.otlp_processes = otlp_processes
@@ -488,7 +488,7 @@ def load_config(
         elif name == "webhooks":
             cfg.webhooks.extend(WebhookConfig(url=u) for u in value)
         elif name == "otlp_processes":
-            cfg.otlp_processes = parse_otlp_processes(value)
+            cfg.otlp_processes = parse_process_count(value)
         elif name == "cpu_affinity":
             cfg.cpu_affinity = _cpu_affinity(value)
         else:
