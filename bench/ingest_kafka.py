@@ -72,9 +72,10 @@ def detector_config(detectors_on: bool) -> dict:
 
 def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detectors_on: bool,
                cpu_affinity: str = "auto", decode_processes: int | str = "auto", broker_pid: int | None = None,
-               run: int = 0) -> dict:
+               run: int = 0, snapshot_process: str = "auto") -> dict:
     cfg = Config(otlp_http="off", otlp_grpc="off", listen="127.0.0.1:0", data_dir=data_dir, cpu_affinity=cpu_affinity)
     cfg.pipeline.queue_max_spans = queue_max
+    cfg.pipeline.snapshot_process = snapshot_process
     cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id=f"bench-{detectors_on}-{run}",
                             max_poll_interval_ms=10000, session_timeout_ms=6000, decode_processes=decode_processes)
     cfg.detectors = detector_config(detectors_on)
@@ -92,14 +93,6 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
         return d
 
     d = asyncio.run_coroutine_threadsafe(start(), loop).result(60)
-    saves = [0]
-    save_state = d.pipeline.save_state
-
-    def counted_save() -> None:
-        saves[0] += 1
-        save_state()
-
-    d.pipeline.save_state = counted_save  # type: ignore[method-assign]
     rx = d.receiver("kafka")
     while d.pipeline.processed == 0:
         time.sleep(0.001)
@@ -108,21 +101,33 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
              "refit worker": [d.refit_worker.pid] if d.refit_worker is not None and d.refit_worker.pid else [],
              "broker": [broker_pid] if broker_pid else []}
     cpu0 = {role: sum(map(proc_cpu, pids)) for role, pids in roles.items()}
+    reaped0 = reaped_cpu()  # snapshot processes (pipeline.snapshot_process), once they have ended
     while d.pipeline.processed < total:
         time.sleep(0.005)
     t1 = time.perf_counter()
     cpu = {role: sum(map(proc_cpu, pids)) - cpu0[role] for role, pids in roles.items()}
+    cpu["snapshot processes"] = reaped_cpu() - reaped0
     records = d.metrics.registry.get_sample_value("toolwatch_kafka_records_total", {"outcome": "accepted"})
     while rx.committed_records < records:
         time.sleep(0.005)
     t2 = time.perf_counter()
     commits = d.metrics.registry.get_sample_value("toolwatch_kafka_commits_total", {"outcome": "ok"})
     batches = d.metrics.registry.get_sample_value("toolwatch_pipeline_batch_size_count") or 0
+    saves = {where: d.metrics.registry.get_sample_value("toolwatch_state_snapshots_total",
+                                                        {"where": where, "outcome": "ok"}) or 0
+             for where in ("process", "daemon")}
     asyncio.run_coroutine_threadsafe(d.shutdown(), loop).result(60)
     loop.call_soon_threadsafe(loop.stop)
     cpu_line = ", ".join(f"{role} {1e6 * sec / total:.1f} ({100 * sec / (t1 - t0):.0f} %)" for role, sec in cpu.items() if sec)
     return {"rate": total / (t1 - t0), "commit_lag": t2 - t1, "decode_processes": d.decode_processes, "cpu": cpu_line, "seconds": t1 - t0, "commits": commits,
-            "saves": saves[0], "batches": batches, "findings": tally.summary(total)}
+            "saves": ", ".join(f"{n:.0f} by the {where}" for where, n in saves.items() if n) or "0",
+            "snapshot_process": d.pipeline.snapshot_process, "batches": batches, "findings": tally.summary(total)}
+
+
+def reaped_cpu() -> float:
+    """CPU seconds of this process's children that have ended and been waited for."""
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def run_naive(bootstrap: str, limit: int, detectors_on: bool) -> tuple[float, str]:
@@ -217,6 +222,9 @@ def main() -> None:
     ap.add_argument("--decode-processes", default="auto",
                     help="the daemon's kafka.decode_processes; a comma list (auto,0) runs the daemon once per value, "
                          "alternating, in the same run")
+    ap.add_argument("--snapshot-process", default="auto",
+                    help="the daemon's pipeline.snapshot_process (auto, on, off); a comma list runs the daemon once per "
+                         "value and decode setting, alternating, in the same run")
     args = ap.parse_args()
     decode_settings = [parse_process_count(v, decode_processes_error) for v in args.decode_processes.split(",")]
     logging.basicConfig(level=logging.ERROR)
@@ -241,10 +249,12 @@ def main() -> None:
             modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.detectors]
             for on in modes:
                 label = "all detectors on" if on else "detectors off (receiver path alone)"
-                for run, decode in enumerate(decode_settings):  # each run its own group: each reads the whole topic
+                settings = [(d, sp) for d in decode_settings for sp in args.snapshot_process.split(",")]
+                for run, (decode, snap) in enumerate(settings):  # each run its own group: each reads the whole topic
                     r = run_daemon(broker.bootstrap, total, str(Path(tmp) / f"data-{on}-{run}"), args.queue_max, on,
-                                   args.cpu_affinity, decode, broker._proc.pid if broker._proc else None, run)
-                    print(f"[{label}, decode_processes {decode} -> {r['decode_processes']}] toolwatch Kafka receiver "
+                                   args.cpu_affinity, decode, broker._proc.pid if broker._proc else None, run, snap)
+                    print(f"[{label}, decode_processes {decode} -> {r['decode_processes']}, snapshot_process {snap}] "
+                          "toolwatch Kafka receiver "
                           f"+ pipeline: {r['rate']:,.0f} spans/s end to end ({r['seconds']:.1f}s; "
                           f"{r['batches']:,.0f} batches, {r['commits']:,.0f} commits, {r['saves']} state saves); "
                           f"last offsets committed {r['commit_lag']:.2f}s after the last span")

@@ -77,7 +77,7 @@ def _as_lists(state: Any) -> Any:
 
 def _save_json(store: Store, name: str, state: Any) -> None:
     """``Store.save_state`` as it was before msgspec: ``json.dumps`` text."""
-    store.db.execute(
+    store.state_db.execute(
         "INSERT INTO detector_state(name, state, updated_at) VALUES (?,?,?)"
         " ON CONFLICT(name) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
         (name, json.dumps(state, separators=(",", ":")), 0.0))

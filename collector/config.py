@@ -146,6 +146,19 @@ class WebhookConfig:
         validate_webhook_extras(self, key)
 
 
+SNAPSHOT_PROCESS = ("auto", "on", "off")
+
+
+def snapshot_in_process(cfg: "Config", state_path: Path | None) -> bool:
+    """``pipeline.snapshot_process`` resolved: whether snapshots are written by a forked child."""
+    from .snapshot_process import fork_available
+
+    choice = cfg.pipeline.snapshot_process
+    if choice == "off" or (cfg.kafka.enabled and cfg.kafka.state_changelog_topic):
+        return False
+    return fork_available(state_path)
+
+
 @dataclass
 class PipelineConfig:
     batch_max_size: int = 512
@@ -173,6 +186,11 @@ class PipelineConfig:
     """Fit IsolationForest models in the daemon's own process (a thread) instead of the refit worker
     process (collector/refit_worker.py). The worker fits on the machine's other core, leaving the
     daemon's interpreter to the detectors; models are identical either way."""
+    snapshot_process: str = "auto"
+    """Write detector-state snapshots from a forked child process (collector/snapshot_process.py) while
+    batches go on: ``on``, ``off`` (the daemon's own process, no batch meanwhile) or ``auto`` (on where
+    ``fork`` exists, except with a Kafka ``state_changelog_topic``, whose per-agent captures are taken
+    with each save in the daemon)."""
     gc_young_threshold: int = 50_000
     """The garbage collector's generation-0 threshold while the daemon runs (Python's is 700; 0 leaves
     Python's). At 700 the collector ran dozens of times per batch, walking every object that had
@@ -207,6 +225,9 @@ class PipelineConfig:
         if not 0 <= self.retrain_max_models <= 10_000:
             raise ConfigError("pipeline.retrain_max_models must be in [0, 10000] (0: no cap), "
                               f"got {self.retrain_max_models!r}")
+        if self.snapshot_process not in SNAPSHOT_PROCESS:
+            raise ConfigError(f"pipeline.snapshot_process: {self.snapshot_process!r} is not one of "
+                              f"{', '.join(SNAPSHOT_PROCESS)}")
         if not 0 <= self.gc_young_threshold <= 10_000_000:
             raise ConfigError(f"pipeline.gc_young_threshold must be in [0, 10000000], got {self.gc_young_threshold!r}")
         if not 0 <= self.switch_interval_ms <= 100:
@@ -367,6 +388,10 @@ class Config:
                 raise ConfigError(f"webhooks[{i}].name: {hook.name!r} is used twice; names must be unique")
             names.add(hook.name)
         self.pipeline.validate()
+        if self.pipeline.snapshot_process == "on" and self.kafka.enabled and self.kafka.state_changelog_topic:
+            raise ConfigError("pipeline.snapshot_process: on cannot be used with kafka.state_changelog_topic (each "
+                              "snapshot captures the agents' state for the changelog in the daemon); set it to "
+                              "auto or off")
         self.alerts.validate()
         self.kafka.validate()
         for name, conf in self.detectors.items():
@@ -416,6 +441,8 @@ def config_from_mapping(data: Any, source: str = "config") -> Config:
     data = dict(data)
     webhooks = data.pop("webhooks", []) or []
     pipeline = data.pop("pipeline", {}) or {}
+    if isinstance(pipeline, Mapping) and isinstance(pipeline.get("snapshot_process"), bool):
+        pipeline = {**pipeline, "snapshot_process": "on" if pipeline["snapshot_process"] else "off"}  # YAML's on/off
     alerts = data.pop("alerts", {}) or {}
     detectors = data.pop("detectors", {}) or {}
     kafka = data.pop("kafka", {}) or {}

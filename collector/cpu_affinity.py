@@ -144,6 +144,11 @@ class ThreadAffinity:
     def pinned(self) -> bool:
         return self._saved is not None
 
+    @property
+    def original_cpus(self) -> set[int] | None:
+        """The mask the daemon had before ``apply`` while it is pinned (a forked child's), else None."""
+        return None if self._saved is None else set(self._saved)
+
     def apply(self) -> None:
         """Pin the calling thread; if the OS refuses (a CPU gone offline, a cpuset changed since
         start-up), the daemon runs unpinned and says so, rather than not starting over a tuning."""

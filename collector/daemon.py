@@ -22,7 +22,7 @@ from .agent_metrics import AgentMetrics
 from .alerts import AlertRouter
 from .approvals import Approvals, find_approval_source
 from .api import Api
-from .config import Config, parse_hostport
+from .config import Config, parse_hostport, snapshot_in_process
 from .cpu_affinity import ThreadAffinity, choose_cpu_affinity, parse_cpu_affinity
 from .detector_registry import build_detectors
 from .enforcement import EnforcementService
@@ -138,6 +138,8 @@ class Daemon:
             queue_max=p.queue_max_spans,
             snapshot_interval_s=p.snapshot_interval_s,
             event_time=p.event_time_rule(),
+            snapshot_process=snapshot_in_process(cfg, self.store.state_path),
+            child_cpus=lambda: self.affinity.original_cpus,
         )
         self.agent_metrics = AgentMetrics(self.metrics.registry, self.detectors, clock=clock)
         self.pipeline.batch_listeners.append(self.agent_metrics.after_batch)

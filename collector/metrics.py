@@ -195,6 +195,12 @@ class Metrics:
         self.detector_errors = Counter(
             "toolwatch_detector_errors_total", "Exceptions raised by a detector, by detector.", ["detector"], registry=r
         )
+        self.state_snapshots = Counter(
+            "toolwatch_state_snapshots_total",
+            "Detector-state snapshots, by where they were written (process: a forked child, daemon: the "
+            "daemon's own process) and outcome (ok, failed).",
+            ["where", "outcome"], registry=r,
+        )
         self.webhook_deliveries = Counter(
             "toolwatch_webhook_deliveries_total",
             "Webhook delivery attempts, by receiver and outcome.",

@@ -23,6 +23,7 @@ from .alerts import AlertRouter
 from .event_time import EventTimeRule, Verdict, judge
 from .gc_pause import gc_paused
 from .metrics import Metrics
+from .snapshot_process import SnapshotChild, fork_snapshot
 from .store import Store
 from .uncancellable import finish_despite_cancel
 
@@ -78,6 +79,9 @@ class Pipeline:
         clock: Callable[[], float] = time.monotonic,
         event_time: EventTimeRule | None = None,
         wall_clock: Callable[[], float] = time.time,
+        snapshot_process: bool = False,
+        snapshot_timeout_s: float = 120.0,
+        child_cpus: Callable[[], set[int] | None] = lambda: None,
     ) -> None:
         self.detectors = list(detectors)
         self.router = router
@@ -87,6 +91,18 @@ class Pipeline:
         self.batch_max_delay_s = batch_max_delay_s
         self.queue_max = queue_max
         self.snapshot_interval_s = snapshot_interval_s
+        self.snapshot_process = snapshot_process and getattr(store, "state_path", None) is not None
+        """Snapshots written by a forked child while batches go on (collector/snapshot_process.py);
+        False after a child failed: the daemon's own process saves from then on."""
+        self.snapshot_timeout_s = snapshot_timeout_s
+        self.child_cpus = child_cpus
+        """The CPU mask a snapshot process runs on (the daemon's mask from before its pin), or None."""
+        self._child: asyncio.Task[bool] | None = None
+        """The snapshot process in flight, awaited; one at a time."""
+        self.last_save_s = 0.0
+        """What the last state save cost: in the daemon, how long ``save_state`` took (no batch
+        meanwhile); in a child, the CPU seconds it used on the other cores. The Kafka receiver spaces
+        its snapshots by it."""
         self.clock = clock
         self._queue: deque[_Item] = deque()
         self._depth = 0
@@ -160,6 +176,7 @@ class Pipeline:
 
     def save_state(self) -> None:
         saved = True
+        started = self.clock()
         with gc_paused():  # see gc_pause: a snapshot's own lists triggered full collections
             for det in self.detectors:
                 try:
@@ -168,13 +185,15 @@ class Pipeline:
                     saved = False
                     log.exception("detector %s: state could not be saved", det.name)
         self._last_snapshot = self.clock()
+        self.last_save_s = self._last_snapshot - started
         self._snapshot_wanted = False
+        self.metrics.state_snapshots.labels("daemon", "ok" if saved else "failed").inc()
         if saved:
             self.saved_seq = self.done_seq
             for state_listener in self.state_listeners:
                 state_listener(self.saved_seq)
 
-    async def save_state_exclusive(self) -> None:
+    async def save_state_exclusive(self, wait: bool = True) -> None:
         """``save_state`` between batches and with the detector lock held, without blocking the loop.
 
         Every snapshot of a running daemon: from outside the run loop (the Kafka receiver's hand-over
@@ -186,13 +205,72 @@ class Pipeline:
         loop (the detector thread holds it for a whole batch, whose end the loop must go on to
         process), and not between a batch's detectors and its accounting either, so ``saved_seq``
         covers exactly the batches in the state saved, as for the run loop's own snapshots.
+
+        With ``snapshot_process`` the state is written by a forked child (the fork is what holds
+        the lock) and batches go on meanwhile; ``saved_seq`` moves and ``state_listeners`` are
+        called when the child has written it. ``wait``: return only then (a hand-over, the stop);
+        without it (the run loop) return at once, and skip the save while another child runs (the
+        request stays, for when it ends).
         """
-        while self._observing or not self.detector_lock.acquire(blocking=False):
-            await asyncio.sleep(LOCK_POLL_S)
+        while True:
+            if self._child is not None:
+                if not wait:
+                    return
+                await asyncio.shield(self._child)  # its outcome does not matter: this save comes after it
+                continue
+            while self._observing or not self.detector_lock.acquire(blocking=False):
+                await asyncio.sleep(LOCK_POLL_S)
+            if self._child is None:
+                break
+            self.detector_lock.release()  # another caller forked one meanwhile
         try:
-            self.save_state()
+            child = self._fork_snapshot() if self.snapshot_process else None
+            if child is None:
+                self.save_state()
+                return
         finally:
             self.detector_lock.release()
+        self._child = asyncio.get_running_loop().create_task(self._await_child(child), name="state-snapshot")
+        if wait and not await asyncio.shield(self._child) and self.saved_seq < child.seq:
+            await self.save_state_exclusive()  # the child failed (and the run loop has not saved since): save here
+
+    def _fork_snapshot(self) -> SnapshotChild | None:
+        """A child writing the state as of now (detector lock held), or None if it cannot fork."""
+        try:
+            child = fork_snapshot(self.detectors, self.store.state_path, self.done_seq, self.store.reserve_generation(),
+                                  self.store.clock(), self.child_cpus())
+        except OSError as exc:
+            log.warning("could not fork a process to save detector state (%s); saving in the daemon's process", exc)
+            self.metrics.state_snapshots.labels("process", "failed").inc()
+            return None
+        self._last_snapshot = self.clock()
+        self._snapshot_wanted = False
+        return child
+
+    async def _await_child(self, child: SnapshotChild) -> bool:
+        try:
+            error = await asyncio.to_thread(child.wait, self.snapshot_timeout_s)
+        except asyncio.CancelledError:  # the loop is being torn down; the thread still reaps the child
+            self._child = None
+            raise
+        except Exception as exc:
+            error = f"waiting for it failed: {exc!r}"
+        self._child = None
+        self.last_save_s = child.cpu_s
+        if error is None:
+            self.metrics.state_snapshots.labels("process", "ok").inc()
+            self.saved_seq = max(self.saved_seq, child.seq)
+            for state_listener in self.state_listeners:
+                state_listener(self.saved_seq)
+        else:
+            self.metrics.state_snapshots.labels("process", "failed").inc()
+            self.snapshot_process = False
+            log.warning("detector state snapshot process %d failed: %s; detector state is saved in the daemon's "
+                        "process from now on (set pipeline.snapshot_process: off to choose that, and report this)",
+                        child.pid, error)
+            self._snapshot_wanted = True
+        self._wake.set()
+        return error is None
 
     @property
     def last_ticket(self) -> int:
@@ -307,7 +385,7 @@ class Pipeline:
     async def _run(self) -> None:
         while not self._stopping:
             if self._snapshot_wanted:
-                await self.save_state_exclusive()
+                await self.save_state_exclusive(wait=False)
             if not self._queue:
                 self._idle.set()
                 await self._wake.wait()
@@ -330,7 +408,7 @@ class Pipeline:
                     self._wake.clear()
             await self._process(self._take())
             if self.clock() - self._last_snapshot >= self.snapshot_interval_s:
-                await self.save_state_exclusive()
+                await self.save_state_exclusive(wait=False)
 
     def _take(self) -> list[_Item]:
         items, n = [], 0

@@ -40,12 +40,38 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE(sink, alert_id)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(delivered_at, next_at);
+"""
+STATE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS detector_state (
     name TEXT PRIMARY KEY,
     state TEXT NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0
 );
 """
+
+
+def state_path_for(path: Path | str) -> Path | None:
+    """Where detector state lives beside the store at ``path`` (``toolwatch.db`` ->
+    ``toolwatch-state.db``); None for an in-memory store, which keeps it in the same database.
+
+    A file of its own: a snapshot process (collector/snapshot_process.py) writes tens of MB in one
+    transaction, holding that database's write lock for up to half a second; the daemon's alert
+    transactions in the same file waited for it, and the pipeline with them."""
+    if str(path) == ":memory:":
+        return None
+    p = Path(path)
+    return p.with_name(f"{p.stem}-state{p.suffix}")
+
+
+def connect(path: Path | str, *, check_same_thread: bool = True) -> sqlite3.Connection:
+    """A connection as the store uses them: autocommit, WAL, waiting up to 5 s for another writer."""
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=check_same_thread)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
 
 _IN_CHUNK = 500
 """Values per ``IN (...)`` query (``Store._rows_in``)."""
@@ -130,24 +156,42 @@ class Store:
         self.clock = clock
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db = connect(path, check_same_thread=False)
         self.db.executescript(SCHEMA)
         self._add_missing_columns()
+        self.state_path = state_path_for(path)
+        """The detector-state database (None: in ``db``, for an in-memory store)."""
+        self.state_db = self.db if self.state_path is None else connect(self.state_path, check_same_thread=False)
+        self.state_db.executescript(STATE_SCHEMA)
+        if self.state_path is not None:
+            self._move_states_out()
+        self._generation = self.state_db.execute(
+            "SELECT COALESCE(MAX(generation), 0) FROM detector_state").fetchone()[0]
+        """The newest detector-state generation written or reserved: a state written with an older
+        one (a snapshot process that took the state before an approval saved it) never replaces it."""
 
     def _add_missing_columns(self) -> None:
         """Stores written by an older version get the columns added since (additive only)."""
         for table, column, decl in (
-            ("outbox", "dead_at", "REAL"), ("outbox", "queued_at", "REAL"), ("alerts", "acked_at", "REAL")
+            ("outbox", "dead_at", "REAL"), ("outbox", "queued_at", "REAL"), ("alerts", "acked_at", "REAL"),
         ):
             have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
             if column not in have:
                 self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
+    def _move_states_out(self) -> None:
+        """A store written by an older version kept detector state in the main database: copy it to
+        the state database (a name already there is newer), then drop it from the main one."""
+        if self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='detector_state'").fetchone() is None:
+            return
+        rows = self.db.execute("SELECT name, state, updated_at FROM detector_state").fetchall()
+        self.state_db.executemany("INSERT OR IGNORE INTO detector_state(name, state, updated_at) VALUES (?,?,?)",
+                                  [tuple(r) for r in rows])
+        self.db.execute("DROP TABLE detector_state")
+
     def close(self) -> None:
+        if self.state_db is not self.db:
+            self.state_db.close()
         self.db.close()
 
     # --- alerts -----------------------------------------------------------------------------
@@ -211,7 +255,10 @@ class Store:
             for a in new
         ]
         with self.db:
-            self.db.execute("BEGIN")
+            # IMMEDIATE: the write lock first, waiting (busy_timeout) for another writer such as a
+            # snapshot process. A deferred transaction that read before another connection wrote
+            # cannot upgrade and fails at once with "database is locked", whatever the timeout.
+            self.db.execute("BEGIN IMMEDIATE")
             if rows:
                 # One INSERT for all (executemany), and outbox rows only for the alerts it really
                 # inserted, as one INSERT OR IGNORE per alert with its rowcount would: an id already
@@ -316,7 +363,7 @@ class Store:
         """
         now = self.clock()
         with self.db:
-            self.db.execute("BEGIN")
+            self.db.execute("BEGIN IMMEDIATE")  # see record_alerts
             rows = self.db.execute(
                 "SELECT o.seq, o.alert_id, o.attempts FROM outbox o JOIN alerts a ON a.id=o.alert_id"
                 " WHERE o.sink=? AND o.delivered_at IS NULL AND o.dead_at IS NULL"
@@ -377,14 +424,35 @@ class Store:
 
     # --- detector state ---------------------------------------------------------------------
     def save_state(self, name: str, state: dict[str, Any]) -> None:
-        # The JSON is UTF-8 bytes; CAST stores them as TEXT, as before, without a decode to ``str``
-        # (a copy and a check of ~70 MB for a fleet's IsolationForest state).
-        self.db.execute(
-            "INSERT INTO detector_state(name, state, updated_at) VALUES (?,CAST(? AS TEXT),?)"
-            " ON CONFLICT(name) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at",
-            (name, dumps_state_bytes(state), self.clock()),
-        )
+        write_states(self.state_db, [(name, dumps_state_bytes(state))], self.reserve_generation(), self.clock())
+
+    def reserve_generation(self) -> int:
+        """A generation newer than every state written so far (``write_states``)."""
+        self._generation += 1
+        return self._generation
 
     def load_state(self, name: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT state FROM detector_state WHERE name=?", (name,)).fetchone()
+        row = self.state_db.execute("SELECT state FROM detector_state WHERE name=?", (name,)).fetchone()
         return None if row is None else json.loads(row["state"])
+
+
+def write_states(db: sqlite3.Connection, states: list[tuple[str, bytes]], generation: int, now: float) -> None:
+    """Write detectors' states (JSON as UTF-8 bytes) in one transaction, each only over a state of an
+    older ``generation``: a snapshot process (collector/snapshot_process.py) that took the state
+    before an approval saved that detector must not put the older state back when it ends later.
+    The bytes are stored as TEXT by a CAST, without a decode to ``str`` (a copy and a check of ~70 MB
+    for a fleet's IsolationForest state)."""
+    sql = ("INSERT INTO detector_state(name, state, updated_at, generation) VALUES (?,CAST(? AS TEXT),?,?)"
+           " ON CONFLICT(name) DO UPDATE SET state=excluded.state, updated_at=excluded.updated_at,"
+           " generation=excluded.generation WHERE detector_state.generation < excluded.generation")
+    rows = [(name, data, now, generation) for name, data in states]
+    if len(rows) == 1:  # one statement is a transaction of its own (the daemon's connection is shared)
+        db.execute(sql, rows[0])
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.executemany(sql, rows)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")

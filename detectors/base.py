@@ -33,6 +33,12 @@ class Detector(ABC):
     def restore(self, state: dict[str, Any]) -> None:
         """Replace all state with a snapshot; ``restore(snapshot())`` changes no future score."""
 
+    def after_fork_in_child(self) -> None:
+        """Called in a snapshot process (collector/snapshot_process.py) before ``snapshot``: replace
+        every lock ``snapshot`` takes that another thread of the daemon may have held at the fork
+        (it stays held in the child, where that thread does not run)."""
+        return None
+
     # Per-agent state, for scale-out: the collector moves an agent's state with its partition.
     def agents(self) -> list[str]:
         return []

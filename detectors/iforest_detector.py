@@ -414,6 +414,12 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         out["group_since"] = group_since
         return out
 
+    def after_fork_in_child(self) -> None:
+        # The retrainer thread may have been copying a window at the fork. Only the detector thread
+        # changes a window, and it was stopped (detector lock): every window is whole.
+        for st in self._state.values():
+            st.window_lock = threading.Lock()
+
     def restore(self, state: dict[str, Any]) -> None:
         super().restore(state)
         self._models = {k: ForestModel.from_dict(v) for k, v in state.get("models", {}).items()}

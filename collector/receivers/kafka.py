@@ -154,9 +154,8 @@ class KafkaReceiver(Receiver):
         self._snapshot_for = 0
         """The ``done_seq`` the outstanding snapshot request covers; 0 when none is outstanding."""
         self._snapshot_cost = 0.0
-        """Seconds the pipeline's last state save took (measured on the event loop, see ``_on_saved``)."""
-        self._asked_at = self._batch_done_at = clock()
-        pipeline.batch_listeners.append(self._on_batch_done)
+        """What the pipeline's last state save cost (``Pipeline.last_save_s``: its time in the daemon, or
+        a snapshot process's CPU time, taken from the cores the workers use)."""
         pipeline.state_listeners.append(self._on_saved)
         self._paused = False
         self.assigned: set[Any] = set()
@@ -382,21 +381,12 @@ class KafkaReceiver(Receiver):
             if not self._snapshot_for:
                 self._last_request = now
             self._snapshot_for = max(1, self.pipeline.done_seq)
-            self._loop.call_soon_threadsafe(self._ask_snapshot)
+            self._loop.call_soon_threadsafe(self.pipeline.request_snapshot)
         elif due:
             self._last_request = now
 
-    # On the event loop: when a save starts and ends, so its cost excludes waiting for the batch in flight
-    # (or for this thread to notice it).
-    def _ask_snapshot(self) -> None:
-        self._asked_at = self.clock()
-        self.pipeline.request_snapshot()
-
-    def _on_batch_done(self, _batch: Any, _findings: Any) -> None:
-        self._batch_done_at = self.clock()
-
     def _on_saved(self, _saved_seq: int) -> None:
-        self._snapshot_cost = max(0.0, self.clock() - max(self._asked_at, self._batch_done_at))
+        self._snapshot_cost = max(0.0, self.pipeline.last_save_s)
 
     def _commit(self, consumer: Any, offsets: dict[Any, int], records: int, *, stopping: bool = False) -> bool:
         """Commit ``offsets`` (dead letters flushed first); False when it failed. ``stopping``: the

@@ -48,6 +48,7 @@ class Harness:
             listener(None, [])
         self.clock.now = end
         self.pipeline.saved_seq, self.pipeline.done_seq = seq, seq if done is None else done
+        self.pipeline.last_save_s = end - start  # as Pipeline measures it (the save itself, not the wait for it)
         for listener in self.pipeline.state_listeners:
             listener(seq)
 
@@ -82,7 +83,7 @@ def test_a_slow_save_spaces_the_next_snapshots_out_but_waiting_for_it_does_not()
     h.pipeline.done_seq = 1
     h.step(1.0)
     h.handed_over(2, 9)
-    h.saved(1, 3.0, 3.5, done=2)  # waited 2 s for the batch in flight (not the save's cost); the save took 0.5 s
+    h.saved(1, 3.0, 3.5, done=2)  # asked at 1.0, started at 3.0 after the batch in flight; the save took 0.5 s
     h.step(3.6)
     assert h.commits == [{0: 5}]
     spacing = SNAPSHOT_COST_FACTOR * 0.5

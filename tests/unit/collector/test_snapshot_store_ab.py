@@ -59,7 +59,7 @@ def pipeline(tmp_path, dets, name: str) -> tuple[Pipeline, Store]:
 
 
 def stored(store: Store, name: str) -> str | None:
-    row = store.db.execute("SELECT state FROM detector_state WHERE name=?", (name,)).fetchone()
+    row = store.state_db.execute("SELECT state FROM detector_state WHERE name=?", (name,)).fetchone()
     return None if row is None else row["state"]
 
 

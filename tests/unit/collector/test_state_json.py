@@ -111,7 +111,7 @@ def test_store_saves_text_and_loads_it_back(tmp_path):
     state = iforest_like(np.random.default_rng(2))
     store = Store(tmp_path / "s.db")
     store.save_state("iforest", state)
-    row = store.db.execute("SELECT typeof(state) AS t, state FROM detector_state WHERE name='iforest'").fetchone()
+    row = store.state_db.execute("SELECT typeof(state) AS t, state FROM detector_state WHERE name='iforest'").fetchone()
     assert row["t"] == "text" and isinstance(row["state"], str) and same_data(row["state"], state)
     loaded = store.load_state("iforest")
     assert loaded == json.loads(old(state))
@@ -122,7 +122,7 @@ def test_store_saves_text_and_loads_it_back(tmp_path):
 def test_store_reads_text_written_by_json_before(tmp_path):
     state = iforest_like(np.random.default_rng(3))
     store = Store(tmp_path / "s.db")
-    store.db.execute("INSERT INTO detector_state(name, state, updated_at) VALUES (?,?,?)", ("iforest", old(state), 0.0))
+    store.state_db.execute("INSERT INTO detector_state(name, state, updated_at) VALUES (?,?,?)", ("iforest", old(state), 0.0))
     assert store.load_state("iforest") == json.loads(old(state))
 
 
