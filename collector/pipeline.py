@@ -120,7 +120,9 @@ class Pipeline:
         self.batch_listeners: list[Callable[[Batch, list[Finding]], None]] = []
         """Called after every batch, findings or not (per-agent metrics read detector state here)."""
         self.state_listeners: list[Callable[[int], None]] = []
-        """Called with ``saved_seq`` after each successful state save, between batches (scale-out changelog)."""
+        """Called with ``saved_seq`` after each successful state save, on the loop: between batches when
+        the daemon saved (the scale-out changelog capture needs that, so with it the daemon always
+        saves), when the child has written it with ``snapshot_process`` (a batch may be in the detectors)."""
         self.depth_listeners: list[Callable[[int], None]] = []
         """Called with the queue's depth whenever it changes (OTLP worker processes refuse early by it)."""
         self.running_listeners: list[Callable[[bool], None]] = []

@@ -86,7 +86,6 @@ class SnapshotChild:
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         return f"{reason or 'the snapshot process failed'} ({how})"
 
-
     def _reap(self) -> int:
         _pid, status, usage = os.wait4(self.pid, 0)
         self.cpu_s = usage.ru_utime + usage.ru_stime
@@ -95,9 +94,10 @@ class SnapshotChild:
 
 def fork_snapshot(detectors: Sequence[Detector], state_path: Path | None, seq: int, generation: int, now: float,
                   cpus: set[int] | None = None) -> SnapshotChild:
-    """Fork a child that writes every detector's state as of now into ``state_path`` (``Store.state_path``) (call between batches, with the
-    detector lock held). ``cpus``: the CPU mask the child runs on (the daemon's mask from before its
-    ``cpu_affinity`` pin, so it does not share the daemon's core). Raises ``OSError`` if it cannot fork."""
+    """Fork a child that writes every detector's state as of now into ``state_path``
+    (``Store.state_path``); call between batches, with the detector lock held. ``cpus``: the CPU mask
+    the child runs on (the daemon's mask from before its ``cpu_affinity`` pin, so it does not share
+    the daemon's core). Raises ``OSError`` if it cannot fork."""
     read_fd, write_fd = os.pipe()
     try:
         pid = os.fork()

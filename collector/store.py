@@ -255,9 +255,11 @@ class Store:
             for a in new
         ]
         with self.db:
-            # IMMEDIATE: the write lock first, waiting (busy_timeout) for another writer such as a
-            # snapshot process. A deferred transaction that read before another connection wrote
-            # cannot upgrade and fails at once with "database is locked", whatever the timeout.
+            # IMMEDIATE: the write lock first, waiting (busy_timeout) for another connection writing
+            # this file (the admin CLI acking an alert, a tool reading the store). A deferred
+            # transaction that read before another connection wrote cannot upgrade and fails at once
+            # with "database is locked", whatever the timeout (it did, when snapshot processes wrote
+            # detector state into this file: now they write toolwatch-state.db).
             self.db.execute("BEGIN IMMEDIATE")
             if rows:
                 # One INSERT for all (executemany), and outbox rows only for the alerts it really
