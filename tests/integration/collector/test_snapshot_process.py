@@ -247,3 +247,60 @@ def test_setting_snapshot_process():
     assert snapshot_in_process(cfg, Path("/tmp/x-state.db")) is False
     with pytest.raises(ConfigError, match="pipeline.snapshot_process: on cannot be used with kafka.state_changelog_topic"):
         config_from_mapping({**changelog, "pipeline": {"snapshot_process": "on"}}).validate()
+
+
+DAEMON_WITH_GRPC = r'''
+import asyncio, sys, tempfile
+from toolwatch.collector.config import Config
+from toolwatch.collector.daemon import Daemon
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+async def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = Config(otlp_http="off", otlp_grpc="127.0.0.1:0", listen="127.0.0.1:0", data_dir=tmp,
+                     fingerprint_key="k" * 32)
+        cfg.pipeline.snapshot_interval_s = 0.3
+        cfg.validate()
+        d = Daemon(cfg)
+        await d.start()
+        tp = TracerProvider()
+        exporter = OTLPSpanExporter(endpoint=f"127.0.0.1:{d.receiver('otlp_grpc').bound_port}", insecure=True)
+        tp.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = tp.get_tracer("test")
+
+        def call(i):
+            with tracer.start_as_current_span("execute_tool lookup", attributes={
+                    "gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "lookup", "gen_ai.agent.id": "a"}):
+                pass
+
+        for i in range(20):
+            await asyncio.to_thread(call, i)
+            await asyncio.sleep(0.05)
+        await d.pipeline.drained()
+        await asyncio.sleep(0.5)
+        saves = d.metrics.registry.get_sample_value(
+            "toolwatch_state_snapshots_total", {"where": "process", "outcome": "ok"}) or 0
+        received = d.pipeline.processed
+        await d.shutdown()
+        tp.shutdown()
+        print(f"saves={saves:.0f} processed={received}")
+
+asyncio.run(main())
+'''
+
+
+def test_snapshot_processes_beside_the_grpc_receiver_leave_stderr_quiet():
+    """gRPC's fork handlers logged a line to stderr at every snapshot fork while the OTLP/gRPC receiver
+    ran; the collector package turns them off (GRPC_ENABLE_FORK_SUPPORT), the snapshots still work."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    out = subprocess.run([sys.executable, "-c", DAEMON_WITH_GRPC], capture_output=True, text=True, timeout=120,
+                         env=env, cwd=Path(__file__).resolve().parents[3])
+    assert out.returncode == 0, out.stderr[-3000:]
+    saves, processed = (int(part.split("=")[1]) for part in out.stdout.split())
+    assert saves >= 2 and processed >= 20
+    assert "fork() handlers" not in out.stderr
