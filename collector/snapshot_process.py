@@ -27,6 +27,7 @@ import os
 import select
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NoReturn, Sequence
@@ -100,7 +101,10 @@ def fork_snapshot(detectors: Sequence[Detector], state_path: Path | None, seq: i
     the daemon's core). Raises ``OSError`` if it cannot fork."""
     read_fd, write_fd = os.pipe()
     try:
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns at every fork of a process with threads; the child is written for it.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
     except BaseException:
         os.close(read_fd)
         os.close(write_fd)
