@@ -11,7 +11,8 @@ detectors/array_codec.py) by ``json.dumps`` (as before collector/state_json.py):
 of each matrix plus ``json.dumps`` and the SQLite write of that text.
 Per-detector figures are taken with garbage collection paused as ``Pipeline.save_state`` pauses it
 (collector/gc_pause.py; code from before it had no pause, and this bench then times without one).
-The last line times ``Pipeline.save_state`` itself, all detectors in one go, as the daemon runs it.
+``Pipeline.save_state`` is then timed itself, all detectors in one go, as the daemon runs it; the
+last line times a snapshot process (``pipeline.snapshot_process``, collector/snapshot_process.py).
 Timed with the daemon's generation-0 GC threshold (``pipeline.gc_young_threshold``) unless
 ``--gc-young-threshold`` says otherwise (0: Python's default, as this bench timed before).
 Models are fitted after the warm-up (as in ``stages.py --fit``). Prints figures; never pass/fail.
@@ -89,6 +90,35 @@ def _ms(fn: Callable[[], Any]) -> tuple[float, Any]:
     return 1e3 * (time.process_time() - t), out
 
 
+def process_rounds(detectors: list, store: Store, calls: list, batch: int, rounds: int) -> None:
+    """``pipeline.snapshot_process``: what the fork costs the daemon, what the child takes, and what
+    the detectors' work costs while a child runs (pages the daemon writes are copied then) against
+    the same work with no child, alternating."""
+    from toolwatch.collector.snapshot_process import fork_snapshot
+    from toolwatch.detectors.events import Batch
+
+    def observe() -> None:
+        for i in range(0, len(calls), batch):
+            b = Batch(calls=calls[i : i + batch], listings=[])
+            for det in detectors:
+                det.observe(b)
+
+    got: list[tuple[float, float, float, float, float]] = []
+    for _ in range(rounds):
+        alone, _ = _ms(observe)
+        wall = time.perf_counter()
+        fork_ms, child = _ms(lambda: fork_snapshot(detectors, store.state_path, 0, store.reserve_generation(), 0.0))
+        beside, _ = _ms(observe)
+        error = child.wait(600)
+        wall = time.perf_counter() - wall
+        assert error is None, error
+        got.append((fork_ms, 1e3 * child.cpu_s, 1e3 * wall, beside, alone))
+    fork_ms, child_ms, wall_ms, beside, alone = (statistics.median(r[i] for r in got) for i in range(5))
+    print(f"snapshot process: the fork {fork_ms:.1f} ms of the daemon's CPU; the child {child_ms:.0f} ms CPU, "
+          f"{wall_ms:.0f} ms from fork to end; {len(calls):,} calls through the detectors meanwhile "
+          f"{beside:.0f} ms CPU against {alone:.0f} ms with no child (medians of {rounds})")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--warm", type=int, default=300_000)
@@ -98,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workload", choices=wl.WORKLOADS, default=wl.DEFAULT_WORKLOAD, help="see bench/workloads.py")
     ap.add_argument("--gc-young-threshold", type=int, default=Config().pipeline.gc_young_threshold,
                     help="generation-0 GC threshold while timing, as the daemon sets it (0: Python's default, 700)")
+    ap.add_argument("--process-calls", type=int, default=20_000,
+                    help="calls the detectors observe while a snapshot process runs (and alone, to compare)")
     args = ap.parse_args(argv)
 
     _, calls = stages.workload(args.warm, args.batch, args.rate, args.workload, 0.001)
@@ -136,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline = Pipeline(detectors, AlertRouter(store, metrics, [], group_window_ns=0), store, metrics)
         whole = statistics.median(_ms(pipeline.save_state)[0] for _ in range(args.rounds))
         print(f"Pipeline.save_state: {whole:.0f} ms (all detectors, median of {args.rounds})")
+        process_rounds(detectors, store, calls[-args.process_calls:], args.batch, args.rounds)
     interpreter.restore()
     return 0
 
