@@ -294,13 +294,13 @@ class CpuBudget:
         self.runner = runner
         self.daemon0 = _cpu_s()
         self.children0 = _child_cpu(runner)
-        self.loadgen0 = _loadgen_s()
+        self.loadgen0 = reaped_cpu()
 
     def line(self, spans: int) -> str:
         roles: dict[str, float] = {"daemon": _cpu_s() - self.daemon0}
         for pid, (role, cpu) in _child_cpu(self.runner).items():
             roles[role] = roles.get(role, 0.0) + cpu - self.children0.get(pid, (role, 0.0))[1]
-        roles["load generators"] = _loadgen_s() - self.loadgen0
+        roles["load generators"] = reaped_cpu() - self.loadgen0
         per = {k: 1e6 * v / spans for k, v in roles.items()}
         total = sum(per.values())
         parts = ", ".join(f"{k} {v:.1f}" for k, v in per.items())
@@ -308,8 +308,9 @@ class CpuBudget:
                 f"{os.cpu_count() * 1e6 / total:,.0f} spans/s")
 
 
-def _loadgen_s() -> float:
-    """CPU seconds of children already waited for (the load generators, once joined)."""
+def reaped_cpu() -> float:
+    """CPU seconds of this process's children that have ended and been waited for (the load
+    generators once joined; ingest_kafka.py: snapshot processes)."""
     t = os.times()
     return t.children_user + t.children_system
 

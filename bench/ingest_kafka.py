@@ -41,7 +41,7 @@ from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 sys.path.insert(0, str(ROOT / "bench"))
 
 import workloads as wl  # noqa: E402
-from ingest import proc_cpu  # noqa: E402
+from ingest import proc_cpu, reaped_cpu  # noqa: E402
 from helpers.kafka_broker import KafkaBroker  # noqa: E402
 from toolwatch.collector.config import Config, KafkaConfig, decode_processes_error, parse_process_count  # noqa: E402
 from toolwatch.collector.daemon import Daemon, build_detectors  # noqa: E402
@@ -121,13 +121,7 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
     cpu_line = ", ".join(f"{role} {1e6 * sec / total:.1f} ({100 * sec / (t1 - t0):.0f} %)" for role, sec in cpu.items() if sec)
     return {"rate": total / (t1 - t0), "commit_lag": t2 - t1, "decode_processes": d.decode_processes, "cpu": cpu_line, "seconds": t1 - t0, "commits": commits,
             "saves": ", ".join(f"{n:.0f} by the {where}" for where, n in saves.items() if n) or "0",
-            "snapshot_process": d.pipeline.snapshot_process, "batches": batches, "findings": tally.summary(total)}
-
-
-def reaped_cpu() -> float:
-    """CPU seconds of this process's children that have ended and been waited for."""
-    t = os.times()
-    return t.children_user + t.children_system
+            "batches": batches, "findings": tally.summary(total)}
 
 
 def run_naive(bootstrap: str, limit: int, detectors_on: bool) -> tuple[float, str]:
