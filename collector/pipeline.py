@@ -91,7 +91,7 @@ class Pipeline:
         self.batch_max_delay_s = batch_max_delay_s
         self.queue_max = queue_max
         self.snapshot_interval_s = snapshot_interval_s
-        self.snapshot_process = snapshot_process and getattr(store, "state_path", None) is not None
+        self.snapshot_process = snapshot_process and store.state_path is not None
         """Snapshots written by a forked child while batches go on (collector/snapshot_process.py);
         False after a child failed: the daemon's own process saves from then on."""
         self.snapshot_timeout_s = snapshot_timeout_s
