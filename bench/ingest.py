@@ -171,12 +171,15 @@ class ProcessedWaiter:
 
 
 class DaemonRunner:
-    def __init__(self, data_dir: str, otlp_processes: int = 0, cpu_affinity: str = "auto") -> None:
+    def __init__(self, data_dir: str, otlp_processes: int = 0, cpu_affinity: str = "auto",
+                 queue_max_wait_ms: int | None = None) -> None:
         cfg = Config(otlp_http="127.0.0.1:0", otlp_grpc="127.0.0.1:0", listen="127.0.0.1:0", data_dir=data_dir,
                      otlp_processes=otlp_processes, cpu_affinity=cpu_affinity)
         cfg.pipeline.batch_max_size = 4096
         cfg.pipeline.batch_max_delay_ms = 50
         cfg.pipeline.snapshot_interval_s = 3600
+        if queue_max_wait_ms is not None:
+            cfg.pipeline.queue_max_wait_ms = queue_max_wait_ms
         cfg.max_body_bytes = 64 * 1024 * 1024
         cfg.validate()
         self.loop = asyncio.new_event_loop()
@@ -424,9 +427,14 @@ def soak(runner: DaemonRunner, traffics: list[Any], seconds: float, interval: fl
           f"retry after {'Retry-After' if honour_retry_after else '20 ms'}", flush=True)
     print(f"{'t s':>6} {'spans/s':>8} {'total':>10} {'lag p50 ms':>10} {'RSS MB':>7} {'gc2 n':>5} {'gc2 s':>6} "
           f"{'gc s':>6} {'db MB':>6} {'cpu %':>5} {'spans/cpu-s':>11} {'429/s':>6} {'refits':>6} {'det %':>5} "
-          f"{'refit %':>7} {'load':>5}  state",
+          f"{'refit %':>7} {'load':>5} {'batch':>5}  state",
           flush=True)
     reg = runner.daemon.metrics.registry
+
+    def batches() -> tuple[float, float]:
+        """Spans and batches through the detectors so far (for the mean batch size per interval)."""
+        return (reg.get_sample_value("toolwatch_pipeline_batch_size_sum") or 0.0,
+                reg.get_sample_value("toolwatch_pipeline_batch_size_count") or 0.0)
 
     def refused() -> float:
         return reg.get_sample_value("toolwatch_requests_rejected_total", {"receiver": "otlp_http", "reason": "queue_full"}) or 0.0
@@ -440,12 +448,14 @@ def soak(runner: DaemonRunner, traffics: list[Any], seconds: float, interval: fl
     last_cpu, last_refused, last_fits = _cpu_s(), refused(), runner.daemon.retrainer.fitted
     last_split = (0.0, 0.0)
     last_by = dict(split.by_detector)
+    last_batches = batches()
     while True:
         time.sleep(interval - ((time.perf_counter() - t0) % interval))
         now, n = time.perf_counter(), pipe.processed
         lags = sorted(runner.lag.values[last_lag:])
         gc_now = (gct.count[2], gct.seconds[2], sum(gct.seconds))
         db_mb = sum(f.stat().st_size for f in db.glob("toolwatch.db*")) / 1e6
+        b_now = batches()
         print(f"{now - t0:6.0f} {(n - last_n) / (now - last_t):8,.0f} {n:10,} "
               f"{1000 * lags[len(lags) // 2] if lags else float('nan'):10.0f} {_rss_mb():7.0f} "
               f"{gc_now[0] - last_gc[0]:5d} {gc_now[1] - last_gc[1]:6.2f} {gc_now[2] - last_gc[2]:6.2f} {db_mb:6.1f} "
@@ -453,13 +463,14 @@ def soak(runner: DaemonRunner, traffics: list[Any], seconds: float, interval: fl
               f"{(refused() - last_refused) / (now - last_t):6.1f} {runner.daemon.retrainer.fitted - last_fits:6d} "
               f"{100 * (split.observe - last_split[0]) / max(1e-9, _cpu_s() - last_cpu):5.0f} "
               f"{100 * (split.refit - last_split[1]) / max(1e-9, _cpu_s() - last_cpu):7.0f} "
-              f"{os.getloadavg()[0]:5.1f}  {state_sizes(runner)}", flush=True)
+              f"{os.getloadavg()[0]:5.1f} {(b_now[0] - last_batches[0]) / max(1.0, b_now[1] - last_batches[1]):5.0f}  "
+              f"{state_sizes(runner)}", flush=True)
         print(f"   detector CPU µs/span: {split.per_span(last_by, n - last_n)}", flush=True)
         last_cpu, last_refused, last_fits = _cpu_s(), refused(), runner.daemon.retrainer.fitted
         last_split, last_by = (split.observe, split.refit), dict(split.by_detector)
         if with_census:
             print("   census:", census(), flush=True)
-        last_t, last_n, last_lag, last_gc = now, n, len(runner.lag.values), gc_now
+        last_t, last_n, last_lag, last_gc, last_batches = now, n, len(runner.lag.values), gc_now, b_now
         if not any(p.is_alive() for p in procs):
             break
     results = [q.get(timeout=60) for _ in procs]
@@ -568,6 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--otlp-processes", type=int, default=0, help="OTLP/HTTP worker processes (config otlp_processes)")
     ap.add_argument("--cpu-affinity", default="auto",
                     help="the daemon's config cpu_affinity (auto: its threads on one CPU; off: the OS places them)")
+    ap.add_argument("--queue-max-wait-ms", type=int,
+                    help="the daemon's pipeline.queue_max_wait_ms (default: the config's; 0: only queue_max_spans "
+                         "bounds the queue)")
     args = ap.parse_args(argv)
     only = set(args.only or ["http", "grpc", "paced", "naive"])
     t = time.process_time()
@@ -586,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     if args.soak:
         with tempfile.TemporaryDirectory() as tmp:
-            runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity)
+            runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity, args.queue_max_wait_ms)
             print(f"cpu_affinity: {runner.daemon.affinity.choice.reason}", flush=True)
             try:
                 if args.workload == "random":
@@ -600,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
                 runner.close()
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity)
+        runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity, args.queue_max_wait_ms)
         print(f"cpu_affinity: {runner.daemon.affinity.choice.reason}", flush=True)
         try:
             run_load(runner, "http", traffics, args.batch, 1, 0.5, None)  # warm-up

@@ -136,6 +136,7 @@ class Daemon:
             batch_max_size=p.batch_max_size,
             batch_max_delay_s=p.batch_max_delay_ms / 1000,
             queue_max=p.queue_max_spans,
+            queue_max_wait_s=p.queue_max_wait_ms / 1000,
             snapshot_interval_s=p.snapshot_interval_s,
             event_time=p.event_time_rule(),
             snapshot_process=snapshot_in_process(cfg, self.store.state_path),

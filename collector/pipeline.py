@@ -75,6 +75,7 @@ class Pipeline:
         batch_max_size: int = 512,
         batch_max_delay_s: float = 0.2,
         queue_max: int = 200_000,
+        queue_max_wait_s: float = 0.0,
         snapshot_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         event_time: EventTimeRule | None = None,
@@ -90,6 +91,11 @@ class Pipeline:
         self.batch_max_size = batch_max_size
         self.batch_max_delay_s = batch_max_delay_s
         self.queue_max = queue_max
+        self.queue_max_wait_s = queue_max_wait_s
+        """While the oldest queued events have waited longer than this, the queue counts as full
+        (0: only ``queue_max`` bounds it). Under sustained overload a queue of seconds adds only lag,
+        and costs throughput: calls that wait that long are cold in the CPU caches when the detectors
+        read them, and the garbage collector has moved them through its generations."""
         self.snapshot_interval_s = snapshot_interval_s
         self.snapshot_process = snapshot_process and store.state_path is not None
         """Snapshots written by a forked child while batches go on (collector/snapshot_process.py);
@@ -106,6 +112,8 @@ class Pipeline:
         self.clock = clock
         self._queue: deque[_Item] = deque()
         self._depth = 0
+        self._shared_behind = False
+        """``behind()`` as the depth listeners were last told."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -123,8 +131,9 @@ class Pipeline:
         """Called with ``saved_seq`` after each successful state save, on the loop: between batches when
         the daemon saved (the scale-out changelog capture needs that, so with it the daemon always
         saves), when the child has written it with ``snapshot_process`` (a batch may be in the detectors)."""
-        self.depth_listeners: list[Callable[[int], None]] = []
-        """Called with the queue's depth whenever it changes (OTLP worker processes refuse early by it)."""
+        self.depth_listeners: list[Callable[[int, bool], None]] = []
+        """Called with the queue's depth and ``behind()`` whenever the depth changes (OTLP worker
+        processes refuse early by them)."""
         self.running_listeners: list[Callable[[bool], None]] = []
         """Called with ``running`` when ``start`` or ``shutdown`` changes it (OTLP worker processes
         refuse early only while the pipeline runs, as ``Ingest`` does)."""
@@ -307,21 +316,46 @@ class Pipeline:
 
     def full_for(self, spans: int) -> bool:
         """True when a request of ``spans`` spans may not fit: refuse it before normalising it."""
-        return full_for(self._depth, spans, self.queue_max)
+        return full_for(self._depth, spans, self.queue_max) or self._refuse_behind()
+
+    def oldest_wait_s(self) -> float:
+        """How long the oldest queued events have waited (0 when the queue is empty)."""
+        return self.clock() - self._queue[0].arrived if self._queue else 0.0
+
+    def behind(self) -> bool:
+        """Whether the oldest queued events have waited longer than ``queue_max_wait_s``: the
+        detectors are not keeping up, and new events are refused until the queue is fresh again."""
+        return bool(self.queue_max_wait_s) and self.oldest_wait_s() > self.queue_max_wait_s
+
+    def _refuse_behind(self) -> bool:
+        """``behind()``; when it is and the depth listeners were last told otherwise (the queue grew
+        old with no change of depth), they are told now, so worker processes refuse early."""
+        if not self.behind():
+            return False
+        if not self._shared_behind:
+            self._depth_changed()
+        return True
+
+    def _depth_changed(self) -> None:
+        self.metrics.queue_depth.set(self._depth)
+        behind = self._shared_behind = self.behind()
+        for depth_listener in self.depth_listeners:
+            depth_listener(self._depth, behind)
 
     def submit(self, calls: list[ToolCall], listings: list[ToolListing]) -> bool:
-        """Queue events as they are (no event-time rule: use ``admit``); False when the queue is full."""
+        """Queue events as they are (no event-time rule: use ``admit``); False when the queue is full
+        (``queue_max``) or ``behind``."""
         n = len(calls) + len(listings)
         if n == 0:
             return True
         if self._depth + n > self.queue_max:
             return False
+        if self._refuse_behind():
+            return False
         self._seq += 1
         self._queue.append(_Item(calls, listings, self.clock(), self._seq))
         self._depth += n
-        self.metrics.queue_depth.set(self._depth)
-        for depth_listener in self.depth_listeners:
-            depth_listener(self._depth)
+        self._depth_changed()
         self._idle.clear()
         self._wake.set()
         return True
@@ -419,9 +453,7 @@ class Pipeline:
             n += len(item.calls) + len(item.listings)
             items.append(item)
         self._depth -= n
-        self.metrics.queue_depth.set(self._depth)
-        for depth_listener in self.depth_listeners:
-            depth_listener(self._depth)
+        self._depth_changed()
         return items
 
     async def _drain_all(self) -> None:

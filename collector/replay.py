@@ -161,7 +161,8 @@ class Replayer:
         self.pipeline = Pipeline(
             list(detectors), self.router, self.store, self.metrics,
             batch_max_size=p.batch_max_size, batch_max_delay_s=p.batch_max_delay_ms / 1000,
-            queue_max=p.queue_max_spans, snapshot_interval_s=p.snapshot_interval_s,
+            queue_max=p.queue_max_spans, queue_max_wait_s=p.queue_max_wait_ms / 1000,
+            snapshot_interval_s=p.snapshot_interval_s,
         )
         self.normalizer = Normalizer(redact_args or drop_raw_args)
 

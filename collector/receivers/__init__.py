@@ -96,7 +96,10 @@ class Ingest:
     def _queue_full(self, receiver: str) -> Overloaded:
         """Count a queue_full refusal; the exception to raise (both refusals answer alike)."""
         self.metrics.requests_rejected.labels(receiver, "queue_full").inc()
-        return Overloaded(f"pipeline queue is full ({self.pipeline.depth} events waiting); retry later")
+        pipe = self.pipeline
+        why = (f"the oldest for {pipe.oldest_wait_s() * 1000:.0f} ms, past pipeline.queue_max_wait_ms"
+               if pipe.behind() else f"of pipeline.queue_max_spans {pipe.queue_max}")
+        return Overloaded(f"pipeline queue is full ({pipe.depth} events waiting, {why}); retry later")
 
     def consume(self, receiver: str, norm: Normalized, decode_rejected: int = 0, decode_errors: tuple[str, ...] = ()) -> IngestResult:
         """Admit normalised events; ``decode_rejected`` spans were already lost to decoding."""

@@ -120,12 +120,15 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
         depth: Any,
         running: Any,
         queue_max: int,
+        behind: Any,
         **kw: Any,
     ) -> None:
         host, port = sock.getsockname()[:2]
         super().__init__(host, port, None, None, **kw)  # type: ignore[arg-type]  # no Ingest or Metrics here
         self.sock, self.link, self.normalizer = sock, link, normalizer
-        self.depth, self.running, self.queue_max = depth, running, queue_max
+        self.depth, self.running, self.queue_max, self.behind = depth, running, queue_max, behind
+        """The daemon's queue depth, whether its pipeline runs, its ``queue_max_spans``, and whether
+        its queue is ``behind`` (shared values: ``Pipeline.full_for``'s refusal, made here)."""
 
     def _site(self, runner: web.AppRunner, ssl_context: Any) -> web.BaseSite:
         return web.SockSite(runner, self.sock, ssl_context=ssl_context)
@@ -137,9 +140,11 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
         # Ingest.__call__'s early refusal (Pipeline.full_for), against the depth the daemon shares,
         # and like it only while the pipeline runs: a stopped one (draining) is the daemon's 503.
         spans, depth = span_count(decoded.request), self.depth.value
-        if self.running.value and full_for(depth, spans, self.queue_max):
+        if self.running.value and (full_for(depth, spans, self.queue_max) or self.behind.value):
             self._count_rejected("queue_full")
-            raise Overloaded(f"pipeline queue is full ({depth} events waiting); retry later")
+            why = ("the oldest past pipeline.queue_max_wait_ms" if self.behind.value
+                   else f"of pipeline.queue_max_spans {self.queue_max}")
+            raise Overloaded(f"pipeline queue is full ({depth} events waiting, {why}); retry later")
         norm = self.normalizer.normalize(decoded.request)
         errors = tuple(decoded.errors)
         rows = self.normalizer.rows
@@ -154,7 +159,7 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
         return IngestResult(spans, rejected, message)
 
 
-async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, running: Any) -> None:
+async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, running: Any, behind: Any) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=conn_sock)
     settings = await read_frame(reader)
     if settings is None or settings[0] != wf.CONFIG:
@@ -165,7 +170,7 @@ async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any
     del key_text
     link = DaemonLink(reader, writer, reply_timeout)
     receiver = WorkerHttpReceiver(
-        listen_sock, link, normalizer, depth, running, queue_max,
+        listen_sock, link, normalizer, depth, running, queue_max, behind,
         max_body_bytes=max_body, retry_after_s=retry_after, bearer_token=token,
         tls=TlsFiles(cert, key_file) if cert else None,
     )  # fmt: skip
@@ -181,7 +186,8 @@ async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any
     reading.cancel()
 
 
-def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, running: Any, log_level: int) -> None:
+def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, running: Any, behind: Any,
+         log_level: int) -> None:
     """The worker process's entry point (``multiprocessing`` target)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -190,7 +196,7 @@ def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, runni
     logging.getLogger("toolwatch.receiver.otlp_http").setLevel(max(log_level, logging.WARNING))
     code = 0
     try:
-        run(serve(listen_sock, conn_sock, depth, running))  # on uvloop: every body in and frame out
+        run(serve(listen_sock, conn_sock, depth, running, behind))  # on uvloop: every body in and frame out
     except BaseException:
         log.exception("OTLP worker process %d failed", os.getpid())
         code = 1

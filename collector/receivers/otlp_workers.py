@@ -134,6 +134,7 @@ class OtlpHttpWorkers(NetworkReceiver):
         self._sock: socket.socket | None = None
         self._depth: Any = None
         self._running: Any = None
+        self._behind: Any = None
         self._workers: dict[int, _Worker] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -154,6 +155,7 @@ class OtlpHttpWorkers(NetworkReceiver):
         pipeline = self.ingest.pipeline
         self._depth = self._ctx.RawValue("q", pipeline.depth)
         self._running = self._ctx.RawValue("b", pipeline.running)
+        self._behind = self._ctx.RawValue("b", pipeline.behind())
         pipeline.depth_listeners.append(self._share_depth)
         pipeline.running_listeners.append(self._share_running)
         try:
@@ -167,8 +169,9 @@ class OtlpHttpWorkers(NetworkReceiver):
             "https" if self.tls else "http", self.host, self.bound_port, self.processes, self.pids,
         )  # fmt: skip
 
-    def _share_depth(self, depth: int) -> None:
+    def _share_depth(self, depth: int, behind: bool) -> None:
         self._depth.value = depth
+        self._behind.value = behind
 
     def _share_running(self, running: bool) -> None:
         self._running.value = running
@@ -178,7 +181,7 @@ class OtlpHttpWorkers(NetworkReceiver):
         assert self._sock is not None
         level = logging.getLogger().getEffectiveLevel()
         proc, parent = start_worker(
-            self._ctx, lambda child: (self._sock, child, self._depth, self._running, level), worker_main,
+            self._ctx, lambda child: (self._sock, child, self._depth, self._running, self._behind, level), worker_main,
             f"toolwatch-otlp-{slot}", self._spawn_guard,
         )  # fmt: skip
         try:

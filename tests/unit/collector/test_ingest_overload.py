@@ -125,3 +125,63 @@ def test_normalized_spans_match_span_count():
     """``span_count`` is the ``spans`` the normalizer reports, so both agree on what a request is."""
     req = body(4, other=3)
     assert Normalizer(lambda text: text).normalize(req).spans == span_count(req)
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_queue_whose_oldest_events_waited_too_long_refuses_until_it_is_fresh_again(tmp_path):
+    """``queue_max_wait_s``: the detectors not keeping up is judged by how long the oldest queued
+    events have waited, not only by their number; refused before normalising, like a full queue,
+    and the OTLP worker processes are told through the depth listeners."""
+    clock = Clock()
+    store, metrics = Store(":memory:"), Metrics()
+    p = Pipeline([NewToolDetector(NewToolConfig(min_calls=1))], AlertRouter(store, metrics, [], group_window_ns=0),
+                 store, metrics, queue_max=1000, queue_max_wait_s=0.5, batch_max_size=100, batch_max_delay_s=60,
+                 snapshot_interval_s=3600, clock=clock)
+    shared: list[tuple[int, bool]] = []
+    p.depth_listeners.append(lambda depth, behind: shared.append((depth, behind)))
+    norm = CountingNormalizer()
+    ingest = Ingest(norm, p, metrics)
+    await p.start()  # its run loop never gets a turn below (no await): the test takes the batch itself
+    assert ingest("otlp_http", body(3)).spans == 3
+    clock.now += 0.4
+    assert ingest("otlp_http", body(2)).spans == 2 and not p.behind()
+    assert shared == [(3, False), (5, False)]
+    clock.now += 0.2  # the first request has waited 0.6 s
+    assert p.behind() and p.full_for(1)
+    with pytest.raises(Overloaded, match=r"queue is full \(5 events waiting, the oldest for 600 ms, past pipeline.queue_max_wait_ms\)"):
+        ingest("otlp_http", body(1))
+    assert norm.runs == 2, "a refused request was normalised"
+    assert shared[-1] == (5, True), "the refusal did not tell the listeners the queue is behind"
+    assert not p.submit([ToolCall(time_ns=1, agent_id="a", tool="t")], []), "submit took events while behind"
+    assert len(shared) == 3, "told the listeners again what they knew"
+    assert refused(metrics) == 1 and p.depth == 5
+    taken = p._take()  # the run loop takes a batch: the first request (3 events) and the second (2)
+    assert sum(len(i.calls) for i in taken) == 5 and shared[-1] == (0, False)
+    assert not p.behind() and ingest("otlp_http", body(1)).spans == 1
+    await p.shutdown()
+
+
+def test_off_by_default_in_the_pipeline_and_checked_in_the_config():
+    from toolwatch.collector.config import ConfigError, PipelineConfig
+
+    clock = Clock()
+    store, metrics = Store(":memory:"), Metrics()
+    p = Pipeline([], AlertRouter(store, metrics, [], group_window_ns=0), store, metrics, clock=clock)
+    assert p.submit([ToolCall(time_ns=1, agent_id="a", tool="t")], [])
+    clock.now += 3600
+    assert not p.behind() and p.submit([ToolCall(time_ns=2, agent_id="a", tool="t")], [])
+    assert PipelineConfig().queue_max_wait_ms == 500
+    PipelineConfig(queue_max_wait_ms=0).validate()
+    for bad in (-1, 200, 100):
+        with pytest.raises(ConfigError, match="pipeline.queue_max_wait_ms must be 0 \\(off\\) or more than "
+                                              "pipeline.batch_max_delay_ms \\(200\\)"):
+            PipelineConfig(queue_max_wait_ms=bad).validate()
