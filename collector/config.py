@@ -154,7 +154,7 @@ def snapshot_in_process(cfg: "Config", state_path: Path | None) -> bool:
     from .snapshot_process import fork_available
 
     choice = cfg.pipeline.snapshot_process
-    if choice == "off" or (cfg.kafka.enabled and cfg.kafka.state_changelog_topic):
+    if choice == "off" or cfg.kafka.changelog:
         return False
     return fork_available(state_path)
 
@@ -283,6 +283,11 @@ class KafkaConfig:
 
     ENCODINGS = ("otlp_proto", "otlp_json", "auto")
 
+    @property
+    def changelog(self) -> bool:
+        """Whether the scale-out state changelog is in use (Kafka on, with a ``state_changelog_topic``)."""
+        return self.enabled and bool(self.state_changelog_topic)
+
     def validate(self) -> None:
         if not self.enabled:
             return
@@ -396,7 +401,7 @@ class Config:
                 raise ConfigError(f"webhooks[{i}].name: {hook.name!r} is used twice; names must be unique")
             names.add(hook.name)
         self.pipeline.validate()
-        if self.pipeline.snapshot_process == "on" and self.kafka.enabled and self.kafka.state_changelog_topic:
+        if self.pipeline.snapshot_process == "on" and self.kafka.changelog:
             raise ConfigError("pipeline.snapshot_process: on cannot be used with kafka.state_changelog_topic (each "
                               "snapshot captures the agents' state for the changelog in the daemon); set it to "
                               "auto or off")
