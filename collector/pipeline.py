@@ -92,10 +92,11 @@ class Pipeline:
         self.batch_max_delay_s = batch_max_delay_s
         self.queue_max = queue_max
         self.queue_max_wait_s = queue_max_wait_s
-        """While the oldest queued events have waited longer than this, the queue counts as full
-        (0: only ``queue_max`` bounds it). Under sustained overload a queue of seconds adds only lag,
-        and costs throughput: calls that wait that long are cold in the CPU caches when the detectors
-        read them, and the garbage collector has moved them through its generations."""
+        """While the oldest queued events have waited longer than this past ``batch_max_delay_s``
+        (which a partial batch waits by design), the queue counts as full (0: only ``queue_max``
+        bounds it). Under sustained overload a queue of seconds adds only lag, and costs throughput:
+        calls that wait that long are cold in the CPU caches when the detectors read them, and the
+        garbage collector has moved them through its generations."""
         self.snapshot_interval_s = snapshot_interval_s
         self.snapshot_process = snapshot_process and store.state_path is not None
         """Snapshots written by a forked child while batches go on (collector/snapshot_process.py);
@@ -323,9 +324,10 @@ class Pipeline:
         return self.clock() - self._queue[0].arrived if self._queue else 0.0
 
     def behind(self) -> bool:
-        """Whether the oldest queued events have waited longer than ``queue_max_wait_s``: the
-        detectors are not keeping up, and new events are refused until the queue is fresh again."""
-        return bool(self.queue_max_wait_s) and self.oldest_wait_s() > self.queue_max_wait_s
+        """Whether the oldest queued events have waited longer than ``queue_max_wait_s`` past the
+        batch delay: the detectors are not keeping up, and new events are refused until the queue
+        is fresh again."""
+        return bool(self.queue_max_wait_s) and self.oldest_wait_s() > self.batch_max_delay_s + self.queue_max_wait_s
 
     def _refuse_behind(self) -> bool:
         """``behind()``; when it is and the depth listeners were last told otherwise (the queue grew

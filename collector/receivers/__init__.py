@@ -97,7 +97,7 @@ class Ingest:
         """Count a queue_full refusal; the exception to raise (both refusals answer alike)."""
         self.metrics.requests_rejected.labels(receiver, "queue_full").inc()
         pipe = self.pipeline
-        why = (f"the oldest for {pipe.oldest_wait_s() * 1000:.0f} ms, past pipeline.queue_max_wait_ms"
+        why = (f"the oldest for {pipe.oldest_wait_s() * 1000:.0f} ms, past pipeline.batch_max_delay_ms + queue_max_wait_ms"
                if pipe.behind() else f"of pipeline.queue_max_spans {pipe.queue_max}")
         return Overloaded(f"pipeline queue is full ({pipe.depth} events waiting, {why}); retry later")
 

@@ -142,7 +142,7 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
         spans, depth = span_count(decoded.request), self.depth.value
         if self.running.value and (full_for(depth, spans, self.queue_max) or self.behind.value):
             self._count_rejected("queue_full")
-            why = ("the oldest past pipeline.queue_max_wait_ms" if self.behind.value
+            why = ("the oldest past pipeline.batch_max_delay_ms + queue_max_wait_ms" if self.behind.value
                    else f"of pipeline.queue_max_spans {self.queue_max}")
             raise Overloaded(f"pipeline queue is full ({depth} events waiting, {why}); retry later")
         norm = self.normalizer.normalize(decoded.request)

@@ -286,7 +286,7 @@ def test_a_queue_that_waited_too_long_is_refused_by_the_daemon_then_early_by_the
     cfg = make_config(tmp_path, retry_after_s=7, otlp_processes=1)
     cfg.pipeline.batch_max_size = 2
     cfg.pipeline.batch_max_delay_ms = 50
-    cfg.pipeline.queue_max_wait_ms = 300
+    cfg.pipeline.queue_max_wait_ms = 250  # refused past 50 + 250 ms
     gate = Gate()
     with DaemonThread(cfg, detectors=[gate]) as d:
         h = {"Content-Type": "application/x-protobuf"}
@@ -300,8 +300,8 @@ def test_a_queue_that_waited_too_long_is_refused_by_the_daemon_then_early_by_the
             assert first.status_code == second.status_code == 429 and second.headers["Retry-After"] == "7"
             said = [status_pb2.Status.FromString(r.content).message for r in (first, second)]
             assert "queue is full (3 events waiting, the oldest for " in said[0], said
-            assert "past pipeline.queue_max_wait_ms" in said[0], said
-            assert "queue is full (3 events waiting, the oldest past pipeline.queue_max_wait_ms)" in said[1], said
+            assert "past pipeline.batch_max_delay_ms + queue_max_wait_ms" in said[0], said
+            assert "queue is full (3 events waiting, the oldest past pipeline.batch_max_delay_ms + queue_max_wait_ms)" in said[1], said
             _wait(lambda: _rejected(d, "queue_full") == 2, what="both refusals counted")
         finally:
             gate.release.set()
