@@ -72,10 +72,12 @@ def detector_config(detectors_on: bool) -> dict:
 
 def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detectors_on: bool,
                cpu_affinity: str = "auto", decode_processes: int | str = "auto", broker_pid: int | None = None,
-               run: int = 0, snapshot_process: str = "auto") -> dict:
+               run: int = 0, snapshot_process: str = "auto", queue_max_wait_ms: int | None = None) -> dict:
     cfg = Config(otlp_http="off", otlp_grpc="off", listen="127.0.0.1:0", data_dir=data_dir, cpu_affinity=cpu_affinity)
     cfg.pipeline.queue_max_spans = queue_max
     cfg.pipeline.snapshot_process = snapshot_process
+    if queue_max_wait_ms is not None:
+        cfg.pipeline.queue_max_wait_ms = queue_max_wait_ms
     cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id=f"bench-{detectors_on}-{run}",
                             max_poll_interval_ms=10000, session_timeout_ms=6000, decode_processes=decode_processes)
     cfg.detectors = detector_config(detectors_on)
@@ -219,7 +221,11 @@ def main() -> None:
     ap.add_argument("--snapshot-process", default="auto",
                     help="the daemon's pipeline.snapshot_process (auto, on, off); a comma list runs the daemon once per "
                          "value and decode setting, alternating, in the same run")
+    ap.add_argument("--queue-max-wait-ms", default=None,
+                    help="the daemon's pipeline.queue_max_wait_ms (default: the config's); a comma list runs the daemon "
+                         "once per value and other setting, alternating, in the same run")
     args = ap.parse_args()
+    waits = [None] if args.queue_max_wait_ms is None else [int(v) for v in args.queue_max_wait_ms.split(",")]
     decode_settings = [parse_process_count(v, decode_processes_error) for v in args.decode_processes.split(",")]
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
@@ -243,11 +249,12 @@ def main() -> None:
             modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.detectors]
             for on in modes:
                 label = "all detectors on" if on else "detectors off (receiver path alone)"
-                settings = [(d, sp) for d in decode_settings for sp in args.snapshot_process.split(",")]
-                for run, (decode, snap) in enumerate(settings):  # each run its own group: each reads the whole topic
+                settings = [(d, sp, w) for d in decode_settings for sp in args.snapshot_process.split(",") for w in waits]
+                for run, (decode, snap, wait) in enumerate(settings):  # each run its own group: each reads the whole topic
                     r = run_daemon(broker.bootstrap, total, str(Path(tmp) / f"data-{on}-{run}"), args.queue_max, on,
-                                   args.cpu_affinity, decode, broker._proc.pid if broker._proc else None, run, snap)
-                    print(f"[{label}, decode_processes {decode} -> {r['decode_processes']}, snapshot_process {snap}] "
+                                   args.cpu_affinity, decode, broker._proc.pid if broker._proc else None, run, snap, wait)
+                    waited = "" if wait is None else f", queue_max_wait_ms {wait}"
+                    print(f"[{label}, decode_processes {decode} -> {r['decode_processes']}, snapshot_process {snap}{waited}] "
                           "toolwatch Kafka receiver "
                           f"+ pipeline: {r['rate']:,.0f} spans/s end to end ({r['seconds']:.1f}s; "
                           f"{r['batches']:,.0f} batches, {r['commits']:,.0f} commits, {r['saves']} state saves); "
