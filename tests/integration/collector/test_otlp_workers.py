@@ -11,6 +11,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -256,57 +258,64 @@ def test_findings_match_the_in_process_receiver(tmp_path):
     assert got[2] == got[0]
 
 
-def test_a_full_queue_is_refused_by_the_worker_with_429_and_counted(tmp_path):
+@contextmanager
+def _held_by_gate(tmp_path: Path, **pipeline: int) -> Iterator[tuple[DaemonThread, Callable[[], None]]]:
+    """A daemon with one OTLP worker (``retry_after_s`` 7, batches of 2, ``pipeline`` settings) whose
+    detectors are held on a first batch of 2 calls; yields it and ``release``, which lets the
+    detectors go and drains the queue (done on leaving, whatever happened)."""
     cfg = make_config(tmp_path, retry_after_s=7, otlp_processes=1)
     cfg.pipeline.batch_max_size = 2
-    cfg.pipeline.queue_max_spans = 4
-    cfg.pipeline.queue_max_wait_ms = 0  # the span bound alone (the next test: the wait bound)
+    for key, value in pipeline.items():
+        setattr(cfg.pipeline, key, value)
     gate = Gate()
     with DaemonThread(cfg, detectors=[gate]) as d:
-        h = {"Content-Type": "application/x-protobuf"}
+
+        def release() -> None:
+            gate.release.set()
+            d.drain()
+
         try:
-            assert requests.post(d.otlp_http_url, data=_calls_body(2), headers=h, timeout=5).status_code == 200
+            assert _post_calls(d, 2).status_code == 200
             assert gate.entered.wait(5)
-            assert requests.post(d.otlp_http_url, data=_calls_body(4), headers=h, timeout=5).status_code == 200
-            r = requests.post(d.otlp_http_url, data=_calls_body(1), headers=h, timeout=5)
-            assert r.status_code == 429 and r.headers["Retry-After"] == "7"
-            assert "queue is full (4 events waiting, of pipeline.queue_max_spans 4)" in status_pb2.Status.FromString(r.content).message
-            _wait(lambda: _rejected(d, "queue_full") == 1, what="queue_full counted")
+            yield d, release
         finally:
             gate.release.set()
-        d.drain()
+
+
+def _post_calls(d: DaemonThread, n: int) -> requests.Response:
+    return requests.post(d.otlp_http_url, data=_calls_body(n), headers={"Content-Type": "application/x-protobuf"}, timeout=5)
+
+
+def test_a_full_queue_is_refused_by_the_worker_with_429_and_counted(tmp_path):
+    # The span bound alone (the next test: the wait bound).
+    with _held_by_gate(tmp_path, queue_max_spans=4, queue_max_wait_ms=0) as (d, release):
+        assert _post_calls(d, 4).status_code == 200
+        r = _post_calls(d, 1)
+        assert r.status_code == 429 and r.headers["Retry-After"] == "7"
+        assert "queue is full (4 events waiting, of pipeline.queue_max_spans 4)" in status_pb2.Status.FromString(r.content).message
+        _wait(lambda: _rejected(d, "queue_full") == 1, what="queue_full counted")
+        release()
         assert d.metric("toolwatch_spans_received_total", {"receiver": "otlp_http"}) == 6
-        assert requests.post(d.otlp_http_url, data=_calls_body(1), headers=h, timeout=5).status_code == 200
+        assert _post_calls(d, 1).status_code == 200
 
 
 def test_a_queue_that_waited_too_long_is_refused_by_the_daemon_then_early_by_the_worker(tmp_path):
     """``pipeline.queue_max_wait_ms``: the first request after the queue grew old (no depth change,
     so the worker did not know) is refused by the daemon, which tells the workers; the next is
     refused by the worker before normalising (its own message). Taking the queue lifts it."""
-    cfg = make_config(tmp_path, retry_after_s=7, otlp_processes=1)
-    cfg.pipeline.batch_max_size = 2
-    cfg.pipeline.batch_max_delay_ms = 50
-    cfg.pipeline.queue_max_wait_ms = 250  # refused past 50 + 250 ms
-    gate = Gate()
-    with DaemonThread(cfg, detectors=[gate]) as d:
-        h = {"Content-Type": "application/x-protobuf"}
-        try:
-            assert requests.post(d.otlp_http_url, data=_calls_body(2), headers=h, timeout=5).status_code == 200
-            assert gate.entered.wait(5)
-            assert requests.post(d.otlp_http_url, data=_calls_body(3), headers=h, timeout=5).status_code == 200
-            time.sleep(0.4)
-            first = requests.post(d.otlp_http_url, data=_calls_body(1), headers=h, timeout=5)
-            second = requests.post(d.otlp_http_url, data=_calls_body(1), headers=h, timeout=5)
-            assert first.status_code == second.status_code == 429 and second.headers["Retry-After"] == "7"
-            said = [status_pb2.Status.FromString(r.content).message for r in (first, second)]
-            assert "queue is full (3 events waiting, the oldest for " in said[0], said
-            assert "past pipeline.batch_max_delay_ms + queue_max_wait_ms" in said[0], said
-            assert "queue is full (3 events waiting, the oldest past pipeline.batch_max_delay_ms + queue_max_wait_ms)" in said[1], said
-            _wait(lambda: _rejected(d, "queue_full") == 2, what="both refusals counted")
-        finally:
-            gate.release.set()
-        d.drain()
-        assert requests.post(d.otlp_http_url, data=_calls_body(1), headers=h, timeout=5).status_code == 200
+    # Refused past 50 + 250 ms.
+    with _held_by_gate(tmp_path, batch_max_delay_ms=50, queue_max_wait_ms=250) as (d, release):
+        assert _post_calls(d, 3).status_code == 200
+        time.sleep(0.4)
+        first, second = _post_calls(d, 1), _post_calls(d, 1)
+        assert first.status_code == second.status_code == 429 and second.headers["Retry-After"] == "7"
+        said = [status_pb2.Status.FromString(r.content).message for r in (first, second)]
+        assert "queue is full (3 events waiting, the oldest for " in said[0], said
+        assert "past pipeline.batch_max_delay_ms + queue_max_wait_ms" in said[0], said
+        assert "queue is full (3 events waiting, the oldest past pipeline.batch_max_delay_ms + queue_max_wait_ms)" in said[1], said
+        _wait(lambda: _rejected(d, "queue_full") == 2, what="both refusals counted")
+        release()
+        assert _post_calls(d, 1).status_code == 200
         d.drain()
         assert d.metric("toolwatch_spans_received_total", {"receiver": "otlp_http"}) == 6
 
