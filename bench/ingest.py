@@ -172,10 +172,11 @@ class ProcessedWaiter:
 
 class DaemonRunner:
     def __init__(self, data_dir: str, otlp_processes: int = 0, cpu_affinity: str = "auto",
-                 queue_max_wait_ms: int | None = None) -> None:
+                 queue_max_wait_ms: int | None = None, batch_max_size: int | None = None) -> None:
         cfg = Config(otlp_http="127.0.0.1:0", otlp_grpc="127.0.0.1:0", listen="127.0.0.1:0", data_dir=data_dir,
                      otlp_processes=otlp_processes, cpu_affinity=cpu_affinity)
-        cfg.pipeline.batch_max_size = 4096
+        if batch_max_size is not None:
+            cfg.pipeline.batch_max_size = batch_max_size
         cfg.pipeline.batch_max_delay_ms = 50
         cfg.pipeline.snapshot_interval_s = 3600
         if queue_max_wait_ms is not None:
@@ -582,6 +583,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queue-max-wait-ms", type=int,
                     help="the daemon's pipeline.queue_max_wait_ms (default: the config's; 0: only queue_max_spans "
                          "bounds the queue)")
+    ap.add_argument("--batch-max-size", type=int, help="the daemon's pipeline.batch_max_size (default: the config's)")
     args = ap.parse_args(argv)
     only = set(args.only or ["http", "grpc", "paced", "naive"])
     t = time.process_time()
@@ -600,7 +602,8 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     if args.soak:
         with tempfile.TemporaryDirectory() as tmp:
-            runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity, args.queue_max_wait_ms)
+            runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity, args.queue_max_wait_ms,
+                                  args.batch_max_size)
             print(f"cpu_affinity: {runner.daemon.affinity.choice.reason}", flush=True)
             try:
                 if args.workload == "random":
@@ -614,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
                 runner.close()
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity, args.queue_max_wait_ms)
+        runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity, args.queue_max_wait_ms,
+                                  args.batch_max_size)
         print(f"cpu_affinity: {runner.daemon.affinity.choice.reason}", flush=True)
         try:
             run_load(runner, "http", traffics, args.batch, 1, 0.5, None)  # warm-up

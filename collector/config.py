@@ -161,7 +161,11 @@ def snapshot_in_process(cfg: "Config", state_path: Path | None) -> bool:
 
 @dataclass
 class PipelineConfig:
-    batch_max_size: int = 512
+    batch_max_size: int = 4096
+    """Most events one micro-batch takes. Under load every batch is full; a detector pass costs less
+    per event in large batches (per-batch work and the CPU caches each detector refills after the
+    others): 512 made the daemon's CPU per span ~20 % higher on fleet traffic (docs/ingestion.md).
+    Light load is unaffected: a partial batch goes after ``batch_max_delay_ms``."""
     batch_max_delay_ms: int = 200
     queue_max_spans: int = 200_000
     queue_max_wait_ms: int = 500
