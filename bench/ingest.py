@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity, args.queue_max_wait_ms,
-                                  args.batch_max_size)
+                              args.batch_max_size)
         print(f"cpu_affinity: {runner.daemon.affinity.choice.reason}", flush=True)
         try:
             run_load(runner, "http", traffics, args.batch, 1, 0.5, None)  # warm-up
