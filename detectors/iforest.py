@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .array_codec import decode_matrix, encode_matrix
+from .forest_walk import bank_paths
 from .pyround import py_round
 
 if TYPE_CHECKING:  # scikit-learn takes ~3 s to import: only fitting needs it, so import it there
@@ -49,8 +50,8 @@ floor of sklearn's (``_float32_floor``; ``inf`` at leaves, so a row never moves 
 BANK_NODE = np.dtype([("rel", np.int16), ("feature", np.int16), ("threshold", np.float32)])
 """A ``NODE`` as ``ForestBank`` holds it, in 8 bytes: ``rel`` is the left child's offset from the
 node itself (0 at a leaf), so it does not depend on the slot. With a bank of ~200 models far
-larger than the CPU's L2, the walk waits on node fetches; half the bytes per node make it
-~10 % cheaper there (``_walk`` over them: the same leaves). Laying each tree out in cache-line blocks
+larger than the CPU's L2, the walk waits on node fetches; half the bytes per node made NumPy's
+walk ~10 % cheaper there (the same leaves). Laying each tree out in cache-line blocks
 of two levels as well gained nothing measurable on top, so slots keep the forest's order."""
 REL_MAX = int(np.iinfo(np.int16).max)
 
@@ -121,9 +122,7 @@ class ForestBank:
         self.nodes = np.zeros(0, dtype=BANK_NODE)
         self.leaf_value = np.zeros(0)
         self.roots = np.zeros((n_trees, 0), dtype=np.intp)
-        """``roots[t, slot]``: the root of tree ``t`` of the slot's forest. One row per tree (C-ordered),
-        so the walks take a chunk of trees for their rows' slots with one ``take``, already in the
-        walk's tree-major order."""
+        """``roots[t, slot]``: the root of tree ``t`` of the slot's forest."""
         self.depth = np.zeros(0, dtype=np.intp)
         self.rest_min = np.zeros((0, n_trees + 1))
         """Per slot, ``rest_min[slot, t]``: the least the slot's trees ``t..`` can add to a row's
@@ -190,14 +189,7 @@ class ForestBank:
     def path_lengths(self, X: np.ndarray, slots: np.ndarray) -> np.ndarray:
         """Per row, the sum over its model's trees of the path length (``FlatForest._depths``),
         row ``i`` walking the forest in slot ``slots[i]``."""
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        n, F = X.shape
-        T = self.n_trees
-        flat = X.ravel()
-        rows = np.tile(np.arange(n, dtype=np.intp) * F, T)
-        idx = self.roots.take(slots, axis=1).ravel()  # tree-major, as in FlatForest
-        depth = int(self.depth[slots].max()) if n else 0
-        return _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(T, n).sum(axis=0)
+        return self.path_lengths_bounded(X, slots, np.full(len(X), np.inf), ())
 
     def path_lengths_bounded(self, X: np.ndarray, slots: np.ndarray, limit: np.ndarray,
                              stops: Sequence[float] = (0.4, 0.6, 0.75, 0.9)) -> np.ndarray:
@@ -205,46 +197,22 @@ class ForestBank:
         further and gets NaN: the detector's ``observe`` needs exact sums only of rows that can be
         hits (a hit needs a short path), and most rows are proven clean part-way through the trees.
 
-        Trees are walked in chunks ending at ``stops`` (shares of the trees; on the fleet bench a
-        clean row's path needs over half its trees to pass a hit's, the least a tree adds being
-        about a third of a typical path); after each chunk a row's sum so far plus
-        ``rest_min`` (the least its remaining trees can add) is a lower bound of its full sum.
-        Rows walked to the end get ``path_lengths``'s sum bit for bit: NumPy sums a C-ordered
-        (trees, rows) matrix of two or more columns tree after tree, so the sum so far, stacked
-        over the next chunk's values, continues that same order (one column would be summed
-        pairwise: a lone row gets a twin). The limit must leave room for rounding: the bound
-        adds ``rest_min`` in another order."""
+        A row's sum so far is checked after the trees up to each of ``stops`` (shares of the trees;
+        on the fleet bench a clean row's path needs over half its trees to pass a hit's, the least a
+        tree adds being about a third of a typical path): that sum plus ``rest_min`` (the least its
+        remaining trees can add) is a lower bound of its full sum. Rows walked to the end get the
+        exact sum (``forest_walk.bank_paths``, compiled). The limit must leave room for rounding:
+        the bound adds ``rest_min`` in another order."""
         X = np.ascontiguousarray(X, dtype=np.float32)
-        n, F = X.shape
+        if X.ndim != 2 or X.shape[1] != self.n_features:
+            raise ValueError(f"expected rows of {self.n_features} features, got shape {X.shape}")
+        slots = np.asarray(slots)
+        if len(slots) != len(X) or len(limit) != len(X) or (
+                len(slots) and (int(slots.min()) < 0 or int(slots.max()) >= len(self.depth))):
+            raise ValueError(f"need one slot in [0, {len(self.depth)}) and one limit per row")  # the walk trusts them
         T = self.n_trees
-        if n < 2:
-            return self.path_lengths(X, slots)
-        flat = X.ravel()
-        depth = int(self.depth[slots].max())
-        alive = np.arange(n, dtype=np.intp)
-        part: np.ndarray | None = None
-        t0 = 0
-        for t1 in sorted({int(f * T) for f in stops if 0 < int(f * T) < T}) + [T]:
-            k = len(alive)
-            if k == 1:  # see above: a lone row is summed as one of two columns
-                alive = np.repeat(alive, 2)
-                part = None if part is None else np.repeat(part, 2)
-                k = 2
-            live = slots[alive]
-            idx = self.roots[t0:t1].take(live, axis=1).ravel()  # tree-major (t1 - t0, k): no copy
-            rows = (alive * F)[None].repeat(t1 - t0, axis=0).ravel()  # np.tile's values, without its Python
-            got = _walk(self.nodes, self.leaf_value, flat, rows, idx, depth).reshape(t1 - t0, k)
-            part = got.sum(axis=0) if part is None else np.concatenate([part[None], got]).sum(axis=0)
-            if t1 < T:
-                keep = ~(part + self.rest_min[live, t1] > limit[alive])
-                alive, part = alive[keep], part[keep]
-                if not len(alive):
-                    break
-            t0 = t1
-        out = np.full(n, np.nan)
-        if len(alive):
-            out[alive] = part
-        return out
+        at = np.array(sorted({int(f * T) for f in stops if 0 < int(f * T) < T}) + [T], dtype=np.intp)
+        return bank_paths(self.nodes, self.leaf_value, X, slots, self.roots, self.depth, self.rest_min, limit, at)
 
 
 def range_margin(r: np.ndarray, range_k: Any) -> np.ndarray:
@@ -285,8 +253,8 @@ def _low_bytes(a: np.ndarray) -> np.ndarray:
 
 def _walk(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.ndarray, idx: np.ndarray,
           depth: int, block: int = 8192) -> np.ndarray:
-    """Walk every (tree, row) pair ``depth`` levels down the ``NODE`` or ``BANK_NODE`` records; the
-    leaf values reached.
+    """Walk every (tree, row) pair ``depth`` levels down the ``NODE`` records; the leaf values reached
+    (``FlatForest``: a model scored on its own; the bank has its compiled walk, ``forest_walk``).
 
     ``idx`` (tree-major start nodes) is walked in place. Per level: one gather of the nodes, one
     gather of the rows' feature values, a compare and an add, all into preallocated buffers;
@@ -295,11 +263,7 @@ def _walk(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.
     cache across the levels (~20 % faster than whole-batch steps at 50k pairs).
     The compare writes its 0/1 into the low byte of zeroed int64s (``_low_bytes``), so the add
     to ``child`` is int64 + int64: with a bool operand NumPy cast it through a buffer on every
-    level (the walk ~5 % faster on the fleet bench; the same sums, the values added being the same).
-    ``BANK_NODE`` records hold the left child as the node plus ``rel``: two adds per level instead
-    of one, but half the bytes fetched per node, which is what the walk waits on in a bank of many
-    models (the mixed int16/int64 adds cost less than the fetches they save)."""
-    relative = nodes.dtype == BANK_NODE
+    level (the walk ~5 % faster on the fleet bench; the same sums, the values added being the same)."""
     m = min(len(idx), block)
     rec = np.empty(m, dtype=nodes.dtype)
     pos = np.empty(m, dtype=np.intp)
@@ -312,18 +276,14 @@ def _walk(nodes: np.ndarray, leaf_value: np.ndarray, flat: np.ndarray, rows: np.
         k = len(at)
         r, p, xx, go, go64 = ((rec, pos, x, right, right64) if k == m
                               else (rec[:k], pos[:k], x[:k], right[:k], right64[:k]))
-        link, feature, threshold = r["rel" if relative else "child"], r["feature"], r["threshold"]
+        child, feature, threshold = r["child"], r["feature"], r["threshold"]
         step = rows[lo : lo + block]
         for _ in range(depth):
             take_node(at, out=r, mode="clip")
             add(feature, step, out=p)
             take_x(p, out=xx, mode="clip")
             greater(xx, threshold, out=go)
-            if relative:
-                add(at, link, out=at)
-                add(at, go64, out=at)
-            else:
-                add(link, go64, out=at)
+            add(child, go64, out=at)
     return leaf_value.take(idx, mode="clip")  # in range as above; take skips fancy indexing's set-up
 
 

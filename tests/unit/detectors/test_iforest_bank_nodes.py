@@ -1,5 +1,5 @@
-"""``ForestBank``'s 8-byte ``BANK_NODE`` records (left child as an offset from the node) walked by
-``_walk`` over ``BANK_NODE`` records: the same leaves as ``_walk`` over the forest's own ``NODE`` records, bit for bit, and
+"""``ForestBank``'s 8-byte ``BANK_NODE`` records (left child as an offset from the node), walked by the
+bank's compiled walk: the same leaves as ``_walk`` over the forest's own ``NODE`` records, bit for bit, and
 forests whose offsets or features do not fit 16 bits are left out of the bank (scored on their own)."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ def _model(seed: int, n_estimators: int = 9) -> ForestModel:
     return ForestModel(rnd.normal(size=(200, N_FEATURES)), ForestParams(n_estimators=n_estimators, max_samples=128))
 
 
-@pytest.mark.parametrize("block", [1, 5, 333, 8192])
-def test_walk_over_the_bank_reaches_the_leaves_it_reaches_over_the_forests_own_nodes(block):
+def test_walk_over_the_bank_reaches_the_leaves_it_reaches_over_the_forests_own_nodes():
     """Rows walked through their models' bank slots end on the leaves (so the values) ``_walk``
-    reaches through each model's own arrays, values on split thresholds (ties go left) included."""
+    reaches through each model's own arrays, values on split thresholds (ties go left) included:
+    each row's sum is its own leaves' values added tree after tree."""
     models = [_model(s) for s in range(3)]
     bank = ForestBank(9, 9 * 255, N_FEATURES)
     slots = bank.sync([m.flat for m in models])
@@ -31,15 +31,16 @@ def test_walk_over_the_bank_reaches_the_leaves_it_reaches_over_the_forests_own_n
         f = models[owner[i]].flat
         node = rnd.choice(np.flatnonzero(f.nodes["child"] != np.arange(len(f.nodes))))
         X[i, f.nodes["feature"][node]] = f.nodes["threshold"][node]
-    n, F = X.shape
-    rows = np.tile(np.arange(n, dtype=np.intp) * F, 9)
-    idx = bank.roots[:, np.array(slots)[owner]].ravel()
-    got = _walk(bank.nodes, bank.leaf_value, X.ravel(), rows, idx.copy(), int(bank.depth.max()), block)
-    want = np.empty((9, n))
-    for i in range(n):
+    got = bank.path_lengths(X, np.array(slots)[owner])
+    want = np.empty(len(X))
+    for i in range(len(X)):
         f = models[owner[i]].flat
-        want[:, i] = _walk(f.nodes, f.leaf_value, X[i], np.zeros(9, dtype=np.intp), f.roots.copy(), f.depth)
-    assert got.tobytes() == want.ravel().tobytes()
+        leaves = _walk(f.nodes, f.leaf_value, X[i], np.zeros(9, dtype=np.intp), f.roots.copy(), f.depth)
+        total = 0.0
+        for v in leaves.tolist():
+            total += v
+        want[i] = total
+    assert got.tobytes() == want.tobytes()
     assert bank.nodes.dtype == BANK_NODE and BANK_NODE.itemsize == 8
 
 
