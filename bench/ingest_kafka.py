@@ -72,12 +72,15 @@ def detector_config(detectors_on: bool) -> dict:
 
 def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detectors_on: bool,
                cpu_affinity: str = "auto", decode_processes: int | str = "auto", broker_pid: int | None = None,
-               run: int = 0, snapshot_process: str = "auto", queue_max_wait_ms: int | None = None) -> dict:
+               run: int = 0, snapshot_process: str = "auto", queue_max_wait_ms: int | None = None,
+               batch_max_size: int | None = None) -> dict:
     cfg = Config(otlp_http="off", otlp_grpc="off", listen="127.0.0.1:0", data_dir=data_dir, cpu_affinity=cpu_affinity)
     cfg.pipeline.queue_max_spans = queue_max
     cfg.pipeline.snapshot_process = snapshot_process
     if queue_max_wait_ms is not None:
         cfg.pipeline.queue_max_wait_ms = queue_max_wait_ms
+    if batch_max_size is not None:
+        cfg.pipeline.batch_max_size = batch_max_size
     cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id=f"bench-{detectors_on}-{run}",
                             max_poll_interval_ms=10000, session_timeout_ms=6000, decode_processes=decode_processes)
     cfg.detectors = detector_config(detectors_on)
@@ -224,7 +227,11 @@ def main() -> None:
     ap.add_argument("--queue-max-wait-ms", default=None,
                     help="the daemon's pipeline.queue_max_wait_ms (default: the config's); a comma list runs the daemon "
                          "once per value and other setting, alternating, in the same run")
+    ap.add_argument("--batch-max-size", default=None,
+                    help="the daemon's pipeline.batch_max_size (default: the config's); a comma list runs the daemon "
+                         "once per value and other setting, alternating, in the same run")
     args = ap.parse_args()
+    sizes = [None] if args.batch_max_size is None else [int(v) for v in args.batch_max_size.split(",")]
     waits = [None] if args.queue_max_wait_ms is None else [int(v) for v in args.queue_max_wait_ms.split(",")]
     decode_settings = [parse_process_count(v, decode_processes_error) for v in args.decode_processes.split(",")]
     logging.basicConfig(level=logging.ERROR)
@@ -249,11 +256,14 @@ def main() -> None:
             modes = {"both": (False, True), "off": (False,), "on": (True,)}[args.detectors]
             for on in modes:
                 label = "all detectors on" if on else "detectors off (receiver path alone)"
-                settings = [(d, sp, w) for d in decode_settings for sp in args.snapshot_process.split(",") for w in waits]
-                for run, (decode, snap, wait) in enumerate(settings):  # each run its own group: each reads the whole topic
+                settings = [(d, sp, w, b) for d in decode_settings for sp in args.snapshot_process.split(",")
+                            for w in waits for b in sizes]
+                for run, (decode, snap, wait, size) in enumerate(settings):  # each run its own group: each reads the whole topic
                     r = run_daemon(broker.bootstrap, total, str(Path(tmp) / f"data-{on}-{run}"), args.queue_max, on,
-                                   args.cpu_affinity, decode, broker._proc.pid if broker._proc else None, run, snap, wait)
+                                   args.cpu_affinity, decode, broker._proc.pid if broker._proc else None, run, snap, wait,
+                                   size)
                     waited = "" if wait is None else f", queue_max_wait_ms {wait}"
+                    waited += "" if size is None else f", batch_max_size {size}"
                     print(f"[{label}, decode_processes {decode} -> {r['decode_processes']}, snapshot_process {snap}{waited}] "
                           "toolwatch Kafka receiver "
                           f"+ pipeline: {r['rate']:,.0f} spans/s end to end ({r['seconds']:.1f}s; "
