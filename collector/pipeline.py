@@ -72,7 +72,7 @@ class Pipeline:
         store: Store,
         metrics: Metrics,
         *,
-        batch_max_size: int = 16384,
+        batch_max_size: int = 4096,
         batch_max_delay_s: float = 0.2,
         queue_max: int = 200_000,
         queue_max_wait_s: float = 0.0,
