@@ -10,8 +10,8 @@ half NumPy's CPU per row (``bench/stages.py --fit``; docs/baselines.md).
 
 The results are ``FlatForest._depths``' bit for bit: a row's sum adds its trees' leaf values in
 tree order, as NumPy's ``sum(axis=0)`` of a (trees, rows) matrix of two or more columns does.
-numba compiles the kernel on first use (about 1.5 s) and caches the machine code beside this file
-(``__pycache__``), so later processes load it in about 0.1 s; nothing here is ever unpickled.
+numba compiles the kernel on first use (about 1.5 s) and caches the machine code (``_compiled``), so
+later processes load it in about 0.1 s.
 """
 
 from __future__ import annotations
@@ -80,10 +80,15 @@ def _bank_paths(rel: np.ndarray, feature: np.ndarray, threshold: np.ndarray, lea
 @cache
 def _compiled() -> Callable[..., np.ndarray]:
     """The kernel compiled on first use: importing numba (~0.3 s) is paid only by a process that
-    scores a bank, not by every command that imports the detectors."""
+    scores a bank, not by every command that imports the detectors. The machine code is cached
+    beside this file, else in the user's cache directory (an installed package the daemon's user
+    cannot write); where neither can be written it is compiled in each process instead."""
     from numba import njit
 
-    return njit(cache=True, nogil=True, boundscheck=False)(_bank_paths)
+    try:
+        return njit(cache=True, nogil=True, boundscheck=False)(_bank_paths)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return njit(nogil=True, boundscheck=False)(_bank_paths)
 
 
 def bank_paths(nodes: np.ndarray, leaf_value: np.ndarray, X: np.ndarray, slots: np.ndarray, roots: np.ndarray,

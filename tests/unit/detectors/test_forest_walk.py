@@ -4,6 +4,10 @@ rows on split thresholds (ties go left), and every index checked before the unch
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -66,3 +70,27 @@ def test_slots_out_of_range_or_miscounted_are_refused_before_the_walk(bad):
     X = np.zeros((2, N_FEATURES), dtype=np.float32)
     with pytest.raises(ValueError, match="one slot in"):
         bank.path_lengths(X, np.array(bad, dtype=np.intp))
+
+
+def test_the_walk_compiles_where_no_cache_can_be_written(tmp_path):
+    """An installed package the daemon's user cannot write, with no writable cache directory:
+    numba finds no cache locator (here: only IPython's, which serves no file) and the kernel is
+    compiled without a cache, giving the same sums."""
+    script = (
+        "import numpy as np\n"
+        "from toolwatch.detectors import forest_walk\n"
+        "from toolwatch.detectors.features import N_FEATURES\n"
+        "from toolwatch.detectors.iforest import ForestBank, ForestModel, ForestParams\n"
+        "m = ForestModel(np.random.default_rng(0).normal(size=(100, N_FEATURES)), ForestParams(n_estimators=5, max_samples=32))\n"
+        "bank = ForestBank(5, 5 * 63, N_FEATURES)\n"
+        "slot = bank.sync([m.flat])[0]\n"
+        "X = np.random.default_rng(1).normal(size=(7, N_FEATURES)).astype(np.float32)\n"
+        "got = bank.path_lengths(X, np.full(7, slot))\n"
+        "assert got.tobytes() == m.flat._depths(X).tobytes(), (got, m.flat._depths(X))\n"
+        "assert not forest_walk._compiled()._cache.__class__.__name__.endswith('FunctionCache')\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "IPythonCacheLocator"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
