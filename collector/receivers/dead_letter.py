@@ -41,10 +41,11 @@ class DeadRecord:
 class DeadLetter(Protocol):
     def send(self, record: DeadRecord) -> None: ...
 
-    def flush(self) -> None:
-        """Make every sent dead letter durable; called before offsets are committed."""
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Make every sent dead letter durable; called before offsets are committed. ``timeout_s``
+        bounds a wait on a remote sink (the stop's last commit); past it, raise."""
 
-    def close(self) -> None: ...
+    def close(self, timeout_s: float | None = None) -> None: ...
 
 
 def _b64(data: bytes | None) -> str | None:
@@ -80,12 +81,12 @@ class FileDeadLetter:
         }
         self._file().write(json.dumps(line, separators=(",", ":")) + "\n")
 
-    def flush(self) -> None:
+    def flush(self, timeout_s: float | None = None) -> None:
         if self._fh is not None:
             self._fh.flush()
             os.fsync(self._fh.fileno())
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> None:
         fh, self._fh = self._fh, None
         if fh is not None:
             fh.flush()
@@ -116,15 +117,19 @@ class KafkaDeadLetter:
         ]
         self._futures.append(self._producer.send(self.topic, key=record.key, value=record.value or b"", headers=headers))
 
-    def flush(self) -> None:
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait up to ``flush_timeout_s`` (or ``timeout_s``, if less) in all; raises past it, or if the
+        broker refused a record: then nothing is committed, and the records are redelivered."""
         futures, self._futures = self._futures, []
         if not futures:
             return
-        self._producer.flush(self.flush_timeout_s)
+        budget = self.flush_timeout_s if timeout_s is None else min(timeout_s, self.flush_timeout_s)
+        end = time.monotonic() + budget
+        self._producer.flush(budget)
         for fut in futures:
-            fut.get(self.flush_timeout_s)  # raises if the broker refused it: then nothing is committed
+            fut.get(max(0.0, end - time.monotonic()))
 
-    def close(self) -> None:
+    def close(self, timeout_s: float | None = None) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            producer.close(self.flush_timeout_s)
+            producer.close(self.flush_timeout_s if timeout_s is None else min(timeout_s, self.flush_timeout_s))

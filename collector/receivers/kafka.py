@@ -46,7 +46,8 @@ SNAPSHOT_COST_FACTOR = 10
 """A state snapshot is requested at most every ``commit_interval_ms`` and at most every this many times
 the last save took: snapshots (every detector's state to SQLite) never take more than ~1/10 of the time."""
 STOP_TIMEOUT_MS = 5_000
-"""How long the stop's last offset commit, and the consumer's close, may wait for the broker. The
+"""How long the stop's dead-letter flush, its last offset commit, the consumer's close and the
+dead-letter producer's close may each wait for the broker. The
 client's default (``request_timeout_ms``, 30 s) each made a stop with an unresponsive broker outlast
 a service manager's stop timeout; what is not committed is redelivered after the restart."""
 DECODE_AHEAD = 1
@@ -208,7 +209,7 @@ class KafkaReceiver(Receiver):
                 except Exception:
                     log.exception("Kafka consumer did not close cleanly")
             try:
-                self.dead_letter.close()
+                self.dead_letter.close(STOP_TIMEOUT_MS / 1000)  # the receiver is stopping: bounded as the commit
             except Exception:
                 log.exception("dead letter did not close cleanly")
             if self.decoders is not None:
@@ -394,7 +395,7 @@ class KafkaReceiver(Receiver):
         from kafka.structs import OffsetAndMetadata
 
         try:
-            self.dead_letter.flush()
+            self.dead_letter.flush(STOP_TIMEOUT_MS / 1000 if stopping else None)
             committed = {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()}
             if stopping:
                 consumer.commit(committed, timeout_ms=STOP_TIMEOUT_MS)

@@ -16,7 +16,7 @@ from helpers.daemon import DaemonThread, make_config
 from helpers.kafka_broker import kafka_broker  # noqa: F401  (fixture)
 from helpers.otlp_calls import Call, request, to_otlp_json, workload
 from toolwatch.collector.config import KafkaConfig
-from toolwatch.collector.receivers.dead_letter import REASON_HEADER, SOURCE_HEADER
+from toolwatch.collector.receivers.dead_letter import REASON_HEADER, SOURCE_HEADER, DeadRecord, KafkaDeadLetter
 from toolwatch.detectors.events import Batch, ToolCall
 from toolwatch.detectors.new_tool import NewToolConfig, NewToolDetector
 
@@ -208,3 +208,30 @@ def test_a_stop_while_the_broker_is_down_is_bounded_and_commits_nothing(tmp_path
     assert rx.committed_records == 0
     assert "offset commit failed at stop" in caplog.text and "redelivered after the restart" in caplog.text
     assert took < 20, f"the stop took {took:.1f} s with the broker down"
+
+
+def test_a_dead_letter_flush_waits_no_longer_than_it_is_given_when_the_broker_hangs(kafka_broker):
+    """The stop's last commit flushes dead letters first; with an unresponsive broker that flush (and
+    the producer's close) waited the producer's 30 s each, so a stop outlasted a service manager's
+    stop timeout. Given a bound, both give up within it and say so (nothing is committed)."""
+    from kafka.errors import KafkaTimeoutError
+
+    kafka_broker.create_topic("dlq", partitions=1)
+    dead = KafkaDeadLetter(lambda: KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all"), "dlq")
+    record = DeadRecord("otlp_spans", 0, 7, b"k", b"\xff not OTLP", "bad_protobuf", "not a protobuf message")
+    dead.send(record)
+    dead.flush(1.0)  # the broker answers: durable at once
+    os.kill(kafka_broker._proc.pid, signal.SIGSTOP)  # unresponsive: connections stay open, unanswered
+    try:
+        dead.send(record)
+        t0 = time.monotonic()
+        with pytest.raises(KafkaTimeoutError):
+            dead.flush(1.0)
+        flushed = time.monotonic() - t0
+        t0 = time.monotonic()
+        with pytest.raises(KafkaTimeoutError):  # the unsent record: the receiver logs it, uncommitted
+            dead.close(1.0)
+        closed = time.monotonic() - t0
+    finally:
+        os.kill(kafka_broker._proc.pid, signal.SIGCONT)
+    assert flushed < 5 and closed < 5, f"flush took {flushed:.1f} s, close {closed:.1f} s with a 1 s bound"
