@@ -40,12 +40,16 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=60, help="sessions per agent")
     ap.add_argument("--min-severity", choices=SEVERITIES, default="medium")
     ap.add_argument("--baseline", action="store_true", help="also print the all-severities (info) union")
+    ap.add_argument("--batch-max-size", type=int, default=512,
+                    help="the pipeline's micro-batch size in the replay (the daemon's default is 4096, but a replay "
+                         "cuts every batch full and detectors learn from a batch after scoring it: on this "
+                         "traffic 4096 is two batches per seed; docs/detection-quality.md)")
     args = ap.parse_args()
     runs, base_runs = [], []
     for seed in args.seeds:
         t = time.perf_counter()
         traffic = generate(seed=seed, agents_per_archetype=args.agents, sessions_per_agent=args.sessions)
-        names, findings = pipeline_findings(traffic)
+        names, findings = pipeline_findings(traffic, batch_max_size=args.batch_max_size)
         reps = score_at(traffic, names, findings, args.min_severity)
         runs.append(reps)
         print(f"\nseed {seed}: {len(traffic.events)} events, {len(traffic.attacks)} incidents, "
