@@ -32,7 +32,7 @@ class Harness:
         self.pipeline = SimpleNamespace(detectors=[], batch_listeners=[], state_listeners=[], saved_seq=0, done_seq=0,
                                         request_snapshot=lambda: self.requests.append(self.clock.now))
         self.rx = KafkaReceiver(KafkaConfig(enabled=True, commit_interval_ms=1000), None, self.pipeline, Metrics(),
-                                SimpleNamespace(flush=lambda: None), lambda: None, max_record_bytes=1 << 20,
+                                SimpleNamespace(flush=lambda timeout_s=None: None), lambda: None, max_record_bytes=1 << 20,
                                 clock=self.clock)
         self.rx._loop = SimpleNamespace(call_soon_threadsafe=lambda fn: fn())
         self.consumer = SimpleNamespace(

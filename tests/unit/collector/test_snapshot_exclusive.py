@@ -45,7 +45,7 @@ def _calls(n: int, agent: str) -> list[ToolCall]:
 
 
 def _receiver(p: Pipeline) -> KafkaReceiver:
-    rx = KafkaReceiver(KafkaConfig(enabled=True), None, p, Metrics(), SimpleNamespace(flush=lambda: None),
+    rx = KafkaReceiver(KafkaConfig(enabled=True), None, p, Metrics(), SimpleNamespace(flush=lambda timeout_s=None: None),
                        lambda: None, max_record_bytes=1 << 20, settle_timeout_s=10)
     rx._loop = asyncio.get_running_loop()
     return rx

@@ -36,7 +36,7 @@ class Journal:
 def receiver(journal: Journal, det: NewToolDetector) -> KafkaReceiver:
     pipeline = SimpleNamespace(detectors=[det], batch_listeners=[], state_listeners=[], saved_seq=0, done_seq=0,
                                last_save_s=0.0)
-    rx = KafkaReceiver(KafkaConfig(enabled=True), None, pipeline, Metrics(), SimpleNamespace(flush=lambda: None),
+    rx = KafkaReceiver(KafkaConfig(enabled=True), None, pipeline, Metrics(), SimpleNamespace(flush=lambda timeout_s=None: None),
                        lambda: None, max_record_bytes=1 << 20, changelog=journal)
     rx._agent_partition.update({"a": 0, "b": 1})
     return rx
