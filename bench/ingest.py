@@ -172,11 +172,14 @@ class ProcessedWaiter:
 
 class DaemonRunner:
     def __init__(self, data_dir: str, otlp_processes: int = 0, cpu_affinity: str = "auto",
-                 queue_max_wait_ms: int | None = None, batch_max_size: int | None = None) -> None:
+                 queue_max_wait_ms: int | None = None, batch_max_size: int | None = None,
+                 retrain_max_share: float | None = None) -> None:
         cfg = Config(otlp_http="127.0.0.1:0", otlp_grpc="127.0.0.1:0", listen="127.0.0.1:0", data_dir=data_dir,
                      otlp_processes=otlp_processes, cpu_affinity=cpu_affinity)
         if batch_max_size is not None:
             cfg.pipeline.batch_max_size = batch_max_size
+        if retrain_max_share is not None:
+            cfg.pipeline.retrain_max_share = retrain_max_share
         cfg.pipeline.batch_max_delay_ms = 50
         cfg.pipeline.snapshot_interval_s = 3600
         if queue_max_wait_ms is not None:
@@ -584,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the daemon's pipeline.queue_max_wait_ms (default: the config's; 0: only queue_max_spans "
                          "bounds the queue)")
     ap.add_argument("--batch-max-size", type=int, help="the daemon's pipeline.batch_max_size (default: the config's)")
+    ap.add_argument("--retrain-max-share", type=float,
+                    help="the daemon's pipeline.retrain_max_share (default: the config's): how much of the refit "
+                         "worker's core refits may take")
     args = ap.parse_args(argv)
     only = set(args.only or ["http", "grpc", "paced", "naive"])
     t = time.process_time()
@@ -603,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.soak:
         with tempfile.TemporaryDirectory() as tmp:
             runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity, args.queue_max_wait_ms,
-                                  args.batch_max_size)
+                                  args.batch_max_size, args.retrain_max_share)
             print(f"cpu_affinity: {runner.daemon.affinity.choice.reason}", flush=True)
             try:
                 if args.workload == "random":
@@ -618,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
         runner = DaemonRunner(str(Path(tmp) / "data"), args.otlp_processes, args.cpu_affinity, args.queue_max_wait_ms,
-                              args.batch_max_size)
+                              args.batch_max_size, args.retrain_max_share)
         print(f"cpu_affinity: {runner.daemon.affinity.choice.reason}", flush=True)
         try:
             run_load(runner, "http", traffics, args.batch, 1, 0.5, None)  # warm-up
