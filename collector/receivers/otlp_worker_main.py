@@ -139,10 +139,10 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
     async def admit(self, decoded: otlp.Decoded) -> IngestResult:
         # Ingest.__call__'s early refusal (Pipeline.full_for), against the depth the daemon shares,
         # and like it only while the pipeline runs: a stopped one (draining) is the daemon's 503.
-        spans, depth = span_count(decoded.request), self.depth.value
-        if self.running.value and (full_for(depth, spans, self.queue_max) or self.behind.value):
+        spans, depth, behind = span_count(decoded.request), self.depth.value, self.behind.value
+        if self.running.value and (full_for(depth, spans, self.queue_max) or behind):
             self._count_rejected("queue_full")
-            why = ("the oldest past pipeline.batch_max_delay_ms + queue_max_wait_ms" if self.behind.value
+            why = ("the oldest past pipeline.batch_max_delay_ms + queue_max_wait_ms" if behind
                    else f"of pipeline.queue_max_spans {self.queue_max}")
             raise Overloaded(f"pipeline queue is full ({depth} events waiting, {why}); retry later")
         norm = self.normalizer.normalize(decoded.request)
