@@ -123,7 +123,7 @@ class KafkaDeadLetter:
         futures, self._futures = self._futures, []
         if not futures:
             return
-        budget = self.flush_timeout_s if timeout_s is None else min(timeout_s, self.flush_timeout_s)
+        budget = self._budget(timeout_s)
         end = time.monotonic() + budget
         self._producer.flush(budget)
         for fut in futures:
@@ -132,4 +132,8 @@ class KafkaDeadLetter:
     def close(self, timeout_s: float | None = None) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            producer.close(self.flush_timeout_s if timeout_s is None else min(timeout_s, self.flush_timeout_s))
+            producer.close(self._budget(timeout_s))
+
+    def _budget(self, timeout_s: float | None) -> float:
+        """``flush_timeout_s``, or ``timeout_s`` if given and less (the receiver's stop bound)."""
+        return self.flush_timeout_s if timeout_s is None else min(timeout_s, self.flush_timeout_s)
