@@ -6,7 +6,7 @@ row) pair on every level, then summed a (trees x rows) matrix; that streamed meg
 through the caches the other detectors use. Here rows are taken one model (slot) at a time, so a
 tree's few kilobytes of nodes serve all of the batch's rows of that model while they sit in L1,
 and a row's running sum is one register: on fleet traffic after 300,000 calls the walk takes about
-half NumPy's CPU per row (``bench/stages.py --fit``; docs/baselines.md).
+half NumPy's CPU per row (``bench/forest_walk.py``; docs/baselines.md).
 
 The results are ``FlatForest._depths``' bit for bit: a row's sum adds its trees' leaf values in
 tree order, as NumPy's ``sum(axis=0)`` of a (trees, rows) matrix of two or more columns does.
