@@ -292,16 +292,42 @@ def _child_cpu(runner: "DaemonRunner") -> dict[int, tuple[str, float]]:
     return {pid: (role, proc_cpu(pid)) for pid, role in roles.items()}
 
 
+def cpu_ticks() -> dict[str, tuple[int, int]]:
+    """Per CPU (``cpu0``, ``cpu1``, ...), (busy, total) clock ticks since boot from /proc/stat; idle
+    and iowait are not busy."""
+    out: dict[str, tuple[int, int]] = {}
+    try:
+        with open("/proc/stat") as fh:
+            for line in fh:
+                name, *vals = line.split()
+                if name.startswith("cpu") and name != "cpu":
+                    ticks = [int(v) for v in vals[:8]]
+                    out[name] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def cpu_busy(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> str:
+    """Each CPU's busy share between two ``cpu_ticks``, by anything on the machine: a saturated
+    CPU beside one with idle time says the work is badly shared, two saturated ones that it costs too much."""
+    shares = [f"{name} {100 * (after[name][0] - b) / max(1, after[name][1] - t):.0f}%"
+              for name, (b, t) in before.items() if name in after]
+    return ", ".join(shares) or "unknown"
+
+
 class CpuBudget:
     """CPU seconds per process role over a run, as µs per span: where the machine's two cores go
     (the daemon's interpreter, its OTLP worker processes, the refit worker, the load generators),
-    and so what rate the whole machine could reach at this cost per span."""
+    and so what rate the whole machine could reach at this cost per span; and how busy each CPU
+    was meanwhile (``cpu_affinity: auto`` keeps the daemon's threads on one of them)."""
 
     def __init__(self, runner: "DaemonRunner") -> None:
         self.runner = runner
         self.daemon0 = _cpu_s()
         self.children0 = _child_cpu(runner)
         self.loadgen0 = reaped_cpu()
+        self.ticks0 = cpu_ticks()
 
     def line(self, spans: int) -> str:
         roles: dict[str, float] = {"daemon": _cpu_s() - self.daemon0}
@@ -312,7 +338,7 @@ class CpuBudget:
         total = sum(per.values())
         parts = ", ".join(f"{k} {v:.1f}" for k, v in per.items())
         return (f"CPU µs/span: {parts}; total {total:.1f} -> {os.cpu_count()} cores at this cost: "
-                f"{os.cpu_count() * 1e6 / total:,.0f} spans/s")
+                f"{os.cpu_count() * 1e6 / total:,.0f} spans/s; CPUs busy: {cpu_busy(self.ticks0, cpu_ticks())}")
 
 
 def reaped_cpu() -> float:
