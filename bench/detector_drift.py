@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import marshal
+import os
 import subprocess
 import sys
 import time
@@ -61,8 +62,9 @@ def reference_ms() -> float:
 
 
 def rss_mb() -> int:
+    """Resident set size now, in MB (``ru_maxrss`` would be the peak)."""
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 // 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGESIZE") // 2**20
 
 
 def live_models(detectors: list[Any]) -> str:
