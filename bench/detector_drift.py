@@ -41,6 +41,7 @@ import stages  # noqa: E402
 import workloads as wl  # noqa: E402
 from toolwatch.collector.config import Config  # noqa: E402
 from toolwatch.collector.daemon import build_detectors  # noqa: E402
+from toolwatch.collector.interpreter import InterpreterSettings  # noqa: E402
 from toolwatch.collector.normalize import Normalizer  # noqa: E402
 from toolwatch.collector.receivers import worker_frames  # noqa: E402
 from toolwatch.detectors.iforest import ForestModel  # noqa: E402
@@ -85,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=75_000, help="event-time spans/s")
     ap.add_argument("--pool", type=int, default=400_000, help="fleet calls encoded once, re-stamped per request")
     args = ap.parse_args(argv)
-    _, *older = gc.get_threshold()
-    gc.set_threshold(Config().pipeline.gc_young_threshold, *older)  # as the daemon runs
+    InterpreterSettings(Config().pipeline.gc_young_threshold, 0).apply()  # the GC as the daemon runs it
     traffic = wl.FleetTraffic(wl.fleet_templates(args.pool, args.batch, 0, 1, wl.FleetConfig()), rate=args.rate)
     norm, canon = Normalizer(), worker_frames.Canon()
     detectors = build_detectors(Config())

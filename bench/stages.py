@@ -52,6 +52,7 @@ import workloads as wl  # noqa: E402
 from toolwatch.collector import otlp  # noqa: E402
 from toolwatch.collector.config import Config  # noqa: E402
 from toolwatch.collector.daemon import build_detectors  # noqa: E402
+from toolwatch.collector.interpreter import InterpreterSettings  # noqa: E402
 from toolwatch.collector.event_time import EventTimeRule, judge  # noqa: E402
 from toolwatch.collector.metrics import Metrics  # noqa: E402
 from toolwatch.collector.normalize import Normalizer  # noqa: E402
@@ -180,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fresh-strings", action="store_true",
                     help="detectors see the normaliser's own calls, not the daemon's rebuilt ones (one string object per equal value)")
     args = ap.parse_args(argv)
-    _, *older = gc.get_threshold()
-    gc.set_threshold(Config().pipeline.gc_young_threshold, *older)  # as the daemon runs (collector/interpreter.py)
+    InterpreterSettings(Config().pipeline.gc_young_threshold, 0).apply()  # the GC as the daemon runs it
 
     # The timed calls, then as many again for the interleaved run (fresh calls: a detector that saw
     # a batch once would see repeated event times the second time).
