@@ -283,9 +283,9 @@ def proc_cpu(pid: int) -> float:
 def _child_cpu(runner: "DaemonRunner") -> dict[int, tuple[str, float]]:
     """CPU seconds of the daemon's child processes (OTLP workers, the refit worker), by pid, with their role."""
     roles: dict[int, str] = {}
-    http = runner.daemon.receiver("otlp_http")
-    for pid in getattr(http, "pids", []):
-        roles[pid] = "OTLP workers"
+    for name in ("otlp_http", "otlp_grpc"):  # each receiver's workers (otlp_processes); idle ones add ~0
+        for pid in getattr(runner.daemon.receiver(name), "pids", []):
+            roles[pid] = "OTLP workers"
     worker = runner.daemon.refit_worker
     if worker is not None and worker.pid is not None:
         roles[worker.pid] = "refit worker"

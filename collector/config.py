@@ -48,8 +48,8 @@ def parse_hostport(value: str, key: str) -> tuple[str, int]:
 
 def otlp_processes_error(value: object) -> str:
     """What ``otlp_processes`` accepts, for every place that reads it (file, flag, Config)."""
-    return (f"otlp_processes: must be auto (one OTLP/HTTP worker process when this process can use at least "
-            f"2 CPUs, else 0) or a whole number from 0 to {MAX_PROCESSES} (0 = OTLP/HTTP in the daemon's process), "
+    return (f"otlp_processes: must be auto (one worker process per OTLP receiver when this process can use at least "
+            f"2 CPUs, else 0) or a whole number from 0 to {MAX_PROCESSES} (0 = OTLP in the daemon's process), "
             f"got {value!r}")
 
 
@@ -320,9 +320,9 @@ class Config:
     otlp_http: str = "127.0.0.1:4318"
     otlp_grpc: str = "127.0.0.1:4317"
     otlp_processes: int | str = AUTO
-    """OTLP/HTTP in this many worker processes (receive, decode, normalise there; the daemon keeps the
-    detectors); 0 = in the daemon's own process; ``auto`` = 1 when this process can use at least 2
-    CPUs, else 0 (collector/otlp_processes.py)."""
+    """Each OTLP receiver (OTLP/HTTP, OTLP/gRPC) in this many worker processes (receive, decode,
+    normalise there; the daemon keeps the detectors); 0 = in the daemon's own process; ``auto`` = 1
+    when this process can use at least 2 CPUs, else 0 (collector/otlp_processes.py)."""
     cpu_affinity: CpuAffinitySetting = AUTO
     """The CPUs the daemon's own threads (event loop, detectors) keep to; its worker processes keep
     the rest. ``auto`` = the highest-numbered usable CPU when the daemon has worker processes and

@@ -40,7 +40,7 @@ from .receivers.otlp_grpc import OtlpGrpcReceiver
 from .receivers.decode_workers import DecodeWorkers
 from .receivers.kafka import build_kafka_receiver
 from .receivers.otlp_http import OtlpHttpReceiver
-from .receivers.otlp_workers import OtlpHttpWorkers
+from .receivers.otlp_workers import OtlpGrpcWorkers, OtlpHttpWorkers
 from .refit_worker import RefitWorker
 from .retrain import Retrainer
 from .rules_watch import RuleFileWatcher
@@ -95,17 +95,18 @@ class Daemon:
         redact_args: ArgsRedactor | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        http = cfg.enabled("otlp_http")
+        otlp = cfg.enabled("otlp_http") or cfg.enabled("otlp_grpc")
         choice = choose_otlp_processes(cfg.otlp_processes, redact_args_given=redact_args is not None)
-        if http and choice.processes and redact_args is not None:
+        if otlp and choice.processes and redact_args is not None:
             raise ValueError(
                 "redact_args cannot be used with otlp_processes > 0: the worker processes build the ingest "
                 "redactor from fingerprint_key; pass otlp_processes=0 (or auto) or drop redact_args"
             )
-        if http and cfg.otlp_processes == AUTO:
+        if otlp and cfg.otlp_processes == AUTO:
             log.info("otlp_processes: auto chose %d (%s)", choice.processes, choice.reason)
-        self.otlp_processes = choice.processes if http else 0
-        """OTLP/HTTP worker processes this daemon runs (``cfg.otlp_processes`` with ``auto`` resolved)."""
+        self.otlp_processes = choice.processes if otlp else 0
+        """Worker processes per OTLP receiver (OTLP/HTTP, OTLP/gRPC) this daemon runs (``cfg.otlp_processes``
+        with ``auto`` resolved)."""
         decode = choose_decode_processes(cfg.kafka.decode_processes, redact_args_given=redact_args is not None)
         if cfg.kafka.enabled and decode.processes and redact_args is not None:
             raise ValueError(
@@ -161,7 +162,9 @@ class Daemon:
         self.pipeline.batch_listeners.append(self.retrainer)
         self.ingest = Ingest(Normalizer(redact_args or ingest_redactor(cfg)), self.pipeline, self.metrics)
         self.receivers: list[Receiver] = []
-        for key, cls in (("otlp_http", OtlpHttpReceiver), ("otlp_grpc", OtlpGrpcReceiver)):
+        in_process = {"otlp_http": OtlpHttpReceiver, "otlp_grpc": OtlpGrpcReceiver}
+        in_workers = {"otlp_http": OtlpHttpWorkers, "otlp_grpc": OtlpGrpcWorkers}
+        for key in ("otlp_http", "otlp_grpc"):
             if cfg.enabled(key):
                 host, port = parse_hostport(getattr(cfg, key), key)
                 common = dict(
@@ -170,16 +173,16 @@ class Daemon:
                     bearer_token=cfg.receiver_token,
                     tls=tls_files(cfg),
                 )
-                if key == "otlp_http" and self.otlp_processes:
+                if self.otlp_processes:
                     self.receivers.append(
-                        OtlpHttpWorkers(
+                        in_workers[key](
                             host, port, self.ingest, self.metrics, processes=self.otlp_processes,
                             fingerprint_key=fingerprint_key_text(cfg), spawn_guard=self.affinity.released,
                             **common,  # type: ignore[arg-type]
                         )
                     )
                 else:
-                    self.receivers.append(cls(host, port, self.ingest, self.metrics, **common))  # type: ignore[arg-type]
+                    self.receivers.append(in_process[key](host, port, self.ingest, self.metrics, **common))  # type: ignore[arg-type]
         if cfg.kafka.enabled:
             self.receivers.append(
                 build_kafka_receiver(

@@ -1,9 +1,10 @@
-"""How many OTLP/HTTP worker processes the daemon runs: ``otlp_processes`` as configured, or ``auto``.
+"""How many worker processes each OTLP receiver (OTLP/HTTP, OTLP/gRPC) runs: ``otlp_processes`` as
+configured, or ``auto``.
 
 One worker takes receiving, decoding and normalising off the daemon's interpreter and onto another
 core (fleet traffic on 2 cores: 44-46k spans/s against 25k in-process, docs/ingestion.md). With a
-single usable CPU the worker only competes with the detectors for it, so ``auto`` keeps OTLP/HTTP
-in the daemon's process there.
+single usable CPU the worker only competes with the detectors for it, so ``auto`` keeps OTLP in the
+daemon's process there.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def choose_otlp_processes(setting: int | str, *, redact_args_given: bool = False
     ``auto`` is 0 when the caller hands the daemon a redactor object (``Daemon(redact_args=...)``):
     a Python callable cannot reach a worker process, and in-process is the only way to honour it.
     """
-    return _choose(setting, "one OTLP/HTTP worker process", "OTLP/HTTP in the daemon's process",
+    return _choose(setting, "one worker process per OTLP receiver", "OTLP in the daemon's process",
                    redact_args_given=redact_args_given, cpus=cpus)
 
 

@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from .. import otlp
-from . import NetworkReceiver, Overloaded, Unavailable
+from . import IngestResult, NetworkReceiver, Overloaded, Unavailable
 
 log = logging.getLogger("toolwatch.receiver.otlp_grpc")
 NAME = "otlp_grpc"
@@ -38,24 +38,37 @@ class OtlpGrpcReceiver(NetworkReceiver):
     name = NAME
 
     _server: grpc.aio.Server | None = None
+    server_options: tuple[tuple[str, Any], ...] = ()
+    """gRPC server options beside the body limit (a worker process's: ``grpc.so_reuseport``)."""
 
     async def _abort_retryable(self, context: Any, code: grpc.StatusCode, message: str) -> None:
         context.set_trailing_metadata(((STATUS_DETAILS_KEY, retry_status(code, message, self.retry_after_s)),))
         await context.abort(code, message)
 
+    def _count_rejected(self, reason: str) -> None:
+        """Count a request refused here (a worker process sends the count to the daemon instead)."""
+        self.metrics.requests_rejected.labels(NAME, reason).inc()
+
+    async def admit(self, decoded: otlp.Decoded) -> IngestResult:
+        """Normalise and queue a decoded request; raises ``Overloaded`` or ``Unavailable``.
+
+        In the daemon this is ``Ingest`` itself; a worker process (``otlp_processes``) normalises
+        the request and asks the daemon to admit it (``otlp_worker_main``)."""
+        return self.ingest(NAME, decoded.request, decoded.rejected, tuple(decoded.errors))
+
     async def export(self, body: bytes, context: Any) -> trace_service_pb2.ExportTraceServiceResponse:
         if self.bearer_token:
             meta = dict(context.invocation_metadata() or ())
             if not hmac.compare_digest(str(meta.get("authorization", "")), self._auth):
-                self.metrics.requests_rejected.labels(NAME, "unauthorized").inc()
+                self._count_rejected("unauthorized")
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
             decoded = otlp.decode_export(body, otlp.PROTOBUF)
         except otlp.DecodeError as exc:
-            self.metrics.requests_rejected.labels(NAME, exc.reason).inc()
+            self._count_rejected(exc.reason)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         try:
-            result = self.ingest(NAME, decoded.request, decoded.rejected, tuple(decoded.errors))
+            result = await self.admit(decoded)
         except Overloaded as exc:
             await self._abort_retryable(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except Unavailable as exc:
@@ -77,7 +90,7 @@ class OtlpGrpcReceiver(NetworkReceiver):
     async def start(self) -> None:
         if self._server is not None:
             return
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_body_bytes)])
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", self.max_body_bytes), *self.server_options])
         server.add_generic_rpc_handlers((self._handler(),))
         addr = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
         try:

@@ -1,11 +1,14 @@
-"""An OTLP/HTTP worker process (``otlp_processes`` >= 1): receive, decode, normalise; the daemon admits.
+"""An OTLP worker process (``otlp_processes`` >= 1): receive, decode, normalise; the daemon admits.
 
-Started by ``otlp_workers.OtlpHttpWorkers`` with the ``spawn`` context. It accepts on the
-listening socket the daemon bound and handed over, answers requests with the very handler of
-``otlp_http.OtlpHttpReceiver`` (bearer token, body limits, bounded gzip, protobuf and JSON, TLS),
-normalises with a ``Normalizer`` built from the daemon's fingerprint key, and sends the result to
-the daemon as one frame (``worker_frames``) over its Unix socket. The daemon runs
-``Ingest.consume`` and answers; the worker then answers HTTP exactly as the daemon would.
+Started by ``otlp_workers.OtlpHttpWorkers`` or ``OtlpGrpcWorkers`` with the ``spawn`` context.
+An OTLP/HTTP worker accepts on the listening socket the daemon bound and handed over; an
+OTLP/gRPC worker binds the port the daemon reserved, with ``SO_REUSEPORT``. Either answers
+requests with the very handler of the in-process receiver (``otlp_http.OtlpHttpReceiver``: bearer
+token, body limits, bounded gzip, protobuf and JSON, TLS; ``otlp_grpc.OtlpGrpcReceiver``: the same
+for gRPC, with its status codes and RetryInfo), normalises with a ``Normalizer`` built from the
+daemon's fingerprint key, and sends the result to the daemon as one frame (``worker_frames``) over
+its Unix socket. The daemon runs ``Ingest.consume`` and answers; the worker then answers exactly as
+the daemon would.
 
 It ignores SIGINT and SIGTERM: the daemon decides when it stops (a STOP frame: stop accepting,
 finish what is in flight) and when the daemon is gone (EOF on the socket, even after a SIGKILL),
@@ -34,7 +37,10 @@ from ..normalize import Normalizer
 from ..pipeline import full_for
 from . import IngestResult, Overloaded, Unavailable, span_count
 from . import worker_frames as wf
-from .otlp_http import NAME, OtlpHttpReceiver
+from .otlp_grpc import NAME as GRPC_NAME
+from .otlp_grpc import OtlpGrpcReceiver
+from .otlp_http import NAME as HTTP_NAME
+from .otlp_http import OtlpHttpReceiver
 from .tls import TlsFiles
 
 log = logging.getLogger("toolwatch.receiver.otlp_worker")
@@ -109,32 +115,24 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[Any, ...] | None:
     return wf.unframe(body)
 
 
-class WorkerHttpReceiver(OtlpHttpReceiver):
-    """``OtlpHttpReceiver`` whose admission is a round trip to the daemon."""
+class DaemonAdmitted:
+    """Admission as a round trip to the daemon, for a receiver in a worker process (mixed in first).
 
-    def __init__(
-        self,
-        sock: socket.socket,
-        link: DaemonLink,
-        normalizer: Normalizer,
-        depth: Any,
-        running: Any,
-        queue_max: int,
-        behind: Any,
-        **kw: Any,
-    ) -> None:
-        host, port = sock.getsockname()[:2]
-        super().__init__(host, port, None, None, **kw)  # type: ignore[arg-type]  # no Ingest or Metrics here
-        self.sock, self.link, self.normalizer = sock, link, normalizer
+    The refusal of a request that cannot fit is made here, before the request is normalised, as
+    ``Ingest.__call__`` makes it in the daemon; the rest (counts, event time, the queue) the daemon
+    does when it reads the INGEST frame."""
+
+    name: str
+
+    def attach(self, link: DaemonLink, normalizer: Normalizer, depth: Any, running: Any, queue_max: int,
+               behind: Any) -> None:
+        self.link, self.normalizer = link, normalizer
         self.depth, self.running, self.queue_max, self.behind = depth, running, queue_max, behind
         """The daemon's queue depth, whether its pipeline runs, its ``queue_max_spans``, and whether
         its queue is ``behind`` (shared values: ``Pipeline.full_for``'s refusal, made here)."""
 
-    def _site(self, runner: web.AppRunner, ssl_context: Any) -> web.BaseSite:
-        return web.SockSite(runner, self.sock, ssl_context=ssl_context)
-
     def _count_rejected(self, reason: str) -> None:
-        self.link.send(wf.frame((wf.REJECTED, NAME, reason)))
+        self.link.send(wf.frame((wf.REJECTED, self.name, reason)))
 
     async def admit(self, decoded: otlp.Decoded) -> IngestResult:
         # Ingest.__call__'s early refusal (Pipeline.full_for), against the depth the daemon shares,
@@ -147,9 +145,9 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
             raise Overloaded(f"pipeline queue is full ({depth} events waiting, {why}); retry later")
         norm = self.normalizer.normalize(decoded.request)
         errors = tuple(decoded.errors)
-        rows = self.normalizer.rows
+        rows, name = self.normalizer.rows, self.name
         reply = await self.link.ask(lambda rid: wf.ingest_frame(
-            rid, NAME, norm, decoded.rejected, errors, rows=rows, table=self.link.table
+            rid, name, norm, decoded.rejected, errors, rows=rows, table=self.link.table
         ))
         _, _, outcome, spans, rejected, message = reply
         if outcome == wf.OVERLOADED:
@@ -159,7 +157,36 @@ class WorkerHttpReceiver(OtlpHttpReceiver):
         return IngestResult(spans, rejected, message)
 
 
-async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, running: Any, behind: Any) -> None:
+class WorkerHttpReceiver(DaemonAdmitted, OtlpHttpReceiver):
+    """``OtlpHttpReceiver`` accepting on the listening socket the daemon bound and handed over."""
+
+    def __init__(self, sock: socket.socket, **kw: Any) -> None:
+        host, port = sock.getsockname()[:2]
+        super().__init__(host, port, None, None, **kw)  # type: ignore[arg-type]  # no Ingest or Metrics here
+        self.sock = sock
+
+    def _site(self, runner: web.AppRunner, ssl_context: Any) -> web.BaseSite:
+        return web.SockSite(runner, self.sock, ssl_context=ssl_context)
+
+
+class WorkerGrpcReceiver(DaemonAdmitted, OtlpGrpcReceiver):
+    """``OtlpGrpcReceiver`` listening on the port the daemon reserved (``otlp_workers.reserve_port``).
+
+    gRPC's server cannot adopt a socket, so each worker binds ``host:port`` itself with
+    ``SO_REUSEPORT``, beside the daemon's bound (never listening) reservation and the other
+    workers: the kernel spreads the connections over the workers."""
+
+    server_options = (("grpc.so_reuseport", 1),)
+
+    def __init__(self, address: tuple[str, int], **kw: Any) -> None:
+        super().__init__(address[0], address[1], None, None, **kw)  # type: ignore[arg-type]  # no Ingest or Metrics here
+
+
+PROTOCOLS = {HTTP_NAME: WorkerHttpReceiver, GRPC_NAME: WorkerGrpcReceiver}
+"""The receiver a worker process runs, by the receiver name the daemon gives it."""
+
+
+async def serve(protocol: str, listen: Any, conn_sock: socket.socket, depth: Any, running: Any, behind: Any) -> None:
     reader, writer = await asyncio.open_unix_connection(sock=conn_sock)
     settings = await read_frame(reader)
     if settings is None or settings[0] != wf.CONFIG:
@@ -169,11 +196,11 @@ async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any
     normalizer = Normalizer(Redactor(key_from_text(key_text)).redact_json_text, rows=True)
     del key_text
     link = DaemonLink(reader, writer, reply_timeout)
-    receiver = WorkerHttpReceiver(
-        listen_sock, link, normalizer, depth, running, queue_max, behind,
-        max_body_bytes=max_body, retry_after_s=retry_after, bearer_token=token,
+    receiver = PROTOCOLS[protocol](
+        listen, max_body_bytes=max_body, retry_after_s=retry_after, bearer_token=token,
         tls=TlsFiles(cert, key_file) if cert else None,
     )  # fmt: skip
+    receiver.attach(link, normalizer, depth, running, queue_max, behind)
     reading = asyncio.create_task(link.run())
     await receiver.start()
     link.send(wf.frame((wf.READY, os.getpid())))
@@ -186,17 +213,19 @@ async def serve(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any
     reading.cancel()
 
 
-def main(listen_sock: socket.socket, conn_sock: socket.socket, depth: Any, running: Any, behind: Any,
+def main(protocol: str, listen: Any, conn_sock: socket.socket, depth: Any, running: Any, behind: Any,
          log_level: int) -> None:
-    """The worker process's entry point (``multiprocessing`` target)."""
+    """The worker process's entry point (``multiprocessing`` target): ``protocol`` is the receiver's
+    name (``PROTOCOLS``); ``listen`` the listening socket (OTLP/HTTP) or ``(host, port)`` (OTLP/gRPC)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The daemon logs the receiver's address once, with the workers' pids; each worker need not.
-    logging.getLogger("toolwatch.receiver.otlp_http").setLevel(max(log_level, logging.WARNING))
+    for name in ("toolwatch.receiver.otlp_http", "toolwatch.receiver.otlp_grpc"):
+        logging.getLogger(name).setLevel(max(log_level, logging.WARNING))
     code = 0
     try:
-        run(serve(listen_sock, conn_sock, depth, running, behind))  # on uvloop: every body in and frame out
+        run(serve(protocol, listen, conn_sock, depth, running, behind))  # on uvloop: every body in and frame out
     except BaseException:
         log.exception("OTLP worker process %d failed", os.getpid())
         code = 1

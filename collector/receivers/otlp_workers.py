@@ -34,7 +34,8 @@ from typing import Any, Callable, ContextManager
 from ..metrics import Metrics
 from . import Ingest, NetworkReceiver, Overloaded, Unavailable
 from . import worker_frames as wf
-from .otlp_http import NAME
+from .otlp_grpc import NAME as GRPC_NAME
+from .otlp_http import NAME as HTTP_NAME
 from .otlp_worker_main import main as worker_main
 from .otlp_worker_main import read_frame
 from .tls import TlsFiles
@@ -49,15 +50,34 @@ _WRITE_HIGH_WATER = 1 << 20
 
 def bind_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
     """A listening TCP socket on ``host:port`` (the first address ``host`` resolves to)."""
+    return _bound(HTTP_NAME, host, port, reuse_port=False, backlog=backlog)
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` with ``SO_REUSEPORT`` and never listening: OTLP/gRPC workers bind
+    the same port beside it (gRPC's server sets ``SO_REUSEPORT`` too). Binding it here resolves port
+    0 and reports a port in use at the daemon's start, as ``bind_listener`` does for OTLP/HTTP, and it
+    holds the port while a worker restarts. A socket that does not listen is given no connections."""
+    return _bound(GRPC_NAME, host, port, reuse_port=True, backlog=None)
+
+
+def _bound(setting: str, host: str, port: int, *, reuse_port: bool, backlog: int | None) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     if not infos:
-        raise OSError(f"otlp_http: {host!r} resolves to no address")
+        raise OSError(f"{setting}: {host!r} resolves to no address")
     family, type_, proto, _, addr = infos[0]
     sock = socket.socket(family, type_, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(addr)
-        sock.listen(backlog)
+        # The reservation shares only with SO_REUSEPORT sockets of this user (the workers'): with
+        # SO_REUSEADDR as well, any server setting SO_REUSEADDR could bind and listen beside it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT if reuse_port else socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise OSError(f"{setting}: cannot listen on {host}:{port}: {exc.strerror} "
+                          f"(is the port in use? set {setting} to a free port, or off)") from None
+        if backlog is not None:
+            sock.listen(backlog)
     except BaseException:
         sock.close()
         raise
@@ -94,10 +114,11 @@ class _Worker:
     """The daemon's side of the worker's value table (worker_frames.ValueTable): per connection."""
 
 
-class OtlpHttpWorkers(NetworkReceiver):
-    """The OTLP/HTTP receiver, served by ``processes`` worker processes."""
+class OtlpWorkers(NetworkReceiver):
+    """An OTLP receiver served by ``processes`` worker processes (``OtlpHttpWorkers``, ``OtlpGrpcWorkers``)."""
 
-    name = NAME
+    protocol = ""
+    """How the log names the receiver."""
 
     def __init__(
         self,
@@ -151,7 +172,7 @@ class OtlpHttpWorkers(NetworkReceiver):
         if self._sock is not None:
             return
         self._closing = False
-        self._sock = bind_listener(self.host, self.port)
+        self._sock = self._bind()
         pipeline = self.ingest.pipeline
         self._depth = self._ctx.RawValue("q", pipeline.depth)
         self._running = self._ctx.RawValue("b", pipeline.running)
@@ -164,10 +185,19 @@ class OtlpHttpWorkers(NetworkReceiver):
             await self.shutdown()
             raise
         self.bound_port = self._sock.getsockname()[1]
-        log.info(
-            "OTLP/HTTP receiver on %s://%s:%s/v1/traces in %d worker processes (pids %s)",
-            "https" if self.tls else "http", self.host, self.bound_port, self.processes, self.pids,
-        )  # fmt: skip
+        log.info("%s receiver on %s in %d worker processes (pids %s)", self.protocol, self._where(), self.processes,
+                 self.pids)
+
+    def _bind(self) -> socket.socket:
+        """The daemon's socket on ``host:port``, held until ``shutdown``."""
+        raise NotImplementedError
+
+    def _listen_arg(self) -> Any:
+        """What a worker is handed to listen on (``otlp_worker_main.main``'s ``listen``)."""
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        return f"{self.host}:{self.bound_port}{' (TLS)' if self.tls else ''}"
 
     def _share_depth(self, depth: int, behind: bool) -> None:
         self._depth.value = depth
@@ -180,9 +210,10 @@ class OtlpHttpWorkers(NetworkReceiver):
         """Start the worker of ``slot`` and wait until it accepts connections."""
         assert self._sock is not None
         level = logging.getLogger().getEffectiveLevel()
+        listen = self._listen_arg()
         proc, parent = start_worker(
-            self._ctx, lambda child: (self._sock, child, self._depth, self._running, self._behind, level), worker_main,
-            f"toolwatch-otlp-{slot}", self._spawn_guard,
+            self._ctx, lambda child: (self.name, listen, child, self._depth, self._running, self._behind, level),
+            worker_main, f"toolwatch-{self.name.replace('_', '-')}-{slot}", self._spawn_guard,
         )  # fmt: skip
         try:
             reader, writer = await asyncio.open_unix_connection(sock=parent)
@@ -213,7 +244,7 @@ class OtlpHttpWorkers(NetworkReceiver):
             )
         worker = _Worker(slot, proc, writer, reader)
         self._workers[slot] = worker
-        worker.task = asyncio.create_task(self._serve(worker), name=f"otlp-worker-{slot}")
+        worker.task = asyncio.create_task(self._serve(worker), name=f"{self.name}-worker-{slot}")
         if self._closing:
             writer.write(wf.frame((wf.STOP,)))
 
@@ -279,7 +310,7 @@ class OtlpHttpWorkers(NetworkReceiver):
                     log.exception("OTLP worker process for slot %d could not be restarted; retrying", worker.slot)
                     await asyncio.sleep(self.restart_delay_s)
 
-        task = asyncio.create_task(respawn(), name=f"otlp-worker-{worker.slot}-restart")
+        task = asyncio.create_task(respawn(), name=f"{self.name}-worker-{worker.slot}-restart")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -331,3 +362,33 @@ class OtlpHttpWorkers(NetworkReceiver):
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+class OtlpHttpWorkers(OtlpWorkers):
+    """The OTLP/HTTP receiver, served by ``processes`` worker processes accepting on the daemon's socket."""
+
+    name = HTTP_NAME
+    protocol = "OTLP/HTTP"
+
+    def _bind(self) -> socket.socket:
+        return bind_listener(self.host, self.port)
+
+    def _listen_arg(self) -> Any:
+        return self._sock
+
+    def _where(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.bound_port}/v1/traces"
+
+
+class OtlpGrpcWorkers(OtlpWorkers):
+    """The OTLP/gRPC receiver, served by ``processes`` worker processes on the port the daemon reserved."""
+
+    name = GRPC_NAME
+    protocol = "OTLP/gRPC"
+
+    def _bind(self) -> socket.socket:
+        return reserve_port(self.host, self.port)
+
+    def _listen_arg(self) -> Any:
+        assert self._sock is not None
+        return (self.host, self._sock.getsockname()[1])

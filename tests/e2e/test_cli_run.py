@@ -59,8 +59,8 @@ def test_state_and_alerts_survive_restart(tmp_path):
 
 
 def test_a_port_in_use_is_named_and_what_started_is_stopped(tmp_path):
-    """The OTLP/gRPC port is taken: grpcio raises RuntimeError (not the OSError the CLI reports),
-    and the OTLP/HTTP worker process started just before was left to the interpreter's exit."""
+    """The OTLP/gRPC port is taken: the start says which setting's port, and the OTLP/HTTP worker
+    process started just before is stopped (it was once left to the interpreter's exit)."""
     import socket
 
     taken = socket.socket()
@@ -196,7 +196,7 @@ def test_by_default_otlp_http_runs_in_one_worker_process_and_the_choice_is_logge
         _received_http_spans(tw, 2)
         assert tw.stop() == 0
     log = tw.output()
-    assert "otlp_processes: auto chose 1 (one OTLP/HTTP worker process: " in log, log
+    assert "otlp_processes: auto chose 1 (one worker process per OTLP receiver: " in log, log
     assert "/v1/traces in 1 worker processes (pids" in log, log
 
 
@@ -208,7 +208,7 @@ def test_auto_on_one_usable_cpu_serves_otlp_http_in_the_daemon(tmp_path):
         _received_http_spans(tw, 1)
         assert tw.stop() == 0
     log = tw.output()
-    assert "otlp_processes: auto chose 0 (OTLP/HTTP in the daemon's process: only 1 CPU usable" in log, log
+    assert "otlp_processes: auto chose 0 (OTLP in the daemon's process: only 1 CPU usable" in log, log
     assert f"OTLP/HTTP receiver on http://127.0.0.1:{tw.http_port}/v1/traces\n" in log, log
     assert "OTLP worker process" not in log and "worker processes (pids" not in log, log
 

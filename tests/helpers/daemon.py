@@ -59,9 +59,9 @@ class DaemonThread:
 
 
 def make_config(tmp_path: Any, **kw: Any) -> Config:
-    """The daemon's defaults on ephemeral loopback ports, so ``otlp_processes`` is ``auto`` (an OTLP/HTTP
-    worker process on 2+ CPUs, 1-2 s to start). Tests about OTLP ingestion keep it; tests about
-    something else pass ``otlp_processes=0`` (OTLP/HTTP in the daemon's process) to stay quick."""
+    """The daemon's defaults on ephemeral loopback ports, so ``otlp_processes`` is ``auto`` (a worker
+    process per OTLP receiver on 2+ CPUs, 1-2 s to start). Tests about OTLP ingestion keep it; tests
+    about something else pass ``otlp_processes=0`` (OTLP in the daemon's process) to stay quick."""
     cfg = Config(
         otlp_http="127.0.0.1:0",
         otlp_grpc="127.0.0.1:0",

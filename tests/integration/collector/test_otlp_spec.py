@@ -1,8 +1,8 @@
 """OTLP receivers to spec, against a running daemon: SDK exporters, partial success, retryable
 answers under overload and while draining, bearer token, TLS, and bad input among good.
 
-Each runs on the daemon's default (``otlp_processes: auto``: OTLP/HTTP in a worker process where 2+
-CPUs are usable) and with OTLP/HTTP in the daemon's own process (``otlp_processes: 0``)."""
+Each runs on the daemon's default (``otlp_processes: auto``: each OTLP receiver in a worker process
+where 2+ CPUs are usable) and with both in the daemon's own process (``otlp_processes: 0``)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def _calls_body(n: int, *, bad: int = 0, agent: str = "a1", start_ns: int | None
 
 @pytest.fixture(params=["default", "in-process"])
 def procs(request) -> dict:
-    """``make_config`` keyword arguments: the default ``otlp_processes``, or OTLP/HTTP in the daemon."""
+    """``make_config`` keyword arguments: the default ``otlp_processes``, or OTLP in the daemon."""
     return {} if request.param == "default" else {"otlp_processes": 0}
 
 
@@ -143,6 +143,8 @@ def test_overload_answers_429_and_resource_exhausted_with_retry_hints(tmp_path, 
             assert status_pb2.Status.FromString(details).details[0].Unpack(info) and info.retry_delay.seconds == 7
             assert _wait(lambda: d.metric("toolwatch_requests_rejected_total",
                                           {"receiver": "otlp_http", "reason": "queue_full"}) == 1)
+            assert _wait(lambda: d.metric("toolwatch_requests_rejected_total",
+                                          {"receiver": "otlp_grpc", "reason": "queue_full"}) == 1)
         finally:
             gate.release.set()
         d.drain()

@@ -1,4 +1,5 @@
-"""OTLP/HTTP in worker processes (``otlp_processes``): the same answers, counts and findings as in-process.
+"""OTLP/HTTP and OTLP/gRPC in worker processes (``otlp_processes``): the same answers, counts and
+findings as in-process.
 
 Each worker spawn costs about a second: most tests share one daemon with two workers.
 """
@@ -15,9 +16,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import pytest
 import requests
 from google.rpc import status_pb2
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 
@@ -67,8 +70,18 @@ def _wait(pred, timeout: float = 10.0, what: str = "condition") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _rejected(d: DaemonThread, reason: str) -> float:
-    return d.metric("toolwatch_requests_rejected_total", {"receiver": "otlp_http", "reason": reason})
+def _rejected(d: DaemonThread, reason: str, receiver: str = "otlp_http") -> float:
+    return d.metric("toolwatch_requests_rejected_total", {"receiver": receiver, "reason": reason})
+
+
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+def _grpc_export(d: DaemonThread, body: bytes, *, token: str | None = TOKEN) -> ExportTraceServiceResponse:
+    """One Export over a new channel (a new connection: the kernel may hand it to any worker)."""
+    with grpc.insecure_channel(d.otlp_grpc_target) as channel:
+        fn = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString)
+        return fn(body, timeout=10, metadata=(("authorization", f"Bearer {token}"),) if token else None)
 
 
 @pytest.fixture(scope="module")
@@ -122,22 +135,55 @@ def test_auto_with_a_redactor_object_serves_otlp_http_in_the_daemon_and_says_why
         d.drain()
         assert _calls(d, "r") == 1
     assert seen == ['{"path": "/etc/passwd"}']
-    assert "otlp_processes: auto chose 0 (OTLP/HTTP in the daemon's process: a redact_args object was given" in caplog.text
+    assert "otlp_processes: auto chose 0 (OTLP in the daemon's process: a redact_args object was given" in caplog.text
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="auto runs a worker only with 2+ usable CPUs")
-def test_the_default_config_serves_otlp_http_in_one_worker_process(tmp_path):
-    from toolwatch.collector.receivers.otlp_workers import OtlpHttpWorkers
+def test_the_default_config_serves_each_otlp_receiver_in_one_worker_process(tmp_path):
+    from toolwatch.collector.receivers.otlp_workers import OtlpGrpcWorkers, OtlpHttpWorkers
 
     with DaemonThread(make_config(tmp_path)) as d:
         assert d.daemon.cfg.otlp_processes == "auto" and d.daemon.otlp_processes == 1
-        workers = d.daemon.receiver("otlp_http")
-        assert type(workers) is OtlpHttpWorkers and len(workers.pids) == 1
+        http, grpc_ = d.daemon.receiver("otlp_http"), d.daemon.receiver("otlp_grpc")
+        assert type(http) is OtlpHttpWorkers and len(http.pids) == 1
+        assert type(grpc_) is OtlpGrpcWorkers and len(grpc_.pids) == 1
+        assert set(http.pids + grpc_.pids) <= set(child_pids(os.getpid()))
         r = requests.post(d.otlp_http_url, data=_calls_body(2, agent="dflt"),
                           headers={"Content-Type": "application/x-protobuf"}, timeout=5)
         assert r.status_code == 200
+        tp = provider(GrpcExporter(endpoint=d.otlp_grpc_target, insecure=True))
+        for i in range(3):
+            emit_call(tp, agent="dflt-grpc", server="files", tool="read_file", session=f"s{i}")
+        tp.shutdown()
         d.drain()
-        assert _calls(d, "dflt") == 2
+        assert _calls(d, "dflt") == 2 and _calls(d, "dflt-grpc") == 3
+        assert d.metric("toolwatch_spans_received_total", {"receiver": "otlp_grpc"}) == 3
+
+
+def test_sdk_grpc_exporter_through_workers_with_token_and_partial_success(shared):
+    d = shared
+    assert len(d.daemon.receiver("otlp_grpc").pids) == 2
+    tp = provider(GrpcExporter(endpoint=d.otlp_grpc_target, insecure=True, headers={"authorization": f"Bearer {TOKEN}"}))
+    for i in range(5):
+        emit_call(tp, agent="sdk-grpc", server="files", tool="read_file", session=f"s{i}")
+    tp.shutdown()
+    resp = _grpc_export(d, _calls_body(3, bad=1, agent="grpc-partial"))
+    assert resp.partial_success.rejected_spans == 1 and "UTF-8" in resp.partial_success.error_message
+    d.drain()
+    assert _calls(d, "sdk-grpc") == 5 and _calls(d, "grpc-partial") == 3
+    assert d.metric("toolwatch_spans_rejected_total", {"receiver": "otlp_grpc", "reason": "undecodable"}) == 1
+
+
+def test_grpc_worker_refusals_are_answered_and_counted_by_the_daemon(shared):
+    d = shared
+    expected = {reason: _rejected(d, reason, "otlp_grpc") + 1 for reason in ("unauthorized", "bad_protobuf")}
+    for body, token, code in ((_calls_body(1), "wrong", grpc.StatusCode.UNAUTHENTICATED),
+                              (b"\x0a\x05\xff\xff", TOKEN, grpc.StatusCode.INVALID_ARGUMENT)):
+        with pytest.raises(grpc.RpcError) as err:
+            _grpc_export(d, body, token=token)
+        assert err.value.code() == code and err.value.details(), "the refusal must say why"
+    _wait(lambda: all(_rejected(d, reason, "otlp_grpc") == n for reason, n in expected.items()),
+          what=f"gRPC rejection counts {expected}")
 
 
 def test_sdk_exporter_through_workers_with_token_gzip_and_partial_success(shared):
@@ -231,12 +277,13 @@ def _stored(d: DaemonThread) -> list[tuple]:
 
 
 def test_findings_match_the_in_process_receiver(tmp_path):
-    """A/B: the same requests, in order, to a daemon of each kind; stored alerts must be identical."""
+    """A/B: the same requests, in order, to a daemon of each kind (in-process OTLP/HTTP; OTLP/HTTP
+    and OTLP/gRPC through workers); stored alerts and the events the detectors saw must be identical."""
     t0 = time.time_ns() - 3_600 * 10**9
     bodies = _ab_requests(t0)
     got = {}
-    for processes in (0, 2):
-        cfg = make_config(tmp_path / str(processes), otlp_processes=processes, fingerprint_key=KEY)
+    for processes, receiver in ((0, "otlp_http"), (2, "otlp_http"), (2, "otlp_grpc")):
+        cfg = make_config(tmp_path / f"{processes}-{receiver}", otlp_processes=processes, fingerprint_key=KEY)
         cfg.detectors = {"new_tool": {"min_calls": 20}}
         # One request per batch (41 events each): batch boundaries would otherwise depend on timing,
         # and some findings (rug-pull's pending calls) on which calls share a batch.
@@ -245,17 +292,21 @@ def test_findings_match_the_in_process_receiver(tmp_path):
             events: list = []
             d.daemon.pipeline.batch_listeners.append(lambda batch, _f: events.extend([*batch.calls, *batch.listings]))
             for body in bodies:
-                r = requests.post(d.otlp_http_url, data=body, headers={"Content-Type": "application/x-protobuf"}, timeout=10)
-                assert r.status_code == 200, r.content
+                if receiver == "otlp_grpc":
+                    assert not _grpc_export(d, body, token=None).HasField("partial_success")
+                else:
+                    r = requests.post(d.otlp_http_url, data=body, headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+                    assert r.status_code == 200, r.content
             d.drain()
             events.sort(key=lambda e: (e.time_ns, e.span_id))
-            spans = d.metric("toolwatch_spans_received_total", {"receiver": "otlp_http"})
-            got[processes] = (_stored(d), events, spans)
-    alerts, events, _ = got[0]
+            spans = d.metric("toolwatch_spans_received_total", {"receiver": receiver})
+            got[processes, receiver] = (_stored(d), events, spans)
+    alerts, events, _ = got[0, "otlp_http"]
     assert {a[0] for a in alerts} >= {"new_tool", "exfiltration", "rugpull"}, "the workload must raise findings"
     assert any(e.args_fingerprints for e in events if hasattr(e, "args_fingerprints")), "keyed redaction must run"
-    assert got[2][1] == events  # the very ToolCalls and ToolListings (redaction with the same key included)
-    assert got[2] == got[0]
+    for kind in ((2, "otlp_http"), (2, "otlp_grpc")):
+        assert got[kind][1] == events, kind  # the very ToolCalls and ToolListings (redaction with the same key included)
+        assert got[kind] == got[0, "otlp_http"], kind
 
 
 @contextmanager
@@ -387,6 +438,23 @@ def test_a_killed_worker_is_logged_and_restarted(shared, caplog):
         assert requests.post(d.otlp_http_url, data=_calls_body(1, agent="after-kill"), headers=PB, timeout=5).status_code == 200
     d.drain()
     assert _calls(d, "after-kill") == before + 6
+
+
+def test_a_killed_grpc_worker_is_restarted_and_the_port_keeps_serving(shared):
+    """The daemon's reservation holds the port while the worker is replaced; the other worker,
+    on the same port with SO_REUSEPORT, serves meanwhile."""
+    d = shared
+    receiver = d.daemon.receiver("otlp_grpc")
+    victim, port = receiver.pids[0], receiver.bound_port
+    restarts = receiver.restarts
+    os.kill(victim, signal.SIGKILL)
+    _wait(lambda: receiver.restarts == restarts + 1 and len(receiver.pids) == 2, timeout=60, what="a new gRPC worker")
+    assert victim not in receiver.pids and receiver.bound_port == port
+    before = _calls(d, "grpc-after-kill")
+    for _ in range(6):  # a new connection each: both workers serve again
+        _grpc_export(d, _calls_body(1, agent="grpc-after-kill"))
+    d.drain()
+    assert _calls(d, "grpc-after-kill") == before + 6
 
 
 def test_sigkill_of_the_daemon_leaves_no_worker_behind(tmp_path):
