@@ -460,12 +460,13 @@ def test_a_killed_grpc_worker_is_restarted_and_the_port_keeps_serving(shared):
 def test_sigkill_of_the_daemon_leaves_no_worker_behind(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    with ToolwatchProcess(data, "--otlp-processes", "2", "--otlp-grpc", "off", env={"TOOLWATCH_FINGERPRINT_KEY": KEY},
-                          ) as tw:
+    with ToolwatchProcess(data, "--otlp-processes", "2", env={"TOOLWATCH_FINGERPRINT_KEY": KEY}) as tw:
         r = requests.post(tw.otlp_http_url, data=_calls_body(1), headers={"Content-Type": "application/x-protobuf"}, timeout=5)
         assert r.status_code == 200
         workers = [p for p in child_pids(tw.proc.pid) if "spawn_main" in _cmdline(p)]
-        assert len(workers) == 2, child_pids(tw.proc.pid)
+        assert len(workers) == 4, child_pids(tw.proc.pid)  # two per OTLP receiver
+        with grpc.insecure_channel(f"127.0.0.1:{tw.grpc_port}") as channel:
+            channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)(_calls_body(1), timeout=10)
         tw.kill()
         wait_until(lambda: all(process_gone(p) for p in workers), 10, "the worker processes to exit")
 
@@ -491,19 +492,28 @@ def test_a_stalled_daemon_gets_503_from_the_worker_not_a_hang(tmp_path, monkeypa
               what="the daemon answering again")
 
 
-def test_shutdown_finishes_requests_in_flight_then_the_workers_exit(tmp_path):
+@pytest.mark.parametrize("receiver", ["otlp_http", "otlp_grpc"])
+def test_shutdown_finishes_requests_in_flight_then_the_workers_exit(tmp_path, receiver):
     h = {"Content-Type": "application/x-protobuf"}
     answers: list = []
     with DaemonThread(make_config(tmp_path, otlp_processes=1)) as d:
-        pids = d.daemon.receiver("otlp_http").pids
+        pids = d.daemon.receiver("otlp_http").pids + d.daemon.receiver("otlp_grpc").pids
+
+        def post() -> None:
+            if receiver == "otlp_grpc":
+                answers.append(_grpc_export(d, _calls_body(3, agent="inflight"), token=None))
+            else:
+                answers.append(requests.post(d.otlp_http_url, data=_calls_body(3, agent="inflight"), headers=h, timeout=20))
+
         d.loop.call_soon_threadsafe(time.sleep, 1.5)  # the request waits in the worker for the daemon...
-        poster = threading.Thread(target=lambda: answers.append(
-            requests.post(d.otlp_http_url, data=_calls_body(3, agent="inflight"), headers=h, timeout=20)))
+        poster = threading.Thread(target=post)
         poster.start()
         time.sleep(0.5)
         # ...while shutdown starts (leaving the with-block queues it behind the stall)
     poster.join(20)
-    assert answers and answers[0].status_code == 200, answers
-    assert d.metric("toolwatch_spans_received_total", {"receiver": "otlp_http"}) == 3
+    assert answers, "the request in flight must be answered"
+    if receiver == "otlp_http":
+        assert answers[0].status_code == 200, answers
+    assert d.metric("toolwatch_spans_received_total", {"receiver": receiver}) == 3
     assert _calls(d, "inflight") == 3  # admitted before the pipeline drained into the detectors
     assert all(process_gone(p) for p in pids)
