@@ -42,8 +42,8 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--otlp-grpc", metavar="HOST:PORT", help="OTLP/gRPC receiver address (default 127.0.0.1:4317)")
     p.add_argument(
         "--otlp-processes", metavar="N|auto",
-        help="serve OTLP/HTTP in N worker processes (0: in the daemon; default auto: 1 if this process can use "
-        "at least 2 CPUs, else 0)",
+        help="serve each OTLP receiver (HTTP, gRPC) in N worker processes of its own (0: in the daemon; default "
+        "auto: 1 if this process can use at least 2 CPUs, else 0)",
     )
     p.add_argument(
         "--cpu-affinity", metavar="auto|off|CPUS",
