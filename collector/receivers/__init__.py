@@ -50,6 +50,10 @@ class NetworkReceiver(Receiver):
         self._auth = f"Bearer {bearer_token}"
         self.tls = tls
 
+    def refuse_early(self) -> None:
+        """``Ingest.refuse_early`` for this receiver (a worker process asks the depth the daemon shares)."""
+        self.ingest.refuse_early(self.name)
+
 
 def span_count(req: ExportTraceServiceRequest) -> int:
     """Spans in a request: an upper bound of the events it can add to the queue."""
@@ -92,6 +96,13 @@ class Ingest:
         if self.pipeline.running and self.pipeline.full_for(span_count(req)):
             raise self._queue_full(receiver)
         return self.consume(receiver, self.normalizer.normalize(req), decode_rejected, decode_errors)
+
+    def refuse_early(self, receiver: str) -> None:
+        """Raise ``Overloaded`` when no request with spans could be admitted now: the queue is full
+        to its last span, or behind. Receivers ask before they decompress and decode a body; under
+        a retry storm, decoding each resend only to refuse it cost the daemon's CPU (in-process)."""
+        if self.pipeline.running and self.pipeline.full_for(1):
+            raise self._queue_full(receiver)
 
     def _queue_full(self, receiver: str) -> Overloaded:
         """Count a queue_full refusal; the exception to raise (both refusals answer alike)."""

@@ -63,6 +63,10 @@ class OtlpGrpcReceiver(NetworkReceiver):
                 self._count_rejected("unauthorized")
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         try:
+            self.refuse_early()  # before the body is decoded only to be refused
+        except Overloaded as exc:
+            await self._abort_retryable(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        try:
             decoded = otlp.decode_export(body, otlp.PROTOBUF)
         except otlp.DecodeError as exc:
             self._count_rejected(exc.reason)

@@ -100,12 +100,16 @@ class OtlpHttpReceiver(NetworkReceiver):
             raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._reject(request, 413, "too_large", f"body exceeds the limit of {self.max_body_bytes} bytes")
+        retry = {"Retry-After": str(self.retry_after_s)}
+        try:
+            self.refuse_early()  # before the body is decompressed and decoded only to be refused
+        except Overloaded as exc:
+            return self._status(request, 429, str(exc), headers=retry)
         try:
             body = otlp.decompress(raw, request.headers.get("Content-Encoding"), self.max_body_bytes)
             decoded = otlp.decode_export(body, request.headers.get("Content-Type"))
         except otlp.DecodeError as exc:
             return self._reject(request, _HTTP_FOR.get(exc.reason, 400), exc.reason, str(exc))
-        retry = {"Retry-After": str(self.retry_after_s)}
         try:
             result = await self.admit(decoded)
         except Overloaded as exc:

@@ -134,15 +134,22 @@ class DaemonAdmitted:
     def _count_rejected(self, reason: str) -> None:
         self.link.send(wf.frame((wf.REJECTED, self.name, reason)))
 
-    async def admit(self, decoded: otlp.Decoded) -> IngestResult:
-        # Ingest.__call__'s early refusal (Pipeline.full_for), against the depth the daemon shares,
-        # and like it only while the pipeline runs: a stopped one (draining) is the daemon's 503.
-        spans, depth, behind = span_count(decoded.request), self.depth.value, self.behind.value
+    def _refuse(self, spans: int) -> None:
+        """Ingest.__call__'s early refusal (Pipeline.full_for) of a request of ``spans`` spans, against
+        the depth the daemon shares, and like it only while the pipeline runs: a stopped one
+        (draining) is the daemon's 503."""
+        depth, behind = self.depth.value, self.behind.value
         if self.running.value and (full_for(depth, spans, self.queue_max) or behind):
             self._count_rejected("queue_full")
             why = ("the oldest past pipeline.batch_max_delay_ms + queue_max_wait_ms" if behind
                    else f"of pipeline.queue_max_spans {self.queue_max}")
             raise Overloaded(f"pipeline queue is full ({depth} events waiting, {why}); retry later")
+
+    def refuse_early(self) -> None:
+        self._refuse(1)  # Ingest.refuse_early: before the body is decoded
+
+    async def admit(self, decoded: otlp.Decoded) -> IngestResult:
+        self._refuse(span_count(decoded.request))
         norm = self.normalizer.normalize(decoded.request)
         errors = tuple(decoded.errors)
         rows, name = self.normalizer.rows, self.name

@@ -141,10 +141,16 @@ def test_overload_answers_429_and_resource_exhausted_with_retry_hints(tmp_path, 
             details = dict(err.value.trailing_metadata())["grpc-status-details-bin"]
             info = error_details_pb2.RetryInfo()
             assert status_pb2.Status.FromString(details).details[0].Unpack(info) and info.retry_delay.seconds == 7
-            assert _wait(lambda: d.metric("toolwatch_requests_rejected_total",
-                                          {"receiver": "otlp_http", "reason": "queue_full"}) == 1)
-            assert _wait(lambda: d.metric("toolwatch_requests_rejected_total",
-                                          {"receiver": "otlp_grpc", "reason": "queue_full"}) == 1)
+            # Full to the last span: a body is refused before it is decoded (garbage gets 429, not 400).
+            r = requests.post(d.otlp_http_url, data=b"\x0a\x05\xff\xff", headers=PB, timeout=5)
+            assert r.status_code == 429 and r.headers["Retry-After"] == "7"
+            with pytest.raises(grpc.RpcError) as err:
+                _grpc_export(d.otlp_grpc_target, b"\x0a\x05\xff\xff")
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            for receiver in ("otlp_http", "otlp_grpc"):
+                assert _wait(lambda: d.metric("toolwatch_requests_rejected_total",
+                                              {"receiver": receiver, "reason": "queue_full"}) == 2), receiver
+                assert d.metric("toolwatch_requests_rejected_total", {"receiver": receiver, "reason": "bad_protobuf"}) == 0
         finally:
             gate.release.set()
         d.drain()
