@@ -217,7 +217,13 @@ def test_a_dead_letter_flush_waits_no_longer_than_it_is_given_when_the_broker_ha
     from kafka.errors import KafkaTimeoutError
 
     kafka_broker.create_topic("dlq", partitions=1)
-    dead = KafkaDeadLetter(lambda: KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all"), "dlq")
+    made: list[KafkaProducer] = []  # kept, to be closed once the broker answers again (see finally)
+
+    def producer() -> KafkaProducer:
+        made.append(KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all"))
+        return made[-1]
+
+    dead = KafkaDeadLetter(producer, "dlq")
     record = DeadRecord("otlp_spans", 0, 7, b"k", b"\xff not OTLP", "bad_protobuf", "not a protobuf message")
     dead.send(record)
     dead.flush(1.0)  # the broker answers: durable at once
@@ -234,4 +240,8 @@ def test_a_dead_letter_flush_waits_no_longer_than_it_is_given_when_the_broker_ha
         closed = time.monotonic() - t0
     finally:
         os.kill(kafka_broker._proc.pid, signal.SIGCONT)
+        # kafka-python's close gives up at its flush and leaves the sender thread running; left to the
+        # garbage collector it failed in __del__ and went on using the random module in later tests.
+        for p in made:
+            p.close(10)
     assert flushed < 5 and closed < 5, f"flush took {flushed:.1f} s, close {closed:.1f} s with a 1 s bound"
