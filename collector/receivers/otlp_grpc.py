@@ -38,8 +38,10 @@ class OtlpGrpcReceiver(NetworkReceiver):
     name = NAME
 
     _server: grpc.aio.Server | None = None
-    server_options: tuple[tuple[str, Any], ...] = ()
-    """gRPC server options beside the body limit (a worker process's: ``grpc.so_reuseport``)."""
+    server_options: tuple[tuple[str, Any], ...] = (("grpc.so_reuseport", 0),)
+    """gRPC server options beside the body limit. gRPC sets ``SO_REUSEPORT`` by default, with which a
+    second toolwatch of this user on the same port shared it silently; in the daemon's process it
+    is off, so that start fails (worker processes share the port on purpose: ``otlp_worker_main``)."""
 
     async def _abort_retryable(self, context: Any, code: grpc.StatusCode, message: str) -> None:
         context.set_trailing_metadata(((STATUS_DETAILS_KEY, retry_status(code, message, self.retry_after_s)),))

@@ -57,8 +57,31 @@ def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` with ``SO_REUSEPORT`` and never listening: OTLP/gRPC workers bind
     the same port beside it (gRPC's server sets ``SO_REUSEPORT`` too). Binding it here resolves port
     0 and reports a port in use at the daemon's start, as ``bind_listener`` does for OTLP/HTTP, and it
-    holds the port while a worker restarts. A socket that does not listen is given no connections."""
-    return _bound(GRPC_NAME, host, port, reuse_port=True, backlog=None)
+    holds the port while a worker restarts. A socket that does not listen is given no connections.
+
+    ``SO_REUSEPORT`` would also let another process of this user that set it (a second toolwatch's
+    gRPC workers) share the port, the kernel splitting the exporters' connections, and so their
+    agents' baselines, between the two without a word. So the port is probed once bound: if
+    anything accepts a connection there, the start fails instead."""
+    sock = _bound(GRPC_NAME, host, port, reuse_port=True, backlog=None)
+    try:
+        _nobody_listens(sock, host)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _nobody_listens(sock: socket.socket, host: str) -> None:
+    addr = sock.getsockname()
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(addr[0], addr[0])  # a wildcard: probe loopback
+    try:
+        probe = socket.create_connection((target, addr[1]), timeout=2.0)
+    except OSError:
+        return  # refused (or unreachable): nobody listens, the port is ours
+    probe.close()
+    raise OSError(f"{GRPC_NAME}: cannot listen on {host}:{addr[1]}: another process already listens there "
+                  f"(a second toolwatch? set {GRPC_NAME} to a free port, or off)")
 
 
 def _bound(setting: str, host: str, port: int, *, reuse_port: bool, backlog: int | None) -> socket.socket:

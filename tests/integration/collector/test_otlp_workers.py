@@ -457,6 +457,27 @@ def test_a_killed_grpc_worker_is_restarted_and_the_port_keeps_serving(shared):
     assert _calls(d, "grpc-after-kill") == before + 6
 
 
+@pytest.mark.parametrize("first, second", [(1, 1), (1, 0), (0, 1)])
+def test_a_second_daemon_on_the_same_grpc_port_fails_to_start_instead_of_sharing_it(tmp_path, first, second):
+    """gRPC sets SO_REUSEPORT: a second daemon of the same user got half the exporters' connections
+    (and half of each agent's baseline) without a word. Now its start fails and names the port,
+    whether either daemon serves gRPC in worker processes or in its own process."""
+    with DaemonThread(make_config(tmp_path / "first", otlp_processes=first)) as one:
+        port = one.daemon.receiver("otlp_grpc").bound_port
+        cfg = make_config(tmp_path / "second", otlp_processes=second)
+        cfg.otlp_grpc = f"127.0.0.1:{port}"
+        two = DaemonThread(cfg)
+        try:
+            with pytest.raises(OSError, match=f"otlp_grpc: cannot listen on 127.0.0.1:{port}"):
+                two.__enter__()
+        finally:
+            two.loop.call_soon_threadsafe(two.loop.stop)
+        for _ in range(4):  # new connections: every one reaches the first daemon
+            _grpc_export(one, _calls_body(1, agent="only-one"), token=None)
+        one.drain()
+        assert _calls(one, "only-one") == 4
+
+
 def test_sigkill_of_the_daemon_leaves_no_worker_behind(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
