@@ -9,6 +9,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from ..metrics import Metrics
 from ..normalize import Normalized, Normalizer
+from ..otlp import Decoded
 from ..pipeline import Pipeline
 from .tls import TlsFiles
 
@@ -53,6 +54,17 @@ class NetworkReceiver(Receiver):
     def refuse_early(self) -> None:
         """``Ingest.refuse_early`` for this receiver (a worker process asks the depth the daemon shares)."""
         self.ingest.refuse_early(self.name)
+
+    def _count_rejected(self, reason: str) -> None:
+        """Count a request refused here (a worker process sends the count to the daemon instead)."""
+        self.metrics.requests_rejected.labels(self.name, reason).inc()
+
+    async def admit(self, decoded: Decoded) -> "IngestResult":
+        """Normalise and queue a decoded request; raises ``Overloaded`` or ``Unavailable``.
+
+        In the daemon this is ``Ingest`` itself; a worker process (``otlp_processes``) normalises
+        the request and asks the daemon to admit it (``otlp_worker_main.DaemonAdmitted``)."""
+        return self.ingest(self.name, decoded.request, decoded.rejected, tuple(decoded.errors))
 
 
 def span_count(req: ExportTraceServiceRequest) -> int:

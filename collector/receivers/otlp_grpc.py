@@ -18,7 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
 from .. import otlp
-from . import IngestResult, NetworkReceiver, Overloaded, Unavailable
+from . import NetworkReceiver, Overloaded, Unavailable
 
 log = logging.getLogger("toolwatch.receiver.otlp_grpc")
 NAME = "otlp_grpc"
@@ -46,17 +46,6 @@ class OtlpGrpcReceiver(NetworkReceiver):
     async def _abort_retryable(self, context: Any, code: grpc.StatusCode, message: str) -> None:
         context.set_trailing_metadata(((STATUS_DETAILS_KEY, retry_status(code, message, self.retry_after_s)),))
         await context.abort(code, message)
-
-    def _count_rejected(self, reason: str) -> None:
-        """Count a request refused here (a worker process sends the count to the daemon instead)."""
-        self.metrics.requests_rejected.labels(NAME, reason).inc()
-
-    async def admit(self, decoded: otlp.Decoded) -> IngestResult:
-        """Normalise and queue a decoded request; raises ``Overloaded`` or ``Unavailable``.
-
-        In the daemon this is ``Ingest`` itself; a worker process (``otlp_processes``) normalises
-        the request and asks the daemon to admit it (``otlp_worker_main``)."""
-        return self.ingest(NAME, decoded.request, decoded.rejected, tuple(decoded.errors))
 
     async def export(self, body: bytes, context: Any) -> trace_service_pb2.ExportTraceServiceResponse:
         if self.bearer_token:

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 
 from .. import otlp
-from . import IngestResult, NetworkReceiver, Overloaded, Unavailable
+from . import NetworkReceiver, Overloaded, Unavailable
 
 log = logging.getLogger("toolwatch.receiver.otlp_http")
 NAME = "otlp_http"
@@ -71,18 +71,6 @@ class OtlpHttpReceiver(NetworkReceiver):
         self._count_rejected(reason)
         body, ctype = _status_body(request.content_type, 3 if status < 500 else 14, message)
         return web.Response(status=status, body=body, content_type=ctype, **extra)
-
-    def _count_rejected(self, reason: str) -> None:
-        """Count a request refused here (a worker process sends the count to the daemon instead)."""
-        self.metrics.requests_rejected.labels(NAME, reason).inc()
-
-    async def admit(self, decoded: otlp.Decoded) -> IngestResult:
-        """Normalise and queue a decoded request; raises ``Overloaded`` or ``Unavailable``.
-
-        In the daemon this is ``Ingest`` itself; a worker process (``otlp_processes``) normalises
-        the request and asks the daemon to admit it.
-        """
-        return self.ingest(NAME, decoded.request, decoded.rejected, tuple(decoded.errors))
 
     def _status(self, request: web.Request, status: int, message: str, **extra: Any) -> web.Response:
         """A retryable answer; the request was counted by ``Ingest`` already."""
