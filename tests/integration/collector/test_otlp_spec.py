@@ -20,12 +20,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from helpers.daemon import DaemonThread, make_config
 from helpers.gate import Gate
 from helpers.otlp_build import add_span, request
+from helpers.otlp_grpc import grpc_export as _grpc_export
 from helpers.spans import emit_call, provider
 from helpers.tls import self_signed
 from toolwatch.instrumentation import semconv as sc
 
 PB = {"Content-Type": "application/x-protobuf"}
-EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
 def _calls_body(n: int, *, bad: int = 0, agent: str = "a1", start_ns: int | None = None) -> bytes:
@@ -52,13 +52,6 @@ def _wait(pred, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return False
-
-
-def _grpc_export(target: str, body: bytes, *, creds=None, metadata=None):
-    channel = grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)
-    with channel:
-        fn = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString)
-        return fn(body, timeout=10, metadata=metadata)
 
 
 def _calls(d, agent: str = "a1") -> float:

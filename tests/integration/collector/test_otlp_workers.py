@@ -27,6 +27,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from helpers.daemon import DaemonThread, make_config
 from helpers.gate import Gate
 from helpers.otlp_build import add_span, request
+from helpers.otlp_grpc import grpc_export
 from helpers.procs import ToolwatchProcess, child_pids, process_gone, wait_until
 from helpers.spans import emit_call, provider
 from helpers.tls import self_signed
@@ -74,14 +75,9 @@ def _rejected(d: DaemonThread, reason: str, receiver: str = "otlp_http") -> floa
     return d.metric("toolwatch_requests_rejected_total", {"receiver": receiver, "reason": reason})
 
 
-EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-
-
 def _grpc_export(d: DaemonThread, body: bytes, *, token: str | None = TOKEN) -> ExportTraceServiceResponse:
-    """One Export over a new channel (a new connection: the kernel may hand it to any worker)."""
-    with grpc.insecure_channel(d.otlp_grpc_target) as channel:
-        fn = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=ExportTraceServiceResponse.FromString)
-        return fn(body, timeout=10, metadata=(("authorization", f"Bearer {token}"),) if token else None)
+    """``grpc_export`` to ``d``, with the bearer ``token`` (None: no authorization header)."""
+    return grpc_export(d.otlp_grpc_target, body, metadata=(("authorization", f"Bearer {token}"),) if token else None)
 
 
 @pytest.fixture(scope="module")
@@ -486,8 +482,7 @@ def test_sigkill_of_the_daemon_leaves_no_worker_behind(tmp_path):
         assert r.status_code == 200
         workers = [p for p in child_pids(tw.proc.pid) if "spawn_main" in _cmdline(p)]
         assert len(workers) == 4, child_pids(tw.proc.pid)  # two per OTLP receiver
-        with grpc.insecure_channel(f"127.0.0.1:{tw.grpc_port}") as channel:
-            channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)(_calls_body(1), timeout=10)
+        grpc_export(f"127.0.0.1:{tw.grpc_port}", _calls_body(1))
         tw.kill()
         wait_until(lambda: all(process_gone(p) for p in workers), 10, "the worker processes to exit")
 
