@@ -12,7 +12,8 @@ OTLP/HTTP protobuf and OTLP/gRPC, backing off on 429/RESOURCE_EXHAUSTED as expor
 Throughput is counted "request in -> findings out": spans sent until the pipeline has processed
 every one. Before the max-rate runs the daemon is driven to steady state (``--warm baselines``):
 until every agent is scored by an IsolationForest model of its own, since a fresh daemon skips the
-forest for agents it has no model for yet and runs faster than it ever will again. Lag is each request's arrival-to-processed time, taken from the pipeline itself.
+forest for agents it has no model for yet and runs faster than it ever will again. Lag is each
+request's arrival-to-processed time, taken from the pipeline itself.
 The naive baseline runs in the same run: one span per request, MessageToDict, every attribute
 walked, detectors called per span, a labelled metric inc() per span.
 The traffic is ``--workload`` from bench/workloads.py (default ``fleet``); each run prints the
