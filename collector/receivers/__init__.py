@@ -105,15 +105,19 @@ class Ingest:
         every few milliseconds; normalising each resend only to throw it away took more CPU than
         the detectors had left, so throughput fell the longer the backlog lasted (issue #4).
         """
-        if self.pipeline.running and self.pipeline.full_for(span_count(req)):
-            raise self._queue_full(receiver)
+        self._refuse(receiver, span_count(req))
         return self.consume(receiver, self.normalizer.normalize(req), decode_rejected, decode_errors)
 
     def refuse_early(self, receiver: str) -> None:
         """Raise ``Overloaded`` when no request with spans could be admitted now: the queue is full
         to its last span, or behind. Receivers ask before they decompress and decode a body; under
         a retry storm, decoding each resend only to refuse it cost the daemon's CPU (in-process)."""
-        if self.pipeline.running and self.pipeline.full_for(1):
+        self._refuse(receiver, 1)
+
+    def _refuse(self, receiver: str, spans: int) -> None:
+        """Raise ``Overloaded`` when a request of ``spans`` spans cannot fit now (``Pipeline.full_for``),
+        only while the pipeline runs: a stopped one (draining) is ``consume``'s ``Unavailable``."""
+        if self.pipeline.running and self.pipeline.full_for(spans):
             raise self._queue_full(receiver)
 
     def _queue_full(self, receiver: str) -> Overloaded:
