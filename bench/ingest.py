@@ -12,7 +12,7 @@ OTLP/HTTP protobuf and OTLP/gRPC, backing off on 429/RESOURCE_EXHAUSTED as expor
 Throughput is counted "request in -> findings out": spans sent until the pipeline has processed
 every one. Before the max-rate runs the daemon is driven to steady state (``--warm baselines``):
 until every agent is scored by an IsolationForest model of its own, since a fresh daemon skips the
-forest for agents it has no model for yet and runs faster than it ever will again. Lag is each
+forest for agents no model covers yet and runs faster than it ever will again. Lag is each
 request's arrival-to-processed time, taken from the pipeline itself.
 The naive baseline runs in the same run: one span per request, MessageToDict, every attribute
 walked, detectors called per span, a labelled metric inc() per span.
@@ -429,8 +429,8 @@ class CpuSplit:
 
 def baselines(detectors: Any) -> tuple[int, int]:
     """(agents the IsolationForest scores with a model of their own, agents it knows). A fresh daemon
-    has no model yet and so skips the forest walk for almost every span: a run measured before every
-    agent is scored is cheaper than the daemon's steady state, and says nothing about it."""
+    has almost no model yet and skips the forest walk for every agent none covers (its own or a group
+    model): a run measured before every agent is scored is cheaper than the daemon's steady state."""
     det = next((d for d in detectors if d.name == "iforest"), None)
     if det is None:
         return 0, 0
