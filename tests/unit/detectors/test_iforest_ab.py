@@ -29,8 +29,9 @@ SETTINGS = {"min_rows": 60, "max_rows": 400, "retrain_every": 150, "group_retrai
 
 
 def _pair(n_estimators: int, max_samples: int) -> tuple[IsolationForestDetector, Any]:
+    # main's detector has no group misfit check: a rate of 1 never retires a group.
     new = IsolationForestDetector(ForestConfig(forest=ForestParams(n_estimators=n_estimators, max_samples=max_samples),
-                                               **SETTINGS))
+                                               group_max_alert_rate=1.0, **SETTINGS))
     ref = main_det.IsolationForestDetector(main_det.ForestConfig(
         forest=iforest_main.ForestParams(n_estimators=n_estimators, max_samples=max_samples), **SETTINGS))
     return new, ref

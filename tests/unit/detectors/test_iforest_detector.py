@@ -60,6 +60,49 @@ def test_a_newcomer_is_scored_by_its_group_until_it_has_its_own_model():
     assert len(found) == 1 and found[0].evidence["model"] == "group:fs,git,shell"
 
 
+def _odd_sessions(agent: str, n: int, start_ns: int) -> list:
+    """``n`` two-call sessions whose reads return 50 MB: every read is unlike the fleet's habit."""
+    calls = []
+    for k in range(n):
+        sess = C.session_calls(agent, f"{agent}-odd{k}", ["fs/list_dir", "fs/read_file"], start_ns + k * 600 * C.S)
+        sess[1].result_bytes = 50_000_000
+        calls += sess
+    return calls
+
+
+def test_a_group_that_flags_too_many_of_a_newcomers_calls_stops_scoring_it():
+    det = IsolationForestDetector(config(group_check_calls=10, group_max_alert_rate=0.2))
+    C.feed(det, C.routine_traffic("old1", 40) + C.routine_traffic("old2", 40, start_ns=C.T0 + 7 * C.S, seed=1))
+    C.feed(det, C.routine_traffic("new", 3, start_ns=C.T0 + 10**5 * C.S))
+    odd = _odd_sessions("new", 5, C.T0 + 10**6 * C.S)  # 10 calls, 5 flagged: 50 % > 20 %
+    found = C.feed(det, odd, size=2)
+    assert len(found) == 5 and {f.evidence["model"] for f in found} == {"group:fs,git,shell"}
+    assert det._state["new"].misfits == {"group:fs,git,shell"}
+    more, margins = det.observe_scored(Batch(calls=_odd_sessions("new", 1, C.T0 + 10**7 * C.S)))
+    assert more == [] and np.isnan(margins).all()  # the group no longer scores it
+    assert det.agent_states()["new"] == "learning"
+    again = IsolationForestDetector(config(group_check_calls=10, group_max_alert_rate=0.2))
+    again.restore(json.loads(json.dumps(det.snapshot())))
+    assert again._state["new"].misfits == {"group:fs,git,shell"}
+    # Its own sessions now join its window (no finding taints them): it gets a model of its own.
+    C.feed(det, C.routine_traffic("new", 30, start_ns=C.T0 + 10**8 * C.S))
+    assert det.agent_states()["new"] == "active"
+
+
+def test_a_group_that_fits_a_newcomer_keeps_scoring_it():
+    det = IsolationForestDetector(config(group_check_calls=10, group_max_alert_rate=0.2))
+    C.feed(det, C.routine_traffic("old1", 40) + C.routine_traffic("old2", 40, start_ns=C.T0 + 7 * C.S, seed=1))
+    C.feed(det, C.routine_traffic("new", 3, start_ns=C.T0 + 10**5 * C.S))
+    # 10 calls, 1 flagged: 10 % <= 20 %
+    calls = C.routine_traffic("new", 2, start_ns=C.T0 + 10**6 * C.S, seed=2)[:9] + _odd_sessions(
+        "new", 1, C.T0 + 10**7 * C.S)[1:]
+    assert len(calls) == 10
+    found = C.feed(det, calls, size=2)
+    assert len(found) == 1 and not det._state["new"].misfits
+    _f, margins = det.observe_scored(Batch(calls=C.session_calls("new", "n", ["fs/list_dir"], C.T0 + 10**8 * C.S)))
+    assert np.isfinite(margins).all()
+
+
 def test_rows_of_sessions_with_findings_stay_out_of_the_baseline():
     det = IsolationForestDetector(config(auto_retrain=False))
     train = C.routine_traffic("a", 40)
@@ -87,7 +130,9 @@ def test_frozen_agents_keep_their_baseline():
 
 @pytest.mark.parametrize("field,value", [("min_rows", 4), ("retrain_every", 0), ("max_rows", 10),
                                          ("prior_min_containment", 0.0), ("explain_top", 0),
-                                         ("max_pending_rows", 0), ("max_pending_rows", -5)])
+                                         ("max_pending_rows", 0), ("max_pending_rows", -5),
+                                         ("group_check_calls", 0), ("group_max_alert_rate", 0.0),
+                                         ("group_max_alert_rate", 1.5)])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         IsolationForestDetector(config(**{field: value}))
