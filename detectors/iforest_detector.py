@@ -50,6 +50,9 @@ from .sessions import START, SessionTracker
 __all__ = ["ForestConfig", "IsolationForestDetector", "finding_severity"]
 
 LEARNING, ACTIVE, FROZEN = "learning", "active", "frozen"
+MISFIT_SESSIONS = 3
+"""A group model is retired for an agent only if its hits fell in at least this many sessions:
+one attack session flagged call after call is what a group model is for, not a misfit."""
 _MAX_TOKENS = 16384
 """Bound of the detector's table of token objects (``IsolationForestDetector._canonical_token``)."""
 GROUPS = "groups"
@@ -72,9 +75,9 @@ class ForestConfig:
     """A learning agent's fit to its group model is judged every this many calls the group scores."""
     group_max_alert_rate: float = 0.01
     """A group model that flags more than this share of a learning agent's calls (over
-    ``group_check_calls``) does not describe that agent: it stops scoring it, and the agent is
-    unscored by the forest until its own model is fitted. Without this, a group model that fits
-    badly flooded operators (in the fleet bench a median learning agent had 3 % of its calls
+    ``group_check_calls``, in at least ``MISFIT_SESSIONS`` sessions) does not describe that agent:
+    it stops scoring it, and the agent is unscored by the forest until its own model is fitted.
+    Without this, a group model that fits badly flooded operators (in the fleet bench a median learning agent had 3 % of its calls
     flagged, some over 20 %) and, as flagged sessions never join the baseline, kept the agent
     from ever gathering the ``min_rows`` clean rows its own model needs."""
     warm_calls: int = 100
@@ -242,9 +245,9 @@ class _Agent:
         self.group: tuple[Any, dict[str, frozenset[str]], str | None] | None = None
         """Cache of ``IsolationForestDetector._model_key``'s group choice: the ``habits`` tuple and
         the groups dict (never changed in place) it was made from, and the group chosen."""
-        self.group_tally: list[Any] = [None, 0, 0]
-        """The group model scoring this agent now, its calls scored and its hits since the last
-        check (``ForestConfig.group_check_calls``)."""
+        self.group_tally: list[Any] = [None, 0, 0, set()]
+        """The group model scoring this agent now, its calls scored, its hits and the sessions
+        they fell in since the last check (``ForestConfig.group_check_calls``)."""
         self.misfits: set[str] = set()
         """Group models that flagged too many of this agent's calls (``group_max_alert_rate``):
         they no longer score it."""
@@ -630,19 +633,22 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
             st.group = (h, groups, best)
         return best if best in self._models and best not in st.misfits else None
 
-    def _judge_group(self, st: _Agent, key: str, calls: int, hits: int) -> None:
-        """Count a group model's calls and hits on a learning agent; every ``group_check_calls``
-        calls, retire the group for this agent if it flagged more than ``group_max_alert_rate``."""
+    def _judge_group(self, st: _Agent, key: str, calls: int, hit_sessions: Iterable[str] = ()) -> None:
+        """Count a group model's calls and hits (one session id per hit) on a learning agent; every
+        ``group_check_calls`` calls, retire the group for this agent if it flagged more than
+        ``group_max_alert_rate`` of them, in at least ``MISFIT_SESSIONS`` sessions."""
         tally = st.group_tally
         if tally[0] != key:
-            tally[:] = [key, 0, 0]
+            tally[:] = [key, 0, 0, set()]
         tally[1] += calls
-        tally[2] += hits
+        for sid in hit_sessions:
+            tally[2] += 1
+            tally[3].add(sid)
         cfg = self.config
         if tally[1] >= cfg.group_check_calls:
-            if tally[2] > cfg.group_max_alert_rate * tally[1]:
+            if tally[2] > cfg.group_max_alert_rate * tally[1] and len(tally[3]) >= MISFIT_SESSIONS:
                 st.misfits.add(key)
-            tally[:] = [key, 0, 0]
+            tally[:] = [key, 0, 0, set()]
 
     def _canonical_token(self, token: str) -> str:
         """``token`` as the one string object this detector uses for it from now on. Each call
@@ -786,9 +792,9 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
                     if hit:
                         findings.append(self._finding(agent_calls[j], hits[off + j], model, key, status, threshold6))
                 if key != agent_id:
-                    self._judge_group(st, key, end - off, sum(flagged))
+                    self._judge_group(st, key, end - off, [c.session_id for c, hit in zip(agent_calls, flagged) if hit])
             elif key is not None and key != agent_id:
-                self._judge_group(st, key, end - off, 0)
+                self._judge_group(st, key, end - off)
             if st.frozen:
                 if closed_ids:
                     self._commit(st, closed_ids)

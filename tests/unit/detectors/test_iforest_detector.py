@@ -89,6 +89,19 @@ def test_a_group_that_flags_too_many_of_a_newcomers_calls_stops_scoring_it():
     assert det.agent_states()["new"] == "active"
 
 
+def test_one_attack_session_does_not_retire_a_newcomers_group():
+    det = IsolationForestDetector(config(group_check_calls=10, group_max_alert_rate=0.2))
+    C.feed(det, C.routine_traffic("old1", 40) + C.routine_traffic("old2", 40, start_ns=C.T0 + 7 * C.S, seed=1))
+    C.feed(det, C.routine_traffic("new", 3, start_ns=C.T0 + 10**5 * C.S))
+    attack = C.session_calls("new", "new-attack", ["fs/list_dir"] + ["fs/read_file"] * 9, C.T0 + 10**6 * C.S)
+    for c in attack[1:]:
+        c.result_bytes = 50_000_000
+    found = C.feed(det, attack, size=2)  # 9 of 10 calls flagged, all in one session
+    assert len(found) == 9 and not det._state["new"].misfits
+    _f, margins = det.observe_scored(Batch(calls=C.session_calls("new", "n", ["fs/list_dir"], C.T0 + 10**8 * C.S)))
+    assert np.isfinite(margins).all()
+
+
 def test_a_group_that_fits_a_newcomer_keeps_scoring_it():
     det = IsolationForestDetector(config(group_check_calls=10, group_max_alert_rate=0.2))
     C.feed(det, C.routine_traffic("old1", 40) + C.routine_traffic("old2", 40, start_ns=C.T0 + 7 * C.S, seed=1))
