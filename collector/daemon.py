@@ -229,7 +229,8 @@ class Daemon:
         return next(r for r in self.receivers if r.name == name)
 
     def _update_agent_gauge(self) -> None:
-        """Baseline state per agent, from the first detector that keeps one (the sequence model)."""
+        """Baseline state per agent, from the first detector that keeps one (the sequence model), and
+        which IsolationForest model scores each agent."""
         states: dict[str, int] = {"learning": 0, "active": 0, "frozen": 0}
         source = next((d for d in self.detectors if hasattr(d, "agent_states")), None)
         if source is not None:
@@ -237,6 +238,10 @@ class Daemon:
                 states[state] = states.get(state, 0) + 1
         for state, n in states.items():
             self.metrics.agents.labels(state).set(n)
+        forest = next((d for d in self.detectors if hasattr(d, "scoring_counts")), None)
+        if forest is not None:
+            for scoring, n in forest.scoring_counts().items():  # type: ignore[attr-defined]
+                self.metrics.forest_agents.labels(scoring).set(n)
 
     async def start(self) -> None:
         """Start every component; if one cannot start (a port in use), stop those already running.

@@ -211,6 +211,10 @@ class Metrics:
             "toolwatch_webhook_outbox_depth", "Undelivered webhook messages, by receiver.", ["receiver"], registry=r
         )
         self.agents = Gauge("toolwatch_agents", "Agents known to the daemon, by baseline state.", ["state"], registry=r)
+        self.forest_agents = Gauge(
+            "toolwatch_iforest_agents",
+            "Agents by the IsolationForest model that scores them: own, group, none (not scored yet).",
+            ["scoring"], registry=r)
         self.rules_reloads = Counter(
             "toolwatch_rules_reloads_total", "Rule file reloads, by outcome (ok, error).", ["outcome"], registry=r
         )

@@ -109,7 +109,9 @@ FLEET = DashboardSpec(
             ), "Average calls per second per agent over the time range.", width=8, unit="reqps"),
             PanelSpec("Agents learning vs. active", "stat", (
                 Q("sum by (state) (toolwatch_agents)", "{{state}}"),
-            ), "Agents still learning their baseline vs. judged against it.", width=4),
+                Q('sum(toolwatch_iforest_agents{scoring="none"})', "not scored by the forest"),
+            ), "Agents still learning their baseline vs. judged against it; and agents no IsolationForest "
+               "model scores yet (no model of their own, and no group model that covers and fits them).", width=4),
             PanelSpec("Pending rug-pull approvals", "stat", (
                 Q("sum(toolwatch_pending_approvals)", "pending"),
             ), "Tool-definition changes waiting for an operator (toolwatch approvals list).", width=4),

@@ -470,6 +470,20 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
     def agent_states(self) -> dict[str, str]:
         return {a: self._status(a, st) for a, st in list(self._state.items())}
 
+    def scoring_counts(self) -> dict[str, int]:
+        """Agents by the model that scores them now: ``own``, ``group``, or ``none`` (no group covers
+        the agent, or the one that does was retired for it): how much of the fleet the forest sees."""
+        out = {"own": 0, "group": 0, "none": 0}
+        models = self._models
+        for a, st in list(self._state.items()):
+            if a in models:
+                out["own"] += 1
+            elif self._model_key(a, st) is not None:
+                out["group"] += 1
+            else:
+                out["none"] += 1
+        return out
+
     def _status(self, agent_id: str, st: _Agent) -> str:
         if st.frozen:
             return FROZEN

@@ -120,6 +120,22 @@ def test_known_series_start_at_zero():
     assert value(m, "toolwatch_webhook_deliveries_total", {"receiver": "ops", "outcome": "dead"}) == 0
 
 
+def test_the_forest_gauge_counts_agents_no_model_scores_yet(tmp_path):
+    cfg = make_config(tmp_path, otlp_processes=0)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    with DaemonThread(cfg) as d:
+        assert any(det.name == "iforest" for det in d.daemon.detectors)
+        tp = provider(OTLPSpanExporter(endpoint=d.otlp_http_url))
+        emit_call(tp, agent="coder", server="fs", tool="read")
+        emit_call(tp, agent="writer", server="fs", tool="read")
+        tp.shutdown()
+        d.drain()
+        text = requests.get(d.api_url + "/metrics", timeout=5).text
+    assert 'toolwatch_iforest_agents{scoring="none"} 2.0' in text
+    assert 'toolwatch_iforest_agents{scoring="own"} 0.0' in text
+
+
 def test_live_metrics_endpoint_is_promtool_clean(tmp_path):
     promtool = shutil.which("promtool")
     assert promtool, "promtool not found: run 'make services'"

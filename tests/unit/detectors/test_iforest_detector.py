@@ -74,10 +74,12 @@ def test_a_group_that_flags_too_many_of_a_newcomers_calls_stops_scoring_it():
     det = IsolationForestDetector(config(group_check_calls=10, group_max_alert_rate=0.2))
     C.feed(det, C.routine_traffic("old1", 40) + C.routine_traffic("old2", 40, start_ns=C.T0 + 7 * C.S, seed=1))
     C.feed(det, C.routine_traffic("new", 3, start_ns=C.T0 + 10**5 * C.S))
+    assert det.scoring_counts() == {"own": 2, "group": 1, "none": 0}
     odd = _odd_sessions("new", 5, C.T0 + 10**6 * C.S)  # 10 calls, 5 flagged: 50 % > 20 %
     found = C.feed(det, odd, size=2)
     assert len(found) == 5 and {f.evidence["model"] for f in found} == {"group:fs,git,shell"}
     assert det._state["new"].misfits == {"group:fs,git,shell"}
+    assert det.scoring_counts() == {"own": 2, "group": 0, "none": 1}
     more, margins = det.observe_scored(Batch(calls=_odd_sessions("new", 1, C.T0 + 10**7 * C.S)))
     assert more == [] and np.isnan(margins).all()  # the group no longer scores it
     assert det.agent_states()["new"] == "learning"
