@@ -43,7 +43,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -725,31 +725,47 @@ def bodies(workload: str, spans: int, batch: int, *, seed: int = 0, anomaly_rate
 
 
 def kafka_records(workload: str, spans: int, per_record: int, *, seed: int = 0, anomaly_rate: float = 0.001,
-                  agents: int = 40, rate: float = 50_000.0, start_ns: int | None = None) -> list[tuple[bytes, bytes, int]]:
+                  agents: int = 40, rate: float = 50_000.0, start_ns: int | None = None,
+                  pool_spans: int = 0) -> list[tuple[bytes, bytes, int]]:
+    """``iter_kafka_records``'s records as a list."""
+    return list(iter_kafka_records(workload, spans, per_record, seed=seed, anomaly_rate=anomaly_rate, agents=agents,
+                                   rate=rate, start_ns=start_ns, pool_spans=pool_spans))
+
+
+def iter_kafka_records(workload: str, spans: int, per_record: int, *, seed: int = 0, anomaly_rate: float = 0.001,
+                       agents: int = 40, rate: float = 50_000.0, start_ns: int | None = None,
+                       pool_spans: int = 0) -> Iterator[tuple[bytes, bytes, int]]:
     """(key, value, spans) Kafka records as bench/ingest_kafka.py produces them: each record one OTLP
     request of up to ``per_record`` spans of one agent, key = that agent (``random`` mixes agents:
     its key is the first span's); in the order the first call of each record was made (``routine``:
     agent by agent, as that bench always did). ``agents`` is the ``routine`` workload's (the fleet
-    has its own 200). Fleet event times end about now, at ``rate`` spans/s."""
+    has its own 200). Fleet event times end about now, at ``rate`` spans/s. A generator: records made
+    from a pool are made as they are sent, so memory holds the pool, not the run.
+
+    ``pool_spans`` (fleet only; 0: every call distinct): the records of a pool of that many calls,
+    re-stamped pass after pass up to ``spans`` (whole records: up to a record short; new ids, event times that go on, the pass number in
+    every session id and anomaly, as ``FleetTraffic`` does for OTLP), so a run long enough for every
+    agent to get its forest model is built in seconds rather than minutes and gigabytes."""
     if workload == "routine":
         oc = _otlp_calls()
         calls = oc.workload(agents=agents, calls_per_agent=spans // agents, new_tool_every=997)
         by_agent: dict[str, list[Any]] = {}
         for c in calls:
             by_agent.setdefault(c.agent, []).append(c)
-        return [(agent.encode(), oc.request(mine[i:i + per_record]).SerializeToString(), len(mine[i:i + per_record]))
-                for agent, mine in by_agent.items() for i in range(0, len(mine), per_record)]
+        yield from ((agent.encode(), oc.request(mine[i:i + per_record]).SerializeToString(), len(mine[i:i + per_record]))
+                    for agent, mine in by_agent.items() for i in range(0, len(mine), per_record))
+        return
     if workload == "random":
         # make_body mixes agents in a request: the key is its first span's agent.
-        out = []
         for k in range(-(-spans // per_record)):
             body = make_body(per_record, seed + k)
             first = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans[0]
-            out.append((first.attributes[LiveTraffic.AGENT_ATTR].value.string_value.encode(), body, per_record))
-        return out
+            yield first.attributes[LiveTraffic.AGENT_ATTR].value.string_value.encode(), body, per_record
+        return
     if workload != "fleet":
         raise ValueError(f"unknown workload {workload!r}; choose one of {', '.join(WORKLOADS)}")
-    calls = Fleet(FleetConfig(anomaly_rate=anomaly_rate, seed=seed)).calls(spans)
+    pool = min(spans, pool_spans) if pool_spans > 0 else spans
+    calls = Fleet(FleetConfig(anomaly_rate=anomaly_rate, seed=seed)).calls(pool)
     step = max(1, int(1e9 / rate))
     start = time.time_ns() - spans * step if start_ns is None else start_ns
     mine: dict[str, list[int]] = {}
@@ -757,13 +773,20 @@ def kafka_records(workload: str, spans: int, per_record: int, *, seed: int = 0, 
         mine.setdefault(c.agent, []).append(n)
     chunks = sorted((idx[i:i + per_record] for idx in mine.values() for i in range(0, len(idx), per_record)),
                     key=lambda ch: ch[0])
+    templates = [(calls[ch[0]].agent.encode(), encode([calls[n] for n in ch]), np.array(ch, np.int64))
+                 for ch in chunks]
+    n_pool = len(calls)
+    del calls[:]  # the templates hold what the records need
     ids = random.Random(seed)
-    out = []
-    for ch in chunks:
-        t = encode([calls[n] for n in ch])
-        times = start + np.array(ch, np.int64) * step
-        out.append((calls[ch[0]].agent.encode(), stamp(t, times, 0, ids.randbytes(24 * len(ch))), len(ch)))
-    return out
+    done, pass_no = 0, 0
+    while done < spans:
+        for key, t, at in templates:
+            if done + len(at) > spans:  # whole records only: up to ``spans``, less than a record short
+                return
+            times = start + (pass_no * n_pool + at) * step
+            yield key, stamp(t, times, pass_no, ids.randbytes(24 * len(at))), len(at)
+            done += len(at)
+        pass_no += 1
 
 
 # --- findings --------------------------------------------------------------------------------------

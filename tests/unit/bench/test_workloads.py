@@ -153,6 +153,24 @@ def test_kafka_records_are_one_agent_each_keyed_by_it(wl, workload):
     assert total == 6_000
 
 
+def test_kafka_records_from_a_pool_repeat_its_calls_with_new_sessions_ids_and_later_times(wl):
+    distinct = wl.kafka_records("fleet", 3_000, 200, start_ns=T0)
+    assert wl.kafka_records("fleet", 3_000, 200, start_ns=T0, pool_spans=3_000) == distinct  # one pass: the same
+    records = wl.kafka_records("fleet", 7_000, 200, start_ns=T0, pool_spans=3_000)  # 2 passes and a third begun
+    assert 7_000 - 200 < sum(n for _k, _v, n in records) <= 7_000  # whole records
+    calls = decode([v for _k, v, _n in records])
+    passes = [calls[:3_000], calls[3_000:6_000]]
+    assert [(c.agent_id, c.server, c.args_bytes) for c in passes[0]] == [(c.agent_id, c.server, c.args_bytes)
+                                                                          for c in passes[1]]
+    assert {c.session_id for c in passes[0]}.isdisjoint({c.session_id for c in passes[1]})
+    assert {c.span_id for c in passes[0]}.isdisjoint({c.span_id for c in passes[1]})
+    by_agent: defaultdict[str, list[int]] = defaultdict(list)
+    for c in calls:
+        by_agent[c.agent_id].append(c.time_ns)
+    assert all(t == sorted(t) for t in by_agent.values())  # each agent's calls in order, across passes
+    assert min(c.time_ns for c in passes[1]) > max(c.time_ns for c in passes[0])
+
+
 def test_finding_tally_counts_findings_and_distinct_spans(wl):
     from toolwatch.detectors.events import Finding
 
