@@ -120,18 +120,24 @@ def test_known_series_start_at_zero():
     assert value(m, "toolwatch_webhook_deliveries_total", {"receiver": "ops", "outcome": "dead"}) == 0
 
 
-def test_the_forest_gauge_counts_agents_no_model_scores_yet(tmp_path):
-    cfg = make_config(tmp_path, otlp_processes=0)
+def _metrics_after_calls(cfg, calls: list[tuple[str, str, str]]) -> tuple[str, list[str]]:
+    """Run a daemon, send ``calls`` (agent, server, tool) through the SDK's OTLP/HTTP exporter and scrape
+    ``/metrics``: its text, and the names of the daemon's detectors."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     with DaemonThread(cfg) as d:
-        assert any(det.name == "iforest" for det in d.daemon.detectors)
         tp = provider(OTLPSpanExporter(endpoint=d.otlp_http_url))
-        emit_call(tp, agent="coder", server="fs", tool="read")
-        emit_call(tp, agent="writer", server="fs", tool="read")
+        for agent, server, tool in calls:
+            emit_call(tp, agent=agent, server=server, tool=tool)
         tp.shutdown()
         d.drain()
-        text = requests.get(d.api_url + "/metrics", timeout=5).text
+        return requests.get(d.api_url + "/metrics", timeout=5).text, [det.name for det in d.daemon.detectors]
+
+
+def test_the_forest_gauge_counts_agents_no_model_scores_yet(tmp_path):
+    text, detectors = _metrics_after_calls(make_config(tmp_path, otlp_processes=0),
+                                           [("coder", "fs", "read"), ("writer", "fs", "read")])
+    assert "iforest" in detectors
     assert 'toolwatch_iforest_agents{scoring="none"} 2.0' in text
     assert 'toolwatch_iforest_agents{scoring="own"} 0.0' in text
 
@@ -141,15 +147,7 @@ def test_live_metrics_endpoint_is_promtool_clean(tmp_path):
     assert promtool, "promtool not found: run 'make services'"
     cfg = make_config(tmp_path, otlp_processes=0, webhooks=[WebhookConfig(url="http://127.0.0.1:9/hook", name="ops", secret="k")])
     cfg.detectors = {"new_tool": {"min_calls": 1, "severity": "high"}}
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    with DaemonThread(cfg) as d:
-        tp = provider(OTLPSpanExporter(endpoint=d.otlp_http_url))
-        emit_call(tp, agent="coder", server="fs", tool="read")
-        emit_call(tp, agent="coder", server="mail", tool="send")
-        tp.shutdown()
-        d.drain()
-        text = requests.get(d.api_url + "/metrics", timeout=5).text
+    text, _detectors = _metrics_after_calls(cfg, [("coder", "fs", "read"), ("coder", "mail", "send")])
     out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stdout + out.stderr
     for name in (
