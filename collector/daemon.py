@@ -198,6 +198,9 @@ class Daemon:
         self.metrics.init_labels(
             [d.name for d in self.detectors], [r.name for r in self.receivers], [h.name for h in cfg.webhooks]
         )
+        forest = next((d for d in self.detectors if hasattr(d, "scoring_counts")), None)
+        if forest is not None:
+            self.metrics.watch_forest_agents(forest.scoring_counts)  # type: ignore[attr-defined]
         approvals = None
         source = find_approval_source(self.detectors)
         if source is not None:
@@ -229,8 +232,7 @@ class Daemon:
         return next(r for r in self.receivers if r.name == name)
 
     def _update_agent_gauge(self) -> None:
-        """Baseline state per agent, from the first detector that keeps one (the sequence model), and
-        which IsolationForest model scores each agent."""
+        """Baseline state per agent, from the first detector that keeps one (the sequence model)."""
         states: dict[str, int] = {"learning": 0, "active": 0, "frozen": 0}
         source = next((d for d in self.detectors if hasattr(d, "agent_states")), None)
         if source is not None:
@@ -238,10 +240,6 @@ class Daemon:
                 states[state] = states.get(state, 0) + 1
         for state, n in states.items():
             self.metrics.agents.labels(state).set(n)
-        forest = next((d for d in self.detectors if hasattr(d, "scoring_counts")), None)
-        if forest is not None:
-            for scoring, n in forest.scoring_counts().items():  # type: ignore[attr-defined]
-                self.metrics.forest_agents.labels(scoring).set(n)
 
     async def start(self) -> None:
         """Start every component; if one cannot start (a port in use), stop those already running.

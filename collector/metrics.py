@@ -349,6 +349,24 @@ class Metrics:
 
         self.pending_approvals.set_function(value)
 
+    def watch_forest_agents(self, source: Callable[[], dict[str, int]]) -> None:
+        """Feed ``toolwatch_iforest_agents`` from ``source()`` (agents by ``scoring``) at scrape time:
+        it reads every agent, which is worth doing once a scrape, not after every batch. A source
+        that fails reports its last good values."""
+        last: dict[str, float] = {}
+
+        def child(scoring: str) -> Callable[[], float]:
+            def value() -> float:
+                try:
+                    last[scoring] = float(source()[scoring])
+                except Exception:
+                    pass
+                return last.get(scoring, 0.0)
+            return value
+
+        for scoring in ("own", "group", "none"):
+            self.forest_agents.labels(scoring).set_function(child(scoring))
+
     def count_listing(self, server: str) -> None:
         """Count one ``tools/list`` result; server names come from the traffic, so capped like tool labels."""
         (label,) = self._server_guard((server or "unknown",))

@@ -112,6 +112,24 @@ def test_pending_approvals_gauge_reads_the_callback_and_survives_its_failures():
     assert value(m, "toolwatch_pending_approvals") == 1  # last good value
 
 
+def test_the_forest_gauge_is_read_at_scrape_time_and_keeps_its_last_good_values():
+    m = Metrics()
+    counts = {"own": 3, "group": 1, "none": 2}
+    state = {"fail": False}
+
+    def source():
+        if state["fail"]:
+            raise RuntimeError("dictionary changed size during iteration")
+        return counts
+
+    m.watch_forest_agents(source)
+    assert value(m, "toolwatch_iforest_agents", {"scoring": "none"}) == 2
+    counts["none"] = 0
+    assert value(m, "toolwatch_iforest_agents", {"scoring": "none"}) == 0
+    state["fail"] = True
+    assert value(m, "toolwatch_iforest_agents", {"scoring": "own"}) == 3  # last good value
+
+
 def test_known_series_start_at_zero():
     m = Metrics()
     m.init_labels(["exfiltration"], ["otlp_http"], ["ops"])
