@@ -77,9 +77,9 @@ class ForestConfig:
     """A group model that flags more than this share of a learning agent's calls (over
     ``group_check_calls``, in at least ``MISFIT_SESSIONS`` sessions) does not describe that agent:
     it stops scoring it, and the agent is unscored by the forest until its own model is fitted.
-    Without this, a group model that fits badly flooded operators (in the fleet bench a median learning agent had 3 % of its calls
-    flagged, some over 20 %) and, as flagged sessions never join the baseline, kept the agent
-    from ever gathering the ``min_rows`` clean rows its own model needs."""
+    Without this, a group model that fits badly flooded operators (in the fleet bench a median
+    learning agent had 3 % of its calls flagged, some over 20 %) and, as flagged sessions never join
+    the baseline, kept the agent from ever gathering the ``min_rows`` clean rows its own model needs."""
     warm_calls: int = 100
     """Rows are kept for training only once the agent's sequence model (or a fleet prior) has
     seen this many calls, so early, inflated surprisal does not become the baseline."""
@@ -203,6 +203,17 @@ def _group_key(servers: Iterable[str]) -> str:
     return "group:" + ",".join(sorted(servers))
 
 
+@dataclass(slots=True)
+class _GroupTally:
+    """A group model's calls and hits on one learning agent since the last check
+    (``ForestConfig.group_check_calls``), and the sessions the hits fell in."""
+
+    key: str | None = None
+    calls: int = 0
+    hits: int = 0
+    sessions: set[str] = field(default_factory=set)
+
+
 class _Agent:
     """One agent's state: feature context, sequence model, baseline window."""
 
@@ -245,9 +256,7 @@ class _Agent:
         self.group: tuple[Any, dict[str, frozenset[str]], str | None] | None = None
         """Cache of ``IsolationForestDetector._model_key``'s group choice: the ``habits`` tuple and
         the groups dict (never changed in place) it was made from, and the group chosen."""
-        self.group_tally: list[Any] = [None, 0, 0, set()]
-        """The group model scoring this agent now, its calls scored, its hits and the sessions
-        they fell in since the last check (``ForestConfig.group_check_calls``)."""
+        self.group_tally = _GroupTally()
         self.misfits: set[str] = set()
         """Group models that flagged too many of this agent's calls (``group_max_alert_rate``):
         they no longer score it."""
@@ -652,17 +661,17 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         ``group_check_calls`` calls, retire the group for this agent if it flagged more than
         ``group_max_alert_rate`` of them, in at least ``MISFIT_SESSIONS`` sessions."""
         tally = st.group_tally
-        if tally[0] != key:
-            tally[:] = [key, 0, 0, set()]
-        tally[1] += calls
+        if tally.key != key:
+            tally = st.group_tally = _GroupTally(key)
+        tally.calls += calls
         for sid in hit_sessions:
-            tally[2] += 1
-            tally[3].add(sid)
+            tally.hits += 1
+            tally.sessions.add(sid)
         cfg = self.config
-        if tally[1] >= cfg.group_check_calls:
-            if tally[2] > cfg.group_max_alert_rate * tally[1] and len(tally[3]) >= MISFIT_SESSIONS:
+        if tally.calls >= cfg.group_check_calls:
+            if tally.hits > cfg.group_max_alert_rate * tally.calls and len(tally.sessions) >= MISFIT_SESSIONS:
                 st.misfits.add(key)
-            tally[:] = [key, 0, 0, set()]
+            st.group_tally = _GroupTally(key)
 
     def _canonical_token(self, token: str) -> str:
         """``token`` as the one string object this detector uses for it from now on. Each call
