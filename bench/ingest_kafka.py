@@ -259,6 +259,10 @@ def main() -> None:
                     help="the daemon's pipeline.batch_max_size (default: the config's); a comma list runs the daemon "
                          "once per value and other setting, alternating, in the same run")
     args = ap.parse_args()
+    if args.pool_spans < 0:
+        ap.error(f"--pool-spans must be >= 0 (got {args.pool_spans})")
+    if args.pool_spans and args.workload != "fleet":
+        ap.error("--pool-spans is for the fleet workload")
     sizes = [None] if args.batch_max_size is None else [int(v) for v in args.batch_max_size.split(",")]
     waits = [None] if args.queue_max_wait_ms is None else [int(v) for v in args.queue_max_wait_ms.split(",")]
     decode_settings = [parse_process_count(v, decode_processes_error) for v in args.decode_processes.split(",")]
@@ -271,10 +275,6 @@ def main() -> None:
             pool = f", the records of {args.pool_spans:,} calls re-stamped pass after pass" if args.pool_spans else ""
             print(f"workload {wl.describe(args.workload, args.anomaly_rate)}{pool}")
             t = time.perf_counter()
-            if args.pool_spans and args.workload != "fleet":
-                ap.error("--pool-spans is for the fleet workload")
-            if args.pool_spans < 0:
-                ap.error(f"--pool-spans must be >= 0 (got {args.pool_spans})")
             recs = wl.iter_kafka_records(args.workload, args.spans, args.per_record, anomaly_rate=args.anomaly_rate,
                                          agents=args.agents, pool_spans=args.pool_spans)
             total, records, head = produce(broker.bootstrap, recs)

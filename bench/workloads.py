@@ -743,9 +743,10 @@ def iter_kafka_records(workload: str, spans: int, per_record: int, *, seed: int 
     from a pool are made as they are sent, so memory holds the pool, not the run.
 
     ``pool_spans`` (fleet only; 0: every call distinct): the records of a pool of that many calls,
-    re-stamped pass after pass up to ``spans`` (whole records: up to a record short; new ids, event times that go on, the pass number in
-    every session id and anomaly, as ``FleetTraffic`` does for OTLP), so a run long enough for every
-    agent to get its forest model is built in seconds rather than minutes and gigabytes."""
+    re-stamped pass after pass up to ``spans`` (whole records: up to a record short; new ids, event
+    times that go on, the pass number in every session id and anomaly, as ``FleetTraffic`` does for
+    OTLP), so a run long enough for every agent to get its forest model is built in seconds rather
+    than minutes and gigabytes."""
     if workload == "routine":
         oc = _otlp_calls()
         calls = oc.workload(agents=agents, calls_per_agent=spans // agents, new_tool_every=997)
