@@ -145,7 +145,6 @@ class Daemon:
         )
         self.agent_metrics = AgentMetrics(self.metrics.registry, self.detectors, clock=clock)
         self.pipeline.batch_listeners.append(self.agent_metrics.after_batch)
-        self.pipeline.batch_listeners.append(lambda _batch, _findings: self._update_agent_gauge())
         self.affinity = ThreadAffinity(choose_cpu_affinity(
             parse_cpu_affinity(cfg.cpu_affinity), helpers=bool(self.otlp_processes or self.decode_processes) or not p.refit_in_process))
         """The daemon's threads on one CPU while it runs (``cpu_affinity``); child processes start outside it."""
@@ -198,6 +197,9 @@ class Daemon:
         self.metrics.init_labels(
             [d.name for d in self.detectors], [r.name for r in self.receivers], [h.name for h in cfg.webhooks]
         )
+        states = next((d for d in self.detectors if hasattr(d, "agent_states")), None)
+        if states is not None:  # baseline state per agent, from the first detector that keeps one (the sequence model)
+            self.metrics.watch_agent_states(states.agent_states)  # type: ignore[attr-defined]
         forest = next((d for d in self.detectors if hasattr(d, "scoring_counts")), None)
         if forest is not None:
             self.metrics.watch_forest_agents(forest.scoring_counts)  # type: ignore[attr-defined]
@@ -230,16 +232,6 @@ class Daemon:
 
     def receiver(self, name: str) -> Receiver:
         return next(r for r in self.receivers if r.name == name)
-
-    def _update_agent_gauge(self) -> None:
-        """Baseline state per agent, from the first detector that keeps one (the sequence model)."""
-        states: dict[str, int] = {"learning": 0, "active": 0, "frozen": 0}
-        source = next((d for d in self.detectors if hasattr(d, "agent_states")), None)
-        if source is not None:
-            for state in source.agent_states().values():  # type: ignore[attr-defined]
-                states[state] = states.get(state, 0) + 1
-        for state, n in states.items():
-            self.metrics.agents.labels(state).set(n)
 
     async def start(self) -> None:
         """Start every component; if one cannot start (a port in use), stop those already running.

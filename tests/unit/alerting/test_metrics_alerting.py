@@ -130,6 +130,27 @@ def test_the_forest_gauge_is_read_at_scrape_time_and_keeps_its_last_good_values(
     assert value(m, "toolwatch_iforest_agents", {"scoring": "own"}) == 3  # last good value
 
 
+def test_the_agents_gauge_counts_states_at_scrape_time_and_keeps_its_last_good_values():
+    m = Metrics()
+    states = {"a": "learning", "b": "active", "c": "active"}
+    state = {"fail": False}
+
+    def source():
+        if state["fail"]:
+            raise RuntimeError("dictionary changed size during iteration")
+        return states
+
+    m.watch_agent_states(source)
+    assert value(m, "toolwatch_agents", {"state": "active"}) == 2
+    assert value(m, "toolwatch_agents", {"state": "frozen"}) == 0
+    states["a"] = "frozen"
+    assert value(m, "toolwatch_agents", {"state": "learning"}) == 0
+    assert value(m, "toolwatch_agents", {"state": "frozen"}) == 1
+    state["fail"] = True
+    states["d"] = "active"
+    assert value(m, "toolwatch_agents", {"state": "active"}) == 2  # last good value
+
+
 def test_known_series_start_at_zero():
     m = Metrics()
     m.init_labels(["exfiltration"], ["otlp_http"], ["ops"])
@@ -158,6 +179,8 @@ def test_the_forest_gauge_counts_agents_no_model_scores_yet(tmp_path):
     assert "iforest" in detectors
     assert 'toolwatch_iforest_agents{scoring="none"} 2.0' in text
     assert 'toolwatch_iforest_agents{scoring="own"} 0.0' in text
+    assert 'toolwatch_agents{state="learning"} 2.0' in text  # the sequence model's states, read by the scrape
+    assert 'toolwatch_agents{state="active"} 0.0' in text
 
 
 def test_live_metrics_endpoint_is_promtool_clean(tmp_path):
