@@ -62,6 +62,8 @@ from toolwatch.collector.receivers.kafka_records import decode_record  # noqa: E
 from toolwatch.detectors.events import Batch  # noqa: E402
 
 TOPIC = "otlp_spans"
+WARM_LEAD = 300_000
+"""Spans the warm-up's producer keeps ahead of its daemon at most (about 5 s of its consumption)."""
 
 
 def produce(bootstrap: str, records: Iterable[tuple[bytes, bytes, int]], keep_spans: int = 50_000,
@@ -83,17 +85,6 @@ def produce(bootstrap: str, records: Iterable[tuple[bytes, bytes, int]], keep_sp
     return spans, count, head
 
 
-def first_spans(records: Iterator[tuple[bytes, bytes, int]], n: int) -> Iterator[tuple[bytes, bytes, int]]:
-    """Records of ``records`` until they hold ``n`` spans or more (whole records); the rest stay in it."""
-    done = 0
-    while done < n:
-        rec = next(records, None)
-        if rec is None:
-            return
-        done += rec[2]
-        yield rec
-
-
 def detector_config(detectors_on: bool) -> dict:
     """All detectors (new_tool learning quickly), or every one disabled (the receiver path alone)."""
     if detectors_on:
@@ -104,9 +95,11 @@ def detector_config(detectors_on: bool) -> dict:
 def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detectors_on: bool,
                cpu_affinity: str = "auto", decode_processes: int | str = "auto", broker_pid: int | None = None,
                run: int = 0, snapshot_process: str = "auto", queue_max_wait_ms: int | None = None,
-               batch_max_size: int | None = None, topic: str = TOPIC, until_steady: bool = False) -> dict:
+               batch_max_size: int | None = None, topic: str = TOPIC, until_steady: bool = False,
+               progress: list[int] | None = None) -> dict:
     """One daemon consuming ``total`` spans of ``topic`` (with ``until_steady``, stopping as soon as every
-    agent is scored by an IsolationForest model of its own, if that comes first); its figures."""
+    agent is scored by an IsolationForest model of its own, if that comes first); its figures.
+    ``progress[0]``, if given, follows the spans processed."""
     cfg = Config(otlp_http="off", otlp_grpc="off", listen="127.0.0.1:0", data_dir=data_dir, cpu_affinity=cpu_affinity)
     cfg.pipeline.queue_max_spans = queue_max
     cfg.pipeline.snapshot_process = snapshot_process
@@ -146,6 +139,8 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
     while d.pipeline.processed < total:
         time.sleep(0.005)
         tick += 1
+        if progress is not None:
+            progress[0] = d.pipeline.processed
         if detectors_on and warm is None and tick % 20 == 0:
             active, known = baselines(d.detectors)
             if known and active >= known:
@@ -253,21 +248,41 @@ def normalise_only(records: list[tuple[bytes, bytes, int]], spans: int) -> float
 def warm_up(broker: KafkaBroker, records: Iterator[tuple[bytes, bytes, int]], spans: int, partitions: int,
             tmp: Path, queue_max: int, cpu_affinity: str, decode_processes: int | str) -> Path:
     """A daemon with every detector consumes the first ``spans`` spans of ``records`` from a topic of
-    their own, or fewer if every agent has an IsolationForest model of its own before, and stops,
-    saving its state (as on any stop); that topic is then deleted. The data
+    their own, sent as it goes, or fewer if every agent has an IsolationForest model of its own
+    before, and stops, saving its state (as on any stop); that topic is then deleted. The data
     directory it leaves (state, fingerprint key) is returned, for the measured runs to start from."""
     from kafka.admin import KafkaAdminClient
 
     topic = f"{TOPIC}_warm"
     broker.create_topic(topic, partitions)
-    t = time.perf_counter()
-    total, n_records, _head = produce(broker.bootstrap, first_spans(records, spans), topic=topic)
-    print(f"warm-up: built and produced {total:,} spans in {n_records:,} records in {time.perf_counter() - t:.1f}s")
+    # Produced as the daemon consumes, at most ``WARM_LEAD`` spans ahead, and no more once it is warm:
+    # the measured records go on from the last one sent, so the traffic skips little event time.
+    progress, sent, stop = [0], [0], threading.Event()
+
+    def feed() -> None:
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20, batch_size=1 << 20,
+                                 max_request_size=8 << 20)
+        for key, value, n in wl.first_spans(records, spans):
+            while sent[0] - progress[0] > WARM_LEAD and not stop.is_set():
+                time.sleep(0.01)
+            if stop.is_set():
+                break
+            producer.send(topic, key=key, value=value)
+            sent[0] += n
+        producer.flush()
+        producer.close()
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
     data = tmp / "data-warm"
-    r = run_daemon(broker.bootstrap, total, str(data), queue_max, True, cpu_affinity, decode_processes,
-                   run=-1, topic=topic, until_steady=True)
-    print(f"warm-up: consumed {r['spans']:,} spans at {r['rate']:,.0f} spans/s in {r['seconds']:.0f}s; iforest models "
-          "at its end: {} of {} agents".format(*r["baselines"]))
+    try:
+        r = run_daemon(broker.bootstrap, spans, str(data), queue_max, True, cpu_affinity, decode_processes,
+                       run=-1, topic=topic, until_steady=True, progress=progress)
+    finally:
+        stop.set()
+        feeder.join()
+    print(f"warm-up: consumed {r['spans']:,} of {sent[0]:,} spans sent, at {r['rate']:,.0f} spans/s in "
+          f"{r['seconds']:.0f}s; iforest models at its end: " + "{} of {} agents".format(*r["baselines"]))
     admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap, client_id="toolwatch-bench")
     try:
         admin.delete_topics([topic])
@@ -341,7 +356,7 @@ def main() -> None:
             warm_dir = warm_up(broker, recs, args.warm_spans, args.partitions, Path(tmp), args.queue_max,
                                args.cpu_affinity, decode_settings[0]) if args.warm_spans else None
             t = time.perf_counter()
-            total, records, head = produce(broker.bootstrap, recs)
+            total, records, head = produce(broker.bootstrap, wl.first_spans(recs, args.spans) if warm_dir else recs)
             print(f"built and produced {total:,} spans in {records:,} records of up to {args.per_record} to "
                   f"{args.partitions} partitions in {time.perf_counter() - t:.1f}s")
             recs_s, mb_s = poll_only(broker.bootstrap, records)

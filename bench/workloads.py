@@ -790,6 +790,19 @@ def iter_kafka_records(workload: str, spans: int, per_record: int, *, seed: int 
         pass_no += 1
 
 
+def first_spans(records: Iterator[tuple[bytes, bytes, int]], n: int) -> Iterator[tuple[bytes, bytes, int]]:
+    """Records (key, value, spans) of ``records`` until they hold ``n`` spans or more, whole records;
+    the rest stay in ``records``, for the next part of the same traffic (bench/ingest_kafka.py's
+    warm-up, then its measured spans)."""
+    done = 0
+    while done < n:
+        rec = next(records, None)
+        if rec is None:
+            return
+        done += rec[2]
+        yield rec
+
+
 # --- findings --------------------------------------------------------------------------------------
 @dataclass
 class FindingTally:

@@ -224,3 +224,17 @@ def test_a_pass_whose_number_spelled_a_word_raises_no_exfiltration_burst(wl):
         kinds.update(f.evidence["kind"] for f in found)
     # the injected leaks' reads and sends are the workload's only sensitive_then_send
     assert kinds["sensitive_then_send"] <= kinds["cross_server_flow"], kinds
+
+
+def test_first_spans_splits_one_stream_of_records_without_losing_or_repeating_one(wl):
+    """bench/ingest_kafka.py --warm-spans: the warm-up takes whole records up to its spans, and the
+    measured part goes on from the next record of the same traffic."""
+    whole = wl.kafka_records("fleet", 7_000, 200, start_ns=T0, pool_spans=3_000)
+    stream = wl.iter_kafka_records("fleet", 7_000, 200, start_ns=T0, pool_spans=3_000)
+    warm = list(wl.first_spans(stream, 2_500))
+    measured = list(wl.first_spans(stream, 3_000))
+    rest = list(stream)
+    assert 2_500 <= sum(n for _k, _v, n in warm) < 2_500 + 200
+    assert 3_000 <= sum(n for _k, _v, n in measured) < 3_000 + 200
+    assert warm + measured + rest == whole
+    assert list(wl.first_spans(iter(warm), 10**9)) == warm  # a stream that ends first: all of it
