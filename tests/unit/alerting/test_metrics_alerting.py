@@ -93,61 +93,53 @@ def test_anomaly_scores_by_detector():
     assert value(m, "toolwatch_anomaly_score_sum", {"detector": "volume"}) == 4.0
 
 
+class _Source:
+    """A scrape-time source: ``value`` until ``fail`` is set, then the error a dict read while a batch
+    changes it raises."""
+
+    def __init__(self, value):
+        self.value, self.fail = value, False
+
+    def __call__(self):
+        if self.fail:
+            raise RuntimeError("dictionary changed size during iteration")
+        return self.value
+
+
 def test_pending_approvals_gauge_reads_the_callback_and_survives_its_failures():
     m = Metrics()
     assert value(m, "toolwatch_pending_approvals") == 0
-    items = [{"id": "p1"}, {"id": "p2"}]
-    state = {"fail": False}
-
-    def pending():
-        if state["fail"]:
-            raise RuntimeError("dictionary changed size during iteration")
-        return items
-
+    pending = _Source([{"id": "p1"}, {"id": "p2"}])
     m.watch_pending_approvals(pending)
     assert value(m, "toolwatch_pending_approvals") == 2
-    items.pop()
+    pending.value.pop()
     assert value(m, "toolwatch_pending_approvals") == 1
-    state["fail"] = True
+    pending.fail = True
     assert value(m, "toolwatch_pending_approvals") == 1  # last good value
 
 
 def test_the_forest_gauge_is_read_at_scrape_time_and_keeps_its_last_good_values():
     m = Metrics()
-    counts = {"own": 3, "group": 1, "none": 2}
-    state = {"fail": False}
-
-    def source():
-        if state["fail"]:
-            raise RuntimeError("dictionary changed size during iteration")
-        return counts
-
-    m.watch_forest_agents(source)
+    counts = _Source({"own": 3, "group": 1, "none": 2})
+    m.watch_forest_agents(counts)
     assert value(m, "toolwatch_iforest_agents", {"scoring": "none"}) == 2
-    counts["none"] = 0
+    counts.value["none"] = 0
     assert value(m, "toolwatch_iforest_agents", {"scoring": "none"}) == 0
-    state["fail"] = True
+    counts.fail = True
     assert value(m, "toolwatch_iforest_agents", {"scoring": "own"}) == 3  # last good value
 
 
 def test_the_agents_gauge_counts_states_at_scrape_time_and_keeps_its_last_good_values():
     m = Metrics()
-    states = {"a": "learning", "b": "active", "c": "active"}
-    state = {"fail": False}
-
-    def source():
-        if state["fail"]:
-            raise RuntimeError("dictionary changed size during iteration")
-        return states
-
-    m.watch_agent_states(source)
+    states = _Source({"a": "learning", "b": "active", "c": "active"})
+    m.watch_agent_states(states)
     assert value(m, "toolwatch_agents", {"state": "active"}) == 2
     assert value(m, "toolwatch_agents", {"state": "frozen"}) == 0
-    states["a"] = "frozen"
+    states.value["a"] = "frozen"
     assert value(m, "toolwatch_agents", {"state": "learning"}) == 0
     assert value(m, "toolwatch_agents", {"state": "frozen"}) == 1
-    state["fail"] = True
-    states["d"] = "active"
+    states.fail = True
+    states.value["d"] = "active"
     assert value(m, "toolwatch_agents", {"state": "active"}) == 2  # last good value
 
 
