@@ -214,6 +214,20 @@ class _GroupTally:
     sessions: set[str] = field(default_factory=set)
 
 
+def _tally_to_dict(t: _GroupTally) -> dict[str, Any]:
+    return {"key": t.key, "calls": t.calls, "hits": t.hits, "sessions": sorted(t.sessions)}
+
+
+def _tally_from_dict(d: dict[str, Any]) -> _GroupTally:
+    """A saved tally, so a restart goes on judging the group where it was (a fresh tally would let a
+    badly-fitting group score up to ``group_check_calls`` more calls before it is retired)."""
+    key, calls, hits, sessions = d["key"], d["calls"], d["hits"], d["sessions"]
+    if not (isinstance(key, str) and type(calls) is int and type(hits) is int and 0 <= hits <= calls
+            and isinstance(sessions, list) and all(isinstance(x, str) for x in sessions)):
+        raise ValueError(f"group_tally: expected a group key, calls >= hits >= 0 and session ids, got {d!r}"[:300])
+    return _GroupTally(key, calls, hits, set(sessions))
+
+
 class _Agent:
     """One agent's state: feature context, sequence model, baseline window."""
 
@@ -422,7 +436,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         return {"ctx": st.ctx.to_dict(), "markov": st.markov.to_dict(), "rows": encode_matrix(st.window(), narrow=True),
                 "since_fit": st.since_fit + st.refitting, "frozen": st.frozen,
                 **_pending_to_dict(st.pending), "tainted": sorted(st.tainted),
-                **({"misfits": sorted(st.misfits)} if st.misfits else {})}
+                **({"misfits": sorted(st.misfits)} if st.misfits else {}),
+                **({"group_tally": _tally_to_dict(st.group_tally)} if st.group_tally.calls else {})}
 
     def state_from_dict(self, d: dict[str, Any]) -> _Agent:
         st = _Agent(self.config)
@@ -436,6 +451,8 @@ class IsolationForestDetector(PerAgentDetector[_Agent]):
         st.pending = _pending_from_dict(d)
         st.tainted = set(d.get("tainted", []))
         st.misfits = set(d.get("misfits", []))
+        if "group_tally" in d:
+            st.group_tally = _tally_from_dict(d["group_tally"])
         return st
 
     def snapshot(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """IsolationForest snapshots in main's form, for A/B tests against main's detector: every matrix
 as plain float64 base64 (or as ``matrix`` makes it) and pending rows as a matrix per session, where
-this detector writes byte-valued columns apart and one matrix of all sessions' pending rows."""
+this detector writes byte-valued columns apart and one matrix of all sessions' pending rows; the
+group-fit tally (``group_tally``: main judges no group model's fit) is left out."""
 
 from __future__ import annotations
 
@@ -30,6 +31,6 @@ def main_form(state: Any, matrix: Callable[[Any], Any] = as_f8) -> Any:
             out["pending"] = {}
             for sid, n in zip(v, state["pending_counts"]):
                 out["pending"][sid], at = matrix(encode_matrix(rows[at : at + n])), at + n
-        elif k not in ("pending_counts", "pending_rows"):
+        elif k not in ("pending_counts", "pending_rows", "group_tally"):
             out[k] = main_form(v, matrix)
     return out

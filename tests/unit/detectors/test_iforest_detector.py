@@ -91,6 +91,31 @@ def test_a_group_that_flags_too_many_of_a_newcomers_calls_stops_scoring_it():
     assert det.agent_states()["new"] == "active"
 
 
+def test_a_restart_goes_on_judging_a_newcomers_group_where_it_was():
+    """The calls and hits counted towards the next judgement are saved: restored from a snapshot taken
+    half-way, the group is retired after the same calls as in the daemon that went on (a fresh tally
+    let it score, and alert on, up to ``group_check_calls`` more calls after every restart)."""
+    cfg = dict(group_check_calls=10, group_max_alert_rate=0.2)
+    det = IsolationForestDetector(config(**cfg))
+    C.feed(det, C.routine_traffic("old1", 40) + C.routine_traffic("old2", 40, start_ns=C.T0 + 7 * C.S, seed=1))
+    C.feed(det, C.routine_traffic("new", 3, start_ns=C.T0 + 10**5 * C.S))
+    odd = _odd_sessions("new", 5, C.T0 + 10**6 * C.S)  # 10 calls, 5 flagged: retired after the tenth
+    assert len(C.feed(det, odd[:6], size=2)) == 3 and not det._state["new"].misfits
+    saved = det.snapshot()
+    assert saved["agents"]["new"]["group_tally"] == {
+        "key": "group:fs,git,shell", "calls": 6, "hits": 3, "sessions": ["new-odd0", "new-odd1", "new-odd2"]}
+    again = IsolationForestDetector(config(**cfg))
+    again.restore(json.loads(json.dumps(saved)))
+    for d in (det, again):
+        assert len(C.feed(d, odd[6:], size=2)) == 2
+        assert d._state["new"].misfits == {"group:fs,git,shell"}
+    assert "group_tally" not in again.snapshot()["agents"]["new"]  # judged: a new tally, not saved until it counts
+    bad = json.loads(json.dumps(saved))
+    bad["agents"]["new"]["group_tally"]["hits"] = 7  # more hits than calls
+    with pytest.raises(ValueError, match="group_tally"):
+        IsolationForestDetector(config(**cfg)).restore(bad)
+
+
 def test_one_attack_session_does_not_retire_a_newcomers_group():
     det = IsolationForestDetector(config(group_check_calls=10, group_max_alert_rate=0.2))
     C.feed(det, C.routine_traffic("old1", 40) + C.routine_traffic("old2", 40, start_ns=C.T0 + 7 * C.S, seed=1))

@@ -53,12 +53,20 @@ def test_older_form_restores_the_same_detector() -> None:
     assert "pending" in next(iter(older["agents"].values()))
     back = make()
     back.restore(older)
-    assert json.dumps(back.snapshot()) == json.dumps(state)
+    assert json.dumps(back.snapshot()) == json.dumps(_without_tallies(state))  # older forms have none
     assert findings(back, rest) == findings(det, rest)
     agent = next(iter(older["agents"]))
     fresh = make()
     fresh.restore_agent(agent, main_form(json.loads(json.dumps(det.snapshot_agent(agent)))))
-    assert json.dumps(fresh.snapshot_agent(agent)) == json.dumps(det.snapshot_agent(agent))
+    assert json.dumps(fresh.snapshot_agent(agent)) == json.dumps(_without_tallies(det.snapshot_agent(agent)))
+
+
+def _without_tallies(state: dict) -> dict:
+    """``state`` (a snapshot or one agent's) without the group-fit tallies, which older forms lack."""
+    state = json.loads(json.dumps(state))
+    for agent in state.get("agents", {"": state}).values():
+        agent.pop("group_tally", None)
+    return state
 
 
 def test_model_dict_is_built_once() -> None:
