@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers.procs import free_port
+from helpers.procs import free_port, listens_on
 
 
 def tansu_binary() -> Path:
@@ -32,7 +32,19 @@ class KafkaBroker:
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 20.0) -> "KafkaBroker":
+    def start(self, timeout: float = 20.0, attempts: int = 3) -> "KafkaBroker":
+        """Start tansu; if another process took its port between ``free_port`` and tansu's bind, start
+        it again on another port (once a connection works, the listener must be tansu's own: a test
+        that SIGSTOPs the broker to play a hung one must not find another server answering)."""
+        for _ in range(attempts):
+            if self._start(timeout):
+                return self
+            self.stop()
+            self.port = free_port()
+            self.bootstrap = f"127.0.0.1:{self.port}"
+        raise RuntimeError(f"tansu did not get a port of its own in {attempts} attempts; see {self.log_path}")
+
+    def _start(self, timeout: float) -> bool:
         url = f"tcp://{self.bootstrap}"
         env = dict(os.environ, RUST_LOG=os.environ.get("TANSU_LOG", "warn"))
         self._log = open(self.log_path, "wb")
@@ -46,10 +58,13 @@ class KafkaBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                self._log.flush()
+                if b"AddrInUse" in self.log_path.read_bytes() or b"in use" in self.log_path.read_bytes():
+                    return False  # its port was taken meanwhile: another one
                 raise RuntimeError(f"tansu exited with {self._proc.returncode}; see {self.log_path}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
+                    return listens_on(self._proc.pid, self.port)
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError(f"tansu did not listen on {self.bootstrap} within {timeout}s; see {self.log_path}")
