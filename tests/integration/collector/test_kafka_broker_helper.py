@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 import helpers.kafka_broker as kb
 from helpers.procs import listens_on
 
 
-def test_a_broker_whose_port_was_taken_starts_on_another_and_listens_itself(tmp_path, monkeypatch):
+@pytest.mark.parametrize("listening", [True, False], ids=["by-a-listener", "by-a-bound-socket"])
+def test_a_broker_whose_port_was_taken_starts_on_another_and_listens_itself(tmp_path, monkeypatch, listening):
+    """Taken by a listener, a connection test finds it; by a socket that only binds, nothing answers
+    and tansu exits (status 0, "AddrInUse" in its log). Either way it starts again elsewhere."""
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
-        other.listen()
+        if listening:
+            other.listen()
         taken = other.getsockname()[1]
         ports = iter([taken])
         real = kb.free_port
