@@ -12,7 +12,7 @@ from itertools import islice
 from typing import Any, Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.values import MutexValue
 
 from toolwatch import __version__
@@ -81,6 +81,46 @@ class LabelGuard:
             self._seen.add(labels)
             return labels
         return tuple(OTHER for _ in labels)
+
+
+class ScrapeCounts:
+    """A gauge with one label, its values read from one ``counts()`` call per scrape (a custom
+    collector, as ``CallTally``): ``counts`` walks every agent, which is worth doing once a scrape,
+    not after every batch (at 10,000 agents, milliseconds per batch) nor once per label. A read that
+    fails (made while a batch changes what it walks) reports the last good values; until
+    ``watch`` is called the gauge has no series."""
+
+    def __init__(self, name: str, documentation: str, label: str, values: tuple[str, ...], *,
+                 registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label = label
+        self.values = values
+        self._counts: Callable[[], dict[str, int]] | None = None
+        self._last = dict.fromkeys(values, 0.0)
+        registry.register(self)
+
+    def watch(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = self._family()
+        if self._counts is None:
+            return [family]
+        try:
+            got = self._counts()
+            self._last = {v: float(got.get(v, 0)) for v in self.values}
+        except Exception:
+            pass
+        for v in self.values:
+            family.add_metric([v], self._last[v])
+        return [family]
 
 
 class CallTally:
@@ -210,11 +250,12 @@ class Metrics:
         self.outbox_depth = Gauge(
             "toolwatch_webhook_outbox_depth", "Undelivered webhook messages, by receiver.", ["receiver"], registry=r
         )
-        self.agents = Gauge("toolwatch_agents", "Agents known to the daemon, by baseline state.", ["state"], registry=r)
-        self.forest_agents = Gauge(
+        self.agents = ScrapeCounts("toolwatch_agents", "Agents known to the daemon, by baseline state.", "state",
+                                   ("learning", "active", "frozen"), registry=r)
+        self.forest_agents = ScrapeCounts(
             "toolwatch_iforest_agents",
             "Agents by the IsolationForest model that scores them: own, group, none (not scored yet).",
-            ["scoring"], registry=r)
+            "scoring", ("own", "group", "none"), registry=r)
         self.rules_reloads = Counter(
             "toolwatch_rules_reloads_total", "Rule file reloads, by outcome (ok, error).", ["outcome"], registry=r
         )
@@ -351,15 +392,11 @@ class Metrics:
 
     def watch_forest_agents(self, source: Callable[[], dict[str, int]]) -> None:
         """Feed ``toolwatch_iforest_agents`` from ``source()`` (agents by ``scoring``) at scrape time."""
-        _watch_counts(self.forest_agents, ("own", "group", "none"), source)
+        self.forest_agents.watch(source)
 
     def watch_agent_states(self, source: Callable[[], dict[str, str]]) -> None:
         """Feed ``toolwatch_agents`` from ``source()`` (each agent's baseline state) at scrape time."""
-
-        def counts() -> dict[str, int]:
-            return Tally(source().values())
-
-        _watch_counts(self.agents, ("learning", "active", "frozen"), counts)
+        self.agents.watch(lambda: Tally(source().values()))
 
     def count_listing(self, server: str) -> None:
         """Count one ``tools/list`` result; server names come from the traffic, so capped like tool labels."""
@@ -370,23 +407,3 @@ class Metrics:
         """Count tool calls by (agent, server, tool), capped (see ``CallTally``); call once per batch."""
         self.tool_calls.add(keys)
 
-
-def _watch_counts(gauge: Gauge, labels: Sequence[str], counts: Callable[[], dict[str, int]]) -> None:
-    """Give each of ``labels``' series of ``gauge`` its value in ``counts()``, read at scrape time:
-    ``counts`` walks every agent, which is worth doing once a scrape, not after every batch (at 10,000
-    agents, milliseconds per batch). A ``counts`` that fails (read while a batch changes what it
-    walks) leaves the last good values."""
-    last: dict[str, float] = {}
-
-    def child(label: str) -> Callable[[], float]:
-        def value() -> float:
-            try:
-                last[label] = float(counts().get(label, 0))
-            except Exception:
-                pass
-            return last.get(label, 0.0)
-
-        return value
-
-    for label in labels:
-        gauge.labels(label).set_function(child(label))
